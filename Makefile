@@ -1,0 +1,34 @@
+# Squeeze: thin wrapper over CMake. `make demo` and `make test` install what they need.
+BUILD ?= build
+JOBS ?= $(shell nproc)
+MODEL ?= $(BUILD)/test-model
+ADDRESS ?= 127.0.0.1:50051
+CMAKE_FLAGS ?=
+
+.PHONY: all deps configure build test test-all demo serve clean
+
+all: build
+
+deps:
+	@bash scripts/install_deps.sh
+
+$(BUILD)/build.ninja: CMakeLists.txt | deps
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
+
+configure: deps $(BUILD)/build.ninja
+
+build: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+# Fast tiers (cpu, e2e); GPU tests skip themselves without a GPU.
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+demo: build
+	bash scripts/demo.sh $(BUILD)
+
+serve: build
+	$(BUILD)/squeeze-server --model=$(MODEL) --address=$(ADDRESS) --state_dir=$(BUILD)/state
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,207 @@
+// Fidelity report (DESIGN §1.2): for a context and a set of queries, per budget and per layer,
+// the realised KV budget, the attention-mass recall (share of the dense softmax mass over the
+// fixed context that falls on the kept keys) and the relative error of the attention output
+// (fixed + dynamic part, merged) against dense. The model itself runs dense, so every budget is
+// measured on the same queries.
+//
+//   build/fidelity-report --model=build/test-model --context_tokens=4096
+//   build/fidelity-report --model=DIR --context_file=doc.txt --queries_file=questions.txt
+#include <cmath>
+#include <map>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "bench/bench_common.h"
+#include "engine/backend/attention_reference.h"
+#include "engine/squeeze/selection.h"
+
+ABSL_FLAG(std::string, model, "", "model directory");
+ABSL_FLAG(std::string, context_file, "tests/data/corpus.txt", "context text (repeated to fill)");
+ABSL_FLAG(int, context_tokens, 4096, "fixed-context length S");
+ABSL_FLAG(std::string, queries_file, "",
+          "one query per line ('\\n' escapes allowed); default: 8 passages of the context file");
+ABSL_FLAG(std::string, budgets, "0.5,0.3,0.2,0.1,0.05,0.03", "kept fractions");
+ABSL_FLAG(bool, hierarchical, true, "also report hierarchical selection");
+
+namespace squeeze::bench {
+namespace {
+
+struct Acc {
+  double kept = 0, recall = 0, err2 = 0, ref2 = 0;
+  int64_t n = 0, calls = 0;
+};
+
+// Runs dense for the model while measuring every selector against dense at every layer.
+class FidelityProbe final : public FixedContextAttention {
+ public:
+  struct Variant {
+    std::string name;
+    double budget;
+    std::unique_ptr<SqueezedFixedContextAttention> sel;
+    std::vector<Acc> per_layer;
+  };
+
+  FidelityProbe(const ContextKV& ctx, const SequenceKV& dyn, int Hq, std::vector<Variant>* v)
+      : ctx_(ctx), dyn_(dyn), Hq_(Hq), variants_(v) {}
+  void set_past(int past) { past_ = past; }
+
+  void Select(int layer, const float* q, int n, LayerSelection* out) override {
+    const int S = ctx_.num_tokens, Hkv = ctx_.shape.num_kv_heads, d = ctx_.shape.head_dim;
+    const AttentionShape shape{n, Hq_, Hkv, d, 1.0f / std::sqrt(static_cast<float>(d))};
+    const size_t rows = static_cast<size_t>(n) * Hq_;
+    AttentionKeys fixed{.kv = {ctx_.k.data() + ctx_.Offset(layer, 0, 0),
+                               ctx_.v.data() + ctx_.Offset(layer, 0, 0),
+                               static_cast<size_t>(S) * d, S}};
+    AttentionKeys dynamic{.kv = {dyn_.key(layer, 0, 0), dyn_.value(layer, 0, 0),
+                                 static_cast<size_t>(dyn_.capacity()) * d, past_ + n},
+                          .causal_offset = past_};
+    std::vector<float> of(rows * d), lf(rows), od(rows * d), ld(rows);
+    AttentionPartial(shape, q, fixed, of.data(), lf.data());
+    AttentionPartial(shape, q, dynamic, od.data(), ld.data());
+    std::vector<float> dense = of, ldense = lf;
+    MergeAttentionPartials(dense.data(), ldense.data(), od.data(), ld.data(), rows, d);
+    for (Variant& v : *variants_) {
+      LayerSelection ls;
+      v.sel->Select(layer, q, n, &ls);
+      AttentionKeys kept = fixed;
+      kept.ranges = ls.ranges;
+      std::vector<float> os(rows * d), lsq(rows);
+      AttentionPartial(shape, q, kept, os.data(), lsq.data());
+      Acc& a = v.per_layer[layer];
+      for (size_t r = 0; r < rows; ++r) a.recall += std::exp(lsq[r] - lf[r]);
+      MergeAttentionPartials(os.data(), lsq.data(), od.data(), ld.data(), rows, d);
+      for (size_t i = 0; i < os.size(); ++i) {
+        a.err2 += (os[i] - dense[i]) * (os[i] - dense[i]);
+        a.ref2 += dense[i] * dense[i];
+      }
+      a.n += rows;
+      ++a.calls;
+      int64_t kept_rows = 0;
+      for (int h = 0; h < Hkv; ++h)
+        for (const KeyRange& r : ls.ranges[h]) kept_rows += r.size();
+      a.kept += static_cast<double>(kept_rows) / (static_cast<double>(Hkv) * S);
+    }
+    out->ranges.assign(Hkv, std::vector<KeyRange>{{0, S}});
+  }
+
+ private:
+  const ContextKV& ctx_;
+  const SequenceKV& dyn_;
+  int Hq_;
+  int past_ = 0;
+  std::vector<Variant>* variants_;
+};
+
+std::vector<std::string> Queries(const std::string& context_text) {
+  std::vector<std::string> out;
+  if (!absl::GetFlag(FLAGS_queries_file).empty()) {
+    for (absl::string_view line :
+         absl::StrSplit(ReadFileOrDie(absl::GetFlag(FLAGS_queries_file)), '\n',
+                        absl::SkipEmpty())) {
+      std::string q(line);
+      for (size_t p; (p = q.find("\\n")) != std::string::npos;) q.replace(p, 2, "\n");
+      out.push_back(q);
+    }
+    return out;
+  }
+  for (int i = 0; i < 8; ++i) {
+    const size_t at = (context_text.size() / 9) * (i + 1);
+    out.push_back(context_text.substr(at, 160));
+  }
+  return out;
+}
+
+int Run() {
+  auto loaded = Load(absl::GetFlag(FLAGS_model));
+  if (!loaded.ok()) {
+    std::fprintf(stderr, "%s\n", loaded.status().ToString().c_str());
+    return 1;
+  }
+  LlamaModel& model = *loaded->model;
+  const ModelConfig& cfg = model.config();
+  const std::string text = ReadFileOrDie(absl::GetFlag(FLAGS_context_file));
+  const int S = absl::GetFlag(FLAGS_context_tokens);
+  const std::vector<int32_t> tokens = ContextTokens(*loaded->tokenizer, text, S);
+  SqueezeOptions options;
+  options.hierarchical = absl::GetFlag(FLAGS_hierarchical);
+  auto reg = Register(model, tokens, options, true);
+  if (!reg.ok()) {
+    std::fprintf(stderr, "%s\n", reg.status().ToString().c_str());
+    return 1;
+  }
+  std::vector<double> budgets;
+  for (absl::string_view b : absl::StrSplit(absl::GetFlag(FLAGS_budgets), ',')) {
+    double x;
+    if (absl::SimpleAtod(b, &x)) budgets.push_back(x);
+  }
+  const std::vector<std::string> queries = Queries(text);
+  std::vector<FidelityProbe::Variant> variants;
+  for (bool hier : {false, true}) {
+    if (hier && !options.hierarchical) continue;
+    for (double b : budgets) {
+      FidelityProbe::Variant v;
+      v.name = hier ? "hierarchical" : "flat";
+      v.budget = b;
+      v.per_layer.resize(cfg.num_layers);
+      variants.push_back(std::move(v));
+    }
+  }
+  std::vector<double> realised(variants.size());
+  for (const std::string& query : queries) {
+    std::vector<int32_t> ids = loaded->tokenizer->Encode(query).value();
+    if (ids.empty()) continue;
+    for (auto& v : variants) {
+      v.sel = std::make_unique<SqueezedFixedContextAttention>(
+          *reg->index, SelectionOptions{.budget = v.budget, .hierarchical = v.name != "flat"});
+    }
+    SequenceKV dyn(model.kv_shape());
+    FidelityProbe probe(reg->kv, dyn, cfg.num_heads, &variants);
+    // Prefill the query (all its tokens at once, averaged selection), then 8 decode steps.
+    std::vector<int32_t> step_tokens = ids;
+    for (int s = 0; s < 9; ++s) {
+      probe.set_past(dyn.length());
+      SequenceStep step{.tokens = step_tokens, .context = &reg->kv, .fixed = &probe, .kv = &dyn};
+      ForwardOutput out;
+      if (auto st = model.Forward(std::span<SequenceStep>(&step, 1), &out); !st.ok()) {
+        std::fprintf(stderr, "%s\n", st.ToString().c_str());
+        return 1;
+      }
+      const auto& lg = out.logits[0];
+      step_tokens = {static_cast<int32_t>(std::max_element(lg.begin(), lg.end()) - lg.begin())};
+    }
+    for (size_t i = 0; i < variants.size(); ++i) {
+      realised[i] += variants[i].sel->realised_budget() / queries.size();
+    }
+  }
+  std::printf("context: %d tokens, %d layers, Hq=%d, Hkv=%d, d=%d; %zu queries, each a prefill "
+              "step + 8 greedy decode steps; %lld centroids\n\n",
+              S, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, queries.size(),
+              static_cast<long long>(reg->index->num_centroids()));
+  std::printf("| selection | budget | layer | kept fraction | realised KV budget | mass recall | "
+              "rel. error vs dense |\n|---|---|---|---|---|---|---|\n");
+  for (size_t i = 0; i < variants.size(); ++i) {
+    const auto& v = variants[i];
+    Acc all;
+    for (int l = 0; l < cfg.num_layers; ++l) {
+      const Acc& a = v.per_layer[l];
+      std::printf("| %s | %.0f%% | %d | %.3f | | %.4f | %.4f |\n", v.name.c_str(),
+                  100 * v.budget, l, a.kept / a.calls, a.recall / a.n, std::sqrt(a.err2 / a.ref2));
+      all.kept += a.kept, all.calls += a.calls, all.recall += a.recall, all.n += a.n;
+      all.err2 += a.err2, all.ref2 += a.ref2;
+    }
+    std::printf("| %s | %.0f%% | all | %.3f | %.3f | %.4f | %.4f |\n", v.name.c_str(),
+                100 * v.budget, all.kept / all.calls, realised[i], all.recall / all.n,
+                std::sqrt(all.err2 / all.ref2));
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace squeeze::bench
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return squeeze::bench::Run();
+}

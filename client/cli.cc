@@ -1,0 +1,287 @@
+// squeeze-cli: command-line client for a Squeeze server.
+//   squeeze-cli register NAME (--file=F | --text=T | --ids=1,2,3) [index flags]
+//   squeeze-cli generate [--context=NAME] (--input=T | --input_file=F) [sampling flags]
+//   squeeze-cli get NAME | list | delete NAME | tokenize TEXT | health
+// Exit code: 0 on success, 1 with the server's status on error, 2 on usage errors.
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "client/client.h"
+
+ABSL_FLAG(std::string, server, "localhost:50051", "Server address host:port");
+ABSL_FLAG(double, timeout, 0, "Deadline in seconds (0: none)");
+// register
+ABSL_FLAG(std::string, file, "", "register: read the context text from this file");
+ABSL_FLAG(std::string, text, "", "register: the context text");
+ABSL_FLAG(std::string, ids, "", "register/generate: comma-separated token ids instead of text");
+ABSL_FLAG(bool, no_index, false, "register: serve this context with dense attention only");
+ABSL_FLAG(bool, hierarchical, false, "register: build the coarse centroid level");
+ABSL_FLAG(double, centroid_fraction, 0, "register: fine centroids per token (0: server default)");
+ABSL_FLAG(int, window, 0, "register: observation window (0: server default)");
+ABSL_FLAG(int, sinks, -1, "register: attention sinks (-1: server default)");
+// generate
+ABSL_FLAG(std::string, context, "", "generate: registered context to prepend");
+ABSL_FLAG(std::string, input, "", "generate: the user input");
+ABSL_FLAG(std::string, input_file, "", "generate: read the user input from this file");
+ABSL_FLAG(int, max_tokens, 0, "generate: tokens to generate (0: server default)");
+ABSL_FLAG(double, temperature, -1, "generate: temperature (0 = greedy; -1: server default)");
+ABSL_FLAG(double, top_p, -1, "generate: nucleus sampling (-1: off)");
+ABSL_FLAG(int, top_k, -1, "generate: top-k (-1: off)");
+ABSL_FLAG(double, min_p, -1, "generate: min-p (-1: off)");
+ABSL_FLAG(double, repetition_penalty, -1, "generate: repetition penalty (-1: off)");
+ABSL_FLAG(int64_t, seed, -1, "generate: sampling seed (-1: random)");
+ABSL_FLAG(std::vector<std::string>, stop, {}, "generate: stop strings (comma-separated)");
+ABSL_FLAG(bool, ignore_eos, false, "generate: keep going after EOS");
+ABSL_FLAG(std::string, mode, "", "generate: attention mode: squeezed | dense (default: auto)");
+ABSL_FLAG(double, budget, -1, "generate: kept fraction of context keys (-1: server default)");
+ABSL_FLAG(bool, stats, true, "generate: print usage and timings to stderr at the end");
+
+namespace {
+
+using squeeze::client::SqueezeClient;
+namespace v1 = squeeze::v1;
+
+int Fail(const grpc::Status& st) {
+  std::cerr << "error: " << st.error_code() << " " << st.error_message() << "\n";
+  return 1;
+}
+
+int Usage(const std::string& why) {
+  std::cerr << "usage error: " << why << "\nRun with --help for the commands and flags.\n";
+  return 2;
+}
+
+bool ReadFile(const std::string& path, std::string* out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  *out = ss.str();
+  return true;
+}
+
+bool ParseIds(const std::string& s, v1::TokenIds* ids) {
+  for (absl::string_view part : absl::StrSplit(s, ',', absl::SkipEmpty())) {
+    int id = 0;
+    if (!absl::SimpleAtoi(part, &id)) return false;
+    ids->add_ids(id);
+  }
+  return ids->ids_size() > 0;
+}
+
+const char* StageName(v1::RegisterContextEvent::Stage s) {
+  switch (s) {
+    case v1::RegisterContextEvent::TOKENIZING: return "tokenizing";
+    case v1::RegisterContextEvent::PREFILL: return "prefill";
+    case v1::RegisterContextEvent::CLUSTERING: return "clustering";
+    case v1::RegisterContextEvent::CALIBRATING: return "calibrating";
+    case v1::RegisterContextEvent::PERSISTING: return "persisting";
+    case v1::RegisterContextEvent::DONE: return "done";
+    default: return "?";
+  }
+}
+
+void PrintInfo(const v1::ContextInfo& c) {
+  std::printf("%s\t%lld tokens\tkv %.1f MiB\tindex %s", c.name().c_str(),
+              static_cast<long long>(c.num_tokens()), c.kv_bytes() / 1048576.0,
+              c.index().present() ? "yes" : "no");
+  if (c.index().present()) {
+    std::printf(" (%lld centroids%s)", static_cast<long long>(c.index().num_centroids()),
+                c.index().hierarchical() ? ", hierarchical" : "");
+  }
+  std::printf("\thash %.12s\n", c.content_hash().c_str());
+}
+
+int Register(SqueezeClient& client, const std::string& name) {
+  v1::RegisterContextRequest req;
+  req.set_name(name);
+  std::string text;
+  if (!absl::GetFlag(FLAGS_ids).empty()) {
+    if (!ParseIds(absl::GetFlag(FLAGS_ids), req.mutable_content()->mutable_token_ids())) {
+      return Usage("--ids must be comma-separated integers");
+    }
+  } else if (!absl::GetFlag(FLAGS_file).empty()) {
+    if (!ReadFile(absl::GetFlag(FLAGS_file), &text)) {
+      return Usage("cannot read --file " + absl::GetFlag(FLAGS_file));
+    }
+    req.mutable_content()->set_text(text);
+  } else if (!absl::GetFlag(FLAGS_text).empty()) {
+    req.mutable_content()->set_text(absl::GetFlag(FLAGS_text));
+  } else {
+    return Usage("register needs --file, --text or --ids");
+  }
+  v1::IndexOptions* idx = req.mutable_index();
+  if (absl::GetFlag(FLAGS_no_index)) {
+    idx->set_disable(true);
+  } else {
+    if (absl::GetFlag(FLAGS_hierarchical)) idx->set_hierarchical(true);
+    if (absl::GetFlag(FLAGS_centroid_fraction) > 0) {
+      idx->set_centroid_fraction(absl::GetFlag(FLAGS_centroid_fraction));
+    }
+    if (absl::GetFlag(FLAGS_window) > 0) idx->set_window(absl::GetFlag(FLAGS_window));
+    if (absl::GetFlag(FLAGS_sinks) >= 0) idx->set_sinks(absl::GetFlag(FLAGS_sinks));
+  }
+  v1::ContextInfo info;
+  const bool tty = isatty(fileno(stderr));
+  grpc::Status st = client.RegisterContext(
+      req,
+      [&](const v1::RegisterContextEvent& e) {
+        const int width = 30;
+        const int filled = static_cast<int>(e.progress() * width);
+        std::string bar(filled, '#');
+        bar.resize(width, '.');
+        std::fprintf(stderr, "%s%-12s [%s] %3.0f%%", tty ? "\r" : "", StageName(e.stage()),
+                     bar.c_str(), 100 * e.progress());
+        if (e.tokens_total() > 0) {
+          std::fprintf(stderr, "  %lld/%lld tokens", static_cast<long long>(e.tokens_done()),
+                       static_cast<long long>(e.tokens_total()));
+        }
+        if (!tty) std::fprintf(stderr, "\n");
+      },
+      &info, absl::GetFlag(FLAGS_timeout));
+  if (tty) std::fprintf(stderr, "\n");
+  if (!st.ok()) return Fail(st);
+  PrintInfo(info);
+  const auto& t = info.timings();
+  std::fprintf(stderr,
+               "registered%s in %.2f s (prefill %.2f s, clustering %.2f s, calibration %.2f s)\n",
+               info.reused() ? " (already present, reused)" : "", t.total_seconds(),
+               t.prefill_seconds(), t.clustering_seconds(), t.calibration_seconds());
+  return 0;
+}
+
+int Generate(SqueezeClient& client) {
+  v1::GenerateRequest req;
+  req.set_context(absl::GetFlag(FLAGS_context));
+  std::string input = absl::GetFlag(FLAGS_input);
+  if (!absl::GetFlag(FLAGS_ids).empty()) {
+    if (!ParseIds(absl::GetFlag(FLAGS_ids), req.mutable_input()->mutable_token_ids())) {
+      return Usage("--ids must be comma-separated integers");
+    }
+  } else {
+    if (!absl::GetFlag(FLAGS_input_file).empty() &&
+        !ReadFile(absl::GetFlag(FLAGS_input_file), &input)) {
+      return Usage("cannot read --input_file");
+    }
+    if (input.empty()) return Usage("generate needs --input, --input_file or --ids");
+    req.mutable_input()->set_text(input);
+  }
+  if (absl::GetFlag(FLAGS_max_tokens) > 0) req.set_max_tokens(absl::GetFlag(FLAGS_max_tokens));
+  v1::SamplingOptions* s = req.mutable_sampling();
+  if (absl::GetFlag(FLAGS_temperature) >= 0) s->set_temperature(absl::GetFlag(FLAGS_temperature));
+  if (absl::GetFlag(FLAGS_top_p) >= 0) s->set_top_p(absl::GetFlag(FLAGS_top_p));
+  if (absl::GetFlag(FLAGS_top_k) >= 0) s->set_top_k(absl::GetFlag(FLAGS_top_k));
+  if (absl::GetFlag(FLAGS_min_p) >= 0) s->set_min_p(absl::GetFlag(FLAGS_min_p));
+  if (absl::GetFlag(FLAGS_repetition_penalty) >= 0) {
+    s->set_repetition_penalty(absl::GetFlag(FLAGS_repetition_penalty));
+  }
+  if (absl::GetFlag(FLAGS_seed) >= 0) s->set_seed(absl::GetFlag(FLAGS_seed));
+  for (const auto& stop : absl::GetFlag(FLAGS_stop)) req.add_stop(stop);
+  req.set_ignore_eos(absl::GetFlag(FLAGS_ignore_eos));
+  const std::string mode = absl::GetFlag(FLAGS_mode);
+  if (mode == "squeezed") {
+    req.mutable_attention()->set_mode(v1::AttentionOptions::SQUEEZED);
+  } else if (mode == "dense") {
+    req.mutable_attention()->set_mode(v1::AttentionOptions::DENSE);
+  } else if (!mode.empty()) {
+    return Usage("--mode must be squeezed or dense");
+  }
+  if (absl::GetFlag(FLAGS_budget) >= 0) req.mutable_attention()->set_budget(absl::GetFlag(FLAGS_budget));
+  v1::GenerateResponse last;
+  grpc::Status st = client.Generate(
+      req,
+      [&](const v1::GenerateResponse& r) {
+        std::fwrite(r.text().data(), 1, r.text().size(), stdout);
+        std::fflush(stdout);
+        if (r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) last = r;
+        return true;
+      },
+      absl::GetFlag(FLAGS_timeout));
+  std::printf("\n");
+  if (!st.ok()) return Fail(st);
+  if (absl::GetFlag(FLAGS_stats)) {
+    const auto& u = last.usage();
+    const auto& t = last.timings();
+    std::fprintf(stderr,
+                 "[%s] finish=%s context=%lld (reused %lld) query=%lld completion=%lld "
+                 "kv_budget=%.3f ttft=%.3fs total=%.3fs\n",
+                 last.attention_mode() == v1::AttentionOptions::SQUEEZED ? "squeezed" : "dense",
+                 v1::FinishReason_Name(last.finish_reason()).c_str(),
+                 static_cast<long long>(u.context_tokens()),
+                 static_cast<long long>(u.context_tokens_reused()),
+                 static_cast<long long>(u.query_tokens()),
+                 static_cast<long long>(u.completion_tokens()), u.kv_budget(),
+                 t.time_to_first_token_seconds(), t.total_seconds());
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "squeeze-cli register NAME (--file=F|--text=T|--ids=..) | generate [--context=NAME] "
+      "--input=T | get NAME | list | delete NAME | tokenize TEXT | health");
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() < 2) return Usage("missing command");
+  const std::string cmd = args[1];
+  SqueezeClient client(absl::GetFlag(FLAGS_server));
+  auto need_arg = [&](const char*) { return args.size() >= 3 ? std::string(args[2]) : std::string(); };
+  if (cmd == "register") {
+    const std::string name = need_arg("NAME");
+    if (name.empty()) return Usage("register needs a NAME");
+    return Register(client, name);
+  }
+  if (cmd == "generate") return Generate(client);
+  if (cmd == "get") {
+    const std::string name = need_arg("NAME");
+    if (name.empty()) return Usage("get needs a NAME");
+    v1::ContextInfo info;
+    grpc::Status st = client.GetContext(name, &info);
+    if (!st.ok()) return Fail(st);
+    PrintInfo(info);
+    return 0;
+  }
+  if (cmd == "list") {
+    v1::ListContextsResponse resp;
+    grpc::Status st = client.ListContexts(&resp);
+    if (!st.ok()) return Fail(st);
+    for (const auto& c : resp.contexts()) PrintInfo(c);
+    return 0;
+  }
+  if (cmd == "delete") {
+    const std::string name = need_arg("NAME");
+    if (name.empty()) return Usage("delete needs a NAME");
+    grpc::Status st = client.DeleteContext(name);
+    if (!st.ok()) return Fail(st);
+    std::printf("deleted %s\n", name.c_str());
+    return 0;
+  }
+  if (cmd == "tokenize") {
+    const std::string text = need_arg("TEXT");
+    v1::TokenizeResponse resp;
+    grpc::Status st = client.Tokenize(text, false, &resp);
+    if (!st.ok()) return Fail(st);
+    for (int i = 0; i < resp.ids_size(); ++i) {
+      std::printf("%d\t%s\n", resp.ids(i), resp.pieces(i).c_str());
+    }
+    return 0;
+  }
+  if (cmd == "health") {
+    bool serving = false;
+    grpc::Status st = client.CheckHealth("", &serving);
+    if (!st.ok()) return Fail(st);
+    std::printf("%s\n", serving ? "SERVING" : "NOT_SERVING");
+    return serving ? 0 : 1;
+  }
+  return Usage("unknown command '" + cmd + "'");
+}

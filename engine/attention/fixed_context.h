@@ -1,0 +1,47 @@
+// How a sequence attends to its fixed context: which storage rows of the ContextKV each KV head
+// reads at each layer. Dense attention keeps one range covering all rows; Squeezed Attention keeps
+// the ranges of the selected clusters plus the observation window and sinks.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace squeeze {
+
+// A half-open range [begin, end) of storage rows in a ContextKV (layer, kv_head) slice.
+struct KeyRange {
+  int32_t begin = 0;
+  int32_t end = 0;
+  int32_t size() const { return end - begin; }
+};
+
+// Key ranges kept for one layer: ranges[kv_head] lists that head's kept ranges.
+struct LayerSelection {
+  std::vector<std::vector<KeyRange>> ranges;
+};
+
+// Chooses the fixed-context keys for one sequence. Called by the forward pass once per layer and
+// step, with that layer's post-RoPE queries of the step's new tokens.
+class FixedContextAttention {
+ public:
+  virtual ~FixedContextAttention() = default;
+  // q: [n, Hq, d] post-RoPE queries of the `n` new tokens at `layer`. Fills `out->ranges`
+  // (one entry per KV head).
+  virtual void Select(int layer, const float* q, int n, LayerSelection* out) = 0;
+};
+
+// Keeps every row of the fixed context (exact dense attention).
+class DenseFixedContextAttention final : public FixedContextAttention {
+ public:
+  DenseFixedContextAttention(int num_kv_heads, int num_tokens)
+      : num_kv_heads_(num_kv_heads), num_tokens_(num_tokens) {}
+  void Select(int /*layer*/, const float* /*q*/, int /*n*/, LayerSelection* out) override {
+    out->ranges.assign(num_kv_heads_, std::vector<KeyRange>{{0, num_tokens_}});
+  }
+
+ private:
+  int num_kv_heads_;
+  int num_tokens_;
+};
+
+}  // namespace squeeze

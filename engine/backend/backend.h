@@ -1,0 +1,142 @@
+// The small set of operations the Llama forward (engine/model/llama_model.cc) is written against.
+// The CPU backend (engine/backend/cpu/) is the readable fp32 reference; a CUDA backend implements
+// the same interface later.
+//
+// Conventions for every op:
+// - Pointers are *backend memory* (host memory for the CPU backend, device memory for CUDA),
+//   obtained from Allocate() or Resident(), unless a comment says otherwise.
+// - Tensors are dense row-major fp32; shapes are given in brackets, outermost first.
+// - Ops are enqueued in order and may run asynchronously; Synchronize() waits for them and
+//   reports the first asynchronous fault. Ops never allocate visible memory and never fail on
+//   valid arguments: callers (the model) validate shapes and indices before launching.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/attention/fixed_context.h"
+
+namespace squeeze {
+
+// A block of backend memory, released when the Buffer is destroyed.
+class Buffer {
+ public:
+  virtual ~Buffer() = default;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
+
+ protected:
+  Buffer(void* data, size_t bytes) : data_(data), bytes_(bytes) {}
+
+ private:
+  void* data_;
+  size_t bytes_;
+};
+
+// One layer's keys and values for all KV heads. Row r of head h starts at
+// k + h * head_stride + r * head_dim (same for v); rows of one head are contiguous d-vectors.
+// Both SequenceKV (head_stride = capacity * d) and ContextKV (head_stride = S * d) fit this view.
+struct KvSlice {
+  const float* k = nullptr;
+  const float* v = nullptr;
+  size_t head_stride = 0;  // floats between row 0 of head h and row 0 of head h + 1
+  int num_rows = 0;        // rows per head that may be read
+};
+
+// The key set one call of partial attention reads.
+struct AttentionKeys {
+  KvSlice kv;
+  // ranges[h] lists the storage rows of KV head h to attend to (half-open, within
+  // [0, kv.num_rows), any order, non-overlapping). An empty span means every row of every head.
+  std::span<const std::vector<KeyRange>> ranges;
+  // Causal limit. When >= 0, query t (0-based within the call) only sees rows
+  // r <= causal_offset + t (the dynamic KV: query t sits at dynamic index causal_offset + t).
+  // When < 0 there is no limit (fixed context: every fixed key precedes every new token).
+  int causal_offset = -1;
+};
+
+// Shapes shared by the attention entry points. GQA: query head qh reads KV head qh / G with
+// G = num_q_heads / num_kv_heads.
+struct AttentionShape {
+  int num_queries = 0;   // n
+  int num_q_heads = 0;   // Hq
+  int num_kv_heads = 0;  // Hkv
+  int head_dim = 0;      // d
+  float scale = 0.0f;    // logit scale, 1/sqrt(d) for Llama
+};
+
+// One sequence, one layer: softmax attention of n new queries over the selected fixed-context
+// keys and, causally, the sequence's dynamic keys, merged exactly through their log-sum-exp.
+struct AttentionParams {
+  AttentionShape shape;
+  const float* q = nullptr;  // [n, Hq, d] post-RoPE queries
+  float* out = nullptr;      // [n, Hq, d] attention output (may not alias q)
+  // Fixed-context part; fixed.kv.num_rows == 0 means the sequence has no fixed context.
+  // fixed.causal_offset must be < 0.
+  AttentionKeys fixed;
+  // Dynamic part: rows [0, causal_offset + n) of the sequence's KV (the new tokens' K/V already
+  // appended), causal_offset = number of dynamic tokens before this step.
+  AttentionKeys dynamic;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string_view name() const = 0;
+
+  // ---- memory ------------------------------------------------------------------------------
+  // Scratch memory, 64-byte aligned, contents undefined. Backends may pool blocks, so calling
+  // this once per forward step is cheap.
+  virtual absl::StatusOr<std::unique_ptr<Buffer>> Allocate(size_t bytes) = 0;
+  // Host <-> backend copies of `bytes` bytes. `host` pointers are ordinary host memory.
+  virtual void CopyFromHost(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void CopyToHost(void* host_dst, const void* src, size_t bytes) = 0;
+  // Backend memory holding the same floats as `host`, for immutable tensors (weights). `host`
+  // must stay alive and unchanged for the backend's lifetime. The CPU backend returns
+  // host.data(); a device backend uploads on first use and caches by address.
+  virtual const float* Resident(std::span<const float> host) = 0;
+  // Waits for every enqueued op; returns the first asynchronous fault (CPU: always OK).
+  virtual absl::Status Synchronize() = 0;
+
+  // ---- ops ---------------------------------------------------------------------------------
+  // y[m, n] = x[m, k] . w[n, k]^T (w in Hugging Face [out, in] layout), or y += ... when
+  // `accumulate` (the residual add of the O and down projections, fused into the GEMM).
+  virtual void MatMul(const float* x, const float* w, float* y, int m, int n, int k,
+                      bool accumulate) = 0;
+  // out[i, :] = src[ids[i], :] for i < n; rows have `dim` floats. The embedding lookup
+  // (src = embedding table, ids = token ids) and the pick of each sequence's last hidden row
+  // before the final norm and lm_head. ids must be valid rows (the caller checks).
+  virtual void GatherRows(const float* src, const int32_t* ids, int n, int dim, float* out) = 0;
+  // out[i, :] = x[i, :] / sqrt(mean(x[i, :]^2) + eps) * weight, for rows i < rows. out may
+  // alias x.
+  virtual void RmsNorm(const float* x, const float* weight, float* out, int rows, int dim,
+                       float eps) = 0;
+  // In-place rotary embedding of x[n, heads, head_dim], Hugging Face "rotate_half" pairing
+  // (i, i + d/2): angle = float(positions[t]) * inv_freq[i] in fp32, inv_freq[d/2].
+  virtual void Rope(float* x, const int32_t* positions, int n, int heads, int head_dim,
+                    const float* inv_freq) = 0;
+  // out[i] = silu(gate[i]) * up[i] for i < count; out may alias gate or up.
+  virtual void SiluMul(const float* gate, const float* up, float* out, size_t count) = 0;
+  // Writes n new tokens' K/V rows, k_new/v_new [n, Hkv, d], into a per-head layout:
+  // token t of head h goes to k_dst + h * dst_head_stride + t * d (k_dst points at the first
+  // free row of head 0).
+  virtual void AppendKv(const float* k_new, const float* v_new, int n, int num_kv_heads,
+                        int head_dim, float* k_dst, float* v_dst, size_t dst_head_stride) = 0;
+  // See AttentionParams.
+  virtual void Attention(const AttentionParams& params) = 0;
+};
+
+}  // namespace squeeze

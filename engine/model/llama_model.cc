@@ -1,0 +1,376 @@
+#include "engine/model/llama_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <utility>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "engine/common/status_macros.h"
+#include "engine/model/rope.h"
+
+namespace squeeze {
+namespace {
+
+absl::Status CheckShape(const std::vector<float>& tensor, size_t rows, size_t cols,
+                        const std::string& name) {
+  if (tensor.size() == rows * cols) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("weight '", name, "' has ", tensor.size(),
+                                                 " values, expected [", rows, ", ", cols,
+                                                 "] = ", rows * cols, " from config.json"));
+}
+
+absl::Status ValidateConfig(const ModelConfig& c) {
+  const std::pair<const char*, int> positive[] = {{"vocab_size", c.vocab_size},
+                                                  {"hidden_size", c.hidden_size},
+                                                  {"intermediate_size", c.intermediate_size},
+                                                  {"num_hidden_layers", c.num_layers},
+                                                  {"num_attention_heads", c.num_heads},
+                                                  {"num_key_value_heads", c.num_kv_heads},
+                                                  {"head_dim", c.head_dim}};
+  for (const auto& [field, value] : positive) {
+    if (value <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("model config: ", field, " must be > 0, got ", value));
+    }
+  }
+  if (c.num_heads % c.num_kv_heads != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model config: num_attention_heads (", c.num_heads,
+                     ") must be a multiple of num_key_value_heads (", c.num_kv_heads, ")"));
+  }
+  if (!(c.rms_norm_eps >= 0.0f) || !std::isfinite(c.rms_norm_eps)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model config: rms_norm_eps must be >= 0, got ", c.rms_norm_eps));
+  }
+  return absl::OkStatus();
+}
+
+// Tensor names follow the Hugging Face checkpoint so an error points at the file's tensor.
+absl::Status ValidateWeights(const ModelConfig& c, const LlamaWeights& w) {
+  const size_t D = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
+  const size_t q_dim = static_cast<size_t>(c.num_heads) * c.head_dim;
+  const size_t kv_dim = static_cast<size_t>(c.num_kv_heads) * c.head_dim;
+  RETURN_IF_ERROR(CheckShape(w.embed, V, D, "model.embed_tokens.weight"));
+  if (w.layers.size() != static_cast<size_t>(c.num_layers)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "weights have ", w.layers.size(), " layers, config num_hidden_layers is ", c.num_layers));
+  }
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    const LayerWeights& lw = w.layers[l];
+    const std::string p = absl::StrCat("model.layers.", l, ".");
+    RETURN_IF_ERROR(CheckShape(lw.attn_norm, 1, D, p + "input_layernorm.weight"));
+    RETURN_IF_ERROR(CheckShape(lw.wq, q_dim, D, p + "self_attn.q_proj.weight"));
+    RETURN_IF_ERROR(CheckShape(lw.wk, kv_dim, D, p + "self_attn.k_proj.weight"));
+    RETURN_IF_ERROR(CheckShape(lw.wv, kv_dim, D, p + "self_attn.v_proj.weight"));
+    RETURN_IF_ERROR(CheckShape(lw.wo, D, q_dim, p + "self_attn.o_proj.weight"));
+    RETURN_IF_ERROR(CheckShape(lw.mlp_norm, 1, D, p + "post_attention_layernorm.weight"));
+    RETURN_IF_ERROR(CheckShape(lw.w_gate, I, D, p + "mlp.gate_proj.weight"));
+    RETURN_IF_ERROR(CheckShape(lw.w_up, I, D, p + "mlp.up_proj.weight"));
+    RETURN_IF_ERROR(CheckShape(lw.w_down, D, I, p + "mlp.down_proj.weight"));
+  }
+  RETURN_IF_ERROR(CheckShape(w.final_norm, 1, D, "model.norm.weight"));
+  RETURN_IF_ERROR(CheckShape(w.lm_head, V, D, "lm_head.weight"));
+  return absl::OkStatus();
+}
+
+bool SameShape(const KvShape& a, const KvShape& b) {
+  return a.num_layers == b.num_layers && a.num_kv_heads == b.num_kv_heads &&
+         a.head_dim == b.head_dim;
+}
+
+std::string ShapeString(const KvShape& s) {
+  return absl::StrCat("[layers=", s.num_layers, ", kv_heads=", s.num_kv_heads,
+                      ", head_dim=", s.head_dim, "]");
+}
+
+// Checks every step before the forward touches any state. Errors name the step and the field.
+absl::Status ValidateSteps(std::span<const SequenceStep> steps, const ModelConfig& c,
+                           const KvShape& shape) {
+  absl::flat_hash_set<const SequenceKV*> seen_kv;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const SequenceStep& s = steps[i];
+    if (s.tokens.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("Forward: step ", i, " has no tokens"));
+    }
+    if (s.kv == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("Forward: step ", i, " has no SequenceKV"));
+    }
+    if (!seen_kv.insert(s.kv).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Forward: step ", i, " uses a SequenceKV already used by another step"));
+    }
+    if (!SameShape(s.kv->shape(), shape)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Forward: step ", i, " SequenceKV shape ", ShapeString(s.kv->shape()),
+                       " does not match the model's ", ShapeString(shape)));
+    }
+    if (s.context != nullptr) {
+      const ContextKV& ctx = *s.context;
+      const size_t floats = static_cast<size_t>(shape.num_layers) * shape.num_kv_heads *
+                            std::max(ctx.num_tokens, 0) * shape.head_dim;
+      if (!SameShape(ctx.shape, shape) || ctx.num_tokens < 0 || ctx.k.size() != floats ||
+          ctx.v.size() != floats) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "Forward: step ", i, " fixed context KV ", ShapeString(ctx.shape), " with ",
+            ctx.num_tokens, " tokens does not match the model's ", ShapeString(shape)));
+      }
+    } else if (s.fixed != nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Forward: step ", i, " has a fixed-context selector but no context"));
+    }
+    for (size_t j = 0; j < s.tokens.size(); ++j) {
+      if (s.tokens[j] < 0 || s.tokens[j] >= c.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("token id ", s.tokens[j], " (step ", i,
+                                                       ", token ", j, ") is out of range [0, ",
+                                                       c.vocab_size, ")"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Host-side plan of one forward: the tokens of all steps concatenated, step i owning rows
+// [offset[i], offset[i] + n_i).
+struct StepPlan {
+  std::vector<int32_t> tokens;      // [T]
+  std::vector<int32_t> positions;   // [T] absolute positions
+  std::vector<int32_t> offset;      // [steps]
+  std::vector<int32_t> logit_rows;  // last row of each step with want_logits
+};
+
+StepPlan PlanSteps(std::span<const SequenceStep> steps) {
+  StepPlan plan;
+  plan.offset.resize(steps.size());
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const SequenceStep& s = steps[i];
+    plan.offset[i] = static_cast<int32_t>(plan.tokens.size());
+    const int base = (s.context ? s.context->num_tokens : 0) + s.kv->length();
+    for (size_t j = 0; j < s.tokens.size(); ++j) {
+      plan.tokens.push_back(s.tokens[j]);
+      plan.positions.push_back(base + static_cast<int32_t>(j));
+    }
+    if (s.want_logits) plan.logit_rows.push_back(static_cast<int32_t>(plan.tokens.size() - 1));
+  }
+  return plan;
+}
+
+// The forward's activations, carved from one backend allocation sized by the step.
+struct Activations {
+  std::unique_ptr<Buffer> buffer;
+  float* x = nullptr;             // [T, D] residual stream
+  float* h = nullptr;             // [T, D] normed input of the attention / MLP block
+  float* q = nullptr;             // [T, Hq, d]
+  float* k = nullptr;             // [T, Hkv, d]
+  float* v = nullptr;             // [T, Hkv, d]
+  float* att = nullptr;           // [T, Hq, d] attention output
+  float* gate = nullptr;          // [T, I] gate projection, then silu(gate) * up
+  float* up = nullptr;            // [T, I]
+  float* last = nullptr;          // [num_logits, D] last hidden rows
+  float* logits = nullptr;        // [num_logits, V]
+  int32_t* tokens = nullptr;      // [T]
+  int32_t* positions = nullptr;   // [T]
+  int32_t* logit_rows = nullptr;  // [num_logits]
+};
+
+absl::StatusOr<Activations> AllocateActivations(Backend& be, const ModelConfig& c, int T,
+                                                int num_logits) {
+  const size_t t = T, q_dim = static_cast<size_t>(c.num_heads) * c.head_dim;
+  const size_t kv_dim = static_cast<size_t>(c.num_kv_heads) * c.head_dim;
+  // Byte offsets, each rounded up to 64 bytes.
+  size_t bytes = 0;
+  auto add = [&bytes](size_t count, size_t elem_size) {
+    const size_t offset = bytes;
+    bytes += (count * elem_size + 63) / 64 * 64;
+    return offset;
+  };
+  const size_t x = add(t * c.hidden_size, 4), h = add(t * c.hidden_size, 4);
+  const size_t q = add(t * q_dim, 4), k = add(t * kv_dim, 4), v = add(t * kv_dim, 4);
+  const size_t att = add(t * q_dim, 4);
+  const size_t gate = add(t * c.intermediate_size, 4), up = add(t * c.intermediate_size, 4);
+  const size_t last = add(static_cast<size_t>(num_logits) * c.hidden_size, 4);
+  const size_t logits = add(static_cast<size_t>(num_logits) * c.vocab_size, 4);
+  const size_t tokens = add(t, 4), positions = add(t, 4), rows = add(num_logits, 4);
+
+  Activations a;
+  ASSIGN_OR_RETURN(a.buffer, be.Allocate(bytes));
+  char* base = a.buffer->as<char>();
+  auto f32 = [base](size_t offset) { return reinterpret_cast<float*>(base + offset); };
+  auto i32 = [base](size_t offset) { return reinterpret_cast<int32_t*>(base + offset); };
+  a.x = f32(x);
+  a.h = f32(h);
+  a.q = f32(q);
+  a.k = f32(k);
+  a.v = f32(v);
+  a.att = f32(att);
+  a.gate = f32(gate);
+  a.up = f32(up);
+  a.last = f32(last);
+  a.logits = f32(logits);
+  a.tokens = i32(tokens);
+  a.positions = i32(positions);
+  a.logit_rows = i32(rows);
+  return a;
+}
+
+// Appends the post-RoPE q rows [n, Hq*d] of the step's tokens at positions >= from_position.
+void CaptureQueries(Backend& be, int layer, const float* q, const int32_t* positions, int n,
+                    int q_dim, QueryCapture* capture) {
+  std::vector<float>& dst = capture->q[layer];
+  for (int j = 0; j < n; ++j) {
+    if (positions[j] < capture->from_position) continue;
+    const size_t old = dst.size();
+    dst.resize(old + q_dim);
+    be.CopyToHost(dst.data() + old, q + static_cast<size_t>(j) * q_dim, sizeof(float) * q_dim);
+    if (layer == 0) capture->positions.push_back(positions[j]);
+  }
+}
+
+// Fills `keys` with the fixed-context part of one step's attention at `layer`: the selector's
+// ranges, or every row when the step has no selector. Checks what the selector returned.
+absl::Status FixedContextKeys(const SequenceStep& s, int layer, const float* q, int n,
+                              LayerSelection* selection, AttentionKeys* keys) {
+  const ContextKV& ctx = *s.context;
+  const int S = ctx.num_tokens, Hkv = ctx.shape.num_kv_heads, d = ctx.shape.head_dim;
+  keys->kv = {ctx.k.data() + ctx.Offset(layer, 0, 0), ctx.v.data() + ctx.Offset(layer, 0, 0),
+              static_cast<size_t>(S) * d, S};
+  if (s.fixed == nullptr) return absl::OkStatus();  // empty ranges = every row (dense)
+
+  // The selector reads q on the host (the CPU backend's memory is host memory).
+  s.fixed->Select(layer, q, n, selection);
+  if (selection->ranges.size() != static_cast<size_t>(Hkv)) {
+    return absl::InternalError(absl::StrCat("fixed-context selection for layer ", layer,
+                                            " returned ", selection->ranges.size(),
+                                            " KV heads, expected ", Hkv));
+  }
+  for (int h = 0; h < Hkv; ++h) {
+    for (const KeyRange& r : selection->ranges[h]) {
+      if (r.begin < 0 || r.begin > r.end || r.end > S) {
+        return absl::InternalError(absl::StrCat("fixed-context selection for layer ", layer,
+                                                ", KV head ", h, " returned rows [", r.begin, ", ",
+                                                r.end, ") outside the context's [0, ", S, ")"));
+      }
+    }
+  }
+  keys->ranges = selection->ranges;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+LlamaModel::LlamaModel(ModelConfig config, LlamaWeights weights, std::unique_ptr<Backend> backend)
+    : config_(std::move(config)), weights_(std::move(weights)), backend_(std::move(backend)) {}
+
+absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(ModelConfig config,
+                                                               LlamaWeights weights,
+                                                               std::unique_ptr<Backend> backend) {
+  if (backend == nullptr) return absl::InvalidArgumentError("LlamaModel needs a backend");
+  RETURN_IF_ERROR(ValidateConfig(config));
+  RETURN_IF_ERROR(ValidateWeights(config, weights));
+  ASSIGN_OR_RETURN(std::vector<float> inv_freq,
+                   ComputeRopeInvFreq(config.head_dim, config.rope_theta, config.rope_scaling));
+  std::unique_ptr<LlamaModel> model(
+      new LlamaModel(std::move(config), std::move(weights), std::move(backend)));
+  model->rope_inv_freq_ = std::move(inv_freq);
+  return model;
+}
+
+absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* out) {
+  if (out == nullptr) return absl::InvalidArgumentError("Forward: `out` is null");
+  out->logits.assign(steps.size(), {});
+  if (steps.empty()) return absl::OkStatus();
+  RETURN_IF_ERROR(ValidateSteps(steps, config_, kv_shape()));
+
+  const ModelConfig& c = config_;
+  const int D = c.hidden_size, I = c.intermediate_size, V = c.vocab_size, L = c.num_layers;
+  const int Hq = c.num_heads, Hkv = c.num_kv_heads, d = c.head_dim;
+  const int q_dim = Hq * d, kv_dim = Hkv * d;
+  const float eps = c.rms_norm_eps;
+  Backend& be = *backend_;
+
+  const StepPlan plan = PlanSteps(steps);
+  const int T = static_cast<int>(plan.tokens.size());
+  const int num_logits = static_cast<int>(plan.logit_rows.size());
+  ASSIGN_OR_RETURN(Activations a, AllocateActivations(be, c, T, num_logits));
+  be.CopyFromHost(a.tokens, plan.tokens.data(), sizeof(int32_t) * T);
+  be.CopyFromHost(a.positions, plan.positions.data(), sizeof(int32_t) * T);
+  be.CopyFromHost(a.logit_rows, plan.logit_rows.data(), sizeof(int32_t) * num_logits);
+  for (SequenceStep& s : steps) {
+    s.kv->Reserve(static_cast<int>(s.tokens.size()));
+    if (s.capture != nullptr && s.capture->q.size() < static_cast<size_t>(L)) {
+      s.capture->q.resize(L);
+    }
+  }
+  const float* inv_freq = be.Resident(rope_inv_freq_);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  LayerSelection selection;
+
+  be.GatherRows(be.Resident(weights_.embed), a.tokens, T, D, a.x);
+  for (int l = 0; l < L; ++l) {
+    const LayerWeights& lw = weights_.layers[l];
+
+    // Attention block: x += o_proj(attention(rope(q), rope(k), v)), GEMMs over all T tokens.
+    be.RmsNorm(a.x, be.Resident(lw.attn_norm), a.h, T, D, eps);
+    be.MatMul(a.h, be.Resident(lw.wq), a.q, T, q_dim, D, /*accumulate=*/false);
+    be.MatMul(a.h, be.Resident(lw.wk), a.k, T, kv_dim, D, /*accumulate=*/false);
+    be.MatMul(a.h, be.Resident(lw.wv), a.v, T, kv_dim, D, /*accumulate=*/false);
+    be.Rope(a.q, a.positions, T, Hq, d, inv_freq);
+    be.Rope(a.k, a.positions, T, Hkv, d, inv_freq);
+
+    // Attention per sequence: its new K/V join its dynamic KV, then its queries attend to the
+    // fixed context and, causally, to the dynamic KV.
+    for (size_t i = 0; i < steps.size(); ++i) {
+      SequenceStep& s = steps[i];
+      const int n = static_cast<int>(s.tokens.size());
+      const size_t row = plan.offset[i];
+      SequenceKV& kv = *s.kv;
+      const int past = kv.length();  // this step's tokens are committed after the last layer
+      const size_t kv_head_stride = static_cast<size_t>(kv.capacity()) * d;
+      be.AppendKv(a.k + row * kv_dim, a.v + row * kv_dim, n, Hkv, d, kv.key(l, 0, past),
+                  kv.value(l, 0, past), kv_head_stride);
+      if (s.capture != nullptr) {
+        CaptureQueries(be, l, a.q + row * q_dim, &plan.positions[row], n, q_dim, s.capture);
+      }
+
+      AttentionParams p;
+      p.shape = {n, Hq, Hkv, d, scale};
+      p.q = a.q + row * q_dim;
+      p.out = a.att + row * q_dim;
+      if (s.context != nullptr && s.context->num_tokens > 0) {
+        RETURN_IF_ERROR(FixedContextKeys(s, l, p.q, n, &selection, &p.fixed));
+      }
+      p.dynamic.kv = {kv.key(l, 0, 0), kv.value(l, 0, 0), kv_head_stride, past + n};
+      p.dynamic.causal_offset = past;
+      be.Attention(p);
+    }
+    be.MatMul(a.att, be.Resident(lw.wo), a.x, T, D, q_dim, /*accumulate=*/true);
+
+    // MLP block: x += down(silu(gate(h)) * up(h)).
+    be.RmsNorm(a.x, be.Resident(lw.mlp_norm), a.h, T, D, eps);
+    be.MatMul(a.h, be.Resident(lw.w_gate), a.gate, T, I, D, /*accumulate=*/false);
+    be.MatMul(a.h, be.Resident(lw.w_up), a.up, T, I, D, /*accumulate=*/false);
+    be.SiluMul(a.gate, a.up, a.gate, static_cast<size_t>(T) * I);
+    be.MatMul(a.gate, be.Resident(lw.w_down), a.x, T, D, I, /*accumulate=*/true);
+  }
+
+  // Final norm and lm_head only for the last token of steps that want logits: a registration
+  // chunk of thousands of tokens must not pay for [T, V] logits.
+  if (num_logits > 0) {
+    be.GatherRows(a.x, a.logit_rows, num_logits, D, a.last);
+    be.RmsNorm(a.last, be.Resident(weights_.final_norm), a.last, num_logits, D, eps);
+    be.MatMul(a.last, be.Resident(weights_.lm_head), a.logits, num_logits, V, D, false);
+  }
+  RETURN_IF_ERROR(be.Synchronize());
+
+  for (size_t i = 0, li = 0; i < steps.size(); ++i) {
+    steps[i].kv->Commit(static_cast<int>(steps[i].tokens.size()));
+    if (!steps[i].want_logits) continue;
+    out->logits[i].resize(V);
+    be.CopyToHost(out->logits[i].data(), a.logits + li * V, sizeof(float) * V);
+    ++li;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace squeeze

@@ -1,0 +1,110 @@
+// Plain data exchanged between the server and the engine (no gRPC types here).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "engine/sampling/sampling_params.h"
+#include "engine/squeeze/squeeze_options.h"
+
+namespace squeeze {
+
+// Text or token ids (exactly one is used).
+struct PromptInput {
+  std::optional<std::string> text;
+  std::optional<std::vector<int32_t>> token_ids;
+};
+
+enum class AttentionMode { kAuto, kSqueezed, kDense };
+
+struct AttentionRequest {
+  AttentionMode mode = AttentionMode::kAuto;
+  std::optional<double> budget;       // kept fraction of clustered keys
+  std::optional<bool> hierarchical;
+};
+
+struct RegisterRequest {
+  std::string name;
+  PromptInput content;
+  std::optional<bool> add_bos;
+  bool build_index = true;
+  SqueezeOptions index;  // already merged with server defaults
+};
+
+enum class RegisterStage { kTokenizing, kPrefill, kClustering, kCalibrating, kPersisting, kDone };
+
+struct RegistrationTimings {
+  double tokenize_seconds = 0, prefill_seconds = 0, clustering_seconds = 0,
+         calibration_seconds = 0, persist_seconds = 0, total_seconds = 0;
+};
+
+struct ContextSummary {
+  std::string name;
+  int64_t num_tokens = 0;
+  std::string content_hash;  // hex SHA-256 of the token ids
+  int64_t kv_bytes = 0;
+  bool has_index = false;
+  SqueezeOptions index_options;
+  int64_t num_centroids = 0;
+  int64_t num_coarse_centroids = 0;
+  int64_t created_unix = 0;
+  RegistrationTimings timings;
+  bool reused = false;
+};
+
+struct RegisterEvent {
+  RegisterStage stage = RegisterStage::kTokenizing;
+  double progress = 0;
+  int64_t tokens_done = 0;
+  int64_t tokens_total = 0;
+  bool final = false;           // last event: `status` and (when OK) `context` are set
+  absl::Status status;
+  ContextSummary context;
+};
+
+struct GenerateRequest {
+  std::string request_id;
+  std::string context;          // empty: no fixed context
+  PromptInput input;
+  SamplingParams sampling;
+  AttentionRequest attention;
+  absl::Time deadline = absl::InfiniteFuture();
+};
+
+enum class FinishReason { kNone, kLength, kStop, kEos };
+
+struct TokenLogprobs {
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top;
+};
+
+struct GenerateUsage {
+  int64_t context_tokens = 0;
+  int64_t context_tokens_reused = 0;
+  int64_t query_tokens = 0;
+  int64_t completion_tokens = 0;
+  double kv_budget = 1.0;
+};
+
+struct GenerateTimings {
+  double queue_seconds = 0, ttft_seconds = 0, total_seconds = 0, prefill_seconds = 0,
+         decode_seconds = 0;
+};
+
+struct GenerateEvent {
+  std::vector<int32_t> tokens;
+  std::string text;
+  std::vector<TokenLogprobs> logprobs;
+  bool final = false;           // last event: `status`, and when OK the fields below
+  absl::Status status;
+  FinishReason finish_reason = FinishReason::kNone;
+  GenerateUsage usage;
+  GenerateTimings timings;
+  AttentionMode mode_used = AttentionMode::kDense;
+};
+
+}  // namespace squeeze

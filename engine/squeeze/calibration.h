@@ -1,0 +1,27 @@
+// Offline threshold calibration (DESIGN §1.1 item 6, PAPER_NOTES §3.6, P7, P8).
+//
+// For every observation-window query q (positions S - W .. S - 1), layer and KV head, each
+// fine cluster c gets p_c(q) from ClusterScorer (size-weighted softmax over that head's
+// clusters, max-subtracted, fp32), averaged over the W window queries and the G query heads of
+// the group. Every key of cluster c carries that score. The scores of all clustered keys of
+// all layers and heads form ONE distribution per context (index->fine_scores), from which
+// tau(keep) is read for any budget at query time. With the hierarchical level, the coarse
+// clusters are scored the same way (coarse sizes = keys under them) into
+// index->coarse_scores; as in the paper's code, the fine level is calibrated with the
+// denominator over ALL fine clusters of the head (P13).
+#pragma once
+
+#include <span>
+
+#include "absl/status/status.h"
+#include "engine/squeeze/squeeze_index.h"
+
+namespace squeeze {
+
+// window_q[layer] points at that layer's [W][Hq][d] window queries (W = index->window, rows in
+// token order). Requires the clusters of `index` to be built. Fails (Internal) if a score is
+// not finite, naming the layer and head (a bug or non-finite input, never silently kept).
+absl::Status CalibrateSqueezeIndex(std::span<const float* const> window_q, SqueezeIndex* index,
+                                   const SqueezeProgress& progress = nullptr);
+
+}  // namespace squeeze

@@ -1,0 +1,53 @@
+// Spherical k-means (cosine geometry) used to cluster the fixed-context keys of one
+// (layer, KV head), and the fine centroids for the hierarchical level. CPU reference: the CUDA
+// k-means is checked against this.
+//
+// Method (DESIGN §1.1 item 3, PAPER_NOTES §3.2):
+//   * points are L2-normalised first (a zero vector stays zero);
+//   * k-means++ initialisation: the first centre is a uniformly drawn point, every next one a
+//     point drawn with probability proportional to its squared Euclidean distance to the nearest
+//     chosen centre (on the unit sphere: 2 - 2 cos). Randomness comes only from the caller's
+//     std::mt19937_64 through UniformDouble (no std distributions: those are
+//     implementation-defined), so a seed gives the same clustering on every platform;
+//   * assignment: argmax over centres of the dot product with the *unit* centre (ties: the
+//     lowest centre index);
+//   * update: mean of the assigned unit points, re-normalised to unit length (spherical k-means,
+//     Dhillon & Modha). This differs from cuML, which keeps the un-normalised mean and assigns by
+//     Euclidean distance; re-normalising makes the assignment exactly "highest cosine" and makes
+//     the objective below provably non-decreasing. A centre whose cluster is empty, or whose
+//     mean is the zero vector, keeps its previous position;
+//   * at most `max_iterations` assignment steps; stop early when no assignment changes.
+// Output clusters are compacted: empty clusters are dropped (never returned as zero vectors)
+// and the survivors keep their relative order, so labels are in [0, num_clusters).
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+namespace squeeze {
+
+// A double uniform in [0, 1) from the top 53 bits of one mt19937_64 draw.
+double UniformDouble(std::mt19937_64& rng);
+
+struct KMeansResult {
+  int num_clusters = 0;             // C: non-empty clusters, <= the k requested
+  int dim = 0;                      // d
+  std::vector<int32_t> labels;      // [n] cluster of each point, in [0, C)
+  std::vector<int32_t> sizes;       // [C] points per cluster (all >= 1)
+  std::vector<float> centroids;     // [C][d] mean of the RAW (un-normalised) member points
+  std::vector<float> unit_centers;  // [C][d] unit centres of the last assignment step
+  // objective[i] = sum over points of dot(unit point, unit centre of its cluster) after
+  // assignment step i (i.e. the sum of cosine similarities). Non-decreasing in i.
+  std::vector<double> objective;
+  int iterations = 0;      // assignment steps run (= objective.size())
+  bool converged = false;  // the last assignment step changed nothing
+};
+
+// Clusters the n rows of `points` ([n][d], row-major, raw vectors) into at most k clusters.
+// Preconditions (checked by callers, which own the error messages): n >= 1, d >= 1,
+// 1 <= k <= n, max_iterations >= 1. Uses cblas_sgemm for the point x centre dot products.
+KMeansResult SphericalKMeans(const float* points, int n, int d, int k, int max_iterations,
+                             std::mt19937_64& rng);
+
+}  // namespace squeeze

@@ -1,0 +1,322 @@
+#include "engine/squeeze/squeeze_index.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <random>
+
+#include "absl/strings/str_format.h"
+#include "engine/squeeze/calibration.h"
+#include "engine/squeeze/kmeans.h"
+
+namespace squeeze {
+namespace {
+
+uint64_t SplitMix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// Independent, platform-stable PRNG stream per (seed, layer, kv head, level); level 0 = fine
+// k-means over keys, 1 = coarse k-means over fine centroids.
+std::mt19937_64 StreamFor(uint64_t seed, int layer, int kv_head, int level) {
+  uint64_t s = SplitMix64(seed);
+  s = SplitMix64(s ^ static_cast<uint64_t>(layer));
+  s = SplitMix64(s ^ static_cast<uint64_t>(kv_head));
+  s = SplitMix64(s ^ static_cast<uint64_t>(level));
+  return std::mt19937_64(s);
+}
+
+// The clusters of one (layer, KV head) plus the row permutation that puts the slice's clustered
+// rows into cluster order: new clustered row r comes from token sinks + perm[r].
+struct HeadPlan {
+  SqueezeHeadIndex index;
+  std::vector<int32_t> perm;  // [M]
+};
+
+// Clusters the M keys of one slice (keys: [M][d], token order) and plans the storage order.
+HeadPlan PlanHead(const float* keys, int M, int d, int sinks, int layer, int kv_head,
+                  const SqueezeOptions& options) {
+  HeadPlan plan;
+  SqueezeHeadIndex& head = plan.index;
+  head.offsets.push_back(sinks);
+  if (options.hierarchical) head.coarse_offsets.push_back(0);
+  if (M == 0) return plan;
+
+  std::mt19937_64 rng = StreamFor(options.seed, layer, kv_head, 0);
+  const KMeansResult fine = SphericalKMeans(
+      keys, M, d, NumClustersFor(options.centroid_fraction, M), options.max_iterations, rng);
+  const int C = fine.num_clusters;
+
+  // order[i] = k-means index of the i-th stored fine cluster. Flat: k-means order. Hierarchical:
+  // grouped by coarse cluster (stable within a group), so each coarse cluster is a contiguous
+  // range of fine clusters and therefore of rows.
+  std::vector<int32_t> order(C);
+  std::iota(order.begin(), order.end(), 0);
+  if (options.hierarchical) {
+    std::mt19937_64 coarse_rng = StreamFor(options.seed, layer, kv_head, 1);
+    const int C1 = std::min(NumClustersFor(options.coarse_fraction, M), C);
+    // Clusters the raw-mean fine centroids (normalised inside); the coarse centroid is the raw
+    // mean of its member fine centroids, i.e. their unweighted mean (PAPER_NOTES §3.5).
+    const KMeansResult coarse =
+        SphericalKMeans(fine.centroids.data(), C, d, C1, options.max_iterations, coarse_rng);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int32_t a, int32_t b) { return coarse.labels[a] < coarse.labels[b]; });
+    head.coarse_centroids = coarse.centroids;
+    int fine_begin = 0;
+    for (int g = 0; g < coarse.num_clusters; ++g) {
+      int64_t keys_under = 0;
+      for (int i = fine_begin; i < fine_begin + coarse.sizes[g]; ++i) {
+        keys_under += fine.sizes[order[i]];
+      }
+      fine_begin += coarse.sizes[g];
+      head.coarse_offsets.push_back(fine_begin);
+      head.coarse_sizes.push_back(static_cast<int32_t>(keys_under));
+    }
+  }
+
+  // Members of each k-means cluster in token order (counting sort by label).
+  std::vector<int32_t> member_begin(C + 1, 0);
+  for (int t = 0; t < M; ++t) ++member_begin[fine.labels[t] + 1];
+  for (int c = 0; c < C; ++c) member_begin[c + 1] += member_begin[c];
+  std::vector<int32_t> members(M), fill(member_begin.begin(), member_begin.end() - 1);
+  for (int t = 0; t < M; ++t) members[fill[fine.labels[t]]++] = t;
+
+  plan.perm.reserve(M);
+  head.centroids.resize(static_cast<size_t>(C) * d);
+  for (int i = 0; i < C; ++i) {
+    const int c = order[i];
+    plan.perm.insert(plan.perm.end(), members.begin() + member_begin[c],
+                     members.begin() + member_begin[c + 1]);
+    head.sizes.push_back(fine.sizes[c]);
+    head.offsets.push_back(head.offsets.back() + fine.sizes[c]);
+    std::memcpy(&head.centroids[static_cast<size_t>(i) * d],
+                &fine.centroids[static_cast<size_t>(c) * d], sizeof(float) * d);
+  }
+  return plan;
+}
+
+// Moves the clustered rows [sinks, sinks + M) of one slice into the planned order.
+void ApplyPlan(const std::vector<int32_t>& perm, int layer, int kv_head, int sinks, ContextKV* kv) {
+  const int M = static_cast<int>(perm.size());
+  if (M == 0) return;
+  const int d = kv->shape.head_dim;
+  const size_t base = kv->Offset(layer, kv_head, sinks);
+  const size_t tok_base =
+      (static_cast<size_t>(layer) * kv->shape.num_kv_heads + kv_head) * kv->num_tokens + sinks;
+  std::vector<float> k_old(kv->k.begin() + base, kv->k.begin() + base + static_cast<size_t>(M) * d);
+  std::vector<float> v_old(kv->v.begin() + base, kv->v.begin() + base + static_cast<size_t>(M) * d);
+  std::vector<int32_t> tok_old(kv->token_of.begin() + tok_base,
+                               kv->token_of.begin() + tok_base + M);
+  for (int r = 0; r < M; ++r) {
+    const size_t src = static_cast<size_t>(perm[r]) * d;
+    std::memcpy(&kv->k[base + static_cast<size_t>(r) * d], &k_old[src], sizeof(float) * d);
+    std::memcpy(&kv->v[base + static_cast<size_t>(r) * d], &v_old[src], sizeof(float) * d);
+    kv->token_of[tok_base + r] = tok_old[perm[r]];
+  }
+}
+
+absl::Status CheckFinite(const float* x, size_t n, const char* what, int layer, int head) {
+  for (size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(x[i])) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s: non-finite value %g at layer %d, head %d (element %d)", what, x[i], layer, head, i));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Validates the context tensors; they must be consistent and in token order.
+absl::Status CheckContext(const ContextKV& kv) {
+  const KvShape& s = kv.shape;
+  if (s.num_layers <= 0 || s.num_kv_heads <= 0 || s.head_dim <= 0 || kv.num_tokens < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("context KV: bad shape (layers %d, kv heads %d, head dim %d, tokens %d)",
+                        s.num_layers, s.num_kv_heads, s.head_dim, kv.num_tokens));
+  }
+  const size_t rows = static_cast<size_t>(s.num_layers) * s.num_kv_heads * kv.num_tokens;
+  if (kv.k.size() != rows * s.head_dim || kv.v.size() != rows * s.head_dim ||
+      kv.token_of.size() != rows) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "context KV: tensor sizes (k %d, v %d, token_of %d) do not match the shape (%d rows x "
+        "%d)",
+        kv.k.size(), kv.v.size(), kv.token_of.size(), rows, s.head_dim));
+  }
+  for (size_t r = 0; r < rows; ++r) {
+    if (kv.token_of[r] != static_cast<int32_t>(r % kv.num_tokens)) {
+      return absl::FailedPreconditionError(
+          "context KV: rows are not in token order (already clustered?); build the index from "
+          "the KV as ContextKV::FromSequence makes it");
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidateSqueezeOptions(const SqueezeOptions& o) {
+  if (!(o.centroid_fraction > 0.0 && o.centroid_fraction <= 1.0)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "squeeze option centroid_fraction must be in (0, 1], got %g", o.centroid_fraction));
+  }
+  if (!(o.coarse_fraction > 0.0 && o.coarse_fraction <= 1.0)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "squeeze option coarse_fraction must be in (0, 1], got %g", o.coarse_fraction));
+  }
+  if (o.window < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("squeeze option window must be >= 0, got %d", o.window));
+  }
+  if (o.sinks < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("squeeze option sinks must be >= 0, got %d", o.sinks));
+  }
+  if (o.max_iterations < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("squeeze option max_iterations must be >= 1, got %d", o.max_iterations));
+  }
+  return absl::OkStatus();
+}
+
+int NumClustersFor(double fraction, int num_keys) {
+  if (num_keys <= 0) return 0;
+  const double c = std::ceil(fraction * num_keys - 1e-9);
+  return static_cast<int>(std::clamp(c, 1.0, static_cast<double>(num_keys)));
+}
+
+int64_t SqueezeIndex::num_centroids() const {
+  int64_t total = 0;
+  for (const SqueezeHeadIndex& h : heads) total += h.num_clusters();
+  return total;
+}
+
+int64_t SqueezeIndex::num_coarse_centroids() const {
+  int64_t total = 0;
+  for (const SqueezeHeadIndex& h : heads) total += h.num_coarse();
+  return total;
+}
+
+absl::StatusOr<SqueezeIndex> BuildSqueezeIndex(ContextKV* kv, const QueryCapture& window,
+                                               int num_q_heads, const SqueezeOptions& options,
+                                               const SqueezeProgress& progress,
+                                               BuildTimings* timings) {
+  // ---- Validate everything before touching `kv`.
+  if (absl::Status s = ValidateSqueezeOptions(options); !s.ok()) return s;
+  if (absl::Status s = CheckContext(*kv); !s.ok()) return s;
+  const int L = kv->shape.num_layers, Hkv = kv->shape.num_kv_heads, d = kv->shape.head_dim;
+  const int S = kv->num_tokens;
+  if (num_q_heads <= 0 || num_q_heads % Hkv != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "num_q_heads %d must be a positive multiple of the %d KV heads", num_q_heads, Hkv));
+  }
+  if (static_cast<int64_t>(options.sinks) + options.window > S) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "squeeze options sinks (%d) + window (%d) exceed the context length %d tokens",
+        options.sinks, options.window, S));
+  }
+  const int M = S - options.sinks - options.window;
+  const int W = options.window;
+  if (M > 0 && W == 0) {
+    return absl::InvalidArgumentError(
+        "squeeze option window must be >= 1 to calibrate (its queries set the threshold)");
+  }
+
+  // Window queries: locate positions S-W .. S-1 in the capture.
+  std::vector<const float*> window_q(L, nullptr);
+  if (M > 0) {
+    const size_t row_floats = static_cast<size_t>(num_q_heads) * d;
+    const auto first = std::find(window.positions.begin(), window.positions.end(), S - W);
+    const size_t i0 = first - window.positions.begin();
+    bool consecutive = first != window.positions.end() && i0 + W <= window.positions.size();
+    for (int i = 0; consecutive && i < W; ++i) {
+      consecutive = window.positions[i0 + i] == S - W + i;
+    }
+    if (!consecutive) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "window queries: the capture must hold positions %d..%d consecutively (the last %d "
+          "context tokens)",
+          S - W, S - 1, W));
+    }
+    if (static_cast<int>(window.q.size()) != L) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "window queries: captured %d layers, the context has %d", window.q.size(), L));
+    }
+    for (int l = 0; l < L; ++l) {
+      if (window.q[l].size() != window.positions.size() * row_floats) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "window queries: layer %d holds %d floats, expected %d positions x %d heads x %d", l,
+            window.q[l].size(), window.positions.size(), num_q_heads, d));
+      }
+      window_q[l] = window.q[l].data() + i0 * row_floats;
+      if (absl::Status s = CheckFinite(window_q[l], W * row_floats, "window queries", l, -1);
+          !s.ok()) {
+        return s;
+      }
+    }
+    for (int l = 0; l < L; ++l) {
+      for (int h = 0; h < Hkv; ++h) {
+        if (absl::Status s = CheckFinite(kv->key(l, h, options.sinks), static_cast<size_t>(M) * d,
+                                         "context keys", l, h);
+            !s.ok()) {
+          return s;
+        }
+      }
+    }
+  }
+
+  SqueezeIndex index;
+  index.num_layers = L;
+  index.num_kv_heads = Hkv;
+  index.num_q_heads = num_q_heads;
+  index.head_dim = d;
+  index.num_tokens = S;
+  index.sinks = options.sinks;
+  index.window = W;
+  index.num_clustered = M;
+  index.options = options;
+  index.heads.reserve(static_cast<size_t>(L) * Hkv);
+
+  using Clock = std::chrono::steady_clock;
+  const auto seconds_since = [](Clock::time_point t0) {
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+  };
+  BuildTimings local_timings;
+  if (timings == nullptr) timings = &local_timings;
+
+  // ---- Cluster every slice; keep the row permutations for the end.
+  Clock::time_point t0 = Clock::now();
+  std::vector<std::vector<int32_t>> perms;
+  perms.reserve(static_cast<size_t>(L) * Hkv);
+  for (int l = 0; l < L; ++l) {
+    for (int h = 0; h < Hkv; ++h) {
+      HeadPlan plan = PlanHead(kv->key(l, h, options.sinks), M, d, options.sinks, l, h, options);
+      index.heads.push_back(std::move(plan.index));
+      perms.push_back(std::move(plan.perm));
+    }
+    if (progress) progress("clustering", static_cast<double>(l + 1) / L);
+  }
+
+  timings->clustering_seconds = seconds_since(t0);
+
+  // ---- Calibrate (needs only centroids and sizes), then reorder the rows: a calibration
+  // failure leaves `kv` untouched.
+  t0 = Clock::now();
+  if (M > 0) {
+    if (absl::Status s = CalibrateSqueezeIndex(window_q, &index, progress); !s.ok()) return s;
+  }
+  timings->calibration_seconds = seconds_since(t0);
+  t0 = Clock::now();
+  for (int l = 0; l < L; ++l) {
+    for (int h = 0; h < Hkv; ++h) {
+      ApplyPlan(perms[static_cast<size_t>(l) * Hkv + h], l, h, options.sinks, kv);
+    }
+  }
+  timings->clustering_seconds += seconds_since(t0);
+  return index;
+}
+
+}  // namespace squeeze

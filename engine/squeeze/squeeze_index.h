@@ -1,0 +1,100 @@
+// The Squeezed Attention index of one fixed context (DESIGN §1.1): per (layer, KV head) the
+// clusters of the fixed-context keys (contiguous storage rows, CSR), their centroids and
+// sizes, the optional coarse level, and the calibrated score distributions that turn a
+// requested KV budget into the global threshold tau. BuildSqueezeIndex computes it offline
+// from the prefilled ContextKV and reorders that ContextKV's rows into cluster order.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/kv/kv_cache.h"
+#include "engine/model/llama_model.h"
+#include "engine/squeeze/score_distribution.h"
+#include "engine/squeeze/squeeze_options.h"
+
+namespace squeeze {
+
+// Checks the option values alone; Build also checks them against the context length.
+absl::Status ValidateSqueezeOptions(const SqueezeOptions& options);
+
+// Number of clusters asked of k-means for M keys: ceil(fraction * M) clamped to [1, M]
+// (0 when M == 0). A 1e-9 slack absorbs binary rounding (0.05 * 4000 must give 200).
+int NumClustersFor(double fraction, int num_keys);
+
+// The clusters of one (layer, KV head). Storage rows of the ContextKV slice are
+//   [0, sinks)                 sinks, in token order
+//   [offsets[c], offsets[c+1]) fine cluster c, in token order within the cluster
+//   [S - window, S)            observation window, in token order
+// so offsets[0] = sinks and offsets[C] = S - window. No cluster is empty.
+struct SqueezeHeadIndex {
+  std::vector<int32_t> offsets;  // [C + 1] storage-row CSR of the fine clusters
+  std::vector<int32_t> sizes;    // [C] keys per cluster (offsets[c+1] - offsets[c])
+  std::vector<float> centroids;  // [C][d] mean of the cluster's raw post-RoPE keys
+  // Hierarchical level (empty otherwise): coarse cluster g owns the fine clusters
+  // [coarse_offsets[g], coarse_offsets[g+1]), hence one contiguous range of rows.
+  std::vector<int32_t> coarse_offsets;  // [C1 + 1] fine-cluster CSR; [0] = 0, [C1] = C
+  std::vector<int32_t> coarse_sizes;    // [C1] keys under each coarse cluster
+  std::vector<float> coarse_centroids;  // [C1][d] unweighted mean of member fine centroids
+
+  int num_clusters() const { return static_cast<int>(sizes.size()); }
+  int num_coarse() const { return static_cast<int>(coarse_sizes.size()); }
+
+  bool operator==(const SqueezeHeadIndex&) const = default;
+};
+
+struct SqueezeIndex {
+  int num_layers = 0;      // L
+  int num_kv_heads = 0;    // Hkv
+  int num_q_heads = 0;     // Hq (a multiple of Hkv; G = Hq / Hkv)
+  int head_dim = 0;        // d
+  int num_tokens = 0;      // S
+  int sinks = 0;           // always-kept prefix rows
+  int window = 0;          // W: always-kept suffix rows
+  int num_clustered = 0;   // M = S - sinks - window
+  SqueezeOptions options;  // as built; options.hierarchical says whether the coarse level exists
+  std::vector<SqueezeHeadIndex> heads;  // [L * Hkv], index layer * Hkv + kv_head
+
+  // Calibrated per-key scores over all layers, heads and clustered keys (empty when M == 0).
+  ScoreDistribution fine_scores;
+  ScoreDistribution coarse_scores;  // hierarchical only
+
+  bool hierarchical() const { return options.hierarchical; }
+  bool has_coarse() const { return options.hierarchical; }
+  int group_size() const { return num_kv_heads > 0 ? num_q_heads / num_kv_heads : 0; }
+  const SqueezeHeadIndex& head(int layer, int kv_head) const {
+    return heads[static_cast<size_t>(layer) * num_kv_heads + kv_head];
+  }
+  int64_t num_centroids() const;         // fine, over all layers and heads
+  int64_t num_coarse_centroids() const;  // coarse, over all layers and heads
+
+  bool operator==(const SqueezeIndex&) const = default;
+};
+
+// Progress: stage is "clustering" or "calibrating"; fraction in (0, 1], reported per layer.
+using SqueezeProgress = std::function<void(std::string_view stage, double fraction)>;
+
+// Wall-clock seconds of the two offline stages (the row reorder is counted in clustering).
+struct BuildTimings {
+  double clustering_seconds = 0;
+  double calibration_seconds = 0;
+};
+
+// Clusters and calibrates `kv` (which must be in token order, as ContextKV::FromSequence makes
+// it) and reorders its rows, per (layer, KV head), into the storage order described above.
+// `window` holds the post-RoPE queries captured during the context prefill: q[layer] =
+// [n][Hq][d] in token order with their positions; it must contain every position
+// S - W .. S - 1 consecutively (other captured rows are ignored; nothing is needed when M == 0).
+// `kv` is untouched when an error is returned. Errors (InvalidArgument) name the option or
+// tensor at fault: bad option values, sinks + window > S, W == 0 with M > 0 (calibration needs
+// the window queries), missing or mis-sized window queries, non-finite keys or queries.
+absl::StatusOr<SqueezeIndex> BuildSqueezeIndex(ContextKV* kv, const QueryCapture& window,
+                                               int num_q_heads, const SqueezeOptions& options,
+                                               const SqueezeProgress& progress = nullptr,
+                                               BuildTimings* timings = nullptr);
+
+}  // namespace squeeze

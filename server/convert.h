@@ -1,0 +1,35 @@
+// Protobuf <-> engine types, and validation of request fields with actionable messages.
+#pragma once
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/scheduler/types.h"
+#include "squeeze/v1/squeeze.pb.h"
+
+namespace squeeze::server {
+
+// Server-side limits and defaults applied to requests.
+struct RequestLimits {
+  int default_max_tokens = 128;
+  int max_tokens_cap = 4096;
+  int max_stop_strings = 16;
+  int max_stop_length = 256;
+  int max_logprobs = 20;
+  SqueezeOptions default_index;   // index options when a registration gives none
+};
+
+absl::Status ValidateContextName(const std::string& name);
+
+absl::StatusOr<PromptInput> ConvertPrompt(const v1::Prompt& prompt, const char* field);
+
+absl::StatusOr<RegisterRequest> ConvertRegisterRequest(const v1::RegisterContextRequest& req,
+                                                       const RequestLimits& limits);
+absl::StatusOr<GenerateRequest> ConvertGenerateRequest(const v1::GenerateRequest& req,
+                                                       const RequestLimits& limits);
+
+v1::ContextInfo ToProto(const ContextSummary& summary);
+v1::RegisterContextEvent ToProto(const RegisterEvent& event);
+// Fills a response from an event (without request_id).
+v1::GenerateResponse ToProto(const GenerateEvent& event);
+
+}  // namespace squeeze::server

@@ -1,0 +1,108 @@
+// squeeze-server: serves squeeze.v1.Squeeze over gRPC.
+#include <pthread.h>
+
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "server/server.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+
+ABSL_FLAG(std::string, model, "", "Hugging Face model directory (config.json, *.safetensors, "
+                                  "tokenizer.model)");
+ABSL_FLAG(std::string, address, "0.0.0.0:50051", "gRPC listen address host:port");
+ABSL_FLAG(std::string, state_dir, "", "Directory where registered contexts are persisted and "
+                                      "reloaded at start-up (empty: memory only)");
+ABSL_FLAG(int64_t, max_context_memory_mb, 0,
+          "Resident KV memory for registered contexts in MiB (0: unlimited)");
+ABSL_FLAG(int, max_running, 64, "Sequences decoded together in one batch");
+ABSL_FLAG(int, max_waiting, 256, "Queued Generate requests before RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, max_registrations, 4, "Registrations in progress before RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, prefill_chunk, 512, "Prefill tokens of one sequence or registration per step");
+ABSL_FLAG(int, max_step_tokens, 2048, "Prefill tokens per engine step over all sequences");
+ABSL_FLAG(double, default_budget, 0.1,
+          "Squeezed Attention budget (kept fraction of context keys) when a request gives none");
+ABSL_FLAG(int, default_max_tokens, 128, "max_tokens when a request gives none");
+ABSL_FLAG(int, max_tokens_cap, 4096, "Largest max_tokens a request may ask for");
+ABSL_FLAG(int, max_message_mb, 64, "Largest gRPC message in MiB");
+ABSL_FLAG(double, centroid_fraction, 0.05, "Default fine centroids per clustered token");
+ABSL_FLAG(double, coarse_fraction, 0.01, "Default coarse centroids per clustered token");
+ABSL_FLAG(bool, hierarchical, false, "Build the coarse level by default");
+ABSL_FLAG(int, window, 100, "Default observation window (tokens always kept)");
+ABSL_FLAG(int, sinks, 0, "Default attention sinks (first tokens always kept)");
+ABSL_FLAG(int, kmeans_iterations, 25, "Default maximum k-means iterations");
+ABSL_FLAG(double, grace_seconds, 30, "On SIGTERM/SIGINT: time given to running streams");
+ABSL_FLAG(std::string, port_file, "", "Write the bound port to this file once serving "
+                                      "(useful with --address=127.0.0.1:0)");
+ABSL_FLAG(bool, log_json, false, "Log one JSON object per line");
+ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("Squeeze inference server. Example:\n"
+                               "  squeeze-server --model=models/squeeze-demo --address=0.0.0.0:50051");
+  absl::ParseCommandLine(argc, argv);
+  // SIGTERM/SIGINT are blocked in every thread (threads inherit the mask) and taken
+  // synchronously by sigwait below, so no work happens in a signal handler.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  if (absl::GetFlag(FLAGS_log_json)) {
+    spdlog::set_pattern(
+        R"({"time":"%Y-%m-%dT%H:%M:%S.%e%z","level":"%l","thread":%t,"msg":"%v"})");
+  }
+  spdlog::set_level(spdlog::level::from_str(absl::GetFlag(FLAGS_log_level)));
+
+  squeeze::server::ServerOptions o;
+  o.model_dir = absl::GetFlag(FLAGS_model);
+  if (o.model_dir.empty()) {
+    spdlog::error("--model is required (a Hugging Face model directory)");
+    return 2;
+  }
+  o.address = absl::GetFlag(FLAGS_address);
+  o.state_dir = absl::GetFlag(FLAGS_state_dir);
+  o.max_context_memory = absl::GetFlag(FLAGS_max_context_memory_mb) << 20;
+  o.max_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
+  o.engine.max_running = absl::GetFlag(FLAGS_max_running);
+  o.engine.max_waiting = absl::GetFlag(FLAGS_max_waiting);
+  o.engine.max_registrations = absl::GetFlag(FLAGS_max_registrations);
+  o.engine.prefill_chunk = absl::GetFlag(FLAGS_prefill_chunk);
+  o.engine.max_step_tokens = absl::GetFlag(FLAGS_max_step_tokens);
+  o.engine.default_budget = absl::GetFlag(FLAGS_default_budget);
+  o.limits.default_max_tokens = absl::GetFlag(FLAGS_default_max_tokens);
+  o.limits.max_tokens_cap = absl::GetFlag(FLAGS_max_tokens_cap);
+  o.limits.default_index.centroid_fraction = absl::GetFlag(FLAGS_centroid_fraction);
+  o.limits.default_index.coarse_fraction = absl::GetFlag(FLAGS_coarse_fraction);
+  o.limits.default_index.hierarchical = absl::GetFlag(FLAGS_hierarchical);
+  o.limits.default_index.window = absl::GetFlag(FLAGS_window);
+  o.limits.default_index.sinks = absl::GetFlag(FLAGS_sinks);
+  o.limits.default_index.max_iterations = absl::GetFlag(FLAGS_kmeans_iterations);
+  if (o.engine.max_running < 1 || o.engine.max_waiting < 0 || o.engine.prefill_chunk < 1 ||
+      o.engine.max_step_tokens < 1 || o.engine.default_budget < 0 ||
+      o.engine.default_budget > 1) {
+    spdlog::error("invalid scheduler flags (see --help)");
+    return 2;
+  }
+
+  auto server = squeeze::server::SqueezeServer::Start(o);
+  if (!server.ok()) {
+    spdlog::error("cannot start: {}", server.status().ToString());
+    return 1;
+  }
+  if (const std::string port_file = absl::GetFlag(FLAGS_port_file); !port_file.empty()) {
+    std::ofstream(port_file + ".tmp") << (*server)->port() << "\n";
+    std::rename((port_file + ".tmp").c_str(), port_file.c_str());
+  }
+  int signal = 0;
+  sigwait(&signals, &signal);
+  spdlog::info("{} received: draining (grace {} s)", signal == SIGTERM ? "SIGTERM" : "SIGINT",
+               absl::GetFlag(FLAGS_grace_seconds));
+  (*server)->Shutdown(absl::Seconds(absl::GetFlag(FLAGS_grace_seconds)));
+  spdlog::info("stopped");
+  return 0;
+}

@@ -1,0 +1,102 @@
+#include "server/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "engine/backend/cpu/cpu_backend.h"
+#include "engine/common/sha256.h"
+#include "engine/common/status_macros.h"
+#include "spdlog/spdlog.h"
+
+namespace squeeze::server {
+namespace {
+
+absl::StatusOr<std::string> ReadWholeFile(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read '", path.string(), "'"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> ModelFingerprint(const std::string& model_dir) {
+  namespace fs = std::filesystem;
+  std::string material;
+  ASSIGN_OR_RETURN(std::string config, ReadWholeFile(fs::path(model_dir) / "config.json"));
+  material += config;
+  for (const char* name : {"tokenizer.model", "tokenizer.json"}) {
+    if (fs::exists(fs::path(model_dir) / name)) {
+      ASSIGN_OR_RETURN(std::string tok, ReadWholeFile(fs::path(model_dir) / name));
+      material += Sha256Hex(tok);
+    }
+  }
+  std::vector<std::string> shards;
+  for (const auto& e : fs::directory_iterator(model_dir)) {
+    if (e.path().extension() == ".safetensors") {
+      shards.push_back(absl::StrCat(e.path().filename().string(), ":", e.file_size()));
+    }
+  }
+  std::sort(shards.begin(), shards.end());
+  for (const auto& s : shards) material += s;
+  return Sha256Hex(material);
+}
+
+absl::StatusOr<std::unique_ptr<SqueezeServer>> SqueezeServer::Start(ServerOptions options) {
+  const absl::Time t0 = absl::Now();
+  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(options.model_dir));
+  ASSIGN_OR_RETURN(LlamaWeights weights, LoadLlamaWeights(options.model_dir, config));
+  ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, LoadTokenizer(options.model_dir));
+  ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model,
+                   LlamaModel::Create(config, std::move(weights), std::make_unique<CpuBackend>()));
+  ASSIGN_OR_RETURN(std::string fingerprint, ModelFingerprint(options.model_dir));
+  spdlog::info("model {}: {} layers, hidden {}, heads {}/{} (q/kv), head dim {}, vocab {}, "
+               "window {} tokens; backend cpu; loaded in {:.2f} s",
+               options.model_dir, config.num_layers, config.hidden_size, config.num_heads,
+               config.num_kv_heads, config.head_dim, config.vocab_size,
+               config.max_position_embeddings, absl::ToDoubleSeconds(absl::Now() - t0));
+  auto store = std::make_unique<ContextStore>(options.state_dir, fingerprint,
+                                              options.max_context_memory);
+  RETURN_IF_ERROR(store->LoadPersisted());
+
+  std::unique_ptr<SqueezeServer> server(new SqueezeServer());
+  server->engine_ = std::make_unique<Engine>(options.engine, std::move(model),
+                                             std::move(tokenizer), std::move(store));
+  server->engine_->Start();
+  server->service_ = std::make_unique<SqueezeService>(server->engine_.get(), options.limits);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.address, grpc::InsecureServerCredentials(), &server->port_);
+  builder.RegisterService(server->service_.get());
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  builder.SetMaxSendMessageSize(options.max_message_bytes);
+  server->server_ = builder.BuildAndStart();
+  if (!server->server_ || server->port_ == 0) {
+    server->engine_->Shutdown(absl::ZeroDuration());
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.address));
+  }
+  server->server_->GetHealthCheckService()->SetServingStatus(true);
+  server->server_->GetHealthCheckService()->SetServingStatus("squeeze.v1.Squeeze", true);
+  spdlog::info("serving squeeze.v1.Squeeze on port {}", server->port_);
+  return server;
+}
+
+void SqueezeServer::Shutdown(absl::Duration grace) {
+  if (stopped_) return;
+  stopped_ = true;
+  server_->GetHealthCheckService()->SetServingStatus(false);
+  engine_->Shutdown(grace);
+  server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+}
+
+SqueezeServer::~SqueezeServer() { Shutdown(absl::ZeroDuration()); }
+
+}  // namespace squeeze::server

@@ -1,0 +1,52 @@
+// Assembles a running Squeeze server: model, tokenizer, context store, engine, gRPC service,
+// health checking and reflection. Used by main() and by in-process end-to-end tests.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "engine/scheduler/engine.h"
+#include "server/convert.h"
+#include "server/service.h"
+
+namespace squeeze::server {
+
+struct ServerOptions {
+  std::string model_dir;
+  std::string address = "0.0.0.0:50051";   // host:port; port 0 picks a free one
+  std::string state_dir;                   // empty: contexts are not persisted
+  int64_t max_context_memory = 0;          // bytes of resident context KV; 0: unlimited
+  int max_message_bytes = 64 << 20;
+  EngineOptions engine;
+  RequestLimits limits;
+};
+
+class SqueezeServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<SqueezeServer>> Start(ServerOptions options);
+  ~SqueezeServer();
+
+  int port() const { return port_; }
+  Engine& engine() { return *engine_; }
+  // Graceful stop: health NOT_SERVING, new work refused with UNAVAILABLE, running streams get
+  // up to `grace` to finish, then the gRPC server stops.
+  void Shutdown(absl::Duration grace);
+  void Wait() { server_->Wait(); }
+
+ private:
+  SqueezeServer() = default;
+  std::unique_ptr<Engine> engine_;
+  std::unique_ptr<SqueezeService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  bool stopped_ = false;
+};
+
+// A fingerprint of the model directory (config, tokenizer and weight file sizes) stored with
+// persisted contexts so a context is never served by another model.
+absl::StatusOr<std::string> ModelFingerprint(const std::string& model_dir);
+
+}  // namespace squeeze::server

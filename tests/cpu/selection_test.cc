@@ -1,0 +1,457 @@
+// Online selection (engine/squeeze/selection.h): dense and empty extremes, agreement with a
+// double-precision brute force (flat and hierarchical), group/token averaging, budget
+// accounting.
+#include "engine/squeeze/selection.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "engine/squeeze/squeeze_index.h"
+
+namespace squeeze {
+namespace {
+
+struct TestContext {
+  ContextKV kv;
+  QueryCapture capture;
+  SqueezeIndex index;
+};
+
+// Random mixture keys (per (layer, head) 16 directions), normal values and window queries;
+// built into an index with the given options.
+TestContext MakeIndexed(int L, int Hkv, int Hq, int d, int S, const SqueezeOptions& o,
+                        uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_real_distribution<float> uniform(0.0f, 1.0f);
+  SequenceKV seq(KvShape{L, Hkv, d});
+  seq.Reserve(S);
+  for (int l = 0; l < L; ++l) {
+    for (int h = 0; h < Hkv; ++h) {
+      std::vector<float> dirs(16 * d);
+      for (float& x : dirs) x = normal(gen);
+      for (int t = 0; t < S; ++t) {
+        const int g = static_cast<int>(uniform(gen) * 16) % 16;
+        for (int j = 0; j < d; ++j) {
+          seq.key(l, h, t)[j] = dirs[g * d + j] * (0.5f + uniform(gen)) + 0.4f * normal(gen);
+          seq.value(l, h, t)[j] = normal(gen);
+        }
+      }
+    }
+  }
+  seq.Commit(S);
+  TestContext c;
+  c.kv = ContextKV::FromSequence(seq, S);
+  for (int p = S - o.window; p < S; ++p) c.capture.positions.push_back(p);
+  c.capture.q.resize(L);
+  for (int l = 0; l < L; ++l) {
+    c.capture.q[l].resize(static_cast<size_t>(o.window) * Hq * d);
+    for (float& x : c.capture.q[l]) x = normal(gen);
+  }
+  auto index = BuildSqueezeIndex(&c.kv, c.capture, Hq, o);
+  EXPECT_TRUE(index.ok()) << index.status();
+  if (index.ok()) c.index = *std::move(index);
+  return c;
+}
+
+SqueezeOptions Options(bool hierarchical) {
+  SqueezeOptions o;
+  o.window = 32;
+  o.sinks = 4;
+  o.hierarchical = hierarchical;
+  o.coarse_fraction = 0.01;
+  o.seed = 3;
+  return o;
+}
+
+std::vector<float> RandomQueries(int n, int Hq, int d, std::mt19937& gen) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> q(static_cast<size_t>(n) * Hq * d);
+  for (float& x : q) x = normal(gen);
+  return q;
+}
+
+// Ranges must be ascending, non-empty, non-overlapping and non-adjacent (merged).
+void ExpectWellFormed(const std::vector<KeyRange>& ranges, int S) {
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    EXPECT_GE(ranges[i].begin, 0);
+    EXPECT_LT(ranges[i].begin, ranges[i].end);
+    EXPECT_LE(ranges[i].end, S);
+    if (i > 0) {
+      EXPECT_LT(ranges[i - 1].end, ranges[i].begin);
+    }
+  }
+}
+
+bool RowKept(const std::vector<KeyRange>& ranges, int row) {
+  for (const KeyRange& r : ranges) {
+    if (row >= r.begin && row < r.end) return true;
+  }
+  return false;
+}
+
+// Whether each fine cluster of `head` is kept; also checks clusters are all-or-nothing.
+std::vector<bool> KeptClusters(const SqueezeHeadIndex& head, const std::vector<KeyRange>& ranges) {
+  std::vector<bool> kept(head.num_clusters());
+  for (int c = 0; c < head.num_clusters(); ++c) {
+    kept[c] = RowKept(ranges, head.offsets[c]);
+    for (int r = head.offsets[c]; r < head.offsets[c + 1]; ++r) {
+      EXPECT_EQ(RowKept(ranges, r), kept[c]) << "cluster " << c << " partly kept";
+    }
+  }
+  return kept;
+}
+
+// Size-weighted softmax scores of `clusters` (centroids/sizes given by index), averaged over
+// n tokens and the G heads of KV head h, in double.
+std::vector<double> ScoresInDouble(const SqueezeIndex& index, const float* q, int n, int h,
+                                   const std::vector<const float*>& centroids,
+                                   const std::vector<int>& sizes) {
+  const int d = index.head_dim, G = index.group_size(), Hq = index.num_q_heads;
+  const int K = static_cast<int>(centroids.size());
+  std::vector<double> score(K, 0.0), s(K);
+  for (int t = 0; t < n; ++t) {
+    for (int j = 0; j < G; ++j) {
+      const float* qq = q + (static_cast<size_t>(t) * Hq + h * G + j) * d;
+      double m = -std::numeric_limits<double>::infinity();
+      for (int c = 0; c < K; ++c) {
+        double dot = 0;
+        for (int e = 0; e < d; ++e) dot += static_cast<double>(qq[e]) * centroids[c][e];
+        s[c] = dot / std::sqrt(static_cast<double>(d));
+        m = std::max(m, s[c]);
+      }
+      double denom = 0;
+      for (int c = 0; c < K; ++c) denom += sizes[c] * std::exp(s[c] - m);
+      for (int c = 0; c < K; ++c) score[c] += std::exp(s[c] - m) / denom;
+    }
+  }
+  for (double& x : score) x /= static_cast<double>(n) * G;
+  return score;
+}
+
+// A score this close to a threshold may fall either way between fp32 and double.
+bool NearThreshold(double score, float tau) {
+  return std::abs(score - tau) <= 1e-4 * std::abs(static_cast<double>(tau)) + 1e-12;
+}
+
+// The brute-force decision per fine cluster: 1 kept, 0 dropped, -1 too close to call.
+// `coarse_dropped` (hierarchical) marks fine clusters whose coarse cluster was clearly dropped.
+std::vector<int> BruteForce(const SqueezeIndex& index, int layer, int h, const float* q, int n,
+                            float tau, float coarse_tau, bool hierarchical,
+                            std::vector<bool>* coarse_dropped) {
+  const SqueezeHeadIndex& head = index.head(layer, h);
+  const int C = head.num_clusters(), d = index.head_dim;
+  std::vector<int> decision(C, 0);
+  coarse_dropped->assign(C, false);
+  std::vector<int> candidates;
+  std::vector<bool> uncertain(C, false);
+  if (!hierarchical) {
+    for (int c = 0; c < C; ++c) candidates.push_back(c);
+  } else {
+    std::vector<const float*> cc;
+    std::vector<int> cs;
+    for (int g = 0; g < head.num_coarse(); ++g) {
+      cc.push_back(&head.coarse_centroids[g * d]);
+      cs.push_back(head.coarse_sizes[g]);
+    }
+    const std::vector<double> coarse = ScoresInDouble(index, q, n, h, cc, cs);
+    for (int g = 0; g < head.num_coarse(); ++g) {
+      const bool near = NearThreshold(coarse[g], coarse_tau);
+      for (int c = head.coarse_offsets[g]; c < head.coarse_offsets[g + 1]; ++c) {
+        if (coarse[g] > coarse_tau || near) candidates.push_back(c);
+        if (near) uncertain[c] = true;
+        if (coarse[g] <= coarse_tau && !near) (*coarse_dropped)[c] = true;
+      }
+    }
+  }
+  std::vector<const float*> fc;
+  std::vector<int> fs;
+  for (int c : candidates) {
+    fc.push_back(&head.centroids[c * d]);
+    fs.push_back(head.sizes[c]);
+  }
+  const std::vector<double> fine = ScoresInDouble(index, q, n, h, fc, fs);
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    const int c = candidates[i];
+    decision[c] = fine[i] > tau ? 1 : 0;
+    if (NearThreshold(fine[i], tau)) uncertain[c] = true;
+  }
+  // With an uncertain coarse cluster the fine denominators are uncertain too: skip the head.
+  for (int c = 0; c < C; ++c) {
+    if (uncertain[c]) decision[c] = -1;
+  }
+  return decision;
+}
+
+TEST(SelectionTest, KeepAllAndFullBudgetKeepEveryRow) {
+  for (bool hierarchical : {false, true}) {
+    TestContext c = MakeIndexed(2, 2, 4, 16, 600, Options(hierarchical), 1);
+    const int S = c.index.num_tokens;
+    std::mt19937 gen(2);
+    const std::vector<float> q = RandomQueries(3, 4, 16, gen);
+    for (int mode = 0; mode < 2; ++mode) {
+      SelectionOptions sel;
+      sel.hierarchical = hierarchical;
+      if (mode == 0)
+        sel.keep_all = true;
+      else
+        sel.budget = 1.0;
+      SqueezedFixedContextAttention att(c.index, sel);
+      LayerSelection out;
+      for (int l = 0; l < 2; ++l) {
+        att.Select(l, q.data(), 3, &out);
+        ASSERT_EQ(out.ranges.size(), 2u);
+        for (const auto& ranges : out.ranges) {
+          ASSERT_EQ(ranges.size(), 1u);
+          EXPECT_EQ(ranges[0].begin, 0);
+          EXPECT_EQ(ranges[0].end, S);
+        }
+      }
+      EXPECT_DOUBLE_EQ(att.realised_budget(), 1.0);  // nothing scored
+      EXPECT_EQ(att.centroids_scored(), 0);
+    }
+  }
+}
+
+TEST(SelectionTest, ZeroBudgetKeepsOnlySinksAndWindow) {
+  for (bool hierarchical : {false, true}) {
+    TestContext c = MakeIndexed(2, 2, 4, 16, 600, Options(hierarchical), 3);
+    const int S = c.index.num_tokens, sinks = c.index.sinks, W = c.index.window;
+    std::mt19937 gen(4);
+    const std::vector<float> q = RandomQueries(1, 4, 16, gen);
+    SelectionOptions sel;
+    sel.budget = 0.0;
+    sel.hierarchical = hierarchical;
+    SqueezedFixedContextAttention att(c.index, sel);
+    LayerSelection out;
+    for (int l = 0; l < 2; ++l) {
+      att.Select(l, q.data(), 1, &out);
+      for (const auto& ranges : out.ranges) {
+        ASSERT_EQ(ranges.size(), 2u);
+        EXPECT_EQ(ranges[0].begin, 0);
+        EXPECT_EQ(ranges[0].end, sinks);
+        EXPECT_EQ(ranges[1].begin, S - W);
+        EXPECT_EQ(ranges[1].end, S);
+      }
+    }
+    EXPECT_DOUBLE_EQ(att.realised_budget(), static_cast<double>(sinks + W) / S);
+  }
+}
+
+TEST(SelectionTest, FlatSelectionMatchesDoublePrecisionBruteForce) {
+  const int L = 2, Hkv = 2, Hq = 8, d = 32;
+  TestContext c = MakeIndexed(L, Hkv, Hq, d, 1500, Options(false), 5);
+  std::mt19937 gen(6);
+  int compared = 0, kept_total = 0, uncertain = 0;
+  for (double budget : {0.03, 0.1, 0.3}) {
+    SelectionOptions sel;
+    sel.budget = budget;
+    SqueezedFixedContextAttention att(c.index, sel);
+    const float tau = att.fine_threshold();
+    ASSERT_EQ(tau, c.index.fine_scores.Threshold(budget));
+    for (int n : {1, 7}) {
+      const std::vector<float> q = RandomQueries(n, Hq, d, gen);
+      for (int l = 0; l < L; ++l) {
+        LayerSelection out;
+        att.Select(l, q.data(), n, &out);
+        for (int h = 0; h < Hkv; ++h) {
+          ExpectWellFormed(out.ranges[h], c.index.num_tokens);
+          const std::vector<bool> kept = KeptClusters(c.index.head(l, h), out.ranges[h]);
+          std::vector<bool> unused;
+          const std::vector<int> expected =
+              BruteForce(c.index, l, h, q.data(), n, tau, 0, false, &unused);
+          for (size_t cl = 0; cl < kept.size(); ++cl) {
+            if (expected[cl] < 0) {
+              ++uncertain;
+              continue;
+            }
+            ++compared;
+            kept_total += kept[cl];
+            EXPECT_EQ(kept[cl], expected[cl] == 1)
+                << "layer " << l << " head " << h << " cluster " << cl << " budget " << budget;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(kept_total, 0);
+  EXPECT_LT(uncertain, compared / 100 + 1);
+}
+
+TEST(SelectionTest, HierarchicalMatchesBruteForceAndNeverKeepsUnderADroppedCoarseCluster) {
+  const int L = 2, Hkv = 2, Hq = 4, d = 16;
+  SqueezeOptions o = Options(true);
+  o.coarse_fraction = 0.01;
+  TestContext c = MakeIndexed(L, Hkv, Hq, d, 3000, o, 7);
+  std::mt19937 gen(8);
+  int compared = 0, kept_total = 0, under_dropped = 0;
+  for (double budget : {0.05, 0.1}) {
+    SelectionOptions sel;
+    sel.budget = budget;
+    sel.hierarchical = true;
+    sel.coarse_keep = 0.3;
+    SqueezedFixedContextAttention att(c.index, sel);
+    ASSERT_TRUE(std::isfinite(att.coarse_threshold()));
+    for (int n : {1, 5}) {
+      const std::vector<float> q = RandomQueries(n, Hq, d, gen);
+      for (int l = 0; l < L; ++l) {
+        LayerSelection out;
+        att.Select(l, q.data(), n, &out);
+        for (int h = 0; h < Hkv; ++h) {
+          ExpectWellFormed(out.ranges[h], c.index.num_tokens);
+          const std::vector<bool> kept = KeptClusters(c.index.head(l, h), out.ranges[h]);
+          std::vector<bool> dropped;
+          const std::vector<int> expected =
+              BruteForce(c.index, l, h, q.data(), n, att.fine_threshold(), att.coarse_threshold(),
+                         true, &dropped);
+          for (size_t cl = 0; cl < kept.size(); ++cl) {
+            if (dropped[cl]) {
+              ++under_dropped;
+              EXPECT_FALSE(kept[cl]) << "fine cluster " << cl << " kept under a dropped coarse";
+            }
+            if (expected[cl] < 0) continue;
+            ++compared;
+            kept_total += kept[cl];
+            EXPECT_EQ(kept[cl], expected[cl] == 1)
+                << "layer " << l << " head " << h << " cluster " << cl;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(kept_total, 0);
+  EXPECT_GT(under_dropped, 0);
+  EXPECT_GT(compared, 0);
+}
+
+// Two clusters A (rows [0,1)) and B (rows [1,2)) of one key each, window row 2; G = 2 query
+// heads. tau = 0.4. Query q0 alone gives p_A = 0.7, p_B = 0.3 (keeps A); q1 gives p_B ~ 1.
+// Averaged with q1, A drops to 0.35 and B rises to 0.65 (keeps B).
+SqueezeIndex TwoClusterIndex() {
+  SqueezeIndex index;
+  index.num_layers = 1;
+  index.num_kv_heads = 1;
+  index.num_q_heads = 2;
+  index.head_dim = 2;
+  index.num_tokens = 3;
+  index.window = 1;
+  index.num_clustered = 2;
+  index.options.window = 1;
+  SqueezeHeadIndex head;
+  head.offsets = {0, 1, 2};
+  head.sizes = {1, 1};
+  head.centroids = {1, 0, 0, 1};
+  index.heads.push_back(head);
+  index.fine_scores = ScoreDistribution::FromWeightedScores({{0.4f, 1}, {0.6f, 1}});
+  return index;
+}
+
+TEST(SelectionTest, ScoresAreAveragedOverTheGroupAndTheTokens) {
+  const SqueezeIndex index = TwoClusterIndex();
+  SelectionOptions sel;
+  sel.budget = 0.5;
+  SqueezedFixedContextAttention att(index, sel);
+  ASSERT_EQ(att.fine_threshold(), 0.4f);
+  const float a = std::log(7.0f / 3.0f) * std::sqrt(2.0f);  // s_A - s_B = ln(7/3)
+  const float b = 20.0f * std::sqrt(2.0f);
+  const std::vector<float> q0 = {a, 0}, q1 = {0, b};
+  auto select = [&](const std::vector<float>& q, int n) {
+    LayerSelection out;
+    att.Select(0, q.data(), n, &out);
+    return out.ranges[0];
+  };
+  auto keeps_a = [](const std::vector<KeyRange>& r) {
+    return r.size() == 2 && r[0].begin == 0 && r[0].end == 1 && r[1].begin == 2 && r[1].end == 3;
+  };
+  auto keeps_b = [](const std::vector<KeyRange>& r) {
+    return r.size() == 1 && r[0].begin == 1 && r[0].end == 3;
+  };
+  // [n][Hq][d] layouts.
+  std::vector<float> both_q0 = q0, group = q0, tokens = q0;
+  both_q0.insert(both_q0.end(), q0.begin(), q0.end());  // token 0: heads (q0, q0)
+  group.insert(group.end(), q1.begin(), q1.end());      // token 0: heads (q0, q1)
+  tokens.insert(tokens.end(), q0.begin(), q0.end());    // token 0: (q0, q0)
+  tokens.insert(tokens.end(), q1.begin(), q1.end());    // token 1: (q1, q1)
+  tokens.insert(tokens.end(), q1.begin(), q1.end());
+  EXPECT_TRUE(keeps_a(select(both_q0, 1)));  // one head (or identical heads) alone: A
+  EXPECT_TRUE(keeps_b(select(group, 1)));    // group average: B
+  EXPECT_TRUE(keeps_a(select(tokens, 1)));   // first token alone: A
+  EXPECT_TRUE(keeps_b(select(tokens, 2)));   // average over the two tokens: B
+}
+
+TEST(SelectionTest, RealisedBudgetArithmetic) {
+  for (bool hierarchical : {false, true}) {
+    SCOPED_TRACE(hierarchical ? "hierarchical" : "flat");
+    const int L = 3, Hkv = 2, Hq = 4, d = 16;
+    TestContext c = MakeIndexed(L, Hkv, Hq, d, 900, Options(hierarchical), 9);
+    const double S = c.index.num_tokens;
+    SelectionOptions sel;
+    sel.budget = 0.1;
+    sel.hierarchical = hierarchical;
+    SqueezedFixedContextAttention att(c.index, sel);
+    std::mt19937 gen(10);
+    const int steps = 4;
+    double kept_sum = 0;  // sum over (step, layer, head) of kept / S
+    std::vector<double> layer_kept(L, 0.0);
+    for (int step = 0; step < steps; ++step) {
+      const int n = 1 + step * 3;
+      const std::vector<float> q = RandomQueries(n, Hq, d, gen);
+      for (int l = 0; l < L; ++l) {
+        LayerSelection out;
+        att.Select(l, q.data(), n, &out);
+        for (int h = 0; h < Hkv; ++h) {
+          int kept = 0;
+          for (const KeyRange& r : out.ranges[h]) kept += r.size();
+          kept_sum += kept / S;
+          layer_kept[l] += kept / S;
+        }
+      }
+    }
+    EXPECT_EQ(att.steps(), steps);
+    const double terms = static_cast<double>(steps) * L * Hkv;
+    if (!hierarchical) {
+      // Flat: every stored centroid is scored at every step.
+      EXPECT_EQ(att.centroids_scored(), steps * c.index.num_centroids());
+    }
+    const double expected = kept_sum / terms + 0.5 * att.centroids_scored() / S / terms;
+    EXPECT_NEAR(att.realised_budget(), expected, 1e-12);
+    const std::vector<double> per_layer = att.kept_fraction_per_layer();
+    for (int l = 0; l < L; ++l) EXPECT_NEAR(per_layer[l], layer_kept[l] / (steps * Hkv), 1e-12);
+    // Kept fraction of the clustered keys is in a sane band around the budget.
+    for (double f : att.clustered_kept_fraction_per_layer()) {
+      EXPECT_GE(f, 0.0);
+      EXPECT_LE(f, 1.0);
+    }
+  }
+}
+
+TEST(SelectionTest, OptionValidation) {
+  TestContext c = MakeIndexed(1, 1, 2, 8, 300, Options(false), 11);
+  SelectionOptions sel;
+  EXPECT_TRUE(ValidateSelectionOptions(c.index, sel).ok());
+  sel.budget = 1.5;
+  EXPECT_EQ(ValidateSelectionOptions(c.index, sel).code(), absl::StatusCode::kInvalidArgument);
+  sel.budget = std::nan("");
+  EXPECT_EQ(ValidateSelectionOptions(c.index, sel).code(), absl::StatusCode::kInvalidArgument);
+  sel.budget = 0.1;
+  sel.coarse_keep = -0.5;
+  EXPECT_EQ(ValidateSelectionOptions(c.index, sel).code(), absl::StatusCode::kInvalidArgument);
+  sel.coarse_keep.reset();
+  sel.hierarchical = true;  // index has no coarse level
+  EXPECT_EQ(ValidateSelectionOptions(c.index, sel).code(), absl::StatusCode::kFailedPrecondition);
+  // Constructed anyway: falls back to flat selection and still works.
+  SqueezedFixedContextAttention att(c.index, sel);
+  std::mt19937 gen(12);
+  const std::vector<float> q = RandomQueries(2, 2, 8, gen);
+  LayerSelection out;
+  att.Select(0, q.data(), 2, &out);
+  ASSERT_EQ(out.ranges.size(), 1u);
+  ExpectWellFormed(out.ranges[0], c.index.num_tokens);
+}
+
+}  // namespace
+}  // namespace squeeze

@@ -1,0 +1,382 @@
+// BuildSqueezeIndex (engine/squeeze/squeeze_index.h) and its persistence (index_io.h): storage
+// order, CSR, hierarchical layout, option validation, round trip and corrupt input.
+#include "engine/squeeze/squeeze_index.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/squeeze/index_io.h"
+
+namespace squeeze {
+namespace {
+
+using ::testing::HasSubstr;
+
+struct TestContext {
+  ContextKV kv;        // what Build reorders
+  ContextKV original;  // token order, untouched
+  QueryCapture capture;
+  int num_q_heads = 0;
+};
+
+// Keys: a mixture of `directions` random directions per (layer, head) with random norms and
+// noise (so clusters exist but are not trivial); values and queries: standard normal.
+// The capture holds the last W + extra positions (the extra rows must be ignored).
+TestContext MakeContext(int L, int Hkv, int Hq, int d, int S, int W, uint32_t seed,
+                        int extra_captured = 0, int directions = 12) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_real_distribution<float> norm(0.5f, 2.0f);
+  std::uniform_int_distribution<int> pick(0, directions - 1);
+  SequenceKV seq(KvShape{L, Hkv, d});
+  seq.Reserve(S);
+  for (int l = 0; l < L; ++l) {
+    for (int h = 0; h < Hkv; ++h) {
+      std::vector<float> dirs(static_cast<size_t>(directions) * d);
+      for (float& x : dirs) x = normal(gen);
+      for (int t = 0; t < S; ++t) {
+        const int g = pick(gen);
+        const float s = norm(gen);
+        float* k = seq.key(l, h, t);
+        float* v = seq.value(l, h, t);
+        for (int j = 0; j < d; ++j) {
+          k[j] = dirs[g * d + j] * s + 0.3f * normal(gen);
+          v[j] = normal(gen);
+        }
+      }
+    }
+  }
+  seq.Commit(S);
+  TestContext c;
+  c.kv = ContextKV::FromSequence(seq, S);
+  c.original = c.kv;
+  c.num_q_heads = Hq;
+  const int first = std::max(0, S - W - extra_captured);
+  for (int p = first; p < S; ++p) c.capture.positions.push_back(p);
+  c.capture.q.resize(L);
+  for (int l = 0; l < L; ++l) {
+    c.capture.q[l].resize(c.capture.positions.size() * Hq * d);
+    for (float& x : c.capture.q[l]) x = normal(gen);
+  }
+  return c;
+}
+
+SqueezeOptions Options(int window, int sinks, bool hierarchical) {
+  SqueezeOptions o;
+  o.window = window;
+  o.sinks = sinks;
+  o.hierarchical = hierarchical;
+  o.centroid_fraction = 0.05;
+  o.coarse_fraction = 0.02;
+  o.seed = 17;
+  return o;
+}
+
+// Checks storage order and the CSR of every (layer, head) against the original context.
+void CheckLayout(const SqueezeIndex& index, const ContextKV& kv, const ContextKV& original) {
+  const int L = index.num_layers, Hkv = index.num_kv_heads, d = index.head_dim;
+  const int S = index.num_tokens, sinks = index.sinks, W = index.window, M = index.num_clustered;
+  ASSERT_EQ(sinks + M + W, S);
+  ASSERT_EQ(index.heads.size(), static_cast<size_t>(L) * Hkv);
+  for (int l = 0; l < L; ++l) {
+    for (int h = 0; h < Hkv; ++h) {
+      SCOPED_TRACE(testing::Message() << "layer " << l << " head " << h);
+      const int32_t* tok = &kv.token_of[(static_cast<size_t>(l) * Hkv + h) * S];
+      // token_of is a permutation; rows hold the original token's key and value.
+      std::vector<int32_t> sorted(tok, tok + S);
+      std::sort(sorted.begin(), sorted.end());
+      for (int t = 0; t < S; ++t) ASSERT_EQ(sorted[t], t);
+      for (int r = 0; r < S; ++r) {
+        ASSERT_EQ(0, std::memcmp(kv.key(l, h, r), original.key(l, h, tok[r]), 4 * d));
+        ASSERT_EQ(0, std::memcmp(kv.value(l, h, r), original.value(l, h, tok[r]), 4 * d));
+      }
+      // Sinks first and window last, both in token order.
+      for (int r = 0; r < sinks; ++r) EXPECT_EQ(tok[r], r);
+      for (int r = S - W; r < S; ++r) EXPECT_EQ(tok[r], r);
+
+      const SqueezeHeadIndex& head = index.head(l, h);
+      const int C = head.num_clusters();
+      ASSERT_EQ(head.offsets.size(), static_cast<size_t>(C) + 1);
+      ASSERT_EQ(head.centroids.size(), static_cast<size_t>(C) * d);
+      EXPECT_EQ(head.offsets.front(), sinks);
+      EXPECT_EQ(head.offsets.back(), S - W);
+      if (M > 0) {
+        EXPECT_GE(C, 1);
+        EXPECT_LE(C, NumClustersFor(index.options.centroid_fraction, M));
+      }
+      int64_t sum = 0;
+      for (int c = 0; c < C; ++c) {
+        EXPECT_EQ(head.sizes[c], head.offsets[c + 1] - head.offsets[c]);
+        EXPECT_GE(head.sizes[c], 1);
+        sum += head.sizes[c];
+        // Rows of a cluster in token order; its centroid is the mean of its raw keys.
+        std::vector<double> mean(d, 0.0);
+        for (int r = head.offsets[c]; r < head.offsets[c + 1]; ++r) {
+          if (r > head.offsets[c]) {
+            EXPECT_LT(tok[r - 1], tok[r]);
+          }
+          for (int j = 0; j < d; ++j) mean[j] += kv.key(l, h, r)[j];
+        }
+        for (int j = 0; j < d; ++j) {
+          mean[j] /= head.sizes[c];
+          EXPECT_NEAR(head.centroids[c * d + j], mean[j], 1e-4 * (1 + std::abs(mean[j])));
+        }
+      }
+      EXPECT_EQ(sum, M);
+
+      if (!index.hierarchical()) {
+        EXPECT_TRUE(head.coarse_offsets.empty());
+        continue;
+      }
+      const int C1 = head.num_coarse();
+      ASSERT_EQ(head.coarse_offsets.size(), static_cast<size_t>(C1) + 1);
+      ASSERT_EQ(head.coarse_centroids.size(), static_cast<size_t>(C1) * d);
+      EXPECT_EQ(head.coarse_offsets.front(), 0);
+      EXPECT_EQ(head.coarse_offsets.back(), C);
+      if (M > 0) {
+        EXPECT_GE(C1, 1);
+        EXPECT_LE(C1, NumClustersFor(index.options.coarse_fraction, M));
+      }
+      for (int g = 0; g < C1; ++g) {
+        const int f0 = head.coarse_offsets[g], f1 = head.coarse_offsets[g + 1];
+        ASSERT_LT(f0, f1);
+        EXPECT_EQ(head.coarse_sizes[g], head.offsets[f1] - head.offsets[f0]);
+        // Unweighted mean of the member fine centroids.
+        for (int j = 0; j < d; ++j) {
+          double mean = 0;
+          for (int f = f0; f < f1; ++f) mean += head.centroids[f * d + j];
+          mean /= (f1 - f0);
+          EXPECT_NEAR(head.coarse_centroids[g * d + j], mean, 1e-4 * (1 + std::abs(mean)));
+        }
+      }
+    }
+  }
+}
+
+TEST(SqueezeIndexTest, FlatBuildReordersIntoClusterOrder) {
+  TestContext c = MakeContext(2, 2, 4, 16, 700, 40, 1, /*extra_captured=*/25);
+  std::vector<std::string> stages;
+  auto index = BuildSqueezeIndex(&c.kv, c.capture, c.num_q_heads, Options(40, 5, false),
+                                 [&](std::string_view stage, double f) {
+                                   EXPECT_GT(f, 0.0);
+                                   EXPECT_LE(f, 1.0);
+                                   stages.emplace_back(stage);
+                                 });
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_EQ(index->num_clustered, 700 - 45);
+  EXPECT_LE(index->num_centroids(), 4 * NumClustersFor(0.05, 655));
+  EXPECT_GT(index->num_centroids(), 4 * NumClustersFor(0.05, 655) / 2);
+  CheckLayout(*index, c.kv, c.original);
+  EXPECT_EQ(stages,
+            (std::vector<std::string>{"clustering", "clustering", "calibrating", "calibrating"}));
+  EXPECT_EQ(index->fine_scores.total_keys(), 4 * 655);
+  EXPECT_TRUE(index->coarse_scores.empty());
+}
+
+TEST(SqueezeIndexTest, HierarchicalCoarseClustersAreContiguous) {
+  TestContext c = MakeContext(2, 1, 2, 16, 900, 30, 2);
+  auto index = BuildSqueezeIndex(&c.kv, c.capture, c.num_q_heads, Options(30, 2, true));
+  ASSERT_TRUE(index.ok()) << index.status();
+  CheckLayout(*index, c.kv, c.original);
+  EXPECT_GT(index->num_coarse_centroids(), 2);
+  EXPECT_EQ(index->coarse_scores.total_keys(), 2 * 868);
+}
+
+TEST(SqueezeIndexTest, BuildIsDeterministicForASeed) {
+  TestContext a = MakeContext(1, 2, 2, 8, 400, 20, 3);
+  TestContext b = a;
+  auto ia = BuildSqueezeIndex(&a.kv, a.capture, 2, Options(20, 0, true));
+  auto ib = BuildSqueezeIndex(&b.kv, b.capture, 2, Options(20, 0, true));
+  ASSERT_TRUE(ia.ok() && ib.ok());
+  EXPECT_TRUE(*ia == *ib);
+  EXPECT_EQ(a.kv.k, b.kv.k);
+  EXPECT_EQ(a.kv.token_of, b.kv.token_of);
+}
+
+TEST(SqueezeIndexTest, NothingToClusterIsValid) {
+  TestContext c = MakeContext(1, 2, 4, 8, 50, 40, 4);
+  auto index = BuildSqueezeIndex(&c.kv, c.capture, 4, Options(40, 10, true));
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_EQ(index->num_clustered, 0);
+  EXPECT_EQ(index->num_centroids(), 0);
+  EXPECT_TRUE(index->fine_scores.empty());
+  CheckLayout(*index, c.kv, c.original);
+  // Window 0 is fine when nothing is clustered; no capture is needed.
+  TestContext d = MakeContext(1, 1, 1, 8, 30, 0, 5);
+  auto all_sinks = BuildSqueezeIndex(&d.kv, QueryCapture{}, 1, Options(0, 30, false));
+  ASSERT_TRUE(all_sinks.ok()) << all_sinks.status();
+  EXPECT_EQ(all_sinks->num_clustered, 0);
+}
+
+TEST(SqueezeIndexTest, InvalidOptionsNameTheOption) {
+  TestContext c = MakeContext(1, 1, 2, 8, 200, 20, 6);
+  struct Case {
+    SqueezeOptions options;
+    std::string name;
+  };
+  std::vector<Case> cases;
+  auto add = [&](auto mutate, const char* name) {
+    SqueezeOptions o = Options(20, 0, false);
+    mutate(o);
+    cases.push_back({o, name});
+  };
+  add([](SqueezeOptions& o) { o.centroid_fraction = 0; }, "centroid_fraction");
+  add([](SqueezeOptions& o) { o.centroid_fraction = 1.5; }, "centroid_fraction");
+  add([](SqueezeOptions& o) { o.centroid_fraction = std::nan(""); }, "centroid_fraction");
+  add([](SqueezeOptions& o) { o.coarse_fraction = -0.1; }, "coarse_fraction");
+  add([](SqueezeOptions& o) { o.coarse_fraction = 2; }, "coarse_fraction");
+  add([](SqueezeOptions& o) { o.window = -1; }, "window");
+  add([](SqueezeOptions& o) { o.sinks = -3; }, "sinks");
+  add([](SqueezeOptions& o) { o.max_iterations = 0; }, "max_iterations");
+  add([](SqueezeOptions& o) { o.window = 150, o.sinks = 51; }, "sinks (51) + window (150)");
+  add([](SqueezeOptions& o) { o.window = 0; }, "window must be >= 1 to calibrate");
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.name);
+    ContextKV kv = c.kv;
+    auto index = BuildSqueezeIndex(&kv, c.capture, 2, k.options);
+    ASSERT_FALSE(index.ok());
+    EXPECT_EQ(index.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(index.status().message()), HasSubstr(k.name));
+    EXPECT_EQ(kv.token_of, c.original.token_of);  // untouched
+    EXPECT_EQ(kv.k, c.original.k);
+  }
+}
+
+TEST(SqueezeIndexTest, BadInputsAreRejectedAndLeaveTheContextUntouched) {
+  TestContext c = MakeContext(2, 2, 4, 8, 200, 20, 7);
+  const SqueezeOptions o = Options(20, 0, false);
+  {  // Window positions missing from the capture.
+    QueryCapture capture = c.capture;
+    capture.positions.back() += 1;
+    ContextKV kv = c.kv;
+    auto index = BuildSqueezeIndex(&kv, capture, 4, o);
+    ASSERT_FALSE(index.ok());
+    EXPECT_THAT(std::string(index.status().message()), HasSubstr("positions 180..199"));
+  }
+  {  // Wrong number of query floats.
+    QueryCapture capture = c.capture;
+    capture.q[1].pop_back();
+    ContextKV kv = c.kv;
+    auto index = BuildSqueezeIndex(&kv, capture, 4, o);
+    ASSERT_FALSE(index.ok());
+    EXPECT_THAT(std::string(index.status().message()), HasSubstr("layer 1"));
+  }
+  {  // Non-finite key.
+    ContextKV kv = c.kv;
+    kv.k[kv.Offset(1, 1, 7) + 3] = std::numeric_limits<float>::infinity();
+    const std::vector<float> before = kv.k;
+    auto index = BuildSqueezeIndex(&kv, c.capture, 4, o);
+    ASSERT_FALSE(index.ok());
+    EXPECT_THAT(std::string(index.status().message()), HasSubstr("context keys"));
+    EXPECT_EQ(kv.k, before);
+  }
+  {  // Hq not a multiple of Hkv.
+    ContextKV kv = c.kv;
+    EXPECT_FALSE(BuildSqueezeIndex(&kv, c.capture, 3, o).ok());
+  }
+  {  // Already in cluster order: building twice is refused.
+    ContextKV kv = c.kv;
+    ASSERT_TRUE(BuildSqueezeIndex(&kv, c.capture, 4, o).ok());
+    auto again = BuildSqueezeIndex(&kv, c.capture, 4, o);
+    ASSERT_FALSE(again.ok());
+    EXPECT_EQ(again.status().code(), absl::StatusCode::kFailedPrecondition);
+  }
+}
+
+// FNV-1a 64, as the index format uses, to forge a valid checksum over corrupted bytes.
+uint64_t Fnv(const std::string& s, size_t n) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (size_t i = 0; i < n; ++i) {
+    h ^= static_cast<unsigned char>(s[i]);
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+std::string Serialize(const SqueezeIndex& index) {
+  std::ostringstream out;
+  EXPECT_TRUE(WriteSqueezeIndex(index, out).ok());
+  return out.str();
+}
+
+absl::StatusOr<SqueezeIndex> Parse(const std::string& bytes) {
+  std::istringstream in(bytes);
+  return ReadSqueezeIndex(in);
+}
+
+class IndexIoTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(IndexIoTest, RoundTripAndCorruption) {
+  const bool hierarchical = GetParam();
+  TestContext c = MakeContext(2, 2, 4, 8, 300, 20, 8);
+  auto index = BuildSqueezeIndex(&c.kv, c.capture, 4, Options(20, 3, hierarchical));
+  ASSERT_TRUE(index.ok()) << index.status();
+  const std::string bytes = Serialize(*index);
+
+  auto back = Parse(bytes);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_TRUE(*back == *index);
+
+  // Embedded in a larger stream: reading stops at the end of the index.
+  {
+    std::istringstream in(bytes + "TRAILER");
+    auto embedded = ReadSqueezeIndex(in);
+    ASSERT_TRUE(embedded.ok()) << embedded.status();
+    std::string rest;
+    in >> rest;
+    EXPECT_EQ(rest, "TRAILER");
+  }
+
+  // Every truncation fails.
+  for (size_t n = 0; n < bytes.size(); ++n) {
+    auto r = Parse(bytes.substr(0, n));
+    ASSERT_FALSE(r.ok()) << "truncated to " << n;
+  }
+  EXPECT_EQ(Parse(std::string("XXXXXXXXXXXX")).status().code(), absl::StatusCode::kInvalidArgument);
+
+  // Any single-byte change fails (checksum).
+  std::mt19937 gen(9);
+  std::uniform_int_distribution<size_t> pos(0, bytes.size() - 1);
+  std::uniform_int_distribution<int> flip(1, 255);
+  for (int i = 0; i < 500; ++i) {
+    std::string bad = bytes;
+    bad[pos(gen)] ^= static_cast<char>(flip(gen));
+    ASSERT_FALSE(Parse(bad).ok());
+  }
+
+  // Forged checksums: structural validation alone must reject or accept safely. Changes in
+  // the counts/offsets region are the dangerous ones; accepted results must still be sane.
+  const size_t header = 8 + 4 + 8;
+  std::uniform_int_distribution<size_t> body_pos(header, bytes.size() - 9);
+  int rejected = 0;
+  for (int i = 0; i < 2000; ++i) {
+    std::string bad = bytes;
+    for (int j = 0; j < 1 + i % 3; ++j) bad[body_pos(gen)] ^= static_cast<char>(flip(gen));
+    const uint64_t h = Fnv(bad, bad.size() - 8);
+    for (int b = 0; b < 8; ++b) bad[bad.size() - 8 + b] = static_cast<char>(h >> (8 * b));
+    auto r = Parse(bad);
+    if (!r.ok()) {
+      ++rejected;
+      continue;
+    }
+    // Accepted: the invariants the selection relies on hold.
+    for (const SqueezeHeadIndex& head : r->heads) {
+      ASSERT_EQ(head.offsets.front(), r->sinks);
+      ASSERT_EQ(head.offsets.back(), r->num_tokens - r->window);
+      ASSERT_EQ(head.centroids.size(), head.sizes.size() * r->head_dim);
+    }
+  }
+  EXPECT_GT(rejected, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(FlatAndHierarchical, IndexIoTest, ::testing::Bool());
+
+}  // namespace
+}  // namespace squeeze

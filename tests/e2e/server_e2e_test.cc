@@ -1,0 +1,389 @@
+// End-to-end: the real server in-process on a loopback port, the real client, the test model.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "tests/e2e/test_server.h"
+
+namespace squeeze::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+const std::string& Document() {
+  static const std::string doc =
+      ReadText(std::string(SQUEEZE_SOURCE_DIR) + "/tests/data/demo_document.txt").substr(0, 2500);
+  return doc;
+}
+
+class ServerE2ETest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    t_ = TestServer::Start();
+    ASSERT_NE(t_.server, nullptr);
+  }
+  client::SqueezeClient& c() { return *t_.client; }
+  TestServer t_;
+};
+
+TEST_F(ServerE2ETest, RegisterGenerateListGetDelete) {
+  v1::ContextInfo info;
+  std::vector<v1::RegisterContextEvent> events;
+  ASSERT_TRUE(Register(c(), "docs", Document(), &info, &events).ok());
+  EXPECT_EQ(info.name(), "docs");
+  EXPECT_GT(info.num_tokens(), 300);
+  EXPECT_EQ(info.content_hash().size(), 64u);
+  EXPECT_FALSE(info.reused());
+  ASSERT_GE(events.size(), 3u);
+  EXPECT_EQ(events.front().stage(), v1::RegisterContextEvent::TOKENIZING);
+  EXPECT_EQ(events.back().stage(), v1::RegisterContextEvent::DONE);
+  bool saw_prefill = false;
+  for (const auto& e : events) saw_prefill |= e.stage() == v1::RegisterContextEvent::PREFILL;
+  EXPECT_TRUE(saw_prefill);
+
+  // Same name, same content: idempotent.
+  v1::ContextInfo again;
+  ASSERT_TRUE(Register(c(), "docs", Document(), &again).ok());
+  EXPECT_TRUE(again.reused());
+  EXPECT_EQ(again.content_hash(), info.content_hash());
+  // Same name, other content: ALREADY_EXISTS.
+  EXPECT_EQ(Register(c(), "docs", "something else entirely", &again).error_code(),
+            grpc::StatusCode::ALREADY_EXISTS);
+
+  const EngineStats before = t_.server->engine().stats();
+  v1::GenerateRequest req = Request("docs", "\nQuestion: Which river runs through Veloria?", 12);
+  req.mutable_attention()->set_mode(v1::AttentionOptions::DENSE);
+  GenerateResult r = Generate(c(), req);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.tokens.size(), 12u);
+  EXPECT_GE(r.messages, 2);  // streamed
+  EXPECT_EQ(r.last.finish_reason(), v1::LENGTH);
+  const v1::Usage& u = r.last.usage();
+  EXPECT_EQ(u.context_tokens(), info.num_tokens());
+  EXPECT_EQ(u.context_tokens_reused(), info.num_tokens());
+  EXPECT_EQ(u.completion_tokens(), 12);
+  EXPECT_GT(u.query_tokens(), 3);
+  EXPECT_DOUBLE_EQ(u.kv_budget(), 1.0);
+  // The fixed context is never recomputed: the model ran only query + generated tokens
+  // (the last generated token is never fed back).
+  const EngineStats after = t_.server->engine().stats();
+  EXPECT_EQ(after.generate_tokens_forwarded - before.generate_tokens_forwarded,
+            u.query_tokens() + u.completion_tokens() - 1);
+  EXPECT_EQ(after.registration_tokens_forwarded, before.registration_tokens_forwarded);
+
+  v1::ListContextsResponse list;
+  ASSERT_TRUE(c().ListContexts(&list).ok());
+  ASSERT_EQ(list.contexts_size(), 1);
+  EXPECT_EQ(list.contexts(0).name(), "docs");
+  v1::ContextInfo got;
+  ASSERT_TRUE(c().GetContext("docs", &got).ok());
+  EXPECT_EQ(got.num_tokens(), info.num_tokens());
+  ASSERT_TRUE(c().DeleteContext("docs").ok());
+  EXPECT_EQ(c().GetContext("docs", &got).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(c().DeleteContext("docs").error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(Generate(c(), Request("docs", "hi", 4)).status.error_code(),
+            grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(ServerE2ETest, GreedyIsDeterministicAndSeedReproduces) {
+  v1::ContextInfo info;
+  ASSERT_TRUE(Register(c(), "d", Document(), &info).ok());
+  auto a = Generate(c(), Request("d", " The river", 10, 7, 0.0f));
+  auto b = Generate(c(), Request("d", " The river", 10, 8, 0.0f));
+  ASSERT_TRUE(a.status.ok());
+  EXPECT_EQ(a.tokens, b.tokens);
+  auto s1 = Generate(c(), Request("d", " The river", 16, 42, 1.0f));
+  auto s2 = Generate(c(), Request("d", " The river", 16, 42, 1.0f));
+  auto s3 = Generate(c(), Request("d", " The river", 16, 43, 1.0f));
+  EXPECT_EQ(s1.tokens, s2.tokens);
+  EXPECT_NE(s1.tokens, s3.tokens);
+  // The streamed text is exactly the decoded completion.
+  v1::TokenizeResponse tok;
+  ASSERT_TRUE(c().Tokenize(s1.text, false, &tok).ok());
+  EXPECT_FALSE(s1.text.empty());
+}
+
+TEST_F(ServerE2ETest, InvalidRequestsGetTheRightCodes) {
+  v1::ContextInfo info;
+  ASSERT_TRUE(Register(c(), "ctx", Document(), &info).ok());
+  auto code = [&](v1::GenerateRequest req) { return Generate(c(), req).status.error_code(); };
+  auto msg = [&](v1::GenerateRequest req) { return Generate(c(), req).status.error_message(); };
+  const auto kInvalid = grpc::StatusCode::INVALID_ARGUMENT;
+
+  // Names.
+  EXPECT_EQ(Register(c(), "", "x", &info).error_code(), kInvalid);
+  EXPECT_EQ(Register(c(), "bad name!", "x", &info).error_code(), kInvalid);
+  EXPECT_EQ(Register(c(), std::string(129, 'a'), "x", &info).error_code(), kInvalid);
+  EXPECT_EQ(Register(c(), "-dash", "x", &info).error_code(), kInvalid);
+  {
+    v1::RegisterContextRequest req;
+    req.set_name("empty");
+    grpc::Status st = c().RegisterContext(req, nullptr, &info);
+    EXPECT_EQ(st.error_code(), kInvalid);
+    EXPECT_THAT(st.error_message(), HasSubstr("content"));
+  }
+  // Unknown context, empty input.
+  EXPECT_EQ(code(Request("nope", "hi", 4)), grpc::StatusCode::NOT_FOUND);
+  v1::GenerateRequest empty = Request("ctx", "", 4);
+  EXPECT_EQ(code(empty), kInvalid);
+  // Too long for the model window.
+  {
+    v1::GenerateRequest r = Request("ctx", std::string(40000, 'a'), 4);
+    EXPECT_EQ(code(r), kInvalid);
+    EXPECT_THAT(msg(r), HasSubstr("model window"));
+  }
+  // max_tokens bounds.
+  v1::GenerateRequest r0 = Request("ctx", "hi", 1);
+  r0.set_max_tokens(0);
+  EXPECT_EQ(code(r0), kInvalid);
+  r0.set_max_tokens(5000);
+  EXPECT_THAT(msg(r0), HasSubstr("max_tokens"));
+  // Sampling ranges.
+  auto with = [&](auto f) {
+    v1::GenerateRequest r = Request("ctx", "hi", 2);
+    f(r.mutable_sampling());
+    return r;
+  };
+  EXPECT_EQ(code(with([](auto* s) { s->set_temperature(-1); })), kInvalid);
+  EXPECT_EQ(code(with([](auto* s) { s->set_top_p(0); })), kInvalid);
+  EXPECT_EQ(code(with([](auto* s) { s->set_top_p(1.5); })), kInvalid);
+  EXPECT_EQ(code(with([](auto* s) { s->set_top_k(-3); })), kInvalid);
+  EXPECT_EQ(code(with([](auto* s) { s->set_min_p(2); })), kInvalid);
+  EXPECT_EQ(code(with([](auto* s) { s->set_repetition_penalty(0); })), kInvalid);
+  EXPECT_EQ(code(with([](auto* s) { s->set_presence_penalty(3); })), kInvalid);
+  EXPECT_EQ(code(with([](auto* s) { s->set_frequency_penalty(-2.5); })), kInvalid);
+  EXPECT_THAT(msg(with([](auto* s) { s->set_temperature(NAN); })), HasSubstr("temperature"));
+  // Logprobs, stop strings, token ids.
+  v1::GenerateRequest lp = Request("ctx", "hi", 2);
+  lp.set_logprobs(21);
+  EXPECT_EQ(code(lp), kInvalid);
+  v1::GenerateRequest st = Request("ctx", "hi", 2);
+  st.add_stop("");
+  EXPECT_EQ(code(st), kInvalid);
+  v1::GenerateRequest ids = Request("ctx", "", 2);
+  ids.mutable_input()->mutable_token_ids()->add_ids(1 << 30);
+  EXPECT_EQ(code(ids), kInvalid);
+  EXPECT_THAT(msg(ids), HasSubstr("vocabulary"));
+  v1::GenerateRequest stop_ids = Request("ctx", "hi", 2);
+  stop_ids.add_stop_token_ids(-5);
+  EXPECT_EQ(code(stop_ids), kInvalid);
+  // Attention options.
+  v1::GenerateRequest budget = Request("ctx", "hi", 2);
+  budget.mutable_attention()->set_budget(1.5);
+  EXPECT_EQ(code(budget), kInvalid);
+  v1::GenerateRequest dense_budget = Request("ctx", "hi", 2);
+  dense_budget.mutable_attention()->set_mode(v1::AttentionOptions::DENSE);
+  dense_budget.mutable_attention()->set_budget(0.2);
+  EXPECT_EQ(code(dense_budget), kInvalid);
+  v1::GenerateRequest no_ctx = Request("", "hi", 2);
+  no_ctx.mutable_attention()->set_mode(v1::AttentionOptions::SQUEEZED);
+  EXPECT_EQ(code(no_ctx), kInvalid);
+  // Index options at registration.
+  v1::IndexOptions idx;
+  idx.set_centroid_fraction(0);
+  EXPECT_THAT(Register(c(), "i1", Document(), &info, nullptr, &idx).error_message(),
+              HasSubstr("centroid_fraction"));
+  idx.Clear();
+  idx.set_window(0);
+  EXPECT_EQ(Register(c(), "i2", Document(), &info, nullptr, &idx).error_code(), kInvalid);
+  idx.Clear();
+  idx.set_window(100000);
+  EXPECT_THAT(Register(c(), "i3", Document(), &info, nullptr, &idx).error_message(),
+              HasSubstr("window"));
+  idx.Clear();
+  idx.set_sinks(-1);
+  EXPECT_EQ(Register(c(), "i4", Document(), &info, nullptr, &idx).error_code(), kInvalid);
+  idx.Clear();
+  idx.set_max_iterations(0);
+  EXPECT_EQ(Register(c(), "i5", Document(), &info, nullptr, &idx).error_code(), kInvalid);
+  idx.Clear();
+  idx.set_hierarchical(true);
+  idx.set_coarse_fraction(0.5);
+  EXPECT_EQ(Register(c(), "i6", Document(), &info, nullptr, &idx).error_code(), kInvalid);
+  idx.Clear();
+  idx.set_disable(true);
+  idx.set_window(5);
+  EXPECT_EQ(Register(c(), "i7", Document(), &info, nullptr, &idx).error_code(), kInvalid);
+  // The server is still healthy after all of that.
+  bool serving = false;
+  ASSERT_TRUE(c().CheckHealth("", &serving).ok());
+  EXPECT_TRUE(serving);
+}
+
+TEST_F(ServerE2ETest, StopStringsStopTokensAndLogprobs) {
+  v1::ContextInfo info;
+  ASSERT_TRUE(Register(c(), "ctx", Document(), &info).ok());
+  // Find what greedy produces, then stop on a piece of it.
+  GenerateResult base = Generate(c(), Request("ctx", " Merchants", 20, 1, 0.0f));
+  ASSERT_TRUE(base.status.ok());
+  ASSERT_GE(base.text.size(), 6u);
+  const std::string stop = base.text.substr(base.text.size() / 2, 3);
+  v1::GenerateRequest req = Request("ctx", " Merchants", 20, 1, 0.0f);
+  req.add_stop(stop);
+  GenerateResult stopped = Generate(c(), req);
+  ASSERT_TRUE(stopped.status.ok());
+  EXPECT_EQ(stopped.last.finish_reason(), v1::STOP);
+  EXPECT_EQ(stopped.text, base.text.substr(0, base.text.find(stop)));
+
+  v1::GenerateRequest by_id = Request("ctx", " Merchants", 20, 1, 0.0f);
+  by_id.add_stop_token_ids(base.tokens[3]);
+  GenerateResult id_stopped = Generate(c(), by_id);
+  ASSERT_TRUE(id_stopped.status.ok());
+  EXPECT_EQ(id_stopped.last.finish_reason(), v1::STOP);
+  const size_t first = std::find(base.tokens.begin(), base.tokens.end(), base.tokens[3]) -
+                       base.tokens.begin();
+  EXPECT_EQ(id_stopped.tokens, std::vector<int32_t>(base.tokens.begin(),
+                                                    base.tokens.begin() + first));
+
+  v1::GenerateRequest lp = Request("ctx", " Merchants", 5, 1, 0.0f);
+  lp.set_logprobs(3);
+  int logprob_entries = 0;
+  grpc::Status status = c().Generate(lp, [&](const v1::GenerateResponse& r) {
+    for (const auto& l : r.logprobs()) {
+      ++logprob_entries;
+      EXPECT_LE(l.logprob(), 0.0f);
+      EXPECT_EQ(l.top_size(), 3);
+    }
+    return true;
+  });
+  ASSERT_TRUE(status.ok());
+  EXPECT_EQ(logprob_entries, 5);
+}
+
+TEST_F(ServerE2ETest, ConcurrentStreamsMatchTheSameRequestAlone) {
+  v1::ContextInfo a, b;
+  ASSERT_TRUE(Register(c(), "alpha", Document().substr(0, 1200), &a).ok());
+  ASSERT_TRUE(Register(c(), "beta", Document().substr(1200), &b).ok());
+  constexpr int kStreams = 32;
+  auto request = [](int i) {
+    return Request(i % 2 ? "alpha" : "beta", i % 3 ? " Bakers" : " The council", 8 + i % 5,
+                   100 + i, 0.9f);
+  };
+  std::vector<GenerateResult> together(kStreams);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kStreams; ++i) {
+    threads.emplace_back([&, i] { together[i] = Generate(c(), request(i)); });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_GT(t_.server->engine().stats().largest_batch, 1);
+  for (int i = 0; i < kStreams; ++i) {
+    ASSERT_TRUE(together[i].status.ok()) << i << ": " << together[i].status.error_message();
+    GenerateResult alone = Generate(c(), request(i));
+    ASSERT_TRUE(alone.status.ok());
+    EXPECT_EQ(together[i].tokens, alone.tokens) << "stream " << i;
+    EXPECT_EQ(together[i].text, alone.text) << "stream " << i;
+  }
+}
+
+TEST_F(ServerE2ETest, CancellationAndDeadlineFreeTheSequence) {
+  v1::ContextInfo info;
+  ASSERT_TRUE(Register(c(), "ctx", Document(), &info).ok());
+  int received = 0;
+  grpc::Status st = c().Generate(Request("ctx", " hello", 2000), [&](const auto&) {
+    return ++received < 3;  // cancel after 3 messages
+  });
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::CANCELLED);
+  // The engine drops the sequence within a step.
+  for (int i = 0; i < 200 && t_.server->engine().stats().queued > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(t_.server->engine().stats().queued, 0);
+  const int64_t generated = t_.server->engine().stats().generated_tokens;
+  EXPECT_LT(generated, 200);
+
+  GenerateResult late = Generate(c(), Request("ctx", " hello", 3000), /*timeout=*/0.2);
+  EXPECT_EQ(late.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  for (int i = 0; i < 200 && t_.server->engine().stats().queued > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(t_.server->engine().stats().queued, 0);
+}
+
+TEST(ServerE2EQueueTest, FullQueueGivesResourceExhausted) {
+  server::ServerOptions o = DefaultOptions();
+  o.engine.max_running = 1;
+  o.engine.max_waiting = 1;
+  TestServer t = TestServer::Start(o);
+  ASSERT_NE(t.server, nullptr);
+  std::vector<GenerateResult> long_runs(2);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 2; ++i) {
+    threads.emplace_back([&, i] { long_runs[i] = Generate(*t.client, Request("", "Hello", 1500)); });
+  }
+  for (int i = 0; i < 500 && t.server->engine().stats().queued < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_EQ(t.server->engine().stats().queued, 2);
+  GenerateResult third = Generate(*t.client, Request("", "Hello", 4));
+  EXPECT_EQ(third.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(third.status.error_message(), HasSubstr("queue"));
+  t.server->Shutdown(absl::ZeroDuration());
+  for (auto& th : threads) th.join();
+  for (auto& r : long_runs) EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+TEST(ServerE2EDrainTest, DrainFinishesStreamsAndRefusesNewWork) {
+  TestServer t = TestServer::Start();
+  ASSERT_NE(t.server, nullptr);
+  GenerateResult running;
+  std::thread th([&] { running = Generate(*t.client, Request("", "Once upon", 60)); });
+  for (int i = 0; i < 500 && t.server->engine().stats().generated_tokens == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  std::thread stopper([&] { t.server->engine().Shutdown(absl::Seconds(30)); });
+  for (int i = 0; i < 500 && !t.server->engine().draining(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  GenerateResult refused = Generate(*t.client, Request("", "Hello", 4));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  th.join();
+  stopper.join();
+  ASSERT_TRUE(running.status.ok()) << running.status.error_message();
+  EXPECT_EQ(running.tokens.size(), 60u);
+}
+
+TEST(ServerE2EPersistenceTest, ContextsSurviveARestart) {
+  const std::string dir = ::testing::TempDir() + "/squeeze-state-" + std::to_string(getpid());
+  std::filesystem::remove_all(dir);
+  server::ServerOptions o = DefaultOptions();
+  o.state_dir = dir;
+  GenerateResult first;
+  v1::ContextInfo info;
+  {
+    TestServer t = TestServer::Start(o);
+    ASSERT_NE(t.server, nullptr);
+    ASSERT_TRUE(Register(*t.client, "kept", Document(), &info).ok());
+    first = Generate(*t.client, Request("kept", " The", 10, 5, 0.7f));
+    ASSERT_TRUE(first.status.ok());
+  }
+  TestServer t = TestServer::Start(o);
+  ASSERT_NE(t.server, nullptr);
+  v1::ContextInfo got;
+  ASSERT_TRUE(t.client->GetContext("kept", &got).ok());
+  EXPECT_EQ(got.content_hash(), info.content_hash());
+  EXPECT_EQ(got.index().num_centroids(), info.index().num_centroids());
+  GenerateResult second = Generate(*t.client, Request("kept", " The", 10, 5, 0.7f));
+  ASSERT_TRUE(second.status.ok());
+  EXPECT_EQ(first.tokens, second.tokens);
+  EXPECT_EQ(t.server->engine().stats().registration_tokens_forwarded, 0);
+  ASSERT_TRUE(t.client->DeleteContext("kept").ok());
+  EXPECT_FALSE(std::filesystem::exists(dir + "/kept.sqzctx"));
+  std::filesystem::remove_all(dir);
+}
+
+TEST(ServerE2EMemoryTest, RegistrationOverTheMemoryLimitIsRefused) {
+  server::ServerOptions o = DefaultOptions();
+  o.max_context_memory = 64 * 1024;  // far below one context's KV
+  TestServer t = TestServer::Start(o);
+  ASSERT_NE(t.server, nullptr);
+  v1::ContextInfo info;
+  grpc::Status st = Register(*t.client, "big", Document(), &info);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(st.error_message(), HasSubstr("bytes"));
+  // Still serving.
+  EXPECT_TRUE(Generate(*t.client, Request("", "Hello", 3)).status.ok());
+}
+
+}  // namespace
+}  // namespace squeeze::testing

@@ -1,0 +1,101 @@
+// Shared helpers for end-to-end tests: an in-process server on a loopback port and a client.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+
+#include "client/client.h"
+#include "server/server.h"
+
+namespace squeeze::testing {
+
+inline std::string ReadText(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+inline server::ServerOptions DefaultOptions() {
+  server::ServerOptions o;
+  o.model_dir = SQUEEZE_TEST_MODEL_DIR;
+  o.address = "127.0.0.1:0";
+  o.limits.default_index.window = 32;
+  return o;
+}
+
+struct TestServer {
+  std::unique_ptr<server::SqueezeServer> server;
+  std::unique_ptr<client::SqueezeClient> client;
+
+  static TestServer Start(server::ServerOptions o = DefaultOptions()) {
+    TestServer t;
+    auto s = server::SqueezeServer::Start(std::move(o));
+    EXPECT_TRUE(s.ok()) << s.status();
+    if (!s.ok()) return t;
+    t.server = std::move(*s);
+    t.client = std::make_unique<client::SqueezeClient>("127.0.0.1:" +
+                                                       std::to_string(t.server->port()));
+    return t;
+  }
+};
+
+// Registers `text` under `name`; returns the final status and fills `info`.
+inline grpc::Status Register(client::SqueezeClient& c, const std::string& name,
+                             const std::string& text, v1::ContextInfo* info,
+                             std::vector<v1::RegisterContextEvent>* events = nullptr,
+                             const v1::IndexOptions* index = nullptr) {
+  v1::RegisterContextRequest req;
+  req.set_name(name);
+  req.mutable_content()->set_text(text);
+  if (index) *req.mutable_index() = *index;
+  return c.RegisterContext(
+      req,
+      [&](const v1::RegisterContextEvent& e) {
+        if (events) events->push_back(e);
+      },
+      info);
+}
+
+struct GenerateResult {
+  grpc::Status status;
+  std::vector<int32_t> tokens;
+  std::string text;
+  int messages = 0;
+  v1::GenerateResponse last;
+};
+
+inline GenerateResult Generate(client::SqueezeClient& c, const v1::GenerateRequest& req,
+                               double timeout = 0) {
+  GenerateResult r;
+  r.status = c.Generate(
+      req,
+      [&](const v1::GenerateResponse& resp) {
+        ++r.messages;
+        r.tokens.insert(r.tokens.end(), resp.token_ids().begin(), resp.token_ids().end());
+        r.text += resp.text();
+        r.last = resp;
+        return true;
+      },
+      timeout);
+  return r;
+}
+
+inline v1::GenerateRequest Request(const std::string& context, const std::string& input,
+                                   int max_tokens, uint64_t seed = 1, float temperature = 0.8f) {
+  v1::GenerateRequest req;
+  req.set_context(context);
+  req.mutable_input()->set_text(input);
+  req.set_max_tokens(max_tokens);
+  req.mutable_sampling()->set_seed(seed);
+  req.mutable_sampling()->set_temperature(temperature);
+  req.set_ignore_eos(true);
+  return req;
+}
+
+}  // namespace squeeze::testing

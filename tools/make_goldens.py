@@ -1,0 +1,838 @@
+#!/usr/bin/env python3
+"""Golden files for the Hugging Face conformance tests (tests/cpu/hf_conformance_test.cc).
+
+Regenerate (needs torch, transformers, tokenizers, sentencepiece, safetensors; no network, no GPU
+needed, about a minute on CPU):
+
+    python3 tools/make_goldens.py --out tests/data/golden
+
+What it writes (under --out; each part is rebuilt from scratch, nothing else is touched):
+
+  <model>/config.json, model.safetensors, golden.json
+      A small random-weight LlamaForCausalLM / MistralForCausalLM built and saved by transformers
+      itself (save_pretrained, safetensors). golden.json holds, for fixed token sequences of
+      several lengths (one over 2048), the fp32 logits of the last 4 positions, and for every
+      position the argmax, the runner-up, the max logit and the top-2 gap; plus 16 greedy tokens
+      from a prompt. Goldens are computed from the model *reloaded from disk* in float32 with
+      eager attention on CPU, so they describe exactly the saved files (bf16/fp16 weights upcast
+      to fp32, the config as rewritten below).
+  tokenizers/sp.model, sp_cases.json
+      A SentencePiece BPE model (byte_fallback) trained here, and the ids `sentencepiece` gives
+      for every string of the conformance corpus, with its decode of those ids.
+  tokenizers/bpe/tokenizer.json, bpe_cases.json
+      A Llama-3-style byte-level BPE tokenizer.json trained with `tokenizers` (Split with the
+      Llama-3 regex + ByteLevel, ignore_merges, special and added tokens), the ids `tokenizers`
+      gives for every corpus string (no special tokens added), its decode, and the Split
+      pre-tokenizer's pieces.
+  tokenizers/bpe_legacy/tokenizer.json, bpe_legacy_cases.json
+      The same vocabulary written the older way: merges as "a b" strings, no ignore_merges.
+  tokenizers/corpus.json
+      The conformance corpus (>= 2000 strings), generated deterministically below.
+  manifest.json
+      What was generated, with library versions; the tests read it first.
+
+Config layouts: transformers 5 saves RoPE settings as `rope_parameters`; published checkpoints
+(transformers 4) write `rope_theta` and `rope_scaling` at the top level. llama2, longchat and
+llama31 are rewritten to the transformers-4 layout after saving (exactly as on the Hub), mistral
+and llama32_tied keep the transformers-5 layout. After reloading, the RoPE inverse frequencies
+transformers uses are checked against the formula for the intended settings, so a layout that
+transformers read differently than intended stops the script instead of producing wrong goldens.
+"""
+
+import argparse
+import copy
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+import unicodedata
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+COMMAND = "python3 tools/make_goldens.py --out tests/data/golden"
+SEQ_LENGTHS = [7, 100, 2100]  # 2100 > 2048 and > llama3 original_max_position_embeddings
+N_LAST = 4  # positions per sequence whose full logits are stored
+N_GREEDY = 16
+PROMPT_LEN = 12
+
+# ---------------------------------------------------------------------------------------------
+# Models. Small enough that all weights stay under ~8 MB; shapes chosen to cover MHA, GQA 4:1
+# and 2:1, head_dim 64, 128 and 32, tied embeddings, and every RoPE type the engine supports.
+# layout: "t4" = rewrite config.json to the transformers-4 layout; "t4_type" = the same with the
+# oldest spelling {"type": ...}; "t5" = keep what transformers 5 wrote.
+# ---------------------------------------------------------------------------------------------
+MODELS = [
+    dict(name="llama2", arch="llama", seed=1001, vocab=512, hidden=128, inter=256, layers=2,
+         heads=2, kv_heads=2, head_dim=64, theta=10000.0, rope=None, tie=False,
+         dtype="float32", layout="t4",
+         description="Llama-2 style: MHA, plain RoPE, fp32, transformers-4 config"),
+    dict(name="longchat", arch="llama", seed=1002, vocab=512, hidden=128, inter=256, layers=2,
+         heads=2, kv_heads=2, head_dim=64, theta=10000.0,
+         rope={"rope_type": "linear", "factor": 8.0}, tie=False, dtype="float16",
+         layout="t4_type",
+         description="LongChat style: MHA, linear RoPE scaling x8, fp16 weights, "
+                     "rope_scaling {\"type\": \"linear\"} (transformers 4)"),
+    dict(name="llama31", arch="llama", seed=1003, vocab=512, hidden=128, inter=256, layers=2,
+         heads=8, kv_heads=2, head_dim=64, theta=500000.0,
+         rope={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 256},
+         tie=False, dtype="bfloat16", layout="t4",
+         description="Llama-3.1 style: GQA 4:1, llama3 RoPE (factor 8, original 256 < tested "
+                     "lengths), theta 5e5, bf16 weights, transformers-4 config"),
+    dict(name="mistral", arch="mistral", seed=1004, vocab=512, hidden=128, inter=256, layers=2,
+         heads=4, kv_heads=2, head_dim=128, theta=1000000.0, rope=None, tie=False,
+         dtype="bfloat16", layout="t5", sliding_window=4096,
+         description="Mistral style: GQA 2:1, head_dim 128, theta 1e6, sliding_window 4096 "
+                     "(longer than every tested sequence), bf16, transformers-5 config"),
+    dict(name="llama32_tied", arch="llama", seed=1005, vocab=512, hidden=128, inter=256,
+         layers=2, heads=4, kv_heads=1, head_dim=32, theta=500000.0,
+         rope={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 256},
+         tie=True, dtype="float32", layout="t5",
+         description="Llama-3.2 style: tied embeddings, GQA 4:1, llama3 RoPE factor 32, fp32, "
+                     "transformers-5 config (rope_parameters)"),
+]
+
+# The Llama-3 pre-tokenization regex, as in Meta's tokenizer.json.
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                  r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+BPE_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>"]
+BPE_MORE_SPECIAL = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+BPE_ADDED = [("<think>", False), ("squeezed attention", True)]  # (content, normalized)
+
+
+def log(msg):
+    print(f"[make_goldens {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def r7(x):
+    """Rounds to 7 significant digits (relative error <= 5e-8, far below the 1e-3 tolerance)."""
+    return float(f"{float(x):.7g}")
+
+
+def write_json(path, obj):
+    with open(path, "w", encoding="utf-8") as f:
+        # ensure_ascii: pure-ASCII files, every control character and astral code point escaped.
+        json.dump(obj, f, ensure_ascii=True, separators=(",", ":"))
+        f.write("\n")
+
+
+# =============================================================================================
+# Models
+# =============================================================================================
+
+def expected_inv_freq(torch, head_dim, theta, rope):
+    """The RoPE inverse frequencies transformers should use, computed independently (fp64)."""
+    inv = [1.0 / (theta ** (2 * i / head_dim)) for i in range(head_dim // 2)]
+    if rope is None:
+        return torch.tensor(inv, dtype=torch.float64)
+    if rope["rope_type"] == "linear":
+        return torch.tensor([f / rope["factor"] for f in inv], dtype=torch.float64)
+    assert rope["rope_type"] == "llama3"
+    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+    orig = rope["original_max_position_embeddings"]
+    out = []
+    for f in inv:
+        wavelen = 2 * math.pi / f
+        if wavelen < orig / high:
+            out.append(f)
+        elif wavelen > orig / low:
+            out.append(f / factor)
+        else:
+            smooth = (orig / wavelen - low) / (high - low)
+            out.append((1 - smooth) * f / factor + smooth * f)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def make_config(transformers, spec):
+    """A transformers config for `spec`, RoPE given in the transformers-5 way (rope_parameters),
+    falling back to the transformers-4 keywords on versions without it."""
+    import inspect
+    cls = transformers.MistralConfig if spec["arch"] == "mistral" else transformers.LlamaConfig
+    kw = dict(vocab_size=spec["vocab"], hidden_size=spec["hidden"],
+              intermediate_size=spec["inter"], num_hidden_layers=spec["layers"],
+              num_attention_heads=spec["heads"], num_key_value_heads=spec["kv_heads"],
+              head_dim=spec["head_dim"], max_position_embeddings=4096, rms_norm_eps=1e-5,
+              tie_word_embeddings=spec["tie"], bos_token_id=1, eos_token_id=2,
+              hidden_act="silu")
+    if spec["arch"] == "mistral":
+        kw["sliding_window"] = spec.get("sliding_window")
+    rope_params = {"rope_type": "default", "rope_theta": spec["theta"]}
+    if spec["rope"] is not None:
+        rope_params.update(spec["rope"])
+    fields = set()
+    try:
+        fields = set(inspect.signature(cls.__init__).parameters)
+    except (TypeError, ValueError):
+        pass
+    if hasattr(cls, "__dataclass_fields__"):
+        fields |= set(cls.__dataclass_fields__)
+    if "rope_parameters" in fields:
+        kw["rope_parameters"] = rope_params
+    else:
+        kw["rope_theta"] = spec["theta"]
+        kw["rope_scaling"] = copy.deepcopy(spec["rope"])
+    return cls(**kw)
+
+
+def init_weights(torch, model, seed):
+    """Deterministic weights with O(1) activations and logits (the transformers default init,
+    std 0.02, gives near-uniform logits whose argmax is decided by noise). Norm weights are
+    1 + noise so that a loader that ignored them would be caught."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():  # tied weights appear once
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+            if p.dim() == 1:
+                value = 1.0 + 0.1 * noise
+            elif "embed_tokens" in name:
+                value = noise
+            else:
+                gain = 1.5 if ("q_proj" in name or "k_proj" in name) else 1.0
+                value = noise * (gain / math.sqrt(p.shape[1]))
+            p.copy_(value.to(p.dtype))
+
+
+def rewrite_config_t4(path, spec):
+    """Rewrites config.json the way transformers 4 wrote it (and published repos still have it):
+    top-level rope_theta and rope_scaling, no rope_parameters."""
+    with open(path, encoding="utf-8") as f:
+        cfg = json.load(f)
+    cfg.pop("rope_parameters", None)
+    cfg["rope_theta"] = spec["theta"]
+    if spec["rope"] is None:
+        cfg["rope_scaling"] = None
+    else:
+        scaling = dict(spec["rope"])
+        if spec["layout"] == "t4_type":  # LongChat's {"type": "linear", "factor": 8.0}
+            scaling["type"] = scaling.pop("rope_type")
+        cfg["rope_scaling"] = scaling
+    if "dtype" in cfg and "torch_dtype" not in cfg:
+        cfg["torch_dtype"] = cfg.pop("dtype")
+    cfg["transformers_version"] = "4.44.2"
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+        f.write("\n")
+    return cfg
+
+
+def load_fp32(transformers, model_dir):
+    cls = transformers.AutoModelForCausalLM
+    import torch
+    attempts = [dict(dtype=torch.float32, attn_implementation="eager"),
+                dict(torch_dtype=torch.float32, attn_implementation="eager"),
+                dict(torch_dtype=torch.float32)]
+    last = None
+    for kw in attempts:
+        try:
+            model = cls.from_pretrained(model_dir, local_files_only=True, **kw)
+            break
+        except TypeError as e:  # an older/newer keyword spelling
+            last = e
+    else:
+        raise last
+    return model.float().eval()
+
+
+def find_inv_freq(model):
+    for name, buf in model.named_buffers():
+        if name.endswith("inv_freq") and "original" not in name:
+            return name, buf
+    return None, None
+
+
+def forward_logits(torch, model, ids):
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids], dtype=torch.long), use_cache=False)
+    return out.logits[0].to(torch.float32)  # [T, V]
+
+
+def build_model(torch, transformers, spec, out_dir):
+    name = spec["name"]
+    model_dir = os.path.join(out_dir, name)
+    if os.path.isdir(model_dir):
+        shutil.rmtree(model_dir)
+    os.makedirs(model_dir)
+
+    # ---- build and save with transformers ------------------------------------------------
+    torch.manual_seed(spec["seed"])
+    config = make_config(transformers, spec)
+    cls = (transformers.MistralForCausalLM if spec["arch"] == "mistral"
+           else transformers.LlamaForCausalLM)
+    model = cls(config).float()
+    init_weights(torch, model, spec["seed"])
+    if spec["tie"]:
+        embed = model.get_input_embeddings().weight
+        if model.lm_head.weight.data_ptr() != embed.data_ptr():
+            if hasattr(model, "tie_weights"):
+                model.tie_weights()
+            if model.lm_head.weight.data_ptr() != embed.data_ptr():
+                model.lm_head.weight = embed  # share the Parameter, as tying does
+    model = model.to(getattr(torch, spec["dtype"])).eval()
+    try:
+        model.save_pretrained(model_dir, safe_serialization=True)
+    except TypeError:  # versions where safetensors is the only format
+        model.save_pretrained(model_dir)
+    files = sorted(os.listdir(model_dir))
+    if not any(f.endswith(".safetensors") for f in files):
+        raise RuntimeError(f"{name}: save_pretrained wrote no .safetensors file: {files}")
+    config_path = os.path.join(model_dir, "config.json")
+    if spec["layout"] in ("t4", "t4_type"):
+        rewrite_config_t4(config_path, spec)
+    with open(config_path, encoding="utf-8") as f:
+        saved_config = json.load(f)
+    del model
+
+    # ---- reload exactly what is on disk, in fp32 -----------------------------------------
+    model = load_fp32(transformers, model_dir)
+    for p in model.parameters():
+        if p.dtype != torch.float32:
+            raise RuntimeError(f"{name}: reloaded parameter is {p.dtype}, expected float32")
+    if spec["tie"] and not torch.equal(model.lm_head.weight, model.get_input_embeddings().weight):
+        raise RuntimeError(f"{name}: the reloaded model's lm_head is not tied to embed_tokens")
+    buf_name, inv_freq = find_inv_freq(model)
+    if inv_freq is None:
+        raise RuntimeError(f"{name}: no rotary inv_freq buffer found; cannot verify RoPE")
+    want = expected_inv_freq(torch, spec["head_dim"], spec["theta"], spec["rope"])
+    got = inv_freq.detach().to(torch.float64).cpu()
+    if got.shape != want.shape:
+        raise RuntimeError(f"{name}: inv_freq has shape {tuple(got.shape)}, expected "
+                           f"{tuple(want.shape)} (head_dim {spec['head_dim']})")
+    rel = float(((got - want).abs() / want.abs()).max())
+    if rel > 1e-5:
+        raise RuntimeError(
+            f"{name}: transformers read the RoPE settings differently than intended "
+            f"(layout {spec['layout']}): max relative inv_freq error {rel:.3g}\n"
+            f"  got  {got.tolist()[:8]}...\n  want {want.tolist()[:8]}...")
+    log(f"{name}: RoPE verified ({buf_name}, {got.numel()} frequencies, rel err {rel:.2g})")
+
+    # ---- goldens ----------------------------------------------------------------------------
+    rng = random.Random(spec["seed"] * 7919)
+    sequences = []
+    max_abs_logit = 0.0
+    for length in SEQ_LENGTHS:
+        ids = [rng.randrange(spec["vocab"]) for _ in range(length)]
+        logits = forward_logits(torch, model, ids)
+        top = torch.topk(logits, 2, dim=-1)
+        max_abs_logit = max(max_abs_logit, float(logits.abs().max()))
+        last = logits[-N_LAST:]
+        sequences.append({
+            "name": f"len{length}",
+            "tokens": ids,
+            "last_positions": list(range(length - N_LAST, length)),
+            "last_logits": [[r7(v) for v in row.tolist()] for row in last],
+            "argmax": [int(i) for i in top.indices[:, 0].tolist()],
+            "second": [int(i) for i in top.indices[:, 1].tolist()],
+            "max_logit": [r7(v) for v in top.values[:, 0].tolist()],
+            "top2_gap": [r7(a - b) for a, b in zip(top.values[:, 0].tolist(),
+                                                   top.values[:, 1].tolist())],
+        })
+
+    # How much RoPE scaling matters here: logits of the longest sequence with the unscaled
+    # frequencies, relative to the real ones (a loader that ignored the scaling would be off by
+    # about this much).
+    scaling_effect = None
+    if spec["rope"] is not None:
+        ids = sequences[-1]["tokens"]
+        real = forward_logits(torch, model, ids)
+        saved = inv_freq.detach().clone()
+        try:
+            with torch.no_grad():
+                inv_freq.copy_(expected_inv_freq(torch, spec["head_dim"], spec["theta"], None)
+                               .to(inv_freq.dtype))
+            plain = forward_logits(torch, model, ids)
+        finally:
+            with torch.no_grad():
+                inv_freq.copy_(saved)
+        scaling_effect = r7(float((plain - real).abs().max() / real.abs().max()))
+        log(f"{name}: unscaled RoPE would change the len{SEQ_LENGTHS[-1]} logits by "
+            f"{scaling_effect:.3g} (relative)")
+        if scaling_effect < 1e-2:
+            # Not fatal: a transformers version that caches cos/sin ignores the patched buffer.
+            log(f"{name}: WARNING: RoPE scaling seems to barely change the logits")
+
+    # Greedy continuation: a manual loop (argmax over full recomputation), with a prompt whose
+    # every step has a clear winner so that fp32 rounding cannot flip a token.
+    greedy = None
+    for attempt in range(50):
+        prompt = [rng.randrange(spec["vocab"]) for _ in range(PROMPT_LEN)]
+        seq = list(prompt)
+        gaps = []
+        for _ in range(N_GREEDY):
+            row = forward_logits(torch, model, seq)[-1]
+            top = torch.topk(row, 2)
+            gaps.append(float(top.values[0] - top.values[1]))
+            seq.append(int(top.indices[0]))
+        if min(gaps) >= 1e-3 or attempt == 49:
+            greedy = {"prompt": prompt, "tokens": seq[PROMPT_LEN:],
+                      "min_top2_gap": r7(min(gaps)), "attempt": attempt}
+            break
+
+    cfg_expect = {
+        "architecture": cls.__name__,
+        "vocab_size": spec["vocab"], "hidden_size": spec["hidden"],
+        "intermediate_size": spec["inter"], "num_layers": spec["layers"],
+        "num_heads": spec["heads"], "num_kv_heads": spec["kv_heads"],
+        "head_dim": spec["head_dim"], "tie_word_embeddings": spec["tie"],
+        "rope_theta": spec["theta"],
+        "rope_type": "default" if spec["rope"] is None else spec["rope"]["rope_type"],
+        "rope_factor": 1.0 if spec["rope"] is None else spec["rope"]["factor"],
+    }
+    if spec["rope"] is not None and spec["rope"]["rope_type"] == "llama3":
+        for key in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+            cfg_expect[key] = spec["rope"][key]
+    golden = {
+        "format": 1,
+        "model": name,
+        "description": spec["description"],
+        "saved_dtype": spec["dtype"],
+        "config_layout": {"t4": "transformers4", "t4_type": "transformers4 (type key)",
+                          "t5": "transformers5"}[spec["layout"]],
+        "config_has_rope_parameters": "rope_parameters" in saved_config,
+        "expect": cfg_expect,
+        "max_abs_logit": r7(max_abs_logit),
+        "scaling_effect": scaling_effect,
+        "sequences": sequences,
+        "greedy": greedy,
+        "reference": "transformers fp32 CPU, eager attention, reloaded from the saved files",
+    }
+    write_json(os.path.join(model_dir, "golden.json"), golden)
+    size = sum(os.path.getsize(os.path.join(model_dir, f)) for f in os.listdir(model_dir))
+    log(f"{name}: ok ({size / 1e6:.2f} MB; files {sorted(os.listdir(model_dir))}; "
+        f"max|logit| {max_abs_logit:.3g}; greedy min gap {greedy['min_top2_gap']:.3g})")
+    return {"name": name, "dir": name, "bytes": size}
+
+
+# =============================================================================================
+# Conformance corpus (deterministic)
+# =============================================================================================
+
+WORDS = {
+    "english": ("the quick brown fox jumps over lazy dog attention cluster centroid server token "
+                "model stream query context budget sparse key value hello world Python function "
+                "return import class inference memory bandwidth kernel layer head window "
+                "threshold calibration sample Hello World The A I").split(),
+    "accented": ("café naïve résumé über façade São niño Zürich élève garçon déjà Straße Ærø "
+                 "smørrebrød Łódź Dvořák İstanbul ılık Ångström crème brûlée jalapeño "
+                 "Möbius Øresund").split(),
+    "cyrillic": "Привет мир как дела спасибо до свидания Москва ёлка съешь ЖУРНАЛ Україна".split(),
+    "greek": "Καλημέρα κόσμε ευχαριστώ Αθήνα λόγος ψυχή ΑΛΦΑ ωμέγα".split(),
+    "cjk": ("你好 世界 中文 数据 模型 注意力 東京 日本語 こんにちは ありがとう カタカナ 한국어 서울 "
+            "안녕하세요 漢字 机器学习").split(),
+    "arabic": "مرحبا بالعالم شكرا القاهرة كتاب العربية".split(),
+    "hindi": "नमस्ते दुनिया धन्यवाद भारत हिन्दी क्षत्रिय".split(),
+    "other": "สวัสดี שלום ሰላም Ողջույն გამარჯობა ಕನ್ನಡ தமிழ்".split(),
+}
+EMOJI = ["😀", "😂", "👍", "🎉", "🚀", "❤️", "👋🏽", "👨‍👩‍👧‍👦", "🏳️‍🌈", "🇫🇷", "🇯🇵",
+         "🧑‍💻", "👩🏾‍🔬", "✨", "🔥", "🤖", "☕", "✅", "🙂", "💯"]
+PUNCT = list(".,!?;:'\"()[]{}<>/\\|@#$%^&*-_+=~`") + ["…", "—", "–", "«", "»", "¿", "¡", "·",
+                                                       "•", "©", "°", "€", "£", "¥", "→", "∑",
+                                                       "≤", "∞", "½", "²", "Ⅻ"]
+SPACES = [" ", "  ", "   ", "\t", "\t\t", "\n", "\n\n", "\r\n", "\r\n\r\n", " \n ", "\r",
+          "\u00a0", "\u3000", "\u2028", "\u0085", "\x0b", "\x0c", "    "]
+CONTROLS = ["\x00", "\x01", "\x07", "\x1b", "\x1f", "\x7f", "\u200b", "\u200d", "\ufeff",
+            "\u00ad", "\u200e"]
+CONTRACTIONS = ["don't", "I'M", "we'll", "they'RE", "you've", "she'd", "it's", "I'm", "DON'T",
+                "y'all", "rock'n'roll", "'tis", "o'clock", "isn't", "won't", "can't", "He'S",
+                "we'D", "you'Ve", "they'Ll", "'s", "''", "'"]
+CODE = [
+    "def f(x):\n    return x ** 2\n",
+    "int main() {\n\treturn 0;\n}\n",
+    "for (int i = 0; i < n; ++i) { sum += a[i] * b[i]; }",
+    "if x != None and y >= 10:\n        print(f\"{x=}, {y!r}\")",
+    "<html><body><p class=\"x\">Hi &amp; bye</p></body></html>",
+    "{\"key\": [1, 2.5, null, true], \"nested\": {\"a\": \"b\"}}",
+    "SELECT id, name FROM users WHERE age > 21 ORDER BY name;",
+    "git commit -m 'fix: handle \\r\\n' && make -j8",
+    "https://example.com/path?q=squeezed+attention&lang=en#frag",
+    "x = [i**2 for i in range(10)]  # squares",
+    "#include <vector>\nstd::vector<int> v{1, 2, 3};",
+    "    indented\n        more\n\tand tab",
+    "a\\tb\\nc",
+    "C:\\Users\\name\\file.txt",
+    "$ ./run --flag=1 --other \"two words\"",
+    "λx.x + 1 ≡ id ∘ succ",
+]
+SPECIAL_TEXT = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|start_header_id|>",
+                "<|end_header_id|>", "<think>", "squeezed attention", "<s>", "</s>", "<unk>",
+                "<0x41>", "▁", "<|begin_of_text", "|>", "<|", "<think", "squeezed  attention"]
+
+
+def fixed_cases():
+    cases = [
+        "", " ", "  ", "\t", "\n", "\r\n", "\r", "a", "A", "hello", "Hello world",
+        "Hello, world!", "  hello", "hello  ", "a\r\n\r\nb", "line1\nline2\n", "x  \n  y",
+        "end   ", "\n\nhello\n", "a\tb", "a  b", "don't", "I'M", "it's", "'sup", "'hello",
+        "we'll they'VE she'd", "123456", "1234567", "3.14159", "1,000,000", "2024-01-15",
+        "0x1F", "1e-5", "-42", "+7", "99.9%", "٣٤٥٦", "१२३४", "x²", "½ ⅓ ¾", "Ⅻ", "１２３",
+        "ＡＢＣ", "abc123def", "A1B2C3", "007", "12345678901234567890123456789012345678901234",
+        "Привет, мир!", "Καλημέρα κόσμε", "你好，世界！", "こんにちは世界", "안녕하세요",
+        "مرحبا بالعالم", "नमस्ते दुनिया", "Straße", "İstanbul ılık", "e\u0301", "ñ", "n\u0303",
+        "Ça va? Élève naïve café", "שלום עולם", "สวัสดีครับ", "👍", "👨‍👩‍👧‍👦", "🏳️‍🌈", "🇫🇷🇯🇵",
+        "👋🏽 hi", "hi 👋🏽!", "🤖🤖🤖", "I ❤️ NY", "✅ done", "\x00", "\x01\x02\x03",
+        "\x7f", "a\x0bb\x0cc", "\u200b", "a\u200db", "\ufeffBOM", "\u00a0", "a\u00a0b",
+        "\u3000", "a\u2028b", "a\u0085b", "\x1c\x1d\x1e\x1f", "tab\there", "\t\tindent",
+        "trailing\n\n\n", "   leading", "mixed \t \n \r\n end", "<|begin_of_text|>Hello",
+        "a<|end_of_text|>b", "<|begin_of_text|><|begin_of_text|>", "<|begin_of_tex",
+        "Hi<|eot_id|>", "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>",
+        "<think>hmm</think>", "use squeezed attention now", "squeezed attentions",
+        "<s>hello</s>", "<unk>", "<0x41>", "▁", "▁▁hello", "a▁b", "@@ -1,3 +1,4 @@",
+        "!!!", "???", "...", "—", "“quoted”", "‘single’", "«guillemets»", "¿Qué?", "¡Hola!",
+        "a" * 500, " " * 100, "\n" * 50, "ab" * 200, "1" * 200, "😀" * 40, "的" * 60,
+        "The quick brown fox jumps over the lazy dog. " * 20,
+    ]
+    cases += CODE + CONTRACTIONS + SPECIAL_TEXT + EMOJI + SPACES + CONTROLS + PUNCT
+    for words in WORDS.values():
+        cases += words
+        cases.append(" ".join(words))
+    return cases
+
+
+def random_segment(rng):
+    kind = rng.choices(
+        ["english", "accented", "cyrillic", "greek", "cjk", "arabic", "hindi", "other",
+         "emoji", "punct", "space", "number", "control", "contraction", "code", "special"],
+        weights=[30, 8, 6, 4, 6, 3, 3, 2, 5, 8, 8, 8, 2, 4, 2, 2])[0]
+    if kind in WORDS:
+        word = rng.choice(WORDS[kind])
+        r = rng.random()
+        if r < 0.1:
+            word = word.upper()
+        elif r < 0.2:
+            word = word.capitalize()
+        return word
+    if kind == "emoji":
+        return rng.choice(EMOJI)
+    if kind == "punct":
+        return "".join(rng.choice(PUNCT) for _ in range(rng.randint(1, 3)))
+    if kind == "space":
+        return rng.choice(SPACES)
+    if kind == "number":
+        r = rng.random()
+        if r < 0.5:
+            return str(rng.randrange(10 ** rng.randint(1, 12)))
+        if r < 0.7:
+            return f"{rng.uniform(-1000, 1000):.{rng.randint(1, 6)}f}"
+        if r < 0.85:
+            return f"{rng.randrange(1, 10**9):,}"
+        return "".join(rng.choice("0123456789") for _ in range(rng.randint(13, 40)))
+    if kind == "control":
+        return rng.choice(CONTROLS)
+    if kind == "contraction":
+        return rng.choice(CONTRACTIONS)
+    if kind == "code":
+        return rng.choice(CODE)
+    return rng.choice(SPECIAL_TEXT)
+
+
+def random_text(rng, max_segments):
+    parts = []
+    for i in range(rng.randint(1, max_segments)):
+        if i > 0:
+            r = rng.random()
+            parts.append(" " if r < 0.6 else ("" if r < 0.8 else rng.choice(SPACES)))
+        parts.append(random_segment(rng))
+    return "".join(parts)
+
+
+def char_soup(rng):
+    pool = ("".join(WORDS["english"]) + "".join(WORDS["accented"]) + "".join(WORDS["cyrillic"])
+            + "".join(WORDS["cjk"]) + "".join(WORDS["greek"]) + "0123456789" + "".join(PUNCT)
+            + " \t\n\r'")
+    chars = sorted(set(pool))
+    return "".join(rng.choice(chars) for _ in range(rng.randint(1, 30)))
+
+
+def build_corpus():
+    rng = random.Random(20240501)
+    corpus, seen = [], set()
+
+    def add(s):
+        if s not in seen:
+            seen.add(s)
+            corpus.append(s)
+
+    for s in fixed_cases():
+        add(s)
+    while len(corpus) < 1900:
+        add(random_text(rng, 12))
+    while len(corpus) < 2300:
+        add(char_soup(rng))
+    for n in (200, 600, 1500):  # a few long documents
+        add(random_text(rng, n))
+    for s in corpus:  # never a lone surrogate or U+017F (see engine/tokenizer/llama3_pretokenizer)
+        assert not any(0xD800 <= ord(c) <= 0xDFFF or c == "\u017f" for c in s)
+    return corpus
+
+
+def training_texts(seed, n, allow_newlines):
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(n):
+        t = random_text(rng, 25)
+        if not allow_newlines:
+            t = "".join(c for c in t if c not in "\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+            t = "".join(c for c in t if unicodedata.category(c) != "Cc" or c == "\t").strip()
+        if t:
+            texts.append(t)
+    # Plenty of plain English so that frequent words get merges and rare scripts fall back to
+    # bytes.
+    for _ in range(n):
+        texts.append(" ".join(rng.choice(WORDS["english"]) for _ in range(rng.randint(3, 15))))
+    return texts
+
+
+# =============================================================================================
+# Tokenizers
+# =============================================================================================
+
+def build_sentencepiece(out_dir, corpus):
+    import sentencepiece as spm
+    tok_dir = os.path.join(out_dir, "tokenizers")
+    texts = training_texts(7, 3000, allow_newlines=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        train_path = os.path.join(tmp, "train.txt")
+        with open(train_path, "w", encoding="utf-8") as f:
+            for t in texts:
+                f.write(t + "\n")
+        prefix = os.path.join(tmp, "sp")
+        last_error = None
+        # Llama-2's tokenizer settings: BPE, byte fallback, digits split, no normalization.
+        for coverage, vocab in ((0.995, 800), (0.98, 800), (0.95, 800), (0.98, 1200)):
+            try:
+                spm.SentencePieceTrainer.train(
+                    input=train_path, model_prefix=prefix, vocab_size=vocab, model_type="bpe",
+                    byte_fallback=True, character_coverage=coverage, split_digits=True,
+                    allow_whitespace_only_pieces=True, remove_extra_whitespaces=False,
+                    normalization_rule_name="identity", add_dummy_prefix=True, unk_id=0,
+                    bos_id=1, eos_id=2, pad_id=-1, hard_vocab_limit=False, num_threads=1,
+                    max_sentence_length=65536)
+                last_error = None
+                break
+            except Exception as e:  # retried with settings that need fewer characters
+                last_error = e
+                log(f"sentencepiece training (coverage {coverage}, vocab {vocab}) failed: {e}")
+        if last_error is not None:
+            raise last_error
+        shutil.copyfile(prefix + ".model", os.path.join(tok_dir, "sp.model"))
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(tok_dir, "sp.model"))
+    ids, decoded = [], []
+    round_trips = 0
+    for text in corpus:
+        piece_ids = [int(i) for i in sp.encode(text)]
+        back = sp.decode(piece_ids)
+        ids.append(piece_ids)
+        decoded.append(None if back == text else back)
+        round_trips += back == text
+    byte_pieces = sum(1 for row in ids for i in row if sp.is_byte(i))
+    write_json(os.path.join(tok_dir, "sp_cases.json"), {
+        "format": 1, "model": "sp.model", "vocab_size": sp.get_piece_size(),
+        "ids": ids, "decoded": decoded,
+        "note": "ids = SentencePieceProcessor.encode(corpus[i]); decoded[i] = decode(ids[i]) "
+                "when it differs from corpus[i], else null"})
+    log(f"sentencepiece: vocab {sp.get_piece_size()}, {len(corpus)} cases, {round_trips} "
+        f"round-trip, {byte_pieces} byte-fallback pieces")
+    return {"model": "tokenizers/sp.model", "cases": "tokenizers/sp_cases.json",
+            "vocab_size": sp.get_piece_size(), "round_trips": round_trips}
+
+
+def bpe_cases(tok, corpus, with_splits):
+    from tokenizers import Regex, pre_tokenizers
+    ids, decoded, splits = [], [], []
+    for text in corpus:
+        enc = tok.encode(text, add_special_tokens=False)
+        row = [int(i) for i in enc.ids]
+        back = tok.decode(row, skip_special_tokens=True)
+        ids.append(row)
+        decoded.append(None if back == text else back)
+    if with_splits:
+        split = pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False)
+        for text in corpus:
+            splits.append([piece for piece, _ in split.pre_tokenize_str(text)])
+    return ids, decoded, splits
+
+
+def build_bpe(out_dir, corpus):
+    import tokenizers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import processors, trainers
+    tok_dir = os.path.join(out_dir, "tokenizers")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1000, min_frequency=2, show_progress=False,
+                                  special_tokens=BPE_SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(training_texts(11, 3000, allow_newlines=True), trainer=trainer)
+    tok.add_special_tokens(BPE_MORE_SPECIAL)
+    tok.add_tokens([AddedToken(content, special=False, normalized=normalized)
+                    for content, normalized in BPE_ADDED])
+    bos = tok.token_to_id(BPE_SPECIAL[0])
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BPE_SPECIAL[0]} $A", pair=f"{BPE_SPECIAL[0]} $A {BPE_SPECIAL[0]} $B",
+        special_tokens=[(BPE_SPECIAL[0], bos)])
+    base = json.loads(tok.to_str())
+
+    # Sanity: the saved pre-tokenizer is the Llama-3 layout the engine implements.
+    pre = base.get("pre_tokenizer") or {}
+    pretoks = pre.get("pretokenizers") or [{}, {}]
+    if (pre.get("type") != "Sequence" or pretoks[0].get("pattern", {}).get("Regex")
+            != LLAMA3_PATTERN or pretoks[1].get("use_regex") is not False):
+        raise RuntimeError(f"unexpected pre_tokenizer layout: {json.dumps(pre)[:400]}")
+
+    results = {}
+    for variant in ("bpe", "bpe_legacy"):
+        data = copy.deepcopy(base)
+        merges = data["model"]["merges"]
+        if variant == "bpe":  # Llama 3: ignore_merges, merges as pairs
+            data["model"]["ignore_merges"] = True
+            data["model"]["merges"] = [m.split(" ") if isinstance(m, str) else m for m in merges]
+        else:  # older files: "a b" strings, no ignore_merges
+            data["model"].pop("ignore_merges", None)
+            data["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m for m in merges]
+        vdir = os.path.join(tok_dir, variant)
+        os.makedirs(vdir, exist_ok=True)
+        path = os.path.join(vdir, "tokenizer.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(data, f, ensure_ascii=False, indent=1)
+            f.write("\n")
+        loaded = Tokenizer.from_file(path)  # the ids come from exactly the file on disk
+        reread = json.loads(loaded.to_str())
+        if variant == "bpe" and not reread["model"].get("ignore_merges"):
+            raise RuntimeError("tokenizers dropped model.ignore_merges on load")
+        ids, decoded, splits = bpe_cases(loaded, corpus, with_splits=(variant == "bpe"))
+        cases = {"format": 1, "tokenizer": f"{variant}/tokenizer.json",
+                 "vocab_size": loaded.get_vocab_size(with_added_tokens=True),
+                 "ids": ids, "decoded": decoded,
+                 "note": "ids = Tokenizer.encode(corpus[i], add_special_tokens=False).ids; "
+                         "decoded[i] = decode(ids, skip_special_tokens=True) when it differs "
+                         "from corpus[i], else null; splits[i] = the Split(Llama-3 regex, "
+                         "isolated) pieces of corpus[i]"}
+        if splits:
+            cases["splits"] = splits
+        write_json(os.path.join(tok_dir, f"{variant}_cases.json"), cases)
+        round_trips = sum(1 for d in decoded if d is None)
+        log(f"{variant}: vocab {cases['vocab_size']}, {len(merges)} merges, {len(corpus)} "
+            f"cases, {round_trips} round-trip")
+        results[variant] = {"tokenizer": f"tokenizers/{variant}/tokenizer.json",
+                            "cases": f"tokenizers/{variant}_cases.json",
+                            "vocab_size": cases["vocab_size"], "round_trips": round_trips}
+    # The two files differ only in layout and ignore_merges; show how often that matters.
+    a = json.load(open(os.path.join(tok_dir, "bpe_cases.json"), encoding="utf-8"))["ids"]
+    b = json.load(open(os.path.join(tok_dir, "bpe_legacy_cases.json"), encoding="utf-8"))["ids"]
+    log(f"ignore_merges changes the ids of {sum(x != y for x, y in zip(a, b))} corpus strings")
+    results["tokenizers_version"] = tokenizers.__version__
+    return results
+
+
+# =============================================================================================
+
+def versions():
+    out = {"python": sys.version.split()[0], "unicodedata": unicodedata.unidata_version}
+    for mod in ("torch", "transformers", "tokenizers", "sentencepiece", "safetensors"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception as e:  # recorded, not fatal
+            out[mod] = f"unavailable: {e}"
+    return out
+
+
+def dir_size(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="output directory (tests/data/golden)")
+    parser.add_argument("--only", default="", help="comma-separated subset of parts to build: "
+                        "model names, 'sentencepiece', 'bpe' (default: everything)")
+    args = parser.parse_args()
+    out_dir = os.path.abspath(args.out)
+    os.makedirs(out_dir, exist_ok=True)
+    os.makedirs(os.path.join(out_dir, "tokenizers"), exist_ok=True)
+    only = set(filter(None, args.only.split(",")))
+    wanted = lambda part: not only or part in only  # noqa: E731
+    start = time.time()
+    vers = versions()
+    log(f"versions: {vers}")
+    log(f"writing to {out_dir}")
+
+    failures = []
+    manifest_path = os.path.join(out_dir, "manifest.json")
+    manifest = {"models": [], "tokenizers": {}}
+    if only and os.path.exists(manifest_path):  # partial rebuild: keep the rest of the manifest
+        with open(manifest_path, encoding="utf-8") as f:
+            manifest = json.load(f)
+
+    corpus = build_corpus()
+    write_json(os.path.join(out_dir, "tokenizers", "corpus.json"),
+               {"format": 1, "strings": corpus})
+    log(f"corpus: {len(corpus)} strings, {sum(len(s) for s in corpus)} code points")
+
+    for part, fn in (("sentencepiece", build_sentencepiece), ("bpe", build_bpe)):
+        if not wanted(part):
+            continue
+        try:
+            t0 = time.time()
+            manifest["tokenizers"][part] = fn(out_dir, corpus)
+            log(f"{part}: done in {time.time() - t0:.1f} s")
+        except Exception:
+            failures.append(part)
+            log(f"{part}: FAILED\n{traceback.format_exc()}")
+
+    try:
+        import torch
+        import transformers
+        torch.set_grad_enabled(False)
+        for spec in MODELS:
+            if not wanted(spec["name"]):
+                continue
+            try:
+                t0 = time.time()
+                info = build_model(torch, transformers, spec, out_dir)
+                manifest["models"] = [m for m in manifest["models"] if m["name"] != spec["name"]]
+                manifest["models"].append(info)
+                log(f"{spec['name']}: done in {time.time() - t0:.1f} s")
+            except Exception:
+                failures.append(spec["name"])
+                log(f"{spec['name']}: FAILED\n{traceback.format_exc()}")
+    except ImportError:
+        failures.append("torch/transformers import")
+        log(f"cannot import torch/transformers:\n{traceback.format_exc()}")
+
+    manifest.update({"format": 1, "command": COMMAND, "versions": vers,
+                     "corpus": "tokenizers/corpus.json", "corpus_size": len(corpus),
+                     "failures": failures})
+    manifest["models"].sort(key=lambda m: m["name"])
+    with open(manifest_path, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+    total = dir_size(out_dir)
+    log("=" * 70)
+    log(f"models:     {[m['name'] for m in manifest['models']]}")
+    log(f"tokenizers: {sorted(manifest['tokenizers'])}")
+    log(f"total size: {total / 1e6:.2f} MB ({'OK' if total < 15e6 else 'OVER the 15 MB budget'})")
+    log(f"time:       {time.time() - start:.1f} s")
+    if failures:
+        log(f"FAILED parts: {failures} (see the tracebacks above)")
+        return 1
+    log("all parts generated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
