@@ -207,6 +207,7 @@ int Generate(SqueezeClient& client) {
       },
       absl::GetFlag(FLAGS_timeout));
   std::printf("\n");
+  std::fflush(stdout);
   if (!st.ok()) return Fail(st);
   if (absl::GetFlag(FLAGS_stats)) {
     const auto& u = last.usage();

@@ -73,10 +73,10 @@ BOS_ID, EOS_ID, UNK_ID = 1, 2, 0
 # with the number of positions (a first recipe starting at 256-1024 tokens never left the
 # plateau); the last phase covers 4K..max-len.
 CURRICULUM = (
-    (0.20, 64, 512),
-    (0.32, 256, 2048),
-    (0.45, 1024, 4096),
-    (0.65, 2048, 8192),
+    (0.30, 64, 512),
+    (0.42, 256, 2048),
+    (0.55, 1024, 4096),
+    (0.72, 2048, 8192),
     (1.00, 4096, 1 << 30),
 )
 VARIANT_WEIGHTS = (("single", 0.2), ("multikey", 0.35), ("multivalue", 0.2), ("vartrack", 0.25))

@@ -130,8 +130,8 @@ class WireReader {
   }
 
   absl::Status Error(size_t pos, const std::string& what) const {
-    return absl::InvalidArgumentError(absl::StrCat("malformed protobuf in ", std::string(message_), " at byte ",
-                                                   base_ + pos, ": ", what));
+    return absl::InvalidArgumentError(absl::StrCat("malformed protobuf in ", std::string(message_),
+                                                   " at byte ", base_ + pos, ": ", what));
   }
 
   std::string_view data_;
@@ -197,15 +197,32 @@ absl::Status ParseTrainerSpec(std::string_view data, size_t base,
           }
           break;
         }
-        case 24: spec->treat_whitespace_as_suffix = flag; break;
-        case 25: spec->split_digits = flag; break;
-        case 26: spec->allow_whitespace_only_pieces = flag; break;
-        case 35: spec->byte_fallback = flag; break;
-        case 40: spec->unk_id = Int32FromVarint(f.varint); break;
-        case 41: spec->bos_id = Int32FromVarint(f.varint); break;
-        case 42: spec->eos_id = Int32FromVarint(f.varint); break;
-        case 43: spec->pad_id = Int32FromVarint(f.varint); break;
-        default: break;
+        case 24:
+          spec->treat_whitespace_as_suffix = flag;
+          break;
+        case 25:
+          spec->split_digits = flag;
+          break;
+        case 26:
+          spec->allow_whitespace_only_pieces = flag;
+          break;
+        case 35:
+          spec->byte_fallback = flag;
+          break;
+        case 40:
+          spec->unk_id = Int32FromVarint(f.varint);
+          break;
+        case 41:
+          spec->bos_id = Int32FromVarint(f.varint);
+          break;
+        case 42:
+          spec->eos_id = Int32FromVarint(f.varint);
+          break;
+        case 43:
+          spec->pad_id = Int32FromVarint(f.varint);
+          break;
+        default:
+          break;
       }
     } else if (f.wire_type == kLengthDelimited) {
       switch (f.number) {
@@ -213,11 +230,20 @@ absl::Status ParseTrainerSpec(std::string_view data, size_t base,
           spec->unk_surface.assign(f.bytes);
           spec->has_unk_surface = true;
           break;
-        case 45: spec->unk_piece.assign(f.bytes); break;
-        case 46: spec->bos_piece.assign(f.bytes); break;
-        case 47: spec->eos_piece.assign(f.bytes); break;
-        case 48: spec->pad_piece.assign(f.bytes); break;
-        default: break;
+        case 45:
+          spec->unk_piece.assign(f.bytes);
+          break;
+        case 46:
+          spec->bos_piece.assign(f.bytes);
+          break;
+        case 47:
+          spec->eos_piece.assign(f.bytes);
+          break;
+        case 48:
+          spec->pad_piece.assign(f.bytes);
+          break;
+        default:
+          break;
       }
     }
   });
@@ -283,8 +309,8 @@ absl::StatusOr<SentencePieceModel> ParseSentencePieceModel(std::string_view seri
 
 absl::StatusOr<PrecompiledCharsMap> PrecompiledCharsMap::Parse(std::string_view blob) {
   if (blob.size() <= 4) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "normalizer precompiled_charsmap is broken: ", blob.size(), " bytes, expected more than 4"));
+    return absl::InvalidArgumentError(absl::StrCat("normalizer precompiled_charsmap is broken: ",
+                                                   blob.size(), " bytes, expected more than 4"));
   }
   uint32_t trie_size = 0;
   for (int i = 3; i >= 0; --i) trie_size = trie_size << 8 | static_cast<uint8_t>(blob[i]);
@@ -324,8 +350,9 @@ size_t PrecompiledCharsMap::LongestMatch(std::string_view text,
       const size_t offset = UnitValue(units_[node]);
       if (offset >= replacements_.size()) continue;  // a corrupt value: ignore this rule
       const size_t end = replacements_.find('\0', offset);
-      *replacement = std::string_view(replacements_).substr(
-          offset, end == std::string::npos ? std::string::npos : end - offset);
+      *replacement =
+          std::string_view(replacements_)
+              .substr(offset, end == std::string::npos ? std::string::npos : end - offset);
       best_length = i + 1;
     }
   }

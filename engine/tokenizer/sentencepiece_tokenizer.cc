@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cfloat>
-#include <cstdio>
 #include <fstream>
 #include <iterator>
 #include <queue>
@@ -18,13 +17,13 @@
 namespace squeeze {
 namespace {
 
-constexpr std::string_view kSpaceSymbol = "\xE2\x96\x81";  // U+2581 '▁'
+constexpr std::string_view kSpaceSymbol = "\xE2\x96\x81";      // U+2581 '▁'
 constexpr std::string_view kReplacementChar = "\xEF\xBF\xBD";  // U+FFFD
 // Added to the lowest piece score for a character the unigram vocabulary lacks.
 constexpr float kUnkPenalty = 10.0f;
 
-// Bytes of the UTF-8 character that starts with `lead`, judged by the lead byte alone (stray
-// continuation bytes count as 1), clipped to what is left.
+// Bytes of the UTF-8 character that `text` starts with, judged by its first byte alone (a stray
+// continuation byte counts as 1), clipped to what is left. `text` must not be empty.
 size_t OneCharLen(std::string_view text) {
   static constexpr uint8_t kLen[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4};
   return std::min<size_t>(kLen[static_cast<uint8_t>(text[0]) >> 4], text.size());
@@ -234,8 +233,8 @@ class SentencePieceTokenizer::Normalizer {
       if (!spec_.remove_extra_whitespaces) is_prev_space = false;
     }
     if (spec_.remove_extra_whitespaces) {  // trailing whitespace
-      while (out.size() >= space.size() && out.compare(out.size() - space.size(),
-                                                       space.size(), space) == 0) {
+      while (out.size() >= space.size() &&
+             out.compare(out.size() - space.size(), space.size(), space) == 0) {
         out.resize(out.size() - space.size());
       }
     }
@@ -277,13 +276,11 @@ absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> SentencePieceTokenizer::
     const std::string& model_path) {
   std::ifstream file(model_path, std::ios::binary);
   if (!file) {
-    return absl::NotFoundError(
-        absl::StrCat("cannot open SentencePiece model '", model_path, "'"));
+    return absl::NotFoundError(absl::StrCat("cannot open SentencePiece model '", model_path, "'"));
   }
   const std::string bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
   if (file.bad()) {
-    return absl::DataLossError(
-        absl::StrCat("cannot read SentencePiece model '", model_path, "'"));
+    return absl::DataLossError(absl::StrCat("cannot read SentencePiece model '", model_path, "'"));
   }
   return FromSerializedModel(bytes, model_path);
 }
@@ -291,13 +288,12 @@ absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> SentencePieceTokenizer::
 absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> SentencePieceTokenizer::FromSerializedModel(
     std::string_view serialized, std::string_view origin) {
   auto fail = [&](const absl::Status& status) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot load SentencePiece model '", std::string(origin),
-                                                   "': ", status.message()));
+    return absl::InvalidArgumentError(absl::StrCat("cannot load SentencePiece model '",
+                                                   std::string(origin), "': ", status.message()));
   };
   auto model = ParseSentencePieceModel(serialized);
   if (!model.ok()) return fail(model.status());
-  std::unique_ptr<SentencePieceTokenizer> tokenizer(
-      new SentencePieceTokenizer(*std::move(model)));
+  std::unique_ptr<SentencePieceTokenizer> tokenizer(new SentencePieceTokenizer(*std::move(model)));
   const absl::Status status = tokenizer->Init();
   if (!status.ok()) return fail(status);
   return tokenizer;
@@ -316,7 +312,8 @@ absl::Status SentencePieceTokenizer::Init() {
   for (size_t i = 0; i < pieces.size(); ++i) {
     const auto id = static_cast<int32_t>(i);
     const SentencePieceModel::Piece& piece = pieces[i];
-    if (piece.text.empty()) return absl::InvalidArgumentError(absl::StrCat("piece ", i, " is empty"));
+    if (piece.text.empty())
+      return absl::InvalidArgumentError(absl::StrCat("piece ", i, " is empty"));
     if (piece.text.find('\0') != std::string::npos) {
       return absl::InvalidArgumentError(absl::StrCat("piece ", i, " contains a NUL byte"));
     }
@@ -336,8 +333,8 @@ absl::Status SentencePieceTokenizer::Init() {
     }
     if (piece.type == Type::kByte) {
       if (!trainer.byte_fallback) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "byte piece '", piece.text, "' (id ", i, ") found although byte_fallback is off"));
+        return absl::InvalidArgumentError(absl::StrCat("byte piece '", piece.text, "' (id ", i,
+                                                       ") found although byte_fallback is off"));
       }
       const int byte = PieceToByte(piece.text);
       if (byte < 0) {
@@ -361,9 +358,9 @@ absl::Status SentencePieceTokenizer::Init() {
     ASSIGN_OR_RETURN(charsmap,
                      PrecompiledCharsMap::Parse(model_.normalizer_spec.precompiled_charsmap));
   }
-  normalizer_ = std::make_unique<Normalizer>(model_.normalizer_spec, std::move(charsmap),
-                                             trainer.treat_whitespace_as_suffix,
-                                             user_defined_.get());
+  normalizer_ =
+      std::make_unique<Normalizer>(model_.normalizer_spec, std::move(charsmap),
+                                   trainer.treat_whitespace_as_suffix, user_defined_.get());
   if (model_.has_denormalizer_spec && !model_.denormalizer_spec.precompiled_charsmap.empty()) {
     ASSIGN_OR_RETURN(PrecompiledCharsMap decharsmap,
                      PrecompiledCharsMap::Parse(model_.denormalizer_spec.precompiled_charsmap));
@@ -405,12 +402,17 @@ absl::Status SentencePieceTokenizer::Init() {
     // reserved one (e.g. a NORMAL "<s>") decodes as the reserved one.
     const int32_t id = decode_ids_[i] = PieceToId(pieces[i].text);
     switch (type(id)) {
-      case Type::kControl: break;
-      case Type::kUnknown: token_bytes_[i] = unk_surface_; break;
+      case Type::kControl:
+        break;
+      case Type::kUnknown:
+        token_bytes_[i] = unk_surface_;
+        break;
       case Type::kByte:
         token_bytes_[i] = std::string(1, static_cast<char>(PieceToByte(pieces[id].text)));
         break;
-      default: token_bytes_[i] = ReplaceSpaceMarkers(pieces[id].text); break;
+      default:
+        token_bytes_[i] = ReplaceSpaceMarkers(pieces[id].text);
+        break;
     }
   }
   return absl::OkStatus();
@@ -434,10 +436,18 @@ absl::StatusOr<std::vector<int32_t>> SentencePieceTokenizer::Encode(std::string_
   if (normalized.empty()) return ids;
   Segmentation segmentation;
   switch (model_.trainer_spec.model_type) {
-    case SentencePieceModel::ModelType::kUnigram: segmentation = EncodeUnigram(normalized); break;
-    case SentencePieceModel::ModelType::kBpe: segmentation = EncodeBpe(normalized); break;
-    case SentencePieceModel::ModelType::kWord: segmentation = EncodeWord(normalized); break;
-    case SentencePieceModel::ModelType::kChar: segmentation = EncodeChar(normalized); break;
+    case SentencePieceModel::ModelType::kUnigram:
+      segmentation = EncodeUnigram(normalized);
+      break;
+    case SentencePieceModel::ModelType::kBpe:
+      segmentation = EncodeBpe(normalized);
+      break;
+    case SentencePieceModel::ModelType::kWord:
+      segmentation = EncodeWord(normalized);
+      break;
+    case SentencePieceModel::ModelType::kChar:
+      segmentation = EncodeChar(normalized);
+      break;
   }
   // Unknown pieces become their UTF-8 bytes with byte fallback; otherwise a run of unknown
   // pieces becomes one unknown id (sentencepiece_processor.cc, PopulateSentencePieceText).
@@ -460,9 +470,9 @@ absl::StatusOr<std::vector<int32_t>> SentencePieceTokenizer::Encode(std::string_
 SentencePieceTokenizer::Segmentation SentencePieceTokenizer::EncodeBpe(
     std::string_view normalized) const {
   struct Symbol {
-    int prev;     // -1 at the start
-    int next;     // -1 at the end
-    bool freeze;  // a user-defined symbol, never merged
+    int prev;                // -1 at the start
+    int next;                // -1 at the end
+    bool freeze;             // a user-defined symbol, never merged
     std::string_view piece;  // empty once merged into its left neighbour
   };
   struct Candidate {
@@ -484,8 +494,8 @@ SentencePieceTokenizer::Segmentation SentencePieceTokenizer::EncodeBpe(
     const size_t user = user_defined_ ? user_defined_->LongestPrefix(rest) : 0;
     const size_t length = user > 0 ? user : OneCharLen(rest);
     const int index = static_cast<int>(symbols.size());
-    symbols.push_back({index - 1, length == rest.size() ? -1 : index + 1, user > 0,
-                       rest.substr(0, length)});
+    symbols.push_back(
+        {index - 1, length == rest.size() ? -1 : index + 1, user > 0, rest.substr(0, length)});
     rest.remove_prefix(length);
   }
 

@@ -75,10 +75,10 @@ class SentencePieceTokenizer final : public Tokenizer {
   std::unique_ptr<ByteTrie> vocab_trie_;    // unigram only: every key of pieces_
   std::unique_ptr<Normalizer> normalizer_;
   std::unique_ptr<Normalizer> denormalizer_;  // only when denormalizer_spec has rules
-  std::array<int32_t, 256> byte_ids_{};        // id of <0xNN>, when byte_fallback
-  std::vector<int32_t> decode_ids_;            // [vocab_size] PieceToId(piece(id)), see Decode
-  std::vector<std::string> token_bytes_;       // [vocab_size] TokenBytes precomputed at load
-  std::string unk_surface_;                    // what Decode renders for the unknown piece
+  std::array<int32_t, 256> byte_ids_{};       // id of <0xNN>, when byte_fallback
+  std::vector<int32_t> decode_ids_;           // [vocab_size] PieceToId(piece(id)), see Decode
+  std::vector<std::string> token_bytes_;      // [vocab_size] TokenBytes precomputed at load
+  std::string unk_surface_;                   // what Decode renders for the unknown piece
   float min_score_ = 0.0f;  // over NORMAL pieces (unigram unknown-character penalty base)
   float max_score_ = 0.0f;  // over NORMAL pieces (unigram user-defined bonus)
   int32_t unk_id_ = -1;
