@@ -41,7 +41,7 @@ ABSL_FLAG(double, repetition_penalty, -1, "generate: repetition penalty (-1: off
 ABSL_FLAG(int64_t, seed, -1, "generate: sampling seed (-1: random)");
 ABSL_FLAG(std::vector<std::string>, stop, {}, "generate: stop strings (comma-separated)");
 ABSL_FLAG(bool, ignore_eos, false, "generate: keep going after EOS");
-ABSL_FLAG(std::string, mode, "", "generate: attention mode: squeezed | dense (default: auto)");
+ABSL_FLAG(std::string, mode, "", "generate: attention mode: squeezed | dense | recent (default: auto)");
 ABSL_FLAG(double, budget, -1, "generate: kept fraction of context keys (-1: server default)");
 ABSL_FLAG(bool, stats, true, "generate: print usage and timings to stderr at the end");
 
@@ -192,8 +192,10 @@ int Generate(SqueezeClient& client) {
     req.mutable_attention()->set_mode(v1::AttentionOptions::SQUEEZED);
   } else if (mode == "dense") {
     req.mutable_attention()->set_mode(v1::AttentionOptions::DENSE);
+  } else if (mode == "recent") {
+    req.mutable_attention()->set_mode(v1::AttentionOptions::RECENT);
   } else if (!mode.empty()) {
-    return Usage("--mode must be squeezed or dense");
+    return Usage("--mode must be squeezed, dense or recent");
   }
   if (absl::GetFlag(FLAGS_budget) >= 0) req.mutable_attention()->set_budget(absl::GetFlag(FLAGS_budget));
   v1::GenerateResponse last;
@@ -215,7 +217,7 @@ int Generate(SqueezeClient& client) {
     std::fprintf(stderr,
                  "[%s] finish=%s context=%lld (reused %lld) query=%lld completion=%lld "
                  "kv_budget=%.3f ttft=%.3fs total=%.3fs\n",
-                 last.attention_mode() == v1::AttentionOptions::SQUEEZED ? "squeezed" : "dense",
+                 v1::AttentionOptions::Mode_Name(last.attention_mode()).c_str(),
                  v1::FinishReason_Name(last.finish_reason()).c_str(),
                  static_cast<long long>(u.context_tokens()),
                  static_cast<long long>(u.context_tokens_reused()),

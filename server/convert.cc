@@ -196,6 +196,7 @@ absl::StatusOr<GenerateRequest> ConvertGenerateRequest(const v1::GenerateRequest
   switch (a.mode()) {
     case v1::AttentionOptions::SQUEEZED: out.attention.mode = AttentionMode::kSqueezed; break;
     case v1::AttentionOptions::DENSE: out.attention.mode = AttentionMode::kDense; break;
+    case v1::AttentionOptions::RECENT: out.attention.mode = AttentionMode::kRecent; break;
     case v1::AttentionOptions::MODE_UNSPECIFIED: out.attention.mode = AttentionMode::kAuto; break;
     default: return Invalid("attention.mode", "unknown mode");
   }
@@ -290,9 +291,11 @@ v1::GenerateResponse ToProto(const GenerateEvent& e) {
     t->set_total_seconds(e.timings.total_seconds);
     t->set_prefill_seconds(e.timings.prefill_seconds);
     t->set_decode_seconds(e.timings.decode_seconds);
-    out.set_attention_mode(e.mode_used == AttentionMode::kSqueezed
-                               ? v1::AttentionOptions::SQUEEZED
-                               : v1::AttentionOptions::DENSE);
+    switch (e.mode_used) {
+      case AttentionMode::kSqueezed: out.set_attention_mode(v1::AttentionOptions::SQUEEZED); break;
+      case AttentionMode::kRecent: out.set_attention_mode(v1::AttentionOptions::RECENT); break;
+      default: out.set_attention_mode(v1::AttentionOptions::DENSE); break;
+    }
   }
   return out;
 }

@@ -1,10 +1,12 @@
 #include "engine/scheduler/engine.h"
 
 #include <algorithm>
+#include <cmath>
 #include <random>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "engine/attention/recency_selection.h"
 #include "engine/common/status_macros.h"
 #include "engine/sampling/sampler.h"
 #include "engine/sampling/stop_matcher.h"
@@ -26,6 +28,7 @@ struct Engine::Sequence {
   SequenceKV kv;
   std::unique_ptr<FixedContextAttention> fixed;
   SqueezedFixedContextAttention* squeezed = nullptr;  // = fixed when squeezed
+  double recent_budget = 1.0;                          // kept fraction in recent mode
   AttentionMode mode = AttentionMode::kDense;
   std::unique_ptr<Sampler> sampler;
   std::unique_ptr<StreamingDetokenizer> detok;
@@ -217,6 +220,10 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
   if (mode == AttentionMode::kDense && (att.budget || att.hierarchical.value_or(false))) {
     return absl::InvalidArgumentError("budget and hierarchical apply to squeezed mode only");
   }
+  if (mode == AttentionMode::kRecent && (!seq->context || att.hierarchical.value_or(false))) {
+    return absl::InvalidArgumentError(
+        "recent mode needs a context and takes no hierarchical option");
+  }
   if (seq->context) {
     if (mode == AttentionMode::kSqueezed) {
       SelectionOptions sel;
@@ -233,6 +240,18 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
       auto squeezed = std::make_unique<SqueezedFixedContextAttention>(*index, sel);
       seq->squeezed = squeezed.get();
       seq->fixed = std::move(squeezed);
+    } else if (mode == AttentionMode::kRecent) {
+      // As many keys as squeezed mode keeps nominally: the window plus `budget` of the
+      // clustered tokens, here the most recent ones, plus 4 attention sinks.
+      const double budget = att.budget.value_or(options_.default_budget);
+      const int window = index ? index->options.window : 100;
+      const int sinks = std::max(4, index ? index->options.sinks : 0);
+      const int recent = window + static_cast<int>(std::ceil(budget * std::max<int64_t>(
+                                                        0, S - window - sinks)));
+      auto recency = std::make_unique<RecencyFixedContextAttention>(seq->context->kv, sinks,
+                                                                    recent);
+      seq->recent_budget = recency->kept_fraction();
+      seq->fixed = std::move(recency);
     } else {
       seq->fixed = std::make_unique<DenseFixedContextAttention>(cfg.num_kv_heads,
                                                                static_cast<int>(S));
@@ -521,7 +540,7 @@ void Engine::FinishSequence(Sequence& seq, absl::Status status, FinishReason rea
   ev.usage.context_tokens_reused = ev.usage.context_tokens;
   ev.usage.query_tokens = static_cast<int64_t>(seq.input.size());
   ev.usage.completion_tokens = static_cast<int64_t>(seq.generated.size());
-  ev.usage.kv_budget = seq.squeezed ? seq.squeezed->realised_budget() : 1.0;
+  ev.usage.kv_budget = seq.squeezed ? seq.squeezed->realised_budget() : seq.recent_budget;
   ev.mode_used = seq.mode;
   const absl::Time admitted = seq.admitted == absl::Time() ? now : seq.admitted;
   ev.timings.queue_seconds = Seconds(admitted - seq.enqueued);

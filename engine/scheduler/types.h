@@ -19,7 +19,7 @@ struct PromptInput {
   std::optional<std::vector<int32_t>> token_ids;
 };
 
-enum class AttentionMode { kAuto, kSqueezed, kDense };
+enum class AttentionMode { kAuto, kSqueezed, kDense, kRecent };
 
 struct AttentionRequest {
   AttentionMode mode = AttentionMode::kAuto;

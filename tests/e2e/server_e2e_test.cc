@@ -211,6 +211,94 @@ TEST_F(ServerE2ETest, InvalidRequestsGetTheRightCodes) {
   EXPECT_TRUE(serving);
 }
 
+TEST_F(ServerE2ETest, SqueezedAttentionThroughTheApi) {
+  v1::ContextInfo flat, hier;
+  ASSERT_TRUE(Register(c(), "flat", Document(), &flat).ok());
+  EXPECT_TRUE(flat.index().present());
+  EXPECT_FALSE(flat.index().hierarchical());
+  EXPECT_GT(flat.index().num_centroids(), 0);
+  EXPECT_EQ(flat.index().window(), 32);  // the test server's default
+  v1::IndexOptions idx;
+  idx.set_hierarchical(true);
+  idx.set_centroid_fraction(0.08);
+  idx.set_coarse_fraction(0.02);
+  idx.set_window(48);
+  idx.set_sinks(4);
+  idx.set_max_iterations(10);
+  idx.set_seed(3);
+  std::vector<v1::RegisterContextEvent> events;
+  ASSERT_TRUE(Register(c(), "hier", Document(), &hier, &events, &idx).ok());
+  EXPECT_TRUE(hier.index().hierarchical());
+  EXPECT_GT(hier.index().num_coarse_centroids(), 0);
+  EXPECT_NEAR(hier.index().centroid_fraction(), 0.08, 1e-12);
+  EXPECT_EQ(hier.index().sinks(), 4);
+  EXPECT_EQ(hier.index().seed(), 3u);
+  bool clustering = false, calibrating = false;
+  for (const auto& e : events) {
+    clustering |= e.stage() == v1::RegisterContextEvent::CLUSTERING;
+    calibrating |= e.stage() == v1::RegisterContextEvent::CALIBRATING;
+  }
+  EXPECT_TRUE(clustering);
+  EXPECT_TRUE(calibrating);
+
+  // Default mode on an indexed context is squeezed, with a realised budget below 1.
+  GenerateResult sq = Generate(c(), Request("flat", " The council", 6, 1, 0.0f));
+  ASSERT_TRUE(sq.status.ok()) << sq.status.error_message();
+  EXPECT_EQ(sq.last.attention_mode(), v1::AttentionOptions::SQUEEZED);
+  EXPECT_GT(sq.last.usage().kv_budget(), 0.0);
+  EXPECT_LT(sq.last.usage().kv_budget(), 1.0);
+  // Budget 1 keeps every cluster: the same tokens as dense.
+  v1::GenerateRequest all = Request("flat", " The council", 12, 1, 0.0f);
+  all.mutable_attention()->set_mode(v1::AttentionOptions::SQUEEZED);
+  all.mutable_attention()->set_budget(1.0);
+  v1::GenerateRequest dense = Request("flat", " The council", 12, 1, 0.0f);
+  dense.mutable_attention()->set_mode(v1::AttentionOptions::DENSE);
+  GenerateResult a = Generate(c(), all), d = Generate(c(), dense);
+  ASSERT_TRUE(a.status.ok());
+  ASSERT_TRUE(d.status.ok());
+  EXPECT_EQ(a.tokens, d.tokens);
+  EXPECT_EQ(d.last.attention_mode(), v1::AttentionOptions::DENSE);
+  // Budget 0 keeps only the window (and sinks): realised budget = (W + sinks) / S.
+  v1::GenerateRequest none = Request("hier", " The council", 4, 1, 0.0f);
+  none.mutable_attention()->set_budget(0.0);
+  none.mutable_attention()->set_hierarchical(false);
+  GenerateResult n = Generate(c(), none);
+  ASSERT_TRUE(n.status.ok());
+  EXPECT_NEAR(n.last.usage().kv_budget(), 52.0 / hier.num_tokens(), 1e-9);
+  // Hierarchical lookup on a context that has the coarse level; refused on one that has not.
+  v1::GenerateRequest h = Request("hier", " The council", 4, 1, 0.0f);
+  h.mutable_attention()->set_hierarchical(true);
+  h.mutable_attention()->set_budget(0.2);
+  GenerateResult hr = Generate(c(), h);
+  ASSERT_TRUE(hr.status.ok()) << hr.status.error_message();
+  EXPECT_EQ(hr.last.attention_mode(), v1::AttentionOptions::SQUEEZED);
+  v1::GenerateRequest h_flat = Request("flat", " The council", 4, 1, 0.0f);
+  h_flat.mutable_attention()->set_hierarchical(true);
+  GenerateResult hf = Generate(c(), h_flat);
+  EXPECT_EQ(hf.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(hf.status.error_message(), HasSubstr("hierarchical"));
+  // The query-blind baseline.
+  v1::GenerateRequest rec = Request("flat", " The council", 4, 1, 0.0f);
+  rec.mutable_attention()->set_mode(v1::AttentionOptions::RECENT);
+  rec.mutable_attention()->set_budget(0.1);
+  GenerateResult rr = Generate(c(), rec);
+  ASSERT_TRUE(rr.status.ok()) << rr.status.error_message();
+  EXPECT_EQ(rr.last.attention_mode(), v1::AttentionOptions::RECENT);
+  EXPECT_LT(rr.last.usage().kv_budget(), 0.3);
+  // A context registered without an index serves dense only.
+  v1::IndexOptions off;
+  off.set_disable(true);
+  v1::ContextInfo plain;
+  ASSERT_TRUE(Register(c(), "plain", Document(), &plain, nullptr, &off).ok());
+  EXPECT_FALSE(plain.index().present());
+  GenerateResult pd = Generate(c(), Request("plain", " The council", 3, 1, 0.0f));
+  ASSERT_TRUE(pd.status.ok());
+  EXPECT_EQ(pd.last.attention_mode(), v1::AttentionOptions::DENSE);
+  v1::GenerateRequest psq = Request("plain", " The council", 3, 1, 0.0f);
+  psq.mutable_attention()->set_mode(v1::AttentionOptions::SQUEEZED);
+  EXPECT_EQ(Generate(c(), psq).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
 TEST_F(ServerE2ETest, StopStringsStopTokensAndLogprobs) {
   v1::ContextInfo info;
   ASSERT_TRUE(Register(c(), "ctx", Document(), &info).ok());
