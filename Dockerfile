@@ -17,7 +17,7 @@ RUN apt-get update -qq \
 COPY --from=build /src/build/squeeze-server /src/build/squeeze-cli /usr/local/bin/
 COPY --from=build /opt/squeeze /opt/squeeze
 COPY models /opt/squeeze/models
-EXPOSE 50051
+EXPOSE 50051 9400
 VOLUME /var/lib/squeeze
 # The bundled trained model when present, else the random-weight test model; override with --model.
 ENTRYPOINT ["/bin/sh", "-c", "m=/opt/squeeze/models/squeeze-demo; [ -f $m/config.json ] || m=/opt/squeeze/test-model; exec squeeze-server --model=$m --address=0.0.0.0:50051 --state_dir=/var/lib/squeeze --log_json \"$@\"", "--"]

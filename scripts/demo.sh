@@ -25,7 +25,7 @@ trap 'kill $SERVER_PID 2>/dev/null || true; wait $SERVER_PID 2>/dev/null || true
 
 echo "== starting squeeze-server on $MODEL"
 "$BUILD/squeeze-server" --model="$MODEL" --address=127.0.0.1:0 --port_file="$WORK/port" \
-  --log_level=warn &
+  --log_level=warn --metrics_address= &
 SERVER_PID=$!
 for _ in $(seq 1 200); do
   [ -s "$WORK/port" ] && break

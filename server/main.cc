@@ -15,6 +15,8 @@
 ABSL_FLAG(std::string, model, "", "Hugging Face model directory (config.json, *.safetensors, "
                                   "tokenizer.model)");
 ABSL_FLAG(std::string, address, "0.0.0.0:50051", "gRPC listen address host:port");
+ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9400",
+          "Prometheus metrics listen address host:port, served at GET /metrics (empty: off)");
 ABSL_FLAG(std::string, state_dir, "", "Directory where registered contexts are persisted and "
                                       "reloaded at start-up (empty: memory only)");
 ABSL_FLAG(int64_t, max_context_memory_mb, 0,
@@ -65,6 +67,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   o.address = absl::GetFlag(FLAGS_address);
+  o.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   o.state_dir = absl::GetFlag(FLAGS_state_dir);
   o.max_context_memory = absl::GetFlag(FLAGS_max_context_memory_mb) << 20;
   o.max_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;

@@ -69,7 +69,19 @@ absl::StatusOr<std::unique_ptr<SqueezeServer>> SqueezeServer::Start(ServerOption
   server->engine_ = std::make_unique<Engine>(options.engine, std::move(model),
                                              std::move(tokenizer), std::move(store));
   server->engine_->Start();
-  server->service_ = std::make_unique<SqueezeService>(server->engine_.get(), options.limits);
+  if (!options.metrics_address.empty()) {
+    server->metrics_ = std::make_shared<SqueezeMetrics>(server->engine_.get());
+    auto exposer = metrics::Exposer::Start(options.metrics_address);
+    if (!exposer.ok()) {
+      server->engine_->Shutdown(absl::ZeroDuration());
+      server->stopped_ = true;  // nothing else to stop: no gRPC server yet
+      return exposer.status();
+    }
+    server->exposer_ = std::move(*exposer);
+    server->exposer_->RegisterCollectable(server->metrics_);
+  }
+  server->service_ = std::make_unique<SqueezeService>(server->engine_.get(), options.limits,
+                                                      server->metrics_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -81,6 +93,7 @@ absl::StatusOr<std::unique_ptr<SqueezeServer>> SqueezeServer::Start(ServerOption
   server->server_ = builder.BuildAndStart();
   if (!server->server_ || server->port_ == 0) {
     server->engine_->Shutdown(absl::ZeroDuration());
+    server->stopped_ = true;  // ~SqueezeServer must not touch a server that never started
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.address));
   }
   server->server_->GetHealthCheckService()->SetServingStatus(true);

@@ -10,7 +10,9 @@
 #include "absl/status/statusor.h"
 #include "engine/scheduler/engine.h"
 #include "server/convert.h"
+#include "server/metrics_exposer.h"
 #include "server/service.h"
+#include "server/squeeze_metrics.h"
 
 namespace squeeze::server {
 
@@ -20,6 +22,7 @@ struct ServerOptions {
   std::string state_dir;                   // empty: contexts are not persisted
   int64_t max_context_memory = 0;          // bytes of resident context KV; 0: unlimited
   int max_message_bytes = 64 << 20;
+  std::string metrics_address;             // Prometheus GET /metrics host:port; empty: off
   EngineOptions engine;
   RequestLimits limits;
 };
@@ -30,6 +33,7 @@ class SqueezeServer {
   ~SqueezeServer();
 
   int port() const { return port_; }
+  int metrics_port() const { return exposer_ ? exposer_->port() : 0; }  // 0: metrics off
   Engine& engine() { return *engine_; }
   // Graceful stop: health NOT_SERVING, new work refused with UNAVAILABLE, running streams get
   // up to `grace` to finish, then the gRPC server stops.
@@ -38,9 +42,13 @@ class SqueezeServer {
 
  private:
   SqueezeServer() = default;
+  // Declaration order is destruction order in reverse: the exposer (which reads the engine)
+  // goes first, the metrics (which the engine's callbacks update) last.
+  std::shared_ptr<SqueezeMetrics> metrics_;
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<SqueezeService> service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<metrics::Exposer> exposer_;
   int port_ = 0;
   bool stopped_ = false;
 };

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/squeeze_metrics.h"
 #include "server/status.h"
 #include "server/stream_writer.h"
 #include "spdlog/spdlog.h"
@@ -30,6 +31,7 @@ grpc::ServerWriteReactor<v1::RegisterContextEvent>* SqueezeService::RegisterCont
   auto sink = writer->sink();
   auto request = ConvertRegisterRequest(*req, limits_);
   if (!request.ok()) {
+    if (metrics_) metrics_->ObserveRegistrationRejected(request.status());
     sink->Finish(ToGrpcStatus(request.status()));
     return writer;
   }
@@ -37,7 +39,9 @@ grpc::ServerWriteReactor<v1::RegisterContextEvent>* SqueezeService::RegisterCont
   tokenizing.set_stage(v1::RegisterContextEvent::TOKENIZING);
   sink->Push(std::move(tokenizing));
   const std::string name = request->name;
-  auto handle = engine_->Register(std::move(*request), [sink, name](RegisterEvent event) {
+  SqueezeMetrics* metrics = metrics_;
+  auto handle = engine_->Register(std::move(*request), [sink, name, metrics](RegisterEvent event) {
+    if (event.final && metrics) metrics->ObserveRegistration(event);
     if (event.final && !event.status.ok()) {
       spdlog::warn("registration of '{}' failed: {}", name, event.status.ToString());
       sink->Finish(ToGrpcStatus(event.status));
@@ -47,6 +51,7 @@ grpc::ServerWriteReactor<v1::RegisterContextEvent>* SqueezeService::RegisterCont
     if (event.final) sink->Finish(grpc::Status::OK);
   });
   if (!handle.ok()) {
+    if (metrics_) metrics_->ObserveRegistrationRejected(handle.status());
     sink->Finish(ToGrpcStatus(handle.status()));
     return writer;
   }
@@ -61,13 +66,16 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* SqueezeService::Generate(
   auto sink = writer->sink();
   auto request = ConvertGenerateRequest(*req, limits_);
   if (!request.ok()) {
+    if (metrics_) metrics_->ObserveGenerateRejected(request.status());
     sink->Finish(ToGrpcStatus(request.status()));
     return writer;
   }
   if (request->request_id.empty()) request->request_id = NewRequestId();
   request->deadline = absl::FromChrono(ctx->deadline());
   const std::string id = request->request_id;
-  auto handle = engine_->Generate(std::move(*request), [sink, id](GenerateEvent event) {
+  SqueezeMetrics* metrics = metrics_;
+  auto handle = engine_->Generate(std::move(*request), [sink, id, metrics](GenerateEvent event) {
+    if (event.final && metrics) metrics->ObserveGenerate(event);
     if (event.final && !event.status.ok()) {
       spdlog::info("request {} ended: {}", id, event.status.ToString());
       sink->Finish(ToGrpcStatus(event.status));
@@ -79,6 +87,7 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* SqueezeService::Generate(
     if (event.final) sink->Finish(grpc::Status::OK);
   });
   if (!handle.ok()) {
+    if (metrics_) metrics_->ObserveGenerateRejected(handle.status());
     sink->Finish(ToGrpcStatus(handle.status()));
     return writer;
   }

@@ -8,9 +8,14 @@
 
 namespace squeeze::server {
 
+class SqueezeMetrics;
+
 class SqueezeService final : public v1::Squeeze::CallbackService {
  public:
-  SqueezeService(Engine* engine, RequestLimits limits) : engine_(engine), limits_(limits) {}
+  // `metrics` (may be null) observes every Generate / RegisterContext outcome; it must outlive
+  // the engine's callbacks.
+  SqueezeService(Engine* engine, RequestLimits limits, SqueezeMetrics* metrics = nullptr)
+      : engine_(engine), limits_(limits), metrics_(metrics) {}
 
   grpc::ServerWriteReactor<v1::RegisterContextEvent>* RegisterContext(
       grpc::CallbackServerContext* ctx, const v1::RegisterContextRequest* req) override;
@@ -32,6 +37,7 @@ class SqueezeService final : public v1::Squeeze::CallbackService {
  private:
   Engine* engine_;
   const RequestLimits limits_;
+  SqueezeMetrics* const metrics_;
 };
 
 }  // namespace squeeze::server
