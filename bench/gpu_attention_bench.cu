@@ -1,0 +1,510 @@
+// GPU decode attention benchmark: our dense split-KV decode vs our Squeezed Attention decode
+// (dynamic dense + centroid lookup + sparse over kept clusters + LSE merge) on Llama-3-8B
+// attention shapes (Hq = 32, Hkv = 8, d = 128, bf16 K/V), one layer.
+//
+// Data: per sequence a fixed context of S rows (4 sinks, 100-row window, the rest in clusters
+// of ~20 rows: C = ceil(5% of M) centroids) followed by 256 dynamic rows, in one buffer
+// [B][Hkv][S + 256][d]. Keys are cluster centre + noise, so centroid scores are realistic; the
+// centroids (bf16) are the centres. tau per sequence is chosen on the CPU from the GPU's own
+// cluster scores for this query so that the kept fraction of clustered keys hits 20/10/5/3%
+// (then the real lookup + compaction + sparse run with that tau; the realised fraction is
+// printed). Timing: CUDA-graph replays, the L2 flushed (256 MB memset) before each rep, one event
+// pair per rep, median over reps. Bandwidth counts bytes actually needed: dense = K + V of all
+// S + 256 rows; squeezed = kept K/V + dynamic K/V + centroids. A device-to-device copy
+// (read + write bytes) measured in the same run is the ceiling.
+//
+// Usage: gpu-attention-bench [--quick] [--reps N] [--csv FILE] [--fp32-centroids]
+//                            [--configs BxS,BxS,...]   (default 1x32768,1x131072,1x524288,
+//                                                        8x32768,8x131072)
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kernels/decode_attention.cuh"
+#include "kernels/squeezed_decode.cuh"
+
+namespace {
+
+using squeeze::gpu::bf16;
+namespace gpu = squeeze::gpu;
+
+#define CK(expr)                                                         \
+  do {                                                                   \
+    const cudaError_t err_ = (expr);                                     \
+    if (err_ != cudaSuccess) {                                           \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, \
+                   cudaGetErrorString(err_));                            \
+      std::exit(1);                                                      \
+    }                                                                    \
+  } while (0)
+
+constexpr int kHq = 32, kHkv = 8, kD = 128, kDyn = 256, kSinks = 4, kWindow = 100;
+
+__host__ __device__ inline uint64_t Mix(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+__host__ __device__ inline float Unit(uint64_t h) {  // [-1, 1)
+  return static_cast<float>(h >> 40) * (2.0f / 16777216.0f) - 1.0f;
+}
+
+// Row r of clustered head bh belongs to cluster ((r - sinks + 1) * C - 1) / M: clusters are
+// the equal splits offsets[c] = sinks + c * M / C.
+__device__ inline float KeyValue(int bh, int r, int i, int S, int M, int C) {
+  const uint64_t tag = (static_cast<uint64_t>(bh) << 40) ^ (static_cast<uint64_t>(r) << 8) ^ i;
+  if (r < kSinks || r >= S - kWindow) return 1.5f * Unit(Mix(tag * 3 + 1));
+  const int64_t x = r - kSinks;
+  const int c = static_cast<int>(((x + 1) * C - 1) / M);
+  const uint64_t ctag = (static_cast<uint64_t>(bh) << 40) ^ (static_cast<uint64_t>(c) << 8);
+  const float radius = 0.5f + 0.75f * (Unit(Mix(ctag * 7 + 5)) + 1.0f);
+  return radius * Unit(Mix((ctag ^ i) * 5 + 2)) + 0.35f * Unit(Mix(tag * 3 + 1));
+}
+
+// kv: [B * Hkv][cap][d]; rows >= S (the dynamic part) are random.
+__global__ void FillKv(bf16* k, bf16* v, int num_heads, int cap, int S, int M, int C) {
+  const size_t n = static_cast<size_t>(num_heads) * cap * kD;
+  for (size_t e = blockIdx.x * size_t{blockDim.x} + threadIdx.x; e < n;
+       e += size_t{gridDim.x} * blockDim.x) {
+    const int i = static_cast<int>(e % kD);
+    const int r = static_cast<int>((e / kD) % cap);
+    const int bh = static_cast<int>(e / (size_t{kD} * cap));
+    const float kv = r < S ? KeyValue(bh, r, i, S, M, C) : Unit(Mix(e * 11 + 3));
+    k[e] = __float2bfloat16_rn(kv);
+    v[e] = __float2bfloat16_rn(Unit(Mix(e * 13 + 7)) + 0.5f * __sinf(0.37f * i));
+  }
+}
+
+// Centroid of cluster c = its centre (the mean of the noise is ~0).
+template <typename T>
+__global__ void FillCentroids(T* cent, int num_heads, int C) {
+  const size_t n = static_cast<size_t>(num_heads) * C * kD;
+  for (size_t e = blockIdx.x * size_t{blockDim.x} + threadIdx.x; e < n;
+       e += size_t{gridDim.x} * blockDim.x) {
+    const int i = static_cast<int>(e % kD);
+    const int c = static_cast<int>((e / kD) % C);
+    const int bh = static_cast<int>(e / (size_t{kD} * C));
+    const uint64_t ctag = (static_cast<uint64_t>(bh) << 40) ^ (static_cast<uint64_t>(c) << 8);
+    const float radius = 0.5f + 0.75f * (Unit(Mix(ctag * 7 + 5)) + 1.0f);
+    const float x = radius * Unit(Mix((ctag ^ i) * 5 + 2));
+    if constexpr (sizeof(T) == 2) {
+      cent[e] = __float2bfloat16_rn(x);
+    } else {
+      cent[e] = x;
+    }
+  }
+}
+
+struct Args {
+  bool quick = false;
+  int reps = 30;
+  std::string csv;
+  bool fp32_centroids = false;
+  std::vector<std::pair<int, int>> configs;  // (batch, context)
+};
+
+// "1x32768,8x131072" -> {(1, 32768), (8, 131072)}; false on a malformed list.
+bool ParseConfigs(const std::string& text, std::vector<std::pair<int, int>>* out) {
+  size_t at = 0;
+  while (at < text.size()) {
+    size_t end = text.find(',', at);
+    if (end == std::string::npos) end = text.size();
+    const std::string item = text.substr(at, end - at);
+    const size_t x = item.find('x');
+    if (x == std::string::npos) return false;
+    const int b = std::atoi(item.substr(0, x).c_str()), s = std::atoi(item.substr(x + 1).c_str());
+    if (b <= 0 || s <= kSinks + kWindow) return false;
+    out->emplace_back(b, s);
+    at = end + 1;
+  }
+  return !out->empty();
+}
+
+struct Timer {
+  cudaStream_t stream;
+  void* flush;
+  size_t flush_bytes;
+  int reps;
+
+  // Median over reps of one graph replay, the L2 flushed before each.
+  double Median(cudaGraphExec_t exec) const {
+    const int warmup = 3;
+    std::vector<cudaEvent_t> ev(2 * reps);
+    for (cudaEvent_t& e : ev) CK(cudaEventCreate(&e));
+    for (int i = 0; i < warmup + reps; ++i) {
+      CK(cudaMemsetAsync(flush, i & 0xff, flush_bytes, stream));
+      if (i >= warmup) CK(cudaEventRecord(ev[2 * (i - warmup)], stream));
+      CK(cudaGraphLaunch(exec, stream));
+      if (i >= warmup) CK(cudaEventRecord(ev[2 * (i - warmup) + 1], stream));
+    }
+    CK(cudaStreamSynchronize(stream));
+    std::vector<double> t(reps);
+    for (int i = 0; i < reps; ++i) {
+      float ms = 0;
+      CK(cudaEventElapsedTime(&ms, ev[2 * i], ev[2 * i + 1]));
+      t[i] = ms * 1e3;
+    }
+    for (cudaEvent_t& e : ev) CK(cudaEventDestroy(e));
+    std::sort(t.begin(), t.end());
+    return t[reps / 2];
+  }
+};
+
+template <class F>
+cudaGraphExec_t Capture(cudaStream_t stream, F&& launches) {
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  launches();
+  CK(cudaStreamEndCapture(stream, &graph));
+  CK(cudaGraphInstantiate(&exec, graph, 0));
+  CK(cudaGraphDestroy(graph));
+  return exec;
+}
+
+struct Row {
+  int batch;
+  int context;
+  std::string path;
+  double kept;  // realised kept fraction of the fixed context's rows (1 for dense)
+  double us;
+  double bytes;
+  double lookup_us = 0, sparse_us = 0, dynamic_us = 0, combine_us = 0;
+};
+
+double CopyBandwidth(cudaStream_t stream, int reps) {
+  const size_t bytes = size_t{1} << 30;
+  void *a, *b;
+  CK(cudaMalloc(&a, bytes));
+  CK(cudaMalloc(&b, bytes));
+  CK(cudaMemset(a, 1, bytes));
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  std::vector<double> t;
+  for (int i = 0; i < reps + 2; ++i) {
+    CK(cudaEventRecord(e0, stream));
+    CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream));
+    CK(cudaEventRecord(e1, stream));
+    CK(cudaEventSynchronize(e1));
+    float ms = 0;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    if (i >= 2) t.push_back(ms * 1e-3);
+  }
+  std::sort(t.begin(), t.end());
+  CK(cudaFree(a));
+  CK(cudaFree(b));
+  CK(cudaEventDestroy(e0));
+  CK(cudaEventDestroy(e1));
+  return 2.0 * bytes / t[t.size() / 2];  // bytes read + written per second
+}
+
+void RunConfig(int B, int S, const Args& args, const Timer& timer, std::vector<Row>* rows) {
+  const int cap = S + kDyn, M = S - kSinks - kWindow;
+  const int C = static_cast<int>(std::ceil(0.05 * M));
+  const int BH = B * kHkv;
+  const size_t kv_elems = static_cast<size_t>(BH) * cap * kD;
+  const size_t cent_elem_bytes = args.fp32_centroids ? 4 : 2;
+  size_t free_bytes = 0, total_bytes = 0;
+  CK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  const size_t need =
+      2 * kv_elems * 2 + static_cast<size_t>(BH) * C * kD * cent_elem_bytes + (512u << 20);
+  if (need > free_bytes) {
+    std::printf("skip B=%d S=%d: needs %.1f GB, %.1f GB free\n", B, S, need / 1e9,
+                free_bytes / 1e9);
+    return;
+  }
+  cudaStream_t stream = timer.stream;
+  bf16 *k, *v;
+  void* cent;
+  CK(cudaMalloc(&k, kv_elems * 2));
+  CK(cudaMalloc(&v, kv_elems * 2));
+  CK(cudaMalloc(&cent, static_cast<size_t>(BH) * C * kD * cent_elem_bytes));
+  FillKv<<<4096, 256, 0, stream>>>(k, v, BH, cap, S, M, C);
+  CK(cudaGetLastError());
+  if (args.fp32_centroids) {
+    FillCentroids<float><<<1024, 256, 0, stream>>>(static_cast<float*>(cent), BH, C);
+  } else {
+    FillCentroids<bf16><<<1024, 256, 0, stream>>>(static_cast<bf16*>(cent), BH, C);
+  }
+  CK(cudaGetLastError());
+
+  std::vector<int32_t> offsets(C + 1), sizes(C);
+  for (int c = 0; c <= C; ++c) offsets[c] = kSinks + static_cast<int>(int64_t{c} * M / C);
+  for (int c = 0; c < C; ++c) sizes[c] = offsets[c + 1] - offsets[c];
+  int32_t *d_off, *d_sizes;
+  CK(cudaMalloc(&d_off, offsets.size() * 4));
+  CK(cudaMalloc(&d_sizes, sizes.size() * 4));
+  CK(cudaMemcpy(d_off, offsets.data(), offsets.size() * 4, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(d_sizes, sizes.data(), sizes.size() * 4, cudaMemcpyHostToDevice));
+
+  std::vector<float> q(static_cast<size_t>(B) * kHq * kD);
+  for (size_t i = 0; i < q.size(); ++i) q[i] = 2.0f * Unit(Mix(i * 17 + 99));
+  float *d_q, *d_tau, *d_out_dense, *d_out_sq, *d_lse;
+  CK(cudaMalloc(&d_q, q.size() * 4));
+  CK(cudaMalloc(&d_tau, B * 4));
+  CK(cudaMalloc(&d_out_dense, q.size() * 4));
+  CK(cudaMalloc(&d_out_sq, q.size() * 4));
+  CK(cudaMalloc(&d_lse, static_cast<size_t>(B) * kHq * 4));
+  CK(cudaMemcpy(d_q, q.data(), q.size() * 4, cudaMemcpyHostToDevice));
+
+  std::vector<gpu::DecodeKv> dense_kv(B), dyn_kv(B);
+  std::vector<gpu::SqueezeHeadDesc> heads(BH);
+  const int64_t head_stride = int64_t{cap} * kD;
+  for (int b = 0; b < B; ++b) {
+    const bf16* kb = k + static_cast<size_t>(b) * kHkv * head_stride;
+    const bf16* vb = v + static_cast<size_t>(b) * kHkv * head_stride;
+    dense_kv[b] = {kb, vb, head_stride, cap, 0};
+    dyn_kv[b] = {kb + static_cast<size_t>(S) * kD, vb + static_cast<size_t>(S) * kD, head_stride,
+                 kDyn, 0};
+    for (int h = 0; h < kHkv; ++h) {
+      gpu::SqueezeHeadDesc& hd = heads[b * kHkv + h];
+      hd.k = kb + h * head_stride;
+      hd.v = vb + h * head_stride;
+      hd.centroids =
+          static_cast<char*>(cent) + (static_cast<size_t>(b) * kHkv + h) * C * kD * cent_elem_bytes;
+      hd.sizes = d_sizes;
+      hd.offsets = d_off;
+      hd.num_clusters = C;
+      hd.num_rows = S;
+      hd.sinks = kSinks;
+      hd.window = kWindow;
+    }
+  }
+  gpu::DecodeKv *d_dense_kv, *d_dyn_kv;
+  gpu::SqueezeHeadDesc* d_heads;
+  CK(cudaMalloc(&d_dense_kv, B * sizeof(gpu::DecodeKv)));
+  CK(cudaMalloc(&d_dyn_kv, B * sizeof(gpu::DecodeKv)));
+  CK(cudaMalloc(&d_heads, BH * sizeof(gpu::SqueezeHeadDesc)));
+  CK(cudaMemcpy(d_dense_kv, dense_kv.data(), B * sizeof(gpu::DecodeKv), cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(d_dyn_kv, dyn_kv.data(), B * sizeof(gpu::DecodeKv), cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(d_heads, heads.data(), BH * sizeof(gpu::SqueezeHeadDesc), cudaMemcpyHostToDevice));
+
+  // ---- Dense.
+  int ctas = 0;
+  CK(gpu::DecodeAttentionConcurrentCtas(kD, kHq / kHkv, &ctas));
+  gpu::DecodeAttentionParams dp;
+  dp.batch = B;
+  dp.num_q_heads = kHq;
+  dp.num_kv_heads = kHkv;
+  dp.head_dim = kD;
+  dp.scale = 1.0f / std::sqrt(static_cast<float>(kD));
+  dp.q = d_q;
+  dp.kv = d_dense_kv;
+  dp.plan = gpu::PlanDecodeSplits(B, kHkv, cap, ctas);
+  void* dense_ws;
+  CK(cudaMalloc(&dense_ws, gpu::DecodeAttentionWorkspaceBytes(B, kHq, kD, dp.plan)));
+  cudaGraphExec_t dense_exec = Capture(stream, [&] {
+    CK(gpu::LaunchDecodeAttention(dp, dense_ws, d_out_dense, false, d_lse, stream));
+  });
+  const double dense_bytes = 2.0 * kv_elems * 2;
+  Row dense_row{B, S, "dense", 1.0, timer.Median(dense_exec), dense_bytes};
+  rows->push_back(dense_row);
+
+  // ---- Squeezed.
+  gpu::SqueezedDecodeShape shape;
+  shape.batch = B;
+  shape.num_q_heads = kHq;
+  shape.num_kv_heads = kHkv;
+  shape.head_dim = kD;
+  shape.max_dynamic_len = kDyn;
+  shape.max_clusters = C;
+  shape.max_fixed_rows = int64_t{B} * S;
+  shape.max_context_rows = S;
+  shape.with_scores = true;
+  gpu::SqueezedDecodePlan plan;
+  CK(gpu::PlanSqueezedDecode(shape, &plan));
+  void* ws;
+  CK(cudaMalloc(&ws, plan.workspace_bytes));
+  CK(gpu::InitSqueezedDecodeWorkspace(plan, ws, stream));
+  gpu::SqueezedDecodeParams sp;
+  sp.scale = dp.scale;
+  sp.q = d_q;
+  sp.dynamic_kv = d_dyn_kv;
+  sp.heads = d_heads;
+  sp.centroids_bf16 = !args.fp32_centroids;
+  sp.tau = d_tau;
+  sp.out = d_out_sq;
+  sp.lse = d_lse;
+  // The dynamic part overlaps the lookup on a side stream (fork/join inside the graph).
+  cudaStream_t side;
+  cudaEvent_t fork, join;
+  CK(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
+  CK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+  CK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
+  sp.side_stream = side;
+  sp.fork_event = fork;
+  sp.join_event = join;
+  const gpu::SqueezeSelection sel = gpu::SelectionInWorkspace(plan, ws);
+
+  // Sanity: every cluster kept (tau = -inf) must reproduce dense attention.
+  std::vector<float> tau(B, -INFINITY);
+  CK(cudaMemcpy(d_tau, tau.data(), B * 4, cudaMemcpyHostToDevice));
+  CK(gpu::LaunchSqueezedDecode(plan, sp, ws, stream));
+  CK(cudaStreamSynchronize(stream));
+  std::vector<float> o_dense(q.size()), o_sq(q.size());
+  CK(cudaMemcpy(o_dense.data(), d_out_dense, q.size() * 4, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(o_sq.data(), d_out_sq, q.size() * 4, cudaMemcpyDeviceToHost));
+  double num = 0, den = 0;
+  for (size_t i = 0; i < q.size(); ++i) {
+    num += (o_sq[i] - o_dense[i]) * double(o_sq[i] - o_dense[i]);
+    den += o_dense[i] * double(o_dense[i]);
+  }
+  std::printf("B=%d S=%d: squeezed with every cluster kept vs dense: rel err %.2e (C=%d/head)\n", B,
+              S, std::sqrt(num / den), C);
+
+  // Scores for this query (tau = 0 scores every cluster).
+  std::fill(tau.begin(), tau.end(), 0.0f);
+  CK(cudaMemcpy(d_tau, tau.data(), B * 4, cudaMemcpyHostToDevice));
+  CK(gpu::LaunchSqueezedDecode(plan, sp, ws, stream, gpu::kStageLookup));
+  CK(cudaStreamSynchronize(stream));
+  std::vector<float> scores(static_cast<size_t>(BH) * sel.cluster_stride);
+  CK(cudaMemcpy(scores.data(), sel.scores, scores.size() * 4, cudaMemcpyDeviceToHost));
+
+  cudaGraphExec_t full =
+      Capture(stream, [&] { CK(gpu::LaunchSqueezedDecode(plan, sp, ws, stream)); });
+  cudaGraphExec_t st[4];
+  const unsigned stage_bits[4] = {gpu::kStageLookup, gpu::kStageSparse, gpu::kStageDynamic,
+                                  gpu::kStageCombine};
+  for (int i = 0; i < 4; ++i) {
+    st[i] = Capture(stream,
+                    [&] { CK(gpu::LaunchSqueezedDecode(plan, sp, ws, stream, stage_bits[i])); });
+  }
+  for (double frac : {0.20, 0.10, 0.05, 0.03}) {
+    // One tau per sequence (its context): the clusters of all its heads by descending score,
+    // kept until frac of the clustered keys.
+    for (int b = 0; b < B; ++b) {
+      std::vector<std::pair<float, int>> items;
+      for (int h = 0; h < kHkv; ++h) {
+        for (int c = 0; c < C; ++c) {
+          items.emplace_back(scores[(static_cast<size_t>(b) * kHkv + h) * sel.cluster_stride + c],
+                             sizes[c]);
+        }
+      }
+      std::sort(items.begin(), items.end(), [](auto& x, auto& y) { return x.first > y.first; });
+      const double target = frac * M * kHkv;
+      double acc = 0;
+      size_t i = 0;
+      while (i < items.size() && acc < target) acc += items[i++].second;
+      tau[b] = i < items.size() ? items[i].first : -INFINITY;
+    }
+    CK(cudaMemcpy(d_tau, tau.data(), B * 4, cudaMemcpyHostToDevice));
+    Row r{B, S, "squeezed", 0, 0, 0};
+    r.us = timer.Median(full);
+    std::vector<int32_t> kept(BH);
+    CK(cudaMemcpy(kept.data(), sel.kept_keys, BH * 4, cudaMemcpyDeviceToHost));
+    double kept_rows = 0;
+    for (int32_t x : kept) kept_rows += x;
+    r.kept = kept_rows / (double(BH) * S);
+    r.bytes = kept_rows * kD * 2 * 2 + double(BH) * kDyn * kD * 2 * 2 +
+              double(BH) * C * kD * cent_elem_bytes;
+    char name[64];
+    std::snprintf(name, sizeof(name), "squeezed@%.0f%%", frac * 100);
+    r.path = name;
+    // Stages timed apart (each replays on the workspace the full step left).
+    r.lookup_us = timer.Median(st[0]);
+    r.sparse_us = timer.Median(st[1]);
+    r.dynamic_us = timer.Median(st[2]);
+    r.combine_us = timer.Median(st[3]);
+    rows->push_back(r);
+  }
+  CK(cudaGraphExecDestroy(dense_exec));
+  CK(cudaGraphExecDestroy(full));
+  for (cudaGraphExec_t e : st) CK(cudaGraphExecDestroy(e));
+  CK(cudaEventDestroy(fork));
+  CK(cudaEventDestroy(join));
+  CK(cudaStreamDestroy(side));
+  for (void* ptr :
+       std::initializer_list<void*>{k, v, cent, d_off, d_sizes, d_q, d_tau, d_out_dense, d_out_sq,
+                                    d_lse, d_dense_kv, d_dyn_kv, d_heads, dense_ws, ws}) {
+    CK(cudaFree(ptr));
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--quick") {
+      args.quick = true;
+    } else if (a == "--reps" && i + 1 < argc) {
+      args.reps = std::max(3, std::atoi(argv[++i]));
+    } else if (a == "--csv" && i + 1 < argc) {
+      args.csv = argv[++i];
+    } else if (a == "--fp32-centroids") {
+      args.fp32_centroids = true;
+    } else if (a == "--configs" && i + 1 < argc && ParseConfigs(argv[i + 1], &args.configs)) {
+      ++i;
+    } else {
+      std::fprintf(stderr,
+                   "usage: %s [--quick] [--reps N] [--csv FILE] [--fp32-centroids] "
+                   "[--configs BxS,...]\n",
+                   argv[0]);
+      return 2;
+    }
+  }
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::fprintf(stderr, "gpu-attention-bench: no CUDA device\n");
+    return 77;
+  }
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s, %d SMs, L2 %.0f MB\n", prop.name, prop.multiProcessorCount,
+              prop.l2CacheSize / 1e6);
+  Timer timer;
+  CK(cudaStreamCreateWithFlags(&timer.stream, cudaStreamNonBlocking));
+  timer.flush_bytes = size_t{256} << 20;
+  CK(cudaMalloc(&timer.flush, timer.flush_bytes));
+  timer.reps = args.quick ? 5 : args.reps;
+  const double copy_bw = CopyBandwidth(timer.stream, 10);
+  std::printf("device-to-device copy: %.0f GB/s (read + write)\n", copy_bw / 1e9);
+
+  std::vector<std::pair<int, int>> configs = {
+      {1, 32768}, {1, 131072}, {1, 524288}, {8, 32768}, {8, 131072}};
+  if (args.quick) configs = {{1, 32768}, {8, 32768}};
+  if (!args.configs.empty()) configs = args.configs;
+  std::vector<Row> rows;
+  for (auto [b, s] : configs) RunConfig(b, s, args, timer, &rows);
+
+  std::printf("\n%-3s %-7s %-13s %7s %9s %8s %6s %8s | %8s %8s %8s %8s\n", "B", "context", "path",
+              "kept%", "time_us", "GB/s", "%copy", "xdense", "lookup", "sparse", "dynamic",
+              "combine");
+  FILE* csv = args.csv.empty() ? nullptr : std::fopen(args.csv.c_str(), "w");
+  if (csv != nullptr) {
+    std::fprintf(csv,
+                 "impl,batch,context,path,kept_frac,time_us,bytes,gbps,copy_gbps,lookup_us,"
+                 "sparse_us,dynamic_us,combine_us\n");
+  }
+  double dense_us = 0;
+  for (const Row& r : rows) {
+    if (r.path == "dense") dense_us = r.us;
+    const double gbps = r.bytes / (r.us * 1e-6) / 1e9;
+    std::printf("%-3d %-7d %-13s %7.2f %9.1f %8.0f %6.1f %8.2f | %8.1f %8.1f %8.1f %8.1f\n",
+                r.batch, r.context, r.path.c_str(), 100 * r.kept, r.us, gbps,
+                100 * gbps * 1e9 / copy_bw, dense_us / r.us, r.lookup_us, r.sparse_us, r.dynamic_us,
+                r.combine_us);
+    if (csv != nullptr) {
+      std::fprintf(csv, "ours,%d,%d,%s,%.5f,%.2f,%.0f,%.1f,%.1f,%.2f,%.2f,%.2f,%.2f\n", r.batch,
+                   r.context, r.path.c_str(), r.kept, r.us, r.bytes, gbps, copy_bw / 1e9,
+                   r.lookup_us, r.sparse_us, r.dynamic_us, r.combine_us);
+    }
+  }
+  if (csv != nullptr) std::fclose(csv);
+  std::printf(
+      "(kept%% = kept fixed rows incl. sinks/window over S; bytes: dense K+V of S+%d rows, "
+      "squeezed kept K/V + dynamic K/V + %s centroids; xdense = our dense time / time)\n",
+      kDyn, args.fp32_centroids ? "fp32" : "bf16");
+  return 0;
+}

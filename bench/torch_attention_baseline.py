@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Decode-attention baseline through torch.nn.functional.scaled_dot_product_attention.
+
+Same shapes and timing method as bench/gpu_attention_bench.cu: Llama-3-8B attention (32 query
+heads, 8 KV heads, d = 128, bf16), one new query token per sequence over S + 256 cached rows,
+batch 1 and 8, contexts 32K / 128K / 512K (512K at batch 1 only). Each SDPA backend (cuDNN,
+flash, memory-efficient) is forced with torch.nn.attention.sdpa_kernel and tried in two GQA
+layouts:
+  gqa    q [B, 32, 1, d], k/v [B, 8, L, d], enable_gqa=True
+  packed q viewed as [B, 8, 4, d] (the 4 query heads of a group as 4 query rows, no mask), k/v
+         [B, 8, L, d]: the same attention, each K/V byte read once per group.
+A backend/layout that refuses the shape is reported and skipped. Timing: the L2 flushed (256 MB
+zero_) before each rep, torch.cuda.Event around the call, median of the reps. Bytes = K + V.
+Prints a table and, with --csv, writes rows the run script combines with ours.
+"""
+import argparse
+import csv
+import math
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+HQ, HKV, D, DYN = 32, 8, 128, 256
+G = HQ // HKV
+
+
+def median_us(fn, reps, flush):
+    for _ in range(3):
+        flush.zero_()
+        fn()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for i in range(reps):
+        flush.zero_()
+        starts[i].record()
+        fn()
+        ends[i].record()
+    torch.cuda.synchronize()
+    t = sorted(s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends))
+    return t[len(t) // 2]
+
+
+def copy_bandwidth(reps=10):
+    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda").fill_(1)
+    b = torch.empty_like(a)
+    times = []
+    for i in range(reps + 2):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        b.copy_(a)
+        e.record()
+        e.synchronize()
+        if i >= 2:
+            times.append(s.elapsed_time(e) * 1e-3)
+    times.sort()
+    del a, b
+    return 2 * (1 << 30) / times[len(times) // 2]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="batch 1 and 8 at 32K only, 5 reps")
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--csv", default="")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("torch_attention_baseline: no CUDA device")
+        return 77
+    reps = 5 if args.quick else args.reps
+    props = torch.cuda.get_device_properties(0)
+    print(f"device: {props.name}, torch {torch.__version__}, "
+          f"cuDNN {torch.backends.cudnn.version()}")
+    copy_bw = copy_bandwidth()
+    print(f"device-to-device copy: {copy_bw / 1e9:.0f} GB/s (read + write)")
+    flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+
+    configs = [(1, 32768), (1, 131072), (1, 524288), (8, 32768), (8, 131072)]
+    if args.quick:
+        configs = [(1, 32768), (8, 32768)]
+    backends = [("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
+                ("efficient", SDPBackend.EFFICIENT_ATTENTION)]
+    rows = []
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for batch, context in configs:
+        length = context + DYN
+        try:
+            k = torch.randn(batch, HKV, length, D, dtype=torch.bfloat16, device="cuda",
+                            generator=gen)
+            v = torch.randn(batch, HKV, length, D, dtype=torch.bfloat16, device="cuda",
+                            generator=gen)
+        except torch.OutOfMemoryError:
+            print(f"skip B={batch} S={context}: out of memory")
+            continue
+        q = torch.randn(batch, HQ, 1, D, dtype=torch.bfloat16, device="cuda", generator=gen)
+        q_packed = q.view(batch, HKV, G, D)
+        nbytes = 2 * k.numel() * k.element_size()
+        # Reference for a sanity check: fp32 math on the packed layout, one KV head group.
+        ref = None
+        if batch * length <= 8 * 40000:
+            kf, vf = k[:, :1].float(), v[:, :1].float()
+            ref = torch.softmax(q_packed[:, :1].float() @ kf.transpose(-1, -2) / math.sqrt(D),
+                                dim=-1) @ vf
+            del kf, vf
+        for name, backend in backends:
+            for layout in ("gqa", "packed"):
+                if layout == "gqa":
+                    fn = lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+                else:
+                    fn = lambda: F.scaled_dot_product_attention(q_packed, k, v)
+                try:
+                    with sdpa_kernel([backend]):
+                        out = fn()
+                        torch.cuda.synchronize()
+                        err = float("nan")
+                        if ref is not None:
+                            o = out.reshape(batch, HKV, G, D)[:, :1].float()
+                            err = ((o - ref).norm() / ref.norm()).item()
+                        us = median_us(fn, reps, flush)
+                except Exception as e:  # the backend refuses this shape/layout
+                    text = str(e).strip()
+                    msg = text.splitlines()[0][:100] if text else type(e).__name__
+                    print(f"B={batch} S={context} {name}/{layout}: unavailable ({msg})")
+                    continue
+                gbps = nbytes / (us * 1e-6) / 1e9
+                rows.append(dict(impl=f"torch_{name}", batch=batch, context=context,
+                                 path=f"dense-{layout}", kept_frac=1.0, time_us=us, bytes=nbytes,
+                                 gbps=gbps, copy_gbps=copy_bw / 1e9, rel_err=err))
+        del k, v, q, q_packed
+        torch.cuda.empty_cache()
+
+    print(f"\n{'B':<3} {'context':<7} {'impl':<16} {'layout':<14} {'time_us':>9} {'GB/s':>7} "
+          f"{'%copy':>6} {'rel_err':>9}")
+    for r in rows:
+        print(f"{r['batch']:<3} {r['context']:<7} {r['impl']:<16} {r['path']:<14} "
+              f"{r['time_us']:9.1f} {r['gbps']:7.0f} {100 * r['gbps'] * 1e9 / copy_bw:6.1f} "
+              f"{r['rel_err']:9.2e}")
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0].keys()) if rows else ["impl"])
+            w.writeheader()
+            w.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

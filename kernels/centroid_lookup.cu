@@ -1,0 +1,493 @@
+// Decode centroid lookup, selection and sparse work planning (see centroid_lookup.cuh).
+#include <algorithm>
+
+#include "kernels/attention_core.cuh"
+#include "kernels/centroid_lookup.cuh"
+#include "kernels/dispatch.cuh"
+
+namespace squeeze::gpu {
+namespace {
+
+using detail::WarpMax;
+using detail::WarpSum;
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxClustersPerBlock = 1024;
+constexpr int kCentroidsPerPass = kWarps * 8;  // 4 lanes per centroid
+constexpr int kFinalizePerThread = 4;          // consecutive clusters per thread when selecting
+
+// Exclusive block-wide scan of 64-bit values; *total gets the block's sum. All threads call it;
+// scratch holds kWarps values and is free again on return.
+__device__ unsigned long long BlockExclusiveScan(unsigned long long x, unsigned long long* total,
+                                                 unsigned long long* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  unsigned long long incl = x;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const unsigned long long y = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += y;
+  }
+  if (lane == 31) scratch[warp] = incl;
+  __syncthreads();
+  unsigned long long before = 0, sum = 0;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) {
+    const unsigned long long v = scratch[w];
+    if (w < warp) before += v;
+    sum += v;
+  }
+  __syncthreads();
+  *total = sum;
+  return before + incl - x;
+}
+
+// Phase 1: logits of clusters [c0, c0 + cn) of one head into logit_s and global memory, and the
+// block's (max, size-weighted sum of exp) per head.
+template <int D, int G, bool kBf16>
+__device__ void ScoreBlock(const CentroidLookupParams& p, const SqueezeHeadDesc& hd, int bh, int b,
+                           int h, int blk, float* q_s, float (*logit_s)[kMaxClustersPerBlock]) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, quarter = lane & 3;
+  const float* qg = p.q + (static_cast<size_t>(b) * p.num_q_heads + h * G) * D;
+  for (int i = threadIdx.x; i < G * D; i += kThreads) q_s[i] = qg[i] * p.scale;
+  __syncthreads();
+
+  const int CB = p.plan.clusters_per_block;
+  const int c0 = blk * CB, cn = min(CB, hd.num_clusters - c0);
+  for (int base = 0; base < cn; base += kCentroidsPerPass) {
+    const int cl = base + warp * 8 + (lane >> 2);
+    const bool valid = cl < cn;
+    const size_t c = c0 + (valid ? cl : 0);
+    float s[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) s[g] = 0.0f;
+    if constexpr (kBf16) {
+      // Row = D/8 chunks of 8 bf16; lane takes chunks quarter + 4i.
+      constexpr int kPer = D / 32;
+      const uint4* row =
+          reinterpret_cast<const uint4*>(static_cast<const bf16*>(hd.centroids) + c * D);
+      uint4 raw[kPer];
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) raw[i] = __ldg(row + quarter + 4 * i);
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) {
+        const int chunk = quarter + 4 * i;
+        float x[8];
+        detail::UnpackBf16x2(raw[i].x, &x[0], &x[1]);
+        detail::UnpackBf16x2(raw[i].y, &x[2], &x[3]);
+        detail::UnpackBf16x2(raw[i].z, &x[4], &x[5]);
+        detail::UnpackBf16x2(raw[i].w, &x[6], &x[7]);
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          const float4 qa = *reinterpret_cast<const float4*>(q_s + g * D + chunk * 8);
+          const float4 qb = *reinterpret_cast<const float4*>(q_s + g * D + chunk * 8 + 4);
+          float a = s[g];
+          a = fmaf(qa.x, x[0], a);
+          a = fmaf(qa.y, x[1], a);
+          a = fmaf(qa.z, x[2], a);
+          a = fmaf(qa.w, x[3], a);
+          a = fmaf(qb.x, x[4], a);
+          a = fmaf(qb.y, x[5], a);
+          a = fmaf(qb.z, x[6], a);
+          a = fmaf(qb.w, x[7], a);
+          s[g] = a;
+        }
+      }
+    } else {
+      // Row = D/4 chunks of 4 floats; lane takes chunks quarter + 4i.
+      constexpr int kPer = D / 16;
+      const float4* row =
+          reinterpret_cast<const float4*>(static_cast<const float*>(hd.centroids) + c * D);
+      float4 raw[kPer];
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) raw[i] = __ldg(row + quarter + 4 * i);
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) {
+        const int chunk = quarter + 4 * i;
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          const float4 qa = *reinterpret_cast<const float4*>(q_s + g * D + chunk * 4);
+          float a = s[g];
+          a = fmaf(qa.x, raw[i].x, a);
+          a = fmaf(qa.y, raw[i].y, a);
+          a = fmaf(qa.z, raw[i].z, a);
+          a = fmaf(qa.w, raw[i].w, a);
+          s[g] = a;
+        }
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      s[g] += __shfl_xor_sync(0xffffffffu, s[g], 1);
+      s[g] += __shfl_xor_sync(0xffffffffu, s[g], 2);
+    }
+    if (valid && quarter == 0) {
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        logit_s[g][cl] = s[g];
+        p.logits[(static_cast<size_t>(bh) * G + g) * p.plan.logit_stride + c0 + cl] = s[g];
+      }
+    }
+  }
+  __syncthreads();
+  for (int g = warp; g < G; g += kWarps) {
+    float m = -INFINITY;
+    for (int i = lane; i < cn; i += 32) m = fmaxf(m, logit_s[g][i]);
+    m = WarpMax(m);
+    float den = 0.0f;
+    for (int i = lane; i < cn; i += 32) {
+      den += static_cast<float>(__ldg(hd.sizes + c0 + i)) * expf(logit_s[g][i] - m);
+    }
+    den = WarpSum(den);
+    if (lane == 0) {
+      const size_t idx = (static_cast<size_t>(bh) * p.plan.blocks_per_head + blk) * G + g;
+      p.block_max[idx] = m;
+      p.block_den[idx] = den;
+    }
+  }
+}
+
+// Per-thread share of one block's clusters in the select kernel.
+struct ClusterPick {
+  unsigned keep_mask = 0;
+  int row[kFinalizePerThread];
+  int nkeys[kFinalizePerThread];
+};
+
+// Select kernel, every CTA: scores clusters [c0, c0 + cn) of head bh (cn <= 1024: 4 per
+// thread), thresholds them and compacts the kept ones into the block's segment
+// [c0, c0 + kept) of seg_*; returns the block's (keys << 32 | kept).
+template <int G>
+__device__ unsigned long long SelectBlock(const CentroidLookupParams& p, const SqueezeHeadDesc& hd,
+                                          int bh, int c0, int cn, bool scoring, bool keep_all,
+                                          float tau, const float* head_m, const float* head_inv,
+                                          unsigned long long* scan_s) {
+  const int c_first = c0 + threadIdx.x * kFinalizePerThread;
+  const int c_end = c0 + cn;
+  const float* logits = p.logits + static_cast<size_t>(bh) * G * p.plan.logit_stride;
+  float sc[kFinalizePerThread] = {};
+  if (scoring && c_first < c_end) {
+    // logit_stride is a multiple of 4 and c_first < C <= logit_stride: the float4 is in bounds.
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const float4 x =
+          __ldcg(reinterpret_cast<const float4*>(logits + g * p.plan.logit_stride + c_first));
+      sc[0] += expf(x.x - head_m[g]) * head_inv[g];
+      sc[1] += expf(x.y - head_m[g]) * head_inv[g];
+      sc[2] += expf(x.z - head_m[g]) * head_inv[g];
+      sc[3] += expf(x.w - head_m[g]) * head_inv[g];
+    }
+  }
+  ClusterPick pick;
+  unsigned long long local = 0;
+#pragma unroll
+  for (int e = 0; e < kFinalizePerThread; ++e) {
+    const int c = c_first + e;
+    sc[e] *= 1.0f / G;
+    pick.row[e] = 0;
+    pick.nkeys[e] = 0;
+    if (c < c_end && (keep_all || sc[e] > tau)) {
+      pick.row[e] = __ldg(hd.offsets + c);
+      pick.nkeys[e] = __ldg(hd.offsets + c + 1) - pick.row[e];
+      pick.keep_mask |= 1u << e;
+      local += 1ull + (static_cast<unsigned long long>(pick.nkeys[e]) << 32);
+    }
+  }
+  unsigned long long total = 0;
+  const unsigned long long at = BlockExclusiveScan(local, &total, scan_s);
+  unsigned pos_c = static_cast<unsigned>(at & 0xffffffffull);
+  unsigned pos_k = static_cast<unsigned>(at >> 32);
+  const size_t seg = static_cast<size_t>(bh) * p.plan.logit_stride + c0;
+  float* scores = p.sel.scores != nullptr
+                      ? p.sel.scores + static_cast<size_t>(bh) * p.sel.cluster_stride
+                      : nullptr;
+#pragma unroll
+  for (int e = 0; e < kFinalizePerThread; ++e) {
+    const int c = c_first + e;
+    if (scores != nullptr && scoring && c < c_end) scores[c] = sc[e];
+    if (pick.keep_mask & (1u << e)) {
+      p.seg_cluster[seg + pos_c] = c;
+      p.seg_row[seg + pos_c] = pick.row[e];
+      p.seg_key[seg + pos_c] = static_cast<int>(pos_k);
+      ++pos_c;
+      pos_k += pick.nkeys[e];
+    }
+  }
+  return total;
+}
+
+// Records range r (kept keys [key0, key0 + n)) as the range of every indexed key inside it.
+__device__ void MarkRange(const SqueezeSelection& sel, int bh, int r, int key0, int n) {
+  constexpr int kStep = kSparseKeyIndexStep;
+  int32_t* index = sel.range_of_key + static_cast<size_t>(bh) * sel.key_index_stride;
+  const int last = min((key0 + n - 1) / kStep, sel.key_index_stride - 1);
+  for (int i = (key0 + kStep - 1) / kStep; i <= last; ++i) index[i] = r;
+}
+
+// Select kernel, last CTA of head bh: block prefix sums, gather of the blocks' segments into
+// the head's ranges (ascending cluster order), sinks and window, totals.
+__device__ void GatherHead(const CentroidLookupParams& p, const SqueezeHeadDesc& hd, int bh,
+                           int nblk, int cb, unsigned long long* scan_s,
+                           unsigned long long* prefix_s) {
+  unsigned long long carry = 0;
+  for (int base = 0; base < nblk; base += kThreads) {
+    const int j = base + threadIdx.x;
+    const unsigned long long v =
+        j < nblk ? __ldcg(p.block_counts + static_cast<size_t>(bh) * p.plan.blocks_per_head + j)
+                 : 0ull;
+    unsigned long long t = 0;
+    const unsigned long long before = BlockExclusiveScan(v, &t, scan_s);
+    if (j < nblk) prefix_s[j] = carry + before;
+    carry += t;
+  }
+  __syncthreads();
+  const SqueezeSelection& sel = p.sel;
+  int32_t* row_begin = sel.range_row_begin + static_cast<size_t>(bh) * sel.range_stride;
+  int32_t* key_begin = sel.range_key_begin + static_cast<size_t>(bh) * (sel.range_stride + 1);
+  int32_t* kept = sel.kept_clusters + static_cast<size_t>(bh) * sel.cluster_stride;
+  const int first_range = hd.sinks > 0 ? 1 : 0;
+  const int nk = static_cast<int>(carry & 0xffffffffull);
+  for (int i = threadIdx.x; i < nk; i += kThreads) {
+    // Block of kept entry i: the last j with kept-before(j) <= i (it is never empty).
+    int a = 0, z = nblk;
+    while (z - a > 1) {
+      const int mid = (a + z) >> 1;
+      if (static_cast<int>(prefix_s[mid] & 0xffffffffull) <= i) {
+        a = mid;
+      } else {
+        z = mid;
+      }
+    }
+    const size_t src = static_cast<size_t>(bh) * p.plan.logit_stride + static_cast<size_t>(a) * cb +
+                       (i - static_cast<int>(prefix_s[a] & 0xffffffffull));
+    const int cluster = __ldcg(p.seg_cluster + src);
+    const int kb = hd.sinks + static_cast<int>(prefix_s[a] >> 32) + __ldcg(p.seg_key + src);
+    kept[i] = cluster;
+    row_begin[first_range + i] = __ldcg(p.seg_row + src);
+    key_begin[first_range + i] = kb;
+    MarkRange(sel, bh, first_range + i, kb,
+              __ldg(hd.offsets + cluster + 1) - __ldg(hd.offsets + cluster));
+  }
+  if (threadIdx.x == 0) {
+    int keys = hd.sinks + static_cast<int>(carry >> 32);
+    if (hd.sinks > 0) {
+      row_begin[0] = 0;
+      key_begin[0] = 0;
+      MarkRange(sel, bh, 0, 0, hd.sinks);
+    }
+    int r = first_range + nk;
+    if (hd.window > 0) {
+      row_begin[r] = hd.num_rows - hd.window;
+      key_begin[r] = keys;
+      MarkRange(sel, bh, r, keys, hd.window);
+      ++r;
+      keys += hd.window;
+    }
+    key_begin[r] = keys;
+    sel.num_ranges[bh] = r;
+    sel.kept_keys[bh] = keys;
+    sel.num_kept_clusters[bh] = nk;
+  }
+}
+
+// Phase 3 (last head): chunk size and per-head chunk offsets for the sparse kernel.
+__device__ void PlanChunks(const CentroidLookupParams& p, int num_heads,
+                           unsigned long long* scan_s) {
+  const SqueezeSelection& sel = p.sel;
+  unsigned long long local = 0, total_keys = 0;
+  for (int i = threadIdx.x; i < num_heads; i += kThreads) local += __ldcg(sel.kept_keys + i);
+  BlockExclusiveScan(local, &total_keys, scan_s);
+
+  // Every head adds at most one partial chunk, so aim at target - heads full chunks: the count
+  // then stays within target (whole waves of the persistent grid).
+  const long long target = max(p.target_chunks, 1);
+  const long long usable = max(target - num_heads, max(target / 2, 1ll));
+  long long chunk = (static_cast<long long>(total_keys) + usable - 1) / usable;
+  chunk = (chunk + kSparseKeyIndexStep - 1) / kSparseKeyIndexStep * kSparseKeyIndexStep;
+  chunk = min(max(chunk, static_cast<long long>(kSparseMinChunkKeys)),
+              static_cast<long long>(kSparseMaxChunkKeys));
+  unsigned long long count = 0;
+  for (;;) {  // uniform: every thread sees the same chunk and count
+    local = 0;
+    for (int i = threadIdx.x; i < num_heads; i += kThreads) {
+      local += (__ldcg(sel.kept_keys + i) + chunk - 1) / chunk;
+    }
+    BlockExclusiveScan(local, &count, scan_s);
+    if (count <= static_cast<unsigned long long>(p.max_chunks) || chunk >= kSparseMaxChunkKeys) {
+      break;
+    }
+    chunk = min(2 * chunk, static_cast<long long>(kSparseMaxChunkKeys));
+  }
+  unsigned long long carry = 0;
+  for (int base = 0; base < num_heads; base += kThreads) {
+    const int i = base + threadIdx.x;
+    const unsigned long long n =
+        i < num_heads ? (__ldcg(sel.kept_keys + i) + chunk - 1) / chunk : 0;
+    unsigned long long batch_total = 0;
+    const unsigned long long before = BlockExclusiveScan(n, &batch_total, scan_s);
+    if (i < num_heads) sel.chunk_begin[i] = static_cast<int32_t>(carry + before);
+    carry += batch_total;
+  }
+  if (threadIdx.x == 0) {
+    sel.chunk_begin[num_heads] = static_cast<int32_t>(count);
+    sel.chunk_info[0] = static_cast<int32_t>(chunk);
+    sel.chunk_info[1] = static_cast<int32_t>(count);
+    sel.chunk_info[2] = count > static_cast<unsigned long long>(p.max_chunks) ? 1 : 0;
+  }
+}
+
+// Per (sequence, KV head): the head's descriptor with its cluster count clamped to what the
+// plan can hold (a larger count is a caller bug; clamping keeps every access in bounds and
+// every head's arrival count reachable), its threshold and mode.
+struct HeadMode {
+  SqueezeHeadDesc hd;
+  float tau;
+  bool scoring;   // finite tau and clusters to score
+  bool keep_all;  // tau = -inf: every cluster, nothing scored
+  int nblk;       // CTAs of this head taking part
+};
+
+__device__ HeadMode GetHeadMode(const CentroidLookupParams& p, int bh) {
+  HeadMode m;
+  m.hd = p.heads[bh];
+  const int capacity =
+      min(min(p.sel.cluster_stride, p.sel.range_stride - 2),
+          min(p.plan.logit_stride, p.plan.blocks_per_head * p.plan.clusters_per_block));
+  m.hd.num_clusters = max(min(m.hd.num_clusters, capacity), 0);
+  m.tau = p.tau[bh / p.num_kv_heads];
+  m.scoring = m.hd.num_clusters > 0 && isfinite(m.tau);
+  m.keep_all = !m.scoring && m.tau == -INFINITY;
+  m.nblk = (m.scoring || m.keep_all) && m.hd.num_clusters > 0
+               ? (m.hd.num_clusters + p.plan.clusters_per_block - 1) / p.plan.clusters_per_block
+               : 1;
+  return m;
+}
+
+template <int D, int G, bool kBf16>
+__global__ void __launch_bounds__(kThreads, 2) CentroidScoreKernel(const CentroidLookupParams p) {
+  __shared__ __align__(16) float q_s[G * D];
+  __shared__ float logit_s[G][kMaxClustersPerBlock];
+  const int bh = blockIdx.y, blk = blockIdx.x;
+  const HeadMode m = GetHeadMode(p, bh);
+  if (!m.scoring || blk >= m.nblk) return;
+  ScoreBlock<D, G, kBf16>(p, m.hd, bh, bh / p.num_kv_heads, bh % p.num_kv_heads, blk, q_s, logit_s);
+}
+
+template <int G>
+__global__ void __launch_bounds__(kThreads) CentroidSelectKernel(const CentroidLookupParams p) {
+  __shared__ unsigned long long scan_s[kWarps];
+  __shared__ unsigned long long prefix_s[kLookupMaxBlocksPerHead];
+  __shared__ float head_m[G], head_inv[G];
+  __shared__ int is_last;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int bh = blockIdx.y, blk = blockIdx.x;
+  const int num_heads = gridDim.y;
+  const HeadMode m = GetHeadMode(p, bh);
+  if (blk >= m.nblk) return;
+  const int cb = p.plan.clusters_per_block;
+
+  if (m.scoring) {  // the head's max and denominator from its blocks' partials
+    for (int g = warp; g < G; g += kWarps) {
+      const size_t base = static_cast<size_t>(bh) * p.plan.blocks_per_head * G + g;
+      float mx = -INFINITY;
+      for (int j = lane; j < m.nblk; j += 32) mx = fmaxf(mx, __ldcg(p.block_max + base + j * G));
+      mx = WarpMax(mx);
+      float den = 0.0f;
+      for (int j = lane; j < m.nblk; j += 32) {
+        den += __ldcg(p.block_den + base + j * G) * expf(__ldcg(p.block_max + base + j * G) - mx);
+      }
+      den = WarpSum(den);
+      if (lane == 0) {
+        head_m[g] = mx;
+        head_inv[g] = 1.0f / den;  // den >= 1: the arg-max cluster has N >= 1
+      }
+    }
+    __syncthreads();
+  }
+  const int c0 = blk * cb;
+  const int cn = (m.scoring || m.keep_all) ? max(0, min(cb, m.hd.num_clusters - c0)) : 0;
+  const unsigned long long count =
+      SelectBlock<G>(p, m.hd, bh, c0, cn, m.scoring, m.keep_all, m.tau, head_m, head_inv, scan_s);
+  if (threadIdx.x == 0) {
+    p.block_counts[static_cast<size_t>(bh) * p.plan.blocks_per_head + blk] = count;
+  }
+
+  // The last CTA of this head (every block's segment and count visible) gathers.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    is_last = atomicAdd(p.counters + bh, 1u) == static_cast<unsigned>(m.nblk - 1);
+  }
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  GatherHead(p, m.hd, bh, m.nblk, cb, scan_s, prefix_s);
+
+  // The last head to finish plans the sparse work.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    p.counters[bh] = 0;  // every CTA of this head has arrived: ready for the next launch
+    is_last = atomicAdd(p.counters + num_heads, 1u) == static_cast<unsigned>(num_heads - 1);
+  }
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  if (threadIdx.x == 0) p.counters[num_heads] = 0;
+  PlanChunks(p, num_heads, scan_s);
+}
+
+}  // namespace
+
+LookupPlan PlanCentroidLookup(int batch, int num_kv_heads, int max_clusters, int concurrent_ctas) {
+  LookupPlan plan;
+  const int64_t heads = std::max<int64_t>(1, int64_t{batch} * num_kv_heads);
+  const int64_t clusters = std::max(max_clusters, 1);
+  const int64_t target = 2 * std::max(concurrent_ctas, 1);
+  int64_t per_block = (heads * clusters + target - 1) / target;
+  per_block = (per_block + kCentroidsPerPass - 1) / kCentroidsPerPass * kCentroidsPerPass;
+  // At most kLookupMaxBlocksPerHead blocks per head (the select kernel's prefix array).
+  per_block = std::max<int64_t>(per_block,
+                                (clusters + kLookupMaxBlocksPerHead - 1) / kLookupMaxBlocksPerHead);
+  per_block = (per_block + kCentroidsPerPass - 1) / kCentroidsPerPass * kCentroidsPerPass;
+  per_block =
+      std::min<int64_t>(std::max<int64_t>(per_block, kCentroidsPerPass), kMaxClustersPerBlock);
+  plan.clusters_per_block = static_cast<int>(per_block);
+  plan.blocks_per_head = static_cast<int>((clusters + per_block - 1) / per_block);
+  plan.logit_stride = static_cast<int>((clusters + 3) / 4 * 4);
+  return plan;
+}
+
+cudaError_t LaunchCentroidLookup(const CentroidLookupParams& p, cudaStream_t stream) {
+  const SqueezeSelection& s = p.sel;
+  if (p.batch <= 0 || p.num_kv_heads <= 0 || p.num_q_heads % p.num_kv_heads != 0 ||
+      int64_t{p.batch} * p.num_kv_heads > 65535 || p.q == nullptr || p.heads == nullptr ||
+      p.tau == nullptr || p.logits == nullptr || p.block_max == nullptr || p.block_den == nullptr ||
+      p.seg_cluster == nullptr || p.seg_row == nullptr || p.seg_key == nullptr ||
+      p.block_counts == nullptr || p.counters == nullptr || s.range_row_begin == nullptr ||
+      s.range_key_begin == nullptr || s.num_ranges == nullptr || s.kept_keys == nullptr ||
+      s.kept_clusters == nullptr || s.num_kept_clusters == nullptr || s.chunk_begin == nullptr ||
+      s.chunk_info == nullptr || s.range_of_key == nullptr || s.key_index_stride <= 0 ||
+      p.plan.clusters_per_block <= 0 || p.plan.clusters_per_block % kCentroidsPerPass != 0 ||
+      p.plan.clusters_per_block > kMaxClustersPerBlock || p.plan.blocks_per_head <= 0 ||
+      p.plan.blocks_per_head > kLookupMaxBlocksPerHead || p.plan.logit_stride % 4 != 0 ||
+      p.max_chunks <= 0 || s.range_stride < 2 || s.cluster_stride < 1) {
+    return cudaErrorInvalidValue;
+  }
+  const dim3 grid(p.plan.blocks_per_head, p.batch * p.num_kv_heads);
+  return detail::DispatchHeadDimGroup(
+      p.head_dim, p.num_q_heads / p.num_kv_heads, [&](auto d, auto g) {
+        constexpr int D = decltype(d)::value, G = decltype(g)::value;
+        if (p.centroids_bf16) {
+          CentroidScoreKernel<D, G, true><<<grid, kThreads, 0, stream>>>(p);
+        } else {
+          CentroidScoreKernel<D, G, false><<<grid, kThreads, 0, stream>>>(p);
+        }
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) return e;
+        CentroidSelectKernel<G><<<grid, kThreads, 0, stream>>>(p);
+        return cudaGetLastError();
+      });
+}
+
+}  // namespace squeeze::gpu
