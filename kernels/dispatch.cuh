@@ -4,6 +4,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <type_traits>
 
 namespace squeeze::gpu::detail {
@@ -40,5 +41,20 @@ cudaError_t DispatchHeadDimGroup(int head_dim, int group, F&& f) {
 }
 
 inline size_t AlignUp(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+// CTAs of `kernel` (with `threads` threads and `smem` bytes of dynamic shared memory) that the
+// current device runs at once: multiprocessors x resident blocks per multiprocessor (>= 1).
+template <class Kernel>
+cudaError_t ConcurrentCtas(Kernel kernel, int threads, size_t smem, int* ctas) {
+  int device = 0, sms = 0, per_sm = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return err;
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
+  if (err != cudaSuccess) return err;
+  *ctas = sms * std::max(per_sm, 1);
+  return cudaSuccess;
+}
 
 }  // namespace squeeze::gpu::detail

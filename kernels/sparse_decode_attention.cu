@@ -104,22 +104,12 @@ cudaError_t PrepareSparse(size_t* smem_bytes) {
 }  // namespace
 
 cudaError_t SparseDecodeConcurrentCtas(int head_dim, int group_size, int* ctas) {
-  int device = 0, sms = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (err != cudaSuccess) return err;
   return detail::DispatchHeadDimGroup(head_dim, group_size, [&](auto d, auto g) {
     constexpr int D = decltype(d)::value, G = decltype(g)::value;
     size_t smem = 0;
     cudaError_t e = PrepareSparse<D, G>(&smem);
     if (e != cudaSuccess) return e;
-    int per_sm = 0;
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, SparseDecodeKernel<D, G>, kThreads,
-                                                      smem);
-    if (e != cudaSuccess) return e;
-    *ctas = sms * std::max(per_sm, 1);
-    return cudaSuccess;
+    return detail::ConcurrentCtas(SparseDecodeKernel<D, G>, kThreads, smem, ctas);
   });
 }
 
