@@ -1,7 +1,7 @@
 # Squeeze: thin wrapper over CMake. `make demo` and `make test` install what they need.
 BUILD ?= build
 JOBS ?= $(shell nproc)
-MODEL ?= $(BUILD)/test-model
+MODEL ?= models/squeeze-demo
 ADDRESS ?= 127.0.0.1:50051
 CMAKE_FLAGS ?=
 
