@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds the CUDA test and benchmark binaries here (where gRPC/Abseil/spdlog are installed) and
+# packs them with the shared libraries the GPU machine lacks into .gpu-bundle/bundle.tar.gz
+# (git-ignored),
+# for scripts/device_run.sh there. System, C++ runtime and CUDA libraries are left to the GPU
+# machine's own.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+BUILD=${BUILD:-$ROOT/build-cuda}
+OUTDIR=$ROOT/.gpu-bundle
+cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release > /dev/null
+cmake --build "$BUILD" --target attention_kernels_test gpu-attention-bench -j "$(nproc)"
+rm -rf "$OUTDIR"
+mkdir -p "$OUTDIR/lib"
+cp "$BUILD/attention_kernels_test" "$BUILD/gpu-attention-bench" "$OUTDIR/"
+for bin in "$OUTDIR/attention_kernels_test" "$OUTDIR/gpu-attention-bench"; do
+  ldd "$bin" | awk '/=> \// {print $3}' | while read -r lib; do
+    case "$(basename "$lib")" in
+      libc.so*|libm.so*|libpthread*|libdl.so*|librt.so*|ld-linux*|libgcc_s*|libstdc++*) ;;
+      libcuda.so*|libcudart*|libcublas*|libnvidia*) ;;
+      *) cp -L -n "$lib" "$OUTDIR/lib/" ;;
+    esac
+  done
+done
+# Compressed, so that it fits the device tool's 64 MiB carry limit with the working tree.
+tar -czf "$ROOT/.gpu-bundle.tar.gz" -C "$OUTDIR" .
+rm -rf "$OUTDIR"
+mkdir -p "$OUTDIR"
+mv "$ROOT/.gpu-bundle.tar.gz" "$OUTDIR/bundle.tar.gz"
+du -sh "$OUTDIR/bundle.tar.gz"
