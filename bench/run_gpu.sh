@@ -5,6 +5,8 @@
 #   3. the torch SDPA baseline (bench/torch_attention_baseline.py),
 # then prints one combined table: ours vs cuDNN, squeezed vs our dense, % of the measured
 # device-to-device copy bandwidth.
+# Then the causal prefill step: tests/gpu/prefill_attention_test.cc, bench/gpu_prefill_bench.cu
+# and the baseline's --prefill mode, combined into a TFLOP/s table (SKIP_PREFILL=1: skip it).
 #
 # Usage: bench/run_gpu.sh [BIN_DIR]      (default: build-cuda)
 #   BIN_DIR/lib, when present, is put on LD_LIBRARY_PATH (the binaries' shared libraries).
@@ -74,4 +76,45 @@ for b, s in keys:
 print("(vs cuDNN / vs ours dense: that time over this row's time, >1 = this row faster; "
       "%copy: bytes actually needed over time, against the copy bandwidth)")
 EOF
+
+if [ "${SKIP_PREFILL:-0}" != "1" ]; then
+  if [ "${SKIP_TEST:-0}" != "1" ]; then
+    echo "== prefill_attention_test"
+    start=$(date +%s)
+    "$BIN/prefill_attention_test" 2>&1 | tee "$LOG/prefill_attention_test.log"
+    prefill_rc=${PIPESTATUS[0]}
+    echo "prefill_attention_test: exit $prefill_rc after $(( $(date +%s) - start )) s"
+    if [ "$test_rc" = 0 ]; then test_rc=$prefill_rc; fi
+  fi
+  echo "== gpu-prefill-bench"
+  "$BIN/gpu-prefill-bench" $QUICK_ARG --csv "$LOG/ours_prefill.csv" 2>&1 \
+    | tee "$LOG/gpu_prefill_bench.log"
+  echo "== torch SDPA prefill baseline"
+  PYTHONUNBUFFERED=1 python3 bench/torch_attention_baseline.py $QUICK_ARG --prefill \
+    --csv "$LOG/torch_prefill.csv" 2>&1 | tee "$LOG/torch_prefill_baseline.log"
+  echo "== combined prefill"
+  python3 - "$LOG/ours_prefill.csv" "$LOG/torch_prefill.csv" <<'EOF' 2>&1 \
+    | tee "$LOG/combined_prefill.txt"
+import csv, sys
+def load(path):
+    try:
+        with open(path) as f:
+            return list(csv.DictReader(f))
+    except OSError:
+        return []
+rows = load(sys.argv[1]) + load(sys.argv[2])
+print(f"{'n':<7} {'impl:path':<36} {'time_us':>12} {'TFLOP/s':>8} {'vs best torch':>13}")
+for n in sorted({int(r["context"]) for r in rows}):
+    here = [r for r in rows if int(r["context"]) == n]
+    torch_us = [float(r["time_us"]) for r in here if r["impl"] != "ours"]
+    best = min(torch_us) if torch_us else None
+    for r in here:
+        us = float(r["time_us"])
+        vs = f"{best / us:13.2f}" if best else f"{'-':>13}"
+        print(f"{n:<7} {r['impl'] + ':' + r['path']:<36} {us:12.1f} "
+              f"{float(r['tflops']):8.1f} {vs}")
+print("(causal FLOPs 4*n^2/2*d*Hq, Hq=32 Hkv=8 d=128 bf16, past=0; vs best torch: best torch "
+      "time over this row's time, >1 = this row faster)")
+EOF
+fi
 exit "$test_rc"

@@ -59,16 +59,81 @@ def copy_bandwidth(reps=10):
     return 2 * (1 << 30) / times[len(times) // 2]
 
 
+PREFILL_LENS = [16384, 32768, 65536, 131072]
+
+
+def run_prefill(args, reps):
+    """Causal prefill baseline for bench/gpu_prefill_bench.cu: q [1, 32, n, d], k/v [1, 8, n, d]
+    bf16, is_causal=True (past = 0), cuDNN and flash backends, layouts gqa (enable_gqa=True) and
+    expanded (k/v repeated to 32 heads). FLOPs 4 * n^2 / 2 * d * Hq; same timing as decode (the
+    L2 flushed before each rep, events, median). rel_err: 3 (query, head 0) rows vs fp32 math.
+    CSV columns: the decode ones plus tflops (gbps and copy_gbps 0)."""
+    lens = PREFILL_LENS[:2] if args.quick else PREFILL_LENS
+    flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    backends = [("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)]
+    rows = []
+    for n in lens:
+        q = torch.randn(1, HQ, n, D, dtype=torch.bfloat16, device="cuda", generator=gen)
+        k = torch.randn(1, HKV, n, D, dtype=torch.bfloat16, device="cuda", generator=gen)
+        v = torch.randn(1, HKV, n, D, dtype=torch.bfloat16, device="cuda", generator=gen)
+        ke, ve = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)
+        flops = 4.0 * n * n / 2 * D * HQ
+        ts = [0, n // 2 + 7, n - 1]
+        refs = []
+        for t in ts:
+            s = (q[0, 0, t].float() @ k[0, 0, : t + 1].float().T) / math.sqrt(D)
+            refs.append(torch.softmax(s, dim=-1) @ v[0, 0, : t + 1].float())
+        ref = torch.stack(refs)
+        for name, backend in backends:
+            for layout in ("gqa", "expanded"):
+                if layout == "gqa":
+                    fn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                                enable_gqa=True)
+                else:
+                    fn = lambda: F.scaled_dot_product_attention(q, ke, ve, is_causal=True)
+                try:
+                    with sdpa_kernel([backend]):
+                        out = fn()
+                        torch.cuda.synchronize()
+                        o = out[0, 0, ts].float()
+                        err = ((o - ref).norm() / ref.norm()).item()
+                        us = median_us(fn, reps, flush)
+                except Exception as e:  # the backend refuses this shape/layout
+                    text = str(e).strip()
+                    msg = text.splitlines()[0][:100] if text else type(e).__name__
+                    print(f"prefill n={n} {name}/{layout}: unavailable ({msg})")
+                    continue
+                rows.append(dict(impl=f"torch_{name}", batch=1, context=n,
+                                 path=f"prefill-causal-{layout}", kept_frac=1.0, time_us=us,
+                                 bytes=0, gbps=0, copy_gbps=0,
+                                 tflops=flops / (us * 1e-6) / 1e12, rel_err=err))
+                print(f"prefill n={n:<7} torch_{name:<6} {layout:<9} {us:12.1f} us "
+                      f"{rows[-1]['tflops']:7.1f} TFLOP/s rel_err {err:.2e}", flush=True)
+        del q, k, v, ke, ve
+        torch.cuda.empty_cache()
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0].keys()) if rows else ["impl"])
+            w.writeheader()
+            w.writerows(rows)
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="batch 1 and 8 at 32K only, 5 reps")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--csv", default="")
+    ap.add_argument("--prefill", action="store_true",
+                    help="causal prefill baseline (see run_prefill) instead of decode")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("torch_attention_baseline: no CUDA device")
         return 77
     reps = 5 if args.quick else args.reps
+    if args.prefill:
+        return run_prefill(args, 3 if args.quick else min(reps, 10))
     props = torch.cuda.get_device_properties(0)
     print(f"device: {props.name}, torch {torch.__version__}, "
           f"cuDNN {torch.backends.cudnn.version()}")

@@ -86,6 +86,7 @@ absl::StatusOr<RegisterRequest> ConvertRegisterRequest(const v1::RegisterContext
   if (idx.has_window()) {
     if (idx.window() < 1) return Invalid("index.window", "must be >= 1 (calibration needs it)");
     o.window = idx.window();
+    out.window_explicit = true;
   }
   if (idx.has_sinks()) {
     if (idx.sinks() < 0) return Invalid("index.sinks", "must be >= 0");

@@ -152,7 +152,10 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Register(RegisterRequest req
     return reg->handle;
   }
   if (request.build_index) {
-    const SqueezeOptions& o = request.index;
+    SqueezeOptions& o = request.index;
+    if (o.window + o.sinks > S && !request.window_explicit && o.sinks <= S) {
+      o.window = S - o.sinks;  // a short context: every key stays, nothing to cluster
+    }
     if (o.window + o.sinks > S) {
       store_->Unreserve(request.name);
       return absl::InvalidArgumentError(absl::StrCat("index.window (", o.window, ") + index.sinks (",

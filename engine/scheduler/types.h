@@ -33,6 +33,9 @@ struct RegisterRequest {
   std::optional<bool> add_bos;
   bool build_index = true;
   SqueezeOptions index;  // already merged with server defaults
+  // Whether the request set index.window itself. A defaulted window longer than a short
+  // context shrinks to fit (the index then keeps every key); an explicit one is an error.
+  bool window_explicit = false;
 };
 
 enum class RegisterStage { kTokenizing, kPrefill, kClustering, kCalibrating, kPersisting, kDone };

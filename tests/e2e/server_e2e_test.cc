@@ -205,6 +205,15 @@ TEST_F(ServerE2ETest, InvalidRequestsGetTheRightCodes) {
   idx.set_disable(true);
   idx.set_window(5);
   EXPECT_EQ(Register(c(), "i7", Document(), &info, nullptr, &idx).error_code(), kInvalid);
+  // A context shorter than the default window still registers: the window shrinks to fit.
+  v1::ContextInfo short_ctx;
+  ASSERT_TRUE(Register(c(), "short", "Just a few words.", &short_ctx).ok());
+  EXPECT_TRUE(short_ctx.index().present());
+  EXPECT_EQ(short_ctx.index().window(), short_ctx.num_tokens());
+  EXPECT_EQ(short_ctx.index().num_centroids(), 0);
+  GenerateResult short_gen = Generate(c(), Request("short", " More", 3, 1, 0.0f));
+  ASSERT_TRUE(short_gen.status.ok()) << short_gen.status.error_message();
+  EXPECT_NEAR(short_gen.last.usage().kv_budget(), 1.0, 1e-9);
   // The server is still healthy after all of that.
   bool serving = false;
   ASSERT_TRUE(c().CheckHealth("", &serving).ok());
