@@ -9,11 +9,13 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BUILD=${BUILD:-$ROOT/build-cuda}
 OUTDIR=$ROOT/.gpu-bundle
 cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release > /dev/null
-cmake --build "$BUILD" --target attention_kernels_test gpu-attention-bench -j "$(nproc)"
+cmake --build "$BUILD" --target attention_kernels_test prefill_attention_test gpu-attention-bench \
+  gpu-prefill-bench -j "$(nproc)"
 rm -rf "$OUTDIR"
 mkdir -p "$OUTDIR/lib"
-cp "$BUILD/attention_kernels_test" "$BUILD/gpu-attention-bench" "$OUTDIR/"
-for bin in "$OUTDIR/attention_kernels_test" "$OUTDIR/gpu-attention-bench"; do
+BINS=(attention_kernels_test prefill_attention_test gpu-attention-bench gpu-prefill-bench)
+for b in "${BINS[@]}"; do cp "$BUILD/$b" "$OUTDIR/"; done
+for bin in "${BINS[@]/#/$OUTDIR/}"; do
   ldd "$bin" | awk '/=> \// {print $3}' | while read -r lib; do
     case "$(basename "$lib")" in
       libc.so*|libm.so*|libpthread*|libdl.so*|librt.so*|ld-linux*|libgcc_s*|libstdc++*) ;;

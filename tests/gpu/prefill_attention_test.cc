@@ -1,0 +1,315 @@
+// Dense causal prefill attention (kernels/prefill_attention.cuh) against the CPU reference
+// AttentionPartial (engine/backend/attention_reference.h) on the same bf16 values (the reference
+// reads them converted to fp32 and computes in fp32).
+//
+// Inputs: random q (bf16, |q| up to 3 so the softmax is far from uniform), K and V random bf16
+// with a per-dimension offset on V so outputs are far from zero; rows past past + n of every KV
+// head are NaN, so any read past the causal limit of the last query poisons the result.
+// Outputs (out and lse) are poisoned with 0xFF bytes (NaN) before every launch; every output
+// element must be finite.
+// Tolerances: ||out - ref|| / ||ref|| <= 1e-2 (P is rounded to bf16 for P.V on the tensor cores,
+// about 2^-9 relative per term, plus one more bf16 rounding for bf16 output);
+// |lse - ref| <= 1e-3 (1 + |ref|) (S and the row sums are fp32).
+// The reference is checked on every query for n <= 129 and on a sample otherwise (the first and
+// last 140 queries, which cover the first and the last 128-row query tiles, and every 61st
+// query), keeping the CPU cost of the 4096-token cases small (about 2 s of reference in all on
+// 2 cores); finiteness is checked on every query.
+// Without a CUDA device the binary prints a message and exits with 77 (ctest: skipped).
+#include "kernels/prefill_attention.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "engine/backend/attention_reference.h"
+
+namespace squeeze {
+namespace {
+
+using gpu::bf16;
+
+class GpuEnvironment : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+      std::printf("prefill_attention_test: no CUDA device, skipping (exit 77)\n");
+      std::fflush(stdout);
+      std::exit(77);
+    }
+  }
+};
+[[maybe_unused]] ::testing::Environment* const kGpuEnv =
+    ::testing::AddGlobalTestEnvironment(new GpuEnvironment);
+
+// A failed CUDA call leaves nothing sensible to check: report and crash the test binary.
+#define CUDA_OK(expr)                                                           \
+  do {                                                                          \
+    const cudaError_t err_ = (expr);                                            \
+    if (err_ != cudaSuccess) {                                                  \
+      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #expr, \
+                   cudaGetErrorString(err_));                                   \
+      std::abort();                                                             \
+    }                                                                           \
+  } while (0)
+
+template <typename T>
+class DeviceArray {
+ public:
+  explicit DeviceArray(size_t n) : n_(n) {
+    if (n > 0) CUDA_OK(cudaMalloc(&p_, n * sizeof(T)));
+  }
+  explicit DeviceArray(const std::vector<T>& host) : DeviceArray(host.size()) {
+    if (n_ > 0) CUDA_OK(cudaMemcpy(p_, host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  ~DeviceArray() {
+    if (p_ != nullptr) cudaFree(p_);
+  }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+
+  T* get() const { return p_; }
+  std::vector<T> Download() const {
+    std::vector<T> host(n_);
+    if (n_ > 0) CUDA_OK(cudaMemcpy(host.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
+    return host;
+  }
+  void Poison() {
+    if (n_ > 0) CUDA_OK(cudaMemset(p_, 0xFF, n_ * sizeof(T)));
+  }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+// splitmix64.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : s_(seed * 0x9E3779B97F4A7C15ull + 12345) {}
+  uint64_t Next() {
+    uint64_t z = (s_ += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  float Uniform() {  // [-1, 1)
+    return static_cast<float>(Next() >> 40) * (2.0f / 16777216.0f) - 1.0f;
+  }
+
+ private:
+  uint64_t s_;
+};
+
+// bf16 values for the device and their exact fp32 image for the reference.
+struct Bf16Data {
+  std::vector<bf16> dev;
+  std::vector<float> ref;
+  explicit Bf16Data(size_t n) : dev(n), ref(n) {}
+  void Set(size_t i, float x) {
+    dev[i] = __float2bfloat16_rn(x);
+    ref[i] = __bfloat162float(dev[i]);
+  }
+  void SetNaN(size_t i) {
+    dev[i] = __float2bfloat16_rn(std::numeric_limits<float>::quiet_NaN());
+    ref[i] = std::numeric_limits<float>::quiet_NaN();
+  }
+};
+
+struct Case {
+  int d, group, hkv, n, past;
+  bool out_bf16;
+};
+
+// Queries checked against the reference (see the header comment).
+std::vector<int> CheckedQueries(int n) {
+  std::vector<int> ts;
+  for (int t = 0; t < n; ++t) {
+    if (n <= 129 || t < 140 || t >= n - 140 || t % 61 == 0) ts.push_back(t);
+  }
+  return ts;
+}
+
+void RunCase(const Case& c, uint64_t seed, bool check_repeat = false) {
+  SCOPED_TRACE(::testing::Message() << "d=" << c.d << " G=" << c.group << " Hkv=" << c.hkv << " n="
+                                    << c.n << " past=" << c.past << " out_bf16=" << c.out_bf16);
+  Rng rng(seed);
+  const int d = c.d, hkv = c.hkv, hq = hkv * c.group, n = c.n, len = c.past + c.n;
+  const int cap = (len + 5 + 7) / 8 * 8;  // >= 5 NaN rows past the sequence in every head
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+
+  Bf16Data q(static_cast<size_t>(n) * hq * d);
+  for (size_t i = 0; i < q.dev.size(); ++i) q.Set(i, 3.0f * rng.Uniform());
+  Bf16Data k(static_cast<size_t>(hkv) * cap * d), v(k.dev.size());
+  for (int h = 0; h < hkv; ++h) {
+    for (int r = 0; r < cap; ++r) {
+      for (int i = 0; i < d; ++i) {
+        const size_t at = (static_cast<size_t>(h) * cap + r) * d + i;
+        if (r < len) {
+          k.Set(at, rng.Uniform());
+          v.Set(at, rng.Uniform() + 0.5f * std::sin(0.37f * i + h));
+        } else {
+          k.SetNaN(at);
+          v.SetNaN(at);
+        }
+      }
+    }
+  }
+
+  DeviceArray<bf16> dev_q(q.dev), dev_k(k.dev), dev_v(v.dev);
+  const size_t out_elems = static_cast<size_t>(n) * hq * d;
+  DeviceArray<float> out32(c.out_bf16 ? 0 : out_elems);
+  DeviceArray<bf16> out16(c.out_bf16 ? out_elems : 0);
+  DeviceArray<float> lse(static_cast<size_t>(n) * hq);
+
+  gpu::PrefillAttentionParams p;
+  p.num_tokens = n;
+  p.num_q_heads = hq;
+  p.num_kv_heads = hkv;
+  p.head_dim = d;
+  p.scale = scale;
+  p.q = dev_q.get();
+  p.kv.k = dev_k.get();
+  p.kv.v = dev_v.get();
+  p.kv.head_stride = static_cast<int64_t>(cap) * d;
+  p.kv.len = len;
+  p.out = c.out_bf16 ? static_cast<void*>(out16.get()) : static_cast<void*>(out32.get());
+  p.out_bf16 = c.out_bf16;
+  p.lse = lse.get();
+
+  std::vector<float> first_out, first_lse;
+  for (int rep = 0; rep < (check_repeat ? 2 : 1); ++rep) {
+    out32.Poison();
+    out16.Poison();
+    lse.Poison();
+    CUDA_OK(gpu::LaunchPrefillAttention(p, nullptr));
+    CUDA_OK(cudaGetLastError());
+    CUDA_OK(cudaDeviceSynchronize());
+    std::vector<float> got(out_elems);
+    if (c.out_bf16) {
+      const std::vector<bf16> raw = out16.Download();
+      for (size_t i = 0; i < raw.size(); ++i) got[i] = __bfloat162float(raw[i]);
+    } else {
+      got = out32.Download();
+    }
+    const std::vector<float> got_lse = lse.Download();
+    if (rep == 1) {
+      EXPECT_EQ(0, std::memcmp(first_out.data(), got.data(), got.size() * sizeof(float)))
+          << "repeated launch differs";
+      EXPECT_EQ(0, std::memcmp(first_lse.data(), got_lse.data(), got_lse.size() * sizeof(float)))
+          << "repeated launch differs (lse)";
+      break;
+    }
+    first_out = got;
+    first_lse = got_lse;
+
+    size_t non_finite = 0;
+    for (float x : got) non_finite += std::isfinite(x) ? 0 : 1;
+    for (float x : got_lse) non_finite += std::isfinite(x) ? 0 : 1;
+    EXPECT_EQ(non_finite, 0u) << "unwritten or NaN outputs";
+
+    // Reference, one query at a time: query t sees rows [0, past + t].
+    double num = 0.0, den = 0.0, lse_err = 0.0;
+    int worst_t = -1;
+    std::vector<float> ref_out(static_cast<size_t>(hq) * d), ref_lse(hq);
+    for (const int t : CheckedQueries(n)) {
+      const AttentionShape shape{1, hq, hkv, d, scale};
+      AttentionKeys keys;
+      keys.kv = KvSlice{k.ref.data(), v.ref.data(), static_cast<size_t>(cap) * d, len};
+      keys.causal_offset = c.past + t;
+      AttentionPartial(shape, q.ref.data() + static_cast<size_t>(t) * hq * d, keys, ref_out.data(),
+                       ref_lse.data());
+      const float* row = got.data() + static_cast<size_t>(t) * hq * d;
+      for (size_t i = 0; i < ref_out.size(); ++i) {
+        num += (row[i] - ref_out[i]) * static_cast<double>(row[i] - ref_out[i]);
+        den += ref_out[i] * static_cast<double>(ref_out[i]);
+      }
+      for (int h = 0; h < hq; ++h) {
+        const double ref = ref_lse[h];
+        const double err =
+            std::abs(got_lse[static_cast<size_t>(t) * hq + h] - ref) / (1.0 + std::abs(ref));
+        if (!(err <= lse_err)) worst_t = t;  // NaN-safe: a NaN error is recorded as worst
+        lse_err = std::isnan(err) ? err : std::max(lse_err, err);
+      }
+    }
+    ASSERT_GT(den, 0.0);
+    EXPECT_LE(std::sqrt(num / den), 1e-2);
+    EXPECT_LE(lse_err, 1e-3) << "worst query " << worst_t;
+  }
+}
+
+TEST(PrefillAttention, SweepHeadDimGroupLengthPast) {
+  uint64_t seed = 1;
+  for (const int d : {64, 128}) {
+    for (const int group : {1, 4, 8}) {
+      const int hkv = group == 1 ? 2 : 1;  // Hq = 2, 4 or 8: keeps the CPU reference cheap
+      for (const int n : {1, 17, 64, 129, 1000, 4096}) {
+        for (const int past : {0, 100, 3000}) {
+          RunCase({d, group, hkv, n, past, (seed & 1) != 0}, seed);
+          ++seed;
+        }
+      }
+    }
+  }
+}
+
+TEST(PrefillAttention, MoreKvHeadsAndRepeatable) {
+  // Several KV heads of several query heads each: head strides and GQA indexing.
+  RunCase({128, 4, 3, 200, 37, false}, 1001, /*check_repeat=*/true);
+  RunCase({64, 2, 4, 65, 63, true}, 1002, /*check_repeat=*/true);
+}
+
+TEST(PrefillAttention, NoLseAndInvalidArguments) {
+  // lse == nullptr is allowed and still writes out.
+  const int n = 70, hq = 4, d = 128;
+  std::vector<bf16> host(static_cast<size_t>(n) * hq * d);
+  Rng rng(7);
+  for (bf16& x : host) x = __float2bfloat16_rn(rng.Uniform());
+  DeviceArray<bf16> q(host), k(host), v(host);  // K/V: 1 head of n rows (a prefix of host)
+  DeviceArray<float> out(host.size());
+  out.Poison();
+  gpu::PrefillAttentionParams p;
+  p.num_tokens = n;
+  p.num_q_heads = hq;
+  p.num_kv_heads = 1;
+  p.head_dim = d;
+  p.scale = 0.1f;
+  p.q = q.get();
+  p.kv.k = k.get();
+  p.kv.v = v.get();
+  p.kv.head_stride = static_cast<int64_t>(n) * d;
+  p.kv.len = n;
+  p.out = out.get();
+  CUDA_OK(gpu::LaunchPrefillAttention(p, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  for (float x : out.Download()) ASSERT_TRUE(std::isfinite(x));
+
+  gpu::PrefillAttentionParams bad = p;
+  bad.head_dim = 96;
+  EXPECT_EQ(gpu::LaunchPrefillAttention(bad, nullptr), cudaErrorInvalidValue);
+  bad = p;
+  bad.num_q_heads = 3;  // not a multiple of Hkv = 2
+  bad.num_kv_heads = 2;
+  EXPECT_EQ(gpu::LaunchPrefillAttention(bad, nullptr), cudaErrorInvalidValue);
+  bad = p;
+  bad.kv.len = n - 1;  // fewer rows than new tokens
+  EXPECT_EQ(gpu::LaunchPrefillAttention(bad, nullptr), cudaErrorInvalidValue);
+  bad = p;
+  bad.kv.head_stride = 12;  // not a multiple of 8 elements
+  EXPECT_EQ(gpu::LaunchPrefillAttention(bad, nullptr), cudaErrorInvalidValue);
+  bad = p;
+  bad.num_tokens = 0;  // no-op
+  EXPECT_EQ(gpu::LaunchPrefillAttention(bad, nullptr), cudaSuccess);
+}
+
+}  // namespace
+}  // namespace squeeze
