@@ -23,6 +23,7 @@ ABSL_FLAG(std::string, server, "127.0.0.1:50051", "server address");
 ABSL_FLAG(std::vector<std::string>, tasks, {}, "JSONL task files (comma-separated)");
 ABSL_FLAG(std::string, budgets, "0.5,0.3,0.2,0.1,0.05,0.03", "budgets for squeezed and recent");
 ABSL_FLAG(bool, hierarchical, true, "also run hierarchical squeezed attention");
+ABSL_FLAG(std::string, masses, "", "also run mass-based squeezed selection at these masses");
 ABSL_FLAG(int, max_tokens, 48, "answer length cap in tokens");
 
 namespace {
@@ -35,6 +36,7 @@ struct Config {
   v1::AttentionOptions::Mode mode;
   double budget;  // < 0: none
   bool hierarchical;
+  double mass = -1;  // > 0: mass-based selection (budget then shows the mass)
 };
 
 struct Score {
@@ -56,6 +58,12 @@ int Run() {
       configs.push_back({"hierarchical", v1::AttentionOptions::SQUEEZED, b, true});
     }
     configs.push_back({"recent", v1::AttentionOptions::RECENT, b, false});
+  }
+  for (absl::string_view m : absl::StrSplit(absl::GetFlag(FLAGS_masses), ',', absl::SkipEmpty())) {
+    double x;
+    if (absl::SimpleAtod(m, &x)) {
+      configs.push_back({"mass", v1::AttentionOptions::SQUEEZED, x, false, x});
+    }
   }
   // (variant, approx tokens) -> config index -> score
   std::map<std::pair<std::string, int64_t>, std::vector<Score>> table;
@@ -93,7 +101,11 @@ int Run() {
         req.mutable_sampling()->set_temperature(0);
         req.add_stop()->assign(1, '\n');  // (GCC 12 -Wrestrict false positive on add_stop("\n"))
         req.mutable_attention()->set_mode(configs[c].mode);
-        if (configs[c].budget >= 0) req.mutable_attention()->set_budget(configs[c].budget);
+        if (configs[c].mass > 0) {
+          req.mutable_attention()->set_mass(configs[c].mass);
+        } else if (configs[c].budget >= 0) {
+          req.mutable_attention()->set_budget(configs[c].budget);
+        }
         if (configs[c].mode == v1::AttentionOptions::SQUEEZED) {
           req.mutable_attention()->set_hierarchical(configs[c].hierarchical);
         }

@@ -43,6 +43,8 @@ ABSL_FLAG(std::vector<std::string>, stop, {}, "generate: stop strings (comma-sep
 ABSL_FLAG(bool, ignore_eos, false, "generate: keep going after EOS");
 ABSL_FLAG(std::string, mode, "", "generate: attention mode: squeezed | dense | recent (default: auto)");
 ABSL_FLAG(double, budget, -1, "generate: kept fraction of context keys (-1: server default)");
+ABSL_FLAG(double, mass, -1,
+          "generate: keep clusters until this estimated attention mass instead of a budget");
 ABSL_FLAG(bool, stats, true, "generate: print usage and timings to stderr at the end");
 
 namespace {
@@ -197,7 +199,10 @@ int Generate(SqueezeClient& client) {
   } else if (!mode.empty()) {
     return Usage("--mode must be squeezed, dense or recent");
   }
-  if (absl::GetFlag(FLAGS_budget) >= 0) req.mutable_attention()->set_budget(absl::GetFlag(FLAGS_budget));
+  if (absl::GetFlag(FLAGS_budget) >= 0) {
+    req.mutable_attention()->set_budget(absl::GetFlag(FLAGS_budget));
+  }
+  if (absl::GetFlag(FLAGS_mass) >= 0) req.mutable_attention()->set_mass(absl::GetFlag(FLAGS_mass));
   v1::GenerateResponse last;
   grpc::Status st = client.Generate(
       req,

@@ -208,6 +208,12 @@ absl::StatusOr<GenerateRequest> ConvertGenerateRequest(const v1::GenerateRequest
     out.attention.budget = a.budget();
   }
   if (a.has_hierarchical()) out.attention.hierarchical = a.hierarchical();
+  if (a.has_mass()) {
+    if (!Finite(a.mass()) || a.mass() <= 0 || a.mass() > 1) {
+      return Invalid("attention.mass", "must be in (0, 1] (estimated attention mass to keep)");
+    }
+    out.attention.mass = a.mass();
+  }
   return out;
 }
 

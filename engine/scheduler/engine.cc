@@ -223,6 +223,9 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
   if (mode == AttentionMode::kDense && (att.budget || att.hierarchical.value_or(false))) {
     return absl::InvalidArgumentError("budget and hierarchical apply to squeezed mode only");
   }
+  if (att.mass && mode != AttentionMode::kSqueezed) {
+    return absl::InvalidArgumentError("mass applies to squeezed mode only");
+  }
   if (mode == AttentionMode::kRecent && (!seq->context || att.hierarchical.value_or(false))) {
     return absl::InvalidArgumentError(
         "recent mode needs a context and takes no hierarchical option");
@@ -238,8 +241,10 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
             "' was registered without the hierarchical level; register it with "
             "index.hierarchical=true"));
       }
-      sel.hierarchical = att.hierarchical.value_or(has_coarse);
+      sel.mass = att.mass;
+      sel.hierarchical = att.hierarchical.value_or(has_coarse && !att.mass);
       sel.coarse_keep = std::min(1.0, 5.0 * sel.budget);
+      RETURN_IF_ERROR(ValidateSelectionOptions(*index, sel));
       auto squeezed = std::make_unique<SqueezedFixedContextAttention>(*index, sel);
       seq->squeezed = squeezed.get();
       seq->fixed = std::move(squeezed);

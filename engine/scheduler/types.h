@@ -25,6 +25,7 @@ struct AttentionRequest {
   AttentionMode mode = AttentionMode::kAuto;
   std::optional<double> budget;       // kept fraction of clustered keys
   std::optional<bool> hierarchical;
+  std::optional<double> mass;         // mass-based selection instead of the threshold
 };
 
 struct RegisterRequest {

@@ -39,6 +39,13 @@ absl::Status ValidateSelectionOptions(const SqueezeIndex& index, const Selection
     return absl::InvalidArgumentError(
         absl::StrFormat("selection coarse_keep must be in [0, 1], got %g", coarse_keep));
   }
+  if (options.mass && !(*options.mass > 0.0 && *options.mass <= 1.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("selection mass must be in (0, 1], got %g", *options.mass));
+  }
+  if (options.mass && options.hierarchical) {
+    return absl::InvalidArgumentError("mass-based selection is flat only (no hierarchical)");
+  }
   if (options.hierarchical && !index.has_coarse()) {
     return absl::FailedPreconditionError(
         "hierarchical selection asked, but the context was clustered without the hierarchical "
@@ -56,7 +63,10 @@ SqueezedFixedContextAttention::SqueezedFixedContextAttention(const SqueezeIndex&
       scored_(kept_rows_.size(), 0) {
   options_.budget = Clamp01(options.budget);
   options_.coarse_keep = Clamp01(CoarseKeep(options));
-  options_.hierarchical = options.hierarchical && index.has_coarse();
+  options_.hierarchical = options.hierarchical && index.has_coarse() && !options.mass;
+  if (options_.mass) {
+    options_.mass = std::isnan(*options_.mass) ? 1.0 : std::clamp(*options_.mass, 1e-9, 1.0);
+  }
   fine_tau_ = index.fine_scores.Threshold(options_.budget);
   coarse_tau_ = options_.hierarchical ? index.coarse_scores.Threshold(*options_.coarse_keep)
                                       : std::numeric_limits<float>::quiet_NaN();
@@ -96,10 +106,35 @@ int64_t SqueezedFixedContextAttention::SelectHead(int layer, int kv_head, const 
     AddRange(off[0], off[C], ranges);  // every cluster, nothing to score
     return 0;
   }
-  if (n <= 0 || fine_tau_ == kInf) return 0;
-
   const float* q_group = q + static_cast<size_t>(kv_head) * G * d;  // head kv_head*G, token 0
   const size_t token_stride = static_cast<size_t>(index_.num_q_heads) * d;
+  if (options_.mass) {
+    if (n <= 0) return 0;
+    if (*options_.mass >= 1.0) {
+      AddRange(off[0], off[C], ranges);
+      return 0;
+    }
+    scores_.resize(C);
+    scorer_.Average(q_group, n, G, token_stride, head.centroids.data(), head.sizes.data(), C, d,
+                    scores_.data());
+    order_.resize(C);
+    for (int c = 0; c < C; ++c) order_[c] = c;
+    std::sort(order_.begin(), order_.end(), [&](int a, int b) {
+      return scores_[a] > scores_[b] || (scores_[a] == scores_[b] && a < b);
+    });
+    keep_.assign(C, 0);
+    double captured = 0.0;
+    for (int c : order_) {
+      if (captured >= *options_.mass) break;
+      keep_[c] = 1;
+      captured += static_cast<double>(scores_[c]) * head.sizes[c];
+    }
+    for (int c = 0; c < C; ++c) {
+      if (keep_[c]) AddRange(off[c], off[c + 1], ranges);
+    }
+    return C;
+  }
+  if (n <= 0 || fine_tau_ == kInf) return 0;
 
   if (!options_.hierarchical) {
     scores_.resize(C);

@@ -36,6 +36,11 @@ struct SelectionOptions {
   std::optional<double> coarse_keep;
   // Dense through the index: every cluster kept, nothing scored (attention equals dense).
   bool keep_all = false;
+  // Beyond the paper (DESIGN §1.3): instead of the calibrated threshold, keep clusters in
+  // descending score order until their estimated attention mass (sum of N_c * p_c, which totals 1
+  // over all clusters) reaches `mass`, per KV head and step. Query-adaptive: a peaked query keeps
+  // few clusters, a diffuse one many. In (0, 1]; flat selection only.
+  std::optional<double> mass;
 };
 
 // InvalidArgument for a budget or coarse_keep outside [0, 1]; FailedPrecondition for
@@ -100,6 +105,8 @@ class SqueezedFixedContextAttention final : public FixedContextAttention {
   std::vector<int32_t> candidates_;        // fine clusters inside kept coarse clusters
   std::vector<float> gathered_centroids_;  // [candidates][d]
   std::vector<int32_t> gathered_sizes_;    // [candidates]
+  std::vector<int32_t> order_;             // [C] clusters by descending score (mass mode)
+  std::vector<char> keep_;                 // [C] kept flags (mass mode)
 };
 
 }  // namespace squeeze

@@ -455,3 +455,75 @@ TEST(SelectionTest, OptionValidation) {
 
 }  // namespace
 }  // namespace squeeze
+
+namespace squeeze {
+namespace {
+
+// Mass-based selection (DESIGN §1.3): the kept clusters are the top-scored ones, and exactly as
+// many as are needed for their estimated mass sum(N_c * p_c) to reach the target.
+TEST(SelectionTest, MassSelectionKeepsTheTopClustersUpToTheTargetMass) {
+  const int L = 2, Hkv = 2, Hq = 8, d = 16, S = 1500;
+  TestContext c = MakeIndexed(L, Hkv, Hq, d, S, Options(false), 21);
+  std::mt19937 gen(5);
+  const std::vector<float> q = RandomQueries(3, Hq, d, gen);
+  for (double mass : {0.05, 0.3, 0.7, 0.95}) {
+    SelectionOptions o;
+    o.mass = mass;
+    ASSERT_TRUE(ValidateSelectionOptions(c.index, o).ok());
+    SqueezedFixedContextAttention sel(c.index, o);
+    LayerSelection out;
+    for (int l = 0; l < L; ++l) {
+      sel.Select(l, q.data(), 3, &out);
+      for (int h = 0; h < Hkv; ++h) {
+        ExpectWellFormed(out.ranges[h], S);
+        const SqueezeHeadIndex& head = c.index.head(l, h);
+        std::vector<const float*> cents;
+        std::vector<int> sizes;
+        for (int k = 0; k < head.num_clusters(); ++k) {
+          cents.push_back(&head.centroids[static_cast<size_t>(k) * d]);
+          sizes.push_back(head.sizes[k]);
+        }
+        const std::vector<double> score = ScoresInDouble(c.index, q.data(), 3, h, cents, sizes);
+        const std::vector<bool> kept = KeptClusters(head, out.ranges[h]);
+        // last_mass: the mass of the lowest-scored kept cluster, the last one added.
+        double kept_mass = 0, min_kept = 1e300, max_dropped = -1, last_mass = 0;
+        for (int k = 0; k < head.num_clusters(); ++k) {
+          if (kept[k]) {
+            kept_mass += score[k] * sizes[k];
+            if (score[k] < min_kept) {
+              min_kept = score[k];
+              last_mass = score[k] * sizes[k];
+            }
+          } else {
+            max_dropped = std::max(max_dropped, score[k]);
+          }
+        }
+        // Reaches the target, without a superfluous cluster, keeping the best-scored ones.
+        EXPECT_GE(kept_mass, mass - 1e-5) << "mass " << mass;
+        EXPECT_LT(kept_mass - last_mass, mass + 1e-5) << "mass " << mass;
+        EXPECT_GE(min_kept, max_dropped * (1 - 1e-5)) << "mass " << mass;
+      }
+    }
+  }
+  // The estimated masses of one head sum to 1, so mass 1 keeps every cluster.
+  SelectionOptions all;
+  all.mass = 1.0;
+  SqueezedFixedContextAttention sel(c.index, all);
+  LayerSelection out;
+  sel.Select(0, q.data(), 3, &out);
+  ASSERT_EQ(out.ranges[0].size(), 1u);
+  EXPECT_EQ(out.ranges[0][0].begin, 0);
+  EXPECT_EQ(out.ranges[0][0].end, S);
+  // Out of range or combined with the hierarchical level: refused.
+  SelectionOptions bad;
+  bad.mass = 0.0;
+  EXPECT_FALSE(ValidateSelectionOptions(c.index, bad).ok());
+  bad.mass = 1.5;
+  EXPECT_FALSE(ValidateSelectionOptions(c.index, bad).ok());
+  bad.mass = 0.5;
+  bad.hierarchical = true;
+  EXPECT_FALSE(ValidateSelectionOptions(c.index, bad).ok());
+}
+
+}  // namespace
+}  // namespace squeeze

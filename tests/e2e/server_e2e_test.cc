@@ -286,6 +286,31 @@ TEST_F(ServerE2ETest, SqueezedAttentionThroughTheApi) {
   GenerateResult hf = Generate(c(), h_flat);
   EXPECT_EQ(hf.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(hf.status.error_message(), HasSubstr("hierarchical"));
+  // Mass-based selection (beyond the paper): mass 1 keeps everything, so equals dense.
+  v1::GenerateRequest m1 = Request("flat", " The council", 12, 1, 0.0f);
+  m1.mutable_attention()->set_mass(1.0);
+  GenerateResult mr = Generate(c(), m1);
+  ASSERT_TRUE(mr.status.ok()) << mr.status.error_message();
+  EXPECT_EQ(mr.tokens, d.tokens);
+  EXPECT_EQ(mr.last.attention_mode(), v1::AttentionOptions::SQUEEZED);
+  v1::GenerateRequest m9 = Request("flat", " The council", 4, 1, 0.0f);
+  m9.mutable_attention()->set_mass(0.5);
+  GenerateResult m9r = Generate(c(), m9);
+  ASSERT_TRUE(m9r.status.ok());
+  EXPECT_LT(m9r.last.usage().kv_budget(), 1.0);
+  for (double bad : {0.0, 1.5}) {
+    v1::GenerateRequest mb = Request("flat", " The council", 4, 1, 0.0f);
+    mb.mutable_attention()->set_mass(bad);
+    EXPECT_EQ(Generate(c(), mb).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  v1::GenerateRequest mh = Request("hier", " The council", 4, 1, 0.0f);
+  mh.mutable_attention()->set_mass(0.5);
+  mh.mutable_attention()->set_hierarchical(true);
+  EXPECT_EQ(Generate(c(), mh).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::GenerateRequest md = Request("flat", " The council", 4, 1, 0.0f);
+  md.mutable_attention()->set_mass(0.5);
+  md.mutable_attention()->set_mode(v1::AttentionOptions::DENSE);
+  EXPECT_EQ(Generate(c(), md).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   // The query-blind baseline.
   v1::GenerateRequest rec = Request("flat", " The council", 4, 1, 0.0f);
   rec.mutable_attention()->set_mode(v1::AttentionOptions::RECENT);
