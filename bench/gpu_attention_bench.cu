@@ -31,32 +31,18 @@
 #include "kernels/decode_attention.cuh"
 #include "kernels/squeezed_decode.cuh"
 
+#include "bench/gpu_bench_util.cuh"
+
 namespace {
 
 using squeeze::gpu::bf16;
 namespace gpu = squeeze::gpu;
+using squeeze::bench::Mix;
+using squeeze::bench::Unit;
 
-#define CK(expr)                                                         \
-  do {                                                                   \
-    const cudaError_t err_ = (expr);                                     \
-    if (err_ != cudaSuccess) {                                           \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, \
-                   cudaGetErrorString(err_));                            \
-      std::exit(1);                                                      \
-    }                                                                    \
-  } while (0)
 
 constexpr int kHq = 32, kHkv = 8, kD = 128, kDyn = 256, kSinks = 4, kWindow = 100;
 
-__host__ __device__ inline uint64_t Mix(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-__host__ __device__ inline float Unit(uint64_t h) {  // [-1, 1)
-  return static_cast<float>(h >> 40) * (2.0f / 16777216.0f) - 1.0f;
-}
 
 // Row r of clustered head bh belongs to cluster ((r - sinks + 1) * C - 1) / M: clusters are
 // the equal splits offsets[c] = sinks + c * M / C.
