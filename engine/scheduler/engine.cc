@@ -597,7 +597,6 @@ void Engine::BuildAndPublish(Registration& reg) {
   reg.kv = SequenceKV();
   ContextSummary& s = context->summary;
   if (reg.request.build_index) {
-    const absl::Time t0 = absl::Now();
     auto progress = [&](std::string_view stage, double fraction) {
       if (reg.handle->cancelled()) return;
       reg.callback(RegisterEvent{.stage = stage == "calibrating" ? RegisterStage::kCalibrating
@@ -610,7 +609,6 @@ void Engine::BuildAndPublish(Registration& reg) {
     if (!index.ok()) return fail(index.status());
     reg.timings.clustering_seconds = build_timings.clustering_seconds;
     reg.timings.calibration_seconds = build_timings.calibration_seconds;
-    (void)t0;
     context->index = std::make_unique<SqueezeIndex>(std::move(*index));
     s.num_centroids = context->index->num_centroids();
     s.num_coarse_centroids = context->index->num_coarse_centroids();
