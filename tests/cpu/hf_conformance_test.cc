@@ -56,11 +56,10 @@ constexpr double kLogitTolerance = 1e-3;  // max|Δlogit| / max|logit|, see the 
 // max |logit|, at least 1), i.e. an exact tie up to rounding, and only to the runner-up.
 constexpr double kTieGap = 1e-4;
 
-// The goldens exist only once someone ran the generator; until then the whole binary skips.
-// Once the directory exists, every missing or unreadable file is a failure.
-#define SKIP_WITHOUT_GOLDENS()                                                           \
-  if (!fs::is_directory(kGoldenDir)) {                                                   \
-    GTEST_SKIP() << "no golden files at " << kGoldenDir.string() << "; " << kRegenerate; \
+// The goldens are committed (tests/data/golden/), so a missing directory is a failure too.
+#define REQUIRE_GOLDENS()                                                              \
+  if (!fs::is_directory(kGoldenDir)) {                                                      \
+    FAIL() << "no golden files at " << kGoldenDir.string() << "; " << kRegenerate;          \
   }
 
 // Parses a JSON file; on failure records a test failure and returns null.
@@ -112,7 +111,7 @@ const std::vector<std::string> kModels = {"llama2", "longchat", "llama31", "mist
                                           "llama32_tied"};
 
 TEST(HfConformance, ManifestListsEveryTestedPart) {
-  SKIP_WITHOUT_GOLDENS();
+  REQUIRE_GOLDENS();
   const json manifest = ReadJson(kGoldenDir / "manifest.json");
   ASSERT_TRUE(manifest.is_object());
   ASSERT_TRUE(manifest.contains("failures") && manifest.at("failures").empty())
@@ -359,7 +358,7 @@ void CheckModel(const std::string& name) {
 
 #define MODEL_TEST(test_name, model_name) \
   TEST(HfConformance, test_name) {        \
-    SKIP_WITHOUT_GOLDENS();               \
+    REQUIRE_GOLDENS();               \
     CheckModel(model_name);               \
   }
 
@@ -412,7 +411,7 @@ void CheckTokenizerCases(const Tokenizer& tokenizer, const std::string& what,
 }
 
 TEST(HfConformance, SentencePieceMatchesLibrary) {
-  SKIP_WITHOUT_GOLDENS();
+  REQUIRE_GOLDENS();
   const std::vector<std::string> corpus = Corpus();
   // LoadTokenizer takes a model directory: put sp.model there as tokenizer.model.
   const fs::path dir = fs::path(::testing::TempDir()) / "hf_conformance_sp";
@@ -444,18 +443,18 @@ void CheckBpe(const std::string& variant) {
 }
 
 TEST(HfConformance, ByteLevelBpeMatchesTokenizers) {
-  SKIP_WITHOUT_GOLDENS();
+  REQUIRE_GOLDENS();
   CheckBpe("bpe");
 }
 
 TEST(HfConformance, ByteLevelBpeLegacyMergesMatchTokenizers) {
-  SKIP_WITHOUT_GOLDENS();
+  REQUIRE_GOLDENS();
   CheckBpe("bpe_legacy");
 }
 
 // The Split pre-tokenizer alone, so that a failure above can be told apart from a BPE one.
 TEST(HfConformance, Llama3SplitMatchesTokenizers) {
-  SKIP_WITHOUT_GOLDENS();
+  REQUIRE_GOLDENS();
   const std::vector<std::string> corpus = Corpus();
   const json cases = ReadJson(kGoldenDir / "tokenizers" / "bpe_cases.json");
   ASSERT_TRUE(cases.is_object() && cases.contains("splits"));
@@ -478,7 +477,7 @@ TEST(HfConformance, Llama3SplitMatchesTokenizers) {
 
 // A model directory with tokenizer.json loads the BPE tokenizer through LoadTokenizer.
 TEST(HfConformance, LoadTokenizerUsesTokenizerJson) {
-  SKIP_WITHOUT_GOLDENS();
+  REQUIRE_GOLDENS();
   const fs::path dir = kGoldenDir / "tokenizers" / "bpe";
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = LoadTokenizer(dir.string());
   ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
