@@ -166,8 +166,8 @@ void AttentionPartial(const AttentionShape& shape, const float* q, const Attenti
     const std::span<const KeyRange> ranges = keys.ranges.empty()
                                                  ? std::span<const KeyRange>(&all_rows, 1)
                                                  : std::span<const KeyRange>(keys.ranges[h]);
-    const float* kh = keys.kv.k + h * keys.kv.head_stride;
-    const float* vh = keys.kv.v + h * keys.kv.head_stride;
+    const float* kh = keys.kv.kf() + h * keys.kv.head_stride;
+    const float* vh = keys.kv.vf() + h * keys.kv.head_stride;
 
     for (int t0 = 0; t0 < n; t0 += block_tokens) {
       const int nt = std::min(block_tokens, n - t0);

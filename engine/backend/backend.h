@@ -1,11 +1,13 @@
 // The small set of operations the Llama forward (engine/model/llama_model.cc) is written against.
-// The CPU backend (engine/backend/cpu/) is the readable fp32 reference; a CUDA backend implements
-// the same interface later.
+// The CPU backend (engine/backend/cpu/) is the readable fp32 reference; the CUDA backend
+// (engine/backend/cuda/) implements the same interface with bf16 weights and KV on the GPU.
 //
 // Conventions for every op:
 // - Pointers are *backend memory* (host memory for the CPU backend, device memory for CUDA),
-//   obtained from Allocate() or Resident(), unless a comment says otherwise.
-// - Tensors are dense row-major fp32; shapes are given in brackets, outermost first.
+//   obtained from Allocate(), the Upload*/Random* calls or a SequenceKV/ContextKV view, unless a
+//   comment says otherwise.
+// - Activations are dense row-major fp32; weights and KV are in the backend's storage dtypes
+//   (Matrix::dtype, kv_dtype()); shapes are given in brackets, outermost first.
 // - Ops are enqueued in order and may run asynchronously; Synchronize() waits for them and
 //   reports the first asynchronous fault. Ops never allocate visible memory and never fail on
 //   valid arguments: callers (the model) validate shapes and indices before launching.
@@ -23,6 +25,23 @@
 #include "engine/attention/fixed_context.h"
 
 namespace squeeze {
+
+struct ContextKV;
+
+// Storage element types of weights and KV.
+enum class DType : uint8_t { kF32 = 0, kBF16 = 1 };
+inline size_t DTypeBytes(DType t) { return t == DType::kF32 ? 4 : 2; }
+inline const char* DTypeName(DType t) { return t == DType::kF32 ? "f32" : "bf16"; }
+
+// A weight matrix [rows, cols] in the Hugging Face [out_features, in_features] orientation, in
+// backend memory and the backend's weight dtype. Owned by the backend that made it (or, on the
+// CPU backend, borrowed from the host weights it was made from).
+struct Matrix {
+  const void* data = nullptr;
+  DType dtype = DType::kF32;
+  int rows = 0;
+  int cols = 0;
+};
 
 // A block of backend memory, released when the Buffer is destroyed.
 class Buffer {
@@ -46,14 +65,25 @@ class Buffer {
   size_t bytes_;
 };
 
-// One layer's keys and values for all KV heads. Row r of head h starts at
+// One layer's keys and values for all KV heads. Row r of head h starts at element
 // k + h * head_stride + r * head_dim (same for v); rows of one head are contiguous d-vectors.
 // Both SequenceKV (head_stride = capacity * d) and ContextKV (head_stride = S * d) fit this view.
 struct KvSlice {
-  const float* k = nullptr;
-  const float* v = nullptr;
-  size_t head_stride = 0;  // floats between row 0 of head h and row 0 of head h + 1
+  const void* k = nullptr;
+  const void* v = nullptr;
+  size_t head_stride = 0;  // elements between row 0 of head h and row 0 of head h + 1
   int num_rows = 0;        // rows per head that may be read
+  DType dtype = DType::kF32;
+
+  // Typed views for fp32 slices (the CPU reference); callers check dtype first.
+  const float* kf() const { return static_cast<const float*>(k); }
+  const float* vf() const { return static_cast<const float*>(v); }
+};
+
+// Where a registered context's KV lives in backend memory (both [L][Hkv][S][d], kv_dtype()).
+struct ContextKvView {
+  const void* k = nullptr;
+  const void* v = nullptr;
 };
 
 // The key set one call of partial attention reads.
@@ -102,23 +132,49 @@ class Backend {
   // this once per forward step is cheap.
   virtual absl::StatusOr<std::unique_ptr<Buffer>> Allocate(size_t bytes) = 0;
   // Host <-> backend copies of `bytes` bytes. `host` pointers are ordinary host memory.
+  // CopyToHost waits for the ops enqueued before it.
   virtual void CopyFromHost(void* dst, const void* host_src, size_t bytes) = 0;
   virtual void CopyToHost(void* host_dst, const void* src, size_t bytes) = 0;
-  // Backend memory holding the same floats as `host`, for immutable tensors (weights). `host`
-  // must stay alive and unchanged for the backend's lifetime. The CPU backend returns
-  // host.data(); a device backend uploads on first use and caches by address.
-  virtual const float* Resident(std::span<const float> host) = 0;
+  // Backend-to-backend copy of `rows` rows of `row_bytes` bytes with the given pitches (bytes).
+  virtual void Copy2D(void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
+                      size_t row_bytes, size_t rows) = 0;
   // Waits for every enqueued op; returns the first asynchronous fault (CPU: always OK).
   virtual absl::Status Synchronize() = 0;
+  // True when backend memory is ordinary host memory (the CPU backend).
+  virtual bool host_memory() const = 0;
+
+  // ---- weights -----------------------------------------------------------------------------
+  // Immutable tensors for the backend's lifetime. When borrows_host_weights(), the results
+  // point into `host`, which must then outlive the backend; otherwise they are copies (in the
+  // backend's weight dtype) and `host` may be freed afterwards.
+  virtual bool borrows_host_weights() const = 0;
+  virtual absl::StatusOr<Matrix> UploadMatrix(std::span<const float> host, int rows,
+                                              int cols) = 0;
+  virtual absl::StatusOr<const float*> UploadVector(std::span<const float> host) = 0;
+  // Random weights made by the backend itself (benchmarks at real sizes without files):
+  // entries N(0, stddev^2) (matrices) or N(mean, stddev^2) (fp32 vectors), deterministic in
+  // the seed. Owned by the backend.
+  virtual absl::StatusOr<Matrix> RandomMatrix(int rows, int cols, uint64_t seed,
+                                              float stddev) = 0;
+  virtual absl::StatusOr<const float*> RandomVector(int n, uint64_t seed, float mean,
+                                                    float stddev) = 0;
+
+  // ---- KV ----------------------------------------------------------------------------------
+  // Element type of KV in backend memory (SequenceKV storage, ContextKvView).
+  virtual DType kv_dtype() const = 0;
+  // Backend memory holding `ctx`'s K/V in kv_dtype(). The CPU backend returns ctx.k/ctx.v; a
+  // device backend uploads once and keeps the copy with `ctx` (released with it).
+  virtual absl::StatusOr<ContextKvView> ResidentContextKv(const ContextKV& ctx) = 0;
 
   // ---- ops ---------------------------------------------------------------------------------
-  // y[m, n] = x[m, k] . w[n, k]^T (w in Hugging Face [out, in] layout), or y += ... when
-  // `accumulate` (the residual add of the O and down projections, fused into the GEMM).
-  virtual void MatMul(const float* x, const float* w, float* y, int m, int n, int k,
-                      bool accumulate) = 0;
-  // out[i, :] = src[ids[i], :] for i < n; rows have `dim` floats. The embedding lookup
-  // (src = embedding table, ids = token ids) and the pick of each sequence's last hidden row
-  // before the final norm and lm_head. ids must be valid rows (the caller checks).
+  // y[m, n] = x[m, k] . w[n, k]^T with n = w.rows, k = w.cols (w in Hugging Face [out, in]
+  // layout), or y += ... when `accumulate` (the residual add of the O and down projections,
+  // fused into the GEMM).
+  virtual void MatMul(const float* x, const Matrix& w, float* y, int m, bool accumulate) = 0;
+  // out[i, :] = float(table[ids[i], :]) for i < n: the embedding lookup. ids must be valid.
+  virtual void Embed(const Matrix& table, const int32_t* ids, int n, float* out) = 0;
+  // out[i, :] = src[ids[i], :] for i < n; rows have `dim` floats (the pick of each sequence's
+  // last hidden row before the final norm and lm_head). ids must be valid rows.
   virtual void GatherRows(const float* src, const int32_t* ids, int n, int dim, float* out) = 0;
   // out[i, :] = x[i, :] / sqrt(mean(x[i, :]^2) + eps) * weight, for rows i < rows. out may
   // alias x.
@@ -130,11 +186,11 @@ class Backend {
                     const float* inv_freq) = 0;
   // out[i] = silu(gate[i]) * up[i] for i < count; out may alias gate or up.
   virtual void SiluMul(const float* gate, const float* up, float* out, size_t count) = 0;
-  // Writes n new tokens' K/V rows, k_new/v_new [n, Hkv, d], into a per-head layout:
-  // token t of head h goes to k_dst + h * dst_head_stride + t * d (k_dst points at the first
-  // free row of head 0).
+  // Writes n new tokens' K/V rows, k_new/v_new [n, Hkv, d] fp32, into a per-head layout of
+  // kv_dtype() elements: token t of head h goes to element k_dst + h * dst_head_stride + t * d
+  // (k_dst points at the first free row of head 0).
   virtual void AppendKv(const float* k_new, const float* v_new, int n, int num_kv_heads,
-                        int head_dim, float* k_dst, float* v_dst, size_t dst_head_stride) = 0;
+                        int head_dim, void* k_dst, void* v_dst, size_t dst_head_stride) = 0;
   // See AttentionParams.
   virtual void Attention(const AttentionParams& params) = 0;
 };

@@ -3,27 +3,79 @@
 #include <algorithm>
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
+
 namespace squeeze {
 
-void SequenceKV::Reserve(int extra) {
+absl::Status SequenceKV::Reserve(int extra) {
   const int needed = length_ + extra;
-  if (needed <= capacity_) return;
-  int new_capacity = std::max({needed, 2 * capacity_, 64});
-  const size_t d = shape_.head_dim;
-  const size_t rows = static_cast<size_t>(shape_.num_layers) * shape_.num_kv_heads;
-  std::vector<float> nk(rows * new_capacity * d), nv(rows * new_capacity * d);
-  if (length_ > 0) {
-    for (size_t r = 0; r < rows; ++r) {
-      std::memcpy(nk.data() + r * new_capacity * d, k_.data() + r * capacity_ * d,
-                  length_ * d * sizeof(float));
-      std::memcpy(nv.data() + r * new_capacity * d, v_.data() + r * capacity_ * d,
-                  length_ * d * sizeof(float));
+  if (needed <= capacity_) return absl::OkStatus();
+  const int new_capacity = std::max({needed, 2 * capacity_, 64});
+  const size_t elem = DTypeBytes(dtype_);
+  const size_t blocks = static_cast<size_t>(shape_.num_layers) * shape_.num_kv_heads;
+  const size_t row_bytes = static_cast<size_t>(shape_.head_dim) * elem;
+  if (backend_ == nullptr) {
+    std::vector<float> nk(Elements(new_capacity)), nv(Elements(new_capacity));
+    for (size_t b = 0; b < blocks && length_ > 0; ++b) {
+      std::memcpy(nk.data() + b * new_capacity * shape_.head_dim,
+                  k_.data() + b * capacity_ * shape_.head_dim, length_ * row_bytes);
+      std::memcpy(nv.data() + b * new_capacity * shape_.head_dim,
+                  v_.data() + b * capacity_ * shape_.head_dim, length_ * row_bytes);
     }
+    k_.swap(nk);
+    v_.swap(nv);
+  } else {
+    const size_t bytes = Elements(new_capacity) * elem;
+    auto nk = backend_->Allocate(bytes);
+    if (!nk.ok()) return nk.status();
+    auto nv = backend_->Allocate(bytes);
+    if (!nv.ok()) return nv.status();
+    if (length_ > 0) {
+      // Each (layer, head) block keeps its first `length_` rows at the new pitch.
+      backend_->Copy2D((*nk)->data(), new_capacity * row_bytes, k_buf_->data(),
+                       capacity_ * row_bytes, length_ * row_bytes, blocks);
+      backend_->Copy2D((*nv)->data(), new_capacity * row_bytes, v_buf_->data(),
+                       capacity_ * row_bytes, length_ * row_bytes, blocks);
+    }
+    k_buf_ = *std::move(nk);
+    v_buf_ = *std::move(nv);
   }
-  k_.swap(nk);
-  v_.swap(nv);
   capacity_ = new_capacity;
+  return absl::OkStatus();
 }
+
+namespace {
+
+float Bf16ToFloat(uint16_t bits) {
+  const uint32_t wide = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &wide, sizeof(f));
+  return f;
+}
+
+// Copies `rows` rows of d elements of `dtype` from `src` (storage memory) into fp32 `dst`.
+void ReadRows(const SequenceKV& seq, const void* src, size_t elements, float* dst,
+              std::vector<uint16_t>* staging) {
+  Backend* be = seq.backend();
+  const bool host = be == nullptr || be->host_memory();
+  if (seq.dtype() == DType::kF32) {
+    if (host) {
+      std::memcpy(dst, src, elements * sizeof(float));
+    } else {
+      be->CopyToHost(dst, src, elements * sizeof(float));
+    }
+    return;
+  }
+  staging->resize(elements);
+  if (host) {
+    std::memcpy(staging->data(), src, elements * 2);
+  } else {
+    be->CopyToHost(staging->data(), src, elements * 2);
+  }
+  for (size_t i = 0; i < elements; ++i) dst[i] = Bf16ToFloat((*staging)[i]);
+}
+
+}  // namespace
 
 ContextKV ContextKV::FromSequence(const SequenceKV& seq, int n) {
   ContextKV ctx;
@@ -33,11 +85,13 @@ ContextKV ContextKV::FromSequence(const SequenceKV& seq, int n) {
   ctx.k.resize(static_cast<size_t>(L) * H * n * d);
   ctx.v.resize(ctx.k.size());
   ctx.token_of.resize(static_cast<size_t>(L) * H * n);
+  std::vector<uint16_t> staging;
   for (int l = 0; l < L; ++l) {
     for (int h = 0; h < H; ++h) {
       if (n > 0) {
-        std::memcpy(&ctx.k[ctx.Offset(l, h, 0)], seq.key(l, h, 0), sizeof(float) * n * d);
-        std::memcpy(&ctx.v[ctx.Offset(l, h, 0)], seq.value(l, h, 0), sizeof(float) * n * d);
+        const size_t elements = static_cast<size_t>(n) * d;
+        ReadRows(seq, seq.key_data(l, h, 0), elements, &ctx.k[ctx.Offset(l, h, 0)], &staging);
+        ReadRows(seq, seq.value_data(l, h, 0), elements, &ctx.v[ctx.Offset(l, h, 0)], &staging);
       }
       for (int t = 0; t < n; ++t) ctx.token_of[(static_cast<size_t>(l) * H + h) * n + t] = t;
     }

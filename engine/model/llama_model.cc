@@ -87,7 +87,7 @@ std::string ShapeString(const KvShape& s) {
 
 // Checks every step before the forward touches any state. Errors name the step and the field.
 absl::Status ValidateSteps(std::span<const SequenceStep> steps, const ModelConfig& c,
-                           const KvShape& shape) {
+                           const KvShape& shape, const Backend& be) {
   absl::flat_hash_set<const SequenceKV*> seen_kv;
   for (size_t i = 0; i < steps.size(); ++i) {
     const SequenceStep& s = steps[i];
@@ -100,6 +100,14 @@ absl::Status ValidateSteps(std::span<const SequenceStep> steps, const ModelConfi
     if (!seen_kv.insert(s.kv).second) {
       return absl::InvalidArgumentError(
           absl::StrCat("Forward: step ", i, " uses a SequenceKV already used by another step"));
+    }
+    const bool storage_ok = s.kv->backend() == &be ||
+                            (s.kv->backend() == nullptr && be.host_memory() &&
+                             be.kv_dtype() == DType::kF32);
+    if (!storage_ok) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Forward: step ", i, " SequenceKV lives in another backend's memory than the model's (",
+          std::string(be.name()), "); make it with LlamaModel::NewSequenceKV()"));
     }
     if (!SameShape(s.kv->shape(), shape)) {
       return absl::InvalidArgumentError(
@@ -229,16 +237,18 @@ void CaptureQueries(Backend& be, int layer, const float* q, const int32_t* posit
 
 // Fills `keys` with the fixed-context part of one step's attention at `layer`: the selector's
 // ranges, or every row when the step has no selector. Checks what the selector returned.
-absl::Status FixedContextKeys(const SequenceStep& s, int layer, const float* q, int n,
-                              LayerSelection* selection, AttentionKeys* keys) {
+// `q_host` is the step's queries [n, Hq, d] in host memory (the selector runs on the host).
+absl::Status FixedContextKeys(const SequenceStep& s, int layer, const ContextKvView& view,
+                              DType dtype, const float* q_host, int n, LayerSelection* selection,
+                              AttentionKeys* keys) {
   const ContextKV& ctx = *s.context;
   const int S = ctx.num_tokens, Hkv = ctx.shape.num_kv_heads, d = ctx.shape.head_dim;
-  keys->kv = {ctx.k.data() + ctx.Offset(layer, 0, 0), ctx.v.data() + ctx.Offset(layer, 0, 0),
-              static_cast<size_t>(S) * d, S};
+  const size_t offset = ctx.Offset(layer, 0, 0) * DTypeBytes(dtype);
+  keys->kv = {static_cast<const char*>(view.k) + offset,
+              static_cast<const char*>(view.v) + offset, static_cast<size_t>(S) * d, S, dtype};
   if (s.fixed == nullptr) return absl::OkStatus();  // empty ranges = every row (dense)
 
-  // The selector reads q on the host (the CPU backend's memory is host memory).
-  s.fixed->Select(layer, q, n, selection);
+  s.fixed->Select(layer, q_host, n, selection);
   if (selection->ranges.size() != static_cast<size_t>(Hkv)) {
     return absl::InternalError(absl::StrCat("fixed-context selection for layer ", layer,
                                             " returned ", selection->ranges.size(),
@@ -268,19 +278,118 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(ModelConfig confi
   if (backend == nullptr) return absl::InvalidArgumentError("LlamaModel needs a backend");
   RETURN_IF_ERROR(ValidateConfig(config));
   RETURN_IF_ERROR(ValidateWeights(config, weights));
-  ASSIGN_OR_RETURN(std::vector<float> inv_freq,
-                   ComputeRopeInvFreq(config.head_dim, config.rope_theta, config.rope_scaling));
   std::unique_ptr<LlamaModel> model(
       new LlamaModel(std::move(config), std::move(weights), std::move(backend)));
-  model->rope_inv_freq_ = std::move(inv_freq);
+  RETURN_IF_ERROR(model->UploadInvFreq());
+  RETURN_IF_ERROR(model->Upload());
   return model;
+}
+
+absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::CreateRandom(
+    ModelConfig config, std::unique_ptr<Backend> backend, uint64_t seed) {
+  if (backend == nullptr) return absl::InvalidArgumentError("LlamaModel needs a backend");
+  RETURN_IF_ERROR(ValidateConfig(config));
+  std::unique_ptr<LlamaModel> model(
+      new LlamaModel(std::move(config), LlamaWeights{}, std::move(backend)));
+  RETURN_IF_ERROR(model->UploadInvFreq());
+  RETURN_IF_ERROR(model->MakeRandom(seed));
+  return model;
+}
+
+absl::Status LlamaModel::UploadInvFreq() {
+  ASSIGN_OR_RETURN(rope_inv_freq_, ComputeRopeInvFreq(config_.head_dim, config_.rope_theta,
+                                                      config_.rope_scaling));
+  ASSIGN_OR_RETURN(w_.inv_freq, backend_->UploadVector(rope_inv_freq_));
+  return absl::OkStatus();
+}
+
+absl::Status LlamaModel::Upload() {
+  Backend& be = *backend_;
+  const ModelConfig& c = config_;
+  const int D = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
+  const int q_dim = c.num_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
+  auto matrix = [&](std::vector<float>& host, int rows, int cols) -> absl::StatusOr<Matrix> {
+    ASSIGN_OR_RETURN(Matrix m, be.UploadMatrix(host, rows, cols));
+    weight_bytes_ += static_cast<size_t>(rows) * cols * DTypeBytes(m.dtype);
+    if (!be.borrows_host_weights()) std::vector<float>().swap(host);
+    return m;
+  };
+  auto vector = [&](std::vector<float>& host) -> absl::StatusOr<const float*> {
+    ASSIGN_OR_RETURN(const float* p, be.UploadVector(host));
+    weight_bytes_ += host.size() * sizeof(float);
+    if (!be.borrows_host_weights()) std::vector<float>().swap(host);
+    return p;
+  };
+  LlamaWeights& hw = weights_;
+  ASSIGN_OR_RETURN(w_.embed, matrix(hw.embed, V, D));
+  w_.layers.resize(c.num_layers);
+  for (int l = 0; l < c.num_layers; ++l) {
+    LayerWeights& h = hw.layers[l];
+    ResidentLayer& r = w_.layers[l];
+    ASSIGN_OR_RETURN(r.attn_norm, vector(h.attn_norm));
+    ASSIGN_OR_RETURN(r.wq, matrix(h.wq, q_dim, D));
+    ASSIGN_OR_RETURN(r.wk, matrix(h.wk, kv_dim, D));
+    ASSIGN_OR_RETURN(r.wv, matrix(h.wv, kv_dim, D));
+    ASSIGN_OR_RETURN(r.wo, matrix(h.wo, D, q_dim));
+    ASSIGN_OR_RETURN(r.mlp_norm, vector(h.mlp_norm));
+    ASSIGN_OR_RETURN(r.gate, matrix(h.w_gate, I, D));
+    ASSIGN_OR_RETURN(r.up, matrix(h.w_up, I, D));
+    ASSIGN_OR_RETURN(r.down, matrix(h.w_down, D, I));
+  }
+  ASSIGN_OR_RETURN(w_.final_norm, vector(hw.final_norm));
+  // Tied embeddings share one resident matrix (the host weights hold lm_head as a copy).
+  if (c.tie_word_embeddings) {
+    w_.lm_head = w_.embed;
+    if (!be.borrows_host_weights()) std::vector<float>().swap(hw.lm_head);
+  } else {
+    ASSIGN_OR_RETURN(w_.lm_head, matrix(hw.lm_head, V, D));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LlamaModel::MakeRandom(uint64_t seed) {
+  Backend& be = *backend_;
+  const ModelConfig& c = config_;
+  const int D = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
+  const int q_dim = c.num_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
+  uint64_t stream = 0;  // each tensor its own seed
+  auto matrix = [&](int rows, int cols) -> absl::StatusOr<Matrix> {
+    ASSIGN_OR_RETURN(Matrix m, be.RandomMatrix(rows, cols, seed * 1000003 + ++stream,
+                                               1.0f / std::sqrt(static_cast<float>(cols))));
+    weight_bytes_ += static_cast<size_t>(rows) * cols * DTypeBytes(m.dtype);
+    return m;
+  };
+  auto gain = [&]() -> absl::StatusOr<const float*> {
+    weight_bytes_ += static_cast<size_t>(D) * sizeof(float);
+    return be.RandomVector(D, seed * 1000003 + ++stream, 1.0f, 0.05f);
+  };
+  ASSIGN_OR_RETURN(w_.embed, matrix(V, D));
+  w_.layers.resize(c.num_layers);
+  for (ResidentLayer& r : w_.layers) {
+    ASSIGN_OR_RETURN(r.attn_norm, gain());
+    ASSIGN_OR_RETURN(r.wq, matrix(q_dim, D));
+    ASSIGN_OR_RETURN(r.wk, matrix(kv_dim, D));
+    ASSIGN_OR_RETURN(r.wv, matrix(kv_dim, D));
+    ASSIGN_OR_RETURN(r.wo, matrix(D, q_dim));
+    ASSIGN_OR_RETURN(r.mlp_norm, gain());
+    ASSIGN_OR_RETURN(r.gate, matrix(I, D));
+    ASSIGN_OR_RETURN(r.up, matrix(I, D));
+    ASSIGN_OR_RETURN(r.down, matrix(D, I));
+  }
+  ASSIGN_OR_RETURN(w_.final_norm, gain());
+  if (c.tie_word_embeddings) {
+    w_.lm_head = w_.embed;
+  } else {
+    ASSIGN_OR_RETURN(w_.lm_head, matrix(V, D));
+  }
+  return be.Synchronize();
 }
 
 absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* out) {
   if (out == nullptr) return absl::InvalidArgumentError("Forward: `out` is null");
   out->logits.assign(steps.size(), {});
   if (steps.empty()) return absl::OkStatus();
-  RETURN_IF_ERROR(ValidateSteps(steps, config_, kv_shape()));
+  RETURN_IF_ERROR(ValidateSteps(steps, config_, kv_shape(), *backend_));
 
   const ModelConfig& c = config_;
   const int D = c.hidden_size, I = c.intermediate_size, V = c.vocab_size, L = c.num_layers;
@@ -297,24 +406,31 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
   be.CopyFromHost(a.positions, plan.positions.data(), sizeof(int32_t) * T);
   be.CopyFromHost(a.logit_rows, plan.logit_rows.data(), sizeof(int32_t) * num_logits);
   for (SequenceStep& s : steps) {
-    s.kv->Reserve(static_cast<int>(s.tokens.size()));
+    RETURN_IF_ERROR(s.kv->Reserve(static_cast<int>(s.tokens.size())));
     if (s.capture != nullptr && s.capture->q.size() < static_cast<size_t>(L)) {
       s.capture->q.resize(L);
     }
   }
-  const float* inv_freq = be.Resident(rope_inv_freq_);
+  const float* inv_freq = w_.inv_freq;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   LayerSelection selection;
+  // Each step's fixed context in backend memory (uploaded once per context by device backends).
+  std::vector<ContextKvView> context_views(steps.size());
+  for (size_t i = 0; i < steps.size(); ++i) {
+    if (steps[i].context != nullptr && steps[i].context->num_tokens > 0) {
+      ASSIGN_OR_RETURN(context_views[i], be.ResidentContextKv(*steps[i].context));
+    }
+  }
 
-  be.GatherRows(be.Resident(weights_.embed), a.tokens, T, D, a.x);
+  be.Embed(w_.embed, a.tokens, T, a.x);
   for (int l = 0; l < L; ++l) {
-    const LayerWeights& lw = weights_.layers[l];
+    const ResidentLayer& lw = w_.layers[l];
 
     // Attention block: x += o_proj(attention(rope(q), rope(k), v)), GEMMs over all T tokens.
-    be.RmsNorm(a.x, be.Resident(lw.attn_norm), a.h, T, D, eps);
-    be.MatMul(a.h, be.Resident(lw.wq), a.q, T, q_dim, D, /*accumulate=*/false);
-    be.MatMul(a.h, be.Resident(lw.wk), a.k, T, kv_dim, D, /*accumulate=*/false);
-    be.MatMul(a.h, be.Resident(lw.wv), a.v, T, kv_dim, D, /*accumulate=*/false);
+    be.RmsNorm(a.x, lw.attn_norm, a.h, T, D, eps);
+    be.MatMul(a.h, lw.wq, a.q, T, /*accumulate=*/false);
+    be.MatMul(a.h, lw.wk, a.k, T, /*accumulate=*/false);
+    be.MatMul(a.h, lw.wv, a.v, T, /*accumulate=*/false);
     be.Rope(a.q, a.positions, T, Hq, d, inv_freq);
     be.Rope(a.k, a.positions, T, Hkv, d, inv_freq);
 
@@ -327,8 +443,8 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
       SequenceKV& kv = *s.kv;
       const int past = kv.length();  // this step's tokens are committed after the last layer
       const size_t kv_head_stride = static_cast<size_t>(kv.capacity()) * d;
-      be.AppendKv(a.k + row * kv_dim, a.v + row * kv_dim, n, Hkv, d, kv.key(l, 0, past),
-                  kv.value(l, 0, past), kv_head_stride);
+      be.AppendKv(a.k + row * kv_dim, a.v + row * kv_dim, n, Hkv, d, kv.key_data(l, 0, past),
+                  kv.value_data(l, 0, past), kv_head_stride);
       if (s.capture != nullptr) {
         CaptureQueries(be, l, a.q + row * q_dim, &plan.positions[row], n, q_dim, s.capture);
       }
@@ -338,28 +454,37 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
       p.q = a.q + row * q_dim;
       p.out = a.att + row * q_dim;
       if (s.context != nullptr && s.context->num_tokens > 0) {
-        RETURN_IF_ERROR(FixedContextKeys(s, l, p.q, n, &selection, &p.fixed));
+        // A key selector runs on the host: device backends copy the step's queries back.
+        const float* q_host = p.q;
+        if (s.fixed != nullptr && !be.host_memory()) {
+          q_host_.resize(static_cast<size_t>(n) * q_dim);
+          be.CopyToHost(q_host_.data(), p.q, sizeof(float) * q_host_.size());
+          q_host = q_host_.data();
+        }
+        RETURN_IF_ERROR(FixedContextKeys(s, l, context_views[i], be.kv_dtype(), q_host, n,
+                                         &selection, &p.fixed));
       }
-      p.dynamic.kv = {kv.key(l, 0, 0), kv.value(l, 0, 0), kv_head_stride, past + n};
+      p.dynamic.kv = {kv.key_data(l, 0, 0), kv.value_data(l, 0, 0), kv_head_stride, past + n,
+                      kv.dtype()};
       p.dynamic.causal_offset = past;
       be.Attention(p);
     }
-    be.MatMul(a.att, be.Resident(lw.wo), a.x, T, D, q_dim, /*accumulate=*/true);
+    be.MatMul(a.att, lw.wo, a.x, T, /*accumulate=*/true);
 
     // MLP block: x += down(silu(gate(h)) * up(h)).
-    be.RmsNorm(a.x, be.Resident(lw.mlp_norm), a.h, T, D, eps);
-    be.MatMul(a.h, be.Resident(lw.w_gate), a.gate, T, I, D, /*accumulate=*/false);
-    be.MatMul(a.h, be.Resident(lw.w_up), a.up, T, I, D, /*accumulate=*/false);
+    be.RmsNorm(a.x, lw.mlp_norm, a.h, T, D, eps);
+    be.MatMul(a.h, lw.gate, a.gate, T, /*accumulate=*/false);
+    be.MatMul(a.h, lw.up, a.up, T, /*accumulate=*/false);
     be.SiluMul(a.gate, a.up, a.gate, static_cast<size_t>(T) * I);
-    be.MatMul(a.gate, be.Resident(lw.w_down), a.x, T, D, I, /*accumulate=*/true);
+    be.MatMul(a.gate, lw.down, a.x, T, /*accumulate=*/true);
   }
 
   // Final norm and lm_head only for the last token of steps that want logits: a registration
   // chunk of thousands of tokens must not pay for [T, V] logits.
   if (num_logits > 0) {
     be.GatherRows(a.x, a.logit_rows, num_logits, D, a.last);
-    be.RmsNorm(a.last, be.Resident(weights_.final_norm), a.last, num_logits, D, eps);
-    be.MatMul(a.last, be.Resident(weights_.lm_head), a.logits, num_logits, V, D, false);
+    be.RmsNorm(a.last, w_.final_norm, a.last, num_logits, D, eps);
+    be.MatMul(a.last, w_.lm_head, a.logits, num_logits, /*accumulate=*/false);
   }
   RETURN_IF_ERROR(be.Synchronize());
 

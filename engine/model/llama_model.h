@@ -43,23 +43,57 @@ struct ForwardOutput {
 
 class LlamaModel {
  public:
+  // Uploads `weights` to the backend (the CPU backend borrows them; others copy them into
+  // their own dtype, and the host copy is freed).
   static absl::StatusOr<std::unique_ptr<LlamaModel>> Create(ModelConfig config,
                                                             LlamaWeights weights,
                                                             std::unique_ptr<Backend> backend);
+  // Random weights made by the backend itself, for benchmarks at real sizes (an 8B model's
+  // weights never exist on the host): matrices N(0, 1/in_features), norm gains 1 + N(0, 0.05^2),
+  // deterministic in `seed`.
+  static absl::StatusOr<std::unique_ptr<LlamaModel>> CreateRandom(
+      ModelConfig config, std::unique_ptr<Backend> backend, uint64_t seed);
+
   const ModelConfig& config() const { return config_; }
   KvShape kv_shape() const { return {config_.num_layers, config_.num_kv_heads, config_.head_dim}; }
   Backend& backend() { return *backend_; }
+  // An empty dynamic KV in the memory this model's backend computes on.
+  SequenceKV NewSequenceKV() {
+    return backend_->host_memory() ? SequenceKV(kv_shape()) : SequenceKV(kv_shape(), backend_.get());
+  }
+  // Bytes of weights resident in backend memory.
+  size_t weight_bytes() const { return weight_bytes_; }
 
   // Runs all sequences' new tokens through the model in one batch (GEMMs over all tokens,
   // attention per sequence). Appends K/V to each step's `kv` and commits them.
   absl::Status Forward(std::span<SequenceStep> steps, ForwardOutput* out);
 
  private:
+  // Weights in backend memory.
+  struct ResidentLayer {
+    const float* attn_norm = nullptr;
+    const float* mlp_norm = nullptr;
+    Matrix wq, wk, wv, wo, gate, up, down;
+  };
+  struct Resident {
+    Matrix embed, lm_head;
+    const float* final_norm = nullptr;
+    const float* inv_freq = nullptr;  // [d/2]
+    std::vector<ResidentLayer> layers;
+  };
+
   LlamaModel(ModelConfig config, LlamaWeights weights, std::unique_ptr<Backend> backend);
+  absl::Status Upload();
+  absl::Status MakeRandom(uint64_t seed);
+  absl::Status UploadInvFreq();
+
   ModelConfig config_;
-  LlamaWeights weights_;
+  LlamaWeights weights_;  // host weights while the backend borrows them, else empty
   std::unique_ptr<Backend> backend_;
   std::vector<float> rope_inv_freq_;  // [d/2], scaling applied
+  Resident w_;
+  size_t weight_bytes_ = 0;
+  std::vector<float> q_host_;  // queries copied to the host for a host-side key selector
 };
 
 }  // namespace squeeze

@@ -56,6 +56,13 @@ std::vector<float> NormGain(NormalSource& rng, int dim) {
 
 }  // namespace
 
+std::vector<float> RandomNormal(size_t count, uint64_t seed, float mean, float stddev) {
+  NormalSource rng(seed);
+  std::vector<float> out(count);
+  for (float& x : out) x = static_cast<float>(mean + stddev * rng.Next());
+  return out;
+}
+
 LlamaWeights RandomLlamaWeights(const ModelConfig& config, uint64_t seed) {
   NormalSource rng(seed);
   const int D = config.hidden_size, I = config.intermediate_size, V = config.vocab_size;

@@ -173,7 +173,7 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Register(RegisterRequest req
     ++active_registrations_;
     reg->request = std::move(request);
     reg->callback = std::move(callback);
-    reg->kv = SequenceKV(model_->kv_shape());
+    reg->kv = model_->NewSequenceKV();
     reg->capture.from_position = reg->request.build_index ? S - reg->request.index.window : S;
     auto handle = reg->handle;
     incoming_regs_.push_back(std::move(reg));
@@ -292,7 +292,7 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
       seq->eos_ids.push_back(tokenizer_->eos_id());
     }
   }
-  seq->kv = SequenceKV(model_->kv_shape());
+  seq->kv = model_->NewSequenceKV();
   seq->request = std::move(request);
   seq->callback = std::move(callback);
 

@@ -65,12 +65,12 @@ TEST(BackendOpsTest, MatMulMatchesReferenceAndAccumulates) {
       }
     }
     std::vector<float> y(ref.size(), kNaN);
-    be.MatMul(x.data(), w.data(), y.data(), m, n, k, /*accumulate=*/false);
+    be.MatMul(x.data(), Matrix{w.data(), DType::kF32, n, k}, y.data(), m, /*accumulate=*/false);
     EXPECT_FALSE(HasNaN(y));
     EXPECT_LT(RelError(y, ref), 1e-5) << m << "x" << n << "x" << k;
 
     std::vector<float> y_acc = y0;
-    be.MatMul(x.data(), w.data(), y_acc.data(), m, n, k, /*accumulate=*/true);
+    be.MatMul(x.data(), Matrix{w.data(), DType::kF32, n, k}, y_acc.data(), m, /*accumulate=*/true);
     EXPECT_LT(RelError(y_acc, ref_acc), 1e-5) << m << "x" << n << "x" << k;
   }
 }

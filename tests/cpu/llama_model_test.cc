@@ -407,7 +407,7 @@ TEST_P(LlamaModelTest, QueryCaptureCapturesRequestedPositions) {
     std::vector<float> h(D), q(q_dim);
     be.RmsNorm(&w.embed[static_cast<size_t>(tok) * D], w.layers[0].attn_norm.data(), h.data(), 1, D,
                config_.rms_norm_eps);
-    be.MatMul(h.data(), w.layers[0].wq.data(), q.data(), 1, q_dim, D, false);
+    be.MatMul(h.data(), Matrix{w.layers[0].wq.data(), DType::kF32, q_dim, D}, q.data(), 1, false);
     be.Rope(q.data(), &pos, 1, config_.num_heads, config_.head_dim, inv_freq.data());
     const std::vector<float> got(one.q[0].begin() + c * q_dim, one.q[0].begin() + (c + 1) * q_dim);
     EXPECT_LT(RelDiff(got, q), 1e-5) << "position " << pos;

@@ -29,7 +29,7 @@ TestContext MakeIndexed(int L, int Hkv, int Hq, int d, int S, const SqueezeOptio
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::uniform_real_distribution<float> uniform(0.0f, 1.0f);
   SequenceKV seq(KvShape{L, Hkv, d});
-  seq.Reserve(S);
+  EXPECT_TRUE(seq.Reserve(S).ok());
   for (int l = 0; l < L; ++l) {
     for (int h = 0; h < Hkv; ++h) {
       std::vector<float> dirs(16 * d);

@@ -36,7 +36,7 @@ TestContext MakeContext(int L, int Hkv, int Hq, int d, int S, int W, uint32_t se
   std::uniform_real_distribution<float> norm(0.5f, 2.0f);
   std::uniform_int_distribution<int> pick(0, directions - 1);
   SequenceKV seq(KvShape{L, Hkv, d});
-  seq.Reserve(S);
+  EXPECT_TRUE(seq.Reserve(S).ok());
   for (int l = 0; l < L; ++l) {
     for (int h = 0; h < Hkv; ++h) {
       std::vector<float> dirs(static_cast<size_t>(directions) * d);

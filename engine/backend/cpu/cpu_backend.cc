@@ -10,7 +10,10 @@
 #include <new>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "engine/backend/attention_reference.h"
+#include "engine/kv/kv_cache.h"
+#include "engine/model/weights.h"
 
 namespace squeeze {
 
@@ -96,11 +99,49 @@ void CpuBackend::CopyToHost(void* host_dst, const void* src, size_t bytes) {
   if (bytes > 0) std::memcpy(host_dst, src, bytes);
 }
 
-void CpuBackend::MatMul(const float* x, const float* w, float* y, int m, int n, int k,
-                        bool accumulate) {
+void CpuBackend::Copy2D(void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
+                        size_t row_bytes, size_t rows) {
+  for (size_t r = 0; r < rows; ++r) {
+    std::memcpy(static_cast<char*>(dst) + r * dst_pitch,
+                static_cast<const char*>(src) + r * src_pitch, row_bytes);
+  }
+}
+
+absl::StatusOr<Matrix> CpuBackend::UploadMatrix(std::span<const float> host, int rows,
+                                                int cols) {
+  if (host.size() != static_cast<size_t>(rows) * cols) {
+    return absl::InvalidArgumentError(absl::StrCat("UploadMatrix: ", host.size(),
+                                                   " floats for a [", rows, ", ", cols,
+                                                   "] matrix"));
+  }
+  return Matrix{host.data(), DType::kF32, rows, cols};
+}
+
+absl::StatusOr<Matrix> CpuBackend::RandomMatrix(int rows, int cols, uint64_t seed,
+                                                float stddev) {
+  owned_.push_back(RandomNormal(static_cast<size_t>(rows) * cols, seed, 0.0f, stddev));
+  return Matrix{owned_.back().data(), DType::kF32, rows, cols};
+}
+
+absl::StatusOr<const float*> CpuBackend::RandomVector(int n, uint64_t seed, float mean,
+                                                      float stddev) {
+  owned_.push_back(RandomNormal(n, seed, mean, stddev));
+  return owned_.back().data();
+}
+
+absl::StatusOr<ContextKvView> CpuBackend::ResidentContextKv(const ContextKV& ctx) {
+  return ContextKvView{ctx.k.data(), ctx.v.data()};
+}
+
+void CpuBackend::MatMul(const float* x, const Matrix& w, float* y, int m, bool accumulate) {
+  const int n = w.rows, k = w.cols;
   if (m <= 0 || n <= 0) return;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k,
-              accumulate ? 1.0f : 0.0f, y, n);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k,
+              static_cast<const float*>(w.data), k, accumulate ? 1.0f : 0.0f, y, n);
+}
+
+void CpuBackend::Embed(const Matrix& table, const int32_t* ids, int n, float* out) {
+  GatherRows(static_cast<const float*>(table.data), ids, n, table.cols, out);
 }
 
 void CpuBackend::GatherRows(const float* src, const int32_t* ids, int n, int dim, float* out) {
@@ -154,7 +195,9 @@ void CpuBackend::SiluMul(const float* gate, const float* up, float* out, size_t 
 }
 
 void CpuBackend::AppendKv(const float* k_new, const float* v_new, int n, int num_kv_heads,
-                          int head_dim, float* k_dst, float* v_dst, size_t dst_head_stride) {
+                          int head_dim, void* k_out, void* v_out, size_t dst_head_stride) {
+  float* k_dst = static_cast<float*>(k_out);
+  float* v_dst = static_cast<float*>(v_out);
   for (int t = 0; t < n; ++t) {
     for (int h = 0; h < num_kv_heads; ++h) {
       const size_t src = (static_cast<size_t>(t) * num_kv_heads + h) * head_dim;

@@ -4,6 +4,7 @@
 // thread): ops keep scratch in members. OpenBLAS threads follow OPENBLAS_NUM_THREADS.
 #pragma once
 
+#include <deque>
 #include <memory>
 #include <span>
 #include <string_view>
@@ -23,11 +24,25 @@ class CpuBackend final : public Backend {
   absl::StatusOr<std::unique_ptr<Buffer>> Allocate(size_t bytes) override;
   void CopyFromHost(void* dst, const void* host_src, size_t bytes) override;
   void CopyToHost(void* host_dst, const void* src, size_t bytes) override;
-  const float* Resident(std::span<const float> host) override { return host.data(); }
+  void Copy2D(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t row_bytes,
+              size_t rows) override;
   absl::Status Synchronize() override { return absl::OkStatus(); }
+  bool host_memory() const override { return true; }
 
-  void MatMul(const float* x, const float* w, float* y, int m, int n, int k,
-              bool accumulate) override;
+  bool borrows_host_weights() const override { return true; }
+  absl::StatusOr<Matrix> UploadMatrix(std::span<const float> host, int rows, int cols) override;
+  absl::StatusOr<const float*> UploadVector(std::span<const float> host) override {
+    return host.data();
+  }
+  absl::StatusOr<Matrix> RandomMatrix(int rows, int cols, uint64_t seed, float stddev) override;
+  absl::StatusOr<const float*> RandomVector(int n, uint64_t seed, float mean,
+                                            float stddev) override;
+
+  DType kv_dtype() const override { return DType::kF32; }
+  absl::StatusOr<ContextKvView> ResidentContextKv(const ContextKV& ctx) override;
+
+  void MatMul(const float* x, const Matrix& w, float* y, int m, bool accumulate) override;
+  void Embed(const Matrix& table, const int32_t* ids, int n, float* out) override;
   void GatherRows(const float* src, const int32_t* ids, int n, int dim, float* out) override;
   void RmsNorm(const float* x, const float* weight, float* out, int rows, int dim,
                float eps) override;
@@ -35,13 +50,14 @@ class CpuBackend final : public Backend {
             const float* inv_freq) override;
   void SiluMul(const float* gate, const float* up, float* out, size_t count) override;
   void AppendKv(const float* k_new, const float* v_new, int n, int num_kv_heads, int head_dim,
-                float* k_dst, float* v_dst, size_t dst_head_stride) override;
+                void* k_dst, void* v_dst, size_t dst_head_stride) override;
   void Attention(const AttentionParams& params) override;
 
  private:
   class Pool;          // caches freed scratch blocks for reuse
   class PooledBuffer;  // a Buffer that returns its block to the pool
   std::shared_ptr<Pool> pool_;
+  std::deque<std::vector<float>> owned_;  // RandomMatrix / RandomVector storage
   // Attention scratch: the dynamic partial and both log-sum-exps, [n * Hq * d] and [n * Hq].
   std::vector<float> dyn_out_, fixed_lse_, dyn_lse_;
   std::vector<float> rope_cos_, rope_sin_;  // [d/2] angles of the current token
