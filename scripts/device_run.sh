@@ -1,34 +1,65 @@
 #!/usr/bin/env bash
-# One call on the GPU machine (H100/H200, Ubuntu 24.04, torch/transformers installed, no
-# network). First the Hugging Face goldens (issue: model conformance) and the demo model's
-# transformers logits (cheap, CPU), then the kernel tests and benchmarks against the PyTorch
-# baselines (bench/run_gpu.sh). Needs the bundle made here by scripts/gpu_bundle.sh, carried as
-# .gpu-bundle. Results land in $OUT: golden.tar.gz (unpack into tests/data/golden/) and the
-# run_gpu.sh logs and CSVs. Each stage has a time limit so one hang cannot eat the call.
+# One call on the GPU machine (H100/H200, Ubuntu 24.04, CUDA 13, torch/transformers installed, no
+# network), from the repository root. Needs the bundle made here by scripts/gpu_bundle.sh,
+# carried as .gpu-bundle. Stages (STAGES, space-separated, default "model kernels"):
+#   goldens  the Hugging Face goldens (tools/make_goldens.py, tools/demo_model_goldens.py) ->
+#            $OUT/golden.tar.gz, to unpack into tests/data/golden/
+#   model    the CUDA backend: kernel-op tests, the whole model vs the goldens and the CPU, the
+#            server on the GPU (tests/gpu/model_ops_test.cc, cuda_model_test.cc), then the
+#            forward benchmark on the Llama-3-8B shape (bench/cuda/gpu_forward_bench.cc)
+#   kernels  attention kernel tests and benchmarks vs PyTorch SDPA (bench/run_gpu.sh)
+# Logs travel back as $OUT/logs.tar.gz (the device tool returns at most 8 files). Each stage has
+# a time limit so one hang cannot eat the call.
 set -u
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 OUT=${OUT:-/tmp/squeeze-device}
-mkdir -p "$OUT"
+LOGS=/tmp/squeeze-logs
+mkdir -p "$OUT" "$LOGS"
 export PYTHONUNBUFFERED=1
-if [ "${SKIP_GOLDENS:-0}" != "1" ]; then
-  G=/tmp/golden
-  timeout 240 python3 tools/make_goldens.py --out "$G" > "$OUT/make_goldens.log" 2>&1 \
-    || echo "goldens: exit $?"
-  timeout 120 python3 tools/demo_model_goldens.py --out "$G/squeeze-demo.json" \
-    >> "$OUT/make_goldens.log" 2>&1 || echo "demo goldens: exit $?"
-  tail -14 "$OUT/make_goldens.log"
-  tar -czf "$OUT/golden.tar.gz" -C "$G" .
-fi
+STAGES=${STAGES:-model kernels}
+has() { [[ " $STAGES " == *" $1 "* ]]; }
+
 if [ -f .gpu-bundle/bundle.tar.gz ]; then
   mkdir -p /tmp/bundle && tar -xzf .gpu-bundle/bundle.tar.gz -C /tmp/bundle
-  LOGS=/tmp/gpu-logs
-  OUT="$LOGS" timeout "${GPU_STAGE_LIMIT:-330}" bash bench/run_gpu.sh /tmp/bundle \
-    > "$LOGS.txt" 2>&1 || echo "run_gpu.sh: exit $?"
-  mv "$LOGS.txt" "$LOGS/run_gpu.log" 2>/dev/null || mkdir -p "$LOGS"
-  grep -E "^\[  (FAILED|PASSED) |exit|rror" "$LOGS/run_gpu.log" | head -40
-  cat "$LOGS/combined.txt" "$LOGS/combined_prefill.txt" 2>/dev/null
-  # The device tool brings back at most 8 files: the logs travel as one archive.
-  tar -czf "$OUT/gpu_logs.tar.gz" -C "$LOGS" .
+  # cuBLAS comes from the machine's CUDA toolkit (too large to carry).
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib; do
+    [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+  done
+  export LD_LIBRARY_PATH="/tmp/bundle/lib:${LD_LIBRARY_PATH:-}"
 fi
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
+
+if has goldens; then
+  G=/tmp/golden
+  timeout 240 python3 tools/make_goldens.py --out "$G" > "$LOGS/make_goldens.log" 2>&1 \
+    || echo "goldens: exit $?"
+  timeout 120 python3 tools/demo_model_goldens.py --out "$G/squeeze-demo.json" \
+    >> "$LOGS/make_goldens.log" 2>&1 || echo "demo goldens: exit $?"
+  tail -14 "$LOGS/make_goldens.log"
+  tar -czf "$OUT/golden.tar.gz" -C "$G" .
+fi
+
+if has model; then
+  export SQUEEZE_SOURCE_DIR="$ROOT"
+  for t in model_ops_test cuda_model_test; do
+    echo "== $t"
+    timeout 240 /tmp/bundle/$t > "$LOGS/$t.log" 2>&1
+    echo "$t: exit $?"
+    grep -E "^\[  (FAILED|PASSED) |^\[cuda|Failure|rror" "$LOGS/$t.log" | head -30
+  done
+  echo "== gpu-forward-bench (Llama-3-8B shape, random weights)"
+  timeout 200 /tmp/bundle/gpu-forward-bench --model=bench/configs/llama3-8b \
+    --prefill_tokens=32768 --decode_steps=32 2>&1 | tee "$LOGS/forward_32k.log"
+  timeout 200 /tmp/bundle/gpu-forward-bench --model=bench/configs/llama3-8b \
+    --prefill_tokens=131072 --decode_steps=8 2>&1 | tee "$LOGS/forward_128k.log"
+fi
+
+if has kernels; then
+  OUT="$LOGS/kernels" timeout "${GPU_STAGE_LIMIT:-330}" bash bench/run_gpu.sh /tmp/bundle \
+    > "$LOGS/run_gpu.log" 2>&1 || echo "run_gpu.sh: exit $?"
+  grep -E "^\[  (FAILED|PASSED) |exit|rror" "$LOGS/run_gpu.log" | head -40
+  cat "$LOGS/kernels/combined.txt" "$LOGS/kernels/combined_prefill.txt" 2>/dev/null
+fi
+tar -czf "$OUT/logs.tar.gz" -C "$LOGS" .
 ls -la "$OUT"

@@ -9,11 +9,11 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BUILD=${BUILD:-$ROOT/build-cuda}
 OUTDIR=$ROOT/.gpu-bundle
 cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release > /dev/null
-cmake --build "$BUILD" --target attention_kernels_test prefill_attention_test gpu-attention-bench \
-  gpu-prefill-bench -j "$(nproc)"
+BINS=(attention_kernels_test prefill_attention_test model_ops_test cuda_model_test
+      gpu-attention-bench gpu-prefill-bench gpu-forward-bench squeeze-server squeeze-cli)
+cmake --build "$BUILD" --target "${BINS[@]}" -j "$(nproc)"
 rm -rf "$OUTDIR"
 mkdir -p "$OUTDIR/lib"
-BINS=(attention_kernels_test prefill_attention_test gpu-attention-bench gpu-prefill-bench)
 for b in "${BINS[@]}"; do cp "$BUILD/$b" "$OUTDIR/"; done
 for bin in "${BINS[@]/#/$OUTDIR/}"; do
   ldd "$bin" | awk '/=> \// {print $3}' | while read -r lib; do

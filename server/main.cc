@@ -14,6 +14,15 @@
 
 ABSL_FLAG(std::string, model, "", "Hugging Face model directory (config.json, *.safetensors, "
                                   "tokenizer.model)");
+ABSL_FLAG(std::string, device, "auto",
+          "Compute device: auto (cuda when a GPU is visible and supports the model, else cpu), "
+          "cpu (fp32 reference) or cuda (bf16 weights and KV on GPU 0)");
+ABSL_FLAG(bool, random_weights, false,
+          "Random weights of --model's config.json shape, made on the device (benchmarks at "
+          "real sizes, e.g. --model=bench/configs/llama3-8b --tokenizer=models/squeeze-demo)");
+ABSL_FLAG(uint64_t, random_seed, 1, "Seed of --random_weights");
+ABSL_FLAG(std::string, tokenizer, "",
+          "Directory with tokenizer.model or tokenizer.json (default: --model)");
 ABSL_FLAG(std::string, address, "0.0.0.0:50051", "gRPC listen address host:port");
 ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9400",
           "Prometheus metrics listen address host:port, served at GET /metrics (empty: off)");
@@ -62,6 +71,10 @@ int main(int argc, char** argv) {
 
   squeeze::server::ServerOptions o;
   o.model_dir = absl::GetFlag(FLAGS_model);
+  o.tokenizer_dir = absl::GetFlag(FLAGS_tokenizer);
+  o.device = absl::GetFlag(FLAGS_device);
+  o.random_weights = absl::GetFlag(FLAGS_random_weights);
+  o.random_seed = absl::GetFlag(FLAGS_random_seed);
   if (o.model_dir.empty()) {
     spdlog::error("--model is required (a Hugging Face model directory)");
     return 2;

@@ -8,9 +8,9 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
-#include "engine/backend/cpu/cpu_backend.h"
 #include "engine/common/sha256.h"
 #include "engine/common/status_macros.h"
+#include "engine/model/load_model.h"
 #include "spdlog/spdlog.h"
 
 namespace squeeze::server {
@@ -50,17 +50,32 @@ absl::StatusOr<std::string> ModelFingerprint(const std::string& model_dir) {
 
 absl::StatusOr<std::unique_ptr<SqueezeServer>> SqueezeServer::Start(ServerOptions options) {
   const absl::Time t0 = absl::Now();
-  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(options.model_dir));
-  ASSIGN_OR_RETURN(LlamaWeights weights, LoadLlamaWeights(options.model_dir, config));
-  ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, LoadTokenizer(options.model_dir));
-  ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model,
-                   LlamaModel::Create(config, std::move(weights), std::make_unique<CpuBackend>()));
+  const std::string tokenizer_dir =
+      options.tokenizer_dir.empty() ? options.model_dir : options.tokenizer_dir;
+  ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, LoadTokenizer(tokenizer_dir));
+  ASSIGN_OR_RETURN(LoadedModel loaded,
+                   LoadModel({.model_dir = options.model_dir, .device = options.device,
+                              .random_weights = options.random_weights,
+                              .random_seed = options.random_seed}));
+  std::unique_ptr<LlamaModel> model = std::move(loaded.model);
+  const ModelConfig& config = model->config();
+  if (tokenizer->vocab_size() > config.vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the tokenizer in ", tokenizer_dir, " has ", tokenizer->vocab_size(),
+        " tokens, more than the model's vocab_size ", config.vocab_size));
+  }
   ASSIGN_OR_RETURN(std::string fingerprint, ModelFingerprint(options.model_dir));
-  spdlog::info("model {}: {} layers, hidden {}, heads {}/{} (q/kv), head dim {}, vocab {}, "
-               "window {} tokens; backend cpu; loaded in {:.2f} s",
-               options.model_dir, config.num_layers, config.hidden_size, config.num_heads,
-               config.num_kv_heads, config.head_dim, config.vocab_size,
-               config.max_position_embeddings, absl::ToDoubleSeconds(absl::Now() - t0));
+  if (options.random_weights) {
+    fingerprint = Sha256Hex(absl::StrCat(fingerprint, ":random:", options.random_seed));
+  }
+  spdlog::info("device {}: {}", loaded.device, loaded.description);
+  spdlog::info("model {}{}: {} layers, hidden {}, heads {}/{} (q/kv), head dim {}, vocab {}, "
+               "window {} tokens; {:.2f} GiB of weights on the {}; loaded in {:.2f} s",
+               options.model_dir, options.random_weights ? " (random weights)" : "",
+               config.num_layers, config.hidden_size, config.num_heads, config.num_kv_heads,
+               config.head_dim, config.vocab_size, config.max_position_embeddings,
+               model->weight_bytes() / (1024.0 * 1024.0 * 1024.0), loaded.device,
+               absl::ToDoubleSeconds(absl::Now() - t0));
   auto store = std::make_unique<ContextStore>(options.state_dir, fingerprint,
                                               options.max_context_memory);
   RETURN_IF_ERROR(store->LoadPersisted());
@@ -98,6 +113,11 @@ absl::StatusOr<std::unique_ptr<SqueezeServer>> SqueezeServer::Start(ServerOption
   }
   server->server_->GetHealthCheckService()->SetServingStatus(true);
   server->server_->GetHealthCheckService()->SetServingStatus("squeeze.v1.Squeeze", true);
+  grpc::Server* grpc_server = server->server_.get();
+  server->engine_->SetFaultHandler([grpc_server](const absl::Status& why) {
+    spdlog::critical("engine faulted, health NOT_SERVING: {}", std::string(why.message()));
+    grpc_server->GetHealthCheckService()->SetServingStatus(false);
+  });
   spdlog::info("serving squeeze.v1.Squeeze on port {}", server->port_);
   return server;
 }

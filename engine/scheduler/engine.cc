@@ -56,6 +56,7 @@ struct Engine::Registration {
   int prefilled = 0;
   absl::Time start, prefill_start;
   RegistrationTimings timings;
+  absl::Status failure;  // why the engine gave up on it (reported instead of CANCELLED)
 };
 
 namespace {
@@ -125,6 +126,7 @@ absl::StatusOr<std::vector<int32_t>> Engine::Tokenize(const PromptInput& input,
 absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Register(RegisterRequest request,
                                                              RegisterCallback callback) {
   if (draining_.load()) return absl::UnavailableError("server is draining");
+  if (faulted_.load()) return absl::UnavailableError("engine faulted; restart the server");
   auto reg = std::make_unique<Registration>();
   reg->start = absl::Now();
   const bool add_bos = request.add_bos.value_or(request.content.text.has_value());
@@ -185,6 +187,7 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Register(RegisterRequest req
 absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest request,
                                                              GenerateCallback callback) {
   if (draining_.load()) return absl::UnavailableError("server is draining");
+  if (faulted_.load()) return absl::UnavailableError("engine faulted; restart the server");
   const ModelConfig& cfg = model_config();
   auto seq = std::make_unique<Sequence>();
   seq->enqueued = absl::Now();
@@ -383,8 +386,10 @@ void Engine::RetireCancelled() {
   for (auto it = registrations_.begin(); it != registrations_.end();) {
     if ((*it)->handle->cancelled()) {
       store_->Unreserve((*it)->request.name);
-      (*it)->callback(RegisterEvent{.final = true,
-                                    .status = absl::CancelledError("registration cancelled")});
+      const absl::Status why = (*it)->failure.ok()
+                                   ? absl::CancelledError("registration cancelled")
+                                   : (*it)->failure;
+      (*it)->callback(RegisterEvent{.final = true, .status = why});
       absl::MutexLock lock(&mu_);
       --active_registrations_;
       it = registrations_.erase(it);
@@ -392,6 +397,21 @@ void Engine::RetireCancelled() {
       ++it;
     }
   }
+}
+
+void Engine::MarkFaulted(const absl::Status& why) {
+  if (faulted_.exchange(true)) return;
+  std::function<void(const absl::Status&)> handler;
+  {
+    absl::MutexLock lock(&mu_);
+    handler = fault_handler_;
+  }
+  if (handler) handler(why);
+}
+
+void Engine::SetFaultHandler(std::function<void(const absl::Status&)> handler) {
+  absl::MutexLock lock(&mu_);
+  fault_handler_ = std::move(handler);
 }
 
 bool Engine::Step() {
@@ -453,10 +473,21 @@ bool Engine::Step() {
     stats_.running = static_cast<int>(running_.size());
   }
   if (!st.ok()) {
-    spdlog::error("forward step failed: {}", st.ToString());
-    const absl::Status err = absl::InternalError(absl::StrCat("engine fault: ", st.message()));
+    // Out of (device) memory fails this step's requests and nothing else; any other error is a
+    // fault of the backend, after which the engine serves nothing (health NOT_SERVING).
+    absl::Status err = st;
+    if (st.code() == absl::StatusCode::kResourceExhausted) {
+      spdlog::warn("forward step out of memory: {}", std::string(st.message()));
+    } else {
+      spdlog::error("forward step failed: {}", st.ToString());
+      err = absl::InternalError(absl::StrCat("engine fault: ", st.message()));
+      MarkFaulted(err);
+    }
     for (Sequence* seq : step_seqs) FinishSequence(*seq, err, {});
-    if (reg_step) reg_step->handle->Cancel();
+    if (reg_step) {
+      reg_step->failure = err;
+      reg_step->handle->Cancel();
+    }
   } else {
     for (size_t i = 0; i < step_seqs.size(); ++i) {
       Sequence& seq = *step_seqs[i];

@@ -69,6 +69,11 @@ class Engine {
   // and joins the threads.
   void Shutdown(absl::Duration grace);
   bool draining() const { return draining_.load(); }
+  // True after a backend fault (e.g. a CUDA error): every new request gets UNAVAILABLE.
+  bool faulted() const { return faulted_.load(); }
+  // Called once, from the engine thread, when the engine faults (the server turns its health
+  // check to NOT_SERVING).
+  void SetFaultHandler(std::function<void(const absl::Status&)> handler);
 
   // Validates and queues a registration. An error here means nothing was queued; otherwise
   // `callback` receives progress events and exactly one final event.
@@ -97,6 +102,7 @@ class Engine {
   // One schedule -> execute -> update iteration. Returns false when idle.
   bool Step();
   void RetireCancelled();
+  void MarkFaulted(const absl::Status& why);
   void FinishSequence(Sequence& seq, absl::Status status, FinishReason reason);
   void ProcessSampled(Sequence& seq, const std::vector<float>& logits);
   void FinishRegistrationPrefill(std::unique_ptr<Registration> reg);
@@ -118,6 +124,8 @@ class Engine {
   int active_registrations_ ABSL_GUARDED_BY(mu_) = 0;
   EngineStats stats_ ABSL_GUARDED_BY(mu_);
   std::atomic<bool> draining_{false};
+  std::atomic<bool> faulted_{false};
+  std::function<void(const absl::Status&)> fault_handler_ ABSL_GUARDED_BY(mu_);
 
   // Owned by the engine thread.
   std::deque<std::unique_ptr<Sequence>> waiting_;

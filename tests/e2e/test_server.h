@@ -25,6 +25,7 @@ inline server::ServerOptions DefaultOptions() {
   server::ServerOptions o;
   o.model_dir = SQUEEZE_TEST_MODEL_DIR;
   o.address = "127.0.0.1:0";
+  o.device = "cpu";  // the CPU reference, also on machines with a GPU (tests/gpu cover cuda)
   o.limits.default_index.window = 32;
   return o;
 }

@@ -1,0 +1,215 @@
+// The whole Llama forward on the CUDA backend at a real size, with random weights made on the
+// device (bench/configs/llama3-8b by default):
+//   1. registration-style prefill of --prefill_tokens in --chunk-token steps (no logits), then
+//   2. batch-1 decode steps with that KV as context (greedy logits every step),
+// each against its hardware floor measured in the same run: the decode step against
+// (weight bytes + KV bytes read) / measured device-to-device copy bandwidth, the prefill against
+// its FLOPs / the measured cuBLAS bf16 GEMM rate.
+//
+//   gpu-forward-bench --model=bench/configs/llama3-8b --prefill_tokens=32768 --decode_steps=32
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "engine/backend/cuda/cuda_backend.h"
+#include "engine/model/llama_model.h"
+
+ABSL_FLAG(std::string, model, "bench/configs/llama3-8b", "directory with config.json");
+ABSL_FLAG(int, prefill_tokens, 32768, "context tokens prefilled before decoding");
+ABSL_FLAG(int, chunk, 8192, "prefill tokens per forward step");
+ABSL_FLAG(int, decode_steps, 32, "timed decode steps (after 3 warm-up steps)");
+
+namespace squeeze {
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+#define CHECK_CUDA(x)                                                                   \
+  do {                                                                                  \
+    cudaError_t e_ = (x);                                                               \
+    if (e_ != cudaSuccess) {                                                            \
+      std::fprintf(stderr, "%s: %s\n", #x, cudaGetErrorString(e_));                     \
+      std::exit(1);                                                                     \
+    }                                                                                   \
+  } while (0)
+
+// Device-to-device copy bandwidth (bytes read + written per second) of a 2 GiB copy.
+double CopyBandwidth() {
+  const size_t bytes = size_t{1} << 31;
+  void *a = nullptr, *b = nullptr;
+  CHECK_CUDA(cudaMalloc(&a, bytes));
+  CHECK_CUDA(cudaMalloc(&b, bytes));
+  CHECK_CUDA(cudaMemset(a, 1, bytes));
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  CHECK_CUDA(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
+  cudaEventRecord(e0);
+  for (int i = 0; i < 10; ++i) cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+  cudaEventRecord(e1);
+  cudaEventSynchronize(e1);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, e0, e1);
+  cudaFree(a);
+  cudaFree(b);
+  return 2.0 * bytes * 10 / (ms * 1e-3);
+}
+
+// cuBLAS bf16 GEMM rate (fp32 accumulate) at 8192^3 on random data, FLOP/s.
+double GemmRate() {
+  const int n = 8192;
+  std::vector<__nv_bfloat16> host(static_cast<size_t>(n) * n);
+  uint64_t s = 12345;
+  for (auto& x : host) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    x = __float2bfloat16(static_cast<float>((s >> 40) & 0xFFFF) / 65536.0f - 0.5f);
+  }
+  __nv_bfloat16 *a = nullptr, *b = nullptr;
+  float* c = nullptr;
+  CHECK_CUDA(cudaMalloc(&a, host.size() * 2));
+  CHECK_CUDA(cudaMalloc(&b, host.size() * 2));
+  CHECK_CUDA(cudaMalloc(&c, host.size() * 4));
+  CHECK_CUDA(cudaMemcpy(a, host.data(), host.size() * 2, cudaMemcpyHostToDevice));
+  CHECK_CUDA(cudaMemcpy(b, host.data(), host.size() * 2, cudaMemcpyHostToDevice));
+  cublasHandle_t h;
+  cublasCreate(&h);
+  const float alpha = 1, beta = 0;
+  auto run = [&] {
+    cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, a, CUDA_R_16BF, n, b, CUDA_R_16BF,
+                 n, &beta, c, CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  };
+  for (int i = 0; i < 3; ++i) run();
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  cudaEventRecord(e0);
+  for (int i = 0; i < 10; ++i) run();
+  cudaEventRecord(e1);
+  cudaEventSynchronize(e1);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, e0, e1);
+  cublasDestroy(h);
+  cudaFree(a);
+  cudaFree(b);
+  cudaFree(c);
+  return 2.0 * n * n * static_cast<double>(n) * 10 / (ms * 1e-3);
+}
+
+int Main() {
+  const std::string dir = absl::GetFlag(FLAGS_model);
+  auto config = LoadModelConfig(dir);
+  if (!config.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(config.status().message()).c_str());
+    return 1;
+  }
+  auto backend = CudaBackend::Create(0);
+  if (!backend.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(backend.status().message()).c_str());
+    return 1;
+  }
+  const std::string device = (*backend)->Describe();
+  const double copy_bw = CopyBandwidth();
+  const double gemm = GemmRate();
+  std::printf("device: %s\nmeasured: copy %.0f GB/s (read + write), cuBLAS bf16 GEMM 8192^3 "
+              "%.0f TFLOP/s\n",
+              device.c_str(), copy_bw / 1e9, gemm / 1e12);
+
+  const double t_load = Now();
+  auto model = LlamaModel::CreateRandom(*config, std::move(*backend), 7);
+  if (!model.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(model.status().message()).c_str());
+    return 1;
+  }
+  LlamaModel& m = **model;
+  const ModelConfig& c = m.config();
+  std::printf("model %s: %d layers, hidden %d, heads %d/%d, head dim %d, vocab %d; %.2f GB of "
+              "bf16 weights made in %.2f s\n",
+              dir.c_str(), c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
+              c.vocab_size, m.weight_bytes() / 1e9, Now() - t_load);
+
+  // ---- prefill -------------------------------------------------------------------------------
+  const int S = absl::GetFlag(FLAGS_prefill_tokens), chunk = absl::GetFlag(FLAGS_chunk);
+  std::vector<int32_t> tokens(S);
+  for (int i = 0; i < S; ++i) tokens[i] = (i * 7919 + 13) % c.vocab_size;
+  SequenceKV kv = m.NewSequenceKV();
+  double t0 = Now();
+  for (int begin = 0; begin < S; begin += chunk) {
+    const int n = std::min(chunk, S - begin);
+    SequenceStep step{.tokens = std::span<const int32_t>(tokens).subspan(begin, n), .kv = &kv,
+                      .want_logits = false};
+    ForwardOutput out;
+    const absl::Status st = m.Forward(std::span<SequenceStep>(&step, 1), &out);
+    if (!st.ok()) {
+      std::fprintf(stderr, "prefill: %s\n", std::string(st.message()).c_str());
+      return 1;
+    }
+  }
+  const double prefill_s = Now() - t0;
+  // FLOPs: 2 per weight per token over the layers (embedding lookup excluded, no lm_head) plus
+  // causal attention 4 * S^2 / 2 * d * Hq per layer.
+  const double d = c.head_dim, D = c.hidden_size, I = c.intermediate_size;
+  const double layer_weights = D * d * (c.num_heads * 2.0 + c.num_kv_heads * 2.0) + 3.0 * D * I;
+  const double linear_flops = 2.0 * layer_weights * c.num_layers * S;
+  const double attn_flops = 4.0 * (static_cast<double>(S) * S / 2) * d * c.num_heads * c.num_layers;
+  const double floor_s = (linear_flops + attn_flops) / gemm;
+  std::printf("\nprefill %d tokens in chunks of %d: %.2f s, %.0f tokens/s; %.2f PFLOP "
+              "(%.0f%% attention) -> %.0f TFLOP/s = %.2f of the measured GEMM rate "
+              "(floor %.2f s)\n",
+              S, chunk, prefill_s, S / prefill_s, (linear_flops + attn_flops) / 1e15,
+              100 * attn_flops / (linear_flops + attn_flops),
+              (linear_flops + attn_flops) / prefill_s / 1e12, floor_s / prefill_s, floor_s);
+
+  // ---- decode --------------------------------------------------------------------------------
+  const int steps = absl::GetFlag(FLAGS_decode_steps);
+  std::vector<double> times;
+  int32_t next = 1;
+  for (int i = 0; i < steps + 3; ++i) {
+    SequenceStep step{.tokens = std::span<const int32_t>(&next, 1), .kv = &kv,
+                      .want_logits = true};
+    ForwardOutput out;
+    const double s0 = Now();
+    const absl::Status st = m.Forward(std::span<SequenceStep>(&step, 1), &out);
+    const double dt = Now() - s0;
+    if (!st.ok()) {
+      std::fprintf(stderr, "decode: %s\n", std::string(st.message()).c_str());
+      return 1;
+    }
+    next = static_cast<int32_t>(std::max_element(out.logits[0].begin(), out.logits[0].end()) -
+                                out.logits[0].begin());
+    if (i >= 3) times.push_back(dt);
+  }
+  std::sort(times.begin(), times.end());
+  const double median = times[times.size() / 2];
+  // Bytes a decode step must read: every weight except the embedding table (one row), the
+  // lm_head, and the K/V of the whole sequence.
+  const double weight_bytes = layer_weights * c.num_layers * 2.0 + 2.0 * c.vocab_size * D;
+  const double kv_bytes = 2.0 * c.num_layers * c.num_kv_heads * d * 2.0 * (S + steps / 2);
+  // The copy rate counts bytes read plus bytes written, i.e. the memory traffic per second; a
+  // decode step's traffic is (almost only) the bytes it reads.
+  const double floor_dec = (weight_bytes + kv_bytes) / copy_bw;
+  std::printf("\ndecode, batch 1, %d context tokens: median %.3f ms/token (min %.3f, max %.3f) "
+              "over %d steps; reads %.2f GB weights + %.2f GB KV; floor at the copy bandwidth "
+              "%.3f ms -> %.2fx the floor\n",
+              S, 1e3 * median, 1e3 * times.front(), 1e3 * times.back(), steps,
+              weight_bytes / 1e9, kv_bytes / 1e9, 1e3 * floor_dec, median / floor_dec);
+  return 0;
+}
+
+}  // namespace
+}  // namespace squeeze
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return squeeze::Main();
+}

@@ -1,0 +1,631 @@
+#include "engine/backend/cuda/cuda_backend.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "engine/common/status_macros.h"
+#include "engine/kv/kv_cache.h"
+#include "kernels/decode_attention.cuh"
+#include "kernels/kv_gather.cuh"
+#include "kernels/model_ops.cuh"
+#include "kernels/prefill_attention.cuh"
+
+namespace squeeze {
+namespace {
+
+using gpu::bf16;
+
+constexpr size_t kMiB = size_t{1} << 20;
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+// Host fp32 data reaches the device through a staging buffer of this size and is converted to
+// bf16 there (UploadMatrix, ResidentContextKv).
+constexpr size_t kStagingFloats = 16 * kMiB;
+
+// Scratch areas, grown on demand and kept (one per concurrent use within an op).
+enum ScratchSlot : int {
+  kXBf16 = 0,      // MatMul input rounded to bf16
+  kQBf16,          // prefill queries in bf16
+  kKvDesc,         // DecodeKv array of a decode launch
+  kDecodeWs,       // decode workspace
+  kFixedLse,       // fixed-part lse
+  kDynOut,         // dynamic-part output
+  kDynLse,         // dynamic-part lse
+  kGatherRows,     // kept rows of a selection
+  kGatherBegin,    // per-head offsets into kGatherRows
+  kGatheredK,      // compact kept K
+  kGatheredV,      // compact kept V
+  kStaging,        // fp32 staging of uploads
+  kNumSlots
+};
+
+absl::Status CudaError(cudaError_t err, const char* what) {
+  return absl::InternalError(absl::StrCat("cuda: ", what, ": ", cudaGetErrorName(err), " (",
+                                          cudaGetErrorString(err), ")"));
+}
+
+// A device block from the pool; returns to it when destroyed.
+class PooledDeviceBlocks;
+class DeviceBuffer final : public Buffer {
+ public:
+  DeviceBuffer(void* data, size_t bytes, size_t capacity, std::shared_ptr<PooledDeviceBlocks> pool)
+      : Buffer(data, bytes), capacity_(capacity), pool_(std::move(pool)) {}
+  ~DeviceBuffer() override;
+
+ private:
+  size_t capacity_;
+  std::shared_ptr<PooledDeviceBlocks> pool_;
+};
+
+// Keeps freed device blocks up to kMaxCachedBytes each (per-step activations, small KV), so a
+// decode step does not cudaMalloc. Large blocks (contexts, long sequences) go back to the
+// driver at once.
+class PooledDeviceBlocks {
+ public:
+  ~PooledDeviceBlocks() { Trim(); }
+
+  absl::StatusOr<void*> Take(size_t bytes, size_t* capacity) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = free_.lower_bound(bytes);
+      if (it != free_.end() && it->first <= 2 * bytes + kMiB) {
+        *capacity = it->first;
+        void* block = it->second;
+        free_.erase(it);
+        return block;
+      }
+    }
+    *capacity = std::max<size_t>(256, (bytes + 255) / 256 * 256);
+    void* block = nullptr;
+    cudaError_t err = cudaMalloc(&block, *capacity);
+    if (err == cudaErrorMemoryAllocation) {
+      cudaGetLastError();  // clear the (non-sticky) allocation error
+      Trim();
+      err = cudaMalloc(&block, *capacity);
+    }
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      size_t free_bytes = 0, total = 0;
+      cudaMemGetInfo(&free_bytes, &total);
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "cuda: cannot allocate %.2f GiB of device memory (%.2f GiB free of %.2f GiB)",
+          *capacity / kGiB, free_bytes / kGiB, total / kGiB));
+    }
+    return block;
+  }
+
+  void Give(void* block, size_t capacity) {
+    if (capacity > kMaxCachedBytes) {
+      cudaFree(block);
+      return;
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (free_.size() >= kMaxCached) {
+      cudaFree(free_.begin()->second);
+      free_.erase(free_.begin());
+    }
+    free_.emplace(capacity, block);
+  }
+
+  void Trim() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [capacity, block] : free_) cudaFree(block);
+    free_.clear();
+  }
+
+ private:
+  static constexpr size_t kMaxCachedBytes = 512 * kMiB;
+  static constexpr size_t kMaxCached = 32;
+  std::mutex mu_;
+  std::multimap<size_t, void*> free_;
+};
+
+DeviceBuffer::~DeviceBuffer() { pool_->Give(data(), capacity_); }
+
+// A registered context's K/V on the device, kept in ContextKV::resident.
+struct DeviceContextKv {
+  const void* owner = nullptr;  // the backend that made it
+  std::unique_ptr<Buffer> k, v;
+};
+
+}  // namespace
+
+struct CudaBackend::Impl {
+  int device = 0;
+  cudaDeviceProp props{};
+  cudaStream_t stream = nullptr;
+  cublasHandle_t blas = nullptr;
+  std::shared_ptr<PooledDeviceBlocks> pool = std::make_shared<PooledDeviceBlocks>();
+  std::vector<void*> permanent;                           // weights
+  std::vector<std::pair<void*, size_t>> scratch{kNumSlots, {nullptr, 0}};
+  std::map<std::pair<int, int>, int> concurrent_ctas;    // (d, G) -> CTAs
+  // Pinned host arena for small host-to-device copies (descriptors, selections, token ids):
+  // a copy from pageable memory would synchronise the stream first and expose every kernel
+  // launch's latency. Filled linearly, reset once the stream is idle.
+  char* pinned = nullptr;
+  size_t pinned_size = 0, pinned_used = 0;
+  // Host staging of per-call descriptors and selections.
+  std::vector<gpu::DecodeKv> kv_desc;
+  std::vector<int32_t> rows, head_begin, counts;
+
+  ~Impl() {
+    if (stream != nullptr) cudaStreamSynchronize(stream);
+    for (auto& [p, bytes] : scratch) {
+      if (p != nullptr) cudaFree(p);
+    }
+    for (void* p : permanent) cudaFree(p);
+    if (pinned != nullptr) cudaFreeHost(pinned);
+    if (blas != nullptr) cublasDestroy(blas);
+    if (stream != nullptr) cudaStreamDestroy(stream);
+  }
+};
+
+bool CudaDeviceAvailable() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return n > 0;
+}
+
+absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device) {
+  int count = 0;
+  cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    return absl::FailedPreconditionError(
+        absl::StrCat("cuda: no CUDA device is visible (",
+                     err != cudaSuccess ? cudaGetErrorString(err) : "0 devices", ")"));
+  }
+  if (device < 0 || device >= count) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cuda: device ", device, " does not exist (", count, " visible)"));
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->device = device;
+  if ((err = cudaSetDevice(device)) != cudaSuccess) return CudaError(err, "cudaSetDevice");
+  if ((err = cudaGetDeviceProperties(&impl->props, device)) != cudaSuccess) {
+    return CudaError(err, "cudaGetDeviceProperties");
+  }
+  if (impl->props.major < 9) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cuda: ", impl->props.name, " is compute capability ", impl->props.major, ".",
+        impl->props.minor, "; the kernels are built for Hopper (sm_90a)"));
+  }
+  if ((err = cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking)) != cudaSuccess) {
+    return CudaError(err, "cudaStreamCreate");
+  }
+  if (cublasCreate(&impl->blas) != CUBLAS_STATUS_SUCCESS) {
+    return absl::InternalError("cuda: cublasCreate failed");
+  }
+  cublasSetStream(impl->blas, impl->stream);
+  impl->pinned_size = 16 * kMiB;
+  void* pinned = nullptr;
+  if ((err = cudaMallocHost(&pinned, impl->pinned_size)) != cudaSuccess) {
+    return CudaError(err, "cudaMallocHost");
+  }
+  impl->pinned = static_cast<char*>(pinned);
+  return std::unique_ptr<CudaBackend>(new CudaBackend(std::move(impl)));
+}
+
+CudaBackend::CudaBackend(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CudaBackend::~CudaBackend() = default;
+
+absl::Status CudaBackend::Supports(const ModelConfig& c) {
+  const int group = c.num_kv_heads > 0 ? c.num_heads / c.num_kv_heads : 0;
+  if (c.head_dim != 64 && c.head_dim != 128) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the cuda backend supports head_dim 64 and 128, the model has ", c.head_dim,
+        " (use --device=cpu)"));
+  }
+  if (group != 1 && group != 2 && group != 4 && group != 8) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the cuda backend supports 1, 2, 4 or 8 query heads per KV head, the model has ", group,
+        " (use --device=cpu)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::MemoryInfo(size_t* free_bytes, size_t* total_bytes) const {
+  const cudaError_t err = cudaMemGetInfo(free_bytes, total_bytes);
+  return err == cudaSuccess ? absl::OkStatus() : CudaError(err, "cudaMemGetInfo");
+}
+
+std::string CudaBackend::Describe() const {
+  size_t free_bytes = 0, total = 0;
+  MemoryInfo(&free_bytes, &total).IgnoreError();
+  return absl::StrFormat("%s, %d SMs, %.1f GiB (%.1f free), compute capability %d.%d",
+                         impl_->props.name, impl_->props.multiProcessorCount, total / kGiB,
+                         free_bytes / kGiB, impl_->props.major, impl_->props.minor);
+}
+
+void CudaBackend::Check(int cuda_error, const char* what) {
+  const auto err = static_cast<cudaError_t>(cuda_error);
+  if (err == cudaSuccess || !fault_.ok()) return;
+  fault_ = CudaError(err, what);
+}
+
+void CudaBackend::CheckBlas(int blas_status, const char* what) {
+  if (blas_status == CUBLAS_STATUS_SUCCESS || !fault_.ok()) return;
+  fault_ = absl::InternalError(absl::StrCat("cuda: ", what, ": cuBLAS status ", blas_status));
+}
+
+absl::StatusOr<std::unique_ptr<Buffer>> CudaBackend::Allocate(size_t bytes) {
+  if (!fault_.ok()) return fault_;
+  cudaSetDevice(impl_->device);  // the engine thread is not the thread that created us
+  size_t capacity = 0;
+  auto block = impl_->pool->Take(std::max<size_t>(bytes, 1), &capacity);
+  if (!block.ok()) return block.status();
+  return std::unique_ptr<Buffer>(
+      std::make_unique<DeviceBuffer>(*block, bytes, capacity, impl_->pool));
+}
+
+absl::StatusOr<void*> CudaBackend::AllocatePermanent(size_t bytes, const char* what) {
+  void* p = nullptr;
+  const cudaError_t err = cudaMalloc(&p, std::max<size_t>(bytes, 256));
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    size_t free_bytes = 0, total = 0;
+    cudaMemGetInfo(&free_bytes, &total);
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "cuda: cannot allocate %.2f GiB for %s (%.2f GiB free of %.2f GiB)", bytes / kGiB, what,
+        free_bytes / kGiB, total / kGiB));
+  }
+  impl_->permanent.push_back(p);
+  return p;
+}
+
+void* CudaBackend::Scratch(int slot, size_t bytes) {
+  auto& [p, size] = impl_->scratch[slot];
+  if (bytes <= size && p != nullptr) return p;
+  if (p != nullptr) {
+    // Queued ops may still read the old area.
+    Check(cudaStreamSynchronize(impl_->stream), "scratch resize");
+    cudaFree(p);
+    p = nullptr;
+    size = 0;
+  }
+  const size_t grown = std::max<size_t>(bytes + bytes / 4, 4096);
+  if (cudaMalloc(&p, grown) != cudaSuccess) {
+    cudaGetLastError();
+    impl_->pool->Trim();
+    Check(cudaMalloc(&p, grown), "scratch allocation");
+    if (p == nullptr) return nullptr;
+  }
+  size = grown;
+  return p;
+}
+
+void CudaBackend::CopyFromHost(void* dst, const void* host_src, size_t bytes) {
+  if (!fault_.ok() || bytes == 0) return;
+  Impl& im = *impl_;
+  if (bytes > im.pinned_size) {  // large: pageable copy (synchronises the stream)
+    Check(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, im.stream),
+          "copy to device");
+    return;
+  }
+  if (im.pinned_used + bytes > im.pinned_size) {
+    Check(cudaStreamSynchronize(im.stream), "copy to device");  // earlier copies are done
+    im.pinned_used = 0;
+  }
+  char* staged = im.pinned + im.pinned_used;
+  std::memcpy(staged, host_src, bytes);
+  im.pinned_used += (bytes + 255) / 256 * 256;
+  Check(cudaMemcpyAsync(dst, staged, bytes, cudaMemcpyHostToDevice, im.stream),
+        "copy to device");
+}
+
+void CudaBackend::CopyToHost(void* host_dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  if (fault_.ok()) {
+    Check(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, impl_->stream),
+          "copy to host");
+    Check(cudaStreamSynchronize(impl_->stream), "copy to host");
+    impl_->pinned_used = 0;  // the stream is idle
+  }
+  if (!fault_.ok()) std::memset(host_dst, 0, bytes);  // never hand out stale memory
+}
+
+void CudaBackend::Copy2D(void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
+                         size_t row_bytes, size_t rows) {
+  if (!fault_.ok() || rows == 0 || row_bytes == 0) return;
+  Check(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, row_bytes, rows,
+                          cudaMemcpyDeviceToDevice, impl_->stream),
+        "device copy");
+}
+
+absl::Status CudaBackend::Synchronize() {
+  if (fault_.ok()) Check(cudaStreamSynchronize(impl_->stream), "synchronize");
+  impl_->pinned_used = 0;
+  if (fault_.ok()) Check(cudaGetLastError(), "asynchronous fault");
+  return fault_;
+}
+
+// ---- weights ------------------------------------------------------------------------------------
+
+absl::StatusOr<Matrix> CudaBackend::UploadMatrix(std::span<const float> host, int rows,
+                                                 int cols) {
+  const size_t count = static_cast<size_t>(rows) * cols;
+  if (host.size() != count) {
+    return absl::InvalidArgumentError(absl::StrCat("UploadMatrix: ", host.size(),
+                                                   " floats for a [", rows, ", ", cols,
+                                                   "] matrix"));
+  }
+  auto dst = AllocatePermanent(count * sizeof(bf16), "weights");
+  if (!dst.ok()) return dst.status();
+  bf16* out = static_cast<bf16*>(*dst);
+  float* staging = static_cast<float*>(Scratch(kStaging, kStagingFloats * sizeof(float)));
+  for (size_t done = 0; done < count && fault_.ok(); done += kStagingFloats) {
+    const size_t chunk = std::min(kStagingFloats, count - done);
+    Check(cudaMemcpyAsync(staging, host.data() + done, chunk * sizeof(float),
+                          cudaMemcpyHostToDevice, impl_->stream),
+          "weight upload");
+    Check(gpu::LaunchF32ToBf16(staging, out + done, chunk, impl_->stream), "weight convert");
+  }
+  RETURN_IF_ERROR(Synchronize());
+  return Matrix{out, DType::kBF16, rows, cols};
+}
+
+absl::StatusOr<const float*> CudaBackend::UploadVector(std::span<const float> host) {
+  auto dst = AllocatePermanent(host.size() * sizeof(float), "weights");
+  if (!dst.ok()) return dst.status();
+  Check(cudaMemcpy(*dst, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice),
+        "vector upload");
+  if (!fault_.ok()) return fault_;
+  return static_cast<const float*>(*dst);
+}
+
+absl::StatusOr<Matrix> CudaBackend::RandomMatrix(int rows, int cols, uint64_t seed,
+                                                 float stddev) {
+  const size_t count = static_cast<size_t>(rows) * cols;
+  auto dst = AllocatePermanent(count * sizeof(bf16), "random weights");
+  if (!dst.ok()) return dst.status();
+  Check(gpu::LaunchFillRandomBf16(static_cast<bf16*>(*dst), count, seed, stddev, impl_->stream),
+        "random fill");
+  if (!fault_.ok()) return fault_;
+  return Matrix{*dst, DType::kBF16, rows, cols};
+}
+
+absl::StatusOr<const float*> CudaBackend::RandomVector(int n, uint64_t seed, float mean,
+                                                       float stddev) {
+  auto dst = AllocatePermanent(static_cast<size_t>(n) * sizeof(float), "random weights");
+  if (!dst.ok()) return dst.status();
+  Check(gpu::LaunchFillRandomF32(static_cast<float*>(*dst), n, seed, mean, stddev,
+                                 impl_->stream),
+        "random fill");
+  if (!fault_.ok()) return fault_;
+  return static_cast<const float*>(*dst);
+}
+
+// ---- KV -----------------------------------------------------------------------------------------
+
+absl::StatusOr<ContextKvView> CudaBackend::ResidentContextKv(const ContextKV& ctx) {
+  if (!fault_.ok()) return fault_;
+  if (ctx.resident != nullptr) {
+    const auto* copy = static_cast<const DeviceContextKv*>(ctx.resident.get());
+    if (copy->owner == this) return ContextKvView{copy->k->data(), copy->v->data()};
+  }
+  auto copy = std::make_shared<DeviceContextKv>();
+  copy->owner = this;
+  const size_t count = ctx.k.size();
+  ASSIGN_OR_RETURN(copy->k, Allocate(count * sizeof(bf16)));
+  ASSIGN_OR_RETURN(copy->v, Allocate(count * sizeof(bf16)));
+  float* staging = static_cast<float*>(Scratch(kStaging, kStagingFloats * sizeof(float)));
+  for (const auto& [src, dst] : {std::pair(ctx.k.data(), copy->k->as<bf16>()),
+                                 std::pair(ctx.v.data(), copy->v->as<bf16>())}) {
+    for (size_t done = 0; done < count && fault_.ok(); done += kStagingFloats) {
+      const size_t chunk = std::min(kStagingFloats, count - done);
+      Check(cudaMemcpyAsync(staging, src + done, chunk * sizeof(float), cudaMemcpyHostToDevice,
+                            impl_->stream),
+            "context upload");
+      Check(gpu::LaunchF32ToBf16(staging, dst + done, chunk, impl_->stream), "context convert");
+    }
+  }
+  RETURN_IF_ERROR(Synchronize());
+  ctx.resident = copy;
+  return ContextKvView{copy->k->data(), copy->v->data()};
+}
+
+// ---- ops ----------------------------------------------------------------------------------------
+
+void CudaBackend::MatMul(const float* x, const Matrix& w, float* y, int m, bool accumulate) {
+  if (!fault_.ok() || m <= 0 || w.rows <= 0) return;
+  const int n = w.rows, k = w.cols;
+  bf16* xb = static_cast<bf16*>(Scratch(kXBf16, static_cast<size_t>(m) * k * sizeof(bf16)));
+  if (xb == nullptr) return;
+  Check(gpu::LaunchF32ToBf16(x, xb, static_cast<size_t>(m) * k, impl_->stream), "matmul input");
+  // Row-major y[m, n] = x[m, k] . w[n, k]^T is column-major y^T[n, m] = w^T' . x^T' with
+  // w seen as column-major [k, n] (transposed) and x as column-major [k, m].
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  CheckBlas(cublasGemmEx(impl_->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, w.data,
+                         CUDA_R_16BF, k, xb, CUDA_R_16BF, k, &beta, y, CUDA_R_32F, n,
+                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+            "cublasGemmEx");
+}
+
+void CudaBackend::Embed(const Matrix& table, const int32_t* ids, int n, float* out) {
+  if (!fault_.ok()) return;
+  Check(gpu::LaunchEmbedRows(static_cast<const bf16*>(table.data), ids, n, table.cols, out,
+                             impl_->stream),
+        "embedding");
+}
+
+void CudaBackend::GatherRows(const float* src, const int32_t* ids, int n, int dim, float* out) {
+  if (!fault_.ok()) return;
+  Check(gpu::LaunchGatherRowsF32(src, ids, n, dim, out, impl_->stream), "gather rows");
+}
+
+void CudaBackend::RmsNorm(const float* x, const float* weight, float* out, int rows, int dim,
+                          float eps) {
+  if (!fault_.ok()) return;
+  Check(gpu::LaunchRmsNorm(x, weight, out, nullptr, rows, dim, eps, impl_->stream), "rmsnorm");
+}
+
+void CudaBackend::Rope(float* x, const int32_t* positions, int n, int heads, int head_dim,
+                       const float* inv_freq) {
+  if (!fault_.ok()) return;
+  Check(gpu::LaunchRope(x, positions, n, heads, head_dim, inv_freq, impl_->stream), "rope");
+}
+
+void CudaBackend::SiluMul(const float* gate, const float* up, float* out, size_t count) {
+  if (!fault_.ok()) return;
+  Check(gpu::LaunchSiluMul(gate, up, out, nullptr, count, impl_->stream), "silu");
+}
+
+void CudaBackend::AppendKv(const float* k_new, const float* v_new, int n, int num_kv_heads,
+                           int head_dim, void* k_dst, void* v_dst, size_t dst_head_stride) {
+  if (!fault_.ok()) return;
+  Check(gpu::LaunchAppendKv(k_new, v_new, n, num_kv_heads, head_dim, static_cast<bf16*>(k_dst),
+                            static_cast<bf16*>(v_dst), dst_head_stride, impl_->stream),
+        "append kv");
+}
+
+// Attention of n query tokens over per-head key sets through the decode kernel: the queries
+// [n][Hq][d] are a batch of n * Hkv rows of G heads, row t * Hkv + h reading rows
+// [0, rows_per_head[h]) of KV head h (at k + h * head_stride).
+void CudaBackend::DecodeOverHeads(const float* q, int n, int num_q_heads, int num_kv_heads,
+                                  int head_dim, float scale, const void* k, const void* v,
+                                  size_t head_stride, std::span<const int32_t> rows_per_head,
+                                  float* out, float* lse) {
+  const int group = num_q_heads / num_kv_heads;
+  const int batch = n * num_kv_heads;
+  auto& desc = impl_->kv_desc;
+  desc.resize(batch);
+  int max_len = 0;
+  for (int t = 0; t < n; ++t) {
+    for (int h = 0; h < num_kv_heads; ++h) {
+      gpu::DecodeKv& e = desc[static_cast<size_t>(t) * num_kv_heads + h];
+      e.k = static_cast<const bf16*>(k) + h * head_stride;
+      e.v = static_cast<const bf16*>(v) + h * head_stride;
+      e.head_stride = static_cast<int64_t>(head_stride);
+      e.len = rows_per_head[h];
+      max_len = std::max(max_len, e.len);
+    }
+  }
+  auto [it, inserted] = impl_->concurrent_ctas.try_emplace({head_dim, group}, 0);
+  if (inserted) {
+    Check(gpu::DecodeAttentionConcurrentCtas(head_dim, group, &it->second), "occupancy");
+  }
+  const gpu::DecodeSplitPlan plan = gpu::PlanDecodeSplits(batch, 1, max_len, it->second);
+  auto* dev_desc = static_cast<gpu::DecodeKv*>(Scratch(kKvDesc, sizeof(gpu::DecodeKv) * batch));
+  void* ws = Scratch(kDecodeWs, gpu::DecodeAttentionWorkspaceBytes(batch, group, head_dim, plan));
+  if (dev_desc == nullptr || ws == nullptr) return;
+  CopyFromHost(dev_desc, desc.data(), sizeof(gpu::DecodeKv) * batch);
+  gpu::DecodeAttentionParams dp;
+  dp.batch = batch;
+  dp.num_q_heads = group;
+  dp.num_kv_heads = 1;
+  dp.head_dim = head_dim;
+  dp.scale = scale;
+  dp.q = q;
+  dp.kv = dev_desc;
+  dp.plan = plan;
+  Check(gpu::LaunchDecodeAttention(dp, ws, out, /*out_bf16=*/false, lse, impl_->stream),
+        "decode attention");
+}
+
+void CudaBackend::FixedAttention(const AttentionParams& p, float* out, float* lse) {
+  const AttentionShape& s = p.shape;
+  const KvSlice& kv = p.fixed.kv;
+  const int hkv = s.num_kv_heads, d = s.head_dim;
+  auto& counts = impl_->counts;
+  if (p.fixed.ranges.empty()) {  // dense: every row of every head
+    counts.assign(hkv, kv.num_rows);
+    DecodeOverHeads(p.q, s.num_queries, s.num_q_heads, hkv, d, s.scale, kv.k, kv.v,
+                    kv.head_stride, counts, out, lse);
+    return;
+  }
+  // A selector's ranges: gather the kept rows of each head into a compact copy.
+  auto& rows = impl_->rows;
+  auto& begin = impl_->head_begin;
+  rows.clear();
+  begin.assign(1, 0);
+  counts.resize(hkv);
+  int max_rows = 0;
+  for (int h = 0; h < hkv; ++h) {
+    for (const KeyRange& r : p.fixed.ranges[h]) {
+      for (int row = r.begin; row < r.end; ++row) rows.push_back(row);
+    }
+    begin.push_back(static_cast<int32_t>(rows.size()));
+    counts[h] = begin[h + 1] - begin[h];
+    max_rows = std::max(max_rows, counts[h]);
+  }
+  const size_t stride = static_cast<size_t>(std::max(max_rows, 1)) * d;
+  auto* dev_rows = static_cast<int32_t*>(Scratch(kGatherRows, sizeof(int32_t) * (rows.size() + 1)));
+  auto* dev_begin = static_cast<int32_t*>(Scratch(kGatherBegin, sizeof(int32_t) * begin.size()));
+  auto* gk = static_cast<bf16*>(Scratch(kGatheredK, stride * hkv * sizeof(bf16)));
+  auto* gv = static_cast<bf16*>(Scratch(kGatheredV, stride * hkv * sizeof(bf16)));
+  if (dev_rows == nullptr || dev_begin == nullptr || gk == nullptr || gv == nullptr) return;
+  CopyFromHost(dev_rows, rows.data(), sizeof(int32_t) * rows.size());
+  CopyFromHost(dev_begin, begin.data(), sizeof(int32_t) * begin.size());
+  Check(gpu::LaunchGatherKvRows(static_cast<const bf16*>(kv.k), static_cast<const bf16*>(kv.v),
+                                kv.head_stride, dev_rows, dev_begin, hkv, max_rows, d, gk, gv,
+                                stride, impl_->stream),
+        "gather kept rows");
+  DecodeOverHeads(p.q, s.num_queries, s.num_q_heads, hkv, d, s.scale, gk, gv, stride, counts,
+                  out, lse);
+}
+
+void CudaBackend::Attention(const AttentionParams& p) {
+  if (!fault_.ok()) return;
+  const AttentionShape& s = p.shape;
+  const int n = s.num_queries, hq = s.num_q_heads, hkv = s.num_kv_heads, d = s.head_dim;
+  const size_t rows = static_cast<size_t>(n) * hq;
+  if (p.fixed.kv.num_rows > 0 && p.fixed.kv.dtype != DType::kBF16) {
+    Check(cudaErrorInvalidValue, "attention: fixed-context KV is not bf16");
+    return;
+  }
+  const bool with_fixed = p.fixed.kv.num_rows > 0;
+  float* dyn_out = p.out;
+  float* dyn_lse = nullptr;
+  float* fixed_lse = nullptr;
+  if (with_fixed) {
+    fixed_lse = static_cast<float*>(Scratch(kFixedLse, rows * sizeof(float)));
+    dyn_out = static_cast<float*>(Scratch(kDynOut, rows * d * sizeof(float)));
+    dyn_lse = static_cast<float*>(Scratch(kDynLse, rows * sizeof(float)));
+    if (fixed_lse == nullptr || dyn_out == nullptr || dyn_lse == nullptr) return;
+    FixedAttention(p, p.out, fixed_lse);
+  }
+  // Dynamic part: rows [0, past + n) of the sequence's KV, causal.
+  const KvSlice& dkv = p.dynamic.kv;
+  const int past = p.dynamic.causal_offset;
+  if (n == 1) {
+    impl_->counts.assign(hkv, past + 1);
+    DecodeOverHeads(p.q, 1, hq, hkv, d, s.scale, dkv.k, dkv.v, dkv.head_stride, impl_->counts,
+                    dyn_out, dyn_lse);
+  } else {
+    auto* qb = static_cast<bf16*>(Scratch(kQBf16, rows * d * sizeof(bf16)));
+    if (qb == nullptr) return;
+    Check(gpu::LaunchF32ToBf16(p.q, qb, rows * d, impl_->stream), "prefill queries");
+    gpu::PrefillAttentionParams pp;
+    pp.num_tokens = n;
+    pp.num_q_heads = hq;
+    pp.num_kv_heads = hkv;
+    pp.head_dim = d;
+    pp.scale = s.scale;
+    pp.q = qb;
+    pp.kv.k = static_cast<const bf16*>(dkv.k);
+    pp.kv.v = static_cast<const bf16*>(dkv.v);
+    pp.kv.head_stride = static_cast<int64_t>(dkv.head_stride);
+    pp.kv.len = past + n;
+    pp.out = dyn_out;
+    pp.out_bf16 = false;
+    pp.lse = dyn_lse;
+    Check(gpu::LaunchPrefillAttention(pp, impl_->stream), "prefill attention");
+  }
+  if (with_fixed) {
+    Check(gpu::LaunchMergeAttention(p.out, fixed_lse, dyn_out, dyn_lse, static_cast<int>(rows), d,
+                                    impl_->stream),
+          "attention merge");
+  }
+}
+
+}  // namespace squeeze

@@ -1,0 +1,103 @@
+// The CUDA backend: the Llama forward on one NVIDIA GPU. Weights and KV are bf16 in device
+// memory, activations fp32; GEMMs run through cuBLAS (bf16 inputs, fp32 accumulation and
+// output), everything else through the kernels in kernels/ (model_ops, decode and prefill
+// attention, kv_gather). All work is enqueued on one stream owned by the backend; like every
+// backend it is driven by one thread (the engine thread).
+//
+// Attention (one sequence per call, see AttentionParams):
+//   dynamic part  n == 1: split-KV decode kernel; n > 1: causal prefill kernel (tensor cores);
+//   fixed part    dense: the decode kernel over the context, each (token, KV head) its own row of
+//                 the batch; with a selector's ranges: the kept rows are gathered into a compact
+//                 per-head copy first; merged with the dynamic part through the log-sum-exp.
+// Supported attention shapes: head_dim 64 or 128 and query heads per KV head 1, 2, 4 or 8
+// (Supports() says why not otherwise).
+//
+// Faults: the first CUDA error of an op is kept and returned by Synchronize() (and every later
+// call); the backend is then unusable and healthy() turns false, so the server reports
+// NOT_SERVING instead of crashing.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/backend/backend.h"
+#include "engine/model/config.h"
+
+namespace squeeze {
+
+// Whether a CUDA device is visible (and the driver works).
+bool CudaDeviceAvailable();
+
+class CudaBackend final : public Backend {
+ public:
+  // Takes device `device` (cudaSetDevice on the calling thread and on every op's thread).
+  static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(int device = 0);
+  ~CudaBackend() override;
+
+  // OK when this backend can run `config` (head dim and GQA group supported by the kernels).
+  static absl::Status Supports(const ModelConfig& config);
+  // "NVIDIA H200, 132 SMs, 139.8 GiB (137.1 free)".
+  std::string Describe() const;
+  // Free and total device memory, bytes.
+  absl::Status MemoryInfo(size_t* free_bytes, size_t* total_bytes) const;
+  bool healthy() const { return fault_.ok(); }
+
+  std::string_view name() const override { return "cuda"; }
+  absl::StatusOr<std::unique_ptr<Buffer>> Allocate(size_t bytes) override;
+  void CopyFromHost(void* dst, const void* host_src, size_t bytes) override;
+  void CopyToHost(void* host_dst, const void* src, size_t bytes) override;
+  void Copy2D(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t row_bytes,
+              size_t rows) override;
+  absl::Status Synchronize() override;
+  bool host_memory() const override { return false; }
+
+  bool borrows_host_weights() const override { return false; }
+  absl::StatusOr<Matrix> UploadMatrix(std::span<const float> host, int rows, int cols) override;
+  absl::StatusOr<const float*> UploadVector(std::span<const float> host) override;
+  absl::StatusOr<Matrix> RandomMatrix(int rows, int cols, uint64_t seed, float stddev) override;
+  absl::StatusOr<const float*> RandomVector(int n, uint64_t seed, float mean,
+                                            float stddev) override;
+
+  DType kv_dtype() const override { return DType::kBF16; }
+  absl::StatusOr<ContextKvView> ResidentContextKv(const ContextKV& ctx) override;
+
+  void MatMul(const float* x, const Matrix& w, float* y, int m, bool accumulate) override;
+  void Embed(const Matrix& table, const int32_t* ids, int n, float* out) override;
+  void GatherRows(const float* src, const int32_t* ids, int n, int dim, float* out) override;
+  void RmsNorm(const float* x, const float* weight, float* out, int rows, int dim,
+               float eps) override;
+  void Rope(float* x, const int32_t* positions, int n, int heads, int head_dim,
+            const float* inv_freq) override;
+  void SiluMul(const float* gate, const float* up, float* out, size_t count) override;
+  void AppendKv(const float* k_new, const float* v_new, int n, int num_kv_heads, int head_dim,
+                void* k_dst, void* v_dst, size_t dst_head_stride) override;
+  void Attention(const AttentionParams& params) override;
+
+ private:
+  struct Impl;
+  explicit CudaBackend(std::unique_ptr<Impl> impl);
+  // Records the first fault; later ops become no-ops.
+  void Check(int cuda_error, const char* what);
+  void CheckBlas(int blas_status, const char* what);
+  // Device memory owned by the backend for its lifetime (weights), RESOURCE_EXHAUSTED with the
+  // sizes when the device is full.
+  absl::StatusOr<void*> AllocatePermanent(size_t bytes, const char* what);
+  // Grows the named scratch area to at least `bytes` and returns it.
+  void* Scratch(int slot, size_t bytes);
+  void FixedAttention(const AttentionParams& p, float* out, float* lse);
+  void DecodeOverHeads(const float* q, int n, int num_q_heads, int num_kv_heads, int head_dim,
+                       float scale, const void* k, const void* v, size_t head_stride,
+                       std::span<const int32_t> rows_per_head, float* out, float* lse);
+
+  std::unique_ptr<Impl> impl_;
+  absl::Status fault_;
+};
+
+}  // namespace squeeze
