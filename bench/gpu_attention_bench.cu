@@ -35,6 +35,9 @@
 
 namespace {
 
+// Dense decode split planning: waves of CTAs (--waves; the library default otherwise).
+int g_waves = squeeze::gpu::kDefaultDecodeWaves;
+
 using squeeze::gpu::bf16;
 namespace gpu = squeeze::gpu;
 using squeeze::bench::Mix;
@@ -286,7 +289,7 @@ void RunConfig(int B, int S, const Args& args, const Timer& timer, std::vector<R
   dp.scale = 1.0f / std::sqrt(static_cast<float>(kD));
   dp.q = d_q;
   dp.kv = d_dense_kv;
-  dp.plan = gpu::PlanDecodeSplits(B, kHkv, cap, ctas);
+  dp.plan = gpu::PlanDecodeSplits(B, kHkv, cap, ctas, g_waves);
   void* dense_ws;
   CK(cudaMalloc(&dense_ws, gpu::DecodeAttentionWorkspaceBytes(B, kHq, kD, dp.plan)));
   cudaGraphExec_t dense_exec = Capture(stream, [&] {
@@ -428,6 +431,8 @@ int main(int argc, char** argv) {
       args.reps = std::max(3, std::atoi(argv[++i]));
     } else if (a == "--csv" && i + 1 < argc) {
       args.csv = argv[++i];
+    } else if (a == "--waves" && i + 1 < argc) {
+      g_waves = std::max(1, std::atoi(argv[++i]));
     } else if (a == "--fp32-centroids") {
       args.fp32_centroids = true;
     } else if (a == "--configs" && i + 1 < argc && ParseConfigs(argv[i + 1], &args.configs)) {
@@ -435,7 +440,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--quick] [--reps N] [--csv FILE] [--fp32-centroids] "
-                   "[--configs BxS,...]\n",
+                   "[--configs BxS,...] [--waves N]\n",
                    argv[0]);
       return 2;
     }

@@ -11,7 +11,6 @@ namespace {
 using detail::kThreads;
 
 constexpr int kMinKeysPerSplit = 256;
-constexpr int kWaves = 4;
 
 // Grid (max_splits, Hkv, B): CTA (s, h, b) attends heads [h*G, h*G + G) of sequence b to its
 // split s; splits past the sequence's length exit at once.
@@ -150,17 +149,18 @@ cudaError_t DecodeAttentionConcurrentCtas(int head_dim, int group_size, int* cta
   });
 }
 
-DecodeSplitPlan PlanDecodeSplits(int batch, int num_kv_heads, int max_len, int concurrent_ctas) {
+DecodeSplitPlan PlanDecodeSplits(int batch, int num_kv_heads, int max_len, int concurrent_ctas,
+                                 int waves) {
   DecodeSplitPlan plan;
   if (max_len <= 0) {
     plan.keys_per_split = detail::kTileKeys;
     plan.max_splits = 1;
     return plan;
   }
-  // At most kWaves full waves of CTAs: splits rounded down, and rounding keys_per_split up
+  // At most `waves` full waves of CTAs: splits rounded down, and rounding keys_per_split up
   // only lowers the count, so the last wave is (nearly) full instead of a small tail.
   const int64_t heads = std::max<int64_t>(1, int64_t{batch} * num_kv_heads);
-  const int64_t target = kWaves * std::max<int64_t>(concurrent_ctas, 1);
+  const int64_t target = std::max(waves, 1) * std::max<int64_t>(concurrent_ctas, 1);
   const int64_t splits = std::max<int64_t>(1, target / heads);
   int64_t kps = (max_len + splits - 1) / splits;
   kps = (kps + detail::kTileKeys - 1) / detail::kTileKeys * detail::kTileKeys;

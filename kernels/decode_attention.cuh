@@ -18,10 +18,12 @@ namespace squeeze::gpu {
 // head_dim and group size on the current device: the planners size grids from it.
 cudaError_t DecodeAttentionConcurrentCtas(int head_dim, int group_size, int* ctas);
 
-// Splits so that batch * num_kv_heads * splits is at most (and about) four waves of
+// Splits so that batch * num_kv_heads * splits is at most (and about) `waves` waves of
 // `concurrent_ctas` for sequences of max_len rows, with at least 256 keys per split.
 // max_len <= 0 gives one split.
-DecodeSplitPlan PlanDecodeSplits(int batch, int num_kv_heads, int max_len, int concurrent_ctas);
+constexpr int kDefaultDecodeWaves = 1;  // measured best at batch 1, equal at batch 8 (RESULTS.md)
+DecodeSplitPlan PlanDecodeSplits(int batch, int num_kv_heads, int max_len, int concurrent_ctas,
+                                 int waves = kDefaultDecodeWaves);
 
 // Partials of the dense kernel: slot (b * Hkv + h) * max_splits + s; out [slot][G][d],
 // lse2 [slot][G].

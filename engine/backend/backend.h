@@ -184,6 +184,13 @@ class Backend {
   // (i, i + d/2): angle = float(positions[t]) * inv_freq[i] in fp32, inv_freq[d/2].
   virtual void Rope(float* x, const int32_t* positions, int n, int heads, int head_dim,
                     const float* inv_freq) = 0;
+  // Rope of q [n, q_heads, d] and k [n, k_heads, d] at the same positions (one launch on a
+  // device backend).
+  virtual void RopeQK(float* q, int q_heads, float* k, int k_heads, const int32_t* positions,
+                      int n, int head_dim, const float* inv_freq) {
+    Rope(q, positions, n, q_heads, head_dim, inv_freq);
+    Rope(k, positions, n, k_heads, head_dim, inv_freq);
+  }
   // out[i] = silu(gate[i]) * up[i] for i < count; out may alias gate or up.
   virtual void SiluMul(const float* gate, const float* up, float* out, size_t count) = 0;
   // Writes n new tokens' K/V rows, k_new/v_new [n, Hkv, d] fp32, into a per-head layout of

@@ -431,8 +431,7 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
     be.MatMul(a.h, lw.wq, a.q, T, /*accumulate=*/false);
     be.MatMul(a.h, lw.wk, a.k, T, /*accumulate=*/false);
     be.MatMul(a.h, lw.wv, a.v, T, /*accumulate=*/false);
-    be.Rope(a.q, a.positions, T, Hq, d, inv_freq);
-    be.Rope(a.k, a.positions, T, Hkv, d, inv_freq);
+    be.RopeQK(a.q, Hq, a.k, Hkv, a.positions, T, d, inv_freq);
 
     // Attention per sequence: its new K/V join its dynamic KV, then its queries attend to the
     // fixed context and, causally, to the dynamic KV.

@@ -14,6 +14,7 @@
 #include "engine/common/status_macros.h"
 #include "engine/kv/kv_cache.h"
 #include "kernels/decode_attention.cuh"
+#include "kernels/gemv.cuh"
 #include "kernels/kv_gather.cuh"
 #include "kernels/model_ops.cuh"
 #include "kernels/prefill_attention.cuh"
@@ -439,6 +440,14 @@ absl::StatusOr<ContextKvView> CudaBackend::ResidentContextKv(const ContextKV& ct
 void CudaBackend::MatMul(const float* x, const Matrix& w, float* y, int m, bool accumulate) {
   if (!fault_.ok() || m <= 0 || w.rows <= 0) return;
   const int n = w.rows, k = w.cols;
+  // Decode-sized products stream the weights with the GEMV kernel (x converted on the fly).
+  if (gpu::GemvSupported(m, n, k) && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(w.data) % 16 == 0) {
+    Check(gpu::LaunchGemvBf16(x, static_cast<const bf16*>(w.data), y, m, n, k, accumulate,
+                              impl_->stream),
+          "gemv");
+    return;
+  }
   bf16* xb = static_cast<bf16*>(Scratch(kXBf16, static_cast<size_t>(m) * k * sizeof(bf16)));
   if (xb == nullptr) return;
   Check(gpu::LaunchF32ToBf16(x, xb, static_cast<size_t>(m) * k, impl_->stream), "matmul input");
@@ -473,6 +482,14 @@ void CudaBackend::Rope(float* x, const int32_t* positions, int n, int heads, int
                        const float* inv_freq) {
   if (!fault_.ok()) return;
   Check(gpu::LaunchRope(x, positions, n, heads, head_dim, inv_freq, impl_->stream), "rope");
+}
+
+void CudaBackend::RopeQK(float* q, int q_heads, float* k, int k_heads, const int32_t* positions,
+                         int n, int head_dim, const float* inv_freq) {
+  if (!fault_.ok()) return;
+  Check(gpu::LaunchRopeQK(q, q_heads, k, k_heads, positions, n, head_dim, inv_freq,
+                          impl_->stream),
+        "rope");
 }
 
 void CudaBackend::SiluMul(const float* gate, const float* up, float* out, size_t count) {

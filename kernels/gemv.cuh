@@ -1,0 +1,33 @@
+// Skinny matrix products for decode: y[m, n] = x[m, k] . w[n, k]^T (+ y) with m <= 4 rows of
+// fp32 activations and a bf16 weight matrix in the Hugging Face [out, in] layout. Decode at
+// small batch is a stream over the weights; this kernel reads every weight byte once with
+// 16-byte non-caching loads (several in flight per lane), keeps x rounded to bf16 (as the GEMM
+// path rounds its input) in shared memory and accumulates in fp32, so it runs close to the
+// memory bandwidth without a separate conversion kernel. Plain C++ (includable from .cc
+// files); the kernel lives in gemv.cu.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+#include "kernels/attention_types.cuh"
+
+namespace squeeze::gpu {
+
+// Largest m LaunchGemvBf16 takes.
+constexpr int kGemvMaxRows = 4;
+
+// Whether LaunchGemvBf16 supports this shape: 1 <= m <= kGemvMaxRows, n >= 1, k a multiple
+// of 8, and x fitting shared memory as bf16 (m * k * 2 bytes <= 96 KiB).
+bool GemvSupported(int m, int n, int k);
+
+// y[i, j] = sum_t bf16(x[i, t]) * w[j, t] (fp32 accumulation), or y[i, j] += ... when
+// `accumulate`. x: [m, k] fp32 and w: [n, k] bf16, both 16-byte aligned; y: [m, n] fp32, must
+// not overlap x. cudaErrorInvalidValue when !GemvSupported(m, n, k), a pointer is null or
+// misaligned. Never allocates or synchronises. Not thread-safe on first use per m (it sets the
+// kernel's shared-memory limit); the engine calls it from one thread.
+cudaError_t LaunchGemvBf16(const float* x, const bf16* w, float* y, int m, int n, int k,
+                           bool accumulate, cudaStream_t stream);
+
+}  // namespace squeeze::gpu
