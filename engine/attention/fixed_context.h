@@ -4,10 +4,21 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
+#include <span>
 #include <vector>
 
 namespace squeeze {
 
+struct SqueezeIndex;
+
+// What a backend needs to select a single-token step's fixed-context keys itself, on the device
+// (the CUDA centroid lookup): the context's index and the fine threshold tau. Keeps every
+// cluster whose score reaches tau, plus the sinks and the window, as Select would.
+struct DeviceSelection {
+  const SqueezeIndex* index = nullptr;
+  float threshold = 0.0f;
+};
 // A half-open range [begin, end) of storage rows in a ContextKV (layer, kv_head) slice.
 struct KeyRange {
   int32_t begin = 0;
@@ -28,6 +39,13 @@ class FixedContextAttention {
   // q: [n, Hq, d] post-RoPE queries of the `n` new tokens at `layer`. Fills `out->ranges`
   // (one entry per KV head).
   virtual void Select(int layer, const float* q, int n, LayerSelection* out) = 0;
+
+  // Selectors a backend can run on the device return their index and threshold; the forward
+  // then skips Select for single-token steps on such a backend and reports, once the step is
+  // done, the rows the backend kept per KV head (sinks and window included). Default: host
+  // selection only.
+  virtual std::optional<DeviceSelection> device_selection() const { return std::nullopt; }
+  virtual void RecordDeviceSelection(int /*layer*/, std::span<const int32_t> /*kept_rows*/) {}
 };
 
 // Keeps every row of the fixed context (exact dense attention).

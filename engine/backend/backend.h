@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -41,6 +42,13 @@ struct Matrix {
   DType dtype = DType::kF32;
   int rows = 0;
   int cols = 0;
+};
+
+// A backend's copy of some host data (a context's KV, its index), kept with that data and
+// released with it. Never part of the data's value: copies share it, comparisons ignore it.
+struct BackendCache {
+  mutable std::shared_ptr<void> value;
+  bool operator==(const BackendCache&) const { return true; }
 };
 
 // A block of backend memory, released when the Buffer is destroyed.
@@ -96,6 +104,12 @@ struct AttentionKeys {
   // r <= causal_offset + t (the dynamic KV: query t sits at dynamic index causal_offset + t).
   // When < 0 there is no limit (fixed context: every fixed key precedes every new token).
   int causal_offset = -1;
+  // Fixed part only, on backends with selects_on_device() and single-token calls: select the
+  // keys on the device with this index and threshold instead of `ranges`, and write the rows
+  // kept per KV head to kept_rows (host memory, [Hkv]) by the time Synchronize() returns.
+  std::optional<DeviceSelection> device_selection;
+  int layer = -1;  // the layer of this call (indexes device_selection's index)
+  int32_t* kept_rows = nullptr;
 };
 
 // Shapes shared by the attention entry points. GQA: query head qh reads KV head qh / G with
@@ -162,6 +176,8 @@ class Backend {
   // ---- KV ----------------------------------------------------------------------------------
   // Element type of KV in backend memory (SequenceKV storage, ContextKvView).
   virtual DType kv_dtype() const = 0;
+  // Whether Attention honours AttentionKeys::device_selection (single-token steps).
+  virtual bool selects_on_device() const { return false; }
   // Backend memory holding `ctx`'s K/V in kv_dtype(). The CPU backend returns ctx.k/ctx.v; a
   // device backend uploads once and keeps the copy with `ctx` (released with it).
   virtual absl::StatusOr<ContextKvView> ResidentContextKv(const ContextKV& ctx) = 0;

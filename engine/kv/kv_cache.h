@@ -92,7 +92,7 @@ struct ContextKV {
   std::vector<int32_t> token_of;      // [L][Hkv][S]: token position of each storage row
   // A backend's resident copy of k/v (Backend::ResidentContextKv), released with this object.
   // Whoever changes k or v must reset it.
-  mutable std::shared_ptr<void> resident;
+  BackendCache resident;
 
   size_t Offset(int layer, int kv_head, int row) const {
     return ((static_cast<size_t>(layer) * shape.num_kv_heads + kv_head) * num_tokens + row) *

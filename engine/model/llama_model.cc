@@ -414,6 +414,7 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
   const float* inv_freq = w_.inv_freq;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   LayerSelection selection;
+  device_kept_.assign(steps.size() * L * Hkv, -1);  // -1: no device selection there
   // Each step's fixed context in backend memory (uploaded once per context by device backends).
   std::vector<ContextKvView> context_views(steps.size());
   for (size_t i = 0; i < steps.size(); ++i) {
@@ -452,7 +453,21 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
       p.shape = {n, Hq, Hkv, d, scale};
       p.q = a.q + row * q_dim;
       p.out = a.att + row * q_dim;
-      if (s.context != nullptr && s.context->num_tokens > 0) {
+      std::optional<DeviceSelection> device_select;
+      if (s.fixed != nullptr && n == 1 && be.selects_on_device()) {
+        device_select = s.fixed->device_selection();
+      }
+      if (device_select && s.context != nullptr && s.context->num_tokens > 0) {
+        // The backend selects on the device; its kept rows reach the selector after the step.
+        const ContextKV& ctx = *s.context;
+        const size_t offset = ctx.Offset(l, 0, 0) * DTypeBytes(be.kv_dtype());
+        p.fixed.kv = {static_cast<const char*>(context_views[i].k) + offset,
+                      static_cast<const char*>(context_views[i].v) + offset,
+                      static_cast<size_t>(ctx.num_tokens) * d, ctx.num_tokens, be.kv_dtype()};
+        p.fixed.device_selection = device_select;
+        p.fixed.layer = l;
+        p.fixed.kept_rows = &device_kept_[(i * L + l) * Hkv];
+      } else if (s.context != nullptr && s.context->num_tokens > 0) {
         // A key selector runs on the host: device backends copy the step's queries back.
         const float* q_host = p.q;
         if (s.fixed != nullptr && !be.host_memory()) {
@@ -486,6 +501,14 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
     be.MatMul(a.last, w_.lm_head, a.logits, num_logits, /*accumulate=*/false);
   }
   RETURN_IF_ERROR(be.Synchronize());
+  // Device-side selections of this step, now written: into each selector's statistics.
+  for (size_t i = 0; i < steps.size(); ++i) {
+    if (steps[i].fixed == nullptr) continue;
+    for (int l = 0; l < L; ++l) {
+      const std::span<const int32_t> kept(&device_kept_[(i * L + l) * Hkv], Hkv);
+      if (kept[0] >= 0) steps[i].fixed->RecordDeviceSelection(l, kept);
+    }
+  }
 
   for (size_t i = 0, li = 0; i < steps.size(); ++i) {
     steps[i].kv->Commit(static_cast<int>(steps[i].tokens.size()));

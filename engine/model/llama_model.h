@@ -94,6 +94,7 @@ class LlamaModel {
   Resident w_;
   size_t weight_bytes_ = 0;
   std::vector<float> q_host_;  // queries copied to the host for a host-side key selector
+  std::vector<int32_t> device_kept_;  // [step][layer][kv head] rows kept by device selection
 };
 
 }  // namespace squeeze

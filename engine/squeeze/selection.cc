@@ -94,6 +94,29 @@ void SqueezedFixedContextAttention::Select(int layer, const float* q, int n, Lay
   }
 }
 
+std::optional<DeviceSelection> SqueezedFixedContextAttention::device_selection() const {
+  if (options_.mass || options_.hierarchical) return std::nullopt;
+  const float tau = options_.keep_all ? -std::numeric_limits<float>::infinity() : fine_tau_;
+  return DeviceSelection{&index_, tau};
+}
+
+void SqueezedFixedContextAttention::RecordDeviceSelection(int layer,
+                                                          std::span<const int32_t> kept_rows) {
+  const int Hkv = index_.num_kv_heads;
+  if (layer < 0 || layer >= index_.num_layers || static_cast<int>(kept_rows.size()) != Hkv) {
+    return;
+  }
+  ++steps_per_layer_[layer];
+  const std::optional<DeviceSelection> sel = device_selection();
+  for (int h = 0; h < Hkv; ++h) {
+    const int C = index_.head(layer, h).num_clusters();
+    const size_t slot = static_cast<size_t>(layer) * Hkv + h;
+    kept_rows_[slot] += kept_rows[h];
+    // Every fine centroid is scored unless nothing needs scoring (as SelectHead counts).
+    scored_[slot] += (C == 0 || sel->threshold == -std::numeric_limits<float>::infinity()) ? 0 : C;
+  }
+}
+
 int64_t SqueezedFixedContextAttention::SelectHead(int layer, int kv_head, const float* q, int n,
                                                   std::vector<KeyRange>* ranges) {
   const SqueezeHeadIndex& head = index_.head(layer, kv_head);

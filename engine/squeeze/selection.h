@@ -60,6 +60,12 @@ class SqueezedFixedContextAttention final : public FixedContextAttention {
   // not counted in the statistics.
   void Select(int layer, const float* q, int n, LayerSelection* out) override;
 
+  // Flat threshold selection runs on the device too (not mass-based or hierarchical selection,
+  // which stay on the host). keep_all gives tau = -inf (every cluster).
+  std::optional<DeviceSelection> device_selection() const override;
+  // Counts a device-side selection of `layer` in the statistics, as Select counts its own.
+  void RecordDeviceSelection(int layer, std::span<const int32_t> kept_rows) override;
+
   // Thresholds in use (+inf: nothing kept; -inf: everything kept; coarse: hierarchical only).
   float fine_threshold() const { return fine_tau_; }
   float coarse_threshold() const { return coarse_tau_; }

@@ -315,6 +315,7 @@ absl::StatusOr<SqueezeIndex> BuildSqueezeIndex(ContextKV* kv, const QueryCapture
       ApplyPlan(perms[static_cast<size_t>(l) * Hkv + h], l, h, options.sinks, kv);
     }
   }
+  kv->resident.value.reset();  // a backend copy of the old row order is stale
   timings->clustering_seconds += seconds_since(t0);
   return index;
 }

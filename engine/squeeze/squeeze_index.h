@@ -62,6 +62,8 @@ struct SqueezeIndex {
   // Calibrated per-key scores over all layers, heads and clustered keys (empty when M == 0).
   ScoreDistribution fine_scores;
   ScoreDistribution coarse_scores;  // hierarchical only
+  // A device backend's copy of the centroids and cluster tables (released with the index).
+  BackendCache resident;
 
   bool hierarchical() const { return options.hierarchical; }
   bool has_coarse() const { return options.hierarchical; }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <tuple>
 #include <mutex>
 #include <utility>
 
@@ -18,6 +19,8 @@
 #include "kernels/kv_gather.cuh"
 #include "kernels/model_ops.cuh"
 #include "kernels/prefill_attention.cuh"
+#include "kernels/squeezed_decode.cuh"
+#include "engine/squeeze/squeeze_index.h"
 
 namespace squeeze {
 namespace {
@@ -44,6 +47,7 @@ enum ScratchSlot : int {
   kGatheredK,      // compact kept K
   kGatheredV,      // compact kept V
   kStaging,        // fp32 staging of uploads
+  kSqueezeHeads,   // SqueezeHeadDesc array + dynamic DecodeKv + tau of a squeezed decode call
   kNumSlots
 };
 
@@ -130,6 +134,15 @@ class PooledDeviceBlocks {
 
 DeviceBuffer::~DeviceBuffer() { pool_->Give(data(), capacity_); }
 
+// A context's Squeezed Attention tables on the device, kept in SqueezeIndex::resident: fine
+// centroids (bf16), sizes and storage-row offsets of every (layer, KV head), concatenated.
+struct DeviceSqueezeIndex {
+  const void* owner = nullptr;
+  std::unique_ptr<Buffer> centroids, sizes, offsets;
+  std::vector<size_t> centroid_at, table_at;  // [L * Hkv]: first centroid, first size entry
+  int max_clusters = 0;
+};
+
 // A registered context's K/V on the device, kept in ContextKV::resident.
 struct DeviceContextKv {
   const void* owner = nullptr;  // the backend that made it
@@ -155,6 +168,16 @@ struct CudaBackend::Impl {
   // Host staging of per-call descriptors and selections.
   std::vector<gpu::DecodeKv> kv_desc;
   std::vector<int32_t> rows, head_begin, counts;
+  std::vector<gpu::SqueezeHeadDesc> head_desc;
+  // Device-to-host copies into the pinned arena, finished by the next stream sync: (pinned
+  // source, host destination, bytes).
+  std::vector<std::tuple<const char*, void*, size_t>> pending_to_host;
+  // Squeezed decode plans and their workspaces, by shape.
+  struct SqueezedPlan {
+    gpu::SqueezedDecodePlan plan;
+    std::unique_ptr<Buffer> workspace;
+  };
+  std::map<std::tuple<int, int, int, int, int, int>, SqueezedPlan> squeezed_plans;
 
   ~Impl() {
     if (stream != nullptr) cudaStreamSynchronize(stream);
@@ -315,7 +338,7 @@ void CudaBackend::CopyFromHost(void* dst, const void* host_src, size_t bytes) {
   }
   if (im.pinned_used + bytes > im.pinned_size) {
     Check(cudaStreamSynchronize(im.stream), "copy to device");  // earlier copies are done
-    im.pinned_used = 0;
+    FinishPendingCopies();
   }
   char* staged = im.pinned + im.pinned_used;
   std::memcpy(staged, host_src, bytes);
@@ -330,7 +353,7 @@ void CudaBackend::CopyToHost(void* host_dst, const void* src, size_t bytes) {
     Check(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, impl_->stream),
           "copy to host");
     Check(cudaStreamSynchronize(impl_->stream), "copy to host");
-    impl_->pinned_used = 0;  // the stream is idle
+    FinishPendingCopies();  // the stream is idle
   }
   if (!fault_.ok()) std::memset(host_dst, 0, bytes);  // never hand out stale memory
 }
@@ -343,9 +366,21 @@ void CudaBackend::Copy2D(void* dst, size_t dst_pitch, const void* src, size_t sr
         "device copy");
 }
 
+void CudaBackend::FinishPendingCopies() {
+  for (const auto& [src, dst, bytes] : impl_->pending_to_host) {
+    if (fault_.ok()) {
+      std::memcpy(dst, src, bytes);
+    } else {
+      std::memset(dst, 0, bytes);
+    }
+  }
+  impl_->pending_to_host.clear();
+  impl_->pinned_used = 0;
+}
+
 absl::Status CudaBackend::Synchronize() {
   if (fault_.ok()) Check(cudaStreamSynchronize(impl_->stream), "synchronize");
-  impl_->pinned_used = 0;
+  FinishPendingCopies();
   if (fault_.ok()) Check(cudaGetLastError(), "asynchronous fault");
   return fault_;
 }
@@ -410,8 +445,8 @@ absl::StatusOr<const float*> CudaBackend::RandomVector(int n, uint64_t seed, flo
 
 absl::StatusOr<ContextKvView> CudaBackend::ResidentContextKv(const ContextKV& ctx) {
   if (!fault_.ok()) return fault_;
-  if (ctx.resident != nullptr) {
-    const auto* copy = static_cast<const DeviceContextKv*>(ctx.resident.get());
+  if (ctx.resident.value != nullptr) {
+    const auto* copy = static_cast<const DeviceContextKv*>(ctx.resident.value.get());
     if (copy->owner == this) return ContextKvView{copy->k->data(), copy->v->data()};
   }
   auto copy = std::make_shared<DeviceContextKv>();
@@ -431,7 +466,7 @@ absl::StatusOr<ContextKvView> CudaBackend::ResidentContextKv(const ContextKV& ct
     }
   }
   RETURN_IF_ERROR(Synchronize());
-  ctx.resident = copy;
+  ctx.resident.value = copy;
   return ContextKvView{copy->k->data(), copy->v->data()};
 }
 
@@ -591,6 +626,161 @@ void CudaBackend::FixedAttention(const AttentionParams& p, float* out, float* ls
                   out, lse);
 }
 
+absl::StatusOr<const void*> CudaBackend::ResidentSqueezeIndex(const SqueezeIndex& index) {
+  if (index.resident.value != nullptr) {
+    const auto* copy = static_cast<const DeviceSqueezeIndex*>(index.resident.value.get());
+    if (copy->owner == this) return copy;
+  }
+  auto copy = std::make_shared<DeviceSqueezeIndex>();
+  copy->owner = this;
+  const int d = index.head_dim;
+  std::vector<uint16_t> centroids;
+  std::vector<int32_t> sizes, offsets;
+  for (const SqueezeHeadIndex& h : index.heads) {
+    copy->centroid_at.push_back(centroids.size() / d);
+    copy->table_at.push_back(sizes.size());
+    copy->max_clusters = std::max(copy->max_clusters, h.num_clusters());
+    for (float c : h.centroids) {  // round to nearest even, as __float2bfloat16_rn
+      uint32_t bits;
+      std::memcpy(&bits, &c, 4);
+      bits += 0x7FFFu + ((bits >> 16) & 1u);
+      centroids.push_back(static_cast<uint16_t>(bits >> 16));
+    }
+    sizes.insert(sizes.end(), h.sizes.begin(), h.sizes.end());
+    // offsets has C + 1 entries: stored at the same position as sizes plus one slot per head.
+    offsets.insert(offsets.end(), h.offsets.begin(), h.offsets.end());
+  }
+  // offsets of head i start at table_at[i] + i (each head has one more offset than sizes).
+  ASSIGN_OR_RETURN(copy->centroids, Allocate(std::max<size_t>(centroids.size(), 1) * 2));
+  ASSIGN_OR_RETURN(copy->sizes, Allocate(std::max<size_t>(sizes.size(), 1) * 4));
+  ASSIGN_OR_RETURN(copy->offsets, Allocate(std::max<size_t>(offsets.size(), 1) * 4));
+  Check(cudaMemcpy(copy->centroids->data(), centroids.data(), centroids.size() * 2,
+                   cudaMemcpyHostToDevice), "index upload");
+  Check(cudaMemcpy(copy->sizes->data(), sizes.data(), sizes.size() * 4, cudaMemcpyHostToDevice),
+        "index upload");
+  Check(cudaMemcpy(copy->offsets->data(), offsets.data(), offsets.size() * 4,
+                   cudaMemcpyHostToDevice), "index upload");
+  if (!fault_.ok()) return fault_;
+  index.resident.value = copy;
+  return copy.get();
+}
+
+// One sequence's decode step with Squeezed Attention selected on the device: centroid lookup,
+// threshold, sparse attention over the kept ranges and dense attention over the dynamic KV,
+// merged (kernels/squeezed_decode.cuh); the kept rows per head go back to the host.
+void CudaBackend::SqueezedAttention(const AttentionParams& p) {
+  const AttentionShape& s = p.shape;
+  const SqueezeIndex& index = *p.fixed.device_selection->index;
+  const int hkv = s.num_kv_heads, d = s.head_dim, S = p.fixed.kv.num_rows;
+  auto resident = ResidentSqueezeIndex(index);
+  if (!resident.ok()) {
+    if (fault_.ok()) fault_ = resident.status();
+    return;
+  }
+  const auto* dev = static_cast<const DeviceSqueezeIndex*>(*resident);
+  const int layer = p.fixed.layer;
+  if (layer < 0 || layer >= index.num_layers || index.num_kv_heads != hkv ||
+      index.num_tokens != S) {
+    Check(cudaErrorInvalidValue, "squeezed decode: the index does not match the context");
+    return;
+  }
+
+  // Plan and workspace for this shape (dynamic length bucketed so decode reuses them).
+  const int dyn_len = p.dynamic.causal_offset + 1;
+  int dyn_bound = 256;
+  while (dyn_bound < dyn_len) dyn_bound *= 2;
+  const auto key = std::make_tuple(s.num_q_heads, hkv, d, dyn_bound, dev->max_clusters, S);
+  auto it = impl_->squeezed_plans.find(key);
+  if (it == impl_->squeezed_plans.end()) {
+    Impl::SqueezedPlan entry;
+    gpu::SqueezedDecodeShape shape;
+    shape.batch = 1;
+    shape.num_q_heads = s.num_q_heads;
+    shape.num_kv_heads = hkv;
+    shape.head_dim = d;
+    shape.max_dynamic_len = dyn_bound;
+    shape.max_clusters = std::max(dev->max_clusters, 1);
+    shape.max_fixed_rows = S;
+    shape.max_context_rows = S;
+    Check(gpu::PlanSqueezedDecode(shape, &entry.plan), "squeezed plan");
+    if (!fault_.ok()) return;
+    auto ws = Allocate(entry.plan.workspace_bytes);
+    if (!ws.ok()) {
+      if (fault_.ok()) fault_ = ws.status();
+      return;
+    }
+    entry.workspace = *std::move(ws);
+    Check(gpu::InitSqueezedDecodeWorkspace(entry.plan, entry.workspace->data(), impl_->stream),
+          "squeezed workspace");
+    it = impl_->squeezed_plans.emplace(key, std::move(entry)).first;
+  }
+  const gpu::SqueezedDecodePlan& plan = it->second.plan;
+  void* ws = it->second.workspace->data();
+
+  // Per-call descriptors: the context's heads at this layer, the dynamic KV, tau.
+  auto& heads = impl_->head_desc;
+  heads.resize(hkv);
+  const auto* centroids = static_cast<const bf16*>(dev->centroids->data());
+  const auto* sizes = static_cast<const int32_t*>(dev->sizes->data());
+  const auto* offsets = static_cast<const int32_t*>(dev->offsets->data());
+  for (int h = 0; h < hkv; ++h) {
+    const size_t slot = static_cast<size_t>(layer) * hkv + h;
+    const SqueezeHeadIndex& hi = index.heads[slot];
+    gpu::SqueezeHeadDesc& e = heads[h];
+    e.k = static_cast<const bf16*>(p.fixed.kv.k) + h * p.fixed.kv.head_stride;
+    e.v = static_cast<const bf16*>(p.fixed.kv.v) + h * p.fixed.kv.head_stride;
+    e.centroids = centroids + dev->centroid_at[slot] * d;
+    e.sizes = sizes + dev->table_at[slot];
+    e.offsets = offsets + dev->table_at[slot] + slot;
+    e.num_clusters = hi.num_clusters();
+    e.num_rows = S;
+    e.sinks = index.sinks;
+    e.window = index.window;
+  }
+  gpu::DecodeKv dyn;
+  dyn.k = static_cast<const bf16*>(p.dynamic.kv.k);
+  dyn.v = static_cast<const bf16*>(p.dynamic.kv.v);
+  dyn.head_stride = static_cast<int64_t>(p.dynamic.kv.head_stride);
+  dyn.len = dyn_len;
+  const float tau = p.fixed.device_selection->threshold;
+  auto* dev_heads = static_cast<gpu::SqueezeHeadDesc*>(
+      Scratch(kSqueezeHeads, sizeof(gpu::SqueezeHeadDesc) * hkv + 256));
+  if (dev_heads == nullptr) return;
+  auto* dev_dyn = reinterpret_cast<gpu::DecodeKv*>(reinterpret_cast<char*>(dev_heads) +
+                                                   sizeof(gpu::SqueezeHeadDesc) * hkv);
+  auto* dev_tau = reinterpret_cast<float*>(reinterpret_cast<char*>(dev_dyn) + 64);
+  CopyFromHost(dev_heads, heads.data(), sizeof(gpu::SqueezeHeadDesc) * hkv);
+  CopyFromHost(dev_dyn, &dyn, sizeof(dyn));
+  CopyFromHost(dev_tau, &tau, sizeof(tau));
+
+  gpu::SqueezedDecodeParams sp;
+  sp.scale = s.scale;
+  sp.q = p.q;
+  sp.dynamic_kv = dev_dyn;
+  sp.heads = dev_heads;
+  sp.centroids_bf16 = true;
+  sp.tau = dev_tau;
+  sp.out = p.out;
+  sp.out_bf16 = false;
+  sp.lse = nullptr;
+  Check(gpu::LaunchSqueezedDecode(plan, sp, ws, impl_->stream), "squeezed decode");
+  if (p.fixed.kept_rows != nullptr && fault_.ok()) {
+    // kept_keys [Hkv] -> pinned arena now, -> the caller's buffer at the next sync.
+    Impl& im = *impl_;
+    const size_t bytes = sizeof(int32_t) * hkv;
+    if (im.pinned_used + bytes > im.pinned_size) {
+      Check(cudaStreamSynchronize(im.stream), "kept rows");
+      FinishPendingCopies();
+    }
+    char* staged = im.pinned + im.pinned_used;
+    im.pinned_used += (bytes + 255) / 256 * 256;
+    Check(cudaMemcpyAsync(staged, gpu::SelectionInWorkspace(plan, ws).kept_keys, bytes,
+                          cudaMemcpyDeviceToHost, im.stream),
+          "kept rows");
+    im.pending_to_host.emplace_back(staged, p.fixed.kept_rows, bytes);
+  }
+}
+
 void CudaBackend::Attention(const AttentionParams& p) {
   if (!fault_.ok()) return;
   const AttentionShape& s = p.shape;
@@ -598,6 +788,10 @@ void CudaBackend::Attention(const AttentionParams& p) {
   const size_t rows = static_cast<size_t>(n) * hq;
   if (p.fixed.kv.num_rows > 0 && p.fixed.kv.dtype != DType::kBF16) {
     Check(cudaErrorInvalidValue, "attention: fixed-context KV is not bf16");
+    return;
+  }
+  if (p.fixed.device_selection && p.fixed.kv.num_rows > 0 && n == 1) {
+    SqueezedAttention(p);
     return;
   }
   const bool with_fixed = p.fixed.kv.num_rows > 0;

@@ -9,6 +9,9 @@
 //   fixed part    dense: the decode kernel over the context, each (token, KV head) its own row of
 //                 the batch; with a selector's ranges: the kept rows are gathered into a compact
 //                 per-head copy first; merged with the dynamic part through the log-sum-exp.
+//   squeezed decode (AttentionKeys::device_selection, one token): centroid lookup, threshold,
+//                 sparse attention over the kept clusters and dense attention over the dynamic
+//                 KV in one sequence of launches (kernels/squeezed_decode.cuh), no host sync.
 // Supported attention shapes: head_dim 64 or 128 and query heads per KV head 1, 2, 4 or 8
 // (Supports() says why not otherwise).
 //
@@ -31,6 +34,8 @@
 #include "engine/model/config.h"
 
 namespace squeeze {
+
+struct SqueezeIndex;
 
 // Whether a CUDA device is visible (and the driver works).
 bool CudaDeviceAvailable();
@@ -66,6 +71,7 @@ class CudaBackend final : public Backend {
                                             float stddev) override;
 
   DType kv_dtype() const override { return DType::kBF16; }
+  bool selects_on_device() const override { return true; }
   absl::StatusOr<ContextKvView> ResidentContextKv(const ContextKV& ctx) override;
 
   void MatMul(const float* x, const Matrix& w, float* y, int m, bool accumulate) override;
@@ -94,6 +100,11 @@ class CudaBackend final : public Backend {
   // Grows the named scratch area to at least `bytes` and returns it.
   void* Scratch(int slot, size_t bytes);
   void FixedAttention(const AttentionParams& p, float* out, float* lse);
+  void SqueezedAttention(const AttentionParams& p);
+  absl::StatusOr<const void*> ResidentSqueezeIndex(const SqueezeIndex& index);
+  // Copies the pending device-to-host transfers out of the pinned arena (the stream is idle)
+  // and empties the arena.
+  void FinishPendingCopies();
   void DecodeOverHeads(const float* q, int n, int num_q_heads, int num_kv_heads, int head_dim,
                        float scale, const void* k, const void* v, size_t head_stride,
                        std::span<const int32_t> rows_per_head, float* out, float* lse);
