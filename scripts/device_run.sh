@@ -50,7 +50,8 @@ if has model; then
   done
   echo "== gpu-forward-bench (Llama-3-8B shape, random weights)"
   timeout 200 /tmp/bundle/gpu-forward-bench --model=bench/configs/llama3-8b \
-    --prefill_tokens=32768 --decode_steps=32 2>&1 | tee "$LOGS/forward_32k.log"
+    --prefill_tokens=32768 --decode_steps=32 --squeezed_budgets=0.2,0.1,0.05 2>&1 \
+    | tee "$LOGS/forward_32k.log"
   timeout 200 /tmp/bundle/gpu-forward-bench --model=bench/configs/llama3-8b \
     --prefill_tokens=131072 --decode_steps=8 2>&1 | tee "$LOGS/forward_128k.log"
 fi
