@@ -60,6 +60,24 @@ double Now() {
     }                                                                                   \
   } while (0)
 
+// Milliseconds per call of `fn` (default stream), over `reps` calls after `warmup` calls.
+template <class F>
+double MsPerCall(int warmup, int reps, F fn) {
+  for (int i = 0; i < warmup; ++i) fn();
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  cudaEventRecord(e0);
+  for (int i = 0; i < reps; ++i) fn();
+  cudaEventRecord(e1);
+  cudaEventSynchronize(e1);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, e0, e1);
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return ms / reps;
+}
+
 // Device-to-device copy bandwidth (bytes read + written per second) of a 2 GiB copy.
 double CopyBandwidth() {
   const size_t bytes = size_t{1} << 31;
@@ -67,19 +85,11 @@ double CopyBandwidth() {
   CHECK_CUDA(cudaMalloc(&a, bytes));
   CHECK_CUDA(cudaMalloc(&b, bytes));
   CHECK_CUDA(cudaMemset(a, 1, bytes));
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0);
-  cudaEventCreate(&e1);
-  CHECK_CUDA(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
-  cudaEventRecord(e0);
-  for (int i = 0; i < 10; ++i) cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
-  cudaEventRecord(e1);
-  cudaEventSynchronize(e1);
-  float ms = 0;
-  cudaEventElapsedTime(&ms, e0, e1);
+  const double ms =
+      MsPerCall(1, 10, [&] { cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice); });
   cudaFree(a);
   cudaFree(b);
-  return 2.0 * bytes * 10 / (ms * 1e-3);
+  return 2.0 * bytes / (ms * 1e-3);
 }
 
 // cuBLAS bf16 GEMM rate (fp32 accumulate) at 8192^3 on random data, FLOP/s.
@@ -105,21 +115,12 @@ double GemmRate() {
     cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, a, CUDA_R_16BF, n, b, CUDA_R_16BF,
                  n, &beta, c, CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   };
-  for (int i = 0; i < 3; ++i) run();
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0);
-  cudaEventCreate(&e1);
-  cudaEventRecord(e0);
-  for (int i = 0; i < 10; ++i) run();
-  cudaEventRecord(e1);
-  cudaEventSynchronize(e1);
-  float ms = 0;
-  cudaEventElapsedTime(&ms, e0, e1);
+  const double ms = MsPerCall(3, 10, run);
   cublasDestroy(h);
   cudaFree(a);
   cudaFree(b);
   cudaFree(c);
-  return 2.0 * n * n * static_cast<double>(n) * 10 / (ms * 1e-3);
+  return 2.0 * n * n * static_cast<double>(n) / (ms * 1e-3);
 }
 
 int Main() {

@@ -328,6 +328,17 @@ void* CudaBackend::Scratch(int slot, size_t bytes) {
   return p;
 }
 
+char* CudaBackend::StagePinned(size_t bytes) {
+  Impl& im = *impl_;
+  if (im.pinned_used + bytes > im.pinned_size) {
+    Check(cudaStreamSynchronize(im.stream), "pinned staging");  // earlier copies are done
+    FinishPendingCopies();
+  }
+  char* staged = im.pinned + im.pinned_used;
+  im.pinned_used += (bytes + 255) / 256 * 256;
+  return staged;
+}
+
 void CudaBackend::CopyFromHost(void* dst, const void* host_src, size_t bytes) {
   if (!fault_.ok() || bytes == 0) return;
   Impl& im = *impl_;
@@ -336,13 +347,8 @@ void CudaBackend::CopyFromHost(void* dst, const void* host_src, size_t bytes) {
           "copy to device");
     return;
   }
-  if (im.pinned_used + bytes > im.pinned_size) {
-    Check(cudaStreamSynchronize(im.stream), "copy to device");  // earlier copies are done
-    FinishPendingCopies();
-  }
-  char* staged = im.pinned + im.pinned_used;
+  char* staged = StagePinned(bytes);
   std::memcpy(staged, host_src, bytes);
-  im.pinned_used += (bytes + 255) / 256 * 256;
   Check(cudaMemcpyAsync(dst, staged, bytes, cudaMemcpyHostToDevice, im.stream),
         "copy to device");
 }
@@ -766,18 +772,12 @@ void CudaBackend::SqueezedAttention(const AttentionParams& p) {
   Check(gpu::LaunchSqueezedDecode(plan, sp, ws, impl_->stream), "squeezed decode");
   if (p.fixed.kept_rows != nullptr && fault_.ok()) {
     // kept_keys [Hkv] -> pinned arena now, -> the caller's buffer at the next sync.
-    Impl& im = *impl_;
     const size_t bytes = sizeof(int32_t) * hkv;
-    if (im.pinned_used + bytes > im.pinned_size) {
-      Check(cudaStreamSynchronize(im.stream), "kept rows");
-      FinishPendingCopies();
-    }
-    char* staged = im.pinned + im.pinned_used;
-    im.pinned_used += (bytes + 255) / 256 * 256;
+    char* staged = StagePinned(bytes);
     Check(cudaMemcpyAsync(staged, gpu::SelectionInWorkspace(plan, ws).kept_keys, bytes,
-                          cudaMemcpyDeviceToHost, im.stream),
+                          cudaMemcpyDeviceToHost, impl_->stream),
           "kept rows");
-    im.pending_to_host.emplace_back(staged, p.fixed.kept_rows, bytes);
+    impl_->pending_to_host.emplace_back(staged, p.fixed.kept_rows, bytes);
   }
 }
 

@@ -105,6 +105,8 @@ class CudaBackend final : public Backend {
   // Copies the pending device-to-host transfers out of the pinned arena (the stream is idle)
   // and empties the arena.
   void FinishPendingCopies();
+  // `bytes` of the pinned arena for one transfer (waits for the stream when it is full).
+  char* StagePinned(size_t bytes);
   void DecodeOverHeads(const float* q, int n, int num_q_heads, int num_kv_heads, int head_dim,
                        float scale, const void* k, const void* v, size_t head_stride,
                        std::span<const int32_t> rows_per_head, float* out, float* lse);
