@@ -42,7 +42,7 @@ fi
 
 if has model; then
   export SQUEEZE_SOURCE_DIR="$ROOT"
-  for t in model_ops_test gemv_test cuda_model_test; do
+  for t in model_ops_test gemv_test kmeans_gpu_test cuda_model_test; do
     echo "== $t"
     timeout 240 /tmp/bundle/$t > "$LOGS/$t.log" 2>&1
     echo "$t: exit $?"

@@ -28,6 +28,7 @@
 namespace squeeze {
 
 struct ContextKV;
+class KMeansSolver;
 
 // Storage element types of weights and KV.
 enum class DType : uint8_t { kF32 = 0, kBF16 = 1 };
@@ -149,6 +150,9 @@ class Backend {
   // CopyToHost waits for the ops enqueued before it.
   virtual void CopyFromHost(void* dst, const void* host_src, size_t bytes) = 0;
   virtual void CopyToHost(void* host_dst, const void* src, size_t bytes) = 0;
+  // A synchronous copy of backend memory that no queued op writes any more (e.g. a finished
+  // registration's KV), callable from any thread: it touches no state of the backend's queue.
+  virtual void CopyToHostUnordered(void* host_dst, const void* src, size_t bytes) = 0;
   // Backend-to-backend copy of `rows` rows of `row_bytes` bytes with the given pitches (bytes).
   virtual void Copy2D(void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
                       size_t row_bytes, size_t rows) = 0;
@@ -178,6 +182,9 @@ class Backend {
   virtual DType kv_dtype() const = 0;
   // Whether Attention honours AttentionKeys::device_selection (single-token steps).
   virtual bool selects_on_device() const { return false; }
+  // A k-means that runs on this backend's device, for the registration (indexer) thread, or
+  // nullptr (the CPU reference clusters). Owned by the backend.
+  virtual KMeansSolver* kmeans_solver() { return nullptr; }
   // Backend memory holding `ctx`'s K/V in kv_dtype(). The CPU backend returns ctx.k/ctx.v; a
   // device backend uploads once and keeps the copy with `ctx` (released with it).
   virtual absl::StatusOr<ContextKvView> ResidentContextKv(const ContextKV& ctx) = 0;

@@ -62,7 +62,7 @@ void ReadRows(const SequenceKV& seq, const void* src, size_t elements, float* ds
     if (host) {
       std::memcpy(dst, src, elements * sizeof(float));
     } else {
-      be->CopyToHost(dst, src, elements * sizeof(float));
+      be->CopyToHostUnordered(dst, src, elements * sizeof(float));
     }
     return;
   }
@@ -70,7 +70,7 @@ void ReadRows(const SequenceKV& seq, const void* src, size_t elements, float* ds
   if (host) {
     std::memcpy(staging->data(), src, elements * 2);
   } else {
-    be->CopyToHost(staging->data(), src, elements * 2);
+    be->CopyToHostUnordered(staging->data(), src, elements * 2);
   }
   for (size_t i = 0; i < elements; ++i) dst[i] = Bf16ToFloat((*staging)[i]);
 }

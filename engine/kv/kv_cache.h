@@ -103,7 +103,8 @@ struct ContextKV {
   size_t bytes() const { return (k.size() + v.size()) * sizeof(float) + token_of.size() * 4; }
 
   // Builds a ContextKV in token order from the first `n` tokens of a sequence's KV (copied to
-  // the host and widened to fp32 when it lives in backend memory).
+  // the host and widened to fp32 when it lives in backend memory; callable from any thread once
+  // no queued op writes that KV any more).
   static ContextKV FromSequence(const SequenceKV& seq, int n);
 };
 

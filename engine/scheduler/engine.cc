@@ -635,8 +635,10 @@ void Engine::BuildAndPublish(Registration& reg) {
                                  .progress = fraction, .tokens_done = S, .tokens_total = S});
     };
     BuildTimings build_timings;
+    // The backend's k-means (the GPU's) when it has one; it runs on this (indexer) thread.
     auto index = BuildSqueezeIndex(&context->kv, reg.capture, model_config().num_heads,
-                                   reg.request.index, progress, &build_timings);
+                                   reg.request.index, progress, &build_timings,
+                                   model_->backend().kmeans_solver());
     if (!index.ok()) return fail(index.status());
     reg.timings.clustering_seconds = build_timings.clustering_seconds;
     reg.timings.calibration_seconds = build_timings.calibration_seconds;

@@ -50,4 +50,15 @@ struct KMeansResult {
 KMeansResult SphericalKMeans(const float* points, int n, int d, int k, int max_iterations,
                              std::mt19937_64& rng);
 
+// Another implementation of the same clustering (the CUDA k-means,
+// engine/backend/cuda/cuda_kmeans.h): same preconditions and result fields; it may seed
+// differently and round differently, so its result is checked for quality (objective) against
+// SphericalKMeans rather than for identity.
+class KMeansSolver {
+ public:
+  virtual ~KMeansSolver() = default;
+  virtual KMeansResult Run(const float* points, int n, int d, int k, int max_iterations,
+                           std::mt19937_64& rng) = 0;
+};
+
 }  // namespace squeeze

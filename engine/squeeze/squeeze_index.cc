@@ -40,7 +40,7 @@ struct HeadPlan {
 
 // Clusters the M keys of one slice (keys: [M][d], token order) and plans the storage order.
 HeadPlan PlanHead(const float* keys, int M, int d, int sinks, int layer, int kv_head,
-                  const SqueezeOptions& options) {
+                  const SqueezeOptions& options, KMeansSolver* solver) {
   HeadPlan plan;
   SqueezeHeadIndex& head = plan.index;
   head.offsets.push_back(sinks);
@@ -48,8 +48,10 @@ HeadPlan PlanHead(const float* keys, int M, int d, int sinks, int layer, int kv_
   if (M == 0) return plan;
 
   std::mt19937_64 rng = StreamFor(options.seed, layer, kv_head, 0);
-  const KMeansResult fine = SphericalKMeans(
-      keys, M, d, NumClustersFor(options.centroid_fraction, M), options.max_iterations, rng);
+  const int k = NumClustersFor(options.centroid_fraction, M);
+  const KMeansResult fine = solver != nullptr
+                                ? solver->Run(keys, M, d, k, options.max_iterations, rng)
+                                : SphericalKMeans(keys, M, d, k, options.max_iterations, rng);
   const int C = fine.num_clusters;
 
   // order[i] = k-means index of the i-th stored fine cluster. Flat: k-means order. Hierarchical:
@@ -203,7 +205,7 @@ int64_t SqueezeIndex::num_coarse_centroids() const {
 absl::StatusOr<SqueezeIndex> BuildSqueezeIndex(ContextKV* kv, const QueryCapture& window,
                                                int num_q_heads, const SqueezeOptions& options,
                                                const SqueezeProgress& progress,
-                                               BuildTimings* timings) {
+                                               BuildTimings* timings, KMeansSolver* solver) {
   // ---- Validate everything before touching `kv`.
   if (absl::Status s = ValidateSqueezeOptions(options); !s.ok()) return s;
   if (absl::Status s = CheckContext(*kv); !s.ok()) return s;
@@ -293,7 +295,8 @@ absl::StatusOr<SqueezeIndex> BuildSqueezeIndex(ContextKV* kv, const QueryCapture
   perms.reserve(static_cast<size_t>(L) * Hkv);
   for (int l = 0; l < L; ++l) {
     for (int h = 0; h < Hkv; ++h) {
-      HeadPlan plan = PlanHead(kv->key(l, h, options.sinks), M, d, options.sinks, l, h, options);
+      HeadPlan plan =
+          PlanHead(kv->key(l, h, options.sinks), M, d, options.sinks, l, h, options, solver);
       index.heads.push_back(std::move(plan.index));
       perms.push_back(std::move(plan.perm));
     }

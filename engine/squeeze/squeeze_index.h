@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "engine/kv/kv_cache.h"
 #include "engine/model/llama_model.h"
+#include "engine/squeeze/kmeans.h"
 #include "engine/squeeze/score_distribution.h"
 #include "engine/squeeze/squeeze_options.h"
 
@@ -94,9 +95,12 @@ struct BuildTimings {
 // `kv` is untouched when an error is returned. Errors (InvalidArgument) name the option or
 // tensor at fault: bad option values, sinks + window > S, W == 0 with M > 0 (calibration needs
 // the window queries), missing or mis-sized window queries, non-finite keys or queries.
+// `solver`, when given, clusters the fine level instead of the CPU SphericalKMeans (the GPU
+// k-means); the coarse level (a few hundred centroids) always runs on the CPU.
 absl::StatusOr<SqueezeIndex> BuildSqueezeIndex(ContextKV* kv, const QueryCapture& window,
                                                int num_q_heads, const SqueezeOptions& options,
                                                const SqueezeProgress& progress = nullptr,
-                                               BuildTimings* timings = nullptr);
+                                               BuildTimings* timings = nullptr,
+                                               KMeansSolver* solver = nullptr);
 
 }  // namespace squeeze

@@ -24,6 +24,9 @@ class CpuBackend final : public Backend {
   absl::StatusOr<std::unique_ptr<Buffer>> Allocate(size_t bytes) override;
   void CopyFromHost(void* dst, const void* host_src, size_t bytes) override;
   void CopyToHost(void* host_dst, const void* src, size_t bytes) override;
+  void CopyToHostUnordered(void* host_dst, const void* src, size_t bytes) override {
+    CopyToHost(host_dst, src, bytes);
+  }
   void Copy2D(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t row_bytes,
               size_t rows) override;
   absl::Status Synchronize() override { return absl::OkStatus(); }

@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/backend/cuda/cuda_kmeans.h"
 #include "engine/common/status_macros.h"
 #include "engine/kv/kv_cache.h"
 #include "kernels/decode_attention.cuh"
@@ -240,7 +241,8 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device) {
   return std::unique_ptr<CudaBackend>(new CudaBackend(std::move(impl)));
 }
 
-CudaBackend::CudaBackend(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CudaBackend::CudaBackend(std::unique_ptr<Impl> impl)
+    : impl_(std::move(impl)), kmeans_(std::make_unique<CudaKMeans>(impl_->device)) {}
 CudaBackend::~CudaBackend() = default;
 
 absl::Status CudaBackend::Supports(const ModelConfig& c) {
@@ -363,6 +365,17 @@ void CudaBackend::CopyToHost(void* host_dst, const void* src, size_t bytes) {
   }
   if (!fault_.ok()) std::memset(host_dst, 0, bytes);  // never hand out stale memory
 }
+
+void CudaBackend::CopyToHostUnordered(void* host_dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  cudaSetDevice(impl_->device);
+  if (cudaMemcpy(host_dst, src, bytes, cudaMemcpyDeviceToHost) != cudaSuccess) {
+    cudaGetLastError();
+    std::memset(host_dst, 0, bytes);  // the caller's next backend call reports the fault
+  }
+}
+
+KMeansSolver* CudaBackend::kmeans_solver() { return kmeans_.get(); }
 
 void CudaBackend::Copy2D(void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
                          size_t row_bytes, size_t rows) {

@@ -58,6 +58,7 @@ class CudaBackend final : public Backend {
   absl::StatusOr<std::unique_ptr<Buffer>> Allocate(size_t bytes) override;
   void CopyFromHost(void* dst, const void* host_src, size_t bytes) override;
   void CopyToHost(void* host_dst, const void* src, size_t bytes) override;
+  void CopyToHostUnordered(void* host_dst, const void* src, size_t bytes) override;
   void Copy2D(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t row_bytes,
               size_t rows) override;
   absl::Status Synchronize() override;
@@ -72,6 +73,7 @@ class CudaBackend final : public Backend {
 
   DType kv_dtype() const override { return DType::kBF16; }
   bool selects_on_device() const override { return true; }
+  KMeansSolver* kmeans_solver() override;
   absl::StatusOr<ContextKvView> ResidentContextKv(const ContextKV& ctx) override;
 
   void MatMul(const float* x, const Matrix& w, float* y, int m, bool accumulate) override;
@@ -113,6 +115,7 @@ class CudaBackend final : public Backend {
 
   std::unique_ptr<Impl> impl_;
   absl::Status fault_;
+  std::unique_ptr<KMeansSolver> kmeans_;
 };
 
 }  // namespace squeeze
