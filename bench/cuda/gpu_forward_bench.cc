@@ -260,41 +260,41 @@ int Main() {
                 timings.calibration_seconds);
   }
   if (index.heads.empty()) {
-  index.num_layers = c.num_layers;
-  index.num_kv_heads = c.num_kv_heads;
-  index.num_q_heads = c.num_heads;
-  index.head_dim = c.head_dim;
-  index.num_tokens = S;
-  index.window = kWindow;
-  index.num_clustered = S - kWindow;
-  index.options.centroid_fraction = 0.05;
-  index.options.window = kWindow;
-  constexpr int kClusterSize = 20;
-  const int hd = c.head_dim;
-  for (int l = 0; l < c.num_layers; ++l) {
-    for (int h = 0; h < c.num_kv_heads; ++h) {
-      SqueezeHeadIndex head;
-      for (int r = 0; r < index.num_clustered; r += kClusterSize) {
-        const int size = std::min(kClusterSize, index.num_clustered - r);
-        head.offsets.push_back(r);
-        head.sizes.push_back(size);
-        std::vector<double> mean(hd, 0.0);
-        for (int t = r; t < r + size; ++t) {
-          const float* k = ctx.key(l, h, t);
-          for (int i = 0; i < hd; ++i) mean[i] += k[i];
+    index.num_layers = c.num_layers;
+    index.num_kv_heads = c.num_kv_heads;
+    index.num_q_heads = c.num_heads;
+    index.head_dim = c.head_dim;
+    index.num_tokens = S;
+    index.window = kWindow;
+    index.num_clustered = S - kWindow;
+    index.options.centroid_fraction = 0.05;
+    index.options.window = kWindow;
+    constexpr int kClusterSize = 20;
+    const int hd = c.head_dim;
+    for (int l = 0; l < c.num_layers; ++l) {
+      for (int h = 0; h < c.num_kv_heads; ++h) {
+        SqueezeHeadIndex head;
+        for (int r = 0; r < index.num_clustered; r += kClusterSize) {
+          const int size = std::min(kClusterSize, index.num_clustered - r);
+          head.offsets.push_back(r);
+          head.sizes.push_back(size);
+          std::vector<double> mean(hd, 0.0);
+          for (int t = r; t < r + size; ++t) {
+            const float* k = ctx.key(l, h, t);
+            for (int i = 0; i < hd; ++i) mean[i] += k[i];
+          }
+          for (int i = 0; i < hd; ++i) head.centroids.push_back(static_cast<float>(mean[i] / size));
         }
-        for (int i = 0; i < hd; ++i) head.centroids.push_back(static_cast<float>(mean[i] / size));
+        head.offsets.push_back(index.num_clustered);
+        index.heads.push_back(std::move(head));
       }
-      head.offsets.push_back(index.num_clustered);
-      index.heads.push_back(std::move(head));
     }
-  }
-  std::vector<const float*> window_q(c.num_layers);
-  for (int l = 0; l < c.num_layers; ++l) window_q[l] = capture.q[l].data();
-  if (absl::Status st = CalibrateSqueezeIndex(window_q, &index); !st.ok()) {
-    std::fprintf(stderr, "calibration: %s\n", std::string(st.message()).c_str());
-    return 1;
-  }
+    std::vector<const float*> window_q(c.num_layers);
+    for (int l = 0; l < c.num_layers; ++l) window_q[l] = capture.q[l].data();
+    if (absl::Status st = CalibrateSqueezeIndex(window_q, &index); !st.ok()) {
+      std::fprintf(stderr, "calibration: %s\n", std::string(st.message()).c_str());
+      return 1;
+    }
   }
   std::printf("\nfixed context of %d tokens: %lld centroids (5%%), index made in %.1f s\n", S,
               static_cast<long long>(index.num_centroids()), Now() - t0);
