@@ -127,6 +127,30 @@ double GemmRate() {
   return 2.0 * n * n * static_cast<double>(n) / (ms * 1e-3);
 }
 
+// Seconds of `steps` greedy batch-1 decode steps (after 3 untimed ones), sorted; exits on error.
+std::vector<double> DecodeTimes(LlamaModel& m, SequenceKV* kv, const ContextKV* context,
+                                FixedContextAttention* fixed, int steps) {
+  std::vector<double> times;
+  int32_t next = 1;
+  for (int i = 0; i < steps + 3; ++i) {
+    SequenceStep step{.tokens = std::span<const int32_t>(&next, 1), .context = context,
+                      .fixed = fixed, .kv = kv};
+    ForwardOutput out;
+    const double s0 = Now();
+    const absl::Status st = m.Forward(std::span<SequenceStep>(&step, 1), &out);
+    const double dt = Now() - s0;
+    if (!st.ok()) {
+      std::fprintf(stderr, "decode: %s\n", std::string(st.message()).c_str());
+      std::exit(1);
+    }
+    next = static_cast<int32_t>(std::max_element(out.logits[0].begin(), out.logits[0].end()) -
+                                out.logits[0].begin());
+    if (i >= 3) times.push_back(dt);
+  }
+  std::sort(times.begin(), times.end());
+  return times;
+}
+
 int Main() {
   const std::string dir = absl::GetFlag(FLAGS_model);
   auto config = LoadModelConfig(dir);
@@ -198,24 +222,7 @@ int Main() {
 
   // ---- decode --------------------------------------------------------------------------------
   const int steps = absl::GetFlag(FLAGS_decode_steps);
-  std::vector<double> times;
-  int32_t next = 1;
-  for (int i = 0; i < steps + 3; ++i) {
-    SequenceStep step{.tokens = std::span<const int32_t>(&next, 1), .kv = &kv,
-                      .want_logits = true};
-    ForwardOutput out;
-    const double s0 = Now();
-    const absl::Status st = m.Forward(std::span<SequenceStep>(&step, 1), &out);
-    const double dt = Now() - s0;
-    if (!st.ok()) {
-      std::fprintf(stderr, "decode: %s\n", std::string(st.message()).c_str());
-      return 1;
-    }
-    next = static_cast<int32_t>(std::max_element(out.logits[0].begin(), out.logits[0].end()) -
-                                out.logits[0].begin());
-    if (i >= 3) times.push_back(dt);
-  }
-  std::sort(times.begin(), times.end());
+  std::vector<double> times = DecodeTimes(m, &kv, nullptr, nullptr, steps);
   const double median = times[times.size() / 2];
   // Bytes a decode step must read: every weight except the embedding table (one row), the
   // lm_head, and the K/V of the whole sequence.
@@ -305,24 +312,8 @@ int Main() {
     options.budget = std::max(budget, 0.0);
     SqueezedFixedContextAttention selector(index, options);
     SequenceKV dyn = m.NewSequenceKV();
-    std::vector<double> t;
-    int32_t tok = 1;
-    for (int i = 0; i < steps + 3; ++i) {
-      SequenceStep step{.tokens = std::span<const int32_t>(&tok, 1), .context = &ctx,
-                        .fixed = budget < 0 ? nullptr : &selector, .kv = &dyn};
-      ForwardOutput out;
-      const double s0 = Now();
-      const absl::Status st = m.Forward(std::span<SequenceStep>(&step, 1), &out);
-      const double dt = Now() - s0;
-      if (!st.ok()) {
-        std::fprintf(stderr, "decode: %s\n", std::string(st.message()).c_str());
-        std::exit(1);
-      }
-      tok = static_cast<int32_t>(std::max_element(out.logits[0].begin(), out.logits[0].end()) -
-                                 out.logits[0].begin());
-      if (i >= 3) t.push_back(dt);
-    }
-    std::sort(t.begin(), t.end());
+    const std::vector<double> t =
+        DecodeTimes(m, &dyn, &ctx, budget < 0 ? nullptr : &selector, steps);
     *realised = budget < 0 ? 1.0 : selector.realised_budget();
     return t[t.size() / 2];
   };
