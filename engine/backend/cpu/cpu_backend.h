@@ -14,7 +14,7 @@
 
 namespace squeeze {
 
-class CpuBackend final : public Backend {
+class CpuBackend : public Backend {
  public:
   CpuBackend();
   ~CpuBackend() override;
