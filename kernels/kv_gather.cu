@@ -24,7 +24,29 @@ __global__ void GatherKvRowsKernel(const bf16* __restrict__ k_src, const bf16* _
   reinterpret_cast<uint4*>(v_dst + dst)[c] = reinterpret_cast<const uint4*>(v_src + src)[c];
 }
 
+// Grid (rows): CTA i copies row i.
+__global__ void CopyRowsKernel(const float* const* src, float* const* dst, int row_floats) {
+  const float* s = src[blockIdx.x];
+  float* d = dst[blockIdx.x];
+  if (row_floats % 4 == 0) {
+    for (int i = threadIdx.x; i < row_floats / 4; i += blockDim.x) {
+      reinterpret_cast<float4*>(d)[i] = reinterpret_cast<const float4*>(s)[i];
+    }
+  } else {
+    for (int i = threadIdx.x; i < row_floats; i += blockDim.x) d[i] = s[i];
+  }
+}
+
 }  // namespace
+
+cudaError_t LaunchCopyRows(const float* const* src, float* const* dst, int rows, int row_floats,
+                           cudaStream_t stream) {
+  if (rows < 0 || row_floats <= 0) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  if (src == nullptr || dst == nullptr) return cudaErrorInvalidValue;
+  CopyRowsKernel<<<rows, kThreads, 0, stream>>>(src, dst, row_floats);
+  return cudaGetLastError();
+}
 
 cudaError_t LaunchGatherKvRows(const bf16* k_src, const bf16* v_src, size_t src_head_stride,
                                const int32_t* rows, const int32_t* head_begin, int num_kv_heads,

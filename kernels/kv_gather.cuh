@@ -26,4 +26,11 @@ cudaError_t LaunchGatherKvRows(const bf16* k_src, const bf16* v_src, size_t src_
                                int max_rows, int head_dim, bf16* k_dst, bf16* v_dst,
                                size_t dst_head_stride, cudaStream_t stream);
 
+// dst[i][0, row_floats) = src[i][0, row_floats) for i < rows: rows scattered over memory
+// (pointer arrays in device memory) copied in one launch, e.g. the queries of the sequences of
+// a batched squeezed decode into one contiguous array and their outputs back. Rows must not
+// overlap; with row_floats % 4 == 0 every pointer must be 16-byte aligned.
+cudaError_t LaunchCopyRows(const float* const* src, float* const* dst, int rows, int row_floats,
+                           cudaStream_t stream);
+
 }  // namespace squeeze::gpu

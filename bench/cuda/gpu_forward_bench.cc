@@ -19,6 +19,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <memory>
+#include <span>
 #include <chrono>
 #include <cstdio>
 #include <string>
@@ -43,6 +45,7 @@ ABSL_FLAG(int, decode_steps, 32, "timed decode steps (after 3 warm-up steps)");
 ABSL_FLAG(bool, kmeans, false,
           "with --squeezed_budgets: build the index as a registration does (GPU k-means, "
           "calibration, row reorder) instead of contiguous clusters, and time it");
+ABSL_FLAG(int, batch, 1, "sequences decoding together against the fixed context");
 ABSL_FLAG(std::string, squeezed_budgets, "",
           "comma-separated budgets: decode against the prefilled context as a fixed context, "
           "dense and squeezed at each budget (empty: skip)");
@@ -127,24 +130,32 @@ double GemmRate() {
   return 2.0 * n * n * static_cast<double>(n) / (ms * 1e-3);
 }
 
-// Seconds of `steps` greedy batch-1 decode steps (after 3 untimed ones), sorted; exits on error.
-std::vector<double> DecodeTimes(LlamaModel& m, SequenceKV* kv, const ContextKV* context,
-                                FixedContextAttention* fixed, int steps) {
+// Seconds of `steps` greedy decode steps of the sequences `kvs` together (after 3 untimed
+// ones), sorted; sequence i attends to `context` through fixed[i] (nullptr: dense). Exits on
+// error.
+std::vector<double> DecodeTimes(LlamaModel& m, std::span<SequenceKV* const> kvs,
+                                const ContextKV* context,
+                                std::span<FixedContextAttention* const> fixed, int steps) {
   std::vector<double> times;
-  int32_t next = 1;
+  std::vector<int32_t> next(kvs.size(), 1);
   for (int i = 0; i < steps + 3; ++i) {
-    SequenceStep step{.tokens = std::span<const int32_t>(&next, 1), .context = context,
-                      .fixed = fixed, .kv = kv};
+    std::vector<SequenceStep> batch;
+    for (size_t b = 0; b < kvs.size(); ++b) {
+      batch.push_back({.tokens = std::span<const int32_t>(&next[b], 1), .context = context,
+                       .fixed = fixed.empty() ? nullptr : fixed[b], .kv = kvs[b]});
+    }
     ForwardOutput out;
     const double s0 = Now();
-    const absl::Status st = m.Forward(std::span<SequenceStep>(&step, 1), &out);
+    const absl::Status st = m.Forward(std::span<SequenceStep>(batch), &out);
     const double dt = Now() - s0;
     if (!st.ok()) {
       std::fprintf(stderr, "decode: %s\n", std::string(st.message()).c_str());
       std::exit(1);
     }
-    next = static_cast<int32_t>(std::max_element(out.logits[0].begin(), out.logits[0].end()) -
-                                out.logits[0].begin());
+    for (size_t b = 0; b < kvs.size(); ++b) {
+      next[b] = static_cast<int32_t>(
+          std::max_element(out.logits[b].begin(), out.logits[b].end()) - out.logits[b].begin());
+    }
     if (i >= 3) times.push_back(dt);
   }
   std::sort(times.begin(), times.end());
@@ -222,7 +233,9 @@ int Main() {
 
   // ---- decode --------------------------------------------------------------------------------
   const int steps = absl::GetFlag(FLAGS_decode_steps);
-  std::vector<double> times = DecodeTimes(m, &kv, nullptr, nullptr, steps);
+  SequenceKV* const one = &kv;
+  std::vector<double> times = DecodeTimes(m, std::span<SequenceKV* const>(&one, 1), nullptr, {},
+                                          steps);
   const double median = times[times.size() / 2];
   // Bytes a decode step must read: every weight except the embedding table (one row), the
   // lm_head, and the K/V of the whole sequence.
@@ -306,28 +319,40 @@ int Main() {
   std::printf("\nfixed context of %d tokens: %lld centroids (5%%), index made in %.1f s\n", S,
               static_cast<long long>(index.num_centroids()), Now() - t0);
 
-  // One timed decode run against the context: dense (budget < 0) or squeezed.
+  // One timed decode run of `batch` sequences against the context: dense (budget < 0) or
+  // squeezed; realised = the mean realised KV budget of the sequences.
+  const int batch = absl::GetFlag(FLAGS_batch);
   auto run = [&](double budget, double* realised) {
     SelectionOptions options;
     options.budget = std::max(budget, 0.0);
-    SqueezedFixedContextAttention selector(index, options);
-    SequenceKV dyn = m.NewSequenceKV();
-    const std::vector<double> t =
-        DecodeTimes(m, &dyn, &ctx, budget < 0 ? nullptr : &selector, steps);
-    *realised = budget < 0 ? 1.0 : selector.realised_budget();
+    std::vector<std::unique_ptr<SqueezedFixedContextAttention>> selectors;
+    std::vector<FixedContextAttention*> fixed;
+    std::vector<SequenceKV> dyn;
+    std::vector<SequenceKV*> kvs;
+    for (int b = 0; b < batch; ++b) {
+      selectors.push_back(std::make_unique<SqueezedFixedContextAttention>(index, options));
+      fixed.push_back(budget < 0 ? nullptr : selectors.back().get());
+      dyn.push_back(m.NewSequenceKV());
+    }
+    for (SequenceKV& d : dyn) kvs.push_back(&d);
+    const std::vector<double> t = DecodeTimes(m, kvs, &ctx, fixed, steps);
+    *realised = 0.0;
+    for (const auto& sel : selectors) *realised += budget < 0 ? 1.0 : sel->realised_budget();
+    *realised /= batch;
     return t[t.size() / 2];
   };
   double realised = 1.0;
   const double dense = run(-1.0, &realised);
   const double ctx_kv_bytes = 2.0 * c.num_layers * c.num_kv_heads * d * 2.0 * S;
-  std::printf("decode against the fixed context, batch 1: dense %.3f ms/token (floor %.3f ms)\n",
-              1e3 * dense, 1e3 * (weight_bytes + ctx_kv_bytes) / copy_bw);
+  std::printf("decode against the fixed context, batch %d: dense %.3f ms/step (floor %.3f ms: "
+              "weights + the context's KV once per sequence)\n",
+              batch, 1e3 * dense, 1e3 * (weight_bytes + batch * ctx_kv_bytes) / copy_bw);
   for (double b : budgets) {
     const double t = run(b, &realised);
     // Bytes: weights, kept K/V (realised budget counts half a row per centroid scored, which is
     // what a bf16 centroid costs next to a K+V row).
-    const double floor_s = (weight_bytes + realised * ctx_kv_bytes) / copy_bw;
-    std::printf("  squeezed budget %.2f: %.3f ms/token, realised KV budget %.4f, %.2fx faster "
+    const double floor_s = (weight_bytes + batch * realised * ctx_kv_bytes) / copy_bw;
+    std::printf("  squeezed budget %.2f: %.3f ms/step, realised KV budget %.4f, %.2fx faster "
                 "than dense; floor %.3f ms -> %.2fx the floor\n",
                 b, 1e3 * t, realised, dense / t, 1e3 * floor_s, t / floor_s);
   }

@@ -223,6 +223,11 @@ class Backend {
                         int head_dim, void* k_dst, void* v_dst, size_t dst_head_stride) = 0;
   // See AttentionParams.
   virtual void Attention(const AttentionParams& params) = 0;
+  // The attention calls of one layer for several sequences (outputs do not overlap); a device
+  // backend may run them in fewer launches. Default: one Attention call each.
+  virtual void AttentionBatch(std::span<const AttentionParams> calls) {
+    for (const AttentionParams& p : calls) Attention(p);
+  }
 };
 
 }  // namespace squeeze

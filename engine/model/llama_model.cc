@@ -413,7 +413,9 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
   }
   const float* inv_freq = w_.inv_freq;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  LayerSelection selection;
+  // One layer's attention calls, issued together (a device backend batches what it can).
+  std::vector<LayerSelection> selections(steps.size());
+  std::vector<AttentionParams> calls(steps.size());
   device_kept_.assign(steps.size() * L * Hkv, -1);  // -1: no device selection there
   // Each step's fixed context in backend memory (uploaded once per context by device backends).
   std::vector<ContextKvView> context_views(steps.size());
@@ -476,13 +478,14 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
           q_host = q_host_.data();
         }
         RETURN_IF_ERROR(FixedContextKeys(s, l, context_views[i], be.kv_dtype(), q_host, n,
-                                         &selection, &p.fixed));
+                                         &selections[i], &p.fixed));
       }
       p.dynamic.kv = {kv.key_data(l, 0, 0), kv.value_data(l, 0, 0), kv_head_stride, past + n,
                       kv.dtype()};
       p.dynamic.causal_offset = past;
-      be.Attention(p);
+      calls[i] = p;
     }
+    be.AttentionBatch(calls);
     be.MatMul(a.att, lw.wo, a.x, T, /*accumulate=*/true);
 
     // MLP block: x += down(silu(gate(h)) * up(h)).

@@ -178,7 +178,7 @@ struct CudaBackend::Impl {
     gpu::SqueezedDecodePlan plan;
     std::unique_ptr<Buffer> workspace;
   };
-  std::map<std::tuple<int, int, int, int, int, int>, SqueezedPlan> squeezed_plans;
+  std::map<std::tuple<int, int, int, int, int, int, int64_t, int>, SqueezedPlan> squeezed_plans;
 
   ~Impl() {
     if (stream != nullptr) cudaStreamSynchronize(stream);
@@ -684,43 +684,99 @@ absl::StatusOr<const void*> CudaBackend::ResidentSqueezeIndex(const SqueezeIndex
   return copy.get();
 }
 
-// One sequence's decode step with Squeezed Attention selected on the device: centroid lookup,
-// threshold, sparse attention over the kept ranges and dense attention over the dynamic KV,
-// merged (kernels/squeezed_decode.cuh); the kept rows per head go back to the host.
-void CudaBackend::SqueezedAttention(const AttentionParams& p) {
-  const AttentionShape& s = p.shape;
-  const SqueezeIndex& index = *p.fixed.device_selection->index;
-  const int hkv = s.num_kv_heads, d = s.head_dim, S = p.fixed.kv.num_rows;
-  auto resident = ResidentSqueezeIndex(index);
-  if (!resident.ok()) {
-    if (fault_.ok()) fault_ = resident.status();
-    return;
-  }
-  const auto* dev = static_cast<const DeviceSqueezeIndex*>(*resident);
-  const int layer = p.fixed.layer;
-  if (layer < 0 || layer >= index.num_layers || index.num_kv_heads != hkv ||
-      index.num_tokens != S) {
-    Check(cudaErrorInvalidValue, "squeezed decode: the index does not match the context");
-    return;
+namespace {
+
+size_t RoundUpPow2(size_t x, size_t at_least) {
+  size_t v = at_least;
+  while (v < x) v *= 2;
+  return v;
+}
+
+bool DeviceSelected(const AttentionParams& p) {
+  return p.fixed.device_selection && p.fixed.kv.num_rows > 0 && p.shape.num_queries == 1;
+}
+
+}  // namespace
+
+// Decode steps of B sequences with Squeezed Attention selected on the device, in one sequence
+// of launches (kernels/squeezed_decode.cuh): centroid lookup, threshold, sparse attention over
+// the kept ranges and dense attention over each sequence's dynamic KV, merged. The queries are
+// gathered into one array and the outputs scattered back; the kept rows per (sequence, head)
+// reach each call's kept_rows at the next sync.
+void CudaBackend::SqueezedAttention(std::span<const AttentionParams* const> calls) {
+  const int B = static_cast<int>(calls.size());
+  const AttentionShape& s = calls[0]->shape;
+  const int hq = s.num_q_heads, hkv = s.num_kv_heads, d = s.head_dim;
+  auto& heads = impl_->head_desc;
+  heads.resize(static_cast<size_t>(B) * hkv);
+  std::vector<gpu::DecodeKv> dyn(B);
+  std::vector<float> tau(B);
+  std::vector<const float*> q_rows(B);
+  std::vector<float*> out_rows(B);
+  int max_clusters = 1, max_rows = 1, max_dyn = 1;
+  int64_t total_rows = 0;
+  for (int b = 0; b < B; ++b) {
+    const AttentionParams& p = *calls[b];
+    const SqueezeIndex& index = *p.fixed.device_selection->index;
+    const int S = p.fixed.kv.num_rows, layer = p.fixed.layer;
+    if (p.shape.num_q_heads != hq || p.shape.num_kv_heads != hkv || p.shape.head_dim != d ||
+        layer < 0 || layer >= index.num_layers || index.num_kv_heads != hkv ||
+        index.num_tokens != S) {
+      Check(cudaErrorInvalidValue, "squeezed decode: the index does not match the context");
+      return;
+    }
+    auto resident = ResidentSqueezeIndex(index);
+    if (!resident.ok()) {
+      if (fault_.ok()) fault_ = resident.status();
+      return;
+    }
+    const auto* dev = static_cast<const DeviceSqueezeIndex*>(*resident);
+    const auto* centroids = static_cast<const bf16*>(dev->centroids->data());
+    const auto* sizes = static_cast<const int32_t*>(dev->sizes->data());
+    const auto* offsets = static_cast<const int32_t*>(dev->offsets->data());
+    for (int h = 0; h < hkv; ++h) {
+      const size_t slot = static_cast<size_t>(layer) * hkv + h;
+      gpu::SqueezeHeadDesc& e = heads[static_cast<size_t>(b) * hkv + h];
+      e.k = static_cast<const bf16*>(p.fixed.kv.k) + h * p.fixed.kv.head_stride;
+      e.v = static_cast<const bf16*>(p.fixed.kv.v) + h * p.fixed.kv.head_stride;
+      e.centroids = centroids + dev->centroid_at[slot] * d;
+      e.sizes = sizes + dev->table_at[slot];
+      e.offsets = offsets + dev->table_at[slot] + slot;  // C + 1 offsets per head
+      e.num_clusters = index.heads[slot].num_clusters();
+      e.num_rows = S;
+      e.sinks = index.sinks;
+      e.window = index.window;
+    }
+    dyn[b].k = static_cast<const bf16*>(p.dynamic.kv.k);
+    dyn[b].v = static_cast<const bf16*>(p.dynamic.kv.v);
+    dyn[b].head_stride = static_cast<int64_t>(p.dynamic.kv.head_stride);
+    dyn[b].len = p.dynamic.causal_offset + 1;
+    tau[b] = p.fixed.device_selection->threshold;
+    q_rows[b] = p.q;
+    out_rows[b] = p.out;
+    max_clusters = std::max(max_clusters, dev->max_clusters);
+    max_rows = std::max(max_rows, S);
+    max_dyn = std::max(max_dyn, dyn[b].len);
+    total_rows += S;
   }
 
-  // Plan and workspace for this shape (dynamic length bucketed so decode reuses them).
-  const int dyn_len = p.dynamic.causal_offset + 1;
-  int dyn_bound = 256;
-  while (dyn_bound < dyn_len) dyn_bound *= 2;
-  const auto key = std::make_tuple(s.num_q_heads, hkv, d, dyn_bound, dev->max_clusters, S);
+  // Plan and workspace for bounds rounded up to powers of two, so steps reuse them.
+  const auto key = std::make_tuple(hq, hkv, d, B, static_cast<int>(RoundUpPow2(max_dyn, 256)),
+                                   static_cast<int>(RoundUpPow2(max_clusters, 64)),
+                                   static_cast<int64_t>(RoundUpPow2(total_rows, 1024)),
+                                   static_cast<int>(RoundUpPow2(max_rows, 1024)));
   auto it = impl_->squeezed_plans.find(key);
   if (it == impl_->squeezed_plans.end()) {
     Impl::SqueezedPlan entry;
     gpu::SqueezedDecodeShape shape;
-    shape.batch = 1;
-    shape.num_q_heads = s.num_q_heads;
+    shape.batch = B;
+    shape.num_q_heads = hq;
     shape.num_kv_heads = hkv;
     shape.head_dim = d;
-    shape.max_dynamic_len = dyn_bound;
-    shape.max_clusters = std::max(dev->max_clusters, 1);
-    shape.max_fixed_rows = S;
-    shape.max_context_rows = S;
+    shape.max_dynamic_len = std::get<4>(key);
+    shape.max_clusters = std::get<5>(key);
+    shape.max_fixed_rows = std::get<6>(key);
+    shape.max_context_rows = std::get<7>(key);
     Check(gpu::PlanSqueezedDecode(shape, &entry.plan), "squeezed plan");
     if (!fault_.ok()) return;
     auto ws = Allocate(entry.plan.workspace_bytes);
@@ -736,62 +792,99 @@ void CudaBackend::SqueezedAttention(const AttentionParams& p) {
   const gpu::SqueezedDecodePlan& plan = it->second.plan;
   void* ws = it->second.workspace->data();
 
-  // Per-call descriptors: the context's heads at this layer, the dynamic KV, tau.
-  auto& heads = impl_->head_desc;
-  heads.resize(hkv);
-  const auto* centroids = static_cast<const bf16*>(dev->centroids->data());
-  const auto* sizes = static_cast<const int32_t*>(dev->sizes->data());
-  const auto* offsets = static_cast<const int32_t*>(dev->offsets->data());
-  for (int h = 0; h < hkv; ++h) {
-    const size_t slot = static_cast<size_t>(layer) * hkv + h;
-    const SqueezeHeadIndex& hi = index.heads[slot];
-    gpu::SqueezeHeadDesc& e = heads[h];
-    e.k = static_cast<const bf16*>(p.fixed.kv.k) + h * p.fixed.kv.head_stride;
-    e.v = static_cast<const bf16*>(p.fixed.kv.v) + h * p.fixed.kv.head_stride;
-    e.centroids = centroids + dev->centroid_at[slot] * d;
-    e.sizes = sizes + dev->table_at[slot];
-    e.offsets = offsets + dev->table_at[slot] + slot;
-    e.num_clusters = hi.num_clusters();
-    e.num_rows = S;
-    e.sinks = index.sinks;
-    e.window = index.window;
+  // Device copies of the descriptors, then the queries gathered into one [B][Hq][d] array.
+  const size_t row_floats = static_cast<size_t>(hq) * d;
+  const size_t heads_bytes = sizeof(gpu::SqueezeHeadDesc) * heads.size();
+  auto align = [](size_t x) { return (x + 255) / 256 * 256; };
+  const size_t pointers = sizeof(float*) * B, rows_bytes = sizeof(float) * row_floats * B;
+  const size_t bytes = align(heads_bytes) + align(sizeof(gpu::DecodeKv) * B) +
+                       align(sizeof(float) * B) + 4 * align(pointers) + 2 * align(rows_bytes);
+  char* base = static_cast<char*>(Scratch(kSqueezeHeads, bytes));
+  if (base == nullptr) return;
+  size_t at = 0;
+  auto take = [&](size_t n) {
+    char* p = base + at;
+    at += align(n);
+    return p;
+  };
+  auto* dev_heads = reinterpret_cast<gpu::SqueezeHeadDesc*>(take(heads_bytes));
+  auto* dev_dyn = reinterpret_cast<gpu::DecodeKv*>(take(sizeof(gpu::DecodeKv) * B));
+  auto* dev_tau = reinterpret_cast<float*>(take(sizeof(float) * B));
+  auto* dev_q_src = reinterpret_cast<const float**>(take(pointers));
+  auto* dev_out_dst = reinterpret_cast<float**>(take(pointers));
+  auto* q_all = reinterpret_cast<float*>(take(rows_bytes));
+  auto* out_all = reinterpret_cast<float*>(take(rows_bytes));
+  std::vector<const float*> q_dst(B), out_src(B);
+  for (int b = 0; b < B; ++b) {
+    q_dst[b] = q_all + row_floats * b;
+    out_src[b] = out_all + row_floats * b;
   }
-  gpu::DecodeKv dyn;
-  dyn.k = static_cast<const bf16*>(p.dynamic.kv.k);
-  dyn.v = static_cast<const bf16*>(p.dynamic.kv.v);
-  dyn.head_stride = static_cast<int64_t>(p.dynamic.kv.head_stride);
-  dyn.len = dyn_len;
-  const float tau = p.fixed.device_selection->threshold;
-  auto* dev_heads = static_cast<gpu::SqueezeHeadDesc*>(
-      Scratch(kSqueezeHeads, sizeof(gpu::SqueezeHeadDesc) * hkv + 256));
-  if (dev_heads == nullptr) return;
-  auto* dev_dyn = reinterpret_cast<gpu::DecodeKv*>(reinterpret_cast<char*>(dev_heads) +
-                                                   sizeof(gpu::SqueezeHeadDesc) * hkv);
-  auto* dev_tau = reinterpret_cast<float*>(reinterpret_cast<char*>(dev_dyn) + 64);
-  CopyFromHost(dev_heads, heads.data(), sizeof(gpu::SqueezeHeadDesc) * hkv);
-  CopyFromHost(dev_dyn, &dyn, sizeof(dyn));
-  CopyFromHost(dev_tau, &tau, sizeof(tau));
-
-  gpu::SqueezedDecodeParams sp;
-  sp.scale = s.scale;
-  sp.q = p.q;
-  sp.dynamic_kv = dev_dyn;
-  sp.heads = dev_heads;
-  sp.centroids_bf16 = true;
-  sp.tau = dev_tau;
-  sp.out = p.out;
-  sp.out_bf16 = false;
-  sp.lse = nullptr;
-  Check(gpu::LaunchSqueezedDecode(plan, sp, ws, impl_->stream), "squeezed decode");
-  if (p.fixed.kept_rows != nullptr && fault_.ok()) {
-    // kept_keys [Hkv] -> pinned arena now, -> the caller's buffer at the next sync.
-    const size_t bytes = sizeof(int32_t) * hkv;
-    char* staged = StagePinned(bytes);
-    Check(cudaMemcpyAsync(staged, gpu::SelectionInWorkspace(plan, ws).kept_keys, bytes,
+  CopyFromHost(dev_heads, heads.data(), heads_bytes);
+  CopyFromHost(dev_dyn, dyn.data(), sizeof(gpu::DecodeKv) * B);
+  CopyFromHost(dev_tau, tau.data(), sizeof(float) * B);
+  const bool single = B == 1;  // one sequence: its own q and out, no gather/scatter
+  if (!single) {
+    // Pointer arrays: sources of the gather, then destinations of the scatter.
+    CopyFromHost(dev_q_src, q_rows.data(), sizeof(float*) * B);
+    CopyFromHost(dev_out_dst, out_rows.data(), sizeof(float*) * B);
+    auto* q_dst_dev = reinterpret_cast<float**>(take(pointers));
+    auto* out_src_dev = reinterpret_cast<const float**>(take(pointers));
+    CopyFromHost(q_dst_dev, q_dst.data(), sizeof(float*) * B);
+    CopyFromHost(out_src_dev, out_src.data(), sizeof(float*) * B);
+    Check(gpu::LaunchCopyRows(dev_q_src, q_dst_dev, B, static_cast<int>(row_floats),
+                              impl_->stream),
+          "gather queries");
+    gpu::SqueezedDecodeParams sp;
+    sp.scale = s.scale;
+    sp.q = q_all;
+    sp.dynamic_kv = dev_dyn;
+    sp.heads = dev_heads;
+    sp.centroids_bf16 = true;
+    sp.tau = dev_tau;
+    sp.out = out_all;
+    Check(gpu::LaunchSqueezedDecode(plan, sp, ws, impl_->stream), "squeezed decode");
+    Check(gpu::LaunchCopyRows(out_src_dev, dev_out_dst, B, static_cast<int>(row_floats),
+                              impl_->stream),
+          "scatter outputs");
+  } else {
+    gpu::SqueezedDecodeParams sp;
+    sp.scale = s.scale;
+    sp.q = q_rows[0];
+    sp.dynamic_kv = dev_dyn;
+    sp.heads = dev_heads;
+    sp.centroids_bf16 = true;
+    sp.tau = dev_tau;
+    sp.out = out_rows[0];
+    Check(gpu::LaunchSqueezedDecode(plan, sp, ws, impl_->stream), "squeezed decode");
+  }
+  // kept_keys [B * Hkv] -> pinned arena now -> each call's kept_rows at the next sync.
+  if (fault_.ok()) {
+    const size_t kept_bytes = sizeof(int32_t) * hkv;
+    char* staged = StagePinned(kept_bytes * B);
+    Check(cudaMemcpyAsync(staged, gpu::SelectionInWorkspace(plan, ws).kept_keys, kept_bytes * B,
                           cudaMemcpyDeviceToHost, impl_->stream),
           "kept rows");
-    impl_->pending_to_host.emplace_back(staged, p.fixed.kept_rows, bytes);
+    for (int b = 0; b < B; ++b) {
+      if (calls[b]->fixed.kept_rows != nullptr) {
+        impl_->pending_to_host.emplace_back(staged + kept_bytes * b, calls[b]->fixed.kept_rows,
+                                            kept_bytes);
+      }
+    }
   }
+}
+
+void CudaBackend::AttentionBatch(std::span<const AttentionParams> calls) {
+  if (!fault_.ok()) return;
+  std::vector<const AttentionParams*> squeezed;
+  for (const AttentionParams& p : calls) {
+    if (DeviceSelected(p)) {
+      squeezed.push_back(&p);
+    } else {
+      Attention(p);
+    }
+  }
+  // One batched launch per shape (all sequences of a model share it).
+  if (!squeezed.empty()) SqueezedAttention(squeezed);
 }
 
 void CudaBackend::Attention(const AttentionParams& p) {
@@ -803,8 +896,9 @@ void CudaBackend::Attention(const AttentionParams& p) {
     Check(cudaErrorInvalidValue, "attention: fixed-context KV is not bf16");
     return;
   }
-  if (p.fixed.device_selection && p.fixed.kv.num_rows > 0 && n == 1) {
-    SqueezedAttention(p);
+  if (DeviceSelected(p)) {
+    const AttentionParams* one = &p;
+    SqueezedAttention(std::span<const AttentionParams* const>(&one, 1));
     return;
   }
   const bool with_fixed = p.fixed.kv.num_rows > 0;

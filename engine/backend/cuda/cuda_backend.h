@@ -89,6 +89,9 @@ class CudaBackend final : public Backend {
   void AppendKv(const float* k_new, const float* v_new, int n, int num_kv_heads, int head_dim,
                 void* k_dst, void* v_dst, size_t dst_head_stride) override;
   void Attention(const AttentionParams& params) override;
+  // Single-token calls selecting on the device run as one batched squeezed decode; the rest
+  // one by one.
+  void AttentionBatch(std::span<const AttentionParams> calls) override;
 
  private:
   struct Impl;
@@ -102,7 +105,7 @@ class CudaBackend final : public Backend {
   // Grows the named scratch area to at least `bytes` and returns it.
   void* Scratch(int slot, size_t bytes);
   void FixedAttention(const AttentionParams& p, float* out, float* lse);
-  void SqueezedAttention(const AttentionParams& p);
+  void SqueezedAttention(std::span<const AttentionParams* const> calls);
   absl::StatusOr<const void*> ResidentSqueezeIndex(const SqueezeIndex& index);
   // Copies the pending device-to-host transfers out of the pinned arena (the stream is idle)
   // and empties the arena.
