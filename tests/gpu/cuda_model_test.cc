@@ -183,6 +183,38 @@ TEST(CudaModel, DemoModelFixedContext) {
   }
 }
 
+// A golden task's context registered as the server does: prefilled by `model` with the window
+// queries captured, moved to a ContextKV, clustered (by `model`'s backend k-means when it has
+// one, else the CPU reference; 25% centroids, window 64) and calibrated.
+struct SqueezedContext {
+  std::vector<int32_t> question;
+  ContextKV kv;
+  SqueezeIndex index;
+};
+
+SqueezedContext MakeSqueezedContext(LlamaModel& model, const json& task) {
+  SqueezedContext out;
+  const auto context = task.at("context_tokens").get<std::vector<int32_t>>();
+  out.question = task.at("question_tokens").get<std::vector<int32_t>>();
+  const int S = static_cast<int>(context.size());
+  SqueezeOptions options;
+  options.centroid_fraction = 0.25;
+  options.window = 64;
+  SequenceKV seq = model.NewSequenceKV();
+  QueryCapture capture;
+  capture.from_position = S - options.window;
+  SequenceStep prefill{.tokens = context, .kv = &seq, .want_logits = false, .capture = &capture};
+  ForwardOutput fo;
+  const absl::Status st = model.Forward(std::span<SequenceStep>(&prefill, 1), &fo);
+  EXPECT_TRUE(st.ok()) << st;
+  out.kv = ContextKV::FromSequence(seq, S);
+  auto index = BuildSqueezeIndex(&out.kv, capture, model.config().num_heads, options, nullptr,
+                                 nullptr, model.backend().kmeans_solver());
+  EXPECT_TRUE(index.ok()) << index.status();
+  if (index.ok()) out.index = *std::move(index);
+  return out;
+}
+
 // Squeezed Attention selected on the device (centroid lookup + sparse attention in the decode
 // step) against the CPU reference selecting on the host, same index and budget: the same greedy
 // tokens, logits within tolerance, and realised KV budgets within 2 points (selections may
@@ -193,23 +225,13 @@ TEST(CudaModel, DeviceSqueezedDecodeMatchesCpuSelection) {
   ASSERT_NE(cuda, nullptr);
   ASSERT_NE(cpu, nullptr);
   const json golden = ReadJson(kGolden / "squeeze-demo.json");
-  const json& c = golden.at("cases")[0];
-  const auto context = c.at("context_tokens").get<std::vector<int32_t>>();
-  const auto question = c.at("question_tokens").get<std::vector<int32_t>>();
-  const int S = static_cast<int>(context.size());
-  SqueezeOptions options;
-  options.centroid_fraction = 0.25;
-  options.window = 64;
-  // Context prefilled on the CPU with the window queries captured, clustered, calibrated.
-  SequenceKV seq = cpu->NewSequenceKV();
-  QueryCapture capture;
-  capture.from_position = S - options.window;
-  SequenceStep step{.tokens = context, .kv = &seq, .want_logits = false, .capture = &capture};
-  ForwardOutput out;
-  ASSERT_TRUE(cpu->Forward(std::span<SequenceStep>(&step, 1), &out).ok());
-  ContextKV kv = ContextKV::FromSequence(seq, S);
-  auto index = BuildSqueezeIndex(&kv, capture, cpu->config().num_heads, options);
-  ASSERT_TRUE(index.ok()) << index.status();
+  // Context prefilled and clustered on the CPU; both backends attend to it.
+  SqueezedContext sc = MakeSqueezedContext(*cpu, golden.at("cases")[0]);
+  ASSERT_FALSE(sc.index.heads.empty());
+  const int S = sc.kv.num_tokens;
+  const std::vector<int32_t>& question = sc.question;
+  ContextKV& kv = sc.kv;
+  const SqueezeIndex* index = &sc.index;
 
   std::vector<int32_t> greedy[2];
   std::vector<float> last[2];
@@ -254,23 +276,12 @@ TEST(CudaModel, BatchedSqueezedDecodeEqualsEachAlone) {
   auto model = LoadCuda(kDemo);
   ASSERT_NE(model, nullptr);
   const json golden = ReadJson(kGolden / "squeeze-demo.json");
-  const json& c = golden.at("cases")[1];
-  const auto context = c.at("context_tokens").get<std::vector<int32_t>>();
-  const auto question = c.at("question_tokens").get<std::vector<int32_t>>();
-  const int S = static_cast<int>(context.size());
-  SqueezeOptions options;
-  options.centroid_fraction = 0.25;
-  options.window = 64;
-  SequenceKV seq = model->NewSequenceKV();
-  QueryCapture capture;
-  capture.from_position = S - options.window;
-  SequenceStep prefill{.tokens = context, .kv = &seq, .want_logits = false, .capture = &capture};
-  ForwardOutput out;
-  ASSERT_TRUE(model->Forward(std::span<SequenceStep>(&prefill, 1), &out).ok());
-  ContextKV kv = ContextKV::FromSequence(seq, S);
-  auto index = BuildSqueezeIndex(&kv, capture, model->config().num_heads, options, nullptr,
-                                 nullptr, model->backend().kmeans_solver());
-  ASSERT_TRUE(index.ok()) << index.status();
+  // Context prefilled on the GPU and clustered with the GPU k-means.
+  SqueezedContext sc = MakeSqueezedContext(*model, golden.at("cases")[1]);
+  ASSERT_FALSE(sc.index.heads.empty());
+  const std::vector<int32_t>& question = sc.question;
+  ContextKV& kv = sc.kv;
+  const SqueezeIndex* index = &sc.index;
 
   // Sequence kinds: squeezed at 0.1, squeezed at 0.05, dense context, no context.
   constexpr int kSeqs = 4;
