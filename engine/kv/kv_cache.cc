@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "engine/common/parallel_for.h"
 
 namespace squeeze {
 
@@ -85,17 +86,17 @@ ContextKV ContextKV::FromSequence(const SequenceKV& seq, int n) {
   ctx.k.resize(static_cast<size_t>(L) * H * n * d);
   ctx.v.resize(ctx.k.size());
   ctx.token_of.resize(static_cast<size_t>(L) * H * n);
-  std::vector<uint16_t> staging;
-  for (int l = 0; l < L; ++l) {
-    for (int h = 0; h < H; ++h) {
-      if (n > 0) {
-        const size_t elements = static_cast<size_t>(n) * d;
-        ReadRows(seq, seq.key_data(l, h, 0), elements, &ctx.k[ctx.Offset(l, h, 0)], &staging);
-        ReadRows(seq, seq.value_data(l, h, 0), elements, &ctx.v[ctx.Offset(l, h, 0)], &staging);
-      }
-      for (int t = 0; t < n; ++t) ctx.token_of[(static_cast<size_t>(l) * H + h) * n + t] = t;
+  // Every (layer, head) block on its own: copies and conversions spread over the cores.
+  ParallelFor(static_cast<size_t>(L) * H, [&](size_t block) {
+    const int l = static_cast<int>(block / H), h = static_cast<int>(block % H);
+    std::vector<uint16_t> staging;
+    if (n > 0) {
+      const size_t elements = static_cast<size_t>(n) * d;
+      ReadRows(seq, seq.key_data(l, h, 0), elements, &ctx.k[ctx.Offset(l, h, 0)], &staging);
+      ReadRows(seq, seq.value_data(l, h, 0), elements, &ctx.v[ctx.Offset(l, h, 0)], &staging);
     }
-  }
+    for (int t = 0; t < n; ++t) ctx.token_of[block * n + t] = t;
+  });
   return ctx;
 }
 

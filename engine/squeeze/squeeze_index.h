@@ -81,10 +81,12 @@ struct SqueezeIndex {
 // Progress: stage is "clustering" or "calibrating"; fraction in (0, 1], reported per layer.
 using SqueezeProgress = std::function<void(std::string_view stage, double fraction)>;
 
-// Wall-clock seconds of the two offline stages (the row reorder is counted in clustering).
+// Wall-clock seconds of the two offline stages. clustering_seconds includes the row reorder,
+// which reorder_seconds also reports on its own.
 struct BuildTimings {
   double clustering_seconds = 0;
   double calibration_seconds = 0;
+  double reorder_seconds = 0;
 };
 
 // Clusters and calibrates `kv` (which must be in token order, as ContextKV::FromSequence makes
