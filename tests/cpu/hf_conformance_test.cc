@@ -99,8 +99,10 @@ std::string Escape(std::string_view s, size_t max_len = 80) {
 
 std::string IdsString(const std::vector<int32_t>& ids, size_t max_len = 24) {
   std::string out = "[";
-  for (size_t i = 0; i < ids.size() && i < max_len; ++i)
-    out += (i ? "," : "") + std::to_string(ids[i]);
+  for (size_t i = 0; i < ids.size() && i < max_len; ++i) {
+    if (i > 0) out += ',';
+    out += std::to_string(ids[i]);
+  }
   return out + (ids.size() > max_len ? ",...]" : "]");
 }
 
