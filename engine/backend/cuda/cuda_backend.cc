@@ -814,48 +814,43 @@ void CudaBackend::SqueezedAttention(std::span<const AttentionParams* const> call
   auto* dev_out_dst = reinterpret_cast<float**>(take(pointers));
   auto* q_all = reinterpret_cast<float*>(take(rows_bytes));
   auto* out_all = reinterpret_cast<float*>(take(rows_bytes));
-  std::vector<const float*> q_dst(B), out_src(B);
-  for (int b = 0; b < B; ++b) {
-    q_dst[b] = q_all + row_floats * b;
-    out_src[b] = out_all + row_floats * b;
-  }
   CopyFromHost(dev_heads, heads.data(), heads_bytes);
   CopyFromHost(dev_dyn, dyn.data(), sizeof(gpu::DecodeKv) * B);
   CopyFromHost(dev_tau, tau.data(), sizeof(float) * B);
-  const bool single = B == 1;  // one sequence: its own q and out, no gather/scatter
-  if (!single) {
-    // Pointer arrays: sources of the gather, then destinations of the scatter.
-    CopyFromHost(dev_q_src, q_rows.data(), sizeof(float*) * B);
-    CopyFromHost(dev_out_dst, out_rows.data(), sizeof(float*) * B);
+  // One sequence attends with its own q and out; several are gathered into q_all and scattered
+  // back from out_all (pointer arrays: gather sources and destinations, scatter sources and
+  // destinations).
+  const bool gather = B > 1;
+  const float** out_src_dev = nullptr;
+  if (gather) {
     auto* q_dst_dev = reinterpret_cast<float**>(take(pointers));
-    auto* out_src_dev = reinterpret_cast<const float**>(take(pointers));
-    CopyFromHost(q_dst_dev, q_dst.data(), sizeof(float*) * B);
-    CopyFromHost(out_src_dev, out_src.data(), sizeof(float*) * B);
+    out_src_dev = reinterpret_cast<const float**>(take(pointers));
+    std::vector<const float*> q_dst(B), out_src(B);
+    for (int b = 0; b < B; ++b) {
+      q_dst[b] = q_all + row_floats * b;
+      out_src[b] = out_all + row_floats * b;
+    }
+    CopyFromHost(dev_q_src, q_rows.data(), pointers);
+    CopyFromHost(dev_out_dst, out_rows.data(), pointers);
+    CopyFromHost(q_dst_dev, q_dst.data(), pointers);
+    CopyFromHost(out_src_dev, out_src.data(), pointers);
     Check(gpu::LaunchCopyRows(dev_q_src, q_dst_dev, B, static_cast<int>(row_floats),
                               impl_->stream),
           "gather queries");
-    gpu::SqueezedDecodeParams sp;
-    sp.scale = s.scale;
-    sp.q = q_all;
-    sp.dynamic_kv = dev_dyn;
-    sp.heads = dev_heads;
-    sp.centroids_bf16 = true;
-    sp.tau = dev_tau;
-    sp.out = out_all;
-    Check(gpu::LaunchSqueezedDecode(plan, sp, ws, impl_->stream), "squeezed decode");
+  }
+  gpu::SqueezedDecodeParams sp;
+  sp.scale = s.scale;
+  sp.q = gather ? q_all : q_rows[0];
+  sp.dynamic_kv = dev_dyn;
+  sp.heads = dev_heads;
+  sp.centroids_bf16 = true;
+  sp.tau = dev_tau;
+  sp.out = gather ? out_all : out_rows[0];
+  Check(gpu::LaunchSqueezedDecode(plan, sp, ws, impl_->stream), "squeezed decode");
+  if (gather) {
     Check(gpu::LaunchCopyRows(out_src_dev, dev_out_dst, B, static_cast<int>(row_floats),
                               impl_->stream),
           "scatter outputs");
-  } else {
-    gpu::SqueezedDecodeParams sp;
-    sp.scale = s.scale;
-    sp.q = q_rows[0];
-    sp.dynamic_kv = dev_dyn;
-    sp.heads = dev_heads;
-    sp.centroids_bf16 = true;
-    sp.tau = dev_tau;
-    sp.out = out_rows[0];
-    Check(gpu::LaunchSqueezedDecode(plan, sp, ws, impl_->stream), "squeezed decode");
   }
   // kept_keys [B * Hkv] -> pinned arena now -> each call's kept_rows at the next sync.
   if (fault_.ok()) {
