@@ -139,6 +139,37 @@ void UpdateCenters(const float* unit, int n, int d, const std::vector<int32_t>& 
 
 }  // namespace
 
+void CompactClusters(std::span<const int32_t> labels, int k, int d,
+                     std::span<const float> unit_centers, std::span<const double> raw_sums,
+                     KMeansResult* result) {
+  const int n = static_cast<int>(labels.size());
+  std::vector<int32_t> counts(k, 0);
+  for (int i = 0; i < n; ++i) ++counts[labels[i]];
+  std::vector<int32_t> new_index(k, -1);
+  result->num_clusters = 0;
+  for (int c = 0; c < k; ++c) {
+    if (counts[c] > 0) new_index[c] = result->num_clusters++;
+  }
+  const int C = result->num_clusters;
+  result->dim = d;
+  result->labels.resize(n);
+  for (int i = 0; i < n; ++i) result->labels[i] = new_index[labels[i]];
+  result->sizes.assign(C, 0);
+  result->unit_centers.resize(static_cast<size_t>(C) * d);
+  result->centroids.resize(static_cast<size_t>(C) * d);
+  for (int c = 0; c < k; ++c) {
+    const int to = new_index[c];
+    if (to < 0) continue;
+    result->sizes[to] = counts[c];
+    std::memcpy(&result->unit_centers[static_cast<size_t>(to) * d],
+                &unit_centers[static_cast<size_t>(c) * d], sizeof(float) * d);
+    for (int j = 0; j < d; ++j) {
+      result->centroids[static_cast<size_t>(to) * d + j] =
+          static_cast<float>(raw_sums[static_cast<size_t>(c) * d + j] / counts[c]);
+    }
+  }
+}
+
 double UniformDouble(std::mt19937_64& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
 
 KMeansResult SphericalKMeans(const float* points, int n, int d, int k, int max_iterations,
@@ -168,39 +199,14 @@ KMeansResult SphericalKMeans(const float* points, int n, int d, int k, int max_i
     if (it + 1 < max_iterations) UpdateCenters(unit.data(), n, d, labels, k, centers.data());
   }
 
-  // Compact: drop empty clusters, keep the survivors' order.
-  std::vector<int32_t> counts(k, 0);
-  for (int i = 0; i < n; ++i) ++counts[labels[i]];
-  std::vector<int32_t> new_index(k, -1);
-  for (int c = 0; c < k; ++c) {
-    if (counts[c] > 0) new_index[c] = result.num_clusters++;
-  }
-  const int C = result.num_clusters;
-  result.labels.resize(n);
-  result.sizes.assign(C, 0);
-  result.unit_centers.resize(static_cast<size_t>(C) * d);
-  for (int c = 0; c < k; ++c) {
-    if (new_index[c] < 0) continue;
-    result.sizes[new_index[c]] = counts[c];
-    std::memcpy(&result.unit_centers[static_cast<size_t>(new_index[c]) * d],
-                &centers[static_cast<size_t>(c) * d], sizeof(float) * d);
-  }
   // Stored centroid = mean of the raw member points (P3), accumulated in double.
-  std::vector<double> sums(static_cast<size_t>(C) * d, 0.0);
+  std::vector<double> sums(static_cast<size_t>(k) * d, 0.0);
   for (int i = 0; i < n; ++i) {
-    const int c = new_index[labels[i]];
-    result.labels[i] = c;
     const float* x = points + static_cast<size_t>(i) * d;
-    double* s = &sums[static_cast<size_t>(c) * d];
+    double* s = &sums[static_cast<size_t>(labels[i]) * d];
     for (int j = 0; j < d; ++j) s[j] += x[j];
   }
-  result.centroids.resize(static_cast<size_t>(C) * d);
-  for (int c = 0; c < C; ++c) {
-    for (int j = 0; j < d; ++j) {
-      result.centroids[static_cast<size_t>(c) * d + j] =
-          static_cast<float>(sums[static_cast<size_t>(c) * d + j] / result.sizes[c]);
-    }
-  }
+  CompactClusters(labels, k, d, centers, sums, &result);
   return result;
 }
 

@@ -23,6 +23,7 @@
 
 #include <cstdint>
 #include <random>
+#include <span>
 #include <vector>
 
 namespace squeeze {
@@ -49,6 +50,14 @@ struct KMeansResult {
 // 1 <= k <= n, max_iterations >= 1. Uses cblas_sgemm for the point x centre dot products.
 KMeansResult SphericalKMeans(const float* points, int n, int d, int k, int max_iterations,
                              std::mt19937_64& rng);
+
+// The last step of every k-means here: drops the empty clusters of a finished clustering of
+// n = labels.size() points into k (the survivors keep their order) and fills result's labels,
+// sizes, unit centres and centroids (raw_sums [k][d] / member count).
+//   labels: [n] in [0, k);  unit_centers: [k][d];  raw_sums: [k][d] sums of the raw members.
+void CompactClusters(std::span<const int32_t> labels, int k, int d,
+                     std::span<const float> unit_centers, std::span<const double> raw_sums,
+                     KMeansResult* result);
 
 // Another implementation of the same clustering (the CUDA k-means,
 // engine/backend/cuda/cuda_kmeans.h): same preconditions and result fields; it may seed

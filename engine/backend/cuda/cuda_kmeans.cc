@@ -161,16 +161,13 @@ KMeansResult CudaKMeans::Run(const float* points, int n, int d, int k, int max_i
   }
 
   // Raw-point sums of the final clusters (the stored centroid is the mean of raw keys, P3).
-  std::vector<int32_t> labels(n), counts(k);
+  std::vector<int32_t> labels(n);
   std::vector<float> sums(kd), unit_centers(kd);
   check(cudaMemsetAsync(im.sums.p, 0, kd * sizeof(float), s), "memset");
   check(cudaMemsetAsync(im.counts.p, 0, k * sizeof(int32_t), s), "memset");
   check(gpu::LaunchAccumulateClusters(im.points.p, im.labels.p, n, d, im.sums.p, im.counts.p, s),
         "raw sums");
   check(cudaMemcpyAsync(labels.data(), im.labels.p, sizeof(int32_t) * n, cudaMemcpyDeviceToHost,
-                        s),
-        "download");
-  check(cudaMemcpyAsync(counts.data(), im.counts.p, sizeof(int32_t) * k, cudaMemcpyDeviceToHost,
                         s),
         "download");
   check(cudaMemcpyAsync(sums.data(), im.sums.p, kd * sizeof(float), cudaMemcpyDeviceToHost, s),
@@ -184,28 +181,8 @@ KMeansResult CudaKMeans::Run(const float* points, int n, int d, int k, int max_i
     return fallback();
   }
 
-  // Compact: drop empty clusters, keep the survivors' order (as SphericalKMeans).
-  std::vector<int32_t> new_index(k, -1);
-  for (int c = 0; c < k; ++c) {
-    if (counts[c] > 0) new_index[c] = result.num_clusters++;
-  }
-  const int C = result.num_clusters;
-  result.sizes.resize(C);
-  result.centroids.resize(static_cast<size_t>(C) * d);
-  result.unit_centers.resize(static_cast<size_t>(C) * d);
-  for (int c = 0; c < k; ++c) {
-    const int to = new_index[c];
-    if (to < 0) continue;
-    result.sizes[to] = counts[c];
-    for (int j = 0; j < d; ++j) {
-      result.centroids[static_cast<size_t>(to) * d + j] =
-          sums[static_cast<size_t>(c) * d + j] / static_cast<float>(counts[c]);
-    }
-    std::memcpy(&result.unit_centers[static_cast<size_t>(to) * d],
-                &unit_centers[static_cast<size_t>(c) * d], sizeof(float) * d);
-  }
-  result.labels.resize(n);
-  for (int i = 0; i < n; ++i) result.labels[i] = new_index[labels[i]];
+  CompactClusters(labels, k, d, unit_centers, std::vector<double>(sums.begin(), sums.end()),
+                  &result);
   return result;
 }
 
