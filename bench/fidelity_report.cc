@@ -12,6 +12,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "bench/bench_common.h"
 #include "engine/backend/attention_reference.h"
@@ -173,9 +174,7 @@ std::vector<std::string> Queries(const std::string& context_text) {
     for (absl::string_view line :
          absl::StrSplit(ReadFileOrDie(absl::GetFlag(FLAGS_queries_file)), '\n',
                         absl::SkipEmpty())) {
-      std::string q(line);
-      for (size_t p; (p = q.find("\\n")) != std::string::npos;) q.replace(p, 2, "\n");
-      out.push_back(q);
+      out.push_back(absl::StrReplaceAll(line, {{"\\n", "\n"}}));  // escaped newlines
     }
     return out;
   }
