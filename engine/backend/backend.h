@@ -105,9 +105,10 @@ struct AttentionKeys {
   // r <= causal_offset + t (the dynamic KV: query t sits at dynamic index causal_offset + t).
   // When < 0 there is no limit (fixed context: every fixed key precedes every new token).
   int causal_offset = -1;
-  // Fixed part only, on backends with selects_on_device() and single-token calls: select the
-  // keys on the device with this index and threshold instead of `ranges`, and write the rows
-  // kept per KV head to kept_rows (host memory, [Hkv]) by the time Synchronize() returns.
+  // Fixed part only, on backends with selects_on_device(): select the keys on the device with
+  // this index and threshold instead of `ranges` (a multi-token call scores the clusters by the
+  // mean over its query rows, as the host selector does), and write the rows kept per KV head
+  // to kept_rows (host memory, [Hkv]) by the time Synchronize() returns.
   std::optional<DeviceSelection> device_selection;
   int layer = -1;  // the layer of this call (indexes device_selection's index)
   int32_t* kept_rows = nullptr;
@@ -180,7 +181,7 @@ class Backend {
   // ---- KV ----------------------------------------------------------------------------------
   // Element type of KV in backend memory (SequenceKV storage, ContextKvView).
   virtual DType kv_dtype() const = 0;
-  // Whether Attention honours AttentionKeys::device_selection (single-token steps).
+  // Whether Attention honours AttentionKeys::device_selection.
   virtual bool selects_on_device() const { return false; }
   // A k-means that runs on this backend's device, for the registration (indexer) thread, or
   // nullptr (the CPU reference clusters). Owned by the backend.
@@ -194,6 +195,30 @@ class Backend {
   // layout), or y += ... when `accumulate` (the residual add of the O and down projections,
   // fused into the GEMM).
   virtual void MatMul(const float* x, const Matrix& w, float* y, int m, bool accumulate) = 0;
+  // Several products of one input: outs[j].y[m, n_j] = in . outs[j].w^T, where `in` is
+  // RmsNorm(x) with `norm_weight` and `eps` (x itself when norm_weight is null). `h` [m, cols]
+  // is scratch that may receive the normalised rows. Default: RmsNorm into h, then one MatMul
+  // per output; a device backend may do it all in one pass over the weights (q/k/v, gate/up).
+  struct MatMulOutput {
+    const Matrix* w = nullptr;
+    float* y = nullptr;
+  };
+  virtual void NormMatMuls(const float* x, const float* norm_weight, float eps, float* h, int m,
+                           std::span<const MatMulOutput> outs) {
+    const float* in = x;
+    if (norm_weight != nullptr && !outs.empty()) {
+      RmsNorm(x, norm_weight, h, m, outs[0].w->cols, eps);
+      in = h;
+    }
+    for (const MatMulOutput& o : outs) MatMul(in, *o.w, o.y, m, /*accumulate=*/false);
+  }
+  // y[m, n] (+)= (silu(gate) * up)[m, k] . w^T (the SwiGLU down projection). `gate` may be
+  // overwritten. Default: SiluMul into gate, then MatMul; a device backend may fuse the two.
+  virtual void SiluMulMatMul(float* gate, const float* up, const Matrix& w, float* y, int m,
+                             bool accumulate) {
+    SiluMul(gate, up, gate, static_cast<size_t>(m) * w.cols);
+    MatMul(gate, w, y, m, accumulate);
+  }
   // out[i, :] = float(table[ids[i], :]) for i < n: the embedding lookup. ids must be valid.
   virtual void Embed(const Matrix& table, const int32_t* ids, int n, float* out) = 0;
   // out[i, :] = src[ids[i], :] for i < n; rows have `dim` floats (the pick of each sequence's

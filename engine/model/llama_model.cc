@@ -392,7 +392,7 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
   RETURN_IF_ERROR(ValidateSteps(steps, config_, kv_shape(), *backend_));
 
   const ModelConfig& c = config_;
-  const int D = c.hidden_size, I = c.intermediate_size, V = c.vocab_size, L = c.num_layers;
+  const int D = c.hidden_size, V = c.vocab_size, L = c.num_layers;
   const int Hq = c.num_heads, Hkv = c.num_kv_heads, d = c.head_dim;
   const int q_dim = Hq * d, kv_dim = Hkv * d;
   const float eps = c.rms_norm_eps;
@@ -430,10 +430,8 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
     const ResidentLayer& lw = w_.layers[l];
 
     // Attention block: x += o_proj(attention(rope(q), rope(k), v)), GEMMs over all T tokens.
-    be.RmsNorm(a.x, lw.attn_norm, a.h, T, D, eps);
-    be.MatMul(a.h, lw.wq, a.q, T, /*accumulate=*/false);
-    be.MatMul(a.h, lw.wk, a.k, T, /*accumulate=*/false);
-    be.MatMul(a.h, lw.wv, a.v, T, /*accumulate=*/false);
+    const Backend::MatMulOutput qkv[] = {{&lw.wq, a.q}, {&lw.wk, a.k}, {&lw.wv, a.v}};
+    be.NormMatMuls(a.x, lw.attn_norm, eps, a.h, T, qkv);
     be.RopeQK(a.q, Hq, a.k, Hkv, a.positions, T, d, inv_freq);
 
     // Attention per sequence: its new K/V join its dynamic KV, then its queries attend to the
@@ -456,7 +454,7 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
       p.q = a.q + row * q_dim;
       p.out = a.att + row * q_dim;
       std::optional<DeviceSelection> device_select;
-      if (s.fixed != nullptr && n == 1 && be.selects_on_device()) {
+      if (s.fixed != nullptr && be.selects_on_device()) {
         device_select = s.fixed->device_selection();
       }
       if (device_select && s.context != nullptr && s.context->num_tokens > 0) {
@@ -489,19 +487,17 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
     be.MatMul(a.att, lw.wo, a.x, T, /*accumulate=*/true);
 
     // MLP block: x += down(silu(gate(h)) * up(h)).
-    be.RmsNorm(a.x, lw.mlp_norm, a.h, T, D, eps);
-    be.MatMul(a.h, lw.gate, a.gate, T, /*accumulate=*/false);
-    be.MatMul(a.h, lw.up, a.up, T, /*accumulate=*/false);
-    be.SiluMul(a.gate, a.up, a.gate, static_cast<size_t>(T) * I);
-    be.MatMul(a.gate, lw.down, a.x, T, /*accumulate=*/true);
+    const Backend::MatMulOutput gate_up[] = {{&lw.gate, a.gate}, {&lw.up, a.up}};
+    be.NormMatMuls(a.x, lw.mlp_norm, eps, a.h, T, gate_up);
+    be.SiluMulMatMul(a.gate, a.up, lw.down, a.x, T, /*accumulate=*/true);
   }
 
   // Final norm and lm_head only for the last token of steps that want logits: a registration
   // chunk of thousands of tokens must not pay for [T, V] logits.
   if (num_logits > 0) {
     be.GatherRows(a.x, a.logit_rows, num_logits, D, a.last);
-    be.RmsNorm(a.last, w_.final_norm, a.last, num_logits, D, eps);
-    be.MatMul(a.last, w_.lm_head, a.logits, num_logits, /*accumulate=*/false);
+    const Backend::MatMulOutput head[] = {{&w_.lm_head, a.logits}};
+    be.NormMatMuls(a.last, w_.final_norm, eps, a.last, num_logits, head);
   }
   RETURN_IF_ERROR(be.Synchronize());
   // Device-side selections of this step, now written: into each selector's statistics.

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #include "kernels/gemv.cuh"
@@ -67,12 +68,113 @@ TEST(Gemv, MatchesReferenceOverShapes) {
   }
 }
 
+// The fused forms: RMSNorm or SiLU*up formed in the prologue, up to three matrices per launch.
+// Reference: the input transform in fp32 on the CPU (the backend's RmsNorm / SiluMul formulas),
+// rounded to bf16, products in double. Tolerance 3e-5: a different summation order of the
+// sum of squares may round a rare input element the other way.
+TEST(Gemv, FusedInputsAndSeveralOutputs) {
+  Rng rng(12);
+  const int kShapes[][4] = {{4096, 1024, 1024, 4096}, {7, 64, 9, 64}, {4096, 0, 0, 14336}};
+  for (gpu::GemvInput mode :
+       {gpu::GemvInput::kPlain, gpu::GemvInput::kRmsNorm, gpu::GemvInput::kSiluMul}) {
+    for (int m = 1; m <= gpu::kGemvMaxRows; ++m) {
+      for (const auto& shape : kShapes) {
+        const int k = shape[3];
+        if (!gpu::GemvSupported(m, shape[0], k)) continue;  // x does not fit shared memory
+        const bool accumulate = mode == gpu::GemvInput::kSiluMul;
+        SCOPED_TRACE(testing::Message() << "mode " << static_cast<int>(mode) << " m " << m
+                                        << " k " << k);
+        std::vector<float> x(static_cast<size_t>(m) * k), x2(x.size()), norm(k);
+        for (float& v : x) v = rng.Uniform() * 3.0f;
+        for (float& v : x2) v = rng.Uniform();
+        for (float& v : norm) v = 1.0f + 0.2f * rng.Uniform();
+        const float eps = 1e-5f;
+        // The transformed input, as the unfused kernels compute it in fp32, then bf16.
+        std::vector<float> in(x.size());
+        for (int i = 0; i < m; ++i) {
+          double ss = 0.0;
+          for (int t = 0; t < k; ++t) {
+            const double v = x[static_cast<size_t>(i) * k + t];
+            ss += v * v;
+          }
+          const float inv_rms = 1.0f / std::sqrt(static_cast<float>(ss) / k + eps);
+          for (int t = 0; t < k; ++t) {
+            const size_t e = static_cast<size_t>(i) * k + t;
+            float v = x[e];
+            if (mode == gpu::GemvInput::kRmsNorm) v = norm[t] * (x[e] * inv_rms);
+            if (mode == gpu::GemvInput::kSiluMul) v = x[e] / (1.0f + std::exp(-x[e])) * x2[e];
+            in[e] = __bfloat162float(__float2bfloat16_rn(v));
+          }
+        }
+        gpu::GemvParams p;
+        DeviceArray<float> dx(x), dx2(x2), dnorm(norm);
+        p.x = dx.get();
+        p.x2 = mode == gpu::GemvInput::kSiluMul ? dx2.get() : nullptr;
+        p.norm_weight = mode == gpu::GemvInput::kRmsNorm ? dnorm.get() : nullptr;
+        p.eps = eps;
+        p.input = mode;
+        p.m = m;
+        p.k = k;
+        p.accumulate = accumulate;
+        std::vector<Bf16Data> ws;
+        std::vector<std::unique_ptr<DeviceArray<gpu::bf16>>> dws;
+        std::vector<std::unique_ptr<DeviceArray<float>>> dys;
+        std::vector<std::vector<float>> y0s;
+        ws.reserve(3);
+        dws.reserve(3);
+        dys.reserve(3);
+        for (int j = 0; j < 3 && shape[j] > 0; ++j) {
+          const int n = shape[j];
+          ws.emplace_back(static_cast<size_t>(n) * k);
+          for (size_t i = 0; i < ws.back().dev.size(); ++i) ws.back().Set(i, rng.Uniform() * 0.1f);
+          dws.push_back(std::make_unique<DeviceArray<gpu::bf16>>(ws.back().dev));
+          y0s.emplace_back(static_cast<size_t>(m) * n);
+          for (float& v : y0s.back()) v = rng.Uniform();
+          dys.push_back(std::make_unique<DeviceArray<float>>(y0s.back().size()));
+          if (accumulate) {
+            dys.back()->Upload(y0s.back());
+          } else {
+            dys.back()->Poison();
+          }
+          p.out[j] = {dws.back()->get(), dys.back()->get(), n};
+          p.num_outputs = j + 1;
+        }
+        CUDA_OK(gpu::LaunchGemv(p, nullptr));
+        CUDA_OK(cudaDeviceSynchronize());
+        for (int j = 0; j < p.num_outputs; ++j) {
+          const int n = shape[j];
+          const std::vector<float> y = dys[j]->Download();
+          double num = 0.0, den = 0.0;
+          size_t nan = 0;
+          for (int i = 0; i < m; ++i) {
+            for (int r = 0; r < n; ++r) {
+              double ref = accumulate ? y0s[j][static_cast<size_t>(i) * n + r] : 0.0;
+              for (int t = 0; t < k; ++t) {
+                ref += double{in[static_cast<size_t>(i) * k + t]} *
+                       ws[j].ref[static_cast<size_t>(r) * k + t];
+              }
+              const float got = y[static_cast<size_t>(i) * n + r];
+              nan += !std::isfinite(got);
+              num += (got - ref) * (got - ref);
+              den += ref * ref;
+            }
+          }
+          EXPECT_EQ(nan, 0u) << "output " << j;
+          EXPECT_LE(std::sqrt(num / den), 3e-5) << "output " << j;
+        }
+      }
+    }
+  }
+}
+
 TEST(Gemv, RejectsUnsupportedShapes) {
   EXPECT_FALSE(gpu::GemvSupported(5, 16, 16));
   EXPECT_FALSE(gpu::GemvSupported(1, 16, 12));
   EXPECT_FALSE(gpu::GemvSupported(4, 16, 16384));  // x does not fit shared memory
   EXPECT_EQ(gpu::LaunchGemvBf16(nullptr, nullptr, nullptr, 1, 16, 16, false, nullptr),
             cudaErrorInvalidValue);
+  gpu::GemvParams p;  // no outputs
+  EXPECT_EQ(gpu::LaunchGemv(p, nullptr), cudaErrorInvalidValue);
 }
 
 }  // namespace
