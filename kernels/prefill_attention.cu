@@ -81,7 +81,7 @@ __device__ __forceinline__ uint32_t PackBf16x2(float lo, float hi) {
 // a swizzled shared tile; rows at or past `valid_rows` are zero-filled and not read.
 template <int D, int kRows>
 __device__ __forceinline__ void IssueTile(char* dst, const bf16* src, int64_t stride, int row0,
-                                          int valid_rows) {
+                                          int valid_rows, const int32_t* rows = nullptr) {
   constexpr int kChunks = D / 8;
   constexpr int kPerThread = kRows * kChunks / kThreadsM;
   static_assert(kPerThread * kThreadsM == kRows * kChunks, "tile/threads mismatch");
@@ -90,7 +90,9 @@ __device__ __forceinline__ void IssueTile(char* dst, const bf16* src, int64_t st
     const int idx = threadIdx.x + u * kThreadsM;
     const int r = idx / kChunks, c = idx % kChunks;
     const bool valid = row0 + r < valid_rows;
-    const bf16* from = src + (valid ? static_cast<int64_t>(row0 + r) * stride + c * 8 : 0);
+    // rows: tile row r is storage row rows[row0 + r] (a selection's kept rows).
+    const int64_t at = valid ? (rows != nullptr ? __ldg(rows + row0 + r) : row0 + r) : 0;
+    const bf16* from = src + (valid ? at * stride + c * 8 : 0);
     detail::CpAsync16(dst + SwizzledOffset<D>(r, c), from, valid);
   }
 }
@@ -109,9 +111,14 @@ __global__ void __launch_bounds__(kThreadsM, 1) PrefillKernel(const PrefillAtten
   const int qh = blockIdx.x;
   const int m0 = (gridDim.y - 1 - blockIdx.y) * kPrefillBlockM;
   const int n = p.num_tokens, hq = p.num_q_heads;
-  const int kv_len = p.kv.len, past = kv_len - n;
   const int kvh = qh / (hq / p.num_kv_heads);
+  const int kv_len = p.head_len != nullptr ? p.head_len[kvh] : p.kv.len;
+  // Without the causal mask every query sees every row: a limit no key reaches.
+  const int past = p.causal ? kv_len - n : kv_len + kPrefillBlockM;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int32_t* kv_rows =
+      p.row_index != nullptr ? p.row_index + static_cast<int64_t>(kvh) * p.row_index_stride
+                             : nullptr;
   const bf16* k = p.kv.k + static_cast<int64_t>(kvh) * p.kv.head_stride;
   const bf16* v = p.kv.v + static_cast<int64_t>(kvh) * p.kv.head_stride;
   const uint32_t sbase = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
@@ -128,8 +135,10 @@ __global__ void __launch_bounds__(kThreadsM, 1) PrefillKernel(const PrefillAtten
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < num_tiles) {
-      IssueTile<D, kBlockN>(smem + Smem::kKOff + s * Smem::kTileBytes, k, D, s * kBlockN, kv_len);
-      IssueTile<D, kBlockN>(smem + Smem::kVOff + s * Smem::kTileBytes, v, D, s * kBlockN, kv_len);
+      IssueTile<D, kBlockN>(smem + Smem::kKOff + s * Smem::kTileBytes, k, D, s * kBlockN, kv_len,
+                              kv_rows);
+      IssueTile<D, kBlockN>(smem + Smem::kVOff + s * Smem::kTileBytes, v, D, s * kBlockN, kv_len,
+                              kv_rows);
     }
     detail::CpAsyncCommit();
   }
@@ -162,9 +171,9 @@ __global__ void __launch_bounds__(kThreadsM, 1) PrefillKernel(const PrefillAtten
     if (next < num_tiles) {
       const int st = next % kStages;
       IssueTile<D, kBlockN>(smem + Smem::kKOff + st * Smem::kTileBytes, k, D, next * kBlockN,
-                            kv_len);
+                            kv_len, kv_rows);
       IssueTile<D, kBlockN>(smem + Smem::kVOff + st * Smem::kTileBytes, v, D, next * kBlockN,
-                            kv_len);
+                            kv_len, kv_rows);
     }
     detail::CpAsyncCommit();
     const int key0 = t * kBlockN;
@@ -193,7 +202,8 @@ __global__ void __launch_bounds__(kThreadsM, 1) PrefillKernel(const PrefillAtten
     }
 
     // ---- Scale to log2 units; mask only tiles that cross the diagonal of this warp.
-    const bool diagonal = key0 + kBlockN - 1 > past + warp_row0;
+    // (Also the last tile of a non-causal call when it runs past kv_len: zero-filled rows.)
+    const bool diagonal = key0 + kBlockN - 1 > min(past + warp_row0, kv_len - 1);
 #pragma unroll
     for (int j = 0; j < kNTiles; ++j) {
 #pragma unroll
@@ -301,7 +311,9 @@ bool Aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15)
 cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& p, cudaStream_t stream) {
   if (p.num_tokens == 0) return cudaSuccess;
   if (p.num_tokens < 0 || p.num_q_heads <= 0 || p.num_kv_heads <= 0 ||
-      p.num_q_heads % p.num_kv_heads != 0 || p.num_q_heads > 65535 || p.kv.len < p.num_tokens ||
+      p.num_q_heads % p.num_kv_heads != 0 || p.num_q_heads > 65535 ||
+      (p.causal && (p.kv.len < p.num_tokens || p.head_len != nullptr || p.row_index != nullptr)) ||
+      p.kv.len < 0 || (p.row_index != nullptr && p.row_index_stride < p.kv.len) ||
       (p.num_tokens + kPrefillBlockM - 1) / kPrefillBlockM > 65535) {
     return cudaErrorInvalidValue;
   }

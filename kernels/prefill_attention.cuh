@@ -16,8 +16,11 @@
 // for the P.V product (fp32 accumulate), so outputs carry about 2^-9 relative error per term;
 // the row sums and the lse use the unrounded fp32 probabilities.
 //
+// Non-causal mode (causal = false): a fixed context's keys, all visible to every query, with an
+// optional per-KV-head row count (head_len).
+//
 // Supported: d in {64, 128}; q, k, v, out 16-byte aligned; head_stride a multiple of 8 elements;
-// 1 <= n <= kv.len; n <= 128 * 65535. The launcher returns cudaErrorInvalidValue otherwise (n == 0
+// causal: 1 <= n <= kv.len; n <= 128 * 65535. The launcher returns cudaErrorInvalidValue otherwise (n == 0
 // is a no-op). It never allocates and never synchronises (capturable in a CUDA graph).
 #pragma once
 
@@ -36,6 +39,17 @@ struct PrefillAttentionParams {
   void* out = nullptr;      // [n][Hq][d], fp32 or bf16 (out_bf16)
   bool out_bf16 = false;
   float* lse = nullptr;  // [n][Hq] natural log; may be nullptr
+  // false: no causal mask, every query sees rows [0, kv.len) (a fixed context, which precedes
+  // every new token), and n may exceed kv.len.
+  bool causal = true;
+  // Non-causal only, optional: device [Hkv] rows visible per KV head (each <= kv.len, may be 0:
+  // the head's outputs are then 0 with lse -inf), for per-head compacted key sets.
+  const int32_t* head_len = nullptr;
+  // Optional, non-causal only: key r < head_len[h] (or kv.len) of KV head h is storage row
+  // row_index[h * row_index_stride + r] (a squeezed selection's kept rows, read in place; every
+  // entry a valid row of the head's storage). kv.head_stride still spaces the heads' storage.
+  const int32_t* row_index = nullptr;
+  int64_t row_index_stride = 0;
 };
 
 // Query rows per CTA (8 warps x 16 rows) and keys per K/V tile of the prefill kernel.

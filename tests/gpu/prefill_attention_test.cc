@@ -183,6 +183,101 @@ TEST(PrefillAttention, MoreKvHeadsAndRepeatable) {
   RunCase({64, 2, 4, 65, 63, true}, 1002, /*check_repeat=*/true);
 }
 
+// Non-causal mode over a fixed context with per-KV-head row counts (head_len, the compacted kept
+// rows of a squeezed selection): every query sees rows [0, lens[h]) of KV head h; rows past it
+// are NaN. A head with no rows must give zero outputs and lse -inf. Same tolerances as above.
+void RunFixedCase(int d, int group, int n, const std::vector<int>& lens, uint64_t seed) {
+  SCOPED_TRACE(::testing::Message() << "fixed d=" << d << " G=" << group << " n=" << n
+                                    << " heads=" << lens.size());
+  Rng rng(seed);
+  const int hkv = static_cast<int>(lens.size()), hq = hkv * group;
+  const int max_len = *std::max_element(lens.begin(), lens.end());
+  const int cap = (max_len + 5 + 7) / 8 * 8;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  Bf16Data q(static_cast<size_t>(n) * hq * d);
+  for (size_t i = 0; i < q.dev.size(); ++i) q.Set(i, 3.0f * rng.Uniform());
+  Bf16Data k(static_cast<size_t>(hkv) * cap * d), v(k.dev.size());
+  for (int h = 0; h < hkv; ++h) {
+    for (int r = 0; r < cap; ++r) {
+      for (int i = 0; i < d; ++i) {
+        const size_t at = (static_cast<size_t>(h) * cap + r) * d + i;
+        if (r < lens[h]) {
+          k.Set(at, rng.Uniform());
+          v.Set(at, rng.Uniform() + 0.5f * std::sin(0.37f * i + h));
+        } else {
+          k.SetNaN(at);
+          v.SetNaN(at);
+        }
+      }
+    }
+  }
+  DeviceArray<bf16> dev_q(q.dev), dev_k(k.dev), dev_v(v.dev);
+  DeviceArray<int32_t> dev_len(std::vector<int32_t>(lens.begin(), lens.end()));
+  DeviceArray<float> out(static_cast<size_t>(n) * hq * d), lse(static_cast<size_t>(n) * hq);
+  out.Poison();
+  lse.Poison();
+  gpu::PrefillAttentionParams p;
+  p.num_tokens = n;
+  p.num_q_heads = hq;
+  p.num_kv_heads = hkv;
+  p.head_dim = d;
+  p.scale = scale;
+  p.q = dev_q.get();
+  p.kv.k = dev_k.get();
+  p.kv.v = dev_v.get();
+  p.kv.head_stride = static_cast<int64_t>(cap) * d;
+  p.kv.len = max_len;
+  p.out = out.get();
+  p.lse = lse.get();
+  p.causal = false;
+  p.head_len = dev_len.get();
+  CUDA_OK(gpu::LaunchPrefillAttention(p, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<float> got = out.Download(), got_lse = lse.Download();
+
+  double num = 0.0, den = 0.0, lse_err = 0.0;
+  size_t bad = 0;
+  std::vector<float> ref_out(static_cast<size_t>(group) * d), ref_lse(group);
+  for (const int t : CheckedQueries(n)) {
+    for (int h = 0; h < hkv; ++h) {
+      const float* row = got.data() + (static_cast<size_t>(t) * hq + h * group) * d;
+      const float* row_lse = got_lse.data() + static_cast<size_t>(t) * hq + h * group;
+      if (lens[h] == 0) {
+        for (int i = 0; i < group * d; ++i) bad += row[i] != 0.0f;
+        for (int g = 0; g < group; ++g) bad += row_lse[g] != -std::numeric_limits<float>::infinity();
+        continue;
+      }
+      const AttentionShape shape{1, group, 1, d, scale};
+      AttentionKeys keys;
+      keys.kv = KvSlice{k.ref.data() + static_cast<size_t>(h) * cap * d,
+                        v.ref.data() + static_cast<size_t>(h) * cap * d,
+                        static_cast<size_t>(cap) * d, lens[h]};
+      keys.causal_offset = -1;
+      AttentionPartial(shape, q.ref.data() + (static_cast<size_t>(t) * hq + h * group) * d, keys,
+                       ref_out.data(), ref_lse.data());
+      for (size_t i = 0; i < ref_out.size(); ++i) {
+        bad += !std::isfinite(row[i]);
+        num += (row[i] - ref_out[i]) * static_cast<double>(row[i] - ref_out[i]);
+        den += ref_out[i] * static_cast<double>(ref_out[i]);
+      }
+      for (int g = 0; g < group; ++g) {
+        const double err = std::abs(row_lse[g] - ref_lse[g]) / (1.0 + std::abs(ref_lse[g]));
+        lse_err = std::isnan(err) ? err : std::max(lse_err, err);
+      }
+    }
+  }
+  EXPECT_EQ(bad, 0u) << "non-finite outputs, or a head without rows not giving 0 / -inf";
+  ASSERT_GT(den, 0.0);
+  EXPECT_LE(std::sqrt(num / den), 1e-2);
+  EXPECT_LE(lse_err, 1e-3);
+}
+
+TEST(PrefillAttention, FixedContextPerHeadLengths) {
+  RunFixedCase(128, 4, 1000, {3000, 65, 1, 0, 4097}, 2001);  // n 1000 < 4097 rows, and a 1-row head
+  RunFixedCase(64, 8, 300, {17, 200}, 2002);                 // n > rows of both heads
+  RunFixedCase(128, 1, 16, {129, 128, 127}, 2003);            // one query tile, tile-edge lengths
+}
+
 TEST(PrefillAttention, NoLseAndInvalidArguments) {
   // lse == nullptr is allowed and still writes out.
   const int n = 70, hq = 4, d = 128;
