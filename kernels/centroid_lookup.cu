@@ -166,7 +166,13 @@ __device__ unsigned long long SelectBlock(const CentroidLookupParams& p, const S
   const int c_end = c0 + cn;
   const float* logits = p.logits + static_cast<size_t>(bh) * G * p.plan.logit_stride;
   float sc[kFinalizePerThread] = {};
-  if (scoring && c_first < c_end) {
+  if (scoring && p.scores_in != nullptr) {
+    const float* in = p.scores_in + static_cast<size_t>(bh) * p.sel.cluster_stride;
+#pragma unroll
+    for (int e = 0; e < kFinalizePerThread; ++e) {
+      if (c_first + e < c_end) sc[e] = __ldcg(in + c_first + e);
+    }
+  } else if (scoring && c_first < c_end) {
     // logit_stride is a multiple of 4 and c_first < C <= logit_stride: the float4 is in bounds.
 #pragma unroll
     for (int g = 0; g < G; ++g) {
@@ -177,13 +183,14 @@ __device__ unsigned long long SelectBlock(const CentroidLookupParams& p, const S
       sc[2] += expf(x.z - head_m[g]) * head_inv[g];
       sc[3] += expf(x.w - head_m[g]) * head_inv[g];
     }
+#pragma unroll
+    for (int e = 0; e < kFinalizePerThread; ++e) sc[e] *= 1.0f / G;  // mean over the group
   }
   ClusterPick pick;
   unsigned long long local = 0;
 #pragma unroll
   for (int e = 0; e < kFinalizePerThread; ++e) {
     const int c = c_first + e;
-    sc[e] *= 1.0f / G;
     pick.row[e] = 0;
     pick.nkeys[e] = 0;
     if (c < c_end && (keep_all || sc[e] > tau)) {
@@ -386,7 +393,7 @@ __global__ void __launch_bounds__(kThreads) CentroidSelectKernel(const CentroidL
   if (blk >= m.nblk) return;
   const int cb = p.plan.clusters_per_block;
 
-  if (m.scoring) {  // the head's max and denominator from its blocks' partials
+  if (m.scoring && p.scores_in == nullptr) {  // the head's max and denominator, from partials
     for (int g = warp; g < G; g += kWarps) {
       const size_t base = static_cast<size_t>(bh) * p.plan.blocks_per_head * G + g;
       float mx = -INFINITY;
@@ -461,8 +468,9 @@ LookupPlan PlanCentroidLookup(int batch, int num_kv_heads, int max_clusters, int
 cudaError_t LaunchCentroidLookup(const CentroidLookupParams& p, cudaStream_t stream) {
   const SqueezeSelection& s = p.sel;
   if (p.batch <= 0 || p.num_kv_heads <= 0 || p.num_q_heads % p.num_kv_heads != 0 ||
-      int64_t{p.batch} * p.num_kv_heads > 65535 || p.q == nullptr || p.heads == nullptr ||
-      p.tau == nullptr || p.logits == nullptr || p.block_max == nullptr || p.block_den == nullptr ||
+      int64_t{p.batch} * p.num_kv_heads > 65535 || p.heads == nullptr || p.tau == nullptr ||
+      (p.scores_in == nullptr && (p.q == nullptr || p.logits == nullptr ||
+                                  p.block_max == nullptr || p.block_den == nullptr)) ||
       p.seg_cluster == nullptr || p.seg_row == nullptr || p.seg_key == nullptr ||
       p.block_counts == nullptr || p.counters == nullptr || s.range_row_begin == nullptr ||
       s.range_key_begin == nullptr || s.num_ranges == nullptr || s.kept_keys == nullptr ||
@@ -478,7 +486,9 @@ cudaError_t LaunchCentroidLookup(const CentroidLookupParams& p, cudaStream_t str
   return detail::DispatchHeadDimGroup(
       p.head_dim, p.num_q_heads / p.num_kv_heads, [&](auto d, auto g) {
         constexpr int D = decltype(d)::value, G = decltype(g)::value;
-        if (p.centroids_bf16) {
+        if (p.scores_in != nullptr) {
+          // Scores given: selection only.
+        } else if (p.centroids_bf16) {
           CentroidScoreKernel<D, G, true><<<grid, kThreads, 0, stream>>>(p);
         } else {
           CentroidScoreKernel<D, G, false><<<grid, kThreads, 0, stream>>>(p);

@@ -59,6 +59,10 @@ struct CentroidLookupParams {
   int32_t* seg_key = nullptr;                  // [B * Hkv][logit_stride]
   unsigned long long* block_counts = nullptr;  // [B * Hkv][blocks_per_head] (keys << 32 | kept)
   uint32_t* counters = nullptr;  // [B * Hkv + 1]; zero before the first launch, zero after each
+  // Optional [B * Hkv][sel.cluster_stride]: every cluster's score computed elsewhere (prefill:
+  // the mean over many query rows, kernels/squeezed_prefill.cuh). The score launch is then
+  // skipped and q, logits, block_max and block_den are not used.
+  const float* scores_in = nullptr;
   // Outputs.
   SqueezeSelection sel;
   // Sparse work plan: at most about target_chunks chunks (a multiple of the sparse grid);

@@ -113,6 +113,31 @@ SqueezeSelection SelectionInWorkspace(const SqueezedDecodePlan& plan, void* ws) 
   return sel;
 }
 
+cudaError_t LaunchSelectFromScores(const SqueezedDecodePlan& plan, const SqueezeHeadDesc* heads,
+                                   const float* tau, const float* scores, void* ws,
+                                   cudaStream_t stream) {
+  if (ws == nullptr || scores == nullptr) return cudaErrorInvalidValue;
+  const SqueezedDecodeShape& s = plan.shape;
+  CentroidLookupParams l;
+  l.batch = s.batch;
+  l.num_q_heads = s.num_q_heads;
+  l.num_kv_heads = s.num_kv_heads;
+  l.head_dim = s.head_dim;
+  l.heads = heads;
+  l.tau = tau;
+  l.plan = plan.lookup;
+  l.seg_cluster = At<int32_t>(ws, plan.seg_cluster);
+  l.seg_row = At<int32_t>(ws, plan.seg_row);
+  l.seg_key = At<int32_t>(ws, plan.seg_key);
+  l.block_counts = At<unsigned long long>(ws, plan.block_counts);
+  l.counters = At<uint32_t>(ws, plan.counters);
+  l.scores_in = scores;
+  l.sel = SelectionInWorkspace(plan, ws);
+  l.target_chunks = plan.target_chunks;
+  l.max_chunks = plan.max_chunks;
+  return LaunchCentroidLookup(l, stream);
+}
+
 cudaError_t LaunchSqueezedDecode(const SqueezedDecodePlan& plan, const SqueezedDecodeParams& p,
                                  void* ws, cudaStream_t stream, unsigned stages) {
   const SqueezedDecodeShape& s = plan.shape;

@@ -83,6 +83,13 @@ enum SqueezedDecodeStage : unsigned {
   kStageAll = 15u,
 };
 
+// The selection stage alone, from cluster scores computed elsewhere ([B * Hkv][cluster_stride
+// of SelectionInWorkspace], e.g. the mean over a prefill's query rows): threshold, compaction,
+// ranges with sinks and window, into the workspace's SqueezeSelection.
+cudaError_t LaunchSelectFromScores(const SqueezedDecodePlan& plan, const SqueezeHeadDesc* heads,
+                                   const float* tau, const float* scores, void* workspace,
+                                   cudaStream_t stream);
+
 cudaError_t LaunchSqueezedDecode(const SqueezedDecodePlan& plan, const SqueezedDecodeParams& p,
                                  void* workspace, cudaStream_t stream, unsigned stages = kStageAll);
 

@@ -7,6 +7,8 @@
 #   model    the CUDA backend: kernel-op tests, the whole model vs the goldens and the CPU, the
 #            server on the GPU (tests/gpu/model_ops_test.cc, cuda_model_test.cc), then the
 #            forward benchmark on the Llama-3-8B shape (bench/cuda/gpu_forward_bench.cc)
+#   ttft     the forward benchmark at 128K with squeezed decode and the time to first token of
+#            1K and 4K-token inputs, dense and squeezed
 #   kernels  attention kernel tests and benchmarks vs PyTorch SDPA (bench/run_gpu.sh)
 # Logs travel back as $OUT/logs.tar.gz (the device tool returns at most 8 files). Each stage has
 # a time limit so one hang cannot eat the call.
@@ -42,7 +44,7 @@ fi
 
 if has model; then
   export SQUEEZE_SOURCE_DIR="$ROOT"
-  for t in model_ops_test gemv_test kmeans_gpu_test cuda_model_test; do
+  for t in model_ops_test gemv_test prefill_attention_test kmeans_gpu_test cuda_model_test; do
     echo "== $t"
     timeout 240 /tmp/bundle/$t > "$LOGS/$t.log" 2>&1
     echo "$t: exit $?"
@@ -54,6 +56,13 @@ if has model; then
     | tee "$LOGS/forward_32k.log"
   timeout 200 /tmp/bundle/gpu-forward-bench --model=bench/configs/llama3-8b \
     --prefill_tokens=131072 --decode_steps=8 2>&1 | tee "$LOGS/forward_128k.log"
+fi
+
+if has ttft; then
+  echo "== gpu-forward-bench: 128K context, squeezed decode and time to first token"
+  timeout 300 /tmp/bundle/gpu-forward-bench --model=bench/configs/llama3-8b \
+    --prefill_tokens=131072 --decode_steps=8 --squeezed_budgets=0.1,0.05 \
+    --query_tokens=1024,4096 2>&1 | tee "$LOGS/forward_128k_ttft.log"
 fi
 
 if has kernels; then

@@ -46,6 +46,10 @@ ABSL_FLAG(bool, kmeans, false,
           "with --squeezed_budgets: build the index as a registration does (GPU k-means, "
           "calibration, row reorder) instead of contiguous clusters, and time it");
 ABSL_FLAG(int, batch, 1, "sequences decoding together against the fixed context");
+ABSL_FLAG(std::string, query_tokens, "",
+          "comma-separated user-input lengths (e.g. 1024,4096): time to first token of one input "
+          "of each length against the fixed context, dense and at each squeezed budget "
+          "(needs --squeezed_budgets)");
 ABSL_FLAG(std::string, squeezed_budgets, "",
           "comma-separated budgets: decode against the prefilled context as a fixed context, "
           "dense and squeezed at each budget (empty: skip)");
@@ -358,6 +362,52 @@ int Main() {
     std::printf("  squeezed budget %.2f: %.3f ms/step, realised KV budget %.4f, %.2fx faster "
                 "than dense; floor %.3f ms -> %.2fx the floor\n",
                 b, 1e3 * t, realised, dense / t, 1e3 * floor_s, t / floor_s);
+  }
+
+  // ---- time to first token: one user input against the context ------------------------------
+  for (absl::string_view q : absl::StrSplit(absl::GetFlag(FLAGS_query_tokens), ',',
+                                            absl::SkipEmpty())) {
+    int n = 0;
+    if (!absl::SimpleAtoi(q, &n) || n <= 0) continue;
+    std::vector<int32_t> input(n);
+    for (int i = 0; i < n; ++i) input[i] = (i * 104729 + 7) % c.vocab_size;
+    // Median of 3 (after one warm-up) of a fresh sequence's first step; realised budget of
+    // the last run.
+    auto ttft = [&](double budget, double* realised_out) {
+      std::vector<double> t;
+      for (int rep = 0; rep < 4; ++rep) {
+        SelectionOptions options;
+        options.budget = std::max(budget, 0.0);
+        SqueezedFixedContextAttention selector(index, options);
+        SequenceKV dyn = m.NewSequenceKV();
+        SequenceStep step{.tokens = input, .context = &ctx,
+                          .fixed = budget < 0 ? nullptr : &selector, .kv = &dyn};
+        ForwardOutput out;
+        const double s0 = Now();
+        const absl::Status st = m.Forward(std::span<SequenceStep>(&step, 1), &out);
+        const double dt = Now() - s0;
+        if (!st.ok()) {
+          std::fprintf(stderr, "ttft: %s\n", std::string(st.message()).c_str());
+          std::exit(1);
+        }
+        if (rep > 0) t.push_back(dt);
+        *realised_out = budget < 0 ? 1.0 : selector.realised_budget();
+      }
+      std::sort(t.begin(), t.end());
+      return t[t.size() / 2];
+    };
+    const double dense_ttft = ttft(-1.0, &realised);
+    // Attention FLOPs of the input over context + itself (causal), for the achieved rate.
+    const double attn = 4.0 * n * (S + n / 2.0) * d * c.num_heads * c.num_layers;
+    std::printf("time to first token, %d-token input against the %d-token context: dense "
+                "%.1f ms (attention %.1f TFLOP)\n",
+                n, S, 1e3 * dense_ttft, attn / 1e12);
+    for (double b : budgets) {
+      const double t = ttft(b, &realised);
+      std::printf("  squeezed budget %.2f: %.1f ms, realised KV budget %.4f, %.2fx faster than "
+                  "dense\n",
+                  b, 1e3 * t, realised, dense_ttft / t);
+    }
   }
   return 0;
 }

@@ -215,10 +215,11 @@ SqueezedContext MakeSqueezedContext(LlamaModel& model, const json& task) {
   return out;
 }
 
-// Squeezed Attention selected on the device (centroid lookup + sparse attention in the decode
-// step) against the CPU reference selecting on the host, same index and budget: the same greedy
-// tokens, logits within tolerance, and realised KV budgets within 2 points (selections may
-// differ on ties, the GPU scores with bf16 centroids).
+// Squeezed Attention selected on the device (the question's squeezed prefill: scores averaged
+// over its query rows; then centroid lookup + sparse attention in each decode step) against the
+// CPU reference selecting on the host, same index and budget: the same greedy tokens, logits
+// within tolerance, and realised KV budgets within 2 points, after the question and after the
+// decode steps (selections may differ on ties, the GPU scores with bf16 centroids and queries).
 TEST(CudaModel, DeviceSqueezedDecodeMatchesCpuSelection) {
   auto cuda = LoadCuda(kDemo);
   auto cpu = LoadOn(kDemo, std::make_unique<CpuBackend>());
@@ -234,8 +235,8 @@ TEST(CudaModel, DeviceSqueezedDecodeMatchesCpuSelection) {
   const SqueezeIndex* index = &sc.index;
 
   std::vector<int32_t> greedy[2];
-  std::vector<float> last[2];
-  double budget[2];
+  std::vector<float> last[2], first[2];
+  double budget[2], question_budget[2];
   LlamaModel* models[2] = {cpu.get(), cuda.get()};
   for (int b = 0; b < 2; ++b) {
     SelectionOptions sel_options;
@@ -250,8 +251,11 @@ TEST(CudaModel, DeviceSqueezedDecodeMatchesCpuSelection) {
       EXPECT_TRUE(status.ok()) << status;
       return status.ok() ? o.logits[0] : std::vector<float>();
     };
-    std::vector<float> logits = run(question);  // several tokens: host selection on both
-    for (int i = 0; i < 8; ++i) {               // single tokens: device selection on CUDA
+    // The question (several tokens): squeezed prefill, selected on the device on CUDA.
+    std::vector<float> logits = run(question);
+    first[b] = logits;
+    question_budget[b] = selector.realised_budget();
+    for (int i = 0; i < 8; ++i) {  // single tokens: squeezed decode, on the device on CUDA
       greedy[b].push_back(Argmax(logits));
       logits = run(std::span<const int32_t>(&greedy[b].back(), 1));
     }
@@ -263,9 +267,15 @@ TEST(CudaModel, DeviceSqueezedDecodeMatchesCpuSelection) {
   const double err = RelError(last[1], ref);
   EXPECT_LE(err, kTolerance);
   EXPECT_NEAR(budget[1], budget[0], 0.02);
-  std::printf("[cuda squeezed] %d-token context, budget 0.1: realised KV budget cpu %.4f cuda "
-              "%.4f, logits max|d|/max = %.2e, greedy %s\n",
-              S, budget[0], budget[1], err, greedy[0] == greedy[1] ? "identical" : "DIFFERENT");
+  const double question_err =
+      RelError(first[1], std::vector<double>(first[0].begin(), first[0].end()));
+  EXPECT_LE(question_err, kTolerance);
+  EXPECT_NEAR(question_budget[1], question_budget[0], 0.02);
+  std::printf("[cuda squeezed] %d-token context, budget 0.1: question (%zu tokens) realised "
+              "budget cpu %.4f cuda %.4f, logits %.2e; after 8 decode steps cpu %.4f cuda %.4f, "
+              "logits max|d|/max = %.2e, greedy %s\n",
+              S, question.size(), question_budget[0], question_budget[1], question_err,
+              budget[0], budget[1], err, greedy[0] == greedy[1] ? "identical" : "DIFFERENT");
 }
 
 // Several sequences decoding against squeezed contexts in one forward step run as one batched

@@ -21,6 +21,7 @@
 #include "kernels/model_ops.cuh"
 #include "kernels/prefill_attention.cuh"
 #include "kernels/squeezed_decode.cuh"
+#include "kernels/squeezed_prefill.cuh"
 #include "engine/squeeze/squeeze_index.h"
 
 namespace squeeze {
@@ -49,6 +50,12 @@ enum ScratchSlot : int {
   kGatheredV,      // compact kept V
   kStaging,        // fp32 staging of uploads
   kSqueezeHeads,   // SqueezeHeadDesc array + dynamic DecodeKv + tau of a squeezed decode call
+  kHeadLen,        // per-KV-head visible rows of a non-causal prefill over a fixed context
+  kCentroidLogits, // squeezed prefill: centroid logits of a chunk of query rows
+  kRowStats,       // squeezed prefill: per-row max and 1 / denominator
+  kColumnPartial,  // squeezed prefill: split column sums
+  kClusterScores,  // squeezed prefill: mean score per cluster [Hkv][cluster_stride]
+  kRowIndex,       // squeezed prefill: storage row of every kept key [Hkv][S]
   kNumSlots
 };
 
@@ -514,6 +521,69 @@ void CudaBackend::MatMul(const float* x, const Matrix& w, float* y, int m, bool 
             "cublasGemmEx");
 }
 
+namespace {
+
+// Whether the decode GEMV takes x [m, k] against every output (all 16-byte aligned).
+bool GemvFits(const float* x, int m, std::span<const Backend::MatMulOutput> outs) {
+  if (outs.empty() || outs.size() > static_cast<size_t>(gpu::kGemvMaxOutputs) ||
+      reinterpret_cast<uintptr_t>(x) % 16 != 0) {
+    return false;
+  }
+  for (const Backend::MatMulOutput& o : outs) {
+    if (o.w->cols != outs[0].w->cols || !gpu::GemvSupported(m, o.w->rows, o.w->cols) ||
+        reinterpret_cast<uintptr_t>(o.w->data) % 16 != 0) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+// Decode: one GEMV launch normalises x on the fly and streams all matrices (q/k/v, gate/up,
+// the final norm and lm_head). Prefill: the default RmsNorm + cuBLAS GEMMs.
+void CudaBackend::NormMatMuls(const float* x, const float* norm_weight, float eps, float* h,
+                              int m, std::span<const MatMulOutput> outs) {
+  if (!fault_.ok() || m <= 0) return;
+  if (!GemvFits(x, m, outs) ||
+      (norm_weight != nullptr && reinterpret_cast<uintptr_t>(norm_weight) % 16 != 0)) {
+    Backend::NormMatMuls(x, norm_weight, eps, h, m, outs);
+    return;
+  }
+  gpu::GemvParams p;
+  p.x = x;
+  p.norm_weight = norm_weight;
+  p.eps = eps;
+  p.input = norm_weight != nullptr ? gpu::GemvInput::kRmsNorm : gpu::GemvInput::kPlain;
+  for (const MatMulOutput& o : outs) {
+    p.out[p.num_outputs++] = {static_cast<const bf16*>(o.w->data), o.y, o.w->rows};
+  }
+  p.m = m;
+  p.k = outs[0].w->cols;
+  Check(gpu::LaunchGemv(p, impl_->stream), "norm gemv");
+}
+
+// Decode: silu(gate) * up formed while the GEMV stages its input; prefill: the default.
+void CudaBackend::SiluMulMatMul(float* gate, const float* up, const Matrix& w, float* y, int m,
+                                bool accumulate) {
+  if (!fault_.ok() || m <= 0) return;
+  const MatMulOutput out[] = {{&w, y}};
+  if (!GemvFits(gate, m, out) || reinterpret_cast<uintptr_t>(up) % 16 != 0) {
+    Backend::SiluMulMatMul(gate, up, w, y, m, accumulate);
+    return;
+  }
+  gpu::GemvParams p;
+  p.x = gate;
+  p.x2 = up;
+  p.input = gpu::GemvInput::kSiluMul;
+  p.out[0] = {static_cast<const bf16*>(w.data), y, w.rows};
+  p.num_outputs = 1;
+  p.m = m;
+  p.k = w.cols;
+  p.accumulate = accumulate;
+  Check(gpu::LaunchGemv(p, impl_->stream), "silu gemv");
+}
+
 void CudaBackend::Embed(const Matrix& table, const int32_t* ids, int n, float* out) {
   if (!fault_.ok()) return;
   Check(gpu::LaunchEmbedRows(static_cast<const bf16*>(table.data), ids, n, table.cols, out,
@@ -603,46 +673,80 @@ void CudaBackend::DecodeOverHeads(const float* q, int n, int num_q_heads, int nu
         "decode attention");
 }
 
+// Queries per call from which a fixed context is attended with the tensor-core prefill kernel
+// (K/V read once per query tile) rather than the decode kernel (K/V read once per query).
+constexpr int kFixedPrefillMinQueries = 16;
+
 void CudaBackend::FixedAttention(const AttentionParams& p, float* out, float* lse) {
   const AttentionShape& s = p.shape;
   const KvSlice& kv = p.fixed.kv;
   const int hkv = s.num_kv_heads, d = s.head_dim;
   auto& counts = impl_->counts;
+  const void* k = kv.k;
+  const void* v = kv.v;
+  size_t head_stride = kv.head_stride;
+  int max_rows = kv.num_rows;
   if (p.fixed.ranges.empty()) {  // dense: every row of every head
     counts.assign(hkv, kv.num_rows);
-    DecodeOverHeads(p.q, s.num_queries, s.num_q_heads, hkv, d, s.scale, kv.k, kv.v,
-                    kv.head_stride, counts, out, lse);
+  } else {  // a selector's ranges: gather the kept rows of each head into a compact copy
+    auto& rows = impl_->rows;
+    auto& begin = impl_->head_begin;
+    rows.clear();
+    begin.assign(1, 0);
+    counts.resize(hkv);
+    max_rows = 0;
+    for (int h = 0; h < hkv; ++h) {
+      for (const KeyRange& r : p.fixed.ranges[h]) {
+        for (int row = r.begin; row < r.end; ++row) rows.push_back(row);
+      }
+      begin.push_back(static_cast<int32_t>(rows.size()));
+      counts[h] = begin[h + 1] - begin[h];
+      max_rows = std::max(max_rows, counts[h]);
+    }
+    head_stride = static_cast<size_t>(std::max(max_rows, 1)) * d;
+    auto* dev_rows =
+        static_cast<int32_t*>(Scratch(kGatherRows, sizeof(int32_t) * (rows.size() + 1)));
+    auto* dev_begin = static_cast<int32_t*>(Scratch(kGatherBegin, sizeof(int32_t) * begin.size()));
+    auto* gk = static_cast<bf16*>(Scratch(kGatheredK, head_stride * hkv * sizeof(bf16)));
+    auto* gv = static_cast<bf16*>(Scratch(kGatheredV, head_stride * hkv * sizeof(bf16)));
+    if (dev_rows == nullptr || dev_begin == nullptr || gk == nullptr || gv == nullptr) return;
+    CopyFromHost(dev_rows, rows.data(), sizeof(int32_t) * rows.size());
+    CopyFromHost(dev_begin, begin.data(), sizeof(int32_t) * begin.size());
+    Check(gpu::LaunchGatherKvRows(static_cast<const bf16*>(kv.k), static_cast<const bf16*>(kv.v),
+                                  kv.head_stride, dev_rows, dev_begin, hkv, max_rows, d, gk, gv,
+                                  head_stride, impl_->stream),
+          "gather kept rows");
+    k = gk;
+    v = gv;
+  }
+  if (s.num_queries < kFixedPrefillMinQueries) {
+    DecodeOverHeads(p.q, s.num_queries, s.num_q_heads, hkv, d, s.scale, k, v, head_stride, counts,
+                    out, lse);
     return;
   }
-  // A selector's ranges: gather the kept rows of each head into a compact copy.
-  auto& rows = impl_->rows;
-  auto& begin = impl_->head_begin;
-  rows.clear();
-  begin.assign(1, 0);
-  counts.resize(hkv);
-  int max_rows = 0;
-  for (int h = 0; h < hkv; ++h) {
-    for (const KeyRange& r : p.fixed.ranges[h]) {
-      for (int row = r.begin; row < r.end; ++row) rows.push_back(row);
-    }
-    begin.push_back(static_cast<int32_t>(rows.size()));
-    counts[h] = begin[h + 1] - begin[h];
-    max_rows = std::max(max_rows, counts[h]);
-  }
-  const size_t stride = static_cast<size_t>(std::max(max_rows, 1)) * d;
-  auto* dev_rows = static_cast<int32_t*>(Scratch(kGatherRows, sizeof(int32_t) * (rows.size() + 1)));
-  auto* dev_begin = static_cast<int32_t*>(Scratch(kGatherBegin, sizeof(int32_t) * begin.size()));
-  auto* gk = static_cast<bf16*>(Scratch(kGatheredK, stride * hkv * sizeof(bf16)));
-  auto* gv = static_cast<bf16*>(Scratch(kGatheredV, stride * hkv * sizeof(bf16)));
-  if (dev_rows == nullptr || dev_begin == nullptr || gk == nullptr || gv == nullptr) return;
-  CopyFromHost(dev_rows, rows.data(), sizeof(int32_t) * rows.size());
-  CopyFromHost(dev_begin, begin.data(), sizeof(int32_t) * begin.size());
-  Check(gpu::LaunchGatherKvRows(static_cast<const bf16*>(kv.k), static_cast<const bf16*>(kv.v),
-                                kv.head_stride, dev_rows, dev_begin, hkv, max_rows, d, gk, gv,
-                                stride, impl_->stream),
-        "gather kept rows");
-  DecodeOverHeads(p.q, s.num_queries, s.num_q_heads, hkv, d, s.scale, gk, gv, stride, counts,
-                  out, lse);
+  const size_t q_elems = static_cast<size_t>(s.num_queries) * s.num_q_heads * d;
+  auto* qb = static_cast<bf16*>(Scratch(kQBf16, q_elems * sizeof(bf16)));
+  auto* head_len = static_cast<int32_t*>(Scratch(kHeadLen, sizeof(int32_t) * hkv));
+  if (qb == nullptr || head_len == nullptr) return;
+  Check(gpu::LaunchF32ToBf16(p.q, qb, q_elems, impl_->stream), "fixed-context queries");
+  CopyFromHost(head_len, counts.data(), sizeof(int32_t) * hkv);
+  gpu::PrefillAttentionParams pp;
+  pp.num_tokens = s.num_queries;
+  pp.num_q_heads = s.num_q_heads;
+  pp.num_kv_heads = hkv;
+  pp.head_dim = d;
+  pp.scale = s.scale;
+  pp.q = qb;
+  pp.kv.k = static_cast<const bf16*>(k);
+  pp.kv.v = static_cast<const bf16*>(v);
+  pp.kv.head_stride = static_cast<int64_t>(head_stride);
+  pp.kv.len = max_rows;
+  pp.out = out;
+  pp.out_bf16 = false;
+  pp.lse = lse;
+  pp.causal = false;
+  pp.head_len = head_len;
+  Check(gpu::LaunchPrefillAttention(pp, impl_->stream), "fixed-context prefill attention");
 }
 
 absl::StatusOr<const void*> CudaBackend::ResidentSqueezeIndex(const SqueezeIndex& index) {
@@ -698,6 +802,204 @@ bool DeviceSelected(const AttentionParams& p) {
 
 }  // namespace
 
+// The device descriptors of one call's fixed context per KV head (into out[0, Hkv)), with the
+// index made resident; null (fault set) when the index does not match or cannot be uploaded.
+bool CudaBackend::SqueezeHeads(const AttentionParams& p, gpu::SqueezeHeadDesc* out,
+                               int* max_clusters) {
+  const SqueezeIndex& index = *p.fixed.device_selection->index;
+  const int hkv = p.shape.num_kv_heads, d = p.shape.head_dim;
+  const int S = p.fixed.kv.num_rows, layer = p.fixed.layer;
+  if (layer < 0 || layer >= index.num_layers || index.num_kv_heads != hkv ||
+      index.head_dim != d || index.num_tokens != S) {
+    Check(cudaErrorInvalidValue, "squeezed attention: the index does not match the context");
+    return false;
+  }
+  auto resident = ResidentSqueezeIndex(index);
+  if (!resident.ok()) {
+    if (fault_.ok()) fault_ = resident.status();
+    return false;
+  }
+  const auto* dev = static_cast<const DeviceSqueezeIndex*>(*resident);
+  const auto* centroids = static_cast<const bf16*>(dev->centroids->data());
+  const auto* sizes = static_cast<const int32_t*>(dev->sizes->data());
+  const auto* offsets = static_cast<const int32_t*>(dev->offsets->data());
+  for (int h = 0; h < hkv; ++h) {
+    const size_t slot = static_cast<size_t>(layer) * hkv + h;
+    gpu::SqueezeHeadDesc& e = out[h];
+    e.k = static_cast<const bf16*>(p.fixed.kv.k) + h * p.fixed.kv.head_stride;
+    e.v = static_cast<const bf16*>(p.fixed.kv.v) + h * p.fixed.kv.head_stride;
+    e.centroids = centroids + dev->centroid_at[slot] * d;
+    e.sizes = sizes + dev->table_at[slot];
+    e.offsets = offsets + dev->table_at[slot] + slot;  // C + 1 offsets per head
+    e.num_clusters = index.heads[slot].num_clusters();
+    e.num_rows = S;
+    e.sinks = index.sinks;
+    e.window = index.window;
+  }
+  *max_clusters = dev->max_clusters;
+  return true;
+}
+
+// The squeezed plan and workspace for these bounds, rounded up to powers of two so that steps
+// reuse them; made on first use.
+bool CudaBackend::SqueezedPlanFor(int hq, int hkv, int d, int batch, int max_dyn,
+                                  int max_clusters, int64_t total_rows, int max_rows,
+                                  const gpu::SqueezedDecodePlan** plan, void** workspace) {
+  const auto key = std::make_tuple(hq, hkv, d, batch, static_cast<int>(RoundUpPow2(max_dyn, 256)),
+                                   static_cast<int>(RoundUpPow2(max_clusters, 64)),
+                                   static_cast<int64_t>(RoundUpPow2(total_rows, 1024)),
+                                   static_cast<int>(RoundUpPow2(max_rows, 1024)));
+  auto it = impl_->squeezed_plans.find(key);
+  if (it == impl_->squeezed_plans.end()) {
+    Impl::SqueezedPlan entry;
+    gpu::SqueezedDecodeShape shape;
+    shape.batch = batch;
+    shape.num_q_heads = hq;
+    shape.num_kv_heads = hkv;
+    shape.head_dim = d;
+    shape.max_dynamic_len = std::get<4>(key);
+    shape.max_clusters = std::get<5>(key);
+    shape.max_fixed_rows = std::get<6>(key);
+    shape.max_context_rows = std::get<7>(key);
+    Check(gpu::PlanSqueezedDecode(shape, &entry.plan), "squeezed plan");
+    if (!fault_.ok()) return false;
+    auto ws = Allocate(entry.plan.workspace_bytes);
+    if (!ws.ok()) {
+      if (fault_.ok()) fault_ = ws.status();
+      return false;
+    }
+    entry.workspace = *std::move(ws);
+    Check(gpu::InitSqueezedDecodeWorkspace(entry.plan, entry.workspace->data(), impl_->stream),
+          "squeezed workspace");
+    it = impl_->squeezed_plans.emplace(key, std::move(entry)).first;
+  }
+  *plan = &it->second.plan;
+  *workspace = it->second.workspace->data();
+  return true;
+}
+
+// Kept rows per KV head of `count` selections ([count * Hkv] device) -> pinned arena now ->
+// each call's kept_rows at the next sync.
+void CudaBackend::ReportKeptRows(const int32_t* kept_keys,
+                                 std::span<const AttentionParams* const> calls) {
+  if (!fault_.ok()) return;
+  const size_t kept_bytes = sizeof(int32_t) * calls[0]->shape.num_kv_heads;
+  char* staged = StagePinned(kept_bytes * calls.size());
+  Check(cudaMemcpyAsync(staged, kept_keys, kept_bytes * calls.size(), cudaMemcpyDeviceToHost,
+                        impl_->stream),
+        "kept rows");
+  for (size_t b = 0; b < calls.size(); ++b) {
+    if (calls[b]->fixed.kept_rows != nullptr) {
+      impl_->pending_to_host.emplace_back(staged + kept_bytes * b, calls[b]->fixed.kept_rows,
+                                          kept_bytes);
+    }
+  }
+}
+
+// Multi-token step against a fixed context with the selection made on the device
+// (kernels/squeezed_prefill.cuh): centroid logits of every query row by cuBLAS, per-row softmax
+// statistics, the mean score per cluster, threshold and ranges, then the tensor-core prefill
+// kernel reads the kept rows in place. Writes the fixed part's out and lse.
+void CudaBackend::SqueezedFixedPrefill(const AttentionParams& p, float* out, float* lse) {
+  const AttentionShape& s = p.shape;
+  const int n = s.num_queries, hq = s.num_q_heads, hkv = s.num_kv_heads, d = s.head_dim;
+  const int G = hq / hkv, S = p.fixed.kv.num_rows;
+  auto& heads = impl_->head_desc;
+  heads.resize(hkv);
+  int max_clusters = 0;
+  if (!SqueezeHeads(p, heads.data(), &max_clusters)) return;
+  const gpu::SqueezedDecodePlan* planned = nullptr;
+  void* ws = nullptr;
+  if (!SqueezedPlanFor(hq, hkv, d, 1, 1, std::max(max_clusters, 1), S, S, &planned, &ws)) return;
+  const gpu::SqueezedDecodePlan& plan = *planned;
+  const gpu::SqueezeSelection sel = gpu::SelectionInWorkspace(plan, ws);
+  const int cluster_stride = sel.cluster_stride;
+  const int ld = (cluster_stride + 3) / 4 * 4;
+
+  // Token chunks bound the logits scratch to about 64 MiB ([G * chunk][ld] floats).
+  const int chunk = static_cast<int>(std::clamp<int64_t>(
+      (int64_t{16} << 20) / (int64_t{G} * ld), int64_t{1}, int64_t{n}));
+  const size_t rows_max = static_cast<size_t>(G) * chunk;
+  const size_t q_elems = static_cast<size_t>(n) * hq * d;
+  auto* qb = static_cast<bf16*>(Scratch(kQBf16, q_elems * sizeof(bf16)));
+  auto* logits = static_cast<float*>(Scratch(kCentroidLogits, rows_max * ld * sizeof(float)));
+  auto* stats = static_cast<float*>(Scratch(kRowStats, 2 * rows_max * sizeof(float)));
+  auto* partial = static_cast<float*>(
+      Scratch(kColumnPartial, sizeof(float) * gpu::kColumnMeanSplits * cluster_stride));
+  auto* scores =
+      static_cast<float*>(Scratch(kClusterScores, sizeof(float) * hkv * cluster_stride));
+  auto* row_index = static_cast<int32_t*>(Scratch(kRowIndex, sizeof(int32_t) * hkv * S));
+  char* desc = static_cast<char*>(Scratch(kSqueezeHeads, sizeof(gpu::SqueezeHeadDesc) * hkv + 256));
+  if (qb == nullptr || logits == nullptr || stats == nullptr || partial == nullptr ||
+      scores == nullptr || row_index == nullptr || desc == nullptr) {
+    return;
+  }
+  auto* dev_heads = reinterpret_cast<gpu::SqueezeHeadDesc*>(desc);
+  auto* dev_tau = reinterpret_cast<float*>(desc + sizeof(gpu::SqueezeHeadDesc) * hkv);
+  const float tau = p.fixed.device_selection->threshold;
+  CopyFromHost(dev_heads, heads.data(), sizeof(gpu::SqueezeHeadDesc) * hkv);
+  CopyFromHost(dev_tau, &tau, sizeof(float));
+  Check(gpu::LaunchF32ToBf16(p.q, qb, q_elems, impl_->stream), "squeezed prefill queries");
+
+  const bool scoring = std::isfinite(tau);  // -inf keeps every cluster, +inf none: no scores
+  const float weight = 1.0f / static_cast<float>(static_cast<int64_t>(n) * G);
+  for (int h = 0; h < hkv && scoring; ++h) {
+    const gpu::SqueezeHeadDesc& e = heads[h];
+    const int C = e.num_clusters;
+    if (C == 0) continue;
+    for (int t0 = 0; t0 < n; t0 += chunk) {
+      const int tn = std::min(chunk, n - t0);
+      // Column-major view: logits^T [C][tn] of query head h * G + g at batch g = centroids^T
+      // [C][d] x q^T [d][tn], the tokens' rows Hq * d apart.
+      const float alpha = s.scale, beta = 0.0f;
+      CheckBlas(cublasGemmStridedBatchedEx(
+                    impl_->blas, CUBLAS_OP_T, CUBLAS_OP_N, C, tn, d, &alpha, e.centroids,
+                    CUDA_R_16BF, d, 0, qb + (static_cast<size_t>(t0) * hq + h * G) * d,
+                    CUDA_R_16BF, hq * d, d, &beta, logits, CUDA_R_32F, ld,
+                    static_cast<long long>(tn) * ld, G, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                "centroid logits");
+      const int rows = G * tn;
+      Check(gpu::LaunchCentroidRowStats(logits, rows, C, ld, e.sizes, stats, stats + rows_max,
+                                        impl_->stream),
+            "centroid row stats");
+      Check(gpu::LaunchCentroidColumnMean(logits, rows, C, ld, stats, stats + rows_max, weight,
+                                          /*accumulate=*/t0 > 0, partial,
+                                          scores + static_cast<size_t>(h) * cluster_stride,
+                                          impl_->stream),
+            "centroid column mean");
+    }
+  }
+  if (!scoring) {  // the selection kernel reads no score; keep it defined
+    Check(cudaMemsetAsync(scores, 0, sizeof(float) * hkv * cluster_stride, impl_->stream),
+          "cluster scores");
+  }
+  Check(gpu::LaunchSelectFromScores(plan, dev_heads, dev_tau, scores, ws, impl_->stream),
+        "squeezed prefill selection");
+  Check(gpu::LaunchExpandSelectionRows(sel, hkv, S, row_index, S, impl_->stream),
+        "squeezed prefill rows");
+
+  gpu::PrefillAttentionParams pp;
+  pp.num_tokens = n;
+  pp.num_q_heads = hq;
+  pp.num_kv_heads = hkv;
+  pp.head_dim = d;
+  pp.scale = s.scale;
+  pp.q = qb;
+  pp.kv.k = static_cast<const bf16*>(p.fixed.kv.k);
+  pp.kv.v = static_cast<const bf16*>(p.fixed.kv.v);
+  pp.kv.head_stride = static_cast<int64_t>(p.fixed.kv.head_stride);
+  pp.kv.len = S;
+  pp.out = out;
+  pp.lse = lse;
+  pp.causal = false;
+  pp.head_len = sel.kept_keys;
+  pp.row_index = row_index;
+  pp.row_index_stride = S;
+  Check(gpu::LaunchPrefillAttention(pp, impl_->stream), "squeezed prefill attention");
+  const AttentionParams* one = &p;
+  ReportKeptRows(sel.kept_keys, std::span<const AttentionParams* const>(&one, 1));
+}
+
 // Decode steps of B sequences with Squeezed Attention selected on the device, in one sequence
 // of launches (kernels/squeezed_decode.cuh): centroid lookup, threshold, sparse attention over
 // the kept ranges and dense attention over each sequence's dynamic KV, merged. The queries are
@@ -725,28 +1027,8 @@ void CudaBackend::SqueezedAttention(std::span<const AttentionParams* const> call
       Check(cudaErrorInvalidValue, "squeezed decode: the index does not match the context");
       return;
     }
-    auto resident = ResidentSqueezeIndex(index);
-    if (!resident.ok()) {
-      if (fault_.ok()) fault_ = resident.status();
-      return;
-    }
-    const auto* dev = static_cast<const DeviceSqueezeIndex*>(*resident);
-    const auto* centroids = static_cast<const bf16*>(dev->centroids->data());
-    const auto* sizes = static_cast<const int32_t*>(dev->sizes->data());
-    const auto* offsets = static_cast<const int32_t*>(dev->offsets->data());
-    for (int h = 0; h < hkv; ++h) {
-      const size_t slot = static_cast<size_t>(layer) * hkv + h;
-      gpu::SqueezeHeadDesc& e = heads[static_cast<size_t>(b) * hkv + h];
-      e.k = static_cast<const bf16*>(p.fixed.kv.k) + h * p.fixed.kv.head_stride;
-      e.v = static_cast<const bf16*>(p.fixed.kv.v) + h * p.fixed.kv.head_stride;
-      e.centroids = centroids + dev->centroid_at[slot] * d;
-      e.sizes = sizes + dev->table_at[slot];
-      e.offsets = offsets + dev->table_at[slot] + slot;  // C + 1 offsets per head
-      e.num_clusters = index.heads[slot].num_clusters();
-      e.num_rows = S;
-      e.sinks = index.sinks;
-      e.window = index.window;
-    }
+    int index_clusters = 0;
+    if (!SqueezeHeads(p, heads.data() + static_cast<size_t>(b) * hkv, &index_clusters)) return;
     dyn[b].k = static_cast<const bf16*>(p.dynamic.kv.k);
     dyn[b].v = static_cast<const bf16*>(p.dynamic.kv.v);
     dyn[b].head_stride = static_cast<int64_t>(p.dynamic.kv.head_stride);
@@ -754,43 +1036,19 @@ void CudaBackend::SqueezedAttention(std::span<const AttentionParams* const> call
     tau[b] = p.fixed.device_selection->threshold;
     q_rows[b] = p.q;
     out_rows[b] = p.out;
-    max_clusters = std::max(max_clusters, dev->max_clusters);
+    max_clusters = std::max(max_clusters, index_clusters);
     max_rows = std::max(max_rows, S);
     max_dyn = std::max(max_dyn, dyn[b].len);
     total_rows += S;
   }
 
-  // Plan and workspace for bounds rounded up to powers of two, so steps reuse them.
-  const auto key = std::make_tuple(hq, hkv, d, B, static_cast<int>(RoundUpPow2(max_dyn, 256)),
-                                   static_cast<int>(RoundUpPow2(max_clusters, 64)),
-                                   static_cast<int64_t>(RoundUpPow2(total_rows, 1024)),
-                                   static_cast<int>(RoundUpPow2(max_rows, 1024)));
-  auto it = impl_->squeezed_plans.find(key);
-  if (it == impl_->squeezed_plans.end()) {
-    Impl::SqueezedPlan entry;
-    gpu::SqueezedDecodeShape shape;
-    shape.batch = B;
-    shape.num_q_heads = hq;
-    shape.num_kv_heads = hkv;
-    shape.head_dim = d;
-    shape.max_dynamic_len = std::get<4>(key);
-    shape.max_clusters = std::get<5>(key);
-    shape.max_fixed_rows = std::get<6>(key);
-    shape.max_context_rows = std::get<7>(key);
-    Check(gpu::PlanSqueezedDecode(shape, &entry.plan), "squeezed plan");
-    if (!fault_.ok()) return;
-    auto ws = Allocate(entry.plan.workspace_bytes);
-    if (!ws.ok()) {
-      if (fault_.ok()) fault_ = ws.status();
-      return;
-    }
-    entry.workspace = *std::move(ws);
-    Check(gpu::InitSqueezedDecodeWorkspace(entry.plan, entry.workspace->data(), impl_->stream),
-          "squeezed workspace");
-    it = impl_->squeezed_plans.emplace(key, std::move(entry)).first;
+  const gpu::SqueezedDecodePlan* planned = nullptr;
+  void* ws = nullptr;
+  if (!SqueezedPlanFor(hq, hkv, d, B, max_dyn, max_clusters, total_rows, max_rows, &planned,
+                       &ws)) {
+    return;
   }
-  const gpu::SqueezedDecodePlan& plan = it->second.plan;
-  void* ws = it->second.workspace->data();
+  const gpu::SqueezedDecodePlan& plan = *planned;
 
   // Device copies of the descriptors, then the queries gathered into one [B][Hq][d] array.
   const size_t row_floats = static_cast<size_t>(hq) * d;
@@ -852,20 +1110,7 @@ void CudaBackend::SqueezedAttention(std::span<const AttentionParams* const> call
                               impl_->stream),
           "scatter outputs");
   }
-  // kept_keys [B * Hkv] -> pinned arena now -> each call's kept_rows at the next sync.
-  if (fault_.ok()) {
-    const size_t kept_bytes = sizeof(int32_t) * hkv;
-    char* staged = StagePinned(kept_bytes * B);
-    Check(cudaMemcpyAsync(staged, gpu::SelectionInWorkspace(plan, ws).kept_keys, kept_bytes * B,
-                          cudaMemcpyDeviceToHost, impl_->stream),
-          "kept rows");
-    for (int b = 0; b < B; ++b) {
-      if (calls[b]->fixed.kept_rows != nullptr) {
-        impl_->pending_to_host.emplace_back(staged + kept_bytes * b, calls[b]->fixed.kept_rows,
-                                            kept_bytes);
-      }
-    }
-  }
+  ReportKeptRows(gpu::SelectionInWorkspace(plan, ws).kept_keys, calls);
 }
 
 void CudaBackend::AttentionBatch(std::span<const AttentionParams> calls) {
@@ -905,7 +1150,11 @@ void CudaBackend::Attention(const AttentionParams& p) {
     dyn_out = static_cast<float*>(Scratch(kDynOut, rows * d * sizeof(float)));
     dyn_lse = static_cast<float*>(Scratch(kDynLse, rows * sizeof(float)));
     if (fixed_lse == nullptr || dyn_out == nullptr || dyn_lse == nullptr) return;
-    FixedAttention(p, p.out, fixed_lse);
+    if (p.fixed.device_selection) {  // n > 1 (single tokens went to SqueezedAttention)
+      SqueezedFixedPrefill(p, p.out, fixed_lse);
+    } else {
+      FixedAttention(p, p.out, fixed_lse);
+    }
   }
   // Dynamic part: rows [0, past + n) of the sequence's KV, causal.
   const KvSlice& dkv = p.dynamic.kv;

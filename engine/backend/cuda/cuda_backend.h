@@ -6,12 +6,18 @@
 //
 // Attention (one sequence per call, see AttentionParams):
 //   dynamic part  n == 1: split-KV decode kernel; n > 1: causal prefill kernel (tensor cores);
-//   fixed part    dense: the decode kernel over the context, each (token, KV head) its own row of
-//                 the batch; with a selector's ranges: the kept rows are gathered into a compact
-//                 per-head copy first; merged with the dynamic part through the log-sum-exp.
+//   fixed part    dense: the decode kernel over the context for fewer than 16 tokens (each
+//                 (token, KV head) its own row of the batch), else the prefill kernel without
+//                 the causal mask; with a host selector's ranges the kept rows are gathered into
+//                 a compact per-head copy first; merged with the dynamic part through the
+//                 log-sum-exp.
 //   squeezed decode (AttentionKeys::device_selection, one token): centroid lookup, threshold,
 //                 sparse attention over the kept clusters and dense attention over the dynamic
 //                 KV in one sequence of launches (kernels/squeezed_decode.cuh), no host sync.
+//   squeezed prefill (device_selection, several tokens): cluster scores averaged over all
+//                 query rows (cuBLAS logits + softmax statistics), threshold, and the prefill
+//                 kernel over the kept rows in place (kernels/squeezed_prefill.cuh), no host
+//                 sync.
 // Supported attention shapes: head_dim 64 or 128 and query heads per KV head 1, 2, 4 or 8
 // (Supports() says why not otherwise).
 //
@@ -34,6 +40,10 @@
 #include "engine/model/config.h"
 
 namespace squeeze {
+namespace gpu {
+struct SqueezeHeadDesc;
+struct SqueezedDecodePlan;
+}  // namespace gpu
 
 struct SqueezeIndex;
 
@@ -77,6 +87,10 @@ class CudaBackend final : public Backend {
   absl::StatusOr<ContextKvView> ResidentContextKv(const ContextKV& ctx) override;
 
   void MatMul(const float* x, const Matrix& w, float* y, int m, bool accumulate) override;
+  void NormMatMuls(const float* x, const float* norm_weight, float eps, float* h, int m,
+                   std::span<const MatMulOutput> outs) override;
+  void SiluMulMatMul(float* gate, const float* up, const Matrix& w, float* y, int m,
+                     bool accumulate) override;
   void Embed(const Matrix& table, const int32_t* ids, int n, float* out) override;
   void GatherRows(const float* src, const int32_t* ids, int n, int dim, float* out) override;
   void RmsNorm(const float* x, const float* weight, float* out, int rows, int dim,
@@ -106,6 +120,13 @@ class CudaBackend final : public Backend {
   void* Scratch(int slot, size_t bytes);
   void FixedAttention(const AttentionParams& p, float* out, float* lse);
   void SqueezedAttention(std::span<const AttentionParams* const> calls);
+  void SqueezedFixedPrefill(const AttentionParams& p, float* out, float* lse);
+  // Squeezed attention helpers (false: fault recorded).
+  bool SqueezeHeads(const AttentionParams& p, gpu::SqueezeHeadDesc* out, int* max_clusters);
+  bool SqueezedPlanFor(int hq, int hkv, int d, int batch, int max_dyn, int max_clusters,
+                       int64_t total_rows, int max_rows, const gpu::SqueezedDecodePlan** plan,
+                       void** workspace);
+  void ReportKeptRows(const int32_t* kept_keys, std::span<const AttentionParams* const> calls);
   absl::StatusOr<const void*> ResidentSqueezeIndex(const SqueezeIndex& index);
   // Copies the pending device-to-host transfers out of the pinned arena (the stream is idle)
   // and empties the arena.
