@@ -186,8 +186,11 @@ class Backend {
   // A k-means that runs on this backend's device, for the registration (indexer) thread, or
   // nullptr (the CPU reference clusters). Owned by the backend.
   virtual KMeansSolver* kmeans_solver() { return nullptr; }
-  // Backend memory holding `ctx`'s K/V in kv_dtype(). The CPU backend returns ctx.k/ctx.v; a
-  // device backend uploads once and keeps the copy with `ctx` (released with it).
+  // Backend memory holding `ctx`'s K/V in kv_dtype(), valid until the next Synchronize(). The
+  // CPU backend returns ctx.k/ctx.v; a device backend uploads once and keeps the copy with
+  // `ctx` (released with it). When device memory runs short it evicts copies not used since
+  // the last Synchronize(), least recently used first (they are uploaded again on their next
+  // use); RESOURCE_EXHAUSTED, with the sizes, when even that leaves too little.
   virtual absl::StatusOr<ContextKvView> ResidentContextKv(const ContextKV& ctx) = 0;
 
   // ---- ops ---------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "engine/backend/cpu/cpu_backend.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/weights.h"
@@ -71,6 +72,24 @@ absl::StatusOr<LoadedModel> LoadModel(const ModelLoadOptions& options) {
     ASSIGN_OR_RETURN(loaded.model,
                      LlamaModel::Create(std::move(config), std::move(weights), std::move(backend)));
   }
+#if SQUEEZE_HAVE_CUDA
+  // What the memory left after the weights holds: KV tokens (contexts and sequences together).
+  if (auto* cuda = dynamic_cast<CudaBackend*>(&loaded.model->backend())) {
+    size_t free_bytes = 0, total = 0;
+    if (cuda->MemoryInfo(&free_bytes, &total).ok()) {
+      const ModelConfig& c = loaded.model->config();
+      const double per_token = 2.0 * c.num_layers * c.num_kv_heads * c.head_dim * 2;  // bf16
+      const size_t headroom = CudaBackend::ResidentHeadroom(total);
+      const double usable = free_bytes > headroom ? static_cast<double>(free_bytes - headroom) : 0;
+      absl::StrAppendFormat(&loaded.description,
+                            "; after the weights %.1f GiB free: room for about %.0f tokens of K/V "
+                            "(%.0f KiB per token) next to %.1f GiB kept for activations; idle "
+                            "contexts are evicted from the GPU when it fills",
+                            free_bytes / 1073741824.0, usable / per_token, per_token / 1024.0,
+                            headroom / 1073741824.0);
+    }
+  }
+#endif
   return loaded;
 }
 

@@ -278,10 +278,62 @@ TEST(CudaModel, DeviceSqueezedDecodeMatchesCpuSelection) {
               budget[0], budget[1], err, greedy[0] == greedy[1] ? "identical" : "DIFFERENT");
 }
 
-// Several sequences decoding against squeezed contexts in one forward step run as one batched
-// launch on the GPU: the same logits (up to summation order) and greedy tokens as each sequence
-// decoded alone, also with a dense-context sequence and a sequence without context in the
-// same batch.
+// 32 sequences decoding together (squeezed ones as one batched launch on the GPU, the weights
+// through cuBLAS instead of the GEMV at this batch): the same logits (up to summation order)
+// and greedy tokens as each sequence decoded alone, with squeezed, dense-context and
+// context-free sequences mixed in the same batch.
+// Device memory for registered contexts: with the GPU filled (a hog leaves the headroom plus
+// room for about one context's K/V), contexts used in turn evict each other's resident copies
+// and are uploaded again, giving the same logits every time; two contexts in one step that do
+// not fit together give RESOURCE_EXHAUSTED with the sizes, and the backend stays usable.
+TEST(CudaModel, IdleContextsAreEvictedWhenTheGpuIsFull) {
+  auto model = LoadCuda(kDemo);
+  ASSERT_NE(model, nullptr);
+  const json golden = ReadJson(kGolden / "squeeze-demo.json");
+  ContextKV ctx[2];
+  std::vector<int32_t> question[2];
+  for (int i = 0; i < 2; ++i) {
+    const json& c = golden.at("cases")[i];
+    const auto context = c.at("context_tokens").get<std::vector<int32_t>>();
+    question[i] = c.at("question_tokens").get<std::vector<int32_t>>();
+    SequenceKV seq = model->NewSequenceKV();
+    Step(*model, context, &seq);
+    ctx[i] = ContextKV::FromSequence(seq, static_cast<int>(context.size()));
+  }
+  auto ask = [&](int i) {
+    SequenceKV dyn = model->NewSequenceKV();
+    return Step(*model, question[i], &dyn, &ctx[i]);
+  };
+  // Reference answers with plenty of memory, then release the copies.
+  const std::vector<float> want[2] = {ask(0), ask(1)};
+  for (ContextKV& c : ctx) c.resident.value.reset();
+
+  const size_t context_bytes = 2 * ctx[0].k.size() * 2;  // K and V, bf16
+  size_t free_bytes = 0, total = 0;
+  CUDA_OK(cudaMemGetInfo(&free_bytes, &total));
+  const size_t keep = CudaBackend::ResidentHeadroom(total) + context_bytes * 3 / 2 + (64 << 20);
+  ASSERT_GT(free_bytes, keep);
+  gpu_testing::DeviceArray<char> hog(free_bytes - keep);
+  for (int round = 0; round < 3; ++round) {
+    for (int i = 0; i < 2; ++i) {
+      const std::vector<float> got = ask(i);
+      EXPECT_EQ(got, want[i]) << "context " << i << ", round " << round;
+    }
+  }
+  // Both contexts in one step: the first cannot be evicted for the second.
+  SequenceKV d0 = model->NewSequenceKV(), d1 = model->NewSequenceKV();
+  SequenceStep steps[2] = {{.tokens = question[0], .context = &ctx[0], .kv = &d0},
+                           {.tokens = question[1], .context = &ctx[1], .kv = &d1}};
+  ForwardOutput out;
+  const absl::Status st = model->Forward(steps, &out);
+  EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+  EXPECT_NE(st.message().find("GiB"), std::string::npos) << st;
+  EXPECT_EQ(ask(1), want[1]) << "the backend must stay usable";
+  std::printf("[cuda memory] %.1f MiB contexts evict each other with %.2f GiB free; both in one "
+              "step: %s\n",
+              context_bytes / 1048576.0, keep / 1073741824.0, std::string(st.message()).c_str());
+}
+
 TEST(CudaModel, BatchedSqueezedDecodeEqualsEachAlone) {
   auto model = LoadCuda(kDemo);
   ASSERT_NE(model, nullptr);
@@ -293,27 +345,32 @@ TEST(CudaModel, BatchedSqueezedDecodeEqualsEachAlone) {
   ContextKV& kv = sc.kv;
   const SqueezeIndex* index = &sc.index;
 
-  // Sequence kinds: squeezed at 0.1, squeezed at 0.05, dense context, no context.
-  constexpr int kSeqs = 4;
-  const double budgets[kSeqs] = {0.1, 0.05, -1, -1};
+  // 32 sequences of four kinds (m % 4): squeezed at 0.1, squeezed at 0.05, dense context, no
+  // context; each starts from its own prefix of the question.
+  constexpr int kSeqs = 32;
+  auto budget_of = [](int m) { return m % 4 == 0 ? 0.1 : m % 4 == 1 ? 0.05 : -1.0; };
+  auto has_context = [](int m) { return m % 4 != 3; };
   auto run = [&](const std::vector<int>& members, int steps,
                  std::vector<std::vector<int32_t>>* tokens,
                  std::vector<std::vector<float>>* last) {
     std::vector<std::unique_ptr<SqueezedFixedContextAttention>> selectors(kSeqs);
     std::vector<SequenceKV> dyn;
     for (int i = 0; i < kSeqs; ++i) dyn.push_back(model->NewSequenceKV());
-    std::vector<std::vector<int32_t>> next(kSeqs, question);
+    std::vector<std::vector<int32_t>> next(kSeqs);
+    for (int m = 0; m < kSeqs; ++m) {
+      next[m].assign(question.begin(), question.end() - (m / 4) % 5);
+    }
     for (int m : members) {
-      if (budgets[m] >= 0) {
+      if (budget_of(m) >= 0) {
         SelectionOptions o;
-        o.budget = budgets[m];
+        o.budget = budget_of(m);
         selectors[m] = std::make_unique<SqueezedFixedContextAttention>(*index, o);
       }
     }
     for (int step = 0; step <= steps; ++step) {
       std::vector<SequenceStep> batch;
       for (int m : members) {
-        batch.push_back({.tokens = next[m], .context = m < 3 ? &kv : nullptr,
+        batch.push_back({.tokens = next[m], .context = has_context(m) ? &kv : nullptr,
                          .fixed = selectors[m].get(), .kv = &dyn[m]});
       }
       ForwardOutput o;
@@ -331,15 +388,19 @@ TEST(CudaModel, BatchedSqueezedDecodeEqualsEachAlone) {
   };
   std::vector<std::vector<int32_t>> alone_tokens(kSeqs), batch_tokens(kSeqs);
   std::vector<std::vector<float>> alone_last(kSeqs), batch_last(kSeqs);
-  for (int m = 0; m < kSeqs; ++m) run({m}, 6, &alone_tokens, &alone_last);
-  run({0, 1, 2, 3}, 6, &batch_tokens, &batch_last);
+  std::vector<int> everyone;
+  for (int m = 0; m < kSeqs; ++m) {
+    run({m}, 6, &alone_tokens, &alone_last);
+    everyone.push_back(m);
+  }
+  run(everyone, 6, &batch_tokens, &batch_last);
   for (int m = 0; m < kSeqs; ++m) {
     EXPECT_EQ(batch_tokens[m], alone_tokens[m]) << "sequence " << m;
     const std::vector<double> ref(alone_last[m].begin(), alone_last[m].end());
     EXPECT_LE(RelError(batch_last[m], ref), 1e-3) << "sequence " << m;
   }
-  std::printf("[cuda batch] 4 sequences (squeezed 0.1, squeezed 0.05, dense context, none) in one "
-              "step: greedy tokens %s\n",
+  std::printf("[cuda batch] 32 sequences (squeezed 0.1, squeezed 0.05, dense context, none) in "
+              "one step: greedy tokens %s\n",
               batch_tokens == alone_tokens ? "identical to each alone" : "DIFFERENT");
 }
 

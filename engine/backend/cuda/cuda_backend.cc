@@ -151,11 +151,16 @@ struct DeviceSqueezeIndex {
   int max_clusters = 0;
 };
 
-// A registered context's K/V on the device, kept in ContextKV::resident.
+// A registered context's K/V on the device, kept in ContextKV::resident. The backend may evict
+// it (k and v released) when another context needs the memory; the next use uploads it again.
 struct DeviceContextKv {
   const void* owner = nullptr;  // the backend that made it
   std::unique_ptr<Buffer> k, v;
+  size_t bytes = 0;
+  uint64_t last_epoch = 0;  // CudaBackend's sync epoch of the last use
 };
+
+
 
 }  // namespace
 
@@ -168,6 +173,11 @@ struct CudaBackend::Impl {
   std::vector<void*> permanent;                           // weights
   std::vector<std::pair<void*, size_t>> scratch{kNumSlots, {nullptr, 0}};
   std::map<std::pair<int, int>, int> concurrent_ctas;    // (d, G) -> CTAs
+  // Resident context copies, for eviction (least recently used first), and the sync epoch:
+  // work queued before the last Synchronize() has finished, so a copy last used in an earlier
+  // epoch can be freed.
+  std::vector<std::weak_ptr<DeviceContextKv>> residents;
+  uint64_t epoch = 1;
   // Pinned host arena for small host-to-device copies (descriptors, selections, token ids):
   // a copy from pageable memory would synchronise the stream first and expose every kernel
   // launch's latency. Filled linearly, reset once the stream is idle.
@@ -406,6 +416,7 @@ void CudaBackend::FinishPendingCopies() {
 
 absl::Status CudaBackend::Synchronize() {
   if (fault_.ok()) Check(cudaStreamSynchronize(impl_->stream), "synchronize");
+  ++impl_->epoch;
   FinishPendingCopies();
   if (fault_.ok()) Check(cudaGetLastError(), "asynchronous fault");
   return fault_;
@@ -469,17 +480,75 @@ absl::StatusOr<const float*> CudaBackend::RandomVector(int n, uint64_t seed, flo
 
 // ---- KV -----------------------------------------------------------------------------------------
 
+size_t CudaBackend::ResidentHeadroom(size_t total_bytes) {
+  return std::max<size_t>(size_t{2} << 30, total_bytes / 100 * 3);
+}
+
+// Frees resident context copies not used since the last Synchronize(), least recently used
+// first, until `bytes` plus the headroom are free. Returns the number evicted.
+int CudaBackend::EvictResidentContexts(size_t bytes) {
+  auto& residents = impl_->residents;
+  std::erase_if(residents, [](const std::weak_ptr<DeviceContextKv>& w) {
+    const auto p = w.lock();
+    return p == nullptr || p->k == nullptr;
+  });
+  size_t free_bytes = 0, total = 0;
+  if (cudaMemGetInfo(&free_bytes, &total) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  const size_t want = bytes + ResidentHeadroom(total);
+  if (free_bytes >= want) return 0;
+  impl_->pool->Trim();  // cached blocks first
+  cudaMemGetInfo(&free_bytes, &total);
+  int evicted = 0;
+  while (free_bytes < want) {
+    std::shared_ptr<DeviceContextKv> oldest;
+    for (const auto& w : residents) {
+      auto p = w.lock();
+      if (p != nullptr && p->k != nullptr && p->last_epoch < impl_->epoch &&
+          (oldest == nullptr || p->last_epoch < oldest->last_epoch)) {
+        oldest = std::move(p);
+      }
+    }
+    if (oldest == nullptr) break;
+    oldest->k.reset();
+    oldest->v.reset();
+    ++evicted;
+    cudaMemGetInfo(&free_bytes, &total);
+  }
+  return evicted;
+}
+
 absl::StatusOr<ContextKvView> CudaBackend::ResidentContextKv(const ContextKV& ctx) {
   if (!fault_.ok()) return fault_;
-  if (ctx.resident.value != nullptr) {
-    const auto* copy = static_cast<const DeviceContextKv*>(ctx.resident.value.get());
-    if (copy->owner == this) return ContextKvView{copy->k->data(), copy->v->data()};
+  std::shared_ptr<DeviceContextKv> copy;
+  if (ctx.resident.value != nullptr &&
+      static_cast<const DeviceContextKv*>(ctx.resident.value.get())->owner == this) {
+    copy = std::static_pointer_cast<DeviceContextKv>(ctx.resident.value);
+    copy->last_epoch = impl_->epoch;
+    if (copy->k != nullptr) return ContextKvView{copy->k->data(), copy->v->data()};
+  } else {
+    copy = std::make_shared<DeviceContextKv>();
+    copy->owner = this;
   }
-  auto copy = std::make_shared<DeviceContextKv>();
-  copy->owner = this;
+  // First use, or evicted since: upload (bf16), making room by evicting idle contexts.
   const size_t count = ctx.k.size();
-  ASSIGN_OR_RETURN(copy->k, Allocate(count * sizeof(bf16)));
-  ASSIGN_OR_RETURN(copy->v, Allocate(count * sizeof(bf16)));
+  copy->bytes = 2 * count * sizeof(bf16);
+  const int evicted = EvictResidentContexts(copy->bytes);
+  auto k = Allocate(count * sizeof(bf16));
+  auto v = k.ok() ? Allocate(count * sizeof(bf16)) : k.status();
+  if (!k.ok() || !v.ok()) {
+    size_t free_bytes = 0, total = 0;
+    cudaMemGetInfo(&free_bytes, &total);
+    cudaGetLastError();
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "cuda: the context's K/V needs %.2f GiB on the GPU (%d tokens); %.2f GiB of %.2f GiB "
+        "are free after evicting %d idle contexts (contexts in use by this step stay)",
+        copy->bytes / kGiB, ctx.num_tokens, free_bytes / kGiB, total / kGiB, evicted));
+  }
+  copy->k = *std::move(k);
+  copy->v = *std::move(v);
   float* staging = static_cast<float*>(Scratch(kStaging, kStagingFloats * sizeof(float)));
   for (const auto& [src, dst] : {std::pair(ctx.k.data(), copy->k->as<bf16>()),
                                  std::pair(ctx.v.data(), copy->v->as<bf16>())}) {
@@ -491,8 +560,12 @@ absl::StatusOr<ContextKvView> CudaBackend::ResidentContextKv(const ContextKV& ct
       Check(gpu::LaunchF32ToBf16(staging, dst + done, chunk, impl_->stream), "context convert");
     }
   }
-  RETURN_IF_ERROR(Synchronize());
+  // The staging buffer is reused by the next upload. (Not Synchronize(): that would end the
+  // epoch and expose the contexts this step already uses to eviction.)
+  Check(cudaStreamSynchronize(impl_->stream), "context upload");
+  if (!fault_.ok()) return fault_;
   ctx.resident.value = copy;
+  impl_->residents.push_back(copy);  // new, or dropped from the list when it was evicted
   return ContextKvView{copy->k->data(), copy->v->data()};
 }
 

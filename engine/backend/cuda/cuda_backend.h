@@ -85,6 +85,9 @@ class CudaBackend final : public Backend {
   bool selects_on_device() const override { return true; }
   KMeansSolver* kmeans_solver() override;
   absl::StatusOr<ContextKvView> ResidentContextKv(const ContextKV& ctx) override;
+  // Device memory kept free for activations, scratch and workspaces when a context's K/V is
+  // made resident (idle contexts are evicted to keep it): max(2 GiB, 3% of the device).
+  static size_t ResidentHeadroom(size_t total_bytes);
 
   void MatMul(const float* x, const Matrix& w, float* y, int m, bool accumulate) override;
   void NormMatMuls(const float* x, const float* norm_weight, float eps, float* h, int m,
@@ -128,6 +131,8 @@ class CudaBackend final : public Backend {
                        void** workspace);
   void ReportKeptRows(const int32_t* kept_keys, std::span<const AttentionParams* const> calls);
   absl::StatusOr<const void*> ResidentSqueezeIndex(const SqueezeIndex& index);
+  // Frees idle resident context copies until `bytes` fit next to the headroom; returns how many.
+  int EvictResidentContexts(size_t bytes);
   // Copies the pending device-to-host transfers out of the pinned arena (the stream is idle)
   // and empties the arena.
   void FinishPendingCopies();
