@@ -1,7 +1,9 @@
-// The element-wise and reduction steps of the GPU spherical k-means
-// (engine/backend/cuda/cuda_kmeans.cc; the point x centre products are cuBLAS GEMMs). Plain C++
-// (includable from .cc files); the kernels live in kmeans.cu. Launchers validate sizes, never
-// allocate or synchronise, and return cudaGetLastError().
+// The element-wise and reduction steps of the first GPU spherical k-means, now the cuBLAS
+// baseline path of engine/backend/cuda/cuda_kmeans.cc (CudaKMeansOptions::cublas_baseline, and
+// head sizes above 128): fp32 points, point x centre products as cuBLAS TF32 GEMMs into a score
+// matrix, then these kernels. The batched solver uses kmeans_assign.cuh and kmeans_steps.cuh.
+// Plain C++ (includable from .cc files); the kernels live in kmeans.cu. Launchers validate
+// sizes, never allocate or synchronise, and return cudaGetLastError().
 #pragma once
 
 #include <cuda_runtime.h>

@@ -210,4 +210,15 @@ KMeansResult SphericalKMeans(const float* points, int n, int d, int k, int max_i
   return result;
 }
 
+std::vector<KMeansResult> KMeansSolver::RunBatch(std::span<const float* const> points, int n, int d,
+                                                 int k, int max_iterations,
+                                                 std::span<std::mt19937_64* const> rngs) {
+  std::vector<KMeansResult> results;
+  results.reserve(points.size());
+  for (size_t i = 0; i < points.size(); ++i) {
+    results.push_back(Run(points[i], n, d, k, max_iterations, *rngs[i]));
+  }
+  return results;
+}
+
 }  // namespace squeeze

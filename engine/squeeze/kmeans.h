@@ -68,6 +68,13 @@ class KMeansSolver {
   virtual ~KMeansSolver() = default;
   virtual KMeansResult Run(const float* points, int n, int d, int k, int max_iterations,
                            std::mt19937_64& rng) = 0;
+  // Clusters several independent point sets of one shape (e.g. the KV heads of one layer):
+  // result i is what Run(points[i], n, d, k, max_iterations, *rngs[i]) returns, and rngs[i]
+  // advances as that call would advance it. points.size() == rngs.size(). The default runs
+  // them one by one; a GPU solver batches them into the same kernel launches.
+  virtual std::vector<KMeansResult> RunBatch(std::span<const float* const> points, int n, int d,
+                                             int k, int max_iterations,
+                                             std::span<std::mt19937_64* const> rngs);
 };
 
 }  // namespace squeeze

@@ -39,20 +39,42 @@ struct HeadPlan {
   std::vector<int32_t> perm;  // [M]
 };
 
-// Clusters the M keys of one slice (keys: [M][d], token order) and plans the storage order.
-HeadPlan PlanHead(const float* keys, int M, int d, int sinks, int layer, int kv_head,
-                  const SqueezeOptions& options, KMeansSolver* solver) {
+// Fine k-means of the M clustered keys of every KV head of one layer ([M][d] each, token
+// order), each head on its own PRNG stream: one batched call when a solver is given (the GPU
+// clusters all heads of the layer at once), the CPU reference head by head otherwise.
+std::vector<KMeansResult> ClusterLayer(const ContextKV& kv, int layer, int M,
+                                       const SqueezeOptions& options, KMeansSolver* solver) {
+  const int Hkv = kv.shape.num_kv_heads, d = kv.shape.head_dim;
+  std::vector<KMeansResult> fine(Hkv);
+  if (M == 0) return fine;
+  const int k = NumClustersFor(options.centroid_fraction, M);
+  std::vector<std::mt19937_64> rngs;
+  std::vector<std::mt19937_64*> rng_of(Hkv);
+  std::vector<const float*> keys(Hkv);
+  rngs.reserve(Hkv);
+  for (int h = 0; h < Hkv; ++h) {
+    rngs.push_back(StreamFor(options.seed, layer, h, 0));
+    rng_of[h] = &rngs.back();
+    keys[h] = kv.key(layer, h, options.sinks);
+  }
+  if (solver != nullptr) {
+    fine = solver->RunBatch(keys, M, d, k, options.max_iterations, rng_of);
+  } else {
+    for (int h = 0; h < Hkv; ++h) {
+      fine[h] = SphericalKMeans(keys[h], M, d, k, options.max_iterations, rngs[h]);
+    }
+  }
+  return fine;
+}
+
+// Plans the storage order of one slice from the fine clustering of its M keys.
+HeadPlan PlanHead(const KMeansResult& fine, int M, int d, int sinks, int layer, int kv_head,
+                  const SqueezeOptions& options) {
   HeadPlan plan;
   SqueezeHeadIndex& head = plan.index;
   head.offsets.push_back(sinks);
   if (options.hierarchical) head.coarse_offsets.push_back(0);
   if (M == 0) return plan;
-
-  std::mt19937_64 rng = StreamFor(options.seed, layer, kv_head, 0);
-  const int k = NumClustersFor(options.centroid_fraction, M);
-  const KMeansResult fine = solver != nullptr
-                                ? solver->Run(keys, M, d, k, options.max_iterations, rng)
-                                : SphericalKMeans(keys, M, d, k, options.max_iterations, rng);
   const int C = fine.num_clusters;
 
   // order[i] = k-means index of the i-th stored fine cluster. Flat: k-means order. Hierarchical:
@@ -295,9 +317,9 @@ absl::StatusOr<SqueezeIndex> BuildSqueezeIndex(ContextKV* kv, const QueryCapture
   std::vector<std::vector<int32_t>> perms;
   perms.reserve(static_cast<size_t>(L) * Hkv);
   for (int l = 0; l < L; ++l) {
+    const std::vector<KMeansResult> fine = ClusterLayer(*kv, l, M, options, solver);
     for (int h = 0; h < Hkv; ++h) {
-      HeadPlan plan =
-          PlanHead(kv->key(l, h, options.sinks), M, d, options.sinks, l, h, options, solver);
+      HeadPlan plan = PlanHead(fine[h], M, d, options.sinks, l, h, options);
       index.heads.push_back(std::move(plan.index));
       perms.push_back(std::move(plan.perm));
     }

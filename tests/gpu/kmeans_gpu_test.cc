@@ -1,23 +1,481 @@
 // The GPU spherical k-means (engine/backend/cuda/cuda_kmeans.h) against the CPU reference
-// (engine/squeeze/kmeans.h): the same invariants (labels, sizes, raw-mean centroids, a
-// non-decreasing objective, nearest-centre assignment at convergence) and, since it seeds
-// differently (uniform draw instead of k-means++), quality within 1% of the reference's final
-// objective on clustered data, plus edge cases and a whole index built with it.
+// (engine/squeeze/kmeans.h):
+//   * the fused tensor-core assignment kernel (kernels/kmeans_assign.cuh) against a brute-force
+//     argmax over the same bf16 values (labels equal except at near-ties of the top two scores,
+//     scores equal up to fp32 accumulation), merge mode, skipped problems, changed counts;
+//   * the solver: the reference's invariants (labels, sizes, raw-mean centroids, a non-decreasing
+//     objective up to bf16 rounding, nearest-centre assignment at convergence), quality (final
+//     objective within 1% of the reference on clustered data, seeding close to k-means++ and
+//     better than the uniform seeding it replaced), a batch equal to its problems run alone, the
+//     device entry point on strided bf16 input, and edge cases.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "engine/backend/cuda/cuda_kmeans.h"
 #include "engine/squeeze/kmeans.h"
+#include "kernels/kmeans_assign.cuh"
+#include "kernels/kmeans_steps.cuh"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace squeeze {
 namespace {
 
+using gpu::bf16;
+using gpu_testing::Bf16Data;
+using gpu_testing::DeviceArray;
 using gpu_testing::Rng;
+
+// ---- Fused assignment kernel -----------------------------------------------------------------
+
+// Absolute error of a GPU score of two bf16 unit vectors: the products are exact, their fp32
+// accumulation (128 terms, partial sums <= 1) errs by at most 128 x 2^-23 = 1.5e-5.
+constexpr double kScoreTol = 5e-5;
+
+// `rows` random unit rows of `dim` bf16 values (never a zero row).
+Bf16Data RandomUnitRows(size_t rows, int dim, Rng& rng) {
+  Bf16Data data(rows * dim);
+  std::vector<float> x(dim);
+  for (size_t r = 0; r < rows; ++r) {
+    double sq = 0.0;
+    for (float& v : x) {
+      v = rng.Uniform() + (rng.Uniform() > 0.0f ? 0.05f : -0.05f);  // |v| >= 0.05 on average
+      sq += static_cast<double>(v) * v;
+    }
+    for (int j = 0; j < dim; ++j) {
+      data.Set(r * dim + j, static_cast<float>(x[j] / std::sqrt(sq)));
+    }
+  }
+  return data;
+}
+
+double Dot(const float* a, const float* b, int dim) {
+  double s = 0.0;
+  for (int j = 0; j < dim; ++j) s += static_cast<double>(a[j]) * b[j];
+  return s;
+}
+
+struct AssignOut {
+  std::vector<int32_t> labels;
+  std::vector<float> best;
+  std::vector<int32_t> changed;
+};
+
+AssignOut RunAssign(const gpu::KMeansAssignParams& base, DeviceArray<int32_t>& labels,
+                    DeviceArray<float>& best, DeviceArray<int32_t>* changed) {
+  gpu::KMeansAssignParams p = base;
+  p.labels = labels.get();
+  p.best = best.get();
+  p.changed = changed != nullptr ? changed->get() : nullptr;
+  CUDA_OK(gpu::LaunchKMeansAssign(p, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  AssignOut out{labels.Download(), best.Download(), {}};
+  if (changed != nullptr) out.changed = changed->Download();
+  return out;
+}
+
+// Checks (labels, best) of problem `prob` against a brute-force argmax over centres
+// [0, k) of the same bf16 values; returns the number of label mismatches (each allowed only at
+// a near-tie, which is asserted).
+int CheckAgainstBruteForce(const AssignOut& out, const Bf16Data& points, const Bf16Data& centers,
+                           int prob, int n, int k, int dim) {
+  int mismatches = 0;
+  for (int i = 0; i < n; ++i) {
+    const size_t at = static_cast<size_t>(prob) * n + i;
+    const float* x = &points.ref[at * dim];
+    const float* c0 = &centers.ref[static_cast<size_t>(prob) * k * dim];
+    int want = 0;
+    double want_score = -1e30;
+    for (int c = 0; c < k; ++c) {
+      const double s = Dot(x, c0 + static_cast<size_t>(c) * dim, dim);
+      if (s > want_score) {
+        want_score = s;
+        want = c;
+      }
+    }
+    const int got = out.labels[at];
+    EXPECT_TRUE(std::isfinite(out.best[at])) << "point " << i;
+    EXPECT_GE(got, 0) << "point " << i;
+    EXPECT_LT(got, k) << "point " << i;
+    if (got < 0 || got >= k) continue;
+    const double got_score = Dot(x, c0 + static_cast<size_t>(got) * dim, dim);
+    EXPECT_NEAR(out.best[at], got_score, kScoreTol) << "point " << i << ": best is its score";
+    if (got != want) {
+      ++mismatches;
+      EXPECT_LE(want_score - got_score, kScoreTol)
+          << "point " << i << ": label " << got << " vs " << want << " is not a near-tie";
+    }
+  }
+  return mismatches;
+}
+
+TEST(KMeansAssignKernelTest, MatchesBruteForceArgmax) {
+  // k not a multiple of the 64-centre tile, n not a multiple of the 256-point tile, n below
+  // one tile, k = 1, several problems per launch.
+  for (const int dim : {64, 128}) {
+    for (const auto& [P, n, k] :
+         {std::tuple{1, 300, 70}, std::tuple{3, 1000, 130}, std::tuple{2, 77, 1},
+          std::tuple{2, 513, 192}, std::tuple{1, 256, 64}}) {
+      SCOPED_TRACE(testing::Message() << "dim " << dim << " P " << P << " n " << n << " k " << k);
+      Rng rng(static_cast<uint64_t>(dim * 1000 + n + k));
+      const Bf16Data points = RandomUnitRows(static_cast<size_t>(P) * n, dim, rng);
+      const Bf16Data centers = RandomUnitRows(static_cast<size_t>(P) * k, dim, rng);
+      DeviceArray<bf16> d_points(points.dev), d_centers(centers.dev);
+      DeviceArray<int32_t> labels(static_cast<size_t>(P) * n), changed(P);
+      DeviceArray<float> best(static_cast<size_t>(P) * n);
+      labels.Poison();  // -1: every label changes
+      best.Poison();    // NaN
+      CUDA_OK(cudaMemset(changed.get(), 0, P * sizeof(int32_t)));
+      gpu::KMeansAssignParams p;
+      p.num_problems = P;
+      p.n = n;
+      p.k = k;
+      p.dim = dim;
+      p.points = d_points.get();
+      p.points_stride = static_cast<int64_t>(n) * dim;
+      p.centers = d_centers.get();
+      p.centers_stride = static_cast<int64_t>(k) * dim;
+      const AssignOut out = RunAssign(p, labels, best, &changed);
+      int mismatches = 0;
+      for (int prob = 0; prob < P; ++prob) {
+        mismatches += CheckAgainstBruteForce(out, points, centers, prob, n, k, dim);
+        EXPECT_EQ(out.changed[prob], n) << "every label changed from the poison";
+      }
+      EXPECT_LE(mismatches, std::max(1, P * n / 1000)) << "near-ties should be rare";
+
+      // Same inputs again: identical output, nothing changed.
+      CUDA_OK(cudaMemset(changed.get(), 0, P * sizeof(int32_t)));
+      const AssignOut again = RunAssign(p, labels, best, &changed);
+      EXPECT_EQ(again.labels, out.labels);
+      EXPECT_EQ(std::memcmp(again.best.data(), out.best.data(), out.best.size() * 4), 0);
+      for (int prob = 0; prob < P; ++prob) EXPECT_EQ(again.changed[prob], 0);
+
+      // Merge mode: centres [0, k1) then [k1, k) with label_offset k1 equals one launch.
+      if (k > 1) {
+        const int k1 = k / 3 + 1;
+        labels.Poison();
+        best.Poison();
+        gpu::KMeansAssignParams first = p;
+        first.k = k1;
+        RunAssign(first, labels, best, nullptr);
+        gpu::KMeansAssignParams rest = p;
+        rest.k = k - k1;
+        rest.centers = d_centers.get() + static_cast<size_t>(k1) * dim;
+        rest.label_offset = k1;
+        rest.merge = true;
+        const AssignOut merged = RunAssign(rest, labels, best, nullptr);
+        int merge_mismatches = 0;
+        for (size_t i = 0; i < merged.labels.size(); ++i) {
+          if (merged.labels[i] != out.labels[i]) {
+            ++merge_mismatches;
+            EXPECT_NEAR(merged.best[i], out.best[i], kScoreTol) << "point " << i;
+          }
+        }
+        EXPECT_LE(merge_mismatches, std::max(1, P * n / 1000));
+        for (int prob = 0; prob < P; ++prob) {
+          CheckAgainstBruteForce(merged, points, centers, prob, n, k, dim);
+        }
+      }
+
+      // A skipped problem keeps its (poisoned) outputs; the others are computed as before.
+      if (P > 1) {
+        std::vector<int32_t> active(P, 1);
+        active[1] = 0;
+        DeviceArray<int32_t> d_active(active);
+        labels.Poison();
+        best.Poison();
+        gpu::KMeansAssignParams skip = p;
+        skip.active = d_active.get();
+        const AssignOut partial = RunAssign(skip, labels, best, nullptr);
+        for (int i = 0; i < n; ++i) {
+          EXPECT_EQ(partial.labels[n + i], -1) << "skipped problem written at point " << i;
+          EXPECT_TRUE(std::isnan(partial.best[n + i]));
+          EXPECT_EQ(partial.labels[i], out.labels[i]);
+        }
+      }
+    }
+  }
+}
+
+TEST(KMeansAssignKernelTest, RejectsUnsupportedShapes) {
+  gpu::KMeansAssignParams p;
+  p.num_problems = 1;
+  p.n = 10;
+  p.k = 4;
+  p.dim = 96;  // callers pad to 64 or 128
+  DeviceArray<bf16> buf(1024);
+  DeviceArray<int32_t> labels(16);
+  DeviceArray<float> best(16);
+  p.points = p.centers = buf.get();
+  p.labels = labels.get();
+  p.best = best.get();
+  EXPECT_EQ(gpu::LaunchKMeansAssign(p, nullptr), cudaErrorInvalidValue);
+  p.dim = 64;
+  p.k = 0;
+  EXPECT_EQ(gpu::LaunchKMeansAssign(p, nullptr), cudaErrorInvalidValue);
+  cudaGetLastError();
+}
+
+// ---- The steps around it -----------------------------------------------------------------------
+
+float Bf16Round(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+
+TEST(KMeansStepsTest, MatchTheirCpuReferences) {
+  // d = 100 is zero-padded to 128; problems are spaced by 3 extra rows (a strided view).
+  const int P = 2, n = 1000, d = 100, dpad = 128, k = 37, empty = 5;
+  const int64_t problem_stride = static_cast<int64_t>(n + 3) * d;
+  Rng rng(77);
+  std::vector<float> raw(P * problem_stride);
+  for (float& x : raw) x = 3.0f * rng.Uniform() + (rng.Uniform() > 0.0f ? 0.1f : -0.1f);
+  DeviceArray<float> d_raw(raw);
+  gpu::KMeansRawPoints view;
+  view.f32 = d_raw.get();
+  view.problem_stride = problem_stride;
+  view.row_stride = d;
+
+  // Normalise: bf16 of x / |x|, zero padding, nonzero flags.
+  DeviceArray<bf16> unit(static_cast<size_t>(P) * n * dpad);
+  DeviceArray<float> nonzero(static_cast<size_t>(P) * n);
+  unit.Poison();
+  nonzero.Poison();
+  CUDA_OK(gpu::LaunchKMeansNormalize(view, P, n, d, dpad, unit.get(), nonzero.get(), nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<bf16> unit_host = unit.Download();
+  std::vector<float> u(unit_host.size());  // exact fp32 image
+  for (size_t i = 0; i < u.size(); ++i) u[i] = __bfloat162float(unit_host[i]);
+  const std::vector<float> nz = nonzero.Download();
+  for (int p = 0; p < P; ++p) {
+    for (int i = 0; i < n; ++i) {
+      const float* x = &raw[p * problem_stride + static_cast<int64_t>(i) * d];
+      const double norm = std::sqrt(Dot(x, x, d));
+      const size_t row = static_cast<size_t>(p) * n + i;
+      ASSERT_EQ(nz[row], 1.0f);
+      for (int j = 0; j < dpad; ++j) {
+        const float got = u[row * dpad + j];
+        if (j >= d) {
+          ASSERT_EQ(got, 0.0f) << "padding";
+          continue;
+        }
+        const double want = x[j] / norm;
+        ASSERT_NEAR(got, want, std::abs(want) * 0x1p-8 + 1e-30) << "row " << row << " dim " << j;
+      }
+    }
+  }
+
+  // Accumulate: exact fixed-point sums and counts; the last `empty` clusters get no member.
+  std::vector<int32_t> labels(static_cast<size_t>(P) * n);
+  for (int32_t& l : labels) l = rng.Int(0, k - 1 - empty);
+  DeviceArray<int32_t> d_labels(labels);
+  DeviceArray<unsigned long long> sums(static_cast<size_t>(P) * k * d);
+  DeviceArray<int32_t> counts(static_cast<size_t>(P) * k);
+  CUDA_OK(cudaMemset(sums.get(), 0, sums.size() * sizeof(unsigned long long)));
+  CUDA_OK(cudaMemset(counts.get(), 0, counts.size() * sizeof(int32_t)));
+  gpu::KMeansAccumulateParams acc;
+  acc.num_problems = P;
+  acc.n = n;
+  acc.d = d;
+  acc.dpad = dpad;
+  acc.k = k;
+  acc.unit = unit.get();
+  acc.labels = d_labels.get();
+  acc.sums = sums.get();
+  acc.counts = counts.get();
+  CUDA_OK(gpu::LaunchKMeansAccumulate(acc, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  std::vector<long long> want_sums(sums.size(), 0);
+  std::vector<int32_t> want_counts(counts.size(), 0);
+  for (int p = 0; p < P; ++p) {
+    for (int i = 0; i < n; ++i) {
+      const size_t row = static_cast<size_t>(p) * n + i;
+      const size_t c = static_cast<size_t>(p) * k + labels[row];
+      ++want_counts[c];
+      for (int j = 0; j < d; ++j) {
+        want_sums[c * d + j] +=
+            std::llrint(static_cast<double>(u[row * dpad + j]) * gpu::kKMeansFixedOne);
+      }
+    }
+  }
+  const std::vector<unsigned long long> got_sums = sums.Download();
+  EXPECT_EQ(counts.Download(), want_counts);
+  for (size_t i = 0; i < got_sums.size(); ++i) {
+    ASSERT_EQ(static_cast<long long>(got_sums[i]), want_sums[i]) << "sum element " << i;
+  }
+
+  // Update: normalised means; empty clusters keep their (poison-free, known) previous centre.
+  std::vector<float> old_centers(static_cast<size_t>(P) * k * d, 0.5f);
+  std::vector<bf16> old_bf16(static_cast<size_t>(P) * k * dpad, __float2bfloat16_rn(0.5f));
+  DeviceArray<float> centers(old_centers);
+  DeviceArray<bf16> centers_bf16(old_bf16);
+  gpu::KMeansUpdateParams update;
+  update.num_problems = P;
+  update.k = k;
+  update.d = d;
+  update.dpad = dpad;
+  update.sums = sums.get();
+  update.counts = counts.get();
+  update.centers = centers.get();
+  update.centers_bf16 = centers_bf16.get();
+  CUDA_OK(gpu::LaunchKMeansUpdateCenters(update, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<float> got_centers = centers.Download();
+  const std::vector<bf16> got_bf16 = centers_bf16.Download();
+  for (int p = 0; p < P; ++p) {
+    for (int c = 0; c < k; ++c) {
+      const size_t row = static_cast<size_t>(p) * k + c;
+      double sq = 0.0;
+      for (int j = 0; j < d; ++j) {
+        sq += static_cast<double>(want_sums[row * d + j]) * want_sums[row * d + j];
+      }
+      for (int j = 0; j < d; ++j) {
+        const float got = got_centers[row * d + j];
+        ASSERT_TRUE(std::isfinite(got));
+        const double want = c >= k - empty ? 0.5 : want_sums[row * d + j] / std::sqrt(sq);
+        ASSERT_NEAR(got, want, 1e-6) << "problem " << p << " centre " << c << " dim " << j;
+        ASSERT_EQ(__bfloat162float(got_bf16[row * dpad + j]), Bf16Round(got));
+      }
+      for (int j = d; j < dpad; ++j) {
+        ASSERT_EQ(__bfloat162float(got_bf16[row * dpad + j]), 0.5f) << "padding untouched";
+      }
+    }
+  }
+
+  // Objective (fixed-order double sum) and raw sums (double atomics).
+  std::vector<float> best(static_cast<size_t>(P) * n);
+  for (float& b : best) b = rng.Uniform();
+  DeviceArray<float> d_best(best);
+  DeviceArray<double> objective(P);
+  objective.Poison();
+  CUDA_OK(gpu::LaunchKMeansObjective(d_best.get(), P, n, nullptr, objective.get(), nullptr));
+  DeviceArray<double> raw_sums(static_cast<size_t>(P) * k * d);
+  CUDA_OK(cudaMemset(raw_sums.get(), 0, raw_sums.size() * sizeof(double)));
+  CUDA_OK(gpu::LaunchKMeansRawSums(view, d_labels.get(), P, n, d, k, raw_sums.get(), nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<double> got_objective = objective.Download();
+  const std::vector<double> got_raw = raw_sums.Download();
+  std::vector<double> want_raw(got_raw.size(), 0.0);
+  for (int p = 0; p < P; ++p) {
+    double sum = 0.0;
+    for (int i = 0; i < n; ++i) {
+      const size_t row = static_cast<size_t>(p) * n + i;
+      sum += best[row];
+      for (int j = 0; j < d; ++j) {
+        want_raw[(static_cast<size_t>(p) * k + labels[row]) * d + j] +=
+            raw[p * problem_stride + static_cast<int64_t>(i) * d + j];
+      }
+    }
+    EXPECT_NEAR(got_objective[p], sum, 1e-9 * n);
+  }
+  for (size_t i = 0; i < got_raw.size(); ++i) {
+    ASSERT_NEAR(got_raw[i], want_raw[i], 1e-9 * (1.0 + std::abs(want_raw[i]))) << i;
+  }
+
+  // Gather: centre rows [first, first + count) are copies of the indexed unit rows.
+  const int first = 3, count = 20;
+  std::vector<int32_t> index(static_cast<size_t>(P) * count);
+  for (int32_t& i : index) i = rng.Int(0, n - 1);
+  DeviceArray<int32_t> d_index(index);
+  centers.Poison();
+  centers_bf16.Poison();
+  gpu::KMeansGatherParams gather;
+  gather.num_problems = P;
+  gather.n = n;
+  gather.d = d;
+  gather.dpad = dpad;
+  gather.k = k;
+  gather.unit = unit.get();
+  gather.index = d_index.get();
+  gather.index_stride = count;
+  gather.first = first;
+  gather.count = count;
+  gather.centers = centers.get();
+  gather.centers_bf16 = centers_bf16.get();
+  CUDA_OK(gpu::LaunchKMeansGatherCenters(gather, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<float> gathered = centers.Download();
+  const std::vector<bf16> gathered_bf16 = centers_bf16.Download();
+  for (int p = 0; p < P; ++p) {
+    for (int j = 0; j < count; ++j) {
+      const size_t src = (static_cast<size_t>(p) * n + index[p * count + j]) * dpad;
+      const size_t dst = static_cast<size_t>(p) * k + first + j;
+      for (int e = 0; e < dpad; ++e) {
+        ASSERT_EQ(__bfloat162float(gathered_bf16[dst * dpad + e]), u[src + e]);
+        if (e < d) {
+          ASSERT_EQ(gathered[dst * d + e], u[src + e]);
+        }
+      }
+    }
+  }
+
+  // Seeding keys and their sort: per problem, a permutation of the points in non-decreasing
+  // key order, the points within bf16 rounding of a centre (weight 0) last, by index.
+  std::vector<float> seed_best(static_cast<size_t>(P) * n);
+  for (size_t i = 0; i < seed_best.size(); ++i) {
+    seed_best[i] = i % 7 == 0 ? 0.999f : 0.9f * rng.Uniform();  // 0.999: weight 0.002 -> 0
+  }
+  DeviceArray<float> d_seed_best(seed_best);
+  DeviceArray<uint64_t> seeds(std::vector<uint64_t>{11, 12});
+  DeviceArray<uint64_t> keys(static_cast<size_t>(P) * n), keys_sorted(static_cast<size_t>(P) * n);
+  DeviceArray<int32_t> values(static_cast<size_t>(P) * n),
+      values_sorted(static_cast<size_t>(P) * n);
+  keys_sorted.Poison();
+  values_sorted.Poison();
+  gpu::KMeansSeedKeysParams kp;
+  kp.num_problems = P;
+  kp.n = n;
+  kp.round = 3;
+  kp.best = d_seed_best.get();
+  kp.nonzero = nonzero.get();
+  kp.seeds = seeds.get();
+  kp.keys = keys.get();
+  kp.values = values.get();
+  CUDA_OK(gpu::LaunchKMeansSeedKeys(kp, nullptr));
+  size_t scratch_bytes = 0;
+  CUDA_OK(gpu::KMeansSeedSortBytes(P, n, &scratch_bytes));
+  DeviceArray<char> scratch(std::max<size_t>(scratch_bytes, 1));
+  CUDA_OK(gpu::LaunchKMeansSeedSort(scratch.get(), scratch_bytes, keys.get(), keys_sorted.get(),
+                                    values.get(), values_sorted.get(), P, n, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<uint64_t> sk = keys_sorted.Download();
+  const std::vector<int32_t> sv = values_sorted.Download();
+  for (int p = 0; p < P; ++p) {
+    std::vector<int> seen(n, 0);
+    int zero_weight = 0, last_zero = -1;
+    for (int j = 0; j < n; ++j) {
+      const size_t at = static_cast<size_t>(p) * n + j;
+      ASSERT_EQ(sk[at] >> 32, static_cast<uint64_t>(p));
+      float key = 0.0f;
+      const uint32_t bits = static_cast<uint32_t>(sk[at]);
+      std::memcpy(&key, &bits, 4);
+      ASSERT_FALSE(std::isnan(key));
+      ASSERT_GE(key, 0.0f);
+      if (j > 0) {
+        ASSERT_LE(sk[at - 1], sk[at]);
+      }
+      const int i = sv[at];
+      ASSERT_GE(i, 0);
+      ASSERT_LT(i, n);
+      ++seen[i];
+      const bool coincident = seed_best[static_cast<size_t>(p) * n + i] > 0.99f;
+      EXPECT_EQ(std::isinf(key), coincident) << "point " << i;
+      if (coincident) {
+        EXPECT_GT(i, last_zero) << "weight-0 points in index order";
+        last_zero = i;
+        ++zero_weight;
+      } else {
+        EXPECT_EQ(zero_weight, 0) << "weight-0 points sort last";
+      }
+    }
+    EXPECT_EQ(std::count(seen.begin(), seen.end(), 1), n) << "a permutation";
+  }
+}
+
+// ---- Solver --------------------------------------------------------------------------------
 
 // n points around `true_k` random directions (plus a few zero rows), raw scale varying per point.
 std::vector<float> ClusteredPoints(int n, int d, int true_k, uint64_t seed) {
@@ -39,18 +497,28 @@ std::vector<float> ClusteredPoints(int n, int d, int true_k, uint64_t seed) {
   return points;
 }
 
+// A GPU assignment may pick a centre whose fp32 score is below the best by up to two bf16
+// roundings of unit vectors' scores (2 x 2^-8).
+constexpr double kAssignSlack = 2.0 / 256.0;
+
 void CheckInvariants(const KMeansResult& r, const std::vector<float>& points, int n, int d, int k) {
   ASSERT_GT(r.num_clusters, 0);
   ASSERT_LE(r.num_clusters, k);
   ASSERT_EQ(r.labels.size(), static_cast<size_t>(n));
+  ASSERT_EQ(r.dim, d);
   const int C = r.num_clusters;
+  ASSERT_EQ(r.sizes.size(), static_cast<size_t>(C));
+  ASSERT_EQ(r.centroids.size(), static_cast<size_t>(C) * d);
+  ASSERT_EQ(r.unit_centers.size(), static_cast<size_t>(C) * d);
   std::vector<int> counts(C, 0);
   std::vector<double> sums(static_cast<size_t>(C) * d, 0.0);
   for (int i = 0; i < n; ++i) {
     ASSERT_GE(r.labels[i], 0);
     ASSERT_LT(r.labels[i], C);
     ++counts[r.labels[i]];
-    for (int j = 0; j < d; ++j) sums[static_cast<size_t>(r.labels[i]) * d + j] += points[static_cast<size_t>(i) * d + j];
+    for (int j = 0; j < d; ++j) {
+      sums[static_cast<size_t>(r.labels[i]) * d + j] += points[static_cast<size_t>(i) * d + j];
+    }
   }
   double err = 0.0, ref = 0.0;
   for (int c = 0; c < C; ++c) {
@@ -60,16 +528,24 @@ void CheckInvariants(const KMeansResult& r, const std::vector<float>& points, in
       const double want = sums[static_cast<size_t>(c) * d + j] / counts[c];
       const double got = r.centroids[static_cast<size_t>(c) * d + j];
       ASSERT_TRUE(std::isfinite(got));
+      ASSERT_TRUE(std::isfinite(r.unit_centers[static_cast<size_t>(c) * d + j]));
       err += (got - want) * (got - want);
       ref += want * want;
     }
   }
-  EXPECT_LE(std::sqrt(err / ref), 1e-5) << "centroids are the raw means of their members";
+  if (ref > 0.0) {
+    EXPECT_LE(std::sqrt(err / ref), 1e-5) << "centroids are the raw means";
+  }
+  // Lloyd's objective cannot decrease in exact arithmetic. The GPU's scores carry the bf16
+  // rounding of each centre, an error shared by all members of its cluster (std about
+  // 2^-9 / sqrt(3 d) per point, ~1e-4 at d = 128), so the objective can move by ~1e-4 of itself
+  // when one cluster holds everything: allow 1e-3.
   for (size_t i = 1; i < r.objective.size(); ++i) {
-    EXPECT_GE(r.objective[i], r.objective[i - 1] * (1 - 1e-6)) << "step " << i;
+    EXPECT_GE(r.objective[i], r.objective[i - 1] - 1e-3 * std::abs(r.objective[i - 1]))
+        << "step " << i;
   }
   EXPECT_EQ(static_cast<int>(r.objective.size()), r.iterations);
-  if (r.converged) {  // every point sits with its best unit centre (up to TF32 ties)
+  if (r.converged) {  // every point sits with its best unit centre, up to bf16 rounding
     int worse = 0;
     for (int i = 0; i < n; ++i) {
       const float* x = &points[static_cast<size_t>(i) * d];
@@ -78,53 +554,258 @@ void CheckInvariants(const KMeansResult& r, const std::vector<float>& points, in
       if (norm == 0.0) continue;
       double best = -2.0, mine = 0.0;
       for (int c = 0; c < C; ++c) {
-        double dot = 0.0;
-        for (int j = 0; j < d; ++j) dot += x[j] * r.unit_centers[static_cast<size_t>(c) * d + j];
-        dot /= std::sqrt(norm);
+        const double dot = Dot(x, &r.unit_centers[static_cast<size_t>(c) * d], d) / std::sqrt(norm);
         best = std::max(best, dot);
         if (c == r.labels[i]) mine = dot;
       }
-      worse += mine < best - 2e-3;
+      worse += mine < best - kAssignSlack;
     }
     EXPECT_EQ(worse, 0);
   }
 }
 
+// Runs one problem through the solver and returns its result.
+KMeansResult RunOne(CudaKMeans& gpu, const std::vector<float>& points, int n, int d, int k,
+                    int iterations, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  KMeansResult r = gpu.Run(points.data(), n, d, k, iterations, rng);
+  EXPECT_TRUE(gpu.error().empty()) << gpu.error();
+  return r;
+}
+
 TEST(CudaKMeansTest, MatchesTheReferenceQualityOnClusteredData) {
   CudaKMeans gpu;
-  for (const auto& [n, d, k, true_k] : {std::tuple{6000, 64, 300, 50}, std::tuple{20000, 128, 1000, 200},
-                                        std::tuple{3100, 64, 775, 100}}) {
+  CudaKMeansOptions uniform_options;
+  uniform_options.seeding = CudaKMeansOptions::Seeding::kUniform;
+  CudaKMeans gpu_uniform(0, uniform_options);
+  // (n, d, k, true clusters): k = n / 4 as small contexts give, many more true clusters than k
+  // (where seeding matters most), a head size that is padded (96 -> 128).
+  for (const auto& [n, d, k, true_k] :
+       {std::tuple{6000, 64, 300, 50}, std::tuple{20000, 128, 1000, 200},
+        std::tuple{3100, 64, 775, 100}, std::tuple{8192, 128, 2048, 6000},
+        std::tuple{20000, 128, 1000, 5000}, std::tuple{5000, 96, 250, 100}}) {
     SCOPED_TRACE(testing::Message() << "n " << n << " d " << d << " k " << k);
     const std::vector<float> points = ClusteredPoints(n, d, true_k, n + k);
-    std::mt19937_64 rng_cpu(7), rng_gpu(7);
+    std::mt19937_64 rng_cpu(7);
     const KMeansResult cpu = SphericalKMeans(points.data(), n, d, k, 25, rng_cpu);
-    const KMeansResult got = gpu.Run(points.data(), n, d, k, 25, rng_gpu);
-    EXPECT_TRUE(gpu.error().empty()) << gpu.error();
+    const KMeansResult got = RunOne(gpu, points, n, d, k, 25, 7);
+    const KMeansResult uni = RunOne(gpu_uniform, points, n, d, k, 25, 7);
     CheckInvariants(got, points, n, d, k);
+    CheckInvariants(uni, points, n, d, k);
     const double ratio = got.objective.back() / cpu.objective.back();
-    std::printf("[kmeans] n %d d %d k %d: objective gpu %.2f cpu %.2f (ratio %.4f), clusters "
-                "%d / %d, iterations %d / %d\n",
-                n, d, k, got.objective.back(), cpu.objective.back(), ratio, got.num_clusters,
-                cpu.num_clusters, got.iterations, cpu.iterations);
+    const double seed_ratio = got.objective[0] / cpu.objective[0];
+    const double uniform_seed_ratio = uni.objective[0] / cpu.objective[0];
+    std::printf(
+        "[kmeans] n %d d %d k %d: final objective gpu %.2f cpu %.2f (ratio %.4f; uniform "
+        "seeding %.4f); first step (seeding quality) ratio %.4f (uniform %.4f); clusters %d / "
+        "%d; iterations %d / %d\n",
+        n, d, k, got.objective.back(), cpu.objective.back(), ratio,
+        uni.objective.back() / cpu.objective.back(), seed_ratio, uniform_seed_ratio,
+        got.num_clusters, cpu.num_clusters, got.iterations, cpu.iterations);
     EXPECT_GE(ratio, 0.99) << "GPU k-means objective more than 1% below the reference";
+    // The seeding alone: its assignment step within 2% of k-means++'s, and never clearly worse
+    // than uniform seeding (a CPU simulation of this seeding, growth 0.5, measured -1.4% .. 0%
+    // vs k-means++ and +0.02% .. +7.6% vs uniform on such data).
+    EXPECT_GE(seed_ratio, 0.98) << "k-means|| seeding far below k-means++";
+    EXPECT_GE(seed_ratio, uniform_seed_ratio - 3e-3) << "k-means|| seeding below uniform";
+    if (true_k > k) {
+      EXPECT_GT(seed_ratio, uniform_seed_ratio) << "many true clusters: D^2 sampling must help";
+    }
   }
+}
+
+TEST(CudaKMeansTest, BatchEqualsEachProblemRunAlone) {
+  const int n = 3000, d = 128, k = 150, P = 3;
+  std::vector<std::vector<float>> data;
+  std::vector<const float*> points;
+  for (int p = 0; p < P; ++p) {
+    data.push_back(ClusteredPoints(n, d, 40 + 30 * p, 100 + p));
+    points.push_back(data.back().data());
+  }
+  CudaKMeansOptions one_at_a_time;
+  one_at_a_time.max_batch_bytes = 1;  // groups of one problem
+  CudaKMeans batched, grouped(0, one_at_a_time), single;
+  std::vector<std::mt19937_64> rngs_b, rngs_g;
+  std::vector<std::mt19937_64*> ptr_b, ptr_g;
+  for (int p = 0; p < P; ++p) {
+    rngs_b.emplace_back(50 + p);
+    rngs_g.emplace_back(50 + p);
+  }
+  for (int p = 0; p < P; ++p) {
+    ptr_b.push_back(&rngs_b[p]);
+    ptr_g.push_back(&rngs_g[p]);
+  }
+  const std::vector<KMeansResult> all = batched.RunBatch(points, n, d, k, 25, ptr_b);
+  const std::vector<KMeansResult> groups = grouped.RunBatch(points, n, d, k, 25, ptr_g);
+  EXPECT_TRUE(batched.error().empty()) << batched.error();
+  ASSERT_EQ(all.size(), static_cast<size_t>(P));
+  ASSERT_EQ(groups.size(), static_cast<size_t>(P));
+  for (int p = 0; p < P; ++p) {
+    SCOPED_TRACE(testing::Message() << "problem " << p);
+    std::mt19937_64 rng(50 + p);
+    const KMeansResult alone = single.Run(points[p], n, d, k, 25, rng);
+    CheckInvariants(all[p], data[p], n, d, k);
+    for (const KMeansResult* other : {&alone, &groups[p]}) {
+      EXPECT_EQ(all[p].labels, other->labels);
+      EXPECT_EQ(all[p].sizes, other->sizes);
+      EXPECT_EQ(all[p].objective, other->objective) << "deterministic objective";
+      EXPECT_EQ(all[p].unit_centers, other->unit_centers) << "fixed-point sums: same centres";
+      EXPECT_EQ(all[p].iterations, other->iterations);
+      EXPECT_EQ(all[p].converged, other->converged);
+      ASSERT_EQ(all[p].centroids.size(), other->centroids.size());
+      for (size_t i = 0; i < other->centroids.size(); ++i) {
+        // Raw sums use double atomics: the order of additions may differ in the last bits.
+        ASSERT_NEAR(all[p].centroids[i], other->centroids[i],
+                    1e-6 * (1.0 + std::abs(other->centroids[i])));
+      }
+    }
+    EXPECT_EQ(rngs_b[p], rng) << "the PRNG advances as a single Run advances it";
+  }
+}
+
+TEST(CudaKMeansTest, DeviceEntryReadsStridedBf16InPlace) {
+  // A KV-cache-like bf16 layout [P][S][d] of which rows [sinks, sinks + n) are clustered.
+  const int P = 2, S = 2100, sinks = 4, n = 2000, d = 128, k = 100;
+  Bf16Data cache(static_cast<size_t>(P) * S * d);
+  std::vector<std::vector<float>> images(P, std::vector<float>(static_cast<size_t>(n) * d));
+  for (int p = 0; p < P; ++p) {
+    const std::vector<float> pts = ClusteredPoints(S, d, 30, 9 + p);
+    for (int r = 0; r < S; ++r) {
+      for (int j = 0; j < d; ++j) {
+        const size_t at = (static_cast<size_t>(p) * S + r) * d + j;
+        cache.Set(at, pts[static_cast<size_t>(r) * d + j]);
+        if (r >= sinks && r < sinks + n) {
+          images[p][static_cast<size_t>(r - sinks) * d + j] = cache.ref[at];
+        }
+      }
+    }
+  }
+  DeviceArray<bf16> d_cache(cache.dev);
+  gpu::KMeansRawPoints raw;
+  raw.b16 = d_cache.get() + static_cast<size_t>(sinks) * d;
+  raw.problem_stride = static_cast<int64_t>(S) * d;
+  raw.row_stride = d;
+  std::vector<std::mt19937_64> rngs_dev = {std::mt19937_64(3), std::mt19937_64(4)};
+  std::vector<std::mt19937_64> rngs_host = rngs_dev;
+  std::vector<std::mt19937_64*> ptr_dev = {&rngs_dev[0], &rngs_dev[1]};
+  std::vector<std::mt19937_64*> ptr_host = {&rngs_host[0], &rngs_host[1]};
+  CudaKMeans gpu;
+  auto on_device = gpu.ClusterOnDevice(raw, n, d, k, 25, ptr_dev);
+  ASSERT_TRUE(on_device.ok()) << on_device.status();
+  const std::vector<const float*> host_points = {images[0].data(), images[1].data()};
+  const std::vector<KMeansResult> from_host = gpu.RunBatch(host_points, n, d, k, 25, ptr_host);
+  for (int p = 0; p < P; ++p) {
+    SCOPED_TRACE(testing::Message() << "problem " << p);
+    const KMeansResult& r = (*on_device)[p];
+    CheckInvariants(r, images[p], n, d, k);
+    // Same values, so the same unit points and the same clustering as the fp32 host path.
+    EXPECT_EQ(r.labels, from_host[p].labels);
+    EXPECT_EQ(r.objective, from_host[p].objective);
+  }
+  // Bad shapes are rejected with a message, not run.
+  raw.row_stride = d - 1;
+  EXPECT_FALSE(gpu.ClusterOnDevice(raw, n, d, k, 25, ptr_dev).ok());
 }
 
 TEST(CudaKMeansTest, EdgeCases) {
   CudaKMeans gpu;
-  const int d = 64;
-  const std::vector<float> points = ClusteredPoints(257, d, 5, 3);
-  for (int k : {1, 2, 257}) {
-    std::mt19937_64 rng(1);
-    const KMeansResult r = gpu.Run(points.data(), 257, d, k, 10, rng);
-    CheckInvariants(r, points, 257, d, k);
+  {
+    const int d = 64;
+    const std::vector<float> points = ClusteredPoints(257, d, 5, 3);
+    for (int k : {1, 2, 64, 257}) {
+      SCOPED_TRACE(testing::Message() << "257 points, k " << k);
+      CheckInvariants(RunOne(gpu, points, 257, d, k, 10, 1), points, 257, d, k);
+    }
   }
-  // All points identical: one non-empty cluster survives, the others are dropped.
-  std::vector<float> same(100 * d, 0.25f);
-  std::mt19937_64 rng(2);
-  const KMeansResult r = gpu.Run(same.data(), 100, d, 10, 5, rng);
-  EXPECT_GE(r.num_clusters, 1);
-  CheckInvariants(r, same, 100, d, 10);
+  // Fewer points than one 256-point tile; a single point.
+  for (const auto& [n, k] : {std::tuple{100, 25}, std::tuple{1, 1}, std::tuple{7, 3}}) {
+    SCOPED_TRACE(testing::Message() << "n " << n << " k " << k);
+    const std::vector<float> points = ClusteredPoints(n, 128, 4, 5 + n);
+    CheckInvariants(RunOne(gpu, points, n, 128, k, 25, 2), points, n, 128, k);
+  }
+  const int d = 64;
+  {
+    // All points identical: one non-empty cluster survives, the others are dropped.
+    std::vector<float> same(100 * d, 0.25f);
+    const KMeansResult r = RunOne(gpu, same, 100, d, 10, 5, 2);
+    EXPECT_EQ(r.num_clusters, 1);
+    CheckInvariants(r, same, 100, d, 10);
+  }
+  {
+    // One giant cluster: points equal up to 1e-4 relative noise.
+    const int n = 3000, k = 150;
+    Rng rng(11);
+    std::vector<float> base(d), points(static_cast<size_t>(n) * d);
+    for (float& x : base) x = rng.Uniform();
+    for (size_t i = 0; i < points.size(); ++i) {
+      points[i] = base[i % d] * (1.0f + 1e-4f * rng.Uniform());
+    }
+    std::mt19937_64 rng_cpu(4);
+    const KMeansResult cpu = SphericalKMeans(points.data(), n, d, k, 25, rng_cpu);
+    const KMeansResult r = RunOne(gpu, points, n, d, k, 25, 4);
+    CheckInvariants(r, points, n, d, k);
+    EXPECT_GE(r.objective.back(), 0.99 * cpu.objective.back());
+  }
+  {
+    // Many empty clusters: 40 distinct points, each 50 times, k = 200 > 40.
+    const int distinct = 40, n = 2000, k = 200;
+    const std::vector<float> proto = ClusteredPoints(distinct, d, 10, 21);
+    std::vector<float> points(static_cast<size_t>(n) * d);
+    for (int i = 0; i < n; ++i) {
+      std::copy_n(&proto[static_cast<size_t>(i % distinct) * d], d,
+                  &points[static_cast<size_t>(i) * d]);
+    }
+    std::mt19937_64 rng_cpu(6);
+    const KMeansResult cpu = SphericalKMeans(points.data(), n, d, k, 25, rng_cpu);
+    const KMeansResult r = RunOne(gpu, points, n, d, k, 25, 6);
+    CheckInvariants(r, points, n, d, k);
+    EXPECT_LE(r.num_clusters, distinct);
+    EXPECT_GE(r.objective.back(), 0.99 * cpu.objective.back());
+    std::printf(
+        "[kmeans] 40 distinct points x 50, k 200: clusters gpu %d cpu %d, objective gpu "
+        "%.2f cpu %.2f\n",
+        r.num_clusters, cpu.num_clusters, r.objective.back(), cpu.objective.back());
+  }
+}
+
+TEST(CudaKMeansTest, EarlyStopThreshold) {
+  const int n = 6000, d = 64, k = 300;
+  const std::vector<float> points = ClusteredPoints(n, d, 50, 31);
+  CudaKMeansOptions loose;
+  loose.min_changed_fraction = 0.01;
+  CudaKMeans exact, early(0, loose);
+  const KMeansResult full = RunOne(exact, points, n, d, k, 25, 5);
+  const KMeansResult quick = RunOne(early, points, n, d, k, 25, 5);
+  CheckInvariants(quick, points, n, d, k);
+  EXPECT_LE(quick.iterations, full.iterations);
+  // Same seeds and steps until the early stop: the objectives agree step by step.
+  for (int i = 0; i < std::min(quick.iterations, full.iterations); ++i) {
+    EXPECT_EQ(quick.objective[i], full.objective[i]);
+  }
+  EXPECT_GE(quick.objective.back(), 0.995 * full.objective.back());
+  if (quick.iterations < 25) {
+    EXPECT_TRUE(quick.converged);
+  }
+}
+
+TEST(CudaKMeansTest, HeadSizesAboveTheFusedKernelUseTheCublasPath) {
+  CudaKMeans gpu;
+  const int n = 2000, d = 200, k = 100;
+  const std::vector<float> points = ClusteredPoints(n, d, 30, 8);
+  CheckInvariants(RunOne(gpu, points, n, d, k, 25, 3), points, n, d, k);
+}
+
+TEST(CudaKMeansTest, CublasBaselineStillWorks) {
+  CudaKMeansOptions options;
+  options.cublas_baseline = true;
+  CudaKMeans baseline(0, options);
+  const int n = 6000, d = 128, k = 300;
+  const std::vector<float> points = ClusteredPoints(n, d, 50, 12);
+  std::mt19937_64 rng_cpu(7);
+  const KMeansResult cpu = SphericalKMeans(points.data(), n, d, k, 25, rng_cpu);
+  const KMeansResult r = RunOne(baseline, points, n, d, k, 25, 7);
+  CheckInvariants(r, points, n, d, k);
+  EXPECT_GE(r.objective.back(), 0.99 * cpu.objective.back());
 }
 
 }  // namespace

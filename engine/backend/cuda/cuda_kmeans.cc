@@ -4,20 +4,36 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cstring>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
 #include <numeric>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/common/parallel_for.h"
 #include "kernels/kmeans.cuh"
+#include "kernels/kmeans_assign.cuh"
+#include "kernels/kmeans_steps.cuh"
 #include "kernels/model_ops.cuh"
 #include "spdlog/spdlog.h"
 
 namespace squeeze {
 namespace {
 
-// Bytes of the [rows][k] score block of one GEMM chunk.
+using Clock = std::chrono::steady_clock;
+double SecondsSince(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Largest head size of the fused path; rows are zero-padded to 64 or 128 dims.
+constexpr int kMaxFusedDim = 128;
+int PaddedDim(int d) { return d <= 64 ? 64 : 128; }
+
+// Bytes of the [rows][k] score block of one GEMM chunk (cuBLAS baseline).
 constexpr size_t kScoreBytes = size_t{256} << 20;
 
 // A device array that only grows.
@@ -37,28 +53,58 @@ struct Grow {
   }
 };
 
+// k distinct indices of [0, n) drawn uniformly (partial Fisher-Yates on the caller's stream).
+void DrawDistinct(int n, int k, std::mt19937_64& rng, int32_t* out) {
+  std::vector<int32_t> index(n);
+  std::iota(index.begin(), index.end(), 0);
+  for (int i = 0; i < k; ++i) {
+    const int j = i + std::min(n - i - 1, static_cast<int>(UniformDouble(rng) * (n - i)));
+    std::swap(index[i], index[j]);
+  }
+  std::copy(index.begin(), index.begin() + k, out);
+}
+
 }  // namespace
 
 struct CudaKMeans::Impl {
   int device = 0;
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
-  Grow<float> points, unit, centers, sums, scores, best;
-  Grow<int32_t> labels, counts, chosen;
-  Grow<int> changed;
-  Grow<double> objective;
+  // Batched solver, for the P problems of one group (shapes as in kernels/kmeans_steps.cuh).
+  Grow<float> raw;                   // [P][n][d] points uploaded by the host entry points
+  Grow<gpu::bf16> unit;              // [P][n][dpad]
+  Grow<float> nonzero, best;         // [P][n]
+  Grow<int32_t> labels;              // [P][n]
+  Grow<float> centers;               // [P][k][d]
+  Grow<gpu::bf16> centers_bf16;      // [P][k][dpad]
+  Grow<unsigned long long> sums;     // [P][k][d] fixed point; reused as double for raw sums
+  Grow<int32_t> counts;              // [P][k]
+  Grow<int32_t> changed, active;     // [P]
+  Grow<double> objective;            // [P]
+  Grow<int32_t> index;               // [P][k] host-drawn seed indices
+  Grow<uint64_t> seeds;              // [P] device seeds of the sampling hash
+  Grow<uint64_t> keys, keys_sorted;  // [P * n] seeding keys
+  Grow<int32_t> values, values_sorted;
+  Grow<char> sort_scratch;
+  // The cuBLAS baseline (one problem).
+  Grow<float> b_points, b_unit, b_centers, b_sums, b_scores, b_best;
+  Grow<int32_t> b_labels, b_counts, b_chosen;
+  Grow<int> b_changed;
+  Grow<double> b_objective;
   ~Impl() {
     if (blas != nullptr) cublasDestroy(blas);
     if (stream != nullptr) cudaStreamDestroy(stream);
   }
 };
 
-CudaKMeans::CudaKMeans(int device) : impl_(std::make_unique<Impl>()) {
+CudaKMeans::CudaKMeans(int device, CudaKMeansOptions options)
+    : impl_(std::make_unique<Impl>()), options_(options) {
   impl_->device = device;
   cudaSetDevice(device);
   if (cudaStreamCreateWithFlags(&impl_->stream, cudaStreamNonBlocking) != cudaSuccess ||
       cublasCreate(&impl_->blas) != CUBLAS_STATUS_SUCCESS) {
     error_ = "cuda k-means: cannot create a stream or cuBLAS handle";
+    impl_->blas = nullptr;
     return;
   }
   cublasSetStream(impl_->blas, impl_->stream);
@@ -67,15 +113,369 @@ CudaKMeans::CudaKMeans(int device) : impl_(std::make_unique<Impl>()) {
 
 CudaKMeans::~CudaKMeans() = default;
 
+int CudaKMeans::GroupSize(int num_problems, int n, int d, int k, bool with_upload) const {
+  const size_t dpad = PaddedDim(d);
+  // Per point: unit row, nonzero/best/labels, seeding keys and values (in and sorted) and about
+  // as much again of sort scratch; per centre: fp32 + bf16 rows, sums, count, seed index.
+  size_t per_problem = static_cast<size_t>(n) * (dpad * 2 + 12 + 24 + 24) +
+                       static_cast<size_t>(k) * (d * 4 + dpad * 2 + d * 8 + 8) + 64;
+  if (with_upload) per_problem += static_cast<size_t>(n) * d * 4;
+  size_t group = std::max<size_t>(1, options_.max_batch_bytes / per_problem);
+  group = std::min<size_t>(group, static_cast<size_t>(INT32_MAX / n));  // sort item count
+  group = std::min<size_t>(group, 65535);                               // grid.y
+  return static_cast<int>(std::min<size_t>(group, num_problems));
+}
+
+bool CudaKMeans::ClusterGroup(const gpu::KMeansRawPoints& raw, int P, int n, int d, int k,
+                              int max_iterations, std::span<std::mt19937_64* const> rngs,
+                              std::vector<KMeansResult>* results) {
+  Impl& im = *impl_;
+  cudaStream_t s = im.stream;
+  cudaError_t err = cudaSuccess;
+  auto check = [&](cudaError_t e, const char* what) {
+    if (e != cudaSuccess && err == cudaSuccess) {
+      err = e;
+      error_ = absl::StrCat("cuda k-means: ", what, ": ", cudaGetErrorString(e));
+    }
+    return err == cudaSuccess;
+  };
+  const int dpad = PaddedDim(d);
+  const size_t pn = static_cast<size_t>(P) * n, pk = static_cast<size_t>(P) * k;
+  const bool parallel_seed = options_.seeding == CudaKMeansOptions::Seeding::kParallelPlusPlus;
+  size_t sort_bytes = 0;
+  if (parallel_seed) check(gpu::KMeansSeedSortBytes(P, n, &sort_bytes), "sort scratch size");
+  if (!check(im.unit.Reserve(pn * dpad), "alloc") || !check(im.nonzero.Reserve(pn), "alloc") ||
+      !check(im.best.Reserve(pn), "alloc") || !check(im.labels.Reserve(pn), "alloc") ||
+      !check(im.centers.Reserve(pk * d), "alloc") ||
+      !check(im.centers_bf16.Reserve(pk * dpad), "alloc") ||
+      !check(im.sums.Reserve(pk * d), "alloc") || !check(im.counts.Reserve(pk), "alloc") ||
+      !check(im.changed.Reserve(P), "alloc") || !check(im.active.Reserve(P), "alloc") ||
+      !check(im.objective.Reserve(P), "alloc") ||
+      !check(im.index.Reserve(parallel_seed ? P : pk), "alloc")) {
+    return false;
+  }
+  if (parallel_seed &&
+      (!check(im.seeds.Reserve(P), "alloc") || !check(im.keys.Reserve(pn), "alloc") ||
+       !check(im.keys_sorted.Reserve(pn), "alloc") || !check(im.values.Reserve(pn), "alloc") ||
+       !check(im.values_sorted.Reserve(pn), "alloc") ||
+       !check(im.sort_scratch.Reserve(sort_bytes), "alloc"))) {
+    return false;
+  }
+
+  // ---- Normalise, seed, first assignment.
+  Clock::time_point t0 = Clock::now();
+  check(gpu::LaunchKMeansNormalize(raw, P, n, d, dpad, im.unit.p, im.nonzero.p, s), "normalize");
+  check(cudaMemsetAsync(im.centers_bf16.p, 0, pk * dpad * sizeof(gpu::bf16), s), "memset");
+  check(cudaMemsetAsync(im.labels.p, 0xFF, pn * sizeof(int32_t), s), "memset");
+
+  gpu::KMeansAssignParams assign;
+  assign.num_problems = P;
+  assign.n = n;
+  assign.dim = dpad;
+  assign.points = im.unit.p;
+  assign.points_stride = static_cast<int64_t>(n) * dpad;
+  assign.centers = im.centers_bf16.p;
+  assign.centers_stride = static_cast<int64_t>(k) * dpad;
+  assign.labels = im.labels.p;
+  assign.best = im.best.p;
+
+  gpu::KMeansGatherParams gather;
+  gather.num_problems = P;
+  gather.n = n;
+  gather.d = d;
+  gather.dpad = dpad;
+  gather.k = k;
+  gather.unit = im.unit.p;
+  gather.centers = im.centers.p;
+  gather.centers_bf16 = im.centers_bf16.p;
+
+  // Host draws, per problem in order: uniform seeding takes k indices; k-means|| the first
+  // centre's index and a 64-bit seed for the device's sampling hash.
+  std::vector<int32_t> host_index(parallel_seed ? P : pk);
+  std::vector<uint64_t> host_seeds(P);
+  for (int p = 0; p < P; ++p) {
+    if (parallel_seed) {
+      host_index[p] = std::min(n - 1, static_cast<int>(UniformDouble(*rngs[p]) * n));
+      host_seeds[p] = (*rngs[p])();
+    } else {
+      DrawDistinct(n, k, *rngs[p], &host_index[static_cast<size_t>(p) * k]);
+    }
+  }
+  check(cudaMemcpyAsync(im.index.p, host_index.data(), host_index.size() * sizeof(int32_t),
+                        cudaMemcpyHostToDevice, s),
+        "seed upload");
+  gather.index = im.index.p;
+  gather.first = 0;
+  gather.count = parallel_seed ? 1 : k;
+  gather.index_stride = gather.count;
+  check(gpu::LaunchKMeansGatherCenters(gather, s), "seed gather");
+  assign.k = gather.count;
+  check(gpu::LaunchKMeansAssign(assign, s), "assign");
+  if (parallel_seed) {
+    check(cudaMemcpyAsync(im.seeds.p, host_seeds.data(), P * sizeof(uint64_t),
+                          cudaMemcpyHostToDevice, s),
+          "seed upload");
+    gpu::KMeansSeedKeysParams keys;
+    keys.num_problems = P;
+    keys.n = n;
+    keys.best = im.best.p;
+    keys.nonzero = im.nonzero.p;
+    keys.seeds = im.seeds.p;
+    keys.keys = im.keys.p;
+    keys.values = im.values.p;
+    gather.index = im.values_sorted.p;
+    gather.index_stride = n;
+    assign.merge = true;
+    const double growth = options_.seed_growth > 0.0 ? options_.seed_growth : 1.0;
+    int chosen = 1;
+    for (int round = 1; chosen < k && err == cudaSuccess; ++round) {
+      const int draw = static_cast<int>(std::min<double>(
+          k - chosen, std::max(1.0, std::ceil(static_cast<double>(chosen) * growth))));
+      keys.round = round;
+      check(gpu::LaunchKMeansSeedKeys(keys, s), "seed keys");
+      check(gpu::LaunchKMeansSeedSort(im.sort_scratch.p, sort_bytes, im.keys.p, im.keys_sorted.p,
+                                      im.values.p, im.values_sorted.p, P, n, s),
+            "seed sort");
+      gather.first = chosen;
+      gather.count = draw;
+      check(gpu::LaunchKMeansGatherCenters(gather, s), "seed gather");
+      // Score the points against the new centres only; (best, label) keep the nearest so far.
+      assign.centers = im.centers_bf16.p + static_cast<size_t>(chosen) * dpad;
+      assign.k = draw;
+      assign.label_offset = chosen;
+      check(gpu::LaunchKMeansAssign(assign, s), "seed assign");
+      chosen += draw;
+    }
+    assign.centers = im.centers_bf16.p;
+    assign.label_offset = 0;
+    assign.merge = false;
+  }
+  assign.k = k;
+
+  std::vector<double> objective(P);
+  std::vector<int32_t> changed(P), active(P, 1);
+  check(gpu::LaunchKMeansObjective(im.best.p, P, n, nullptr, im.objective.p, s), "objective");
+  check(cudaMemcpyAsync(objective.data(), im.objective.p, P * sizeof(double),
+                        cudaMemcpyDeviceToHost, s),
+        "readback");
+  if (!check(cudaStreamSynchronize(s), "seeding")) return false;
+  for (int p = 0; p < P; ++p) {
+    (*results)[p].objective.push_back(objective[p]);
+    (*results)[p].iterations = 1;  // every label went from "none" to a centre: not converged
+  }
+  stats_.seed_seconds += SecondsSince(t0);
+
+  // ---- Lloyd iterations: update the centres from the labels, assign again; a problem whose
+  // labels did not change is done (its buffers keep the converged state).
+  t0 = Clock::now();
+  gpu::KMeansAccumulateParams acc;
+  acc.num_problems = P;
+  acc.n = n;
+  acc.d = d;
+  acc.dpad = dpad;
+  acc.k = k;
+  acc.unit = im.unit.p;
+  acc.labels = im.labels.p;
+  acc.active = im.active.p;
+  acc.sums = im.sums.p;
+  acc.counts = im.counts.p;
+  gpu::KMeansUpdateParams update;
+  update.num_problems = P;
+  update.k = k;
+  update.d = d;
+  update.dpad = dpad;
+  update.sums = im.sums.p;
+  update.counts = im.counts.p;
+  update.active = im.active.p;
+  update.centers = im.centers.p;
+  update.centers_bf16 = im.centers_bf16.p;
+  assign.active = im.active.p;
+  assign.changed = im.changed.p;
+  const int64_t stop_changed = static_cast<int64_t>(
+      std::floor(std::clamp(options_.min_changed_fraction, 0.0, 1.0) * static_cast<double>(n)));
+  int num_active = P;
+  for (int it = 1; it < max_iterations && num_active > 0; ++it) {
+    check(
+        cudaMemcpyAsync(im.active.p, active.data(), P * sizeof(int32_t), cudaMemcpyHostToDevice, s),
+        "upload");
+    check(cudaMemsetAsync(im.sums.p, 0, pk * d * sizeof(unsigned long long), s), "memset");
+    check(cudaMemsetAsync(im.counts.p, 0, pk * sizeof(int32_t), s), "memset");
+    check(gpu::LaunchKMeansAccumulate(acc, s), "accumulate");
+    check(gpu::LaunchKMeansUpdateCenters(update, s), "update");
+    check(cudaMemsetAsync(im.changed.p, 0, P * sizeof(int32_t), s), "memset");
+    check(gpu::LaunchKMeansAssign(assign, s), "assign");
+    check(gpu::LaunchKMeansObjective(im.best.p, P, n, im.active.p, im.objective.p, s), "objective");
+    check(cudaMemcpyAsync(changed.data(), im.changed.p, P * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                          s),
+          "readback");
+    check(cudaMemcpyAsync(objective.data(), im.objective.p, P * sizeof(double),
+                          cudaMemcpyDeviceToHost, s),
+          "readback");
+    if (!check(cudaStreamSynchronize(s), "iteration")) return false;
+    for (int p = 0; p < P; ++p) {
+      if (active[p] == 0) continue;
+      KMeansResult& r = (*results)[p];
+      r.objective.push_back(objective[p]);
+      ++r.iterations;
+      if (changed[p] <= stop_changed) {
+        r.converged = true;
+        active[p] = 0;
+        --num_active;
+      }
+    }
+  }
+  stats_.lloyd_seconds += SecondsSince(t0);
+
+  // ---- Raw-point sums of the final clusters (the stored centroid is the mean of raw keys,
+  // P3), download, compaction.
+  t0 = Clock::now();
+  double* raw_sums = reinterpret_cast<double*>(im.sums.p);
+  static_assert(sizeof(double) == sizeof(unsigned long long));
+  check(cudaMemsetAsync(raw_sums, 0, pk * d * sizeof(double), s), "memset");
+  check(gpu::LaunchKMeansRawSums(raw, im.labels.p, P, n, d, k, raw_sums, s), "raw sums");
+  std::vector<int32_t> labels(pn);
+  std::vector<float> centers(pk * d);
+  std::vector<double> sums(pk * d);
+  check(
+      cudaMemcpyAsync(labels.data(), im.labels.p, pn * sizeof(int32_t), cudaMemcpyDeviceToHost, s),
+      "download");
+  check(cudaMemcpyAsync(centers.data(), im.centers.p, pk * d * sizeof(float),
+                        cudaMemcpyDeviceToHost, s),
+        "download");
+  check(cudaMemcpyAsync(sums.data(), raw_sums, pk * d * sizeof(double), cudaMemcpyDeviceToHost, s),
+        "download");
+  if (!check(cudaStreamSynchronize(s), "download")) return false;
+  // Compaction is host work of O(n + k d) per problem: spread the problems over the cores.
+  const size_t kd = static_cast<size_t>(k) * d;
+  ParallelFor(P, [&](size_t p) {
+    CompactClusters(std::span<const int32_t>(labels).subspan(p * n, n), k, d,
+                    std::span<const float>(centers).subspan(p * kd, kd),
+                    std::span<const double>(sums).subspan(p * kd, kd), &(*results)[p]);
+  });
+  stats_.finish_seconds += SecondsSince(t0);
+  for (const KMeansResult& r : *results) {
+    stats_.max_iterations_run = std::max(stats_.max_iterations_run, r.iterations);
+  }
+  return true;
+}
+
 KMeansResult CudaKMeans::Run(const float* points, int n, int d, int k, int max_iterations,
                              std::mt19937_64& rng) {
+  std::mt19937_64* rng_ptr = &rng;
+  return std::move(RunBatch(std::span<const float* const>(&points, 1), n, d, k, max_iterations,
+                            std::span<std::mt19937_64* const>(&rng_ptr, 1))[0]);
+}
+
+std::vector<KMeansResult> CudaKMeans::RunBatch(std::span<const float* const> points, int n, int d,
+                                               int k, int max_iterations,
+                                               std::span<std::mt19937_64* const> rngs) {
+  const int P = static_cast<int>(points.size());
+  stats_ = CudaKMeansStats();
+  stats_.problems = P;
+  std::vector<KMeansResult> results(P);
+  if (P == 0) return results;
+  if (impl_->blas == nullptr) {  // no stream: the constructor failed and said why
+    for (int p = 0; p < P; ++p) {
+      results[p] = SphericalKMeans(points[p], n, d, k, max_iterations, *rngs[p]);
+    }
+    return results;
+  }
+  error_.clear();
+  if (options_.cublas_baseline || d > kMaxFusedDim) {
+    for (int p = 0; p < P; ++p) {
+      results[p] = RunCublas(points[p], n, d, k, max_iterations, *rngs[p]);
+    }
+    return results;
+  }
+  Impl& im = *impl_;
+  cudaSetDevice(im.device);
+  // PRNG states at entry: a problem that fails on the GPU restarts from its state on the CPU.
+  std::vector<std::mt19937_64> saved;
+  saved.reserve(P);
+  for (int p = 0; p < P; ++p) saved.push_back(*rngs[p]);
+
+  const int group = GroupSize(P, n, d, k, /*with_upload=*/true);
+  const size_t nd = static_cast<size_t>(n) * d;
+  int done = 0;
+  for (int g0 = 0; g0 < P; g0 += group) {
+    const int gp = std::min(group, P - g0);
+    const Clock::time_point t0 = Clock::now();
+    cudaError_t err = im.raw.Reserve(gp * nd);
+    for (int j = 0; j < gp && err == cudaSuccess; ++j) {
+      err = cudaMemcpyAsync(im.raw.p + j * nd, points[g0 + j], nd * sizeof(float),
+                            cudaMemcpyHostToDevice, im.stream);
+    }
+    if (err == cudaSuccess) err = cudaStreamSynchronize(im.stream);
+    stats_.upload_seconds += SecondsSince(t0);
+    if (err != cudaSuccess) {
+      error_ = absl::StrCat("cuda k-means: upload: ", cudaGetErrorString(err));
+      break;
+    }
+    gpu::KMeansRawPoints raw;
+    raw.f32 = im.raw.p;
+    raw.problem_stride = static_cast<int64_t>(nd);
+    raw.row_stride = d;
+    std::vector<KMeansResult> part(gp);
+    if (!ClusterGroup(raw, gp, n, d, k, max_iterations, rngs.subspan(g0, gp), &part)) break;
+    std::move(part.begin(), part.end(), results.begin() + g0);
+    done = g0 + gp;
+  }
+  if (done < P) {
+    // A registration must not fail on a GPU hiccup: the CPU reference takes over.
+    cudaGetLastError();
+    spdlog::error("{}; clustering {} of {} heads on the CPU", error_, P - done, P);
+    for (int p = done; p < P; ++p) {
+      *rngs[p] = saved[p];
+      results[p] = SphericalKMeans(points[p], n, d, k, max_iterations, *rngs[p]);
+    }
+  }
+  return results;
+}
+
+absl::StatusOr<std::vector<KMeansResult>> CudaKMeans::ClusterOnDevice(
+    const gpu::KMeansRawPoints& points, int n, int d, int k, int max_iterations,
+    std::span<std::mt19937_64* const> rngs) {
+  const int P = static_cast<int>(rngs.size());
+  stats_ = CudaKMeansStats();
+  stats_.problems = P;
+  if (P == 0) return std::vector<KMeansResult>();
+  if (n < 1 || d < 1 || d > kMaxFusedDim || k < 1 || k > n || max_iterations < 1 ||
+      (points.f32 == nullptr) == (points.b16 == nullptr) || points.row_stride < d ||
+      (P > 1 && points.problem_stride < static_cast<int64_t>(n) * points.row_stride)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cuda k-means: bad device problem (n ", n, ", d ", d, " <= ", kMaxFusedDim, ", k ", k,
+        ", iterations ", max_iterations, ", one of fp32/bf16 points, row stride ",
+        points.row_stride, ", problem stride ", points.problem_stride, ")"));
+  }
+  if (impl_->stream == nullptr) return absl::FailedPreconditionError(error_);
+  error_.clear();
+  cudaSetDevice(impl_->device);
+  std::vector<KMeansResult> results(P);
+  const int group = GroupSize(P, n, d, k, /*with_upload=*/false);
+  for (int g0 = 0; g0 < P; g0 += group) {
+    const int gp = std::min(group, P - g0);
+    gpu::KMeansRawPoints raw = points;
+    const int64_t offset = static_cast<int64_t>(g0) * points.problem_stride;
+    if (raw.f32 != nullptr) raw.f32 += offset;
+    if (raw.b16 != nullptr) raw.b16 += offset;
+    std::vector<KMeansResult> part(gp);
+    if (!ClusterGroup(raw, gp, n, d, k, max_iterations, rngs.subspan(g0, gp), &part)) {
+      cudaGetLastError();
+      return absl::InternalError(error_);
+    }
+    std::move(part.begin(), part.end(), results.begin() + g0);
+  }
+  return results;
+}
+
+KMeansResult CudaKMeans::RunCublas(const float* points, int n, int d, int k, int max_iterations,
+                                   std::mt19937_64& rng) {
   KMeansResult result;
   result.dim = d;
-  if (impl_->blas == nullptr) return SphericalKMeans(points, n, d, k, max_iterations, rng);
-  error_.clear();
   Impl& im = *impl_;
   cudaSetDevice(im.device);
   cudaStream_t s = im.stream;
+  const std::mt19937_64 saved = rng;
   cudaError_t err = cudaSuccess;
   auto check = [&](cudaError_t e, const char* what) {
     if (e != cudaSuccess && err == cudaSuccess) {
@@ -90,58 +490,61 @@ KMeansResult CudaKMeans::Run(const float* points, int n, int d, int k, int max_i
   auto fallback = [&] {
     cudaGetLastError();
     spdlog::error("{}; clustering this head on the CPU", error_);
+    rng = saved;
     return SphericalKMeans(points, n, d, k, max_iterations, rng);
   };
-  if (!check(im.points.Reserve(nd), "alloc") || !check(im.unit.Reserve(nd), "alloc") ||
-      !check(im.centers.Reserve(kd), "alloc") || !check(im.sums.Reserve(kd), "alloc") ||
-      !check(im.scores.Reserve(static_cast<size_t>(chunk) * k), "alloc") ||
-      !check(im.best.Reserve(n), "alloc") || !check(im.labels.Reserve(n), "alloc") ||
-      !check(im.counts.Reserve(k), "alloc") || !check(im.chosen.Reserve(k), "alloc") ||
-      !check(im.changed.Reserve(1), "alloc") || !check(im.objective.Reserve(1), "alloc")) {
+  const Clock::time_point t_upload = Clock::now();
+  if (!check(im.b_points.Reserve(nd), "alloc") || !check(im.b_unit.Reserve(nd), "alloc") ||
+      !check(im.b_centers.Reserve(kd), "alloc") || !check(im.b_sums.Reserve(kd), "alloc") ||
+      !check(im.b_scores.Reserve(static_cast<size_t>(chunk) * k), "alloc") ||
+      !check(im.b_best.Reserve(n), "alloc") || !check(im.b_labels.Reserve(n), "alloc") ||
+      !check(im.b_counts.Reserve(k), "alloc") || !check(im.b_chosen.Reserve(k), "alloc") ||
+      !check(im.b_changed.Reserve(1), "alloc") || !check(im.b_objective.Reserve(1), "alloc")) {
     return fallback();
   }
-  check(cudaMemcpyAsync(im.points.p, points, nd * sizeof(float), cudaMemcpyHostToDevice, s),
+  check(cudaMemcpyAsync(im.b_points.p, points, nd * sizeof(float), cudaMemcpyHostToDevice, s),
         "upload");
-  check(gpu::LaunchNormalizeRows(im.points.p, im.unit.p, n, d, s), "normalize");
+  check(cudaStreamSynchronize(s), "upload");
+  stats_.upload_seconds += SecondsSince(t_upload);
+  const Clock::time_point t_seed = Clock::now();
+  check(gpu::LaunchNormalizeRows(im.b_points.p, im.b_unit.p, n, d, s), "normalize");
 
-  // Forgy seeding: k distinct points drawn uniformly (partial Fisher-Yates on the caller's
-  // stream, so a seed gives the same clustering on every run).
-  std::vector<int32_t> index(n);
-  std::iota(index.begin(), index.end(), 0);
-  for (int i = 0; i < k; ++i) {
-    const int j = i + std::min(n - i - 1, static_cast<int>(UniformDouble(rng) * (n - i)));
-    std::swap(index[i], index[j]);
-  }
-  check(cudaMemcpyAsync(im.chosen.p, index.data(), sizeof(int32_t) * k, cudaMemcpyHostToDevice,
-                        s),
-        "seed upload");
-  check(gpu::LaunchGatherRowsF32(im.unit.p, im.chosen.p, k, d, im.centers.p, s), "seed gather");
-  check(cudaMemsetAsync(im.labels.p, 0xFF, sizeof(int32_t) * n, s), "labels");
+  // Forgy seeding: k distinct points drawn uniformly.
+  std::vector<int32_t> index(k);
+  DrawDistinct(n, k, rng, index.data());
+  check(
+      cudaMemcpyAsync(im.b_chosen.p, index.data(), sizeof(int32_t) * k, cudaMemcpyHostToDevice, s),
+      "seed upload");
+  check(gpu::LaunchGatherRowsF32(im.b_unit.p, im.b_chosen.p, k, d, im.b_centers.p, s),
+        "seed gather");
+  check(cudaMemsetAsync(im.b_labels.p, 0xFF, sizeof(int32_t) * n, s), "labels");
+  stats_.seed_seconds += SecondsSince(t_seed);
 
+  const Clock::time_point t_lloyd = Clock::now();
   const float one = 1.0f, zero = 0.0f;
   for (int it = 0; it < max_iterations && err == cudaSuccess; ++it) {
-    check(cudaMemsetAsync(im.changed.p, 0, sizeof(int), s), "memset");
-    check(cudaMemsetAsync(im.objective.p, 0, sizeof(double), s), "memset");
+    check(cudaMemsetAsync(im.b_changed.p, 0, sizeof(int), s), "memset");
+    check(cudaMemsetAsync(im.b_objective.p, 0, sizeof(double), s), "memset");
     for (int r0 = 0; r0 < n; r0 += chunk) {
       const int rows = std::min(chunk, n - r0);
       // Row-major scores[rows][k] = unit[r0:] . centers^T, i.e. column-major
       // scores^T[k][rows] = centers (as [d][k] transposed) x unit^T.
-      if (cublasSgemm(im.blas, CUBLAS_OP_T, CUBLAS_OP_N, k, rows, d, &one, im.centers.p, d,
-                      im.unit.p + static_cast<size_t>(r0) * d, d, &zero, im.scores.p,
+      if (cublasSgemm(im.blas, CUBLAS_OP_T, CUBLAS_OP_N, k, rows, d, &one, im.b_centers.p, d,
+                      im.b_unit.p + static_cast<size_t>(r0) * d, d, &zero, im.b_scores.p,
                       k) != CUBLAS_STATUS_SUCCESS) {
         check(cudaErrorUnknown, "cublasSgemm");
         break;
       }
-      check(gpu::LaunchAssignArgmax(im.scores.p, rows, k, im.labels.p + r0, im.best.p + r0,
-                                    im.changed.p, s),
+      check(gpu::LaunchAssignArgmax(im.b_scores.p, rows, k, im.b_labels.p + r0, im.b_best.p + r0,
+                                    im.b_changed.p, s),
             "assign");
     }
-    check(gpu::LaunchSumToDouble(im.best.p, n, im.objective.p, s), "objective");
+    check(gpu::LaunchSumToDouble(im.b_best.p, n, im.b_objective.p, s), "objective");
     int changed = 0;
     double objective = 0.0;
-    check(cudaMemcpyAsync(&changed, im.changed.p, sizeof(int), cudaMemcpyDeviceToHost, s),
+    check(cudaMemcpyAsync(&changed, im.b_changed.p, sizeof(int), cudaMemcpyDeviceToHost, s),
           "readback");
-    check(cudaMemcpyAsync(&objective, im.objective.p, sizeof(double), cudaMemcpyDeviceToHost, s),
+    check(cudaMemcpyAsync(&objective, im.b_objective.p, sizeof(double), cudaMemcpyDeviceToHost, s),
           "readback");
     check(cudaStreamSynchronize(s), "iteration");
     result.objective.push_back(objective);
@@ -151,38 +554,38 @@ KMeansResult CudaKMeans::Run(const float* points, int n, int d, int k, int max_i
       break;
     }
     if (it + 1 < max_iterations) {
-      check(cudaMemsetAsync(im.sums.p, 0, kd * sizeof(float), s), "memset");
-      check(cudaMemsetAsync(im.counts.p, 0, k * sizeof(int32_t), s), "memset");
-      check(gpu::LaunchAccumulateClusters(im.unit.p, im.labels.p, n, d, im.sums.p, im.counts.p,
-                                          s),
+      check(cudaMemsetAsync(im.b_sums.p, 0, kd * sizeof(float), s), "memset");
+      check(cudaMemsetAsync(im.b_counts.p, 0, k * sizeof(int32_t), s), "memset");
+      check(gpu::LaunchAccumulateClusters(im.b_unit.p, im.b_labels.p, n, d, im.b_sums.p,
+                                          im.b_counts.p, s),
             "accumulate");
-      check(gpu::LaunchNormalizeCenters(im.sums.p, k, d, im.centers.p, s), "update");
+      check(gpu::LaunchNormalizeCenters(im.b_sums.p, k, d, im.b_centers.p, s), "update");
     }
   }
+  stats_.lloyd_seconds += SecondsSince(t_lloyd);
 
-  // Raw-point sums of the final clusters (the stored centroid is the mean of raw keys, P3).
+  const Clock::time_point t_finish = Clock::now();
   std::vector<int32_t> labels(n);
   std::vector<float> sums(kd), unit_centers(kd);
-  check(cudaMemsetAsync(im.sums.p, 0, kd * sizeof(float), s), "memset");
-  check(cudaMemsetAsync(im.counts.p, 0, k * sizeof(int32_t), s), "memset");
-  check(gpu::LaunchAccumulateClusters(im.points.p, im.labels.p, n, d, im.sums.p, im.counts.p, s),
+  check(cudaMemsetAsync(im.b_sums.p, 0, kd * sizeof(float), s), "memset");
+  check(cudaMemsetAsync(im.b_counts.p, 0, k * sizeof(int32_t), s), "memset");
+  check(gpu::LaunchAccumulateClusters(im.b_points.p, im.b_labels.p, n, d, im.b_sums.p,
+                                      im.b_counts.p, s),
         "raw sums");
-  check(cudaMemcpyAsync(labels.data(), im.labels.p, sizeof(int32_t) * n, cudaMemcpyDeviceToHost,
-                        s),
+  check(
+      cudaMemcpyAsync(labels.data(), im.b_labels.p, sizeof(int32_t) * n, cudaMemcpyDeviceToHost, s),
+      "download");
+  check(cudaMemcpyAsync(sums.data(), im.b_sums.p, kd * sizeof(float), cudaMemcpyDeviceToHost, s),
         "download");
-  check(cudaMemcpyAsync(sums.data(), im.sums.p, kd * sizeof(float), cudaMemcpyDeviceToHost, s),
-        "download");
-  check(cudaMemcpyAsync(unit_centers.data(), im.centers.p, kd * sizeof(float),
+  check(cudaMemcpyAsync(unit_centers.data(), im.b_centers.p, kd * sizeof(float),
                         cudaMemcpyDeviceToHost, s),
         "download");
   check(cudaStreamSynchronize(s), "download");
-  if (err != cudaSuccess) {
-    // A registration must not fail on a GPU hiccup: the CPU reference takes over.
-    return fallback();
-  }
-
+  if (err != cudaSuccess) return fallback();
   CompactClusters(labels, k, d, unit_centers, std::vector<double>(sums.begin(), sums.end()),
                   &result);
+  stats_.finish_seconds += SecondsSince(t_finish);
+  stats_.max_iterations_run = std::max(stats_.max_iterations_run, result.iterations);
   return result;
 }
 

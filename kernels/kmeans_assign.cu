@@ -1,0 +1,294 @@
+// Fused tensor-core nearest-centre assignment (see kmeans_assign.cuh).
+//
+// CTA: 8 warps, 256 points of one problem (grid (ceil(n / 256), P)); warp w owns points
+// [32w, 32w + 32) = two m16 row tiles. The CTA walks the problem's centres in tiles of 64.
+// Why 256 x 64: every centre byte copied from L2 into shared memory feeds 256 points (256 FLOP
+// per byte at d = 128), half the L2 traffic of a 128-point tile at the ~4 TB/s that a tensor
+// core rate of several hundred TFLOP/s would otherwise need.
+// Point fragments (A) are loaded from shared memory into registers once (2 x d/16 x 4 words,
+// 64 registers at d = 128) and reused for every centre tile, so the inner loop reads only B
+// fragments: per 16-dim k-step a warp issues 4 ldmatrix.x4 for 16 mma (32 FLOP per shared
+// byte, the ratio mma.sync needs not to be shared-memory bound).
+// Pipeline: centre tiles are copied with 16-byte cp.async, 3 stages deep (two tiles in flight
+// while one is computed); the point tile travels in the first group. Shared rows are d bf16 =
+// d/8 chunks of 16 bytes, chunk c of row r stored at chunk c ^ (r & 7) so the 8 rows an
+// ldmatrix phase reads hit 8 distinct bank groups (the layout of prefill_attention.cu).
+// Epilogue per centre tile: thread (g = lane / 4, q = lane % 4) holds, for each of its 4 rows,
+// 16 scores (8 n-tiles x columns 2q, 2q + 1). Their max is compared with the row's running best;
+// only when it is strictly greater (rare after the first tiles) is the first column holding it
+// searched, so the argmax costs about one FMNMX per score. Columns at or past k (last tile) are
+// -inf. Ties: a thread scans its columns in increasing order and keeps the first; the 4 threads
+// of a row then reduce (value, index) with ties to the lower index, which gives the lowest
+// index among all maxima, as the CPU reference.
+#include <cuda_bf16.h>
+
+#include <climits>
+#include <cstdint>
+
+#include "kernels/attention_core.cuh"
+#include "kernels/kmeans_assign.cuh"
+
+namespace squeeze::gpu {
+namespace {
+
+constexpr int kBlockM = kKMeansAssignBlockM;  // 256 points
+constexpr int kBlockN = kKMeansAssignBlockN;  // 64 centres
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kRowsPerWarp = kBlockM / kWarps;  // 32 = two m16 tiles
+constexpr int kMTiles = kRowsPerWarp / 16;      // 2
+constexpr int kNTiles = kBlockN / 8;            // 8 n8 tiles per centre tile
+constexpr int kStages = 3;
+static_assert(kMTiles == 2 && kNTiles == 8, "epilogue indexing assumes 2 x 8 fragments");
+
+template <int D>
+struct AssignSmem {
+  static constexpr int kPointBytes = kBlockM * D * 2;               // 64 KB at d = 128
+  static constexpr int kTileBytes = kBlockN * D * 2;                // 16 KB at d = 128
+  static constexpr int kCenterOff = kPointBytes;                    // centre stages
+  static constexpr int kBytes = kCenterOff + kStages * kTileBytes;  // 112 KB / 56 KB
+};
+
+// Byte offset of 16-byte chunk `c` of row `r` in a swizzled [rows][D] bf16 tile.
+template <int D>
+__device__ __forceinline__ uint32_t SwizzledOffset(int r, int c) {
+  return static_cast<uint32_t>(r * (D * 2) + ((c ^ (r & 7)) << 4));
+}
+
+__device__ __forceinline__ void Ldsm4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
+                                      uint32_t& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr));
+}
+
+// c[16x8] += a[16x16] (row) * b[16x8] (col), bf16 inputs, fp32 accumulators.
+__device__ __forceinline__ void MmaBf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                        uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Copies rows [row0, row0 + kRows) of a contiguous [rows][D] bf16 matrix into a swizzled shared
+// tile; rows at or past `valid_rows` are zero-filled and not read.
+template <int D, int kRows>
+__device__ __forceinline__ void IssueTile(char* dst, const bf16* src, int row0, int valid_rows) {
+  constexpr int kChunks = D / 8;
+  constexpr int kPerThread = kRows * kChunks / kThreads;
+  static_assert(kPerThread * kThreads == kRows * kChunks, "tile/threads mismatch");
+#pragma unroll
+  for (int u = 0; u < kPerThread; ++u) {
+    const int idx = threadIdx.x + u * kThreads;
+    const int r = idx / kChunks, c = idx % kChunks;
+    const bool valid = row0 + r < valid_rows;
+    const bf16* from = src + (valid ? static_cast<int64_t>(row0 + r) * D + c * 8 : 0);
+    detail::CpAsync16(dst + SwizzledOffset<D>(r, c), from, valid);
+  }
+}
+
+// ptxas (sm_90a): see the launcher comment for the register budget; one CTA per SM (112 KB of
+// shared memory at d = 128).
+template <int D>
+__global__ void __launch_bounds__(kThreads, 1) AssignKernel(const KMeansAssignParams p) {
+  using Smem = AssignSmem<D>;
+  constexpr int kKSteps = D / 16;
+  extern __shared__ __align__(128) char smem[];
+
+  const int prob = blockIdx.y;
+  if (p.active != nullptr && p.active[prob] == 0) return;  // CTA-uniform
+  const int n = p.n, k = p.k;
+  const int row0 = blockIdx.x * kBlockM;
+  const bf16* points = p.points + static_cast<int64_t>(prob) * p.points_stride;
+  const bf16* centers = p.centers + static_cast<int64_t>(prob) * p.centers_stride;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, tq = lane & 3;
+  const uint32_t sbase = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const int num_tiles = (k + kBlockN - 1) / kBlockN;
+
+  // Group 0: the point tile and centre tile 0; groups 1..kStages-2: the next centre tiles.
+  IssueTile<D, kBlockM>(smem, points, row0, n);
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < num_tiles) {
+      IssueTile<D, kBlockN>(smem + Smem::kCenterOff + s * Smem::kTileBytes, centers, s * kBlockN,
+                            k);
+    }
+    detail::CpAsyncCommit();
+  }
+
+  uint32_t a[kMTiles][kKSteps][4];  // this warp's 32 points, all of d
+  // Running (max, first argmax) of the thread's 4 rows: r = 2 * mt + h is row
+  // 32 warp + 16 mt + 8 h + g, over the columns 2q, 2q + 1 of every n8 tile seen so far.
+  float best[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+  int best_col[4] = {INT_MAX, INT_MAX, INT_MAX, INT_MAX};
+
+  for (int t = 0; t < num_tiles; ++t) {
+    detail::CpAsyncWait<kStages - 2>();  // tile t (and the points) landed for this thread ...
+    __syncthreads();                     // ... and for everyone; the stage of tile t-1 is free
+    if (t == 0) {
+      // Lanes 0-15 address rows 0-15 of chunk 2kk, lanes 16-31 the same rows of chunk 2kk + 1:
+      // the four 8x8 matrices of an m16k16 A fragment in mma order.
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        const int r = warp * kRowsPerWarp + mt * 16 + (lane & 15);
+#pragma unroll
+        for (int kk = 0; kk < kKSteps; ++kk) {
+          Ldsm4(sbase + SwizzledOffset<D>(r, 2 * kk + (lane >> 4)), a[mt][kk][0], a[mt][kk][1],
+                a[mt][kk][2], a[mt][kk][3]);
+        }
+      }
+    }
+    const int next = t + kStages - 1;
+    if (next < num_tiles) {
+      IssueTile<D, kBlockN>(smem + Smem::kCenterOff + (next % kStages) * Smem::kTileBytes, centers,
+                            next * kBlockN, k);
+    }
+    detail::CpAsyncCommit();
+    const uint32_t cs = sbase + Smem::kCenterOff + (t % kStages) * Smem::kTileBytes;
+
+    // ---- Scores of the warp's 32 points x the tile's 64 centres.
+    float acc[kMTiles][kNTiles][4];
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+      for (int j = 0; j < kNTiles; ++j)
+        acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.0f;
+    }
+#pragma unroll
+    for (int kk = 0; kk < kKSteps; ++kk) {
+#pragma unroll
+      for (int np = 0; np < kNTiles / 2; ++np) {
+        // x4 ldmatrix of 16 centres x 16 dims = the B fragments of n-tiles 2np and 2np + 1.
+        const int c = np * 16 + (lane & 7) + ((lane >> 4) << 3);
+        uint32_t b0, b1, b2, b3;
+        Ldsm4(cs + SwizzledOffset<D>(c, 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) {
+          MmaBf16(acc[mt][2 * np], a[mt][kk], b0, b1);
+          MmaBf16(acc[mt][2 * np + 1], a[mt][kk], b2, b3);
+        }
+      }
+    }
+
+    // ---- Running argmax. Accumulator e of n-tile j is row g + 8 (e >> 1), column
+    // 8j + 2q + (e & 1) of the tile.
+    const int col0 = t * kBlockN;
+    if (col0 + kBlockN > k) {  // last, partial tile: centres past k were zero-filled
+#pragma unroll
+      for (int j = 0; j < kNTiles; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if (col0 + j * 8 + 2 * tq + (e & 1) >= k) {
+#pragma unroll
+            for (int mt = 0; mt < kMTiles; ++mt) acc[mt][j][e] = -INFINITY;
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float m = fmaxf(acc[mt][0][2 * h], acc[mt][0][2 * h + 1]);
+#pragma unroll
+        for (int j = 1; j < kNTiles; ++j) {
+          m = fmaxf(m, fmaxf(acc[mt][j][2 * h], acc[mt][j][2 * h + 1]));
+        }
+        const int r = 2 * mt + h;
+        if (m > best[r]) {
+          // First column (in increasing order) holding the new maximum: walk backwards so the
+          // lowest match is written last.
+          int col = 8 * (kNTiles - 1) + 1;
+#pragma unroll
+          for (int j = kNTiles - 1; j >= 0; --j) {
+            if (acc[mt][j][2 * h + 1] == m) col = 8 * j + 1;
+            if (acc[mt][j][2 * h] == m) col = 8 * j;
+          }
+          best[r] = m;
+          best_col[r] = col0 + col + 2 * tq;
+        }
+      }
+    }
+  }
+  detail::CpAsyncWait<0>();  // only empty groups can remain; drained before exit
+
+  // ---- Reduce the 4 threads of each row, then one thread per row writes.
+  int num_changed = 0;
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    float v = best[r];
+    int c = best_col[r];
+#pragma unroll
+    for (int o = 1; o <= 2; o <<= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+      const int oc = __shfl_xor_sync(0xffffffffu, c, o);
+      if (ov > v || (ov == v && oc < c)) {
+        v = ov;
+        c = oc;
+      }
+    }
+    const int row = row0 + warp * kRowsPerWarp + (r >> 1) * 16 + (r & 1) * 8 + g;
+    if (tq != 0 || row >= n) continue;
+    const int64_t at = static_cast<int64_t>(prob) * n + row;
+    const int32_t label = p.label_offset + c;
+    if (p.merge) {
+      if (v > p.best[at]) {
+        p.best[at] = v;
+        p.labels[at] = label;
+      }
+    } else {
+      num_changed += p.labels[at] != label;
+      p.labels[at] = label;
+      p.best[at] = v;
+    }
+  }
+  if (p.changed != nullptr) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) num_changed += __shfl_xor_sync(0xffffffffu, num_changed, o);
+    if (lane == 0 && num_changed > 0) atomicAdd(&p.changed[prob], num_changed);
+  }
+}
+
+template <int D>
+cudaError_t LaunchTyped(const KMeansAssignParams& p, cudaStream_t stream) {
+  auto kernel = AssignKernel<D>;
+  constexpr int kBytes = AssignSmem<D>::kBytes;
+  cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
+  if (err != cudaSuccess) return err;
+  const dim3 grid((p.n + kBlockM - 1) / kBlockM, p.num_problems);
+  kernel<<<grid, kThreads, kBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+bool Aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
+
+}  // namespace
+
+cudaError_t LaunchKMeansAssign(const KMeansAssignParams& p, cudaStream_t stream) {
+  if (p.num_problems <= 0 || p.num_problems > 65535 || p.n <= 0 || p.k <= 0) {
+    return cudaErrorInvalidValue;
+  }
+  if (p.points == nullptr || p.centers == nullptr || p.labels == nullptr || p.best == nullptr ||
+      !Aligned16(p.points) || !Aligned16(p.centers) || p.points_stride % 8 != 0 ||
+      p.centers_stride % 8 != 0 || (p.merge && p.changed != nullptr)) {
+    return cudaErrorInvalidValue;
+  }
+  if (p.num_problems > 1 && (p.points_stride < static_cast<int64_t>(p.n) * p.dim ||
+                             p.centers_stride < static_cast<int64_t>(p.k) * p.dim)) {
+    return cudaErrorInvalidValue;
+  }
+  switch (p.dim) {
+    case 64:
+      return LaunchTyped<64>(p, stream);
+    case 128:
+      return LaunchTyped<128>(p, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace squeeze::gpu
