@@ -32,7 +32,21 @@ int32_t Argmax(const std::vector<float>& v) {
 
 Sampler::Sampler(const SamplingParams& params, uint64_t seed) : params_(params), rng_(seed) {}
 
-double Sampler::Uniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
+double Sampler::Uniform() {
+  if (has_pending_) {
+    has_pending_ = false;
+    return pending_;
+  }
+  return static_cast<double>(rng_() >> 11) * 0x1.0p-53;
+}
+
+double Sampler::PeekUniform() {
+  if (!has_pending_) {
+    pending_ = Uniform();
+    has_pending_ = true;
+  }
+  return pending_;
+}
 
 bool Sampler::Better(int32_t a, int32_t b) const {
   return work_[a] > work_[b] || (work_[a] == work_[b] && a < b);
@@ -102,6 +116,61 @@ int32_t Sampler::Sample(std::span<const float> logits, std::span<const int32_t> 
   }
   if (info != nullptr) FillInfo(chosen, info, sum_all);
   return chosen;
+}
+
+int32_t Sampler::PrepareDevice(int32_t vocab, std::span<const int32_t> prompt,
+                               std::span<const int32_t> generated, bool want_info,
+                               DeviceSampleRow* row, std::vector<PenaltyToken>* penalties) {
+  // The same decisions as Sample(), made once here so the device applies them as is.
+  row->greedy = params_.temperature < kMinTemperature;
+  row->temperature = params_.temperature;
+  row->top_k = params_.top_k > 0 && params_.top_k < vocab ? params_.top_k : 0;
+  row->top_p = params_.top_p;
+  row->min_p = std::max(params_.min_p, 0.0f);
+  const bool repetition = params_.repetition_penalty != 1.0f && params_.repetition_penalty > 0.0f;
+  const bool presence = params_.presence_penalty != 0.0f || params_.frequency_penalty != 0.0f;
+  row->repetition_penalty = repetition ? params_.repetition_penalty : 1.0f;
+  row->presence_penalty = presence ? params_.presence_penalty : 0.0f;
+  row->frequency_penalty = presence ? params_.frequency_penalty : 0.0f;
+  row->num_logprobs = want_info ? std::min<int32_t>(std::max(params_.logprobs, 0), vocab) : -1;
+  row->uniform = row->greedy ? 0.0 : PeekUniform();
+
+  // Distinct tokens through the V-sized scratch marks (all zero again on return).
+  const size_t first = penalties->size();
+  if (repetition || presence) {
+    auto in_vocab = [vocab](int32_t id) { return id >= 0 && id < vocab; };
+    counts_.resize(vocab, 0);
+    seen_.resize(vocab, 0);
+    for (int32_t id : generated) {
+      if (in_vocab(id)) ++counts_[id];
+    }
+    for (int32_t id : generated) {
+      if (!in_vocab(id) || seen_[id]) continue;
+      seen_[id] = 1;
+      penalties->push_back({id, counts_[id]});
+    }
+    if (repetition) {
+      for (int32_t id : prompt) {
+        if (!in_vocab(id) || seen_[id]) continue;
+        seen_[id] = 1;
+        penalties->push_back({id, 0});
+      }
+    }
+    for (size_t i = first; i < penalties->size(); ++i) {
+      counts_[(*penalties)[i].id] = 0;
+      seen_[(*penalties)[i].id] = 0;
+    }
+  }
+  return static_cast<int32_t>(penalties->size() - first);
+}
+
+int32_t Sampler::FinishDevice(const DeviceSampleResult& result, SampleInfo* info) {
+  if (result.used_uniform) Uniform();
+  if (info != nullptr) {
+    info->logprob = result.logprob;
+    info->top.assign(result.top.begin(), result.top.end());
+  }
+  return result.token;
 }
 
 void Sampler::ApplyPenalties(std::span<const int32_t> prompt, std::span<const int32_t> generated) {

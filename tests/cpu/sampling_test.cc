@@ -403,6 +403,209 @@ TEST(SamplerTest, FullVocabularySamplingNeverPicksMaskedTokens) {
 }
 
 // ------------------------------------------------------------------------------------------------
+// Device halves (PrepareDevice / FinishDevice); the device itself is tested in
+// tests/gpu/sampling_gpu_test.cc.
+
+// The uniforms a sampler seeded with `seed` draws, in order.
+std::vector<double> Uniforms(uint64_t seed, int n) {
+  std::mt19937_64 rng(seed);
+  std::vector<double> u;
+  for (int i = 0; i < n; ++i) u.push_back(static_cast<double>(rng() >> 11) * 0x1.0p-53);
+  return u;
+}
+
+TEST(SamplerDeviceTest, PrepareResolvesTheParameters) {
+  SamplingParams p = Params(0.7f);
+  p.top_k = 50;
+  p.top_p = 0.9f;
+  p.min_p = -0.5f;
+  p.logprobs = 5;
+  Sampler sampler(p, 1);
+  DeviceSampleRow row;
+  std::vector<PenaltyToken> penalties;
+  EXPECT_EQ(sampler.PrepareDevice(1000, {}, {}, /*want_info=*/true, &row, &penalties), 0);
+  EXPECT_FALSE(row.greedy);
+  EXPECT_EQ(row.temperature, 0.7f);
+  EXPECT_EQ(row.top_k, 50);
+  EXPECT_EQ(row.top_p, 0.9f);
+  EXPECT_EQ(row.min_p, 0.0f);  // negative: off
+  EXPECT_EQ(row.repetition_penalty, 1.0f);
+  EXPECT_EQ(row.presence_penalty, 0.0f);
+  EXPECT_EQ(row.frequency_penalty, 0.0f);
+  EXPECT_EQ(row.num_logprobs, 5);
+  EXPECT_EQ(row.uniform, Uniforms(1, 1)[0]);
+  EXPECT_TRUE(penalties.empty());
+  // top_k >= V is off; logprobs are capped at V, and -1 when no info is wanted.
+  sampler.PrepareDevice(50, {}, {}, true, &row, &penalties);
+  EXPECT_EQ(row.top_k, 0);
+  sampler.PrepareDevice(3, {}, {}, true, &row, &penalties);
+  EXPECT_EQ(row.num_logprobs, 3);
+  sampler.PrepareDevice(1000, {}, {}, false, &row, &penalties);
+  EXPECT_EQ(row.num_logprobs, -1);
+
+  // Greedy (temperature below 1e-5) peeks no draw; a repetition penalty <= 0 is off as in Sample().
+  SamplingParams g = Params(1e-6f);
+  g.repetition_penalty = 0.0f;  // <= 0: off, as in Sample()
+  Sampler greedy(g, 1);
+  greedy.PrepareDevice(1000, {}, {}, false, &row, &penalties);
+  EXPECT_TRUE(row.greedy);
+  EXPECT_EQ(row.uniform, 0.0);
+  EXPECT_EQ(row.repetition_penalty, 1.0f);
+}
+
+TEST(SamplerDeviceTest, PenaltyTokensAreDistinctWithGeneratedCounts) {
+  const std::vector<int32_t> prompt = {5, 7, 5, -1, 1000, 3};
+  const std::vector<int32_t> generated = {7, 9, 9, -3, 9, 2000, 3};
+  auto entries = [&](const SamplingParams& p) {
+    Sampler sampler(p, 0);
+    DeviceSampleRow row;
+    std::vector<PenaltyToken> penalties = {{99, 99}};  // appended to, not cleared
+    const int32_t n = sampler.PrepareDevice(100, prompt, generated, false, &row, &penalties);
+    EXPECT_EQ(n + 1, static_cast<int32_t>(penalties.size()));
+    EXPECT_EQ(penalties[0].id, 99);
+    std::map<int32_t, int32_t> out;
+    for (size_t i = 1; i < penalties.size(); ++i) {
+      EXPECT_TRUE(out.emplace(penalties[i].id, penalties[i].count).second) << "duplicate";
+    }
+    return out;
+  };
+  SamplingParams all = Params(1.0f);
+  all.repetition_penalty = 1.3f;
+  all.presence_penalty = 0.5f;
+  all.frequency_penalty = 0.2f;
+  EXPECT_EQ(entries(all), (std::map<int32_t, int32_t>{{3, 1}, {5, 0}, {7, 1}, {9, 3}}));
+  // Without the repetition penalty the prompt does not matter.
+  SamplingParams presence = Params(1.0f);
+  presence.frequency_penalty = -0.1f;
+  EXPECT_EQ(entries(presence), (std::map<int32_t, int32_t>{{3, 1}, {7, 1}, {9, 3}}));
+  SamplingParams repetition = Params(1.0f);
+  repetition.repetition_penalty = 0.8f;
+  EXPECT_EQ(entries(repetition), (std::map<int32_t, int32_t>{{3, 1}, {5, 0}, {7, 1}, {9, 3}}));
+  EXPECT_TRUE(entries(Params(1.0f)).empty());
+}
+
+TEST(SamplerDeviceTest, PenaltyTokensReproduceTheCpuPenalties) {
+  // Applying the entries as the device does (repetition on each, presence + frequency * count on
+  // those with count > 0) gives the logits Sample() penalises: same greedy token and logprobs.
+  std::mt19937 rng(3);
+  for (int trial = 0; trial < 50; ++trial) {
+    const int vocab = 200;
+    const auto logits = RandomLogits(vocab, 100 + trial);
+    std::vector<int32_t> prompt, generated;
+    for (int i = 0; i < 60; ++i) prompt.push_back(static_cast<int32_t>(rng() % 230) - 10);
+    for (int i = 0; i < 40; ++i) generated.push_back(static_cast<int32_t>(rng() % 230) - 10);
+    SamplingParams p = Params(0.0f);
+    p.repetition_penalty = trial % 3 == 0 ? 1.0f : 1.4f;
+    p.presence_penalty = trial % 2 == 0 ? 0.3f : 0.0f;
+    p.frequency_penalty = trial % 5 == 0 ? 0.0f : 0.25f;
+    p.logprobs = 3;
+    Sampler sampler(p, 0);
+    DeviceSampleRow row;
+    std::vector<PenaltyToken> penalties;
+    sampler.PrepareDevice(vocab, prompt, generated, true, &row, &penalties);
+    std::vector<float> work = logits;
+    for (const PenaltyToken& t : penalties) {
+      float& v = work[t.id];
+      if (row.repetition_penalty != 1.0f) {
+        v = v > 0.0f ? v / row.repetition_penalty : v * row.repetition_penalty;
+      }
+      if (t.count > 0) {
+        v -= row.presence_penalty + row.frequency_penalty * static_cast<float>(t.count);
+      }
+    }
+    SamplingParams unpenalised = Params(0.0f);
+    unpenalised.logprobs = p.logprobs;
+    Sampler plain(unpenalised, 0);
+    SampleInfo want, got;
+    const int32_t expected = plain.Sample(work, {}, {}, &want);
+    EXPECT_EQ(sampler.Sample(logits, prompt, generated, &got), expected);
+    EXPECT_EQ(got.logprob, want.logprob);
+    ASSERT_EQ(got.top.size(), want.top.size());
+    for (size_t i = 0; i < got.top.size(); ++i) {
+      EXPECT_EQ(got.top[i].token, want.top[i].token);
+      EXPECT_EQ(got.top[i].logprob, want.top[i].logprob);
+    }
+  }
+}
+
+TEST(SamplerDeviceTest, UniformStaysPendingUntilTheDeviceUsesIt) {
+  const auto u = Uniforms(42, 4);
+  Sampler sampler(Params(1.0f), 42);
+  DeviceSampleRow row;
+  std::vector<PenaltyToken> penalties;
+  sampler.PrepareDevice(4, {}, {}, false, &row, &penalties);
+  EXPECT_EQ(row.uniform, u[0]);
+  sampler.PrepareDevice(4, {}, {}, false, &row, &penalties);  // e.g. a retried launch
+  EXPECT_EQ(row.uniform, u[0]);
+  DeviceSampleResult unused;  // greedy-like result: all -inf, the draw was not needed
+  unused.token = 0;
+  EXPECT_EQ(sampler.FinishDevice(unused, nullptr), 0);
+  sampler.PrepareDevice(4, {}, {}, false, &row, &penalties);
+  EXPECT_EQ(row.uniform, u[0]);
+  DeviceSampleResult used;
+  used.token = 2;
+  used.used_uniform = true;
+  EXPECT_EQ(sampler.FinishDevice(used, nullptr), 2);
+  sampler.PrepareDevice(4, {}, {}, false, &row, &penalties);
+  EXPECT_EQ(row.uniform, u[1]);
+  // A CPU step after an unfinished preparation draws the pending value, then a new one.
+  const std::vector<float> logits = LogitsFromProbs({0.1, 0.2, 0.3, 0.4});
+  const double cdf[4] = {0.1, 0.3, 0.6, 1.0};
+  for (int i = 1; i <= 2; ++i) {
+    EXPECT_EQ(sampler.Sample(logits, {}, {}),
+              static_cast<int32_t>(std::upper_bound(cdf, cdf + 4, u[i]) - cdf));
+  }
+  sampler.PrepareDevice(4, {}, {}, false, &row, &penalties);
+  EXPECT_EQ(row.uniform, u[3]);
+}
+
+TEST(SamplerDeviceTest, FinishFillsTheInfo) {
+  SamplingParams p = Params(1.0f);
+  p.logprobs = 2;
+  Sampler sampler(p, 0);
+  const std::vector<TokenLogprob> top = {{4, -0.5f}, {1, -1.5f}};
+  DeviceSampleResult result;
+  result.token = 4;
+  result.used_uniform = true;
+  result.logprob = -0.5f;
+  result.top = top;
+  SampleInfo info;
+  info.top = {{9, -9.0f}, {8, -8.0f}, {7, -7.0f}};  // replaced
+  EXPECT_EQ(sampler.FinishDevice(result, &info), 4);
+  EXPECT_EQ(info.logprob, -0.5f);
+  ASSERT_EQ(info.top.size(), 2u);
+  EXPECT_EQ(info.top[0].token, 4);
+  EXPECT_EQ(info.top[1].token, 1);
+  EXPECT_EQ(info.top[1].logprob, -1.5f);
+}
+
+TEST(SamplerDeviceTest, MixedCpuAndDeviceStepsKeepThePrngStream) {
+  // A device emulated on the host: the inverse CDF of the prepared uniform, and no draw for an
+  // all -inf row. Alternating it with CPU steps must give a CPU-only run's tokens.
+  const std::vector<float> logits = LogitsFromProbs({0.1, 0.2, 0.3, 0.4});
+  const std::vector<float> masked(4, -INFINITY);
+  const double cdf[4] = {0.1, 0.3, 0.6, 1.0};
+  Sampler mixed(Params(1.0f), 9), cpu_only(Params(1.0f), 9);
+  for (int step = 0; step < 200; ++step) {
+    const std::vector<float>& l = step % 7 == 3 ? masked : logits;
+    const int32_t expected = cpu_only.Sample(l, {}, {});
+    if (step % 3 == 0) {
+      EXPECT_EQ(mixed.Sample(l, {}, {}), expected) << step;
+      continue;
+    }
+    DeviceSampleRow row;
+    std::vector<PenaltyToken> penalties;
+    mixed.PrepareDevice(4, {}, {}, false, &row, &penalties);
+    DeviceSampleResult result;
+    result.used_uniform = &l != &masked;
+    result.token = result.used_uniform
+                       ? static_cast<int32_t>(std::upper_bound(cdf, cdf + 4, row.uniform) - cdf)
+                       : 0;
+    EXPECT_EQ(mixed.FinishDevice(result, nullptr), expected) << step;
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
 // StopMatcher
 
 bool IsValidUtf8(std::string_view s) {
