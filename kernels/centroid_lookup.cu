@@ -44,20 +44,23 @@ __device__ unsigned long long BlockExclusiveScan(unsigned long long x, unsigned 
 
 // Phase 1: logits of clusters [c0, c0 + cn) of one head into logit_s and global memory, and the
 // block's (max, size-weighted sum of exp) per head.
+// Clusters [c0, c0 + cn) of the head's list: the candidates (when given) or every cluster.
 template <int D, int G, bool kBf16>
-__device__ void ScoreBlock(const CentroidLookupParams& p, const SqueezeHeadDesc& hd, int bh, int b,
-                           int h, int blk, float* q_s, float (*logit_s)[kMaxClustersPerBlock]) {
+__device__ void ScoreBlock(const CentroidLookupParams& p, const SqueezeHeadDesc& hd,
+                           const int32_t* cand, int count, int bh, int b, int h, int blk,
+                           float* q_s, float (*logit_s)[kMaxClustersPerBlock]) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, quarter = lane & 3;
   const float* qg = p.q + (static_cast<size_t>(b) * p.num_q_heads + h * G) * D;
   for (int i = threadIdx.x; i < G * D; i += kThreads) q_s[i] = qg[i] * p.scale;
   __syncthreads();
 
   const int CB = p.plan.clusters_per_block;
-  const int c0 = blk * CB, cn = min(CB, hd.num_clusters - c0);
+  const int c0 = blk * CB, cn = min(CB, count - c0);
   for (int base = 0; base < cn; base += kCentroidsPerPass) {
     const int cl = base + warp * 8 + (lane >> 2);
     const bool valid = cl < cn;
-    const size_t c = c0 + (valid ? cl : 0);
+    const int at = c0 + (valid ? cl : 0);
+    const size_t c = cand != nullptr ? __ldg(cand + at) : at;
     float s[G];
 #pragma unroll
     for (int g = 0; g < G; ++g) s[g] = 0.0f;
@@ -136,7 +139,8 @@ __device__ void ScoreBlock(const CentroidLookupParams& p, const SqueezeHeadDesc&
     m = WarpMax(m);
     float den = 0.0f;
     for (int i = lane; i < cn; i += 32) {
-      den += static_cast<float>(__ldg(hd.sizes + c0 + i)) * expf(logit_s[g][i] - m);
+      const int c = cand != nullptr ? __ldg(cand + c0 + i) : c0 + i;
+      den += static_cast<float>(__ldg(hd.sizes + c)) * expf(logit_s[g][i] - m);
     }
     den = WarpSum(den);
     if (lane == 0) {
@@ -150,6 +154,7 @@ __device__ void ScoreBlock(const CentroidLookupParams& p, const SqueezeHeadDesc&
 // Per-thread share of one block's clusters in the select kernel.
 struct ClusterPick {
   unsigned keep_mask = 0;
+  int cluster[kFinalizePerThread];  // cluster id (a candidate's, with candidates)
   int row[kFinalizePerThread];
   int nkeys[kFinalizePerThread];
 };
@@ -159,7 +164,8 @@ struct ClusterPick {
 // [c0, c0 + kept) of seg_*; returns the block's (keys << 32 | kept).
 template <int G>
 __device__ unsigned long long SelectBlock(const CentroidLookupParams& p, const SqueezeHeadDesc& hd,
-                                          int bh, int c0, int cn, bool scoring, bool keep_all,
+                                          const int32_t* cand, int bh, int c0, int cn,
+                                          bool scoring, bool keep_all,
                                           float tau, const float* head_m, const float* head_inv,
                                           unsigned long long* scan_s) {
   const int c_first = c0 + threadIdx.x * kFinalizePerThread;
@@ -170,7 +176,8 @@ __device__ unsigned long long SelectBlock(const CentroidLookupParams& p, const S
     const float* in = p.scores_in + static_cast<size_t>(bh) * p.sel.cluster_stride;
 #pragma unroll
     for (int e = 0; e < kFinalizePerThread; ++e) {
-      if (c_first + e < c_end) sc[e] = __ldcg(in + c_first + e);
+      const int i = c_first + e;
+      if (i < c_end) sc[e] = __ldcg(in + (cand != nullptr ? __ldg(cand + i) : i));
     }
   } else if (scoring && c_first < c_end) {
     // logit_stride is a multiple of 4 and c_first < C <= logit_stride: the float4 is in bounds.
@@ -190,10 +197,12 @@ __device__ unsigned long long SelectBlock(const CentroidLookupParams& p, const S
   unsigned long long local = 0;
 #pragma unroll
   for (int e = 0; e < kFinalizePerThread; ++e) {
-    const int c = c_first + e;
+    const int i = c_first + e;
+    const int c = i < c_end && cand != nullptr ? __ldg(cand + i) : i;
     pick.row[e] = 0;
     pick.nkeys[e] = 0;
-    if (c < c_end && (keep_all || sc[e] > tau)) {
+    pick.cluster[e] = c;
+    if (i < c_end && (keep_all || sc[e] > tau)) {
       pick.row[e] = __ldg(hd.offsets + c);
       pick.nkeys[e] = __ldg(hd.offsets + c + 1) - pick.row[e];
       pick.keep_mask |= 1u << e;
@@ -210,8 +219,8 @@ __device__ unsigned long long SelectBlock(const CentroidLookupParams& p, const S
                       : nullptr;
 #pragma unroll
   for (int e = 0; e < kFinalizePerThread; ++e) {
-    const int c = c_first + e;
-    if (scores != nullptr && scoring && c < c_end) scores[c] = sc[e];
+    const int c = pick.cluster[e];
+    if (scores != nullptr && scoring && c_first + e < c_end) scores[c] = sc[e];
     if (pick.keep_mask & (1u << e)) {
       p.seg_cluster[seg + pos_c] = c;
       p.seg_row[seg + pos_c] = pick.row[e];
@@ -352,6 +361,8 @@ struct HeadMode {
   bool scoring;   // finite tau and clusters to score
   bool keep_all;  // tau = -inf: every cluster, nothing scored
   int nblk;       // CTAs of this head taking part
+  const int32_t* cand;  // the head's candidate list, or null (every cluster)
+  int count;            // clusters taking part: candidates, or every cluster
 };
 
 __device__ HeadMode GetHeadMode(const CentroidLookupParams& p, int bh) {
@@ -362,6 +373,9 @@ __device__ HeadMode GetHeadMode(const CentroidLookupParams& p, int bh) {
           min(p.plan.logit_stride, p.plan.blocks_per_head * p.plan.clusters_per_block));
   m.hd.num_clusters = max(min(m.hd.num_clusters, capacity), 0);
   m.tau = p.tau[bh / p.num_kv_heads];
+  m.cand = p.candidates != nullptr ? p.candidates + bh * p.candidate_stride : nullptr;
+  m.count = m.cand != nullptr ? max(min(p.num_candidates[bh], m.hd.num_clusters), 0)
+                              : m.hd.num_clusters;
   m.scoring = m.hd.num_clusters > 0 && isfinite(m.tau);
   m.keep_all = !m.scoring && m.tau == -INFINITY;
   m.nblk = (m.scoring || m.keep_all) && m.hd.num_clusters > 0
@@ -377,7 +391,8 @@ __global__ void __launch_bounds__(kThreads, 2) CentroidScoreKernel(const Centroi
   const int bh = blockIdx.y, blk = blockIdx.x;
   const HeadMode m = GetHeadMode(p, bh);
   if (!m.scoring || blk >= m.nblk) return;
-  ScoreBlock<D, G, kBf16>(p, m.hd, bh, bh / p.num_kv_heads, bh % p.num_kv_heads, blk, q_s, logit_s);
+  ScoreBlock<D, G, kBf16>(p, m.hd, m.cand, m.count, bh, bh / p.num_kv_heads, bh % p.num_kv_heads,
+                          blk, q_s, logit_s);
 }
 
 template <int G>
@@ -412,9 +427,9 @@ __global__ void __launch_bounds__(kThreads) CentroidSelectKernel(const CentroidL
     __syncthreads();
   }
   const int c0 = blk * cb;
-  const int cn = (m.scoring || m.keep_all) ? max(0, min(cb, m.hd.num_clusters - c0)) : 0;
-  const unsigned long long count =
-      SelectBlock<G>(p, m.hd, bh, c0, cn, m.scoring, m.keep_all, m.tau, head_m, head_inv, scan_s);
+  const int cn = (m.scoring || m.keep_all) ? max(0, min(cb, m.count - c0)) : 0;
+  const unsigned long long count = SelectBlock<G>(p, m.hd, m.cand, bh, c0, cn, m.scoring,
+                                                  m.keep_all, m.tau, head_m, head_inv, scan_s);
   if (threadIdx.x == 0) {
     p.block_counts[static_cast<size_t>(bh) * p.plan.blocks_per_head + blk] = count;
   }
@@ -476,6 +491,7 @@ cudaError_t LaunchCentroidLookup(const CentroidLookupParams& p, cudaStream_t str
       s.range_key_begin == nullptr || s.num_ranges == nullptr || s.kept_keys == nullptr ||
       s.kept_clusters == nullptr || s.num_kept_clusters == nullptr || s.chunk_begin == nullptr ||
       s.chunk_info == nullptr || s.range_of_key == nullptr || s.key_index_stride <= 0 ||
+      (p.candidates != nullptr && p.num_candidates == nullptr) ||
       p.plan.clusters_per_block <= 0 || p.plan.clusters_per_block % kCentroidsPerPass != 0 ||
       p.plan.clusters_per_block > kMaxClustersPerBlock || p.plan.blocks_per_head <= 0 ||
       p.plan.blocks_per_head > kLookupMaxBlocksPerHead || p.plan.logit_stride % 4 != 0 ||

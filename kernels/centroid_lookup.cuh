@@ -63,6 +63,13 @@ struct CentroidLookupParams {
   // the mean over many query rows, kernels/squeezed_prefill.cuh). The score launch is then
   // skipped and q, logits, block_max and block_den are not used.
   const float* scores_in = nullptr;
+  // Optional (hierarchical level): only the candidate clusters of each head take part, the
+  // first num_candidates[bh] ids of candidates[bh * candidate_stride ...] (ascending, each
+  // < num_clusters): they are scored, normalised among themselves (the softmax denominator
+  // sees only them) and thresholded. With scores_in, scores are read at the candidates' ids.
+  const int32_t* candidates = nullptr;
+  const int32_t* num_candidates = nullptr;  // [B * Hkv]
+  int64_t candidate_stride = 0;
   // Outputs.
   SqueezeSelection sel;
   // Sparse work plan: at most about target_chunks chunks (a multiple of the sparse grid);

@@ -65,6 +65,11 @@ struct SqueezedDecodeParams {
   void* out = nullptr;         // [B][Hq][d]
   bool out_bf16 = false;
   float* lse = nullptr;  // [B][Hq] natural log; may be nullptr
+  // Optional, hierarchical: the fine clusters each (sequence, head) may keep, from a coarse
+  // lookup (CentroidLookupParams::candidates).
+  const int32_t* candidates = nullptr;
+  const int32_t* num_candidates = nullptr;  // [B * Hkv]
+  int64_t candidate_stride = 0;
   // Optional: run the dynamic part on side_stream, concurrently with the lookup and the sparse
   // kernel (it is small and latency-bound). fork_event and join_event (created by the caller,
   // cudaEventDisableTiming) are recorded here; all three must be set to take effect.
@@ -86,9 +91,19 @@ enum SqueezedDecodeStage : unsigned {
 // The selection stage alone, from cluster scores computed elsewhere ([B * Hkv][cluster_stride
 // of SelectionInWorkspace], e.g. the mean over a prefill's query rows): threshold, compaction,
 // ranges with sinks and window, into the workspace's SqueezeSelection.
+// With candidates (hierarchical), only they are thresholded; scores are read at their ids.
 cudaError_t LaunchSelectFromScores(const SqueezedDecodePlan& plan, const SqueezeHeadDesc* heads,
                                    const float* tau, const float* scores, void* workspace,
-                                   cudaStream_t stream);
+                                   cudaStream_t stream, const int32_t* candidates = nullptr,
+                                   const int32_t* num_candidates = nullptr,
+                                   int64_t candidate_stride = 0);
+
+// The lookup stage alone, from one query per sequence (q [B][Hq][d] fp32): centroid scores,
+// threshold, ranges into the workspace's SqueezeSelection. The coarse level of a hierarchical
+// lookup runs through it (its "rows" are fine clusters).
+cudaError_t LaunchLookupFromQueries(const SqueezedDecodePlan& plan, float scale, const float* q,
+                                    const SqueezeHeadDesc* heads, bool centroids_bf16,
+                                    const float* tau, void* workspace, cudaStream_t stream);
 
 cudaError_t LaunchSqueezedDecode(const SqueezedDecodePlan& plan, const SqueezedDecodeParams& p,
                                  void* workspace, cudaStream_t stream, unsigned stages = kStageAll);

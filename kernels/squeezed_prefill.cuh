@@ -25,9 +25,13 @@ namespace squeeze::gpu {
 
 // Per row r < rows of logits [rows][ld] (first C columns used; ld >= C): row_max[r] and
 // row_inv[r] as above, sizes [C] the cluster sizes (>= 1).
+// Optional candidates (hierarchical level): only the columns candidates[0, *num_candidates)
+// (device) take part, in the statistics and (below) in the scores, which are written at the
+// candidates' ids; other columns of score are left as they are.
 cudaError_t LaunchCentroidRowStats(const float* logits, int rows, int num_clusters, int ld,
                                    const int32_t* sizes, float* row_max, float* row_inv,
-                                   cudaStream_t stream);
+                                   cudaStream_t stream, const int32_t* candidates = nullptr,
+                                   const int32_t* num_candidates = nullptr);
 
 // Column splits of LaunchCentroidColumnMean's first pass; `partial` needs
 // kColumnMeanSplits * num_clusters floats.
@@ -39,7 +43,8 @@ constexpr int kColumnMeanSplits = 32;
 cudaError_t LaunchCentroidColumnMean(const float* logits, int rows, int num_clusters, int ld,
                                      const float* row_max, const float* row_inv, float weight,
                                      bool accumulate, float* partial, float* score,
-                                     cudaStream_t stream);
+                                     cudaStream_t stream, const int32_t* candidates = nullptr,
+                                     const int32_t* num_candidates = nullptr);
 
 // For every (sequence, KV head) bh < num_heads and kept key i < sel.kept_keys[bh]:
 // row_index[bh * row_index_stride + i] = the storage row of kept key i (sinks, kept clusters in

@@ -7,6 +7,7 @@
 #   model    the CUDA backend: kernel-op tests, the whole model vs the goldens and the CPU, the
 #            server on the GPU (tests/gpu/model_ops_test.cc, cuda_model_test.cc), then the
 #            forward benchmark on the Llama-3-8B shape (bench/cuda/gpu_forward_bench.cc)
+#   kmeans   the batched GPU k-means benchmark (bench/cuda/kmeans_bench.cc)
 #   ttft     the forward benchmark at 128K with squeezed decode and the time to first token of
 #            1K and 4K-token inputs, dense and squeezed
 #   kernels  attention kernel tests and benchmarks vs PyTorch SDPA (bench/run_gpu.sh)
@@ -44,7 +45,7 @@ fi
 
 if has model; then
   export SQUEEZE_SOURCE_DIR="$ROOT"
-  for t in model_ops_test gemv_test prefill_attention_test kmeans_gpu_test cuda_model_test; do
+  for t in model_ops_test gemv_test prefill_attention_test sampling_gpu_test kmeans_gpu_test cuda_model_test; do
     echo "== $t"
     timeout 240 /tmp/bundle/$t > "$LOGS/$t.log" 2>&1
     echo "$t: exit $?"
@@ -56,6 +57,11 @@ if has model; then
     | tee "$LOGS/forward_32k.log"
   timeout 200 /tmp/bundle/gpu-forward-bench --model=bench/configs/llama3-8b \
     --prefill_tokens=131072 --decode_steps=8 2>&1 | tee "$LOGS/forward_128k.log"
+fi
+
+if has kmeans; then
+  echo "== kmeans-bench: one layer of the 8B shape at 128K (8 heads x 131072 keys, k 6554)"
+  timeout 300 /tmp/bundle/kmeans-bench 2>&1 | tee "$LOGS/kmeans_bench.log"
 fi
 
 if has ttft; then

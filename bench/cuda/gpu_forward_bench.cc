@@ -50,6 +50,9 @@ ABSL_FLAG(std::string, query_tokens, "",
           "comma-separated user-input lengths (e.g. 1024,4096): time to first token of one input "
           "of each length against the fixed context, dense and at each squeezed budget "
           "(needs --squeezed_budgets)");
+ABSL_FLAG(bool, hierarchical, false,
+          "give the index a coarse level (1% centroids) and also run hierarchical selection at "
+          "each squeezed budget");
 ABSL_FLAG(std::string, squeezed_budgets, "",
           "comma-separated budgets: decode against the prefilled context as a fixed context, "
           "dense and squeezed at each budget (empty: skip)");
@@ -270,6 +273,7 @@ int Main() {
     SqueezeOptions options;
     options.centroid_fraction = 0.05;
     options.window = kWindow;
+    options.hierarchical = absl::GetFlag(FLAGS_hierarchical);
     BuildTimings timings;
     CudaKMeans kmeans;
     auto built = BuildSqueezeIndex(&ctx, capture, c.num_heads, options, nullptr, &timings, &kmeans);
@@ -296,6 +300,8 @@ int Main() {
     index.num_clustered = S - kWindow;
     index.options.centroid_fraction = 0.05;
     index.options.window = kWindow;
+    index.options.hierarchical = absl::GetFlag(FLAGS_hierarchical);
+    index.options.coarse_fraction = 0.01;
     constexpr int kClusterSize = 20;
     const int hd = c.head_dim;
     for (int l = 0; l < c.num_layers; ++l) {
@@ -313,6 +319,25 @@ int Main() {
           for (int i = 0; i < hd; ++i) head.centroids.push_back(static_cast<float>(mean[i] / size));
         }
         head.offsets.push_back(index.num_clustered);
+        if (absl::GetFlag(FLAGS_hierarchical)) {
+          // Coarse level: every 5 consecutive fine clusters (1% centroids), centroid = mean of
+          // the fine centroids, size = keys under it.
+          constexpr int kFinePerCoarse = 5;
+          const int C = static_cast<int>(head.sizes.size());
+          head.coarse_offsets.push_back(0);
+          for (int c0 = 0; c0 < C; c0 += kFinePerCoarse) {
+            const int c1 = std::min(C, c0 + kFinePerCoarse);
+            int32_t keys = 0;
+            for (int i = 0; i < hd; ++i) {
+              double mean = 0.0;
+              for (int c = c0; c < c1; ++c) mean += head.centroids[static_cast<size_t>(c) * hd + i];
+              head.coarse_centroids.push_back(static_cast<float>(mean / (c1 - c0)));
+            }
+            for (int c = c0; c < c1; ++c) keys += head.sizes[c];
+            head.coarse_sizes.push_back(keys);
+            head.coarse_offsets.push_back(c1);
+          }
+        }
         index.heads.push_back(std::move(head));
       }
     }
@@ -329,9 +354,10 @@ int Main() {
   // One timed decode run of `batch` sequences against the context: dense (budget < 0) or
   // squeezed; realised = the mean realised KV budget of the sequences.
   const int batch = absl::GetFlag(FLAGS_batch);
-  auto run = [&](double budget, double* realised) {
+  auto run = [&](double budget, double* realised, bool hierarchical = false) {
     SelectionOptions options;
     options.budget = std::max(budget, 0.0);
+    options.hierarchical = hierarchical;
     std::vector<std::unique_ptr<SqueezedFixedContextAttention>> selectors;
     std::vector<FixedContextAttention*> fixed;
     std::vector<SequenceKV> dyn;
@@ -362,6 +388,12 @@ int Main() {
     std::printf("  squeezed budget %.2f: %.3f ms/step, realised KV budget %.4f, %.2fx faster "
                 "than dense; floor %.3f ms -> %.2fx the floor\n",
                 b, 1e3 * t, realised, dense / t, 1e3 * floor_s, t / floor_s);
+    if (absl::GetFlag(FLAGS_hierarchical)) {
+      const double th = run(b, &realised, /*hierarchical=*/true);
+      std::printf("  hierarchical budget %.2f (coarse keep %.2f): %.3f ms/step, realised KV "
+                  "budget %.4f, %.2fx faster than dense\n",
+                  b, std::min(1.0, 5 * b), 1e3 * th, realised, dense / th);
+    }
   }
 
   // ---- time to first token: one user input against the context ------------------------------

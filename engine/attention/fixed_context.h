@@ -12,12 +12,16 @@ namespace squeeze {
 
 struct SqueezeIndex;
 
-// What a backend needs to select a single-token step's fixed-context keys itself, on the device
-// (the CUDA centroid lookup): the context's index and the fine threshold tau. Keeps every
-// cluster whose score reaches tau, plus the sinks and the window, as Select would.
+// What a backend needs to select a step's fixed-context keys itself, on the device (the CUDA
+// centroid lookup): the context's index and the fine threshold tau, and for the hierarchical
+// mode the coarse threshold. Keeps what Select would: every cluster whose score exceeds tau
+// (hierarchical: among the fine clusters of the coarse clusters whose score exceeds
+// coarse_threshold, normalised among those), plus the sinks and the window.
 struct DeviceSelection {
   const SqueezeIndex* index = nullptr;
   float threshold = 0.0f;
+  bool hierarchical = false;
+  float coarse_threshold = 0.0f;
 };
 // A half-open range [begin, end) of storage rows in a ContextKV (layer, kv_head) slice.
 struct KeyRange {
@@ -40,12 +44,13 @@ class FixedContextAttention {
   // (one entry per KV head).
   virtual void Select(int layer, const float* q, int n, LayerSelection* out) = 0;
 
-  // Selectors a backend can run on the device return their index and threshold; the forward
-  // then skips Select for single-token steps on such a backend and reports, once the step is
-  // done, the rows the backend kept per KV head (sinks and window included). Default: host
-  // selection only.
+  // Selectors a backend can run on the device return their index and thresholds; the forward
+  // then skips Select on such a backend and reports, once the step is done, the rows the
+  // backend kept per KV head (sinks and window included) and, hierarchical, the fine clusters
+  // under the kept coarse clusters per KV head (empty otherwise). Default: host selection only.
   virtual std::optional<DeviceSelection> device_selection() const { return std::nullopt; }
-  virtual void RecordDeviceSelection(int /*layer*/, std::span<const int32_t> /*kept_rows*/) {}
+  virtual void RecordDeviceSelection(int /*layer*/, std::span<const int32_t> /*kept_rows*/,
+                                     std::span<const int32_t> /*candidates*/) {}
 };
 
 // Keeps every row of the fixed context (exact dense attention).

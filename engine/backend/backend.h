@@ -24,6 +24,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/attention/fixed_context.h"
+#include "engine/sampling/sampler.h"
 
 namespace squeeze {
 
@@ -112,6 +113,9 @@ struct AttentionKeys {
   std::optional<DeviceSelection> device_selection;
   int layer = -1;  // the layer of this call (indexes device_selection's index)
   int32_t* kept_rows = nullptr;
+  // Hierarchical device selection: the fine clusters under the kept coarse clusters per KV
+  // head (host memory, [Hkv]), written like kept_rows; may be null.
+  int32_t* candidates = nullptr;
 };
 
 // Shapes shared by the attention entry points. GQA: query head qh reads KV head qh / G with
@@ -136,6 +140,18 @@ struct AttentionParams {
   // Dynamic part: rows [0, causal_offset + n) of the sequence's KV (the new tokens' K/V already
   // appended), causal_offset = number of dynamic tokens before this step.
   AttentionKeys dynamic;
+};
+
+// One sequence's next token, chosen on the device from its logits row (Backend::SampleRows)
+// exactly as sampler->Sample(logits, prompt, generated, want_info ? &info : nullptr) would.
+struct SampleJob {
+  Sampler* sampler = nullptr;
+  std::span<const int32_t> prompt;     // Sampler::Sample's prompt (penalties)
+  std::span<const int32_t> generated;  // and generated tokens
+  bool want_info = false;
+  // Results, set by SampleRows.
+  int32_t token = -1;
+  SampleInfo info;
 };
 
 class Backend {
@@ -183,6 +199,13 @@ class Backend {
   virtual DType kv_dtype() const = 0;
   // Whether Attention honours AttentionKeys::device_selection.
   virtual bool selects_on_device() const { return false; }
+  // Whether SampleRows runs: logits then stay on the device and only tokens come back.
+  virtual bool samples_on_device() const { return false; }
+  // Row r of logits [jobs.size(), vocab] (backend memory) sampled with jobs[r]; synchronises.
+  virtual absl::Status SampleRows(const float* /*logits*/, int /*vocab*/,
+                                  std::span<SampleJob* const> /*jobs*/) {
+    return absl::UnimplementedError("this backend does not sample on the device");
+  }
   // A k-means that runs on this backend's device, for the registration (indexer) thread, or
   // nullptr (the CPU reference clusters). Owned by the backend.
   virtual KMeansSolver* kmeans_solver() { return nullptr; }

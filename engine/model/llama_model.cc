@@ -417,6 +417,7 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
   std::vector<LayerSelection> selections(steps.size());
   std::vector<AttentionParams> calls(steps.size());
   device_kept_.assign(steps.size() * L * Hkv, -1);  // -1: no device selection there
+  device_candidates_.assign(steps.size() * L * Hkv, -1);  // -1: not hierarchical
   // Each step's fixed context in backend memory (uploaded once per context by device backends).
   std::vector<ContextKvView> context_views(steps.size());
   for (size_t i = 0; i < steps.size(); ++i) {
@@ -467,6 +468,7 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
         p.fixed.device_selection = device_select;
         p.fixed.layer = l;
         p.fixed.kept_rows = &device_kept_[(i * L + l) * Hkv];
+        p.fixed.candidates = &device_candidates_[(i * L + l) * Hkv];
       } else if (s.context != nullptr && s.context->num_tokens > 0) {
         // A key selector runs on the host: device backends copy the step's queries back.
         const float* q_host = p.q;
@@ -505,18 +507,31 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
     if (steps[i].fixed == nullptr) continue;
     for (int l = 0; l < L; ++l) {
       const std::span<const int32_t> kept(&device_kept_[(i * L + l) * Hkv], Hkv);
-      if (kept[0] >= 0) steps[i].fixed->RecordDeviceSelection(l, kept);
+      const std::span<const int32_t> candidates(&device_candidates_[(i * L + l) * Hkv], Hkv);
+      if (kept[0] >= 0) {
+        steps[i].fixed->RecordDeviceSelection(
+            l, kept, candidates[0] >= 0 ? candidates : std::span<const int32_t>());
+      }
     }
   }
 
+  for (SequenceStep& s : steps) s.kv->Commit(static_cast<int>(s.tokens.size()));
+  // Sampling on the device when every logits row has a job (rows in step order).
+  std::vector<SampleJob*> jobs;
+  for (const SequenceStep& s : steps) {
+    if (s.want_logits) jobs.push_back(s.sample);
+  }
+  if (be.samples_on_device() && !jobs.empty() &&
+      std::find(jobs.begin(), jobs.end(), nullptr) == jobs.end()) {
+    return be.SampleRows(a.logits, V, jobs);
+  }
   for (size_t i = 0, li = 0; i < steps.size(); ++i) {
-    steps[i].kv->Commit(static_cast<int>(steps[i].tokens.size()));
     if (!steps[i].want_logits) continue;
     out->logits[i].resize(V);
     be.CopyToHost(out->logits[i].data(), a.logits + li * V, sizeof(float) * V);
     ++li;
   }
-  return absl::OkStatus();
+  return be.Synchronize();
 }
 
 }  // namespace squeeze

@@ -34,10 +34,16 @@ struct SequenceStep {
   // Absolute position of tokens[0] = (context ? context->num_tokens : 0) + kv->length().
   bool want_logits = true;                  // logits of the last new token
   QueryCapture* capture = nullptr;          // optional
+  // With want_logits, optional: choose the next token from the logits. On a backend that
+  // samples on the device (and when every step that wants logits has a job) the logits stay
+  // there and only the job's results come back; otherwise the logits are copied out and the
+  // job is left for the caller (sample->token stays -1).
+  SampleJob* sample = nullptr;
 };
 
 struct ForwardOutput {
-  // logits[i] = logits (V floats) of the last token of step i when want_logits, else empty.
+  // logits[i] = logits (V floats) of the last token of step i when want_logits, else empty;
+  // also empty when step i's token was sampled on the device.
   std::vector<std::vector<float>> logits;
 };
 
@@ -95,6 +101,7 @@ class LlamaModel {
   size_t weight_bytes_ = 0;
   std::vector<float> q_host_;  // queries copied to the host for a host-side key selector
   std::vector<int32_t> device_kept_;  // [step][layer][kv head] rows kept by device selection
+  std::vector<int32_t> device_candidates_;  // [step][layer][kv head] hierarchical candidates
 };
 
 }  // namespace squeeze

@@ -459,6 +459,16 @@ bool Engine::Step() {
     reg_step = &reg;
   }
   if (steps.empty()) return false;
+  // Every sequence step that produces a token carries its sampling job (a device backend
+  // samples there; otherwise the logits come back and the job is done here).
+  std::vector<SampleJob> jobs(step_seqs.size());
+  for (size_t i = 0; i < step_seqs.size(); ++i) {
+    if (!steps[i].want_logits) continue;
+    const Sequence& seq = *step_seqs[i];
+    jobs[i] = {.sampler = seq.sampler.get(), .prompt = seq.penalty_prompt,
+               .generated = seq.generated, .want_info = seq.request.sampling.return_logprobs};
+    steps[i].sample = &jobs[i];
+  }
 
   ForwardOutput out;
   absl::Status st = model_->Forward(std::span<SequenceStep>(steps), &out);
@@ -497,7 +507,12 @@ bool Engine::Step() {
         if (seq.in_prefill()) continue;
         seq.prefill_done = absl::Now();
       }
-      ProcessSampled(seq, out.logits[i]);
+      SampleJob& job = jobs[i];
+      if (job.token < 0) {  // logits on the host: sample here
+        job.token = seq.sampler->Sample(out.logits[i], job.prompt, job.generated,
+                                        job.want_info ? &job.info : nullptr);
+      }
+      ProcessSampled(seq, job.token, job.info);
     }
   }
   std::erase_if(running_, [](const auto& s) { return s->finished; });
@@ -519,11 +534,8 @@ bool Engine::Step() {
   return true;
 }
 
-void Engine::ProcessSampled(Sequence& seq, const std::vector<float>& logits) {
-  SampleInfo info;
+void Engine::ProcessSampled(Sequence& seq, int32_t token, const SampleInfo& info) {
   const SamplingParams& sp = seq.request.sampling;
-  const int32_t token = seq.sampler->Sample(logits, seq.penalty_prompt, seq.generated,
-                                            sp.return_logprobs ? &info : nullptr);
   if (seq.first_token == absl::Time()) seq.first_token = absl::Now();
   seq.next_token = token;
   GenerateEvent ev;

@@ -104,7 +104,9 @@ class Engine {
   void RetireCancelled();
   void MarkFaulted(const absl::Status& why);
   void FinishSequence(Sequence& seq, absl::Status status, FinishReason reason);
-  void ProcessSampled(Sequence& seq, const std::vector<float>& logits);
+  // The sequence's next token (and its logprobs when asked for), sampled on the host or the
+  // device: stop checks, streaming, finish.
+  void ProcessSampled(Sequence& seq, int32_t token, const SampleInfo& info);
   void FinishRegistrationPrefill(std::unique_ptr<Registration> reg);
   void BuildAndPublish(Registration& reg);
 

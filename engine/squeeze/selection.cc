@@ -95,25 +95,42 @@ void SqueezedFixedContextAttention::Select(int layer, const float* q, int n, Lay
 }
 
 std::optional<DeviceSelection> SqueezedFixedContextAttention::device_selection() const {
-  if (options_.mass || options_.hierarchical) return std::nullopt;
-  const float tau = options_.keep_all ? -std::numeric_limits<float>::infinity() : fine_tau_;
-  return DeviceSelection{&index_, tau};
+  if (options_.mass) return std::nullopt;
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  DeviceSelection sel{&index_, options_.keep_all ? -kInf : fine_tau_};
+  if (options_.hierarchical && !options_.keep_all) {
+    sel.hierarchical = true;
+    // As SelectHead: a fine tau of +inf keeps nothing and scores nothing, coarse level included.
+    sel.coarse_threshold = fine_tau_ == kInf ? kInf : coarse_tau_;
+  }
+  return sel;
 }
 
 void SqueezedFixedContextAttention::RecordDeviceSelection(int layer,
-                                                          std::span<const int32_t> kept_rows) {
+                                                          std::span<const int32_t> kept_rows,
+                                                          std::span<const int32_t> candidates) {
   const int Hkv = index_.num_kv_heads;
   if (layer < 0 || layer >= index_.num_layers || static_cast<int>(kept_rows.size()) != Hkv) {
     return;
   }
   ++steps_per_layer_[layer];
   const std::optional<DeviceSelection> sel = device_selection();
+  const bool hierarchical = sel->hierarchical && static_cast<int>(candidates.size()) == Hkv;
   for (int h = 0; h < Hkv; ++h) {
-    const int C = index_.head(layer, h).num_clusters();
+    const SqueezeHeadIndex& head = index_.head(layer, h);
+    const int C = head.num_clusters();
     const size_t slot = static_cast<size_t>(layer) * Hkv + h;
     kept_rows_[slot] += kept_rows[h];
-    // Every fine centroid is scored unless nothing needs scoring (as SelectHead counts).
-    scored_[slot] += (C == 0 || sel->threshold == -std::numeric_limits<float>::infinity()) ? 0 : C;
+    // The centroids scored, as SelectHead counts them: every fine one unless nothing needs
+    // scoring; hierarchical: the coarse ones when their threshold is finite, then the fine
+    // candidates when the fine threshold is finite and there are candidates.
+    if (C == 0 || sel->threshold == std::numeric_limits<float>::infinity()) continue;
+    if (!hierarchical) {
+      scored_[slot] += sel->threshold == -std::numeric_limits<float>::infinity() ? 0 : C;
+      continue;
+    }
+    if (std::isfinite(sel->coarse_threshold)) scored_[slot] += head.num_coarse();
+    if (candidates[h] > 0 && std::isfinite(sel->threshold)) scored_[slot] += candidates[h];
   }
 }
 

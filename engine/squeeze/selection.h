@@ -64,7 +64,8 @@ class SqueezedFixedContextAttention final : public FixedContextAttention {
   // which stay on the host). keep_all gives tau = -inf (every cluster).
   std::optional<DeviceSelection> device_selection() const override;
   // Counts a device-side selection of `layer` in the statistics, as Select counts its own.
-  void RecordDeviceSelection(int layer, std::span<const int32_t> kept_rows) override;
+  void RecordDeviceSelection(int layer, std::span<const int32_t> kept_rows,
+                             std::span<const int32_t> candidates) override;
 
   // Thresholds in use (+inf: nothing kept; -inf: everything kept; coarse: hierarchical only).
   float fine_threshold() const { return fine_tau_; }

@@ -192,7 +192,8 @@ struct SqueezedContext {
   SqueezeIndex index;
 };
 
-SqueezedContext MakeSqueezedContext(LlamaModel& model, const json& task) {
+SqueezedContext MakeSqueezedContext(LlamaModel& model, const json& task,
+                                    bool hierarchical = false) {
   SqueezedContext out;
   const auto context = task.at("context_tokens").get<std::vector<int32_t>>();
   out.question = task.at("question_tokens").get<std::vector<int32_t>>();
@@ -200,6 +201,8 @@ SqueezedContext MakeSqueezedContext(LlamaModel& model, const json& task) {
   SqueezeOptions options;
   options.centroid_fraction = 0.25;
   options.window = 64;
+  options.hierarchical = hierarchical;
+  options.coarse_fraction = 0.05;  // ~40 coarse clusters over ~200 fine ones per head
   SequenceKV seq = model.NewSequenceKV();
   QueryCapture capture;
   capture.from_position = S - options.window;
@@ -220,14 +223,15 @@ SqueezedContext MakeSqueezedContext(LlamaModel& model, const json& task) {
 // CPU reference selecting on the host, same index and budget: the same greedy tokens, logits
 // within tolerance, and realised KV budgets within 2 points, after the question and after the
 // decode steps (selections may differ on ties, the GPU scores with bf16 centroids and queries).
-TEST(CudaModel, DeviceSqueezedDecodeMatchesCpuSelection) {
+void CheckDeviceSelection(bool hierarchical) {
+  SCOPED_TRACE(hierarchical ? "hierarchical" : "flat");
   auto cuda = LoadCuda(kDemo);
   auto cpu = LoadOn(kDemo, std::make_unique<CpuBackend>());
   ASSERT_NE(cuda, nullptr);
   ASSERT_NE(cpu, nullptr);
   const json golden = ReadJson(kGolden / "squeeze-demo.json");
   // Context prefilled and clustered on the CPU; both backends attend to it.
-  SqueezedContext sc = MakeSqueezedContext(*cpu, golden.at("cases")[0]);
+  SqueezedContext sc = MakeSqueezedContext(*cpu, golden.at("cases")[0], hierarchical);
   ASSERT_FALSE(sc.index.heads.empty());
   const int S = sc.kv.num_tokens;
   const std::vector<int32_t>& question = sc.question;
@@ -241,6 +245,7 @@ TEST(CudaModel, DeviceSqueezedDecodeMatchesCpuSelection) {
   for (int b = 0; b < 2; ++b) {
     SelectionOptions sel_options;
     sel_options.budget = 0.1;
+    sel_options.hierarchical = hierarchical;
     SqueezedFixedContextAttention selector(*index, sel_options);
     ASSERT_TRUE(selector.device_selection().has_value());
     SequenceKV dyn = models[b]->NewSequenceKV();
@@ -271,12 +276,16 @@ TEST(CudaModel, DeviceSqueezedDecodeMatchesCpuSelection) {
       RelError(first[1], std::vector<double>(first[0].begin(), first[0].end()));
   EXPECT_LE(question_err, kTolerance);
   EXPECT_NEAR(question_budget[1], question_budget[0], 0.02);
-  std::printf("[cuda squeezed] %d-token context, budget 0.1: question (%zu tokens) realised "
+  std::printf("[cuda squeezed%s] %d-token context, budget 0.1: question (%zu tokens) realised "
               "budget cpu %.4f cuda %.4f, logits %.2e; after 8 decode steps cpu %.4f cuda %.4f, "
               "logits max|d|/max = %.2e, greedy %s\n",
-              S, question.size(), question_budget[0], question_budget[1], question_err,
-              budget[0], budget[1], err, greedy[0] == greedy[1] ? "identical" : "DIFFERENT");
+              hierarchical ? " hierarchical" : "", S, question.size(), question_budget[0],
+              question_budget[1], question_err, budget[0], budget[1], err,
+              greedy[0] == greedy[1] ? "identical" : "DIFFERENT");
 }
+
+TEST(CudaModel, DeviceSqueezedSelectionMatchesCpu) { CheckDeviceSelection(false); }
+TEST(CudaModel, DeviceHierarchicalSelectionMatchesCpu) { CheckDeviceSelection(true); }
 
 // 32 sequences decoding together (squeezed ones as one batched launch on the GPU, the weights
 // through cuBLAS instead of the GEMV at this batch): the same logits (up to summation order)
@@ -402,6 +411,52 @@ TEST(CudaModel, BatchedSqueezedDecodeEqualsEachAlone) {
   std::printf("[cuda batch] 32 sequences (squeezed 0.1, squeezed 0.05, dense context, none) in "
               "one step: greedy tokens %s\n",
               batch_tokens == alone_tokens ? "identical to each alone" : "DIFFERENT");
+}
+
+// Sampling on the device through the forward (SampleJob): the same tokens, logprobs and PRNG
+// stream as the host Sampler on the logits of an identical sequence run without a job (the GPU
+// forward is deterministic, so both see the same logits), over 24 steps of temperature,
+// top-k/top-p and penalties.
+TEST(CudaModel, DeviceSamplingMatchesHostSampling) {
+  auto model = LoadCuda(kDemo);
+  ASSERT_NE(model, nullptr);
+  ASSERT_TRUE(model->backend().samples_on_device());
+  const json golden = ReadJson(kGolden / "squeeze-demo.json");
+  const auto prompt = golden.at("cases")[0].at("question_tokens").get<std::vector<int32_t>>();
+  SamplingParams params;
+  params.temperature = 0.9f;
+  params.top_k = 40;
+  params.top_p = 0.95f;
+  params.repetition_penalty = 1.1f;
+  params.frequency_penalty = 0.2f;
+  Sampler on_device(params, 1234), on_host(params, 1234);
+  SequenceKV kv_device = model->NewSequenceKV(), kv_host = model->NewSequenceKV();
+  std::vector<int32_t> generated_device, generated_host;
+  std::vector<int32_t> next_device = prompt, next_host = prompt;
+  int same_logprob = 0;
+  for (int step = 0; step < 24; ++step) {
+    SampleJob job{.sampler = &on_device, .prompt = prompt, .generated = generated_device,
+                  .want_info = true};
+    SequenceStep a{.tokens = next_device, .kv = &kv_device, .sample = &job};
+    ForwardOutput out_a;
+    ASSERT_TRUE(model->Forward(std::span<SequenceStep>(&a, 1), &out_a).ok());
+    EXPECT_TRUE(out_a.logits[0].empty()) << "the logits must stay on the device";
+    ASSERT_GE(job.token, 0);
+    SequenceStep b{.tokens = next_host, .kv = &kv_host};
+    ForwardOutput out_b;
+    ASSERT_TRUE(model->Forward(std::span<SequenceStep>(&b, 1), &out_b).ok());
+    SampleInfo info;
+    const int32_t want = on_host.Sample(out_b.logits[0], prompt, generated_host, &info);
+    ASSERT_EQ(job.token, want) << "step " << step;
+    same_logprob += std::abs(job.info.logprob - info.logprob) <= 1e-4f;
+    generated_device.push_back(job.token);
+    generated_host.push_back(want);
+    next_device = {job.token};
+    next_host = {want};
+  }
+  EXPECT_EQ(same_logprob, 24);
+  std::printf("[cuda sampling] 24 sampled steps on the device: tokens and logprobs equal the host "
+              "sampler's\n");
 }
 
 std::string ReadText(const fs::path& path) {

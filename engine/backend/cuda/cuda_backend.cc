@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "engine/backend/cuda/cuda_kmeans.h"
+#include "engine/backend/cuda/cuda_sampling.h"
 #include "engine/common/status_macros.h"
 #include "engine/kv/kv_cache.h"
 #include "kernels/decode_attention.cuh"
@@ -56,6 +57,9 @@ enum ScratchSlot : int {
   kColumnPartial,  // squeezed prefill: split column sums
   kClusterScores,  // squeezed prefill: mean score per cluster [Hkv][cluster_stride]
   kRowIndex,       // squeezed prefill: storage row of every kept key [Hkv][S]
+  kCoarseDesc,     // hierarchical: coarse SqueezeHeadDesc array + coarse tau
+  kCandidates,     // hierarchical: candidate fine clusters [B * Hkv][max fine clusters]
+  kCandidateCounts,  // hierarchical: candidates per (sequence, KV head)
   kNumSlots
 };
 
@@ -144,11 +148,16 @@ DeviceBuffer::~DeviceBuffer() { pool_->Give(data(), capacity_); }
 
 // A context's Squeezed Attention tables on the device, kept in SqueezeIndex::resident: fine
 // centroids (bf16), sizes and storage-row offsets of every (layer, KV head), concatenated.
-struct DeviceSqueezeIndex {
-  const void* owner = nullptr;
+struct DeviceSqueezeLevel {
   std::unique_ptr<Buffer> centroids, sizes, offsets;
   std::vector<size_t> centroid_at, table_at;  // [L * Hkv]: first centroid, first size entry
   int max_clusters = 0;
+};
+// The fine level (offsets: storage rows) and, for a hierarchical index, the coarse level
+// (offsets: fine clusters).
+struct DeviceSqueezeIndex {
+  const void* owner = nullptr;
+  DeviceSqueezeLevel fine, coarse;
 };
 
 // A registered context's K/V on the device, kept in ContextKV::resident. The backend may evict
@@ -822,6 +831,52 @@ void CudaBackend::FixedAttention(const AttentionParams& p, float* out, float* ls
   Check(gpu::LaunchPrefillAttention(pp, impl_->stream), "fixed-context prefill attention");
 }
 
+namespace {
+
+// One level's tables of every (layer, KV head), concatenated: centroids rounded to bf16 (to
+// nearest even, as __float2bfloat16_rn), sizes, and the C + 1 CSR offsets of head i at
+// table_at[i] + i.
+struct HostSqueezeLevel {
+  std::vector<uint16_t> centroids;
+  std::vector<int32_t> sizes, offsets;
+};
+
+void AppendLevel(std::span<const float> centroids, std::span<const int32_t> sizes,
+                 std::span<const int32_t> offsets, int d, HostSqueezeLevel* host,
+                 DeviceSqueezeLevel* level) {
+  level->centroid_at.push_back(host->centroids.size() / d);
+  level->table_at.push_back(host->sizes.size());
+  level->max_clusters = std::max(level->max_clusters, static_cast<int>(sizes.size()));
+  for (float c : centroids) {
+    uint32_t bits;
+    std::memcpy(&bits, &c, 4);
+    bits += 0x7FFFu + ((bits >> 16) & 1u);
+    host->centroids.push_back(static_cast<uint16_t>(bits >> 16));
+  }
+  host->sizes.insert(host->sizes.end(), sizes.begin(), sizes.end());
+  host->offsets.insert(host->offsets.end(), offsets.begin(), offsets.end());
+}
+
+}  // namespace
+
+absl::Status CudaBackend::UploadSqueezeLevel(const void* host_level, void* device_level) {
+  const auto& host = *static_cast<const HostSqueezeLevel*>(host_level);
+  auto& level = *static_cast<DeviceSqueezeLevel*>(device_level);
+  ASSIGN_OR_RETURN(level.centroids, Allocate(std::max<size_t>(host.centroids.size(), 1) * 2));
+  ASSIGN_OR_RETURN(level.sizes, Allocate(std::max<size_t>(host.sizes.size(), 1) * 4));
+  ASSIGN_OR_RETURN(level.offsets, Allocate(std::max<size_t>(host.offsets.size(), 1) * 4));
+  Check(cudaMemcpy(level.centroids->data(), host.centroids.data(), host.centroids.size() * 2,
+                   cudaMemcpyHostToDevice),
+        "index upload");
+  Check(cudaMemcpy(level.sizes->data(), host.sizes.data(), host.sizes.size() * 4,
+                   cudaMemcpyHostToDevice),
+        "index upload");
+  Check(cudaMemcpy(level.offsets->data(), host.offsets.data(), host.offsets.size() * 4,
+                   cudaMemcpyHostToDevice),
+        "index upload");
+  return fault_;
+}
+
 absl::StatusOr<const void*> CudaBackend::ResidentSqueezeIndex(const SqueezeIndex& index) {
   if (index.resident.value != nullptr) {
     const auto* copy = static_cast<const DeviceSqueezeIndex*>(index.resident.value.get());
@@ -830,33 +885,16 @@ absl::StatusOr<const void*> CudaBackend::ResidentSqueezeIndex(const SqueezeIndex
   auto copy = std::make_shared<DeviceSqueezeIndex>();
   copy->owner = this;
   const int d = index.head_dim;
-  std::vector<uint16_t> centroids;
-  std::vector<int32_t> sizes, offsets;
+  HostSqueezeLevel fine, coarse;
   for (const SqueezeHeadIndex& h : index.heads) {
-    copy->centroid_at.push_back(centroids.size() / d);
-    copy->table_at.push_back(sizes.size());
-    copy->max_clusters = std::max(copy->max_clusters, h.num_clusters());
-    for (float c : h.centroids) {  // round to nearest even, as __float2bfloat16_rn
-      uint32_t bits;
-      std::memcpy(&bits, &c, 4);
-      bits += 0x7FFFu + ((bits >> 16) & 1u);
-      centroids.push_back(static_cast<uint16_t>(bits >> 16));
+    AppendLevel(h.centroids, h.sizes, h.offsets, d, &fine, &copy->fine);
+    if (index.has_coarse()) {
+      AppendLevel(h.coarse_centroids, h.coarse_sizes, h.coarse_offsets, d, &coarse,
+                  &copy->coarse);
     }
-    sizes.insert(sizes.end(), h.sizes.begin(), h.sizes.end());
-    // offsets has C + 1 entries: stored at the same position as sizes plus one slot per head.
-    offsets.insert(offsets.end(), h.offsets.begin(), h.offsets.end());
   }
-  // offsets of head i start at table_at[i] + i (each head has one more offset than sizes).
-  ASSIGN_OR_RETURN(copy->centroids, Allocate(std::max<size_t>(centroids.size(), 1) * 2));
-  ASSIGN_OR_RETURN(copy->sizes, Allocate(std::max<size_t>(sizes.size(), 1) * 4));
-  ASSIGN_OR_RETURN(copy->offsets, Allocate(std::max<size_t>(offsets.size(), 1) * 4));
-  Check(cudaMemcpy(copy->centroids->data(), centroids.data(), centroids.size() * 2,
-                   cudaMemcpyHostToDevice), "index upload");
-  Check(cudaMemcpy(copy->sizes->data(), sizes.data(), sizes.size() * 4, cudaMemcpyHostToDevice),
-        "index upload");
-  Check(cudaMemcpy(copy->offsets->data(), offsets.data(), offsets.size() * 4,
-                   cudaMemcpyHostToDevice), "index upload");
-  if (!fault_.ok()) return fault_;
+  RETURN_IF_ERROR(UploadSqueezeLevel(&fine, &copy->fine));
+  if (index.has_coarse()) RETURN_IF_ERROR(UploadSqueezeLevel(&coarse, &copy->coarse));
   index.resident.value = copy;
   return copy.get();
 }
@@ -878,12 +916,12 @@ bool DeviceSelected(const AttentionParams& p) {
 // The device descriptors of one call's fixed context per KV head (into out[0, Hkv)), with the
 // index made resident; null (fault set) when the index does not match or cannot be uploaded.
 bool CudaBackend::SqueezeHeads(const AttentionParams& p, gpu::SqueezeHeadDesc* out,
-                               int* max_clusters) {
+                               int* max_clusters, bool coarse) {
   const SqueezeIndex& index = *p.fixed.device_selection->index;
   const int hkv = p.shape.num_kv_heads, d = p.shape.head_dim;
   const int S = p.fixed.kv.num_rows, layer = p.fixed.layer;
   if (layer < 0 || layer >= index.num_layers || index.num_kv_heads != hkv ||
-      index.head_dim != d || index.num_tokens != S) {
+      index.head_dim != d || index.num_tokens != S || (coarse && !index.has_coarse())) {
     Check(cudaErrorInvalidValue, "squeezed attention: the index does not match the context");
     return false;
   }
@@ -893,23 +931,33 @@ bool CudaBackend::SqueezeHeads(const AttentionParams& p, gpu::SqueezeHeadDesc* o
     return false;
   }
   const auto* dev = static_cast<const DeviceSqueezeIndex*>(*resident);
-  const auto* centroids = static_cast<const bf16*>(dev->centroids->data());
-  const auto* sizes = static_cast<const int32_t*>(dev->sizes->data());
-  const auto* offsets = static_cast<const int32_t*>(dev->offsets->data());
+  const DeviceSqueezeLevel& level = coarse ? dev->coarse : dev->fine;
+  const auto* centroids = static_cast<const bf16*>(level.centroids->data());
+  const auto* sizes = static_cast<const int32_t*>(level.sizes->data());
+  const auto* offsets = static_cast<const int32_t*>(level.offsets->data());
   for (int h = 0; h < hkv; ++h) {
     const size_t slot = static_cast<size_t>(layer) * hkv + h;
+    const SqueezeHeadIndex& head = index.heads[slot];
     gpu::SqueezeHeadDesc& e = out[h];
-    e.k = static_cast<const bf16*>(p.fixed.kv.k) + h * p.fixed.kv.head_stride;
-    e.v = static_cast<const bf16*>(p.fixed.kv.v) + h * p.fixed.kv.head_stride;
-    e.centroids = centroids + dev->centroid_at[slot] * d;
-    e.sizes = sizes + dev->table_at[slot];
-    e.offsets = offsets + dev->table_at[slot] + slot;  // C + 1 offsets per head
-    e.num_clusters = index.heads[slot].num_clusters();
-    e.num_rows = S;
-    e.sinks = index.sinks;
-    e.window = index.window;
+    e.centroids = centroids + level.centroid_at[slot] * d;
+    e.sizes = sizes + level.table_at[slot];
+    e.offsets = offsets + level.table_at[slot] + slot;  // C + 1 offsets per head
+    if (coarse) {
+      // The coarse lookup's "rows" are fine clusters: no K/V, no sinks or window.
+      e.k = e.v = nullptr;
+      e.num_clusters = head.num_coarse();
+      e.num_rows = head.num_clusters();
+      e.sinks = e.window = 0;
+    } else {
+      e.k = static_cast<const bf16*>(p.fixed.kv.k) + h * p.fixed.kv.head_stride;
+      e.v = static_cast<const bf16*>(p.fixed.kv.v) + h * p.fixed.kv.head_stride;
+      e.num_clusters = head.num_clusters();
+      e.num_rows = S;
+      e.sinks = index.sinks;
+      e.window = index.window;
+    }
   }
-  *max_clusters = dev->max_clusters;
+  *max_clusters = level.max_clusters;
   return true;
 }
 
@@ -951,75 +999,54 @@ bool CudaBackend::SqueezedPlanFor(int hq, int hkv, int d, int batch, int max_dyn
   return true;
 }
 
-// Kept rows per KV head of `count` selections ([count * Hkv] device) -> pinned arena now ->
-// each call's kept_rows at the next sync.
-void CudaBackend::ReportKeptRows(const int32_t* kept_keys,
-                                 std::span<const AttentionParams* const> calls) {
+// Kept rows (or hierarchical candidates) per KV head of `calls.size()` selections
+// ([calls * Hkv] device) -> pinned arena now -> each call's `field` at the next sync.
+void CudaBackend::ReportToHost(const int32_t* counts, std::span<const AttentionParams* const> calls,
+                               int32_t* AttentionKeys::*field) {
   if (!fault_.ok()) return;
-  const size_t kept_bytes = sizeof(int32_t) * calls[0]->shape.num_kv_heads;
-  char* staged = StagePinned(kept_bytes * calls.size());
-  Check(cudaMemcpyAsync(staged, kept_keys, kept_bytes * calls.size(), cudaMemcpyDeviceToHost,
+  const size_t bytes = sizeof(int32_t) * calls[0]->shape.num_kv_heads;
+  char* staged = StagePinned(bytes * calls.size());
+  Check(cudaMemcpyAsync(staged, counts, bytes * calls.size(), cudaMemcpyDeviceToHost,
                         impl_->stream),
-        "kept rows");
+        "selection counts");
   for (size_t b = 0; b < calls.size(); ++b) {
-    if (calls[b]->fixed.kept_rows != nullptr) {
-      impl_->pending_to_host.emplace_back(staged + kept_bytes * b, calls[b]->fixed.kept_rows,
-                                          kept_bytes);
+    if (int32_t* dst = calls[b]->fixed.*field; dst != nullptr) {
+      impl_->pending_to_host.emplace_back(staged + bytes * b, dst, bytes);
     }
   }
 }
 
-// Multi-token step against a fixed context with the selection made on the device
-// (kernels/squeezed_prefill.cuh): centroid logits of every query row by cuBLAS, per-row softmax
-// statistics, the mean score per cluster, threshold and ranges, then the tensor-core prefill
-// kernel reads the kept rows in place. Writes the fixed part's out and lse.
-void CudaBackend::SqueezedFixedPrefill(const AttentionParams& p, float* out, float* lse) {
+// Mean cluster scores of one call's n query rows (qb: its queries in bf16), per KV head h into
+// scores[h * stride + c] for the clusters of heads[h] (kernels/squeezed_prefill.cuh): cuBLAS
+// logits over token chunks, per-row softmax statistics, column means. With candidates, only
+// theirs count (denominators included) and only theirs are written.
+void CudaBackend::ClusterMeanScores(const AttentionParams& p, const void* q_bf16,
+                                    std::span<const gpu::SqueezeHeadDesc> heads, int stride,
+                                    float* scores, const int32_t* cand, const int32_t* cand_count,
+                                    int64_t cand_stride) {
   const AttentionShape& s = p.shape;
   const int n = s.num_queries, hq = s.num_q_heads, hkv = s.num_kv_heads, d = s.head_dim;
-  const int G = hq / hkv, S = p.fixed.kv.num_rows;
-  auto& heads = impl_->head_desc;
-  heads.resize(hkv);
-  int max_clusters = 0;
-  if (!SqueezeHeads(p, heads.data(), &max_clusters)) return;
-  const gpu::SqueezedDecodePlan* planned = nullptr;
-  void* ws = nullptr;
-  if (!SqueezedPlanFor(hq, hkv, d, 1, 1, std::max(max_clusters, 1), S, S, &planned, &ws)) return;
-  const gpu::SqueezedDecodePlan& plan = *planned;
-  const gpu::SqueezeSelection sel = gpu::SelectionInWorkspace(plan, ws);
-  const int cluster_stride = sel.cluster_stride;
-  const int ld = (cluster_stride + 3) / 4 * 4;
-
+  const int G = hq / hkv;
+  const auto* qb = static_cast<const bf16*>(q_bf16);
+  int max_c = 1;
+  for (const gpu::SqueezeHeadDesc& e : heads) max_c = std::max(max_c, e.num_clusters);
+  const int ld = (max_c + 3) / 4 * 4;
   // Token chunks bound the logits scratch to about 64 MiB ([G * chunk][ld] floats).
-  const int chunk = static_cast<int>(std::clamp<int64_t>(
-      (int64_t{16} << 20) / (int64_t{G} * ld), int64_t{1}, int64_t{n}));
+  const int chunk = static_cast<int>(
+      std::clamp<int64_t>((int64_t{16} << 20) / (int64_t{G} * ld), int64_t{1}, int64_t{n}));
   const size_t rows_max = static_cast<size_t>(G) * chunk;
-  const size_t q_elems = static_cast<size_t>(n) * hq * d;
-  auto* qb = static_cast<bf16*>(Scratch(kQBf16, q_elems * sizeof(bf16)));
   auto* logits = static_cast<float*>(Scratch(kCentroidLogits, rows_max * ld * sizeof(float)));
   auto* stats = static_cast<float*>(Scratch(kRowStats, 2 * rows_max * sizeof(float)));
-  auto* partial = static_cast<float*>(
-      Scratch(kColumnPartial, sizeof(float) * gpu::kColumnMeanSplits * cluster_stride));
-  auto* scores =
-      static_cast<float*>(Scratch(kClusterScores, sizeof(float) * hkv * cluster_stride));
-  auto* row_index = static_cast<int32_t*>(Scratch(kRowIndex, sizeof(int32_t) * hkv * S));
-  char* desc = static_cast<char*>(Scratch(kSqueezeHeads, sizeof(gpu::SqueezeHeadDesc) * hkv + 256));
-  if (qb == nullptr || logits == nullptr || stats == nullptr || partial == nullptr ||
-      scores == nullptr || row_index == nullptr || desc == nullptr) {
-    return;
-  }
-  auto* dev_heads = reinterpret_cast<gpu::SqueezeHeadDesc*>(desc);
-  auto* dev_tau = reinterpret_cast<float*>(desc + sizeof(gpu::SqueezeHeadDesc) * hkv);
-  const float tau = p.fixed.device_selection->threshold;
-  CopyFromHost(dev_heads, heads.data(), sizeof(gpu::SqueezeHeadDesc) * hkv);
-  CopyFromHost(dev_tau, &tau, sizeof(float));
-  Check(gpu::LaunchF32ToBf16(p.q, qb, q_elems, impl_->stream), "squeezed prefill queries");
-
-  const bool scoring = std::isfinite(tau);  // -inf keeps every cluster, +inf none: no scores
+  auto* partial =
+      static_cast<float*>(Scratch(kColumnPartial, sizeof(float) * gpu::kColumnMeanSplits * ld));
+  if (logits == nullptr || stats == nullptr || partial == nullptr) return;
   const float weight = 1.0f / static_cast<float>(static_cast<int64_t>(n) * G);
-  for (int h = 0; h < hkv && scoring; ++h) {
+  for (int h = 0; h < hkv; ++h) {
     const gpu::SqueezeHeadDesc& e = heads[h];
     const int C = e.num_clusters;
     if (C == 0) continue;
+    const int32_t* ids = cand != nullptr ? cand + h * cand_stride : nullptr;
+    const int32_t* count = cand != nullptr ? cand_count + h : nullptr;
     for (int t0 = 0; t0 < n; t0 += chunk) {
       const int tn = std::min(chunk, n - t0);
       // Column-major view: logits^T [C][tn] of query head h * G + g at batch g = centroids^T
@@ -1033,20 +1060,137 @@ void CudaBackend::SqueezedFixedPrefill(const AttentionParams& p, float* out, flo
                 "centroid logits");
       const int rows = G * tn;
       Check(gpu::LaunchCentroidRowStats(logits, rows, C, ld, e.sizes, stats, stats + rows_max,
-                                        impl_->stream),
+                                        impl_->stream, ids, count),
             "centroid row stats");
       Check(gpu::LaunchCentroidColumnMean(logits, rows, C, ld, stats, stats + rows_max, weight,
                                           /*accumulate=*/t0 > 0, partial,
-                                          scores + static_cast<size_t>(h) * cluster_stride,
-                                          impl_->stream),
+                                          scores + static_cast<size_t>(h) * stride, impl_->stream,
+                                          ids, count),
             "centroid column mean");
     }
   }
-  if (!scoring) {  // the selection kernel reads no score; keep it defined
-    Check(cudaMemsetAsync(scores, 0, sizeof(float) * hkv * cluster_stride, impl_->stream),
+}
+
+// Hierarchical selection, coarse level, for `calls` (all with a coarse level): the candidate
+// fine clusters of every (call, KV head), ascending, into the kCandidates scratch
+// ([calls * Hkv][*stride]) and their counts into kCandidateCounts ([calls * Hkv]), also
+// reported to each call's `candidates`. Decode: q [B][Hq][d] fp32, scored by the lookup
+// kernel; prefill (one call): qb, its queries in bf16, scored by ClusterMeanScores.
+bool CudaBackend::CoarseCandidates(std::span<const AttentionParams* const> calls, const float* q,
+                                   const void* q_bf16, const int32_t** ids, const int32_t** counts,
+                                   int64_t* stride) {
+  const int B = static_cast<int>(calls.size());
+  const AttentionShape& s = calls[0]->shape;
+  const int hq = s.num_q_heads, hkv = s.num_kv_heads, d = s.head_dim;
+  std::vector<gpu::SqueezeHeadDesc> coarse(static_cast<size_t>(B) * hkv);
+  std::vector<float> tau(B);
+  int max_c1 = 1, max_fine = 1;
+  for (int b = 0; b < B; ++b) {
+    int c1 = 0;
+    if (!SqueezeHeads(*calls[b], coarse.data() + static_cast<size_t>(b) * hkv, &c1,
+                      /*coarse=*/true)) {
+      return false;
+    }
+    max_c1 = std::max(max_c1, c1);
+    for (int h = 0; h < hkv; ++h) {
+      max_fine = std::max(max_fine, coarse[static_cast<size_t>(b) * hkv + h].num_rows);
+    }
+    tau[b] = calls[b]->fixed.device_selection->coarse_threshold;
+  }
+  const gpu::SqueezedDecodePlan* plan = nullptr;
+  void* ws = nullptr;
+  if (!SqueezedPlanFor(hq, hkv, d, B, 1, max_c1, int64_t{B} * max_fine, max_fine, &plan, &ws)) {
+    return false;
+  }
+  const size_t desc_bytes = sizeof(gpu::SqueezeHeadDesc) * coarse.size();
+  char* desc = static_cast<char*>(Scratch(kCoarseDesc, desc_bytes + sizeof(float) * B + 256));
+  auto* cand = static_cast<int32_t*>(
+      Scratch(kCandidates, sizeof(int32_t) * coarse.size() * static_cast<size_t>(max_fine)));
+  auto* cand_count = static_cast<int32_t*>(Scratch(kCandidateCounts, sizeof(int32_t) * coarse.size()));
+  if (desc == nullptr || cand == nullptr || cand_count == nullptr) return false;
+  auto* dev_desc = reinterpret_cast<gpu::SqueezeHeadDesc*>(desc);
+  auto* dev_tau = reinterpret_cast<float*>(desc + desc_bytes);
+  CopyFromHost(dev_desc, coarse.data(), desc_bytes);
+  CopyFromHost(dev_tau, tau.data(), sizeof(float) * B);
+  const gpu::SqueezeSelection sel = gpu::SelectionInWorkspace(*plan, ws);
+  if (q != nullptr) {
+    Check(gpu::LaunchLookupFromQueries(*plan, s.scale, q, dev_desc, true, dev_tau, ws,
+                                       impl_->stream),
+          "coarse lookup");
+  } else {
+    auto* scores = static_cast<float*>(
+        Scratch(kClusterScores, sizeof(float) * hkv * sel.cluster_stride));
+    if (scores == nullptr) return false;
+    if (std::isfinite(tau[0])) {
+      ClusterMeanScores(*calls[0], q_bf16, coarse, sel.cluster_stride, scores, nullptr, nullptr,
+                        0);
+    } else {  // -inf keeps every coarse cluster, +inf none: nothing is read
+      Check(cudaMemsetAsync(scores, 0, sizeof(float) * hkv * sel.cluster_stride, impl_->stream),
+            "cluster scores");
+    }
+    Check(gpu::LaunchSelectFromScores(*plan, dev_desc, dev_tau, scores, ws, impl_->stream),
+          "coarse selection");
+  }
+  Check(gpu::LaunchExpandSelectionRows(sel, static_cast<int>(coarse.size()), max_fine, cand,
+                                       max_fine, impl_->stream),
+        "coarse candidates");
+  Check(cudaMemcpyAsync(cand_count, sel.kept_keys, sizeof(int32_t) * coarse.size(),
+                        cudaMemcpyDeviceToDevice, impl_->stream),
+        "coarse candidates");
+  ReportToHost(cand_count, calls, &AttentionKeys::candidates);
+  *ids = cand;
+  *counts = cand_count;
+  *stride = max_fine;
+  return fault_.ok();
+}
+
+// Multi-token step against a fixed context with the selection made on the device
+// (kernels/squeezed_prefill.cuh): mean cluster scores over every query row, threshold and
+// ranges (hierarchical: among the candidates of the coarse level), then the tensor-core
+// prefill kernel reads the kept rows in place. Writes the fixed part's out and lse.
+void CudaBackend::SqueezedFixedPrefill(const AttentionParams& p, float* out, float* lse) {
+  const AttentionShape& s = p.shape;
+  const int n = s.num_queries, hq = s.num_q_heads, hkv = s.num_kv_heads, d = s.head_dim;
+  const int S = p.fixed.kv.num_rows;
+  std::vector<gpu::SqueezeHeadDesc> heads(hkv);
+  int max_clusters = 0;
+  if (!SqueezeHeads(p, heads.data(), &max_clusters)) return;
+  const size_t q_elems = static_cast<size_t>(n) * hq * d;
+  auto* qb = static_cast<bf16*>(Scratch(kQBf16, q_elems * sizeof(bf16)));
+  if (qb == nullptr) return;
+  Check(gpu::LaunchF32ToBf16(p.q, qb, q_elems, impl_->stream), "squeezed prefill queries");
+  const int32_t* cand = nullptr;
+  const int32_t* cand_count = nullptr;
+  int64_t cand_stride = 0;
+  const AttentionParams* one = &p;
+  const std::span<const AttentionParams* const> calls(&one, 1);
+  if (p.fixed.device_selection->hierarchical &&
+      !CoarseCandidates(calls, nullptr, qb, &cand, &cand_count, &cand_stride)) {
+    return;
+  }
+  const gpu::SqueezedDecodePlan* planned = nullptr;
+  void* ws = nullptr;
+  if (!SqueezedPlanFor(hq, hkv, d, 1, 1, std::max(max_clusters, 1), S, S, &planned, &ws)) return;
+  const gpu::SqueezedDecodePlan& plan = *planned;
+  const gpu::SqueezeSelection sel = gpu::SelectionInWorkspace(plan, ws);
+  auto* scores =
+      static_cast<float*>(Scratch(kClusterScores, sizeof(float) * hkv * sel.cluster_stride));
+  auto* row_index = static_cast<int32_t*>(Scratch(kRowIndex, sizeof(int32_t) * hkv * S));
+  char* desc = static_cast<char*>(Scratch(kSqueezeHeads, sizeof(gpu::SqueezeHeadDesc) * hkv + 256));
+  if (scores == nullptr || row_index == nullptr || desc == nullptr) return;
+  auto* dev_heads = reinterpret_cast<gpu::SqueezeHeadDesc*>(desc);
+  auto* dev_tau = reinterpret_cast<float*>(desc + sizeof(gpu::SqueezeHeadDesc) * hkv);
+  const float tau = p.fixed.device_selection->threshold;
+  CopyFromHost(dev_heads, heads.data(), sizeof(gpu::SqueezeHeadDesc) * hkv);
+  CopyFromHost(dev_tau, &tau, sizeof(float));
+  if (std::isfinite(tau)) {
+    ClusterMeanScores(p, qb, heads, sel.cluster_stride, scores, cand, cand_count, cand_stride);
+  } else {  // -inf keeps every cluster (or candidate), +inf none: no score is read
+    Check(cudaMemsetAsync(scores, 0, sizeof(float) * hkv * sel.cluster_stride, impl_->stream),
           "cluster scores");
   }
-  Check(gpu::LaunchSelectFromScores(plan, dev_heads, dev_tau, scores, ws, impl_->stream),
+  Check(gpu::LaunchSelectFromScores(plan, dev_heads, dev_tau, scores, ws, impl_->stream, cand,
+                                    cand_count, cand_stride),
         "squeezed prefill selection");
   Check(gpu::LaunchExpandSelectionRows(sel, hkv, S, row_index, S, impl_->stream),
         "squeezed prefill rows");
@@ -1069,8 +1213,7 @@ void CudaBackend::SqueezedFixedPrefill(const AttentionParams& p, float* out, flo
   pp.row_index = row_index;
   pp.row_index_stride = S;
   Check(gpu::LaunchPrefillAttention(pp, impl_->stream), "squeezed prefill attention");
-  const AttentionParams* one = &p;
-  ReportKeptRows(sel.kept_keys, std::span<const AttentionParams* const>(&one, 1));
+  ReportToHost(sel.kept_keys, calls, &AttentionKeys::kept_rows);
 }
 
 // Decode steps of B sequences with Squeezed Attention selected on the device, in one sequence
@@ -1177,27 +1320,62 @@ void CudaBackend::SqueezedAttention(std::span<const AttentionParams* const> call
   sp.centroids_bf16 = true;
   sp.tau = dev_tau;
   sp.out = gather ? out_all : out_rows[0];
+  // Hierarchical: the coarse lookup narrows each head to its candidate fine clusters first.
+  if (calls[0]->fixed.device_selection->hierarchical &&
+      !CoarseCandidates(calls, sp.q, nullptr, &sp.candidates, &sp.num_candidates,
+                        &sp.candidate_stride)) {
+    return;
+  }
   Check(gpu::LaunchSqueezedDecode(plan, sp, ws, impl_->stream), "squeezed decode");
   if (gather) {
     Check(gpu::LaunchCopyRows(out_src_dev, dev_out_dst, B, static_cast<int>(row_floats),
                               impl_->stream),
           "scatter outputs");
   }
-  ReportKeptRows(gpu::SelectionInWorkspace(plan, ws).kept_keys, calls);
+  ReportToHost(gpu::SelectionInWorkspace(plan, ws).kept_keys, calls, &AttentionKeys::kept_rows);
+}
+
+// Sampling on the device (engine/backend/cuda/cuda_sampling.h): the same tokens and PRNG
+// stream as the host Sampler; only tokens and requested logprobs come back.
+absl::Status CudaBackend::SampleRows(const float* logits, int vocab,
+                                     std::span<SampleJob* const> jobs) {
+  if (!fault_.ok()) return fault_;
+  if (sampler_ == nullptr) sampler_ = std::make_unique<CudaSampler>();
+  std::vector<CudaSampler::Job> rows;
+  rows.reserve(jobs.size());
+  for (const SampleJob* j : jobs) {
+    rows.push_back({.sampler = j->sampler, .prompt = j->prompt, .generated = j->generated,
+                    .want_info = j->want_info});
+  }
+  auto out = sampler_->Sample(logits, vocab, rows, impl_->stream);
+  if (!out.ok()) {
+    // A CUDA failure leaves the backend unusable; an argument error leaves it as it is.
+    if (absl::IsInternal(out.status()) && fault_.ok()) fault_ = out.status();
+    return out.status();
+  }
+  for (size_t r = 0; r < jobs.size(); ++r) {
+    jobs[r]->token = (*out)[r].token;
+    jobs[r]->info = std::move((*out)[r].info);
+  }
+  ++impl_->epoch;  // the stream is idle (Sample synchronised it)
+  FinishPendingCopies();
+  return absl::OkStatus();
 }
 
 void CudaBackend::AttentionBatch(std::span<const AttentionParams> calls) {
   if (!fault_.ok()) return;
-  std::vector<const AttentionParams*> squeezed;
+  std::vector<const AttentionParams*> squeezed[2];  // flat, hierarchical
   for (const AttentionParams& p : calls) {
     if (DeviceSelected(p)) {
-      squeezed.push_back(&p);
+      squeezed[p.fixed.device_selection->hierarchical ? 1 : 0].push_back(&p);
     } else {
       Attention(p);
     }
   }
-  // One batched launch per shape (all sequences of a model share it).
-  if (!squeezed.empty()) SqueezedAttention(squeezed);
+  // One batched launch per mode (all sequences of a model share the shapes).
+  for (const auto& group : squeezed) {
+    if (!group.empty()) SqueezedAttention(group);
+  }
 }
 
 void CudaBackend::Attention(const AttentionParams& p) {

@@ -83,6 +83,9 @@ class CudaBackend final : public Backend {
 
   DType kv_dtype() const override { return DType::kBF16; }
   bool selects_on_device() const override { return true; }
+  bool samples_on_device() const override { return true; }
+  absl::Status SampleRows(const float* logits, int vocab,
+                          std::span<SampleJob* const> jobs) override;
   KMeansSolver* kmeans_solver() override;
   absl::StatusOr<ContextKvView> ResidentContextKv(const ContextKV& ctx) override;
   // Device memory kept free for activations, scratch and workspaces when a context's K/V is
@@ -125,11 +128,20 @@ class CudaBackend final : public Backend {
   void SqueezedAttention(std::span<const AttentionParams* const> calls);
   void SqueezedFixedPrefill(const AttentionParams& p, float* out, float* lse);
   // Squeezed attention helpers (false: fault recorded).
-  bool SqueezeHeads(const AttentionParams& p, gpu::SqueezeHeadDesc* out, int* max_clusters);
+  bool SqueezeHeads(const AttentionParams& p, gpu::SqueezeHeadDesc* out, int* max_clusters,
+                    bool coarse = false);
+  absl::Status UploadSqueezeLevel(const void* host_level, void* device_level);
   bool SqueezedPlanFor(int hq, int hkv, int d, int batch, int max_dyn, int max_clusters,
                        int64_t total_rows, int max_rows, const gpu::SqueezedDecodePlan** plan,
                        void** workspace);
-  void ReportKeptRows(const int32_t* kept_keys, std::span<const AttentionParams* const> calls);
+  void ReportToHost(const int32_t* counts, std::span<const AttentionParams* const> calls,
+                    int32_t* AttentionKeys::*field);
+  void ClusterMeanScores(const AttentionParams& p, const void* q_bf16,
+                         std::span<const gpu::SqueezeHeadDesc> heads, int stride, float* scores,
+                         const int32_t* cand, const int32_t* cand_count, int64_t cand_stride);
+  bool CoarseCandidates(std::span<const AttentionParams* const> calls, const float* q,
+                        const void* q_bf16, const int32_t** ids, const int32_t** counts,
+                        int64_t* stride);
   absl::StatusOr<const void*> ResidentSqueezeIndex(const SqueezeIndex& index);
   // Frees idle resident context copies until `bytes` fit next to the headroom; returns how many.
   int EvictResidentContexts(size_t bytes);
@@ -145,6 +157,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<Impl> impl_;
   absl::Status fault_;
   std::unique_ptr<KMeansSolver> kmeans_;
+  std::unique_ptr<class CudaSampler> sampler_;  // made on first use
 };
 
 }  // namespace squeeze
