@@ -27,8 +27,8 @@ class BinaryWriter {
     Pod<uint64_t>(s.size());
     out_->write(s.data(), static_cast<std::streamsize>(s.size()));
   }
-  template <typename T>
-  void Vector(const std::vector<T>& v) {
+  template <typename T, typename A>
+  void Vector(const std::vector<T, A>& v) {
     static_assert(std::is_trivially_copyable_v<T>);
     Pod<uint64_t>(v.size());
     out_->write(reinterpret_cast<const char*>(v.data()),
@@ -61,8 +61,8 @@ class BinaryReader {
     left_ -= n;
     return absl::OkStatus();
   }
-  template <typename T>
-  absl::Status Vector(std::vector<T>* v) {
+  template <typename T, typename A>
+  absl::Status Vector(std::vector<T, A>* v) {
     static_assert(std::is_trivially_copyable_v<T>);
     uint64_t n = 0;
     if (auto st = Pod(&n); !st.ok()) return st;

@@ -80,6 +80,27 @@ class SequenceKV {
   std::unique_ptr<Buffer> k_buf_, v_buf_;  // backend storage
 };
 
+// Host float storage whose resize leaves new elements uninitialised (default-init), for
+// buffers that are filled right after (a 128K-token context on an 8B shape is 34 GB: zeroing it
+// first would cost seconds).
+template <typename T>
+struct DefaultInitAllocator : std::allocator<T> {
+  template <typename U>
+  struct rebind {
+    using other = DefaultInitAllocator<U>;
+  };
+  using std::allocator<T>::allocator;
+  template <typename U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <typename U, typename... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+using HostFloats = std::vector<float, DefaultInitAllocator<float>>;
+
 // The immutable KV of a registered fixed context. Layout k[layer][kv_head][S][d], same for v.
 // Within each (layer, kv_head) the S rows are in *storage order*, which may be a permutation of
 // token order (Squeezed Attention stores keys grouped by cluster); `token_of` maps storage rows
@@ -88,7 +109,7 @@ class SequenceKV {
 struct ContextKV {
   KvShape shape;
   int num_tokens = 0;                 // S
-  std::vector<float> k, v;            // [L][Hkv][S][d]
+  HostFloats k, v;                    // [L][Hkv][S][d]
   std::vector<int32_t> token_of;      // [L][Hkv][S]: token position of each storage row
   // A backend's resident copy of k/v (Backend::ResidentContextKv), released with this object.
   // Whoever changes k or v must reset it.

@@ -271,7 +271,7 @@ TEST(SqueezeIndexTest, BadInputsAreRejectedAndLeaveTheContextUntouched) {
   {  // Non-finite key.
     ContextKV kv = c.kv;
     kv.k[kv.Offset(1, 1, 7) + 3] = std::numeric_limits<float>::infinity();
-    const std::vector<float> before = kv.k;
+    const HostFloats before = kv.k;
     auto index = BuildSqueezeIndex(&kv, c.capture, 4, o);
     ASSERT_FALSE(index.ok());
     EXPECT_THAT(std::string(index.status().message()), HasSubstr("context keys"));
