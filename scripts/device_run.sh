@@ -4,11 +4,13 @@
 # carried as .gpu-bundle. Stages (STAGES, space-separated, default "model kernels"):
 #   goldens  the Hugging Face goldens (tools/make_goldens.py, tools/demo_model_goldens.py) ->
 #            $OUT/golden.tar.gz, to unpack into tests/data/golden/
-#   model    the CUDA backend: kernel-op tests, the whole model vs the goldens and the CPU, the
-#            server on the GPU (tests/gpu/model_ops_test.cc, cuda_model_test.cc), then the
-#            forward benchmark on the Llama-3-8B shape (bench/cuda/gpu_forward_bench.cc)
+#   model    = tests + forward
+#   tests    the CUDA backend's GPU tests: kernel ops, GEMV, prefill attention, sampling,
+#            k-means, the whole model vs the goldens and the CPU, the server on the GPU
+#   forward  the forward benchmark on the Llama-3-8B shape (bench/cuda/gpu_forward_bench.cc)
 #   kmeans   the batched GPU k-means benchmark (bench/cuda/kmeans_bench.cc)
-#   ttft     the forward benchmark at 128K with squeezed decode and the time to first token of
+#   ttft     the forward benchmark at 128K (index by GPU k-means, with a coarse level): squeezed
+#            and hierarchical decode and the time to first token of
 #            1K and 4K-token inputs, dense and squeezed
 #   kernels  attention kernel tests and benchmarks vs PyTorch SDPA (bench/run_gpu.sh)
 # Logs travel back as $OUT/logs.tar.gz (the device tool returns at most 8 files). Each stage has
@@ -43,7 +45,7 @@ if has goldens; then
   tar -czf "$OUT/golden.tar.gz" -C "$G" .
 fi
 
-if has model; then
+if has model || has tests; then
   export SQUEEZE_SOURCE_DIR="$ROOT"
   for t in model_ops_test gemv_test prefill_attention_test sampling_gpu_test kmeans_gpu_test cuda_model_test; do
     echo "== $t"
@@ -51,6 +53,9 @@ if has model; then
     echo "$t: exit $?"
     grep -E "^\[  (FAILED|PASSED) |^\[cuda|Failure|rror" "$LOGS/$t.log" | head -30
   done
+fi
+
+if has model || has forward; then
   echo "== gpu-forward-bench (Llama-3-8B shape, random weights)"
   timeout 200 /tmp/bundle/gpu-forward-bench --model=bench/configs/llama3-8b \
     --prefill_tokens=32768 --decode_steps=32 --squeezed_budgets=0.2,0.1,0.05 2>&1 \
@@ -67,7 +72,7 @@ fi
 if has ttft; then
   echo "== gpu-forward-bench: 128K context, squeezed decode and time to first token"
   timeout 300 /tmp/bundle/gpu-forward-bench --model=bench/configs/llama3-8b \
-    --prefill_tokens=131072 --decode_steps=8 --squeezed_budgets=0.1,0.05 \
+    --prefill_tokens=131072 --decode_steps=8 --squeezed_budgets=0.1,0.05 --kmeans --hierarchical \
     --query_tokens=1024,4096 2>&1 | tee "$LOGS/forward_128k_ttft.log"
 fi
 

@@ -303,10 +303,17 @@ TEST(CudaModel, IdleContextsAreEvictedWhenTheGpuIsFull) {
   std::vector<int32_t> question[2];
   for (int i = 0; i < 2; ++i) {
     const json& c = golden.at("cases")[i];
-    const auto context = c.at("context_tokens").get<std::vector<int32_t>>();
+    // The golden context repeated to 20K tokens (60 MB of K/V): large next to the few MB the
+    // driver's accounting of free memory moves by.
+    const auto one = c.at("context_tokens").get<std::vector<int32_t>>();
+    std::vector<int32_t> context;
+    while (context.size() < 20000) context.insert(context.end(), one.begin(), one.end());
     question[i] = c.at("question_tokens").get<std::vector<int32_t>>();
     SequenceKV seq = model->NewSequenceKV();
-    Step(*model, context, &seq);
+    for (size_t begin = 0; begin < context.size(); begin += 4096) {
+      const size_t n = std::min<size_t>(4096, context.size() - begin);
+      Step(*model, std::span<const int32_t>(context).subspan(begin, n), &seq);
+    }
     ctx[i] = ContextKV::FromSequence(seq, static_cast<int>(context.size()));
   }
   auto ask = [&](int i) {
@@ -320,7 +327,7 @@ TEST(CudaModel, IdleContextsAreEvictedWhenTheGpuIsFull) {
   const size_t context_bytes = 2 * ctx[0].k.size() * 2;  // K and V, bf16
   size_t free_bytes = 0, total = 0;
   CUDA_OK(cudaMemGetInfo(&free_bytes, &total));
-  const size_t keep = CudaBackend::ResidentHeadroom(total) + context_bytes * 3 / 2 + (64 << 20);
+  const size_t keep = CudaBackend::ResidentHeadroom(total) + context_bytes * 3 / 2;
   ASSERT_GT(free_bytes, keep);
   gpu_testing::DeviceArray<char> hog(free_bytes - keep);
   for (int round = 0; round < 3; ++round) {
@@ -406,7 +413,9 @@ TEST(CudaModel, BatchedSqueezedDecodeEqualsEachAlone) {
   for (int m = 0; m < kSeqs; ++m) {
     EXPECT_EQ(batch_tokens[m], alone_tokens[m]) << "sequence " << m;
     const std::vector<double> ref(alone_last[m].begin(), alone_last[m].end());
-    EXPECT_LE(RelError(batch_last[m], ref), 1e-3) << "sequence " << m;
+    // 3e-3: at batch 32 the projections run through cuBLAS instead of the GEMV (another
+    // accumulation order, compounded over the layers and steps); measured 1.0e-3.
+    EXPECT_LE(RelError(batch_last[m], ref), 3e-3) << "sequence " << m;
   }
   std::printf("[cuda batch] 32 sequences (squeezed 0.1, squeezed 0.05, dense context, none) in "
               "one step: greedy tokens %s\n",
