@@ -10,7 +10,7 @@ namespace squeeze::gpu {
 namespace {
 
 constexpr int kWarps = 8;
-constexpr int kUnroll = 4;  // 16-byte weight loads in flight per lane
+constexpr int kUnroll = 8;  // 16-byte weight loads in flight per lane
 constexpr size_t kMaxSmem = 96 * 1024;
 
 __device__ __forceinline__ uint4 LoadStreaming(const uint4* p) {
