@@ -267,7 +267,6 @@ int Main() {
   t0 = Now();
   ContextKV ctx = ContextKV::FromSequence(kv, S);
   const double to_host_s = Now() - t0;
-  kv = SequenceKV();  // free the device copy; the context gets its own resident one
   SqueezeIndex index;
   if (absl::GetFlag(FLAGS_kmeans)) {
     SqueezeOptions options;
@@ -276,17 +275,19 @@ int Main() {
     options.hierarchical = absl::GetFlag(FLAGS_hierarchical);
     BuildTimings timings;
     CudaKMeans kmeans;
-    auto built = BuildSqueezeIndex(&ctx, capture, c.num_heads, options, nullptr, &timings, &kmeans);
+    // As a registration does: the prefill's KV, still on the device, clustered in place.
+    auto built = BuildSqueezeIndex(&ctx, capture, c.num_heads, options, nullptr, &timings,
+                                   &kmeans, &kv);
     if (!built.ok()) {
       std::fprintf(stderr, "index: %s\n", std::string(built.status().message()).c_str());
       return 1;
     }
     index = *std::move(built);
     std::printf("\nindex of the %d-token context (%d layers x %d KV heads, 5%% centroids, GPU "
-                "k-means, <= 25 iterations): k-means %.2f s (with the upload of each head's "
-                "keys), row reorder %.2f s, calibration %.2f s (KV to the host before it: "
-                "%.2f s)\n",
+                "k-means on the device KV in place, <= 25 iterations%s): k-means %.2f s, row "
+                "reorder %.2f s, calibration %.2f s (KV to the host before it: %.2f s)\n",
                 S, c.num_layers, c.num_kv_heads,
+                options.hierarchical ? ", coarse level 1% on the GPU too" : "",
                 timings.clustering_seconds - timings.reorder_seconds, timings.reorder_seconds,
                 timings.calibration_seconds, to_host_s);
   }
@@ -348,6 +349,7 @@ int Main() {
       return 1;
     }
   }
+  kv = SequenceKV();  // free the prefill's device copy; the context gets its own resident one
   std::printf("\nfixed context of %d tokens: %lld centroids (5%%), index made in %.1f s\n", S,
               static_cast<long long>(index.num_centroids()), Now() - t0);
 

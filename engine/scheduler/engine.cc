@@ -637,7 +637,6 @@ void Engine::BuildAndPublish(Registration& reg) {
   auto context = std::make_shared<RegisteredContext>();
   const int S = static_cast<int>(reg.tokens.size());
   context->kv = ContextKV::FromSequence(reg.kv, S);
-  reg.kv = SequenceKV();
   ContextSummary& s = context->summary;
   if (reg.request.build_index) {
     auto progress = [&](std::string_view stage, double fraction) {
@@ -648,9 +647,13 @@ void Engine::BuildAndPublish(Registration& reg) {
     };
     BuildTimings build_timings;
     // The backend's k-means (the GPU's) when it has one; it runs on this (indexer) thread.
+    // The prefill's KV, still in device memory, is clustered in place by a GPU solver.
+    Backend* be = reg.kv.backend();
+    const bool on_device = be != nullptr && !be->host_memory();
     auto index = BuildSqueezeIndex(&context->kv, reg.capture, model_config().num_heads,
                                    reg.request.index, progress, &build_timings,
-                                   model_->backend().kmeans_solver());
+                                   model_->backend().kmeans_solver(),
+                                   on_device ? &reg.kv : nullptr);
     if (!index.ok()) return fail(index.status());
     reg.timings.clustering_seconds = build_timings.clustering_seconds;
     reg.timings.calibration_seconds = build_timings.calibration_seconds;
@@ -658,6 +661,7 @@ void Engine::BuildAndPublish(Registration& reg) {
     s.num_centroids = context->index->num_centroids();
     s.num_coarse_centroids = context->index->num_coarse_centroids();
   }
+  reg.kv = SequenceKV();  // the prefill's device copy is no longer needed
   if (reg.handle->cancelled()) return fail(absl::CancelledError("registration cancelled"));
   s.name = reg.request.name;
   s.num_tokens = S;

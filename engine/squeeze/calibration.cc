@@ -1,10 +1,12 @@
 #include "engine/squeeze/calibration.h"
 
+#include <mutex>
 #include <cmath>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "engine/common/parallel_for.h"
 #include "engine/squeeze/cluster_scores.h"
 
 namespace squeeze {
@@ -18,35 +20,59 @@ absl::Status CalibrateSqueezeIndex(std::span<const float* const> window_q, Squee
         "calibration: window queries for %d layers, index has %d", window_q.size(), L));
   }
   const size_t token_stride = static_cast<size_t>(Hq) * d;
-  std::vector<std::pair<float, int64_t>> fine, coarse;  // (score, keys carrying it)
-  std::vector<float> scores;
-  ClusterScorer scorer;
-
-  for (int l = 0; l < L; ++l) {
-    for (int h = 0; h < Hkv; ++h) {
-      const SqueezeHeadIndex& head = index->head(l, h);
-      const float* q = window_q[l] + static_cast<size_t>(h) * G * d;  // head h*G of token 0
-      // Fine level, then (hierarchical) coarse level: same estimator, own sizes.
-      for (int level = 0; level < 2; ++level) {
-        const bool is_coarse = level == 1;
-        if (is_coarse && !index->hierarchical()) break;
-        const int C = is_coarse ? head.num_coarse() : head.num_clusters();
-        const std::vector<int32_t>& sizes = is_coarse ? head.coarse_sizes : head.sizes;
-        scores.resize(C);
-        scorer.Average(q, W, G, token_stride,
-                       is_coarse ? head.coarse_centroids.data() : head.centroids.data(),
-                       sizes.data(), C, d, scores.data());
-        for (int c = 0; c < C; ++c) {
-          if (!std::isfinite(scores[c])) {
-            return absl::InternalError(absl::StrFormat(
-                "calibration: non-finite %s score %g at layer %d, kv head %d, cluster %d",
-                is_coarse ? "coarse" : "fine", scores[c], l, h, c));
-          }
-          (is_coarse ? coarse : fine).emplace_back(scores[c], sizes[c]);
+  // Every (layer, KV head) scored on its own (in parallel; each head's scores are computed as
+  // they would be alone), then gathered in (layer, head) order, so the result does not depend
+  // on the thread count.
+  struct HeadScores {
+    std::vector<float> fine, coarse;
+    absl::Status status;
+  };
+  std::vector<HeadScores> per_head(static_cast<size_t>(L) * Hkv);
+  // Progress from the worker threads, one call at a time (the callback need not be
+  // thread-safe), once per finished layer's worth of heads.
+  std::mutex progress_mu;
+  int heads_done = 0;
+  ParallelFor(per_head.size(), [&](size_t slot) {
+    const int l = static_cast<int>(slot / Hkv), h = static_cast<int>(slot % Hkv);
+    thread_local ClusterScorer scorer;
+    const SqueezeHeadIndex& head = index->head(l, h);
+    const float* q = window_q[l] + static_cast<size_t>(h) * G * d;  // head h*G of token 0
+    HeadScores& out = per_head[slot];
+    // Fine level, then (hierarchical) coarse level: same estimator, own sizes.
+    for (int level = 0; level < 2; ++level) {
+      const bool is_coarse = level == 1;
+      if (is_coarse && !index->hierarchical()) break;
+      const int C = is_coarse ? head.num_coarse() : head.num_clusters();
+      std::vector<float>& scores = is_coarse ? out.coarse : out.fine;
+      scores.resize(C);
+      scorer.Average(q, W, G, token_stride,
+                     is_coarse ? head.coarse_centroids.data() : head.centroids.data(),
+                     is_coarse ? head.coarse_sizes.data() : head.sizes.data(), C, d,
+                     scores.data());
+      for (int c = 0; c < C; ++c) {
+        if (!std::isfinite(scores[c]) && out.status.ok()) {
+          out.status = absl::InternalError(absl::StrFormat(
+              "calibration: non-finite %s score %g at layer %d, kv head %d, cluster %d",
+              is_coarse ? "coarse" : "fine", scores[c], l, h, c));
         }
       }
     }
-    if (progress) progress("calibrating", static_cast<double>(l + 1) / L);
+    if (progress) {
+      std::lock_guard<std::mutex> lock(progress_mu);
+      if (++heads_done % Hkv == 0) {
+        progress("calibrating", static_cast<double>(heads_done) / (static_cast<double>(L) * Hkv));
+      }
+    }
+  });
+  std::vector<std::pair<float, int64_t>> fine, coarse;  // (score, keys carrying it)
+  for (size_t slot = 0; slot < per_head.size(); ++slot) {
+    const HeadScores& hs = per_head[slot];
+    if (!hs.status.ok()) return hs.status;
+    const SqueezeHeadIndex& head = index->heads[slot];
+    for (size_t c = 0; c < hs.fine.size(); ++c) fine.emplace_back(hs.fine[c], head.sizes[c]);
+    for (size_t c = 0; c < hs.coarse.size(); ++c) {
+      coarse.emplace_back(hs.coarse[c], head.coarse_sizes[c]);
+    }
   }
   index->fine_scores = ScoreDistribution::FromWeightedScores(std::move(fine));
   index->coarse_scores = ScoreDistribution::FromWeightedScores(std::move(coarse));

@@ -22,6 +22,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <random>
 #include <span>
 #include <vector>
@@ -75,6 +76,23 @@ class KMeansSolver {
   virtual std::vector<KMeansResult> RunBatch(std::span<const float* const> points, int n, int d,
                                              int k, int max_iterations,
                                              std::span<std::mt19937_64* const> rngs);
+
+  // Point sets that already live in the solver's device memory (the prefill's KV cache): set p's
+  // row i at element p * problem_stride + i * row_stride of `data`, bf16 or fp32.
+  struct DevicePoints {
+    const void* data = nullptr;
+    bool bf16 = true;
+    int64_t problem_stride = 0;  // elements
+    int64_t row_stride = 0;      // elements, >= d
+  };
+  // RunBatch on such points, read in place (no host copy, no upload). nullopt when this solver
+  // cannot (the default) or failed; rngs are then left as they were, for a RunBatch on the host
+  // copy of the same points.
+  virtual std::optional<std::vector<KMeansResult>> RunBatchInPlace(
+      const DevicePoints& /*points*/, int /*num_problems*/, int /*n*/, int /*d*/, int /*k*/,
+      int /*max_iterations*/, std::span<std::mt19937_64* const> /*rngs*/) {
+    return std::nullopt;
+  }
 };
 
 }  // namespace squeeze

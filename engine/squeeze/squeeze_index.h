@@ -97,12 +97,15 @@ struct BuildTimings {
 // `kv` is untouched when an error is returned. Errors (InvalidArgument) name the option or
 // tensor at fault: bad option values, sinks + window > S, W == 0 with M > 0 (calibration needs
 // the window queries), missing or mis-sized window queries, non-finite keys or queries.
-// `solver`, when given, clusters the fine level instead of the CPU SphericalKMeans (the GPU
-// k-means); the coarse level (a few hundred centroids) always runs on the CPU.
+// `solver`, when given, clusters both levels instead of the CPU SphericalKMeans (the GPU
+// k-means). `device_keys`, optional: the same context's KV still in the solver's device memory
+// (the prefill's SequenceKV, token order, at least kv->num_tokens rows), which the solver then
+// clusters in place instead of uploading the host keys.
 absl::StatusOr<SqueezeIndex> BuildSqueezeIndex(ContextKV* kv, const QueryCapture& window,
                                                int num_q_heads, const SqueezeOptions& options,
                                                const SqueezeProgress& progress = nullptr,
                                                BuildTimings* timings = nullptr,
-                                               KMeansSolver* solver = nullptr);
+                                               KMeansSolver* solver = nullptr,
+                                               const SequenceKV* device_keys = nullptr);
 
 }  // namespace squeeze

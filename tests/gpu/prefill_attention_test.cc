@@ -244,7 +244,8 @@ void RunFixedCase(int d, int group, int n, const std::vector<int>& lens, uint64_
       const float* row_lse = got_lse.data() + static_cast<size_t>(t) * hq + h * group;
       if (lens[h] == 0) {
         for (int i = 0; i < group * d; ++i) bad += row[i] != 0.0f;
-        for (int g = 0; g < group; ++g) bad += row_lse[g] != -std::numeric_limits<float>::infinity();
+        constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+        for (int g = 0; g < group; ++g) bad += row_lse[g] != kNegInf;
         continue;
       }
       const AttentionShape shape{1, group, 1, d, scale};

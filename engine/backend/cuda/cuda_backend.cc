@@ -1106,7 +1106,8 @@ bool CudaBackend::CoarseCandidates(std::span<const AttentionParams* const> calls
   char* desc = static_cast<char*>(Scratch(kCoarseDesc, desc_bytes + sizeof(float) * B + 256));
   auto* cand = static_cast<int32_t*>(
       Scratch(kCandidates, sizeof(int32_t) * coarse.size() * static_cast<size_t>(max_fine)));
-  auto* cand_count = static_cast<int32_t*>(Scratch(kCandidateCounts, sizeof(int32_t) * coarse.size()));
+  auto* cand_count =
+      static_cast<int32_t*>(Scratch(kCandidateCounts, sizeof(int32_t) * coarse.size()));
   if (desc == nullptr || cand == nullptr || cand_count == nullptr) return false;
   auto* dev_desc = reinterpret_cast<gpu::SqueezeHeadDesc*>(desc);
   auto* dev_tau = reinterpret_cast<float*>(desc + desc_bytes);

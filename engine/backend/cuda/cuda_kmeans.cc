@@ -432,6 +432,28 @@ std::vector<KMeansResult> CudaKMeans::RunBatch(std::span<const float* const> poi
   return results;
 }
 
+std::optional<std::vector<KMeansResult>> CudaKMeans::RunBatchInPlace(
+    const DevicePoints& points, int num_problems, int n, int d, int k, int max_iterations,
+    std::span<std::mt19937_64* const> rngs) {
+  if (num_problems != static_cast<int>(rngs.size())) return std::nullopt;
+  gpu::KMeansRawPoints raw;
+  if (points.bf16) {
+    raw.b16 = static_cast<const gpu::bf16*>(points.data);
+  } else {
+    raw.f32 = static_cast<const float*>(points.data);
+  }
+  raw.problem_stride = points.problem_stride;
+  raw.row_stride = points.row_stride;
+  std::vector<std::mt19937_64> saved;
+  for (const std::mt19937_64* r : rngs) saved.push_back(*r);
+  auto out = ClusterOnDevice(raw, n, d, k, max_iterations, rngs);
+  if (out.ok()) return *std::move(out);
+  spdlog::warn("cuda k-means in place: {}; clustering the host copy instead",
+               std::string(out.status().message()));
+  for (size_t i = 0; i < rngs.size(); ++i) *rngs[i] = saved[i];
+  return std::nullopt;
+}
+
 absl::StatusOr<std::vector<KMeansResult>> CudaKMeans::ClusterOnDevice(
     const gpu::KMeansRawPoints& points, int n, int d, int k, int max_iterations,
     std::span<std::mt19937_64* const> rngs) {

@@ -89,6 +89,12 @@ class CudaKMeans final : public KMeansSolver {
   // The same clustering of points that already live on the device (fp32 or bf16, any strides,
   // e.g. a bf16 KV cache [L][Hkv][S][d] read in place), num_problems == rngs.size(), d <= 128.
   // No CPU fallback: a CUDA error is returned.
+  // ClusterOnDevice for the engine's registration (KMeansSolver::DevicePoints); on an error the
+  // rngs are restored and nullopt returned (logged), and the caller clusters the host copy.
+  std::optional<std::vector<KMeansResult>> RunBatchInPlace(
+      const DevicePoints& points, int num_problems, int n, int d, int k, int max_iterations,
+      std::span<std::mt19937_64* const> rngs) override;
+
   absl::StatusOr<std::vector<KMeansResult>> ClusterOnDevice(const gpu::KMeansRawPoints& points,
                                                             int n, int d, int k, int max_iterations,
                                                             std::span<std::mt19937_64* const> rngs);
