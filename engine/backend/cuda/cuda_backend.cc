@@ -523,6 +523,7 @@ int CudaBackend::EvictResidentContexts(size_t bytes) {
     if (oldest == nullptr) break;
     oldest->k.reset();
     oldest->v.reset();
+    impl_->pool->Trim();  // the released blocks went to the pool's cache: back to the driver
     ++evicted;
     cudaMemGetInfo(&free_bytes, &total);
   }
