@@ -489,6 +489,8 @@ absl::StatusOr<const float*> CudaBackend::RandomVector(int n, uint64_t seed, flo
 
 // ---- KV -----------------------------------------------------------------------------------------
 
+void CudaBackend::ReleaseCachedMemory() { impl_->pool->Trim(); }
+
 size_t CudaBackend::ResidentHeadroom(size_t total_bytes) {
   return std::max<size_t>(size_t{2} << 30, total_bytes / 100 * 3);
 }

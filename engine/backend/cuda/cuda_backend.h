@@ -91,6 +91,9 @@ class CudaBackend final : public Backend {
   // Device memory kept free for activations, scratch and workspaces when a context's K/V is
   // made resident (idle contexts are evicted to keep it): max(2 GiB, 3% of the device).
   static size_t ResidentHeadroom(size_t total_bytes);
+  // Returns the device blocks the allocator keeps for reuse to the driver (free memory as
+  // cudaMemGetInfo reports it then counts them).
+  void ReleaseCachedMemory();
 
   void MatMul(const float* x, const Matrix& w, float* y, int m, bool accumulate) override;
   void NormMatMuls(const float* x, const float* norm_weight, float eps, float* h, int m,
