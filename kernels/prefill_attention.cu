@@ -23,6 +23,7 @@
 #include <cstdint>
 
 #include "kernels/attention_core.cuh"
+#include "kernels/mma_tile.cuh"
 #include "kernels/prefill_attention.cuh"
 
 namespace squeeze::gpu {
@@ -42,40 +43,11 @@ struct PrefillSmem {
   static constexpr int kBytes = kVOff + kStages * kTileBytes;  // 128 KB (d=128), 64 KB (d=64)
 };
 
-// Byte offset of 16-byte chunk `c` of row `r` in a swizzled [rows][D] bf16 tile.
-template <int D>
-__device__ __forceinline__ uint32_t SwizzledOffset(int r, int c) {
-  return static_cast<uint32_t>(r * (D * 2) + ((c ^ (r & 7)) << 4));
-}
-
-__device__ __forceinline__ void Ldsm4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
-                                      uint32_t& r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr));
-}
-__device__ __forceinline__ void Ldsm4T(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
-                                       uint32_t& r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr));
-}
-
-// c[16x8] += a[16x16] (row) * b[16x8] (col), bf16 inputs, fp32 accumulators.
-__device__ __forceinline__ void MmaBf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                        uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Two floats -> bf16x2 (lo in the low half: the lower column/key index of an mma fragment).
-__device__ __forceinline__ uint32_t PackBf16x2(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
+using detail::Ldsm4;
+using detail::Ldsm4T;
+using detail::MmaBf16;
+using detail::PackBf16x2;
+using detail::SwizzledOffset;
 
 // Copies rows [row0, row0 + kRows) of a [rows][D] bf16 matrix (row stride `stride` elements) into
 // a swizzled shared tile; rows at or past `valid_rows` are zero-filled and not read.

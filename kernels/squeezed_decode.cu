@@ -113,49 +113,19 @@ SqueezeSelection SelectionInWorkspace(const SqueezedDecodePlan& plan, void* ws) 
   return sel;
 }
 
-cudaError_t LaunchSelectFromScores(const SqueezedDecodePlan& plan, const SqueezeHeadDesc* heads,
-                                   const float* tau, const float* scores, void* ws,
-                                   cudaStream_t stream, const int32_t* candidates,
-                                   const int32_t* num_candidates, int64_t candidate_stride) {
-  if (ws == nullptr || scores == nullptr) return cudaErrorInvalidValue;
-  const SqueezedDecodeShape& s = plan.shape;
-  CentroidLookupParams l;
-  l.batch = s.batch;
-  l.num_q_heads = s.num_q_heads;
-  l.num_kv_heads = s.num_kv_heads;
-  l.head_dim = s.head_dim;
-  l.heads = heads;
-  l.tau = tau;
-  l.plan = plan.lookup;
-  l.seg_cluster = At<int32_t>(ws, plan.seg_cluster);
-  l.seg_row = At<int32_t>(ws, plan.seg_row);
-  l.seg_key = At<int32_t>(ws, plan.seg_key);
-  l.block_counts = At<unsigned long long>(ws, plan.block_counts);
-  l.counters = At<uint32_t>(ws, plan.counters);
-  l.scores_in = scores;
-  l.candidates = candidates;
-  l.num_candidates = num_candidates;
-  l.candidate_stride = candidate_stride;
-  l.sel = SelectionInWorkspace(plan, ws);
-  l.target_chunks = plan.target_chunks;
-  l.max_chunks = plan.max_chunks;
-  return LaunchCentroidLookup(l, stream);
-}
+namespace {
 
-cudaError_t LaunchLookupFromQueries(const SqueezedDecodePlan& plan, float scale, const float* q,
-                                    const SqueezeHeadDesc* heads, bool centroids_bf16,
-                                    const float* tau, void* ws, cudaStream_t stream) {
-  if (ws == nullptr || q == nullptr) return cudaErrorInvalidValue;
+// The lookup's parameters for a plan and its workspace: shapes, plan, workspace areas and the
+// selection outputs; the caller sets the query or score inputs.
+CentroidLookupParams LookupInWorkspace(const SqueezedDecodePlan& plan, const SqueezeHeadDesc* heads,
+                                       const float* tau, void* ws) {
   const SqueezedDecodeShape& s = plan.shape;
   CentroidLookupParams l;
   l.batch = s.batch;
   l.num_q_heads = s.num_q_heads;
   l.num_kv_heads = s.num_kv_heads;
   l.head_dim = s.head_dim;
-  l.scale = scale;
-  l.q = q;
   l.heads = heads;
-  l.centroids_bf16 = centroids_bf16;
   l.tau = tau;
   l.plan = plan.lookup;
   l.logits = At<float>(ws, plan.logits);
@@ -169,6 +139,32 @@ cudaError_t LaunchLookupFromQueries(const SqueezedDecodePlan& plan, float scale,
   l.sel = SelectionInWorkspace(plan, ws);
   l.target_chunks = plan.target_chunks;
   l.max_chunks = plan.max_chunks;
+  return l;
+}
+
+}  // namespace
+
+cudaError_t LaunchSelectFromScores(const SqueezedDecodePlan& plan, const SqueezeHeadDesc* heads,
+                                   const float* tau, const float* scores, void* ws,
+                                   cudaStream_t stream, const int32_t* candidates,
+                                   const int32_t* num_candidates, int64_t candidate_stride) {
+  if (ws == nullptr || scores == nullptr) return cudaErrorInvalidValue;
+  CentroidLookupParams l = LookupInWorkspace(plan, heads, tau, ws);
+  l.scores_in = scores;
+  l.candidates = candidates;
+  l.num_candidates = num_candidates;
+  l.candidate_stride = candidate_stride;
+  return LaunchCentroidLookup(l, stream);
+}
+
+cudaError_t LaunchLookupFromQueries(const SqueezedDecodePlan& plan, float scale, const float* q,
+                                    const SqueezeHeadDesc* heads, bool centroids_bf16,
+                                    const float* tau, void* ws, cudaStream_t stream) {
+  if (ws == nullptr || q == nullptr) return cudaErrorInvalidValue;
+  CentroidLookupParams l = LookupInWorkspace(plan, heads, tau, ws);
+  l.scale = scale;
+  l.q = q;
+  l.centroids_bf16 = centroids_bf16;
   return LaunchCentroidLookup(l, stream);
 }
 
@@ -211,31 +207,13 @@ cudaError_t LaunchSqueezedDecode(const SqueezedDecodePlan& plan, const SqueezedD
   }
 
   const SqueezeSelection sel = SelectionInWorkspace(plan, ws);
-  CentroidLookupParams l;
-  l.batch = s.batch;
-  l.num_q_heads = s.num_q_heads;
-  l.num_kv_heads = s.num_kv_heads;
-  l.head_dim = s.head_dim;
+  CentroidLookupParams l = LookupInWorkspace(plan, p.heads, p.tau, ws);
   l.scale = p.scale;
   l.q = p.q;
-  l.heads = p.heads;
   l.centroids_bf16 = p.centroids_bf16;
-  l.tau = p.tau;
-  l.plan = plan.lookup;
-  l.logits = At<float>(ws, plan.logits);
-  l.block_max = At<float>(ws, plan.block_max);
-  l.block_den = At<float>(ws, plan.block_den);
-  l.seg_cluster = At<int32_t>(ws, plan.seg_cluster);
-  l.seg_row = At<int32_t>(ws, plan.seg_row);
-  l.seg_key = At<int32_t>(ws, plan.seg_key);
-  l.block_counts = At<unsigned long long>(ws, plan.block_counts);
-  l.counters = At<uint32_t>(ws, plan.counters);
-  l.sel = sel;
   l.candidates = p.candidates;
   l.num_candidates = p.num_candidates;
   l.candidate_stride = p.candidate_stride;
-  l.target_chunks = plan.target_chunks;
-  l.max_chunks = plan.max_chunks;
   if (stages & kStageLookup) {
     err = LaunchCentroidLookup(l, stream);
     if (err != cudaSuccess) return err;

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/attention_core.cuh"
 #include "kernels/squeezed_prefill.cuh"
 
 namespace squeeze::gpu {
@@ -10,17 +11,8 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 
-__device__ __forceinline__ float WarpMaxF(float x) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-  return x;
-}
-
-__device__ __forceinline__ float WarpSumF(float x) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
+using detail::WarpMax;
+using detail::WarpSum;
 
 // One warp per row: the maximum, then the size-weighted sum of exponentials.
 // Columns taking part: the first *num_cand ids of cand, or all C.
@@ -43,13 +35,13 @@ __global__ void __launch_bounds__(kThreads)
   const float* s = logits + static_cast<size_t>(row) * ld;
   float m = -INFINITY;
   for (int i = lane; i < count; i += 32) m = fmaxf(m, s[ColumnId(i, cand)]);
-  m = WarpMaxF(m);
+  m = WarpMax(m);
   float den = 0.0f;
   for (int i = lane; i < count; i += 32) {
     const int c = ColumnId(i, cand);
     den += static_cast<float>(__ldg(sizes + c)) * expf(s[c] - m);
   }
-  den = WarpSumF(den);
+  den = WarpSum(den);
   if (lane == 0) {
     row_max[row] = m;
     row_inv[row] = count > 0 ? 1.0f / den : 0.0f;  // den >= 1: the arg-max cluster has N >= 1

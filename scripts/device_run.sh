@@ -47,7 +47,7 @@ fi
 
 if has model || has tests; then
   export SQUEEZE_SOURCE_DIR="$ROOT"
-  for t in ${TESTS:-model_ops_test gemv_test prefill_attention_test sampling_gpu_test kmeans_gpu_test cuda_model_test}; do
+  for t in ${TESTS:-model_ops_test gemv_test attention_kernels_test prefill_attention_test sampling_gpu_test kmeans_gpu_test cuda_model_test}; do
     echo "== $t"
     timeout 240 /tmp/bundle/$t > "$LOGS/$t.log" 2>&1
     echo "$t: exit $?"
