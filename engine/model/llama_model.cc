@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/rope.h"
@@ -398,6 +399,13 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
   const float eps = c.rms_norm_eps;
   Backend& be = *backend_;
 
+  // A step that fails part-way leaves the backend idle before returning: queued work finished,
+  // pending copies delivered, and (device backends) the contexts it made resident evictable
+  // again.
+  bool settled = false;
+  absl::Cleanup settle = [&] {
+    if (!settled) be.Synchronize().IgnoreError();
+  };
   const StepPlan plan = PlanSteps(steps);
   const int T = static_cast<int>(plan.tokens.size());
   const int num_logits = static_cast<int>(plan.logit_rows.size());
@@ -501,6 +509,7 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
     const Backend::MatMulOutput head[] = {{&w_.lm_head, a.logits}};
     be.NormMatMuls(a.last, w_.final_norm, eps, a.last, num_logits, head);
   }
+  settled = true;
   RETURN_IF_ERROR(be.Synchronize());
   // Device-side selections of this step, now written: into each selector's statistics.
   for (size_t i = 0; i < steps.size(); ++i) {
