@@ -70,10 +70,26 @@ __device__ void InverseRms(const float* __restrict__ x, int k, float eps, float*
 
 __device__ __forceinline__ float Silu(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 
+// Row `row` of the concatenated matrices: its output and its row within that output
+// (warp-uniform; compile-time indices into p.out).
+__device__ __forceinline__ GemvOutput OutputOfRow(const GemvParams& p, int row, int* local) {
+  GemvOutput o = p.out[0];
+  *local = row;
+#pragma unroll
+  for (int j = 1; j < kGemvMaxOutputs; ++j) {
+    if (j < p.num_outputs && *local >= o.n) {
+      *local -= o.n;
+      o = p.out[j];
+    }
+  }
+  return o;
+}
+
 // Grid-stride over the concatenated output rows of all matrices, one warp per row; the input
 // rows (transformed, rounded to bf16) staged once per CTA in shared memory. (Measured on the
 // H200: ~3% faster end to end than reading x through the read-only cache in the loop,
-// bench/RESULTS.md.)
+// bench/RESULTS.md. Launching it as a programmatic dependent of the previous GEMV, with its
+// first weight lines prefetched to L2 before griddepcontrol.wait, made decode 3-5% slower.)
 template <int M>
 __global__ void __launch_bounds__(kWarps * 32) GemvKernel(const GemvParams p, int total_rows) {
   extern __shared__ uint4 xs[];  // [M][k / 8]
@@ -102,16 +118,8 @@ __global__ void __launch_bounds__(kWarps * 32) GemvKernel(const GemvParams p, in
   __syncthreads();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int row = blockIdx.x * kWarps + warp; row < total_rows; row += gridDim.x * kWarps) {
-    // Which matrix this row belongs to (warp-uniform; compile-time indices into p.out).
-    GemvOutput o = p.out[0];
-    int local = row;
-#pragma unroll
-    for (int j = 1; j < kGemvMaxOutputs; ++j) {
-      if (j < p.num_outputs && local >= o.n) {
-        local -= o.n;
-        o = p.out[j];
-      }
-    }
+    int local = 0;
+    const GemvOutput o = OutputOfRow(p, row, &local);
     const uint4* wr = reinterpret_cast<const uint4*>(o.w + static_cast<size_t>(local) * k);
     float acc[M];
 #pragma unroll
