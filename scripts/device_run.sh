@@ -12,6 +12,7 @@
 #   ttft     the forward benchmark at 128K (index by GPU k-means, with a coarse level): squeezed
 #            and hierarchical decode and the time to first token of
 #            1K and 4K-token inputs, dense and squeezed
+#   accuracy the retrieval accuracy benchmark through the server on the GPU (bench/run_accuracy.sh)
 #   kernels  attention kernel tests and benchmarks vs PyTorch SDPA (bench/run_gpu.sh)
 # Logs travel back as $OUT/logs.tar.gz (the device tool returns at most 8 files). Each stage has
 # a time limit so one hang cannot eat the call.
@@ -74,6 +75,13 @@ if has ttft; then
   timeout 300 /tmp/bundle/gpu-forward-bench --model=bench/configs/llama3-8b \
     --prefill_tokens=131072 --decode_steps=8 --squeezed_budgets=0.1,0.05 --kmeans --hierarchical \
     --query_tokens=1024,4096 2>&1 | tee "$LOGS/forward_128k_ttft.log"
+fi
+
+if has accuracy; then
+  echo "== accuracy benchmark through the server on the GPU (demo model, as bench/RESULTS.md §1)"
+  timeout 420 bash bench/run_accuracy.sh /tmp/bundle ${ACCURACY_N:-10} 4096 8192 \
+    > "$LOGS/accuracy.log" 2>&1 || echo "run_accuracy.sh: exit $?"
+  tail -40 "$LOGS/accuracy.log"
 fi
 
 if has kernels; then

@@ -10,7 +10,8 @@ BUILD=${BUILD:-$ROOT/build-cuda}
 OUTDIR=$ROOT/.gpu-bundle
 cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release > /dev/null
 BINS=(attention_kernels_test prefill_attention_test model_ops_test gemv_test kmeans_gpu_test cuda_model_test sampling_gpu_test
-      gpu-attention-bench gpu-prefill-bench gpu-forward-bench kmeans-bench squeeze-server squeeze-cli)
+      gpu-attention-bench gpu-prefill-bench gpu-forward-bench kmeans-bench accuracy-bench squeeze-server
+      squeeze-cli)
 cmake --build "$BUILD" --target "${BINS[@]}" -j "$(nproc)"
 rm -rf "$OUTDIR"
 mkdir -p "$OUTDIR/lib"
