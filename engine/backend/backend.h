@@ -29,6 +29,7 @@
 namespace squeeze {
 
 struct ContextKV;
+class SequenceKV;
 class KMeansSolver;
 
 // Storage element types of weights and KV.
@@ -215,6 +216,12 @@ class Backend {
   // the last Synchronize(), least recently used first (they are uploaded again on their next
   // use); RESOURCE_EXHAUSTED, with the sizes, when even that leaves too little.
   virtual absl::StatusOr<ContextKvView> ResidentContextKv(const ContextKV& ctx) = 0;
+  // A just-registered context whose prefill KV (`source`, token order, this backend's memory)
+  // is still here: a device backend makes ctx's resident copy from it, rows gathered into
+  // ctx's storage order (ctx.token_of), instead of uploading the host copy at first use. Best
+  // effort (no room: nothing is kept, first use uploads as usual); the caller releases
+  // `source` afterwards. Default: nothing.
+  virtual void AdoptContextKv(const ContextKV& /*ctx*/, SequenceKV&& /*source*/) {}
 
   // ---- ops ---------------------------------------------------------------------------------
   // y[m, n] = x[m, k] . w[n, k]^T with n = w.rows, k = w.cols (w in Hugging Face [out, in]

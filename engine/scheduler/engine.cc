@@ -334,15 +334,17 @@ EngineStats Engine::stats() const {
 }
 
 void Engine::Loop() {
+  std::deque<Adoption> adopt;
   while (true) {
     {
       absl::MutexLock lock(&mu_);
       auto has_work = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
         return stop_ || !incoming_.empty() || !incoming_regs_.empty() || !waiting_.empty() ||
-               !running_.empty() || !registrations_.empty();
+               !running_.empty() || !registrations_.empty() || !adoptions_.empty();
       };
       mu_.Await(absl::Condition(&has_work));
       if (stop_) break;
+      adopt.swap(adoptions_);
       while (!incoming_.empty()) {
         waiting_.push_back(std::move(incoming_.front()));
         incoming_.pop_front();
@@ -352,6 +354,10 @@ void Engine::Loop() {
         incoming_regs_.pop_front();
       }
     }
+    // Registered contexts' prefill KV into their resident copies (engine thread: the backend
+    // is single-threaded), then released.
+    for (Adoption& a : adopt) model_->backend().AdoptContextKv(a.context->kv, std::move(a.kv));
+    adopt.clear();
     Step();
   }
   // Stopping: everything still here is cancelled.
@@ -661,7 +667,6 @@ void Engine::BuildAndPublish(Registration& reg) {
     s.num_centroids = context->index->num_centroids();
     s.num_coarse_centroids = context->index->num_coarse_centroids();
   }
-  reg.kv = SequenceKV();  // the prefill's device copy is no longer needed
   if (reg.handle->cancelled()) return fail(absl::CancelledError("registration cancelled"));
   s.name = reg.request.name;
   s.num_tokens = S;
@@ -683,6 +688,13 @@ void Engine::BuildAndPublish(Registration& reg) {
     reg.callback(RegisterEvent{.final = true, .status = st});
     return;
   }
+  // The prefill's KV in device memory becomes the context's resident copy (gathered into
+  // storage order on the engine thread) rather than being uploaded again at first use.
+  if (Backend* be = reg.kv.backend(); be != nullptr && !be->host_memory()) {
+    absl::MutexLock lock(&mu_);
+    adoptions_.push_back({context, std::move(reg.kv)});
+  }
+  reg.kv = SequenceKV();
   summary.timings.persist_seconds = persist_seconds;
   summary.timings.total_seconds = Seconds(absl::Now() - reg.start);
   spdlog::info("registered context '{}': {} tokens, {:.2f} s (prefill {:.2f}, clustering {:.2f}, "

@@ -120,6 +120,13 @@ class Engine {
   std::deque<std::unique_ptr<Sequence>> incoming_ ABSL_GUARDED_BY(mu_);
   std::deque<std::unique_ptr<Registration>> incoming_regs_ ABSL_GUARDED_BY(mu_);
   std::deque<std::unique_ptr<Registration>> indexer_queue_ ABSL_GUARDED_BY(mu_);
+  // Published contexts whose prefill KV is still in device memory, for the engine thread to
+  // hand to the backend (Backend::AdoptContextKv) before its next step.
+  struct Adoption {
+    std::shared_ptr<const RegisteredContext> context;
+    SequenceKV kv;
+  };
+  std::deque<Adoption> adoptions_ ABSL_GUARDED_BY(mu_);
   absl::CondVar indexer_cv_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   int queued_requests_ ABSL_GUARDED_BY(mu_) = 0;   // incoming + waiting + running

@@ -290,6 +290,51 @@ void CheckDeviceSelection(bool hierarchical) {
 TEST(CudaModel, DeviceSqueezedSelectionMatchesCpu) { CheckDeviceSelection(false); }
 TEST(CudaModel, DeviceHierarchicalSelectionMatchesCpu) { CheckDeviceSelection(true); }
 
+// A registered context's resident copy gathered on the device from the prefill's KV
+// (AdoptContextKv, rows put in the index's cluster order) equals the copy uploaded from the
+// reordered host KV: the same logits, bit for bit, dense and squeezed.
+TEST(CudaModel, AdoptedContextEqualsUploaded) {
+  auto model = LoadCuda(kDemo);
+  ASSERT_NE(model, nullptr);
+  const json golden = ReadJson(kGolden / "squeeze-demo.json");
+  const json& task = golden.at("cases")[0];
+  const auto context = task.at("context_tokens").get<std::vector<int32_t>>();
+  const auto question = task.at("question_tokens").get<std::vector<int32_t>>();
+  const int S = static_cast<int>(context.size());
+  SqueezeOptions options;
+  options.centroid_fraction = 0.25;
+  options.window = 64;
+  SequenceKV seq = model->NewSequenceKV();
+  QueryCapture capture;
+  capture.from_position = S - options.window;
+  SequenceStep prefill{.tokens = context, .kv = &seq, .want_logits = false, .capture = &capture};
+  ForwardOutput fo;
+  ASSERT_TRUE(model->Forward(std::span<SequenceStep>(&prefill, 1), &fo).ok());
+  ContextKV adopted = ContextKV::FromSequence(seq, S);
+  auto index = BuildSqueezeIndex(&adopted, capture, model->config().num_heads, options, nullptr,
+                                 nullptr, model->backend().kmeans_solver(), &seq);
+  ASSERT_TRUE(index.ok()) << index.status();
+  ContextKV uploaded = adopted;  // no resident copy yet: uploaded at first use
+  model->backend().AdoptContextKv(adopted, std::move(seq));
+  seq = SequenceKV();
+  ASSERT_NE(adopted.resident.value, nullptr) << "the prefill's KV was not adopted";
+  for (double budget : {-1.0, 0.1}) {
+    std::vector<float> logits[2];
+    for (int i = 0; i < 2; ++i) {
+      SelectionOptions o;
+      o.budget = std::max(budget, 0.0);
+      SqueezedFixedContextAttention selector(*index, o);
+      SequenceKV dyn = model->NewSequenceKV();
+      SequenceStep st{.tokens = question, .context = i == 0 ? &adopted : &uploaded,
+                      .fixed = budget < 0 ? nullptr : &selector, .kv = &dyn};
+      ForwardOutput out;
+      ASSERT_TRUE(model->Forward(std::span<SequenceStep>(&st, 1), &out).ok());
+      logits[i] = out.logits[0];
+    }
+    EXPECT_EQ(logits[0], logits[1]) << "budget " << budget;
+  }
+}
+
 // 32 sequences decoding together (squeezed ones as one batched launch on the GPU, the weights
 // through cuBLAS instead of the GEMV at this batch): the same logits (up to summation order)
 // and greedy tokens as each sequence decoded alone, with squeezed, dense-context and

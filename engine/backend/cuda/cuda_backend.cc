@@ -491,6 +491,53 @@ absl::StatusOr<const float*> CudaBackend::RandomVector(int n, uint64_t seed, flo
 
 void CudaBackend::ReleaseCachedMemory() { impl_->pool->Trim(); }
 
+// The resident copy gathered on the device from the prefill's KV: storage row r of (layer, h)
+// is token row ctx.token_of[(layer * Hkv + h) * S + r] of the source. About 10 ms at 128K
+// tokens on the 8B shape, against seconds for the upload of the 34 GB fp32 host copy.
+void CudaBackend::AdoptContextKv(const ContextKV& ctx, SequenceKV&& source) {
+  if (!fault_.ok() || ctx.num_tokens <= 0 || source.backend() != this ||
+      source.dtype() != DType::kBF16 || source.length() < ctx.num_tokens ||
+      source.shape().num_layers != ctx.shape.num_layers ||
+      source.shape().num_kv_heads != ctx.shape.num_kv_heads ||
+      source.shape().head_dim != ctx.shape.head_dim || ctx.resident.value != nullptr) {
+    return;
+  }
+  const int L = ctx.shape.num_layers, H = ctx.shape.num_kv_heads, d = ctx.shape.head_dim;
+  const int S = ctx.num_tokens;
+  auto copy = std::make_shared<DeviceContextKv>();
+  copy->owner = this;
+  const size_t count = ctx.k.size();
+  copy->bytes = 2 * count * sizeof(bf16);
+  EvictResidentContexts(copy->bytes);
+  auto k = Allocate(count * sizeof(bf16));
+  auto v = k.ok() ? Allocate(count * sizeof(bf16)) : k.status();
+  auto rows = v.ok() ? Allocate(ctx.token_of.size() * sizeof(int32_t)) : v.status();
+  auto begin = rows.ok() ? Allocate((H + 1) * sizeof(int32_t)) : rows.status();
+  if (!begin.ok()) return;  // no room now: the first use uploads the host copy
+  copy->k = *std::move(k);
+  copy->v = *std::move(v);
+  std::vector<int32_t> head_begin(H + 1);
+  for (int h = 0; h <= H; ++h) head_begin[h] = h * S;
+  CopyFromHost((*rows)->data(), ctx.token_of.data(), ctx.token_of.size() * sizeof(int32_t));
+  CopyFromHost((*begin)->data(), head_begin.data(), head_begin.size() * sizeof(int32_t));
+  const size_t src_head_stride =
+      static_cast<size_t>(source.capacity()) * d;  // rows of a head are capacity apart
+  for (int l = 0; l < L && fault_.ok(); ++l) {
+    Check(gpu::LaunchGatherKvRows(
+              static_cast<const bf16*>(source.key_data(l, 0, 0)),
+              static_cast<const bf16*>(source.value_data(l, 0, 0)), src_head_stride,
+              (*rows)->as<int32_t>() + static_cast<size_t>(l) * H * S, (*begin)->as<int32_t>(), H,
+              S, d, copy->k->as<bf16>() + ctx.Offset(l, 0, 0),
+              copy->v->as<bf16>() + ctx.Offset(l, 0, 0), static_cast<size_t>(S) * d,
+              impl_->stream),
+          "adopt context");
+  }
+  if (!Synchronize().ok()) return;  // the source is released by the caller after this
+  copy->last_epoch = impl_->epoch;
+  ctx.resident.value = copy;
+  impl_->residents.push_back(copy);
+}
+
 size_t CudaBackend::ResidentHeadroom(size_t total_bytes) {
   return std::max<size_t>(size_t{2} << 30, total_bytes / 100 * 3);
 }

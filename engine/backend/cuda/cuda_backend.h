@@ -88,6 +88,7 @@ class CudaBackend final : public Backend {
                           std::span<SampleJob* const> jobs) override;
   KMeansSolver* kmeans_solver() override;
   absl::StatusOr<ContextKvView> ResidentContextKv(const ContextKV& ctx) override;
+  void AdoptContextKv(const ContextKV& ctx, SequenceKV&& source) override;
   // Device memory kept free for activations, scratch and workspaces when a context's K/V is
   // made resident (idle contexts are evicted to keep it): max(2 GiB, 3% of the device).
   static size_t ResidentHeadroom(size_t total_bytes);
