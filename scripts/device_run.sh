@@ -75,6 +75,9 @@ if has ttft; then
   timeout 300 /tmp/bundle/gpu-forward-bench --model=bench/configs/llama3-8b \
     --prefill_tokens=131072 --decode_steps=8 --squeezed_budgets=0.1,0.05 --kmeans --hierarchical \
     --query_tokens=1024,4096 2>&1 | tee "$LOGS/forward_128k_ttft.log"
+  echo "== the same inputs' dense attention in PyTorch SDPA (cuDNN, flash), one layer"
+  timeout 120 python3 bench/torch_attention_baseline.py --context=131072 \
+    --query_tokens=1024,4096 2>&1 | tee "$LOGS/torch_context_prefill.log"
 fi
 
 if has accuracy; then

@@ -22,6 +22,7 @@
 #include <memory>
 #include <span>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -448,6 +449,72 @@ int Main() {
       std::printf("  squeezed budget %.2f: %.1f ms, realised KV budget %.4f, %.2fx faster than "
                   "dense\n",
                   b, 1e3 * t, realised, dense_ttft / t);
+    }
+
+    // Attention alone, one layer (0), the call the forward makes for this input: the fixed part
+    // over the context (dense; or squeezed: scores, selection, the kept rows) merged with the
+    // causal part over the input's own K/V. Median of 5 after a warm-up.
+    Backend& be = m.backend();
+    SequenceKV own = m.NewSequenceKV();  // the input's K/V at every layer, from a real step
+    {
+      SequenceStep step{.tokens = input, .kv = &own, .want_logits = false};
+      ForwardOutput out;
+      if (!m.Forward(std::span<SequenceStep>(&step, 1), &out).ok()) return 1;
+    }
+    const size_t q_floats = static_cast<size_t>(n) * c.num_heads * c.head_dim;
+    std::vector<float> host_q(q_floats);
+    for (size_t i = 0; i < q_floats; ++i) {
+      host_q[i] = 2.0f * static_cast<float>(i * 2654435761u % 1000) / 1000.0f - 1.0f;
+    }
+    auto q_buf = be.Allocate(q_floats * sizeof(float));
+    auto out_buf = be.Allocate(q_floats * sizeof(float));
+    if (!q_buf.ok() || !out_buf.ok()) return 1;
+    be.CopyFromHost((*q_buf)->data(), host_q.data(), q_floats * sizeof(float));
+    auto attention_ms = [&](double budget, double* realised_out) {
+      SelectionOptions options;
+      options.budget = std::max(budget, 0.0);
+      SqueezedFixedContextAttention selector(index, options);
+      std::vector<int32_t> kept(c.num_kv_heads, 0);
+      std::vector<double> t;
+      int64_t kept_total = 0;
+      for (int rep = 0; rep < 6; ++rep) {
+        auto view = be.ResidentContextKv(ctx);
+        if (!view.ok()) std::exit(1);
+        AttentionParams p;
+        p.shape = {n, c.num_heads, c.num_kv_heads, c.head_dim,
+                   1.0f / std::sqrt(static_cast<float>(c.head_dim))};
+        p.q = (*q_buf)->as<float>();
+        p.out = (*out_buf)->as<float>();
+        p.fixed.kv = {view->k, view->v, static_cast<size_t>(S) * c.head_dim, S, be.kv_dtype()};
+        if (budget >= 0) {
+          p.fixed.device_selection = selector.device_selection();
+          p.fixed.layer = 0;
+          p.fixed.kept_rows = kept.data();
+        }
+        p.dynamic.kv = {own.key_data(0, 0, 0), own.value_data(0, 0, 0),
+                        static_cast<size_t>(own.capacity()) * c.head_dim, n, own.dtype()};
+        p.dynamic.causal_offset = 0;
+        const double s0 = Now();
+        be.Attention(p);
+        if (!be.Synchronize().ok()) std::exit(1);
+        if (rep > 0) t.push_back(Now() - s0);
+        kept_total = 0;
+        for (int32_t k : kept) kept_total += k;
+      }
+      *realised_out = budget < 0 ? 1.0 : static_cast<double>(kept_total) / (c.num_kv_heads * S);
+      std::sort(t.begin(), t.end());
+      return 1e3 * t[t.size() / 2];
+    };
+    double kept_fraction = 1.0;
+    const double dense_attn = attention_ms(-1.0, &kept_fraction);
+    const double layer_flops = 4.0 * n * (S + n / 2.0) * d * c.num_heads;
+    std::printf("attention alone, one layer, %d-token input: dense %.3f ms (%.0f TFLOP/s)\n", n,
+                dense_attn, layer_flops / (dense_attn * 1e-3) / 1e12);
+    for (double b : budgets) {
+      const double t = attention_ms(b, &kept_fraction);
+      std::printf("  squeezed budget %.2f: %.3f ms, kept %.4f of the context's rows, %.2fx faster "
+                  "than dense\n",
+                  b, t, kept_fraction, dense_attn / t);
     }
   }
   return 0;
