@@ -455,21 +455,23 @@ int Main() {
     // over the context (dense; or squeezed: scores, selection, the kept rows) merged with the
     // causal part over the input's own K/V. Median of 5 after a warm-up.
     Backend& be = m.backend();
-    SequenceKV own = m.NewSequenceKV();  // the input's K/V at every layer, from a real step
+    // The input's layer-0 queries (post-RoPE, captured) and its K/V at every layer, from a real
+    // step against the context.
+    SequenceKV own = m.NewSequenceKV();
+    QueryCapture input_q;
+    input_q.from_position = S;
     {
-      SequenceStep step{.tokens = input, .kv = &own, .want_logits = false};
+      SequenceStep step{.tokens = input, .context = &ctx, .kv = &own, .want_logits = false,
+                        .capture = &input_q};
       ForwardOutput out;
       if (!m.Forward(std::span<SequenceStep>(&step, 1), &out).ok()) return 1;
     }
     const size_t q_floats = static_cast<size_t>(n) * c.num_heads * c.head_dim;
-    std::vector<float> host_q(q_floats);
-    for (size_t i = 0; i < q_floats; ++i) {
-      host_q[i] = 2.0f * static_cast<float>(i * 2654435761u % 1000) / 1000.0f - 1.0f;
-    }
+    if (input_q.q.empty() || input_q.q[0].size() != q_floats) return 1;
     auto q_buf = be.Allocate(q_floats * sizeof(float));
     auto out_buf = be.Allocate(q_floats * sizeof(float));
     if (!q_buf.ok() || !out_buf.ok()) return 1;
-    be.CopyFromHost((*q_buf)->data(), host_q.data(), q_floats * sizeof(float));
+    be.CopyFromHost((*q_buf)->data(), input_q.q[0].data(), q_floats * sizeof(float));
     auto attention_ms = [&](double budget, double* realised_out) {
       SelectionOptions options;
       options.budget = std::max(budget, 0.0);
