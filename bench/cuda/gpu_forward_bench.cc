@@ -451,12 +451,11 @@ int Main() {
                   b, 1e3 * t, realised, dense_ttft / t);
     }
 
-    // Attention alone, one layer (0), the call the forward makes for this input: the fixed part
-    // over the context (dense; or squeezed: scores, selection, the kept rows) merged with the
-    // causal part over the input's own K/V. Median of 5 after a warm-up.
+    // Attention alone, summed over the layers: the calls the forward makes for this input, the
+    // fixed part over the context (dense; or squeezed: scores, selection, the kept rows) merged
+    // with the causal part over the input's own K/V, with the input's real queries (captured
+    // from a step against the context) and K/V. Median of 5 per layer after a warm-up.
     Backend& be = m.backend();
-    // The input's layer-0 queries (post-RoPE, captured) and its K/V at every layer, from a real
-    // step against the context.
     SequenceKV own = m.NewSequenceKV();
     QueryCapture input_q;
     input_q.from_position = S;
@@ -466,55 +465,68 @@ int Main() {
       ForwardOutput out;
       if (!m.Forward(std::span<SequenceStep>(&step, 1), &out).ok()) return 1;
     }
+    const int L = c.num_layers;
     const size_t q_floats = static_cast<size_t>(n) * c.num_heads * c.head_dim;
-    if (input_q.q.empty() || input_q.q[0].size() != q_floats) return 1;
-    auto q_buf = be.Allocate(q_floats * sizeof(float));
+    if (static_cast<int>(input_q.q.size()) != L) return 1;
+    auto q_buf = be.Allocate(q_floats * L * sizeof(float));
     auto out_buf = be.Allocate(q_floats * sizeof(float));
     if (!q_buf.ok() || !out_buf.ok()) return 1;
-    be.CopyFromHost((*q_buf)->data(), input_q.q[0].data(), q_floats * sizeof(float));
-    auto attention_ms = [&](double budget, double* realised_out) {
+    for (int l = 0; l < L; ++l) {
+      be.CopyFromHost((*q_buf)->as<float>() + q_floats * l, input_q.q[l].data(),
+                      q_floats * sizeof(float));
+    }
+    auto attention_ms = [&](double budget, double* kept_out) {
       SelectionOptions options;
       options.budget = std::max(budget, 0.0);
       SqueezedFixedContextAttention selector(index, options);
       std::vector<int32_t> kept(c.num_kv_heads, 0);
-      std::vector<double> t;
+      double total = 0.0;
       int64_t kept_total = 0;
-      for (int rep = 0; rep < 6; ++rep) {
-        auto view = be.ResidentContextKv(ctx);
-        if (!view.ok()) std::exit(1);
-        AttentionParams p;
-        p.shape = {n, c.num_heads, c.num_kv_heads, c.head_dim,
-                   1.0f / std::sqrt(static_cast<float>(c.head_dim))};
-        p.q = (*q_buf)->as<float>();
-        p.out = (*out_buf)->as<float>();
-        p.fixed.kv = {view->k, view->v, static_cast<size_t>(S) * c.head_dim, S, be.kv_dtype()};
-        if (budget >= 0) {
-          p.fixed.device_selection = selector.device_selection();
-          p.fixed.layer = 0;
-          p.fixed.kept_rows = kept.data();
+      for (int l = 0; l < L; ++l) {
+        std::vector<double> t;
+        for (int rep = 0; rep < 6; ++rep) {
+          auto view = be.ResidentContextKv(ctx);
+          if (!view.ok()) std::exit(1);
+          const size_t at = ctx.Offset(l, 0, 0) * DTypeBytes(be.kv_dtype());
+          AttentionParams p;
+          p.shape = {n, c.num_heads, c.num_kv_heads, c.head_dim,
+                     1.0f / std::sqrt(static_cast<float>(c.head_dim))};
+          p.q = (*q_buf)->as<float>() + q_floats * l;
+          p.out = (*out_buf)->as<float>();
+          p.fixed.kv = {static_cast<const char*>(view->k) + at,
+                        static_cast<const char*>(view->v) + at,
+                        static_cast<size_t>(S) * c.head_dim, S, be.kv_dtype()};
+          if (budget >= 0) {
+            p.fixed.device_selection = selector.device_selection();
+            p.fixed.layer = l;
+            p.fixed.kept_rows = kept.data();
+          }
+          p.dynamic.kv = {own.key_data(l, 0, 0), own.value_data(l, 0, 0),
+                          static_cast<size_t>(own.capacity()) * c.head_dim, n, own.dtype()};
+          p.dynamic.causal_offset = 0;
+          const double s0 = Now();
+          be.Attention(p);
+          if (!be.Synchronize().ok()) std::exit(1);
+          if (rep > 0) t.push_back(Now() - s0);
         }
-        p.dynamic.kv = {own.key_data(0, 0, 0), own.value_data(0, 0, 0),
-                        static_cast<size_t>(own.capacity()) * c.head_dim, n, own.dtype()};
-        p.dynamic.causal_offset = 0;
-        const double s0 = Now();
-        be.Attention(p);
-        if (!be.Synchronize().ok()) std::exit(1);
-        if (rep > 0) t.push_back(Now() - s0);
-        kept_total = 0;
-        for (int32_t k : kept) kept_total += k;
+        std::sort(t.begin(), t.end());
+        total += t[t.size() / 2];
+        for (int32_t k : kept) kept_total += budget < 0 ? 0 : k;
       }
-      *realised_out = budget < 0 ? 1.0 : static_cast<double>(kept_total) / (c.num_kv_heads * S);
-      std::sort(t.begin(), t.end());
-      return 1e3 * t[t.size() / 2];
+      // kept: the last repetition's rows per head of each layer.
+      *kept_out = budget < 0 ? 1.0
+                             : static_cast<double>(kept_total) /
+                                   (static_cast<double>(L) * c.num_kv_heads * S);
+      return 1e3 * total;
     };
     double kept_fraction = 1.0;
     const double dense_attn = attention_ms(-1.0, &kept_fraction);
-    const double layer_flops = 4.0 * n * (S + n / 2.0) * d * c.num_heads;
-    std::printf("attention alone, one layer, %d-token input: dense %.3f ms (%.0f TFLOP/s)\n", n,
-                dense_attn, layer_flops / (dense_attn * 1e-3) / 1e12);
+    const double all_flops = 4.0 * n * (S + n / 2.0) * d * c.num_heads * L;
+    std::printf("attention alone, %d layers, %d-token input: dense %.2f ms (%.0f TFLOP/s)\n", L,
+                n, dense_attn, all_flops / (dense_attn * 1e-3) / 1e12);
     for (double b : budgets) {
       const double t = attention_ms(b, &kept_fraction);
-      std::printf("  squeezed budget %.2f: %.3f ms, kept %.4f of the context's rows, %.2fx faster "
+      std::printf("  squeezed budget %.2f: %.2f ms, kept %.4f of the context's rows, %.2fx faster "
                   "than dense\n",
                   b, t, kept_fraction, dense_attn / t);
     }
