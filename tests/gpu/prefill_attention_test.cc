@@ -54,6 +54,28 @@ std::vector<int> CheckedQueries(int n) {
   return ts;
 }
 
+// K/V of hkv heads, cap rows each: rows below lens[h] random (V with a per-dimension offset so
+// outputs are far from zero), the rest NaN (a read past a head's length poisons the result).
+void FillKv(int hkv, int cap, int d, const std::vector<int>& lens, Rng* rng, Bf16Data* k,
+            Bf16Data* v) {
+  k->Resize(static_cast<size_t>(hkv) * cap * d);
+  v->Resize(k->dev.size());
+  for (int h = 0; h < hkv; ++h) {
+    for (int r = 0; r < cap; ++r) {
+      for (int i = 0; i < d; ++i) {
+        const size_t at = (static_cast<size_t>(h) * cap + r) * d + i;
+        if (r < lens[h]) {
+          k->Set(at, rng->Uniform());
+          v->Set(at, rng->Uniform() + 0.5f * std::sin(0.37f * i + h));
+        } else {
+          k->SetNaN(at);
+          v->SetNaN(at);
+        }
+      }
+    }
+  }
+}
+
 void RunCase(const Case& c, uint64_t seed, bool check_repeat = false) {
   SCOPED_TRACE(::testing::Message() << "d=" << c.d << " G=" << c.group << " Hkv=" << c.hkv << " n="
                                     << c.n << " past=" << c.past << " out_bf16=" << c.out_bf16);
@@ -64,21 +86,8 @@ void RunCase(const Case& c, uint64_t seed, bool check_repeat = false) {
 
   Bf16Data q(static_cast<size_t>(n) * hq * d);
   for (size_t i = 0; i < q.dev.size(); ++i) q.Set(i, 3.0f * rng.Uniform());
-  Bf16Data k(static_cast<size_t>(hkv) * cap * d), v(k.dev.size());
-  for (int h = 0; h < hkv; ++h) {
-    for (int r = 0; r < cap; ++r) {
-      for (int i = 0; i < d; ++i) {
-        const size_t at = (static_cast<size_t>(h) * cap + r) * d + i;
-        if (r < len) {
-          k.Set(at, rng.Uniform());
-          v.Set(at, rng.Uniform() + 0.5f * std::sin(0.37f * i + h));
-        } else {
-          k.SetNaN(at);
-          v.SetNaN(at);
-        }
-      }
-    }
-  }
+  Bf16Data k, v;
+  FillKv(hkv, cap, d, std::vector<int>(hkv, len), &rng, &k, &v);
 
   DeviceArray<bf16> dev_q(q.dev), dev_k(k.dev), dev_v(v.dev);
   const size_t out_elems = static_cast<size_t>(n) * hq * d;
@@ -196,21 +205,8 @@ void RunFixedCase(int d, int group, int n, const std::vector<int>& lens, uint64_
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   Bf16Data q(static_cast<size_t>(n) * hq * d);
   for (size_t i = 0; i < q.dev.size(); ++i) q.Set(i, 3.0f * rng.Uniform());
-  Bf16Data k(static_cast<size_t>(hkv) * cap * d), v(k.dev.size());
-  for (int h = 0; h < hkv; ++h) {
-    for (int r = 0; r < cap; ++r) {
-      for (int i = 0; i < d; ++i) {
-        const size_t at = (static_cast<size_t>(h) * cap + r) * d + i;
-        if (r < lens[h]) {
-          k.Set(at, rng.Uniform());
-          v.Set(at, rng.Uniform() + 0.5f * std::sin(0.37f * i + h));
-        } else {
-          k.SetNaN(at);
-          v.SetNaN(at);
-        }
-      }
-    }
-  }
+  Bf16Data k, v;
+  FillKv(hkv, cap, d, lens, &rng, &k, &v);
   DeviceArray<bf16> dev_q(q.dev), dev_k(k.dev), dev_v(v.dev);
   DeviceArray<int32_t> dev_len(std::vector<int32_t>(lens.begin(), lens.end()));
   DeviceArray<float> out(static_cast<size_t>(n) * hq * d), lse(static_cast<size_t>(n) * hq);
