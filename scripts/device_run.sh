@@ -12,6 +12,8 @@
 #   ttft     the forward benchmark at 128K (index by GPU k-means, with a coarse level): squeezed
 #            and hierarchical decode and the time to first token of
 #            1K and 4K-token inputs, dense and squeezed
+#   e2e      through the gRPC server on the 8B shape (random weights): register a 113K-token
+#            context, Generate dense / squeezed at batch 1 and 8, a 1K-token input's TTFT
 #   accuracy the retrieval accuracy benchmark through the server on the GPU (bench/run_accuracy.sh)
 #   kernels  attention kernel tests and benchmarks vs PyTorch SDPA (bench/run_gpu.sh)
 # Logs travel back as $OUT/logs.tar.gz (the device tool returns at most 8 files). Each stage has
@@ -85,6 +87,13 @@ if has accuracy; then
   timeout 420 bash bench/run_accuracy.sh /tmp/bundle ${ACCURACY_N:-10} 4096 8192 \
     > "$LOGS/accuracy.log" 2>&1 || echo "run_accuracy.sh: exit $?"
   tail -40 "$LOGS/accuracy.log"
+fi
+
+if has e2e; then
+  echo "== through the gRPC server: Llama-3-8B shape, random weights, 113K-token context"
+  timeout 400 bash bench/run_server_e2e.sh /tmp/bundle "${E2E_REPEATS:-35}" 2>&1 \
+    | grep -v -E "^(tokenizing|prefill|clustering|calibrating|persisting|done) " \
+    | tee "$LOGS/server_e2e.log"
 fi
 
 if has kernels; then
