@@ -263,10 +263,9 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
                                                                     recent);
       seq->recent_budget = recency->kept_fraction();
       seq->fixed = std::move(recency);
-    } else {
-      seq->fixed = std::make_unique<DenseFixedContextAttention>(cfg.num_kv_heads,
-                                                               static_cast<int>(S));
     }
+    // Dense: no selector (the forward attends to every row without a per-layer selection; a
+    // device backend then also skips the host round trip of the queries).
   }
   seq->mode = mode;
 

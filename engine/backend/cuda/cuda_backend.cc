@@ -818,7 +818,13 @@ void CudaBackend::FixedAttention(const AttentionParams& p, float* out, float* ls
   const void* v = kv.v;
   size_t head_stride = kv.head_stride;
   int max_rows = kv.num_rows;
-  if (p.fixed.ranges.empty()) {  // dense: every row of every head
+  // Ranges that cover every row of every head (a dense selector) need no gather either.
+  bool every_row = true;
+  for (size_t h = 0; h < p.fixed.ranges.size() && every_row; ++h) {
+    const std::vector<KeyRange>& r = p.fixed.ranges[h];
+    every_row = r.size() == 1 && r[0].begin == 0 && r[0].end == kv.num_rows;
+  }
+  if (every_row) {  // dense: every row of every head
     counts.assign(hkv, kv.num_rows);
   } else {  // a selector's ranges: gather the kept rows of each head into a compact copy
     auto& rows = impl_->rows;
