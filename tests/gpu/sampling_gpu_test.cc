@@ -468,19 +468,8 @@ TEST_F(SamplingGpuTest, LauncherWithPoisonedWorkspaceAndOutputs) {
     std::vector<PenaltyToken> tokens;
     const bool want = r % 2 == 0;
     gpu_side[r]->PrepareDevice(vocab, prompt, generated, want, &row, &tokens);
-    gpu::SamplingRowParams& d = params[r];
-    d.temperature = row.temperature;
-    d.top_p = row.top_p;
-    d.min_p = row.min_p;
-    d.repetition_penalty = row.repetition_penalty;
-    d.presence_penalty = row.presence_penalty;
-    d.frequency_penalty = row.frequency_penalty;
-    d.greedy = row.greedy ? 1 : 0;
-    d.top_k = row.top_k;
-    d.num_logprobs = row.num_logprobs;
-    d.penalty_begin = static_cast<int32_t>(penalties.size());
-    d.penalty_count = static_cast<int32_t>(tokens.size());
-    d.uniform = row.uniform;
+    params[r] = SamplingRowToDevice(row, static_cast<int32_t>(penalties.size()),
+                                    static_cast<int32_t>(tokens.size()));
     for (const PenaltyToken& t : tokens) penalties.push_back({t.id, t.count});
   }
   DeviceArray<float> d_logits(logits);

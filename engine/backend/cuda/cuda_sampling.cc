@@ -21,8 +21,10 @@ absl::Status CudaError(cudaError_t err, const std::string& what) {
   return absl::InternalError(absl::StrCat("cuda sampling: ", what, ": ", cudaGetErrorString(err)));
 }
 
-gpu::SamplingRowParams ToDevice(const DeviceSampleRow& row, int32_t penalty_begin,
-                                int32_t penalty_count) {
+}  // namespace
+
+gpu::SamplingRowParams SamplingRowToDevice(const DeviceSampleRow& row, int32_t penalty_begin,
+                                           int32_t penalty_count) {
   gpu::SamplingRowParams d{};
   d.temperature = row.temperature;
   d.top_p = row.top_p;
@@ -38,8 +40,6 @@ gpu::SamplingRowParams ToDevice(const DeviceSampleRow& row, int32_t penalty_begi
   d.uniform = row.uniform;
   return d;
 }
-
-}  // namespace
 
 CudaSampler::~CudaSampler() {
   cudaFree(workspace_.p);
@@ -126,7 +126,7 @@ absl::StatusOr<std::vector<CudaSampler::Output>> CudaSampler::Sample(const float
   for (int r = 0; r < rows; ++r) {
     const int32_t end =
         r + 1 < rows ? penalty_begin[r + 1] : static_cast<int32_t>(penalties_.size());
-    params[r] = ToDevice(rows_[r], penalty_begin[r], end - penalty_begin[r]);
+    params[r] = SamplingRowToDevice(rows_[r], penalty_begin[r], end - penalty_begin[r]);
   }
   auto* penalties = reinterpret_cast<gpu::SamplingPenalty*>(up + params_bytes);
   for (size_t i = 0; i < penalties_.size(); ++i) {

@@ -16,8 +16,14 @@
 
 #include "absl/status/statusor.h"
 #include "engine/sampling/sampler.h"
+#include "kernels/sampling.cuh"
 
 namespace squeeze {
+
+// The launch parameters of one row prepared by Sampler::PrepareDevice, its penalty entries at
+// [penalty_begin, penalty_begin + penalty_count) of the launch's penalty array.
+gpu::SamplingRowParams SamplingRowToDevice(const DeviceSampleRow& row, int32_t penalty_begin,
+                                           int32_t penalty_count);
 
 class CudaSampler {
  public:
