@@ -7,9 +7,11 @@
 
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <random>
 #include <vector>
 
+#include "engine/squeeze/cluster_scores.h"
 #include "engine/squeeze/squeeze_index.h"
 
 namespace squeeze {
@@ -326,6 +328,64 @@ TEST(SelectionTest, HierarchicalMatchesBruteForceAndNeverKeepsUnderADroppedCoars
   EXPECT_GT(kept_total, 0);
   EXPECT_GT(under_dropped, 0);
   EXPECT_GT(compared, 0);
+}
+
+// A backend that selects on the device reports the rows it kept (and, hierarchical, the fine
+// candidates under the kept coarse clusters) through RecordDeviceSelection. Given what the host
+// selection kept, the realised budget must come out as the host selection's own accounting:
+// flat scores every fine centroid; hierarchical scores the coarse centroids plus the
+// candidates; and device_selection() hands over the thresholds Select uses.
+TEST(SelectionTest, DeviceSelectionAccountingMatchesHostSelection) {
+  const int L = 2, Hkv = 2, Hq = 4, d = 16;
+  SqueezeOptions o = Options(true);
+  o.coarse_fraction = 0.01;
+  TestContext c = MakeIndexed(L, Hkv, Hq, d, 3000, o, 11);
+  std::mt19937 gen(12);
+  for (bool hierarchical : {false, true}) {
+    for (double budget : {0.0, 0.1, 1.0}) {
+      SCOPED_TRACE(testing::Message() << (hierarchical ? "hierarchical" : "flat") << " budget "
+                                      << budget);
+      SelectionOptions sel;
+      sel.budget = budget;
+      sel.hierarchical = hierarchical;
+      sel.coarse_keep = 0.3;
+      SqueezedFixedContextAttention host(c.index, sel), device(c.index, sel);
+      const std::optional<DeviceSelection> ds = device.device_selection();
+      ASSERT_TRUE(ds.has_value());
+      EXPECT_EQ(ds->hierarchical, hierarchical);
+      EXPECT_EQ(ds->threshold, host.fine_threshold());
+      if (hierarchical && std::isfinite(host.fine_threshold())) {
+        EXPECT_EQ(ds->coarse_threshold, host.coarse_threshold());
+      }
+      const std::vector<float> q = RandomQueries(1, Hq, d, gen);
+      for (int l = 0; l < L; ++l) {
+        LayerSelection out;
+        host.Select(l, q.data(), 1, &out);
+        std::vector<int32_t> kept(Hkv), candidates(Hkv);
+        for (int h = 0; h < Hkv; ++h) {
+          for (const KeyRange& r : out.ranges[h]) kept[h] += r.size();
+          // The candidates a device would report: fine clusters under the coarse clusters whose
+          // score passes the coarse threshold (all of them at a coarse threshold of -inf).
+          const SqueezeHeadIndex& head = c.index.head(l, h);
+          if (!hierarchical) continue;
+          std::vector<float> coarse(head.num_coarse());
+          ClusterScorer scorer;
+          scorer.Average(q.data() + static_cast<size_t>(h) * (Hq / Hkv) * d, 1, Hq / Hkv,
+                         static_cast<size_t>(Hq) * d, head.coarse_centroids.data(),
+                         head.coarse_sizes.data(), head.num_coarse(), d, coarse.data());
+          for (int g = 0; g < head.num_coarse(); ++g) {
+            if (host.coarse_threshold() == -std::numeric_limits<float>::infinity() ||
+                coarse[g] > host.coarse_threshold()) {
+              candidates[h] += head.coarse_offsets[g + 1] - head.coarse_offsets[g];
+            }
+          }
+        }
+        device.RecordDeviceSelection(l, kept, hierarchical ? std::span<const int32_t>(candidates)
+                                                           : std::span<const int32_t>());
+      }
+      EXPECT_NEAR(device.realised_budget(), host.realised_budget(), 1e-12);
+    }
+  }
 }
 
 // Two clusters A (rows [0,1)) and B (rows [1,2)) of one key each, window row 2; G = 2 query
