@@ -3,17 +3,15 @@
 #include <algorithm>
 #include <climits>
 
+#include "kernels/attention_core.cuh"
+
 namespace squeeze::gpu {
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarpsPerBlock = kThreads / 32;
 
-__device__ __forceinline__ float WarpSum(float x) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
+using detail::WarpSum;
 
 unsigned WarpBlocks(int rows) {
   return static_cast<unsigned>((static_cast<int64_t>(rows) + kWarpsPerBlock - 1) / kWarpsPerBlock);

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cub/device/device_radix_sort.cuh>
 
+#include "kernels/attention_core.cuh"
 #include "kernels/kmeans_steps.cuh"
 
 namespace squeeze::gpu {
@@ -16,11 +17,8 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarpsPerBlock = kThreads / 32;
 
-__device__ __forceinline__ float WarpSumF(float x) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
+using detail::WarpSum;
+
 __device__ __forceinline__ double WarpSumD(double x) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
@@ -61,7 +59,7 @@ __global__ void NormalizeKernel(const KMeansRawPoints raw, int n, int d, int dpa
     const float x = RawAt(raw, src + j);
     sq += x * x;
   }
-  sq = WarpSumF(sq);
+  sq = WarpSum(sq);
   const float inv = sq > 0.0f ? 1.0f / sqrtf(sq) : 0.0f;
   const int64_t row = static_cast<int64_t>(p) * n + i;
   bf16* dst = unit + row * dpad;

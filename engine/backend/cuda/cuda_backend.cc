@@ -805,6 +805,32 @@ void CudaBackend::DecodeOverHeads(const float* q, int n, int num_q_heads, int nu
         "decode attention");
 }
 
+namespace {
+
+// The prefill kernel's parameters for one call: n queries (bf16) of `shape` against rows
+// [0, len) of k/v (heads head_stride elements apart), fp32 out and lse; causal by default.
+gpu::PrefillAttentionParams PrefillParams(const AttentionShape& shape, const bf16* q,
+                                          const void* k, const void* v, size_t head_stride,
+                                          int len, float* out, float* lse) {
+  gpu::PrefillAttentionParams pp;
+  pp.num_tokens = shape.num_queries;
+  pp.num_q_heads = shape.num_q_heads;
+  pp.num_kv_heads = shape.num_kv_heads;
+  pp.head_dim = shape.head_dim;
+  pp.scale = shape.scale;
+  pp.q = q;
+  pp.kv.k = static_cast<const bf16*>(k);
+  pp.kv.v = static_cast<const bf16*>(v);
+  pp.kv.head_stride = static_cast<int64_t>(head_stride);
+  pp.kv.len = len;
+  pp.out = out;
+  pp.out_bf16 = false;
+  pp.lse = lse;
+  return pp;
+}
+
+}  // namespace
+
 // Queries per call from which a fixed context is attended with the tensor-core prefill kernel
 // (K/V read once per query tile) rather than the decode kernel (K/V read once per query).
 constexpr int kFixedPrefillMinQueries = 16;
@@ -818,13 +844,7 @@ void CudaBackend::FixedAttention(const AttentionParams& p, float* out, float* ls
   const void* v = kv.v;
   size_t head_stride = kv.head_stride;
   int max_rows = kv.num_rows;
-  // Ranges that cover every row of every head (a dense selector) need no gather either.
-  bool every_row = true;
-  for (size_t h = 0; h < p.fixed.ranges.size() && every_row; ++h) {
-    const std::vector<KeyRange>& r = p.fixed.ranges[h];
-    every_row = r.size() == 1 && r[0].begin == 0 && r[0].end == kv.num_rows;
-  }
-  if (every_row) {  // dense: every row of every head
+  if (p.fixed.ranges.empty()) {  // dense: every row of every head
     counts.assign(hkv, kv.num_rows);
   } else {  // a selector's ranges: gather the kept rows of each head into a compact copy
     auto& rows = impl_->rows;
@@ -868,20 +888,8 @@ void CudaBackend::FixedAttention(const AttentionParams& p, float* out, float* ls
   if (qb == nullptr || head_len == nullptr) return;
   Check(gpu::LaunchF32ToBf16(p.q, qb, q_elems, impl_->stream), "fixed-context queries");
   CopyFromHost(head_len, counts.data(), sizeof(int32_t) * hkv);
-  gpu::PrefillAttentionParams pp;
-  pp.num_tokens = s.num_queries;
-  pp.num_q_heads = s.num_q_heads;
-  pp.num_kv_heads = hkv;
-  pp.head_dim = d;
-  pp.scale = s.scale;
-  pp.q = qb;
-  pp.kv.k = static_cast<const bf16*>(k);
-  pp.kv.v = static_cast<const bf16*>(v);
-  pp.kv.head_stride = static_cast<int64_t>(head_stride);
-  pp.kv.len = max_rows;
-  pp.out = out;
-  pp.out_bf16 = false;
-  pp.lse = lse;
+  gpu::PrefillAttentionParams pp =
+      PrefillParams(s, qb, k, v, head_stride, max_rows, out, lse);
   pp.causal = false;
   pp.head_len = head_len;
   Check(gpu::LaunchPrefillAttention(pp, impl_->stream), "fixed-context prefill attention");
@@ -1252,19 +1260,8 @@ void CudaBackend::SqueezedFixedPrefill(const AttentionParams& p, float* out, flo
   Check(gpu::LaunchExpandSelectionRows(sel, hkv, S, row_index, S, impl_->stream),
         "squeezed prefill rows");
 
-  gpu::PrefillAttentionParams pp;
-  pp.num_tokens = n;
-  pp.num_q_heads = hq;
-  pp.num_kv_heads = hkv;
-  pp.head_dim = d;
-  pp.scale = s.scale;
-  pp.q = qb;
-  pp.kv.k = static_cast<const bf16*>(p.fixed.kv.k);
-  pp.kv.v = static_cast<const bf16*>(p.fixed.kv.v);
-  pp.kv.head_stride = static_cast<int64_t>(p.fixed.kv.head_stride);
-  pp.kv.len = S;
-  pp.out = out;
-  pp.lse = lse;
+  gpu::PrefillAttentionParams pp = PrefillParams(s, qb, p.fixed.kv.k, p.fixed.kv.v,
+                                                 p.fixed.kv.head_stride, S, out, lse);
   pp.causal = false;
   pp.head_len = sel.kept_keys;
   pp.row_index = row_index;
@@ -1475,20 +1472,8 @@ void CudaBackend::Attention(const AttentionParams& p) {
     auto* qb = static_cast<bf16*>(Scratch(kQBf16, rows * d * sizeof(bf16)));
     if (qb == nullptr) return;
     Check(gpu::LaunchF32ToBf16(p.q, qb, rows * d, impl_->stream), "prefill queries");
-    gpu::PrefillAttentionParams pp;
-    pp.num_tokens = n;
-    pp.num_q_heads = hq;
-    pp.num_kv_heads = hkv;
-    pp.head_dim = d;
-    pp.scale = s.scale;
-    pp.q = qb;
-    pp.kv.k = static_cast<const bf16*>(dkv.k);
-    pp.kv.v = static_cast<const bf16*>(dkv.v);
-    pp.kv.head_stride = static_cast<int64_t>(dkv.head_stride);
-    pp.kv.len = past + n;
-    pp.out = dyn_out;
-    pp.out_bf16 = false;
-    pp.lse = dyn_lse;
+    const gpu::PrefillAttentionParams pp =
+        PrefillParams(s, qb, dkv.k, dkv.v, dkv.head_stride, past + n, dyn_out, dyn_lse);
     Check(gpu::LaunchPrefillAttention(pp, impl_->stream), "prefill attention");
   }
   if (with_fixed) {
