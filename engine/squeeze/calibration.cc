@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_format.h"
 #include "engine/common/parallel_for.h"
+#include "engine/common/serial_blas.h"
 #include "engine/squeeze/cluster_scores.h"
 
 namespace squeeze {
@@ -32,6 +33,8 @@ absl::Status CalibrateSqueezeIndex(std::span<const float* const> window_q, Squee
   // thread-safe), once per finished layer's worth of heads.
   std::mutex progress_mu;
   int heads_done = 0;
+  // The heads are spread over the cores; each one's products run on its own thread.
+  const ScopedSerialBlas serial_blas;
   ParallelFor(per_head.size(), [&](size_t slot) {
     const int l = static_cast<int>(slot / Hkv), h = static_cast<int>(slot % Hkv);
     thread_local ClusterScorer scorer;
