@@ -1,6 +1,6 @@
 // GPU decode attention benchmark: our dense split-KV decode vs our Squeezed Attention decode
-// (dynamic dense + centroid lookup + sparse over kept clusters + LSE merge) on Llama-3-8B
-// attention shapes (Hq = 32, Hkv = 8, d = 128, bf16 K/V), one layer.
+// (centroid lookup, then one kernel for the kept clusters, the dynamic rows and the LSE
+// merge) on Llama-3-8B attention shapes (Hq = 32, Hkv = 8, d = 128, bf16 K/V), one layer.
 //
 // Data: per sequence a fixed context of S rows (4 sinks, 100-row window, the rest in clusters
 // of ~20 rows: C = ceil(5% of M) centroids) followed by 256 dynamic rows, in one buffer
@@ -13,9 +13,18 @@
 // S + 256 rows; squeezed = kept K/V + dynamic K/V + centroids. A device-to-device copy
 // (read + write bytes) measured in the same run is the ceiling.
 //
+// --hierarchical adds the two-level lookup: coarse clusters of kFinePerCoarse fine ones (their
+// centroid the mean of the fine centres; fine centres share a direction with their group), a
+// coarse tau keeping 2.5x the target fraction of the keys as candidates, then the fine lookup
+// over the candidates (scores normalised over them) and the same attention kernel; rows
+// "hier@X%", the lookup column holding the coarse lookup, the candidate expansion and the fine
+// lookup.
+//
 // Usage: gpu-attention-bench [--quick] [--reps N] [--csv FILE] [--fp32-centroids]
 //                            [--configs BxS,BxS,...]   (default 1x32768,1x131072,1x524288,
 //                                                        8x32768,8x131072)
+//                            [--waves N] [--sparse-waves N] [--two-pass-lookup] [--hierarchical]
+//                            [--no-pdl]
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -30,6 +39,7 @@
 
 #include "kernels/decode_attention.cuh"
 #include "kernels/squeezed_decode.cuh"
+#include "kernels/squeezed_prefill.cuh"
 
 #include "bench/gpu_bench_util.cuh"
 
@@ -47,6 +57,20 @@ using squeeze::bench::Unit;
 constexpr int kHq = 32, kHkv = 8, kD = 128, kDyn = 256, kSinks = 4, kWindow = 100;
 
 
+// Hierarchical variant: every kFinePerCoarse consecutive clusters form one coarse cluster
+// (5% -> 1% of the keys, as the server's default index).
+constexpr int kFinePerCoarse = 5;
+
+// Centre of cluster c of head bh, dimension i: a direction shared by its coarse group plus its
+// own, scaled by a per-cluster radius.
+__device__ inline float CentreValue(int bh, int c, int i) {
+  const uint64_t ctag = (static_cast<uint64_t>(bh) << 40) ^ (static_cast<uint64_t>(c) << 8);
+  const uint64_t gtag = (static_cast<uint64_t>(bh) << 40) ^
+                        (static_cast<uint64_t>(c / kFinePerCoarse) << 8) ^ (uint64_t{1} << 39);
+  const float radius = 0.5f + 0.75f * (Unit(Mix(ctag * 7 + 5)) + 1.0f);
+  return radius * (0.6f * Unit(Mix((gtag ^ i) * 5 + 2)) + 0.8f * Unit(Mix((ctag ^ i) * 5 + 2)));
+}
+
 // Row r of clustered head bh belongs to cluster ((r - sinks + 1) * C - 1) / M: clusters are
 // the equal splits offsets[c] = sinks + c * M / C.
 __device__ inline float KeyValue(int bh, int r, int i, int S, int M, int C) {
@@ -54,9 +78,7 @@ __device__ inline float KeyValue(int bh, int r, int i, int S, int M, int C) {
   if (r < kSinks || r >= S - kWindow) return 1.5f * Unit(Mix(tag * 3 + 1));
   const int64_t x = r - kSinks;
   const int c = static_cast<int>(((x + 1) * C - 1) / M);
-  const uint64_t ctag = (static_cast<uint64_t>(bh) << 40) ^ (static_cast<uint64_t>(c) << 8);
-  const float radius = 0.5f + 0.75f * (Unit(Mix(ctag * 7 + 5)) + 1.0f);
-  return radius * Unit(Mix((ctag ^ i) * 5 + 2)) + 0.35f * Unit(Mix(tag * 3 + 1));
+  return CentreValue(bh, c, i) + 0.35f * Unit(Mix(tag * 3 + 1));
 }
 
 // kv: [B * Hkv][cap][d]; rows >= S (the dynamic part) are random.
@@ -82,9 +104,7 @@ __global__ void FillCentroids(T* cent, int num_heads, int C) {
     const int i = static_cast<int>(e % kD);
     const int c = static_cast<int>((e / kD) % C);
     const int bh = static_cast<int>(e / (size_t{kD} * C));
-    const uint64_t ctag = (static_cast<uint64_t>(bh) << 40) ^ (static_cast<uint64_t>(c) << 8);
-    const float radius = 0.5f + 0.75f * (Unit(Mix(ctag * 7 + 5)) + 1.0f);
-    const float x = radius * Unit(Mix((ctag ^ i) * 5 + 2));
+    const float x = CentreValue(bh, c, i);
     if constexpr (sizeof(T) == 2) {
       cent[e] = __float2bfloat16_rn(x);
     } else {
@@ -93,11 +113,30 @@ __global__ void FillCentroids(T* cent, int num_heads, int C) {
   }
 }
 
+// Coarse centroid j (of C1) = the mean of the centres of its fine clusters (C in all).
+__global__ void FillCoarseCentroids(bf16* cent, int num_heads, int C, int C1) {
+  const size_t n = static_cast<size_t>(num_heads) * C1 * kD;
+  for (size_t e = blockIdx.x * size_t{blockDim.x} + threadIdx.x; e < n;
+       e += size_t{gridDim.x} * blockDim.x) {
+    const int i = static_cast<int>(e % kD);
+    const int j = static_cast<int>((e / kD) % C1);
+    const int bh = static_cast<int>(e / (size_t{kD} * C1));
+    const int c0 = j * kFinePerCoarse, c1 = min(c0 + kFinePerCoarse, C);
+    float x = 0.0f;
+    for (int c = c0; c < c1; ++c) x += CentreValue(bh, c, i);
+    cent[e] = __float2bfloat16_rn(x / (c1 - c0));
+  }
+}
+
 struct Args {
   bool quick = false;
   int reps = 30;
   std::string csv;
   bool fp32_centroids = false;
+  int sparse_waves = 0;          // 0: the library default
+  bool two_pass_lookup = false;  // the two-launch lookup even where one launch fits
+  bool hierarchical = false;     // also the two-level lookup (coarse, then candidates)
+  bool no_pdl = false;           // the attention kernel launched plainly after the lookup
   std::vector<std::pair<int, int>> configs;  // (batch, context)
 };
 
@@ -167,7 +206,7 @@ struct Row {
   double kept;  // realised kept fraction of the fixed context's rows (1 for dense)
   double us;
   double bytes;
-  double lookup_us = 0, sparse_us = 0, dynamic_us = 0, combine_us = 0;
+  double lookup_us = 0, attend_us = 0;  // the step's two stages, timed apart
 };
 
 double CopyBandwidth(cudaStream_t stream, int reps) {
@@ -195,6 +234,163 @@ double CopyBandwidth(cudaStream_t stream, int reps) {
   CK(cudaEventDestroy(e0));
   CK(cudaEventDestroy(e1));
   return 2.0 * bytes / t[t.size() / 2];  // bytes read + written per second
+}
+
+// The threshold keeping the highest-scored (score, keys) items until `keys` keys are kept.
+float TauKeeping(std::vector<std::pair<float, int>>* items, double keys) {
+  std::sort(items->begin(), items->end(), [](auto& x, auto& y) { return x.first > y.first; });
+  double acc = 0;
+  size_t i = 0;
+  while (i < items->size() && acc < keys) acc += (*items)[i++].second;
+  return i < items->size() ? (*items)[i].first : -INFINITY;
+}
+
+template <typename T>
+std::vector<T> Download(const T* dev, size_t n) {
+  std::vector<T> host(n);
+  CK(cudaMemcpy(host.data(), dev, n * sizeof(T), cudaMemcpyDeviceToHost));
+  return host;
+}
+
+// The hierarchical rows of one configuration: the fine level is the flat benchmark's (plan,
+// workspace, step parameters, d_tau = sp.tau); the coarse level is built here.
+void RunHierarchical(int B, int S, int M, int C, const std::vector<int32_t>& sizes,
+                     const gpu::SqueezedDecodePlan& plan, void* ws, gpu::SqueezedDecodeParams sp,
+                     float* d_tau,
+                     const Timer& timer, std::vector<Row>* rows) {
+  cudaStream_t stream = timer.stream;
+  const int BH = B * kHkv, C1 = (C + kFinePerCoarse - 1) / kFinePerCoarse;
+  bf16* cent1;
+  CK(cudaMalloc(&cent1, static_cast<size_t>(BH) * C1 * kD * 2));
+  FillCoarseCentroids<<<1024, 256, 0, stream>>>(cent1, BH, C, C1);
+  CK(cudaGetLastError());
+  // Coarse "rows" are fine clusters: offsets index them, sizes count their keys.
+  std::vector<int32_t> off1(C1 + 1), size1(C1, 0);
+  for (int j = 0; j <= C1; ++j) off1[j] = std::min(j * kFinePerCoarse, C);
+  for (int j = 0; j < C1; ++j) {
+    for (int c = off1[j]; c < off1[j + 1]; ++c) size1[j] += sizes[c];
+  }
+  int32_t *d_off1, *d_size1, *cand, *cand_count;
+  float* d_tau1;
+  CK(cudaMalloc(&d_off1, off1.size() * 4));
+  CK(cudaMalloc(&d_size1, size1.size() * 4));
+  CK(cudaMalloc(&cand, static_cast<size_t>(BH) * C * 4));
+  CK(cudaMalloc(&cand_count, BH * 4));
+  CK(cudaMalloc(&d_tau1, B * 4));
+  CK(cudaMemcpy(d_off1, off1.data(), off1.size() * 4, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(d_size1, size1.data(), size1.size() * 4, cudaMemcpyHostToDevice));
+  std::vector<gpu::SqueezeHeadDesc> heads1(BH);
+  for (int bh = 0; bh < BH; ++bh) {
+    gpu::SqueezeHeadDesc& hd = heads1[bh];
+    hd.centroids = cent1 + static_cast<size_t>(bh) * C1 * kD;
+    hd.sizes = d_size1;
+    hd.offsets = d_off1;
+    hd.num_clusters = C1;
+    hd.num_rows = C;
+  }
+  gpu::SqueezeHeadDesc* d_heads1;
+  CK(cudaMalloc(&d_heads1, BH * sizeof(gpu::SqueezeHeadDesc)));
+  CK(cudaMemcpy(d_heads1, heads1.data(), BH * sizeof(gpu::SqueezeHeadDesc),
+                cudaMemcpyHostToDevice));
+  gpu::SqueezedDecodeShape shape1 = plan.shape;
+  shape1.max_dynamic_len = 0;
+  shape1.max_clusters = C1;
+  shape1.max_fixed_rows = int64_t{B} * C;
+  shape1.max_context_rows = C;
+  shape1.with_scores = true;
+  gpu::SqueezedDecodePlan plan1;
+  CK(gpu::PlanSqueezedDecode(shape1, &plan1));
+  void* ws1;
+  CK(cudaMalloc(&ws1, plan1.workspace_bytes));
+  CK(gpu::InitSqueezedDecodeWorkspace(plan1, ws1, stream));
+  const gpu::SqueezeSelection sel1 = gpu::SelectionInWorkspace(plan1, ws1);
+  const gpu::SqueezeSelection sel = gpu::SelectionInWorkspace(plan, ws);
+  auto coarse = [&] {  // coarse lookup -> the candidate fine clusters of every head
+    CK(gpu::LaunchLookupFromQueries(plan1, sp.scale, sp.q, d_heads1, true, d_tau1, ws1, stream));
+    CK(gpu::LaunchExpandSelectionRows(sel1, BH, C, cand, C, stream));
+    CK(cudaMemcpyAsync(cand_count, sel1.kept_keys, BH * 4, cudaMemcpyDeviceToDevice, stream));
+  };
+  sp.candidates = cand;
+  sp.num_candidates = cand_count;
+  sp.candidate_stride = C;
+  cudaGraphExec_t full = Capture(stream, [&] {
+    coarse();
+    CK(gpu::LaunchSqueezedDecode(plan, sp, ws, stream));
+  });
+  cudaGraphExec_t lookup = Capture(stream, [&] {
+    coarse();
+    CK(gpu::LaunchSqueezedDecode(plan, sp, ws, stream, gpu::kStageLookup));
+  });
+  cudaGraphExec_t attend =
+      Capture(stream, [&] { CK(gpu::LaunchSqueezedDecode(plan, sp, ws, stream, gpu::kStageAttend)); });
+
+  // Coarse scores for this query (tau = 0 scores every coarse cluster).
+  std::vector<float> tau(B, 0.0f);
+  CK(cudaMemcpy(d_tau1, tau.data(), B * 4, cudaMemcpyHostToDevice));
+  coarse();
+  CK(cudaStreamSynchronize(stream));
+  const std::vector<float> scores1 = Download(sel1.scores, static_cast<size_t>(BH) * sel1.cluster_stride);
+  for (double frac : {0.20, 0.10, 0.05, 0.03}) {
+    // Coarse tau: candidates holding 2.5x the target fraction of the keys.
+    std::vector<float> tau1(B);
+    for (int b = 0; b < B; ++b) {
+      std::vector<std::pair<float, int>> items;
+      for (int h = 0; h < kHkv; ++h) {
+        for (int j = 0; j < C1; ++j) {
+          items.emplace_back(scores1[(static_cast<size_t>(b) * kHkv + h) * sel1.cluster_stride + j],
+                             size1[j]);
+        }
+      }
+      tau1[b] = TauKeeping(&items, std::min(1.0, 2.5 * frac) * M * kHkv);
+    }
+    CK(cudaMemcpy(d_tau1, tau1.data(), B * 4, cudaMemcpyHostToDevice));
+    // Fine scores over the candidates (tau = 0), then the fine tau keeping frac of the keys.
+    std::fill(tau.begin(), tau.end(), 0.0f);
+    CK(cudaMemcpy(d_tau, tau.data(), B * 4, cudaMemcpyHostToDevice));
+    coarse();
+    CK(gpu::LaunchSqueezedDecode(plan, sp, ws, stream, gpu::kStageLookup));
+    CK(cudaStreamSynchronize(stream));
+    const std::vector<float> scores = Download(sel.scores, static_cast<size_t>(BH) * sel.cluster_stride);
+    const std::vector<int32_t> ids = Download(cand, static_cast<size_t>(BH) * C);
+    const std::vector<int32_t> counts = Download(cand_count, BH);
+    double candidates = 0;
+    for (int b = 0; b < B; ++b) {
+      std::vector<std::pair<float, int>> items;
+      for (int h = 0; h < kHkv; ++h) {
+        const size_t bh = static_cast<size_t>(b) * kHkv + h;
+        candidates += counts[bh];
+        for (int i = 0; i < counts[bh]; ++i) {
+          const int c = ids[bh * C + i];
+          items.emplace_back(scores[bh * sel.cluster_stride + c], sizes[c]);
+        }
+      }
+      tau[b] = TauKeeping(&items, frac * M * kHkv);
+    }
+    CK(cudaMemcpy(d_tau, tau.data(), B * 4, cudaMemcpyHostToDevice));
+    Row r{B, S, "", 0, 0, 0};
+    r.us = timer.Median(full);
+    r.lookup_us = timer.Median(lookup);
+    r.attend_us = timer.Median(attend);
+    const std::vector<int32_t> kept = Download(sel.kept_keys, BH);
+    double kept_rows = 0;
+    for (int32_t x : kept) kept_rows += x;
+    r.kept = kept_rows / (double(BH) * S);
+    r.bytes = kept_rows * kD * 2 * 2 + double(BH) * kDyn * kD * 2 * 2 +
+              (double(BH) * C1 + candidates) * kD * 2;
+    char name[64];
+    std::snprintf(name, sizeof(name), "hier@%.0f%%", frac * 100);
+    r.path = name;
+    std::printf("B=%d S=%d %s: %.1f%% of the fine clusters are candidates, lookup %.1f of %.1f us "
+                "(%.1f%%)\n",
+                B, S, name, 100.0 * candidates / (double(BH) * C), r.lookup_us, r.us,
+                100.0 * r.lookup_us / r.us);
+    rows->push_back(r);
+  }
+  for (cudaGraphExec_t e : {full, lookup, attend}) CK(cudaGraphExecDestroy(e));
+  for (void* ptr : std::initializer_list<void*>{cent1, d_off1, d_size1, cand, cand_count, d_tau1,
+                                                d_heads1, ws1}) {
+    CK(cudaFree(ptr));
+  }
 }
 
 void RunConfig(int B, int S, const Args& args, const Timer& timer, std::vector<Row>* rows) {
@@ -310,8 +506,14 @@ void RunConfig(int B, int S, const Args& args, const Timer& timer, std::vector<R
   shape.max_fixed_rows = int64_t{B} * S;
   shape.max_context_rows = S;
   shape.with_scores = true;
+  shape.sparse_waves = args.sparse_waves;
+  shape.one_launch_lookup = !args.two_pass_lookup;
+  shape.programmatic_launch = !args.no_pdl;
   gpu::SqueezedDecodePlan plan;
   CK(gpu::PlanSqueezedDecode(shape, &plan));
+  std::printf("B=%d S=%d: lookup in %s, %d clusters per CTA; attention grid %d, %d chunks at most\n",
+              B, S, plan.lookup.one_launch ? "one launch" : "two launches",
+              plan.lookup.clusters_per_block, plan.sparse_grid, plan.max_chunks);
   void* ws;
   CK(cudaMalloc(&ws, plan.workspace_bytes));
   CK(gpu::InitSqueezedDecodeWorkspace(plan, ws, stream));
@@ -324,15 +526,6 @@ void RunConfig(int B, int S, const Args& args, const Timer& timer, std::vector<R
   sp.tau = d_tau;
   sp.out = d_out_sq;
   sp.lse = d_lse;
-  // The dynamic part overlaps the lookup on a side stream (fork/join inside the graph).
-  cudaStream_t side;
-  cudaEvent_t fork, join;
-  CK(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
-  CK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
-  CK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
-  sp.side_stream = side;
-  sp.fork_event = fork;
-  sp.join_event = join;
   const gpu::SqueezeSelection sel = gpu::SelectionInWorkspace(plan, ws);
 
   // Sanity: every cluster kept (tau = -inf) must reproduce dense attention.
@@ -361,10 +554,9 @@ void RunConfig(int B, int S, const Args& args, const Timer& timer, std::vector<R
 
   cudaGraphExec_t full =
       Capture(stream, [&] { CK(gpu::LaunchSqueezedDecode(plan, sp, ws, stream)); });
-  cudaGraphExec_t st[4];
-  const unsigned stage_bits[4] = {gpu::kStageLookup, gpu::kStageSparse, gpu::kStageDynamic,
-                                  gpu::kStageCombine};
-  for (int i = 0; i < 4; ++i) {
+  cudaGraphExec_t st[2];
+  const unsigned stage_bits[2] = {gpu::kStageLookup, gpu::kStageAttend};
+  for (int i = 0; i < 2; ++i) {
     st[i] = Capture(stream,
                     [&] { CK(gpu::LaunchSqueezedDecode(plan, sp, ws, stream, stage_bits[i])); });
   }
@@ -379,12 +571,7 @@ void RunConfig(int B, int S, const Args& args, const Timer& timer, std::vector<R
                              sizes[c]);
         }
       }
-      std::sort(items.begin(), items.end(), [](auto& x, auto& y) { return x.first > y.first; });
-      const double target = frac * M * kHkv;
-      double acc = 0;
-      size_t i = 0;
-      while (i < items.size() && acc < target) acc += items[i++].second;
-      tau[b] = i < items.size() ? items[i].first : -INFINITY;
+      tau[b] = TauKeeping(&items, frac * M * kHkv);
     }
     CK(cudaMemcpy(d_tau, tau.data(), B * 4, cudaMemcpyHostToDevice));
     Row r{B, S, "squeezed", 0, 0, 0};
@@ -401,17 +588,15 @@ void RunConfig(int B, int S, const Args& args, const Timer& timer, std::vector<R
     r.path = name;
     // Stages timed apart (each replays on the workspace the full step left).
     r.lookup_us = timer.Median(st[0]);
-    r.sparse_us = timer.Median(st[1]);
-    r.dynamic_us = timer.Median(st[2]);
-    r.combine_us = timer.Median(st[3]);
+    r.attend_us = timer.Median(st[1]);
     rows->push_back(r);
+  }
+  if (args.hierarchical && !args.fp32_centroids) {
+    RunHierarchical(B, S, M, C, sizes, plan, ws, sp, d_tau, timer, rows);
   }
   CK(cudaGraphExecDestroy(dense_exec));
   CK(cudaGraphExecDestroy(full));
   for (cudaGraphExec_t e : st) CK(cudaGraphExecDestroy(e));
-  CK(cudaEventDestroy(fork));
-  CK(cudaEventDestroy(join));
-  CK(cudaStreamDestroy(side));
   for (void* ptr :
        std::initializer_list<void*>{k, v, cent, d_off, d_sizes, d_q, d_tau, d_out_dense, d_out_sq,
                                     d_lse, d_dense_kv, d_dyn_kv, d_heads, dense_ws, ws}) {
@@ -435,12 +620,21 @@ int main(int argc, char** argv) {
       g_waves = std::max(1, std::atoi(argv[++i]));
     } else if (a == "--fp32-centroids") {
       args.fp32_centroids = true;
+    } else if (a == "--sparse-waves" && i + 1 < argc) {
+      args.sparse_waves = std::max(1, std::atoi(argv[++i]));
+    } else if (a == "--two-pass-lookup") {
+      args.two_pass_lookup = true;
+    } else if (a == "--hierarchical") {
+      args.hierarchical = true;
+    } else if (a == "--no-pdl") {
+      args.no_pdl = true;
     } else if (a == "--configs" && i + 1 < argc && ParseConfigs(argv[i + 1], &args.configs)) {
       ++i;
     } else {
       std::fprintf(stderr,
                    "usage: %s [--quick] [--reps N] [--csv FILE] [--fp32-centroids] "
-                   "[--configs BxS,...] [--waves N]\n",
+                   "[--configs BxS,...] [--waves N] [--sparse-waves N] [--two-pass-lookup]\n"
+                   "       [--hierarchical] [--no-pdl]\n",
                    argv[0]);
       return 2;
     }
@@ -469,27 +663,25 @@ int main(int argc, char** argv) {
   std::vector<Row> rows;
   for (auto [b, s] : configs) RunConfig(b, s, args, timer, &rows);
 
-  std::printf("\n%-3s %-7s %-13s %7s %9s %8s %6s %8s | %8s %8s %8s %8s\n", "B", "context", "path",
-              "kept%", "time_us", "GB/s", "%copy", "xdense", "lookup", "sparse", "dynamic",
-              "combine");
+  std::printf("\n%-3s %-7s %-13s %7s %9s %8s %6s %8s | %8s %8s\n", "B", "context", "path",
+              "kept%", "time_us", "GB/s", "%copy", "xdense", "lookup", "attend");
   FILE* csv = args.csv.empty() ? nullptr : std::fopen(args.csv.c_str(), "w");
   if (csv != nullptr) {
     std::fprintf(csv,
                  "impl,batch,context,path,kept_frac,time_us,bytes,gbps,copy_gbps,lookup_us,"
-                 "sparse_us,dynamic_us,combine_us\n");
+                 "attend_us\n");
   }
   double dense_us = 0;
   for (const Row& r : rows) {
     if (r.path == "dense") dense_us = r.us;
     const double gbps = r.bytes / (r.us * 1e-6) / 1e9;
-    std::printf("%-3d %-7d %-13s %7.2f %9.1f %8.0f %6.1f %8.2f | %8.1f %8.1f %8.1f %8.1f\n",
-                r.batch, r.context, r.path.c_str(), 100 * r.kept, r.us, gbps,
-                100 * gbps * 1e9 / copy_bw, dense_us / r.us, r.lookup_us, r.sparse_us, r.dynamic_us,
-                r.combine_us);
+    std::printf("%-3d %-7d %-13s %7.2f %9.1f %8.0f %6.1f %8.2f | %8.1f %8.1f\n", r.batch,
+                r.context, r.path.c_str(), 100 * r.kept, r.us, gbps, 100 * gbps * 1e9 / copy_bw,
+                dense_us / r.us, r.lookup_us, r.attend_us);
     if (csv != nullptr) {
-      std::fprintf(csv, "ours,%d,%d,%s,%.5f,%.2f,%.0f,%.1f,%.1f,%.2f,%.2f,%.2f,%.2f\n", r.batch,
-                   r.context, r.path.c_str(), r.kept, r.us, r.bytes, gbps, copy_bw / 1e9,
-                   r.lookup_us, r.sparse_us, r.dynamic_us, r.combine_us);
+      std::fprintf(csv, "ours,%d,%d,%s,%.5f,%.2f,%.0f,%.1f,%.1f,%.2f,%.2f\n", r.batch, r.context,
+                   r.path.c_str(), r.kept, r.us, r.bytes, gbps, copy_bw / 1e9, r.lookup_us,
+                   r.attend_us);
     }
   }
   if (csv != nullptr) std::fclose(csv);

@@ -72,6 +72,36 @@ __device__ __forceinline__ float WarpSum(float x) {
   return x;
 }
 
+// GPU-scope release / acquire operations on arrival counters (cheaper than __threadfence's
+// sequentially consistent fence; the CTA's writes are ordered before thread 0's release by a
+// __syncthreads, and after another CTA's acquire by the next one).
+__device__ __forceinline__ uint32_t AtomicAddAcqRel(uint32_t* p, uint32_t v) {
+  uint32_t old;
+  asm volatile("atom.add.acq_rel.gpu.global.u32 %0, [%1], %2;"
+               : "=r"(old)
+               : "l"(p), "r"(v)
+               : "memory");
+  return old;
+}
+__device__ __forceinline__ void RedAddRelease(uint32_t* p, uint32_t v) {
+  asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ uint32_t LoadAcquire(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// One CTA's arrival at `counter` (every thread calls it): true, in every thread, in the CTA
+// whose arrival is the total-th. What the earlier CTAs wrote before arriving is then visible
+// to it (read with __ldcg: L1 is not coherent). flag: a shared int.
+__device__ __forceinline__ bool LastArrival(uint32_t* counter, uint32_t total, int* flag) {
+  __syncthreads();
+  if (threadIdx.x == 0) *flag = AtomicAddAcqRel(counter, 1u) == total - 1;
+  __syncthreads();
+  return *flag != 0;
+}
+
 // Shared-memory layout of the core (bytes from the dynamic smem base).
 template <int D, int G>
 struct CoreSmem {

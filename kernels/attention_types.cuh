@@ -65,8 +65,8 @@ struct DecodeSplitPlan {
 // Sparse attention work chunks (kept keys per CTA work item): chosen on the device between
 // these bounds so the kept keys of all heads, whatever their per-head counts, split into about
 // the planned number of equal chunks.
-constexpr int kSparseMinChunkKeys = 256;
-constexpr int kSparseMaxChunkKeys = 1024;  // bounds the per-CTA row list in shared memory
+constexpr int kSparseMinChunkKeys = 128;
+constexpr int kSparseMaxChunkKeys = 2048;  // bounds the per-CTA row list in shared memory
 // Chunks start at multiples of this many kept keys (the attention tile), and
 // SqueezeSelection::range_of_key indexes kept keys at this granularity.
 constexpr int kSparseKeyIndexStep = 64;

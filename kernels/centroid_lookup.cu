@@ -42,39 +42,24 @@ __device__ unsigned long long BlockExclusiveScan(unsigned long long x, unsigned 
   return before + incl - x;
 }
 
-// Phase 1: logits of clusters [c0, c0 + cn) of one head into logit_s and global memory, and the
-// block's (max, size-weighted sum of exp) per head.
-// Clusters [c0, c0 + cn) of the head's list: the candidates (when given) or every cluster.
+// s[g] += q_g . centroid row (this lane's quarter of d: 16-byte chunks quarter + 4i).
 template <int D, int G, bool kBf16>
-__device__ void ScoreBlock(const CentroidLookupParams& p, const SqueezeHeadDesc& hd,
-                           const int32_t* cand, int count, int bh, int b, int h, int blk,
-                           float* q_s, float (*logit_s)[kMaxClustersPerBlock]) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, quarter = lane & 3;
-  const float* qg = p.q + (static_cast<size_t>(b) * p.num_q_heads + h * G) * D;
-  for (int i = threadIdx.x; i < G * D; i += kThreads) q_s[i] = qg[i] * p.scale;
-  __syncthreads();
+struct CentroidRow {
+  static constexpr int kPer = kBf16 ? D / 32 : D / 16;  // 16-byte loads per lane
+  uint4 raw[kPer];
 
-  const int CB = p.plan.clusters_per_block;
-  const int c0 = blk * CB, cn = min(CB, count - c0);
-  for (int base = 0; base < cn; base += kCentroidsPerPass) {
-    const int cl = base + warp * 8 + (lane >> 2);
-    const bool valid = cl < cn;
-    const int at = c0 + (valid ? cl : 0);
-    const size_t c = cand != nullptr ? __ldg(cand + at) : at;
-    float s[G];
+  __device__ void Load(const void* centroids, size_t c, int quarter) {
+    const uint4* row = reinterpret_cast<const uint4*>(static_cast<const char*>(centroids) +
+                                                      c * D * (kBf16 ? 2 : 4));
 #pragma unroll
-    for (int g = 0; g < G; ++g) s[g] = 0.0f;
-    if constexpr (kBf16) {
-      // Row = D/8 chunks of 8 bf16; lane takes chunks quarter + 4i.
-      constexpr int kPer = D / 32;
-      const uint4* row =
-          reinterpret_cast<const uint4*>(static_cast<const bf16*>(hd.centroids) + c * D);
-      uint4 raw[kPer];
+    for (int i = 0; i < kPer; ++i) raw[i] = __ldg(row + quarter + 4 * i);
+  }
+
+  __device__ void Dot(const float* q_s, int quarter, float* s) const {
 #pragma unroll
-      for (int i = 0; i < kPer; ++i) raw[i] = __ldg(row + quarter + 4 * i);
-#pragma unroll
-      for (int i = 0; i < kPer; ++i) {
-        const int chunk = quarter + 4 * i;
+    for (int i = 0; i < kPer; ++i) {
+      const int chunk = quarter + 4 * i;
+      if constexpr (kBf16) {
         float x[8];
         detail::UnpackBf16x2(raw[i].x, &x[0], &x[1]);
         detail::UnpackBf16x2(raw[i].y, &x[2], &x[3]);
@@ -95,42 +80,86 @@ __device__ void ScoreBlock(const CentroidLookupParams& p, const SqueezeHeadDesc&
           a = fmaf(qb.w, x[7], a);
           s[g] = a;
         }
-      }
-    } else {
-      // Row = D/4 chunks of 4 floats; lane takes chunks quarter + 4i.
-      constexpr int kPer = D / 16;
-      const float4* row =
-          reinterpret_cast<const float4*>(static_cast<const float*>(hd.centroids) + c * D);
-      float4 raw[kPer];
-#pragma unroll
-      for (int i = 0; i < kPer; ++i) raw[i] = __ldg(row + quarter + 4 * i);
-#pragma unroll
-      for (int i = 0; i < kPer; ++i) {
-        const int chunk = quarter + 4 * i;
+      } else {
+        const float4 x = *reinterpret_cast<const float4*>(&raw[i]);
 #pragma unroll
         for (int g = 0; g < G; ++g) {
           const float4 qa = *reinterpret_cast<const float4*>(q_s + g * D + chunk * 4);
           float a = s[g];
-          a = fmaf(qa.x, raw[i].x, a);
-          a = fmaf(qa.y, raw[i].y, a);
-          a = fmaf(qa.z, raw[i].z, a);
-          a = fmaf(qa.w, raw[i].w, a);
+          a = fmaf(qa.x, x.x, a);
+          a = fmaf(qa.y, x.y, a);
+          a = fmaf(qa.z, x.z, a);
+          a = fmaf(qa.w, x.w, a);
           s[g] = a;
         }
       }
     }
+  }
+};
+
+// Phase 1: logits of clusters [c0, c0 + cn) of the head's list (the candidates when given, or
+// every cluster) into logit_s (and global memory when store_global), and the block's
+// (max, size-weighted sum of exp) per query head into block_max / block_den. size_s: the
+// clusters' sizes staged in shared memory (the caller syncs), or nullptr to read them here.
+// after_loads() runs once the first centroid loads are in flight (so its own loads overlap
+// them), before the block's first barrier.
+template <int D, int G, bool kBf16, class AfterLoads>
+__device__ void ScoreBlock(const CentroidLookupParams& p, const SqueezeHeadDesc& hd,
+                           const int32_t* cand, int count, int bh, int b, int h, int blk,
+                           float* q_s, float (*logit_s)[kMaxClustersPerBlock],
+                           const int32_t* size_s, bool store_global, AfterLoads after_loads) {
+  // bf16 rows are small: two per lane and pass, so twice the bytes are in flight.
+  constexpr int kRowsPerLane = kBf16 ? 2 : 1;
+  constexpr int kPass = kCentroidsPerPass * kRowsPerLane;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, quarter = lane & 3;
+  const float* qg = p.q + (static_cast<size_t>(b) * p.num_q_heads + h * G) * D;
+  // q is staged once the first centroid loads are in flight (its loads overlap them).
+  auto stage_q = [&] {
+    for (int i = threadIdx.x; i < G * D; i += kThreads) q_s[i] = qg[i] * p.scale;
+  };
+
+  const int CB = p.plan.clusters_per_block;
+  const int c0 = blk * CB, cn = min(CB, count - c0);
+  for (int base = 0; base < cn; base += kPass) {
+    CentroidRow<D, G, kBf16> row[kRowsPerLane];
 #pragma unroll
-    for (int g = 0; g < G; ++g) {
-      s[g] += __shfl_xor_sync(0xffffffffu, s[g], 1);
-      s[g] += __shfl_xor_sync(0xffffffffu, s[g], 2);
+    for (int r = 0; r < kRowsPerLane; ++r) {
+      const int cl = base + r * kCentroidsPerPass + warp * 8 + (lane >> 2);
+      const int at = c0 + (cl < cn ? cl : 0);
+      row[r].Load(hd.centroids, cand != nullptr ? __ldg(cand + at) : at, quarter);
     }
-    if (valid && quarter == 0) {
+    if (base == 0) {  // the first loads are in flight
+      stage_q();
+      after_loads();
+      __syncthreads();  // q_s
+    }
+#pragma unroll
+    for (int r = 0; r < kRowsPerLane; ++r) {
+      const int cl = base + r * kCentroidsPerPass + warp * 8 + (lane >> 2);
+      float s[G];
+#pragma unroll
+      for (int g = 0; g < G; ++g) s[g] = 0.0f;
+      row[r].Dot(q_s, quarter, s);
 #pragma unroll
       for (int g = 0; g < G; ++g) {
-        logit_s[g][cl] = s[g];
-        p.logits[(static_cast<size_t>(bh) * G + g) * p.plan.logit_stride + c0 + cl] = s[g];
+        s[g] += __shfl_xor_sync(0xffffffffu, s[g], 1);
+        s[g] += __shfl_xor_sync(0xffffffffu, s[g], 2);
+      }
+      if (cl < cn && quarter == 0) {
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          logit_s[g][cl] = s[g];
+          if (store_global) {
+            p.logits[(static_cast<size_t>(bh) * G + g) * p.plan.logit_stride + c0 + cl] = s[g];
+          }
+        }
       }
     }
+  }
+  if (cn <= 0) {  // no pass ran
+    stage_q();
+    after_loads();
+    __syncthreads();
   }
   __syncthreads();
   for (int g = warp; g < G; g += kWarps) {
@@ -139,8 +168,13 @@ __device__ void ScoreBlock(const CentroidLookupParams& p, const SqueezeHeadDesc&
     m = WarpMax(m);
     float den = 0.0f;
     for (int i = lane; i < cn; i += 32) {
-      const int c = cand != nullptr ? __ldg(cand + c0 + i) : c0 + i;
-      den += static_cast<float>(__ldg(hd.sizes + c)) * expf(logit_s[g][i] - m);
+      int n;
+      if (size_s != nullptr) {
+        n = size_s[i];
+      } else {
+        n = __ldg(hd.sizes + (cand != nullptr ? __ldg(cand + c0 + i) : c0 + i));
+      }
+      den += static_cast<float>(n) * expf(logit_s[g][i] - m);
     }
     den = WarpSum(den);
     if (lane == 0) {
@@ -240,6 +274,32 @@ __device__ void MarkRange(const SqueezeSelection& sel, int bh, int r, int key0, 
   for (int i = (key0 + kStep - 1) / kStep; i <= last; ++i) index[i] = r;
 }
 
+// One thread: the sinks and window ranges of head bh around its nk kept clusters (cluster_keys
+// keys), and the head's totals.
+__device__ void FinishHead(const SqueezeSelection& sel, const SqueezeHeadDesc& hd, int bh, int nk,
+                           int cluster_keys) {
+  int32_t* row_begin = sel.range_row_begin + static_cast<size_t>(bh) * sel.range_stride;
+  int32_t* key_begin = sel.range_key_begin + static_cast<size_t>(bh) * (sel.range_stride + 1);
+  int keys = hd.sinks + cluster_keys;
+  if (hd.sinks > 0) {
+    row_begin[0] = 0;
+    key_begin[0] = 0;
+    MarkRange(sel, bh, 0, 0, hd.sinks);
+  }
+  int r = (hd.sinks > 0 ? 1 : 0) + nk;
+  if (hd.window > 0) {
+    row_begin[r] = hd.num_rows - hd.window;
+    key_begin[r] = keys;
+    MarkRange(sel, bh, r, keys, hd.window);
+    ++r;
+    keys += hd.window;
+  }
+  key_begin[r] = keys;
+  sel.num_ranges[bh] = r;
+  sel.kept_keys[bh] = keys;
+  sel.num_kept_clusters[bh] = nk;
+}
+
 // Select kernel, last CTA of head bh: block prefix sums, gather of the blocks' segments into
 // the head's ranges (ascending cluster order), sinks and window, totals.
 __device__ void GatherHead(const CentroidLookupParams& p, const SqueezeHeadDesc& hd, int bh,
@@ -284,49 +344,54 @@ __device__ void GatherHead(const CentroidLookupParams& p, const SqueezeHeadDesc&
     MarkRange(sel, bh, first_range + i, kb,
               __ldg(hd.offsets + cluster + 1) - __ldg(hd.offsets + cluster));
   }
-  if (threadIdx.x == 0) {
-    int keys = hd.sinks + static_cast<int>(carry >> 32);
-    if (hd.sinks > 0) {
-      row_begin[0] = 0;
-      key_begin[0] = 0;
-      MarkRange(sel, bh, 0, 0, hd.sinks);
-    }
-    int r = first_range + nk;
-    if (hd.window > 0) {
-      row_begin[r] = hd.num_rows - hd.window;
-      key_begin[r] = keys;
-      MarkRange(sel, bh, r, keys, hd.window);
-      ++r;
-      keys += hd.window;
-    }
-    key_begin[r] = keys;
-    sel.num_ranges[bh] = r;
-    sel.kept_keys[bh] = keys;
-    sel.num_kept_clusters[bh] = nk;
-  }
+  if (threadIdx.x == 0) FinishHead(sel, hd, bh, nk, static_cast<int>(carry >> 32));
 }
 
-// Phase 3 (last head): chunk size and per-head chunk offsets for the sparse kernel.
+// Keys of head i the sparse kernel attends: kept fixed keys and the sequence's dynamic rows.
+__device__ __forceinline__ void HeadKeys(const CentroidLookupParams& p, int i, long long* kept,
+                                         long long* dyn) {
+  *kept = __ldcg(p.sel.kept_keys + i);
+  *dyn = p.dynamic_kv != nullptr ? max(p.dynamic_kv[i / p.num_kv_heads].len, 0) : 0;
+}
+
+// Chunks of a head with kept + dyn keys (kept chunks, then dynamic chunks; at least one, so
+// every head's output is written by the sparse kernel).
+__device__ __forceinline__ long long HeadChunks(long long kept, long long dyn, long long chunk) {
+  return max((kept + chunk - 1) / chunk + (dyn + chunk - 1) / chunk, 1ll);
+}
+
+// Last head: chunk size and per-head chunk offsets for the sparse kernel.
 __device__ void PlanChunks(const CentroidLookupParams& p, int num_heads,
                            unsigned long long* scan_s) {
   const SqueezeSelection& sel = p.sel;
   unsigned long long local = 0, total_keys = 0;
-  for (int i = threadIdx.x; i < num_heads; i += kThreads) local += __ldcg(sel.kept_keys + i);
+  for (int i = threadIdx.x; i < num_heads; i += kThreads) {
+    long long kept, dyn;
+    HeadKeys(p, i, &kept, &dyn);
+    local += kept + dyn;
+  }
   BlockExclusiveScan(local, &total_keys, scan_s);
 
-  // Every head adds at most one partial chunk, so aim at target - heads full chunks: the count
-  // then stays within target (whole waves of the persistent grid).
+  // Every head adds at most two partial chunks, so aim at (waves x target) - 2 heads full
+  // chunks: the count then stays within whole waves of the persistent grid. More waves only
+  // when the chunks would exceed kSparseMaxChunkKeys.
   const long long target = max(p.target_chunks, 1);
-  const long long usable = max(target - num_heads, max(target / 2, 1ll));
-  long long chunk = (static_cast<long long>(total_keys) + usable - 1) / usable;
-  chunk = (chunk + kSparseKeyIndexStep - 1) / kSparseKeyIndexStep * kSparseKeyIndexStep;
+  long long chunk = kSparseMaxChunkKeys;
+  for (long long waves = 1; waves <= 64; ++waves) {
+    const long long usable = max(waves * target - 2ll * num_heads, max(waves * target / 2, 1ll));
+    chunk = (static_cast<long long>(total_keys) + usable - 1) / usable;
+    chunk = (chunk + kSparseKeyIndexStep - 1) / kSparseKeyIndexStep * kSparseKeyIndexStep;
+    if (chunk <= kSparseMaxChunkKeys) break;
+  }
   chunk = min(max(chunk, static_cast<long long>(kSparseMinChunkKeys)),
               static_cast<long long>(kSparseMaxChunkKeys));
   unsigned long long count = 0;
   for (;;) {  // uniform: every thread sees the same chunk and count
     local = 0;
     for (int i = threadIdx.x; i < num_heads; i += kThreads) {
-      local += (__ldcg(sel.kept_keys + i) + chunk - 1) / chunk;
+      long long kept, dyn;
+      HeadKeys(p, i, &kept, &dyn);
+      local += HeadChunks(kept, dyn, chunk);
     }
     BlockExclusiveScan(local, &count, scan_s);
     if (count <= static_cast<unsigned long long>(p.max_chunks) || chunk >= kSparseMaxChunkKeys) {
@@ -337,8 +402,12 @@ __device__ void PlanChunks(const CentroidLookupParams& p, int num_heads,
   unsigned long long carry = 0;
   for (int base = 0; base < num_heads; base += kThreads) {
     const int i = base + threadIdx.x;
-    const unsigned long long n =
-        i < num_heads ? (__ldcg(sel.kept_keys + i) + chunk - 1) / chunk : 0;
+    unsigned long long n = 0;
+    if (i < num_heads) {
+      long long kept, dyn;
+      HeadKeys(p, i, &kept, &dyn);
+      n = HeadChunks(kept, dyn, chunk);
+    }
     unsigned long long batch_total = 0;
     const unsigned long long before = BlockExclusiveScan(n, &batch_total, scan_s);
     if (i < num_heads) sel.chunk_begin[i] = static_cast<int32_t>(carry + before);
@@ -350,6 +419,12 @@ __device__ void PlanChunks(const CentroidLookupParams& p, int num_heads,
     sel.chunk_info[1] = static_cast<int32_t>(count);
     sel.chunk_info[2] = count > static_cast<unsigned long long>(p.max_chunks) ? 1 : 0;
   }
+}
+
+// Arrival counter of head bh (bh = B * Hkv: the count of finished heads), one per 128-byte
+// line: CTAs spinning on one head's counter do not slow the atomics on another's.
+__device__ __forceinline__ uint32_t* HeadCounter(const CentroidLookupParams& p, int bh) {
+  return p.counters + static_cast<size_t>(bh) * kLookupCounterStride;
 }
 
 // Per (sequence, KV head): the head's descriptor with its cluster count clamped to what the
@@ -378,10 +453,35 @@ __device__ HeadMode GetHeadMode(const CentroidLookupParams& p, int bh) {
                               : m.hd.num_clusters;
   m.scoring = m.hd.num_clusters > 0 && isfinite(m.tau);
   m.keep_all = !m.scoring && m.tau == -INFINITY;
-  m.nblk = (m.scoring || m.keep_all) && m.hd.num_clusters > 0
-               ? (m.hd.num_clusters + p.plan.clusters_per_block - 1) / p.plan.clusters_per_block
+  // Blocks of the clusters taking part (candidates: only theirs).
+  m.nblk = (m.scoring || m.keep_all) && m.count > 0
+               ? (m.count + p.plan.clusters_per_block - 1) / p.plan.clusters_per_block
                : 1;
   return m;
+}
+
+// The head's softmax max and 1 / denominator per query head, from its blocks' partials
+// (written before a barrier or by an earlier launch). Ends with a barrier.
+template <int G>
+__device__ void HeadStats(const CentroidLookupParams& p, int bh, int nblk, float* head_m,
+                          float* head_inv) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int g = warp; g < G; g += kWarps) {
+    const size_t base = static_cast<size_t>(bh) * p.plan.blocks_per_head * G + g;
+    float mx = -INFINITY;
+    for (int j = lane; j < nblk; j += 32) mx = fmaxf(mx, __ldcg(p.block_max + base + j * G));
+    mx = WarpMax(mx);
+    float den = 0.0f;
+    for (int j = lane; j < nblk; j += 32) {
+      den += __ldcg(p.block_den + base + j * G) * expf(__ldcg(p.block_max + base + j * G) - mx);
+    }
+    den = WarpSum(den);
+    if (lane == 0) {
+      head_m[g] = mx;
+      head_inv[g] = 1.0f / den;  // den >= 1: the arg-max cluster has N >= 1
+    }
+  }
+  __syncthreads();
 }
 
 template <int D, int G, bool kBf16>
@@ -392,7 +492,7 @@ __global__ void __launch_bounds__(kThreads, 2) CentroidScoreKernel(const Centroi
   const HeadMode m = GetHeadMode(p, bh);
   if (!m.scoring || blk >= m.nblk) return;
   ScoreBlock<D, G, kBf16>(p, m.hd, m.cand, m.count, bh, bh / p.num_kv_heads, bh % p.num_kv_heads,
-                          blk, q_s, logit_s);
+                          blk, q_s, logit_s, /*size_s=*/nullptr, /*store_global=*/true, [] {});
 }
 
 template <int G>
@@ -401,31 +501,14 @@ __global__ void __launch_bounds__(kThreads) CentroidSelectKernel(const CentroidL
   __shared__ unsigned long long prefix_s[kLookupMaxBlocksPerHead];
   __shared__ float head_m[G], head_inv[G];
   __shared__ int is_last;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  asm volatile("griddepcontrol.launch_dependents;");  // as in FusedLookupKernel
   const int bh = blockIdx.y, blk = blockIdx.x;
   const int num_heads = gridDim.y;
   const HeadMode m = GetHeadMode(p, bh);
   if (blk >= m.nblk) return;
   const int cb = p.plan.clusters_per_block;
 
-  if (m.scoring && p.scores_in == nullptr) {  // the head's max and denominator, from partials
-    for (int g = warp; g < G; g += kWarps) {
-      const size_t base = static_cast<size_t>(bh) * p.plan.blocks_per_head * G + g;
-      float mx = -INFINITY;
-      for (int j = lane; j < m.nblk; j += 32) mx = fmaxf(mx, __ldcg(p.block_max + base + j * G));
-      mx = WarpMax(mx);
-      float den = 0.0f;
-      for (int j = lane; j < m.nblk; j += 32) {
-        den += __ldcg(p.block_den + base + j * G) * expf(__ldcg(p.block_max + base + j * G) - mx);
-      }
-      den = WarpSum(den);
-      if (lane == 0) {
-        head_m[g] = mx;
-        head_inv[g] = 1.0f / den;  // den >= 1: the arg-max cluster has N >= 1
-      }
-    }
-    __syncthreads();
-  }
+  if (m.scoring && p.scores_in == nullptr) HeadStats<G>(p, bh, m.nblk, head_m, head_inv);
   const int c0 = blk * cb;
   const int cn = (m.scoring || m.keep_all) ? max(0, min(cb, m.count - c0)) : 0;
   const unsigned long long count = SelectBlock<G>(p, m.hd, m.cand, bh, c0, cn, m.scoring,
@@ -435,58 +518,234 @@ __global__ void __launch_bounds__(kThreads) CentroidSelectKernel(const CentroidL
   }
 
   // The last CTA of this head (every block's segment and count visible) gathers.
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    is_last = atomicAdd(p.counters + bh, 1u) == static_cast<unsigned>(m.nblk - 1);
-  }
-  __syncthreads();
-  if (!is_last) return;
-  __threadfence();
+  if (!detail::LastArrival(HeadCounter(p, bh), m.nblk, &is_last)) return;
+  if (threadIdx.x == 0) *HeadCounter(p, bh) = 0;  // every CTA of the head has arrived
   GatherHead(p, m.hd, bh, m.nblk, cb, scan_s, prefix_s);
 
   // The last head to finish plans the sparse work.
-  __threadfence();
+  if (!detail::LastArrival(HeadCounter(p, num_heads), num_heads, &is_last)) return;
+  if (threadIdx.x == 0) *HeadCounter(p, num_heads) = 0;
+  PlanChunks(p, num_heads, scan_s);
+}
+
+// Arrival of this CTA at a barrier of the CTAs of one head: returns once `target` arrivals are
+// counted (release / acquire at GPU scope). What the arrived CTAs wrote before arriving is then
+// visible (read it with __ldcg).
+// Every CTA of the head must be resident (LookupPlan::one_launch).
+__device__ void HeadBarrier(uint32_t* counter, uint32_t target) {
   __syncthreads();
   if (threadIdx.x == 0) {
-    p.counters[bh] = 0;  // every CTA of this head has arrived: ready for the next launch
-    is_last = atomicAdd(p.counters + num_heads, 1u) == static_cast<unsigned>(num_heads - 1);
+    detail::RedAddRelease(counter, 1u);
+    unsigned pause = 32;  // back off: every spinning CTA of the head polls the same line
+    while (detail::LoadAcquire(counter) < target) {
+      __nanosleep(pause);
+      pause = min(2 * pause, 256u);
+    }
   }
   __syncthreads();
-  if (!is_last) return;
-  __threadfence();
-  if (threadIdx.x == 0) p.counters[num_heads] = 0;
+}
+
+// The whole lookup in one launch (see the header): score, head barrier, select and count, head
+// barrier, write the kept clusters into the ranges; the last head plans the chunks.
+template <int D, int G, bool kBf16>
+__global__ void __launch_bounds__(kThreads, 4) FusedLookupKernel(const CentroidLookupParams p) {
+  __shared__ __align__(16) float q_s[G * D];
+  __shared__ float logit_s[G][kMaxClustersPerBlock];
+  __shared__ int32_t row_s[kMaxClustersPerBlock], keys_s[kMaxClustersPerBlock],
+      size_s[kMaxClustersPerBlock];
+  __shared__ unsigned long long scan_s[kWarps];
+  __shared__ float head_m[G], head_inv[G];
+  __shared__ int is_last;
+  // The next kernel (the sparse attention, a programmatic dependent) may start its launch: it
+  // waits for this grid's results before reading them. Every CTA of this grid has started by
+  // the time it launches, so it cannot take the place of a CTA the head barriers wait for.
+  asm volatile("griddepcontrol.launch_dependents;");
+  const int bh = blockIdx.y, blk = blockIdx.x;
+  const int num_heads = gridDim.y;
+  const HeadMode m = GetHeadMode(p, bh);
+  if (blk >= m.nblk) return;
+  const int cb = p.plan.clusters_per_block;
+  const int c0 = blk * cb;
+  const int cn = (m.scoring || m.keep_all) ? max(0, min(cb, m.count - c0)) : 0;
+  // Storage rows, kept keys and sizes of the block's clusters.
+  auto stage_clusters = [&] {
+    for (int i = threadIdx.x; i < cn; i += kThreads) {
+      const int c = m.cand != nullptr ? __ldg(m.cand + c0 + i) : c0 + i;
+      const int r = __ldg(m.hd.offsets + c);
+      const int e = __ldg(m.hd.offsets + c + 1);
+      size_s[i] = __ldg(m.hd.sizes + c);
+      row_s[i] = r;
+      keys_s[i] = e - r;
+    }
+  };
+  uint32_t* counter = HeadCounter(p, bh);
+  uint32_t round = 0;
+  const bool from_q = m.scoring && p.scores_in == nullptr;
+  if (from_q) {
+    ScoreBlock<D, G, kBf16>(p, m.hd, m.cand, m.count, bh, bh / p.num_kv_heads,
+                            bh % p.num_kv_heads, blk, q_s, logit_s, size_s,
+                            /*store_global=*/false, stage_clusters);
+    HeadBarrier(counter, ++round * m.nblk);
+    HeadStats<G>(p, bh, m.nblk, head_m, head_inv);
+  } else {
+    stage_clusters();
+    __syncthreads();
+  }
+
+  // Score, threshold and count this thread's clusters.
+  const int i0 = threadIdx.x * kFinalizePerThread;
+  float* scores = p.sel.scores != nullptr
+                      ? p.sel.scores + static_cast<size_t>(bh) * p.sel.cluster_stride
+                      : nullptr;
+  ClusterPick pick;
+  unsigned long long local = 0;
+#pragma unroll
+  for (int e = 0; e < kFinalizePerThread; ++e) {
+    const int i = i0 + e;
+    pick.cluster[e] = 0;
+    pick.row[e] = 0;
+    pick.nkeys[e] = 0;
+    if (i >= cn) continue;
+    const int c = m.cand != nullptr ? __ldg(m.cand + c0 + i) : c0 + i;
+    float sc = 0.0f;
+    if (from_q) {
+#pragma unroll
+      for (int g = 0; g < G; ++g) sc += expf(logit_s[g][i] - head_m[g]) * head_inv[g];
+      sc *= 1.0f / G;  // mean over the group
+    } else if (m.scoring) {
+      sc = __ldcg(p.scores_in + static_cast<size_t>(bh) * p.sel.cluster_stride + c);
+    }
+    if (scores != nullptr && m.scoring) scores[c] = sc;
+    if (m.keep_all || (m.scoring && sc > m.tau)) {
+      pick.cluster[e] = c;
+      pick.row[e] = row_s[i];
+      pick.nkeys[e] = keys_s[i];
+      pick.keep_mask |= 1u << e;
+      local += 1ull + (static_cast<unsigned long long>(pick.nkeys[e]) << 32);
+    }
+  }
+  unsigned long long block_total = 0;
+  const unsigned long long at = BlockExclusiveScan(local, &block_total, scan_s);
+  unsigned long long* counts = p.block_counts + static_cast<size_t>(bh) * p.plan.blocks_per_head;
+  if (threadIdx.x == 0) counts[blk] = block_total;
+  HeadBarrier(counter, ++round * m.nblk);
+
+  // Kept clusters and keys of the blocks before this one, and of the whole head.
+  unsigned long long before_part = 0, all_part = 0;
+  for (int j = threadIdx.x; j < m.nblk; j += kThreads) {
+    const unsigned long long v = __ldcg(counts + j);
+    all_part += v;
+    if (j < blk) before_part += v;
+  }
+  unsigned long long before = 0, head_total = 0;
+  BlockExclusiveScan(before_part, &before, scan_s);
+  BlockExclusiveScan(all_part, &head_total, scan_s);
+
+  // This block's kept clusters, at their places in the head's ranges.
+  const SqueezeSelection& sel = p.sel;
+  int32_t* row_begin = sel.range_row_begin + static_cast<size_t>(bh) * sel.range_stride;
+  int32_t* key_begin = sel.range_key_begin + static_cast<size_t>(bh) * (sel.range_stride + 1);
+  int32_t* kept = sel.kept_clusters + static_cast<size_t>(bh) * sel.cluster_stride;
+  const int first_range = m.hd.sinks > 0 ? 1 : 0;
+  int pos_c = static_cast<int>((before + at) & 0xffffffffull);
+  int pos_k = m.hd.sinks + static_cast<int>((before >> 32) + (at >> 32));
+#pragma unroll
+  for (int e = 0; e < kFinalizePerThread; ++e) {
+    if (!(pick.keep_mask & (1u << e))) continue;
+    kept[pos_c] = pick.cluster[e];
+    row_begin[first_range + pos_c] = pick.row[e];
+    key_begin[first_range + pos_c] = pos_k;
+    MarkRange(sel, bh, first_range + pos_c, pos_k, pick.nkeys[e]);
+    ++pos_c;
+    pos_k += pick.nkeys[e];
+  }
+  if (blk == 0 && threadIdx.x == 0) {
+    FinishHead(sel, m.hd, bh, static_cast<int>(head_total & 0xffffffffull),
+               static_cast<int>(head_total >> 32));
+  }
+  // Every CTA of the head is past both barriers once all have arrived here: the last one
+  // zeroes the counter for the next launch.
+  if (threadIdx.x == 0 &&
+      atomicAdd(counter, 1u) == (round + 1) * static_cast<uint32_t>(m.nblk) - 1) {
+    atomicExch(counter, 0u);
+  }
+  if (blk != 0) return;
+
+  // The last head to finish plans the sparse work.
+  if (!detail::LastArrival(HeadCounter(p, num_heads), num_heads, &is_last)) return;
+  if (threadIdx.x == 0) *HeadCounter(p, num_heads) = 0;
   PlanChunks(p, num_heads, scan_s);
 }
 
 }  // namespace
 
-LookupPlan PlanCentroidLookup(int batch, int num_kv_heads, int max_clusters, int concurrent_ctas) {
-  LookupPlan plan;
-  const int64_t heads = std::max<int64_t>(1, int64_t{batch} * num_kv_heads);
+cudaError_t PlanCentroidLookup(int batch, int num_q_heads, int num_kv_heads, int head_dim,
+                               int max_clusters, bool allow_one_launch, LookupPlan* plan) {
+  if (batch <= 0 || num_kv_heads <= 0 || num_q_heads % num_kv_heads != 0 || plan == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  int score_ctas = 0, fused_ctas = 0;
+  cudaError_t err = detail::DispatchHeadDimGroup(
+      head_dim, num_q_heads / num_kv_heads, [&](auto d, auto g) {
+        constexpr int D = decltype(d)::value, G = decltype(g)::value;
+        int bf = 0, fp = 0;
+        cudaError_t e = detail::ConcurrentCtas(CentroidScoreKernel<D, G, true>, kThreads, 0,
+                                               &score_ctas);
+        if (e == cudaSuccess) {
+          e = detail::ConcurrentCtas(FusedLookupKernel<D, G, true>, kThreads, 0, &bf);
+        }
+        if (e == cudaSuccess) {
+          e = detail::ConcurrentCtas(FusedLookupKernel<D, G, false>, kThreads, 0, &fp);
+        }
+        fused_ctas = std::min(bf, fp);
+        return e;
+      });
+  if (err != cudaSuccess) return err;
+
+  LookupPlan lp;
+  const int64_t heads = int64_t{batch} * num_kv_heads;
   const int64_t clusters = std::max(max_clusters, 1);
-  const int64_t target = 2 * std::max(concurrent_ctas, 1);
-  int64_t per_block = (heads * clusters + target - 1) / target;
-  per_block = (per_block + kCentroidsPerPass - 1) / kCentroidsPerPass * kCentroidsPerPass;
+  lp.logit_stride = static_cast<int>((clusters + 3) / 4 * 4);
+  auto round_up = [](int64_t x) {
+    return std::max<int64_t>((x + kCentroidsPerPass - 1) / kCentroidsPerPass * kCentroidsPerPass,
+                             kCentroidsPerPass);
+  };
+  if (allow_one_launch) {
+    // The fewest clusters per CTA with every CTA of every head resident at once.
+    for (int64_t per_block = round_up((heads * clusters + fused_ctas - 1) / fused_ctas);
+         per_block <= kMaxClustersPerBlock; per_block += kCentroidsPerPass) {
+      const int64_t blocks = (clusters + per_block - 1) / per_block;
+      if (heads * blocks <= fused_ctas && blocks <= kLookupMaxBlocksPerHead) {
+        lp.clusters_per_block = static_cast<int>(per_block);
+        lp.blocks_per_head = static_cast<int>(blocks);
+        lp.one_launch = true;
+        *plan = lp;
+        return cudaSuccess;
+      }
+    }
+  }
+  // Two launches: about two waves of the score kernel.
+  const int64_t target = 2 * std::max(score_ctas, 1);
+  int64_t per_block = round_up((heads * clusters + target - 1) / target);
   // At most kLookupMaxBlocksPerHead blocks per head (the select kernel's prefix array).
-  per_block = std::max<int64_t>(per_block,
-                                (clusters + kLookupMaxBlocksPerHead - 1) / kLookupMaxBlocksPerHead);
-  per_block = (per_block + kCentroidsPerPass - 1) / kCentroidsPerPass * kCentroidsPerPass;
-  per_block =
-      std::min<int64_t>(std::max<int64_t>(per_block, kCentroidsPerPass), kMaxClustersPerBlock);
-  plan.clusters_per_block = static_cast<int>(per_block);
-  plan.blocks_per_head = static_cast<int>((clusters + per_block - 1) / per_block);
-  plan.logit_stride = static_cast<int>((clusters + 3) / 4 * 4);
-  return plan;
+  per_block = std::max(per_block, round_up((clusters + kLookupMaxBlocksPerHead - 1) /
+                                           kLookupMaxBlocksPerHead));
+  per_block = std::min<int64_t>(per_block, kMaxClustersPerBlock);
+  lp.clusters_per_block = static_cast<int>(per_block);
+  lp.blocks_per_head = static_cast<int>((clusters + per_block - 1) / per_block);
+  *plan = lp;
+  return cudaSuccess;
 }
 
 cudaError_t LaunchCentroidLookup(const CentroidLookupParams& p, cudaStream_t stream) {
   const SqueezeSelection& s = p.sel;
   if (p.batch <= 0 || p.num_kv_heads <= 0 || p.num_q_heads % p.num_kv_heads != 0 ||
       int64_t{p.batch} * p.num_kv_heads > 65535 || p.heads == nullptr || p.tau == nullptr ||
-      (p.scores_in == nullptr && (p.q == nullptr || p.logits == nullptr ||
-                                  p.block_max == nullptr || p.block_den == nullptr)) ||
-      p.seg_cluster == nullptr || p.seg_row == nullptr || p.seg_key == nullptr ||
+      (p.scores_in == nullptr &&
+       (p.q == nullptr || p.block_max == nullptr || p.block_den == nullptr)) ||
+      (!p.plan.one_launch && (p.seg_cluster == nullptr || p.seg_row == nullptr ||
+                              p.seg_key == nullptr || (p.scores_in == nullptr &&
+                                                       p.logits == nullptr))) ||
       p.block_counts == nullptr || p.counters == nullptr || s.range_row_begin == nullptr ||
       s.range_key_begin == nullptr || s.num_ranges == nullptr || s.kept_keys == nullptr ||
       s.kept_clusters == nullptr || s.num_kept_clusters == nullptr || s.chunk_begin == nullptr ||
@@ -502,6 +761,14 @@ cudaError_t LaunchCentroidLookup(const CentroidLookupParams& p, cudaStream_t str
   return detail::DispatchHeadDimGroup(
       p.head_dim, p.num_q_heads / p.num_kv_heads, [&](auto d, auto g) {
         constexpr int D = decltype(d)::value, G = decltype(g)::value;
+        if (p.plan.one_launch) {
+          if (p.scores_in != nullptr || p.centroids_bf16) {
+            FusedLookupKernel<D, G, true><<<grid, kThreads, 0, stream>>>(p);
+          } else {
+            FusedLookupKernel<D, G, false><<<grid, kThreads, 0, stream>>>(p);
+          }
+          return cudaGetLastError();
+        }
         if (p.scores_in != nullptr) {
           // Scores given: selection only.
         } else if (p.centroids_bf16) {

@@ -8,17 +8,25 @@
 // tau = +inf keeps no cluster and tau = -inf keeps every cluster, both without scoring (as the
 // CPU). Sinks and window are always kept.
 //
-// Two launches, both with grid (blocks_per_head, B * Hkv), no host synchronisation:
-//  1. score: every CTA scores a block of clusters_per_block centroids (4 lanes per centroid,
-//     16-byte loads, q broadcast from shared memory), stores the logits and the block's
-//     (max, size-weighted sum of exp) per query head;
-//  2. select: every CTA merges its head's block partials into the head's max and denominator,
-//     scores and thresholds its block of clusters and compacts the kept ones (block-wide scan)
-//     into a per-block segment; the last CTA of each head (atomic counter) scans the block
-//     counts and gathers the segments into the head's ranges in ascending cluster order, adds
-//     sinks and window; the last head to finish plans the sparse kernel's work (chunk size from
-//     the total kept keys, per-head chunk prefix sums).
-// Counters are restored to zero by the kernel itself, so one zeroing at workspace creation
+// One launch when every CTA fits on the GPU at once (LookupPlan::one_launch), grid
+// (blocks_per_head, B * Hkv), no host synchronisation. Every CTA takes a block of
+// clusters_per_block clusters of one head:
+//  1. score (4 lanes per centroid, 16-byte loads, q broadcast from shared memory; the clusters'
+//     storage rows and sizes are fetched alongside): logits stay in shared memory; the block's
+//     (max, size-weighted sum of exp) per query head goes to global memory;
+//  2. head barrier (an arrival counter per head; CTAs spin until all of the head's arrived);
+//     every CTA merges the head's block partials into the head's max and denominator, scores
+//     and thresholds its clusters and counts the kept ones (block-wide scan);
+//  3. head barrier; every CTA sums the counts of the blocks before its own and writes its kept
+//     clusters straight into the head's ranges (ascending cluster order); the first CTA of the
+//     head adds sinks and window and the head's totals; the last head to finish plans the
+//     sparse kernel's work (chunk size from the total kept and dynamic keys, per-head chunk
+//     prefix sums).
+// With scores given (scores_in) steps 1 and the first barrier are skipped.
+// Otherwise (too many clusters for one wave of resident CTAs) two launches: the score kernel
+// stores the logits in global memory, and the select kernel's last CTA of each head gathers the
+// blocks' compacted segments (the same results).
+// Counters are restored to zero by the kernels themselves, so one zeroing at workspace creation
 // suffices.
 #pragma once
 
@@ -27,16 +35,20 @@
 namespace squeeze::gpu {
 
 constexpr int kLookupMaxBlocksPerHead = 1024;  // so at most 1024 * 1024 clusters per head
+constexpr int kLookupCounterStride = 32;       // uint32 per head counter (one 128-byte line)
 
 struct LookupPlan {
   int clusters_per_block = 0;  // multiple of 64, at most 1024
   int blocks_per_head = 0;     // ceil(max_clusters / clusters_per_block), in [1, 1024]
   int logit_stride = 0;        // >= max_clusters, multiple of 4
+  bool one_launch = false;     // every CTA resident at once: the fused kernel (head barriers)
 };
 
-// Clusters per CTA so that B * Hkv heads of up to max_clusters centroids make about two waves
-// of `concurrent_ctas`.
-LookupPlan PlanCentroidLookup(int batch, int num_kv_heads, int max_clusters, int concurrent_ctas);
+// One launch when the B * Hkv heads of up to max_clusters centroids fit in one wave of the
+// fused kernel's resident CTAs (and allow_one_launch), with the fewest clusters per CTA that do;
+// else two launches, with about two waves of the score kernel.
+cudaError_t PlanCentroidLookup(int batch, int num_q_heads, int num_kv_heads, int head_dim,
+                               int max_clusters, bool allow_one_launch, LookupPlan* plan);
 
 struct CentroidLookupParams {
   int batch = 0;
@@ -50,15 +62,17 @@ struct CentroidLookupParams {
   const float* tau = nullptr;              // [B] device: threshold per sequence
   LookupPlan plan;
   // Workspace.
-  float* logits = nullptr;     // [B * Hkv][G][logit_stride]
+  float* logits = nullptr;     // [B * Hkv][G][logit_stride] (two launches only)
   float* block_max = nullptr;  // [B * Hkv][blocks_per_head][G]
   float* block_den = nullptr;  // [B * Hkv][blocks_per_head][G]
-  // Per-block compacted kept clusters: id, storage row, keys before it in its block.
+  // Per-block compacted kept clusters: id, storage row, keys before it in its block (two
+  // launches only).
   int32_t* seg_cluster = nullptr;              // [B * Hkv][logit_stride]
   int32_t* seg_row = nullptr;                  // [B * Hkv][logit_stride]
   int32_t* seg_key = nullptr;                  // [B * Hkv][logit_stride]
   unsigned long long* block_counts = nullptr;  // [B * Hkv][blocks_per_head] (keys << 32 | kept)
-  uint32_t* counters = nullptr;  // [B * Hkv + 1]; zero before the first launch, zero after each
+  // [(B * Hkv + 1) * kLookupCounterStride]; zero before the first launch, zero after each.
+  uint32_t* counters = nullptr;
   // Optional [B * Hkv][sel.cluster_stride]: every cluster's score computed elsewhere (prefill:
   // the mean over many query rows, kernels/squeezed_prefill.cuh). The score launch is then
   // skipped and q, logits, block_max and block_den are not used.
@@ -73,9 +87,12 @@ struct CentroidLookupParams {
   // Outputs.
   SqueezeSelection sel;
   // Sparse work plan: at most about target_chunks chunks (a multiple of the sparse grid);
-  // never more than max_chunks (chunk_info[2] flags a plan that could not fit).
+  // never more than max_chunks (chunk_info[2] flags a plan that could not fit). The dynamic
+  // rows of each sequence (dynamic_kv[b].len, optional) are planned as chunks of the same size
+  // after each head's kept-key chunks; every head gets at least one chunk.
   int target_chunks = 0;
   int max_chunks = 0;
+  const DecodeKv* dynamic_kv = nullptr;  // [B] device, or nullptr
 };
 
 cudaError_t LaunchCentroidLookup(const CentroidLookupParams& p, cudaStream_t stream);

@@ -9,6 +9,7 @@ namespace squeeze::gpu {
 namespace {
 
 using detail::kThreads;
+using detail::kWarps;
 static_assert(kSparseMinChunkKeys % kSparseKeyIndexStep == 0 &&
                   kSparseMaxChunkKeys % kSparseKeyIndexStep == 0,
               "chunks must start at indexed keys");
@@ -18,18 +19,98 @@ constexpr size_t SparseSmemBytes() {
   return detail::CoreSmem<D, G>::kBytes + size_t{kSparseMaxChunkKeys} * sizeof(int);
 }
 
+// Exact merge of the partials [first, first + n) of head (b, h) into out / lse for its G query
+// heads. All threads; scratch: free shared memory (the stage area). Threads are (group, lane)
+// with one float4 of one query head's output per lane; the groups take every kGroups-th partial
+// and are summed through shared memory.
+template <int D, int G, typename OutT>
+__device__ void MergeHead(const SparseDecodeParams& p, int b, int h, int first, int n,
+                          char* scratch) {
+  constexpr int kLanes = G * D / 4;
+  static_assert(kThreads % kLanes == 0, "lanes must divide the block");
+  constexpr int kGroups = kThreads / kLanes;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float4* red_o = reinterpret_cast<float4*>(scratch);                   // [kThreads]
+  float* red_l = reinterpret_cast<float*>(scratch + kThreads * 16);     // [kThreads]
+  float* warp_max = red_l + kThreads;                                   // [kWarps][G]
+  const float* lse2 = p.partial_lse + static_cast<size_t>(first) * G;
+
+  // Max lse2 per query head: thread t only ever sees head t % G (kThreads % G == 0).
+  float m = -INFINITY;
+  for (int i = threadIdx.x; i < n * G; i += kThreads) m = fmaxf(m, __ldcg(lse2 + i));
+#pragma unroll
+  for (int o = 16; o >= G; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if (lane < G) warp_max[warp * G + lane] = m;
+  __syncthreads();
+
+  const int lt = threadIdx.x % kLanes, grp = threadIdx.x / kLanes;
+  const int g = lt / (D / 4);
+  float mx = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, warp_max[w * G + g]);
+  float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  float l = 0.0f;
+  if (mx != -INFINITY) {
+    const float4* parts = reinterpret_cast<const float4*>(p.partial_out) +
+                          static_cast<size_t>(first) * G * (D / 4) + lt;
+#pragma unroll 4
+    for (int j = grp; j < n; j += kGroups) {
+      const float w = detail::Exp2(__ldcg(lse2 + j * G + g) - mx);  // 0 for an empty partial
+      const float4 x = __ldcg(parts + static_cast<size_t>(j) * G * (D / 4));
+      l += w;
+      o.x = fmaf(w, x.x, o.x);
+      o.y = fmaf(w, x.y, o.y);
+      o.z = fmaf(w, x.z, o.z);
+      o.w = fmaf(w, x.w, o.w);
+    }
+  }
+  red_o[threadIdx.x] = o;
+  red_l[threadIdx.x] = l;
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < G * D; idx += kThreads) {
+    const int gg = idx / D, i = idx % D;
+    const int at = gg * (D / 4) + i / 4;
+    float sum_o = 0.0f, sum_l = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kGroups; ++j) {
+      const float4 v = red_o[j * kLanes + at];
+      sum_o += (i & 3) == 0 ? v.x : (i & 3) == 1 ? v.y : (i & 3) == 2 ? v.z : v.w;
+      sum_l += red_l[j * kLanes + at];
+    }
+    float head_max = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) head_max = fmaxf(head_max, warp_max[w * G + gg]);
+    const size_t row = static_cast<size_t>(b) * p.num_q_heads + h * G + gg;
+    const float v = sum_l > 0.0f ? sum_o / sum_l : 0.0f;
+    if constexpr (sizeof(OutT) == 2) {
+      static_cast<OutT*>(p.out)[row * D + i] = __float2bfloat16_rn(v);
+    } else {
+      static_cast<OutT*>(p.out)[row * D + i] = v;
+    }
+    if (i == 0 && p.lse != nullptr) {
+      p.lse[row] = sum_l > 0.0f ? (head_max + log2f(sum_l)) * detail::kLn2 : -INFINITY;
+    }
+  }
+  __syncthreads();  // the scratch is free again
+}
+
 template <int D, int G>
 __global__ void __launch_bounds__(kThreads, 2) SparseDecodeKernel(const SparseDecodeParams p) {
   using Smem = detail::CoreSmem<D, G>;
   static_assert(2 * (kSparseMaxChunkKeys + 1) * sizeof(int) <= Smem::kStageBytes,
                 "range staging must fit the stage area");
+  static_assert(kThreads * 20 + kWarps * G * 4 <= Smem::kStageBytes, "merge scratch must fit");
   extern __shared__ __align__(128) char smem[];
-  __shared__ int head_s[4];  // bh, first kept key, keys, ranges of the current chunk
+  // bh, chunk within the head, kept keys, ranges, the head's chunks, its first chunk.
+  __shared__ int head_s[6];
+  __shared__ int is_last;
   int* rows_s = reinterpret_cast<int*>(smem + Smem::kBytes);  // [kSparseMaxChunkKeys]
   // Before each chunk's pipeline starts, its ranges are staged in the (then idle) stage area.
   int* kb_s = reinterpret_cast<int*>(smem);    // [kSparseMaxChunkKeys + 1]
   int* rb_s = kb_s + kSparseMaxChunkKeys + 1;  // [kSparseMaxChunkKeys + 1]
 
+  // Launched as a programmatic dependent: wait for the lookup's results (a no-op otherwise).
+  asm volatile("griddepcontrol.wait;" ::: "memory");
   const SqueezeSelection& sel = p.sel;
   const int num_heads = p.batch * p.num_kv_heads;
   const int chunk_keys = sel.chunk_info[0];
@@ -43,54 +124,81 @@ __global__ void __launch_bounds__(kThreads, 2) SparseDecodeKernel(const SparseDe
       const int first = sel.chunk_begin[i], end = sel.chunk_begin[i + 1];
       const int kept = sel.kept_keys[i], ranges = sel.num_ranges[i];
       if (first <= chunk && chunk < end) {
-        const int k0 = (chunk - first) * chunk_keys;
         head_s[0] = i;
-        head_s[1] = k0;                          // first kept key of the chunk
-        head_s[2] = min(chunk_keys, kept - k0);  // keys in the chunk
+        head_s[1] = chunk - first;
+        head_s[2] = kept;
         head_s[3] = ranges;
+        head_s[4] = min(end, num_chunks) - first;
+        head_s[5] = first;
       }
     }
     __syncthreads();
-    const int bh = head_s[0], k0 = head_s[1], n = head_s[2], num_ranges = head_s[3];
-    const int32_t* key_begin =
-        sel.range_key_begin + static_cast<size_t>(bh) * (sel.range_stride + 1);
-    const int32_t* row_begin = sel.range_row_begin + static_cast<size_t>(bh) * sel.range_stride;
-
-    // 2. The range holding key k0 (a multiple of kSparseKeyIndexStep) and q, in one round trip.
-    const int r0 =
-        sel.range_of_key[static_cast<size_t>(bh) * sel.key_index_stride + k0 / kSparseKeyIndexStep];
+    const int bh = head_s[0], local = head_s[1], kept = head_s[2], num_ranges = head_s[3];
+    const int head_chunks = head_s[4], first_chunk = head_s[5];
     const int b = bh / p.num_kv_heads, h = bh % p.num_kv_heads;
-    core.LoadQ(p.q + (static_cast<size_t>(b) * p.num_q_heads + h * G) * D,
-               p.scale * detail::kLog2e);
+    const int fixed_chunks = (kept + chunk_keys - 1) / chunk_keys;
+    const float* q = p.q + (static_cast<size_t>(b) * p.num_q_heads + h * G) * D;
 
-    // 3. Stage the chunk's ranges (at most n of them: every range holds >= 1 key).
-    const int nr = min(num_ranges - r0, n);
-    for (int i = threadIdx.x; i < nr; i += kThreads) {
-      kb_s[i] = key_begin[r0 + i];
-      rb_s[i] = row_begin[r0 + i];
-    }
-    __syncthreads();
-
-    // 4. Storage row of every kept key of the chunk (binary search in the staged ranges).
-    for (int i = threadIdx.x; i < n; i += kThreads) {
-      const int key = k0 + i;
-      int a = 0, z = nr;  // kb_s[a] <= key; answer in [a, z)
-      while (z - a > 1) {
-        const int mid = (a + z) >> 1;
-        if (kb_s[mid] <= key) {
-          a = mid;
-        } else {
-          z = mid;
-        }
+    if (local < fixed_chunks) {  // kept fixed-context keys [k0, k0 + n)
+      const int k0 = local * chunk_keys, n = min(chunk_keys, kept - k0);
+      const int32_t* key_begin =
+          sel.range_key_begin + static_cast<size_t>(bh) * (sel.range_stride + 1);
+      const int32_t* row_begin = sel.range_row_begin + static_cast<size_t>(bh) * sel.range_stride;
+      // 2. The range holding key k0 (a multiple of kSparseKeyIndexStep), in flight with q.
+      const int r0 = sel.range_of_key[static_cast<size_t>(bh) * sel.key_index_stride +
+                                      k0 / kSparseKeyIndexStep];
+      core.LoadQ(q, p.scale * detail::kLog2e);
+      // 3. Stage the chunk's ranges (at most n of them: every range holds >= 1 key).
+      const int nr = min(num_ranges - r0, n);
+      for (int i = threadIdx.x; i < nr; i += kThreads) {
+        kb_s[i] = key_begin[r0 + i];
+        rb_s[i] = row_begin[r0 + i];
       }
-      rows_s[i] = rb_s[a] + (key - kb_s[a]);
+      __syncthreads();
+      // 4. Storage row of every kept key of the chunk (binary search in the staged ranges).
+      for (int i = threadIdx.x; i < n; i += kThreads) {
+        const int key = k0 + i;
+        int a = 0, z = nr;  // kb_s[a] <= key; answer in [a, z)
+        while (z - a > 1) {
+          const int mid = (a + z) >> 1;
+          if (kb_s[mid] <= key) {
+            a = mid;
+          } else {
+            z = mid;
+          }
+        }
+        rows_s[i] = rb_s[a] + (key - kb_s[a]);
+      }
+      __syncthreads();  // rows and q ready; the staged ranges are dead (the stage area is free)
+      const SqueezeHeadDesc& hd = p.heads[bh];
+      core.Attend(hd.k, hd.v, n, detail::SmemRows{rows_s});
+    } else {  // the sequence's dynamic rows [k0, k0 + n), contiguous (none: an empty partial)
+      core.LoadQ(q, p.scale * detail::kLog2e);
+      int n = 0;
+      const bf16* k = nullptr;
+      const bf16* v = nullptr;
+      if (p.dynamic_kv != nullptr) {
+        const DecodeKv kv = p.dynamic_kv[b];
+        const int k0 = (local - fixed_chunks) * chunk_keys;
+        n = max(0, min(chunk_keys, kv.len - k0));
+        const size_t row0 = static_cast<size_t>(h) * kv.head_stride + static_cast<size_t>(k0) * D;
+        k = kv.k + row0;
+        v = kv.v + row0;
+      }
+      core.Attend(k, v, n, detail::ContiguousRows{});
     }
-    __syncthreads();  // rows and q ready; the staged ranges are dead (the stage area is free)
-
-    const SqueezeHeadDesc& hd = p.heads[bh];
-    core.Attend(hd.k, hd.v, n, detail::SmemRows{rows_s});
     core.Finish(p.partial_out + static_cast<size_t>(chunk) * G * D,
                 p.partial_lse + static_cast<size_t>(chunk) * G);  // ends with a barrier
+
+    // 5. The CTA finishing the head's last chunk merges its partials.
+    if (detail::LastArrival(p.done + bh, head_chunks, &is_last)) {
+      if (p.out_bf16) {
+        MergeHead<D, G, bf16>(p, b, h, first_chunk, head_chunks, smem);
+      } else {
+        MergeHead<D, G, float>(p, b, h, first_chunk, head_chunks, smem);
+      }
+      if (threadIdx.x == 0) p.done[bh] = 0;  // every chunk of the head has arrived
+    }
   }
 }
 
@@ -120,7 +228,7 @@ cudaError_t LaunchSparseDecodeAttention(const SparseDecodeParams& p, cudaStream_
       s.range_key_begin == nullptr || s.num_ranges == nullptr || s.kept_keys == nullptr ||
       s.chunk_begin == nullptr || s.chunk_info == nullptr || s.range_of_key == nullptr ||
       s.key_index_stride <= 0 || p.partial_out == nullptr || p.partial_lse == nullptr ||
-      p.max_chunks <= 0 || p.grid <= 0) {
+      p.done == nullptr || p.out == nullptr || p.max_chunks <= 0 || p.grid <= 0) {
     return cudaErrorInvalidValue;
   }
   return detail::DispatchHeadDimGroup(
@@ -129,8 +237,17 @@ cudaError_t LaunchSparseDecodeAttention(const SparseDecodeParams& p, cudaStream_
         size_t smem = 0;
         cudaError_t e = PrepareSparse<D, G>(&smem);
         if (e != cudaSuccess) return e;
-        SparseDecodeKernel<D, G><<<std::min(p.grid, p.max_chunks), kThreads, smem, stream>>>(p);
-        return cudaGetLastError();
+        cudaLaunchConfig_t config = {};
+        config.gridDim = dim3(std::min(p.grid, p.max_chunks));
+        config.blockDim = dim3(kThreads);
+        config.dynamicSmemBytes = smem;
+        config.stream = stream;
+        cudaLaunchAttribute attribute;
+        attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attribute.val.programmaticStreamSerializationAllowed = 1;
+        config.attrs = &attribute;
+        config.numAttrs = p.programmatic_launch ? 1 : 0;
+        return cudaLaunchKernelEx(&config, SparseDecodeKernel<D, G>, p);
       });
 }
 

@@ -10,8 +10,11 @@
 // search of the staged ranges), and runs the same GQA-packed pipeline as the dense kernel
 // (attention_core.cuh) over
 // those rows: whole clusters are contiguous in storage, so the loads stay 16-byte, coalesced
-// row reads. Partial slot = chunk index; LaunchCombineAttention merges them with the dynamic
-// part's dense partials.
+// row reads. The dynamic rows of each sequence (user input and generated tokens, contiguous)
+// follow as chunks of the same size (kernels/centroid_lookup.cuh plans them). Partial slot =
+// chunk index. The CTA that finishes the last chunk of a head (an arrival counter per head)
+// merges the head's partials (exact LSE merge) into out and lse, so one launch does the
+// sparse, dynamic and merge work of the step.
 #pragma once
 
 #include "kernels/attention_types.cuh"
@@ -27,10 +30,18 @@ struct SparseDecodeParams {
   const float* q = nullptr;                // [B][Hq][d] fp32
   const SqueezeHeadDesc* heads = nullptr;  // [B * Hkv] device (k and v are read)
   SqueezeSelection sel;                    // from LaunchCentroidLookup (read-only here)
+  const DecodeKv* dynamic_kv = nullptr;    // [B] device, or nullptr (no dynamic part)
   int max_chunks = 0;                      // partial capacity; chunks past it are skipped
   int grid = 0;                            // persistent CTAs, e.g. SparseDecodeConcurrentCtas
   float* partial_out = nullptr;            // [max_chunks][G][d]
   float* partial_lse = nullptr;            // [max_chunks][G], log2 domain
+  uint32_t* done = nullptr;  // [B * Hkv] chunk arrivals; zero before the first launch and after
+  void* out = nullptr;       // [B][Hq][d]
+  bool out_bf16 = false;     // bf16 when true, else fp32
+  float* lse = nullptr;      // [B][Hq] natural log; may be nullptr
+  // Launch as a programmatic dependent of the previous kernel in the stream (the lookup): the
+  // grid is set up while that kernel finishes and waits for its results (griddepcontrol).
+  bool programmatic_launch = false;
 };
 
 // SMs x resident CTAs per SM of the sparse kernel (its persistent grid size).

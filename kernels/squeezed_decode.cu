@@ -2,7 +2,6 @@
 // (see squeezed_decode.cuh).
 #include <algorithm>
 
-#include "kernels/decode_attention.cuh"
 #include "kernels/dispatch.cuh"
 #include "kernels/sparse_decode_attention.cuh"
 #include "kernels/squeezed_decode.cuh"
@@ -30,23 +29,26 @@ cudaError_t PlanSqueezedDecode(const SqueezedDecodeShape& s, SqueezedDecodePlan*
     return cudaErrorInvalidValue;
   }
   const int G = s.num_q_heads / s.num_kv_heads;
-  int dense_ctas = 0, sparse_ctas = 0;
-  cudaError_t err = DecodeAttentionConcurrentCtas(s.head_dim, G, &dense_ctas);
-  if (err != cudaSuccess) return err;
-  err = SparseDecodeConcurrentCtas(s.head_dim, G, &sparse_ctas);
+  int sparse_ctas = 0;
+  cudaError_t err = SparseDecodeConcurrentCtas(s.head_dim, G, &sparse_ctas);
   if (err != cudaSuccess) return err;
 
   SqueezedDecodePlan p;
   p.shape = s;
-  p.dense = PlanDecodeSplits(s.batch, s.num_kv_heads, s.max_dynamic_len, dense_ctas);
-  p.lookup = PlanCentroidLookup(s.batch, s.num_kv_heads, s.max_clusters, dense_ctas);
+  err = PlanCentroidLookup(s.batch, s.num_q_heads, s.num_kv_heads, s.head_dim, s.max_clusters,
+                           s.one_launch_lookup, &p.lookup);
+  if (err != cudaSuccess) return err;
   const int64_t heads = int64_t{s.batch} * s.num_kv_heads;
-  p.target_chunks = 4 * sparse_ctas;  // four waves of the persistent grid
-  const int64_t max_kept = s.max_fixed_rows * s.num_kv_heads;
-  p.max_chunks =
-      static_cast<int>(std::max<int64_t>(p.target_chunks, (max_kept + kSparseMaxChunkKeys - 1) /
-                                                              kSparseMaxChunkKeys) +
-                       heads);
+  p.target_chunks = (s.sparse_waves > 0 ? s.sparse_waves : kDefaultSparseWaves) * sparse_ctas;
+  // Every head holds at most ceil(kept / chunk) + ceil(dynamic / chunk) <= keys / chunk + 2
+  // chunks. The planner's whole waves stay under keys / kSparseMaxChunkKeys + target + 2 heads
+  // (and it doubles the chunk up to kSparseMaxChunkKeys should they not).
+  const int64_t max_keys = (s.max_fixed_rows + int64_t{s.batch} * s.max_dynamic_len) *
+                           s.num_kv_heads;
+  p.max_chunks = static_cast<int>(
+      std::max<int64_t>(p.target_chunks,
+                        (max_keys + kSparseMaxChunkKeys - 1) / kSparseMaxChunkKeys) +
+      p.target_chunks + 2 * heads);
   p.sparse_grid = std::min(sparse_ctas, p.max_chunks);
 
   const size_t D = s.head_dim;
@@ -59,17 +61,16 @@ cudaError_t PlanSqueezedDecode(const SqueezedDecodeShape& s, SqueezedDecodePlan*
     off = detail::AlignUp(off + bytes, 256);
     return at;
   };
-  const size_t dense_slots =
-      s.max_dynamic_len > 0 ? DecodePartialSlots(s.batch, s.num_kv_heads, p.dense) : 0;
-  p.dense_out = take(dense_slots * G * D * sizeof(float));
-  p.dense_lse = take(dense_slots * G * sizeof(float));
-  p.logits = take(bh * G * p.lookup.logit_stride * sizeof(float));
+  p.counter_bytes = ((bh + 1) * kLookupCounterStride + bh) * sizeof(uint32_t);
+  p.counters = take(p.counter_bytes);
+  // Logits and per-block segments: the two-launch lookup only.
+  const size_t per_cluster = p.lookup.one_launch ? 0 : bh * p.lookup.logit_stride;
+  p.logits = take(per_cluster * G * sizeof(float));
   p.block_max = take(bh * p.lookup.blocks_per_head * G * sizeof(float));
   p.block_den = take(bh * p.lookup.blocks_per_head * G * sizeof(float));
-  p.counters = take((bh + 1) * sizeof(uint32_t));
-  p.seg_cluster = take(bh * p.lookup.logit_stride * sizeof(int32_t));
-  p.seg_row = take(bh * p.lookup.logit_stride * sizeof(int32_t));
-  p.seg_key = take(bh * p.lookup.logit_stride * sizeof(int32_t));
+  p.seg_cluster = take(per_cluster * sizeof(int32_t));
+  p.seg_row = take(per_cluster * sizeof(int32_t));
+  p.seg_key = take(per_cluster * sizeof(int32_t));
   p.block_counts = take(bh * p.lookup.blocks_per_head * sizeof(unsigned long long));
   p.row_begin = take(bh * range_stride * sizeof(int32_t));
   p.key_begin = take(bh * (range_stride + 1) * sizeof(int32_t));
@@ -90,9 +91,7 @@ cudaError_t PlanSqueezedDecode(const SqueezedDecodeShape& s, SqueezedDecodePlan*
 
 cudaError_t InitSqueezedDecodeWorkspace(const SqueezedDecodePlan& plan, void* workspace,
                                         cudaStream_t stream) {
-  const size_t heads = static_cast<size_t>(plan.shape.batch) * plan.shape.num_kv_heads;
-  return cudaMemsetAsync(At<char>(workspace, plan.counters), 0, (heads + 1) * sizeof(uint32_t),
-                         stream);
+  return cudaMemsetAsync(At<char>(workspace, plan.counters), 0, plan.counter_bytes, stream);
 }
 
 SqueezeSelection SelectionInWorkspace(const SqueezedDecodePlan& plan, void* ws) {
@@ -175,50 +174,20 @@ cudaError_t LaunchSqueezedDecode(const SqueezedDecodePlan& plan, const SqueezedD
       p.out == nullptr) {
     return cudaErrorInvalidValue;
   }
-  const bool dynamic = p.dynamic_kv != nullptr && s.max_dynamic_len > 0;
-  const bool run_dynamic = dynamic && (stages & kStageDynamic);
-  const bool side =
-      run_dynamic && p.side_stream != nullptr && p.fork_event != nullptr && p.join_event != nullptr;
-  cudaError_t err = cudaSuccess;
-  if (side) {  // fork: the side stream starts after everything already queued on `stream`
-    err = cudaEventRecord(p.fork_event, stream);
-    if (err != cudaSuccess) return err;
-    err = cudaStreamWaitEvent(p.side_stream, p.fork_event, 0);
-    if (err != cudaSuccess) return err;
-  }
-  if (run_dynamic) {
-    DecodeAttentionParams d;
-    d.batch = s.batch;
-    d.num_q_heads = s.num_q_heads;
-    d.num_kv_heads = s.num_kv_heads;
-    d.head_dim = s.head_dim;
-    d.scale = p.scale;
-    d.q = p.q;
-    d.kv = p.dynamic_kv;
-    d.plan = plan.dense;
-    d.partial_out = At<float>(ws, plan.dense_out);
-    d.partial_lse = At<float>(ws, plan.dense_lse);
-    err = LaunchDecodeAttentionPartials(d, side ? p.side_stream : stream);
-    if (err != cudaSuccess) return err;
-    if (side) {
-      err = cudaEventRecord(p.join_event, p.side_stream);
-      if (err != cudaSuccess) return err;
-    }
-  }
-
-  const SqueezeSelection sel = SelectionInWorkspace(plan, ws);
-  CentroidLookupParams l = LookupInWorkspace(plan, p.heads, p.tau, ws);
-  l.scale = p.scale;
-  l.q = p.q;
-  l.centroids_bf16 = p.centroids_bf16;
-  l.candidates = p.candidates;
-  l.num_candidates = p.num_candidates;
-  l.candidate_stride = p.candidate_stride;
+  const DecodeKv* dynamic_kv = s.max_dynamic_len > 0 ? p.dynamic_kv : nullptr;
   if (stages & kStageLookup) {
-    err = LaunchCentroidLookup(l, stream);
+    CentroidLookupParams l = LookupInWorkspace(plan, p.heads, p.tau, ws);
+    l.scale = p.scale;
+    l.q = p.q;
+    l.centroids_bf16 = p.centroids_bf16;
+    l.candidates = p.candidates;
+    l.num_candidates = p.num_candidates;
+    l.candidate_stride = p.candidate_stride;
+    l.dynamic_kv = dynamic_kv;
+    const cudaError_t err = LaunchCentroidLookup(l, stream);
     if (err != cudaSuccess) return err;
   }
-
+  if (!(stages & kStageAttend)) return cudaSuccess;
   SparseDecodeParams sp;
   sp.batch = s.batch;
   sp.num_q_heads = s.num_q_heads;
@@ -227,40 +196,20 @@ cudaError_t LaunchSqueezedDecode(const SqueezedDecodePlan& plan, const SqueezedD
   sp.scale = p.scale;
   sp.q = p.q;
   sp.heads = p.heads;
-  sp.sel = sel;
+  sp.sel = SelectionInWorkspace(plan, ws);
+  sp.dynamic_kv = dynamic_kv;
   sp.max_chunks = plan.max_chunks;
   sp.grid = plan.sparse_grid;
   sp.partial_out = At<float>(ws, plan.sparse_out);
   sp.partial_lse = At<float>(ws, plan.sparse_lse);
-  if (stages & kStageSparse) {
-    err = LaunchSparseDecodeAttention(sp, stream);
-    if (err != cudaSuccess) return err;
-  }
-  if (side) {  // join (also when the combine is not asked for: a capture must rejoin)
-    err = cudaStreamWaitEvent(stream, p.join_event, 0);
-    if (err != cudaSuccess) return err;
-  }
-  if (!(stages & kStageCombine)) return cudaSuccess;
-
-  CombineParams c;
-  c.batch = s.batch;
-  c.num_q_heads = s.num_q_heads;
-  c.num_kv_heads = s.num_kv_heads;
-  c.head_dim = s.head_dim;
-  if (dynamic) {
-    c.dense_kv = p.dynamic_kv;
-    c.dense_plan = plan.dense;
-    c.dense_out = At<float>(ws, plan.dense_out);
-    c.dense_lse = At<float>(ws, plan.dense_lse);
-  }
-  c.sparse_chunk_begin = sel.chunk_begin;
-  c.sparse_max_chunks = plan.max_chunks;
-  c.sparse_out = sp.partial_out;
-  c.sparse_lse = sp.partial_lse;
-  c.out = p.out;
-  c.out_bf16 = p.out_bf16;
-  c.lse = p.lse;
-  return LaunchCombineAttention(c, stream);
+  sp.done = At<uint32_t>(ws, plan.counters) +
+            (static_cast<size_t>(s.batch) * s.num_kv_heads + 1) * kLookupCounterStride;
+  sp.out = p.out;
+  sp.out_bf16 = p.out_bf16;
+  sp.lse = p.lse;
+  // Only right behind the lookup: alone (kStageAttend) the previous kernel is not ours.
+  sp.programmatic_launch = s.programmatic_launch && (stages & kStageLookup);
+  return LaunchSparseDecodeAttention(sp, stream);
 }
 
 }  // namespace squeeze::gpu

@@ -1,10 +1,10 @@
-// One Squeezed Attention decode step for one layer, all on the device (no host sync; the whole
-// sequence of launches is capturable in a CUDA graph):
-//   1. dense split-KV attention over each sequence's dynamic KV (user input + generated tokens,
-//      the new token included)                                   -> dense partials
-//   2. centroid lookup + threshold + compaction + sparse plan    -> SqueezeSelection
-//   3. sparse attention over the kept fixed-context ranges       -> sparse partials
-//   4. exact LSE merge of both partial sets                      -> out [B][Hq][d], lse [B][Hq]
+// One Squeezed Attention decode step for one layer, all on the device in two launches (no host
+// sync; capturable in a CUDA graph):
+//   1. centroid lookup + threshold + ranges + work plan           -> SqueezeSelection
+//      (one launch when the lookup's CTAs all fit on the GPU at once, else two)
+//   2. attention over the kept fixed-context ranges and the dynamic KV (user input + generated
+//      tokens, the new token included) in chunks of equal size, and the exact LSE merge of each
+//      head's chunks by the CTA finishing its last one            -> out [B][Hq][d], lse [B][Hq]
 // The plan (host) fixes every grid from upper bounds, so it stays valid while lengths, kept
 // counts and thresholds change from step to step.
 #pragma once
@@ -24,18 +24,24 @@ struct SqueezedDecodeShape {
   int64_t max_fixed_rows = 0;  // bound on sum over sequences of the fixed context's num_rows
   int max_context_rows = 0;    // bound on any one fixed context's num_rows (0: max_fixed_rows)
   bool with_scores = false;    // keep every cluster's score in the workspace (tests, stats)
+  int sparse_waves = 0;        // waves of the attention kernel's persistent grid (0: default)
+  bool one_launch_lookup = true;  // false: always the two-launch lookup (tests, comparisons)
+  bool programmatic_launch = true;  // the attention kernel launched as the lookup's dependent
 };
+
+constexpr int kDefaultSparseWaves = 1;
 
 struct SqueezedDecodePlan {
   SqueezedDecodeShape shape;
-  DecodeSplitPlan dense;  // dynamic part
   LookupPlan lookup;
   int target_chunks = 0;
   int max_chunks = 0;
   int sparse_grid = 0;
-  // Workspace layout, byte offsets from the (256-byte aligned) base.
-  size_t dense_out = 0, dense_lse = 0;
-  size_t logits = 0, block_max = 0, block_den = 0, counters = 0;
+  // Workspace layout, byte offsets from the (256-byte aligned) base. counters: the lookup's
+  // (CentroidLookupParams::counters) then the attention kernel's [B * Hkv], counter_bytes in
+  // all; the kernels leave them zero.
+  size_t counters = 0, counter_bytes = 0;
+  size_t logits = 0, block_max = 0, block_den = 0;
   size_t seg_cluster = 0, seg_row = 0, seg_key = 0, block_counts = 0;
   size_t row_begin = 0, key_begin = 0, num_ranges = 0, kept_keys = 0;
   size_t kept_clusters = 0, num_kept_clusters = 0, scores = 0, range_of_key = 0;
@@ -47,7 +53,7 @@ struct SqueezedDecodePlan {
 // Plans grids (occupancy read from the current device) and the workspace layout.
 cudaError_t PlanSqueezedDecode(const SqueezedDecodeShape& shape, SqueezedDecodePlan* plan);
 
-// Zeroes the lookup's counters; call once after allocating the workspace (the kernels leave
+// Zeroes the kernels' counters; call once after allocating the workspace (the kernels leave
 // them zero).
 cudaError_t InitSqueezedDecodeWorkspace(const SqueezedDecodePlan& plan, void* workspace,
                                         cudaStream_t stream);
@@ -70,22 +76,14 @@ struct SqueezedDecodeParams {
   const int32_t* candidates = nullptr;
   const int32_t* num_candidates = nullptr;  // [B * Hkv]
   int64_t candidate_stride = 0;
-  // Optional: run the dynamic part on side_stream, concurrently with the lookup and the sparse
-  // kernel (it is small and latency-bound). fork_event and join_event (created by the caller,
-  // cudaEventDisableTiming) are recorded here; all three must be set to take effect.
-  cudaStream_t side_stream = nullptr;
-  cudaEvent_t fork_event = nullptr;
-  cudaEvent_t join_event = nullptr;
 };
 
 // Stages of the step, for timing them apart (a later stage reads what an earlier launch of the
 // earlier stages left in the workspace).
 enum SqueezedDecodeStage : unsigned {
-  kStageDynamic = 1u,  // dense partials over the dynamic KV
-  kStageLookup = 2u,   // centroid lookup, selection, sparse plan
-  kStageSparse = 4u,   // sparse partials over the kept ranges
-  kStageCombine = 8u,  // LSE merge into out / lse
-  kStageAll = 15u,
+  kStageLookup = 1u,  // centroid lookup, selection, work plan
+  kStageAttend = 2u,  // attention over the kept ranges and the dynamic KV, merged into out / lse
+  kStageAll = 3u,
 };
 
 // The selection stage alone, from cluster scores computed elsewhere ([B * Hkv][cluster_stride

@@ -16,6 +16,12 @@
 #            context, Generate dense / squeezed at batch 1 and 8, a 1K-token input's TTFT
 #   accuracy the retrieval accuracy benchmark through the server on the GPU (bench/run_accuracy.sh)
 #   kernels  attention kernel tests and benchmarks vs PyTorch SDPA (bench/run_gpu.sh)
+#   variants the decode attention benchmark's variants at 128K / 512K (VARIANTS, ';'-separated
+#            argument sets; default: 2 waves of the attention grid, the two-launch lookup,
+#            no programmatic launch, the hierarchical lookup)
+#   profile  per-kernel GPU time of the decode attention benchmark under Nsight Compute (ncu),
+#            PROFILE_CONFIGS (default 1x131072): where a squeezed step's time goes, launch gaps
+#            being the step's time less the kernels'
 # Logs travel back as $OUT/logs.tar.gz (the device tool returns at most 8 files). Each stage has
 # a time limit so one hang cannot eat the call.
 set -u
@@ -101,6 +107,29 @@ if has kernels; then
     > "$LOGS/run_gpu.log" 2>&1 || echo "run_gpu.sh: exit $?"
   grep -E "^\[  (FAILED|PASSED) |exit|rror" "$LOGS/run_gpu.log" | head -40
   cat "$LOGS/kernels/combined.txt" "$LOGS/kernels/combined_prefill.txt" 2>/dev/null
+fi
+if has variants; then
+  # VARIANTS: ';'-separated argument sets.
+  if [ -n "${VARIANTS:-}" ]; then
+    IFS=';' read -r -a VARS <<< "$VARIANTS"
+  else
+    VARS=("--sparse-waves 2" "--two-pass-lookup" "--no-pdl" "--hierarchical")
+  fi
+  for args in "${VARS[@]}"; do
+    echo "== gpu-attention-bench --configs 1x131072,8x131072,1x524288 $args"
+    timeout 240 /tmp/bundle/gpu-attention-bench --configs 1x131072,8x131072,1x524288 $args 2>&1 \
+      | tee "$LOGS/variant_${args//[ -]/}.log" | grep -v "^device\|^(kept"
+  done
+fi
+if has profile; then
+  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null \
+        | head -1)
+  echo "== ncu per-kernel time: gpu-attention-bench --configs ${PROFILE_CONFIGS:-1x131072}"
+  timeout 300 "$NCU" --clock-control none --metrics gpu__time_duration.sum \
+    --print-summary per-kernel -k 'regex:Lookup|Centroid|Sparse|Decode|Combine|Expand' \
+    /tmp/bundle/gpu-attention-bench --configs "${PROFILE_CONFIGS:-1x131072}" --reps 5 \
+    ${PROFILE_ARGS:-} > "$LOGS/ncu.log" 2>&1 || echo "ncu: exit $?"
+  grep -v -E "^==PROF==|^ *-+ *-+" "$LOGS/ncu.log" | cut -c1-160 | tail -150
 fi
 tar -czf "$OUT/logs.tar.gz" -C "$LOGS" .
 ls -la "$OUT"

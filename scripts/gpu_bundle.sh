@@ -9,9 +9,14 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BUILD=${BUILD:-$ROOT/build-cuda}
 OUTDIR=$ROOT/.gpu-bundle
 cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release > /dev/null
-BINS=(attention_kernels_test prefill_attention_test model_ops_test gemv_test kmeans_gpu_test cuda_model_test sampling_gpu_test
-      gpu-attention-bench gpu-prefill-bench gpu-forward-bench kmeans-bench accuracy-bench squeeze-server
-      squeeze-cli)
+# BINS (space-separated) narrows the bundle to what one call needs (the carry limit is 64 MiB).
+if [ -n "${BINS:-}" ]; then
+  read -r -a BINS <<< "$BINS"
+else
+  BINS=(attention_kernels_test prefill_attention_test model_ops_test gemv_test kmeans_gpu_test
+        cuda_model_test sampling_gpu_test gpu-attention-bench gpu-prefill-bench gpu-forward-bench
+        kmeans-bench accuracy-bench squeeze-server squeeze-cli)
+fi
 cmake --build "$BUILD" --target "${BINS[@]}" -j "$(nproc)"
 rm -rf "$OUTDIR"
 mkdir -p "$OUTDIR/lib"

@@ -276,7 +276,8 @@ struct SqueezeCase {
   bool centroids_bf16;
   bool out_bf16;
   std::vector<SeqSpec> seqs;
-  bool graph = false;  // also capture the step in a CUDA graph and replay it
+  bool graph = false;            // also capture the step in a CUDA graph and replay it
+  bool two_pass_lookup = false;  // the two-launch lookup instead of the one-launch kernel
 };
 
 // One fixed context: K/V in storage order [Hkv][S][d], its index (L = 1) and device copies.
@@ -475,6 +476,7 @@ void RunSqueezed(const SqueezeCase& c, uint64_t seed) {
   shape.max_fixed_rows = total_rows;
   shape.max_context_rows = max_rows;
   shape.with_scores = true;
+  shape.one_launch_lookup = !c.two_pass_lookup;
   gpu::SqueezedDecodePlan plan;
   CUDA_OK(gpu::PlanSqueezedDecode(shape, &plan));
   DeviceArray<char> ws(plan.workspace_bytes);
@@ -503,8 +505,8 @@ void RunSqueezed(const SqueezeCase& c, uint64_t seed) {
     lse.Poison();
     CUDA_OK(gpu::InitSqueezedDecodeWorkspace(plan, ws.get(), stream));
   };
-  // Everything but the lookup's counters, which each launch must leave at zero itself.
-  const size_t counter_bytes = (static_cast<size_t>(B) * hkv + 1) * sizeof(uint32_t);
+  // Everything but the kernels' counters, which each launch must leave at zero itself.
+  const size_t counter_bytes = plan.counter_bytes;
   auto poison_keep_counters = [&] {
     std::vector<char> counters(counter_bytes);
     CUDA_OK(cudaMemcpy(counters.data(), ws.get() + plan.counters, counter_bytes,
@@ -632,8 +634,10 @@ void RunSqueezed(const SqueezeCase& c, uint64_t seed) {
         EXPECT_LE(key_begin[bh * (gs.range_stride + 1) + r], i * gpu::kSparseKeyIndexStep);
         EXPECT_GT(key_begin[bh * (gs.range_stride + 1) + r + 1], i * gpu::kSparseKeyIndexStep);
       }
+      // Kept-key chunks, then the dynamic rows' chunks; at least one per head.
       const int64_t chunks = chunk_begin[bh + 1] - chunk_begin[bh];
-      EXPECT_EQ(chunks, (key + chunk_info[0] - 1) / chunk_info[0]);
+      const int64_t ck = chunk_info[0], dyn_rows = max_dyn > 0 ? s.dyn_len : 0;
+      EXPECT_EQ(chunks, std::max<int64_t>(1, (key + ck - 1) / ck + (dyn_rows + ck - 1) / ck));
       gpu_kept_total += key;
       rows_total += s.rows;
     }
@@ -685,20 +689,15 @@ void RunSqueezed(const SqueezeCase& c, uint64_t seed) {
     EXPECT_LE(e.rel, tol) << "sequence " << b;
     EXPECT_LE(e.lse_abs, 1e-3) << "sequence " << b;
   }
-  std::printf("  squeezed B=%d d=%d G=%d Hkv=%d: kept %.4f of %lld fixed rows, %d chunks of %d\n",
-              B, d, G, hkv, rows_total > 0 ? double(gpu_kept_total) / rows_total : 0.0,
-              static_cast<long long>(rows_total), chunk_info[1], chunk_info[0]);
+  std::printf(
+      "  squeezed B=%d d=%d G=%d Hkv=%d: kept %.4f of %lld fixed rows, %d chunks of %d, lookup in "
+      "%s (%d clusters per CTA)\n",
+      B, d, G, hkv, rows_total > 0 ? double(gpu_kept_total) / rows_total : 0.0,
+      static_cast<long long>(rows_total), chunk_info[1], chunk_info[0],
+      plan.lookup.one_launch ? "one launch" : "two launches", plan.lookup.clusters_per_block);
+  EXPECT_EQ(plan.lookup.one_launch, !c.two_pass_lookup);
 
-  // ---- Repeat (counters must have been reset; the dynamic part now on a side stream) and
-  // graph replay: bitwise identical.
-  cudaStream_t side;
-  CUDA_OK(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
-  cudaEvent_t fork, join;
-  CUDA_OK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
-  CUDA_OK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
-  p.side_stream = side;
-  p.fork_event = fork;
-  p.join_event = join;
+  // ---- Repeat (counters must have been reset) and graph replay: bitwise identical.
   poison_keep_counters();
   CUDA_OK(gpu::LaunchSqueezedDecode(plan, p, ws.get(), stream));
   CUDA_OK(cudaStreamSynchronize(stream));
@@ -720,9 +719,6 @@ void RunSqueezed(const SqueezeCase& c, uint64_t seed) {
     CUDA_OK(cudaGraphExecDestroy(exec));
     CUDA_OK(cudaGraphDestroy(graph));
   }
-  CUDA_OK(cudaEventDestroy(fork));
-  CUDA_OK(cudaEventDestroy(join));
-  CUDA_OK(cudaStreamDestroy(side));
   CUDA_OK(cudaStreamDestroy(stream));
 }
 
@@ -773,6 +769,7 @@ TEST(SqueezedDecode, MixedBatchOf32) {
     seqs.push_back({rng.Int(200, 6000), b % 3, 100, kinds[b % 3], rng.Int(1, 300), budgets[b % 4]});
   }
   RunSqueezed({128, 4, 2, true, false, seqs}, 26);
+  RunSqueezed({128, 4, 2, true, false, seqs, false, /*two_pass_lookup=*/true}, 26);
 }
 
 TEST(SqueezedDecode, NoClustersAndNoFixedKeys) {
@@ -784,7 +781,8 @@ TEST(SqueezedDecode, NoClustersAndNoFixedKeys) {
                {{100, 0, 100, Clusters::kMixed, 3, 0.1},  // M = 0: window only
                 {50, 10, 40, Clusters::kMixed, 1, 0.5},   // M = 0: sinks + window
                 {500, 0, 0, Clusters::kMixed, 7, 0.0},    // nothing kept: dynamic only
-                {700, 0, 0, Clusters::kTiny, 9, 0.3}}},   // clusters only
+                {700, 0, 0, Clusters::kTiny, 9, 0.3},     // clusters only
+                {900, 2, 8, Clusters::kMixed, 0, 0.2}}},  // no dynamic rows
               27);
 }
 
