@@ -72,6 +72,31 @@ __device__ __forceinline__ float WarpSum(float x) {
   return x;
 }
 
+// Exclusive block-wide scan of 64-bit values; *total gets the block's sum. All threads call it;
+// scratch holds kWarps values and is free again on return.
+__device__ __forceinline__ unsigned long long BlockExclusiveScan(unsigned long long x, unsigned long long* total,
+                                                 unsigned long long* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  unsigned long long incl = x;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const unsigned long long y = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += y;
+  }
+  if (lane == 31) scratch[warp] = incl;
+  __syncthreads();
+  unsigned long long before = 0, sum = 0;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) {
+    const unsigned long long v = scratch[w];
+    if (w < warp) before += v;
+    sum += v;
+  }
+  __syncthreads();
+  *total = sum;
+  return before + incl - x;
+}
+
 // GPU-scope release / acquire operations on arrival counters (cheaper than __threadfence's
 // sequentially consistent fence; the CTA's writes are ordered before thread 0's release by a
 // __syncthreads, and after another CTA's acquire by the next one).

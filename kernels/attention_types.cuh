@@ -91,6 +91,7 @@ struct SqueezeSelection {
   int32_t* range_of_key = nullptr;  // [BH][key_index_stride]
   int key_index_stride = 0;         // >= ceil(max num_rows / kSparseKeyIndexStep)
   // Sparse work plan, written by the lookup's last CTA:
+  // The sparse attention kernel's work plan, as it recorded it (statistics, tests).
   int32_t* chunk_begin = nullptr;  // [BH + 1] first chunk of bh; [BH] = number of chunks
   int32_t* chunk_info = nullptr;   // [3] keys per chunk, number of chunks, 1 if over max_chunks
 };

@@ -8,6 +8,7 @@
 namespace squeeze::gpu {
 namespace {
 
+using detail::BlockExclusiveScan;
 using detail::WarpMax;
 using detail::WarpSum;
 
@@ -16,31 +17,6 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kMaxClustersPerBlock = 1024;
 constexpr int kCentroidsPerPass = kWarps * 8;  // 4 lanes per centroid
 constexpr int kFinalizePerThread = 4;          // consecutive clusters per thread when selecting
-
-// Exclusive block-wide scan of 64-bit values; *total gets the block's sum. All threads call it;
-// scratch holds kWarps values and is free again on return.
-__device__ unsigned long long BlockExclusiveScan(unsigned long long x, unsigned long long* total,
-                                                 unsigned long long* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  unsigned long long incl = x;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const unsigned long long y = __shfl_up_sync(0xffffffffu, incl, o);
-    if (lane >= o) incl += y;
-  }
-  if (lane == 31) scratch[warp] = incl;
-  __syncthreads();
-  unsigned long long before = 0, sum = 0;
-#pragma unroll
-  for (int w = 0; w < kWarps; ++w) {
-    const unsigned long long v = scratch[w];
-    if (w < warp) before += v;
-    sum += v;
-  }
-  __syncthreads();
-  *total = sum;
-  return before + incl - x;
-}
 
 // s[g] += q_g . centroid row (this lane's quarter of d: 16-byte chunks quarter + 4i).
 template <int D, int G, bool kBf16>
@@ -347,82 +323,8 @@ __device__ void GatherHead(const CentroidLookupParams& p, const SqueezeHeadDesc&
   if (threadIdx.x == 0) FinishHead(sel, hd, bh, nk, static_cast<int>(carry >> 32));
 }
 
-// Keys of head i the sparse kernel attends: kept fixed keys and the sequence's dynamic rows.
-__device__ __forceinline__ void HeadKeys(const CentroidLookupParams& p, int i, long long* kept,
-                                         long long* dyn) {
-  *kept = __ldcg(p.sel.kept_keys + i);
-  *dyn = p.dynamic_kv != nullptr ? max(p.dynamic_kv[i / p.num_kv_heads].len, 0) : 0;
-}
-
-// Chunks of a head with kept + dyn keys (kept chunks, then dynamic chunks; at least one, so
-// every head's output is written by the sparse kernel).
-__device__ __forceinline__ long long HeadChunks(long long kept, long long dyn, long long chunk) {
-  return max((kept + chunk - 1) / chunk + (dyn + chunk - 1) / chunk, 1ll);
-}
-
-// Last head: chunk size and per-head chunk offsets for the sparse kernel.
-__device__ void PlanChunks(const CentroidLookupParams& p, int num_heads,
-                           unsigned long long* scan_s) {
-  const SqueezeSelection& sel = p.sel;
-  unsigned long long local = 0, total_keys = 0;
-  for (int i = threadIdx.x; i < num_heads; i += kThreads) {
-    long long kept, dyn;
-    HeadKeys(p, i, &kept, &dyn);
-    local += kept + dyn;
-  }
-  BlockExclusiveScan(local, &total_keys, scan_s);
-
-  // Every head adds at most two partial chunks, so aim at (waves x target) - 2 heads full
-  // chunks: the count then stays within whole waves of the persistent grid. More waves only
-  // when the chunks would exceed kSparseMaxChunkKeys.
-  const long long target = max(p.target_chunks, 1);
-  long long chunk = kSparseMaxChunkKeys;
-  for (long long waves = 1; waves <= 64; ++waves) {
-    const long long usable = max(waves * target - 2ll * num_heads, max(waves * target / 2, 1ll));
-    chunk = (static_cast<long long>(total_keys) + usable - 1) / usable;
-    chunk = (chunk + kSparseKeyIndexStep - 1) / kSparseKeyIndexStep * kSparseKeyIndexStep;
-    if (chunk <= kSparseMaxChunkKeys) break;
-  }
-  chunk = min(max(chunk, static_cast<long long>(kSparseMinChunkKeys)),
-              static_cast<long long>(kSparseMaxChunkKeys));
-  unsigned long long count = 0;
-  for (;;) {  // uniform: every thread sees the same chunk and count
-    local = 0;
-    for (int i = threadIdx.x; i < num_heads; i += kThreads) {
-      long long kept, dyn;
-      HeadKeys(p, i, &kept, &dyn);
-      local += HeadChunks(kept, dyn, chunk);
-    }
-    BlockExclusiveScan(local, &count, scan_s);
-    if (count <= static_cast<unsigned long long>(p.max_chunks) || chunk >= kSparseMaxChunkKeys) {
-      break;
-    }
-    chunk = min(2 * chunk, static_cast<long long>(kSparseMaxChunkKeys));
-  }
-  unsigned long long carry = 0;
-  for (int base = 0; base < num_heads; base += kThreads) {
-    const int i = base + threadIdx.x;
-    unsigned long long n = 0;
-    if (i < num_heads) {
-      long long kept, dyn;
-      HeadKeys(p, i, &kept, &dyn);
-      n = HeadChunks(kept, dyn, chunk);
-    }
-    unsigned long long batch_total = 0;
-    const unsigned long long before = BlockExclusiveScan(n, &batch_total, scan_s);
-    if (i < num_heads) sel.chunk_begin[i] = static_cast<int32_t>(carry + before);
-    carry += batch_total;
-  }
-  if (threadIdx.x == 0) {
-    sel.chunk_begin[num_heads] = static_cast<int32_t>(count);
-    sel.chunk_info[0] = static_cast<int32_t>(chunk);
-    sel.chunk_info[1] = static_cast<int32_t>(count);
-    sel.chunk_info[2] = count > static_cast<unsigned long long>(p.max_chunks) ? 1 : 0;
-  }
-}
-
-// Arrival counter of head bh (bh = B * Hkv: the count of finished heads), one per 128-byte
-// line: CTAs spinning on one head's counter do not slow the atomics on another's.
+// Arrival counter of head bh, one per 128-byte line: CTAs spinning on one head's counter do not
+// slow the atomics on another's.
 __device__ __forceinline__ uint32_t* HeadCounter(const CentroidLookupParams& p, int bh) {
   return p.counters + static_cast<size_t>(bh) * kLookupCounterStride;
 }
@@ -503,7 +405,6 @@ __global__ void __launch_bounds__(kThreads) CentroidSelectKernel(const CentroidL
   __shared__ int is_last;
   asm volatile("griddepcontrol.launch_dependents;");  // as in FusedLookupKernel
   const int bh = blockIdx.y, blk = blockIdx.x;
-  const int num_heads = gridDim.y;
   const HeadMode m = GetHeadMode(p, bh);
   if (blk >= m.nblk) return;
   const int cb = p.plan.clusters_per_block;
@@ -521,11 +422,6 @@ __global__ void __launch_bounds__(kThreads) CentroidSelectKernel(const CentroidL
   if (!detail::LastArrival(HeadCounter(p, bh), m.nblk, &is_last)) return;
   if (threadIdx.x == 0) *HeadCounter(p, bh) = 0;  // every CTA of the head has arrived
   GatherHead(p, m.hd, bh, m.nblk, cb, scan_s, prefix_s);
-
-  // The last head to finish plans the sparse work.
-  if (!detail::LastArrival(HeadCounter(p, num_heads), num_heads, &is_last)) return;
-  if (threadIdx.x == 0) *HeadCounter(p, num_heads) = 0;
-  PlanChunks(p, num_heads, scan_s);
 }
 
 // Arrival of this CTA at a barrier of the CTAs of one head: returns once `target` arrivals are
@@ -555,13 +451,11 @@ __global__ void __launch_bounds__(kThreads, 4) FusedLookupKernel(const CentroidL
       size_s[kMaxClustersPerBlock];
   __shared__ unsigned long long scan_s[kWarps];
   __shared__ float head_m[G], head_inv[G];
-  __shared__ int is_last;
   // The next kernel (the sparse attention, a programmatic dependent) may start its launch: it
   // waits for this grid's results before reading them. Every CTA of this grid has started by
   // the time it launches, so it cannot take the place of a CTA the head barriers wait for.
   asm volatile("griddepcontrol.launch_dependents;");
   const int bh = blockIdx.y, blk = blockIdx.x;
-  const int num_heads = gridDim.y;
   const HeadMode m = GetHeadMode(p, bh);
   if (blk >= m.nblk) return;
   const int cb = p.plan.clusters_per_block;
@@ -669,12 +563,6 @@ __global__ void __launch_bounds__(kThreads, 4) FusedLookupKernel(const CentroidL
       atomicAdd(counter, 1u) == (round + 1) * static_cast<uint32_t>(m.nblk) - 1) {
     atomicExch(counter, 0u);
   }
-  if (blk != 0) return;
-
-  // The last head to finish plans the sparse work.
-  if (!detail::LastArrival(HeadCounter(p, num_heads), num_heads, &is_last)) return;
-  if (threadIdx.x == 0) *HeadCounter(p, num_heads) = 0;
-  PlanChunks(p, num_heads, scan_s);
 }
 
 }  // namespace
@@ -748,13 +636,13 @@ cudaError_t LaunchCentroidLookup(const CentroidLookupParams& p, cudaStream_t str
                                                        p.logits == nullptr))) ||
       p.block_counts == nullptr || p.counters == nullptr || s.range_row_begin == nullptr ||
       s.range_key_begin == nullptr || s.num_ranges == nullptr || s.kept_keys == nullptr ||
-      s.kept_clusters == nullptr || s.num_kept_clusters == nullptr || s.chunk_begin == nullptr ||
-      s.chunk_info == nullptr || s.range_of_key == nullptr || s.key_index_stride <= 0 ||
+      s.kept_clusters == nullptr || s.num_kept_clusters == nullptr ||
+      s.range_of_key == nullptr || s.key_index_stride <= 0 ||
       (p.candidates != nullptr && p.num_candidates == nullptr) ||
       p.plan.clusters_per_block <= 0 || p.plan.clusters_per_block % kCentroidsPerPass != 0 ||
       p.plan.clusters_per_block > kMaxClustersPerBlock || p.plan.blocks_per_head <= 0 ||
       p.plan.blocks_per_head > kLookupMaxBlocksPerHead || p.plan.logit_stride % 4 != 0 ||
-      p.max_chunks <= 0 || s.range_stride < 2 || s.cluster_stride < 1) {
+      s.range_stride < 2 || s.cluster_stride < 1) {
     return cudaErrorInvalidValue;
   }
   const dim3 grid(p.plan.blocks_per_head, p.batch * p.num_kv_heads);

@@ -19,9 +19,7 @@
 //     and thresholds its clusters and counts the kept ones (block-wide scan);
 //  3. head barrier; every CTA sums the counts of the blocks before its own and writes its kept
 //     clusters straight into the head's ranges (ascending cluster order); the first CTA of the
-//     head adds sinks and window and the head's totals; the last head to finish plans the
-//     sparse kernel's work (chunk size from the total kept and dynamic keys, per-head chunk
-//     prefix sums).
+//     head adds sinks and window and the head's totals.
 // With scores given (scores_in) steps 1 and the first barrier are skipped.
 // Otherwise (too many clusters for one wave of resident CTAs) two launches: the score kernel
 // stores the logits in global memory, and the select kernel's last CTA of each head gathers the
@@ -71,7 +69,7 @@ struct CentroidLookupParams {
   int32_t* seg_row = nullptr;                  // [B * Hkv][logit_stride]
   int32_t* seg_key = nullptr;                  // [B * Hkv][logit_stride]
   unsigned long long* block_counts = nullptr;  // [B * Hkv][blocks_per_head] (keys << 32 | kept)
-  // [(B * Hkv + 1) * kLookupCounterStride]; zero before the first launch, zero after each.
+  // [B * Hkv * kLookupCounterStride]; zero before the first launch, zero after each.
   uint32_t* counters = nullptr;
   // Optional [B * Hkv][sel.cluster_stride]: every cluster's score computed elsewhere (prefill:
   // the mean over many query rows, kernels/squeezed_prefill.cuh). The score launch is then
@@ -86,13 +84,6 @@ struct CentroidLookupParams {
   int64_t candidate_stride = 0;
   // Outputs.
   SqueezeSelection sel;
-  // Sparse work plan: at most about target_chunks chunks (a multiple of the sparse grid);
-  // never more than max_chunks (chunk_info[2] flags a plan that could not fit). The dynamic
-  // rows of each sequence (dynamic_kv[b].len, optional) are planned as chunks of the same size
-  // after each head's kept-key chunks; every head gets at least one chunk.
-  int target_chunks = 0;
-  int max_chunks = 0;
-  const DecodeKv* dynamic_kv = nullptr;  // [B] device, or nullptr
 };
 
 cudaError_t LaunchCentroidLookup(const CentroidLookupParams& p, cudaStream_t stream);

@@ -8,6 +8,7 @@
 namespace squeeze::gpu {
 namespace {
 
+using detail::BlockExclusiveScan;
 using detail::kThreads;
 using detail::kWarps;
 static_assert(kSparseMinChunkKeys % kSparseKeyIndexStep == 0 &&
@@ -94,6 +95,90 @@ __device__ void MergeHead(const SparseDecodeParams& p, int b, int h, int first, 
   __syncthreads();  // the scratch is free again
 }
 
+// Keys of head i the kernel attends: its kept fixed-context keys and its sequence's dynamic
+// rows.
+__device__ __forceinline__ void HeadKeys(const SparseDecodeParams& p, int i, long long* kept,
+                                         long long* dyn) {
+  *kept = p.sel.kept_keys[i];
+  *dyn = p.dynamic_kv != nullptr ? max(p.dynamic_kv[i / p.num_kv_heads].len, 0) : 0;
+}
+
+// Chunks of a head with kept + dyn keys: kept-key chunks, then dynamic chunks; at least one,
+// so that every head's output is written.
+__device__ __forceinline__ long long HeadChunks(long long kept, long long dyn, long long chunk) {
+  return max((kept + chunk - 1) / chunk + (dyn + chunk - 1) / chunk, 1ll);
+}
+
+struct WorkPlan {
+  int chunk_keys;  // keys per chunk
+  int count;       // chunks over all heads
+};
+
+// The work plan, computed alike by every CTA from the selection: one chunk size for all heads,
+// so that the chunks fill whole waves of target_chunks (every head adds at most two partial
+// chunks, so aim at waves x target - 2 heads full ones), more waves only when a chunk would
+// exceed kSparseMaxChunkKeys; doubled (up to that bound) should the count exceed max_chunks.
+__device__ WorkPlan PlanWork(const SparseDecodeParams& p, int num_heads,
+                             unsigned long long* scan_s) {
+  unsigned long long local = 0, total_keys = 0;
+  for (int i = threadIdx.x; i < num_heads; i += kThreads) {
+    long long kept, dyn;
+    HeadKeys(p, i, &kept, &dyn);
+    local += kept + dyn;
+  }
+  BlockExclusiveScan(local, &total_keys, scan_s);
+  const long long target = max(p.target_chunks, 1);
+  long long chunk = kSparseMaxChunkKeys;
+  for (long long waves = 1; waves <= 64; ++waves) {
+    const long long usable = max(waves * target - 2ll * num_heads, max(waves * target / 2, 1ll));
+    chunk = (static_cast<long long>(total_keys) + usable - 1) / usable;
+    chunk = (chunk + kSparseKeyIndexStep - 1) / kSparseKeyIndexStep * kSparseKeyIndexStep;
+    if (chunk <= kSparseMaxChunkKeys) break;
+  }
+  chunk = min(max(chunk, static_cast<long long>(kSparseMinChunkKeys)),
+              static_cast<long long>(kSparseMaxChunkKeys));
+  unsigned long long count = 0;
+  for (;;) {  // uniform: every thread sees the same chunk and count
+    local = 0;
+    for (int i = threadIdx.x; i < num_heads; i += kThreads) {
+      long long kept, dyn;
+      HeadKeys(p, i, &kept, &dyn);
+      local += HeadChunks(kept, dyn, chunk);
+    }
+    BlockExclusiveScan(local, &count, scan_s);
+    if (count <= static_cast<unsigned long long>(p.max_chunks) || chunk >= kSparseMaxChunkKeys) {
+      break;
+    }
+    chunk = min(2 * chunk, static_cast<long long>(kSparseMaxChunkKeys));
+  }
+  return {static_cast<int>(chunk), static_cast<int>(count)};
+}
+
+// CTA 0: the plan into the selection (chunk_begin, chunk_info), for statistics and tests.
+__device__ void RecordPlan(const SparseDecodeParams& p, int num_heads, const WorkPlan& plan,
+                           unsigned long long* scan_s) {
+  unsigned long long carry = 0;
+  for (int base = 0; base < num_heads; base += kThreads) {
+    const int i = base + threadIdx.x;
+    unsigned long long n = 0;
+    if (i < num_heads) {
+      long long kept, dyn;
+      HeadKeys(p, i, &kept, &dyn);
+      n = HeadChunks(kept, dyn, plan.chunk_keys);
+    }
+    unsigned long long batch_total = 0;
+    const unsigned long long before = BlockExclusiveScan(n, &batch_total, scan_s);
+    if (i < num_heads) p.sel.chunk_begin[i] = static_cast<int32_t>(carry + before);
+    carry += batch_total;
+  }
+  if (threadIdx.x == 0) {
+    p.sel.chunk_begin[num_heads] = plan.count;
+    p.sel.chunk_info[0] = plan.chunk_keys;
+    p.sel.chunk_info[1] = plan.count;
+    p.sel.chunk_info[2] = plan.count > p.max_chunks ? 1 : 0;
+  }
+}
+
 template <int D, int G>
 __global__ void __launch_bounds__(kThreads, 2) SparseDecodeKernel(const SparseDecodeParams p) {
   using Smem = detail::CoreSmem<D, G>;
@@ -111,26 +196,40 @@ __global__ void __launch_bounds__(kThreads, 2) SparseDecodeKernel(const SparseDe
 
   // Launched as a programmatic dependent: wait for the lookup's results (a no-op otherwise).
   asm volatile("griddepcontrol.wait;" ::: "memory");
+  __shared__ unsigned long long scan_s[kWarps];
   const SqueezeSelection& sel = p.sel;
   const int num_heads = p.batch * p.num_kv_heads;
-  const int chunk_keys = sel.chunk_info[0];
-  const int num_chunks = min(sel.chunk_info[1], p.max_chunks);
+  const WorkPlan plan = PlanWork(p, num_heads, scan_s);
+  if (blockIdx.x == 0) RecordPlan(p, num_heads, plan, scan_s);
+  const int chunk_keys = plan.chunk_keys;
+  const int num_chunks = min(plan.count, p.max_chunks);
   detail::DecodeCore<D, G> core(smem);
 
   for (int chunk = blockIdx.x; chunk < num_chunks; chunk += gridDim.x) {
-    // 1. The head owning this chunk (chunk_begin[bh] <= chunk < chunk_begin[bh + 1]) and its
-    //    counts, all loaded in one round trip.
-    for (int i = threadIdx.x; i < num_heads; i += kThreads) {
-      const int first = sel.chunk_begin[i], end = sel.chunk_begin[i + 1];
-      const int kept = sel.kept_keys[i], ranges = sel.num_ranges[i];
-      if (first <= chunk && chunk < end) {
-        head_s[0] = i;
-        head_s[1] = chunk - first;
-        head_s[2] = kept;
-        head_s[3] = ranges;
-        head_s[4] = min(end, num_chunks) - first;
-        head_s[5] = first;
+    // 1. The head owning this chunk (the per-head chunk counts' prefix sums) and its counts.
+    unsigned long long carry = 0;
+    for (int base = 0; base < num_heads; base += kThreads) {
+      const int i = base + threadIdx.x;
+      long long kept = 0, dyn = 0, n = 0;
+      int ranges = 0;
+      if (i < num_heads) {
+        HeadKeys(p, i, &kept, &dyn);
+        ranges = sel.num_ranges[i];
+        n = HeadChunks(kept, dyn, chunk_keys);
       }
+      unsigned long long batch_total = 0;
+      const long long first =
+          static_cast<long long>(carry + BlockExclusiveScan(n, &batch_total, scan_s));
+      if (i < num_heads && first <= chunk && chunk < first + n) {
+        head_s[0] = i;
+        head_s[1] = static_cast<int>(chunk - first);
+        head_s[2] = static_cast<int>(kept);
+        head_s[3] = ranges;
+        head_s[4] = static_cast<int>(min(first + n, static_cast<long long>(num_chunks)) - first);
+        head_s[5] = static_cast<int>(first);
+      }
+      carry += batch_total;
+      if (carry > static_cast<unsigned long long>(chunk)) break;  // uniform
     }
     __syncthreads();
     const int bh = head_s[0], local = head_s[1], kept = head_s[2], num_ranges = head_s[3];
@@ -227,6 +326,7 @@ cudaError_t LaunchSparseDecodeAttention(const SparseDecodeParams& p, cudaStream_
       p.q == nullptr || p.heads == nullptr || s.range_row_begin == nullptr ||
       s.range_key_begin == nullptr || s.num_ranges == nullptr || s.kept_keys == nullptr ||
       s.chunk_begin == nullptr || s.chunk_info == nullptr || s.range_of_key == nullptr ||
+      p.target_chunks <= 0 ||
       s.key_index_stride <= 0 || p.partial_out == nullptr || p.partial_lse == nullptr ||
       p.done == nullptr || p.out == nullptr || p.max_chunks <= 0 || p.grid <= 0) {
     return cudaErrorInvalidValue;

@@ -1,20 +1,20 @@
 // Squeezed Attention decode: exact attention over the kept fixed-context keys of every
 // (sequence, KV head), load-balanced over KEPT keys.
 //
-// The centroid lookup (centroid_lookup.cuh) leaves, on the device, each head's kept ranges and
-// a chunk plan: the kept keys of head bh form ceil(kept_bh / chunk) chunks of `chunk` keys, and
-// chunk_begin is the prefix sum of those counts over all heads, so heads whose kept counts
-// differ (the point of one global threshold) get proportionally many chunks. A persistent grid
-// walks the chunks; for chunk i a CTA finds its head (chunk_begin), the range holding its first
-// key (range_of_key, one load), expands the chunk's storage rows into shared memory (binary
-// search of the staged ranges), and runs the same GQA-packed pipeline as the dense kernel
-// (attention_core.cuh) over
-// those rows: whole clusters are contiguous in storage, so the loads stay 16-byte, coalesced
-// row reads. The dynamic rows of each sequence (user input and generated tokens, contiguous)
-// follow as chunks of the same size (kernels/centroid_lookup.cuh plans them). Partial slot =
-// chunk index. The CTA that finishes the last chunk of a head (an arrival counter per head)
-// merges the head's partials (exact LSE merge) into out and lse, so one launch does the
-// sparse, dynamic and merge work of the step.
+// The centroid lookup (centroid_lookup.cuh) leaves, on the device, each head's kept ranges.
+// Every CTA first plans the work alike (the plan is recorded in the selection's chunk_begin /
+// chunk_info by CTA 0): the kept keys of head bh form ceil(kept_bh / chunk) chunks of `chunk`
+// keys, followed by ceil(dynamic_b / chunk) chunks of its sequence's dynamic rows (user input
+// and generated tokens, contiguous), one chunk size for all heads so that heads whose kept
+// counts differ (the point of one global threshold) get proportionally many chunks, and the
+// chunks fill whole waves of the grid. A persistent grid walks the chunks; for chunk i a CTA
+// finds its head (prefix sums of the per-head chunk counts), the range holding its first key
+// (range_of_key, one load), expands the chunk's storage rows into shared memory (binary search
+// of the staged ranges), and runs the same GQA-packed pipeline as the dense kernel
+// (attention_core.cuh) over those rows: whole clusters are contiguous in storage, so the loads
+// stay 16-byte, coalesced row reads. Partial slot = chunk index. The CTA that finishes the last
+// chunk of a head (an arrival counter per head) merges the head's partials (exact LSE merge)
+// into out and lse, so one launch does the sparse, dynamic and merge work of the step.
 #pragma once
 
 #include "kernels/attention_types.cuh"
@@ -31,6 +31,7 @@ struct SparseDecodeParams {
   const SqueezeHeadDesc* heads = nullptr;  // [B * Hkv] device (k and v are read)
   SqueezeSelection sel;                    // from LaunchCentroidLookup (read-only here)
   const DecodeKv* dynamic_kv = nullptr;    // [B] device, or nullptr (no dynamic part)
+  int target_chunks = 0;                   // chunks per wave of the plan (e.g. the grid)
   int max_chunks = 0;                      // partial capacity; chunks past it are skipped
   int grid = 0;                            // persistent CTAs, e.g. SparseDecodeConcurrentCtas
   float* partial_out = nullptr;            // [max_chunks][G][d]

@@ -61,7 +61,7 @@ cudaError_t PlanSqueezedDecode(const SqueezedDecodeShape& s, SqueezedDecodePlan*
     off = detail::AlignUp(off + bytes, 256);
     return at;
   };
-  p.counter_bytes = ((bh + 1) * kLookupCounterStride + bh) * sizeof(uint32_t);
+  p.counter_bytes = (bh * kLookupCounterStride + bh) * sizeof(uint32_t);
   p.counters = take(p.counter_bytes);
   // Logits and per-block segments: the two-launch lookup only.
   const size_t per_cluster = p.lookup.one_launch ? 0 : bh * p.lookup.logit_stride;
@@ -136,8 +136,6 @@ CentroidLookupParams LookupInWorkspace(const SqueezedDecodePlan& plan, const Squ
   l.block_counts = At<unsigned long long>(ws, plan.block_counts);
   l.counters = At<uint32_t>(ws, plan.counters);
   l.sel = SelectionInWorkspace(plan, ws);
-  l.target_chunks = plan.target_chunks;
-  l.max_chunks = plan.max_chunks;
   return l;
 }
 
@@ -183,7 +181,6 @@ cudaError_t LaunchSqueezedDecode(const SqueezedDecodePlan& plan, const SqueezedD
     l.candidates = p.candidates;
     l.num_candidates = p.num_candidates;
     l.candidate_stride = p.candidate_stride;
-    l.dynamic_kv = dynamic_kv;
     const cudaError_t err = LaunchCentroidLookup(l, stream);
     if (err != cudaSuccess) return err;
   }
@@ -198,12 +195,13 @@ cudaError_t LaunchSqueezedDecode(const SqueezedDecodePlan& plan, const SqueezedD
   sp.heads = p.heads;
   sp.sel = SelectionInWorkspace(plan, ws);
   sp.dynamic_kv = dynamic_kv;
+  sp.target_chunks = plan.target_chunks;
   sp.max_chunks = plan.max_chunks;
   sp.grid = plan.sparse_grid;
   sp.partial_out = At<float>(ws, plan.sparse_out);
   sp.partial_lse = At<float>(ws, plan.sparse_lse);
   sp.done = At<uint32_t>(ws, plan.counters) +
-            (static_cast<size_t>(s.batch) * s.num_kv_heads + 1) * kLookupCounterStride;
+            static_cast<size_t>(s.batch) * s.num_kv_heads * kLookupCounterStride;
   sp.out = p.out;
   sp.out_bf16 = p.out_bf16;
   sp.lse = p.lse;

@@ -1,10 +1,11 @@
 // One Squeezed Attention decode step for one layer, all on the device in two launches (no host
 // sync; capturable in a CUDA graph):
-//   1. centroid lookup + threshold + ranges + work plan           -> SqueezeSelection
+//   1. centroid lookup + threshold + ranges                       -> SqueezeSelection
 //      (one launch when the lookup's CTAs all fit on the GPU at once, else two)
 //   2. attention over the kept fixed-context ranges and the dynamic KV (user input + generated
-//      tokens, the new token included) in chunks of equal size, and the exact LSE merge of each
-//      head's chunks by the CTA finishing its last one            -> out [B][Hq][d], lse [B][Hq]
+//      tokens, the new token included) in chunks of equal size (planned by every CTA from the
+//      selection), and the exact LSE merge of each head's chunks by the CTA finishing its last
+//      one                                                        -> out [B][Hq][d], lse [B][Hq]
 // The plan (host) fixes every grid from upper bounds, so it stays valid while lengths, kept
 // counts and thresholds change from step to step.
 #pragma once
@@ -81,7 +82,7 @@ struct SqueezedDecodeParams {
 // Stages of the step, for timing them apart (a later stage reads what an earlier launch of the
 // earlier stages left in the workspace).
 enum SqueezedDecodeStage : unsigned {
-  kStageLookup = 1u,  // centroid lookup, selection, work plan
+  kStageLookup = 1u,  // centroid lookup, selection
   kStageAttend = 2u,  // attention over the kept ranges and the dynamic KV, merged into out / lse
   kStageAll = 3u,
 };
