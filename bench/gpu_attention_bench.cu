@@ -22,7 +22,7 @@
 //
 // Usage: gpu-attention-bench [--quick] [--reps N] [--csv FILE] [--fp32-centroids]
 //                            [--configs BxS,BxS,...]   (default 1x32768,1x131072,1x524288,
-//                                                        8x32768,8x131072)
+//                                                        8x32768,8x131072,8x524288)
 //                            [--waves N] [--sparse-waves N] [--two-pass-lookup] [--hierarchical]
 //                            [--no-pdl]
 #include <cuda_bf16.h>
@@ -656,8 +656,8 @@ int main(int argc, char** argv) {
   const double copy_bw = CopyBandwidth(timer.stream, 10);
   std::printf("device-to-device copy: %.0f GB/s (read + write)\n", copy_bw / 1e9);
 
-  std::vector<std::pair<int, int>> configs = {
-      {1, 32768}, {1, 131072}, {1, 524288}, {8, 32768}, {8, 131072}};
+  std::vector<std::pair<int, int>> configs = {{1, 32768}, {1, 131072}, {1, 524288},
+                                              {8, 32768}, {8, 131072}, {8, 524288}};
   if (args.quick) configs = {{1, 32768}, {8, 32768}};
   if (!args.configs.empty()) configs = args.configs;
   std::vector<Row> rows;

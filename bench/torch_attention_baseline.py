@@ -164,6 +164,8 @@ def main():
                     help="context tokens: dense attention of --query_tokens inputs against it "
                          "(see run_context_prefill)")
     ap.add_argument("--query_tokens", default="1024,4096")
+    ap.add_argument("--configs", default="",
+                    help="decode shapes as BxS,BxS,... (default: gpu-attention-bench's)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("torch_attention_baseline: no CUDA device")
@@ -180,9 +182,11 @@ def main():
     print(f"device-to-device copy: {copy_bw / 1e9:.0f} GB/s (read + write)")
     flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
 
-    configs = [(1, 32768), (1, 131072), (1, 524288), (8, 32768), (8, 131072)]
+    configs = [(1, 32768), (1, 131072), (1, 524288), (8, 32768), (8, 131072), (8, 524288)]
     if args.quick:
         configs = [(1, 32768), (8, 32768)]
+    if args.configs:
+        configs = [tuple(int(x) for x in item.split("x")) for item in args.configs.split(",")]
     backends = [("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
                 ("efficient", SDPBackend.EFFICIENT_ATTENTION)]
     rows = []
