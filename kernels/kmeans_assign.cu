@@ -58,17 +58,8 @@ using detail::SwizzledOffset;
 // tile; rows at or past `valid_rows` are zero-filled and not read.
 template <int D, int kRows>
 __device__ __forceinline__ void IssueTile(char* dst, const bf16* src, int row0, int valid_rows) {
-  constexpr int kChunks = D / 8;
-  constexpr int kPerThread = kRows * kChunks / kThreads;
-  static_assert(kPerThread * kThreads == kRows * kChunks, "tile/threads mismatch");
-#pragma unroll
-  for (int u = 0; u < kPerThread; ++u) {
-    const int idx = threadIdx.x + u * kThreads;
-    const int r = idx / kChunks, c = idx % kChunks;
-    const bool valid = row0 + r < valid_rows;
-    const bf16* from = src + (valid ? static_cast<int64_t>(row0 + r) * D + c * 8 : 0);
-    detail::CpAsync16(dst + SwizzledOffset<D>(r, c), from, valid);
-  }
+  detail::IssueSwizzledTile<D, kRows, kThreads>(
+      dst, [src](int r) { return src + static_cast<int64_t>(r) * D; }, row0, valid_rows);
 }
 
 // ptxas (sm_90a): see the launcher comment for the register budget; one CTA per SM (112 KB of

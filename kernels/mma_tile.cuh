@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "kernels/attention_core.cuh"
+
 namespace squeeze::gpu::detail {
 
 // Byte offset of 16-byte chunk `c` of row `r` in a swizzled [rows][D] bf16 tile: chunk c of row
@@ -15,6 +17,25 @@ namespace squeeze::gpu::detail {
 template <int D>
 __device__ __forceinline__ uint32_t SwizzledOffset(int r, int c) {
   return static_cast<uint32_t>(r * (D * 2) + ((c ^ (r & 7)) << 4));
+}
+
+// Copies rows [row0, row0 + kRows) into a swizzled [kRows][D] bf16 shared tile with 16-byte
+// cp.async (kThreads threads); row i is read from row_ptr(i). Rows at or past valid_rows are
+// zero-filled and not read.
+template <int D, int kRows, int kThreads, class RowPtr>
+__device__ __forceinline__ void IssueSwizzledTile(char* dst, RowPtr row_ptr, int row0,
+                                                  int valid_rows) {
+  constexpr int kChunks = D / 8;
+  constexpr int kPerThread = kRows * kChunks / kThreads;
+  static_assert(kPerThread * kThreads == kRows * kChunks, "tile/threads mismatch");
+#pragma unroll
+  for (int u = 0; u < kPerThread; ++u) {
+    const int idx = threadIdx.x + u * kThreads;
+    const int r = idx / kChunks, c = idx % kChunks;
+    const bool valid = row0 + r < valid_rows;
+    const __nv_bfloat16* from = row_ptr(valid ? row0 + r : 0) + (valid ? c * 8 : 0);
+    CpAsync16(dst + SwizzledOffset<D>(r, c), from, valid);
+  }
 }
 
 // Four 8x8 b16 matrices from shared memory (lane l addresses row l % 8 of matrix l / 8).

@@ -5,6 +5,8 @@
 //   2. LaunchCentroidRowStats:  m_r = max_c L[r][c], inv_r = 1 / sum_c N_c exp(L[r][c] - m_r)
 //   3. LaunchCentroidColumnMean: score_c = (1 / R) sum_r exp(L[r][c] - m_r) inv_r
 //      (tokens may come in chunks: the launch adds a chunk's share into score)
+//   Steps 1-3 over every cluster run fused, without the logits in memory, in
+//   kernels/cluster_scores.cuh; the kernels below remain for candidate subsets (hierarchical).
 //   4. LaunchSelectFromScores (squeezed_decode.cuh): score_c > tau -> kept ranges, sinks, window
 //   5. LaunchExpandSelectionRows: the storage row of every kept key, in kept order
 //   6. LaunchPrefillAttention (prefill_attention.cuh) with row_index / head_len: every query

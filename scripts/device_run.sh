@@ -5,8 +5,8 @@
 #   goldens  the Hugging Face goldens (tools/make_goldens.py, tools/demo_model_goldens.py) ->
 #            $OUT/golden.tar.gz, to unpack into tests/data/golden/
 #   model    = tests + forward
-#   tests    the CUDA backend's GPU tests: kernel ops, GEMV, prefill attention, sampling,
-#            k-means, the whole model vs the goldens and the CPU, the server on the GPU
+#   tests    the CUDA backend's GPU tests: kernel ops, GEMV, prefill attention, cluster scores,
+#            sampling, k-means, the whole model vs the goldens and the CPU, the server on the GPU
 #   forward  the forward benchmark on the Llama-3-8B shape (bench/cuda/gpu_forward_bench.cc)
 #   kmeans   the batched GPU k-means benchmark (bench/cuda/kmeans_bench.cc)
 #   ttft     the forward benchmark at 128K (index by GPU k-means, with a coarse level): squeezed
@@ -56,7 +56,7 @@ fi
 
 if has model || has tests; then
   export SQUEEZE_SOURCE_DIR="$ROOT"
-  for t in ${TESTS:-model_ops_test gemv_test attention_kernels_test prefill_attention_test sampling_gpu_test kmeans_gpu_test cuda_model_test}; do
+  for t in ${TESTS:-model_ops_test gemv_test attention_kernels_test prefill_attention_test cluster_scores_test sampling_gpu_test kmeans_gpu_test cuda_model_test}; do
     echo "== $t"
     timeout 240 /tmp/bundle/$t > "$LOGS/$t.log" 2>&1
     echo "$t: exit $?"

@@ -13,8 +13,8 @@ cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release > /dev/null
 if [ -n "${BINS:-}" ]; then
   read -r -a BINS <<< "$BINS"
 else
-  BINS=(attention_kernels_test prefill_attention_test model_ops_test gemv_test kmeans_gpu_test
-        cuda_model_test sampling_gpu_test gpu-attention-bench gpu-prefill-bench gpu-forward-bench
+  BINS=(attention_kernels_test prefill_attention_test cluster_scores_test model_ops_test gemv_test
+        kmeans_gpu_test cuda_model_test sampling_gpu_test gpu-attention-bench gpu-prefill-bench gpu-forward-bench
         kmeans-bench accuracy-bench squeeze-server squeeze-cli)
 fi
 cmake --build "$BUILD" --target "${BINS[@]}" -j "$(nproc)"

@@ -16,6 +16,7 @@
 #include "engine/backend/cuda/cuda_sampling.h"
 #include "engine/common/status_macros.h"
 #include "engine/kv/kv_cache.h"
+#include "kernels/cluster_scores.cuh"
 #include "kernels/decode_attention.cuh"
 #include "kernels/gemv.cuh"
 #include "kernels/kv_gather.cuh"
@@ -1085,7 +1086,8 @@ void CudaBackend::ReportToHost(const int32_t* counts, std::span<const AttentionP
 // logits over token chunks, per-row softmax statistics, column means. With candidates, only
 // theirs count (denominators included) and only theirs are written.
 void CudaBackend::ClusterMeanScores(const AttentionParams& p, const void* q_bf16,
-                                    std::span<const gpu::SqueezeHeadDesc> heads, int stride,
+                                    std::span<const gpu::SqueezeHeadDesc> heads,
+                                    const gpu::SqueezeHeadDesc* dev_heads, int stride,
                                     float* scores, const int32_t* cand, const int32_t* cand_count,
                                     int64_t cand_stride) {
   const AttentionShape& s = p.shape;
@@ -1094,6 +1096,30 @@ void CudaBackend::ClusterMeanScores(const AttentionParams& p, const void* q_bf16
   const auto* qb = static_cast<const bf16*>(q_bf16);
   int max_c = 1;
   for (const gpu::SqueezeHeadDesc& e : heads) max_c = std::max(max_c, e.num_clusters);
+  if (cand == nullptr) {
+    // Every cluster: the fused two-pass kernel, all heads in one launch each, no logits in
+    // memory (kernels/cluster_scores.cuh).
+    auto* stats = static_cast<float*>(
+        Scratch(kRowStats, gpu::ClusterScoresWorkspaceBytes(hkv, n, G)));
+    if (stats == nullptr) return;
+    gpu::ClusterScoresParams cs;
+    cs.num_heads = hkv;
+    cs.num_tokens = n;
+    cs.group = G;
+    cs.head_dim = d;
+    cs.scale = s.scale;
+    cs.q = qb;
+    cs.q_token_stride = static_cast<int64_t>(hq) * d;
+    cs.heads = dev_heads;
+    cs.max_clusters = max_c;
+    cs.row_stats = stats;
+    cs.scores = scores;
+    cs.score_stride = stride;
+    Check(gpu::LaunchClusterScores(cs, impl_->stream), "cluster scores");
+    return;
+  }
+  // Candidates (hierarchical fine level): cuBLAS logits over token chunks, then the row
+  // statistics and column means restricted to the candidates.
   const int ld = (max_c + 3) / 4 * 4;
   // Token chunks bound the logits scratch to about 64 MiB ([G * chunk][ld] floats).
   const int chunk = static_cast<int>(
@@ -1187,8 +1213,8 @@ bool CudaBackend::CoarseCandidates(std::span<const AttentionParams* const> calls
         Scratch(kClusterScores, sizeof(float) * hkv * sel.cluster_stride));
     if (scores == nullptr) return false;
     if (std::isfinite(tau[0])) {
-      ClusterMeanScores(*calls[0], q_bf16, coarse, sel.cluster_stride, scores, nullptr, nullptr,
-                        0);
+      ClusterMeanScores(*calls[0], q_bf16, coarse, dev_desc, sel.cluster_stride, scores, nullptr,
+                        nullptr, 0);
     } else {  // -inf keeps every coarse cluster, +inf none: nothing is read
       Check(cudaMemsetAsync(scores, 0, sizeof(float) * hkv * sel.cluster_stride, impl_->stream),
             "cluster scores");
@@ -1249,7 +1275,8 @@ void CudaBackend::SqueezedFixedPrefill(const AttentionParams& p, float* out, flo
   CopyFromHost(dev_heads, heads.data(), sizeof(gpu::SqueezeHeadDesc) * hkv);
   CopyFromHost(dev_tau, &tau, sizeof(float));
   if (std::isfinite(tau)) {
-    ClusterMeanScores(p, qb, heads, sel.cluster_stride, scores, cand, cand_count, cand_stride);
+    ClusterMeanScores(p, qb, heads, dev_heads, sel.cluster_stride, scores, cand, cand_count,
+                      cand_stride);
   } else {  // -inf keeps every cluster (or candidate), +inf none: no score is read
     Check(cudaMemsetAsync(scores, 0, sizeof(float) * hkv * sel.cluster_stride, impl_->stream),
           "cluster scores");

@@ -141,7 +141,8 @@ class CudaBackend final : public Backend {
   void ReportToHost(const int32_t* counts, std::span<const AttentionParams* const> calls,
                     int32_t* AttentionKeys::*field);
   void ClusterMeanScores(const AttentionParams& p, const void* q_bf16,
-                         std::span<const gpu::SqueezeHeadDesc> heads, int stride, float* scores,
+                         std::span<const gpu::SqueezeHeadDesc> heads,
+                         const gpu::SqueezeHeadDesc* dev_heads, int stride, float* scores,
                          const int32_t* cand, const int32_t* cand_count, int64_t cand_stride);
   bool CoarseCandidates(std::span<const AttentionParams* const> calls, const float* q,
                         const void* q_bf16, const int32_t** ids, const int32_t** counts,

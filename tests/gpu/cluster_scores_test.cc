@@ -1,0 +1,179 @@
+// Fused multi-query cluster scores (kernels/cluster_scores.cuh) against the CPU reference
+// ClusterScorer::Average (engine/squeeze/cluster_scores.h) on the same bf16 values (the
+// reference reads them converted to fp32 and computes in fp32/fp64).
+//
+// Inputs: random queries (|q| up to 3, so the softmax over clusters is far from uniform) and
+// centroids (random directions plus per-head structure), random sizes 1..40, cluster counts that
+// are not multiples of the 64-wide tiles and differ per head (one head empty), token counts that
+// are not multiples of the 256-row tiles. Scores are poisoned (NaN) before the launch; every
+// written score must be finite and columns past a head's cluster count must stay untouched.
+// Tolerance: |gpu - ref| <= 2e-5 max(ref over the head) + 1e-8 per score (bf16 inputs are
+// exact on both sides; the GPU sums products in a different order and uses ex2.approx); and
+// sum_c N_c score_c = 1 within 1e-3 on both sides (every row's size-weighted probabilities sum
+// to 1, so does their mean).
+// Determinism: a second launch gives bit-identical scores.
+// Without a CUDA device the binary prints a message and exits with 77 (ctest: skipped).
+#include "kernels/cluster_scores.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "engine/squeeze/cluster_scores.h"
+#include "tests/gpu/gpu_test_util.h"
+
+namespace squeeze {
+namespace {
+
+using gpu::bf16;
+using namespace gpu_testing;  // NOLINT(build/namespaces): test helpers
+
+struct Case {
+  int d, group, hkv, tokens;
+  std::vector<int> clusters;  // per KV head
+};
+
+void RunCase(const Case& c, uint64_t seed) {
+  SCOPED_TRACE(::testing::Message() << "d=" << c.d << " G=" << c.group << " Hkv=" << c.hkv
+                                    << " tokens=" << c.tokens);
+  Rng rng(seed);
+  const int d = c.d, G = c.group, hkv = c.hkv, hq = G * hkv, n = c.tokens;
+  Bf16Data q(static_cast<size_t>(n) * hq * d);
+  for (size_t i = 0; i < q.dev.size(); ++i) q.Set(i, 3.0f * rng.Uniform());
+  const int max_c = *std::max_element(c.clusters.begin(), c.clusters.end());
+  const int stride = max_c + 5;
+  std::vector<Bf16Data> cent(hkv);
+  std::vector<std::vector<int32_t>> sizes(hkv);
+  std::vector<std::unique_ptr<DeviceArray<bf16>>> dev_cent;
+  std::vector<std::unique_ptr<DeviceArray<int32_t>>> dev_sizes;
+  std::vector<gpu::SqueezeHeadDesc> heads(hkv);
+  for (int h = 0; h < hkv; ++h) {
+    const int C = c.clusters[h];
+    cent[h].Resize(static_cast<size_t>(std::max(C, 1)) * d);
+    sizes[h].resize(std::max(C, 1));
+    for (int k = 0; k < C; ++k) {
+      const float bias = 0.5f * rng.Uniform();  // a shared direction plus noise
+      for (int i = 0; i < d; ++i) {
+        cent[h].Set(static_cast<size_t>(k) * d + i, rng.Uniform() + bias * ((i & 1) ? 1 : -1));
+      }
+      sizes[h][k] = rng.Int(1, 40);
+    }
+    dev_cent.push_back(std::make_unique<DeviceArray<bf16>>(cent[h].dev));
+    dev_sizes.push_back(std::make_unique<DeviceArray<int32_t>>(sizes[h]));
+    heads[h].centroids = dev_cent.back()->get();
+    heads[h].sizes = dev_sizes.back()->get();
+    heads[h].num_clusters = C;
+  }
+  DeviceArray<bf16> dev_q(q.dev);
+  DeviceArray<gpu::SqueezeHeadDesc> dev_heads(heads);
+  DeviceArray<float> stats(gpu::ClusterScoresWorkspaceBytes(hkv, n, G) / sizeof(float));
+  DeviceArray<float> scores(static_cast<size_t>(hkv) * stride);
+  stats.Poison();
+  scores.Poison();
+
+  gpu::ClusterScoresParams p;
+  p.num_heads = hkv;
+  p.num_tokens = n;
+  p.group = G;
+  p.head_dim = d;
+  p.scale = 1.0f / std::sqrt(static_cast<float>(d));
+  p.q = dev_q.get();
+  p.q_token_stride = static_cast<int64_t>(hq) * d;
+  p.heads = dev_heads.get();
+  p.max_clusters = max_c;
+  p.row_stats = stats.get();
+  p.scores = scores.get();
+  p.score_stride = stride;
+  CUDA_OK(gpu::LaunchClusterScores(p, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<float> got = scores.Download();
+
+  ClusterScorer scorer;
+  for (int h = 0; h < hkv; ++h) {
+    SCOPED_TRACE(::testing::Message() << "kv head " << h);
+    const int C = c.clusters[h];
+    const float* row = got.data() + static_cast<size_t>(h) * stride;
+    for (int k = C; k < stride; ++k) {
+      uint32_t bits;
+      std::memcpy(&bits, row + k, 4);
+      EXPECT_EQ(bits, 0xFFFFFFFFu) << "column " << k << " past the head's clusters was written";
+    }
+    if (C == 0) continue;
+    std::vector<float> ref(C);
+    // The CPU scorer computes the logits itself: pass the bf16 images and the same scale.
+    scorer.Average(q.ref.data() + static_cast<size_t>(h) * G * d, n, G,
+                   static_cast<size_t>(hq) * d, cent[h].ref.data(), sizes[h].data(), C, d,
+                   ref.data());
+    const float top = *std::max_element(ref.begin(), ref.end());
+    double mass_gpu = 0, mass_ref = 0, worst = 0;
+    for (int k = 0; k < C; ++k) {
+      ASSERT_TRUE(std::isfinite(row[k])) << "cluster " << k;
+      const double err = std::fabs(static_cast<double>(row[k]) - ref[k]);
+      worst = std::max(worst, err / top);
+      EXPECT_LE(err, 2e-5 * top + 1e-8) << "cluster " << k << ": " << row[k] << " vs " << ref[k];
+      mass_gpu += static_cast<double>(sizes[h][k]) * row[k];
+      mass_ref += static_cast<double>(sizes[h][k]) * ref[k];
+    }
+    // Each row's size-weighted probabilities sum to 1, so does their mean.
+    EXPECT_NEAR(mass_gpu, 1.0, 1e-3);
+    EXPECT_NEAR(mass_ref, 1.0, 1e-3);
+    std::printf("  d=%d G=%d tokens=%d head %d: %d clusters, max |gpu - ref| / max ref = %.2e\n",
+                d, G, n, h, C, worst);
+  }
+
+  // Deterministic: the same launch again gives the same bits.
+  scores.Poison();
+  CUDA_OK(gpu::LaunchClusterScores(p, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<float> again = scores.Download();
+  EXPECT_EQ(std::memcmp(again.data(), got.data(), got.size() * sizeof(float)), 0)
+      << "a second launch differs";
+}
+
+TEST(ClusterScores, MatchesTheCpuScorer) {
+  RunCase({128, 4, 3, 300, {1000, 6554 / 8, 65}}, 1);
+  RunCase({64, 8, 2, 37, {130, 1}}, 2);
+  RunCase({128, 1, 2, 1, {700, 64}}, 3);
+}
+
+TEST(ClusterScores, EmptyHeadAndLargeInput) {
+  RunCase({128, 4, 2, 1100, {0, 3300}}, 4);  // 4,400 query rows: 18 row tiles, a partial one
+}
+
+TEST(ClusterScores, RejectsBadArguments) {
+  gpu::ClusterScoresParams p;
+  EXPECT_EQ(gpu::LaunchClusterScores(p, nullptr), cudaErrorInvalidValue);
+  DeviceArray<bf16> q(256);
+  DeviceArray<gpu::SqueezeHeadDesc> heads(1);
+  DeviceArray<float> buf(64);
+  p.num_heads = 1;
+  p.num_tokens = 1;
+  p.group = 1;
+  p.head_dim = 96;  // unsupported
+  p.scale = 1.0f;
+  p.q = q.get();
+  p.q_token_stride = 128;
+  p.heads = heads.get();
+  p.max_clusters = 4;
+  p.row_stats = buf.get();
+  p.scores = buf.get();
+  p.score_stride = 4;
+  EXPECT_EQ(gpu::LaunchClusterScores(p, nullptr), cudaErrorInvalidValue);
+  p.head_dim = 128;
+  p.score_stride = 3;  // < max_clusters
+  EXPECT_EQ(gpu::LaunchClusterScores(p, nullptr), cudaErrorInvalidValue);
+  p.score_stride = 4;
+  p.q_token_stride = 100;  // rows not 16-byte aligned
+  EXPECT_EQ(gpu::LaunchClusterScores(p, nullptr), cudaErrorInvalidValue);
+}
+
+}  // namespace
+}  // namespace squeeze
