@@ -790,5 +790,10 @@ TEST(SqueezedDecode, LongContext128KInAGraph) {
   RunSqueezed({128, 4, 2, false, false, {{131072, 4, 100, Clusters::kMixed, 100, 0.05}}, true}, 28);
 }
 
+TEST(SqueezedDecode, LongContext512K) {
+  // The 512K end of the context range (the index of kMixed clusters; one KV head).
+  RunSqueezed({128, 4, 1, true, false, {{524288, 4, 100, Clusters::kMixed, 300, 0.05}}}, 29);
+}
+
 }  // namespace
 }  // namespace squeeze

@@ -146,6 +146,7 @@ TEST(ClusterScores, MatchesTheCpuScorer) {
 
 TEST(ClusterScores, EmptyHeadAndLargeInput) {
   RunCase({128, 4, 2, 1100, {0, 3300}}, 4);  // 4,400 query rows: 18 row tiles, a partial one
+  RunCase({128, 4, 1, 40, {26214}}, 5);      // the clusters of a 512K context's head
 }
 
 TEST(ClusterScores, RejectsBadArguments) {
