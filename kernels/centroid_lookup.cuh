@@ -21,6 +21,9 @@
 //     clusters straight into the head's ranges (ascending cluster order); the first CTA of the
 //     head adds sinks and window and the head's totals.
 // With scores given (scores_in) steps 1 and the first barrier are skipped.
+// The barriers need every CTA of the grid resident at some point while the others wait: work on
+// other streams only delays them, but two one-launch lookups running at once on one GPU could
+// each hold SMs the other waits for. Launch them on one stream (the CUDA backend does).
 // Otherwise (too many clusters for one wave of resident CTAs) two launches: the score kernel
 // stores the logits in global memory, and the select kernel's last CTA of each head gathers the
 // blocks' compacted segments (the same results).
