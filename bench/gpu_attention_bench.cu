@@ -321,15 +321,16 @@ void RunHierarchical(int B, int S, int M, int C, const std::vector<int32_t>& siz
     coarse();
     CK(gpu::LaunchSqueezedDecode(plan, sp, ws, stream, gpu::kStageLookup));
   });
-  cudaGraphExec_t attend =
-      Capture(stream, [&] { CK(gpu::LaunchSqueezedDecode(plan, sp, ws, stream, gpu::kStageAttend)); });
+  cudaGraphExec_t attend = Capture(
+      stream, [&] { CK(gpu::LaunchSqueezedDecode(plan, sp, ws, stream, gpu::kStageAttend)); });
 
   // Coarse scores for this query (tau = 0 scores every coarse cluster).
   std::vector<float> tau(B, 0.0f);
   CK(cudaMemcpy(d_tau1, tau.data(), B * 4, cudaMemcpyHostToDevice));
   coarse();
   CK(cudaStreamSynchronize(stream));
-  const std::vector<float> scores1 = Download(sel1.scores, static_cast<size_t>(BH) * sel1.cluster_stride);
+  const std::vector<float> scores1 =
+      Download(sel1.scores, static_cast<size_t>(BH) * sel1.cluster_stride);
   for (double frac : {0.20, 0.10, 0.05, 0.03}) {
     // Coarse tau: candidates holding 2.5x the target fraction of the keys.
     std::vector<float> tau1(B);
@@ -350,7 +351,8 @@ void RunHierarchical(int B, int S, int M, int C, const std::vector<int32_t>& siz
     coarse();
     CK(gpu::LaunchSqueezedDecode(plan, sp, ws, stream, gpu::kStageLookup));
     CK(cudaStreamSynchronize(stream));
-    const std::vector<float> scores = Download(sel.scores, static_cast<size_t>(BH) * sel.cluster_stride);
+    const std::vector<float> scores =
+        Download(sel.scores, static_cast<size_t>(BH) * sel.cluster_stride);
     const std::vector<int32_t> ids = Download(cand, static_cast<size_t>(BH) * C);
     const std::vector<int32_t> counts = Download(cand_count, BH);
     double candidates = 0;
@@ -511,7 +513,8 @@ void RunConfig(int B, int S, const Args& args, const Timer& timer, std::vector<R
   shape.programmatic_launch = !args.no_pdl;
   gpu::SqueezedDecodePlan plan;
   CK(gpu::PlanSqueezedDecode(shape, &plan));
-  std::printf("B=%d S=%d: lookup in %s, %d clusters per CTA; attention grid %d, %d chunks at most\n",
+  std::printf("B=%d S=%d: lookup in %s, %d clusters per CTA; attention grid %d, %d chunks at "
+              "most\n",
               B, S, plan.lookup.one_launch ? "one launch" : "two launches",
               plan.lookup.clusters_per_block, plan.sparse_grid, plan.max_chunks);
   void* ws;

@@ -62,11 +62,14 @@ struct HeadRows {
   }
 };
 
+// Centroid row r of the head's list: candidate r's, or cluster r.
 struct Centroids {
   const bf16* c;
+  const int32_t* cand;  // nullptr: every cluster
   int head_dim;
+  __device__ int Id(int r) const { return cand != nullptr ? __ldg(cand + r) : r; }
   __device__ const bf16* operator()(int r) const {
-    return c + static_cast<int64_t>(r) * head_dim;
+    return c + static_cast<int64_t>(Id(r)) * head_dim;
   }
 };
 
@@ -78,13 +81,19 @@ __global__ void __launch_bounds__(kThreads, 1) ScoresKernel(const ClusterScoresP
 
   const int h = blockIdx.y;
   const SqueezeHeadDesc hd = p.heads[h];
-  const int C = hd.num_clusters, R = p.num_tokens * p.group;
+  const int32_t* cand =
+      p.candidates != nullptr ? p.candidates + static_cast<int64_t>(h) * p.candidate_stride
+                              : nullptr;
+  // The clusters taking part: the candidates, or every cluster.
+  const int C = cand != nullptr ? max(0, min(p.num_candidates[h], hd.num_clusters))
+                                : hd.num_clusters;
+  const int R = p.num_tokens * p.group;
   const int m_rows = kPass == 1 ? R : C, n_rows = kPass == 1 ? C : R;
   const int row0 = blockIdx.x * kBlockM;
   if (C <= 0 || row0 >= m_rows) return;  // CTA-uniform
   const HeadRows queries{p.q + static_cast<int64_t>(h) * p.group * D, p.q_token_stride, p.group,
                          D};
-  const Centroids centroids{static_cast<const bf16*>(hd.centroids), D};
+  const Centroids centroids{static_cast<const bf16*>(hd.centroids), cand, D};
   const float* stats = p.row_stats + static_cast<int64_t>(h) * 2 * R;  // max (log2), 1 / sum
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, tq = lane & 3;
@@ -100,7 +109,7 @@ __global__ void __launch_bounds__(kThreads, 1) ScoresKernel(const ClusterScoresP
       detail::IssueSwizzledTile<D, kBlockN, kThreads>(dst, centroids, n0, n_rows);
       if (threadIdx.x < kBlockN) {
         const int c = n0 + threadIdx.x;
-        CpAsync4(side + threadIdx.x, hd.sizes + (c < n_rows ? c : 0), c < n_rows);
+        CpAsync4(side + threadIdx.x, hd.sizes + (c < n_rows ? centroids.Id(c) : 0), c < n_rows);
       }
     } else {
       detail::IssueSwizzledTile<D, kBlockN, kThreads>(dst, queries, n0, n_rows);
@@ -253,7 +262,8 @@ __global__ void __launch_bounds__(kThreads, 1) ScoresKernel(const ClusterScoresP
       out[row] = m;
       out[R + row] = 1.0f / s;  // s >= 1: the arg-max cluster contributes N >= 1 times 2^0
     } else {
-      p.scores[static_cast<int64_t>(h) * p.score_stride + row] = s / static_cast<float>(R);
+      p.scores[static_cast<int64_t>(h) * p.score_stride + centroids.Id(row)] =
+          s / static_cast<float>(R);
     }
   }
 }
@@ -289,7 +299,8 @@ cudaError_t LaunchClusterScores(const ClusterScoresParams& p, cudaStream_t strea
       int64_t{p.num_tokens} * p.group > (int64_t{1} << 30) || p.q == nullptr ||
       p.heads == nullptr || p.row_stats == nullptr || p.scores == nullptr ||
       p.max_clusters < 0 || p.score_stride < p.max_clusters ||
-      (reinterpret_cast<uintptr_t>(p.q) & 15) != 0 || p.q_token_stride % 8 != 0) {
+      (reinterpret_cast<uintptr_t>(p.q) & 15) != 0 || p.q_token_stride % 8 != 0 ||
+      (p.candidates != nullptr && p.num_candidates == nullptr)) {
     return cudaErrorInvalidValue;
   }
   if (p.max_clusters == 0) return cudaSuccess;

@@ -7,9 +7,8 @@
 // with s_rc = scale * q_r . centroid_c recomputed by both passes on tensor cores (mma.sync
 // m16n8k16, bf16 in, fp32 accumulate). The [R][C] logits (107 MB per KV head for a 1K-token
 // input against 6,554 clusters) are never written; each pass reads the queries and centroids
-// once per tile. Same math as ClusterScorer::Average (CPU) and the unfused path (cuBLAS logits,
-// LaunchCentroidRowStats, LaunchCentroidColumnMean); every sum has a fixed order, so results
-// are deterministic. Plain C++ header; kernels in cluster_scores.cu.
+// once per tile. Same math as ClusterScorer::Average (CPU); every sum has a fixed order, so
+// results are deterministic. Plain C++ header; kernels in cluster_scores.cu.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -38,6 +37,12 @@ struct ClusterScoresParams {
   float* row_stats = nullptr;   // workspace, ClusterScoresWorkspaceBytes
   float* scores = nullptr;      // [num_heads][score_stride]; columns >= num_clusters untouched
   int score_stride = 0;         // >= max_clusters
+  // Optional (hierarchical level): only the clusters candidates[h * candidate_stride + i],
+  // i < num_candidates[h] (device; ids < num_clusters) take part, in the row statistics and in
+  // the scores, which are written at the candidates' ids; other columns are left as they are.
+  const int32_t* candidates = nullptr;
+  const int32_t* num_candidates = nullptr;
+  int64_t candidate_stride = 0;
 };
 
 size_t ClusterScoresWorkspaceBytes(int num_heads, int num_tokens, int group);

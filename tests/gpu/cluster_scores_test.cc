@@ -5,8 +5,9 @@
 // Inputs: random queries (|q| up to 3, so the softmax over clusters is far from uniform) and
 // centroids (random directions plus per-head structure), random sizes 1..40, cluster counts that
 // are not multiples of the 64-wide tiles and differ per head (one head empty), token counts that
-// are not multiples of the 256-row tiles. Scores are poisoned (NaN) before the launch; every
-// written score must be finite and columns past a head's cluster count must stay untouched.
+// are not multiples of the 256-row tiles; with candidates, a random ascending third of each
+// head's clusters (the reference scores the same subset). Scores are poisoned (NaN) before the
+// launch; every written score must be finite and every other column must stay untouched.
 // Tolerance: |gpu - ref| <= 2e-5 max(ref over the head) + 1e-8 per score (bf16 inputs are
 // exact on both sides; the GPU sums products in a different order and uses ex2.approx); and
 // sum_c N_c score_c = 1 within 1e-3 on both sides (every row's size-weighted probabilities sum
@@ -39,6 +40,7 @@ using namespace gpu_testing;  // NOLINT(build/namespaces): test helpers
 struct Case {
   int d, group, hkv, tokens;
   std::vector<int> clusters;  // per KV head
+  bool candidates = false;    // score only an ascending random subset of each head's clusters
 };
 
 void RunCase(const Case& c, uint64_t seed) {
@@ -72,6 +74,19 @@ void RunCase(const Case& c, uint64_t seed) {
     heads[h].sizes = dev_sizes.back()->get();
     heads[h].num_clusters = C;
   }
+  // Candidates: each cluster with probability 1/3 (the list of a head may be empty).
+  std::vector<std::vector<int32_t>> cand(hkv);
+  const int cand_stride = std::max(max_c, 1);
+  std::vector<int32_t> cand_flat(static_cast<size_t>(hkv) * cand_stride, -1), cand_count(hkv);
+  for (int h = 0; h < hkv; ++h) {
+    for (int k = 0; k < c.clusters[h]; ++k) {
+      if (!c.candidates || rng.Int(0, 2) == 0) cand[h].push_back(k);
+    }
+    cand_count[h] = static_cast<int32_t>(cand[h].size());
+    std::copy(cand[h].begin(), cand[h].end(),
+              cand_flat.begin() + static_cast<ptrdiff_t>(h) * cand_stride);
+  }
+  DeviceArray<int32_t> dev_cand(cand_flat), dev_cand_count(cand_count);
   DeviceArray<bf16> dev_q(q.dev);
   DeviceArray<gpu::SqueezeHeadDesc> dev_heads(heads);
   DeviceArray<float> stats(gpu::ClusterScoresWorkspaceBytes(hkv, n, G) / sizeof(float));
@@ -92,6 +107,11 @@ void RunCase(const Case& c, uint64_t seed) {
   p.row_stats = stats.get();
   p.scores = scores.get();
   p.score_stride = stride;
+  if (c.candidates) {
+    p.candidates = dev_cand.get();
+    p.num_candidates = dev_cand_count.get();
+    p.candidate_stride = cand_stride;
+  }
   CUDA_OK(gpu::LaunchClusterScores(p, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   const std::vector<float> got = scores.Download();
@@ -99,34 +119,45 @@ void RunCase(const Case& c, uint64_t seed) {
   ClusterScorer scorer;
   for (int h = 0; h < hkv; ++h) {
     SCOPED_TRACE(::testing::Message() << "kv head " << h);
-    const int C = c.clusters[h];
     const float* row = got.data() + static_cast<size_t>(h) * stride;
-    for (int k = C; k < stride; ++k) {
+    const std::vector<int32_t>& ids = cand[h];  // every cluster without candidates
+    std::vector<char> scored(stride, 0);
+    for (int32_t k : ids) scored[k] = 1;
+    for (int k = 0; k < stride; ++k) {
+      if (scored[k]) continue;
       uint32_t bits;
       std::memcpy(&bits, row + k, 4);
-      EXPECT_EQ(bits, 0xFFFFFFFFu) << "column " << k << " past the head's clusters was written";
+      EXPECT_EQ(bits, 0xFFFFFFFFu) << "column " << k << " (not a scored cluster) was written";
     }
+    const int C = static_cast<int>(ids.size());
     if (C == 0) continue;
-    std::vector<float> ref(C);
-    // The CPU scorer computes the logits itself: pass the bf16 images and the same scale.
+    // The CPU scorer over the same clusters (gathered), on the bf16 images, same scale.
+    std::vector<float> sub_cent(static_cast<size_t>(C) * d), ref(C);
+    std::vector<int32_t> sub_sizes(C);
+    for (int i = 0; i < C; ++i) {
+      std::copy_n(cent[h].ref.begin() + static_cast<ptrdiff_t>(ids[i]) * d, d,
+                  sub_cent.begin() + static_cast<ptrdiff_t>(i) * d);
+      sub_sizes[i] = sizes[h][ids[i]];
+    }
     scorer.Average(q.ref.data() + static_cast<size_t>(h) * G * d, n, G,
-                   static_cast<size_t>(hq) * d, cent[h].ref.data(), sizes[h].data(), C, d,
+                   static_cast<size_t>(hq) * d, sub_cent.data(), sub_sizes.data(), C, d,
                    ref.data());
     const float top = *std::max_element(ref.begin(), ref.end());
     double mass_gpu = 0, mass_ref = 0, worst = 0;
-    for (int k = 0; k < C; ++k) {
+    for (int i = 0; i < C; ++i) {
+      const int k = ids[i];
       ASSERT_TRUE(std::isfinite(row[k])) << "cluster " << k;
-      const double err = std::fabs(static_cast<double>(row[k]) - ref[k]);
+      const double err = std::fabs(static_cast<double>(row[k]) - ref[i]);
       worst = std::max(worst, err / top);
-      EXPECT_LE(err, 2e-5 * top + 1e-8) << "cluster " << k << ": " << row[k] << " vs " << ref[k];
-      mass_gpu += static_cast<double>(sizes[h][k]) * row[k];
-      mass_ref += static_cast<double>(sizes[h][k]) * ref[k];
+      EXPECT_LE(err, 2e-5 * top + 1e-8) << "cluster " << k << ": " << row[k] << " vs " << ref[i];
+      mass_gpu += static_cast<double>(sub_sizes[i]) * row[k];
+      mass_ref += static_cast<double>(sub_sizes[i]) * ref[i];
     }
     // Each row's size-weighted probabilities sum to 1, so does their mean.
     EXPECT_NEAR(mass_gpu, 1.0, 1e-3);
     EXPECT_NEAR(mass_ref, 1.0, 1e-3);
-    std::printf("  d=%d G=%d tokens=%d head %d: %d clusters, max |gpu - ref| / max ref = %.2e\n",
-                d, G, n, h, C, worst);
+    std::printf("  d=%d G=%d tokens=%d head %d: %d %s, max |gpu - ref| / max ref = %.2e\n", d, G,
+                n, h, C, c.candidates ? "candidates" : "clusters", worst);
   }
 
   // Deterministic: the same launch again gives the same bits.
@@ -147,6 +178,12 @@ TEST(ClusterScores, MatchesTheCpuScorer) {
 TEST(ClusterScores, EmptyHeadAndLargeInput) {
   RunCase({128, 4, 2, 1100, {0, 3300}}, 4);  // 4,400 query rows: 18 row tiles, a partial one
   RunCase({128, 4, 1, 40, {26214}}, 5);      // the clusters of a 512K context's head
+}
+
+TEST(ClusterScores, CandidatesOnly) {
+  // The hierarchical fine level: only candidate clusters take part and are written.
+  RunCase({128, 4, 3, 200, {2000, 500, 3}, true}, 6);
+  RunCase({64, 2, 2, 33, {129, 700}, true}, 7);
 }
 
 TEST(ClusterScores, RejectsBadArguments) {

@@ -53,9 +53,7 @@ enum ScratchSlot : int {
   kStaging,        // fp32 staging of uploads
   kSqueezeHeads,   // SqueezeHeadDesc array + dynamic DecodeKv + tau of a squeezed decode call
   kHeadLen,        // per-KV-head visible rows of a non-causal prefill over a fixed context
-  kCentroidLogits, // squeezed prefill: centroid logits of a chunk of query rows
   kRowStats,       // squeezed prefill: per-row max and 1 / denominator
-  kColumnPartial,  // squeezed prefill: split column sums
   kClusterScores,  // squeezed prefill: mean score per cluster [Hkv][cluster_stride]
   kRowIndex,       // squeezed prefill: storage row of every kept key [Hkv][S]
   kCoarseDesc,     // hierarchical: coarse SqueezeHeadDesc array + coarse tau
@@ -1096,69 +1094,28 @@ void CudaBackend::ClusterMeanScores(const AttentionParams& p, const void* q_bf16
   const auto* qb = static_cast<const bf16*>(q_bf16);
   int max_c = 1;
   for (const gpu::SqueezeHeadDesc& e : heads) max_c = std::max(max_c, e.num_clusters);
-  if (cand == nullptr) {
-    // Every cluster: the fused two-pass kernel, all heads in one launch each, no logits in
-    // memory (kernels/cluster_scores.cuh).
-    auto* stats = static_cast<float*>(
-        Scratch(kRowStats, gpu::ClusterScoresWorkspaceBytes(hkv, n, G)));
-    if (stats == nullptr) return;
-    gpu::ClusterScoresParams cs;
-    cs.num_heads = hkv;
-    cs.num_tokens = n;
-    cs.group = G;
-    cs.head_dim = d;
-    cs.scale = s.scale;
-    cs.q = qb;
-    cs.q_token_stride = static_cast<int64_t>(hq) * d;
-    cs.heads = dev_heads;
-    cs.max_clusters = max_c;
-    cs.row_stats = stats;
-    cs.scores = scores;
-    cs.score_stride = stride;
-    Check(gpu::LaunchClusterScores(cs, impl_->stream), "cluster scores");
-    return;
-  }
-  // Candidates (hierarchical fine level): cuBLAS logits over token chunks, then the row
-  // statistics and column means restricted to the candidates.
-  const int ld = (max_c + 3) / 4 * 4;
-  // Token chunks bound the logits scratch to about 64 MiB ([G * chunk][ld] floats).
-  const int chunk = static_cast<int>(
-      std::clamp<int64_t>((int64_t{16} << 20) / (int64_t{G} * ld), int64_t{1}, int64_t{n}));
-  const size_t rows_max = static_cast<size_t>(G) * chunk;
-  auto* logits = static_cast<float*>(Scratch(kCentroidLogits, rows_max * ld * sizeof(float)));
-  auto* stats = static_cast<float*>(Scratch(kRowStats, 2 * rows_max * sizeof(float)));
-  auto* partial =
-      static_cast<float*>(Scratch(kColumnPartial, sizeof(float) * gpu::kColumnMeanSplits * ld));
-  if (logits == nullptr || stats == nullptr || partial == nullptr) return;
-  const float weight = 1.0f / static_cast<float>(static_cast<int64_t>(n) * G);
-  for (int h = 0; h < hkv; ++h) {
-    const gpu::SqueezeHeadDesc& e = heads[h];
-    const int C = e.num_clusters;
-    if (C == 0) continue;
-    const int32_t* ids = cand != nullptr ? cand + h * cand_stride : nullptr;
-    const int32_t* count = cand != nullptr ? cand_count + h : nullptr;
-    for (int t0 = 0; t0 < n; t0 += chunk) {
-      const int tn = std::min(chunk, n - t0);
-      // Column-major view: logits^T [C][tn] of query head h * G + g at batch g = centroids^T
-      // [C][d] x q^T [d][tn], the tokens' rows Hq * d apart.
-      const float alpha = s.scale, beta = 0.0f;
-      CheckBlas(cublasGemmStridedBatchedEx(
-                    impl_->blas, CUBLAS_OP_T, CUBLAS_OP_N, C, tn, d, &alpha, e.centroids,
-                    CUDA_R_16BF, d, 0, qb + (static_cast<size_t>(t0) * hq + h * G) * d,
-                    CUDA_R_16BF, hq * d, d, &beta, logits, CUDA_R_32F, ld,
-                    static_cast<long long>(tn) * ld, G, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                "centroid logits");
-      const int rows = G * tn;
-      Check(gpu::LaunchCentroidRowStats(logits, rows, C, ld, e.sizes, stats, stats + rows_max,
-                                        impl_->stream, ids, count),
-            "centroid row stats");
-      Check(gpu::LaunchCentroidColumnMean(logits, rows, C, ld, stats, stats + rows_max, weight,
-                                          /*accumulate=*/t0 > 0, partial,
-                                          scores + static_cast<size_t>(h) * stride, impl_->stream,
-                                          ids, count),
-            "centroid column mean");
-    }
-  }
+  // The fused two-pass kernel over all heads, no logits in memory (kernels/cluster_scores.cuh);
+  // with candidates (hierarchical fine level) only they are scored.
+  auto* stats =
+      static_cast<float*>(Scratch(kRowStats, gpu::ClusterScoresWorkspaceBytes(hkv, n, G)));
+  if (stats == nullptr) return;
+  gpu::ClusterScoresParams cs;
+  cs.num_heads = hkv;
+  cs.num_tokens = n;
+  cs.group = G;
+  cs.head_dim = d;
+  cs.scale = s.scale;
+  cs.q = qb;
+  cs.q_token_stride = static_cast<int64_t>(hq) * d;
+  cs.heads = dev_heads;
+  cs.max_clusters = max_c;
+  cs.row_stats = stats;
+  cs.scores = scores;
+  cs.score_stride = stride;
+  cs.candidates = cand;
+  cs.num_candidates = cand_count;
+  cs.candidate_stride = cand_stride;
+  Check(gpu::LaunchClusterScores(cs, impl_->stream), "cluster scores");
 }
 
 // Hierarchical selection, coarse level, for `calls` (all with a coarse level): the candidate
