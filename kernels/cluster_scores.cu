@@ -17,6 +17,7 @@
 
 #include "kernels/attention_core.cuh"
 #include "kernels/cluster_scores.cuh"
+#include "kernels/dispatch.cuh"
 #include "kernels/mma_tile.cuh"
 
 namespace squeeze::gpu {
@@ -143,17 +144,7 @@ __global__ void __launch_bounds__(kThreads, 1) ScoresKernel(const ClusterScoresP
   for (int t = 0; t < num_tiles; ++t) {
     detail::CpAsyncWait<kStages - 2>();  // tile t (and the M tile) landed for this thread ...
     __syncthreads();                     // ... and for everyone; the stage of tile t-1 is free
-    if (t == 0) {
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) {
-        const int r = warp * kRowsPerWarp + mt * 16 + (lane & 15);
-#pragma unroll
-        for (int kk = 0; kk < kKSteps; ++kk) {
-          detail::Ldsm4(sbase + detail::SwizzledOffset<D>(r, 2 * kk + (lane >> 4)), a[mt][kk][0],
-                        a[mt][kk][1], a[mt][kk][2], a[mt][kk][3]);
-        }
-      }
-    }
+    if (t == 0) detail::LoadRowFragments<D, kMTiles>(sbase, warp * kRowsPerWarp, a);
     const int next = t + kStages - 1;
     if (next < num_tiles) issue_n(next, next % kStages);
     detail::CpAsyncCommit();
@@ -162,28 +153,7 @@ __global__ void __launch_bounds__(kThreads, 1) ScoresKernel(const ClusterScoresP
     const float* side = side_s + stage * kSideFloats;
 
     float acc[kMTiles][kNTiles][4];
-#pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt) {
-#pragma unroll
-      for (int j = 0; j < kNTiles; ++j) {
-        acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.0f;
-      }
-    }
-#pragma unroll
-    for (int kk = 0; kk < kKSteps; ++kk) {
-#pragma unroll
-      for (int np = 0; np < kNTiles / 2; ++np) {
-        const int c = np * 16 + (lane & 7) + ((lane >> 4) << 3);
-        uint32_t b0, b1, b2, b3;
-        detail::Ldsm4(ns + detail::SwizzledOffset<D>(c, 2 * kk + ((lane >> 3) & 1)), b0, b1, b2,
-                      b3);
-#pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt) {
-          detail::MmaBf16(acc[mt][2 * np], a[mt][kk], b0, b1);
-          detail::MmaBf16(acc[mt][2 * np + 1], a[mt][kk], b2, b3);
-        }
-      }
-    }
+    detail::TileProducts<D, kMTiles, kNTiles>(a, ns, acc);
 
     const int n0 = t * kBlockN;
 #pragma unroll
@@ -304,14 +274,9 @@ cudaError_t LaunchClusterScores(const ClusterScoresParams& p, cudaStream_t strea
     return cudaErrorInvalidValue;
   }
   if (p.max_clusters == 0) return cudaSuccess;
-  switch (p.head_dim) {
-    case 64:
-      return LaunchTyped<64>(p, stream);
-    case 128:
-      return LaunchTyped<128>(p, stream);
-    default:
-      return cudaErrorInvalidValue;
-  }
+  return detail::DispatchHeadDim(p.head_dim, [&](auto d) {
+    return LaunchTyped<decltype(d)::value>(p, stream);
+  });
 }
 
 }  // namespace squeeze::gpu

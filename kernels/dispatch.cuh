@@ -12,11 +12,24 @@ namespace squeeze::gpu::detail {
 template <int V>
 using IntC = std::integral_constant<int, V>;
 
+// Calls f(IntC<D>{}) for d in {64, 128}; cudaErrorInvalidValue for anything else.
+template <class F>
+cudaError_t DispatchHeadDim(int head_dim, F&& f) {
+  switch (head_dim) {
+    case 64:
+      return f(IntC<64>{});
+    case 128:
+      return f(IntC<128>{});
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
 // Calls f(IntC<D>{}, IntC<G>{}) for d in {64, 128}, G in {1, 2, 4, 8}; cudaErrorInvalidValue
 // for anything else.
 template <class F>
 cudaError_t DispatchHeadDimGroup(int head_dim, int group, F&& f) {
-  auto by_group = [&](auto d) -> cudaError_t {
+  return DispatchHeadDim(head_dim, [&](auto d) -> cudaError_t {
     switch (group) {
       case 1:
         return f(d, IntC<1>{});
@@ -29,15 +42,7 @@ cudaError_t DispatchHeadDimGroup(int head_dim, int group, F&& f) {
       default:
         return cudaErrorInvalidValue;
     }
-  };
-  switch (head_dim) {
-    case 64:
-      return by_group(IntC<64>{});
-    case 128:
-      return by_group(IntC<128>{});
-    default:
-      return cudaErrorInvalidValue;
-  }
+  });
 }
 
 inline size_t AlignUp(size_t x, size_t a) { return (x + a - 1) / a * a; }

@@ -26,6 +26,7 @@
 #include <cstdint>
 
 #include "kernels/attention_core.cuh"
+#include "kernels/dispatch.cuh"
 #include "kernels/mma_tile.cuh"
 #include "kernels/kmeans_assign.cuh"
 
@@ -50,9 +51,6 @@ struct AssignSmem {
   static constexpr int kBytes = kCenterOff + kStages * kTileBytes;  // 112 KB / 56 KB
 };
 
-using detail::Ldsm4;
-using detail::MmaBf16;
-using detail::SwizzledOffset;
 
 // Copies rows [row0, row0 + kRows) of a contiguous [rows][D] bf16 matrix into a swizzled shared
 // tile; rows at or past `valid_rows` are zero-filled and not read.
@@ -102,17 +100,7 @@ __global__ void __launch_bounds__(kThreads, 1) AssignKernel(const KMeansAssignPa
     detail::CpAsyncWait<kStages - 2>();  // tile t (and the points) landed for this thread ...
     __syncthreads();                     // ... and for everyone; the stage of tile t-1 is free
     if (t == 0) {
-      // Lanes 0-15 address rows 0-15 of chunk 2kk, lanes 16-31 the same rows of chunk 2kk + 1:
-      // the four 8x8 matrices of an m16k16 A fragment in mma order.
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) {
-        const int r = warp * kRowsPerWarp + mt * 16 + (lane & 15);
-#pragma unroll
-        for (int kk = 0; kk < kKSteps; ++kk) {
-          Ldsm4(sbase + SwizzledOffset<D>(r, 2 * kk + (lane >> 4)), a[mt][kk][0], a[mt][kk][1],
-                a[mt][kk][2], a[mt][kk][3]);
-        }
-      }
+      detail::LoadRowFragments<D, kMTiles>(sbase, warp * kRowsPerWarp, a);
     }
     const int next = t + kStages - 1;
     if (next < num_tiles) {
@@ -124,27 +112,7 @@ __global__ void __launch_bounds__(kThreads, 1) AssignKernel(const KMeansAssignPa
 
     // ---- Scores of the warp's 32 points x the tile's 64 centres.
     float acc[kMTiles][kNTiles][4];
-#pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt) {
-#pragma unroll
-      for (int j = 0; j < kNTiles; ++j)
-        acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.0f;
-    }
-#pragma unroll
-    for (int kk = 0; kk < kKSteps; ++kk) {
-#pragma unroll
-      for (int np = 0; np < kNTiles / 2; ++np) {
-        // x4 ldmatrix of 16 centres x 16 dims = the B fragments of n-tiles 2np and 2np + 1.
-        const int c = np * 16 + (lane & 7) + ((lane >> 4) << 3);
-        uint32_t b0, b1, b2, b3;
-        Ldsm4(cs + SwizzledOffset<D>(c, 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
-#pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt) {
-          MmaBf16(acc[mt][2 * np], a[mt][kk], b0, b1);
-          MmaBf16(acc[mt][2 * np + 1], a[mt][kk], b2, b3);
-        }
-      }
-    }
+    detail::TileProducts<D, kMTiles, kNTiles>(a, cs, acc);
 
     // ---- Running argmax. Accumulator e of n-tile j is row g + 8 (e >> 1), column
     // 8j + 2q + (e & 1) of the tile.
@@ -254,14 +222,9 @@ cudaError_t LaunchKMeansAssign(const KMeansAssignParams& p, cudaStream_t stream)
                              p.centers_stride < static_cast<int64_t>(p.k) * p.dim)) {
     return cudaErrorInvalidValue;
   }
-  switch (p.dim) {
-    case 64:
-      return LaunchTyped<64>(p, stream);
-    case 128:
-      return LaunchTyped<128>(p, stream);
-    default:
-      return cudaErrorInvalidValue;
-  }
+  return detail::DispatchHeadDim(p.dim, [&](auto d) {
+    return LaunchTyped<decltype(d)::value>(p, stream);
+  });
 }
 
 }  // namespace squeeze::gpu

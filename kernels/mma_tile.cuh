@@ -64,6 +64,57 @@ __device__ __forceinline__ void MmaBf16(float (&c)[4], const uint32_t (&a)[4], u
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// A operand of a warp's kMTiles x 16 rows (rows row0 + 16 mt + (lane & 15) of a swizzled
+// [rows][D] shared tile at shared address `tile`), all of d, into registers: lanes 0-15 address
+// chunk 2kk, lanes 16-31 chunk 2kk + 1 of their row, the four 8x8 matrices of an m16k16
+// fragment in mma order.
+template <int D, int kMTiles>
+__device__ __forceinline__ void LoadRowFragments(uint32_t tile, int row0,
+                                                 uint32_t (&a)[kMTiles][D / 16][4]) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+    const int r = row0 + mt * 16 + (lane & 15);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      Ldsm4(tile + SwizzledOffset<D>(r, 2 * kk + (lane >> 4)), a[mt][kk][0], a[mt][kk][1],
+            a[mt][kk][2], a[mt][kk][3]);
+    }
+  }
+}
+
+// acc[mt][j] = the warp's A rows x rows [8 j, 8 j + 8) of a swizzled [kNTiles * 8][D] shared tile
+// at `tile` (the B operand: x4 ldmatrix of 16 rows x 16 dims = two n8 fragments per load).
+// Accumulator e of (mt, j) is A row 16 mt + 8 (e >> 1) + lane / 4, B row 8 j + 2 (lane % 4) +
+// (e & 1).
+template <int D, int kMTiles, int kNTiles>
+__device__ __forceinline__ void TileProducts(const uint32_t (&a)[kMTiles][D / 16][4],
+                                             uint32_t tile, float (&acc)[kMTiles][kNTiles][4]) {
+  static_assert(kNTiles % 2 == 0, "B rows come in pairs of n8 tiles");
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int j = 0; j < kNTiles; ++j) {
+      acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.0f;
+    }
+  }
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+    for (int np = 0; np < kNTiles / 2; ++np) {
+      const int c = np * 16 + (lane & 7) + ((lane >> 4) << 3);
+      uint32_t b0, b1, b2, b3;
+      Ldsm4(tile + SwizzledOffset<D>(c, 2 * kk + ((lane >> 3) & 1)), b0, b1, b2, b3);
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        MmaBf16(acc[mt][2 * np], a[mt][kk], b0, b1);
+        MmaBf16(acc[mt][2 * np + 1], a[mt][kk], b2, b3);
+      }
+    }
+  }
+}
+
 // Two floats -> bf16x2 (lo in the low half: the lower column/key index of an mma fragment).
 __device__ __forceinline__ uint32_t PackBf16x2(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
