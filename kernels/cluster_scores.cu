@@ -107,13 +107,13 @@ __global__ void __launch_bounds__(kThreads, 1) ScoresKernel(const ClusterScoresP
     const int n0 = tile * kBlockN;
     float* side = side_s + stage * kSideFloats;
     if constexpr (kPass == 1) {
-      detail::IssueSwizzledTile<D, kBlockN, kThreads>(dst, centroids, n0, n_rows);
+      detail::IssueSwizzledTile<D, kBlockN, kThreads>(dst, centroids, n0, n_rows, centroids.c);
       if (threadIdx.x < kBlockN) {
         const int c = n0 + threadIdx.x;
         CpAsync4(side + threadIdx.x, hd.sizes + (c < n_rows ? centroids.Id(c) : 0), c < n_rows);
       }
     } else {
-      detail::IssueSwizzledTile<D, kBlockN, kThreads>(dst, queries, n0, n_rows);
+      detail::IssueSwizzledTile<D, kBlockN, kThreads>(dst, queries, n0, n_rows, queries.q);
       if (threadIdx.x < 2 * kBlockN) {
         const int i = threadIdx.x % kBlockN, r = n0 + i;
         const float* src = stats + (threadIdx.x < kBlockN ? 0 : R) + (r < n_rows ? r : 0);
@@ -124,9 +124,10 @@ __global__ void __launch_bounds__(kThreads, 1) ScoresKernel(const ClusterScoresP
 
   // Group 0: the M tile and N tile 0; groups 1..kStages-2: the next N tiles.
   if constexpr (kPass == 1) {
-    detail::IssueSwizzledTile<D, kBlockM, kThreads>(smem, queries, row0, m_rows);
+    detail::IssueSwizzledTile<D, kBlockM, kThreads>(smem, queries, row0, m_rows, queries.q);
   } else {
-    detail::IssueSwizzledTile<D, kBlockM, kThreads>(smem, centroids, row0, m_rows);
+    detail::IssueSwizzledTile<D, kBlockM, kThreads>(smem, centroids, row0, m_rows,
+                                                    centroids.c);
   }
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {

@@ -57,7 +57,7 @@ struct AssignSmem {
 template <int D, int kRows>
 __device__ __forceinline__ void IssueTile(char* dst, const bf16* src, int row0, int valid_rows) {
   detail::IssueSwizzledTile<D, kRows, kThreads>(
-      dst, [src](int r) { return src + static_cast<int64_t>(r) * D; }, row0, valid_rows);
+      dst, [src](int r) { return src + static_cast<int64_t>(r) * D; }, row0, valid_rows, src);
 }
 
 // ptxas (sm_90a): see the launcher comment for the register budget; one CTA per SM (112 KB of

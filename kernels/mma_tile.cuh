@@ -20,11 +20,12 @@ __device__ __forceinline__ uint32_t SwizzledOffset(int r, int c) {
 }
 
 // Copies rows [row0, row0 + kRows) into a swizzled [kRows][D] bf16 shared tile with 16-byte
-// cp.async (kThreads threads); row i is read from row_ptr(i). Rows at or past valid_rows are
-// zero-filled and not read.
+// cp.async (kThreads threads); row i is read from row_ptr(i), called only for i < valid_rows.
+// Rows at or past valid_rows are zero-filled and not read (`base`, any valid address, stands in
+// as their source).
 template <int D, int kRows, int kThreads, class RowPtr>
 __device__ __forceinline__ void IssueSwizzledTile(char* dst, RowPtr row_ptr, int row0,
-                                                  int valid_rows) {
+                                                  int valid_rows, const __nv_bfloat16* base) {
   constexpr int kChunks = D / 8;
   constexpr int kPerThread = kRows * kChunks / kThreads;
   static_assert(kPerThread * kThreads == kRows * kChunks, "tile/threads mismatch");
@@ -33,7 +34,7 @@ __device__ __forceinline__ void IssueSwizzledTile(char* dst, RowPtr row_ptr, int
     const int idx = threadIdx.x + u * kThreads;
     const int r = idx / kChunks, c = idx % kChunks;
     const bool valid = row0 + r < valid_rows;
-    const __nv_bfloat16* from = row_ptr(valid ? row0 + r : 0) + (valid ? c * 8 : 0);
+    const __nv_bfloat16* from = valid ? row_ptr(row0 + r) + c * 8 : base;
     CpAsync16(dst + SwizzledOffset<D>(r, c), from, valid);
   }
 }

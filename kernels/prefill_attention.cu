@@ -50,7 +50,9 @@ using detail::PackBf16x2;
 using detail::SwizzledOffset;
 
 // Copies rows [row0, row0 + kRows) of a [rows][D] bf16 matrix (row stride `stride` elements) into
-// a swizzled shared tile; rows at or past `valid_rows` are zero-filled and not read.
+// a swizzled shared tile; rows at or past `valid_rows` are zero-filled and not read. (Kept apart
+// from detail::IssueSwizzledTile: written through its row functor, this kernel measured 254 TFLOP/s
+// at 32K, against about 300 in earlier runs.)
 template <int D, int kRows>
 __device__ __forceinline__ void IssueTile(char* dst, const bf16* src, int64_t stride, int row0,
                                           int valid_rows, const int32_t* rows = nullptr) {

@@ -2,8 +2,8 @@
 // (sequence, KV head), load-balanced over KEPT keys.
 //
 // The centroid lookup (centroid_lookup.cuh) leaves, on the device, each head's kept ranges.
-// Every CTA first plans the work alike (the plan is recorded in the selection's chunk_begin /
-// chunk_info by CTA 0): the kept keys of head bh form ceil(kept_bh / chunk) chunks of `chunk`
+// Every CTA first plans the work alike (CTA 0 records the plan in the selection's chunk_begin /
+// chunk_info once its own chunks are done): the kept keys of head bh form ceil(kept_bh / chunk) chunks of `chunk`
 // keys, followed by ceil(dynamic_b / chunk) chunks of its sequence's dynamic rows (user input
 // and generated tokens, contiguous), one chunk size for all heads so that heads whose kept
 // counts differ (the point of one global threshold) get proportionally many chunks, and the
