@@ -39,10 +39,19 @@ void NormalizeRows(const float* points, int n, int d, std::vector<float>* unit,
   }
 }
 
+// Squared distances between unit rows below this count as zero (the same direction): the
+// sgemv below rounds differently on different CPUs (OpenBLAS picks its kernels at run time), so
+// identical points can come out a few ulps apart. 1e-5 is 2 - 2 cos for an angle of 0.0032 rad,
+// far above the rounding of a d <= 256 float dot product of unit vectors and far below any
+// distance that matters for clustering keys.
+constexpr double kSameDirection2 = 1e-5;
+
 // k-means++ seeding on the unit rows. centers: [k][d], filled with copies of chosen unit rows.
 // dist2[i] = squared distance of point i to its nearest chosen centre; one sgemv per centre.
-void SeedPlusPlus(const float* unit, const float* norm2, int n, int d, int k, std::mt19937_64& rng,
-                  float* centers) {
+// Returns the number of centres seeded: fewer than k when every point already lies on a chosen
+// centre (duplicate points), so that no two centres share a direction.
+int SeedPlusPlus(const float* unit, const float* norm2, int n, int d, int k, std::mt19937_64& rng,
+                 float* centers) {
   std::vector<double> dist2(n, std::numeric_limits<double>::infinity());
   std::vector<float> dots(n);
   int chosen = std::min(n - 1, static_cast<int>(UniformDouble(rng) * n));
@@ -66,9 +75,9 @@ void SeedPlusPlus(const float* unit, const float* norm2, int n, int d, int k, st
         }
         if (chosen < 0) chosen = last_positive;  // rounding at the top end of the sum
       } else {
-        // Every point coincides with a chosen centre: any pick is as good; the duplicate
-        // centres end up empty and are dropped by compaction.
-        chosen = std::min(n - 1, static_cast<int>(UniformDouble(rng) * n));
+        // Every point lies on a chosen centre: more centres would only duplicate them, and
+        // which duplicate a point joins would then depend on BLAS rounding.
+        return c;
       }
     }
     float* center = centers + static_cast<size_t>(c) * d;
@@ -79,11 +88,13 @@ void SeedPlusPlus(const float* unit, const float* norm2, int n, int d, int k, st
     const double center_norm2 = norm2[chosen];
     total = 0.0;
     for (int i = 0; i < n; ++i) {
-      const double d2 = std::max(0.0, norm2[i] + center_norm2 - 2.0 * dots[i]);
+      double d2 = norm2[i] + center_norm2 - 2.0 * dots[i];
+      if (d2 < kSameDirection2) d2 = 0.0;
       dist2[i] = std::min(dist2[i], d2);
       total += dist2[i];
     }
   }
+  return k;
 }
 
 // Assigns every unit row to the centre with the largest dot product (ties: lowest index).
@@ -180,7 +191,8 @@ KMeansResult SphericalKMeans(const float* points, int n, int d, int k, int max_i
   NormalizeRows(points, n, d, &unit, &norm2);
 
   std::vector<float> centers(static_cast<size_t>(k) * d);
-  SeedPlusPlus(unit.data(), norm2.data(), n, d, k, rng, centers.data());
+  k = SeedPlusPlus(unit.data(), norm2.data(), n, d, k, rng, centers.data());
+  centers.resize(static_cast<size_t>(k) * d);
 
   std::vector<int32_t> labels(n, -1);
   std::vector<float> scratch;

@@ -8,7 +8,10 @@
 //     point drawn with probability proportional to its squared Euclidean distance to the nearest
 //     chosen centre (on the unit sphere: 2 - 2 cos). Randomness comes only from the caller's
 //     std::mt19937_64 through UniformDouble (no std distributions: those are
-//     implementation-defined), so a seed gives the same clustering on every platform;
+//     implementation-defined), so a seed gives the same clustering on every platform. Points
+//     at a squared distance below 1e-5 from a chosen centre count as on it (BLAS rounding
+//     differs between CPUs), and seeding stops early when every point is on a chosen centre,
+//     so duplicate points never get duplicate centres;
 //   * assignment: argmax over centres of the dot product with the *unit* centre (ties: the
 //     lowest centre index);
 //   * update: mean of the assigned unit points, re-normalised to unit length (spherical k-means,
