@@ -14,7 +14,7 @@
 #include "absl/status/statusor.h"
 #include "engine/backend/cpu/cpu_backend.h"
 #include "engine/common/status_macros.h"
-#include "engine/kv/kv_cache.h"
+#include "engine/backend/kv_cache.h"
 #include "engine/model/llama_model.h"
 #include "engine/squeeze/squeeze_index.h"
 #include "engine/tokenizer/tokenizer.h"

@@ -37,9 +37,9 @@
 #include <string>
 #include <vector>
 
-#include "kernels/decode_attention.cuh"
-#include "kernels/squeezed_decode.cuh"
-#include "kernels/squeezed_prefill.cuh"
+#include "kernels/attention/decode_attention.cuh"
+#include "kernels/squeeze/squeezed_decode.cuh"
+#include "kernels/squeeze/expand_selection.cuh"
 
 #include "bench/gpu_bench_util.cuh"
 

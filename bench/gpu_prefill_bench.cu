@@ -1,4 +1,4 @@
-// GPU causal prefill attention benchmark (kernels/prefill_attention.cuh) on Llama-3-8B attention
+// GPU causal prefill attention benchmark (kernels/attention/prefill_attention.cuh) on Llama-3-8B attention
 // shapes: Hq = 32, Hkv = 8, d = 128, bf16 q/K/V, one layer, one sequence, past = 0, the whole
 // prompt of n tokens in one call, bf16 output plus lse.
 //
@@ -28,7 +28,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/prefill_attention.cuh"
+#include "kernels/attention/prefill_attention.cuh"
 
 #include "bench/gpu_bench_util.cuh"
 

@@ -3,7 +3,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "engine/scheduler/types.h"
+#include "engine/api/types.h"
 #include "squeeze/v1/squeeze.pb.h"
 
 namespace squeeze::server {

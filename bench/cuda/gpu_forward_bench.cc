@@ -33,7 +33,7 @@
 #include "absl/strings/str_split.h"
 #include "engine/backend/cuda/cuda_backend.h"
 #include "engine/backend/cuda/cuda_kmeans.h"
-#include "engine/kv/kv_cache.h"
+#include "engine/backend/kv_cache.h"
 #include "engine/model/llama_model.h"
 #include "engine/squeeze/calibration.h"
 #include "engine/squeeze/selection.h"

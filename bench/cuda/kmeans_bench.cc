@@ -32,9 +32,9 @@
 #include "absl/flags/parse.h"
 #include "engine/backend/cuda/cuda_kmeans.h"
 #include "engine/common/parallel_for.h"
-#include "engine/squeeze/kmeans.h"
+#include "engine/backend/kmeans.h"
 #include "engine/squeeze/squeeze_index.h"
-#include "kernels/kmeans_assign.cuh"
+#include "kernels/kmeans/kmeans_assign.cuh"
 
 ABSL_FLAG(int, n, 131072, "clustered keys per head");
 ABSL_FLAG(int, heads, 8, "KV heads per layer (problems per batch)");

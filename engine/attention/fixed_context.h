@@ -3,37 +3,12 @@
 // the ranges of the selected clusters plus the observation window and sinks.
 #pragma once
 
-#include <cstdint>
 #include <optional>
 #include <span>
-#include <vector>
+
+#include "engine/backend/cluster_tables.h"
 
 namespace squeeze {
-
-struct SqueezeIndex;
-
-// What a backend needs to select a step's fixed-context keys itself, on the device (the CUDA
-// centroid lookup): the context's index and the fine threshold tau, and for the hierarchical
-// mode the coarse threshold. Keeps what Select would: every cluster whose score exceeds tau
-// (hierarchical: among the fine clusters of the coarse clusters whose score exceeds
-// coarse_threshold, normalised among those), plus the sinks and the window.
-struct DeviceSelection {
-  const SqueezeIndex* index = nullptr;
-  float threshold = 0.0f;
-  bool hierarchical = false;
-  float coarse_threshold = 0.0f;
-};
-// A half-open range [begin, end) of storage rows in a ContextKV (layer, kv_head) slice.
-struct KeyRange {
-  int32_t begin = 0;
-  int32_t end = 0;
-  int32_t size() const { return end - begin; }
-};
-
-// Key ranges kept for one layer: ranges[kv_head] lists that head's kept ranges.
-struct LayerSelection {
-  std::vector<std::vector<KeyRange>> ranges;
-};
 
 // Chooses the fixed-context keys for one sequence. Called by the forward pass once per layer and
 // step, with that layer's post-RoPE queries of the step's new tokens.

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "engine/attention/fixed_context.h"
-#include "engine/kv/kv_cache.h"
+#include "engine/backend/kv_cache.h"
 
 namespace squeeze {
 

@@ -23,7 +23,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "engine/attention/fixed_context.h"
+#include "engine/backend/backend_cache.h"
+#include "engine/backend/cluster_tables.h"
 #include "engine/sampling/sampler.h"
 
 namespace squeeze {
@@ -45,13 +46,6 @@ struct Matrix {
   DType dtype = DType::kF32;
   int rows = 0;
   int cols = 0;
-};
-
-// A backend's copy of some host data (a context's KV, its index), kept with that data and
-// released with it. Never part of the data's value: copies share it, comparisons ignore it.
-struct BackendCache {
-  mutable std::shared_ptr<void> value;
-  bool operator==(const BackendCache&) const { return true; }
 };
 
 // A block of backend memory, released when the Buffer is destroyed.
@@ -178,6 +172,14 @@ class Backend {
   virtual absl::Status Synchronize() = 0;
   // True when backend memory is ordinary host memory (the CPU backend).
   virtual bool host_memory() const = 0;
+  // Device memory now: free and total bytes, and the headroom kept free for activations and
+  // workspaces when contexts are made resident. nullopt for host memory.
+  struct DeviceMemory {
+    size_t free_bytes = 0;
+    size_t total_bytes = 0;
+    size_t headroom_bytes = 0;
+  };
+  virtual std::optional<DeviceMemory> device_memory() const { return std::nullopt; }
 
   // ---- weights -----------------------------------------------------------------------------
   // Immutable tensors for the backend's lifetime. When borrows_host_weights(), the results

@@ -10,20 +10,12 @@
 #include "absl/status/statusor.h"
 #include "engine/attention/fixed_context.h"
 #include "engine/backend/backend.h"
-#include "engine/kv/kv_cache.h"
+#include "engine/backend/kv_cache.h"
 #include "engine/model/config.h"
 #include "engine/model/weights.h"
+#include "engine/squeeze/query_capture.h"
 
 namespace squeeze {
-
-// Receives post-RoPE queries of selected positions during a forward (for calibration).
-struct QueryCapture {
-  int from_position = 0;  // capture tokens whose absolute position >= this
-  // Filled by the forward: q[layer] holds rows [Hq][d] for every captured token, appended in
-  // token order; positions lists the captured absolute positions (once, not per layer).
-  std::vector<std::vector<float>> q;  // [L] -> [n_captured * Hq * d]
-  std::vector<int32_t> positions;
-};
 
 // One sequence's part of a batched forward step.
 struct SequenceStep {

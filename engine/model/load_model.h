@@ -1,4 +1,4 @@
-// Picks the compute backend and builds a LlamaModel on it: from a Hugging Face directory, or
+// Builds a LlamaModel on the backend the factory picks (engine/backend/backend_factory.h): from a Hugging Face directory, or
 // with random weights of a config.json's shape made on the backend itself (benchmarks at real
 // sizes, e.g. bench/configs/llama3-8b, without downloading weights).
 #pragma once
@@ -6,7 +6,6 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <string_view>
 
 #include "absl/status/statusor.h"
 #include "engine/backend/backend.h"
@@ -27,18 +26,6 @@ struct LoadedModel {
   std::string device;       // "cpu" or "cuda"
   std::string description;  // the device in words, for the start-up log
 };
-
-// Whether this build has the CUDA backend and a GPU is visible.
-bool CudaAvailable();
-
-// The backend for `device` ("auto", "cpu" or "cuda") able to run `config`; `chosen` receives
-// "cpu" or "cuda" and `description` the device in words. "auto" falls back to the CPU when no
-// GPU is visible or the model's shape is not supported by the CUDA kernels (and says why in
-// `description`).
-absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(std::string_view device,
-                                                     const ModelConfig& config,
-                                                     std::string* chosen,
-                                                     std::string* description);
 
 absl::StatusOr<LoadedModel> LoadModel(const ModelLoadOptions& options);
 

@@ -2,41 +2,13 @@
 // directory). Scaled so activations and logits stay O(1) through a few layers.
 #include <cmath>
 #include <cstdint>
-#include <numbers>
-#include <random>
 #include <vector>
 
+#include "engine/common/random_normal.h"
 #include "engine/model/weights.h"
 
 namespace squeeze {
 namespace {
-
-// Standard normal samples from a fixed engine through Box-Muller: std::normal_distribution is
-// implementation-defined, this is the same on every platform.
-class NormalSource {
- public:
-  explicit NormalSource(uint64_t seed) : engine_(seed) {}
-
-  double Next() {
-    if (has_spare_) {
-      has_spare_ = false;
-      return spare_;
-    }
-    // u1 in (0, 1] so log(u1) is finite; 53 random bits each.
-    const double u1 = (static_cast<double>(engine_() >> 11) + 1.0) * 0x1.0p-53;
-    const double u2 = static_cast<double>(engine_() >> 11) * 0x1.0p-53;
-    const double radius = std::sqrt(-2.0 * std::log(u1));
-    const double angle = 2.0 * std::numbers::pi * u2;
-    spare_ = radius * std::sin(angle);
-    has_spare_ = true;
-    return radius * std::cos(angle);
-  }
-
- private:
-  std::mt19937_64 engine_;
-  bool has_spare_ = false;
-  double spare_ = 0.0;
-};
 
 // [rows, cols] with entries N(0, 1/cols): a row-vector of unit-variance inputs maps to
 // unit-variance outputs.
@@ -55,13 +27,6 @@ std::vector<float> NormGain(NormalSource& rng, int dim) {
 }
 
 }  // namespace
-
-std::vector<float> RandomNormal(size_t count, uint64_t seed, float mean, float stddev) {
-  NormalSource rng(seed);
-  std::vector<float> out(count);
-  for (float& x : out) x = static_cast<float>(mean + stddev * rng.Next());
-  return out;
-}
 
 LlamaWeights RandomLlamaWeights(const ModelConfig& config, uint64_t seed) {
   NormalSource rng(seed);

@@ -38,7 +38,4 @@ absl::StatusOr<LlamaWeights> LoadLlamaWeights(const std::string& model_dir,
 // Deterministic random weights for `config` (benchmarks and tests without a model directory).
 LlamaWeights RandomLlamaWeights(const ModelConfig& config, uint64_t seed);
 
-// `count` samples of N(mean, stddev^2), deterministic in `seed` on every platform.
-std::vector<float> RandomNormal(size_t count, uint64_t seed, float mean, float stddev);
-
 }  // namespace squeeze

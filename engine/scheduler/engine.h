@@ -17,8 +17,8 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/model/llama_model.h"
-#include "engine/scheduler/context_store.h"
-#include "engine/scheduler/types.h"
+#include "engine/store/context_store.h"
+#include "engine/api/types.h"
 #include "engine/tokenizer/tokenizer.h"
 
 namespace squeeze {

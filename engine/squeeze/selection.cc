@@ -97,7 +97,7 @@ void SqueezedFixedContextAttention::Select(int layer, const float* q, int n, Lay
 std::optional<DeviceSelection> SqueezedFixedContextAttention::device_selection() const {
   if (options_.mass) return std::nullopt;
   constexpr float kInf = std::numeric_limits<float>::infinity();
-  DeviceSelection sel{&index_, options_.keep_all ? -kInf : fine_tau_};
+  DeviceSelection sel{index_.tables(), options_.keep_all ? -kInf : fine_tau_};
   if (options_.hierarchical && !options_.keep_all) {
     sel.hierarchical = true;
     // As SelectHead: a fine tau of +inf keeps nothing and scores nothing, coarse level included.

@@ -10,7 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "engine/common/parallel_for.h"
 #include "engine/squeeze/calibration.h"
-#include "engine/squeeze/kmeans.h"
+#include "engine/backend/kmeans.h"
 
 namespace squeeze {
 namespace {

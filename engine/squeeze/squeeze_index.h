@@ -12,9 +12,10 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "engine/kv/kv_cache.h"
-#include "engine/model/llama_model.h"
-#include "engine/squeeze/kmeans.h"
+#include "engine/backend/cluster_tables.h"
+#include "engine/backend/kmeans.h"
+#include "engine/backend/kv_cache.h"
+#include "engine/squeeze/query_capture.h"
 #include "engine/squeeze/score_distribution.h"
 #include "engine/squeeze/squeeze_options.h"
 
@@ -26,27 +27,6 @@ absl::Status ValidateSqueezeOptions(const SqueezeOptions& options);
 // Number of clusters asked of k-means for M keys: ceil(fraction * M) clamped to [1, M]
 // (0 when M == 0). A 1e-9 slack absorbs binary rounding (0.05 * 4000 must give 200).
 int NumClustersFor(double fraction, int num_keys);
-
-// The clusters of one (layer, KV head). Storage rows of the ContextKV slice are
-//   [0, sinks)                 sinks, in token order
-//   [offsets[c], offsets[c+1]) fine cluster c, in token order within the cluster
-//   [S - window, S)            observation window, in token order
-// so offsets[0] = sinks and offsets[C] = S - window. No cluster is empty.
-struct SqueezeHeadIndex {
-  std::vector<int32_t> offsets;  // [C + 1] storage-row CSR of the fine clusters
-  std::vector<int32_t> sizes;    // [C] keys per cluster (offsets[c+1] - offsets[c])
-  std::vector<float> centroids;  // [C][d] mean of the cluster's raw post-RoPE keys
-  // Hierarchical level (empty otherwise): coarse cluster g owns the fine clusters
-  // [coarse_offsets[g], coarse_offsets[g+1]), hence one contiguous range of rows.
-  std::vector<int32_t> coarse_offsets;  // [C1 + 1] fine-cluster CSR; [0] = 0, [C1] = C
-  std::vector<int32_t> coarse_sizes;    // [C1] keys under each coarse cluster
-  std::vector<float> coarse_centroids;  // [C1][d] unweighted mean of member fine centroids
-
-  int num_clusters() const { return static_cast<int>(sizes.size()); }
-  int num_coarse() const { return static_cast<int>(coarse_sizes.size()); }
-
-  bool operator==(const SqueezeHeadIndex&) const = default;
-};
 
 struct SqueezeIndex {
   int num_layers = 0;      // L
@@ -71,6 +51,11 @@ struct SqueezeIndex {
   int group_size() const { return num_kv_heads > 0 ? num_q_heads / num_kv_heads : 0; }
   const SqueezeHeadIndex& head(int layer, int kv_head) const {
     return heads[static_cast<size_t>(layer) * num_kv_heads + kv_head];
+  }
+  // The cluster tables as plain data for a backend (a view: valid while this index lives).
+  ClusterTables tables() const {
+    return {num_layers, num_kv_heads, head_dim, num_tokens, sinks, window, options.hierarchical,
+            heads, &resident};
   }
   int64_t num_centroids() const;         // fine, over all layers and heads
   int64_t num_coarse_centroids() const;  // coarse, over all layers and heads

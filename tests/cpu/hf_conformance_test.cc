@@ -27,7 +27,7 @@
 #include <vector>
 
 #include "engine/backend/cpu/cpu_backend.h"
-#include "engine/kv/kv_cache.h"
+#include "engine/backend/kv_cache.h"
 #include "engine/model/config.h"
 #include "engine/model/llama_model.h"
 #include "engine/model/weights.h"

@@ -1,7 +1,7 @@
-// Spherical k-means (engine/squeeze/kmeans.h): convergence to a fixed point of the cosine
+// Spherical k-means (engine/backend/kmeans.h): convergence to a fixed point of the cosine
 // assignment, monotone objective, compaction of empty clusters, raw-mean centroids, seeding
 // determinism.
-#include "engine/squeeze/kmeans.h"
+#include "engine/backend/kmeans.h"
 
 #include <gtest/gtest.h>
 

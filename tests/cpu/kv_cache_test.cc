@@ -1,4 +1,4 @@
-// KV storage (engine/kv/kv_cache.h) in a backend's memory, on the CPU: growth keeps every row of
+// KV storage (engine/backend/kv_cache.h) in a backend's memory, on the CPU: growth keeps every row of
 // every (layer, head) block (Reserve through Backend::Copy2D), and ContextKV::FromSequence reads
 // fp32 and bf16 storage back exactly (bf16 widened bit for bit). The CUDA backend uses the same
 // code with device memory. Also ParallelFor (engine/common/parallel_for.h).
@@ -10,7 +10,7 @@
 
 #include "engine/backend/cpu/cpu_backend.h"
 #include "engine/common/parallel_for.h"
-#include "engine/kv/kv_cache.h"
+#include "engine/backend/kv_cache.h"
 
 namespace squeeze {
 namespace {

@@ -33,8 +33,8 @@
 #include "engine/squeeze/score_distribution.h"
 #include "engine/squeeze/selection.h"
 #include "engine/squeeze/squeeze_index.h"
-#include "kernels/decode_attention.cuh"
-#include "kernels/squeezed_decode.cuh"
+#include "kernels/attention/decode_attention.cuh"
+#include "kernels/squeeze/squeezed_decode.cuh"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace squeeze {

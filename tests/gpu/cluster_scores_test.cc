@@ -1,4 +1,4 @@
-// Fused multi-query cluster scores (kernels/cluster_scores.cuh) against the CPU reference
+// Fused multi-query cluster scores (kernels/squeeze/cluster_scores.cuh) against the CPU reference
 // ClusterScorer::Average (engine/squeeze/cluster_scores.h) on the same bf16 values (the
 // reference reads them converted to fp32 and computes in fp32/fp64).
 //
@@ -14,7 +14,7 @@
 // to 1, so does their mean).
 // Determinism: a second launch gives bit-identical scores.
 // Without a CUDA device the binary prints a message and exits with 77 (ctest: skipped).
-#include "kernels/cluster_scores.cuh"
+#include "kernels/squeeze/cluster_scores.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>

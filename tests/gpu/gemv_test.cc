@@ -1,4 +1,4 @@
-// The decode GEMV kernel (kernels/gemv.cu) against a double-precision reference on the same
+// The decode GEMV kernel (kernels/ops/gemv.cu) against a double-precision reference on the same
 // bf16-rounded inputs: random x and w (never zeros), outputs poisoned first, NaN checked,
 // error ||y - ref|| / ||ref|| <= 1e-5 (fp32 accumulation of up to 14336 products).
 #include <gtest/gtest.h>
@@ -7,7 +7,7 @@
 #include <memory>
 #include <vector>
 
-#include "kernels/gemv.cuh"
+#include "kernels/ops/gemv.cuh"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace squeeze {

@@ -12,7 +12,7 @@
 #include <limits>
 #include <vector>
 
-#include "kernels/attention_types.cuh"
+#include "kernels/common/types.cuh"
 
 namespace squeeze::gpu_testing {
 

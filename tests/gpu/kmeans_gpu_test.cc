@@ -1,6 +1,6 @@
 // The GPU spherical k-means (engine/backend/cuda/cuda_kmeans.h) against the CPU reference
-// (engine/squeeze/kmeans.h):
-//   * the fused tensor-core assignment kernel (kernels/kmeans_assign.cuh) against a brute-force
+// (engine/backend/kmeans.h):
+//   * the fused tensor-core assignment kernel (kernels/kmeans/kmeans_assign.cuh) against a brute-force
 //     argmax over the same bf16 values (labels equal except at near-ties of the top two scores,
 //     scores equal up to fp32 accumulation), merge mode, skipped problems, changed counts;
 //   * the solver: the reference's invariants (labels, sizes, raw-mean centroids, a non-decreasing
@@ -19,9 +19,9 @@
 #include <vector>
 
 #include "engine/backend/cuda/cuda_kmeans.h"
-#include "engine/squeeze/kmeans.h"
-#include "kernels/kmeans_assign.cuh"
-#include "kernels/kmeans_steps.cuh"
+#include "engine/backend/kmeans.h"
+#include "kernels/kmeans/kmeans_assign.cuh"
+#include "kernels/kmeans/kmeans_steps.cuh"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace squeeze {

@@ -1,4 +1,4 @@
-// The small forward kernels of kernels/model_ops.cuh against the CPU reference backend
+// The small forward kernels of kernels/ops/ and kernels/attention/merge_attention.cuh against the CPU reference backend
 // (CpuBackend ops and MergeAttentionPartials called on host copies of the same inputs).
 // Tolerances, error = ||out - ref|| / ||ref||:
 //   EmbedRows, GatherRowsF32, AppendKv, F32ToBf16, Bf16ToF32, Argmax:  exact (bitwise / equal ids)
@@ -25,7 +25,13 @@
 
 #include "engine/backend/attention_reference.h"
 #include "engine/backend/cpu/cpu_backend.h"
-#include "kernels/model_ops.cuh"
+#include "kernels/attention/merge_attention.cuh"
+#include "kernels/ops/convert.cuh"
+#include "kernels/ops/random_fill.cuh"
+#include "kernels/ops/rmsnorm_silu.cuh"
+#include "kernels/ops/rope_append_kv.cuh"
+#include "kernels/ops/rows.cuh"
+#include "tests/gpu/test_kernels.cuh"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace squeeze {

@@ -1,4 +1,4 @@
-// Dense causal prefill attention (kernels/prefill_attention.cuh) against the CPU reference
+// Dense causal prefill attention (kernels/attention/prefill_attention.cuh) against the CPU reference
 // AttentionPartial (engine/backend/attention_reference.h) on the same bf16 values (the reference
 // reads them converted to fp32 and computes in fp32).
 //
@@ -15,7 +15,7 @@
 // query), keeping the CPU cost of the 4096-token cases small (about 2 s of reference in all on
 // 2 cores); finiteness is checked on every query.
 // Without a CUDA device the binary prints a message and exits with 77 (ctest: skipped).
-#include "kernels/prefill_attention.cuh"
+#include "kernels/attention/prefill_attention.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>

@@ -12,8 +12,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/backend/attention_reference.h"
-#include "engine/kv/kv_cache.h"
-#include "engine/model/weights.h"
+#include "engine/backend/kv_cache.h"
+#include "engine/common/random_normal.h"
 
 namespace squeeze {
 

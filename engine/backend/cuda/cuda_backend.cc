@@ -15,16 +15,20 @@
 #include "engine/backend/cuda/cuda_kmeans.h"
 #include "engine/backend/cuda/cuda_sampling.h"
 #include "engine/common/status_macros.h"
-#include "engine/kv/kv_cache.h"
-#include "kernels/cluster_scores.cuh"
-#include "kernels/decode_attention.cuh"
-#include "kernels/gemv.cuh"
-#include "kernels/kv_gather.cuh"
-#include "kernels/model_ops.cuh"
-#include "kernels/prefill_attention.cuh"
-#include "kernels/squeezed_decode.cuh"
-#include "kernels/squeezed_prefill.cuh"
-#include "engine/squeeze/squeeze_index.h"
+#include "engine/backend/kv_cache.h"
+#include "kernels/squeeze/cluster_scores.cuh"
+#include "kernels/attention/decode_attention.cuh"
+#include "kernels/ops/gemv.cuh"
+#include "kernels/attention/kv_gather.cuh"
+#include "kernels/attention/merge_attention.cuh"
+#include "kernels/ops/convert.cuh"
+#include "kernels/ops/random_fill.cuh"
+#include "kernels/ops/rmsnorm_silu.cuh"
+#include "kernels/ops/rope_append_kv.cuh"
+#include "kernels/ops/rows.cuh"
+#include "kernels/attention/prefill_attention.cuh"
+#include "kernels/squeeze/squeezed_decode.cuh"
+#include "kernels/squeeze/expand_selection.cuh"
 
 namespace squeeze {
 namespace {
@@ -145,7 +149,7 @@ class PooledDeviceBlocks {
 
 DeviceBuffer::~DeviceBuffer() { pool_->Give(data(), capacity_); }
 
-// A context's Squeezed Attention tables on the device, kept in SqueezeIndex::resident: fine
+// A context's Squeezed Attention tables on the device, kept in ClusterTables::resident: fine
 // centroids (bf16), sizes and storage-row offsets of every (layer, KV head), concatenated.
 struct DeviceSqueezeLevel {
   std::unique_ptr<Buffer> centroids, sizes, offsets;
@@ -270,11 +274,11 @@ CudaBackend::CudaBackend(std::unique_ptr<Impl> impl)
     : impl_(std::move(impl)), kmeans_(std::make_unique<CudaKMeans>(impl_->device)) {}
 CudaBackend::~CudaBackend() = default;
 
-absl::Status CudaBackend::Supports(const ModelConfig& c) {
-  const int group = c.num_kv_heads > 0 ? c.num_heads / c.num_kv_heads : 0;
-  if (c.head_dim != 64 && c.head_dim != 128) {
+absl::Status CudaBackend::Supports(int head_dim, int num_heads, int num_kv_heads) {
+  const int group = num_kv_heads > 0 ? num_heads / num_kv_heads : 0;
+  if (head_dim != 64 && head_dim != 128) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "the cuda backend supports head_dim 64 and 128, the model has ", c.head_dim,
+        "the cuda backend supports head_dim 64 and 128, the model has ", head_dim,
         " (use --device=cpu)"));
   }
   if (group != 1 && group != 2 && group != 4 && group != 8) {
@@ -288,6 +292,13 @@ absl::Status CudaBackend::Supports(const ModelConfig& c) {
 absl::Status CudaBackend::MemoryInfo(size_t* free_bytes, size_t* total_bytes) const {
   const cudaError_t err = cudaMemGetInfo(free_bytes, total_bytes);
   return err == cudaSuccess ? absl::OkStatus() : CudaError(err, "cudaMemGetInfo");
+}
+
+std::optional<Backend::DeviceMemory> CudaBackend::device_memory() const {
+  DeviceMemory m;
+  if (!MemoryInfo(&m.free_bytes, &m.total_bytes).ok()) return std::nullopt;
+  m.headroom_bytes = ResidentHeadroom(m.total_bytes);
+  return m;
 }
 
 std::string CudaBackend::Describe() const {
@@ -940,9 +951,9 @@ absl::Status CudaBackend::UploadSqueezeLevel(const void* host_level, void* devic
   return fault_;
 }
 
-absl::StatusOr<const void*> CudaBackend::ResidentSqueezeIndex(const SqueezeIndex& index) {
-  if (index.resident.value != nullptr) {
-    const auto* copy = static_cast<const DeviceSqueezeIndex*>(index.resident.value.get());
+absl::StatusOr<const void*> CudaBackend::ResidentSqueezeIndex(const ClusterTables& index) {
+  if (index.resident->value != nullptr) {
+    const auto* copy = static_cast<const DeviceSqueezeIndex*>(index.resident->value.get());
     if (copy->owner == this) return copy;
   }
   auto copy = std::make_shared<DeviceSqueezeIndex>();
@@ -958,7 +969,7 @@ absl::StatusOr<const void*> CudaBackend::ResidentSqueezeIndex(const SqueezeIndex
   }
   RETURN_IF_ERROR(UploadSqueezeLevel(&fine, &copy->fine));
   if (index.has_coarse()) RETURN_IF_ERROR(UploadSqueezeLevel(&coarse, &copy->coarse));
-  index.resident.value = copy;
+  index.resident->value = copy;
   return copy.get();
 }
 
@@ -980,7 +991,7 @@ bool DeviceSelected(const AttentionParams& p) {
 // index made resident; null (fault set) when the index does not match or cannot be uploaded.
 bool CudaBackend::SqueezeHeads(const AttentionParams& p, gpu::SqueezeHeadDesc* out,
                                int* max_clusters, bool coarse) {
-  const SqueezeIndex& index = *p.fixed.device_selection->index;
+  const ClusterTables& index = p.fixed.device_selection->tables;
   const int hkv = p.shape.num_kv_heads, d = p.shape.head_dim;
   const int S = p.fixed.kv.num_rows, layer = p.fixed.layer;
   if (layer < 0 || layer >= index.num_layers || index.num_kv_heads != hkv ||
@@ -1080,7 +1091,7 @@ void CudaBackend::ReportToHost(const int32_t* counts, std::span<const AttentionP
 }
 
 // Mean cluster scores of one call's n query rows (qb: its queries in bf16), per KV head h into
-// scores[h * stride + c] for the clusters of heads[h] (kernels/squeezed_prefill.cuh): cuBLAS
+// scores[h * stride + c] for the clusters of heads[h] (kernels/squeeze/expand_selection.cuh): cuBLAS
 // logits over token chunks, per-row softmax statistics, column means. With candidates, only
 // theirs count (denominators included) and only theirs are written.
 void CudaBackend::ClusterMeanScores(const AttentionParams& p, const void* q_bf16,
@@ -1094,7 +1105,7 @@ void CudaBackend::ClusterMeanScores(const AttentionParams& p, const void* q_bf16
   const auto* qb = static_cast<const bf16*>(q_bf16);
   int max_c = 1;
   for (const gpu::SqueezeHeadDesc& e : heads) max_c = std::max(max_c, e.num_clusters);
-  // The fused two-pass kernel over all heads, no logits in memory (kernels/cluster_scores.cuh);
+  // The fused two-pass kernel over all heads, no logits in memory (kernels/squeeze/cluster_scores.cuh);
   // with candidates (hierarchical fine level) only they are scored.
   auto* stats =
       static_cast<float*>(Scratch(kRowStats, gpu::ClusterScoresWorkspaceBytes(hkv, n, G)));
@@ -1193,7 +1204,7 @@ bool CudaBackend::CoarseCandidates(std::span<const AttentionParams* const> calls
 }
 
 // Multi-token step against a fixed context with the selection made on the device
-// (kernels/squeezed_prefill.cuh): mean cluster scores over every query row, threshold and
+// (kernels/squeeze/expand_selection.cuh): mean cluster scores over every query row, threshold and
 // ranges (hierarchical: among the candidates of the coarse level), then the tensor-core
 // prefill kernel reads the kept rows in place. Writes the fixed part's out and lse.
 void CudaBackend::SqueezedFixedPrefill(const AttentionParams& p, float* out, float* lse) {
@@ -1255,7 +1266,7 @@ void CudaBackend::SqueezedFixedPrefill(const AttentionParams& p, float* out, flo
 }
 
 // Decode steps of B sequences with Squeezed Attention selected on the device, in one sequence
-// of launches (kernels/squeezed_decode.cuh): centroid lookup, threshold, sparse attention over
+// of launches (kernels/squeeze/squeezed_decode.cuh): centroid lookup, threshold, sparse attention over
 // the kept ranges and dense attention over each sequence's dynamic KV, merged. The queries are
 // gathered into one array and the outputs scattered back; the kept rows per (sequence, head)
 // reach each call's kept_rows at the next sync.
@@ -1273,7 +1284,7 @@ void CudaBackend::SqueezedAttention(std::span<const AttentionParams* const> call
   int64_t total_rows = 0;
   for (int b = 0; b < B; ++b) {
     const AttentionParams& p = *calls[b];
-    const SqueezeIndex& index = *p.fixed.device_selection->index;
+    const ClusterTables& index = p.fixed.device_selection->tables;
     const int S = p.fixed.kv.num_rows, layer = p.fixed.layer;
     if (p.shape.num_q_heads != hq || p.shape.num_kv_heads != hkv || p.shape.head_dim != d ||
         layer < 0 || layer >= index.num_layers || index.num_kv_heads != hkv ||

@@ -1,6 +1,6 @@
 // The CUDA backend: the Llama forward on one NVIDIA GPU. Weights and KV are bf16 in device
 // memory, activations fp32; GEMMs run through cuBLAS (bf16 inputs, fp32 accumulation and
-// output), everything else through the kernels in kernels/ (model_ops, decode and prefill
+// output), everything else through the kernels in kernels/ (ops, decode and prefill
 // attention, kv_gather). All work is enqueued on one stream owned by the backend; like every
 // backend it is driven by one thread (the engine thread).
 //
@@ -13,10 +13,10 @@
 //                 log-sum-exp.
 //   squeezed decode (AttentionKeys::device_selection, one token): centroid lookup, threshold,
 //                 sparse attention over the kept clusters and dense attention over the dynamic
-//                 KV in one sequence of launches (kernels/squeezed_decode.cuh), no host sync.
+//                 KV in one sequence of launches (kernels/squeeze/squeezed_decode.cuh), no host sync.
 //   squeezed prefill (device_selection, several tokens): cluster scores averaged over all
 //                 query rows (cuBLAS logits + softmax statistics), threshold, and the prefill
-//                 kernel over the kept rows in place (kernels/squeezed_prefill.cuh), no host
+//                 kernel over the kept rows in place (kernels/squeeze/expand_selection.cuh), no host
 //                 sync.
 // Supported attention shapes: head_dim 64 or 128 and query heads per KV head 1, 2, 4 or 8
 // (Supports() says why not otherwise).
@@ -37,7 +37,6 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/backend/backend.h"
-#include "engine/model/config.h"
 
 namespace squeeze {
 namespace gpu {
@@ -45,7 +44,7 @@ struct SqueezeHeadDesc;
 struct SqueezedDecodePlan;
 }  // namespace gpu
 
-struct SqueezeIndex;
+struct ClusterTables;
 
 // Whether a CUDA device is visible (and the driver works).
 bool CudaDeviceAvailable();
@@ -56,8 +55,8 @@ class CudaBackend final : public Backend {
   static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(int device = 0);
   ~CudaBackend() override;
 
-  // OK when this backend can run `config` (head dim and GQA group supported by the kernels).
-  static absl::Status Supports(const ModelConfig& config);
+  // OK when the kernels support this attention shape (head dim, query heads per KV head).
+  static absl::Status Supports(int head_dim, int num_heads, int num_kv_heads);
   // "NVIDIA H200, 132 SMs, 139.8 GiB (137.1 free)".
   std::string Describe() const;
   // Free and total device memory, bytes.
@@ -73,6 +72,7 @@ class CudaBackend final : public Backend {
               size_t rows) override;
   absl::Status Synchronize() override;
   bool host_memory() const override { return false; }
+  std::optional<DeviceMemory> device_memory() const override;
 
   bool borrows_host_weights() const override { return false; }
   absl::StatusOr<Matrix> UploadMatrix(std::span<const float> host, int rows, int cols) override;
@@ -147,7 +147,7 @@ class CudaBackend final : public Backend {
   bool CoarseCandidates(std::span<const AttentionParams* const> calls, const float* q,
                         const void* q_bf16, const int32_t** ids, const int32_t** counts,
                         int64_t* stride);
-  absl::StatusOr<const void*> ResidentSqueezeIndex(const SqueezeIndex& index);
+  absl::StatusOr<const void*> ResidentSqueezeIndex(const ClusterTables& index);
   // Frees idle resident context copies until `bytes` fit next to the headroom; returns how many.
   int EvictResidentContexts(size_t bytes);
   // Copies the pending device-to-host transfers out of the pinned arena (the stream is idle)

@@ -15,10 +15,10 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/parallel_for.h"
-#include "kernels/kmeans.cuh"
-#include "kernels/kmeans_assign.cuh"
-#include "kernels/kmeans_steps.cuh"
-#include "kernels/model_ops.cuh"
+#include "kernels/kmeans/kmeans_cublas_steps.cuh"
+#include "kernels/kmeans/kmeans_assign.cuh"
+#include "kernels/kmeans/kmeans_steps.cuh"
+#include "kernels/ops/rows.cuh"
 #include "spdlog/spdlog.h"
 
 namespace squeeze {
@@ -70,7 +70,7 @@ struct CudaKMeans::Impl {
   int device = 0;
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
-  // Batched solver, for the P problems of one group (shapes as in kernels/kmeans_steps.cuh).
+  // Batched solver, for the P problems of one group (shapes as in kernels/kmeans/kmeans_steps.cuh).
   Grow<float> raw;                   // [P][n][d] points uploaded by the host entry points
   Grow<gpu::bf16> unit;              // [P][n][dpad]
   Grow<float> nonzero, best;         // [P][n]

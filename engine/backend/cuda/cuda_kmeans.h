@@ -1,5 +1,5 @@
 // Spherical k-means on the GPU, batched over independent problems (the KV heads of a layer), the
-// same method as the CPU reference (engine/squeeze/kmeans.h) with a parallel seeding:
+// same method as the CPU reference (engine/backend/kmeans.h) with a parallel seeding:
 //   * points are L2-normalised once into a bf16 buffer (head sizes up to 128, zero-padded to 64
 //     or 128 dims, which changes no dot product);
 //   * seeding, k-means|| style: a uniformly drawn first centre, then rounds that each draw
@@ -8,7 +8,7 @@
 //     takes 21 rounds at the default growth 0.5 instead of 6,553 sequential steps. A round
 //     scores the points against its new centres only, so the whole seeding costs one
 //     assignment pass, and it leaves the assignment to all k seeds: the first Lloyd step;
-//   * assignment: the fused tensor-core kernel (kernels/kmeans_assign.cuh): bf16 dot products,
+//   * assignment: the fused tensor-core kernel (kernels/kmeans/kmeans_assign.cuh): bf16 dot products,
 //     fp32 accumulation, argmax in registers (ties: the lowest index), no score matrix;
 //   * update: cluster sums of the unit points in 64-bit fixed point (integer atomics, so the
 //     result does not depend on the order they land in: a batch equals its problems run alone
@@ -33,8 +33,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "engine/squeeze/kmeans.h"
-#include "kernels/kmeans_steps.cuh"
+#include "engine/backend/kmeans.h"
+#include "kernels/kmeans/kmeans_steps.cuh"
 
 namespace squeeze {
 

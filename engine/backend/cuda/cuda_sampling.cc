@@ -7,7 +7,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "kernels/sampling.cuh"
+#include "kernels/sampling/sampling.cuh"
 
 namespace squeeze {
 namespace {

@@ -1,0 +1,103 @@
+#include "engine/backend/kv_cache.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "engine/common/parallel_for.h"
+
+namespace squeeze {
+
+absl::Status SequenceKV::Reserve(int extra) {
+  const int needed = length_ + extra;
+  if (needed <= capacity_) return absl::OkStatus();
+  const int new_capacity = std::max({needed, 2 * capacity_, 64});
+  const size_t elem = DTypeBytes(dtype_);
+  const size_t blocks = static_cast<size_t>(shape_.num_layers) * shape_.num_kv_heads;
+  const size_t row_bytes = static_cast<size_t>(shape_.head_dim) * elem;
+  if (backend_ == nullptr) {
+    std::vector<float> nk(Elements(new_capacity)), nv(Elements(new_capacity));
+    for (size_t b = 0; b < blocks && length_ > 0; ++b) {
+      std::memcpy(nk.data() + b * new_capacity * shape_.head_dim,
+                  k_.data() + b * capacity_ * shape_.head_dim, length_ * row_bytes);
+      std::memcpy(nv.data() + b * new_capacity * shape_.head_dim,
+                  v_.data() + b * capacity_ * shape_.head_dim, length_ * row_bytes);
+    }
+    k_.swap(nk);
+    v_.swap(nv);
+  } else {
+    const size_t bytes = Elements(new_capacity) * elem;
+    auto nk = backend_->Allocate(bytes);
+    if (!nk.ok()) return nk.status();
+    auto nv = backend_->Allocate(bytes);
+    if (!nv.ok()) return nv.status();
+    if (length_ > 0) {
+      // Each (layer, head) block keeps its first `length_` rows at the new pitch.
+      backend_->Copy2D((*nk)->data(), new_capacity * row_bytes, k_buf_->data(),
+                       capacity_ * row_bytes, length_ * row_bytes, blocks);
+      backend_->Copy2D((*nv)->data(), new_capacity * row_bytes, v_buf_->data(),
+                       capacity_ * row_bytes, length_ * row_bytes, blocks);
+    }
+    k_buf_ = *std::move(nk);
+    v_buf_ = *std::move(nv);
+  }
+  capacity_ = new_capacity;
+  return absl::OkStatus();
+}
+
+namespace {
+
+float Bf16ToFloat(uint16_t bits) {
+  const uint32_t wide = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &wide, sizeof(f));
+  return f;
+}
+
+// Copies `rows` rows of d elements of `dtype` from `src` (storage memory) into fp32 `dst`.
+void ReadRows(const SequenceKV& seq, const void* src, size_t elements, float* dst,
+              std::vector<uint16_t>* staging) {
+  Backend* be = seq.backend();
+  const bool host = be == nullptr || be->host_memory();
+  if (seq.dtype() == DType::kF32) {
+    if (host) {
+      std::memcpy(dst, src, elements * sizeof(float));
+    } else {
+      be->CopyToHostUnordered(dst, src, elements * sizeof(float));
+    }
+    return;
+  }
+  staging->resize(elements);
+  if (host) {
+    std::memcpy(staging->data(), src, elements * 2);
+  } else {
+    be->CopyToHostUnordered(staging->data(), src, elements * 2);
+  }
+  for (size_t i = 0; i < elements; ++i) dst[i] = Bf16ToFloat((*staging)[i]);
+}
+
+}  // namespace
+
+ContextKV ContextKV::FromSequence(const SequenceKV& seq, int n) {
+  ContextKV ctx;
+  ctx.shape = seq.shape();
+  ctx.num_tokens = n;
+  const int L = ctx.shape.num_layers, H = ctx.shape.num_kv_heads, d = ctx.shape.head_dim;
+  ctx.k.resize(static_cast<size_t>(L) * H * n * d);
+  ctx.v.resize(ctx.k.size());
+  ctx.token_of.resize(static_cast<size_t>(L) * H * n);
+  // Every (layer, head) block on its own: copies and conversions spread over the cores.
+  ParallelFor(static_cast<size_t>(L) * H, [&](size_t block) {
+    const int l = static_cast<int>(block / H), h = static_cast<int>(block % H);
+    std::vector<uint16_t> staging;
+    if (n > 0) {
+      const size_t elements = static_cast<size_t>(n) * d;
+      ReadRows(seq, seq.key_data(l, h, 0), elements, &ctx.k[ctx.Offset(l, h, 0)], &staging);
+      ReadRows(seq, seq.value_data(l, h, 0), elements, &ctx.v[ctx.Offset(l, h, 0)], &staging);
+    }
+    for (int t = 0; t < n; ++t) ctx.token_of[block * n + t] = t;
+  });
+  return ctx;
+}
+
+}  // namespace squeeze

@@ -1,0 +1,85 @@
+// Dense decode attention (flash-decoding, split-KV) and the exact LSE combine of partials.
+//
+// Dense: for each sequence b, KV head h and split s, one CTA attends the G query heads of the
+// group to rows [s * keys_per_split, min((s + 1) * keys_per_split, len_b)) and writes one fp32
+// partial; the combine kernel merges a sequence's partials (and, for Squeezed Attention, the
+// sparse kernel's partials over the fixed context) into the final output and natural-log lse.
+//
+// Bytes: each K/V byte is read once per group; partials add B * Hq * splits * (d + 1) * 4 bytes
+// written and read once, small next to the KV for the split sizes the planner picks (>= 256
+// keys per split).
+#pragma once
+
+#include "kernels/common/types.cuh"
+
+namespace squeeze::gpu {
+
+// SMs x resident CTAs per SM of the decode attention kernels (dense and sparse) for this
+// head_dim and group size on the current device: the planners size grids from it.
+cudaError_t DecodeAttentionConcurrentCtas(int head_dim, int group_size, int* ctas);
+
+// Splits so that batch * num_kv_heads * splits is at most (and about) `waves` waves of
+// `concurrent_ctas` for sequences of max_len rows, with at least 256 keys per split.
+// max_len <= 0 gives one split.
+constexpr int kDefaultDecodeWaves = 1;  // measured best at batch 1, equal at batch 8 (RESULTS.md)
+DecodeSplitPlan PlanDecodeSplits(int batch, int num_kv_heads, int max_len, int concurrent_ctas,
+                                 int waves = kDefaultDecodeWaves);
+
+// Partials of the dense kernel: slot (b * Hkv + h) * max_splits + s; out [slot][G][d],
+// lse2 [slot][G].
+inline size_t DecodePartialSlots(int batch, int num_kv_heads, const DecodeSplitPlan& plan) {
+  return static_cast<size_t>(batch) * num_kv_heads * plan.max_splits;
+}
+
+struct DecodeAttentionParams {
+  int batch = 0;                 // B
+  int num_q_heads = 0;           // Hq
+  int num_kv_heads = 0;          // Hkv
+  int head_dim = 0;              // d
+  float scale = 0.0f;            // logit scale, 1/sqrt(d) for Llama
+  const float* q = nullptr;      // [B][Hq][d] fp32 device
+  const DecodeKv* kv = nullptr;  // [B] device array; kv[b].len <= the plan's max_len
+  DecodeSplitPlan plan;
+  float* partial_out = nullptr;  // [DecodePartialSlots][G][d]
+  float* partial_lse = nullptr;  // [DecodePartialSlots][G], log2 domain
+};
+
+// Writes the dense partials. Splits past a sequence's length write nothing (the combine kernel
+// derives each sequence's split count from kv[b].len).
+cudaError_t LaunchDecodeAttentionPartials(const DecodeAttentionParams& p, cudaStream_t stream);
+
+// Exact merge of up to two partial sets per (sequence, query head):
+//   dense set:  slots (b * Hkv + h) * dense_plan.max_splits + s, s < ceil(len_b / keys_per_split)
+//   sparse set: slots [sparse_chunk_begin[b * Hkv + h], sparse_chunk_begin[b * Hkv + h + 1])
+// out [B][Hq][d] (fp32 or bf16) = softmax-weighted mean over the union of both key sets;
+// lse [B][Hq] natural log (-inf and zero output when neither set holds a key).
+struct CombineParams {
+  int batch = 0;
+  int num_q_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  // Dense set; dense_out == nullptr: none.
+  const DecodeKv* dense_kv = nullptr;
+  DecodeSplitPlan dense_plan;
+  const float* dense_out = nullptr;
+  const float* dense_lse = nullptr;
+  // Sparse set; sparse_chunk_begin == nullptr: none.
+  const int32_t* sparse_chunk_begin = nullptr;  // [B * Hkv + 1] device
+  int sparse_max_chunks = 0;                    // slots at or past it are ignored (0: no limit)
+  const float* sparse_out = nullptr;
+  const float* sparse_lse = nullptr;
+  // Output.
+  void* out = nullptr;    // [B][Hq][d]
+  bool out_bf16 = false;  // bf16 when true, else fp32
+  float* lse = nullptr;   // [B][Hq], may be nullptr
+};
+cudaError_t LaunchCombineAttention(const CombineParams& p, cudaStream_t stream);
+
+// Dense decode in one call (partials + combine). Workspace: DecodeAttentionWorkspaceBytes, any
+// contents, 256-byte aligned.
+size_t DecodeAttentionWorkspaceBytes(int batch, int num_q_heads, int head_dim,
+                                     const DecodeSplitPlan& plan);
+cudaError_t LaunchDecodeAttention(const DecodeAttentionParams& p, void* workspace, void* out,
+                                  bool out_bf16, float* lse, cudaStream_t stream);
+
+}  // namespace squeeze::gpu

@@ -1,0 +1,30 @@
+// Gathers selected K/V rows of each KV head into a compact per-head layout: the fixed-context
+// keys a host-side selector kept (engine/attention/fixed_context.h), so dense attention kernels
+// can run over them. CPU reference: the rows the selector lists (engine/backend/attention_reference.h
+// reads them in place); tested in tests/gpu/attention_kernels_test.cc. Plain C++ (includable from .cc files); the kernel lives in kv_gather.cu.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/common/types.cuh"
+
+namespace squeeze::gpu {
+
+// For each KV head h < num_kv_heads and i < head_begin[h + 1] - head_begin[h]:
+//   dst row i of head h  <-  src row rows[head_begin[h] + i] of head h
+// where src row r of head h is at k_src + h * src_head_stride + r * head_dim (same for v) and
+// dst row i of head h at k_dst + h * dst_head_stride + i * head_dim. Strides in elements.
+//   rows: [head_begin[num_kv_heads]] device int32, valid rows of their head;
+//   head_begin: [num_kv_heads + 1] device int32, non-decreasing, head_begin[0] = 0;
+//   max_rows: an upper bound on any head's count (sizes the grid).
+// head_dim must be a multiple of 8 and all pointers/strides 16-byte aligned (rows are copied as
+// 16-byte vectors). Never allocates or synchronises; returns cudaGetLastError().
+cudaError_t LaunchGatherKvRows(const bf16* k_src, const bf16* v_src, size_t src_head_stride,
+                               const int32_t* rows, const int32_t* head_begin, int num_kv_heads,
+                               int max_rows, int head_dim, bf16* k_dst, bf16* v_dst,
+                               size_t dst_head_stride, cudaStream_t stream);
+
+}  // namespace squeeze::gpu

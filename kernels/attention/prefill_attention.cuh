@@ -1,0 +1,61 @@
+// Dense causal prefill attention (FlashAttention-2 style, tensor cores) for the registration
+// chunk case: n new tokens of one sequence attend, causally, to the sequence's dynamic KV whose
+// last n rows are the new tokens' own K/V.
+//
+//   q:   bf16 [n][Hq][d], post-RoPE, unscaled.
+//   K/V: bf16, the DecodeKv layout (kernels/common/types.cuh): row r of KV head h at
+//        k + h * head_stride + r * d; rows [0, kv.len) are read, kv.len = past + n, where past is
+//        the number of dynamic rows before this call. Query t (0-based) sits at dynamic index
+//        past + t and sees rows r <= past + t; rows at or past kv.len are never read.
+//   out: [n][Hq][d] fp32 or bf16, the softmax-normalised output.
+//   lse: [n][Hq] fp32 natural-log log-sum-exp of scale * q.k over the visible rows (optional).
+// GQA: query head qh reads KV head qh / (Hq / Hkv); any group size that divides Hq.
+//
+// Math: S = Q K^T with mma.sync m16n8k16 (bf16 in, fp32 accumulate); online softmax in the exp2
+// domain with the running row maximum subtracted before every exponential; P is rounded to bf16
+// for the P.V product (fp32 accumulate), so outputs carry about 2^-9 relative error per term;
+// the row sums and the lse use the unrounded fp32 probabilities.
+//
+// Non-causal mode (causal = false): a fixed context's keys, all visible to every query, with an
+// optional per-KV-head row count (head_len).
+//
+// Supported: d in {64, 128}; q, k, v, out 16-byte aligned; head_stride a multiple of 8 elements;
+// causal: 1 <= n <= kv.len; n <= 128 * 65535. The launcher returns cudaErrorInvalidValue otherwise (n == 0
+// is a no-op). It never allocates and never synchronises (capturable in a CUDA graph).
+#pragma once
+
+#include "kernels/common/types.cuh"
+
+namespace squeeze::gpu {
+
+struct PrefillAttentionParams {
+  int num_tokens = 0;       // n, new tokens (queries) in this call
+  int num_q_heads = 0;      // Hq
+  int num_kv_heads = 0;     // Hkv
+  int head_dim = 0;         // d
+  float scale = 0.0f;       // logit scale, 1/sqrt(d) for Llama
+  const bf16* q = nullptr;  // [n][Hq][d] device
+  DecodeKv kv;              // host-side value holding device pointers; kv.len = past + n
+  void* out = nullptr;      // [n][Hq][d], fp32 or bf16 (out_bf16)
+  bool out_bf16 = false;
+  float* lse = nullptr;  // [n][Hq] natural log; may be nullptr
+  // false: no causal mask, every query sees rows [0, kv.len) (a fixed context, which precedes
+  // every new token), and n may exceed kv.len.
+  bool causal = true;
+  // Non-causal only, optional: device [Hkv] rows visible per KV head (each <= kv.len, may be 0:
+  // the head's outputs are then 0 with lse -inf), for per-head compacted key sets.
+  const int32_t* head_len = nullptr;
+  // Optional, non-causal only: key r < head_len[h] (or kv.len) of KV head h is storage row
+  // row_index[h * row_index_stride + r] (a squeezed selection's kept rows, read in place; every
+  // entry a valid row of the head's storage). kv.head_stride still spaces the heads' storage.
+  const int32_t* row_index = nullptr;
+  int64_t row_index_stride = 0;
+};
+
+// Query rows per CTA (8 warps x 16 rows) and keys per K/V tile of the prefill kernel.
+constexpr int kPrefillBlockM = 128;
+constexpr int kPrefillBlockN = 64;
+
+cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& p, cudaStream_t stream);
+
+}  // namespace squeeze::gpu

@@ -1,0 +1,65 @@
+// Host-side dispatch of runtime (head_dim, group size) to template constants. Private to
+// kernels/**/*.cu.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <type_traits>
+
+namespace squeeze::gpu::detail {
+
+template <int V>
+using IntC = std::integral_constant<int, V>;
+
+// Calls f(IntC<D>{}) for d in {64, 128}; cudaErrorInvalidValue for anything else.
+template <class F>
+cudaError_t DispatchHeadDim(int head_dim, F&& f) {
+  switch (head_dim) {
+    case 64:
+      return f(IntC<64>{});
+    case 128:
+      return f(IntC<128>{});
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+// Calls f(IntC<D>{}, IntC<G>{}) for d in {64, 128}, G in {1, 2, 4, 8}; cudaErrorInvalidValue
+// for anything else.
+template <class F>
+cudaError_t DispatchHeadDimGroup(int head_dim, int group, F&& f) {
+  return DispatchHeadDim(head_dim, [&](auto d) -> cudaError_t {
+    switch (group) {
+      case 1:
+        return f(d, IntC<1>{});
+      case 2:
+        return f(d, IntC<2>{});
+      case 4:
+        return f(d, IntC<4>{});
+      case 8:
+        return f(d, IntC<8>{});
+      default:
+        return cudaErrorInvalidValue;
+    }
+  });
+}
+
+inline size_t AlignUp(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+// CTAs of `kernel` (with `threads` threads and `smem` bytes of dynamic shared memory) that the
+// current device runs at once: multiprocessors x resident blocks per multiprocessor (>= 1).
+template <class Kernel>
+cudaError_t ConcurrentCtas(Kernel kernel, int threads, size_t smem, int* ctas) {
+  int device = 0, sms = 0, per_sm = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return err;
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
+  if (err != cudaSuccess) return err;
+  *ctas = sms * std::max(per_sm, 1);
+  return cudaSuccess;
+}
+
+}  // namespace squeeze::gpu::detail

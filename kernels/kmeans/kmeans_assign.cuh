@@ -1,0 +1,58 @@
+// Fused nearest-centre assignment of the batched GPU spherical k-means
+// (engine/backend/cuda/cuda_kmeans.h): for every point of every problem, the centre with the
+// largest dot product, computed on tensor cores (mma.sync m16n8k16, bf16 in, fp32 accumulate)
+// with the running max/argmax kept in registers, so no [n][k] score matrix is ever written.
+// Plain C++ (includable from .cc files); the kernel lives in kmeans_assign.cu.
+//
+// Layout: P independent problems (e.g. the KV heads of one layer), each with n unit points and
+// k unit centres, bf16, rows of exactly `dim` elements (dim in {64, 128}: callers zero-pad other
+// head sizes, which changes no dot product):
+//   point i of problem p:  points  + p * points_stride  + i * dim
+//   centre c of problem p: centers + p * centers_stride + c * dim
+// Results per problem, at p * n + i:
+//   labels[i] = label_offset + argmax_c dot(point i, centre c), ties to the lowest c;
+//   best[i]   = that maximum (fp32 sum of exact bf16 products: about 2^-8 absolute error for
+//               unit vectors, so two centres closer than that may be ordered either way).
+// Merge mode (k-means|| seeding rounds, which score only the newly drawn centres): the old
+// (best, label) pair is replaced only when the new score is strictly greater, so the label stays
+// the lowest-index maximum over every centre scored so far when label_offset grows.
+// Otherwise labels are overwritten and, when `changed` is set, changed[p] counts the points of
+// problem p whose label differs from the value it held before the launch.
+//
+// Supported: dim in {64, 128}; n >= 1; k >= 1; num_problems <= 65535; every row 16-byte aligned
+// (points/centres 16-byte aligned, strides multiples of 8). Returns cudaErrorInvalidValue
+// otherwise; never allocates, never synchronises.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/common/types.cuh"
+
+namespace squeeze::gpu {
+
+struct KMeansAssignParams {
+  int num_problems = 0;             // P (grid.y)
+  int n = 0;                        // points per problem
+  int k = 0;                        // centres scored per problem in this launch
+  int dim = 0;                      // row length in elements: 64 or 128
+  const bf16* points = nullptr;     // [P] x [n][dim] unit points (a zero row is allowed)
+  int64_t points_stride = 0;        // elements between problems' point arrays
+  const bf16* centers = nullptr;    // [P] x [k][dim] unit centres
+  int64_t centers_stride = 0;       // elements between problems' centre arrays
+  int label_offset = 0;             // added to the winning local centre index
+  bool merge = false;               // keep the old (best, label) unless strictly beaten
+  const int32_t* active = nullptr;  // optional [P]: problems with active[p] == 0 are skipped
+  int32_t* labels = nullptr;        // [P][n] in/out
+  float* best = nullptr;            // [P][n] in (merge) / out
+  int32_t* changed = nullptr;       // optional [P], non-merge only: += changed labels
+};
+
+// Points per CTA (8 warps x 32 rows) and centres per shared-memory tile.
+constexpr int kKMeansAssignBlockM = 256;
+constexpr int kKMeansAssignBlockN = 64;
+
+cudaError_t LaunchKMeansAssign(const KMeansAssignParams& p, cudaStream_t stream);
+
+}  // namespace squeeze::gpu
