@@ -132,8 +132,9 @@ int Run() {
                    scores[0].correct == scores[0].total ? "ok" : "wrong");
     }
   }
-  std::printf("| variant | ~tokens | selection | budget | tasks | exact match | realised KV budget |\n"
-              "|---|---|---|---|---|---|---|\n");
+  std::printf(
+      "| variant | ~tokens | selection | budget | tasks | exact match | realised KV budget |\n"
+      "|---|---|---|---|---|---|---|\n");
   for (const auto& [key, scores] : table) {
     for (size_t c = 0; c < configs.size(); ++c) {
       const Score& s = scores[c];

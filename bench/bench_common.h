@@ -13,8 +13,8 @@
 
 #include "absl/status/statusor.h"
 #include "engine/backend/cpu/cpu_backend.h"
-#include "engine/common/status_macros.h"
 #include "engine/backend/kv_cache.h"
+#include "engine/common/status_macros.h"
 #include "engine/model/llama_model.h"
 #include "engine/squeeze/squeeze_index.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -22,8 +22,7 @@
 namespace squeeze::bench {
 
 inline double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 struct LoadedModel {
@@ -85,16 +84,17 @@ inline absl::StatusOr<RegisteredForBench> Register(LlamaModel& model,
   for (int done = 0; done < S; done += chunk) {
     const int n = std::min(chunk, S - done);
     SequenceStep step{.tokens = std::span<const int32_t>(tokens).subspan(done, n),
-                      .kv = &kv, .want_logits = false, .capture = &capture};
+                      .kv = &kv,
+                      .want_logits = false,
+                      .capture = &capture};
     ForwardOutput out;
     RETURN_IF_ERROR(model.Forward(std::span<SequenceStep>(&step, 1), &out));
   }
   r.prefill_seconds = Now() - t0;
   r.kv = ContextKV::FromSequence(kv, S);
   if (build) {
-    ASSIGN_OR_RETURN(SqueezeIndex index,
-                     BuildSqueezeIndex(&r.kv, capture, model.config().num_heads, options,
-                                       nullptr, &r.timings));
+    ASSIGN_OR_RETURN(SqueezeIndex index, BuildSqueezeIndex(&r.kv, capture, model.config().num_heads,
+                                                           options, nullptr, &r.timings));
     r.index = std::make_unique<SqueezeIndex>(std::move(index));
   }
   return r;

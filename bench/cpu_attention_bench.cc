@@ -23,9 +23,10 @@ ABSL_FLAG(std::string, model, "", "model directory");
 ABSL_FLAG(std::string, context_file, "tests/data/corpus.txt", "text repeated to fill the context");
 ABSL_FLAG(int, context_tokens, 16384, "fixed-context length S");
 ABSL_FLAG(std::string, budgets, "0.2,0.1,0.05,0.03", "kept fractions to time");
-ABSL_FLAG(std::string, kept_targets, "0.2,0.1,0.05",
-          "also time at these realised kept fractions of the context (budget found by bisection "
-          "for the benchmark query), since a query's kept fraction differs from the nominal budget");
+ABSL_FLAG(
+    std::string, kept_targets, "0.2,0.1,0.05",
+    "also time at these realised kept fractions of the context (budget found by bisection "
+    "for the benchmark query), since a query's kept fraction differs from the nominal budget");
 ABSL_FLAG(int, repeats, 30, "timed repetitions (median reported)");
 
 namespace squeeze::bench {
@@ -59,8 +60,8 @@ int Run() {
   LlamaModel& model = *loaded->model;
   const ModelConfig& cfg = model.config();
   const int S = absl::GetFlag(FLAGS_context_tokens);
-  const std::vector<int32_t> tokens = ContextTokens(
-      *loaded->tokenizer, ReadFileOrDie(absl::GetFlag(FLAGS_context_file)), S);
+  const std::vector<int32_t> tokens =
+      ContextTokens(*loaded->tokenizer, ReadFileOrDie(absl::GetFlag(FLAGS_context_file)), S);
   SqueezeOptions options;
   auto reg = Register(model, tokens, options, /*build=*/true);
   if (!reg.ok()) {
@@ -69,11 +70,11 @@ int Run() {
   }
   std::printf("model: %d layers, Hq=%d, Hkv=%d, d=%d; context S=%d tokens\n", cfg.num_layers,
               cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, S);
-  std::printf("registration: prefill %.2f s (%.0f tok/s), clustering %.2f s, calibration %.2f s, "
-              "%lld centroids\n",
-              reg->prefill_seconds, S / reg->prefill_seconds, reg->timings.clustering_seconds,
-              reg->timings.calibration_seconds,
-              static_cast<long long>(reg->index->num_centroids()));
+  std::printf(
+      "registration: prefill %.2f s (%.0f tok/s), clustering %.2f s, calibration %.2f s, "
+      "%lld centroids\n",
+      reg->prefill_seconds, S / reg->prefill_seconds, reg->timings.clustering_seconds,
+      reg->timings.calibration_seconds, static_cast<long long>(reg->index->num_centroids()));
 
   // A real decode query: run a short user input densely against the context and keep the last
   // token's post-RoPE query of every layer; its K/V are the last dynamic row.
@@ -81,8 +82,8 @@ int Run() {
   SequenceKV dyn(model.kv_shape());
   QueryCapture capture;
   capture.from_position = S + static_cast<int>(input.size()) - 1;
-  SequenceStep step{.tokens = input, .context = &reg->kv, .kv = &dyn, .want_logits = false,
-                    .capture = &capture};
+  SequenceStep step{
+      .tokens = input, .context = &reg->kv, .kv = &dyn, .want_logits = false, .capture = &capture};
   ForwardOutput out;
   if (auto st = model.Forward(std::span<SequenceStep>(&step, 1), &out); !st.ok()) {
     std::fprintf(stderr, "%s\n", st.ToString().c_str());
@@ -101,8 +102,8 @@ int Run() {
     p.fixed.kv = {reg->kv.k.data() + reg->kv.Offset(l, 0, 0),
                   reg->kv.v.data() + reg->kv.Offset(l, 0, 0), static_cast<size_t>(S) * d, S};
     p.fixed.ranges = ranges;
-    p.dynamic.kv = {dyn.key(l, 0, 0), dyn.value(l, 0, 0),
-                    static_cast<size_t>(dyn.capacity()) * d, dyn_len};
+    p.dynamic.kv = {dyn.key(l, 0, 0), dyn.value(l, 0, 0), static_cast<size_t>(dyn.capacity()) * d,
+                    dyn_len};
     p.dynamic.causal_offset = dyn_len - 1;
     return p;
   };
@@ -118,11 +119,13 @@ int Run() {
   const double bw = MeasureCopyBandwidth();
   const double dense_bytes = 2.0 * L * Hkv * S * d * sizeof(float);
   std::printf("memory bandwidth (memcpy, read+write): %.1f GB/s\n", bw / 1e9);
-  std::printf("dense decode attention: %.3f ms per token (%d layers), %.1f GB/s = %.0f%% of "
-              "memcpy bandwidth\n\n",
-              dense * 1e3, L, dense_bytes / dense / 1e9, 100 * dense_bytes / dense / bw);
-  std::printf("| budget | realised KV budget | kept rows | squeezed ms | dense ms | speedup | "
-              "bytes ratio | %% of memcpy bw |\n|---|---|---|---|---|---|---|---|\n");
+  std::printf(
+      "dense decode attention: %.3f ms per token (%d layers), %.1f GB/s = %.0f%% of "
+      "memcpy bandwidth\n\n",
+      dense * 1e3, L, dense_bytes / dense / 1e9, 100 * dense_bytes / dense / bw);
+  std::printf(
+      "| budget | realised KV budget | kept rows | squeezed ms | dense ms | speedup | "
+      "bytes ratio | %% of memcpy bw |\n|---|---|---|---|---|---|---|---|\n");
   // Kept fraction of all context rows for one budget (this query, all layers and heads).
   auto kept_for = [&](double budget) {
     SqueezedFixedContextAttention sel(*reg->index, {.budget = budget});
@@ -171,9 +174,9 @@ int Run() {
     const double sq = Median(t);
     const double bytes = 2.0 * kept * L * Hkv * S * d * sizeof(float) +
                          static_cast<double>(reg->index->num_centroids()) * d * sizeof(float);
-    std::printf("| %s | %.3f | %.3f | %.3f | %.3f | %.2fx | %.2fx | %.0f%% |\n",
-                label.c_str(), realised, kept, sq * 1e3, dense * 1e3, dense / sq,
-                dense_bytes / bytes, 100 * bytes / sq / bw);
+    std::printf("| %s | %.3f | %.3f | %.3f | %.3f | %.2fx | %.2fx | %.0f%% |\n", label.c_str(),
+                realised, kept, sq * 1e3, dense * 1e3, dense / sq, dense_bytes / bytes,
+                100 * bytes / sq / bw);
   }
   return 0;
 }

@@ -54,8 +54,8 @@ class FidelityProbe final : public FixedContextAttention {
     const AttentionShape shape{n, Hq_, Hkv, d, 1.0f / std::sqrt(static_cast<float>(d))};
     const size_t rows = static_cast<size_t>(n) * Hq_;
     AttentionKeys fixed{.kv = {ctx_.k.data() + ctx_.Offset(layer, 0, 0),
-                               ctx_.v.data() + ctx_.Offset(layer, 0, 0),
-                               static_cast<size_t>(S) * d, S}};
+                               ctx_.v.data() + ctx_.Offset(layer, 0, 0), static_cast<size_t>(S) * d,
+                               S}};
     AttentionKeys dynamic{.kv = {dyn_.key(layer, 0, 0), dyn_.value(layer, 0, 0),
                                  static_cast<size_t>(dyn_.capacity()) * d, past_ + n},
                           .causal_offset = past_};
@@ -71,8 +71,8 @@ class FidelityProbe final : public FixedContextAttention {
       std::vector<int64_t> kept_clustered(Hkv, 0);
       for (int h = 0; h < Hkv; ++h)
         for (const KeyRange& r : ls.ranges[h])
-          kept_clustered[h] += std::max(0, std::min(r.end, S - index_.window) -
-                                               std::max(r.begin, index_.sinks));
+          kept_clustered[h] +=
+              std::max(0, std::min(r.end, S - index_.window) - std::max(r.begin, index_.sinks));
       AttentionKeys kept = fixed;
       kept.ranges = ls.ranges;
       std::vector<float> os(rows * d), lsq(rows);
@@ -171,9 +171,8 @@ class FidelityProbe final : public FixedContextAttention {
 std::vector<std::string> Queries(const std::string& context_text) {
   std::vector<std::string> out;
   if (!absl::GetFlag(FLAGS_queries_file).empty()) {
-    for (absl::string_view line :
-         absl::StrSplit(ReadFileOrDie(absl::GetFlag(FLAGS_queries_file)), '\n',
-                        absl::SkipEmpty())) {
+    for (absl::string_view line : absl::StrSplit(ReadFileOrDie(absl::GetFlag(FLAGS_queries_file)),
+                                                 '\n', absl::SkipEmpty())) {
       out.push_back(absl::StrReplaceAll(line, {{"\\n", "\n"}}));  // escaped newlines
     }
     return out;
@@ -247,12 +246,14 @@ int Run() {
       realised[i] += variants[i].sel->realised_budget() / queries.size();
     }
   }
-  std::printf("context: %d tokens, %d layers, Hq=%d, Hkv=%d, d=%d; %zu queries, each a prefill "
-              "step + 8 greedy decode steps; %lld centroids\n\n",
-              S, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, queries.size(),
-              static_cast<long long>(reg->index->num_centroids()));
-  std::printf("| selection | budget | layer | kept fraction | realised KV budget | mass recall | "
-              "cluster-oracle recall | rel. error vs dense |\n|---|---|---|---|---|---|---|---|\n");
+  std::printf(
+      "context: %d tokens, %d layers, Hq=%d, Hkv=%d, d=%d; %zu queries, each a prefill "
+      "step + 8 greedy decode steps; %lld centroids\n\n",
+      S, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, queries.size(),
+      static_cast<long long>(reg->index->num_centroids()));
+  std::printf(
+      "| selection | budget | layer | kept fraction | realised KV budget | mass recall | "
+      "cluster-oracle recall | rel. error vs dense |\n|---|---|---|---|---|---|---|---|\n");
   for (size_t i = 0; i < variants.size(); ++i) {
     const auto& v = variants[i];
     Acc all;

@@ -37,11 +37,10 @@
 #include <string>
 #include <vector>
 
-#include "kernels/attention/decode_attention.cuh"
-#include "kernels/squeeze/squeezed_decode.cuh"
-#include "kernels/squeeze/expand_selection.cuh"
-
 #include "bench/gpu_bench_util.cuh"
+#include "kernels/attention/decode_attention.cuh"
+#include "kernels/squeeze/expand_selection.cuh"
+#include "kernels/squeeze/squeezed_decode.cuh"
 
 namespace {
 
@@ -53,9 +52,7 @@ namespace gpu = squeeze::gpu;
 using squeeze::bench::Mix;
 using squeeze::bench::Unit;
 
-
 constexpr int kHq = 32, kHkv = 8, kD = 128, kDyn = 256, kSinks = 4, kWindow = 100;
-
 
 // Hierarchical variant: every kFinePerCoarse consecutive clusters form one coarse cluster
 // (5% -> 1% of the keys, as the server's default index).
@@ -256,8 +253,7 @@ std::vector<T> Download(const T* dev, size_t n) {
 // workspace, step parameters, d_tau = sp.tau); the coarse level is built here.
 void RunHierarchical(int B, int S, int M, int C, const std::vector<int32_t>& sizes,
                      const gpu::SqueezedDecodePlan& plan, void* ws, gpu::SqueezedDecodeParams sp,
-                     float* d_tau,
-                     const Timer& timer, std::vector<Row>* rows) {
+                     float* d_tau, const Timer& timer, std::vector<Row>* rows) {
   cudaStream_t stream = timer.stream;
   const int BH = B * kHkv, C1 = (C + kFinePerCoarse - 1) / kFinePerCoarse;
   bf16* cent1;
@@ -382,10 +378,11 @@ void RunHierarchical(int B, int S, int M, int C, const std::vector<int32_t>& siz
     char name[64];
     std::snprintf(name, sizeof(name), "hier@%.0f%%", frac * 100);
     r.path = name;
-    std::printf("B=%d S=%d %s: %.1f%% of the fine clusters are candidates, lookup %.1f of %.1f us "
-                "(%.1f%%)\n",
-                B, S, name, 100.0 * candidates / (double(BH) * C), r.lookup_us, r.us,
-                100.0 * r.lookup_us / r.us);
+    std::printf(
+        "B=%d S=%d %s: %.1f%% of the fine clusters are candidates, lookup %.1f of %.1f us "
+        "(%.1f%%)\n",
+        B, S, name, 100.0 * candidates / (double(BH) * C), r.lookup_us, r.us,
+        100.0 * r.lookup_us / r.us);
     rows->push_back(r);
   }
   for (cudaGraphExec_t e : {full, lookup, attend}) CK(cudaGraphExecDestroy(e));
@@ -513,10 +510,11 @@ void RunConfig(int B, int S, const Args& args, const Timer& timer, std::vector<R
   shape.programmatic_launch = !args.no_pdl;
   gpu::SqueezedDecodePlan plan;
   CK(gpu::PlanSqueezedDecode(shape, &plan));
-  std::printf("B=%d S=%d: lookup in %s, %d clusters per CTA; attention grid %d, %d chunks at "
-              "most\n",
-              B, S, plan.lookup.one_launch ? "one launch" : "two launches",
-              plan.lookup.clusters_per_block, plan.sparse_grid, plan.max_chunks);
+  std::printf(
+      "B=%d S=%d: lookup in %s, %d clusters per CTA; attention grid %d, %d chunks at "
+      "most\n",
+      B, S, plan.lookup.one_launch ? "one launch" : "two launches", plan.lookup.clusters_per_block,
+      plan.sparse_grid, plan.max_chunks);
   void* ws;
   CK(cudaMalloc(&ws, plan.workspace_bytes));
   CK(gpu::InitSqueezedDecodeWorkspace(plan, ws, stream));
@@ -666,8 +664,8 @@ int main(int argc, char** argv) {
   std::vector<Row> rows;
   for (auto [b, s] : configs) RunConfig(b, s, args, timer, &rows);
 
-  std::printf("\n%-3s %-7s %-13s %7s %9s %8s %6s %8s | %8s %8s\n", "B", "context", "path",
-              "kept%", "time_us", "GB/s", "%copy", "xdense", "lookup", "attend");
+  std::printf("\n%-3s %-7s %-13s %7s %9s %8s %6s %8s | %8s %8s\n", "B", "context", "path", "kept%",
+              "time_us", "GB/s", "%copy", "xdense", "lookup", "attend");
   FILE* csv = args.csv.empty() ? nullptr : std::fopen(args.csv.c_str(), "w");
   if (csv != nullptr) {
     std::fprintf(csv,
@@ -678,8 +676,8 @@ int main(int argc, char** argv) {
   for (const Row& r : rows) {
     if (r.path == "dense") dense_us = r.us;
     const double gbps = r.bytes / (r.us * 1e-6) / 1e9;
-    std::printf("%-3d %-7d %-13s %7.2f %9.1f %8.0f %6.1f %8.2f | %8.1f %8.1f\n", r.batch,
-                r.context, r.path.c_str(), 100 * r.kept, r.us, gbps, 100 * gbps * 1e9 / copy_bw,
+    std::printf("%-3d %-7d %-13s %7.2f %9.1f %8.0f %6.1f %8.2f | %8.1f %8.1f\n", r.batch, r.context,
+                r.path.c_str(), 100 * r.kept, r.us, gbps, 100 * gbps * 1e9 / copy_bw,
                 dense_us / r.us, r.lookup_us, r.attend_us);
     if (csv != nullptr) {
       std::fprintf(csv, "ours,%d,%d,%s,%.5f,%.2f,%.0f,%.1f,%.1f,%.2f,%.2f\n", r.batch, r.context,

@@ -1,6 +1,6 @@
-// GPU causal prefill attention benchmark (kernels/attention/prefill_attention.cuh) on Llama-3-8B attention
-// shapes: Hq = 32, Hkv = 8, d = 128, bf16 q/K/V, one layer, one sequence, past = 0, the whole
-// prompt of n tokens in one call, bf16 output plus lse.
+// GPU causal prefill attention benchmark (kernels/attention/prefill_attention.cuh) on Llama-3-8B
+// attention shapes: Hq = 32, Hkv = 8, d = 128, bf16 q/K/V, one layer, one sequence, past = 0, the
+// whole prompt of n tokens in one call, bf16 output plus lse.
 //
 // FLOPs (causal, the convention of FlashAttention papers): 4 * n^2 / 2 * d * Hq (QK^T and PV,
 // 2 FLOPs per multiply-add, half the score matrix). TFLOP/s = FLOPs / median time.
@@ -28,9 +28,8 @@
 #include <string>
 #include <vector>
 
-#include "kernels/attention/prefill_attention.cuh"
-
 #include "bench/gpu_bench_util.cuh"
+#include "kernels/attention/prefill_attention.cuh"
 
 namespace {
 
@@ -39,9 +38,7 @@ namespace gpu = squeeze::gpu;
 using squeeze::bench::Mix;
 using squeeze::bench::Unit;
 
-
 constexpr int kHq = 32, kHkv = 8, kD = 128;
-
 
 // x[e] = amp * Unit(hash(e, salt)) + offset * sin(0.37 * (e % d)), as bf16.
 __global__ void Fill(bf16* x, size_t n, uint64_t salt, float amp, float offset) {

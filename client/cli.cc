@@ -41,7 +41,8 @@ ABSL_FLAG(double, repetition_penalty, -1, "generate: repetition penalty (-1: off
 ABSL_FLAG(int64_t, seed, -1, "generate: sampling seed (-1: random)");
 ABSL_FLAG(std::vector<std::string>, stop, {}, "generate: stop strings (comma-separated)");
 ABSL_FLAG(bool, ignore_eos, false, "generate: keep going after EOS");
-ABSL_FLAG(std::string, mode, "", "generate: attention mode: squeezed | dense | recent (default: auto)");
+ABSL_FLAG(std::string, mode, "",
+          "generate: attention mode: squeezed | dense | recent (default: auto)");
 ABSL_FLAG(double, budget, -1, "generate: kept fraction of context keys (-1: server default)");
 ABSL_FLAG(double, mass, -1,
           "generate: keep clusters until this estimated attention mass instead of a budget");
@@ -82,13 +83,20 @@ bool ParseIds(const std::string& s, v1::TokenIds* ids) {
 
 const char* StageName(v1::RegisterContextEvent::Stage s) {
   switch (s) {
-    case v1::RegisterContextEvent::TOKENIZING: return "tokenizing";
-    case v1::RegisterContextEvent::PREFILL: return "prefill";
-    case v1::RegisterContextEvent::CLUSTERING: return "clustering";
-    case v1::RegisterContextEvent::CALIBRATING: return "calibrating";
-    case v1::RegisterContextEvent::PERSISTING: return "persisting";
-    case v1::RegisterContextEvent::DONE: return "done";
-    default: return "?";
+    case v1::RegisterContextEvent::TOKENIZING:
+      return "tokenizing";
+    case v1::RegisterContextEvent::PREFILL:
+      return "prefill";
+    case v1::RegisterContextEvent::CLUSTERING:
+      return "clustering";
+    case v1::RegisterContextEvent::CALIBRATING:
+      return "calibrating";
+    case v1::RegisterContextEvent::PERSISTING:
+      return "persisting";
+    case v1::RegisterContextEvent::DONE:
+      return "done";
+    default:
+      return "?";
   }
 }
 
@@ -243,7 +251,9 @@ int main(int argc, char** argv) {
   if (args.size() < 2) return Usage("missing command");
   const std::string cmd = args[1];
   SqueezeClient client(absl::GetFlag(FLAGS_server));
-  auto need_arg = [&](const char*) { return args.size() >= 3 ? std::string(args[2]) : std::string(); };
+  auto need_arg = [&](const char*) {
+    return args.size() >= 3 ? std::string(args[2]) : std::string();
+  };
   if (cmd == "register") {
     const std::string name = need_arg("NAME");
     if (name.empty()) return Usage("register needs a NAME");

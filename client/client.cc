@@ -41,8 +41,7 @@ grpc::Status SqueezeClient::RegisterContext(
 
 grpc::Status SqueezeClient::Generate(
     const v1::GenerateRequest& request,
-    const std::function<bool(const v1::GenerateResponse&)>& on_response,
-    double timeout_seconds) {
+    const std::function<bool(const v1::GenerateResponse&)>& on_response, double timeout_seconds) {
   grpc::ClientContext ctx;
   SetTimeout(&ctx, timeout_seconds);
   auto reader = stub_->Generate(&ctx, request);

@@ -8,7 +8,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev nlohmann-json3-dev libssl-dev
   libsentencepiece-dev sentencepiece
-  libgtest-dev libgmock-dev libopenblas-dev
+  libgtest-dev libgmock-dev libopenblas-dev clang-format
   python3
 )
 

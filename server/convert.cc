@@ -24,8 +24,8 @@ absl::Status ValidateContextName(const std::string& name) {
   }
   for (char c : name) {
     if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') {
-      return Invalid("name", absl::StrCat("'", name,
-                                          "' may only contain letters, digits, '.', '_', '-'"));
+      return Invalid("name",
+                     absl::StrCat("'", name, "' may only contain letters, digits, '.', '_', '-'"));
     }
   }
   return absl::OkStatus();
@@ -60,9 +60,9 @@ absl::StatusOr<RegisterRequest> ConvertRegisterRequest(const v1::RegisterContext
   const v1::IndexOptions& idx = req.index();
   out.build_index = !idx.disable();
   SqueezeOptions o = limits.default_index;
-  if (idx.disable() && (idx.has_centroid_fraction() || idx.has_hierarchical() ||
-                        idx.has_coarse_fraction() || idx.has_window() || idx.has_sinks() ||
-                        idx.has_max_iterations() || idx.has_seed())) {
+  if (idx.disable() &&
+      (idx.has_centroid_fraction() || idx.has_hierarchical() || idx.has_coarse_fraction() ||
+       idx.has_window() || idx.has_sinks() || idx.has_max_iterations() || idx.has_seed())) {
     return Invalid("index", "options given together with disable=true");
   }
   if (idx.has_centroid_fraction()) {
@@ -74,8 +74,7 @@ absl::StatusOr<RegisterRequest> ConvertRegisterRequest(const v1::RegisterContext
   }
   if (idx.has_hierarchical()) o.hierarchical = idx.hierarchical();
   if (idx.has_coarse_fraction()) {
-    if (!Finite(idx.coarse_fraction()) || idx.coarse_fraction() <= 0 ||
-        idx.coarse_fraction() > 1) {
+    if (!Finite(idx.coarse_fraction()) || idx.coarse_fraction() <= 0 || idx.coarse_fraction() > 1) {
       return Invalid("index.coarse_fraction", "must be in (0, 1]");
     }
     o.coarse_fraction = idx.coarse_fraction();
@@ -178,8 +177,8 @@ absl::StatusOr<GenerateRequest> ConvertGenerateRequest(const v1::GenerateRequest
   for (const std::string& stop : req.stop()) {
     if (stop.empty()) return Invalid("stop", "stop strings must not be empty");
     if (static_cast<int>(stop.size()) > limits.max_stop_length) {
-      return Invalid("stop", absl::StrCat("stop strings are limited to ", limits.max_stop_length,
-                                          " bytes"));
+      return Invalid(
+          "stop", absl::StrCat("stop strings are limited to ", limits.max_stop_length, " bytes"));
     }
     sp.stop.push_back(stop);
   }
@@ -195,11 +194,20 @@ absl::StatusOr<GenerateRequest> ConvertGenerateRequest(const v1::GenerateRequest
 
   const v1::AttentionOptions& a = req.attention();
   switch (a.mode()) {
-    case v1::AttentionOptions::SQUEEZED: out.attention.mode = AttentionMode::kSqueezed; break;
-    case v1::AttentionOptions::DENSE: out.attention.mode = AttentionMode::kDense; break;
-    case v1::AttentionOptions::RECENT: out.attention.mode = AttentionMode::kRecent; break;
-    case v1::AttentionOptions::MODE_UNSPECIFIED: out.attention.mode = AttentionMode::kAuto; break;
-    default: return Invalid("attention.mode", "unknown mode");
+    case v1::AttentionOptions::SQUEEZED:
+      out.attention.mode = AttentionMode::kSqueezed;
+      break;
+    case v1::AttentionOptions::DENSE:
+      out.attention.mode = AttentionMode::kDense;
+      break;
+    case v1::AttentionOptions::RECENT:
+      out.attention.mode = AttentionMode::kRecent;
+      break;
+    case v1::AttentionOptions::MODE_UNSPECIFIED:
+      out.attention.mode = AttentionMode::kAuto;
+      break;
+    default:
+      return Invalid("attention.mode", "unknown mode");
   }
   if (a.has_budget()) {
     if (!Finite(a.budget()) || a.budget() < 0 || a.budget() > 1) {
@@ -252,12 +260,24 @@ v1::ContextInfo ToProto(const ContextSummary& s) {
 v1::RegisterContextEvent ToProto(const RegisterEvent& e) {
   v1::RegisterContextEvent out;
   switch (e.stage) {
-    case RegisterStage::kTokenizing: out.set_stage(v1::RegisterContextEvent::TOKENIZING); break;
-    case RegisterStage::kPrefill: out.set_stage(v1::RegisterContextEvent::PREFILL); break;
-    case RegisterStage::kClustering: out.set_stage(v1::RegisterContextEvent::CLUSTERING); break;
-    case RegisterStage::kCalibrating: out.set_stage(v1::RegisterContextEvent::CALIBRATING); break;
-    case RegisterStage::kPersisting: out.set_stage(v1::RegisterContextEvent::PERSISTING); break;
-    case RegisterStage::kDone: out.set_stage(v1::RegisterContextEvent::DONE); break;
+    case RegisterStage::kTokenizing:
+      out.set_stage(v1::RegisterContextEvent::TOKENIZING);
+      break;
+    case RegisterStage::kPrefill:
+      out.set_stage(v1::RegisterContextEvent::PREFILL);
+      break;
+    case RegisterStage::kClustering:
+      out.set_stage(v1::RegisterContextEvent::CLUSTERING);
+      break;
+    case RegisterStage::kCalibrating:
+      out.set_stage(v1::RegisterContextEvent::CALIBRATING);
+      break;
+    case RegisterStage::kPersisting:
+      out.set_stage(v1::RegisterContextEvent::PERSISTING);
+      break;
+    case RegisterStage::kDone:
+      out.set_stage(v1::RegisterContextEvent::DONE);
+      break;
   }
   out.set_progress(e.progress);
   out.set_tokens_done(e.tokens_done);
@@ -281,10 +301,17 @@ v1::GenerateResponse ToProto(const GenerateEvent& e) {
   }
   if (e.final) {
     switch (e.finish_reason) {
-      case FinishReason::kLength: out.set_finish_reason(v1::LENGTH); break;
-      case FinishReason::kStop: out.set_finish_reason(v1::STOP); break;
-      case FinishReason::kEos: out.set_finish_reason(v1::EOS); break;
-      case FinishReason::kNone: break;
+      case FinishReason::kLength:
+        out.set_finish_reason(v1::LENGTH);
+        break;
+      case FinishReason::kStop:
+        out.set_finish_reason(v1::STOP);
+        break;
+      case FinishReason::kEos:
+        out.set_finish_reason(v1::EOS);
+        break;
+      case FinishReason::kNone:
+        break;
     }
     v1::Usage* u = out.mutable_usage();
     u->set_context_tokens(e.usage.context_tokens);
@@ -299,9 +326,15 @@ v1::GenerateResponse ToProto(const GenerateEvent& e) {
     t->set_prefill_seconds(e.timings.prefill_seconds);
     t->set_decode_seconds(e.timings.decode_seconds);
     switch (e.mode_used) {
-      case AttentionMode::kSqueezed: out.set_attention_mode(v1::AttentionOptions::SQUEEZED); break;
-      case AttentionMode::kRecent: out.set_attention_mode(v1::AttentionOptions::RECENT); break;
-      default: out.set_attention_mode(v1::AttentionOptions::DENSE); break;
+      case AttentionMode::kSqueezed:
+        out.set_attention_mode(v1::AttentionOptions::SQUEEZED);
+        break;
+      case AttentionMode::kRecent:
+        out.set_attention_mode(v1::AttentionOptions::RECENT);
+        break;
+      default:
+        out.set_attention_mode(v1::AttentionOptions::DENSE);
+        break;
     }
   }
   return out;

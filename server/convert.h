@@ -15,7 +15,7 @@ struct RequestLimits {
   int max_stop_strings = 16;
   int max_stop_length = 256;
   int max_logprobs = 20;
-  SqueezeOptions default_index;   // index options when a registration gives none
+  SqueezeOptions default_index;  // index options when a registration gives none
 };
 
 absl::Status ValidateContextName(const std::string& name);

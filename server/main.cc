@@ -12,8 +12,9 @@
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 
-ABSL_FLAG(std::string, model, "", "Hugging Face model directory (config.json, *.safetensors, "
-                                  "tokenizer.model)");
+ABSL_FLAG(std::string, model, "",
+          "Hugging Face model directory (config.json, *.safetensors, "
+          "tokenizer.model)");
 ABSL_FLAG(std::string, device, "auto",
           "Compute device: auto (cuda when a GPU is visible and supports the model, else cpu), "
           "cpu (fp32 reference) or cuda (bf16 weights and KV on GPU 0)");
@@ -26,8 +27,9 @@ ABSL_FLAG(std::string, tokenizer, "",
 ABSL_FLAG(std::string, address, "0.0.0.0:50051", "gRPC listen address host:port");
 ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9400",
           "Prometheus metrics listen address host:port, served at GET /metrics (empty: off)");
-ABSL_FLAG(std::string, state_dir, "", "Directory where registered contexts are persisted and "
-                                      "reloaded at start-up (empty: memory only)");
+ABSL_FLAG(std::string, state_dir, "",
+          "Directory where registered contexts are persisted and "
+          "reloaded at start-up (empty: memory only)");
 ABSL_FLAG(int64_t, max_context_memory_mb, 0,
           "Resident KV memory for registered contexts in MiB (0: unlimited)");
 ABSL_FLAG(int, max_running, 64, "Sequences decoded together in one batch");
@@ -47,14 +49,16 @@ ABSL_FLAG(int, window, 100, "Default observation window (tokens always kept)");
 ABSL_FLAG(int, sinks, 0, "Default attention sinks (first tokens always kept)");
 ABSL_FLAG(int, kmeans_iterations, 25, "Default maximum k-means iterations");
 ABSL_FLAG(double, grace_seconds, 30, "On SIGTERM/SIGINT: time given to running streams");
-ABSL_FLAG(std::string, port_file, "", "Write the bound port to this file once serving "
-                                      "(useful with --address=127.0.0.1:0)");
+ABSL_FLAG(std::string, port_file, "",
+          "Write the bound port to this file once serving "
+          "(useful with --address=127.0.0.1:0)");
 ABSL_FLAG(bool, log_json, false, "Log one JSON object per line");
 ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("Squeeze inference server. Example:\n"
-                               "  squeeze-server --model=models/squeeze-demo --address=0.0.0.0:50051");
+  absl::SetProgramUsageMessage(
+      "Squeeze inference server. Example:\n"
+      "  squeeze-server --model=models/squeeze-demo --address=0.0.0.0:50051");
   absl::ParseCommandLine(argc, argv);
   // SIGTERM/SIGINT are blocked in every thread (threads inherit the mask) and taken
   // synchronously by sigwait below, so no work happens in a signal handler.
@@ -64,8 +68,7 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   if (absl::GetFlag(FLAGS_log_json)) {
-    spdlog::set_pattern(
-        R"({"time":"%Y-%m-%dT%H:%M:%S.%e%z","level":"%l","thread":%t,"msg":"%v"})");
+    spdlog::set_pattern(R"({"time":"%Y-%m-%dT%H:%M:%S.%e%z","level":"%l","thread":%t,"msg":"%v"})");
   }
   spdlog::set_level(spdlog::level::from_str(absl::GetFlag(FLAGS_log_level)));
 
@@ -99,8 +102,7 @@ int main(int argc, char** argv) {
   o.limits.default_index.sinks = absl::GetFlag(FLAGS_sinks);
   o.limits.default_index.max_iterations = absl::GetFlag(FLAGS_kmeans_iterations);
   if (o.engine.max_running < 1 || o.engine.max_waiting < 0 || o.engine.prefill_chunk < 1 ||
-      o.engine.max_step_tokens < 1 || o.engine.default_budget < 0 ||
-      o.engine.default_budget > 1) {
+      o.engine.max_step_tokens < 1 || o.engine.default_budget < 0 || o.engine.default_budget > 1) {
     spdlog::error("invalid scheduler flags (see --help)");
     return 2;
   }

@@ -54,11 +54,16 @@ void CloseFd(int fd) {
 
 const char* ReasonPhrase(int code) {
   switch (code) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 431: return "Request Header Fields Too Large";
+    case 200:
+      return "OK";
+    case 400:
+      return "Bad Request";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 431:
+      return "Request Header Fields Too Large";
   }
   return "Error";
 }
@@ -121,13 +126,17 @@ absl::StatusOr<std::unique_ptr<Exposer>> Exposer::Start(const std::string& addre
 }
 
 Exposer::Exposer(int listen_fd, int port, int wake_read, int wake_write, ExposerOptions options)
-    : listen_fd_(listen_fd), port_(port), wake_read_(wake_read), wake_write_(wake_write),
+    : listen_fd_(listen_fd),
+      port_(port),
+      wake_read_(wake_read),
+      wake_write_(wake_write),
       options_(options) {}
 
 Exposer::~Exposer() {
   // The pipe stays readable from now on, so every poll in the loop returns and it exits.
   const char byte = 1;
-  while (::write(wake_write_, &byte, 1) < 0 && errno == EINTR) {}
+  while (::write(wake_write_, &byte, 1) < 0 && errno == EINTR) {
+  }
   if (thread_.joinable()) thread_.join();
   CloseFd(listen_fd_);
   CloseFd(wake_read_);

@@ -22,7 +22,7 @@
 namespace squeeze::metrics {
 
 struct ExposerOptions {
-  size_t max_request_bytes = 8192;            // request line + headers
+  size_t max_request_bytes = 8192;               // request line + headers
   absl::Duration io_timeout = absl::Seconds(2);  // whole request read, and whole response write
 };
 
@@ -51,7 +51,7 @@ class Exposer {
 
   const int listen_fd_;
   const int port_;
-  const int wake_read_;   // self-pipe: the destructor writes a byte to stop the loop
+  const int wake_read_;  // self-pipe: the destructor writes a byte to stop the loop
   const int wake_write_;
   const ExposerOptions options_;
   std::mutex mu_;

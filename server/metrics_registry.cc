@@ -15,9 +15,12 @@ bool IsNameChar(char c) { return IsNameStart(c) || (c >= '0' && c <= '9'); }
 
 const char* TypeName(MetricType type) {
   switch (type) {
-    case MetricType::kCounter: return "counter";
-    case MetricType::kGauge: return "gauge";
-    case MetricType::kHistogram: return "histogram";
+    case MetricType::kCounter:
+      return "counter";
+    case MetricType::kGauge:
+      return "gauge";
+    case MetricType::kHistogram:
+      return "histogram";
   }
   return "untyped";
 }
@@ -122,10 +125,9 @@ ClientMetric Histogram::Collect() const {
   uint64_t cumulative = 0;
   for (size_t i = 0; i <= bounds_.size(); ++i) {
     cumulative += counts_[i].load(std::memory_order_relaxed);
-    m.buckets.push_back({.upper_bound = i < bounds_.size()
-                                            ? bounds_[i]
-                                            : std::numeric_limits<double>::infinity(),
-                         .cumulative_count = cumulative});
+    m.buckets.push_back(
+        {.upper_bound = i < bounds_.size() ? bounds_[i] : std::numeric_limits<double>::infinity(),
+         .cumulative_count = cumulative});
   }
   m.sample_count = cumulative;
   m.sample_sum = sum_.load(std::memory_order_relaxed);

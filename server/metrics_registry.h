@@ -33,14 +33,14 @@ enum class MetricType { kCounter, kGauge, kHistogram };
 // Snapshot of one labelled metric (like prometheus-cpp's ClientMetric).
 struct ClientMetric {
   struct Bucket {
-    double upper_bound = 0;       // the `le` label; the last bucket is +Inf
+    double upper_bound = 0;  // the `le` label; the last bucket is +Inf
     uint64_t cumulative_count = 0;
   };
   Labels labels;
-  double value = 0;               // counter and gauge
-  std::vector<Bucket> buckets;    // histogram, cumulative, ending with +Inf
-  uint64_t sample_count = 0;      // histogram: equals the +Inf bucket
-  double sample_sum = 0;          // histogram
+  double value = 0;             // counter and gauge
+  std::vector<Bucket> buckets;  // histogram, cumulative, ending with +Inf
+  uint64_t sample_count = 0;    // histogram: equals the +Inf bucket
+  double sample_sum = 0;        // histogram
 };
 
 struct MetricFamily {
@@ -120,8 +120,11 @@ class FamilyBase {
  protected:
   FamilyBase(std::string name, std::string help, MetricType type, Labels constant_labels,
              bool exposed)
-      : name_(std::move(name)), help_(std::move(help)), type_(type),
-        constant_labels_(std::move(constant_labels)), exposed_(exposed) {}
+      : name_(std::move(name)),
+        help_(std::move(help)),
+        type_(type),
+        constant_labels_(std::move(constant_labels)),
+        exposed_(exposed) {}
   // Merges the constant labels in; false (logged) when a label name is invalid.
   bool MergeLabels(const Labels& labels, Labels* merged) const;
 
@@ -208,13 +211,20 @@ class Registry final : public Collectable {
 template <typename T>
 class Builder {
  public:
-  Builder& Name(std::string name) { name_ = std::move(name); return *this; }
-  Builder& Help(std::string help) { help_ = std::move(help); return *this; }
-  // Constant labels added to every metric of the family.
-  Builder& Labels(metrics::Labels labels) { labels_ = std::move(labels); return *this; }
-  Family<T>& Register(Registry& registry) {
-    return registry.AddFamily<T>(name_, help_, labels_);
+  Builder& Name(std::string name) {
+    name_ = std::move(name);
+    return *this;
   }
+  Builder& Help(std::string help) {
+    help_ = std::move(help);
+    return *this;
+  }
+  // Constant labels added to every metric of the family.
+  Builder& Labels(metrics::Labels labels) {
+    labels_ = std::move(labels);
+    return *this;
+  }
+  Family<T>& Register(Registry& registry) { return registry.AddFamily<T>(name_, help_, labels_); }
 
  private:
   std::string name_;

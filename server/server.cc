@@ -53,36 +53,36 @@ absl::StatusOr<std::unique_ptr<SqueezeServer>> SqueezeServer::Start(ServerOption
   const std::string tokenizer_dir =
       options.tokenizer_dir.empty() ? options.model_dir : options.tokenizer_dir;
   ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, LoadTokenizer(tokenizer_dir));
-  ASSIGN_OR_RETURN(LoadedModel loaded,
-                   LoadModel({.model_dir = options.model_dir, .device = options.device,
-                              .random_weights = options.random_weights,
-                              .random_seed = options.random_seed}));
+  ASSIGN_OR_RETURN(LoadedModel loaded, LoadModel({.model_dir = options.model_dir,
+                                                  .device = options.device,
+                                                  .random_weights = options.random_weights,
+                                                  .random_seed = options.random_seed}));
   std::unique_ptr<LlamaModel> model = std::move(loaded.model);
   const ModelConfig& config = model->config();
   if (tokenizer->vocab_size() > config.vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the tokenizer in ", tokenizer_dir, " has ", tokenizer->vocab_size(),
-        " tokens, more than the model's vocab_size ", config.vocab_size));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the tokenizer in ", tokenizer_dir, " has ", tokenizer->vocab_size(),
+                     " tokens, more than the model's vocab_size ", config.vocab_size));
   }
   ASSIGN_OR_RETURN(std::string fingerprint, ModelFingerprint(options.model_dir));
   if (options.random_weights) {
     fingerprint = Sha256Hex(absl::StrCat(fingerprint, ":random:", options.random_seed));
   }
   spdlog::info("device {}: {}", loaded.device, loaded.description);
-  spdlog::info("model {}{}: {} layers, hidden {}, heads {}/{} (q/kv), head dim {}, vocab {}, "
-               "window {} tokens; {:.2f} GiB of weights on the {}; loaded in {:.2f} s",
-               options.model_dir, options.random_weights ? " (random weights)" : "",
-               config.num_layers, config.hidden_size, config.num_heads, config.num_kv_heads,
-               config.head_dim, config.vocab_size, config.max_position_embeddings,
-               model->weight_bytes() / (1024.0 * 1024.0 * 1024.0), loaded.device,
-               absl::ToDoubleSeconds(absl::Now() - t0));
-  auto store = std::make_unique<ContextStore>(options.state_dir, fingerprint,
-                                              options.max_context_memory);
+  spdlog::info(
+      "model {}{}: {} layers, hidden {}, heads {}/{} (q/kv), head dim {}, vocab {}, "
+      "window {} tokens; {:.2f} GiB of weights on the {}; loaded in {:.2f} s",
+      options.model_dir, options.random_weights ? " (random weights)" : "", config.num_layers,
+      config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim, config.vocab_size,
+      config.max_position_embeddings, model->weight_bytes() / (1024.0 * 1024.0 * 1024.0),
+      loaded.device, absl::ToDoubleSeconds(absl::Now() - t0));
+  auto store =
+      std::make_unique<ContextStore>(options.state_dir, fingerprint, options.max_context_memory);
   RETURN_IF_ERROR(store->LoadPersisted());
 
   std::unique_ptr<SqueezeServer> server(new SqueezeServer());
-  server->engine_ = std::make_unique<Engine>(options.engine, std::move(model),
-                                             std::move(tokenizer), std::move(store));
+  server->engine_ = std::make_unique<Engine>(options.engine, std::move(model), std::move(tokenizer),
+                                             std::move(store));
   server->engine_->Start();
   if (!options.metrics_address.empty()) {
     server->metrics_ = std::make_shared<SqueezeMetrics>(server->engine_.get());

@@ -18,15 +18,15 @@ namespace squeeze::server {
 
 struct ServerOptions {
   std::string model_dir;
-  std::string tokenizer_dir;               // empty: model_dir
-  std::string device = "auto";             // auto | cpu | cuda
-  bool random_weights = false;             // weights of config.json's shape, made on the device
+  std::string tokenizer_dir;    // empty: model_dir
+  std::string device = "auto";  // auto | cpu | cuda
+  bool random_weights = false;  // weights of config.json's shape, made on the device
   uint64_t random_seed = 1;
-  std::string address = "0.0.0.0:50051";   // host:port; port 0 picks a free one
-  std::string state_dir;                   // empty: contexts are not persisted
-  int64_t max_context_memory = 0;          // bytes of resident context KV; 0: unlimited
+  std::string address = "0.0.0.0:50051";  // host:port; port 0 picks a free one
+  std::string state_dir;                  // empty: contexts are not persisted
+  int64_t max_context_memory = 0;         // bytes of resident context KV; 0: unlimited
   int max_message_bytes = 64 << 20;
-  std::string metrics_address;             // Prometheus GET /metrics host:port; empty: off
+  std::string metrics_address;  // Prometheus GET /metrics host:port; empty: off
   EngineOptions engine;
   RequestLimits limits;
 };

@@ -98,7 +98,8 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* SqueezeService::Generate(
 grpc::ServerUnaryReactor* SqueezeService::GetContext(grpc::CallbackServerContext* ctx,
                                                      const v1::GetContextRequest* req,
                                                      v1::ContextInfo* resp) {
-  if (auto st = ValidateContextName(req->name()); !st.ok()) return FinishUnary(ctx, ToGrpcStatus(st));
+  if (auto st = ValidateContextName(req->name()); !st.ok())
+    return FinishUnary(ctx, ToGrpcStatus(st));
   auto summary = engine_->GetContext(req->name());
   if (!summary.ok()) return FinishUnary(ctx, ToGrpcStatus(summary.status()));
   *resp = ToProto(*summary);
@@ -115,7 +116,8 @@ grpc::ServerUnaryReactor* SqueezeService::ListContexts(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* SqueezeService::DeleteContext(grpc::CallbackServerContext* ctx,
                                                         const v1::DeleteContextRequest* req,
                                                         v1::DeleteContextResponse* resp) {
-  if (auto st = ValidateContextName(req->name()); !st.ok()) return FinishUnary(ctx, ToGrpcStatus(st));
+  if (auto st = ValidateContextName(req->name()); !st.ok())
+    return FinishUnary(ctx, ToGrpcStatus(st));
   absl::Status st = engine_->DeleteContext(req->name());
   resp->set_deleted(st.ok());
   return FinishUnary(ctx, ToGrpcStatus(st));

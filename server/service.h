@@ -19,8 +19,8 @@ class SqueezeService final : public v1::Squeeze::CallbackService {
 
   grpc::ServerWriteReactor<v1::RegisterContextEvent>* RegisterContext(
       grpc::CallbackServerContext* ctx, const v1::RegisterContextRequest* req) override;
-  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
-      grpc::CallbackServerContext* ctx, const v1::GenerateRequest* req) override;
+  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(grpc::CallbackServerContext* ctx,
+                                                           const v1::GenerateRequest* req) override;
   grpc::ServerUnaryReactor* GetContext(grpc::CallbackServerContext* ctx,
                                        const v1::GetContextRequest* req,
                                        v1::ContextInfo* resp) override;

@@ -15,22 +15,21 @@ using metrics::Histogram;
 using metrics::Registry;
 
 // vLLM's boundaries, extended downwards: a small model on a CPU answers in milliseconds.
-const BucketBoundaries kTtftBuckets = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25,
-                                       0.5,   0.75,  1.0,  2.5,  5.0,  7.5,  10.0, 20.0, 40.0,
-                                       80.0};
+const BucketBoundaries kTtftBuckets = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,  0.25, 0.5,
+                                       0.75,  1.0,   2.5,  5.0,  7.5,  10.0, 20.0, 40.0, 80.0};
 const BucketBoundaries kItlBuckets = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1,
                                       0.15,  0.2,    0.3,   0.4,  0.5,   0.75, 1.0,   2.5};
-const BucketBoundaries kLatencyBuckets = {0.01, 0.05, 0.1,  0.3,  0.5,  0.8,  1.0,  1.5,
-                                          2.0,  2.5,  5.0,  10.0, 15.0, 20.0, 30.0, 40.0,
-                                          50.0, 60.0, 120.0, 300.0};
-const BucketBoundaries kQueueBuckets = {0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25,
+const BucketBoundaries kLatencyBuckets = {0.01, 0.05, 0.1,  0.3,  0.5,   0.8,  1.0,
+                                          1.5,  2.0,  2.5,  5.0,  10.0,  15.0, 20.0,
+                                          30.0, 40.0, 50.0, 60.0, 120.0, 300.0};
+const BucketBoundaries kQueueBuckets = {0.0001, 0.001, 0.005, 0.01, 0.05, 0.1,  0.25,
                                         0.5,    1.0,   2.5,   5.0,  10.0, 30.0, 60.0};
 // Registration stages of long documents run for minutes.
-const BucketBoundaries kRegistrationBuckets = {0.01, 0.05, 0.1,  0.25,  0.5,   1.0,   2.5,  5.0,
+const BucketBoundaries kRegistrationBuckets = {0.01, 0.05, 0.1,  0.25,  0.5,   1.0,   2.5,   5.0,
                                                10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0};
 // Realised KV budget: the fraction of the context's keys a request attended to.
-const BucketBoundaries kBudgetBuckets = {0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2,
-                                         0.25, 0.3,  0.4,  0.5,  0.6,   0.7, 0.8,  0.9, 1.0};
+const BucketBoundaries kBudgetBuckets = {0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25,
+                                         0.3,  0.4,  0.5,  0.6,  0.7,   0.8, 0.9,  1.0};
 
 Counter& NewCounter(Registry& r, const char* name, const char* help) {
   return BuildCounter().Name(name).Help(help).Register(r).Add({});
@@ -45,15 +44,19 @@ Histogram& NewHistogram(Registry& r, const char* name, const char* help,
 
 const char* FinishReasonLabel(FinishReason reason) {
   switch (reason) {
-    case FinishReason::kLength: return "length";
-    case FinishReason::kStop: return "stop";
-    case FinishReason::kEos: return "eos";
-    case FinishReason::kNone: break;
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kEos:
+      return "eos";
+    case FinishReason::kNone:
+      break;
   }
   return "abort";
 }
 
-constexpr const char* kRegistrationStages[6] = {"tokenize", "prefill", "clustering",
+constexpr const char* kRegistrationStages[6] = {"tokenize",    "prefill", "clustering",
                                                 "calibration", "persist", "total"};
 
 }  // namespace
@@ -91,8 +94,8 @@ SqueezeMetrics::SqueezeMetrics(const Engine* engine)
                         "Generate requests queued and not yet running")),
       registrations_running_(NewGauge(*registry_, "squeeze_num_registrations_running",
                                       "Context registrations queued or in progress")),
-      resident_contexts_(NewGauge(*registry_, "squeeze_resident_contexts",
-                                  "Registered contexts held in memory")),
+      resident_contexts_(
+          NewGauge(*registry_, "squeeze_resident_contexts", "Registered contexts held in memory")),
       context_kv_bytes_(NewGauge(*registry_, "squeeze_context_kv_bytes",
                                  "Bytes of KV cache held by registered contexts")),
       registrations_(BuildCounter()
@@ -107,13 +110,14 @@ SqueezeMetrics::SqueezeMetrics(const Engine* engine)
   const FinishReason ok_reasons[3] = {FinishReason::kLength, FinishReason::kStop,
                                       FinishReason::kEos};
   for (int i = 0; i < 3; ++i) {
-    requests_ok_[i] = &requests_.Add(
-        {{"finish_reason", FinishReasonLabel(ok_reasons[i])}, {"status", "OK"}});
+    requests_ok_[i] =
+        &requests_.Add({{"finish_reason", FinishReasonLabel(ok_reasons[i])}, {"status", "OK"}});
   }
   auto& budget = BuildHistogram()
                      .Name("squeeze_kv_budget_realised")
-                     .Help("Fraction of the fixed context's keys attended per completed request "
-                           "with a context, by attention mode")
+                     .Help(
+                         "Fraction of the fixed context's keys attended per completed request "
+                         "with a context, by attention mode")
                      .Register(*registry_);
   const char* modes[3] = {"squeezed", "dense", "recent"};
   for (int i = 0; i < 3; ++i) kv_budget_[i] = &budget.Add({{"mode", modes[i]}}, kBudgetBuckets);
@@ -131,10 +135,14 @@ SqueezeMetrics::SqueezeMetrics(const Engine* engine)
 Counter& SqueezeMetrics::RequestCounter(const absl::Status& status, FinishReason reason) {
   if (status.ok()) {
     switch (reason) {
-      case FinishReason::kLength: return *requests_ok_[0];
-      case FinishReason::kStop: return *requests_ok_[1];
-      case FinishReason::kEos: return *requests_ok_[2];
-      case FinishReason::kNone: break;
+      case FinishReason::kLength:
+        return *requests_ok_[0];
+      case FinishReason::kStop:
+        return *requests_ok_[1];
+      case FinishReason::kEos:
+        return *requests_ok_[2];
+      case FinishReason::kNone:
+        break;
     }
   }
   // Failures are rare: a map lookup under the family mutex is fine.
@@ -156,10 +164,17 @@ void SqueezeMetrics::ObserveGenerate(const GenerateEvent& e) {
   if (n > 1) inter_token_latency_.ObserveN(t.decode_seconds / (n - 1), n - 1);
   if (e.usage.context_tokens > 0) {
     switch (e.mode_used) {
-      case AttentionMode::kSqueezed: kv_budget_[0]->Observe(e.usage.kv_budget); break;
-      case AttentionMode::kDense: kv_budget_[1]->Observe(e.usage.kv_budget); break;
-      case AttentionMode::kRecent: kv_budget_[2]->Observe(e.usage.kv_budget); break;
-      case AttentionMode::kAuto: break;  // resolved by the engine; never reported
+      case AttentionMode::kSqueezed:
+        kv_budget_[0]->Observe(e.usage.kv_budget);
+        break;
+      case AttentionMode::kDense:
+        kv_budget_[1]->Observe(e.usage.kv_budget);
+        break;
+      case AttentionMode::kRecent:
+        kv_budget_[2]->Observe(e.usage.kv_budget);
+        break;
+      case AttentionMode::kAuto:
+        break;  // resolved by the engine; never reported
     }
   }
 }

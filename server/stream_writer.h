@@ -87,7 +87,8 @@ class StreamWriter : public grpc::ServerWriteReactor<Response> {
       if (!ok) {
         // The stream is broken: no more writes; finish with the status we have or CANCELLED.
         sink_->queue_.clear();
-        if (!sink_->finish_) sink_->finish_ = grpc::Status(grpc::StatusCode::CANCELLED, "write failed");
+        if (!sink_->finish_)
+          sink_->finish_ = grpc::Status(grpc::StatusCode::CANCELLED, "write failed");
       }
       if (!sink_->queue_.empty()) {
         next = &sink_->queue_.front();

@@ -19,11 +19,11 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <memory>
-#include <span>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -62,17 +62,16 @@ namespace squeeze {
 namespace {
 
 double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-#define CHECK_CUDA(x)                                                                   \
-  do {                                                                                  \
-    cudaError_t e_ = (x);                                                               \
-    if (e_ != cudaSuccess) {                                                            \
-      std::fprintf(stderr, "%s: %s\n", #x, cudaGetErrorString(e_));                     \
-      std::exit(1);                                                                     \
-    }                                                                                   \
+#define CHECK_CUDA(x)                                               \
+  do {                                                              \
+    cudaError_t e_ = (x);                                           \
+    if (e_ != cudaSuccess) {                                        \
+      std::fprintf(stderr, "%s: %s\n", #x, cudaGetErrorString(e_)); \
+      std::exit(1);                                                 \
+    }                                                               \
   } while (0)
 
 // Milliseconds per call of `fn` (default stream), over `reps` calls after `warmup` calls.
@@ -100,8 +99,7 @@ double CopyBandwidth() {
   CHECK_CUDA(cudaMalloc(&a, bytes));
   CHECK_CUDA(cudaMalloc(&b, bytes));
   CHECK_CUDA(cudaMemset(a, 1, bytes));
-  const double ms =
-      MsPerCall(1, 10, [&] { cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice); });
+  const double ms = MsPerCall(1, 10, [&] { cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice); });
   cudaFree(a);
   cudaFree(b);
   return 2.0 * bytes / (ms * 1e-3);
@@ -127,8 +125,8 @@ double GemmRate() {
   cublasCreate(&h);
   const float alpha = 1, beta = 0;
   auto run = [&] {
-    cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, a, CUDA_R_16BF, n, b, CUDA_R_16BF,
-                 n, &beta, c, CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, a, CUDA_R_16BF, n, b, CUDA_R_16BF, n,
+                 &beta, c, CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   };
   const double ms = MsPerCall(3, 10, run);
   cublasDestroy(h);
@@ -149,8 +147,10 @@ std::vector<double> DecodeTimes(LlamaModel& m, std::span<SequenceKV* const> kvs,
   for (int i = 0; i < steps + 3; ++i) {
     std::vector<SequenceStep> batch;
     for (size_t b = 0; b < kvs.size(); ++b) {
-      batch.push_back({.tokens = std::span<const int32_t>(&next[b], 1), .context = context,
-                       .fixed = fixed.empty() ? nullptr : fixed[b], .kv = kvs[b]});
+      batch.push_back({.tokens = std::span<const int32_t>(&next[b], 1),
+                       .context = context,
+                       .fixed = fixed.empty() ? nullptr : fixed[b],
+                       .kv = kvs[b]});
     }
     ForwardOutput out;
     const double s0 = Now();
@@ -161,8 +161,8 @@ std::vector<double> DecodeTimes(LlamaModel& m, std::span<SequenceKV* const> kvs,
       std::exit(1);
     }
     for (size_t b = 0; b < kvs.size(); ++b) {
-      next[b] = static_cast<int32_t>(
-          std::max_element(out.logits[b].begin(), out.logits[b].end()) - out.logits[b].begin());
+      next[b] = static_cast<int32_t>(std::max_element(out.logits[b].begin(), out.logits[b].end()) -
+                                     out.logits[b].begin());
     }
     if (i >= 3) times.push_back(dt);
   }
@@ -185,9 +185,10 @@ int Main() {
   const std::string device = (*backend)->Describe();
   const double copy_bw = CopyBandwidth();
   const double gemm = GemmRate();
-  std::printf("device: %s\nmeasured: copy %.0f GB/s (read + write), cuBLAS bf16 GEMM 8192^3 "
-              "%.0f TFLOP/s\n",
-              device.c_str(), copy_bw / 1e9, gemm / 1e12);
+  std::printf(
+      "device: %s\nmeasured: copy %.0f GB/s (read + write), cuBLAS bf16 GEMM 8192^3 "
+      "%.0f TFLOP/s\n",
+      device.c_str(), copy_bw / 1e9, gemm / 1e12);
 
   const double t_load = Now();
   auto model = LlamaModel::CreateRandom(*config, std::move(*backend), 7);
@@ -197,10 +198,11 @@ int Main() {
   }
   LlamaModel& m = **model;
   const ModelConfig& c = m.config();
-  std::printf("model %s: %d layers, hidden %d, heads %d/%d, head dim %d, vocab %d; %.2f GB of "
-              "bf16 weights made in %.2f s\n",
-              dir.c_str(), c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
-              c.vocab_size, m.weight_bytes() / 1e9, Now() - t_load);
+  std::printf(
+      "model %s: %d layers, hidden %d, heads %d/%d, head dim %d, vocab %d; %.2f GB of "
+      "bf16 weights made in %.2f s\n",
+      dir.c_str(), c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
+      c.vocab_size, m.weight_bytes() / 1e9, Now() - t_load);
 
   // ---- prefill -------------------------------------------------------------------------------
   const int S = absl::GetFlag(FLAGS_prefill_tokens), chunk = absl::GetFlag(FLAGS_chunk);
@@ -214,7 +216,8 @@ int Main() {
   double t0 = Now();
   for (int begin = 0; begin < S; begin += chunk) {
     const int n = std::min(chunk, S - begin);
-    SequenceStep step{.tokens = std::span<const int32_t>(tokens).subspan(begin, n), .kv = &kv,
+    SequenceStep step{.tokens = std::span<const int32_t>(tokens).subspan(begin, n),
+                      .kv = &kv,
                       .want_logits = false,
                       .capture = squeezed && begin + n > S - kWindow ? &capture : nullptr};
     ForwardOutput out;
@@ -232,18 +235,19 @@ int Main() {
   const double linear_flops = 2.0 * layer_weights * c.num_layers * S;
   const double attn_flops = 4.0 * (static_cast<double>(S) * S / 2) * d * c.num_heads * c.num_layers;
   const double floor_s = (linear_flops + attn_flops) / gemm;
-  std::printf("\nprefill %d tokens in chunks of %d: %.2f s, %.0f tokens/s; %.2f PFLOP "
-              "(%.0f%% attention) -> %.0f TFLOP/s = %.2f of the measured GEMM rate "
-              "(floor %.2f s)\n",
-              S, chunk, prefill_s, S / prefill_s, (linear_flops + attn_flops) / 1e15,
-              100 * attn_flops / (linear_flops + attn_flops),
-              (linear_flops + attn_flops) / prefill_s / 1e12, floor_s / prefill_s, floor_s);
+  std::printf(
+      "\nprefill %d tokens in chunks of %d: %.2f s, %.0f tokens/s; %.2f PFLOP "
+      "(%.0f%% attention) -> %.0f TFLOP/s = %.2f of the measured GEMM rate "
+      "(floor %.2f s)\n",
+      S, chunk, prefill_s, S / prefill_s, (linear_flops + attn_flops) / 1e15,
+      100 * attn_flops / (linear_flops + attn_flops),
+      (linear_flops + attn_flops) / prefill_s / 1e12, floor_s / prefill_s, floor_s);
 
   // ---- decode --------------------------------------------------------------------------------
   const int steps = absl::GetFlag(FLAGS_decode_steps);
   SequenceKV* const one = &kv;
-  std::vector<double> times = DecodeTimes(m, std::span<SequenceKV* const>(&one, 1), nullptr, {},
-                                          steps);
+  std::vector<double> times =
+      DecodeTimes(m, std::span<SequenceKV* const>(&one, 1), nullptr, {}, steps);
   const double median = times[times.size() / 2];
   // Bytes a decode step must read: every weight except the embedding table (one row), the
   // lm_head, and the K/V of the whole sequence.
@@ -252,11 +256,12 @@ int Main() {
   // The copy rate counts bytes read plus bytes written, i.e. the memory traffic per second; a
   // decode step's traffic is (almost only) the bytes it reads.
   const double floor_dec = (weight_bytes + kv_bytes) / copy_bw;
-  std::printf("\ndecode, batch 1, %d context tokens: median %.3f ms/token (min %.3f, max %.3f) "
-              "over %d steps; reads %.2f GB weights + %.2f GB KV; floor at the copy bandwidth "
-              "%.3f ms -> %.2fx the floor\n",
-              S, 1e3 * median, 1e3 * times.front(), 1e3 * times.back(), steps,
-              weight_bytes / 1e9, kv_bytes / 1e9, 1e3 * floor_dec, median / floor_dec);
+  std::printf(
+      "\ndecode, batch 1, %d context tokens: median %.3f ms/token (min %.3f, max %.3f) "
+      "over %d steps; reads %.2f GB weights + %.2f GB KV; floor at the copy bandwidth "
+      "%.3f ms -> %.2fx the floor\n",
+      S, 1e3 * median, 1e3 * times.front(), 1e3 * times.back(), steps, weight_bytes / 1e9,
+      kv_bytes / 1e9, 1e3 * floor_dec, median / floor_dec);
   if (!squeezed) return 0;
 
   // ---- squeezed decode against the prefilled context ----------------------------------------
@@ -277,20 +282,21 @@ int Main() {
     BuildTimings timings;
     CudaKMeans kmeans;
     // As a registration does: the prefill's KV, still on the device, clustered in place.
-    auto built = BuildSqueezeIndex(&ctx, capture, c.num_heads, options, nullptr, &timings,
-                                   &kmeans, &kv);
+    auto built =
+        BuildSqueezeIndex(&ctx, capture, c.num_heads, options, nullptr, &timings, &kmeans, &kv);
     if (!built.ok()) {
       std::fprintf(stderr, "index: %s\n", std::string(built.status().message()).c_str());
       return 1;
     }
     index = *std::move(built);
-    std::printf("\nindex of the %d-token context (%d layers x %d KV heads, 5%% centroids, GPU "
-                "k-means on the device KV in place, <= 25 iterations%s): k-means %.2f s, row "
-                "reorder %.2f s, calibration %.2f s (KV to the host before it: %.2f s)\n",
-                S, c.num_layers, c.num_kv_heads,
-                options.hierarchical ? ", coarse level 1% on the GPU too" : "",
-                timings.clustering_seconds - timings.reorder_seconds, timings.reorder_seconds,
-                timings.calibration_seconds, to_host_s);
+    std::printf(
+        "\nindex of the %d-token context (%d layers x %d KV heads, 5%% centroids, GPU "
+        "k-means on the device KV in place, <= 25 iterations%s): k-means %.2f s, row "
+        "reorder %.2f s, calibration %.2f s (KV to the host before it: %.2f s)\n",
+        S, c.num_layers, c.num_kv_heads,
+        options.hierarchical ? ", coarse level 1% on the GPU too" : "",
+        timings.clustering_seconds - timings.reorder_seconds, timings.reorder_seconds,
+        timings.calibration_seconds, to_host_s);
   }
   if (index.heads.empty()) {
     index.num_layers = c.num_layers;
@@ -355,9 +361,10 @@ int Main() {
   const double t_adopt = Now();
   m.backend().AdoptContextKv(ctx, std::move(kv));
   kv = SequenceKV();
-  std::printf("\ncontext's resident copy gathered on the GPU from the prefill's KV in %.1f ms "
-              "(%s)\n",
-              1e3 * (Now() - t_adopt), ctx.resident.value != nullptr ? "adopted" : "NOT adopted");
+  std::printf(
+      "\ncontext's resident copy gathered on the GPU from the prefill's KV in %.1f ms "
+      "(%s)\n",
+      1e3 * (Now() - t_adopt), ctx.resident.value != nullptr ? "adopted" : "NOT adopted");
   std::printf("\nfixed context of %d tokens: %lld centroids (5%%), index made in %.1f s\n", S,
               static_cast<long long>(index.num_centroids()), Now() - t0);
 
@@ -387,28 +394,31 @@ int Main() {
   double realised = 1.0;
   const double dense = run(-1.0, &realised);
   const double ctx_kv_bytes = 2.0 * c.num_layers * c.num_kv_heads * d * 2.0 * S;
-  std::printf("decode against the fixed context, batch %d: dense %.3f ms/step (floor %.3f ms: "
-              "weights + the context's KV once per sequence)\n",
-              batch, 1e3 * dense, 1e3 * (weight_bytes + batch * ctx_kv_bytes) / copy_bw);
+  std::printf(
+      "decode against the fixed context, batch %d: dense %.3f ms/step (floor %.3f ms: "
+      "weights + the context's KV once per sequence)\n",
+      batch, 1e3 * dense, 1e3 * (weight_bytes + batch * ctx_kv_bytes) / copy_bw);
   for (double b : budgets) {
     const double t = run(b, &realised);
     // Bytes: weights, kept K/V (realised budget counts half a row per centroid scored, which is
     // what a bf16 centroid costs next to a K+V row).
     const double floor_s = (weight_bytes + batch * realised * ctx_kv_bytes) / copy_bw;
-    std::printf("  squeezed budget %.2f: %.3f ms/step, realised KV budget %.4f, %.2fx faster "
-                "than dense; floor %.3f ms -> %.2fx the floor\n",
-                b, 1e3 * t, realised, dense / t, 1e3 * floor_s, t / floor_s);
+    std::printf(
+        "  squeezed budget %.2f: %.3f ms/step, realised KV budget %.4f, %.2fx faster "
+        "than dense; floor %.3f ms -> %.2fx the floor\n",
+        b, 1e3 * t, realised, dense / t, 1e3 * floor_s, t / floor_s);
     if (absl::GetFlag(FLAGS_hierarchical)) {
       const double th = run(b, &realised, /*hierarchical=*/true);
-      std::printf("  hierarchical budget %.2f (coarse keep %.2f): %.3f ms/step, realised KV "
-                  "budget %.4f, %.2fx faster than dense\n",
-                  b, std::min(1.0, 5 * b), 1e3 * th, realised, dense / th);
+      std::printf(
+          "  hierarchical budget %.2f (coarse keep %.2f): %.3f ms/step, realised KV "
+          "budget %.4f, %.2fx faster than dense\n",
+          b, std::min(1.0, 5 * b), 1e3 * th, realised, dense / th);
     }
   }
 
   // ---- time to first token: one user input against the context ------------------------------
-  for (absl::string_view q : absl::StrSplit(absl::GetFlag(FLAGS_query_tokens), ',',
-                                            absl::SkipEmpty())) {
+  for (absl::string_view q :
+       absl::StrSplit(absl::GetFlag(FLAGS_query_tokens), ',', absl::SkipEmpty())) {
     int n = 0;
     if (!absl::SimpleAtoi(q, &n) || n <= 0) continue;
     std::vector<int32_t> input(n);
@@ -422,8 +432,10 @@ int Main() {
         options.budget = std::max(budget, 0.0);
         SqueezedFixedContextAttention selector(index, options);
         SequenceKV dyn = m.NewSequenceKV();
-        SequenceStep step{.tokens = input, .context = &ctx,
-                          .fixed = budget < 0 ? nullptr : &selector, .kv = &dyn};
+        SequenceStep step{.tokens = input,
+                          .context = &ctx,
+                          .fixed = budget < 0 ? nullptr : &selector,
+                          .kv = &dyn};
         ForwardOutput out;
         const double s0 = Now();
         const absl::Status st = m.Forward(std::span<SequenceStep>(&step, 1), &out);
@@ -441,14 +453,16 @@ int Main() {
     const double dense_ttft = ttft(-1.0, &realised);
     // Attention FLOPs of the input over context + itself (causal), for the achieved rate.
     const double attn = 4.0 * n * (S + n / 2.0) * d * c.num_heads * c.num_layers;
-    std::printf("time to first token, %d-token input against the %d-token context: dense "
-                "%.1f ms (attention %.1f TFLOP)\n",
-                n, S, 1e3 * dense_ttft, attn / 1e12);
+    std::printf(
+        "time to first token, %d-token input against the %d-token context: dense "
+        "%.1f ms (attention %.1f TFLOP)\n",
+        n, S, 1e3 * dense_ttft, attn / 1e12);
     for (double b : budgets) {
       const double t = ttft(b, &realised);
-      std::printf("  squeezed budget %.2f: %.1f ms, realised KV budget %.4f, %.2fx faster than "
-                  "dense\n",
-                  b, 1e3 * t, realised, dense_ttft / t);
+      std::printf(
+          "  squeezed budget %.2f: %.1f ms, realised KV budget %.4f, %.2fx faster than "
+          "dense\n",
+          b, 1e3 * t, realised, dense_ttft / t);
     }
 
     // Attention alone, summed over the layers: the calls the forward makes for this input, the
@@ -460,8 +474,8 @@ int Main() {
     QueryCapture input_q;
     input_q.from_position = S;
     {
-      SequenceStep step{.tokens = input, .context = &ctx, .kv = &own, .want_logits = false,
-                        .capture = &input_q};
+      SequenceStep step{
+          .tokens = input, .context = &ctx, .kv = &own, .want_logits = false, .capture = &input_q};
       ForwardOutput out;
       if (!m.Forward(std::span<SequenceStep>(&step, 1), &out).ok()) return 1;
     }
@@ -494,8 +508,8 @@ int Main() {
           p.q = (*q_buf)->as<float>() + q_floats * l;
           p.out = (*out_buf)->as<float>();
           p.fixed.kv = {static_cast<const char*>(view->k) + at,
-                        static_cast<const char*>(view->v) + at,
-                        static_cast<size_t>(S) * c.head_dim, S, be.kv_dtype()};
+                        static_cast<const char*>(view->v) + at, static_cast<size_t>(S) * c.head_dim,
+                        S, be.kv_dtype()};
           if (budget >= 0) {
             p.fixed.device_selection = selector.device_selection();
             p.fixed.layer = l;
@@ -522,13 +536,14 @@ int Main() {
     double kept_fraction = 1.0;
     const double dense_attn = attention_ms(-1.0, &kept_fraction);
     const double all_flops = 4.0 * n * (S + n / 2.0) * d * c.num_heads * L;
-    std::printf("attention alone, %d layers, %d-token input: dense %.2f ms (%.0f TFLOP/s)\n", L,
-                n, dense_attn, all_flops / (dense_attn * 1e-3) / 1e12);
+    std::printf("attention alone, %d layers, %d-token input: dense %.2f ms (%.0f TFLOP/s)\n", L, n,
+                dense_attn, all_flops / (dense_attn * 1e-3) / 1e12);
     for (double b : budgets) {
       const double t = attention_ms(b, &kept_fraction);
-      std::printf("  squeezed budget %.2f: %.2f ms, kept %.4f of the context's rows, %.2fx faster "
-                  "than dense\n",
-                  b, t, kept_fraction, dense_attn / t);
+      std::printf(
+          "  squeezed budget %.2f: %.2f ms, kept %.4f of the context's rows, %.2fx faster "
+          "than dense\n",
+          b, t, kept_fraction, dense_attn / t);
     }
   }
   return 0;

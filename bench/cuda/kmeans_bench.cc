@@ -31,8 +31,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "engine/backend/cuda/cuda_kmeans.h"
-#include "engine/common/parallel_for.h"
 #include "engine/backend/kmeans.h"
+#include "engine/common/parallel_for.h"
 #include "engine/squeeze/squeeze_index.h"
 #include "kernels/kmeans/kmeans_assign.cuh"
 

@@ -23,9 +23,9 @@ enum class AttentionMode { kAuto, kSqueezed, kDense, kRecent };
 
 struct AttentionRequest {
   AttentionMode mode = AttentionMode::kAuto;
-  std::optional<double> budget;       // kept fraction of clustered keys
+  std::optional<double> budget;  // kept fraction of clustered keys
   std::optional<bool> hierarchical;
-  std::optional<double> mass;         // mass-based selection instead of the threshold
+  std::optional<double> mass;  // mass-based selection instead of the threshold
 };
 
 struct RegisterRequest {
@@ -42,8 +42,8 @@ struct RegisterRequest {
 enum class RegisterStage { kTokenizing, kPrefill, kClustering, kCalibrating, kPersisting, kDone };
 
 struct RegistrationTimings {
-  double tokenize_seconds = 0, prefill_seconds = 0, clustering_seconds = 0,
-         calibration_seconds = 0, persist_seconds = 0, total_seconds = 0;
+  double tokenize_seconds = 0, prefill_seconds = 0, clustering_seconds = 0, calibration_seconds = 0,
+         persist_seconds = 0, total_seconds = 0;
 };
 
 struct ContextSummary {
@@ -65,14 +65,14 @@ struct RegisterEvent {
   double progress = 0;
   int64_t tokens_done = 0;
   int64_t tokens_total = 0;
-  bool final = false;           // last event: `status` and (when OK) `context` are set
+  bool final = false;  // last event: `status` and (when OK) `context` are set
   absl::Status status;
   ContextSummary context;
 };
 
 struct GenerateRequest {
   std::string request_id;
-  std::string context;          // empty: no fixed context
+  std::string context;  // empty: no fixed context
   PromptInput input;
   SamplingParams sampling;
   AttentionRequest attention;
@@ -103,7 +103,7 @@ struct GenerateEvent {
   std::vector<int32_t> tokens;
   std::string text;
   std::vector<TokenLogprobs> logprobs;
-  bool final = false;           // last event: `status`, and when OK the fields below
+  bool final = false;  // last event: `status`, and when OK the fields below
   absl::Status status;
   FinishReason finish_reason = FinishReason::kNone;
   GenerateUsage usage;

@@ -186,14 +186,12 @@ class Backend {
   // point into `host`, which must then outlive the backend; otherwise they are copies (in the
   // backend's weight dtype) and `host` may be freed afterwards.
   virtual bool borrows_host_weights() const = 0;
-  virtual absl::StatusOr<Matrix> UploadMatrix(std::span<const float> host, int rows,
-                                              int cols) = 0;
+  virtual absl::StatusOr<Matrix> UploadMatrix(std::span<const float> host, int rows, int cols) = 0;
   virtual absl::StatusOr<const float*> UploadVector(std::span<const float> host) = 0;
   // Random weights made by the backend itself (benchmarks at real sizes without files):
   // entries N(0, stddev^2) (matrices) or N(mean, stddev^2) (fp32 vectors), deterministic in
   // the seed. Owned by the backend.
-  virtual absl::StatusOr<Matrix> RandomMatrix(int rows, int cols, uint64_t seed,
-                                              float stddev) = 0;
+  virtual absl::StatusOr<Matrix> RandomMatrix(int rows, int cols, uint64_t seed, float stddev) = 0;
   virtual absl::StatusOr<const float*> RandomVector(int n, uint64_t seed, float mean,
                                                     float stddev) = 0;
 
@@ -269,8 +267,8 @@ class Backend {
                     const float* inv_freq) = 0;
   // Rope of q [n, q_heads, d] and k [n, k_heads, d] at the same positions (one launch on a
   // device backend).
-  virtual void RopeQK(float* q, int q_heads, float* k, int k_heads, const int32_t* positions,
-                      int n, int head_dim, const float* inv_freq) {
+  virtual void RopeQK(float* q, int q_heads, float* k, int k_heads, const int32_t* positions, int n,
+                      int head_dim, const float* inv_freq) {
     Rope(q, positions, n, q_heads, head_dim, inv_freq);
     Rope(k, positions, n, k_heads, head_dim, inv_freq);
   }

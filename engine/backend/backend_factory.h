@@ -15,7 +15,7 @@ namespace squeeze {
 // The attention shape the backend must support.
 struct BackendRequirements {
   int head_dim = 0;
-  int num_heads = 0;     // query heads
+  int num_heads = 0;  // query heads
   int num_kv_heads = 0;
 };
 
@@ -28,7 +28,6 @@ bool CudaAvailable();
 // `description`); "cuda" refuses then, with the reason.
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(std::string_view device,
                                                      const BackendRequirements& needs,
-                                                     std::string* chosen,
-                                                     std::string* description);
+                                                     std::string* chosen, std::string* description);
 
 }  // namespace squeeze

@@ -42,7 +42,7 @@ struct ClusterTables {
   int num_tokens = 0;    // S
   int sinks = 0;
   int window = 0;
-  bool hierarchical = false;              // the coarse level exists
+  bool hierarchical = false;                // the coarse level exists
   std::span<const SqueezeHeadIndex> heads;  // [L * Hkv], index layer * Hkv + kv_head
   const BackendCache* resident = nullptr;   // a device backend's copy, kept with the index
 

@@ -44,18 +44,26 @@ class SequenceKV {
   absl::Status Reserve(int extra);
   // Address of token `t`'s row of (layer, kv_head), in the storage's memory and dtype.
   void* key_data(int layer, int kv_head, int t) const { return Row(k_base(), layer, kv_head, t); }
-  void* value_data(int layer, int kv_head, int t) const {
-    return Row(v_base(), layer, kv_head, t);
-  }
+  void* value_data(int layer, int kv_head, int t) const { return Row(v_base(), layer, kv_head, t); }
   // fp32 row pointers; only for host storage (backend() == nullptr or a host backend).
-  float* key(int layer, int kv_head, int t) { return static_cast<float*>(key_data(layer, kv_head, t)); }
-  float* value(int layer, int kv_head, int t) { return static_cast<float*>(value_data(layer, kv_head, t)); }
-  const float* key(int layer, int kv_head, int t) const { return static_cast<const float*>(key_data(layer, kv_head, t)); }
-  const float* value(int layer, int kv_head, int t) const { return static_cast<const float*>(value_data(layer, kv_head, t)); }
+  float* key(int layer, int kv_head, int t) {
+    return static_cast<float*>(key_data(layer, kv_head, t));
+  }
+  float* value(int layer, int kv_head, int t) {
+    return static_cast<float*>(value_data(layer, kv_head, t));
+  }
+  const float* key(int layer, int kv_head, int t) const {
+    return static_cast<const float*>(key_data(layer, kv_head, t));
+  }
+  const float* value(int layer, int kv_head, int t) const {
+    return static_cast<const float*>(value_data(layer, kv_head, t));
+  }
   // Marks `n` more tokens as valid (after the forward wrote them for every layer).
   void Commit(int n) { length_ += n; }
   // Drops everything after the first `n` tokens.
-  void Truncate(int n) { if (n < length_) length_ = n; }
+  void Truncate(int n) {
+    if (n < length_) length_ = n;
+  }
   size_t bytes() const { return 2 * Elements(capacity_) * DTypeBytes(dtype_); }
 
  private:
@@ -108,9 +116,9 @@ using HostFloats = std::vector<float, DefaultInitAllocator<float>>;
 // tokens, so the order of rows does not change the result.
 struct ContextKV {
   KvShape shape;
-  int num_tokens = 0;                 // S
-  HostFloats k, v;                    // [L][Hkv][S][d]
-  std::vector<int32_t> token_of;      // [L][Hkv][S]: token position of each storage row
+  int num_tokens = 0;             // S
+  HostFloats k, v;                // [L][Hkv][S][d]
+  std::vector<int32_t> token_of;  // [L][Hkv][S]: token position of each storage row
   // A backend's resident copy of k/v (Backend::ResidentContextKv), released with this object.
   // Whoever changes k or v must reset it.
   BackendCache resident;
@@ -119,8 +127,12 @@ struct ContextKV {
     return ((static_cast<size_t>(layer) * shape.num_kv_heads + kv_head) * num_tokens + row) *
            shape.head_dim;
   }
-  const float* key(int layer, int kv_head, int row) const { return &k[Offset(layer, kv_head, row)]; }
-  const float* value(int layer, int kv_head, int row) const { return &v[Offset(layer, kv_head, row)]; }
+  const float* key(int layer, int kv_head, int row) const {
+    return &k[Offset(layer, kv_head, row)];
+  }
+  const float* value(int layer, int kv_head, int row) const {
+    return &v[Offset(layer, kv_head, row)];
+  }
   size_t bytes() const { return (k.size() + v.size()) * sizeof(float) + token_of.size() * 4; }
 
   // Builds a ContextKV in token order from the first `n` tokens of a sequence's KV (copied to

@@ -69,7 +69,8 @@ class BinaryReader {
     if (n > left_ / sizeof(T)) return Truncated();
     v->resize(n);
     const uint64_t bytes = n * sizeof(T);
-    if (bytes && !in_->read(reinterpret_cast<char*>(v->data()), static_cast<std::streamsize>(bytes)))
+    if (bytes &&
+        !in_->read(reinterpret_cast<char*>(v->data()), static_cast<std::streamsize>(bytes)))
       return Truncated();
     left_ -= bytes;
     return absl::OkStatus();

@@ -8,8 +8,8 @@ namespace squeeze {
 namespace {
 
 std::mutex g_mu;
-int g_scopes = 0;          // guarded by g_mu
-int g_saved_threads = 0;   // guarded by g_mu: OpenBLAS's count before the first scope
+int g_scopes = 0;         // guarded by g_mu
+int g_saved_threads = 0;  // guarded by g_mu: OpenBLAS's count before the first scope
 
 }  // namespace
 

@@ -8,9 +8,9 @@
 #define SQZ_CONCAT(a, b) SQZ_CONCAT_INNER(a, b)
 
 // Returns from the enclosing function if `expr` yields a non-OK status.
-#define RETURN_IF_ERROR(expr)                \
-  do {                                       \
-    ::absl::Status sqz_status_ = (expr);     \
+#define RETURN_IF_ERROR(expr)                  \
+  do {                                         \
+    ::absl::Status sqz_status_ = (expr);       \
     if (!sqz_status_.ok()) return sqz_status_; \
   } while (0)
 

@@ -25,7 +25,7 @@ struct RopeScaling {
 };
 
 struct ModelConfig {
-  std::string architecture;   // "LlamaForCausalLM" or "MistralForCausalLM"
+  std::string architecture;  // "LlamaForCausalLM" or "MistralForCausalLM"
   int vocab_size = 0;
   int hidden_size = 0;        // D
   int intermediate_size = 0;  // I (SwiGLU inner size)
@@ -38,9 +38,9 @@ struct ModelConfig {
   float rope_theta = 10000.0f;
   RopeScaling rope_scaling;
   bool tie_word_embeddings = false;
-  int bos_token_id = -1;              // -1: none
-  std::vector<int> eos_token_ids;     // config may give one id or a list
-  std::string torch_dtype;            // informative ("bfloat16", "float32", ...)
+  int bos_token_id = -1;           // -1: none
+  std::vector<int> eos_token_ids;  // config may give one id or a list
+  std::string torch_dtype;         // informative ("bfloat16", "float32", ...)
 
   int group_size() const { return num_heads / num_kv_heads; }
 };

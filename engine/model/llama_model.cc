@@ -5,8 +5,8 @@
 #include <string>
 #include <utility>
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/cleanup/cleanup.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/rope.h"
@@ -102,9 +102,9 @@ absl::Status ValidateSteps(std::span<const SequenceStep> steps, const ModelConfi
       return absl::InvalidArgumentError(
           absl::StrCat("Forward: step ", i, " uses a SequenceKV already used by another step"));
     }
-    const bool storage_ok = s.kv->backend() == &be ||
-                            (s.kv->backend() == nullptr && be.host_memory() &&
-                             be.kv_dtype() == DType::kF32);
+    const bool storage_ok =
+        s.kv->backend() == &be ||
+        (s.kv->backend() == nullptr && be.host_memory() && be.kv_dtype() == DType::kF32);
     if (!storage_ok) {
       return absl::InvalidArgumentError(absl::StrCat(
           "Forward: step ", i, " SequenceKV lives in another backend's memory than the model's (",
@@ -245,8 +245,8 @@ absl::Status FixedContextKeys(const SequenceStep& s, int layer, const ContextKvV
   const ContextKV& ctx = *s.context;
   const int S = ctx.num_tokens, Hkv = ctx.shape.num_kv_heads, d = ctx.shape.head_dim;
   const size_t offset = ctx.Offset(layer, 0, 0) * DTypeBytes(dtype);
-  keys->kv = {static_cast<const char*>(view.k) + offset,
-              static_cast<const char*>(view.v) + offset, static_cast<size_t>(S) * d, S, dtype};
+  keys->kv = {static_cast<const char*>(view.k) + offset, static_cast<const char*>(view.v) + offset,
+              static_cast<size_t>(S) * d, S, dtype};
   if (s.fixed == nullptr) return absl::OkStatus();  // empty ranges = every row (dense)
 
   s.fixed->Select(layer, q_host, n, selection);
@@ -298,8 +298,8 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::CreateRandom(
 }
 
 absl::Status LlamaModel::UploadInvFreq() {
-  ASSIGN_OR_RETURN(rope_inv_freq_, ComputeRopeInvFreq(config_.head_dim, config_.rope_theta,
-                                                      config_.rope_scaling));
+  ASSIGN_OR_RETURN(rope_inv_freq_,
+                   ComputeRopeInvFreq(config_.head_dim, config_.rope_theta, config_.rope_scaling));
   ASSIGN_OR_RETURN(w_.inv_freq, backend_->UploadVector(rope_inv_freq_));
   return absl::OkStatus();
 }
@@ -424,7 +424,7 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
   // One layer's attention calls, issued together (a device backend batches what it can).
   std::vector<LayerSelection> selections(steps.size());
   std::vector<AttentionParams> calls(steps.size());
-  device_kept_.assign(steps.size() * L * Hkv, -1);  // -1: no device selection there
+  device_kept_.assign(steps.size() * L * Hkv, -1);        // -1: no device selection there
   device_candidates_.assign(steps.size() * L * Hkv, -1);  // -1: not hierarchical
   // Each step's fixed context in backend memory (uploaded once per context by device backends).
   std::vector<ContextKvView> context_views(steps.size());

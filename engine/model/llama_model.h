@@ -19,13 +19,13 @@ namespace squeeze {
 
 // One sequence's part of a batched forward step.
 struct SequenceStep {
-  std::span<const int32_t> tokens;          // new tokens this step (>= 1)
-  const ContextKV* context = nullptr;       // fixed context, attended to by every new token
-  FixedContextAttention* fixed = nullptr;   // key selection for `context`; nullptr = dense
-  SequenceKV* kv = nullptr;                 // dynamic KV; new K/V appended and committed
+  std::span<const int32_t> tokens;         // new tokens this step (>= 1)
+  const ContextKV* context = nullptr;      // fixed context, attended to by every new token
+  FixedContextAttention* fixed = nullptr;  // key selection for `context`; nullptr = dense
+  SequenceKV* kv = nullptr;                // dynamic KV; new K/V appended and committed
   // Absolute position of tokens[0] = (context ? context->num_tokens : 0) + kv->length().
-  bool want_logits = true;                  // logits of the last new token
-  QueryCapture* capture = nullptr;          // optional
+  bool want_logits = true;          // logits of the last new token
+  QueryCapture* capture = nullptr;  // optional
   // With want_logits, optional: choose the next token from the logits. On a backend that
   // samples on the device (and when every step that wants logits has a job) the logits stay
   // there and only the job's results come back; otherwise the logits are copied out and the
@@ -49,15 +49,17 @@ class LlamaModel {
   // Random weights made by the backend itself, for benchmarks at real sizes (an 8B model's
   // weights never exist on the host): matrices N(0, 1/in_features), norm gains 1 + N(0, 0.05^2),
   // deterministic in `seed`.
-  static absl::StatusOr<std::unique_ptr<LlamaModel>> CreateRandom(
-      ModelConfig config, std::unique_ptr<Backend> backend, uint64_t seed);
+  static absl::StatusOr<std::unique_ptr<LlamaModel>> CreateRandom(ModelConfig config,
+                                                                  std::unique_ptr<Backend> backend,
+                                                                  uint64_t seed);
 
   const ModelConfig& config() const { return config_; }
   KvShape kv_shape() const { return {config_.num_layers, config_.num_kv_heads, config_.head_dim}; }
   Backend& backend() { return *backend_; }
   // An empty dynamic KV in the memory this model's backend computes on.
   SequenceKV NewSequenceKV() {
-    return backend_->host_memory() ? SequenceKV(kv_shape()) : SequenceKV(kv_shape(), backend_.get());
+    return backend_->host_memory() ? SequenceKV(kv_shape())
+                                   : SequenceKV(kv_shape(), backend_.get());
   }
   // Bytes of weights resident in backend memory.
   size_t weight_bytes() const { return weight_bytes_; }
@@ -91,7 +93,7 @@ class LlamaModel {
   std::vector<float> rope_inv_freq_;  // [d/2], scaling applied
   Resident w_;
   size_t weight_bytes_ = 0;
-  std::vector<float> q_host_;  // queries copied to the host for a host-side key selector
+  std::vector<float> q_host_;         // queries copied to the host for a host-side key selector
   std::vector<int32_t> device_kept_;  // [step][layer][kv head] rows kept by device selection
   std::vector<int32_t> device_candidates_;  // [step][layer][kv head] hierarchical candidates
 };

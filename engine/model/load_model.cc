@@ -13,9 +13,10 @@ namespace squeeze {
 absl::StatusOr<LoadedModel> LoadModel(const ModelLoadOptions& options) {
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(options.model_dir));
   LoadedModel loaded;
-  ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend,
-                   MakeBackend(options.device, {config.head_dim, config.num_heads, config.num_kv_heads},
-                               &loaded.device, &loaded.description));
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<Backend> backend,
+      MakeBackend(options.device, {config.head_dim, config.num_heads, config.num_kv_heads},
+                  &loaded.device, &loaded.description));
   if (options.random_weights) {
     ASSIGN_OR_RETURN(loaded.model, LlamaModel::CreateRandom(std::move(config), std::move(backend),
                                                             options.random_seed));

@@ -1,6 +1,6 @@
-// Builds a LlamaModel on the backend the factory picks (engine/backend/backend_factory.h): from a Hugging Face directory, or
-// with random weights of a config.json's shape made on the backend itself (benchmarks at real
-// sizes, e.g. bench/configs/llama3-8b, without downloading weights).
+// Builds a LlamaModel on the backend the factory picks (engine/backend/backend_factory.h): from a
+// Hugging Face directory, or with random weights of a config.json's shape made on the backend
+// itself (benchmarks at real sizes, e.g. bench/configs/llama3-8b, without downloading weights).
 #pragma once
 
 #include <cstdint>

@@ -23,7 +23,7 @@ struct LayerWeights {
 };
 
 struct LlamaWeights {
-  std::vector<float> embed;       // [V, D]
+  std::vector<float> embed;  // [V, D]
   std::vector<LayerWeights> layers;
   std::vector<float> final_norm;  // [D]
   std::vector<float> lm_head;     // [V, D]; a copy of `embed` when embeddings are tied

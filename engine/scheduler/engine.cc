@@ -28,14 +28,14 @@ struct Engine::Sequence {
   SequenceKV kv;
   std::unique_ptr<FixedContextAttention> fixed;
   SqueezedFixedContextAttention* squeezed = nullptr;  // = fixed when squeezed
-  double recent_budget = 1.0;                          // kept fraction in recent mode
+  double recent_budget = 1.0;                         // kept fraction in recent mode
   AttentionMode mode = AttentionMode::kDense;
   std::unique_ptr<Sampler> sampler;
   std::unique_ptr<StreamingDetokenizer> detok;
   std::unique_ptr<StopMatcher> stop;
   std::vector<int32_t> eos_ids;
-  int prefilled = 0;       // input tokens already run through the model
-  int32_t next_token = -1; // sampled, not yet run through the model
+  int prefilled = 0;        // input tokens already run through the model
+  int32_t next_token = -1;  // sampled, not yet run through the model
   int64_t forwarded = 0;
   absl::Time enqueued, admitted, first_token, prefill_done;
   bool finished = false;
@@ -136,13 +136,13 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Register(RegisterRequest req
   const int S = static_cast<int>(reg->tokens.size());
   if (S == 0) return absl::InvalidArgumentError("context content is empty");
   if (S >= cfg.max_position_embeddings) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "context has ", S, " tokens; the model window is ", cfg.max_position_embeddings,
-        " tokens and a query needs at least one more"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("context has ", S, " tokens; the model window is ",
+                     cfg.max_position_embeddings, " tokens and a query needs at least one more"));
   }
   reg->hash = HashTokens(reg->tokens);
-  const int64_t bytes = static_cast<int64_t>(S) * cfg.num_layers * cfg.num_kv_heads *
-                        cfg.head_dim * 2 * sizeof(float);
+  const int64_t bytes = static_cast<int64_t>(S) * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim *
+                        2 * sizeof(float);
   std::shared_ptr<const RegisteredContext> existing;
   RETURN_IF_ERROR(store_->Reserve(request.name, reg->hash, bytes, &existing));
   if (existing) {
@@ -160,17 +160,17 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Register(RegisterRequest req
     }
     if (o.window + o.sinks > S) {
       store_->Unreserve(request.name);
-      return absl::InvalidArgumentError(absl::StrCat("index.window (", o.window, ") + index.sinks (",
-                                                     o.sinks, ") exceed the context length (", S,
-                                                     " tokens)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("index.window (", o.window, ") + index.sinks (", o.sinks,
+                       ") exceed the context length (", S, " tokens)"));
     }
   }
   {
     absl::MutexLock lock(&mu_);
     if (active_registrations_ >= options_.max_registrations) {
       store_->Unreserve(request.name);
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "too many registrations in progress (", active_registrations_, "); retry later"));
+      return absl::ResourceExhaustedError(absl::StrCat("too many registrations in progress (",
+                                                       active_registrations_, "); retry later"));
     }
     ++active_registrations_;
     reg->request = std::move(request);
@@ -205,10 +205,10 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
   const int64_t S = seq->context ? seq->context->summary.num_tokens : 0;
   const int64_t total = S + static_cast<int64_t>(seq->input.size()) + request.sampling.max_tokens;
   if (total > cfg.max_position_embeddings) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "context (", S, ") + input (", seq->input.size(), ") + max_tokens (",
-        request.sampling.max_tokens, ") = ", total, " tokens exceeds the model window of ",
-        cfg.max_position_embeddings));
+    return absl::InvalidArgumentError(
+        absl::StrCat("context (", S, ") + input (", seq->input.size(), ") + max_tokens (",
+                     request.sampling.max_tokens, ") = ", total,
+                     " tokens exceeds the model window of ", cfg.max_position_embeddings));
   }
   RETURN_IF_ERROR(CheckTokens(request.sampling.stop_token_ids, cfg.vocab_size, "stop"));
 
@@ -239,10 +239,10 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
       sel.budget = att.budget.value_or(options_.default_budget);
       const bool has_coarse = index->has_coarse();
       if (att.hierarchical.value_or(false) && !has_coarse) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "context '", request.context,
-            "' was registered without the hierarchical level; register it with "
-            "index.hierarchical=true"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("context '", request.context,
+                         "' was registered without the hierarchical level; register it with "
+                         "index.hierarchical=true"));
       }
       sel.mass = att.mass;
       sel.hierarchical = att.hierarchical.value_or(has_coarse && !att.mass);
@@ -257,10 +257,10 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
       const double budget = att.budget.value_or(options_.default_budget);
       const int window = index ? index->options.window : 100;
       const int sinks = std::max(4, index ? index->options.sinks : 0);
-      const int recent = window + static_cast<int>(std::ceil(budget * std::max<int64_t>(
-                                                        0, S - window - sinks)));
-      auto recency = std::make_unique<RecencyFixedContextAttention>(seq->context->kv, sinks,
-                                                                    recent);
+      const int recent =
+          window + static_cast<int>(std::ceil(budget * std::max<int64_t>(0, S - window - sinks)));
+      auto recency =
+          std::make_unique<RecencyFixedContextAttention>(seq->context->kv, sinks, recent);
       seq->recent_budget = recency->kept_fraction();
       seq->fixed = std::move(recency);
     }
@@ -271,7 +271,8 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
 
   const SamplingParams& sp = request.sampling;
   uint64_t seed = sp.seed;
-  if (!sp.has_seed) seed = (static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
+  if (!sp.has_seed)
+    seed = (static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
   seq->sampler = std::make_unique<Sampler>(sp, seed);
   if (sp.repetition_penalty != 1.0f) {
     if (seq->context) seq->penalty_prompt = seq->context->tokens;
@@ -288,9 +289,8 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
   seq->stop = std::make_unique<StopMatcher>(sp.stop);
   if (!sp.ignore_eos) {
     seq->eos_ids = cfg.eos_token_ids;
-    if (tokenizer_->eos_id() >= 0 &&
-        std::find(seq->eos_ids.begin(), seq->eos_ids.end(), tokenizer_->eos_id()) ==
-            seq->eos_ids.end()) {
+    if (tokenizer_->eos_id() >= 0 && std::find(seq->eos_ids.begin(), seq->eos_ids.end(),
+                                               tokenizer_->eos_id()) == seq->eos_ids.end()) {
       seq->eos_ids.push_back(tokenizer_->eos_id());
     }
   }
@@ -300,8 +300,8 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
 
   absl::MutexLock lock(&mu_);
   if (queued_requests_ >= options_.max_waiting + options_.max_running) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the request queue is full (", queued_requests_, " requests); retry later"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the request queue is full (", queued_requests_, " requests); retry later"));
   }
   ++queued_requests_;
   auto handle = seq->handle;
@@ -364,12 +364,14 @@ void Engine::Loop() {
   for (auto& seq : waiting_) FinishSequence(*seq, absl::UnavailableError("server shut down"), {});
   absl::MutexLock lock(&mu_);
   for (auto& seq : incoming_) {
-    seq->callback(GenerateEvent{.final = true, .status = absl::UnavailableError("server shut down")});
+    seq->callback(
+        GenerateEvent{.final = true, .status = absl::UnavailableError("server shut down")});
   }
   for (auto* q : {&registrations_, &incoming_regs_}) {
     for (auto& reg : *q) {
       store_->Unreserve(reg->request.name);
-      reg->callback(RegisterEvent{.final = true, .status = absl::UnavailableError("server shut down")});
+      reg->callback(
+          RegisterEvent{.final = true, .status = absl::UnavailableError("server shut down")});
     }
   }
 }
@@ -391,9 +393,8 @@ void Engine::RetireCancelled() {
   for (auto it = registrations_.begin(); it != registrations_.end();) {
     if ((*it)->handle->cancelled()) {
       store_->Unreserve((*it)->request.name);
-      const absl::Status why = (*it)->failure.ok()
-                                   ? absl::CancelledError("registration cancelled")
-                                   : (*it)->failure;
+      const absl::Status why =
+          (*it)->failure.ok() ? absl::CancelledError("registration cancelled") : (*it)->failure;
       (*it)->callback(RegisterEvent{.final = true, .status = why});
       absl::MutexLock lock(&mu_);
       --active_registrations_;
@@ -436,20 +437,24 @@ bool Engine::Step() {
   for (auto& seq : running_) {
     if (seq->in_prefill()) continue;
     decode_tokens.push_back({seq->next_token});
-    steps.push_back({.tokens = decode_tokens.back(), .context = seq->context ? &seq->context->kv
-                                                                             : nullptr,
-                     .fixed = seq->fixed.get(), .kv = &seq->kv, .want_logits = true});
+    steps.push_back({.tokens = decode_tokens.back(),
+                     .context = seq->context ? &seq->context->kv : nullptr,
+                     .fixed = seq->fixed.get(),
+                     .kv = &seq->kv,
+                     .want_logits = true});
     step_seqs.push_back(seq.get());
   }
   for (auto& seq : running_) {
     if (!seq->in_prefill() || budget <= 0) continue;
-    const int n = std::min({static_cast<int>(seq->input.size()) - seq->prefilled,
-                            options_.prefill_chunk, budget});
+    const int n = std::min(
+        {static_cast<int>(seq->input.size()) - seq->prefilled, options_.prefill_chunk, budget});
     budget -= n;
     const bool last = seq->prefilled + n == static_cast<int>(seq->input.size());
     steps.push_back({.tokens = std::span<const int32_t>(seq->input).subspan(seq->prefilled, n),
                      .context = seq->context ? &seq->context->kv : nullptr,
-                     .fixed = seq->fixed.get(), .kv = &seq->kv, .want_logits = last});
+                     .fixed = seq->fixed.get(),
+                     .kv = &seq->kv,
+                     .want_logits = last});
     step_seqs.push_back(seq.get());
   }
   Registration* reg_step = nullptr;
@@ -457,10 +462,12 @@ bool Engine::Step() {
   if (!registrations_.empty() && budget > 0) {
     Registration& reg = *registrations_.front();
     if (reg.prefilled == 0) reg.prefill_start = absl::Now();
-    reg_n = std::min({static_cast<int>(reg.tokens.size()) - reg.prefilled,
-                      options_.prefill_chunk, budget});
+    reg_n = std::min(
+        {static_cast<int>(reg.tokens.size()) - reg.prefilled, options_.prefill_chunk, budget});
     steps.push_back({.tokens = std::span<const int32_t>(reg.tokens).subspan(reg.prefilled, reg_n),
-                     .kv = &reg.kv, .want_logits = false, .capture = &reg.capture});
+                     .kv = &reg.kv,
+                     .want_logits = false,
+                     .capture = &reg.capture});
     reg_step = &reg;
   }
   if (steps.empty()) return false;
@@ -470,8 +477,10 @@ bool Engine::Step() {
   for (size_t i = 0; i < step_seqs.size(); ++i) {
     if (!steps[i].want_logits) continue;
     const Sequence& seq = *step_seqs[i];
-    jobs[i] = {.sampler = seq.sampler.get(), .prompt = seq.penalty_prompt,
-               .generated = seq.generated, .want_info = seq.request.sampling.return_logprobs};
+    jobs[i] = {.sampler = seq.sampler.get(),
+               .prompt = seq.penalty_prompt,
+               .generated = seq.generated,
+               .want_info = seq.request.sampling.return_logprobs};
     steps[i].sample = &jobs[i];
   }
 
@@ -527,7 +536,8 @@ bool Engine::Step() {
     const int S = static_cast<int>(reg_step->tokens.size());
     RegisterEvent ev{.stage = RegisterStage::kPrefill,
                      .progress = static_cast<double>(reg_step->prefilled) / S,
-                     .tokens_done = reg_step->prefilled, .tokens_total = S};
+                     .tokens_done = reg_step->prefilled,
+                     .tokens_total = S};
     reg_step->callback(ev);
     if (reg_step->prefilled == S) {
       auto reg = std::move(registrations_.front());
@@ -647,18 +657,19 @@ void Engine::BuildAndPublish(Registration& reg) {
     auto progress = [&](std::string_view stage, double fraction) {
       if (reg.handle->cancelled()) return;
       reg.callback(RegisterEvent{.stage = stage == "calibrating" ? RegisterStage::kCalibrating
-                                                                  : RegisterStage::kClustering,
-                                 .progress = fraction, .tokens_done = S, .tokens_total = S});
+                                                                 : RegisterStage::kClustering,
+                                 .progress = fraction,
+                                 .tokens_done = S,
+                                 .tokens_total = S});
     };
     BuildTimings build_timings;
     // The backend's k-means (the GPU's) when it has one; it runs on this (indexer) thread.
     // The prefill's KV, still in device memory, is clustered in place by a GPU solver.
     Backend* be = reg.kv.backend();
     const bool on_device = be != nullptr && !be->host_memory();
-    auto index = BuildSqueezeIndex(&context->kv, reg.capture, model_config().num_heads,
-                                   reg.request.index, progress, &build_timings,
-                                   model_->backend().kmeans_solver(),
-                                   on_device ? &reg.kv : nullptr);
+    auto index = BuildSqueezeIndex(
+        &context->kv, reg.capture, model_config().num_heads, reg.request.index, progress,
+        &build_timings, model_->backend().kmeans_solver(), on_device ? &reg.kv : nullptr);
     if (!index.ok()) return fail(index.status());
     reg.timings.clustering_seconds = build_timings.clustering_seconds;
     reg.timings.calibration_seconds = build_timings.calibration_seconds;
@@ -675,8 +686,8 @@ void Engine::BuildAndPublish(Registration& reg) {
   s.index_options = reg.request.index;
   s.created_unix = absl::ToUnixSeconds(absl::Now());
   context->tokens = std::move(reg.tokens);
-  reg.callback(RegisterEvent{.stage = RegisterStage::kPersisting, .progress = 0,
-                             .tokens_done = S, .tokens_total = S});
+  reg.callback(RegisterEvent{
+      .stage = RegisterStage::kPersisting, .progress = 0, .tokens_done = S, .tokens_total = S});
   s.timings = reg.timings;
   double persist_seconds = 0;
   // The summary is final before publication (the published context is immutable).
@@ -696,12 +707,17 @@ void Engine::BuildAndPublish(Registration& reg) {
   reg.kv = SequenceKV();
   summary.timings.persist_seconds = persist_seconds;
   summary.timings.total_seconds = Seconds(absl::Now() - reg.start);
-  spdlog::info("registered context '{}': {} tokens, {:.2f} s (prefill {:.2f}, clustering {:.2f}, "
-               "calibration {:.2f})",
-               summary.name, S, summary.timings.total_seconds, summary.timings.prefill_seconds,
-               summary.timings.clustering_seconds, summary.timings.calibration_seconds);
-  reg.callback(RegisterEvent{.stage = RegisterStage::kDone, .progress = 1, .tokens_done = S,
-                             .tokens_total = S, .final = true, .status = absl::OkStatus(),
+  spdlog::info(
+      "registered context '{}': {} tokens, {:.2f} s (prefill {:.2f}, clustering {:.2f}, "
+      "calibration {:.2f})",
+      summary.name, S, summary.timings.total_seconds, summary.timings.prefill_seconds,
+      summary.timings.clustering_seconds, summary.timings.calibration_seconds);
+  reg.callback(RegisterEvent{.stage = RegisterStage::kDone,
+                             .progress = 1,
+                             .tokens_done = S,
+                             .tokens_total = S,
+                             .final = true,
+                             .status = absl::OkStatus(),
                              .context = summary});
 }
 

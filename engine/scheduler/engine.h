@@ -16,20 +16,20 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "engine/api/types.h"
 #include "engine/model/llama_model.h"
 #include "engine/store/context_store.h"
-#include "engine/api/types.h"
 #include "engine/tokenizer/tokenizer.h"
 
 namespace squeeze {
 
 struct EngineOptions {
-  int max_running = 64;          // sequences in the running batch
-  int max_waiting = 256;         // queued Generate requests; beyond: RESOURCE_EXHAUSTED
-  int max_registrations = 4;     // registrations queued or running; beyond: RESOURCE_EXHAUSTED
-  int prefill_chunk = 512;       // prefill tokens of one sequence / registration per step
-  int max_step_tokens = 2048;    // prefill tokens per step over all sequences
-  double default_budget = 0.1;   // kept fraction of clustered keys when a request gives none
+  int max_running = 64;         // sequences in the running batch
+  int max_waiting = 256;        // queued Generate requests; beyond: RESOURCE_EXHAUSTED
+  int max_registrations = 4;    // registrations queued or running; beyond: RESOURCE_EXHAUSTED
+  int prefill_chunk = 512;      // prefill tokens of one sequence / registration per step
+  int max_step_tokens = 2048;   // prefill tokens per step over all sequences
+  double default_budget = 0.1;  // kept fraction of clustered keys when a request gives none
 };
 
 // Counters for tests and metrics (monotonic unless noted).
@@ -39,10 +39,10 @@ struct EngineStats {
   int64_t registration_tokens_forwarded = 0;  // fixed-context tokens prefilled
   int64_t generated_tokens = 0;
   int64_t requests_finished = 0;
-  int running = 0;                            // gauge: sequences in the last step's batch
-  int queued = 0;                             // gauge: Generate requests not finished
-  int registrations = 0;                      // gauge: registrations in progress
-  int64_t largest_batch = 0;                  // most sequences in one forward step
+  int running = 0;            // gauge: sequences in the last step's batch
+  int queued = 0;             // gauge: Generate requests not finished
+  int registrations = 0;      // gauge: registrations in progress
+  int64_t largest_batch = 0;  // most sequences in one forward step
 };
 
 // Lets the RPC layer cancel work it submitted. Cancellation frees the sequence within one step.
@@ -129,7 +129,7 @@ class Engine {
   std::deque<Adoption> adoptions_ ABSL_GUARDED_BY(mu_);
   absl::CondVar indexer_cv_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  int queued_requests_ ABSL_GUARDED_BY(mu_) = 0;   // incoming + waiting + running
+  int queued_requests_ ABSL_GUARDED_BY(mu_) = 0;  // incoming + waiting + running
   int active_registrations_ ABSL_GUARDED_BY(mu_) = 0;
   EngineStats stats_ ABSL_GUARDED_BY(mu_);
   std::atomic<bool> draining_{false};

@@ -1,7 +1,7 @@
 #include "engine/squeeze/calibration.h"
 
-#include <mutex>
 #include <cmath>
+#include <mutex>
 #include <utility>
 #include <vector>
 
@@ -50,8 +50,7 @@ absl::Status CalibrateSqueezeIndex(std::span<const float* const> window_q, Squee
       scores.resize(C);
       scorer.Average(q, W, G, token_stride,
                      is_coarse ? head.coarse_centroids.data() : head.centroids.data(),
-                     is_coarse ? head.coarse_sizes.data() : head.sizes.data(), C, d,
-                     scores.data());
+                     is_coarse ? head.coarse_sizes.data() : head.sizes.data(), C, d, scores.data());
       for (int c = 0; c < C; ++c) {
         if (!std::isfinite(scores[c]) && out.status.ok()) {
           out.status = absl::InternalError(absl::StrFormat(

@@ -8,9 +8,9 @@
 #include <random>
 
 #include "absl/strings/str_format.h"
+#include "engine/backend/kmeans.h"
 #include "engine/common/parallel_for.h"
 #include "engine/squeeze/calibration.h"
-#include "engine/backend/kmeans.h"
 
 namespace squeeze {
 namespace {
@@ -66,14 +66,13 @@ std::vector<KMeansResult> ClusterLayer(const ContextKV& kv, int layer, int M,
       points.data = device_keys->key_data(layer, 0, options.sinks);
       points.bf16 = device_keys->dtype() == DType::kBF16;
       const size_t bytes = DTypeBytes(device_keys->dtype());
-      points.problem_stride =
-          Hkv > 1 ? (static_cast<const char*>(device_keys->key_data(layer, 1, 0)) -
-                     static_cast<const char*>(device_keys->key_data(layer, 0, 0))) /
-                        static_cast<int64_t>(bytes)
-                  : int64_t{M} * d;
+      points.problem_stride = Hkv > 1
+                                  ? (static_cast<const char*>(device_keys->key_data(layer, 1, 0)) -
+                                     static_cast<const char*>(device_keys->key_data(layer, 0, 0))) /
+                                        static_cast<int64_t>(bytes)
+                                  : int64_t{M} * d;
       points.row_stride = d;
-      auto in_place =
-          solver->RunBatchInPlace(points, Hkv, M, d, k, options.max_iterations, rng_of);
+      auto in_place = solver->RunBatchInPlace(points, Hkv, M, d, k, options.max_iterations, rng_of);
       if (in_place) return *std::move(in_place);
     }
     fine = solver->RunBatch(keys, M, d, k, options.max_iterations, rng_of);

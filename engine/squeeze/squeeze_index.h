@@ -54,8 +54,8 @@ struct SqueezeIndex {
   }
   // The cluster tables as plain data for a backend (a view: valid while this index lives).
   ClusterTables tables() const {
-    return {num_layers, num_kv_heads, head_dim, num_tokens, sinks, window, options.hierarchical,
-            heads, &resident};
+    return {num_layers, num_kv_heads,         head_dim, num_tokens, sinks,
+            window,     options.hierarchical, heads,    &resident};
   }
   int64_t num_centroids() const;         // fine, over all layers and heads
   int64_t num_coarse_centroids() const;  // coarse, over all layers and heads

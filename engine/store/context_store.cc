@@ -101,8 +101,7 @@ std::vector<std::shared_ptr<const RegisteredContext>> ContextStore::List() const
   return out;
 }
 
-absl::Status ContextStore::Reserve(const std::string& name, const std::string& hash,
-                                   int64_t bytes,
+absl::Status ContextStore::Reserve(const std::string& name, const std::string& hash, int64_t bytes,
                                    std::shared_ptr<const RegisteredContext>* existing) {
   absl::MutexLock lock(&mu_);
   *existing = nullptr;
@@ -121,10 +120,10 @@ absl::Status ContextStore::Reserve(const std::string& name, const std::string& h
   int64_t reserved = bytes_;
   for (const auto& [n, p] : pending_) reserved += p.second;
   if (memory_limit_bytes_ > 0 && reserved + bytes > memory_limit_bytes_) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "context '", name, "' needs ", bytes, " bytes of KV memory but only ",
-        memory_limit_bytes_ - reserved, " of ", memory_limit_bytes_,
-        " are free; delete a context or raise --max-context-memory"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("context '", name, "' needs ", bytes, " bytes of KV memory but only ",
+                     memory_limit_bytes_ - reserved, " of ", memory_limit_bytes_,
+                     " are free; delete a context or raise --max-context-memory"));
   }
   pending_[name] = {hash, bytes};
   return absl::OkStatus();

@@ -12,8 +12,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "engine/backend/kv_cache.h"
 #include "engine/api/types.h"
+#include "engine/backend/kv_cache.h"
 #include "engine/squeeze/index_io.h"
 #include "engine/squeeze/squeeze_index.h"
 
@@ -23,9 +23,9 @@ namespace squeeze {
 // delete while a Generate is running only drops the store's reference.
 struct RegisteredContext {
   ContextSummary summary;
-  std::vector<int32_t> tokens;                 // [S]
-  ContextKV kv;                                // storage order when `index` is set
-  std::unique_ptr<SqueezeIndex> index;         // null: dense only
+  std::vector<int32_t> tokens;          // [S]
+  ContextKV kv;                         // storage order when `index` is set
+  std::unique_ptr<SqueezeIndex> index;  // null: dense only
 };
 
 // Hex SHA-256 of the token ids (little-endian int32), the identity of a context's content.

@@ -1,8 +1,8 @@
 // Dense split-KV decode attention and the LSE combine kernel (see decode_attention.cuh).
 #include <algorithm>
 
-#include "kernels/attention/decode_core.cuh"
 #include "kernels/attention/decode_attention.cuh"
+#include "kernels/attention/decode_core.cuh"
 #include "kernels/common/dispatch.cuh"
 
 namespace squeeze::gpu {

@@ -41,9 +41,8 @@ cudaError_t LaunchGatherKvRows(const bf16* k_src, const bf16* v_src, size_t src_
   }
   const int64_t work = static_cast<int64_t>(max_rows) * (head_dim / 8);
   const dim3 grid(static_cast<unsigned>((work + kThreads - 1) / kThreads), num_kv_heads);
-  GatherKvRowsKernel<<<grid, kThreads, 0, stream>>>(k_src, v_src, src_head_stride, rows,
-                                                    head_begin, head_dim, k_dst, v_dst,
-                                                    dst_head_stride);
+  GatherKvRowsKernel<<<grid, kThreads, 0, stream>>>(k_src, v_src, src_head_stride, rows, head_begin,
+                                                    head_dim, k_dst, v_dst, dst_head_stride);
   return cudaGetLastError();
 }
 

@@ -1,7 +1,9 @@
 // Gathers selected K/V rows of each KV head into a compact per-head layout: the fixed-context
 // keys a host-side selector kept (engine/attention/fixed_context.h), so dense attention kernels
-// can run over them. CPU reference: the rows the selector lists (engine/backend/attention_reference.h
-// reads them in place); tested in tests/gpu/attention_kernels_test.cc. Plain C++ (includable from .cc files); the kernel lives in kv_gather.cu.
+// can run over them. CPU reference: the rows the selector lists
+// (engine/backend/attention_reference.h reads them in place); tested in
+// tests/gpu/attention_kernels_test.cc. Plain C++ (includable from .cc files); the kernel lives in
+// kv_gather.cu.
 #pragma once
 
 #include <cuda_runtime.h>

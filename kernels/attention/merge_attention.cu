@@ -1,10 +1,9 @@
 // Merge of two attention partials (see merge_attention.cuh).
-#include "kernels/attention/merge_attention.cuh"
-
 #include <algorithm>
 #include <climits>
 #include <cmath>
 
+#include "kernels/attention/merge_attention.cuh"
 #include "kernels/ops/elementwise.cuh"
 
 namespace squeeze::gpu {

@@ -22,9 +22,9 @@
 
 #include <cstdint>
 
+#include "kernels/attention/prefill_attention.cuh"
 #include "kernels/common/device.cuh"
 #include "kernels/common/mma_tile.cuh"
-#include "kernels/attention/prefill_attention.cuh"
 
 namespace squeeze::gpu {
 namespace {
@@ -90,9 +90,9 @@ __global__ void __launch_bounds__(kThreadsM, 1) PrefillKernel(const PrefillAtten
   // Without the causal mask every query sees every row: a limit no key reaches.
   const int past = p.causal ? kv_len - n : kv_len + kPrefillBlockM;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int32_t* kv_rows =
-      p.row_index != nullptr ? p.row_index + static_cast<int64_t>(kvh) * p.row_index_stride
-                             : nullptr;
+  const int32_t* kv_rows = p.row_index != nullptr
+                               ? p.row_index + static_cast<int64_t>(kvh) * p.row_index_stride
+                               : nullptr;
   const bf16* k = p.kv.k + static_cast<int64_t>(kvh) * p.kv.head_stride;
   const bf16* v = p.kv.v + static_cast<int64_t>(kvh) * p.kv.head_stride;
   const uint32_t sbase = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
@@ -110,9 +110,9 @@ __global__ void __launch_bounds__(kThreadsM, 1) PrefillKernel(const PrefillAtten
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < num_tiles) {
       IssueTile<D, kBlockN>(smem + Smem::kKOff + s * Smem::kTileBytes, k, D, s * kBlockN, kv_len,
-                              kv_rows);
+                            kv_rows);
       IssueTile<D, kBlockN>(smem + Smem::kVOff + s * Smem::kTileBytes, v, D, s * kBlockN, kv_len,
-                              kv_rows);
+                            kv_rows);
     }
     detail::CpAsyncCommit();
   }

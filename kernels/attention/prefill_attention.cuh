@@ -20,8 +20,8 @@
 // optional per-KV-head row count (head_len).
 //
 // Supported: d in {64, 128}; q, k, v, out 16-byte aligned; head_stride a multiple of 8 elements;
-// causal: 1 <= n <= kv.len; n <= 128 * 65535. The launcher returns cudaErrorInvalidValue otherwise (n == 0
-// is a no-op). It never allocates and never synchronises (capturable in a CUDA graph).
+// causal: 1 <= n <= kv.len; n <= 128 * 65535. The launcher returns cudaErrorInvalidValue otherwise
+// (n == 0 is a no-op). It never allocates and never synchronises (capturable in a CUDA graph).
 #pragma once
 
 #include "kernels/common/types.cuh"

@@ -2,8 +2,8 @@
 #include <algorithm>
 
 #include "kernels/attention/decode_core.cuh"
-#include "kernels/common/dispatch.cuh"
 #include "kernels/attention/sparse_decode_attention.cuh"
+#include "kernels/common/dispatch.cuh"
 
 namespace squeeze::gpu {
 namespace {
@@ -31,9 +31,9 @@ __device__ void MergeHead(const SparseDecodeParams& p, int b, int h, int first, 
   static_assert(kThreads % kLanes == 0, "lanes must divide the block");
   constexpr int kGroups = kThreads / kLanes;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  float4* red_o = reinterpret_cast<float4*>(scratch);                   // [kThreads]
-  float* red_l = reinterpret_cast<float*>(scratch + kThreads * 16);     // [kThreads]
-  float* warp_max = red_l + kThreads;                                   // [kWarps][G]
+  float4* red_o = reinterpret_cast<float4*>(scratch);                // [kThreads]
+  float* red_l = reinterpret_cast<float*>(scratch + kThreads * 16);  // [kThreads]
+  float* warp_max = red_l + kThreads;                                // [kWarps][G]
   const float* lse2 = p.partial_lse + static_cast<size_t>(first) * G;
 
   // Max lse2 per query head: thread t only ever sees head t % G (kThreads % G == 0).
@@ -327,9 +327,9 @@ cudaError_t LaunchSparseDecodeAttention(const SparseDecodeParams& p, cudaStream_
       p.q == nullptr || p.heads == nullptr || s.range_row_begin == nullptr ||
       s.range_key_begin == nullptr || s.num_ranges == nullptr || s.kept_keys == nullptr ||
       s.chunk_begin == nullptr || s.chunk_info == nullptr || s.range_of_key == nullptr ||
-      p.target_chunks <= 0 ||
-      s.key_index_stride <= 0 || p.partial_out == nullptr || p.partial_lse == nullptr ||
-      p.done == nullptr || p.out == nullptr || p.max_chunks <= 0 || p.grid <= 0) {
+      p.target_chunks <= 0 || s.key_index_stride <= 0 || p.partial_out == nullptr ||
+      p.partial_lse == nullptr || p.done == nullptr || p.out == nullptr || p.max_chunks <= 0 ||
+      p.grid <= 0) {
     return cudaErrorInvalidValue;
   }
   return detail::DispatchHeadDimGroup(

@@ -3,18 +3,18 @@
 //
 // The centroid lookup (centroid_lookup.cuh) leaves, on the device, each head's kept ranges.
 // Every CTA first plans the work alike (CTA 0 records the plan in the selection's chunk_begin /
-// chunk_info once its own chunks are done): the kept keys of head bh form ceil(kept_bh / chunk) chunks of `chunk`
-// keys, followed by ceil(dynamic_b / chunk) chunks of its sequence's dynamic rows (user input
-// and generated tokens, contiguous), one chunk size for all heads so that heads whose kept
-// counts differ (the point of one global threshold) get proportionally many chunks, and the
+// chunk_info once its own chunks are done): the kept keys of head bh form ceil(kept_bh / chunk)
+// chunks of `chunk` keys, followed by ceil(dynamic_b / chunk) chunks of its sequence's dynamic rows
+// (user input and generated tokens, contiguous), one chunk size for all heads so that heads whose
+// kept counts differ (the point of one global threshold) get proportionally many chunks, and the
 // chunks fill whole waves of the grid. A persistent grid walks the chunks; for chunk i a CTA
 // finds its head (prefix sums of the per-head chunk counts), the range holding its first key
 // (range_of_key, one load), expands the chunk's storage rows into shared memory (binary search
 // of the staged ranges), and runs the same GQA-packed pipeline as the dense kernel
-// (kernels/attention/decode_core.cuh) over those rows: whole clusters are contiguous in storage, so the loads
-// stay 16-byte, coalesced row reads. Partial slot = chunk index. The CTA that finishes the last
-// chunk of a head (an arrival counter per head) merges the head's partials (exact LSE merge)
-// into out and lse, so one launch does the sparse, dynamic and merge work of the step.
+// (kernels/attention/decode_core.cuh) over those rows: whole clusters are contiguous in storage, so
+// the loads stay 16-byte, coalesced row reads. Partial slot = chunk index. The CTA that finishes
+// the last chunk of a head (an arrival counter per head) merges the head's partials (exact LSE
+// merge) into out and lse, so one launch does the sparse, dynamic and merge work of the step.
 #pragma once
 
 #include "kernels/common/types.cuh"

@@ -61,8 +61,9 @@ __device__ __forceinline__ float WarpSum(float x) {
 
 // Exclusive block-wide scan of 64-bit values; *total gets the block's sum. All threads call it;
 // scratch holds kWarps values and is free again on return.
-__device__ __forceinline__ unsigned long long BlockExclusiveScan(unsigned long long x, unsigned long long* total,
-                                                 unsigned long long* scratch) {
+__device__ __forceinline__ unsigned long long BlockExclusiveScan(unsigned long long x,
+                                                                 unsigned long long* total,
+                                                                 unsigned long long* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   unsigned long long incl = x;
 #pragma unroll

@@ -89,8 +89,8 @@ __device__ __forceinline__ void LoadRowFragments(uint32_t tile, int row0,
 // Accumulator e of (mt, j) is A row 16 mt + 8 (e >> 1) + lane / 4, B row 8 j + 2 (lane % 4) +
 // (e & 1).
 template <int D, int kMTiles, int kNTiles>
-__device__ __forceinline__ void TileProducts(const uint32_t (&a)[kMTiles][D / 16][4],
-                                             uint32_t tile, float (&acc)[kMTiles][kNTiles][4]) {
+__device__ __forceinline__ void TileProducts(const uint32_t (&a)[kMTiles][D / 16][4], uint32_t tile,
+                                             float (&acc)[kMTiles][kNTiles][4]) {
   static_assert(kNTiles % 2 == 0, "B rows come in pairs of n8 tiles");
   const int lane = threadIdx.x & 31;
 #pragma unroll

@@ -51,7 +51,6 @@ struct AssignSmem {
   static constexpr int kBytes = kCenterOff + kStages * kTileBytes;  // 112 KB / 56 KB
 };
 
-
 // Copies rows [row0, row0 + kRows) of a contiguous [rows][D] bf16 matrix into a swizzled shared
 // tile; rows at or past `valid_rows` are zero-filled and not read.
 template <int D, int kRows>
@@ -222,9 +221,8 @@ cudaError_t LaunchKMeansAssign(const KMeansAssignParams& p, cudaStream_t stream)
                              p.centers_stride < static_cast<int64_t>(p.k) * p.dim)) {
     return cudaErrorInvalidValue;
   }
-  return detail::DispatchHeadDim(p.dim, [&](auto d) {
-    return LaunchTyped<decltype(d)::value>(p, stream);
-  });
+  return detail::DispatchHeadDim(
+      p.dim, [&](auto d) { return LaunchTyped<decltype(d)::value>(p, stream); });
 }
 
 }  // namespace squeeze::gpu

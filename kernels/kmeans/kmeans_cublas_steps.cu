@@ -1,9 +1,8 @@
-#include "kernels/kmeans/kmeans_cublas_steps.cuh"
-
 #include <algorithm>
 #include <climits>
 
 #include "kernels/common/device.cuh"
+#include "kernels/kmeans/kmeans_cublas_steps.cuh"
 
 namespace squeeze::gpu {
 namespace {
@@ -125,8 +124,8 @@ cudaError_t LaunchAssignArgmax(const float* scores, int rows, int k, int32_t* la
   if (scores == nullptr || labels == nullptr || best_value == nullptr || changed == nullptr) {
     return cudaErrorInvalidValue;
   }
-  AssignArgmaxKernel<<<WarpBlocks(rows), kThreads, 0, stream>>>(scores, rows, k, labels,
-                                                                best_value, changed);
+  AssignArgmaxKernel<<<WarpBlocks(rows), kThreads, 0, stream>>>(scores, rows, k, labels, best_value,
+                                                                changed);
   return cudaGetLastError();
 }
 

@@ -1,10 +1,9 @@
 // dtype conversion (see convert.cuh).
-#include "kernels/ops/convert.cuh"
-
 #include <algorithm>
 #include <climits>
 #include <cmath>
 
+#include "kernels/ops/convert.cuh"
 #include "kernels/ops/elementwise.cuh"
 
 namespace squeeze::gpu {

@@ -42,7 +42,9 @@ using bf16 = __nv_bfloat16;
 constexpr int kThreads = 256;
 constexpr size_t kMaxBlocks = 65536;  // element-wise grids stride beyond this
 
-inline bool Aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+inline bool Aligned(const void* p, size_t bytes) {
+  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
 
 // Blocks of kThreads for `work` items, at least 1, at most kMaxBlocks (grid-stride loops).
 inline unsigned GridFor(size_t work) {
@@ -101,7 +103,8 @@ __device__ __forceinline__ float BlockSum(float x) {
 // Element-wise launch: the vector kernel when `vec` holds, else the scalar one.
 template <class VecKernel, class ScalarKernel, class... Args>
 inline cudaError_t LaunchElementwise(bool vec, int width, size_t count, VecKernel vec_kernel,
-                              ScalarKernel scalar_kernel, cudaStream_t stream, Args... args) {
+                                     ScalarKernel scalar_kernel, cudaStream_t stream,
+                                     Args... args) {
   if (vec) {
     vec_kernel<<<GridFor(std::max<size_t>(count / width, count % width)), kThreads, 0, stream>>>(
         args...);

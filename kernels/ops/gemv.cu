@@ -174,8 +174,8 @@ cudaError_t Launch(const GemvParams& p, int total_rows, cudaStream_t stream) {
     configured = true;
   }
   if (smem != last_smem) {
-    cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &blocks_per_sm, GemvKernel<M>, kWarps * 32, smem);
+    cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, GemvKernel<M>,
+                                                                    kWarps * 32, smem);
     if (err != cudaSuccess) return err;
     last_smem = smem;
   }
@@ -207,8 +207,7 @@ cudaError_t LaunchGemvBf16(const float* x, const bf16* w, float* y, int m, int n
 }
 
 cudaError_t LaunchGemv(const GemvParams& p, cudaStream_t stream) {
-  if (p.num_outputs < 1 || p.num_outputs > kGemvMaxOutputs || p.x == nullptr ||
-      !Aligned16(p.x)) {
+  if (p.num_outputs < 1 || p.num_outputs > kGemvMaxOutputs || p.x == nullptr || !Aligned16(p.x)) {
     return cudaErrorInvalidValue;
   }
   if (p.input == GemvInput::kRmsNorm && (p.norm_weight == nullptr || !Aligned16(p.norm_weight))) {

@@ -1,11 +1,10 @@
 // Random fill (see random_fill.cuh).
-#include "kernels/ops/random_fill.cuh"
-
 #include <algorithm>
 #include <climits>
 #include <cmath>
 
 #include "kernels/ops/elementwise.cuh"
+#include "kernels/ops/random_fill.cuh"
 
 namespace squeeze::gpu {
 namespace {

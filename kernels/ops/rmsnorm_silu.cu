@@ -1,11 +1,10 @@
 // RMSNorm and SiLU gate (see rmsnorm_silu.cuh).
-#include "kernels/ops/rmsnorm_silu.cuh"
-
 #include <algorithm>
 #include <climits>
 #include <cmath>
 
 #include "kernels/ops/elementwise.cuh"
+#include "kernels/ops/rmsnorm_silu.cuh"
 
 namespace squeeze::gpu {
 namespace {

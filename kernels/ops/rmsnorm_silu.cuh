@@ -14,7 +14,6 @@
 
 namespace squeeze::gpu {
 
-
 // RMSNorm of each row (CpuBackend::RmsNorm):
 //   y[r, i] = weight[i] * (x[r, i] * inv_rms_r),
 //   inv_rms_r = 1 / sqrtf(sum_i x[r, i]^2 / dim + eps),

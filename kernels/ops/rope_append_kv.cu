@@ -1,11 +1,10 @@
 // RoPE and KV append (see rope_append_kv.cuh).
-#include "kernels/ops/rope_append_kv.cuh"
-
 #include <algorithm>
 #include <climits>
 #include <cmath>
 
 #include "kernels/ops/elementwise.cuh"
+#include "kernels/ops/rope_append_kv.cuh"
 
 namespace squeeze::gpu {
 namespace {

@@ -1,11 +1,10 @@
 // Row gathers (see rows.cuh).
-#include "kernels/ops/rows.cuh"
-
 #include <algorithm>
 #include <climits>
 #include <cmath>
 
 #include "kernels/ops/elementwise.cuh"
+#include "kernels/ops/rows.cuh"
 
 namespace squeeze::gpu {
 namespace {

@@ -26,7 +26,6 @@ cudaError_t LaunchEmbedRows(const bf16* table, const int32_t* ids, int n, int di
 cudaError_t LaunchGatherRowsF32(const float* src, const int32_t* ids, int n, int dim, float* out,
                                 cudaStream_t stream);
 
-
 // dst[i][0, row_floats) = src[i][0, row_floats) for i < rows: rows scattered over memory
 // (pointer arrays in device memory) copied in one launch, e.g. the queries of the sequences of
 // a batched squeezed decode into one contiguous array and their outputs back. Rows must not

@@ -2,8 +2,8 @@
 #include <algorithm>
 
 #include "kernels/common/device.cuh"
-#include "kernels/squeeze/centroid_lookup.cuh"
 #include "kernels/common/dispatch.cuh"
+#include "kernels/squeeze/centroid_lookup.cuh"
 
 namespace squeeze::gpu {
 namespace {
@@ -174,10 +174,9 @@ struct ClusterPick {
 // [c0, c0 + kept) of seg_*; returns the block's (keys << 32 | kept).
 template <int G>
 __device__ unsigned long long SelectBlock(const CentroidLookupParams& p, const SqueezeHeadDesc& hd,
-                                          const int32_t* cand, int bh, int c0, int cn,
-                                          bool scoring, bool keep_all,
-                                          float tau, const float* head_m, const float* head_inv,
-                                          unsigned long long* scan_s) {
+                                          const int32_t* cand, int bh, int c0, int cn, bool scoring,
+                                          bool keep_all, float tau, const float* head_m,
+                                          const float* head_inv, unsigned long long* scan_s) {
   const int c_first = c0 + threadIdx.x * kFinalizePerThread;
   const int c_end = c0 + cn;
   const float* logits = p.logits + static_cast<size_t>(bh) * G * p.plan.logit_stride;
@@ -335,9 +334,9 @@ __device__ __forceinline__ uint32_t* HeadCounter(const CentroidLookupParams& p, 
 struct HeadMode {
   SqueezeHeadDesc hd;
   float tau;
-  bool scoring;   // finite tau and clusters to score
-  bool keep_all;  // tau = -inf: every cluster, nothing scored
-  int nblk;       // CTAs of this head taking part
+  bool scoring;         // finite tau and clusters to score
+  bool keep_all;        // tau = -inf: every cluster, nothing scored
+  int nblk;             // CTAs of this head taking part
   const int32_t* cand;  // the head's candidate list, or null (every cluster)
   int count;            // clusters taking part: candidates, or every cluster
 };
@@ -351,8 +350,8 @@ __device__ HeadMode GetHeadMode(const CentroidLookupParams& p, int bh) {
   m.hd.num_clusters = max(min(m.hd.num_clusters, capacity), 0);
   m.tau = p.tau[bh / p.num_kv_heads];
   m.cand = p.candidates != nullptr ? p.candidates + bh * p.candidate_stride : nullptr;
-  m.count = m.cand != nullptr ? max(min(p.num_candidates[bh], m.hd.num_clusters), 0)
-                              : m.hd.num_clusters;
+  m.count =
+      m.cand != nullptr ? max(min(p.num_candidates[bh], m.hd.num_clusters), 0) : m.hd.num_clusters;
   m.scoring = m.hd.num_clusters > 0 && isfinite(m.tau);
   m.keep_all = !m.scoring && m.tau == -INFINITY;
   // Blocks of the clusters taking part (candidates: only theirs).
@@ -476,8 +475,8 @@ __global__ void __launch_bounds__(kThreads, 4) FusedLookupKernel(const CentroidL
   uint32_t round = 0;
   const bool from_q = m.scoring && p.scores_in == nullptr;
   if (from_q) {
-    ScoreBlock<D, G, kBf16>(p, m.hd, m.cand, m.count, bh, bh / p.num_kv_heads,
-                            bh % p.num_kv_heads, blk, q_s, logit_s, size_s,
+    ScoreBlock<D, G, kBf16>(p, m.hd, m.cand, m.count, bh, bh / p.num_kv_heads, bh % p.num_kv_heads,
+                            blk, q_s, logit_s, size_s,
                             /*store_global=*/false, stage_clusters);
     HeadBarrier(counter, ++round * m.nblk);
     HeadStats<G>(p, bh, m.nblk, head_m, head_inv);
@@ -573,12 +572,12 @@ cudaError_t PlanCentroidLookup(int batch, int num_q_heads, int num_kv_heads, int
     return cudaErrorInvalidValue;
   }
   int score_ctas = 0, fused_ctas = 0;
-  cudaError_t err = detail::DispatchHeadDimGroup(
-      head_dim, num_q_heads / num_kv_heads, [&](auto d, auto g) {
+  cudaError_t err =
+      detail::DispatchHeadDimGroup(head_dim, num_q_heads / num_kv_heads, [&](auto d, auto g) {
         constexpr int D = decltype(d)::value, G = decltype(g)::value;
         int bf = 0, fp = 0;
-        cudaError_t e = detail::ConcurrentCtas(CentroidScoreKernel<D, G, true>, kThreads, 0,
-                                               &score_ctas);
+        cudaError_t e =
+            detail::ConcurrentCtas(CentroidScoreKernel<D, G, true>, kThreads, 0, &score_ctas);
         if (e == cudaSuccess) {
           e = detail::ConcurrentCtas(FusedLookupKernel<D, G, true>, kThreads, 0, &bf);
         }
@@ -616,8 +615,8 @@ cudaError_t PlanCentroidLookup(int batch, int num_q_heads, int num_kv_heads, int
   const int64_t target = 2 * std::max(score_ctas, 1);
   int64_t per_block = round_up((heads * clusters + target - 1) / target);
   // At most kLookupMaxBlocksPerHead blocks per head (the select kernel's prefix array).
-  per_block = std::max(per_block, round_up((clusters + kLookupMaxBlocksPerHead - 1) /
-                                           kLookupMaxBlocksPerHead));
+  per_block = std::max(
+      per_block, round_up((clusters + kLookupMaxBlocksPerHead - 1) / kLookupMaxBlocksPerHead));
   per_block = std::min<int64_t>(per_block, kMaxClustersPerBlock);
   lp.clusters_per_block = static_cast<int>(per_block);
   lp.blocks_per_head = static_cast<int>((clusters + per_block - 1) / per_block);
@@ -631,14 +630,13 @@ cudaError_t LaunchCentroidLookup(const CentroidLookupParams& p, cudaStream_t str
       int64_t{p.batch} * p.num_kv_heads > 65535 || p.heads == nullptr || p.tau == nullptr ||
       (p.scores_in == nullptr &&
        (p.q == nullptr || p.block_max == nullptr || p.block_den == nullptr)) ||
-      (!p.plan.one_launch && (p.seg_cluster == nullptr || p.seg_row == nullptr ||
-                              p.seg_key == nullptr || (p.scores_in == nullptr &&
-                                                       p.logits == nullptr))) ||
+      (!p.plan.one_launch &&
+       (p.seg_cluster == nullptr || p.seg_row == nullptr || p.seg_key == nullptr ||
+        (p.scores_in == nullptr && p.logits == nullptr))) ||
       p.block_counts == nullptr || p.counters == nullptr || s.range_row_begin == nullptr ||
       s.range_key_begin == nullptr || s.num_ranges == nullptr || s.kept_keys == nullptr ||
-      s.kept_clusters == nullptr || s.num_kept_clusters == nullptr ||
-      s.range_of_key == nullptr || s.key_index_stride <= 0 ||
-      (p.candidates != nullptr && p.num_candidates == nullptr) ||
+      s.kept_clusters == nullptr || s.num_kept_clusters == nullptr || s.range_of_key == nullptr ||
+      s.key_index_stride <= 0 || (p.candidates != nullptr && p.num_candidates == nullptr) ||
       p.plan.clusters_per_block <= 0 || p.plan.clusters_per_block % kCentroidsPerPass != 0 ||
       p.plan.clusters_per_block > kMaxClustersPerBlock || p.plan.blocks_per_head <= 0 ||
       p.plan.blocks_per_head > kLookupMaxBlocksPerHead || p.plan.logit_stride % 4 != 0 ||

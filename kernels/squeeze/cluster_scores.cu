@@ -16,9 +16,9 @@
 #include <cstdint>
 
 #include "kernels/common/device.cuh"
-#include "kernels/squeeze/cluster_scores.cuh"
 #include "kernels/common/dispatch.cuh"
 #include "kernels/common/mma_tile.cuh"
+#include "kernels/squeeze/cluster_scores.cuh"
 
 namespace squeeze::gpu {
 namespace {
@@ -82,18 +82,17 @@ __global__ void __launch_bounds__(kThreads, 1) ScoresKernel(const ClusterScoresP
 
   const int h = blockIdx.y;
   const SqueezeHeadDesc hd = p.heads[h];
-  const int32_t* cand =
-      p.candidates != nullptr ? p.candidates + static_cast<int64_t>(h) * p.candidate_stride
-                              : nullptr;
+  const int32_t* cand = p.candidates != nullptr
+                            ? p.candidates + static_cast<int64_t>(h) * p.candidate_stride
+                            : nullptr;
   // The clusters taking part: the candidates, or every cluster.
-  const int C = cand != nullptr ? max(0, min(p.num_candidates[h], hd.num_clusters))
-                                : hd.num_clusters;
+  const int C =
+      cand != nullptr ? max(0, min(p.num_candidates[h], hd.num_clusters)) : hd.num_clusters;
   const int R = p.num_tokens * p.group;
   const int m_rows = kPass == 1 ? R : C, n_rows = kPass == 1 ? C : R;
   const int row0 = blockIdx.x * kBlockM;
   if (C <= 0 || row0 >= m_rows) return;  // CTA-uniform
-  const HeadRows queries{p.q + static_cast<int64_t>(h) * p.group * D, p.q_token_stride, p.group,
-                         D};
+  const HeadRows queries{p.q + static_cast<int64_t>(h) * p.group * D, p.q_token_stride, p.group, D};
   const Centroids centroids{static_cast<const bf16*>(hd.centroids), cand, D};
   const float* stats = p.row_stats + static_cast<int64_t>(h) * 2 * R;  // max (log2), 1 / sum
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -126,8 +125,7 @@ __global__ void __launch_bounds__(kThreads, 1) ScoresKernel(const ClusterScoresP
   if constexpr (kPass == 1) {
     detail::IssueSwizzledTile<D, kBlockM, kThreads>(smem, queries, row0, m_rows, queries.q);
   } else {
-    detail::IssueSwizzledTile<D, kBlockM, kThreads>(smem, centroids, row0, m_rows,
-                                                    centroids.c);
+    detail::IssueSwizzledTile<D, kBlockM, kThreads>(smem, centroids, row0, m_rows, centroids.c);
   }
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
@@ -198,8 +196,8 @@ __global__ void __launch_bounds__(kThreads, 1) ScoresKernel(const ClusterScoresP
             for (int b = 0; b < 2; ++b) {
               const int col = j * 8 + 2 * tq + b;
               if (n0 + col < n_rows) {
-                s = fmaf(Exp2(fmaf(acc[mt][j][2 * hh + b], k2, -side[col])),
-                         side[kBlockN + col], s);
+                s = fmaf(Exp2(fmaf(acc[mt][j][2 * hh + b], k2, -side[col])), side[kBlockN + col],
+                         s);
               }
             }
           }
@@ -268,16 +266,14 @@ size_t ClusterScoresWorkspaceBytes(int num_heads, int num_tokens, int group) {
 cudaError_t LaunchClusterScores(const ClusterScoresParams& p, cudaStream_t stream) {
   if (p.num_heads <= 0 || p.num_heads > 65535 || p.num_tokens <= 0 || p.group <= 0 ||
       int64_t{p.num_tokens} * p.group > (int64_t{1} << 30) || p.q == nullptr ||
-      p.heads == nullptr || p.row_stats == nullptr || p.scores == nullptr ||
-      p.max_clusters < 0 || p.score_stride < p.max_clusters ||
-      (reinterpret_cast<uintptr_t>(p.q) & 15) != 0 || p.q_token_stride % 8 != 0 ||
-      (p.candidates != nullptr && p.num_candidates == nullptr)) {
+      p.heads == nullptr || p.row_stats == nullptr || p.scores == nullptr || p.max_clusters < 0 ||
+      p.score_stride < p.max_clusters || (reinterpret_cast<uintptr_t>(p.q) & 15) != 0 ||
+      p.q_token_stride % 8 != 0 || (p.candidates != nullptr && p.num_candidates == nullptr)) {
     return cudaErrorInvalidValue;
   }
   if (p.max_clusters == 0) return cudaSuccess;
-  return detail::DispatchHeadDim(p.head_dim, [&](auto d) {
-    return LaunchTyped<decltype(d)::value>(p, stream);
-  });
+  return detail::DispatchHeadDim(
+      p.head_dim, [&](auto d) { return LaunchTyped<decltype(d)::value>(p, stream); });
 }
 
 }  // namespace squeeze::gpu

@@ -1,7 +1,7 @@
 // Fused multi-query cluster scores: the selection scores of a multi-token step against a
-// registered context (kernels/squeeze/expand_selection.cuh, steps 1-3) without the logits in memory.
-// For every KV head h (grid.y) with its R = tokens * G query rows (row r: token r / G, query
-// head h * G + r % G) and its C clusters (bf16 centroids, sizes N_c):
+// registered context (kernels/squeeze/expand_selection.cuh, steps 1-3) without the logits in
+// memory. For every KV head h (grid.y) with its R = tokens * G query rows (row r: token r / G,
+// query head h * G + r % G) and its C clusters (bf16 centroids, sizes N_c):
 //   pass 1, row statistics: m_r = max_c s_rc, l_r = sum_c N_c exp(s_rc - m_r)
 //   pass 2, column means:   score_c = (1 / R) sum_r exp(s_rc - m_r) / l_r
 // with s_rc = scale * q_r . centroid_c recomputed by both passes on tensor cores (mma.sync
@@ -33,10 +33,10 @@ struct ClusterScoresParams {
   // [num_heads] device descriptors: bf16 centroids [num_clusters][head_dim] (16-byte aligned),
   // sizes [num_clusters] (>= 1); num_clusters may differ per head (0: the head is skipped).
   const SqueezeHeadDesc* heads = nullptr;
-  int max_clusters = 0;         // >= every head's num_clusters (sizes the second pass's grid)
-  float* row_stats = nullptr;   // workspace, ClusterScoresWorkspaceBytes
-  float* scores = nullptr;      // [num_heads][score_stride]; columns >= num_clusters untouched
-  int score_stride = 0;         // >= max_clusters
+  int max_clusters = 0;        // >= every head's num_clusters (sizes the second pass's grid)
+  float* row_stats = nullptr;  // workspace, ClusterScoresWorkspaceBytes
+  float* scores = nullptr;     // [num_heads][score_stride]; columns >= num_clusters untouched
+  int score_stride = 0;        // >= max_clusters
   // Optional (hierarchical level): only the clusters candidates[h * candidate_stride + i],
   // i < num_candidates[h] (device; ids < num_clusters) take part, in the row statistics and in
   // the scores, which are written at the candidates' ids; other columns are left as they are.

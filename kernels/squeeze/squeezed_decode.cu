@@ -2,8 +2,8 @@
 // (see squeezed_decode.cuh).
 #include <algorithm>
 
-#include "kernels/common/dispatch.cuh"
 #include "kernels/attention/sparse_decode_attention.cuh"
+#include "kernels/common/dispatch.cuh"
 #include "kernels/squeeze/squeezed_decode.cuh"
 
 namespace squeeze::gpu {
@@ -43,12 +43,12 @@ cudaError_t PlanSqueezedDecode(const SqueezedDecodeShape& s, SqueezedDecodePlan*
   // Every head holds at most ceil(kept / chunk) + ceil(dynamic / chunk) <= keys / chunk + 2
   // chunks. The planner's whole waves stay under keys / kSparseMaxChunkKeys + target + 2 heads
   // (and it doubles the chunk up to kSparseMaxChunkKeys should they not).
-  const int64_t max_keys = (s.max_fixed_rows + int64_t{s.batch} * s.max_dynamic_len) *
-                           s.num_kv_heads;
-  p.max_chunks = static_cast<int>(
-      std::max<int64_t>(p.target_chunks,
-                        (max_keys + kSparseMaxChunkKeys - 1) / kSparseMaxChunkKeys) +
-      p.target_chunks + 2 * heads);
+  const int64_t max_keys =
+      (s.max_fixed_rows + int64_t{s.batch} * s.max_dynamic_len) * s.num_kv_heads;
+  p.max_chunks =
+      static_cast<int>(std::max<int64_t>(p.target_chunks, (max_keys + kSparseMaxChunkKeys - 1) /
+                                                              kSparseMaxChunkKeys) +
+                       p.target_chunks + 2 * heads);
   p.sparse_grid = std::min(sparse_ctas, p.max_chunks);
 
   const size_t D = s.head_dim;

@@ -20,13 +20,13 @@ struct SqueezedDecodeShape {
   int num_q_heads = 0;
   int num_kv_heads = 0;
   int head_dim = 0;
-  int max_dynamic_len = 0;     // bound on DecodeKv::len of the dynamic part (0: none)
-  int max_clusters = 0;        // bound on SqueezeHeadDesc::num_clusters
-  int64_t max_fixed_rows = 0;  // bound on sum over sequences of the fixed context's num_rows
-  int max_context_rows = 0;    // bound on any one fixed context's num_rows (0: max_fixed_rows)
-  bool with_scores = false;    // keep every cluster's score in the workspace (tests, stats)
-  int sparse_waves = 0;        // waves of the attention kernel's persistent grid (0: default)
-  bool one_launch_lookup = true;  // false: always the two-launch lookup (tests, comparisons)
+  int max_dynamic_len = 0;          // bound on DecodeKv::len of the dynamic part (0: none)
+  int max_clusters = 0;             // bound on SqueezeHeadDesc::num_clusters
+  int64_t max_fixed_rows = 0;       // bound on sum over sequences of the fixed context's num_rows
+  int max_context_rows = 0;         // bound on any one fixed context's num_rows (0: max_fixed_rows)
+  bool with_scores = false;         // keep every cluster's score in the workspace (tests, stats)
+  int sparse_waves = 0;             // waves of the attention kernel's persistent grid (0: default)
+  bool one_launch_lookup = true;    // false: always the two-launch lookup (tests, comparisons)
   bool programmatic_launch = true;  // the attention kernel launched as the lookup's dependent
 };
 

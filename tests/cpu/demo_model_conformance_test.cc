@@ -42,7 +42,8 @@ TEST(DemoModelConformance, LogitsMatchTransformers) {
     for (size_t done = 0; done < context.size(); done += 512) {
       const size_t n = std::min<size_t>(512, context.size() - done);
       SequenceStep step{.tokens = std::span<const int32_t>(context).subspan(done, n),
-                        .kv = &ctx_kv, .want_logits = false};
+                        .kv = &ctx_kv,
+                        .want_logits = false};
       ForwardOutput out;
       ASSERT_TRUE(m.Forward(std::span<SequenceStep>(&step, 1), &out).ok());
     }
@@ -54,8 +55,8 @@ TEST(DemoModelConformance, LogitsMatchTransformers) {
     const auto gap = c.at("question_top2_gap").get<std::vector<float>>();
     double max_err = 0, max_ref = 0;
     for (size_t i = 0; i < question.size(); ++i) {
-      SequenceStep step{.tokens = std::span<const int32_t>(&question[i], 1), .context = &kv,
-                        .kv = &dyn};
+      SequenceStep step{
+          .tokens = std::span<const int32_t>(&question[i], 1), .context = &kv, .kv = &dyn};
       ForwardOutput out;
       ASSERT_TRUE(m.Forward(std::span<SequenceStep>(&step, 1), &out).ok());
       const std::vector<float>& lg = out.logits[0];
@@ -82,8 +83,8 @@ TEST(DemoModelConformance, LogitsMatchTransformers) {
       for (int t = 0; t < 8; ++t) {
         const auto& lg = out.logits[0];
         greedy.push_back(static_cast<int32_t>(std::max_element(lg.begin(), lg.end()) - lg.begin()));
-        SequenceStep next{.tokens = std::span<const int32_t>(&greedy.back(), 1), .context = &kv,
-                          .kv = &g};
+        SequenceStep next{
+            .tokens = std::span<const int32_t>(&greedy.back(), 1), .context = &kv, .kv = &g};
         ASSERT_TRUE(m.Forward(std::span<SequenceStep>(&next, 1), &out).ok());
       }
     }

@@ -13,8 +13,8 @@
 #include "engine/backend/cpu/cpu_backend.h"
 #include "engine/model/llama_model.h"
 #include "engine/model/weights.h"
-#include "engine/store/context_store.h"
 #include "engine/scheduler/engine.h"
+#include "engine/store/context_store.h"
 #include "engine/tokenizer/tokenizer.h"
 
 namespace squeeze {

@@ -57,9 +57,9 @@ constexpr double kLogitTolerance = 1e-3;  // max|Δlogit| / max|logit|, see the 
 constexpr double kTieGap = 1e-4;
 
 // The goldens are committed (tests/data/golden/), so a missing directory is a failure too.
-#define REQUIRE_GOLDENS()                                                              \
-  if (!fs::is_directory(kGoldenDir)) {                                                      \
-    FAIL() << "no golden files at " << kGoldenDir.string() << "; " << kRegenerate;          \
+#define REQUIRE_GOLDENS()                                                          \
+  if (!fs::is_directory(kGoldenDir)) {                                             \
+    FAIL() << "no golden files at " << kGoldenDir.string() << "; " << kRegenerate; \
   }
 
 // Parses a JSON file; on failure records a test failure and returns null.
@@ -360,7 +360,7 @@ void CheckModel(const std::string& name) {
 
 #define MODEL_TEST(test_name, model_name) \
   TEST(HfConformance, test_name) {        \
-    REQUIRE_GOLDENS();               \
+    REQUIRE_GOLDENS();                    \
     CheckModel(model_name);               \
   }
 

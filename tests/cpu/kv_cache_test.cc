@@ -1,7 +1,9 @@
-// KV storage (engine/backend/kv_cache.h) in a backend's memory, on the CPU: growth keeps every row of
-// every (layer, head) block (Reserve through Backend::Copy2D), and ContextKV::FromSequence reads
+// KV storage (engine/backend/kv_cache.h) in a backend's memory, on the CPU: growth keeps every row
+// of every (layer, head) block (Reserve through Backend::Copy2D), and ContextKV::FromSequence reads
 // fp32 and bf16 storage back exactly (bf16 widened bit for bit). The CUDA backend uses the same
 // code with device memory. Also ParallelFor (engine/common/parallel_for.h).
+#include "engine/backend/kv_cache.h"
+
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -10,7 +12,6 @@
 
 #include "engine/backend/cpu/cpu_backend.h"
 #include "engine/common/parallel_for.h"
-#include "engine/backend/kv_cache.h"
 
 namespace squeeze {
 namespace {
@@ -100,8 +101,8 @@ TEST(KvCacheTest, BackendStorageGrowsAndReadsBackExactly) {
     for (int n : {5, 60, 1, 100, 90}) Append(&seq, n);
     EXPECT_EQ(seq.length(), 256);
     EXPECT_GE(seq.capacity(), 256);
-    EXPECT_EQ(seq.bytes(), 2 * static_cast<size_t>(3) * 2 * seq.capacity() * 16 *
-                               DTypeBytes(be->kv_dtype()));
+    EXPECT_EQ(seq.bytes(),
+              2 * static_cast<size_t>(3) * 2 * seq.capacity() * 16 * DTypeBytes(be->kv_dtype()));
     ExpectContext(ContextKV::FromSequence(seq, 256), 256, be->kv_dtype());
     ExpectContext(ContextKV::FromSequence(seq, 77), 77, be->kv_dtype());  // a prefix
   }
@@ -119,7 +120,8 @@ TEST(ParallelForTest, VisitsEveryIndexOnce) {
   for (unsigned threads : {0u, 1u, 3u, 64u}) {
     for (size_t n : {size_t{0}, size_t{1}, size_t{7}, size_t{1000}}) {
       std::vector<std::atomic<int>> seen(n);
-      ParallelFor(n, [&](size_t i) { seen[i].fetch_add(1); }, threads);
+      ParallelFor(
+          n, [&](size_t i) { seen[i].fetch_add(1); }, threads);
       for (size_t i = 0; i < n; ++i) EXPECT_EQ(seen[i].load(), 1) << i;
     }
   }

@@ -1,12 +1,12 @@
 // The query-blind recent-keys baseline selects exactly the sink and recent token positions,
 // wherever the rows of a (layer, KV head) sit in storage order.
+#include "engine/attention/recency_selection.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <random>
 #include <set>
-
-#include "engine/attention/recency_selection.h"
 
 namespace squeeze {
 namespace {

@@ -343,8 +343,8 @@ TEST(SelectionTest, DeviceSelectionAccountingMatchesHostSelection) {
   std::mt19937 gen(12);
   for (bool hierarchical : {false, true}) {
     for (double budget : {0.0, 0.1, 1.0}) {
-      SCOPED_TRACE(testing::Message() << (hierarchical ? "hierarchical" : "flat") << " budget "
-                                      << budget);
+      SCOPED_TRACE(testing::Message()
+                   << (hierarchical ? "hierarchical" : "flat") << " budget " << budget);
       SelectionOptions sel;
       sel.budget = budget;
       sel.hierarchical = hierarchical;
@@ -380,8 +380,9 @@ TEST(SelectionTest, DeviceSelectionAccountingMatchesHostSelection) {
             }
           }
         }
-        device.RecordDeviceSelection(l, kept, hierarchical ? std::span<const int32_t>(candidates)
-                                                           : std::span<const int32_t>());
+        device.RecordDeviceSelection(
+            l, kept,
+            hierarchical ? std::span<const int32_t>(candidates) : std::span<const int32_t>());
       }
       EXPECT_NEAR(device.realised_budget(), host.realised_budget(), 1e-12);
     }

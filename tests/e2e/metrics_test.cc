@@ -105,9 +105,9 @@ Samples Parse(const std::string& text) {
     const std::string key = line.substr(0, space);
     if (const size_t brace = key.find('{'); brace != std::string::npos) {
       std::vector<std::pair<std::string, std::string>> labels;
-      EXPECT_TRUE(key.back() == '}' &&
-                  ParseLabels(std::string_view(key).substr(brace + 1, key.size() - brace - 2),
-                              &labels))
+      EXPECT_TRUE(
+          key.back() == '}' &&
+          ParseLabels(std::string_view(key).substr(brace + 1, key.size() - brace - 2), &labels))
           << line;
     }
     char* end = nullptr;
@@ -205,8 +205,11 @@ TEST(MetricsRegistryTest, SerializesCountersGaugesAndEscapes) {
 TEST(MetricsRegistryTest, HistogramBucketsMatchBruteForce) {
   metrics::Registry registry;
   const metrics::BucketBoundaries bounds = {0.5, 0.1, 1.0, 0.1, 2.5, INFINITY};  // unsorted
-  auto& h = metrics::BuildHistogram().Name("x_seconds").Help("h").Register(registry).Add(
-      {{"mode", "m"}}, bounds);
+  auto& h = metrics::BuildHistogram()
+                .Name("x_seconds")
+                .Help("h")
+                .Register(registry)
+                .Add({{"mode", "m"}}, bounds);
   EXPECT_EQ(h.boundaries(), (std::vector<double>{0.1, 0.5, 1.0, 2.5}));
   std::mt19937 rng(7);
   std::exponential_distribution<double> dist(1.5);
@@ -226,8 +229,8 @@ TEST(MetricsRegistryTest, HistogramBucketsMatchBruteForce) {
   const metrics::ClientMetric m = h.Collect();
   ASSERT_EQ(m.buckets.size(), 5u);
   for (const auto& b : m.buckets) {
-    const auto expected = std::count_if(values.begin(), values.end(),
-                                        [&](double v) { return v <= b.upper_bound; });
+    const auto expected =
+        std::count_if(values.begin(), values.end(), [&](double v) { return v <= b.upper_bound; });
     EXPECT_EQ(b.cumulative_count, static_cast<uint64_t>(expected)) << b.upper_bound;
   }
   EXPECT_EQ(m.sample_count, values.size());
@@ -266,9 +269,9 @@ TEST(MetricsExposerTest, RoutesAndLimits) {
   EXPECT_EQ(Get(port, "/metricsx").code, 404);
   EXPECT_EQ(RawHttp(port, "POST /metrics HTTP/1.1\r\n\r\n").code, 405);
   EXPECT_EQ(RawHttp(port, "garbage\r\n\r\n").code, 400);
-  EXPECT_EQ(RawHttp(port, "GET /metrics HTTP/1.1\r\nX: " + std::string(2000, 'a') + "\r\n\r\n")
-                .code,
-            431);
+  EXPECT_EQ(
+      RawHttp(port, "GET /metrics HTTP/1.1\r\nX: " + std::string(2000, 'a') + "\r\n\r\n").code,
+      431);
   HttpResponse head = RawHttp(port, "HEAD /metrics HTTP/1.0\r\n\r\n");
   EXPECT_EQ(head.code, 200);
   EXPECT_TRUE(head.body.empty());

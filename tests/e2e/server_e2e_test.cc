@@ -353,10 +353,10 @@ TEST_F(ServerE2ETest, StopStringsStopTokensAndLogprobs) {
   GenerateResult id_stopped = Generate(c(), by_id);
   ASSERT_TRUE(id_stopped.status.ok());
   EXPECT_EQ(id_stopped.last.finish_reason(), v1::STOP);
-  const size_t first = std::find(base.tokens.begin(), base.tokens.end(), base.tokens[3]) -
-                       base.tokens.begin();
-  EXPECT_EQ(id_stopped.tokens, std::vector<int32_t>(base.tokens.begin(),
-                                                    base.tokens.begin() + first));
+  const size_t first =
+      std::find(base.tokens.begin(), base.tokens.end(), base.tokens[3]) - base.tokens.begin();
+  EXPECT_EQ(id_stopped.tokens,
+            std::vector<int32_t>(base.tokens.begin(), base.tokens.begin() + first));
 
   v1::GenerateRequest lp = Request("ctx", " Merchants", 5, 1, 0.0f);
   lp.set_logprobs(3);
@@ -379,8 +379,8 @@ TEST_F(ServerE2ETest, ConcurrentStreamsMatchTheSameRequestAlone) {
   ASSERT_TRUE(Register(c(), "beta", Document().substr(1200), &b).ok());
   constexpr int kStreams = 32;
   auto request = [](int i) {
-    return Request(i % 2 ? "alpha" : "beta", i % 3 ? " Bakers" : " The council", 8 + i % 5,
-                   100 + i, 0.9f);
+    return Request(i % 2 ? "alpha" : "beta", i % 3 ? " Bakers" : " The council", 8 + i % 5, 100 + i,
+                   0.9f);
   };
   std::vector<GenerateResult> together(kStreams);
   std::vector<std::thread> threads;
@@ -431,7 +431,8 @@ TEST(ServerE2EQueueTest, FullQueueGivesResourceExhausted) {
   std::vector<GenerateResult> long_runs(2);
   std::vector<std::thread> threads;
   for (int i = 0; i < 2; ++i) {
-    threads.emplace_back([&, i] { long_runs[i] = Generate(*t.client, Request("", "Hello", 1500)); });
+    threads.emplace_back(
+        [&, i] { long_runs[i] = Generate(*t.client, Request("", "Hello", 1500)); });
   }
   for (int i = 0; i < 500 && t.server->engine().stats().queued < 2; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));

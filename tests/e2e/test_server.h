@@ -40,8 +40,8 @@ struct TestServer {
     EXPECT_TRUE(s.ok()) << s.status();
     if (!s.ok()) return t;
     t.server = std::move(*s);
-    t.client = std::make_unique<client::SqueezeClient>("127.0.0.1:" +
-                                                       std::to_string(t.server->port()));
+    t.client =
+        std::make_unique<client::SqueezeClient>("127.0.0.1:" + std::to_string(t.server->port()));
     return t;
   }
 };

@@ -43,7 +43,6 @@ namespace {
 using gpu::bf16;
 using namespace gpu_testing;  // NOLINT(build/namespaces): test helpers
 
-
 // Values with a per-dimension offset so the attention output is far from zero.
 float ValueAt(Rng& rng, int h, int i) { return rng.Uniform() + 0.5f * std::sin(0.37f * i + h); }
 

@@ -44,8 +44,8 @@ struct Case {
 };
 
 void RunCase(const Case& c, uint64_t seed) {
-  SCOPED_TRACE(::testing::Message() << "d=" << c.d << " G=" << c.group << " Hkv=" << c.hkv
-                                    << " tokens=" << c.tokens);
+  SCOPED_TRACE(::testing::Message()
+               << "d=" << c.d << " G=" << c.group << " Hkv=" << c.hkv << " tokens=" << c.tokens);
   Rng rng(seed);
   const int d = c.d, G = c.group, hkv = c.hkv, hq = G * hkv, n = c.tokens;
   Bf16Data q(static_cast<size_t>(n) * hq * d);
@@ -139,9 +139,8 @@ void RunCase(const Case& c, uint64_t seed) {
                   sub_cent.begin() + static_cast<ptrdiff_t>(i) * d);
       sub_sizes[i] = sizes[h][ids[i]];
     }
-    scorer.Average(q.ref.data() + static_cast<size_t>(h) * G * d, n, G,
-                   static_cast<size_t>(hq) * d, sub_cent.data(), sub_sizes.data(), C, d,
-                   ref.data());
+    scorer.Average(q.ref.data() + static_cast<size_t>(h) * G * d, n, G, static_cast<size_t>(hq) * d,
+                   sub_cent.data(), sub_sizes.data(), C, d, ref.data());
     const float top = *std::max_element(ref.begin(), ref.end());
     double mass_gpu = 0, mass_ref = 0, worst = 0;
     for (int i = 0; i < C; ++i) {
@@ -156,8 +155,8 @@ void RunCase(const Case& c, uint64_t seed) {
     // Each row's size-weighted probabilities sum to 1, so does their mean.
     EXPECT_NEAR(mass_gpu, 1.0, 1e-3);
     EXPECT_NEAR(mass_ref, 1.0, 1e-3);
-    std::printf("  d=%d G=%d tokens=%d head %d: %d %s, max |gpu - ref| / max ref = %.2e\n", d, G,
-                n, h, C, c.candidates ? "candidates" : "clusters", worst);
+    std::printf("  d=%d G=%d tokens=%d head %d: %d %s, max |gpu - ref| / max ref = %.2e\n", d, G, n,
+                h, C, c.candidates ? "candidates" : "clusters", worst);
   }
 
   // Deterministic: the same launch again gives the same bits.

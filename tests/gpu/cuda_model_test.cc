@@ -118,8 +118,7 @@ void CheckGoldenModel(const std::string& name) {
       const std::vector<float> logits = Step(*model, all.subspan(T - n_last + i, 1), &kv);
       const double err = RelError(logits, last[i]);
       worst = std::max(worst, err);
-      EXPECT_LE(err, kTolerance) << name << " " << seq.at("name") << " position "
-                                 << T - n_last + i;
+      EXPECT_LE(err, kTolerance) << name << " " << seq.at("name") << " position " << T - n_last + i;
     }
   }
   const json& greedy = golden.at("greedy");
@@ -132,9 +131,10 @@ void CheckGoldenModel(const std::string& name) {
     next = {got.back()};
   }
   EXPECT_EQ(got, want) << name << " greedy";
-  std::printf("[cuda conformance] %-12s max|dlogit|/max|logit| = %.2e vs transformers fp32, "
-              "greedy %s\n",
-              name.c_str(), worst, got == want ? "identical" : "DIFFERENT");
+  std::printf(
+      "[cuda conformance] %-12s max|dlogit|/max|logit| = %.2e vs transformers fp32, "
+      "greedy %s\n",
+      name.c_str(), worst, got == want ? "identical" : "DIFFERENT");
 }
 
 TEST(CudaModel, Llama2) { CheckGoldenModel("llama2"); }
@@ -145,7 +145,8 @@ TEST(CudaModel, MistralHeadDim128) { CheckGoldenModel("mistral"); }
 TEST(CudaModel, UnsupportedHeadDimIsAClearError) {
   auto config = LoadModelConfig((kGolden / "llama32_tied").string());
   ASSERT_TRUE(config.ok());
-  const absl::Status st = CudaBackend::Supports(config->head_dim, config->num_heads, config->num_kv_heads);
+  const absl::Status st =
+      CudaBackend::Supports(config->head_dim, config->num_heads, config->num_kv_heads);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(st.message().find("head_dim"), std::string::npos) << st;
 }
@@ -213,9 +214,9 @@ SqueezedContext MakeSqueezedContext(LlamaModel& model, const json& task,
   out.kv = ContextKV::FromSequence(seq, S);
   // A GPU model's solver clusters the prefill's KV in place, as a registration does.
   const bool on_device = !model.backend().host_memory();
-  auto index = BuildSqueezeIndex(&out.kv, capture, model.config().num_heads, options, nullptr,
-                                 nullptr, model.backend().kmeans_solver(),
-                                 on_device ? &seq : nullptr);
+  auto index =
+      BuildSqueezeIndex(&out.kv, capture, model.config().num_heads, options, nullptr, nullptr,
+                        model.backend().kmeans_solver(), on_device ? &seq : nullptr);
   EXPECT_TRUE(index.ok()) << index.status();
   if (index.ok()) out.index = *std::move(index);
   return out;
@@ -279,12 +280,13 @@ void CheckDeviceSelection(bool hierarchical) {
       RelError(first[1], std::vector<double>(first[0].begin(), first[0].end()));
   EXPECT_LE(question_err, kTolerance);
   EXPECT_NEAR(question_budget[1], question_budget[0], 0.02);
-  std::printf("[cuda squeezed%s] %d-token context, budget 0.1: question (%zu tokens) realised "
-              "budget cpu %.4f cuda %.4f, logits %.2e; after 8 decode steps cpu %.4f cuda %.4f, "
-              "logits max|d|/max = %.2e, greedy %s\n",
-              hierarchical ? " hierarchical" : "", S, question.size(), question_budget[0],
-              question_budget[1], question_err, budget[0], budget[1], err,
-              greedy[0] == greedy[1] ? "identical" : "DIFFERENT");
+  std::printf(
+      "[cuda squeezed%s] %d-token context, budget 0.1: question (%zu tokens) realised "
+      "budget cpu %.4f cuda %.4f, logits %.2e; after 8 decode steps cpu %.4f cuda %.4f, "
+      "logits max|d|/max = %.2e, greedy %s\n",
+      hierarchical ? " hierarchical" : "", S, question.size(), question_budget[0],
+      question_budget[1], question_err, budget[0], budget[1], err,
+      greedy[0] == greedy[1] ? "identical" : "DIFFERENT");
 }
 
 TEST(CudaModel, DeviceSqueezedSelectionMatchesCpu) { CheckDeviceSelection(false); }
@@ -325,8 +327,10 @@ TEST(CudaModel, AdoptedContextEqualsUploaded) {
       o.budget = std::max(budget, 0.0);
       SqueezedFixedContextAttention selector(*index, o);
       SequenceKV dyn = model->NewSequenceKV();
-      SequenceStep st{.tokens = question, .context = i == 0 ? &adopted : &uploaded,
-                      .fixed = budget < 0 ? nullptr : &selector, .kv = &dyn};
+      SequenceStep st{.tokens = question,
+                      .context = i == 0 ? &adopted : &uploaded,
+                      .fixed = budget < 0 ? nullptr : &selector,
+                      .kv = &dyn};
       ForwardOutput out;
       ASSERT_TRUE(model->Forward(std::span<SequenceStep>(&st, 1), &out).ok());
       logits[i] = out.logits[0];
@@ -396,9 +400,10 @@ TEST(CudaModel, IdleContextsAreEvictedWhenTheGpuIsFull) {
   EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
   EXPECT_NE(st.message().find("GiB"), std::string::npos) << st;
   EXPECT_EQ(ask(1), want[1]) << "the backend must stay usable";
-  std::printf("[cuda memory] %.1f MiB contexts evict each other with %.2f GiB free; both in one "
-              "step: %s\n",
-              context_bytes / 1048576.0, keep / 1073741824.0, std::string(st.message()).c_str());
+  std::printf(
+      "[cuda memory] %.1f MiB contexts evict each other with %.2f GiB free; both in one "
+      "step: %s\n",
+      context_bytes / 1048576.0, keep / 1073741824.0, std::string(st.message()).c_str());
 }
 
 TEST(CudaModel, BatchedSqueezedDecodeEqualsEachAlone) {
@@ -418,8 +423,7 @@ TEST(CudaModel, BatchedSqueezedDecodeEqualsEachAlone) {
   auto budget_of = [](int m) { return m % 4 == 0 ? 0.1 : m % 4 == 1 ? 0.05 : -1.0; };
   auto has_context = [](int m) { return m % 4 != 3; };
   auto run = [&](const std::vector<int>& members, int steps,
-                 std::vector<std::vector<int32_t>>* tokens,
-                 std::vector<std::vector<float>>* last) {
+                 std::vector<std::vector<int32_t>>* tokens, std::vector<std::vector<float>>* last) {
     std::vector<std::unique_ptr<SqueezedFixedContextAttention>> selectors(kSeqs);
     std::vector<SequenceKV> dyn;
     for (int i = 0; i < kSeqs; ++i) dyn.push_back(model->NewSequenceKV());
@@ -437,8 +441,10 @@ TEST(CudaModel, BatchedSqueezedDecodeEqualsEachAlone) {
     for (int step = 0; step <= steps; ++step) {
       std::vector<SequenceStep> batch;
       for (int m : members) {
-        batch.push_back({.tokens = next[m], .context = has_context(m) ? &kv : nullptr,
-                         .fixed = selectors[m].get(), .kv = &dyn[m]});
+        batch.push_back({.tokens = next[m],
+                         .context = has_context(m) ? &kv : nullptr,
+                         .fixed = selectors[m].get(),
+                         .kv = &dyn[m]});
       }
       ForwardOutput o;
       const absl::Status st = model->Forward(std::span<SequenceStep>(batch), &o);
@@ -468,9 +474,10 @@ TEST(CudaModel, BatchedSqueezedDecodeEqualsEachAlone) {
     // accumulation order, compounded over the layers and steps); measured 1.0e-3.
     EXPECT_LE(RelError(batch_last[m], ref), 3e-3) << "sequence " << m;
   }
-  std::printf("[cuda batch] 32 sequences (squeezed 0.1, squeezed 0.05, dense context, none) in "
-              "one step: greedy tokens %s\n",
-              batch_tokens == alone_tokens ? "identical to each alone" : "DIFFERENT");
+  std::printf(
+      "[cuda batch] 32 sequences (squeezed 0.1, squeezed 0.05, dense context, none) in "
+      "one step: greedy tokens %s\n",
+      batch_tokens == alone_tokens ? "identical to each alone" : "DIFFERENT");
 }
 
 // Sampling on the device through the forward (SampleJob): the same tokens, logprobs and PRNG
@@ -495,8 +502,8 @@ TEST(CudaModel, DeviceSamplingMatchesHostSampling) {
   std::vector<int32_t> next_device = prompt, next_host = prompt;
   int same_logprob = 0;
   for (int step = 0; step < 24; ++step) {
-    SampleJob job{.sampler = &on_device, .prompt = prompt, .generated = generated_device,
-                  .want_info = true};
+    SampleJob job{
+        .sampler = &on_device, .prompt = prompt, .generated = generated_device, .want_info = true};
     SequenceStep a{.tokens = next_device, .kv = &kv_device, .sample = &job};
     ForwardOutput out_a;
     ASSERT_TRUE(model->Forward(std::span<SequenceStep>(&a, 1), &out_a).ok());
@@ -515,8 +522,9 @@ TEST(CudaModel, DeviceSamplingMatchesHostSampling) {
     next_host = {want};
   }
   EXPECT_EQ(same_logprob, 24);
-  std::printf("[cuda sampling] 24 sampled steps on the device: tokens and logprobs equal the host "
-              "sampler's\n");
+  std::printf(
+      "[cuda sampling] 24 sampled steps on the device: tokens and logprobs equal the host "
+      "sampler's\n");
 }
 
 std::string ReadText(const fs::path& path) {

@@ -1,13 +1,14 @@
 // The decode GEMV kernel (kernels/ops/gemv.cu) against a double-precision reference on the same
 // bf16-rounded inputs: random x and w (never zeros), outputs poisoned first, NaN checked,
 // error ||y - ref|| / ||ref|| <= 1e-5 (fp32 accumulation of up to 14336 products).
+#include "kernels/ops/gemv.cuh"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <memory>
 #include <vector>
 
-#include "kernels/ops/gemv.cuh"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace squeeze {
@@ -19,14 +20,14 @@ using gpu_testing::Rng;
 
 TEST(Gemv, MatchesReferenceOverShapes) {
   Rng rng(11);
-  const int shapes[][2] = {{1, 8},       {7, 64},       {1024, 4096}, {4099, 4096},
-                           {4096, 14336}, {300, 768},   {8193, 256},  {16384, 4096}};
+  const int shapes[][2] = {{1, 8},        {7, 64},    {1024, 4096}, {4099, 4096},
+                           {4096, 14336}, {300, 768}, {8193, 256},  {16384, 4096}};
   for (int m = 1; m <= gpu::kGemvMaxRows; ++m) {
     for (const auto& [n, k] : shapes) {
       if (!gpu::GemvSupported(m, n, k)) continue;
       for (bool accumulate : {false, true}) {
-        SCOPED_TRACE(testing::Message() << "m " << m << " n " << n << " k " << k
-                                        << " accumulate " << accumulate);
+        SCOPED_TRACE(testing::Message()
+                     << "m " << m << " n " << n << " k " << k << " accumulate " << accumulate);
         std::vector<float> x(static_cast<size_t>(m) * k), y0(static_cast<size_t>(m) * n);
         for (float& v : x) v = rng.Uniform() * 2.0f;
         for (float& v : y0) v = rng.Uniform();
@@ -37,7 +38,8 @@ TEST(Gemv, MatchesReferenceOverShapes) {
           for (int j = 0; j < n; ++j) {
             double s = accumulate ? y0[static_cast<size_t>(i) * n + j] : 0.0;
             for (int t = 0; t < k; ++t) {
-              const float xr = __bfloat162float(__float2bfloat16_rn(x[static_cast<size_t>(i) * k + t]));
+              const float xr =
+                  __bfloat162float(__float2bfloat16_rn(x[static_cast<size_t>(i) * k + t]));
               s += static_cast<double>(xr) * w.ref[static_cast<size_t>(j) * k + t];
             }
             ref[static_cast<size_t>(i) * n + j] = s;
@@ -83,8 +85,8 @@ TEST(Gemv, FusedInputsAndSeveralOutputs) {
         const int k = shape[3];
         if (!gpu::GemvSupported(m, shape[0], k)) continue;  // x does not fit shared memory
         const bool accumulate = mode == gpu::GemvInput::kSiluMul;
-        SCOPED_TRACE(testing::Message() << "mode " << static_cast<int>(mode) << " m " << m
-                                        << " k " << k);
+        SCOPED_TRACE(testing::Message()
+                     << "mode " << static_cast<int>(mode) << " m " << m << " k " << k);
         std::vector<float> x(static_cast<size_t>(m) * k), x2(x.size()), norm(k);
         for (float& v : x) v = rng.Uniform() * 3.0f;
         for (float& v : x2) v = rng.Uniform();

@@ -1,6 +1,7 @@
 // The GPU spherical k-means (engine/backend/cuda/cuda_kmeans.h) against the CPU reference
 // (engine/backend/kmeans.h):
-//   * the fused tensor-core assignment kernel (kernels/kmeans/kmeans_assign.cuh) against a brute-force
+//   * the fused tensor-core assignment kernel (kernels/kmeans/kmeans_assign.cuh) against a
+//   brute-force
 //     argmax over the same bf16 values (labels equal except at near-ties of the top two scores,
 //     scores equal up to fp32 accumulation), merge mode, skipped problems, changed counts;
 //   * the solver: the reference's invariants (labels, sizes, raw-mean centroids, a non-decreasing

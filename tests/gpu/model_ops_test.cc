@@ -1,6 +1,6 @@
-// The small forward kernels of kernels/ops/ and kernels/attention/merge_attention.cuh against the CPU reference backend
-// (CpuBackend ops and MergeAttentionPartials called on host copies of the same inputs).
-// Tolerances, error = ||out - ref|| / ||ref||:
+// The small forward kernels of kernels/ops/ and kernels/attention/merge_attention.cuh against the
+// CPU reference backend (CpuBackend ops and MergeAttentionPartials called on host copies of the
+// same inputs). Tolerances, error = ||out - ref|| / ||ref||:
 //   EmbedRows, GatherRowsF32, AppendKv, F32ToBf16, Bf16ToF32, Argmax:  exact (bitwise / equal ids)
 //   RmsNorm fp32 <= 1e-5 (fp32 vs double sum of squares), SiluMul fp32 <= 1e-6 (expf),
 //   Rope <= 1e-5 (sincosf vs libm, positions up to 500000), MergeAttention out <= 1e-5 and
@@ -31,8 +31,8 @@
 #include "kernels/ops/rmsnorm_silu.cuh"
 #include "kernels/ops/rope_append_kv.cuh"
 #include "kernels/ops/rows.cuh"
-#include "tests/gpu/test_kernels.cuh"
 #include "tests/gpu/gpu_test_util.h"
+#include "tests/gpu/test_kernels.cuh"
 
 namespace squeeze {
 namespace {

@@ -1,6 +1,6 @@
-// Dense causal prefill attention (kernels/attention/prefill_attention.cuh) against the CPU reference
-// AttentionPartial (engine/backend/attention_reference.h) on the same bf16 values (the reference
-// reads them converted to fp32 and computes in fp32).
+// Dense causal prefill attention (kernels/attention/prefill_attention.cuh) against the CPU
+// reference AttentionPartial (engine/backend/attention_reference.h) on the same bf16 values (the
+// reference reads them converted to fp32 and computes in fp32).
 //
 // Inputs: random q (bf16, |q| up to 3 so the softmax is far from uniform), K and V random bf16
 // with a per-dimension offset on V so outputs are far from zero; rows past past + n of every KV
@@ -38,7 +38,6 @@ namespace {
 
 using gpu::bf16;
 using namespace gpu_testing;  // NOLINT(build/namespaces): test helpers
-
 
 struct Case {
   int d, group, hkv, n, past;
@@ -196,8 +195,8 @@ TEST(PrefillAttention, MoreKvHeadsAndRepeatable) {
 // rows of a squeezed selection): every query sees rows [0, lens[h]) of KV head h; rows past it
 // are NaN. A head with no rows must give zero outputs and lse -inf. Same tolerances as above.
 void RunFixedCase(int d, int group, int n, const std::vector<int>& lens, uint64_t seed) {
-  SCOPED_TRACE(::testing::Message() << "fixed d=" << d << " G=" << group << " n=" << n
-                                    << " heads=" << lens.size());
+  SCOPED_TRACE(::testing::Message()
+               << "fixed d=" << d << " G=" << group << " n=" << n << " heads=" << lens.size());
   Rng rng(seed);
   const int hkv = static_cast<int>(lens.size()), hq = hkv * group;
   const int max_len = *std::max_element(lens.begin(), lens.end());
@@ -272,7 +271,7 @@ void RunFixedCase(int d, int group, int n, const std::vector<int>& lens, uint64_
 TEST(PrefillAttention, FixedContextPerHeadLengths) {
   RunFixedCase(128, 4, 1000, {3000, 65, 1, 0, 4097}, 2001);  // n 1000 < 4097 rows, and a 1-row head
   RunFixedCase(64, 8, 300, {17, 200}, 2002);                 // n > rows of both heads
-  RunFixedCase(128, 1, 16, {129, 128, 127}, 2003);            // one query tile, tile-edge lengths
+  RunFixedCase(128, 1, 16, {129, 128, 127}, 2003);           // one query tile, tile-edge lengths
 }
 
 TEST(PrefillAttention, NoLseAndInvalidArguments) {

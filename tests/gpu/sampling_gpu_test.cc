@@ -1,6 +1,6 @@
-// GPU sampling (kernels/sampling/sampling.cu through engine/backend/cuda/cuda_sampling.h) against the CPU
-// Sampler on random logits (normal at several scales, with ties, +-0, -inf and NaN entries, big
-// tie groups), V = 7, 32000 and 128256, 1 to 64 rows, every truncation, penalties and logprobs.
+// GPU sampling (kernels/sampling/sampling.cu through engine/backend/cuda/cuda_sampling.h) against
+// the CPU Sampler on random logits (normal at several scales, with ties, +-0, -inf and NaN entries,
+// big tie groups), V = 7, 32000 and 128256, 1 to 64 rows, every truncation, penalties and logprobs.
 // Each row has two samplers with the same seed, one per side, fed the same tokens.
 //
 // Asserted:

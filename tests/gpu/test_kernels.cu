@@ -1,9 +1,8 @@
 // Test-only kernels (see test_kernels.cuh).
-#include "tests/gpu/test_kernels.cuh"
-
 #include <climits>
 
 #include "kernels/ops/elementwise.cuh"
+#include "tests/gpu/test_kernels.cuh"
 
 namespace squeeze::gpu {
 namespace {

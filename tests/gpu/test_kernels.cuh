@@ -1,5 +1,5 @@
-// Kernels only the GPU tests use: a greedy argmax (checked against std::max_element) and the bf16 ->
-// fp32 conversion that reads device tensors back for comparison. Plain C++ header; kernels in
+// Kernels only the GPU tests use: a greedy argmax (checked against std::max_element) and the bf16
+// -> fp32 conversion that reads device tensors back for comparison. Plain C++ header; kernels in
 // test_kernels.cu (built into the GPU tests only).
 #pragma once
 

@@ -107,18 +107,15 @@ void CpuBackend::Copy2D(void* dst, size_t dst_pitch, const void* src, size_t src
   }
 }
 
-absl::StatusOr<Matrix> CpuBackend::UploadMatrix(std::span<const float> host, int rows,
-                                                int cols) {
+absl::StatusOr<Matrix> CpuBackend::UploadMatrix(std::span<const float> host, int rows, int cols) {
   if (host.size() != static_cast<size_t>(rows) * cols) {
-    return absl::InvalidArgumentError(absl::StrCat("UploadMatrix: ", host.size(),
-                                                   " floats for a [", rows, ", ", cols,
-                                                   "] matrix"));
+    return absl::InvalidArgumentError(absl::StrCat("UploadMatrix: ", host.size(), " floats for a [",
+                                                   rows, ", ", cols, "] matrix"));
   }
   return Matrix{host.data(), DType::kF32, rows, cols};
 }
 
-absl::StatusOr<Matrix> CpuBackend::RandomMatrix(int rows, int cols, uint64_t seed,
-                                                float stddev) {
+absl::StatusOr<Matrix> CpuBackend::RandomMatrix(int rows, int cols, uint64_t seed, float stddev) {
   owned_.push_back(RandomNormal(static_cast<size_t>(rows) * cols, seed, 0.0f, stddev));
   return Matrix{owned_.back().data(), DType::kF32, rows, cols};
 }

@@ -6,29 +6,29 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
-#include <tuple>
 #include <mutex>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "engine/backend/cuda/cuda_kmeans.h"
 #include "engine/backend/cuda/cuda_sampling.h"
-#include "engine/common/status_macros.h"
 #include "engine/backend/kv_cache.h"
-#include "kernels/squeeze/cluster_scores.cuh"
+#include "engine/common/status_macros.h"
 #include "kernels/attention/decode_attention.cuh"
-#include "kernels/ops/gemv.cuh"
 #include "kernels/attention/kv_gather.cuh"
 #include "kernels/attention/merge_attention.cuh"
+#include "kernels/attention/prefill_attention.cuh"
 #include "kernels/ops/convert.cuh"
+#include "kernels/ops/gemv.cuh"
 #include "kernels/ops/random_fill.cuh"
 #include "kernels/ops/rmsnorm_silu.cuh"
 #include "kernels/ops/rope_append_kv.cuh"
 #include "kernels/ops/rows.cuh"
-#include "kernels/attention/prefill_attention.cuh"
-#include "kernels/squeeze/squeezed_decode.cuh"
+#include "kernels/squeeze/cluster_scores.cuh"
 #include "kernels/squeeze/expand_selection.cuh"
+#include "kernels/squeeze/squeezed_decode.cuh"
 
 namespace squeeze {
 namespace {
@@ -43,25 +43,25 @@ constexpr size_t kStagingFloats = 16 * kMiB;
 
 // Scratch areas, grown on demand and kept (one per concurrent use within an op).
 enum ScratchSlot : int {
-  kXBf16 = 0,      // MatMul input rounded to bf16
-  kQBf16,          // prefill queries in bf16
-  kKvDesc,         // DecodeKv array of a decode launch
-  kDecodeWs,       // decode workspace
-  kFixedLse,       // fixed-part lse
-  kDynOut,         // dynamic-part output
-  kDynLse,         // dynamic-part lse
-  kGatherRows,     // kept rows of a selection
-  kGatherBegin,    // per-head offsets into kGatherRows
-  kGatheredK,      // compact kept K
-  kGatheredV,      // compact kept V
-  kStaging,        // fp32 staging of uploads
-  kSqueezeHeads,   // SqueezeHeadDesc array + dynamic DecodeKv + tau of a squeezed decode call
-  kHeadLen,        // per-KV-head visible rows of a non-causal prefill over a fixed context
-  kRowStats,       // squeezed prefill: per-row max and 1 / denominator
-  kClusterScores,  // squeezed prefill: mean score per cluster [Hkv][cluster_stride]
-  kRowIndex,       // squeezed prefill: storage row of every kept key [Hkv][S]
-  kCoarseDesc,     // hierarchical: coarse SqueezeHeadDesc array + coarse tau
-  kCandidates,     // hierarchical: candidate fine clusters [B * Hkv][max fine clusters]
+  kXBf16 = 0,        // MatMul input rounded to bf16
+  kQBf16,            // prefill queries in bf16
+  kKvDesc,           // DecodeKv array of a decode launch
+  kDecodeWs,         // decode workspace
+  kFixedLse,         // fixed-part lse
+  kDynOut,           // dynamic-part output
+  kDynLse,           // dynamic-part lse
+  kGatherRows,       // kept rows of a selection
+  kGatherBegin,      // per-head offsets into kGatherRows
+  kGatheredK,        // compact kept K
+  kGatheredV,        // compact kept V
+  kStaging,          // fp32 staging of uploads
+  kSqueezeHeads,     // SqueezeHeadDesc array + dynamic DecodeKv + tau of a squeezed decode call
+  kHeadLen,          // per-KV-head visible rows of a non-causal prefill over a fixed context
+  kRowStats,         // squeezed prefill: per-row max and 1 / denominator
+  kClusterScores,    // squeezed prefill: mean score per cluster [Hkv][cluster_stride]
+  kRowIndex,         // squeezed prefill: storage row of every kept key [Hkv][S]
+  kCoarseDesc,       // hierarchical: coarse SqueezeHeadDesc array + coarse tau
+  kCandidates,       // hierarchical: candidate fine clusters [B * Hkv][max fine clusters]
   kCandidateCounts,  // hierarchical: candidates per (sequence, KV head)
   kNumSlots
 };
@@ -172,8 +172,6 @@ struct DeviceContextKv {
   uint64_t last_epoch = 0;  // CudaBackend's sync epoch of the last use
 };
 
-
-
 }  // namespace
 
 struct CudaBackend::Impl {
@@ -182,9 +180,9 @@ struct CudaBackend::Impl {
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
   std::shared_ptr<PooledDeviceBlocks> pool = std::make_shared<PooledDeviceBlocks>();
-  std::vector<void*> permanent;                           // weights
+  std::vector<void*> permanent;  // weights
   std::vector<std::pair<void*, size_t>> scratch{kNumSlots, {nullptr, 0}};
-  std::map<std::pair<int, int>, int> concurrent_ctas;    // (d, G) -> CTAs
+  std::map<std::pair<int, int>, int> concurrent_ctas;  // (d, G) -> CTAs
   // Resident context copies, for eviction (least recently used first), and the sync epoch:
   // work queued before the last Synchronize() has finished, so a copy last used in an earlier
   // epoch can be freed.
@@ -250,9 +248,9 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device) {
     return CudaError(err, "cudaGetDeviceProperties");
   }
   if (impl->props.major < 9) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cuda: ", impl->props.name, " is compute capability ", impl->props.major, ".",
-        impl->props.minor, "; the kernels are built for Hopper (sm_90a)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("cuda: ", impl->props.name, " is compute capability ", impl->props.major, ".",
+                     impl->props.minor, "; the kernels are built for Hopper (sm_90a)"));
   }
   if ((err = cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking)) != cudaSuccess) {
     return CudaError(err, "cudaStreamCreate");
@@ -277,9 +275,9 @@ CudaBackend::~CudaBackend() = default;
 absl::Status CudaBackend::Supports(int head_dim, int num_heads, int num_kv_heads) {
   const int group = num_kv_heads > 0 ? num_heads / num_kv_heads : 0;
   if (head_dim != 64 && head_dim != 128) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the cuda backend supports head_dim 64 and 128, the model has ", head_dim,
-        " (use --device=cpu)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the cuda backend supports head_dim 64 and 128, the model has ", head_dim,
+                     " (use --device=cpu)"));
   }
   if (group != 1 && group != 2 && group != 4 && group != 8) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -337,9 +335,9 @@ absl::StatusOr<void*> CudaBackend::AllocatePermanent(size_t bytes, const char* w
     cudaGetLastError();
     size_t free_bytes = 0, total = 0;
     cudaMemGetInfo(&free_bytes, &total);
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "cuda: cannot allocate %.2f GiB for %s (%.2f GiB free of %.2f GiB)", bytes / kGiB, what,
-        free_bytes / kGiB, total / kGiB));
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("cuda: cannot allocate %.2f GiB for %s (%.2f GiB free of %.2f GiB)",
+                        bytes / kGiB, what, free_bytes / kGiB, total / kGiB));
   }
   impl_->permanent.push_back(p);
   return p;
@@ -387,8 +385,7 @@ void CudaBackend::CopyFromHost(void* dst, const void* host_src, size_t bytes) {
   }
   char* staged = StagePinned(bytes);
   std::memcpy(staged, host_src, bytes);
-  Check(cudaMemcpyAsync(dst, staged, bytes, cudaMemcpyHostToDevice, im.stream),
-        "copy to device");
+  Check(cudaMemcpyAsync(dst, staged, bytes, cudaMemcpyHostToDevice, im.stream), "copy to device");
 }
 
 void CudaBackend::CopyToHost(void* host_dst, const void* src, size_t bytes) {
@@ -416,8 +413,8 @@ KMeansSolver* CudaBackend::kmeans_solver() { return kmeans_.get(); }
 void CudaBackend::Copy2D(void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
                          size_t row_bytes, size_t rows) {
   if (!fault_.ok() || rows == 0 || row_bytes == 0) return;
-  Check(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, row_bytes, rows,
-                          cudaMemcpyDeviceToDevice, impl_->stream),
+  Check(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, row_bytes, rows, cudaMemcpyDeviceToDevice,
+                          impl_->stream),
         "device copy");
 }
 
@@ -443,13 +440,11 @@ absl::Status CudaBackend::Synchronize() {
 
 // ---- weights ------------------------------------------------------------------------------------
 
-absl::StatusOr<Matrix> CudaBackend::UploadMatrix(std::span<const float> host, int rows,
-                                                 int cols) {
+absl::StatusOr<Matrix> CudaBackend::UploadMatrix(std::span<const float> host, int rows, int cols) {
   const size_t count = static_cast<size_t>(rows) * cols;
   if (host.size() != count) {
-    return absl::InvalidArgumentError(absl::StrCat("UploadMatrix: ", host.size(),
-                                                   " floats for a [", rows, ", ", cols,
-                                                   "] matrix"));
+    return absl::InvalidArgumentError(absl::StrCat("UploadMatrix: ", host.size(), " floats for a [",
+                                                   rows, ", ", cols, "] matrix"));
   }
   auto dst = AllocatePermanent(count * sizeof(bf16), "weights");
   if (!dst.ok()) return dst.status();
@@ -475,8 +470,7 @@ absl::StatusOr<const float*> CudaBackend::UploadVector(std::span<const float> ho
   return static_cast<const float*>(*dst);
 }
 
-absl::StatusOr<Matrix> CudaBackend::RandomMatrix(int rows, int cols, uint64_t seed,
-                                                 float stddev) {
+absl::StatusOr<Matrix> CudaBackend::RandomMatrix(int rows, int cols, uint64_t seed, float stddev) {
   const size_t count = static_cast<size_t>(rows) * cols;
   auto dst = AllocatePermanent(count * sizeof(bf16), "random weights");
   if (!dst.ok()) return dst.status();
@@ -490,8 +484,7 @@ absl::StatusOr<const float*> CudaBackend::RandomVector(int n, uint64_t seed, flo
                                                        float stddev) {
   auto dst = AllocatePermanent(static_cast<size_t>(n) * sizeof(float), "random weights");
   if (!dst.ok()) return dst.status();
-  Check(gpu::LaunchFillRandomF32(static_cast<float*>(*dst), n, seed, mean, stddev,
-                                 impl_->stream),
+  Check(gpu::LaunchFillRandomF32(static_cast<float*>(*dst), n, seed, mean, stddev, impl_->stream),
         "random fill");
   if (!fault_.ok()) return fault_;
   return static_cast<const float*>(*dst);
@@ -538,8 +531,7 @@ void CudaBackend::AdoptContextKv(const ContextKV& ctx, SequenceKV&& source) {
               static_cast<const bf16*>(source.value_data(l, 0, 0)), src_head_stride,
               (*rows)->as<int32_t>() + static_cast<size_t>(l) * H * S, (*begin)->as<int32_t>(), H,
               S, d, copy->k->as<bf16>() + ctx.Offset(l, 0, 0),
-              copy->v->as<bf16>() + ctx.Offset(l, 0, 0), static_cast<size_t>(S) * d,
-              impl_->stream),
+              copy->v->as<bf16>() + ctx.Offset(l, 0, 0), static_cast<size_t>(S) * d, impl_->stream),
           "adopt context");
   }
   if (!Synchronize().ok()) return;  // the source is released by the caller after this
@@ -684,8 +676,8 @@ bool GemvFits(const float* x, int m, std::span<const Backend::MatMulOutput> outs
 
 // Decode: one GEMV launch normalises x on the fly and streams all matrices (q/k/v, gate/up,
 // the final norm and lm_head). Prefill: the default RmsNorm + cuBLAS GEMMs.
-void CudaBackend::NormMatMuls(const float* x, const float* norm_weight, float eps, float* h,
-                              int m, std::span<const MatMulOutput> outs) {
+void CudaBackend::NormMatMuls(const float* x, const float* norm_weight, float eps, float* h, int m,
+                              std::span<const MatMulOutput> outs) {
   if (!fault_.ok() || m <= 0) return;
   if (!GemvFits(x, m, outs) ||
       (norm_weight != nullptr && reinterpret_cast<uintptr_t>(norm_weight) % 16 != 0)) {
@@ -753,8 +745,7 @@ void CudaBackend::Rope(float* x, const int32_t* positions, int n, int heads, int
 void CudaBackend::RopeQK(float* q, int q_heads, float* k, int k_heads, const int32_t* positions,
                          int n, int head_dim, const float* inv_freq) {
   if (!fault_.ok()) return;
-  Check(gpu::LaunchRopeQK(q, q_heads, k, k_heads, positions, n, head_dim, inv_freq,
-                          impl_->stream),
+  Check(gpu::LaunchRopeQK(q, q_heads, k, k_heads, positions, n, head_dim, inv_freq, impl_->stream),
         "rope");
 }
 
@@ -819,9 +810,9 @@ namespace {
 
 // The prefill kernel's parameters for one call: n queries (bf16) of `shape` against rows
 // [0, len) of k/v (heads head_stride elements apart), fp32 out and lse; causal by default.
-gpu::PrefillAttentionParams PrefillParams(const AttentionShape& shape, const bf16* q,
-                                          const void* k, const void* v, size_t head_stride,
-                                          int len, float* out, float* lse) {
+gpu::PrefillAttentionParams PrefillParams(const AttentionShape& shape, const bf16* q, const void* k,
+                                          const void* v, size_t head_stride, int len, float* out,
+                                          float* lse) {
   gpu::PrefillAttentionParams pp;
   pp.num_tokens = shape.num_queries;
   pp.num_q_heads = shape.num_q_heads;
@@ -898,8 +889,7 @@ void CudaBackend::FixedAttention(const AttentionParams& p, float* out, float* ls
   if (qb == nullptr || head_len == nullptr) return;
   Check(gpu::LaunchF32ToBf16(p.q, qb, q_elems, impl_->stream), "fixed-context queries");
   CopyFromHost(head_len, counts.data(), sizeof(int32_t) * hkv);
-  gpu::PrefillAttentionParams pp =
-      PrefillParams(s, qb, k, v, head_stride, max_rows, out, lse);
+  gpu::PrefillAttentionParams pp = PrefillParams(s, qb, k, v, head_stride, max_rows, out, lse);
   pp.causal = false;
   pp.head_len = head_len;
   Check(gpu::LaunchPrefillAttention(pp, impl_->stream), "fixed-context prefill attention");
@@ -963,8 +953,7 @@ absl::StatusOr<const void*> CudaBackend::ResidentSqueezeIndex(const ClusterTable
   for (const SqueezeHeadIndex& h : index.heads) {
     AppendLevel(h.centroids, h.sizes, h.offsets, d, &fine, &copy->fine);
     if (index.has_coarse()) {
-      AppendLevel(h.coarse_centroids, h.coarse_sizes, h.coarse_offsets, d, &coarse,
-                  &copy->coarse);
+      AppendLevel(h.coarse_centroids, h.coarse_sizes, h.coarse_offsets, d, &coarse, &copy->coarse);
     }
   }
   RETURN_IF_ERROR(UploadSqueezeLevel(&fine, &copy->fine));
@@ -994,8 +983,8 @@ bool CudaBackend::SqueezeHeads(const AttentionParams& p, gpu::SqueezeHeadDesc* o
   const ClusterTables& index = p.fixed.device_selection->tables;
   const int hkv = p.shape.num_kv_heads, d = p.shape.head_dim;
   const int S = p.fixed.kv.num_rows, layer = p.fixed.layer;
-  if (layer < 0 || layer >= index.num_layers || index.num_kv_heads != hkv ||
-      index.head_dim != d || index.num_tokens != S || (coarse && !index.has_coarse())) {
+  if (layer < 0 || layer >= index.num_layers || index.num_kv_heads != hkv || index.head_dim != d ||
+      index.num_tokens != S || (coarse && !index.has_coarse())) {
     Check(cudaErrorInvalidValue, "squeezed attention: the index does not match the context");
     return false;
   }
@@ -1037,8 +1026,8 @@ bool CudaBackend::SqueezeHeads(const AttentionParams& p, gpu::SqueezeHeadDesc* o
 
 // The squeezed plan and workspace for these bounds, rounded up to powers of two so that steps
 // reuse them; made on first use.
-bool CudaBackend::SqueezedPlanFor(int hq, int hkv, int d, int batch, int max_dyn,
-                                  int max_clusters, int64_t total_rows, int max_rows,
+bool CudaBackend::SqueezedPlanFor(int hq, int hkv, int d, int batch, int max_dyn, int max_clusters,
+                                  int64_t total_rows, int max_rows,
                                   const gpu::SqueezedDecodePlan** plan, void** workspace) {
   const auto key = std::make_tuple(hq, hkv, d, batch, static_cast<int>(RoundUpPow2(max_dyn, 256)),
                                    static_cast<int>(RoundUpPow2(max_clusters, 64)),
@@ -1080,9 +1069,9 @@ void CudaBackend::ReportToHost(const int32_t* counts, std::span<const AttentionP
   if (!fault_.ok()) return;
   const size_t bytes = sizeof(int32_t) * calls[0]->shape.num_kv_heads;
   char* staged = StagePinned(bytes * calls.size());
-  Check(cudaMemcpyAsync(staged, counts, bytes * calls.size(), cudaMemcpyDeviceToHost,
-                        impl_->stream),
-        "selection counts");
+  Check(
+      cudaMemcpyAsync(staged, counts, bytes * calls.size(), cudaMemcpyDeviceToHost, impl_->stream),
+      "selection counts");
   for (size_t b = 0; b < calls.size(); ++b) {
     if (int32_t* dst = calls[b]->fixed.*field; dst != nullptr) {
       impl_->pending_to_host.emplace_back(staged + bytes * b, dst, bytes);
@@ -1091,8 +1080,8 @@ void CudaBackend::ReportToHost(const int32_t* counts, std::span<const AttentionP
 }
 
 // Mean cluster scores of one call's n query rows (qb: its queries in bf16), per KV head h into
-// scores[h * stride + c] for the clusters of heads[h] (kernels/squeeze/expand_selection.cuh): cuBLAS
-// logits over token chunks, per-row softmax statistics, column means. With candidates, only
+// scores[h * stride + c] for the clusters of heads[h] (kernels/squeeze/expand_selection.cuh):
+// cuBLAS logits over token chunks, per-row softmax statistics, column means. With candidates, only
 // theirs count (denominators included) and only theirs are written.
 void CudaBackend::ClusterMeanScores(const AttentionParams& p, const void* q_bf16,
                                     std::span<const gpu::SqueezeHeadDesc> heads,
@@ -1105,8 +1094,9 @@ void CudaBackend::ClusterMeanScores(const AttentionParams& p, const void* q_bf16
   const auto* qb = static_cast<const bf16*>(q_bf16);
   int max_c = 1;
   for (const gpu::SqueezeHeadDesc& e : heads) max_c = std::max(max_c, e.num_clusters);
-  // The fused two-pass kernel over all heads, no logits in memory (kernels/squeeze/cluster_scores.cuh);
-  // with candidates (hierarchical fine level) only they are scored.
+  // The fused two-pass kernel over all heads, no logits in memory
+  // (kernels/squeeze/cluster_scores.cuh); with candidates (hierarchical fine level) only they are
+  // scored.
   auto* stats =
       static_cast<float*>(Scratch(kRowStats, gpu::ClusterScoresWorkspaceBytes(hkv, n, G)));
   if (stats == nullptr) return;
@@ -1173,12 +1163,12 @@ bool CudaBackend::CoarseCandidates(std::span<const AttentionParams* const> calls
   CopyFromHost(dev_tau, tau.data(), sizeof(float) * B);
   const gpu::SqueezeSelection sel = gpu::SelectionInWorkspace(*plan, ws);
   if (q != nullptr) {
-    Check(gpu::LaunchLookupFromQueries(*plan, s.scale, q, dev_desc, true, dev_tau, ws,
-                                       impl_->stream),
-          "coarse lookup");
+    Check(
+        gpu::LaunchLookupFromQueries(*plan, s.scale, q, dev_desc, true, dev_tau, ws, impl_->stream),
+        "coarse lookup");
   } else {
-    auto* scores = static_cast<float*>(
-        Scratch(kClusterScores, sizeof(float) * hkv * sel.cluster_stride));
+    auto* scores =
+        static_cast<float*>(Scratch(kClusterScores, sizeof(float) * hkv * sel.cluster_stride));
     if (scores == nullptr) return false;
     if (std::isfinite(tau[0])) {
       ClusterMeanScores(*calls[0], q_bf16, coarse, dev_desc, sel.cluster_stride, scores, nullptr,
@@ -1255,8 +1245,8 @@ void CudaBackend::SqueezedFixedPrefill(const AttentionParams& p, float* out, flo
   Check(gpu::LaunchExpandSelectionRows(sel, hkv, S, row_index, S, impl_->stream),
         "squeezed prefill rows");
 
-  gpu::PrefillAttentionParams pp = PrefillParams(s, qb, p.fixed.kv.k, p.fixed.kv.v,
-                                                 p.fixed.kv.head_stride, S, out, lse);
+  gpu::PrefillAttentionParams pp =
+      PrefillParams(s, qb, p.fixed.kv.k, p.fixed.kv.v, p.fixed.kv.head_stride, S, out, lse);
   pp.causal = false;
   pp.head_len = sel.kept_keys;
   pp.row_index = row_index;
@@ -1266,8 +1256,8 @@ void CudaBackend::SqueezedFixedPrefill(const AttentionParams& p, float* out, flo
 }
 
 // Decode steps of B sequences with Squeezed Attention selected on the device, in one sequence
-// of launches (kernels/squeeze/squeezed_decode.cuh): centroid lookup, threshold, sparse attention over
-// the kept ranges and dense attention over each sequence's dynamic KV, merged. The queries are
+// of launches (kernels/squeeze/squeezed_decode.cuh): centroid lookup, threshold, sparse attention
+// over the kept ranges and dense attention over each sequence's dynamic KV, merged. The queries are
 // gathered into one array and the outputs scattered back; the kept rows per (sequence, head)
 // reach each call's kept_rows at the next sync.
 void CudaBackend::SqueezedAttention(std::span<const AttentionParams* const> calls) {
@@ -1309,8 +1299,7 @@ void CudaBackend::SqueezedAttention(std::span<const AttentionParams* const> call
 
   const gpu::SqueezedDecodePlan* planned = nullptr;
   void* ws = nullptr;
-  if (!SqueezedPlanFor(hq, hkv, d, B, max_dyn, max_clusters, total_rows, max_rows, &planned,
-                       &ws)) {
+  if (!SqueezedPlanFor(hq, hkv, d, B, max_dyn, max_clusters, total_rows, max_rows, &planned, &ws)) {
     return;
   }
   const gpu::SqueezedDecodePlan& plan = *planned;
@@ -1357,8 +1346,7 @@ void CudaBackend::SqueezedAttention(std::span<const AttentionParams* const> call
     CopyFromHost(dev_out_dst, out_rows.data(), pointers);
     CopyFromHost(q_dst_dev, q_dst.data(), pointers);
     CopyFromHost(out_src_dev, out_src.data(), pointers);
-    Check(gpu::LaunchCopyRows(dev_q_src, q_dst_dev, B, static_cast<int>(row_floats),
-                              impl_->stream),
+    Check(gpu::LaunchCopyRows(dev_q_src, q_dst_dev, B, static_cast<int>(row_floats), impl_->stream),
           "gather queries");
   }
   gpu::SqueezedDecodeParams sp;
@@ -1393,7 +1381,9 @@ absl::Status CudaBackend::SampleRows(const float* logits, int vocab,
   std::vector<CudaSampler::Job> rows;
   rows.reserve(jobs.size());
   for (const SampleJob* j : jobs) {
-    rows.push_back({.sampler = j->sampler, .prompt = j->prompt, .generated = j->generated,
+    rows.push_back({.sampler = j->sampler,
+                    .prompt = j->prompt,
+                    .generated = j->generated,
                     .want_info = j->want_info});
   }
   auto out = sampler_->Sample(logits, vocab, rows, impl_->stream);

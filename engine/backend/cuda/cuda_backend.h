@@ -13,11 +13,12 @@
 //                 log-sum-exp.
 //   squeezed decode (AttentionKeys::device_selection, one token): centroid lookup, threshold,
 //                 sparse attention over the kept clusters and dense attention over the dynamic
-//                 KV in one sequence of launches (kernels/squeeze/squeezed_decode.cuh), no host sync.
+//                 KV in one sequence of launches (kernels/squeeze/squeezed_decode.cuh), no host
+//                 sync.
 //   squeezed prefill (device_selection, several tokens): cluster scores averaged over all
 //                 query rows (cuBLAS logits + softmax statistics), threshold, and the prefill
-//                 kernel over the kept rows in place (kernels/squeeze/expand_selection.cuh), no host
-//                 sync.
+//                 kernel over the kept rows in place (kernels/squeeze/expand_selection.cuh), no
+//                 host sync.
 // Supported attention shapes: head_dim 64 or 128 and query heads per KV head 1, 2, 4 or 8
 // (Supports() says why not otherwise).
 //

@@ -1,5 +1,5 @@
-// Sampling of a batch of logits rows on the GPU (kernels/sampling/sampling.cuh) with the results of the
-// CPU Sampler (engine/sampling/sampler.h) and the same PRNG stream: the host half of each row
+// Sampling of a batch of logits rows on the GPU (kernels/sampling/sampling.cuh) with the results of
+// the CPU Sampler (engine/sampling/sampler.h) and the same PRNG stream: the host half of each row
 // (parameters, the draw's uniform, distinct penalty tokens) comes from the row's Sampler, the
 // device samples, and only the tokens and requested logprobs come back, never the logits.
 //
