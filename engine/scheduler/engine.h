@@ -24,11 +24,14 @@
 namespace squeeze {
 
 struct EngineOptions {
-  int max_running = 64;         // sequences in the running batch
-  int max_waiting = 256;        // queued Generate requests; beyond: RESOURCE_EXHAUSTED
-  int max_registrations = 4;    // registrations queued or running; beyond: RESOURCE_EXHAUSTED
-  int prefill_chunk = 512;      // prefill tokens of one sequence / registration per step
-  int max_step_tokens = 2048;   // prefill tokens per step over all sequences
+  int max_running = 64;        // sequences in the running batch
+  int max_waiting = 256;       // queued Generate requests; beyond: RESOURCE_EXHAUSTED
+  int max_registrations = 4;   // registrations queued or running; beyond: RESOURCE_EXHAUSTED
+  int prefill_chunk = 512;     // prefill tokens of one sequence / registration per step
+  int max_step_tokens = 2048;  // prefill tokens per step over all sequences
+  // Registration prefill tokens per step while sequences are decoding: a registration's prefill
+  // runs in the same forward as their decode, so this bounds the gap between their tokens.
+  int registration_chunk_while_decoding = 64;
   double default_budget = 0.1;  // kept fraction of clustered keys when a request gives none
 };
 
@@ -83,9 +86,12 @@ class Engine {
   absl::StatusOr<std::shared_ptr<WorkHandle>> Generate(GenerateRequest request,
                                                        GenerateCallback callback);
 
-  absl::StatusOr<ContextSummary> GetContext(const std::string& name) const;
-  std::vector<ContextSummary> ListContexts() const;
-  absl::Status DeleteContext(const std::string& name);
+  // Contexts belong to a tenant ("" without API keys); a tenant sees only its own.
+  absl::StatusOr<ContextSummary> GetContext(const std::string& tenant,
+                                            const std::string& name) const;
+  std::vector<ContextSummary> ListContexts(const std::string& tenant) const;
+  std::vector<ContextSummary> ListAllContexts() const;  // every tenant's (metrics)
+  absl::Status DeleteContext(const std::string& tenant, const std::string& name);
   absl::StatusOr<std::vector<int32_t>> Tokenize(const PromptInput& input, bool add_bos) const;
 
   const Tokenizer& tokenizer() const { return *tokenizer_; }

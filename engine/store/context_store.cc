@@ -1,47 +1,67 @@
 #include "engine/store/context_store.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
-#include "engine/common/binary_io.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
 #include "engine/common/sha256.h"
-#include "engine/common/status_macros.h"
+#include "engine/store/context_file.h"
 #include "spdlog/spdlog.h"
 
 namespace squeeze {
 namespace {
 
-constexpr char kMagic[8] = {'S', 'Q', 'Z', 'C', 'T', 'X', '0', '1'};
-constexpr uint32_t kVersion = 1;
-constexpr char kSuffix[] = ".sqzctx";
+namespace fs = std::filesystem;
 
-void WriteOptions(BinaryWriter& w, const SqueezeOptions& o) {
-  w.Pod(o.centroid_fraction);
-  w.Pod<uint8_t>(o.hierarchical);
-  w.Pod(o.coarse_fraction);
-  w.Pod<int32_t>(o.window);
-  w.Pod<int32_t>(o.sinks);
-  w.Pod<int32_t>(o.max_iterations);
-  w.Pod(o.seed);
+constexpr char kLockFile[] = "LOCK";
+constexpr char kQuarantineDir[] = "quarantine";
+
+// "window 32 vs 100, seed 1 vs 0": the index options that differ, for an actionable message.
+std::string OptionsDiff(const SqueezeOptions& want, const SqueezeOptions& have) {
+  std::vector<std::string> parts;
+  auto add = [&](const char* what, const auto& a, const auto& b) {
+    if (a != b) parts.push_back(absl::StrCat(what, " ", a, " vs ", b));
+  };
+  add("centroid_fraction", want.centroid_fraction, have.centroid_fraction);
+  if (want.hierarchical != have.hierarchical) {
+    parts.push_back(want.hierarchical ? "hierarchical true vs false"
+                                      : "hierarchical false vs true");
+  }
+  if (want.hierarchical || have.hierarchical) {
+    add("coarse_fraction", want.coarse_fraction, have.coarse_fraction);
+  }
+  add("window", want.window, have.window);
+  add("sinks", want.sinks, have.sinks);
+  add("max_iterations", want.max_iterations, have.max_iterations);
+  add("seed", want.seed, have.seed);
+  return absl::StrJoin(parts, ", ");
 }
 
-absl::Status ReadOptions(BinaryReader& r, SqueezeOptions* o) {
-  uint8_t hier = 0;
-  int32_t window = 0, sinks = 0, iters = 0;
-  RETURN_IF_ERROR(r.Pod(&o->centroid_fraction));
-  RETURN_IF_ERROR(r.Pod(&hier));
-  RETURN_IF_ERROR(r.Pod(&o->coarse_fraction));
-  RETURN_IF_ERROR(r.Pod(&window));
-  RETURN_IF_ERROR(r.Pod(&sinks));
-  RETURN_IF_ERROR(r.Pod(&iters));
-  RETURN_IF_ERROR(r.Pod(&o->seed));
-  o->hierarchical = hier != 0;
-  o->window = window;
-  o->sinks = sinks;
-  o->max_iterations = iters;
-  return absl::OkStatus();
+// Empty when a registration of `spec` matches what `summary` was registered with.
+std::string SpecDiff(const ContextStore::Spec& spec, bool has_index, const SqueezeOptions& index) {
+  if (spec.build_index != has_index) {
+    return spec.build_index ? "an index is requested; the context has none"
+                            : "no index is requested; the context has one";
+  }
+  return spec.build_index ? OptionsDiff(spec.index, index) : "";
+}
+
+// (tenant, name) from "<tenant>@<name>.sqzctx" or "<name>.sqzctx" (names and tenants never
+// contain '@').
+std::pair<std::string, std::string> KeyOfFile(const fs::path& path) {
+  const std::string stem = path.stem().string();
+  const size_t at = stem.find('@');
+  if (at == std::string::npos) return {"", stem};
+  return {stem.substr(0, at), stem.substr(at + 1)};
 }
 
 }  // namespace
@@ -57,110 +77,249 @@ ContextStore::ContextStore(std::string state_dir, std::string model_fingerprint,
       model_fingerprint_(std::move(model_fingerprint)),
       memory_limit_bytes_(memory_limit_bytes) {}
 
-std::string ContextStore::PathFor(const std::string& name) const {
-  return (std::filesystem::path(state_dir_) / (name + kSuffix)).string();
+ContextStore::~ContextStore() {
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the flock
+}
+
+std::string ContextStore::PathFor(const std::string& tenant, const std::string& name) const {
+  const std::string file = tenant.empty() ? name : absl::StrCat(tenant, "@", name);
+  return (fs::path(state_dir_) / (file + kContextFileSuffix)).string();
+}
+
+absl::Status ContextStore::LockStateDir() {
+  const std::string path = (fs::path(state_dir_) / kLockFile).string();
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot open the lock file '", path, "': ", std::strerror(errno)));
+  }
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    char holder[32] = {};
+    const ssize_t n = ::pread(fd, holder, sizeof(holder) - 1, 0);
+    ::close(fd);
+    if (err != EWOULDBLOCK) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot lock '", path, "': ", std::strerror(err)));
+    }
+    std::string pid = n > 0 ? std::string(holder, static_cast<size_t>(n)) : "unknown";
+    pid.erase(std::remove_if(pid.begin(), pid.end(), [](char c) { return c < '0' || c > '9'; }),
+              pid.end());
+    return absl::FailedPreconditionError(absl::StrCat(
+        "state directory '", state_dir_, "' is in use by another squeeze-server (pid ",
+        pid.empty() ? "unknown" : pid,
+        "); two servers on one --state_dir would overwrite each other's contexts: stop that "
+        "server or give this one its own --state_dir"));
+  }
+  const std::string pid = absl::StrCat(::getpid(), "\n");
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) < 0) {
+    spdlog::warn("cannot write the pid into {}: {}", path, std::strerror(errno));
+  }
+  lock_fd_ = fd;
+  return absl::OkStatus();
+}
+
+void ContextStore::RemoveStaleTemporaries() {
+  // Only this server writes here (it holds the lock), so every temporary is a leftover of a
+  // write that a crash interrupted.
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(state_dir_, ec)) {
+    if (!entry.is_regular_file() || entry.path().extension() != ".tmp") continue;
+    const uintmax_t size = entry.file_size(ec);
+    if (fs::remove(entry.path(), ec)) {
+      spdlog::warn("removed {} ({} bytes), left by an interrupted write", entry.path().string(),
+                   size);
+    }
+  }
+}
+
+void ContextStore::Quarantine(const std::string& path, const absl::Status& why) {
+  std::error_code ec;
+  const fs::path dir = fs::path(state_dir_) / kQuarantineDir;
+  fs::create_directories(dir, ec);
+  const fs::path to =
+      dir / absl::StrCat(fs::path(path).filename().string(), ".", absl::ToUnixSeconds(absl::Now()));
+  fs::rename(path, to, ec);
+  const auto [tenant, name] = KeyOfFile(path);
+  spdlog::error("context '{}'{}: {} is corrupted ({}); {}; register the context again", name,
+                tenant.empty() ? "" : absl::StrCat(" of tenant '", tenant, "'"), path,
+                std::string(why.message()),
+                ec ? absl::StrCat("could not move it to ", dir.string(), ": ", ec.message())
+                   : absl::StrCat("moved to ", to.string()));
+  absl::MutexLock lock(&mu_);
+  quarantined_[{tenant, name}] =
+      absl::StrCat("the persisted file of context '", name, "' was corrupted (", why.message(),
+                   ") and has been quarantined; register the context again");
 }
 
 absl::Status ContextStore::LoadPersisted() {
   if (state_dir_.empty()) return absl::OkStatus();
   std::error_code ec;
-  std::filesystem::create_directories(state_dir_, ec);
+  fs::create_directories(state_dir_, ec);
   if (ec) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot create state directory '", state_dir_, "': ", ec.message()));
   }
-  for (const auto& entry : std::filesystem::directory_iterator(state_dir_, ec)) {
-    if (!entry.is_regular_file() || entry.path().extension() != kSuffix) continue;
-    auto context = ReadFile(entry.path().string());
+  if (lock_fd_ < 0) {
+    if (absl::Status st = LockStateDir(); !st.ok()) return st;
+  }
+  RemoveStaleTemporaries();
+  for (const auto& entry : fs::directory_iterator(state_dir_, ec)) {
+    if (!entry.is_regular_file() || entry.path().extension() != kContextFileSuffix) continue;
+    const std::string path = entry.path().string();
+    auto context = ReadContextFile(path, model_fingerprint_);
     if (!context.ok()) {
-      spdlog::warn("skipping persisted context {}: {}", entry.path().string(),
-                   context.status().ToString());
+      if (context.status().code() == absl::StatusCode::kDataLoss) {
+        Quarantine(path, context.status());
+      } else {
+        spdlog::warn("skipping persisted context {}: {}", path, context.status().ToString());
+      }
       continue;
     }
     absl::MutexLock lock(&mu_);
-    bytes_ += (*context)->summary.kv_bytes;
-    spdlog::info("loaded context '{}' ({} tokens) from {}", (*context)->summary.name,
-                 (*context)->summary.num_tokens, entry.path().string());
-    contexts_[(*context)->summary.name] = std::move(*context);
+    const ContextSummary& s = (*context)->summary;
+    bytes_ += s.kv_bytes;
+    spdlog::info("loaded context '{}' ({} tokens) from {}", s.name, s.num_tokens, path);
+    contexts_[{s.tenant, s.name}] = std::move(*context);
   }
   return absl::OkStatus();
 }
 
-std::shared_ptr<const RegisteredContext> ContextStore::Find(const std::string& name) const {
+std::shared_ptr<const RegisteredContext> ContextStore::Find(const std::string& tenant,
+                                                            const std::string& name) const {
   absl::MutexLock lock(&mu_);
-  auto it = contexts_.find(name);
+  auto it = contexts_.find(Key{tenant, name});
   return it == contexts_.end() ? nullptr : it->second;
 }
 
-std::vector<std::shared_ptr<const RegisteredContext>> ContextStore::List() const {
+absl::StatusOr<std::shared_ptr<const RegisteredContext>> ContextStore::Get(
+    const std::string& tenant, const std::string& name) const {
   absl::MutexLock lock(&mu_);
+  const Key key{tenant, name};
+  if (auto it = contexts_.find(key); it != contexts_.end()) return it->second;
+  if (auto it = quarantined_.find(key); it != quarantined_.end()) {
+    return absl::DataLossError(it->second);
+  }
+  return absl::NotFoundError(absl::StrCat("context '", name, "' not found"));
+}
+
+std::vector<std::shared_ptr<const RegisteredContext>> ContextStore::List(
+    const std::string& tenant) const {
   std::vector<std::shared_ptr<const RegisteredContext>> out;
-  for (const auto& [name, context] : contexts_) out.push_back(context);
-  std::sort(out.begin(), out.end(),
-            [](const auto& a, const auto& b) { return a->summary.name < b->summary.name; });
+  for (auto& c : ListAll()) {
+    if (c->summary.tenant == tenant) out.push_back(std::move(c));
+  }
   return out;
 }
 
-absl::Status ContextStore::Reserve(const std::string& name, const std::string& hash, int64_t bytes,
-                                   std::shared_ptr<const RegisteredContext>* existing) {
+std::vector<std::shared_ptr<const RegisteredContext>> ContextStore::ListAll() const {
   absl::MutexLock lock(&mu_);
-  *existing = nullptr;
-  if (auto it = contexts_.find(name); it != contexts_.end()) {
-    if (it->second->summary.content_hash == hash) {
-      *existing = it->second;
-      return absl::OkStatus();
-    }
-    return absl::AlreadyExistsError(absl::StrCat(
-        "context '", name, "' already exists with different content; delete it first"));
-  }
-  if (pending_.contains(name)) {
-    return absl::AbortedError(
-        absl::StrCat("a registration of context '", name, "' is in progress; retry later"));
-  }
-  int64_t reserved = bytes_;
-  for (const auto& [n, p] : pending_) reserved += p.second;
-  if (memory_limit_bytes_ > 0 && reserved + bytes > memory_limit_bytes_) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("context '", name, "' needs ", bytes, " bytes of KV memory but only ",
-                     memory_limit_bytes_ - reserved, " of ", memory_limit_bytes_,
-                     " are free; delete a context or raise --max-context-memory"));
-  }
-  pending_[name] = {hash, bytes};
-  return absl::OkStatus();
+  std::vector<std::shared_ptr<const RegisteredContext>> out;
+  for (const auto& [key, context] : contexts_) out.push_back(context);
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+    return std::tie(a->summary.tenant, a->summary.name) <
+           std::tie(b->summary.tenant, b->summary.name);
+  });
+  return out;
 }
 
-void ContextStore::Unreserve(const std::string& name) {
+absl::StatusOr<ContextStore::Reservation> ContextStore::Reserve(const std::string& tenant,
+                                                                const std::string& name,
+                                                                const Spec& spec,
+                                                                ReadyCallback on_ready) {
   absl::MutexLock lock(&mu_);
-  pending_.erase(name);
+  const Key key{tenant, name};
+  if (auto it = contexts_.find(key); it != contexts_.end()) {
+    const ContextSummary& s = it->second->summary;
+    if (s.content_hash != spec.hash) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "context '", name, "' already exists with different content; delete it first"));
+    }
+    if (const std::string diff = SpecDiff(spec, s.has_index, s.index_options); !diff.empty()) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "context '", name, "' already exists with the same content but other index options (",
+          diff, "; requested vs registered); delete it first or register under another name"));
+    }
+    return Reservation{.existing = it->second};
+  }
+  if (auto it = pending_.find(key); it != pending_.end()) {
+    const Spec& p = it->second.spec;
+    if (p.hash != spec.hash || !SpecDiff(spec, p.build_index, p.index).empty()) {
+      return absl::AbortedError(absl::StrCat("a registration of context '", name,
+                                             "' with other content or index options is in "
+                                             "progress; retry when it has finished"));
+    }
+    it->second.waiters.push_back(std::move(on_ready));
+    return Reservation{.joined = true};
+  }
+  int64_t reserved = bytes_;
+  for (const auto& [k, p] : pending_) reserved += p.spec.bytes;
+  if (memory_limit_bytes_ > 0 && reserved + spec.bytes > memory_limit_bytes_) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("context '", name, "' needs ", spec.bytes, " bytes of KV memory but only ",
+                     memory_limit_bytes_ - reserved, " of ", memory_limit_bytes_,
+                     " are free; delete a context or raise --max_context_memory_mb"));
+  }
+  pending_[key] = Pending{.spec = spec};
+  return Reservation{};
+}
+
+void ContextStore::Unreserve(const std::string& tenant, const std::string& name,
+                             const absl::Status& why) {
+  std::vector<ReadyCallback> waiters;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = pending_.find(Key{tenant, name});
+    if (it == pending_.end()) return;
+    waiters = std::move(it->second.waiters);
+    pending_.erase(it);
+  }
+  const absl::Status joined = absl::AbortedError(
+      absl::StrCat("the registration of context '", name,
+                   "' that this call joined did not finish (", why.message(), "); retry"));
+  for (auto& w : waiters) w(joined);
 }
 
 absl::Status ContextStore::Publish(std::shared_ptr<RegisteredContext> context,
                                    double* persist_seconds) {
   const absl::Time start = absl::Now();
+  const ContextSummary& s = context->summary;
   if (!state_dir_.empty()) {
-    absl::Status st = Persist(*context);
+    absl::Status st = WriteContextFile(*context, model_fingerprint_, PathFor(s.tenant, s.name));
     if (!st.ok()) {
-      Unreserve(context->summary.name);
+      Unreserve(s.tenant, s.name, st);
       return st;
     }
   }
   *persist_seconds = absl::ToDoubleSeconds(absl::Now() - start);
-  absl::MutexLock lock(&mu_);
-  pending_.erase(context->summary.name);
-  bytes_ += context->summary.kv_bytes;
-  contexts_[context->summary.name] = std::move(context);
+  std::vector<ReadyCallback> waiters;
+  std::shared_ptr<const RegisteredContext> published = context;
+  {
+    absl::MutexLock lock(&mu_);
+    const Key key{s.tenant, s.name};
+    if (auto it = pending_.find(key); it != pending_.end()) {
+      waiters = std::move(it->second.waiters);
+      pending_.erase(it);
+    }
+    quarantined_.erase(key);
+    bytes_ += s.kv_bytes;
+    contexts_[key] = std::move(context);
+  }
+  for (auto& w : waiters) w(published);
   return absl::OkStatus();
 }
 
-absl::Status ContextStore::Delete(const std::string& name) {
+absl::Status ContextStore::Delete(const std::string& tenant, const std::string& name) {
   absl::MutexLock lock(&mu_);
-  auto it = contexts_.find(name);
+  const Key key{tenant, name};
+  auto it = contexts_.find(key);
   if (it == contexts_.end()) {
+    if (quarantined_.erase(key) > 0) return absl::OkStatus();  // forget the corrupted one
     return absl::NotFoundError(absl::StrCat("context '", name, "' not found"));
   }
   if (!state_dir_.empty()) {
     std::error_code ec;
-    std::filesystem::remove(PathFor(name), ec);
+    fs::remove(PathFor(tenant, name), ec);
     if (ec) {
       return absl::InternalError(
           absl::StrCat("cannot delete the persisted file of '", name, "': ", ec.message()));
@@ -174,104 +333,6 @@ absl::Status ContextStore::Delete(const std::string& name) {
 int64_t ContextStore::resident_bytes() const {
   absl::MutexLock lock(&mu_);
   return bytes_;
-}
-
-absl::Status ContextStore::Persist(const RegisteredContext& c) const {
-  const std::string path = PathFor(c.summary.name);
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) return absl::InternalError(absl::StrCat("cannot write '", tmp, "'"));
-    BinaryWriter w(&out);
-    out.write(kMagic, sizeof(kMagic));
-    w.Pod(kVersion);
-    w.String(model_fingerprint_);
-    const ContextSummary& s = c.summary;
-    w.String(s.name);
-    w.String(s.content_hash);
-    w.Pod<int64_t>(s.created_unix);
-    w.Pod(s.timings);
-    w.Vector(c.tokens);
-    w.Pod<int32_t>(c.kv.shape.num_layers);
-    w.Pod<int32_t>(c.kv.shape.num_kv_heads);
-    w.Pod<int32_t>(c.kv.shape.head_dim);
-    w.Pod<int32_t>(c.kv.num_tokens);
-    w.Vector(c.kv.k);
-    w.Vector(c.kv.v);
-    w.Vector(c.kv.token_of);
-    w.Pod<uint8_t>(c.index != nullptr);
-    WriteOptions(w, s.index_options);
-    if (c.index) RETURN_IF_ERROR(WriteSqueezeIndex(*c.index, out));
-    out.flush();
-    if (!out) return absl::InternalError(absl::StrCat("error writing '", tmp, "' (disk full?)"));
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot rename '", tmp, "': ", ec.message()));
-  return absl::OkStatus();
-}
-
-absl::StatusOr<std::shared_ptr<RegisteredContext>> ContextStore::ReadFile(
-    const std::string& path) const {
-  std::error_code ec;
-  const uint64_t size = std::filesystem::file_size(path, ec);
-  if (ec) return absl::NotFoundError(absl::StrCat("cannot stat '", path, "'"));
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open '", path, "'"));
-  char magic[sizeof(kMagic)];
-  if (size < sizeof(magic) || !in.read(magic, sizeof(magic)) ||
-      std::memcmp(magic, kMagic, sizeof(kMagic)) != 0) {
-    return absl::DataLossError("not a Squeeze context file");
-  }
-  BinaryReader r(&in, size - sizeof(magic));
-  uint32_t version = 0;
-  RETURN_IF_ERROR(r.Pod(&version));
-  if (version != kVersion) {
-    return absl::DataLossError(absl::StrCat("unsupported context file version ", version));
-  }
-  std::string fingerprint;
-  RETURN_IF_ERROR(r.String(&fingerprint));
-  if (fingerprint != model_fingerprint_) {
-    return absl::FailedPreconditionError("written for a different model");
-  }
-  auto c = std::make_shared<RegisteredContext>();
-  ContextSummary& s = c->summary;
-  RETURN_IF_ERROR(r.String(&s.name));
-  RETURN_IF_ERROR(r.String(&s.content_hash));
-  RETURN_IF_ERROR(r.Pod(&s.created_unix));
-  RETURN_IF_ERROR(r.Pod(&s.timings));
-  RETURN_IF_ERROR(r.Vector(&c->tokens));
-  int32_t L = 0, H = 0, d = 0, S = 0;
-  RETURN_IF_ERROR(r.Pod(&L));
-  RETURN_IF_ERROR(r.Pod(&H));
-  RETURN_IF_ERROR(r.Pod(&d));
-  RETURN_IF_ERROR(r.Pod(&S));
-  c->kv.shape = {L, H, d};
-  c->kv.num_tokens = S;
-  RETURN_IF_ERROR(r.Vector(&c->kv.k));
-  RETURN_IF_ERROR(r.Vector(&c->kv.v));
-  RETURN_IF_ERROR(r.Vector(&c->kv.token_of));
-  const uint64_t rows = static_cast<uint64_t>(L) * H * S;
-  if (L <= 0 || H <= 0 || d <= 0 || S < 0 || c->tokens.size() != static_cast<size_t>(S) ||
-      c->kv.k.size() != rows * d || c->kv.v.size() != rows * d || c->kv.token_of.size() != rows) {
-    return absl::DataLossError("inconsistent KV sizes");
-  }
-  if (HashTokens(c->tokens) != s.content_hash) return absl::DataLossError("content hash mismatch");
-  uint8_t has_index = 0;
-  RETURN_IF_ERROR(r.Pod(&has_index));
-  RETURN_IF_ERROR(ReadOptions(r, &s.index_options));
-  if (has_index) {
-    ASSIGN_OR_RETURN(SqueezeIndex index, ReadSqueezeIndex(in));
-    c->index = std::make_unique<SqueezeIndex>(std::move(index));
-  }
-  s.num_tokens = S;
-  s.kv_bytes = static_cast<int64_t>(c->kv.bytes());
-  s.has_index = c->index != nullptr;
-  if (c->index) {
-    s.num_centroids = c->index->num_centroids();
-    s.num_coarse_centroids = c->index->num_coarse_centroids();
-  }
-  return c;
 }
 
 }  // namespace squeeze
