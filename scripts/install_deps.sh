@@ -7,10 +7,15 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev nlohmann-json3-dev libssl-dev
-  libsentencepiece-dev sentencepiece
+  libsentencepiece-dev sentencepiece libcpp-httplib-dev openssl
   libgtest-dev libgmock-dev libopenblas-dev clang-format
   python3
 )
+
+# `install_deps.sh fuzz`: also the clang toolchain of `make fuzz` (libFuzzer, sanitizers).
+if [ "${1:-}" = "fuzz" ]; then
+  PACKAGES+=(clang-14 libclang-rt-14-dev)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
