@@ -2,40 +2,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/tokenizer/unicode.h"
 #include "spdlog/pattern_formatter.h"
 #include "spdlog/spdlog.h"
 
 namespace squeeze::server {
 namespace {
-
-// Length of the valid UTF-8 sequence at s[i], 0 when invalid (overlong, surrogate, > U+10FFFF).
-size_t Utf8Length(std::string_view s, size_t i) {
-  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
-  const unsigned char c = b(i);
-  size_t n = 0;
-  uint32_t cp = 0;
-  if (c < 0x80) return 1;
-  if ((c & 0xe0) == 0xc0) {
-    n = 2;
-    cp = c & 0x1f;
-  } else if ((c & 0xf0) == 0xe0) {
-    n = 3;
-    cp = c & 0x0f;
-  } else if ((c & 0xf8) == 0xf0) {
-    n = 4;
-    cp = c & 0x07;
-  } else {
-    return 0;
-  }
-  if (i + n > s.size()) return 0;
-  for (size_t k = 1; k < n; ++k) {
-    if ((b(i + k) & 0xc0) != 0x80) return 0;
-    cp = (cp << 6) | (b(i + k) & 0x3f);
-  }
-  const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
-  if (cp < min[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
-  return n;
-}
 
 class EscapedMessage final : public spdlog::custom_flag_formatter {
  public:
@@ -62,8 +34,8 @@ std::string EscapeLogText(std::string_view text, bool json) {
   for (size_t i = 0; i < text.size();) {
     const unsigned char c = static_cast<unsigned char>(text[i]);
     if (c >= 0x80) {
-      const size_t n = Utf8Length(text, i);
-      if (n == 0) {
+      size_t n = 0;
+      if (unicode::DecodeUtf8({text.data(), text.size()}, i, &n) == unicode::kInvalid) {
         out += json ? "\\ufffd" : absl::StrFormat("\\x%02x", c);
         ++i;
       } else {

@@ -24,12 +24,13 @@ class StreamWriter : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
    public:
     // Queues a message; returns false when the stream is gone.
     bool Push(Response message) {
+      grpc::ByteBuffer buffer = ToByteBuffer(message);  // serialized outside the lock
       StreamWriter* start = nullptr;
       const grpc::ByteBuffer* first = nullptr;
       {
         absl::MutexLock lock(&mu_);
         if (writer_ == nullptr || finish_) return false;
-        queue_.push_back(ToByteBuffer(message));
+        queue_.push_back(std::move(buffer));
         if (!writing_) {
           writing_ = true;
           start = writer_;
