@@ -38,8 +38,10 @@ test-asan: deps
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/sanitizers/lsan.supp \
 	  UBSAN_OPTIONS=print_stacktrace=1 ctest -L 'cpu|e2e' --output-on-failure -j $(JOBS)
 
-test-tsan: deps
-	cmake -S . -B build-tsan $(SAN_FLAGS) -DSQUEEZE_TSAN=ON
+test-tsan: configure
+	cmake --build $(BUILD) -j $(JOBS) --target test_model
+	cmake -S . -B build-tsan $(SAN_FLAGS) -DSQUEEZE_TSAN=ON \
+	  -DSQUEEZE_TEST_MODEL_FROM=$(CURDIR)/$(BUILD)/test-model
 	cmake --build build-tsan -j $(JOBS)
 	cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions=$(CURDIR)/tests/sanitizers/tsan.supp \
 	  ctest -L 'cpu|e2e' --output-on-failure -j $(JOBS)
