@@ -50,7 +50,8 @@ cudaError_t LaunchDecodeAttentionPartials(const DecodeAttentionParams& p, cudaSt
 
 // Exact merge of up to two partial sets per (sequence, query head):
 //   dense set:  slots (b * Hkv + h) * dense_plan.max_splits + s, s < ceil(len_b / keys_per_split)
-//   sparse set: slots [sparse_chunk_begin[b * Hkv + h], sparse_chunk_begin[b * Hkv + h + 1])
+//   sparse set: slots [sparse_chunk_begin[b * Hkv + h], sparse_chunk_begin[b * Hkv + h + 1]), or
+//               the shared set of a cascade (shared_chunk_begin below)
 // out [B][Hq][d] (fp32 or bf16) = softmax-weighted mean over the union of both key sets;
 // lse [B][Hq] natural log (-inf and zero output when neither set holds a key).
 struct CombineParams {
@@ -68,6 +69,11 @@ struct CombineParams {
   int sparse_max_chunks = 0;                    // slots at or past it are ignored (0: no limit)
   const float* sparse_out = nullptr;
   const float* sparse_lse = nullptr;
+  // Or the shared-context (cascade) set, in sparse_out / sparse_lse instead: sequence b's
+  // partials of KV head h are slots (shared_chunk_begin[h] + j) * B + b, j < shared_chunk_begin[h
+  // + 1] - shared_chunk_begin[h] (kernels/attention/cascade_attention.cuh). Exclusive with
+  // sparse_chunk_begin.
+  const int32_t* shared_chunk_begin = nullptr;  // [Hkv + 1] device
   // Output.
   void* out = nullptr;    // [B][Hq][d]
   bool out_bf16 = false;  // bf16 when true, else fp32
