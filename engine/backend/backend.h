@@ -198,6 +198,13 @@ class Backend {
   // ---- KV ----------------------------------------------------------------------------------
   // Element type of KV in backend memory (SequenceKV storage, ContextKvView).
   virtual DType kv_dtype() const = 0;
+  // Execution choices a benchmark may compare within one run (the defaults are the fast ones).
+  struct ExecutionOptions {
+    // Decode steps of several sequences over the same context read it once for all of them
+    // (cascade attention); false: every sequence reads its context on its own.
+    bool cascade = true;
+  };
+  virtual void set_execution_options(const ExecutionOptions& /*options*/) {}
   // Whether Attention honours AttentionKeys::device_selection.
   virtual bool selects_on_device() const { return false; }
   // Whether SampleRows runs: logits then stay on the device and only tokens come back.
