@@ -286,6 +286,25 @@ class Backend {
   // (k_dst points at the first free row of head 0).
   virtual void AppendKv(const float* k_new, const float* v_new, int n, int num_kv_heads,
                         int head_dim, void* k_dst, void* v_dst, size_t dst_head_stride) = 0;
+  // AppendKv for several sequences of one forward step in one call: sequence i's n rows are rows
+  // [row0, row0 + n) of k_new/v_new [T, Hkv, d] and go to its k_dst/v_dst/dst_head_stride as
+  // AppendKv writes them. Sequences are listed in increasing row0, rows do not overlap. Default:
+  // one AppendKv each; a device backend does them in one launch.
+  struct KvAppend {
+    void* k_dst = nullptr;
+    void* v_dst = nullptr;
+    size_t dst_head_stride = 0;
+    int row0 = 0;
+    int n = 0;
+  };
+  virtual void AppendKvBatch(const float* k_new, const float* v_new, int num_kv_heads, int head_dim,
+                             std::span<const KvAppend> seqs) {
+    const size_t row = static_cast<size_t>(num_kv_heads) * head_dim;
+    for (const KvAppend& s : seqs) {
+      AppendKv(k_new + s.row0 * row, v_new + s.row0 * row, s.n, num_kv_heads, head_dim, s.k_dst,
+               s.v_dst, s.dst_head_stride);
+    }
+  }
   // See AttentionParams.
   virtual void Attention(const AttentionParams& params) = 0;
   // The attention calls of one layer for several sequences (outputs do not overlap); a device

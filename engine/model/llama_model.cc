@@ -395,7 +395,7 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
   const ModelConfig& c = config_;
   const int D = c.hidden_size, V = c.vocab_size, L = c.num_layers;
   const int Hq = c.num_heads, Hkv = c.num_kv_heads, d = c.head_dim;
-  const int q_dim = Hq * d, kv_dim = Hkv * d;
+  const int q_dim = Hq * d;
   const float eps = c.rms_norm_eps;
   Backend& be = *backend_;
 
@@ -424,6 +424,7 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
   // One layer's attention calls, issued together (a device backend batches what it can).
   std::vector<LayerSelection> selections(steps.size());
   std::vector<AttentionParams> calls(steps.size());
+  std::vector<Backend::KvAppend> appends(steps.size());
   device_kept_.assign(steps.size() * L * Hkv, -1);        // -1: no device selection there
   device_candidates_.assign(steps.size() * L * Hkv, -1);  // -1: not hierarchical
   // Each step's fixed context in backend memory (uploaded once per context by device backends).
@@ -443,17 +444,23 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
     be.NormMatMuls(a.x, lw.attn_norm, eps, a.h, T, qkv);
     be.RopeQK(a.q, Hq, a.k, Hkv, a.positions, T, d, inv_freq);
 
-    // Attention per sequence: its new K/V join its dynamic KV, then its queries attend to the
-    // fixed context and, causally, to the dynamic KV.
+    // Every sequence's new K/V joins its dynamic KV (one call for the step); then its queries
+    // attend to the fixed context and, causally, to the dynamic KV.
+    for (size_t i = 0; i < steps.size(); ++i) {
+      SequenceKV& kv = *steps[i].kv;
+      const int past = kv.length();  // this step's tokens are committed after the last layer
+      appends[i] = {kv.key_data(l, 0, past), kv.value_data(l, 0, past),
+                    static_cast<size_t>(kv.capacity()) * d, plan.offset[i],
+                    static_cast<int>(steps[i].tokens.size())};
+    }
+    be.AppendKvBatch(a.k, a.v, Hkv, d, appends);
     for (size_t i = 0; i < steps.size(); ++i) {
       SequenceStep& s = steps[i];
       const int n = static_cast<int>(s.tokens.size());
       const size_t row = plan.offset[i];
       SequenceKV& kv = *s.kv;
-      const int past = kv.length();  // this step's tokens are committed after the last layer
+      const int past = kv.length();
       const size_t kv_head_stride = static_cast<size_t>(kv.capacity()) * d;
-      be.AppendKv(a.k + row * kv_dim, a.v + row * kv_dim, n, Hkv, d, kv.key_data(l, 0, past),
-                  kv.value_data(l, 0, past), kv_head_stride);
       if (s.capture != nullptr) {
         CaptureQueries(be, l, a.q + row * q_dim, &plan.positions[row], n, q_dim, s.capture);
       }

@@ -279,6 +279,25 @@ void CudaBackend::AppendKv(const float* k_new, const float* v_new, int n, int nu
 }
 // Sampling on the device (engine/backend/cuda/cuda_sampling.h): the same tokens and PRNG
 // stream as the host Sampler; only tokens and requested logprobs come back.
+void CudaBackend::AppendKvBatch(const float* k_new, const float* v_new, int num_kv_heads,
+                                int head_dim, std::span<const KvAppend> seqs) {
+  if (!dev_->ok() || seqs.empty()) return;
+  append_targets_.resize(seqs.size());
+  int rows = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    append_targets_[i] = {static_cast<bf16*>(seqs[i].k_dst), static_cast<bf16*>(seqs[i].v_dst),
+                          static_cast<int64_t>(seqs[i].dst_head_stride), seqs[i].row0, seqs[i].n};
+    rows = std::max(rows, seqs[i].row0 + seqs[i].n);
+  }
+  const size_t bytes = sizeof(gpu::AppendKvTarget) * seqs.size();
+  auto* targets = static_cast<gpu::AppendKvTarget*>(dev_->Scratch(kAppendTargets, bytes));
+  if (targets == nullptr) return;
+  dev_->CopyFromHost(targets, append_targets_.data(), bytes);
+  dev_->Check(gpu::LaunchAppendKvBatch(k_new, v_new, rows, num_kv_heads, head_dim, targets,
+                                       static_cast<int>(seqs.size()), dev_->stream()),
+              "append kv");
+}
+
 absl::Status CudaBackend::SampleRows(const float* logits, int vocab,
                                      std::span<SampleJob* const> jobs) {
   if (!dev_->ok()) return dev_->fault();

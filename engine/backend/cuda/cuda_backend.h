@@ -33,6 +33,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -42,6 +43,7 @@
 #include "engine/backend/cuda/dense_attention.h"
 #include "engine/backend/cuda/resident_contexts.h"
 #include "engine/backend/cuda/squeezed_attention.h"
+#include "kernels/ops/rope_append_kv.cuh"
 
 namespace squeeze {
 
@@ -128,6 +130,8 @@ class CudaBackend final : public Backend {
   void SiluMul(const float* gate, const float* up, float* out, size_t count) override;
   void AppendKv(const float* k_new, const float* v_new, int n, int num_kv_heads, int head_dim,
                 void* k_dst, void* v_dst, size_t dst_head_stride) override;
+  void AppendKvBatch(const float* k_new, const float* v_new, int num_kv_heads, int head_dim,
+                     std::span<const KvAppend> seqs) override;
   void Attention(const AttentionParams& params) override;
   void AttentionBatch(std::span<const AttentionParams> calls) override;
 
@@ -142,6 +146,7 @@ class CudaBackend final : public Backend {
   ExecutionOptions options_;
   std::unique_ptr<KMeansSolver> kmeans_;
   std::unique_ptr<class CudaSampler> sampler_;  // made on first use
+  std::vector<gpu::AppendKvTarget> append_targets_;
 };
 
 }  // namespace squeeze

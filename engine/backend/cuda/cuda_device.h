@@ -54,6 +54,7 @@ enum ScratchSlot : int {
   kCascadeDynWs,     // cascade: the group's dynamic-part partials
   kCascadePartials,  // cascade: the shared-context partials and chunk table
   kCascadeKeys,      // cascade: key lists, masks, counts and kept rows of a squeezed group
+  kAppendTargets,    // the KV append targets of a step's sequences
   kNumSlots
 };
 
