@@ -126,8 +126,8 @@ int Run() {
   const int max_tokens = absl::GetFlag(FLAGS_max_tokens);
   std::printf("%d context(s), %d tokens per request\n", static_cast<int>(contexts.size()),
               max_tokens);
-  std::printf("%-16s %7s %12s %10s %10s %10s %10s %8s\n", "mode", "clients", "tokens/s",
-              "ttft p50", "ttft p99", "itl p50", "itl p99", "budget");
+  std::printf("%-16s %7s %12s %10s %10s %10s %10s %8s\n", "mode", "clients", "tokens/s", "ttft p50",
+              "ttft p99", "itl p50", "itl p99", "budget");
   for (const Mode& mode : modes) {
     // Warm-up: one request per context (graphs, plans and resident copies made).
     for (const std::string& c : contexts) {
@@ -139,9 +139,9 @@ int Run() {
       const Clock::time_point start = Clock::now();
       for (int i = 0; i < n; ++i) {
         threads.emplace_back([&, i] {
-          results[i] = OneRequest(server, contexts[i % contexts.size()], mode,
-                                  absl::GetFlag(FLAGS_question) + " " + std::to_string(i) + "?",
-                                  max_tokens);
+          results[i] =
+              OneRequest(server, contexts[i % contexts.size()], mode,
+                         absl::GetFlag(FLAGS_question) + " " + std::to_string(i) + "?", max_tokens);
         });
       }
       for (std::thread& t : threads) t.join();

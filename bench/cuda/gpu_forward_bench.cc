@@ -551,7 +551,8 @@ int Main() {
                         static_cast<const char*>(view->v) + at, static_cast<size_t>(S) * c.head_dim,
                         S, be.kv_dtype()};
           if (budget >= 0) {
-            p.fixed.device_selection = selector.device_selection();
+            p.fixed.selector = &selector;
+            p.fixed.policy = selector.policy();
             p.fixed.layer = l;
             p.fixed.kept_rows = kept.data();
           }

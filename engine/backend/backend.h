@@ -25,6 +25,7 @@
 #include "absl/status/statusor.h"
 #include "engine/backend/backend_cache.h"
 #include "engine/backend/cluster_tables.h"
+#include "engine/backend/fixed_context.h"
 #include "engine/sampling/sampler.h"
 
 namespace squeeze {
@@ -101,15 +102,16 @@ struct AttentionKeys {
   // r <= causal_offset + t (the dynamic KV: query t sits at dynamic index causal_offset + t).
   // When < 0 there is no limit (fixed context: every fixed key precedes every new token).
   int causal_offset = -1;
-  // Fixed part only, on backends with selects_on_device(): select the keys on the device with
-  // this index and threshold instead of `ranges` (a multi-token call scores the clusters by the
-  // mean over its query rows, as the host selector does), and write the rows kept per KV head
-  // to kept_rows (host memory, [Hkv]) by the time Synchronize() returns.
-  std::optional<DeviceSelection> device_selection;
-  int layer = -1;  // the layer of this call (indexes device_selection's index)
+  // Fixed part only: the sequence's selector (nullptr: every row, or `ranges` when given) and
+  // its policy for the step. The backend selects (ContextAttentionPolicy: on its device when it
+  // has one for kSqueezed; else through selector->Select on the host, a multi-token call scoring
+  // the clusters by the mean over its query rows) and writes the rows kept per KV head to
+  // kept_rows (host memory, [Hkv]) and, hierarchical, the candidate fine clusters to candidates
+  // ([Hkv]; may be null) by the time Synchronize() returns.
+  FixedContextAttention* selector = nullptr;
+  ContextAttentionPolicy policy;
+  int layer = -1;  // the layer of this call (the selection's tables are per layer)
   int32_t* kept_rows = nullptr;
-  // Hierarchical device selection: the fine clusters under the kept coarse clusters per KV
-  // head (host memory, [Hkv]), written like kept_rows; may be null.
   int32_t* candidates = nullptr;
 };
 
@@ -205,15 +207,11 @@ class Backend {
     bool cascade = true;
   };
   virtual void set_execution_options(const ExecutionOptions& /*options*/) {}
-  // Whether Attention honours AttentionKeys::device_selection.
-  virtual bool selects_on_device() const { return false; }
-  // Whether SampleRows runs: logits then stay on the device and only tokens come back.
-  virtual bool samples_on_device() const { return false; }
-  // Row r of logits [jobs.size(), vocab] (backend memory) sampled with jobs[r]; synchronises.
-  virtual absl::Status SampleRows(const float* /*logits*/, int /*vocab*/,
-                                  std::span<SampleJob* const> /*jobs*/) {
-    return absl::UnimplementedError("this backend does not sample on the device");
-  }
+  // Row r of logits [jobs.size(), vocab] (backend memory) sampled with jobs[r] exactly as
+  // jobs[r]->sampler->Sample would on the host (a device backend samples on the device, so only
+  // the tokens and requested logprobs come back); synchronises.
+  virtual absl::Status SampleRows(const float* logits, int vocab,
+                                  std::span<SampleJob* const> jobs) = 0;
   // A k-means that runs on this backend's device, for the registration (indexer) thread, or
   // nullptr (the CPU reference clusters). Owned by the backend.
   virtual KMeansSolver* kmeans_solver() { return nullptr; }

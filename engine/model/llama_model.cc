@@ -236,38 +236,6 @@ void CaptureQueries(Backend& be, int layer, const float* q, const int32_t* posit
   }
 }
 
-// Fills `keys` with the fixed-context part of one step's attention at `layer`: the selector's
-// ranges, or every row when the step has no selector. Checks what the selector returned.
-// `q_host` is the step's queries [n, Hq, d] in host memory (the selector runs on the host).
-absl::Status FixedContextKeys(const SequenceStep& s, int layer, const ContextKvView& view,
-                              DType dtype, const float* q_host, int n, LayerSelection* selection,
-                              AttentionKeys* keys) {
-  const ContextKV& ctx = *s.context;
-  const int S = ctx.num_tokens, Hkv = ctx.shape.num_kv_heads, d = ctx.shape.head_dim;
-  const size_t offset = ctx.Offset(layer, 0, 0) * DTypeBytes(dtype);
-  keys->kv = {static_cast<const char*>(view.k) + offset, static_cast<const char*>(view.v) + offset,
-              static_cast<size_t>(S) * d, S, dtype};
-  if (s.fixed == nullptr) return absl::OkStatus();  // empty ranges = every row (dense)
-
-  s.fixed->Select(layer, q_host, n, selection);
-  if (selection->ranges.size() != static_cast<size_t>(Hkv)) {
-    return absl::InternalError(absl::StrCat("fixed-context selection for layer ", layer,
-                                            " returned ", selection->ranges.size(),
-                                            " KV heads, expected ", Hkv));
-  }
-  for (int h = 0; h < Hkv; ++h) {
-    for (const KeyRange& r : selection->ranges[h]) {
-      if (r.begin < 0 || r.begin > r.end || r.end > S) {
-        return absl::InternalError(absl::StrCat("fixed-context selection for layer ", layer,
-                                                ", KV head ", h, " returned rows [", r.begin, ", ",
-                                                r.end, ") outside the context's [0, ", S, ")"));
-      }
-    }
-  }
-  keys->ranges = selection->ranges;
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 LlamaModel::LlamaModel(ModelConfig config, LlamaWeights weights, std::unique_ptr<Backend> backend)
@@ -421,18 +389,22 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
   }
   const float* inv_freq = w_.inv_freq;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  // One layer's attention calls, issued together (a device backend batches what it can).
-  std::vector<LayerSelection> selections(steps.size());
+  // One layer's attention calls, issued together (a device backend batches what it can), and
+  // what the backend kept of each selected context: [step][layer][kv head], -1 where nothing
+  // was selected (no selector, or not hierarchical for the candidates).
   std::vector<AttentionParams> calls(steps.size());
   std::vector<Backend::KvAppend> appends(steps.size());
-  device_kept_.assign(steps.size() * L * Hkv, -1);        // -1: no device selection there
-  device_candidates_.assign(steps.size() * L * Hkv, -1);  // -1: not hierarchical
-  // Each step's fixed context in backend memory (uploaded once per context by device backends).
+  kept_rows_.assign(steps.size() * L * Hkv, -1);
+  candidates_.assign(steps.size() * L * Hkv, -1);
+  // Each step's fixed context in backend memory (made resident once per context by device
+  // backends) and its selector's policy for the step.
   std::vector<ContextKvView> context_views(steps.size());
+  std::vector<ContextAttentionPolicy> policies(steps.size());
   for (size_t i = 0; i < steps.size(); ++i) {
     if (steps[i].context != nullptr && steps[i].context->num_tokens > 0) {
       ASSIGN_OR_RETURN(context_views[i], be.ResidentContextKv(*steps[i].context));
     }
+    if (steps[i].fixed != nullptr) policies[i] = steps[i].fixed->policy();
   }
 
   be.Embed(w_.embed, a.tokens, T, a.x);
@@ -469,31 +441,19 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
       p.shape = {n, Hq, Hkv, d, scale};
       p.q = a.q + row * q_dim;
       p.out = a.att + row * q_dim;
-      std::optional<DeviceSelection> device_select;
-      if (s.fixed != nullptr && be.selects_on_device()) {
-        device_select = s.fixed->device_selection();
-      }
-      if (device_select && s.context != nullptr && s.context->num_tokens > 0) {
-        // The backend selects on the device; its kept rows reach the selector after the step.
+      if (s.context != nullptr && s.context->num_tokens > 0) {
         const ContextKV& ctx = *s.context;
         const size_t offset = ctx.Offset(l, 0, 0) * DTypeBytes(be.kv_dtype());
         p.fixed.kv = {static_cast<const char*>(context_views[i].k) + offset,
                       static_cast<const char*>(context_views[i].v) + offset,
                       static_cast<size_t>(ctx.num_tokens) * d, ctx.num_tokens, be.kv_dtype()};
-        p.fixed.device_selection = device_select;
-        p.fixed.layer = l;
-        p.fixed.kept_rows = &device_kept_[(i * L + l) * Hkv];
-        p.fixed.candidates = &device_candidates_[(i * L + l) * Hkv];
-      } else if (s.context != nullptr && s.context->num_tokens > 0) {
-        // A key selector runs on the host: device backends copy the step's queries back.
-        const float* q_host = p.q;
-        if (s.fixed != nullptr && !be.host_memory()) {
-          q_host_.resize(static_cast<size_t>(n) * q_dim);
-          be.CopyToHost(q_host_.data(), p.q, sizeof(float) * q_host_.size());
-          q_host = q_host_.data();
+        if (s.fixed != nullptr) {  // the backend selects; what it kept reaches the selector
+          p.fixed.selector = s.fixed;
+          p.fixed.policy = policies[i];
+          p.fixed.layer = l;
+          p.fixed.kept_rows = &kept_rows_[(i * L + l) * Hkv];
+          p.fixed.candidates = &candidates_[(i * L + l) * Hkv];
         }
-        RETURN_IF_ERROR(FixedContextKeys(s, l, context_views[i], be.kv_dtype(), q_host, n,
-                                         &selections[i], &p.fixed));
       }
       p.dynamic.kv = {kv.key_data(l, 0, 0), kv.value_data(l, 0, 0), kv_head_stride, past + n,
                       kv.dtype()};
@@ -518,27 +478,27 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
   }
   settled = true;
   RETURN_IF_ERROR(be.Synchronize());
-  // Device-side selections of this step, now written: into each selector's statistics.
+  // What the backend kept of each selected context, now written: into the selectors.
   for (size_t i = 0; i < steps.size(); ++i) {
     if (steps[i].fixed == nullptr) continue;
     for (int l = 0; l < L; ++l) {
-      const std::span<const int32_t> kept(&device_kept_[(i * L + l) * Hkv], Hkv);
-      const std::span<const int32_t> candidates(&device_candidates_[(i * L + l) * Hkv], Hkv);
+      const std::span<const int32_t> kept(&kept_rows_[(i * L + l) * Hkv], Hkv);
+      const std::span<const int32_t> candidates(&candidates_[(i * L + l) * Hkv], Hkv);
       if (kept[0] >= 0) {
-        steps[i].fixed->RecordDeviceSelection(
-            l, kept, candidates[0] >= 0 ? candidates : std::span<const int32_t>());
+        steps[i].fixed->Record(l, kept,
+                               candidates[0] >= 0 ? candidates : std::span<const int32_t>());
       }
     }
   }
 
   for (SequenceStep& s : steps) s.kv->Commit(static_cast<int>(s.tokens.size()));
-  // Sampling on the device when every logits row has a job (rows in step order).
+  // Sampled by the backend when every logits row has a job (rows in step order): a device
+  // backend sends back only the tokens and requested logprobs.
   std::vector<SampleJob*> jobs;
   for (const SequenceStep& s : steps) {
     if (s.want_logits) jobs.push_back(s.sample);
   }
-  if (be.samples_on_device() && !jobs.empty() &&
-      std::find(jobs.begin(), jobs.end(), nullptr) == jobs.end()) {
+  if (!jobs.empty() && std::find(jobs.begin(), jobs.end(), nullptr) == jobs.end()) {
     return be.SampleRows(a.logits, V, jobs);
   }
   for (size_t i = 0, li = 0; i < steps.size(); ++i) {

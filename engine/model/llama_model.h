@@ -8,8 +8,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "engine/attention/fixed_context.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/fixed_context.h"
 #include "engine/backend/kv_cache.h"
 #include "engine/model/config.h"
 #include "engine/model/weights.h"
@@ -26,16 +26,16 @@ struct SequenceStep {
   // Absolute position of tokens[0] = (context ? context->num_tokens : 0) + kv->length().
   bool want_logits = true;          // logits of the last new token
   QueryCapture* capture = nullptr;  // optional
-  // With want_logits, optional: choose the next token from the logits. On a backend that
-  // samples on the device (and when every step that wants logits has a job) the logits stay
-  // there and only the job's results come back; otherwise the logits are copied out and the
-  // job is left for the caller (sample->token stays -1).
+  // With want_logits, optional: choose the next token from the logits. When every step that
+  // wants logits has a job, the backend samples (on a device backend the logits stay there and
+  // only the job's results come back); otherwise the logits are copied out and the job is left
+  // for the caller (sample->token stays -1).
   SampleJob* sample = nullptr;
 };
 
 struct ForwardOutput {
   // logits[i] = logits (V floats) of the last token of step i when want_logits, else empty;
-  // also empty when step i's token was sampled on the device.
+  // also empty when the backend sampled step i's token.
   std::vector<std::vector<float>> logits;
 };
 
@@ -93,9 +93,8 @@ class LlamaModel {
   std::vector<float> rope_inv_freq_;  // [d/2], scaling applied
   Resident w_;
   size_t weight_bytes_ = 0;
-  std::vector<float> q_host_;         // queries copied to the host for a host-side key selector
-  std::vector<int32_t> device_kept_;  // [step][layer][kv head] rows kept by device selection
-  std::vector<int32_t> device_candidates_;  // [step][layer][kv head] hierarchical candidates
+  std::vector<int32_t> kept_rows_;   // [step][layer][kv head] rows the backend kept
+  std::vector<int32_t> candidates_;  // [step][layer][kv head] hierarchical candidates
 };
 
 }  // namespace squeeze

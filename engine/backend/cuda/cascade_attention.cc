@@ -33,8 +33,9 @@ class Carver {
 
 bool CascadeAttention::Eligible(const AttentionParams& p) {
   if (p.shape.num_queries != 1 || p.fixed.kv.num_rows <= 0) return false;
-  if (p.fixed.device_selection) return !p.fixed.device_selection->hierarchical;
-  return p.fixed.ranges.empty();
+  if (p.fixed.selector == nullptr) return true;  // dense
+  return p.fixed.policy.kind == ContextAttentionPolicy::Kind::kSqueezed &&
+         !p.fixed.policy.squeezed.hierarchical;
 }
 
 int CascadeAttention::CascadeCtas(int head_dim) {
@@ -71,11 +72,11 @@ void CascadeAttention::Run(std::span<const AttentionParams* const> calls) {
     dyn_[b].head_stride = static_cast<int64_t>(p.dynamic.kv.head_stride);
     dyn_[b].len = p.dynamic.causal_offset + 1;
     max_dyn = std::max(max_dyn, dyn_[b].len);
-    tau_[b] = squeezed ? p.fixed.device_selection->threshold : 0.0f;
+    tau_[b] = squeezed ? p.fixed.policy.squeezed.threshold : 0.0f;
   }
   heads_.resize(hkv);
   int max_clusters = 0;
-  if (squeezed && !contexts_.HeadDescs(p0.fixed.device_selection->tables, p0.fixed.layer, kv, hkv,
+  if (squeezed && !contexts_.HeadDescs(p0.fixed.policy.squeezed.tables, p0.fixed.layer, kv, hkv,
                                        /*coarse=*/false, heads_.data(), &max_clusters)) {
     return;
   }

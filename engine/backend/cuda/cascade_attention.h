@@ -31,9 +31,9 @@ class CascadeAttention {
       : dev_(dev), contexts_(contexts), dense_(dense) {}
 
   // Whether `p` can join a cascade group: one new token against a context, and either no
-  // selection at all (dense) or a flat device selection (squeezed).
+  // selector (dense) or a flat Squeezed Attention policy (selected on the device).
   static bool Eligible(const AttentionParams& p);
-  static bool Squeezed(const AttentionParams& p) { return p.fixed.device_selection.has_value(); }
+  static bool Squeezed(const AttentionParams& p) { return p.fixed.selector != nullptr; }
 
   // One group: 2..kMaxGroup eligible calls of one layer over the same context K/V, all dense or
   // all squeezed; each writes its own out.

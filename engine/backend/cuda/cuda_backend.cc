@@ -31,8 +31,15 @@ constexpr size_t kMiB = size_t{1} << 20;
 // to bf16 there.
 constexpr size_t kStagingFloats = 16 * kMiB;
 
+// Squeezed Attention selected on the device (any number of query tokens).
+bool SqueezedOnDevice(const AttentionParams& p) {
+  return p.fixed.selector != nullptr &&
+         p.fixed.policy.kind == ContextAttentionPolicy::Kind::kSqueezed && p.fixed.kv.num_rows > 0;
+}
+
+// A decode step (one token) of it: the batched squeezed decode.
 bool DeviceSelected(const AttentionParams& p) {
-  return p.fixed.device_selection && p.fixed.kv.num_rows > 0 && p.shape.num_queries == 1;
+  return SqueezedOnDevice(p) && p.shape.num_queries == 1;
 }
 
 }  // namespace
@@ -333,7 +340,7 @@ void CudaBackend::AttentionBatch(std::span<const AttentionParams> calls) {
     if (options_.cascade && CascadeAttention::Eligible(p)) {
       shared[{p.fixed.kv.k, CascadeAttention::Squeezed(p)}].push_back(&p);
     } else if (DeviceSelected(p)) {
-      squeezed[p.fixed.device_selection->hierarchical ? 1 : 0].push_back(&p);
+      squeezed[p.fixed.policy.squeezed.hierarchical ? 1 : 0].push_back(&p);
     } else {
       single.push_back(&p);
     }
@@ -353,6 +360,13 @@ void CudaBackend::AttentionBatch(std::span<const AttentionParams> calls) {
   for (const auto& group : squeezed) {
     if (!group.empty()) squeezed_.Decode(group);
   }
+}
+
+absl::Status CudaBackend::Synchronize() {
+  absl::Status st = dev_->Synchronize();
+  if (st.ok() && !step_error_.ok()) st = std::move(step_error_);
+  step_error_ = absl::OkStatus();
+  return st;
 }
 
 void CudaBackend::Attention(const AttentionParams& p) {
@@ -378,8 +392,23 @@ void CudaBackend::Attention(const AttentionParams& p) {
     dyn_out = static_cast<float*>(dev_->Scratch(kDynOut, rows * d * sizeof(float)));
     dyn_lse = static_cast<float*>(dev_->Scratch(kDynLse, rows * sizeof(float)));
     if (fixed_lse == nullptr || dyn_out == nullptr || dyn_lse == nullptr) return;
-    if (p.fixed.device_selection) {  // n > 1 (single tokens went to the squeezed decode)
+    if (SqueezedOnDevice(p)) {  // n > 1 (single tokens went to the squeezed decode)
       squeezed_.FixedPrefill(p, p.out, fixed_lse);
+    } else if (p.fixed.selector != nullptr) {  // rows chosen on the host, gathered
+      q_host_.resize(rows * d);
+      dev_->CopyToHost(q_host_.data(), p.q, sizeof(float) * q_host_.size());
+      selection_.candidates.clear();  // a selector that lists none leaves it empty
+      p.fixed.selector->Select(p.fixed.layer, q_host_.data(), n, &selection_);
+      absl::Status st =
+          CheckHostSelection(selection_, p.fixed.layer, s.num_kv_heads, p.fixed.kv.num_rows,
+                             p.fixed.kept_rows, p.fixed.candidates);
+      if (!st.ok()) {
+        if (step_error_.ok()) step_error_ = std::move(st);
+        return;
+      }
+      AttentionParams host = p;
+      host.fixed.ranges = selection_.ranges;
+      dense_.Fixed(host, p.out, fixed_lse);
     } else {
       dense_.Fixed(p, p.out, fixed_lse);
     }

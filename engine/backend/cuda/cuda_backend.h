@@ -83,7 +83,8 @@ class CudaBackend final : public Backend {
               size_t rows) override {
     dev_->Copy2D(dst, dst_pitch, src, src_pitch, row_bytes, rows);
   }
-  absl::Status Synchronize() override { return dev_->Synchronize(); }
+  // The device's first fault; else the error of a host selection since the last call.
+  absl::Status Synchronize() override;
   bool host_memory() const override { return false; }
   std::optional<DeviceMemory> device_memory() const override;
 
@@ -95,8 +96,6 @@ class CudaBackend final : public Backend {
                                             float stddev) override;
 
   DType kv_dtype() const override { return DType::kBF16; }
-  bool selects_on_device() const override { return true; }
-  bool samples_on_device() const override { return true; }
   absl::Status SampleRows(const float* logits, int vocab,
                           std::span<SampleJob* const> jobs) override;
   KMeansSolver* kmeans_solver() override;
@@ -147,6 +146,10 @@ class CudaBackend final : public Backend {
   std::unique_ptr<KMeansSolver> kmeans_;
   std::unique_ptr<class CudaSampler> sampler_;  // made on first use
   std::vector<gpu::AppendKvTarget> append_targets_;
+  // Host selection (policies the device does not select): the queries copied back, the rows.
+  std::vector<float> q_host_;
+  LayerSelection selection_;
+  absl::Status step_error_;  // the first failed host selection since the last Synchronize()
 };
 
 }  // namespace squeeze

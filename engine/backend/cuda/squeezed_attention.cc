@@ -158,7 +158,7 @@ bool SqueezedAttention::CoarseCandidates(std::span<const AttentionParams* const>
     for (int h = 0; h < hkv; ++h) {
       max_fine = std::max(max_fine, coarse[static_cast<size_t>(b) * hkv + h].num_rows);
     }
-    tau[b] = calls[b]->fixed.device_selection->coarse_threshold;
+    tau[b] = calls[b]->fixed.policy.squeezed.coarse_threshold;
   }
   const gpu::SqueezedDecodePlan* plan = nullptr;
   void* ws = nullptr;
@@ -229,7 +229,7 @@ void SqueezedAttention::FixedPrefill(const AttentionParams& p, float* out, float
   int64_t cand_stride = 0;
   const AttentionParams* one = &p;
   const std::span<const AttentionParams* const> calls(&one, 1);
-  if (p.fixed.device_selection->hierarchical &&
+  if (p.fixed.policy.squeezed.hierarchical &&
       !CoarseCandidates(calls, nullptr, qb, &cand, &cand_count, &cand_stride)) {
     return;
   }
@@ -246,7 +246,7 @@ void SqueezedAttention::FixedPrefill(const AttentionParams& p, float* out, float
   if (scores == nullptr || row_index == nullptr || desc == nullptr) return;
   auto* dev_heads = reinterpret_cast<gpu::SqueezeHeadDesc*>(desc);
   auto* dev_tau = reinterpret_cast<float*>(desc + sizeof(gpu::SqueezeHeadDesc) * hkv);
-  const float tau = p.fixed.device_selection->threshold;
+  const float tau = p.fixed.policy.squeezed.threshold;
   dev_.CopyFromHost(dev_heads, heads.data(), sizeof(gpu::SqueezeHeadDesc) * hkv);
   dev_.CopyFromHost(dev_tau, &tau, sizeof(float));
   if (std::isfinite(tau)) {
@@ -289,7 +289,7 @@ void SqueezedAttention::Decode(std::span<const AttentionParams* const> calls) {
   int64_t total_rows = 0;
   for (int b = 0; b < B; ++b) {
     const AttentionParams& p = *calls[b];
-    const ClusterTables& index = p.fixed.device_selection->tables;
+    const ClusterTables& index = p.fixed.policy.squeezed.tables;
     const int S = p.fixed.kv.num_rows, layer = p.fixed.layer;
     if (p.shape.num_q_heads != hq || p.shape.num_kv_heads != hkv || p.shape.head_dim != d ||
         layer < 0 || layer >= index.num_layers || index.num_kv_heads != hkv ||
@@ -303,7 +303,7 @@ void SqueezedAttention::Decode(std::span<const AttentionParams* const> calls) {
     dyn[b].v = static_cast<const bf16*>(p.dynamic.kv.v);
     dyn[b].head_stride = static_cast<int64_t>(p.dynamic.kv.head_stride);
     dyn[b].len = p.dynamic.causal_offset + 1;
-    tau[b] = p.fixed.device_selection->threshold;
+    tau[b] = p.fixed.policy.squeezed.threshold;
     q_rows[b] = p.q;
     out_rows[b] = p.out;
     max_clusters = std::max(max_clusters, index_clusters);
@@ -374,7 +374,7 @@ void SqueezedAttention::Decode(std::span<const AttentionParams* const> calls) {
   sp.tau = dev_tau;
   sp.out = gather ? out_all : out_rows[0];
   // Hierarchical: the coarse lookup narrows each head to its candidate fine clusters first.
-  if (calls[0]->fixed.device_selection->hierarchical &&
+  if (calls[0]->fixed.policy.squeezed.hierarchical &&
       !CoarseCandidates(calls, sp.q, nullptr, &sp.candidates, &sp.num_candidates,
                         &sp.candidate_stride)) {
     return;

@@ -1,5 +1,5 @@
 // Squeezed Attention of single sequences with the selection made on the device
-// (AttentionKeys::device_selection), flat or hierarchical:
+// (ContextAttentionPolicy::Kind::kSqueezed), flat or hierarchical:
 //   decode     one token per sequence, B sequences batched: centroid lookup, threshold, sparse
 //              attention over the kept clusters and dense attention over each sequence's
 //              dynamic KV, merged, in two launches (kernels/squeeze/squeezed_decode.cuh);
@@ -52,7 +52,7 @@ class SqueezedAttention {
                         int64_t* stride);
   bool HeadDescs(const AttentionParams& p, gpu::SqueezeHeadDesc* out, int* max_clusters,
                  bool coarse = false) {
-    return contexts_.HeadDescs(p.fixed.device_selection->tables, p.fixed.layer, p.fixed.kv,
+    return contexts_.HeadDescs(p.fixed.policy.squeezed.tables, p.fixed.layer, p.fixed.kv,
                                p.shape.num_kv_heads, coarse, out, max_clusters);
   }
 
