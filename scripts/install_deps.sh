@@ -10,6 +10,10 @@ PACKAGES=(
   libsentencepiece-dev sentencepiece
   libgtest-dev libgmock-dev libopenblas-dev clang-format
   python3
+  libcpp-httplib-dev
+  python3-grpcio python3-protobuf python3-yaml nginx-light
+  golang-go golang-github-masterminds-sprig-dev golang-k8s-sigs-yaml-dev prometheus
+  python3-kubernetes
 )
 
 missing=()
