@@ -30,6 +30,16 @@ class CliFlagsTest(unittest.TestCase):
         for flag in flags:
             self.assertIn(f"--{flag}", text, f"--help does not document --{flag}")
 
+    def test_server_help_lists_every_flag(self):
+        with open(os.path.join(harness.SOURCE_DIR, "server", "main.cc")) as f:
+            flags = re.findall(r"ABSL_FLAG\(\s*[\w:<>]+,\s*(\w+),", f.read())
+        self.assertGreater(len(flags), 30)
+        out = subprocess.run([harness.binary("squeeze-server"), "--help"], capture_output=True,
+                             text=True, timeout=60)
+        text = out.stdout + out.stderr
+        for flag in flags:
+            self.assertIn(f"--{flag}", text, f"squeeze-server --help does not document --{flag}")
+
     def test_request_fields_from_flags_and_stdin(self):
         with FakeServer() as fake:
             out = cli(f"--server={fake.address}", "generate", "--context=manual",
