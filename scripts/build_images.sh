@@ -43,40 +43,47 @@ fi
 build=("$tool" build)
 if [ "$tool" = podman ]; then build+=(--isolation chroot); fi
 args=()
-[ -n "${JOBS:-}" ] && args+=(--build-arg "JOBS=$JOBS")
+if [ -n "${JOBS:-}" ]; then args+=(--build-arg "JOBS=$JOBS"); fi
 mkdir -p "$OUT"
 
-if [ $standin -eq 1 ]; then
-  [ "$tool" = podman ] || { echo "build_images: --standin needs podman" >&2; exit 2; }
-  rootfs=${STANDIN_ROOTFS:-/var/tmp/squeeze-standin-rootfs}
+# Stand-in bases: localhost/squeeze-standin:debian12 (debootstrap), :cuda-devel (+ the toolkit's
+# compiler, headers, cudart and cuBLAS) and :cuda-runtime (+ cudart and cuBLAS).
+make_standin_bases() {
+  local rootfs=${STANDIN_ROOTFS:-/var/tmp/squeeze-standin-rootfs} stage kind lib
   if [ ! -x "$rootfs/usr/bin/apt-get" ]; then
     echo "build_images: debootstrap Debian 12 into $rootfs"
     debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian
   fi
-  cp /etc/apt/sources.list.d/debian.sources "$rootfs/etc/apt/sources.list.d/" 2>/dev/null || true
   echo "build_images: stand-in bases localhost/squeeze-standin:{debian12,cuda-devel,cuda-runtime}"
   tar -C "$rootfs" -c . | podman import - localhost/squeeze-standin:debian12
-  # The toolkit parts a build and a run need: compiler, headers, cudart and cuBLAS.
   stage=$(mktemp -d)
-  trap 'rm -rf "$stage"' EXIT
   mkdir -p "$stage/devel/usr/local/cuda/lib" "$stage/runtime/usr/local/cuda/lib"
   cp -a "$CUDA_HOME"/{bin,include,nvvm} "$stage/devel/usr/local/cuda/"
   for lib in "$CUDA_HOME"/lib/{libcudart*,libcublas*,libcudadevrt.a,cmake,stubs}; do
-    [ -e "$lib" ] && cp -a "$lib" "$stage/devel/usr/local/cuda/lib/"
+    if [ -e "$lib" ]; then cp -a "$lib" "$stage/devel/usr/local/cuda/lib/"; fi
   done
-  ln -s lib "$stage/devel/usr/local/cuda/lib64"
   cp -a "$CUDA_HOME"/lib/{libcudart.so*,libcublas.so*,libcublasLt.so*} \
     "$stage/runtime/usr/local/cuda/lib/"
-  ln -s lib "$stage/runtime/usr/local/cuda/lib64"
   for kind in devel runtime; do
+    ln -s lib "$stage/$kind/usr/local/cuda/lib64"
     printf 'FROM localhost/squeeze-standin:debian12\nCOPY usr /usr\n' > "$stage/$kind/Containerfile"
     podman build --isolation chroot -t "localhost/squeeze-standin:cuda-$kind" "$stage/$kind"
   done
+  rm -rf "$stage"
+}
+
+cuda_bases=()
+if [ $standin -eq 1 ]; then
+  [ "$tool" = podman ] || { echo "build_images: --standin needs podman" >&2; exit 2; }
+  if podman image exists localhost/squeeze-standin:cuda-devel &&
+     podman image exists localhost/squeeze-standin:cuda-runtime && [ -z "${STANDIN_REBUILD:-}" ]; then
+    echo "build_images: reusing the stand-in bases (STANDIN_REBUILD=1 rebuilds them)"
+  else
+    make_standin_bases
+  fi
   args+=(--build-arg BASE=localhost/squeeze-standin:debian12)
   cuda_bases=(--build-arg BUILD_BASE=localhost/squeeze-standin:cuda-devel
               --build-arg RUNTIME_BASE=localhost/squeeze-standin:cuda-runtime)
-else
-  cuda_bases=()
 fi
 
 if [ $cpu -eq 1 ]; then
