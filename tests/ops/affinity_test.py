@@ -7,6 +7,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -159,6 +160,9 @@ class AffinityTest(unittest.TestCase):
         # Only calls already in flight when the replica died may fail.
         self.assertTrue(all(s <= killed_at + 0.05 for s, _ in failed), failed)
         self.assertLessEqual(len(failed), len(threads))
+        print(f"\nreplica {victim} killed under load: {len(outcomes)} calls, {len(failed)} failed "
+              f"(in flight), {len(after_kill)} started after the kill all answered",
+              file=sys.stderr)
 
         survivors = {i: r for i, r in everyone.items() if i != victim}
         # Every context answers, the victim's from another replica, unchanged.
