@@ -16,6 +16,11 @@ void SetTimeout(grpc::ClientContext* ctx, double seconds) {
   }
 }
 
+// Routing: the context name travels as metadata as well as in the request (see kContextHeader).
+void SetContextRouting(grpc::ClientContext* ctx, const std::string& context) {
+  if (!context.empty()) ctx->AddMetadata(kContextHeader, context);
+}
+
 }  // namespace
 
 SqueezeClient::SqueezeClient(const std::string& target)
@@ -30,6 +35,7 @@ grpc::Status SqueezeClient::RegisterContext(
     double timeout_seconds) {
   grpc::ClientContext ctx;
   SetTimeout(&ctx, timeout_seconds);
+  SetContextRouting(&ctx, request.name());
   auto reader = stub_->RegisterContext(&ctx, request);
   v1::RegisterContextEvent event;
   while (reader->Read(&event)) {
@@ -44,6 +50,7 @@ grpc::Status SqueezeClient::Generate(
     const std::function<bool(const v1::GenerateResponse&)>& on_response, double timeout_seconds) {
   grpc::ClientContext ctx;
   SetTimeout(&ctx, timeout_seconds);
+  SetContextRouting(&ctx, request.context());
   auto reader = stub_->Generate(&ctx, request);
   v1::GenerateResponse response;
   while (reader->Read(&response)) {
@@ -57,6 +64,7 @@ grpc::Status SqueezeClient::Generate(
 
 grpc::Status SqueezeClient::GetContext(const std::string& name, v1::ContextInfo* info) {
   grpc::ClientContext ctx;
+  SetContextRouting(&ctx, name);
   v1::GetContextRequest req;
   req.set_name(name);
   return stub_->GetContext(&ctx, req, info);
@@ -69,6 +77,7 @@ grpc::Status SqueezeClient::ListContexts(v1::ListContextsResponse* response) {
 
 grpc::Status SqueezeClient::DeleteContext(const std::string& name) {
   grpc::ClientContext ctx;
+  SetContextRouting(&ctx, name);
   v1::DeleteContextRequest req;
   req.set_name(name);
   v1::DeleteContextResponse resp;

@@ -64,6 +64,8 @@ const char* ReasonPhrase(int code) {
       return "Method Not Allowed";
     case 431:
       return "Request Header Fields Too Large";
+    case 503:
+      return "Service Unavailable";
   }
   return "Error";
 }
@@ -148,6 +150,11 @@ void Exposer::RegisterCollectable(const std::weak_ptr<Collectable>& collectable)
   collectables_.push_back(collectable);
 }
 
+void Exposer::AddPath(const std::string& path, PathHandler handler) {
+  std::lock_guard<std::mutex> lock(mu_);
+  paths_[path] = std::move(handler);
+}
+
 void Exposer::AcceptLoop() {
   while (true) {
     pollfd fds[2] = {{.fd = listen_fd_, .events = POLLIN}, {.fd = wake_read_, .events = POLLIN}};
@@ -228,6 +235,7 @@ void Exposer::HandleConnection(int fd) {
 
   int code = 200;
   std::string body;
+  std::string_view content_type = "text/plain; charset=utf-8";
   std::string extra_headers;
   bool head_only = false;
   const std::string_view line = std::string_view(head).substr(0, head.find('\n'));
@@ -243,7 +251,15 @@ void Exposer::HandleConnection(int fd) {
     const std::string_view method = line.substr(0, sp1);
     std::string_view target = line.substr(sp1 + 1, sp2 - sp1 - 1);
     target = target.substr(0, target.find('?'));
-    if (target != "/metrics") {
+    PathHandler handler;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (auto it = paths_.find(std::string(target)); it != paths_.end()) handler = it->second;
+    }
+    if (handler && (method == "GET" || method == "HEAD")) {
+      head_only = method == "HEAD";
+      std::tie(code, body) = handler();
+    } else if (target != "/metrics" && !handler) {
       code = 404;
       body = "not found; Prometheus metrics are served at /metrics\n";
     } else if (method != "GET" && method != "HEAD") {
@@ -253,15 +269,15 @@ void Exposer::HandleConnection(int fd) {
     } else {
       head_only = method == "HEAD";
       body = Render();
+      content_type = kTextContentType;
     }
   }
   const std::string response_head = absl::StrCat(
-      "HTTP/1.1 ", code, " ", ReasonPhrase(code), "\r\nContent-Type: ",
-      std::string(code == 200 ? kTextContentType : "text/plain; charset=utf-8"),
+      "HTTP/1.1 ", code, " ", ReasonPhrase(code), "\r\nContent-Type: ", std::string(content_type),
       "\r\nContent-Length: ", body.size(), "\r\n", extra_headers, "Connection: close\r\n\r\n");
   if (!SendAll(fd, response_head, wake_read_, deadline)) return;
   if (!head_only && !SendAll(fd, body, wake_read_, deadline)) return;
-  if (code == 200) scrapes_.fetch_add(1);
+  if (code == 200 && content_type == kTextContentType) scrapes_.fetch_add(1);
 }
 
 std::string Exposer::Render() {

@@ -1,6 +1,7 @@
 // Serves registered Collectables as Prometheus text on their own HTTP port, like prometheus-cpp's
 // Exposer: POSIX sockets, one acceptor thread that handles one connection at a time.
 //   GET|HEAD /metrics  -> 200, text/plain; version=0.0.4
+//   GET|HEAD a path added with AddPath -> its handler's code and text (health probes)
 //   other method       -> 405;  other path -> 404;  request head over the limit -> 431
 // Every connection is closed after one response (HTTP/1.1, `Connection: close`), reads and writes
 // have a deadline, and the request head is bounded, so a slow or hostile client costs at most one
@@ -9,6 +10,8 @@
 
 #include <atomic>
 #include <cstddef>
+#include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -39,6 +42,10 @@ class Exposer {
 
   // Scraped in registration order; expired ones are skipped and forgotten.
   void RegisterCollectable(const std::weak_ptr<Collectable>& collectable);
+  // Serves GET/HEAD `path` with the handler's status code and plain-text body. The handler runs
+  // on the acceptor thread and must be quick.
+  using PathHandler = std::function<std::pair<int, std::string>()>;
+  void AddPath(const std::string& path, PathHandler handler);
 
   int port() const { return port_; }
   uint64_t scrapes() const { return scrapes_.load(); }  // 200 responses sent
@@ -56,6 +63,7 @@ class Exposer {
   const ExposerOptions options_;
   std::mutex mu_;
   std::vector<std::weak_ptr<Collectable>> collectables_;  // guarded by mu_
+  std::map<std::string, PathHandler> paths_;              // guarded by mu_
   std::atomic<uint64_t> scrapes_{0};
   std::thread thread_;
 };

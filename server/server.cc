@@ -11,6 +11,8 @@
 #include "engine/common/sha256.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/load_model.h"
+#include "engine/store/shared_context_store.h"
+#include "server/health_endpoints.h"
 #include "spdlog/spdlog.h"
 
 namespace squeeze::server {
@@ -79,6 +81,12 @@ absl::StatusOr<std::unique_ptr<SqueezeServer>> SqueezeServer::Start(ServerOption
   auto store =
       std::make_unique<ContextStore>(options.state_dir, fingerprint, options.max_context_memory);
   RETURN_IF_ERROR(store->LoadPersisted());
+  if (!options.shared_store.empty()) {
+    auto shared = std::make_unique<SharedContextStore>(options.shared_store, fingerprint);
+    RETURN_IF_ERROR(shared->Init());
+    spdlog::info("sharing registered contexts through {}", shared->root());
+    store->SetSharedStore(std::move(shared));
+  }
 
   std::unique_ptr<SqueezeServer> server(new SqueezeServer());
   server->engine_ = std::make_unique<Engine>(options.engine, std::move(model), std::move(tokenizer),
@@ -94,9 +102,30 @@ absl::StatusOr<std::unique_ptr<SqueezeServer>> SqueezeServer::Start(ServerOption
     }
     server->exposer_ = std::move(*exposer);
     server->exposer_->RegisterCollectable(server->metrics_);
+    AddHealthEndpoints(*server->exposer_, server->engine_.get(), &server->phase_);
   }
   server->service_ = std::make_unique<SqueezeService>(server->engine_.get(), options.limits,
                                                       server->metrics_.get());
+  if (!options.openai_address.empty()) {
+    OpenAIGatewayOptions gateway{.address = options.openai_address,
+                                 .model_name = options.model_name,
+                                 .limits = options.limits};
+    if (gateway.model_name.empty()) {
+      gateway.model_name = std::filesystem::path(options.model_dir).lexically_normal().filename();
+      if (gateway.model_name.empty()) {
+        gateway.model_name =
+            std::filesystem::path(options.model_dir).lexically_normal().parent_path().filename();
+      }
+    }
+    auto openai =
+        OpenAIGateway::Start(std::move(gateway), server->engine_.get(), server->metrics_.get());
+    if (!openai.ok()) {
+      server->engine_->Shutdown(absl::ZeroDuration());
+      server->stopped_ = true;
+      return openai.status();
+    }
+    server->openai_ = std::move(*openai);
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -118,6 +147,7 @@ absl::StatusOr<std::unique_ptr<SqueezeServer>> SqueezeServer::Start(ServerOption
     spdlog::critical("engine faulted, health NOT_SERVING: {}", std::string(why.message()));
     grpc_server->GetHealthCheckService()->SetServingStatus(false);
   });
+  server->phase_ = ServingPhase::kServing;
   spdlog::info("serving squeeze.v1.Squeeze on port {}", server->port_);
   return server;
 }
@@ -125,8 +155,10 @@ absl::StatusOr<std::unique_ptr<SqueezeServer>> SqueezeServer::Start(ServerOption
 void SqueezeServer::Shutdown(absl::Duration grace) {
   if (stopped_) return;
   stopped_ = true;
+  phase_ = ServingPhase::kDraining;
   server_->GetHealthCheckService()->SetServingStatus(false);
   engine_->Shutdown(grace);
+  openai_.reset();
   server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
 }
 

@@ -192,10 +192,8 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
   auto seq = std::make_unique<Sequence>();
   seq->enqueued = absl::Now();
   if (!request.context.empty()) {
-    seq->context = store_->Find(request.context);
-    if (!seq->context) {
-      return absl::NotFoundError(absl::StrCat("context '", request.context, "' not found"));
-    }
+    // Resident, or loaded from the shared store on first use (another replica registered it).
+    ASSIGN_OR_RETURN(seq->context, store_->FindOrLoad(request.context));
   }
   // Without a context the input is a whole prompt and starts with BOS; after a context it is a
   // continuation.
@@ -311,12 +309,12 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
 }
 
 absl::StatusOr<ContextSummary> Engine::GetContext(const std::string& name) const {
-  auto c = store_->Find(name);
-  if (!c) return absl::NotFoundError(absl::StrCat("context '", name, "' not found"));
-  return c->summary;
+  return store_->Summary(name);
 }
 
-std::vector<ContextSummary> Engine::ListContexts() const {
+std::vector<ContextSummary> Engine::ListContexts() const { return store_->ListAll(); }
+
+std::vector<ContextSummary> Engine::ResidentContexts() const {
   std::vector<ContextSummary> out;
   for (const auto& c : store_->List()) out.push_back(c->summary);
   return out;

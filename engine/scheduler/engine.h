@@ -83,8 +83,11 @@ class Engine {
   absl::StatusOr<std::shared_ptr<WorkHandle>> Generate(GenerateRequest request,
                                                        GenerateCallback callback);
 
+  // With a shared store (ContextStore::SetSharedStore) these see every replica's contexts.
   absl::StatusOr<ContextSummary> GetContext(const std::string& name) const;
   std::vector<ContextSummary> ListContexts() const;
+  // The contexts held in this replica's memory.
+  std::vector<ContextSummary> ResidentContexts() const;
   absl::Status DeleteContext(const std::string& name);
   absl::StatusOr<std::vector<int32_t>> Tokenize(const PromptInput& input, bool add_bos) const;
 

@@ -1,13 +1,18 @@
 #include "engine/store/context_store.h"
 
+#include <unistd.h>
+
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/binary_io.h"
 #include "engine/common/sha256.h"
 #include "engine/common/status_macros.h"
+#include "engine/store/shared_context_store.h"
 #include "spdlog/spdlog.h"
 
 namespace squeeze {
@@ -57,6 +62,8 @@ ContextStore::ContextStore(std::string state_dir, std::string model_fingerprint,
       model_fingerprint_(std::move(model_fingerprint)),
       memory_limit_bytes_(memory_limit_bytes) {}
 
+ContextStore::~ContextStore() = default;
+
 std::string ContextStore::PathFor(const std::string& name) const {
   return (std::filesystem::path(state_dir_) / (name + kSuffix)).string();
 }
@@ -103,8 +110,23 @@ std::vector<std::shared_ptr<const RegisteredContext>> ContextStore::List() const
 
 absl::Status ContextStore::Reserve(const std::string& name, const std::string& hash, int64_t bytes,
                                    std::shared_ptr<const RegisteredContext>* existing) {
-  absl::MutexLock lock(&mu_);
   *existing = nullptr;
+  if (shared_ && !Find(name)) {
+    // Registered by another replica: the same content is reused, other content is a conflict.
+    auto entry = shared_->Lookup(name);
+    if (entry.ok() && entry->content_hash != hash) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "context '", name, "' already exists with different content; delete it first"));
+    }
+    if (entry.ok()) {
+      ASSIGN_OR_RETURN(*existing, FindOrLoad(name));
+      if ((*existing)->summary.content_hash == hash) return absl::OkStatus();
+      return absl::AlreadyExistsError(absl::StrCat(
+          "context '", name, "' already exists with different content; delete it first"));
+    }
+    if (!absl::IsNotFound(entry.status())) return entry.status();
+  }
+  absl::MutexLock lock(&mu_);
   if (auto it = contexts_.find(name); it != contexts_.end()) {
     if (it->second->summary.content_hash == hash) {
       *existing = it->second;
@@ -144,6 +166,13 @@ absl::Status ContextStore::Publish(std::shared_ptr<RegisteredContext> context,
       return st;
     }
   }
+  if (shared_) {
+    absl::Status st = shared_->Put(*context);
+    if (!st.ok()) {
+      Unreserve(context->summary.name);
+      return st;
+    }
+  }
   *persist_seconds = absl::ToDoubleSeconds(absl::Now() - start);
   absl::MutexLock lock(&mu_);
   pending_.erase(context->summary.name);
@@ -153,9 +182,16 @@ absl::Status ContextStore::Publish(std::shared_ptr<RegisteredContext> context,
 }
 
 absl::Status ContextStore::Delete(const std::string& name) {
+  bool shared_deleted = false;
+  if (shared_) {
+    absl::Status st = shared_->Remove(name);
+    if (!st.ok() && !absl::IsNotFound(st)) return st;
+    shared_deleted = st.ok();
+  }
   absl::MutexLock lock(&mu_);
   auto it = contexts_.find(name);
   if (it == contexts_.end()) {
+    if (shared_deleted) return absl::OkStatus();
     return absl::NotFoundError(absl::StrCat("context '", name, "' not found"));
   }
   if (!state_dir_.empty()) {
@@ -171,21 +207,133 @@ absl::Status ContextStore::Delete(const std::string& name) {
   return absl::OkStatus();
 }
 
+void ContextStore::SetSharedStore(std::unique_ptr<SharedContextStore> shared) {
+  shared_ = std::move(shared);
+  // Contexts this replica already holds (its state directory) become visible to the others,
+  // unless the name is taken there.
+  for (const auto& c : List()) {
+    auto entry = shared_->Lookup(c->summary.name);
+    if (entry.ok()) {
+      if (entry->content_hash != c->summary.content_hash) {
+        spdlog::warn(
+            "context '{}' of the state directory differs from the shared store's; "
+            "the shared one is served",
+            c->summary.name);
+      }
+      continue;
+    }
+    if (absl::Status st = shared_->Put(*c); !st.ok()) {
+      spdlog::warn("cannot share context '{}': {}", c->summary.name, st.ToString());
+    }
+  }
+}
+
+absl::StatusOr<std::shared_ptr<const RegisteredContext>> ContextStore::FindOrLoad(
+    const std::string& name) {
+  auto resident = Find(name);
+  if (!shared_) {
+    if (resident) return resident;
+    return absl::NotFoundError(absl::StrCat("context '", name, "' not found"));
+  }
+  // The shared store names the current content; a resident copy of content deleted or replaced
+  // by another replica is stale.
+  auto entry = shared_->Lookup(name);
+  if (!entry.ok() && !absl::IsNotFound(entry.status())) return entry.status();
+  if (resident) {
+    if (entry.ok() && entry->content_hash == resident->summary.content_hash) return resident;
+    absl::MutexLock lock(&mu_);
+    if (auto it = contexts_.find(name); it != contexts_.end() && it->second == resident) {
+      bytes_ -= resident->summary.kv_bytes;
+      contexts_.erase(it);
+      spdlog::info("dropped context '{}': deleted or replaced in the shared store", name);
+    }
+  }
+  if (!entry.ok()) return absl::NotFoundError(absl::StrCat("context '", name, "' not found"));
+  return LoadShared(name);
+}
+
+absl::StatusOr<std::shared_ptr<const RegisteredContext>> ContextStore::LoadShared(
+    const std::string& name) {
+  {
+    // One load per name: concurrent first uses wait for it and share the result.
+    absl::MutexLock lock(&mu_);
+    auto not_loading = [&]()
+                           ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !loading_.contains(name); };
+    mu_.Await(absl::Condition(&not_loading));
+    if (auto it = contexts_.find(name); it != contexts_.end()) return it->second;
+    loading_.insert(name);
+  }
+  auto done = absl::MakeCleanup([&] {
+    absl::MutexLock lock(&mu_);
+    loading_.erase(name);
+  });
+  ASSIGN_OR_RETURN(ContextSummary entry, shared_->Lookup(name));
+  {
+    absl::MutexLock lock(&mu_);
+    int64_t reserved = bytes_;
+    for (const auto& [n, p] : pending_) reserved += p.second;
+    if (memory_limit_bytes_ > 0 && reserved + entry.kv_bytes > memory_limit_bytes_) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "context '", name, "' (", entry.kv_bytes,
+          " bytes of KV, in the shared store) does not fit: ", memory_limit_bytes_ - reserved,
+          " of ", memory_limit_bytes_, " bytes are free here"));
+    }
+  }
+  const absl::Time start = absl::Now();
+  ASSIGN_OR_RETURN(std::shared_ptr<RegisteredContext> context, shared_->Load(name));
+  spdlog::info("loaded context '{}' ({} tokens) from the shared store in {:.2f} s", name,
+               context->summary.num_tokens, absl::ToDoubleSeconds(absl::Now() - start));
+  absl::MutexLock lock(&mu_);
+  if (auto it = contexts_.find(name); it != contexts_.end()) return it->second;
+  bytes_ += context->summary.kv_bytes;
+  contexts_[name] = context;
+  return std::shared_ptr<const RegisteredContext>(std::move(context));
+}
+
+std::vector<ContextSummary> ContextStore::ListAll() const {
+  // With a shared store its entries are the current ones (every published context is there; a
+  // resident copy may be stale).
+  if (shared_) return shared_->List();
+  std::vector<ContextSummary> out;
+  for (const auto& c : List()) out.push_back(c->summary);
+  return out;
+}
+
+absl::StatusOr<ContextSummary> ContextStore::Summary(const std::string& name) const {
+  if (shared_) return shared_->Lookup(name);
+  auto c = Find(name);
+  if (!c) return absl::NotFoundError(absl::StrCat("context '", name, "' not found"));
+  return c->summary;
+}
+
 int64_t ContextStore::resident_bytes() const {
   absl::MutexLock lock(&mu_);
   return bytes_;
 }
 
 absl::Status ContextStore::Persist(const RegisteredContext& c) const {
-  const std::string path = PathFor(c.summary.name);
-  const std::string tmp = path + ".tmp";
+  return WriteContextFile(c, model_fingerprint_, PathFor(c.summary.name));
+}
+
+absl::StatusOr<std::shared_ptr<RegisteredContext>> ContextStore::ReadFile(
+    const std::string& path) const {
+  return ReadContextFile(path, model_fingerprint_);
+}
+
+absl::Status ContextStore::WriteContextFile(const RegisteredContext& c,
+                                            const std::string& model_fingerprint,
+                                            const std::string& path) {
+  // Unique per process and call: replicas may write the same shared file at once.
+  static std::atomic<uint64_t> counter{0};
+  const std::string tmp =
+      absl::StrCat(path, ".tmp.", ::getpid(), ".", counter.fetch_add(1, std::memory_order_relaxed));
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     if (!out) return absl::InternalError(absl::StrCat("cannot write '", tmp, "'"));
     BinaryWriter w(&out);
     out.write(kMagic, sizeof(kMagic));
     w.Pod(kVersion);
-    w.String(model_fingerprint_);
+    w.String(model_fingerprint);
     const ContextSummary& s = c.summary;
     w.String(s.name);
     w.String(s.content_hash);
@@ -203,7 +351,11 @@ absl::Status ContextStore::Persist(const RegisteredContext& c) const {
     WriteOptions(w, s.index_options);
     if (c.index) RETURN_IF_ERROR(WriteSqueezeIndex(*c.index, out));
     out.flush();
-    if (!out) return absl::InternalError(absl::StrCat("error writing '", tmp, "' (disk full?)"));
+    if (!out) {
+      std::error_code ignored;
+      std::filesystem::remove(tmp, ignored);
+      return absl::InternalError(absl::StrCat("error writing '", tmp, "' (disk full?)"));
+    }
   }
   std::error_code ec;
   std::filesystem::rename(tmp, path, ec);
@@ -211,8 +363,8 @@ absl::Status ContextStore::Persist(const RegisteredContext& c) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::shared_ptr<RegisteredContext>> ContextStore::ReadFile(
-    const std::string& path) const {
+absl::StatusOr<std::shared_ptr<RegisteredContext>> ContextStore::ReadContextFile(
+    const std::string& path, const std::string& model_fingerprint) {
   std::error_code ec;
   const uint64_t size = std::filesystem::file_size(path, ec);
   if (ec) return absl::NotFoundError(absl::StrCat("cannot stat '", path, "'"));
@@ -231,7 +383,7 @@ absl::StatusOr<std::shared_ptr<RegisteredContext>> ContextStore::ReadFile(
   }
   std::string fingerprint;
   RETURN_IF_ERROR(r.String(&fingerprint));
-  if (fingerprint != model_fingerprint_) {
+  if (fingerprint != model_fingerprint) {
     return absl::FailedPreconditionError("written for a different model");
   }
   auto c = std::make_shared<RegisteredContext>();

@@ -9,6 +9,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -18,6 +19,8 @@
 #include "engine/squeeze/squeeze_index.h"
 
 namespace squeeze {
+
+class SharedContextStore;
 
 // One registered context. Immutable once published; shared by every sequence reading it, so a
 // delete while a Generate is running only drops the store's reference.
@@ -36,13 +39,36 @@ class ContextStore {
   // `state_dir` empty: memory only. `model_fingerprint` guards against loading contexts
   // computed by another model. `memory_limit_bytes` bounds the resident KV (0: unlimited).
   ContextStore(std::string state_dir, std::string model_fingerprint, int64_t memory_limit_bytes);
+  ~ContextStore();
+
+  // The state-file format (also used by SharedContextStore). WriteContextFile writes a
+  // temporary file beside `path` and renames it, so readers see a whole file or none.
+  static absl::Status WriteContextFile(const RegisteredContext& context,
+                                       const std::string& model_fingerprint,
+                                       const std::string& path);
+  static absl::StatusOr<std::shared_ptr<RegisteredContext>> ReadContextFile(
+      const std::string& path, const std::string& model_fingerprint);
+
+  // Shares contexts with other replicas through `shared` (engine/store/shared_context_store.h):
+  // published contexts are written there too, a context that is not resident here is loaded
+  // from there on first use, and listing, lookup and deletion see every replica's contexts.
+  // Call before serving.
+  void SetSharedStore(std::unique_ptr<SharedContextStore> shared);
 
   // Loads every persisted context of the state directory; files written for another model or
   // unreadable are skipped with a warning (never deleted).
   absl::Status LoadPersisted();
 
+  // Resident contexts only.
   std::shared_ptr<const RegisteredContext> Find(const std::string& name) const;
   std::vector<std::shared_ptr<const RegisteredContext>> List() const;
+  // Find, else (with a shared store) the context loaded from the shared store; NOT_FOUND when
+  // neither has it, RESOURCE_EXHAUSTED when it does not fit the memory limit. With a shared
+  // store, a resident copy that was deleted or replaced there is dropped.
+  absl::StatusOr<std::shared_ptr<const RegisteredContext>> FindOrLoad(const std::string& name);
+  // Summaries of the resident contexts and of the shared store's (without loading them).
+  std::vector<ContextSummary> ListAll() const;
+  absl::StatusOr<ContextSummary> Summary(const std::string& name) const;
 
   // Reserves `name` for a registration of content `hash` needing `bytes`. OK: go ahead.
   // ALREADY_EXISTS: same name, different content. RESOURCE_EXHAUSTED: over the memory limit.
@@ -63,6 +89,7 @@ class ContextStore {
   std::string PathFor(const std::string& name) const;
   absl::Status Persist(const RegisteredContext& context) const;
   absl::StatusOr<std::shared_ptr<RegisteredContext>> ReadFile(const std::string& path) const;
+  absl::StatusOr<std::shared_ptr<const RegisteredContext>> LoadShared(const std::string& name);
 
   const std::string state_dir_;
   const std::string model_fingerprint_;
@@ -72,6 +99,8 @@ class ContextStore {
       ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::pair<std::string, int64_t>> pending_ ABSL_GUARDED_BY(mu_);
   int64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  std::unique_ptr<SharedContextStore> shared_;  // null: this replica's contexts only
+  absl::flat_hash_set<std::string> loading_ ABSL_GUARDED_BY(mu_);  // names being loaded
 };
 
 }  // namespace squeeze
