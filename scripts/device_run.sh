@@ -127,7 +127,7 @@ if has ttft; then
 fi
 
 if has accuracy; then
-  echo "== accuracy benchmark through the server on the GPU (demo model, as bench/RESULTS.md §1)"
+  echo "== accuracy benchmark through the server on the GPU (demo model, as bench/RESULTS.md, CPU accuracy)"
   timeout 420 bash bench/run_accuracy.sh /tmp/bundle ${ACCURACY_N:-10} 4096 8192 \
     > "$LOGS/accuracy.log" 2>&1 || echo "run_accuracy.sh: exit $?"
   tail -40 "$LOGS/accuracy.log"
