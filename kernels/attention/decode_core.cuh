@@ -2,6 +2,8 @@
 // threads computes the exact softmax attention of the G query heads of one KV-head group over a
 // list of key rows (contiguous for dense, gathered per range for sparse) and writes one
 // normalised fp32 partial [G][d] plus its lse2 [G]. Included only by kernels/**/*.cu.
+// CPU reference and tests: those of its two kernels (decode_attention.cuh,
+// sparse_decode_attention.cuh).
 //
 // Pipeline: tiles of 64 key rows; K and V tiles are copied to shared memory with 16-byte
 // cp.async (coalesced: 16 consecutive threads read one 256-byte row), 3 stages deep, so two

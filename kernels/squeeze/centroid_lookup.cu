@@ -1,4 +1,5 @@
-// Decode centroid lookup, selection and sparse work planning (see centroid_lookup.cuh).
+// Decode centroid lookup and selection: kept ranges and the kept-key index (range_of_key) the
+// attention kernel plans its chunks from (see centroid_lookup.cuh).
 #include <algorithm>
 
 #include "kernels/common/device.cuh"
