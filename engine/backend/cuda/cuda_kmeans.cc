@@ -53,6 +53,18 @@ struct Grow {
   }
 };
 
+// check(e, what) for a sequence of CUDA calls: keeps the first error in *err and its message in
+// *message (later calls go on but report nothing new); true while no call has failed.
+auto FirstErrorCheck(cudaError_t* err, std::string* message) {
+  return [err, message](cudaError_t e, const char* what) {
+    if (e != cudaSuccess && *err == cudaSuccess) {
+      *err = e;
+      *message = absl::StrCat("cuda k-means: ", what, ": ", cudaGetErrorString(e));
+    }
+    return *err == cudaSuccess;
+  };
+}
+
 // k distinct indices of [0, n) drawn uniformly (partial Fisher-Yates on the caller's stream).
 void DrawDistinct(int n, int k, std::mt19937_64& rng, int32_t* out) {
   std::vector<int32_t> index(n);
@@ -132,13 +144,7 @@ bool CudaKMeans::ClusterGroup(const gpu::KMeansRawPoints& raw, int P, int n, int
   Impl& im = *impl_;
   cudaStream_t s = im.stream;
   cudaError_t err = cudaSuccess;
-  auto check = [&](cudaError_t e, const char* what) {
-    if (e != cudaSuccess && err == cudaSuccess) {
-      err = e;
-      error_ = absl::StrCat("cuda k-means: ", what, ": ", cudaGetErrorString(e));
-    }
-    return err == cudaSuccess;
-  };
+  const auto check = FirstErrorCheck(&err, &error_);
   const int dpad = PaddedDim(d);
   const size_t pn = static_cast<size_t>(P) * n, pk = static_cast<size_t>(P) * k;
   const bool parallel_seed = options_.seeding == CudaKMeansOptions::Seeding::kParallelPlusPlus;
@@ -168,10 +174,9 @@ bool CudaKMeans::ClusterGroup(const gpu::KMeansRawPoints& raw, int P, int n, int
   check(cudaMemsetAsync(im.centers_bf16.p, 0, pk * dpad * sizeof(gpu::bf16), s), "memset");
   check(cudaMemsetAsync(im.labels.p, 0xFF, pn * sizeof(int32_t), s), "memset");
 
-  gpu::KMeansAssignParams assign;
-  assign.num_problems = P;
-  assign.n = n;
-  assign.dim = dpad;
+  // Every step's params start from this shape (the assignment's k changes while seeding).
+  const gpu::KMeansShape shape{.num_problems = P, .n = n, .d = d, .dpad = dpad, .k = k};
+  gpu::KMeansAssignParams assign{shape};
   assign.points = im.unit.p;
   assign.points_stride = static_cast<int64_t>(n) * dpad;
   assign.centers = im.centers_bf16.p;
@@ -179,12 +184,7 @@ bool CudaKMeans::ClusterGroup(const gpu::KMeansRawPoints& raw, int P, int n, int
   assign.labels = im.labels.p;
   assign.best = im.best.p;
 
-  gpu::KMeansGatherParams gather;
-  gather.num_problems = P;
-  gather.n = n;
-  gather.d = d;
-  gather.dpad = dpad;
-  gather.k = k;
+  gpu::KMeansGatherParams gather{shape};
   gather.unit = im.unit.p;
   gather.centers = im.centers.p;
   gather.centers_bf16 = im.centers_bf16.p;
@@ -215,9 +215,7 @@ bool CudaKMeans::ClusterGroup(const gpu::KMeansRawPoints& raw, int P, int n, int
     check(cudaMemcpyAsync(im.seeds.p, host_seeds.data(), P * sizeof(uint64_t),
                           cudaMemcpyHostToDevice, s),
           "seed upload");
-    gpu::KMeansSeedKeysParams keys;
-    keys.num_problems = P;
-    keys.n = n;
+    gpu::KMeansSeedKeysParams keys{shape};
     keys.best = im.best.p;
     keys.nonzero = im.nonzero.p;
     keys.seeds = im.seeds.p;
@@ -268,22 +266,13 @@ bool CudaKMeans::ClusterGroup(const gpu::KMeansRawPoints& raw, int P, int n, int
   // ---- Lloyd iterations: update the centres from the labels, assign again; a problem whose
   // labels did not change is done (its buffers keep the converged state).
   t0 = Clock::now();
-  gpu::KMeansAccumulateParams acc;
-  acc.num_problems = P;
-  acc.n = n;
-  acc.d = d;
-  acc.dpad = dpad;
-  acc.k = k;
+  gpu::KMeansAccumulateParams acc{shape};
   acc.unit = im.unit.p;
   acc.labels = im.labels.p;
   acc.active = im.active.p;
   acc.sums = im.sums.p;
   acc.counts = im.counts.p;
-  gpu::KMeansUpdateParams update;
-  update.num_problems = P;
-  update.k = k;
-  update.d = d;
-  update.dpad = dpad;
+  gpu::KMeansUpdateParams update{shape};
   update.sums = im.sums.p;
   update.counts = im.counts.p;
   update.active = im.active.p;
@@ -499,13 +488,7 @@ KMeansResult CudaKMeans::RunCublas(const float* points, int n, int d, int k, int
   cudaStream_t s = im.stream;
   const std::mt19937_64 saved = rng;
   cudaError_t err = cudaSuccess;
-  auto check = [&](cudaError_t e, const char* what) {
-    if (e != cudaSuccess && err == cudaSuccess) {
-      err = e;
-      error_ = absl::StrCat("cuda k-means: ", what, ": ", cudaGetErrorString(e));
-    }
-    return err == cudaSuccess;
-  };
+  const auto check = FirstErrorCheck(&err, &error_);
   const size_t nd = static_cast<size_t>(n) * d, kd = static_cast<size_t>(k) * d;
   const int chunk = static_cast<int>(
       std::clamp<size_t>(kScoreBytes / (sizeof(float) * static_cast<size_t>(k)), 1, n));
