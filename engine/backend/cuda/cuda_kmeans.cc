@@ -14,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/backend/cuda/cuda_status.h"
 #include "engine/common/parallel_for.h"
 #include "kernels/kmeans/kmeans_assign.cuh"
 #include "kernels/kmeans/kmeans_cublas_steps.cuh"
@@ -53,15 +54,14 @@ struct Grow {
   }
 };
 
-// check(e, what) for a sequence of CUDA calls: keeps the first error in *err and its message in
-// *message (later calls go on but report nothing new); true while no call has failed.
-auto FirstErrorCheck(cudaError_t* err, std::string* message) {
-  return [err, message](cudaError_t e, const char* what) {
-    if (e != cudaSuccess && *err == cudaSuccess) {
-      *err = e;
-      *message = absl::StrCat("cuda k-means: ", what, ": ", cudaGetErrorString(e));
-    }
-    return *err == cudaSuccess;
+// check(e, what) for a sequence of CUDA calls: the first failure is kept in *fault and its
+// message in *message (later calls go on but report nothing new); true while none has failed.
+auto FirstErrorCheck(CudaFault* fault, std::string* message) {
+  return [fault, message](cudaError_t e, const char* what) {
+    const bool was_ok = fault->ok();
+    if (fault->Check(e, what)) return true;
+    if (was_ok) *message = absl::StrCat("k-means: ", fault->status().message());
+    return false;
   };
 }
 
@@ -143,8 +143,8 @@ bool CudaKMeans::ClusterGroup(const gpu::KMeansRawPoints& raw, int P, int n, int
                               std::vector<KMeansResult>* results) {
   Impl& im = *impl_;
   cudaStream_t s = im.stream;
-  cudaError_t err = cudaSuccess;
-  const auto check = FirstErrorCheck(&err, &error_);
+  CudaFault fault;
+  const auto check = FirstErrorCheck(&fault, &error_);
   const int dpad = PaddedDim(d);
   const size_t pn = static_cast<size_t>(P) * n, pk = static_cast<size_t>(P) * k;
   const bool parallel_seed = options_.seeding == CudaKMeansOptions::Seeding::kParallelPlusPlus;
@@ -226,7 +226,7 @@ bool CudaKMeans::ClusterGroup(const gpu::KMeansRawPoints& raw, int P, int n, int
     assign.merge = true;
     const double growth = options_.seed_growth > 0.0 ? options_.seed_growth : 1.0;
     int chosen = 1;
-    for (int round = 1; chosen < k && err == cudaSuccess; ++round) {
+    for (int round = 1; chosen < k && fault.ok(); ++round) {
       const int draw = static_cast<int>(std::min<double>(
           k - chosen, std::max(1.0, std::ceil(static_cast<double>(chosen) * growth))));
       keys.round = round;
@@ -397,7 +397,7 @@ std::vector<KMeansResult> CudaKMeans::RunBatch(std::span<const float* const> poi
     if (err == cudaSuccess) err = cudaStreamSynchronize(im.stream);
     stats_.upload_seconds += SecondsSince(t0);
     if (err != cudaSuccess) {
-      error_ = absl::StrCat("cuda k-means: upload: ", cudaGetErrorString(err));
+      error_ = absl::StrCat("k-means: ", CudaError(err, "upload").message());
       break;
     }
     gpu::KMeansRawPoints raw;
@@ -487,8 +487,8 @@ KMeansResult CudaKMeans::RunCublas(const float* points, int n, int d, int k, int
   cudaSetDevice(im.device);
   cudaStream_t s = im.stream;
   const std::mt19937_64 saved = rng;
-  cudaError_t err = cudaSuccess;
-  const auto check = FirstErrorCheck(&err, &error_);
+  CudaFault fault;
+  const auto check = FirstErrorCheck(&fault, &error_);
   const size_t nd = static_cast<size_t>(n) * d, kd = static_cast<size_t>(k) * d;
   const int chunk = static_cast<int>(
       std::clamp<size_t>(kScoreBytes / (sizeof(float) * static_cast<size_t>(k)), 1, n));
@@ -527,7 +527,7 @@ KMeansResult CudaKMeans::RunCublas(const float* points, int n, int d, int k, int
 
   const Clock::time_point t_lloyd = Clock::now();
   const float one = 1.0f, zero = 0.0f;
-  for (int it = 0; it < max_iterations && err == cudaSuccess; ++it) {
+  for (int it = 0; it < max_iterations && fault.ok(); ++it) {
     check(cudaMemsetAsync(im.b_changed.p, 0, sizeof(int), s), "memset");
     check(cudaMemsetAsync(im.b_objective.p, 0, sizeof(double), s), "memset");
     for (int r0 = 0; r0 < n; r0 += chunk) {
@@ -586,7 +586,7 @@ KMeansResult CudaKMeans::RunCublas(const float* points, int n, int d, int k, int
                         cudaMemcpyDeviceToHost, s),
         "download");
   check(cudaStreamSynchronize(s), "download");
-  if (err != cudaSuccess) return fallback();
+  if (!fault.ok()) return fallback();
   CompactClusters(labels, k, d, unit_centers, std::vector<double>(sums.begin(), sums.end()),
                   &result);
   stats_.finish_seconds += SecondsSince(t_finish);
