@@ -2,16 +2,18 @@
 //
 // Dense: for each sequence b, KV head h and split s, one CTA attends the G query heads of the
 // group to rows [s * keys_per_split, min((s + 1) * keys_per_split, len_b)) and writes one fp32
-// partial; the combine kernel merges a sequence's partials into the final output and
-// natural-log lse. (It also takes a second, chunked partial set, CombineParams::sparse_*; no
-// caller passes one since the sparse kernel merges its own partials.)
+// partial; the combine kernel merges a sequence's partials, and in a cascade the shared
+// context's partials (CombineParams::shared_chunk_begin), into the final output and natural-log
+// lse. (Its per-sequence chunked set, sparse_chunk_begin, has no caller since the sparse kernel
+// merges its own partials.)
 //
 // Bytes: each K/V byte is read once per group; partials add B * Hq * splits * (d + 1) * 4 bytes
 // written and read once, small next to the KV for the split sizes the planner picks (>= 256
 // keys per split).
 //
 // CPU reference: AttentionPartial (engine/backend/attention_reference.h); tested in
-// tests/gpu/attention_kernels_test.cc (DenseDecodeAttention, through LaunchDecodeAttention).
+// tests/gpu/attention_kernels_test.cc (DenseDecodeAttention, through LaunchDecodeAttention), the
+// cascade merge in tests/gpu/cascade_attention_test.cc.
 #pragma once
 
 #include "kernels/common/types.cuh"
