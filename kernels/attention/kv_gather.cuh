@@ -1,5 +1,5 @@
 // Gathers selected K/V rows of each KV head into a compact per-head layout. Two uses: the
-// fixed-context keys a host-side selector kept (engine/attention/fixed_context.h: mass-based
+// fixed-context keys a host-side selector kept (engine/backend/fixed_context.h: mass-based
 // and recent-keys selection), so dense attention kernels can run over them; and a registered
 // context's resident copy made from the prefill's KV, rows put in cluster order
 // (Backend::AdoptContextKv). CPU reference: the rows the selector lists, read in place by
