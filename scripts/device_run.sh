@@ -5,8 +5,9 @@
 #   goldens  the Hugging Face goldens (tools/make_goldens.py, tools/demo_model_goldens.py) ->
 #            $OUT/golden.tar.gz, to unpack into tests/data/golden/
 #   model    = tests + forward
-#   tests    the CUDA backend's GPU tests: kernel ops, GEMV, prefill attention, cluster scores,
-#            sampling, k-means, the whole model vs the goldens and the CPU, the server on the GPU
+#   tests    the CUDA backend's GPU tests: kernel ops, GEMV, decode and prefill attention,
+#            cluster scores, sampling, k-means, the whole model vs the goldens and the CPU, the
+#            server on the GPU
 #   forward  the forward benchmark on the Llama-3-8B shape (bench/cuda/gpu_forward_bench.cc)
 #   kmeans   the batched GPU k-means benchmark (bench/cuda/kmeans_bench.cc)
 #   cascade  the forward benchmark's decode at batches 1/8/32/64 (BATCHES) against one 128K context
@@ -127,7 +128,7 @@ if has ttft; then
 fi
 
 if has accuracy; then
-  echo "== accuracy benchmark through the server on the GPU (demo model, as bench/RESULTS.md §1)"
+  echo "== accuracy through the server on the GPU (demo model, as the CPU run in bench/RESULTS.md)"
   timeout 420 bash bench/run_accuracy.sh /tmp/bundle ${ACCURACY_N:-10} 4096 8192 \
     > "$LOGS/accuracy.log" 2>&1 || echo "run_accuracy.sh: exit $?"
   tail -40 "$LOGS/accuracy.log"

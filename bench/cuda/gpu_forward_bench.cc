@@ -7,12 +7,14 @@
 // its FLOPs / the measured cuBLAS bf16 GEMM rate.
 //
 //   3. with --squeezed_budgets: the prefilled KV becomes a registered-style fixed context with
-//      a Squeezed Attention index (contiguous 20-token clusters, 5% centroids, calibrated on the
-//      last 64 queries; k-means on the GPU is not there yet, and at random weights the cluster
-//      quality does not change the cost), and batch-1 decode steps attend to it densely and
-//      squeezed at each budget, selection on the GPU.
-//
-//   4. with --batches: several sequences decoding together against the context(s)
+//      a Squeezed Attention index (5% centroids, calibrated on the last 64 queries): contiguous
+//      20-token clusters (at random weights the cluster quality does not change the cost), or
+//      with --kmeans the index a registration builds (GPU k-means on the device KV, calibration,
+//      row reorder, each timed; --hierarchical adds the coarse level). Decode steps attend to it
+//      densely and squeezed at each budget, selection on the GPU;
+//   4. with --query_tokens: the time to first token of user inputs of those lengths against the
+//      context, dense and squeezed, and their attention alone;
+//   5. with --batches: several sequences decoding together against the context(s)
 //      (--contexts copies), each batch per-sequence and cascade, dense and squeezed.
 //
 //   gpu-forward-bench --model=bench/configs/llama3-8b --prefill_tokens=32768

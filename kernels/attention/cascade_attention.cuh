@@ -18,11 +18,13 @@
 // to bf16, fp32 accumulate), online softmax in the exp2 domain with the running max subtracted,
 // P rounded to bf16 for P.V (fp32 accumulate).
 //
-// CPU reference: per-sequence attention over the same keys, AttentionReference
-// (engine/backend/attention_reference.h), and CascadeAttentionReference there for the chunked
-// merge; tested in tests/gpu/attention_kernels_test.cc (Cascade*) and
-// tests/cpu/backend_ops_test.cc. Supported: d in {64, 128}; any G = Hq / Hkv; n <= 64 with a key
-// mask (bits of a uint64); Hkv <= kCascadeMaxKvHeads. Launchers never allocate or synchronise
+// CPU reference: per-sequence attention over the same keys, AttentionPartial merged with the
+// dynamic part by MergeAttentionPartials (engine/backend/attention_reference.h), and
+// CascadeAttention there for the chunked merge (itself checked against per-sequence attention in
+// tests/cpu/backend_ops_test.cc); tested in tests/gpu/cascade_attention_test.cc
+// (CascadeAttention.*) and through the model in tests/gpu/cuda_model_test.cc
+// (CascadeEqualsPerSequenceAttention). Supported: d in {64, 128}; any G = Hq / Hkv; n <= 64 with a
+// key mask (bits of a uint64); Hkv <= kCascadeMaxKvHeads. Launchers never allocate or synchronise
 // (capturable in a graph).
 #pragma once
 

@@ -2,20 +2,27 @@
 //
 // Dense: for each sequence b, KV head h and split s, one CTA attends the G query heads of the
 // group to rows [s * keys_per_split, min((s + 1) * keys_per_split, len_b)) and writes one fp32
-// partial; the combine kernel merges a sequence's partials (and, for Squeezed Attention, the
-// sparse kernel's partials over the fixed context) into the final output and natural-log lse.
+// partial; the combine kernel merges a sequence's partials, and in a cascade the shared
+// context's partials (CombineParams::shared_chunk_begin), into the final output and natural-log
+// lse. (Its per-sequence chunked set, sparse_chunk_begin, has no caller since the sparse kernel
+// merges its own partials.)
 //
 // Bytes: each K/V byte is read once per group; partials add B * Hq * splits * (d + 1) * 4 bytes
 // written and read once, small next to the KV for the split sizes the planner picks (>= 256
 // keys per split).
+//
+// CPU reference: AttentionPartial (engine/backend/attention_reference.h); tested in
+// tests/gpu/attention_kernels_test.cc (DenseDecodeAttention, through LaunchDecodeAttention), the
+// cascade merge in tests/gpu/cascade_attention_test.cc.
 #pragma once
 
 #include "kernels/common/types.cuh"
 
 namespace squeeze::gpu {
 
-// SMs x resident CTAs per SM of the decode attention kernels (dense and sparse) for this
-// head_dim and group size on the current device: the planners size grids from it.
+// SMs x resident CTAs per SM of the dense decode kernel for this head_dim and group size on
+// the current device: PlanDecodeSplits sizes its grid from it (the sparse kernel has its own,
+// SparseDecodeConcurrentCtas).
 cudaError_t DecodeAttentionConcurrentCtas(int head_dim, int group_size, int* ctas);
 
 // Splits so that batch * num_kv_heads * splits is at most (and about) `waves` waves of

@@ -1,5 +1,6 @@
-// Tensor-core building blocks shared by the mma.sync kernels (prefill attention, k-means
-// assignment): the swizzled shared-memory tile layout, ldmatrix loads and the bf16 m16n8k16 MMA.
+// Tensor-core building blocks shared by the mma.sync kernels (prefill and cascade attention,
+// k-means assignment, cluster scores, group selection): the swizzled shared-memory tile layout,
+// ldmatrix loads and the bf16 m16n8k16 MMA.
 // Device code only; include from .cu files.
 #pragma once
 
