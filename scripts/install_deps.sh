@@ -9,7 +9,7 @@ PACKAGES=(
   libabsl-dev libspdlog-dev nlohmann-json3-dev libssl-dev
   libsentencepiece-dev sentencepiece
   libgtest-dev libgmock-dev libopenblas-dev clang-format
-  python3
+  python3 python3-numpy python3-jinja2
 )
 
 missing=()
