@@ -298,24 +298,34 @@ double RelError(const std::vector<float>& ours, const std::vector<double>& ref) 
   return err / std::max(scale, 1e-30);
 }
 
-class ModelFamiliesTest : public ::testing::TestWithParam<Family> {};
+// Writes the family's checkpoint and loads it through the normal loader.
+class ModelFamiliesTest : public ::testing::TestWithParam<Family> {
+ protected:
+  void SetUp() override {
+    dir_ = WriteModel(GetParam());
+    absl::StatusOr<ModelConfig> config = LoadModelConfig(dir_.string());
+    ASSERT_TRUE(config.ok()) << config.status();
+    config_ = *config;
+    absl::StatusOr<LlamaWeights> weights = LoadLlamaWeights(dir_.string(), config_);
+    ASSERT_TRUE(weights.ok()) << weights.status();
+    weights_ = std::move(*weights);
+  }
+  fs::path dir_;
+  ModelConfig config_;
+  LlamaWeights weights_;
+};
 
 TEST_P(ModelFamiliesTest, MatchesNumpyReference) {
   const Family& f = GetParam();
-  const fs::path dir = WriteModel(f);
-  absl::StatusOr<ModelConfig> config = LoadModelConfig(dir.string());
-  ASSERT_TRUE(config.ok()) << config.status();
-  absl::StatusOr<LlamaWeights> weights = LoadLlamaWeights(dir.string(), *config);
-  ASSERT_TRUE(weights.ok()) << weights.status();
   absl::StatusOr<std::unique_ptr<LlamaModel>> model =
-      LlamaModel::Create(*config, std::move(*weights), std::make_unique<CpuBackend>());
+      LlamaModel::Create(config_, weights_, std::make_unique<CpuBackend>());
   ASSERT_TRUE(model.ok()) << model.status();
 
   std::mt19937 gen(11);
   std::vector<int32_t> tokens(f.num_tokens);
-  for (int32_t& t : tokens) t = static_cast<int32_t>(gen() % config->vocab_size);
+  for (int32_t& t : tokens) t = static_cast<int32_t>(gen() % config_.vocab_size);
   const std::vector<int> positions = {0, f.num_tokens / 2, f.num_tokens - 2, f.num_tokens - 1};
-  const std::vector<std::vector<double>> ref = ReferenceLogits(dir, tokens, positions);
+  const std::vector<std::vector<double>> ref = ReferenceLogits(dir_, tokens, positions);
   ASSERT_EQ(ref.size(), positions.size());
 
   // Decode: one token per step, logits at every position of `positions`.
@@ -351,14 +361,9 @@ TEST_P(ModelFamiliesTest, MatchesNumpyReference) {
 // comparison above could not pass with them ignored.
 TEST_P(ModelFamiliesTest, FamilyFeaturesChangeTheLogits) {
   const Family& f = GetParam();
-  const fs::path dir = WriteModel(f);
-  absl::StatusOr<ModelConfig> config = LoadModelConfig(dir.string());
-  ASSERT_TRUE(config.ok()) << config.status();
-  absl::StatusOr<LlamaWeights> weights = LoadLlamaWeights(dir.string(), *config);
-  ASSERT_TRUE(weights.ok()) << weights.status();
   std::mt19937 gen(5);
   std::vector<int32_t> tokens(f.num_tokens);
-  for (int32_t& t : tokens) t = static_cast<int32_t>(gen() % config->vocab_size);
+  for (int32_t& t : tokens) t = static_cast<int32_t>(gen() % config_.vocab_size);
   auto logits = [&](const ModelConfig& c, LlamaWeights w) {
     auto model = LlamaModel::Create(c, std::move(w), std::make_unique<CpuBackend>());
     EXPECT_TRUE(model.ok()) << model.status();
@@ -370,32 +375,32 @@ TEST_P(ModelFamiliesTest, FamilyFeaturesChangeTheLogits) {
     EXPECT_TRUE((*model)->Forward(std::span<SequenceStep>(&step, 1), &out).ok());
     return out.logits[0];
   };
-  const std::vector<float> full = logits(*config, *weights);
+  const std::vector<float> full = logits(config_, weights_);
   const std::vector<double> full_d(full.begin(), full.end());
   int variants = 0;
-  if (config->qkv_bias) {
-    LlamaWeights w = *weights;
+  if (config_.qkv_bias) {
+    LlamaWeights w = weights_;
     for (LayerWeights& l : w.layers) {
       std::fill(l.bq.begin(), l.bq.end(), 0.0f);
       std::fill(l.bk.begin(), l.bk.end(), 0.0f);
     }
-    EXPECT_GT(RelError(logits(*config, w), full_d), 1e-2) << "q/k biases";
+    EXPECT_GT(RelError(logits(config_, w), full_d), 1e-2) << "q/k biases";
     ++variants;
   }
-  if (config->qk_norm) {
-    LlamaWeights w = *weights;
+  if (config_.qk_norm) {
+    LlamaWeights w = weights_;
     for (LayerWeights& l : w.layers) std::fill(l.q_norm.begin(), l.q_norm.end(), 1.0f);
-    EXPECT_GT(RelError(logits(*config, w), full_d), 1e-2) << "q norm";
+    EXPECT_GT(RelError(logits(config_, w), full_d), 1e-2) << "q norm";
     ++variants;
   }
-  if (config->rope_scaling.type != RopeType::kDefault) {
-    ModelConfig plain = *config;
+  if (config_.rope_scaling.type != RopeType::kDefault) {
+    ModelConfig plain = config_;
     plain.rope_scaling = RopeScaling{};
-    EXPECT_GT(RelError(logits(plain, *weights), full_d), 1e-2) << "RoPE scaling";
+    EXPECT_GT(RelError(logits(plain, weights_), full_d), 1e-2) << "RoPE scaling";
     ++variants;
   }
   if (f.name == "mistral_nemo") {
-    EXPECT_NE(config->head_dim * config->num_heads, config->hidden_size);
+    EXPECT_NE(config_.head_dim * config_.num_heads, config_.hidden_size);
     ++variants;
   }
   EXPECT_GT(variants, 0);
