@@ -25,7 +25,9 @@ struct SpecialToken {
 };
 
 // Encodes `text`: at each position the longest token content that starts there becomes its id
-// (with the whitespace its lstrip / rstrip take), the text between goes through `encode`.
+// (with the whitespace its lstrip / rstrip take), the text between goes through `encode`. With a
+// SentencePiece `encode` every piece of text gets the dummy-prefix space, as transformers'
+// legacy Llama tokenizers do (legacy=false ones prepend it only at the start of the text).
 absl::StatusOr<std::vector<int32_t>> EncodeAroundSpecialTokens(
     std::string_view text, std::span<const SpecialToken> tokens,
     const std::function<absl::StatusOr<std::vector<int32_t>>(std::string_view)>& encode);
