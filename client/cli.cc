@@ -1,6 +1,8 @@
 // squeeze-cli: command-line client for a Squeeze server.
 //   squeeze-cli register NAME (--file=F | --text=T | --ids=1,2,3) [index flags]
 //   squeeze-cli generate [--context=NAME] (--input=T | --input_file=F) [sampling flags]
+//   chat: register NAME --file=F --chat_document=system|user, then
+//         generate --context=NAME --chat --input=QUESTION (or --messages_file=conversation.json)
 //   squeeze-cli get NAME | list | delete NAME | tokenize TEXT | health
 // Exit code: 0 on success, 1 with the server's status on error, 2 on usage errors.
 // Calls that name a context send it as routing metadata (client.h, kContextHeader).
@@ -20,6 +22,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "client/client.h"
+#include "google/protobuf/util/json_util.h"
 
 namespace squeeze::client {
 
@@ -101,6 +104,15 @@ ABSL_FLAG(double, budget, -1, "generate: kept fraction of context keys (-1: serv
 ABSL_FLAG(double, mass, -1,
           "generate: keep clusters until this estimated attention mass instead of a budget");
 ABSL_FLAG(bool, stats, true, "generate: print usage and timings to stderr at the end");
+// chat
+ABSL_FLAG(std::string, chat_document, "",
+          "register: register the text as a chat document: 'system' (the system message) or "
+          "'user' (opening the first user message)");
+ABSL_FLAG(bool, chat, false,
+          "generate: send the input as the user's chat message (rendered with the model's chat "
+          "template)");
+ABSL_FLAG(std::string, messages_file, "",
+          "generate: a chat conversation, a JSON list of {\"role\": ..., \"content\": ...}");
 
 namespace {
 
@@ -178,6 +190,33 @@ void PrintInfo(const v1::ContextInfo& c) {
   std::printf("\thash %.12s\n", c.content_hash().c_str());
 }
 
+// --chat_document: how the registered text opens a chat. False on a bad value.
+bool SetChatDocument(v1::RegisterContextRequest* req) {
+  const std::string role = absl::GetFlag(FLAGS_chat_document);
+  if (role.empty()) return true;
+  if (role != "system" && role != "user") return false;
+  req->set_chat_document(role == "system" ? v1::RegisterContextRequest::SYSTEM_MESSAGE
+                                          : v1::RegisterContextRequest::FIRST_USER_MESSAGE);
+  return true;
+}
+
+// --messages_file, or --chat with the input as the user's message. Returns "" or why not.
+std::string SetChatInput(const std::string& input, v1::Prompt* prompt) {
+  const std::string file = absl::GetFlag(FLAGS_messages_file);
+  if (file.empty()) {
+    v1::ChatMessage* m = prompt->mutable_messages()->add_messages();
+    m->set_role("user");
+    m->set_content(input);
+    return "";
+  }
+  std::string text;
+  if (!ReadFile(file, &text)) return "cannot read --messages_file " + file;
+  const auto st = google::protobuf::util::JsonStringToMessage("{\"messages\": " + text + "}",
+                                                              prompt->mutable_messages());
+  if (!st.ok()) return "--messages_file must hold a JSON list of {role, content}: " + st.ToString();
+  return "";
+}
+
 int Register(SqueezeClient& client, const std::string& name) {
   v1::RegisterContextRequest req;
   req.set_name(name);
@@ -196,6 +235,7 @@ int Register(SqueezeClient& client, const std::string& name) {
   } else {
     return Usage("register needs --file, --text or --ids");
   }
+  if (!SetChatDocument(&req)) return Usage("--chat_document must be system or user");
   v1::IndexOptions* idx = req.mutable_index();
   if (absl::GetFlag(FLAGS_no_index)) {
     idx->set_disable(true);
@@ -254,13 +294,22 @@ int Generate(SqueezeClient& client) {
     if (!ParseIds(absl::GetFlag(FLAGS_ids), req.mutable_input()->mutable_token_ids())) {
       return Usage("--ids must be comma-separated integers");
     }
+  } else if (!absl::GetFlag(FLAGS_messages_file).empty()) {
+    if (const std::string why = SetChatInput("", req.mutable_input()); !why.empty()) {
+      return Usage(why);
+    }
   } else {
     if (!absl::GetFlag(FLAGS_input_file).empty() &&
         !ReadFile(absl::GetFlag(FLAGS_input_file), &input)) {
       return Usage("cannot read --input_file");
     }
-    if (input.empty()) return Usage("generate needs --input, --input_file or --ids");
-    req.mutable_input()->set_text(input);
+    if (input.empty())
+      return Usage("generate needs --input, --input_file, --messages_file or --ids");
+    if (absl::GetFlag(FLAGS_chat)) {
+      SetChatInput(input, req.mutable_input());
+    } else {
+      req.mutable_input()->set_text(input);
+    }
   }
   if (absl::GetFlag(FLAGS_max_tokens) > 0) req.set_max_tokens(absl::GetFlag(FLAGS_max_tokens));
   v1::SamplingOptions* s = req.mutable_sampling();

@@ -16,6 +16,8 @@ PACKAGES=(
 if [ "${SQUEEZE_DEPS:-all}" != "build" ]; then
   PACKAGES+=(
     clang-format
+    # tests/cpu: the NumPy reference forward, Python's jinja2 for the chat templates
+    python3-numpy python3-jinja2
     # tests/ops: the Python client and CLI tests, replicas behind nginx
     python3-grpcio python3-protobuf python3-yaml nginx-light
     # tests/ops/helm_chart_test: the chart renderer, promtool, the Kubernetes API models

@@ -42,8 +42,19 @@ absl::StatusOr<PromptInput> ConvertPrompt(const v1::Prompt& prompt, const char* 
       if (prompt.token_ids().ids().empty()) return Invalid(field, "token_ids is empty");
       in.token_ids.emplace(prompt.token_ids().ids().begin(), prompt.token_ids().ids().end());
       break;
+    case v1::Prompt::kMessages: {
+      if (prompt.messages().messages().empty()) return Invalid(field, "messages is empty");
+      std::vector<ChatMessage>& messages = in.messages.emplace();
+      for (const v1::ChatMessage& m : prompt.messages().messages()) {
+        if (m.role().empty()) {
+          return Invalid(field, absl::StrCat("messages[", messages.size(), "].role is empty"));
+        }
+        messages.push_back({m.role(), m.content()});
+      }
+      break;
+    }
     default:
-      return Invalid(field, "set either text or token_ids");
+      return Invalid(field, "set one of text, token_ids or messages");
   }
   return in;
 }
@@ -56,7 +67,29 @@ absl::StatusOr<RegisterRequest> ConvertRegisterRequest(const v1::RegisterContext
   auto content = ConvertPrompt(req.content(), "content");
   if (!content.ok()) return content.status();
   out.content = std::move(*content);
+  if (out.content.messages) {
+    return Invalid("content",
+                   "messages are the input of Generate; register a chat document "
+                   "from content.text with chat_document");
+  }
   if (req.has_add_bos()) out.add_bos = req.add_bos();
+  switch (req.chat_document()) {
+    case v1::RegisterContextRequest::NOT_CHAT:
+      break;
+    case v1::RegisterContextRequest::SYSTEM_MESSAGE:
+      out.chat_document = ChatDocumentRole::kSystem;
+      break;
+    case v1::RegisterContextRequest::FIRST_USER_MESSAGE:
+      out.chat_document = ChatDocumentRole::kUser;
+      break;
+    default:
+      return Invalid("chat_document", "unknown value");
+  }
+  if (out.chat_document && (!out.content.text || out.add_bos)) {
+    return Invalid("chat_document",
+                   "needs content.text and no add_bos (the chat template "
+                   "writes BOS)");
+  }
   const v1::IndexOptions& idx = req.index();
   out.build_index = !idx.disable();
   SqueezeOptions o = limits.default_index;
@@ -118,6 +151,7 @@ absl::StatusOr<GenerateRequest> ConvertGenerateRequest(const v1::GenerateRequest
   out.input = std::move(*input);
 
   SamplingParams& sp = out.sampling;
+  sp = limits.default_sampling;
   const v1::SamplingOptions& s = req.sampling();
   if (s.has_temperature()) {
     if (!Finite(s.temperature()) || s.temperature() < 0 || s.temperature() > 100) {

@@ -16,6 +16,8 @@ struct RequestLimits {
   int max_stop_length = 256;
   int max_logprobs = 20;
   SqueezeOptions default_index;  // index options when a registration gives none
+  // Sampling when a request gives none: the model's generation_config.json defaults.
+  SamplingParams default_sampling;
 };
 
 absl::Status ValidateContextName(const std::string& name);

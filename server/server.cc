@@ -8,8 +8,10 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "engine/chat/chat_template.h"
 #include "engine/common/sha256.h"
 #include "engine/common/status_macros.h"
+#include "engine/model/generation_config.h"
 #include "engine/model/load_model.h"
 #include "engine/store/shared_context_store.h"
 #include "server/health_endpoints.h"
@@ -61,10 +63,19 @@ absl::StatusOr<std::unique_ptr<SqueezeServer>> SqueezeServer::Start(ServerOption
                                                   .random_seed = options.random_seed}));
   std::unique_ptr<LlamaModel> model = std::move(loaded.model);
   const ModelConfig& config = model->config();
-  if (tokenizer->vocab_size() > config.vocab_size) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the tokenizer in ", tokenizer_dir, " has ", tokenizer->vocab_size(),
-                     " tokens, more than the model's vocab_size ", config.vocab_size));
+  RETURN_IF_ERROR(CheckTokenizerFitsModel(*tokenizer, config.vocab_size, tokenizer_dir));
+  // generation_config.json: the EOS ids of the tokenizer's own model, the sampling defaults.
+  ASSIGN_OR_RETURN(
+      options.engine.eos_token_ids,
+      ResolveEosTokenIds(options.model_dir, options.tokenizer_dir, config, *tokenizer));
+  ASSIGN_OR_RETURN(GenerationConfig generation, LoadGenerationConfig(options.model_dir));
+  options.limits.default_sampling =
+      DefaultSamplingParams(generation, options.limits.default_sampling);
+  absl::StatusOr<std::unique_ptr<ChatTemplate>> chat_template = LoadChatTemplate(tokenizer_dir);
+  if (chat_template.ok()) {
+    spdlog::info("chat template of {} loaded: chat messages accepted", tokenizer_dir);
+  } else {
+    spdlog::warn("chat messages will be refused: {}", chat_template.status().ToString());
   }
   ASSIGN_OR_RETURN(std::string fingerprint, ModelFingerprint(options.model_dir));
   if (options.random_weights) {
@@ -90,7 +101,7 @@ absl::StatusOr<std::unique_ptr<SqueezeServer>> SqueezeServer::Start(ServerOption
 
   std::unique_ptr<SqueezeServer> server(new SqueezeServer());
   server->engine_ = std::make_unique<Engine>(options.engine, std::move(model), std::move(tokenizer),
-                                             std::move(store));
+                                             std::move(store), std::move(chat_template));
   server->engine_->Start();
   if (!options.metrics_address.empty()) {
     server->metrics_ = std::make_shared<SqueezeMetrics>(server->engine_.get());

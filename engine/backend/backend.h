@@ -277,6 +277,18 @@ class Backend {
     Rope(q, positions, n, q_heads, head_dim, inv_freq);
     Rope(k, positions, n, k_heads, head_dim, inv_freq);
   }
+  // y[i, :] += bias[:] for rows i < rows; bias [cols] fp32 (from UploadVector). The q/k/v
+  // biases of Qwen2 and the attention biases of other families. Default: a host round trip
+  // through CopyToHost / CopyFromHost (correct on any backend, slow, not capturable in a CUDA
+  // graph); a device backend should override it with a kernel.
+  virtual void AddBias(float* y, const float* bias, int rows, int cols) {
+    const size_t n = static_cast<size_t>(rows) * cols;
+    std::vector<float> host_y(n), host_bias(cols);
+    CopyToHost(host_y.data(), y, n * sizeof(float));
+    CopyToHost(host_bias.data(), bias, cols * sizeof(float));
+    for (size_t i = 0; i < n; ++i) host_y[i] += host_bias[i % cols];
+    CopyFromHost(y, host_y.data(), n * sizeof(float));
+  }
   // out[i] = silu(gate[i]) * up[i] for i < count; out may alias gate or up.
   virtual void SiluMul(const float* gate, const float* up, float* out, size_t count) = 0;
   // Writes n new tokens' K/V rows, k_new/v_new [n, Hkv, d] fp32, into a per-head layout of

@@ -66,6 +66,13 @@ absl::Status ValidateWeights(const ModelConfig& c, const LlamaWeights& w) {
     RETURN_IF_ERROR(CheckShape(lw.wk, kv_dim, D, p + "self_attn.k_proj.weight"));
     RETURN_IF_ERROR(CheckShape(lw.wv, kv_dim, D, p + "self_attn.v_proj.weight"));
     RETURN_IF_ERROR(CheckShape(lw.wo, D, q_dim, p + "self_attn.o_proj.weight"));
+    const size_t bias = c.qkv_bias ? 1 : 0, o_bias = c.o_bias ? 1 : 0, norm = c.qk_norm ? 1 : 0;
+    RETURN_IF_ERROR(CheckShape(lw.bq, bias, q_dim, p + "self_attn.q_proj.bias"));
+    RETURN_IF_ERROR(CheckShape(lw.bk, bias, kv_dim, p + "self_attn.k_proj.bias"));
+    RETURN_IF_ERROR(CheckShape(lw.bv, bias, kv_dim, p + "self_attn.v_proj.bias"));
+    RETURN_IF_ERROR(CheckShape(lw.bo, o_bias, D, p + "self_attn.o_proj.bias"));
+    RETURN_IF_ERROR(CheckShape(lw.q_norm, norm, c.head_dim, p + "self_attn.q_norm.weight"));
+    RETURN_IF_ERROR(CheckShape(lw.k_norm, norm, c.head_dim, p + "self_attn.k_norm.weight"));
     RETURN_IF_ERROR(CheckShape(lw.mlp_norm, 1, D, p + "post_attention_layernorm.weight"));
     RETURN_IF_ERROR(CheckShape(lw.w_gate, I, D, p + "mlp.gate_proj.weight"));
     RETURN_IF_ERROR(CheckShape(lw.w_up, I, D, p + "mlp.up_proj.weight"));
@@ -74,6 +81,30 @@ absl::Status ValidateWeights(const ModelConfig& c, const LlamaWeights& w) {
   RETURN_IF_ERROR(CheckShape(w.final_norm, 1, D, "model.norm.weight"));
   RETURN_IF_ERROR(CheckShape(w.lm_head, V, D, "lm_head.weight"));
   return absl::OkStatus();
+}
+
+// transformers multiplies cos and sin by the RoPE attention factor (YaRN, LongRoPE), i.e. q and k
+// after RoPE. RoPE is linear, so the same scale applied before it is exact: it is folded into
+// the per-head q/k norm gains when the model has them (their output is what RoPE rotates), else
+// into the q and k projections and their biases. Keys are then stored exactly as transformers
+// computes them, and every consumer of q and k (attention, clustering, selection) sees them.
+void FoldRopeAttentionFactor(const ModelConfig& c, LlamaWeights& w) {
+  const float f = RopeAttentionFactor(c.rope_scaling);
+  if (f == 1.0f) return;
+  auto scale = [f](std::vector<float>& v) {
+    for (float& x : v) x *= f;
+  };
+  for (LayerWeights& l : w.layers) {
+    if (c.qk_norm) {
+      scale(l.q_norm);
+      scale(l.k_norm);
+    } else {
+      scale(l.wq);
+      scale(l.bq);
+      scale(l.wk);
+      scale(l.bk);
+    }
+  }
 }
 
 bool SameShape(const KvShape& a, const KvShape& b) {
@@ -247,6 +278,7 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(ModelConfig confi
   if (backend == nullptr) return absl::InvalidArgumentError("LlamaModel needs a backend");
   RETURN_IF_ERROR(ValidateConfig(config));
   RETURN_IF_ERROR(ValidateWeights(config, weights));
+  FoldRopeAttentionFactor(config, weights);
   std::unique_ptr<LlamaModel> model(
       new LlamaModel(std::move(config), std::move(weights), std::move(backend)));
   RETURN_IF_ERROR(model->UploadInvFreq());
@@ -300,6 +332,18 @@ absl::Status LlamaModel::Upload() {
     ASSIGN_OR_RETURN(r.wk, matrix(h.wk, kv_dim, D));
     ASSIGN_OR_RETURN(r.wv, matrix(h.wv, kv_dim, D));
     ASSIGN_OR_RETURN(r.wo, matrix(h.wo, D, q_dim));
+    if (c.qkv_bias) {
+      ASSIGN_OR_RETURN(r.bq, vector(h.bq));
+      ASSIGN_OR_RETURN(r.bk, vector(h.bk));
+      ASSIGN_OR_RETURN(r.bv, vector(h.bv));
+    }
+    if (c.o_bias) {
+      ASSIGN_OR_RETURN(r.bo, vector(h.bo));
+    }
+    if (c.qk_norm) {
+      ASSIGN_OR_RETURN(r.q_norm, vector(h.q_norm));
+      ASSIGN_OR_RETURN(r.k_norm, vector(h.k_norm));
+    }
     ASSIGN_OR_RETURN(r.mlp_norm, vector(h.mlp_norm));
     ASSIGN_OR_RETURN(r.gate, matrix(h.w_gate, I, D));
     ASSIGN_OR_RETURN(r.up, matrix(h.w_up, I, D));
@@ -328,10 +372,11 @@ absl::Status LlamaModel::MakeRandom(uint64_t seed) {
     weight_bytes_ += static_cast<size_t>(rows) * cols * DTypeBytes(m.dtype);
     return m;
   };
-  auto gain = [&]() -> absl::StatusOr<const float*> {
-    weight_bytes_ += static_cast<size_t>(D) * sizeof(float);
-    return be.RandomVector(D, seed * 1000003 + ++stream, 1.0f, 0.05f);
+  auto vector = [&](int n, float mean, float stddev) -> absl::StatusOr<const float*> {
+    weight_bytes_ += static_cast<size_t>(n) * sizeof(float);
+    return be.RandomVector(n, seed * 1000003 + ++stream, mean, stddev);
   };
+  auto gain = [&]() { return vector(D, 1.0f, 0.05f); };
   ASSIGN_OR_RETURN(w_.embed, matrix(V, D));
   w_.layers.resize(c.num_layers);
   for (ResidentLayer& r : w_.layers) {
@@ -340,6 +385,18 @@ absl::Status LlamaModel::MakeRandom(uint64_t seed) {
     ASSIGN_OR_RETURN(r.wk, matrix(kv_dim, D));
     ASSIGN_OR_RETURN(r.wv, matrix(kv_dim, D));
     ASSIGN_OR_RETURN(r.wo, matrix(D, q_dim));
+    if (c.qkv_bias) {
+      ASSIGN_OR_RETURN(r.bq, vector(q_dim, 0.0f, 0.1f));
+      ASSIGN_OR_RETURN(r.bk, vector(kv_dim, 0.0f, 0.1f));
+      ASSIGN_OR_RETURN(r.bv, vector(kv_dim, 0.0f, 0.1f));
+    }
+    if (c.o_bias) {
+      ASSIGN_OR_RETURN(r.bo, vector(D, 0.0f, 0.1f));
+    }
+    if (c.qk_norm) {
+      ASSIGN_OR_RETURN(r.q_norm, vector(c.head_dim, 1.0f, 0.05f));
+      ASSIGN_OR_RETURN(r.k_norm, vector(c.head_dim, 1.0f, 0.05f));
+    }
     ASSIGN_OR_RETURN(r.mlp_norm, gain());
     ASSIGN_OR_RETURN(r.gate, matrix(I, D));
     ASSIGN_OR_RETURN(r.up, matrix(I, D));
@@ -414,6 +471,15 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
     // Attention block: x += o_proj(attention(rope(q), rope(k), v)), GEMMs over all T tokens.
     const Backend::MatMulOutput qkv[] = {{&lw.wq, a.q}, {&lw.wk, a.k}, {&lw.wv, a.v}};
     be.NormMatMuls(a.x, lw.attn_norm, eps, a.h, T, qkv);
+    if (lw.bq != nullptr) {  // Qwen2
+      be.AddBias(a.q, lw.bq, T, q_dim);
+      be.AddBias(a.k, lw.bk, T, kv_dim);
+      be.AddBias(a.v, lw.bv, T, kv_dim);
+    }
+    if (lw.q_norm != nullptr) {  // Qwen3: RMSNorm of every head's q and k, rows [T*H, d]
+      be.RmsNorm(a.q, lw.q_norm, a.q, T * Hq, d, eps);
+      be.RmsNorm(a.k, lw.k_norm, a.k, T * Hkv, d, eps);
+    }
     be.RopeQK(a.q, Hq, a.k, Hkv, a.positions, T, d, inv_freq);
 
     // Every sequence's new K/V joins its dynamic KV (one call for the step); then its queries
@@ -462,6 +528,7 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
     }
     be.AttentionBatch(calls);
     be.MatMul(a.att, lw.wo, a.x, T, /*accumulate=*/true);
+    if (lw.bo != nullptr) be.AddBias(a.x, lw.bo, T, D);
 
     // MLP block: x += down(silu(gate(h)) * up(h)).
     const Backend::MatMulOutput gate_up[] = {{&lw.gate, a.gate}, {&lw.up, a.up}};

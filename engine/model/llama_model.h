@@ -1,4 +1,6 @@
-// The Llama-family forward pass, written once against the Backend interface.
+// The forward pass of every supported family (Llama, Mistral, Qwen2, Qwen3, Phi-3), written once
+// against the Backend interface; the families differ only in optional parts of the attention
+// block (ModelConfig: biases, per-head q/k norms) and in their RoPE tables.
 #pragma once
 
 #include <cstdint>
@@ -48,7 +50,8 @@ class LlamaModel {
                                                             std::unique_ptr<Backend> backend);
   // Random weights made by the backend itself, for benchmarks at real sizes (an 8B model's
   // weights never exist on the host): matrices N(0, 1/in_features), norm gains 1 + N(0, 0.05^2),
-  // deterministic in `seed`.
+  // biases N(0, 0.1^2), deterministic in `seed`. (No RoPE attention factor is folded in: random
+  // weights have no scale to preserve.)
   static absl::StatusOr<std::unique_ptr<LlamaModel>> CreateRandom(ModelConfig config,
                                                                   std::unique_ptr<Backend> backend,
                                                                   uint64_t seed);
@@ -74,6 +77,14 @@ class LlamaModel {
     const float* attn_norm = nullptr;
     const float* mlp_norm = nullptr;
     Matrix wq, wk, wv, wo, gate, up, down;
+    // Optional parts (null when the config has none): q/k/v biases [Hq*d], [Hkv*d], [Hkv*d],
+    // o bias [D], per-head q/k norm gains [d].
+    const float* bq = nullptr;
+    const float* bk = nullptr;
+    const float* bv = nullptr;
+    const float* bo = nullptr;
+    const float* q_norm = nullptr;
+    const float* k_norm = nullptr;
   };
   struct Resident {
     Matrix embed, lm_head;

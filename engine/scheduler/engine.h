@@ -8,6 +8,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -17,6 +18,8 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/api/types.h"
+#include "engine/chat/chat_prompts.h"
+#include "engine/chat/chat_template.h"
 #include "engine/model/llama_model.h"
 #include "engine/store/context_store.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -30,6 +33,10 @@ struct EngineOptions {
   int prefill_chunk = 512;      // prefill tokens of one sequence / registration per step
   int max_step_tokens = 2048;   // prefill tokens per step over all sequences
   double default_budget = 0.1;  // kept fraction of clustered keys when a request gives none
+  // The tokens that end a generation (unless ignore_eos). Unset: the model config's
+  // eos_token_id and the tokenizer's EOS. The server resolves them from generation_config.json
+  // (engine/model/generation_config.h).
+  std::optional<std::vector<int32_t>> eos_token_ids;
 };
 
 // Counters for tests and metrics (monotonic unless noted).
@@ -60,8 +67,12 @@ class Engine {
   using GenerateCallback = std::function<void(GenerateEvent)>;
   using RegisterCallback = std::function<void(RegisterEvent)>;
 
+  // `chat_template` renders chat messages (PromptInput::messages, chat documents); without one
+  // (its status says why) such requests fail with FailedPrecondition and that reason.
   Engine(EngineOptions options, std::unique_ptr<LlamaModel> model,
-         std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<ContextStore> store);
+         std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<ContextStore> store,
+         absl::StatusOr<std::unique_ptr<ChatTemplate>> chat_template =
+             absl::NotFoundError("the server was started without a chat template"));
   ~Engine();
 
   void Start();
@@ -117,6 +128,7 @@ class Engine {
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ContextStore> store_;
+  std::unique_ptr<ChatPrompts> chat_;
 
   mutable absl::Mutex mu_;
   absl::CondVar work_cv_;

@@ -126,6 +126,22 @@ TEST(BackendOpsTest, SiluMulMatchesReference) {
   EXPECT_LT(RelError(out, ref), 1e-6);
 }
 
+// The CPU op and Backend's default (host round trip, what a backend without a kernel runs).
+TEST(BackendOpsTest, AddBiasAddsToEveryRowInBothImplementations) {
+  std::mt19937_64 rng(9);
+  CpuBackend be;
+  const int rows = 7, cols = 33;
+  const std::vector<float> y0 = RandomVec(rows * cols, rng), bias = RandomVec(cols, rng);
+  std::vector<double> ref(rows * cols);
+  for (int i = 0; i < rows * cols; ++i) ref[i] = double{y0[i]} + bias[i % cols];
+  std::vector<float> y = y0;
+  be.AddBias(y.data(), bias.data(), rows, cols);
+  EXPECT_LT(RelError(y, ref), 1e-7);
+  y = y0;
+  be.Backend::AddBias(y.data(), bias.data(), rows, cols);
+  EXPECT_LT(RelError(y, ref), 1e-7);
+}
+
 TEST(BackendOpsTest, AppendKvWritesPerHeadRows) {
   std::mt19937_64 rng(5);
   CpuBackend be;

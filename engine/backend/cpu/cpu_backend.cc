@@ -160,6 +160,13 @@ void CpuBackend::RmsNorm(const float* x, const float* weight, float* out, int ro
   }
 }
 
+void CpuBackend::AddBias(float* y, const float* bias, int rows, int cols) {
+  for (int r = 0; r < rows; ++r) {
+    float* yr = y + static_cast<size_t>(r) * cols;
+    for (int i = 0; i < cols; ++i) yr[i] += bias[i];
+  }
+}
+
 void CpuBackend::Rope(float* x, const int32_t* positions, int n, int heads, int head_dim,
                       const float* inv_freq) {
   const int half = head_dim / 2;

@@ -53,6 +53,7 @@ class CpuBackend : public Backend {
                float eps) override;
   void Rope(float* x, const int32_t* positions, int n, int heads, int head_dim,
             const float* inv_freq) override;
+  void AddBias(float* y, const float* bias, int rows, int cols) override;
   void SiluMul(const float* gate, const float* up, float* out, size_t count) override;
   void AppendKv(const float* k_new, const float* v_new, int n, int num_kv_heads, int head_dim,
                 void* k_dst, void* v_dst, size_t dst_head_stride) override;
