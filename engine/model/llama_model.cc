@@ -420,7 +420,7 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
   const ModelConfig& c = config_;
   const int D = c.hidden_size, V = c.vocab_size, L = c.num_layers;
   const int Hq = c.num_heads, Hkv = c.num_kv_heads, d = c.head_dim;
-  const int q_dim = Hq * d;
+  const int q_dim = Hq * d, kv_dim = Hkv * d;
   const float eps = c.rms_norm_eps;
   Backend& be = *backend_;
 
