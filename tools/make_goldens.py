@@ -271,6 +271,8 @@ def make_config(transformers, spec):
         kw["head_dim"] = spec["head_dim"]  # Qwen2 / Phi-3 derive it from hidden / heads
     if spec["arch"] in ("mistral", "phi3"):
         kw["sliding_window"] = spec.get("sliding_window")
+    if spec["arch"] == "phi3":
+        kw["pad_token_id"] = None  # Phi3Config's default (32000) lies past a small vocabulary
     if spec["arch"] in ("qwen2", "qwen3"):
         kw["use_sliding_window"] = False
     rope = copy.deepcopy(spec["rope"])
