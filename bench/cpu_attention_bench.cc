@@ -132,7 +132,7 @@ int Run() {
     LayerSelection ls;
     int64_t rows = 0;
     for (int l = 0; l < L; ++l) {
-      sel.Select(l, capture.q[l].data(), 1, &ls);
+      sel.SelectAndRecord(l, capture.q[l].data(), 1, &ls);
       for (int h = 0; h < Hkv; ++h) rows += sel.kept_rows(l, h);
     }
     return static_cast<double>(rows) / (static_cast<double>(L) * Hkv * S);
@@ -161,7 +161,7 @@ int Run() {
       int64_t rows = 0;
       const double t0 = Now();
       for (int l = 0; l < L; ++l) {
-        sel.Select(l, capture.q[l].data(), 1, &ls);
+        sel.SelectAndRecord(l, capture.q[l].data(), 1, &ls);
         be.Attention(params_for(l, ls.ranges));
       }
       const double dt = Now() - t0;

@@ -67,7 +67,7 @@ class FidelityProbe final : public FixedContextAttention {
     const std::vector<float> probs = FixedProbabilities(layer, q, n);
     for (Variant& v : *variants_) {
       LayerSelection ls;
-      v.sel->Select(layer, q, n, &ls);
+      v.sel->SelectAndRecord(layer, q, n, &ls);
       std::vector<int64_t> kept_clustered(Hkv, 0);
       for (int h = 0; h < Hkv; ++h)
         for (const KeyRange& r : ls.ranges[h])

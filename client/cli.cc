@@ -1,8 +1,11 @@
 // squeeze-cli: command-line client for a Squeeze server.
 //   squeeze-cli register NAME (--file=F | --text=T | --ids=1,2,3) [index flags]
 //   squeeze-cli generate [--context=NAME] (--input=T | --input_file=F) [sampling flags]
+//   chat: register NAME --file=F --chat_document=system|user, then
+//         generate --context=NAME --chat --input=QUESTION (or --messages_file=conversation.json)
 //   squeeze-cli get NAME | list | delete NAME | tokenize TEXT | health
 // Exit code: 0 on success, 1 with the server's status on error, 2 on usage errors.
+// Calls that name a context send it as routing metadata (client.h, kContextHeader).
 #include <unistd.h>
 
 #include <cstdio>
@@ -14,10 +17,57 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/status/status.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "client/client.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace squeeze::client {
+
+// --stop: comma-separated stop strings; "\," is a comma inside a string and "\\" a backslash.
+struct StopStrings {
+  std::vector<std::string> values;
+};
+
+bool AbslParseFlag(absl::string_view text, StopStrings* out, std::string* error) {
+  out->values.clear();
+  std::string current;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (c == '\\') {
+      if (i + 1 >= text.size() || (text[i + 1] != ',' && text[i + 1] != '\\')) {
+        *error = "a backslash in --stop must escape ',' or '\\'";
+        return false;
+      }
+      current.push_back(text[++i]);
+    } else if (c == ',') {
+      if (!current.empty()) out->values.push_back(current);
+      current.clear();
+    } else {
+      current.push_back(c);
+    }
+  }
+  if (!current.empty()) out->values.push_back(current);
+  return true;
+}
+
+std::string AbslUnparseFlag(const StopStrings& stops) {
+  std::string out;
+  for (const std::string& s : stops.values) {
+    if (!out.empty()) out.push_back(',');
+    for (char c : s) {
+      if (c == ',' || c == '\\') out.push_back('\\');
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+}  // namespace squeeze::client
 
 ABSL_FLAG(std::string, server, "localhost:50051", "Server address host:port");
 ABSL_FLAG(double, timeout, 0, "Deadline in seconds (0: none)");
@@ -30,7 +80,7 @@ ABSL_FLAG(std::string, api_key_file, "",
           "File holding the API key sent as 'authorization: Bearer <key>' (default: the "
           "SQUEEZE_API_KEY environment variable)");
 // register
-ABSL_FLAG(std::string, file, "", "register: read the context text from this file");
+ABSL_FLAG(std::string, file, "", "register: read the context text from this file ('-': stdin)");
 ABSL_FLAG(std::string, text, "", "register: the context text");
 ABSL_FLAG(std::string, ids, "", "register/generate: comma-separated token ids instead of text");
 ABSL_FLAG(bool, no_index, false, "register: serve this context with dense attention only");
@@ -41,7 +91,7 @@ ABSL_FLAG(int, sinks, -1, "register: attention sinks (-1: server default)");
 // generate
 ABSL_FLAG(std::string, context, "", "generate: registered context to prepend");
 ABSL_FLAG(std::string, input, "", "generate: the user input");
-ABSL_FLAG(std::string, input_file, "", "generate: read the user input from this file");
+ABSL_FLAG(std::string, input_file, "", "generate: read the user input from this file ('-': stdin)");
 ABSL_FLAG(int, max_tokens, 0, "generate: tokens to generate (0: server default)");
 ABSL_FLAG(double, temperature, -1, "generate: temperature (0 = greedy; -1: server default)");
 ABSL_FLAG(double, top_p, -1, "generate: nucleus sampling (-1: off)");
@@ -49,7 +99,14 @@ ABSL_FLAG(int, top_k, -1, "generate: top-k (-1: off)");
 ABSL_FLAG(double, min_p, -1, "generate: min-p (-1: off)");
 ABSL_FLAG(double, repetition_penalty, -1, "generate: repetition penalty (-1: off)");
 ABSL_FLAG(int64_t, seed, -1, "generate: sampling seed (-1: random)");
-ABSL_FLAG(std::vector<std::string>, stop, {}, "generate: stop strings (comma-separated)");
+ABSL_FLAG(squeeze::client::StopStrings, stop, {},
+          "generate: stop strings, comma-separated; write a comma inside a string as \\, and a "
+          "backslash as \\\\ (e.g. --stop='\\,,END' stops at \",\" or \"END\")");
+ABSL_FLAG(std::string, stop_token_ids, "",
+          "generate: comma-separated token ids that end the output");
+ABSL_FLAG(int, logprobs, -1,
+          "generate: print each generated token's log-probability and this many alternatives "
+          "(0..20) to stderr after the text (-1: off)");
 ABSL_FLAG(bool, ignore_eos, false, "generate: keep going after EOS");
 ABSL_FLAG(std::string, mode, "",
           "generate: attention mode: squeezed | dense | recent (default: auto)");
@@ -57,6 +114,15 @@ ABSL_FLAG(double, budget, -1, "generate: kept fraction of context keys (-1: serv
 ABSL_FLAG(double, mass, -1,
           "generate: keep clusters until this estimated attention mass instead of a budget");
 ABSL_FLAG(bool, stats, true, "generate: print usage and timings to stderr at the end");
+// chat
+ABSL_FLAG(std::string, chat_document, "",
+          "register: register the text as a chat document: 'system' (the system message) or "
+          "'user' (opening the first user message)");
+ABSL_FLAG(bool, chat, false,
+          "generate: send the input as the user's chat message (rendered with the model's chat "
+          "template)");
+ABSL_FLAG(std::string, messages_file, "",
+          "generate: a chat conversation, a JSON list of {\"role\": ..., \"content\": ...}");
 
 namespace {
 
@@ -64,7 +130,13 @@ using squeeze::client::SqueezeClient;
 namespace v1 = squeeze::v1;
 
 int Fail(const grpc::Status& st) {
-  std::cerr << "error: " << st.error_code() << " " << st.error_message() << "\n";
+  std::cerr << "error: " << absl::StatusCodeToString(static_cast<absl::StatusCode>(st.error_code()))
+            << ": " << st.error_message() << "\n";
+  if (st.error_code() == grpc::StatusCode::UNAVAILABLE ||
+      st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+    std::cerr << "hint: is a Squeeze server listening at " << absl::GetFlag(FLAGS_server)
+              << "? Give its address with --server=host:port.\n";
+  }
   return 1;
 }
 
@@ -73,7 +145,14 @@ int Usage(const std::string& why) {
   return 2;
 }
 
+// `path` "-" reads standard input.
 bool ReadFile(const std::string& path, std::string* out) {
+  if (path == "-") {
+    std::stringstream ss;
+    ss << std::cin.rdbuf();
+    *out = ss.str();
+    return !std::cin.bad();
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) return false;
   std::stringstream ss;
@@ -121,6 +200,33 @@ void PrintInfo(const v1::ContextInfo& c) {
   std::printf("\thash %.12s\n", c.content_hash().c_str());
 }
 
+// --chat_document: how the registered text opens a chat. False on a bad value.
+bool SetChatDocument(v1::RegisterContextRequest* req) {
+  const std::string role = absl::GetFlag(FLAGS_chat_document);
+  if (role.empty()) return true;
+  if (role != "system" && role != "user") return false;
+  req->set_chat_document(role == "system" ? v1::RegisterContextRequest::SYSTEM_MESSAGE
+                                          : v1::RegisterContextRequest::FIRST_USER_MESSAGE);
+  return true;
+}
+
+// --messages_file, or --chat with the input as the user's message. Returns "" or why not.
+std::string SetChatInput(const std::string& input, v1::Prompt* prompt) {
+  const std::string file = absl::GetFlag(FLAGS_messages_file);
+  if (file.empty()) {
+    v1::ChatMessage* m = prompt->mutable_messages()->add_messages();
+    m->set_role("user");
+    m->set_content(input);
+    return "";
+  }
+  std::string text;
+  if (!ReadFile(file, &text)) return "cannot read --messages_file " + file;
+  const auto st = google::protobuf::util::JsonStringToMessage("{\"messages\": " + text + "}",
+                                                              prompt->mutable_messages());
+  if (!st.ok()) return "--messages_file must hold a JSON list of {role, content}: " + st.ToString();
+  return "";
+}
+
 int Register(SqueezeClient& client, const std::string& name) {
   v1::RegisterContextRequest req;
   req.set_name(name);
@@ -139,6 +245,7 @@ int Register(SqueezeClient& client, const std::string& name) {
   } else {
     return Usage("register needs --file, --text or --ids");
   }
+  if (!SetChatDocument(&req)) return Usage("--chat_document must be system or user");
   v1::IndexOptions* idx = req.mutable_index();
   if (absl::GetFlag(FLAGS_no_index)) {
     idx->set_disable(true);
@@ -179,6 +286,16 @@ int Register(SqueezeClient& client, const std::string& name) {
   return 0;
 }
 
+// One line per generated token: position, id, log-probability, then the alternatives id:logprob.
+void PrintLogprobs(const std::vector<std::pair<int32_t, v1::TokenLogprob>>& tokens) {
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    const auto& [id, lp] = tokens[i];
+    std::fprintf(stderr, "logprob %zu\tid=%d\t%.4f", i, id, lp.logprob());
+    for (const v1::TopLogprob& t : lp.top()) std::fprintf(stderr, "\t%d:%.4f", t.id(), t.logprob());
+    std::fprintf(stderr, "\n");
+  }
+}
+
 int Generate(SqueezeClient& client) {
   v1::GenerateRequest req;
   req.set_context(absl::GetFlag(FLAGS_context));
@@ -187,13 +304,22 @@ int Generate(SqueezeClient& client) {
     if (!ParseIds(absl::GetFlag(FLAGS_ids), req.mutable_input()->mutable_token_ids())) {
       return Usage("--ids must be comma-separated integers");
     }
+  } else if (!absl::GetFlag(FLAGS_messages_file).empty()) {
+    if (const std::string why = SetChatInput("", req.mutable_input()); !why.empty()) {
+      return Usage(why);
+    }
   } else {
     if (!absl::GetFlag(FLAGS_input_file).empty() &&
         !ReadFile(absl::GetFlag(FLAGS_input_file), &input)) {
       return Usage("cannot read --input_file");
     }
-    if (input.empty()) return Usage("generate needs --input, --input_file or --ids");
-    req.mutable_input()->set_text(input);
+    if (input.empty())
+      return Usage("generate needs --input, --input_file, --messages_file or --ids");
+    if (absl::GetFlag(FLAGS_chat)) {
+      SetChatInput(input, req.mutable_input());
+    } else {
+      req.mutable_input()->set_text(input);
+    }
   }
   if (absl::GetFlag(FLAGS_max_tokens) > 0) req.set_max_tokens(absl::GetFlag(FLAGS_max_tokens));
   v1::SamplingOptions* s = req.mutable_sampling();
@@ -205,7 +331,16 @@ int Generate(SqueezeClient& client) {
     s->set_repetition_penalty(absl::GetFlag(FLAGS_repetition_penalty));
   }
   if (absl::GetFlag(FLAGS_seed) >= 0) s->set_seed(absl::GetFlag(FLAGS_seed));
-  for (const auto& stop : absl::GetFlag(FLAGS_stop)) req.add_stop(stop);
+  for (const auto& stop : absl::GetFlag(FLAGS_stop).values) req.add_stop(stop);
+  if (!absl::GetFlag(FLAGS_stop_token_ids).empty()) {
+    v1::TokenIds stop_ids;
+    if (!ParseIds(absl::GetFlag(FLAGS_stop_token_ids), &stop_ids)) {
+      return Usage("--stop_token_ids must be comma-separated integers");
+    }
+    *req.mutable_stop_token_ids() = stop_ids.ids();
+  }
+  const int logprobs = absl::GetFlag(FLAGS_logprobs);
+  if (logprobs >= 0) req.set_logprobs(logprobs);
   req.set_ignore_eos(absl::GetFlag(FLAGS_ignore_eos));
   const std::string mode = absl::GetFlag(FLAGS_mode);
   if (mode == "squeezed") {
@@ -222,9 +357,13 @@ int Generate(SqueezeClient& client) {
   }
   if (absl::GetFlag(FLAGS_mass) >= 0) req.mutable_attention()->set_mass(absl::GetFlag(FLAGS_mass));
   v1::GenerateResponse last;
+  std::vector<std::pair<int32_t, v1::TokenLogprob>> token_logprobs;
   grpc::Status st = client.Generate(
       req,
       [&](const v1::GenerateResponse& r) {
+        for (int i = 0; i < r.logprobs_size() && i < r.token_ids_size(); ++i) {
+          token_logprobs.emplace_back(r.token_ids(i), r.logprobs(i));
+        }
         std::fwrite(r.text().data(), 1, r.text().size(), stdout);
         std::fflush(stdout);
         if (r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) last = r;
@@ -234,6 +373,7 @@ int Generate(SqueezeClient& client) {
   std::printf("\n");
   std::fflush(stdout);
   if (!st.ok()) return Fail(st);
+  if (logprobs >= 0) PrintLogprobs(token_logprobs);
   if (absl::GetFlag(FLAGS_stats)) {
     const auto& u = last.usage();
     const auto& t = last.timings();
@@ -255,8 +395,19 @@ int Generate(SqueezeClient& client) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "squeeze-cli register NAME (--file=F|--text=T|--ids=..) | generate [--context=NAME] "
-      "--input=T | get NAME | list | delete NAME | tokenize TEXT | health");
+      "command-line client for a Squeeze server.\n"
+      "  squeeze-cli register NAME (--file=F|--text=T|--ids=..) [index flags]\n"
+      "  squeeze-cli generate [--context=NAME] (--input=T|--input_file=F|--ids=..) [flags]\n"
+      "  squeeze-cli get NAME | list | delete NAME | tokenize TEXT | health\n"
+      "--file=- and --input_file=- read standard input.");
+  // --help and --helpshort list this program's flags (absl's default matches only files named
+  // after the binary, and found none).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "client/cli.cc");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() < 2) return Usage("missing command");
   const std::string cmd = args[1];

@@ -26,6 +26,11 @@ absl::StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
   return ss.str();
 }
 
+// Routing: the context name travels as metadata as well as in the request (see kContextHeader).
+void SetContextRouting(grpc::ClientContext* ctx, const std::string& context) {
+  if (!context.empty()) ctx->AddMetadata(kContextHeader, context);
+}
+
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateChannel(const std::string& target,
@@ -71,6 +76,7 @@ grpc::Status SqueezeClient::RegisterContext(
   grpc::ClientContext ctx;
   Prepare(&ctx);
   SetTimeout(&ctx, timeout_seconds);
+  SetContextRouting(&ctx, request.name());
   auto reader = stub_->RegisterContext(&ctx, request);
   v1::RegisterContextEvent event;
   while (reader->Read(&event)) {
@@ -86,6 +92,7 @@ grpc::Status SqueezeClient::Generate(
   grpc::ClientContext ctx;
   Prepare(&ctx);
   SetTimeout(&ctx, timeout_seconds);
+  SetContextRouting(&ctx, request.context());
   auto reader = stub_->Generate(&ctx, request);
   v1::GenerateResponse response;
   while (reader->Read(&response)) {
@@ -100,6 +107,7 @@ grpc::Status SqueezeClient::Generate(
 grpc::Status SqueezeClient::GetContext(const std::string& name, v1::ContextInfo* info) {
   grpc::ClientContext ctx;
   Prepare(&ctx);
+  SetContextRouting(&ctx, name);
   v1::GetContextRequest req;
   req.set_name(name);
   return stub_->GetContext(&ctx, req, info);
@@ -114,6 +122,7 @@ grpc::Status SqueezeClient::ListContexts(v1::ListContextsResponse* response) {
 grpc::Status SqueezeClient::DeleteContext(const std::string& name) {
   grpc::ClientContext ctx;
   Prepare(&ctx);
+  SetContextRouting(&ctx, name);
   v1::DeleteContextRequest req;
   req.set_name(name);
   v1::DeleteContextResponse resp;

@@ -26,6 +26,11 @@ struct ClientOptions {
 absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateChannel(const std::string& target,
                                                              const ClientOptions& options);
 
+// Metadata header naming the context a call is about. Every call that names a context sends it,
+// so a proxy in front of several replicas can route all calls of one context to one replica by
+// consistent hashing on it (deploy/helm/squeeze/files/nginx-affinity.conf.template).
+inline constexpr char kContextHeader[] = "x-squeeze-context";
+
 class SqueezeClient {
  public:
   // `target`: host:port; plaintext, no API key.

@@ -5,10 +5,18 @@
 #   goldens  the Hugging Face goldens (tools/make_goldens.py, tools/demo_model_goldens.py) ->
 #            $OUT/golden.tar.gz, to unpack into tests/data/golden/
 #   model    = tests + forward
-#   tests    the CUDA backend's GPU tests: kernel ops, GEMV, prefill attention, cluster scores,
-#            sampling, k-means, the whole model vs the goldens and the CPU, the server on the GPU
+#   tests    the CUDA backend's GPU tests: kernel ops, GEMV, decode and prefill attention,
+#            cluster scores, sampling, k-means, the whole model vs the goldens and the CPU, the
+#            server on the GPU
 #   forward  the forward benchmark on the Llama-3-8B shape (bench/cuda/gpu_forward_bench.cc)
 #   kmeans   the batched GPU k-means benchmark (bench/cuda/kmeans_bench.cc)
+#   cascade  the forward benchmark's decode at batches 1/8/32/64 (BATCHES) against one 128K context
+#            and against 4 contexts of 32K: dense and squeezed (BUDGETS), per-sequence and
+#            cascade, index by the GPU k-means
+#   torch    the PyTorch dense model in one CUDA graph (bench/torch_model_baseline.py), per-sequence
+#            and cascade, the same shapes as the cascade stage
+#   serving  through the gRPC server: 1/8/32/64 concurrent clients on one 128K context and on 4
+#            contexts, dense and squeezed (bench/run_serving.sh)
 #   ttft     the forward benchmark at 128K (index by GPU k-means, with a coarse level): squeezed
 #            and hierarchical decode and the time to first token of
 #            1K and 4K-token inputs, dense and squeezed
@@ -34,8 +42,8 @@ export PYTHONUNBUFFERED=1
 STAGES=${STAGES:-model kernels}
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 
-if [ -f .gpu-bundle/bundle.tar.gz ]; then
-  mkdir -p /tmp/bundle && tar -xzf .gpu-bundle/bundle.tar.gz -C /tmp/bundle
+if [ -f .gpu-bundle/bundle.tar.xz ]; then
+  mkdir -p /tmp/bundle && tar -xJf .gpu-bundle/bundle.tar.xz -C /tmp/bundle
   # cuBLAS comes from the machine's CUDA toolkit (too large to carry).
   for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib; do
     [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
@@ -73,6 +81,37 @@ if has model || has forward; then
     --prefill_tokens=131072 --decode_steps=8 2>&1 | tee "$LOGS/forward_128k.log"
 fi
 
+if has cascade; then
+  echo "== gpu-forward-bench: batches ${BATCHES:-1,8,32,64} against one 128K context"
+  timeout "${CASCADE_LIMIT:-330}" /tmp/bundle/gpu-forward-bench --model=bench/configs/llama3-8b \
+    --prefill_tokens=131072 --decode_steps=8 --kmeans --squeezed_budgets="${BUDGETS:-0.1}" \
+    --batches="${BATCHES:-1,8,32,64}" 2>&1 | tee "$LOGS/cascade_128k.log" | grep -v "^  hier"
+  if [ -z "${ONE_CONTEXT:-}" ]; then
+    echo "== gpu-forward-bench: batches ${BATCHES:-8,32,64} against 4 contexts of 32K"
+    timeout 200 /tmp/bundle/gpu-forward-bench --model=bench/configs/llama3-8b \
+      --prefill_tokens=32768 --decode_steps=8 --kmeans --squeezed_budgets="${BUDGETS:-0.1}" \
+      --batches="${BATCHES4:-8,32,64}" --contexts=4 2>&1 | tee "$LOGS/cascade_4x32k.log"
+  fi
+fi
+
+if has torch; then
+  echo "== PyTorch dense model, one CUDA graph per step: one 128K context"
+  timeout 280 python3 bench/torch_model_baseline.py --context 131072 \
+    --batches "${BATCHES:-1,8,32,64}" --json "$LOGS/torch_128k.json" 2>&1 | tee "$LOGS/torch_128k.log"
+  if [ -z "${ONE_CONTEXT:-}" ]; then
+    echo "== PyTorch dense model: 4 contexts of 32K"
+    timeout 200 python3 bench/torch_model_baseline.py --context 32768 --contexts 4 \
+      --batches "${BATCHES4:-8,32,64}" --json "$LOGS/torch_4x32k.json" 2>&1 \
+      | tee "$LOGS/torch_4x32k.log"
+  fi
+fi
+
+if has serving; then
+  echo "== serving through the gRPC server (bench/run_serving.sh)"
+  timeout "${SERVING_LIMIT:-420}" bash bench/run_serving.sh /tmp/bundle 2>&1 \
+    | tee "$LOGS/serving.log"
+fi
+
 if has kmeans; then
   echo "== kmeans-bench: one layer of the 8B shape at 128K (8 heads x 131072 keys, k 6554)"
   timeout 300 /tmp/bundle/kmeans-bench 2>&1 | tee "$LOGS/kmeans_bench.log"
@@ -89,7 +128,7 @@ if has ttft; then
 fi
 
 if has accuracy; then
-  echo "== accuracy benchmark through the server on the GPU (demo model, as bench/RESULTS.md §1)"
+  echo "== accuracy through the server on the GPU (demo model, as the CPU run in bench/RESULTS.md)"
   timeout 420 bash bench/run_accuracy.sh /tmp/bundle ${ACCURACY_N:-10} 4096 8192 \
     > "$LOGS/accuracy.log" 2>&1 || echo "run_accuracy.sh: exit $?"
   tail -40 "$LOGS/accuracy.log"

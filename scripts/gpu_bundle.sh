@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the CUDA test and benchmark binaries here (where gRPC/Abseil/spdlog are installed) and
-# packs them with the shared libraries the GPU machine lacks into .gpu-bundle/bundle.tar.gz
+# packs them with the shared libraries the GPU machine lacks into .gpu-bundle/bundle.tar.xz
 # (git-ignored),
 # for scripts/device_run.sh there. System, C++ runtime and CUDA libraries are left to the GPU
 # machine's own.
@@ -30,9 +30,11 @@ for bin in "${BINS[@]/#/$OUTDIR/}"; do
     esac
   done
 done
-# Compressed, so that it fits the device tool's 64 MiB carry limit with the working tree.
-tar -czf "$ROOT/.gpu-bundle.tar.gz" -C "$OUTDIR" .
+# Stripped and xz-compressed (its window spans the binaries, which share most of their code), so
+# that it fits the device tool's 64 MiB carry limit with the working tree.
+strip --strip-unneeded "$OUTDIR"/* "$OUTDIR"/lib/* 2>/dev/null || true
+XZ_OPT="-6 -T0" tar -cJf "$ROOT/.gpu-bundle.tar.xz" -C "$OUTDIR" .
 rm -rf "$OUTDIR"
 mkdir -p "$OUTDIR"
-mv "$ROOT/.gpu-bundle.tar.gz" "$OUTDIR/bundle.tar.gz"
-du -sh "$OUTDIR/bundle.tar.gz"
+mv "$ROOT/.gpu-bundle.tar.xz" "$OUTDIR/bundle.tar.xz"
+du -sh "$OUTDIR/bundle.tar.xz"

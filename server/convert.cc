@@ -59,8 +59,30 @@ absl::StatusOr<PromptInput> ConvertPrompt(const v1::Prompt& prompt, const char* 
       }
       in.token_ids.emplace(prompt.token_ids().ids().begin(), prompt.token_ids().ids().end());
       break;
+    case v1::Prompt::kMessages: {
+      if (prompt.messages().messages().empty()) return Invalid(field, "messages is empty");
+      // The rendered conversation is at least as long as the messages: refuse it by size before
+      // any template work.
+      int64_t bytes = 0;
+      for (const v1::ChatMessage& m : prompt.messages().messages()) {
+        bytes += static_cast<int64_t>(m.role().size() + m.content().size());
+      }
+      if (limits.max_input_bytes > 0 && bytes > limits.max_input_bytes) {
+        return Invalid(field, absl::StrCat("messages of ", bytes, " bytes exceed the limit of ",
+                                           limits.max_input_bytes,
+                                           " bytes (more than the model's window can hold)"));
+      }
+      std::vector<ChatMessage>& messages = in.messages.emplace();
+      for (const v1::ChatMessage& m : prompt.messages().messages()) {
+        if (m.role().empty()) {
+          return Invalid(field, absl::StrCat("messages[", messages.size(), "].role is empty"));
+        }
+        messages.push_back({m.role(), m.content()});
+      }
+      break;
+    }
     default:
-      return Invalid(field, "set either text or token_ids");
+      return Invalid(field, "set one of text, token_ids or messages");
   }
   return in;
 }
@@ -73,7 +95,29 @@ absl::StatusOr<RegisterRequest> ConvertRegisterRequest(const v1::RegisterContext
   auto content = ConvertPrompt(req.content(), "content", limits);
   if (!content.ok()) return content.status();
   out.content = std::move(*content);
+  if (out.content.messages) {
+    return Invalid("content",
+                   "messages are the input of Generate; register a chat document "
+                   "from content.text with chat_document");
+  }
   if (req.has_add_bos()) out.add_bos = req.add_bos();
+  switch (req.chat_document()) {
+    case v1::RegisterContextRequest::NOT_CHAT:
+      break;
+    case v1::RegisterContextRequest::SYSTEM_MESSAGE:
+      out.chat_document = ChatDocumentRole::kSystem;
+      break;
+    case v1::RegisterContextRequest::FIRST_USER_MESSAGE:
+      out.chat_document = ChatDocumentRole::kUser;
+      break;
+    default:
+      return Invalid("chat_document", "unknown value");
+  }
+  if (out.chat_document && (!out.content.text || out.add_bos)) {
+    return Invalid("chat_document",
+                   "needs content.text and no add_bos (the chat template "
+                   "writes BOS)");
+  }
   const v1::IndexOptions& idx = req.index();
   out.build_index = !idx.disable();
   SqueezeOptions o = limits.default_index;
@@ -141,6 +185,7 @@ absl::StatusOr<GenerateRequest> ConvertGenerateRequest(const v1::GenerateRequest
   out.input = std::move(*input);
 
   SamplingParams& sp = out.sampling;
+  sp = limits.default_sampling;
   const v1::SamplingOptions& s = req.sampling();
   if (s.has_temperature()) {
     if (!Finite(s.temperature()) || s.temperature() < 0 || s.temperature() > 100) {

@@ -21,6 +21,8 @@ struct RequestLimits {
   int64_t max_input_bytes = 0;
   int64_t max_input_tokens = 0;
   SqueezeOptions default_index;  // index options when a registration gives none
+  // Sampling when a request gives none: the model's generation_config.json defaults.
+  SamplingParams default_sampling;
 };
 
 absl::Status ValidateContextName(const std::string& name);

@@ -12,6 +12,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "server/logging.h"
 #include "server/server.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
@@ -37,6 +39,15 @@ ABSL_FLAG(std::string, metrics_address, "127.0.0.1:9400",
 ABSL_FLAG(std::string, state_dir, "",
           "Directory where registered contexts are persisted and "
           "reloaded at start-up (empty: memory only)");
+ABSL_FLAG(std::string, shared_store, "",
+          "Directory shared by several replicas (a ReadWriteMany volume): registered contexts "
+          "are written there, and a replica loads a context it does not hold from there on first "
+          "use; list, get and delete see every replica's contexts (empty: off)");
+ABSL_FLAG(std::string, openai_address, "",
+          "OpenAI-compatible HTTP API listen address host:port: /v1/completions, "
+          "/v1/chat/completions, /v1/models (empty: off)");
+ABSL_FLAG(std::string, served_model_name, "",
+          "Model id reported and accepted by the OpenAI API (default: --model's directory name)");
 ABSL_FLAG(int64_t, max_context_memory_mb, 0,
           "Resident KV memory for registered contexts in MiB (0: unlimited)");
 ABSL_FLAG(int, max_running, 64, "Sequences decoded together in one batch");
@@ -111,6 +122,13 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Squeeze inference server. Example:\n"
       "  squeeze-server --model=models/squeeze-demo --address=127.0.0.1:50051");
+  // --help lists this program's flags (absl's default matches only files named after the binary).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "server/main.cc");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
   if (pipe2(signal_pipe, O_CLOEXEC) != 0) {
     std::perror("pipe2");
@@ -142,6 +160,9 @@ int main(int argc, char** argv) {
   o.address = absl::GetFlag(FLAGS_address);
   o.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   o.state_dir = absl::GetFlag(FLAGS_state_dir);
+  o.shared_store = absl::GetFlag(FLAGS_shared_store);
+  o.openai_address = absl::GetFlag(FLAGS_openai_address);
+  o.model_name = absl::GetFlag(FLAGS_served_model_name);
   o.max_context_memory = absl::GetFlag(FLAGS_max_context_memory_mb) * (int64_t{1} << 20);
   o.max_message_bytes = int64_t{absl::GetFlag(FLAGS_max_message_mb)} << 20;
   o.engine.max_running = absl::GetFlag(FLAGS_max_running);

@@ -140,28 +140,41 @@ absl::StatusOr<std::unique_ptr<Exposer>> Exposer::Start(const std::string& addre
   http.set_payload_max_length(options.max_request_bytes);
 
   const size_t max_request = options.max_request_bytes;
-  // Before routing, so neither an oversized head nor another method's body is read further.
-  http.set_pre_routing_handler([max_request](const httplib::Request& req, httplib::Response& res) {
-    size_t bytes = req.method.size() + req.target.size() + req.version.size() + 4;
-    for (const auto& [key, value] : req.headers) bytes += key.size() + value.size() + 4;
-    if (bytes > max_request) {
-      res.status = 431;
-      res.set_content(absl::StrCat("request head exceeds ", max_request, " bytes\n"),
-                      "text/plain; charset=utf-8");
-    } else if (req.path == "/metrics" && req.method != "GET" && req.method != "HEAD") {
-      res.status = 405;
-      res.set_header("Allow", "GET, HEAD");
-      res.set_content("only GET and HEAD are allowed\n", "text/plain; charset=utf-8");
-    } else {
-      return httplib::Server::HandlerResponse::Unhandled;
-    }
-    return httplib::Server::HandlerResponse::Handled;
-  });
   Exposer* self = exposer.get();
+  // Before routing, so neither an oversized head nor another method's body is read further.
+  http.set_pre_routing_handler(
+      [self, max_request](const httplib::Request& req, httplib::Response& res) {
+        size_t bytes = req.method.size() + req.target.size() + req.version.size() + 4;
+        for (const auto& [key, value] : req.headers) bytes += key.size() + value.size() + 4;
+        if (bytes > max_request) {
+          res.status = 431;
+          res.set_content(absl::StrCat("request head exceeds ", max_request, " bytes\n"),
+                          "text/plain; charset=utf-8");
+        } else if ((req.path == "/metrics" || self->FindPath(req.path)) && req.method != "GET" &&
+                   req.method != "HEAD") {
+          res.status = 405;
+          res.set_header("Allow", "GET, HEAD");
+          res.set_content("only GET and HEAD are allowed\n", "text/plain; charset=utf-8");
+        } else {
+          return httplib::Server::HandlerResponse::Unhandled;
+        }
+        return httplib::Server::HandlerResponse::Handled;
+      });
   // GET handlers also answer HEAD (httplib sends the headers without the body).
   http.Get("/metrics", [self](const httplib::Request&, httplib::Response& res) {
     res.set_content(self->Render(), std::string(kTextContentType));
     self->scrapes_.fetch_add(1);
+  });
+  // Paths added later with AddPath (httplib's routes must not change while it serves).
+  http.Get(".*", [self](const httplib::Request& req, httplib::Response& res) {
+    PathHandler handler = self->FindPath(req.path);
+    if (!handler) {
+      res.status = 404;
+      return;
+    }
+    auto [code, body] = handler();
+    res.status = code;
+    res.set_content(body, "text/plain; charset=utf-8");
   });
   http.set_error_handler([](const httplib::Request&, httplib::Response& res) {
     if (res.status == 404) {
@@ -205,6 +218,17 @@ Exposer::~Exposer() {
 void Exposer::RegisterCollectable(const std::weak_ptr<Collectable>& collectable) {
   std::lock_guard<std::mutex> lock(mu_);
   collectables_.push_back(collectable);
+}
+
+void Exposer::AddPath(const std::string& path, PathHandler handler) {
+  std::lock_guard<std::mutex> lock(mu_);
+  paths_[path] = std::move(handler);
+}
+
+Exposer::PathHandler Exposer::FindPath(const std::string& path) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = paths_.find(path);
+  return it == paths_.end() ? PathHandler() : it->second;
 }
 
 std::string Exposer::Render() {

@@ -2,6 +2,7 @@
 // prometheus-cpp's Exposer (which runs civetweb): cpp-httplib's server with a worker per
 // connection, so idle or slow clients never queue a scrape behind them.
 //   GET|HEAD /metrics  -> 200, text/plain; version=0.0.4
+//   GET|HEAD a path added with AddPath -> its handler's code and text (health probes)
 //   other method       -> 405;  other path -> 404;  request head over the limit -> 431
 // Every connection is closed after one response, reads and writes have a deadline, the request
 // head is bounded, and a scrape only takes the metric and stats locks briefly, so a hostile
@@ -11,6 +12,7 @@
 #include <atomic>
 #include <cstddef>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -51,6 +53,10 @@ class Exposer {
 
   // Scraped in registration order; expired ones are skipped and forgotten.
   void RegisterCollectable(const std::weak_ptr<Collectable>& collectable);
+  // Serves GET/HEAD `path` with the handler's status code and plain-text body. The handler runs
+  // on a connection's worker and must be quick.
+  using PathHandler = std::function<std::pair<int, std::string>()>;
+  void AddPath(const std::string& path, PathHandler handler);
 
   int port() const { return port_; }
   uint64_t scrapes() const { return scrapes_.load(); }  // 200 responses to GET/HEAD /metrics
@@ -58,12 +64,14 @@ class Exposer {
  private:
   Exposer() = default;
   std::string Render();
+  PathHandler FindPath(const std::string& path);  // null when none was added
 
   ExposerOptions options_;  // tls_setup may own state the SSL_CTX's callbacks point to
   std::unique_ptr<httplib::Server> http_;
   int port_ = 0;
   std::mutex mu_;
   std::vector<std::weak_ptr<Collectable>> collectables_;  // guarded by mu_
+  std::map<std::string, PathHandler> paths_;              // guarded by mu_
   std::atomic<uint64_t> scrapes_{0};
   std::thread thread_;
 };

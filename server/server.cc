@@ -8,9 +8,13 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "engine/chat/chat_template.h"
 #include "engine/common/sha256.h"
 #include "engine/common/status_macros.h"
+#include "engine/model/generation_config.h"
 #include "engine/model/load_model.h"
+#include "engine/store/shared_context_store.h"
+#include "server/health_endpoints.h"
 #include "spdlog/spdlog.h"
 
 namespace squeeze::server {
@@ -87,10 +91,19 @@ absl::StatusOr<std::unique_ptr<SqueezeServer>> SqueezeServer::Start(ServerOption
                                                   .random_seed = options.random_seed}));
   std::unique_ptr<LlamaModel> model = std::move(loaded.model);
   const ModelConfig& config = model->config();
-  if (tokenizer->vocab_size() > config.vocab_size) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the tokenizer in ", tokenizer_dir, " has ", tokenizer->vocab_size(),
-                     " tokens, more than the model's vocab_size ", config.vocab_size));
+  RETURN_IF_ERROR(CheckTokenizerFitsModel(*tokenizer, config.vocab_size, tokenizer_dir));
+  // generation_config.json: the EOS ids of the tokenizer's own model, the sampling defaults.
+  ASSIGN_OR_RETURN(
+      options.engine.eos_token_ids,
+      ResolveEosTokenIds(options.model_dir, options.tokenizer_dir, config, *tokenizer));
+  ASSIGN_OR_RETURN(GenerationConfig generation, LoadGenerationConfig(options.model_dir));
+  options.limits.default_sampling =
+      DefaultSamplingParams(generation, options.limits.default_sampling);
+  absl::StatusOr<std::unique_ptr<ChatTemplate>> chat_template = LoadChatTemplate(tokenizer_dir);
+  if (chat_template.ok()) {
+    spdlog::info("chat template of {} loaded: chat messages accepted", tokenizer_dir);
+  } else {
+    spdlog::warn("chat messages will be refused: {}", chat_template.status().ToString());
   }
   ASSIGN_OR_RETURN(std::string fingerprint, ModelFingerprint(options.model_dir));
   if (options.random_weights) {
@@ -108,10 +121,16 @@ absl::StatusOr<std::unique_ptr<SqueezeServer>> SqueezeServer::Start(ServerOption
       std::make_unique<ContextStore>(options.state_dir, fingerprint, options.max_context_memory);
   RETURN_IF_ERROR(store->LoadPersisted());
   SetInputLimits(*tokenizer, config, &options.limits);
+  if (!options.shared_store.empty()) {
+    auto shared = std::make_unique<SharedContextStore>(options.shared_store, fingerprint);
+    RETURN_IF_ERROR(shared->Init());
+    spdlog::info("sharing registered contexts through {}", shared->root());
+    store->SetSharedStore(std::move(shared));
+  }
 
   std::unique_ptr<SqueezeServer> server(new SqueezeServer());
   server->engine_ = std::make_unique<Engine>(options.engine, std::move(model), std::move(tokenizer),
-                                             std::move(store));
+                                             std::move(store), std::move(chat_template));
   server->engine_->Start();
   if (!options.metrics_address.empty()) {
     server->metrics_ = std::make_shared<SqueezeMetrics>(server->engine_.get());
@@ -125,9 +144,32 @@ absl::StatusOr<std::unique_ptr<SqueezeServer>> SqueezeServer::Start(ServerOption
     }
     server->exposer_ = std::move(*exposer);
     server->exposer_->RegisterCollectable(server->metrics_);
+    AddHealthEndpoints(*server->exposer_, server->engine_.get(), &server->phase_);
   }
   server->service_ = std::make_unique<SqueezeService>(server->engine_.get(), options.limits,
                                                       server->metrics_.get(), keys);
+  if (!options.openai_address.empty()) {
+    OpenAIGatewayOptions gateway{.address = options.openai_address,
+                                 .model_name = options.model_name,
+                                 .limits = options.limits,
+                                 .api_keys = keys};
+    if (options.tls.enabled()) gateway.tls_setup = MetricsTlsSetup(options.tls);
+    if (gateway.model_name.empty()) {
+      gateway.model_name = std::filesystem::path(options.model_dir).lexically_normal().filename();
+      if (gateway.model_name.empty()) {
+        gateway.model_name =
+            std::filesystem::path(options.model_dir).lexically_normal().parent_path().filename();
+      }
+    }
+    auto openai =
+        OpenAIGateway::Start(std::move(gateway), server->engine_.get(), server->metrics_.get());
+    if (!openai.ok()) {
+      server->engine_->Shutdown(absl::ZeroDuration());
+      server->stopped_ = true;
+      return openai.status();
+    }
+    server->openai_ = std::move(*openai);
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -163,6 +205,7 @@ absl::StatusOr<std::unique_ptr<SqueezeServer>> SqueezeServer::Start(ServerOption
     spdlog::critical("engine faulted, health NOT_SERVING: {}", std::string(why.message()));
     grpc_server->GetHealthCheckService()->SetServingStatus(false);
   });
+  server->phase_ = ServingPhase::kServing;
   spdlog::info("serving squeeze.v1.Squeeze on port {}", server->port_);
   return server;
 }
@@ -170,8 +213,10 @@ absl::StatusOr<std::unique_ptr<SqueezeServer>> SqueezeServer::Start(ServerOption
 void SqueezeServer::Shutdown(absl::Duration grace) {
   if (stopped_) return;
   stopped_ = true;
+  phase_ = ServingPhase::kDraining;
   server_->GetHealthCheckService()->SetServingStatus(false);
   engine_->Shutdown(grace);
+  openai_.reset();
   server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
 }
 

@@ -4,13 +4,16 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "engine/scheduler/engine.h"
 #include "server/convert.h"
+#include "server/health_endpoints.h"
 #include "server/metrics_exposer.h"
+#include "server/openai_gateway.h"
 #include "server/service.h"
 #include "server/squeeze_metrics.h"
 #include "server/tls.h"
@@ -28,6 +31,10 @@ struct ServerOptions {
   int64_t max_context_memory = 0;           // bytes of resident context KV; 0: unlimited
   int64_t max_message_bytes = 64 << 20;
   std::string metrics_address;  // Prometheus GET /metrics host:port; empty: off
+  // A directory shared by replicas (engine/store/shared_context_store.h); empty: off.
+  std::string shared_store;
+  std::string openai_address;  // OpenAI-compatible HTTP host:port; empty: off
+  std::string model_name;      // the model id the OpenAI endpoint reports; empty: model dir name
   EngineOptions engine;
   RequestLimits limits;  // max_input_bytes / max_input_tokens 0: derived from the model
   // Security (README "Security"): TLS on both ports when tls.cert_file is set; API keys
@@ -47,6 +54,7 @@ class SqueezeServer {
 
   int port() const { return port_; }
   int metrics_port() const { return exposer_ ? exposer_->port() : 0; }  // 0: metrics off
+  int openai_port() const { return openai_ ? openai_->port() : 0; }     // 0: endpoint off
   Engine& engine() { return *engine_; }
   // Graceful stop: health NOT_SERVING, new work refused with UNAVAILABLE, running streams get
   // up to `grace` to finish, then the gRPC server stops.
@@ -62,6 +70,8 @@ class SqueezeServer {
   std::unique_ptr<SqueezeService> service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<metrics::Exposer> exposer_;
+  std::unique_ptr<OpenAIGateway> openai_;
+  std::atomic<ServingPhase> phase_{ServingPhase::kStarting};  // for the probes
   int port_ = 0;
   bool stopped_ = false;
 };

@@ -212,7 +212,7 @@ void SqueezeMetrics::RefreshFromEngine() const {
   waiting_.Set(s.queued - running);
   registrations_running_.Set(s.registrations);
   int64_t contexts = 0, kv_bytes = 0;
-  for (const ContextSummary& c : engine_->ListAllContexts()) {
+  for (const ContextSummary& c : engine_->ResidentContexts()) {
     ++contexts;
     kv_bytes += c.kv_bytes;
   }

@@ -6,14 +6,25 @@ needed, about a minute on CPU):
 
     python3 tools/make_goldens.py --out tests/data/golden
 
+Only some parts (the rest of an existing manifest.json in --out is kept):
+
+    python3 tools/make_goldens.py --out tests/data/golden --only qwen2_yarn,qwen3_yarn
+
+or into a fresh folder next to a copy of the committed manifest (--manifest-from), e.g. the
+model families added for issue 18:
+
+    python3 tools/make_goldens.py --out $OUT/golden --only families \
+        --manifest-from tests/data/golden/manifest.json
+
 What it writes (under --out; each part is rebuilt from scratch, nothing else is touched):
 
   <model>/config.json, model.safetensors, golden.json
-      A small random-weight LlamaForCausalLM / MistralForCausalLM built and saved by transformers
-      itself (save_pretrained, safetensors). golden.json holds, for fixed token sequences of
+      A small random-weight LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM /
+      Qwen3ForCausalLM / Phi3ForCausalLM built and saved by transformers itself (save_pretrained,
+      safetensors). golden.json holds, for fixed token sequences of
       several lengths (one over 2048), the fp32 logits of the last 4 positions, and for every
       position the argmax, the runner-up, the max logit and the top-2 gap; plus 16 greedy tokens
-      from a prompt. Goldens are computed from the model *reloaded from disk* in float32 with
+      from a prompt; plus the RoPE inverse frequencies and attention factor transformers used. Goldens are computed from the model *reloaded from disk* in float32 with
       eager attention on CPU, so they describe exactly the saved files (bf16/fp16 weights upcast
       to fp32, the config as rewritten below).
   tokenizers/sp.model, sp_cases.json
@@ -32,9 +43,9 @@ What it writes (under --out; each part is rebuilt from scratch, nothing else is 
       What was generated, with library versions; the tests read it first.
 
 Config layouts: transformers 5 saves RoPE settings as `rope_parameters`; published checkpoints
-(transformers 4) write `rope_theta` and `rope_scaling` at the top level. llama2, longchat and
-llama31 are rewritten to the transformers-4 layout after saving (exactly as on the Hub), mistral
-and llama32_tied keep the transformers-5 layout. After reloading, the RoPE inverse frequencies
+(transformers 4) write `rope_theta` and `rope_scaling` at the top level. llama2, longchat,
+llama31 and qwen2_yarn are rewritten to the transformers-4 layout after saving (exactly as on the
+Hub), the others keep the transformers-5 layout. After reloading, the RoPE inverse frequencies
 transformers uses are checked against the formula for the intended settings, so a layout that
 transformers read differently than intended stops the script instead of producing wrong goldens.
 """
@@ -57,6 +68,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 COMMAND = "python3 tools/make_goldens.py --out tests/data/golden"
+# --only families: the model families beyond Llama (issue 18).
+FAMILIES = ["qwen2_yarn", "qwen3_yarn", "mistral_nemo", "phi3", "phi3_longrope"]
 SEQ_LENGTHS = [7, 100, 2100]  # 2100 > 2048 and > llama3 original_max_position_embeddings
 N_LAST = 4  # positions per sequence whose full logits are stored
 N_GREEDY = 16
@@ -98,7 +111,55 @@ MODELS = [
          tie=True, dtype="float32", layout="t5",
          description="Llama-3.2 style: tied embeddings, GQA 4:1, llama3 RoPE factor 32, fp32, "
                      "transformers-5 config (rope_parameters)"),
+    # ---- families beyond Llama (FAMILIES). max_position_embeddings is 4096 for all; YaRN's
+    # original * factor equals it, so every reading of YaRN's window agrees.
+    dict(name="qwen2_yarn", arch="qwen2", seed=1006, vocab=512, hidden=192, inter=256, layers=2,
+         heads=3, kv_heads=1, head_dim=64, theta=1000000.0,
+         rope={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024},
+         tie=True, dtype="bfloat16", layout="t4_type",
+         description="Qwen2.5 style: q/k/v biases, GQA 3:1, head_dim 64, YaRN x4 over an "
+                     "original 1024 (the README's {\"type\": \"yarn\"} spelling, transformers-4 "
+                     "config), theta 1e6, tied embeddings, bf16"),
+    dict(name="qwen3_yarn", arch="qwen3", seed=1007, vocab=512, hidden=128, inter=256, layers=2,
+         heads=4, kv_heads=2, head_dim=128, theta=1000000.0,
+         rope={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024},
+         tie=False, dtype="bfloat16", layout="t5",
+         description="Qwen3 style: per-head q/k RMSNorm, head_dim 128 with hidden 128 and 4 "
+                     "heads, GQA 2:1, YaRN x4 (attention factor folded into the norms), bf16, "
+                     "transformers-5 config"),
+    dict(name="mistral_nemo", arch="mistral", seed=1008, vocab=512, hidden=128, inter=256,
+         layers=2, heads=5, kv_heads=1, head_dim=128, theta=1000000.0, rope=None, tie=False,
+         dtype="bfloat16", layout="t5", sliding_window=None,
+         description="Mistral-Nemo style: explicit head_dim 128 with hidden 128 and 5 heads, GQA "
+                     "5:1, theta 1e6, no sliding window, bf16, transformers-5 config"),
+    dict(name="phi3", arch="phi3", seed=1009, vocab=512, hidden=192, inter=128, layers=2,
+         heads=2, kv_heads=2, head_dim=96, theta=10000.0,
+         rope={"rope_type": "longrope", "original_max_position_embeddings": 4096,
+               "short_factor": [round(1.0 + 0.1 * (i / 47) ** 2, 6) for i in range(48)],
+               "long_factor": [round(1.0 + 39.0 * (i / 47) ** 2, 6) for i in range(48)]},
+         tie=False, dtype="bfloat16", layout="t5",
+         description="Phi-3 style: fused qkv_proj and gate_up_proj, MHA, head_dim 96, LongRoPE "
+                     "within its pre-training length (4096 = max_position_embeddings: short "
+                     "factors, attention factor 1), bf16, transformers-5 config"),
+    dict(name="phi3_longrope", arch="phi3", seed=1010, vocab=512, hidden=192, inter=128,
+         layers=2, heads=2, kv_heads=1, head_dim=96, theta=10000.0,
+         rope={"rope_type": "longrope", "original_max_position_embeddings": 64,
+               "short_factor": [round(1.0 + 0.1 * (i / 47) ** 2, 6) for i in range(48)],
+               "long_factor": [round(1.0 + 39.0 * (i / 47) ** 2, 6) for i in range(48)]},
+         tie=False, dtype="bfloat16", layout="t5",
+         seq_lengths=[100, 2100], prompt_len=80,
+         description="Phi-3.5 style: fused weights, GQA 2:1, head_dim 96, LongRoPE served beyond "
+                     "its pre-training length 64 (long factors, attention factor "
+                     "sqrt(1 + ln 64 / ln 64)); every sequence and greedy prompt is longer than "
+                     "64, where transformers switches to the long factors too"),
 ]
+
+# transformers classes per spec["arch"]: (config class, model class).
+ARCH_CLASSES = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
+                "mistral": ("MistralConfig", "MistralForCausalLM"),
+                "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+                "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+                "phi3": ("Phi3Config", "Phi3ForCausalLM")}
 
 # The Llama-3 pre-tokenization regex, as in Meta's tokenizer.json.
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
@@ -128,13 +189,30 @@ def write_json(path, obj):
 # Models
 # =============================================================================================
 
-def expected_inv_freq(torch, head_dim, theta, rope):
-    """The RoPE inverse frequencies transformers should use, computed independently (fp64)."""
+def expected_inv_freq(torch, head_dim, theta, rope, long=False):
+    """The RoPE inverse frequencies transformers should use, computed independently (fp64).
+    LongRoPE: the short factors (what the model starts with), the long ones with `long`."""
     inv = [1.0 / (theta ** (2 * i / head_dim)) for i in range(head_dim // 2)]
     if rope is None:
         return torch.tensor(inv, dtype=torch.float64)
     if rope["rope_type"] == "linear":
         return torch.tensor([f / rope["factor"] for f in inv], dtype=torch.float64)
+    if rope["rope_type"] == "longrope":
+        ext = rope["long_factor"] if long else rope["short_factor"]
+        return torch.tensor([f / e for f, e in zip(inv, ext)], dtype=torch.float64)
+    if rope["rope_type"] == "yarn":
+        factor, orig = rope["factor"], rope["original_max_position_embeddings"]
+
+        def correction_dim(rotations):
+            return head_dim * math.log(orig / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+        low = max(math.floor(correction_dim(32)), 0)
+        high = min(math.ceil(correction_dim(1)), head_dim - 1)
+        out = []
+        for i, f in enumerate(inv):
+            ramp = min(max((i - low) / (high - low), 0.0), 1.0)
+            out.append(f / factor * ramp + f * (1 - ramp))
+        return torch.tensor(out, dtype=torch.float64)
     assert rope["rope_type"] == "llama3"
     factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
     orig = rope["original_max_position_embeddings"]
@@ -151,22 +229,31 @@ def expected_inv_freq(torch, head_dim, theta, rope):
     return torch.tensor(out, dtype=torch.float64)
 
 
+def expected_attention_factor(spec):
+    """The factor transformers multiplies cos and sin by (attention_scaling)."""
+    rope = spec["rope"]
+    if rope is None or rope["rope_type"] not in ("yarn", "longrope"):
+        return 1.0
+    if rope["rope_type"] == "yarn":
+        return 0.1 * math.log(rope["factor"]) + 1.0
+    factor = 4096 / rope["original_max_position_embeddings"]  # max_position_embeddings / original
+    if factor <= 1:
+        return 1.0
+    return math.sqrt(1 + math.log(factor) / math.log(rope["original_max_position_embeddings"]))
+
+
+def find_rotary(model):
+    for name, module in model.named_modules():
+        if name.endswith("rotary_emb") and hasattr(module, "inv_freq"):
+            return module
+    return None
+
+
 def make_config(transformers, spec):
     """A transformers config for `spec`, RoPE given in the transformers-5 way (rope_parameters),
     falling back to the transformers-4 keywords on versions without it."""
     import inspect
-    cls = transformers.MistralConfig if spec["arch"] == "mistral" else transformers.LlamaConfig
-    kw = dict(vocab_size=spec["vocab"], hidden_size=spec["hidden"],
-              intermediate_size=spec["inter"], num_hidden_layers=spec["layers"],
-              num_attention_heads=spec["heads"], num_key_value_heads=spec["kv_heads"],
-              head_dim=spec["head_dim"], max_position_embeddings=4096, rms_norm_eps=1e-5,
-              tie_word_embeddings=spec["tie"], bos_token_id=1, eos_token_id=2,
-              hidden_act="silu")
-    if spec["arch"] == "mistral":
-        kw["sliding_window"] = spec.get("sliding_window")
-    rope_params = {"rope_type": "default", "rope_theta": spec["theta"]}
-    if spec["rope"] is not None:
-        rope_params.update(spec["rope"])
+    cls = getattr(transformers, ARCH_CLASSES[spec["arch"]][0])
     fields = set()
     try:
         fields = set(inspect.signature(cls.__init__).parameters)
@@ -174,11 +261,35 @@ def make_config(transformers, spec):
         pass
     if hasattr(cls, "__dataclass_fields__"):
         fields |= set(cls.__dataclass_fields__)
+    kw = dict(vocab_size=spec["vocab"], hidden_size=spec["hidden"],
+              intermediate_size=spec["inter"], num_hidden_layers=spec["layers"],
+              num_attention_heads=spec["heads"], num_key_value_heads=spec["kv_heads"],
+              max_position_embeddings=4096, rms_norm_eps=1e-5,
+              tie_word_embeddings=spec["tie"], bos_token_id=1, eos_token_id=2,
+              hidden_act="silu")
+    if spec["head_dim"] * spec["heads"] != spec["hidden"] or "head_dim" in fields:
+        kw["head_dim"] = spec["head_dim"]  # Qwen2 / Phi-3 derive it from hidden / heads
+    if spec["arch"] in ("mistral", "phi3"):
+        kw["sliding_window"] = spec.get("sliding_window")
+    if spec["arch"] == "phi3":
+        kw["pad_token_id"] = None  # Phi3Config's default (32000) lies past a small vocabulary
+    if spec["arch"] in ("qwen2", "qwen3"):
+        kw["use_sliding_window"] = False
+    rope = copy.deepcopy(spec["rope"])
+    if rope is not None and rope["rope_type"] == "longrope" and (
+            "original_max_position_embeddings" in fields):
+        # Phi-3 configs carry the pre-training length at the top level.
+        kw["original_max_position_embeddings"] = rope["original_max_position_embeddings"]
+    rope_params = {"rope_type": "default", "rope_theta": spec["theta"]}
+    if rope is not None:
+        rope_params.update(rope)
     if "rope_parameters" in fields:
         kw["rope_parameters"] = rope_params
     else:
         kw["rope_theta"] = spec["theta"]
-        kw["rope_scaling"] = copy.deepcopy(spec["rope"])
+        if rope is not None and rope["rope_type"] == "longrope":
+            rope.pop("original_max_position_embeddings", None)
+        kw["rope_scaling"] = rope
     return cls(**kw)
 
 
@@ -190,12 +301,14 @@ def init_weights(torch, model, seed):
     with torch.no_grad():
         for name, p in model.named_parameters():  # tied weights appear once
             noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
-            if p.dim() == 1:
+            if name.endswith(".bias"):  # Qwen2's q/k/v biases
+                value = 0.5 * noise
+            elif p.dim() == 1:
                 value = 1.0 + 0.1 * noise
             elif "embed_tokens" in name:
                 value = noise
             else:
-                gain = 1.5 if ("q_proj" in name or "k_proj" in name) else 1.0
+                gain = 1.5 if ("q_proj" in name or "k_proj" in name or "qkv_proj" in name) else 1.0
                 value = noise * (gain / math.sqrt(p.shape[1]))
             p.copy_(value.to(p.dtype))
 
@@ -264,8 +377,7 @@ def build_model(torch, transformers, spec, out_dir):
     # ---- build and save with transformers ------------------------------------------------
     torch.manual_seed(spec["seed"])
     config = make_config(transformers, spec)
-    cls = (transformers.MistralForCausalLM if spec["arch"] == "mistral"
-           else transformers.LlamaForCausalLM)
+    cls = getattr(transformers, ARCH_CLASSES[spec["arch"]][1])
     model = cls(config).float()
     init_weights(torch, model, spec["seed"])
     if spec["tie"]:
@@ -312,12 +424,20 @@ def build_model(torch, transformers, spec, out_dir):
             f"(layout {spec['layout']}): max relative inv_freq error {rel:.3g}\n"
             f"  got  {got.tolist()[:8]}...\n  want {want.tolist()[:8]}...")
     log(f"{name}: RoPE verified ({buf_name}, {got.numel()} frequencies, rel err {rel:.2g})")
+    rotary = find_rotary(model)
+    want_factor = expected_attention_factor(spec)
+    got_factor = float(getattr(rotary, "attention_scaling", 1.0)) if rotary is not None else 1.0
+    if abs(got_factor - want_factor) > 1e-6 * want_factor:
+        raise RuntimeError(f"{name}: transformers' RoPE attention factor is {got_factor}, "
+                           f"expected {want_factor} (layout {spec['layout']})")
 
     # ---- goldens ----------------------------------------------------------------------------
     rng = random.Random(spec["seed"] * 7919)
     sequences = []
     max_abs_logit = 0.0
-    for length in SEQ_LENGTHS:
+    seq_lengths = spec.get("seq_lengths", SEQ_LENGTHS)
+    prompt_len = spec.get("prompt_len", PROMPT_LEN)
+    for length in seq_lengths:
         ids = [rng.randrange(spec["vocab"]) for _ in range(length)]
         logits = forward_logits(torch, model, ids)
         top = torch.topk(logits, 2, dim=-1)
@@ -338,21 +458,46 @@ def build_model(torch, transformers, spec, out_dir):
     # How much RoPE scaling matters here: logits of the longest sequence with the unscaled
     # frequencies, relative to the real ones (a loader that ignored the scaling would be off by
     # about this much).
+    # The frequencies transformers used for the longest sequence (LongRoPE switches its buffer to
+    # the long factors beyond the pre-training length), recorded for the C++ test.
+    ids = sequences[-1]["tokens"]
+    real = forward_logits(torch, model, ids)
+    _, used_inv_freq = find_inv_freq(model)
+    used_inv_freq = [float(f) for f in used_inv_freq.detach().to(torch.float64).cpu().tolist()]
+    if spec["rope"] is not None and spec["rope"]["rope_type"] == "longrope":
+        long = len(ids) > spec["rope"]["original_max_position_embeddings"]
+        want = expected_inv_freq(torch, spec["head_dim"], spec["theta"], spec["rope"], long=long)
+        rel = max(abs(a - b) / abs(b) for a, b in zip(used_inv_freq, want.tolist()))
+        if rel > 1e-5:
+            raise RuntimeError(f"{name}: transformers used other LongRoPE frequencies for "
+                               f"len{len(ids)} than the {'long' if long else 'short'} factors "
+                               f"(rel err {rel:.3g})")
     scaling_effect = None
     if spec["rope"] is not None:
-        ids = sequences[-1]["tokens"]
-        real = forward_logits(torch, model, ids)
-        saved = inv_freq.detach().clone()
+        # Every inverse-frequency buffer of the rotary module (LongRoPE keeps the short and
+        # long sets too) and the attention factor, set to plain RoPE.
+        plain_freq = expected_inv_freq(torch, spec["head_dim"], spec["theta"], None)
+        saved = {}
         try:
             with torch.no_grad():
-                inv_freq.copy_(expected_inv_freq(torch, spec["head_dim"], spec["theta"], None)
-                               .to(inv_freq.dtype))
+                for attr in ("inv_freq", "original_inv_freq", "long_inv_freq"):
+                    buf = getattr(rotary, attr, None)
+                    if isinstance(buf, torch.Tensor) and buf.shape == plain_freq.shape:
+                        saved[attr] = buf.detach().clone()
+                        buf.copy_(plain_freq.to(buf.dtype))
+                if hasattr(rotary, "attention_scaling"):
+                    saved["attention_scaling"] = rotary.attention_scaling
+                    rotary.attention_scaling = 1.0
             plain = forward_logits(torch, model, ids)
         finally:
             with torch.no_grad():
-                inv_freq.copy_(saved)
+                for attr, value in saved.items():
+                    if attr == "attention_scaling":
+                        rotary.attention_scaling = value
+                    else:
+                        getattr(rotary, attr).copy_(value)
         scaling_effect = r7(float((plain - real).abs().max() / real.abs().max()))
-        log(f"{name}: unscaled RoPE would change the len{SEQ_LENGTHS[-1]} logits by "
+        log(f"{name}: unscaled RoPE would change the len{len(ids)} logits by "
             f"{scaling_effect:.3g} (relative)")
         if scaling_effect < 1e-2:
             # Not fatal: a transformers version that caches cos/sin ignores the patched buffer.
@@ -362,7 +507,7 @@ def build_model(torch, transformers, spec, out_dir):
     # every step has a clear winner so that fp32 rounding cannot flip a token.
     greedy = None
     for attempt in range(50):
-        prompt = [rng.randrange(spec["vocab"]) for _ in range(PROMPT_LEN)]
+        prompt = [rng.randrange(spec["vocab"]) for _ in range(prompt_len)]
         seq = list(prompt)
         gaps = []
         for _ in range(N_GREEDY):
@@ -371,7 +516,7 @@ def build_model(torch, transformers, spec, out_dir):
             gaps.append(float(top.values[0] - top.values[1]))
             seq.append(int(top.indices[0]))
         if min(gaps) >= 1e-3 or attempt == 49:
-            greedy = {"prompt": prompt, "tokens": seq[PROMPT_LEN:],
+            greedy = {"prompt": prompt, "tokens": seq[prompt_len:],
                       "min_top2_gap": r7(min(gaps)), "attempt": attempt}
             break
 
@@ -383,10 +528,17 @@ def build_model(torch, transformers, spec, out_dir):
         "head_dim": spec["head_dim"], "tie_word_embeddings": spec["tie"],
         "rope_theta": spec["theta"],
         "rope_type": "default" if spec["rope"] is None else spec["rope"]["rope_type"],
-        "rope_factor": 1.0 if spec["rope"] is None else spec["rope"]["factor"],
+        "rope_factor": 1.0 if spec["rope"] is None else spec["rope"].get(
+            "factor", 4096 / spec["rope"].get("original_max_position_embeddings", 4096)),
+        # What transformers used (the longest sequence's inverse frequencies).
+        "rope_attention_factor": got_factor,
+        "rope_inv_freq": used_inv_freq,
     }
+    if spec["rope"] is not None and spec["rope"]["rope_type"] in ("llama3", "yarn", "longrope"):
+        cfg_expect["original_max_position_embeddings"] = (
+            spec["rope"]["original_max_position_embeddings"])
     if spec["rope"] is not None and spec["rope"]["rope_type"] == "llama3":
-        for key in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+        for key in ("low_freq_factor", "high_freq_factor"):
             cfg_expect[key] = spec["rope"][key]
     golden = {
         "format": 1,
@@ -758,12 +910,20 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output directory (tests/data/golden)")
     parser.add_argument("--only", default="", help="comma-separated subset of parts to build: "
-                        "model names, 'sentencepiece', 'bpe' (default: everything)")
+                        "model names, 'families' (the models of FAMILIES), 'sentencepiece', "
+                        "'bpe' (default: everything)")
+    parser.add_argument("--manifest-from", default="", help="with --only: the manifest.json whose "
+                        "other entries are kept (default: --out's own, when present)")
     args = parser.parse_args()
     out_dir = os.path.abspath(args.out)
     os.makedirs(out_dir, exist_ok=True)
     os.makedirs(os.path.join(out_dir, "tokenizers"), exist_ok=True)
     only = set(filter(None, args.only.split(",")))
+    if "families" in only:
+        only = (only - {"families"}) | set(FAMILIES)
+    unknown = only - {m["name"] for m in MODELS} - {"sentencepiece", "bpe"}
+    if unknown:
+        parser.error(f"--only names unknown parts: {sorted(unknown)}")
     wanted = lambda part: not only or part in only  # noqa: E731
     start = time.time()
     vers = versions()
@@ -773,9 +933,11 @@ def main():
     failures = []
     manifest_path = os.path.join(out_dir, "manifest.json")
     manifest = {"models": [], "tokenizers": {}}
-    if only and os.path.exists(manifest_path):  # partial rebuild: keep the rest of the manifest
-        with open(manifest_path, encoding="utf-8") as f:
+    base_manifest = args.manifest_from or manifest_path
+    if only and os.path.exists(base_manifest):  # partial rebuild: keep the rest of the manifest
+        with open(base_manifest, encoding="utf-8") as f:
             manifest = json.load(f)
+        manifest["failures"] = []
 
     corpus = build_corpus()
     write_json(os.path.join(out_dir, "tokenizers", "corpus.json"),
@@ -825,7 +987,7 @@ def main():
     log("=" * 70)
     log(f"models:     {[m['name'] for m in manifest['models']]}")
     log(f"tokenizers: {sorted(manifest['tokenizers'])}")
-    log(f"total size: {total / 1e6:.2f} MB ({'OK' if total < 15e6 else 'OVER the 15 MB budget'})")
+    log(f"total size: {total / 1e6:.2f} MB ({'OK' if total < 20e6 else 'OVER the 20 MB budget'})")
     log(f"time:       {time.time() - start:.1f} s")
     if failures:
         log(f"FAILED parts: {failures} (see the tracebacks above)")

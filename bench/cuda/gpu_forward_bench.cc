@@ -7,13 +7,18 @@
 // its FLOPs / the measured cuBLAS bf16 GEMM rate.
 //
 //   3. with --squeezed_budgets: the prefilled KV becomes a registered-style fixed context with
-//      a Squeezed Attention index (contiguous 20-token clusters, 5% centroids, calibrated on the
-//      last 64 queries; k-means on the GPU is not there yet, and at random weights the cluster
-//      quality does not change the cost), and batch-1 decode steps attend to it densely and
-//      squeezed at each budget, selection on the GPU.
+//      a Squeezed Attention index (5% centroids, calibrated on the last 64 queries): contiguous
+//      20-token clusters (at random weights the cluster quality does not change the cost), or
+//      with --kmeans the index a registration builds (GPU k-means on the device KV, calibration,
+//      row reorder, each timed; --hierarchical adds the coarse level). Decode steps attend to it
+//      densely and squeezed at each budget, selection on the GPU;
+//   4. with --query_tokens: the time to first token of user inputs of those lengths against the
+//      context, dense and squeezed, and their attention alone;
+//   5. with --batches: several sequences decoding together against the context(s)
+//      (--contexts copies), each batch per-sequence and cascade, dense and squeezed.
 //
 //   gpu-forward-bench --model=bench/configs/llama3-8b --prefill_tokens=32768
-//       --decode_steps=32 --squeezed_budgets=0.1,0.05
+//       --decode_steps=32 --squeezed_budgets=0.1,0.05 --batches=1,8,32,64
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -46,7 +51,13 @@ ABSL_FLAG(int, decode_steps, 32, "timed decode steps (after 3 warm-up steps)");
 ABSL_FLAG(bool, kmeans, false,
           "with --squeezed_budgets: build the index as a registration does (GPU k-means, "
           "calibration, row reorder) instead of contiguous clusters, and time it");
-ABSL_FLAG(int, batch, 1, "sequences decoding together against the fixed context");
+ABSL_FLAG(std::string, batches, "1",
+          "comma-separated numbers of sequences decoding together against the fixed context(s); "
+          "each batch runs per-sequence (every sequence reads its context on its own) and cascade "
+          "(a shared context read once per step for all its sequences)");
+ABSL_FLAG(int, contexts, 1,
+          "fixed contexts the sequences are spread over (round robin): copies of the prefilled "
+          "context, each with its own copy on the GPU");
 ABSL_FLAG(std::string, query_tokens, "",
           "comma-separated user-input lengths (e.g. 1024,4096): time to first token of one input "
           "of each length against the fixed context, dense and at each squeezed budget "
@@ -137,10 +148,10 @@ double GemmRate() {
 }
 
 // Seconds of `steps` greedy decode steps of the sequences `kvs` together (after 3 untimed
-// ones), sorted; sequence i attends to `context` through fixed[i] (nullptr: dense). Exits on
-// error.
+// ones), sorted; sequence i attends to contexts[i % contexts.size()] (none when empty) through
+// fixed[i] (nullptr: dense). Exits on error.
 std::vector<double> DecodeTimes(LlamaModel& m, std::span<SequenceKV* const> kvs,
-                                const ContextKV* context,
+                                std::span<const ContextKV* const> contexts,
                                 std::span<FixedContextAttention* const> fixed, int steps) {
   std::vector<double> times;
   std::vector<int32_t> next(kvs.size(), 1);
@@ -148,7 +159,7 @@ std::vector<double> DecodeTimes(LlamaModel& m, std::span<SequenceKV* const> kvs,
     std::vector<SequenceStep> batch;
     for (size_t b = 0; b < kvs.size(); ++b) {
       batch.push_back({.tokens = std::span<const int32_t>(&next[b], 1),
-                       .context = context,
+                       .context = contexts.empty() ? nullptr : contexts[b % contexts.size()],
                        .fixed = fixed.empty() ? nullptr : fixed[b],
                        .kv = kvs[b]});
     }
@@ -246,8 +257,7 @@ int Main() {
   // ---- decode --------------------------------------------------------------------------------
   const int steps = absl::GetFlag(FLAGS_decode_steps);
   SequenceKV* const one = &kv;
-  std::vector<double> times =
-      DecodeTimes(m, std::span<SequenceKV* const>(&one, 1), nullptr, {}, steps);
+  std::vector<double> times = DecodeTimes(m, std::span<SequenceKV* const>(&one, 1), {}, {}, steps);
   const double median = times[times.size() / 2];
   // Bytes a decode step must read: every weight except the embedding table (one row), the
   // lm_head, and the K/V of the whole sequence.
@@ -368,10 +378,25 @@ int Main() {
   std::printf("\nfixed context of %d tokens: %lld centroids (5%%), index made in %.1f s\n", S,
               static_cast<long long>(index.num_centroids()), Now() - t0);
 
-  // One timed decode run of `batch` sequences against the context: dense (budget < 0) or
-  // squeezed; realised = the mean realised KV budget of the sequences.
-  const int batch = absl::GetFlag(FLAGS_batch);
-  auto run = [&](double budget, double* realised, bool hierarchical = false) {
+  // Contexts beyond the first: copies of it that get their own copy on the GPU at first use.
+  const int num_contexts = std::max(1, absl::GetFlag(FLAGS_contexts));
+  std::vector<std::unique_ptr<ContextKV>> copies;
+  std::vector<const ContextKV*> contexts = {&ctx};
+  for (int i = 1; i < num_contexts; ++i) {
+    copies.push_back(std::make_unique<ContextKV>(ctx));
+    copies.back()->resident.value = nullptr;
+    contexts.push_back(copies.back().get());
+  }
+  std::vector<int> batches;
+  for (absl::string_view b : absl::StrSplit(absl::GetFlag(FLAGS_batches), ',', absl::SkipEmpty())) {
+    int v = 0;
+    if (absl::SimpleAtoi(b, &v) && v > 0) batches.push_back(v);
+  }
+  // One timed decode run of `batch` sequences against the contexts: dense (budget < 0) or
+  // squeezed, cascade or per sequence; realised = the mean realised KV budget of the sequences.
+  auto run = [&](int batch, double budget, bool cascade, double* realised,
+                 bool hierarchical = false) {
+    m.backend().set_execution_options({.cascade = cascade});
     SelectionOptions options;
     options.budget = std::max(budget, 0.0);
     options.hierarchical = hierarchical;
@@ -385,37 +410,54 @@ int Main() {
       dyn.push_back(m.NewSequenceKV());
     }
     for (SequenceKV& d : dyn) kvs.push_back(&d);
-    const std::vector<double> t = DecodeTimes(m, kvs, &ctx, fixed, steps);
+    const std::vector<double> t = DecodeTimes(m, kvs, contexts, fixed, steps);
     *realised = 0.0;
     for (const auto& sel : selectors) *realised += budget < 0 ? 1.0 : sel->realised_budget();
     *realised /= batch;
+    m.backend().set_execution_options({});
     return t[t.size() / 2];
   };
-  double realised = 1.0;
-  const double dense = run(-1.0, &realised);
   const double ctx_kv_bytes = 2.0 * c.num_layers * c.num_kv_heads * d * 2.0 * S;
   std::printf(
-      "decode against the fixed context, batch %d: dense %.3f ms/step (floor %.3f ms: "
-      "weights + the context's KV once per sequence)\n",
-      batch, 1e3 * dense, 1e3 * (weight_bytes + batch * ctx_kv_bytes) / copy_bw);
-  for (double b : budgets) {
-    const double t = run(b, &realised);
-    // Bytes: weights, kept K/V (realised budget counts half a row per centroid scored, which is
-    // what a bf16 centroid costs next to a K+V row).
-    const double floor_s = (weight_bytes + batch * realised * ctx_kv_bytes) / copy_bw;
+      "\ndecode against %d fixed context(s) of %d tokens; floors at the copy bandwidth: "
+      "per-sequence = weights + every sequence's context KV, cascade = weights + each "
+      "context's KV once (squeezed: times the realised budget)\n",
+      num_contexts, S);
+  for (int batch : batches) {
+    const int shared = std::min(batch, num_contexts);  // contexts in use
+    double realised = 1.0;
+    const double dense_seq = run(batch, -1.0, false, &realised);
+    const double dense_cas = batch > 1 ? run(batch, -1.0, true, &realised) : dense_seq;
+    const double floor_seq = (weight_bytes + batch * ctx_kv_bytes) / copy_bw;
+    const double floor_cas = (weight_bytes + shared * ctx_kv_bytes) / copy_bw;
     std::printf(
-        "  squeezed budget %.2f: %.3f ms/step, realised KV budget %.4f, %.2fx faster "
-        "than dense; floor %.3f ms -> %.2fx the floor\n",
-        b, 1e3 * t, realised, dense / t, 1e3 * floor_s, t / floor_s);
-    if (absl::GetFlag(FLAGS_hierarchical)) {
-      const double th = run(b, &realised, /*hierarchical=*/true);
+        "batch %2d: dense per-sequence %8.3f ms/step (%.2fx its floor %.3f ms), cascade "
+        "%8.3f ms/step (%.2fx its floor %.3f ms) = %.2fx faster, %.0f tokens/s\n",
+        batch, 1e3 * dense_seq, dense_seq / floor_seq, 1e3 * floor_seq, 1e3 * dense_cas,
+        dense_cas / floor_cas, 1e3 * floor_cas, dense_seq / dense_cas, batch / dense_cas);
+    for (double b : budgets) {
+      const double seq = run(batch, b, false, &realised);
+      const double realised_seq = realised;
+      const double cas = batch > 1 ? run(batch, b, true, &realised) : seq;
+      // Bytes: weights and the kept K/V (the realised budget counts half a row per centroid
+      // scored, what a bf16 centroid costs next to a K+V row).
+      const double floor_s = (weight_bytes + batch * realised_seq * ctx_kv_bytes) / copy_bw;
       std::printf(
-          "  hierarchical budget %.2f (coarse keep %.2f): %.3f ms/step, realised KV "
-          "budget %.4f, %.2fx faster than dense\n",
-          b, std::min(1.0, 5 * b), 1e3 * th, realised, dense / th);
+          "  squeezed %.2f: per-sequence %8.3f ms/step (realised %.4f, %.2fx its floor %.3f ms), "
+          "cascade %8.3f ms/step (realised %.4f) = %.2fx dense cascade, %.0f tokens/s\n",
+          b, 1e3 * seq, realised_seq, seq / floor_s, 1e3 * floor_s, 1e3 * cas, realised,
+          dense_cas / cas, batch / cas);
+      if (absl::GetFlag(FLAGS_hierarchical)) {
+        const double th = run(batch, b, false, &realised, /*hierarchical=*/true);
+        std::printf(
+            "  hierarchical %.2f (coarse keep %.2f): %.3f ms/step, realised KV budget %.4f, "
+            "%.2fx dense per-sequence\n",
+            b, std::min(1.0, 5 * b), 1e3 * th, realised, dense_seq / th);
+      }
     }
   }
 
+  double realised = 1.0;
   // ---- time to first token: one user input against the context ------------------------------
   for (absl::string_view q :
        absl::StrSplit(absl::GetFlag(FLAGS_query_tokens), ',', absl::SkipEmpty())) {
@@ -511,7 +553,8 @@ int Main() {
                         static_cast<const char*>(view->v) + at, static_cast<size_t>(S) * c.head_dim,
                         S, be.kv_dtype()};
           if (budget >= 0) {
-            p.fixed.device_selection = selector.device_selection();
+            p.fixed.selector = &selector;
+            p.fixed.policy = selector.policy();
             p.fixed.layer = l;
             p.fixed.kept_rows = kept.data();
           }

@@ -220,7 +220,7 @@ int Main() {
     p.num_problems = H;
     p.n = n;
     p.k = k;
-    p.dim = dpad;
+    p.dpad = dpad;
     p.points = dev_unit;
     p.points_stride = static_cast<int64_t>(n) * dpad;
     p.centers = dev_unit;  // the first k points of each problem

@@ -8,15 +8,19 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "engine/chat/chat_message.h"
 #include "engine/sampling/sampling_params.h"
 #include "engine/squeeze/squeeze_options.h"
 
 namespace squeeze {
 
-// Text or token ids (exactly one is used).
+// Text, token ids or chat messages (exactly one is used). Messages are rendered with the model's
+// chat template, ending with the assistant's header; after a context registered as a chat
+// document they are the conversation that follows the document.
 struct PromptInput {
   std::optional<std::string> text;
   std::optional<std::vector<int32_t>> token_ids;
+  std::optional<std::vector<ChatMessage>> messages;
 };
 
 enum class AttentionMode { kAuto, kSqueezed, kDense, kRecent };
@@ -33,6 +37,10 @@ struct RegisterRequest {
   std::string name;
   PromptInput content;
   std::optional<bool> add_bos;
+  // Register content.text as a chat document: the rendered opening of a conversation that has
+  // the text at this place (engine/chat/chat_prompts.h); Generate then takes the messages that
+  // follow it.
+  std::optional<ChatDocumentRole> chat_document;
   bool build_index = true;
   SqueezeOptions index;  // already merged with server defaults
   // Whether the request set index.window itself. A defaulted window longer than a short

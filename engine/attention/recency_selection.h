@@ -5,7 +5,7 @@
 
 #include <vector>
 
-#include "engine/attention/fixed_context.h"
+#include "engine/backend/fixed_context.h"
 #include "engine/backend/kv_cache.h"
 
 namespace squeeze {

@@ -245,4 +245,44 @@ void MergeAttentionPartials(float* out_a, float* lse_a, const float* out_b, cons
   }
 }
 
+void CascadeAttention(const AttentionShape& shape, const float* q, const SharedKeys& keys,
+                      int chunk_keys, float* out, float* lse) {
+  const int n = shape.num_queries, hq = shape.num_q_heads, hkv = shape.num_kv_heads;
+  const int d = shape.head_dim;
+  auto num_keys = [&](int h) {
+    return keys.rows.empty() ? keys.kv.num_rows : static_cast<int>(keys.rows[h].size());
+  };
+  int max_chunks = 0;
+  for (int h = 0; h < hkv; ++h) {
+    max_chunks = std::max(max_chunks, (num_keys(h) + chunk_keys - 1) / chunk_keys);
+  }
+  const AttentionShape one{1, hq, hkv, d, shape.scale};
+  std::vector<std::vector<KeyRange>> ranges(hkv);
+  std::vector<float> part_out(static_cast<size_t>(hq) * d), part_lse(hq);
+  for (int s = 0; s < n; ++s) {
+    const float* qs = q + static_cast<size_t>(s) * hq * d;
+    float* os = out + static_cast<size_t>(s) * hq * d;
+    float* ls = lse + static_cast<size_t>(s) * hq;
+    std::fill(os, os + static_cast<size_t>(hq) * d, 0.0f);
+    std::fill(ls, ls + hq, kNegInf);
+    for (int c = 0; c < max_chunks; ++c) {
+      // The chunk's keys this sequence sees, per head, as single-row ranges.
+      for (int h = 0; h < hkv; ++h) {
+        ranges[h].clear();
+        const int end = std::min(num_keys(h), (c + 1) * chunk_keys);
+        for (int i = c * chunk_keys; i < end; ++i) {
+          if (!keys.masks.empty() && ((keys.masks[h][i] >> s) & 1u) == 0) continue;
+          const int row = keys.rows.empty() ? i : keys.rows[h][i];
+          ranges[h].push_back(KeyRange{row, row + 1});
+        }
+      }
+      AttentionKeys chunk;
+      chunk.kv = keys.kv;
+      chunk.ranges = ranges;
+      AttentionPartial(one, qs, chunk, part_out.data(), part_lse.data());
+      MergeAttentionPartials(os, ls, part_out.data(), part_lse.data(), hq, d);
+    }
+  }
+}
+
 }  // namespace squeeze

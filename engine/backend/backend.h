@@ -25,6 +25,7 @@
 #include "absl/status/statusor.h"
 #include "engine/backend/backend_cache.h"
 #include "engine/backend/cluster_tables.h"
+#include "engine/backend/fixed_context.h"
 #include "engine/sampling/sampler.h"
 
 namespace squeeze {
@@ -101,15 +102,16 @@ struct AttentionKeys {
   // r <= causal_offset + t (the dynamic KV: query t sits at dynamic index causal_offset + t).
   // When < 0 there is no limit (fixed context: every fixed key precedes every new token).
   int causal_offset = -1;
-  // Fixed part only, on backends with selects_on_device(): select the keys on the device with
-  // this index and threshold instead of `ranges` (a multi-token call scores the clusters by the
-  // mean over its query rows, as the host selector does), and write the rows kept per KV head
-  // to kept_rows (host memory, [Hkv]) by the time Synchronize() returns.
-  std::optional<DeviceSelection> device_selection;
-  int layer = -1;  // the layer of this call (indexes device_selection's index)
+  // Fixed part only: the sequence's selector (nullptr: every row, or `ranges` when given) and
+  // its policy for the step. The backend selects (ContextAttentionPolicy: on its device when it
+  // has one for kSqueezed; else through selector->Select on the host, a multi-token call scoring
+  // the clusters by the mean over its query rows) and writes the rows kept per KV head to
+  // kept_rows (host memory, [Hkv]) and, hierarchical, the candidate fine clusters to candidates
+  // ([Hkv]; may be null) by the time Synchronize() returns.
+  FixedContextAttention* selector = nullptr;
+  ContextAttentionPolicy policy;
+  int layer = -1;  // the layer of this call (the selection's tables are per layer)
   int32_t* kept_rows = nullptr;
-  // Hierarchical device selection: the fine clusters under the kept coarse clusters per KV
-  // head (host memory, [Hkv]), written like kept_rows; may be null.
   int32_t* candidates = nullptr;
 };
 
@@ -198,15 +200,18 @@ class Backend {
   // ---- KV ----------------------------------------------------------------------------------
   // Element type of KV in backend memory (SequenceKV storage, ContextKvView).
   virtual DType kv_dtype() const = 0;
-  // Whether Attention honours AttentionKeys::device_selection.
-  virtual bool selects_on_device() const { return false; }
-  // Whether SampleRows runs: logits then stay on the device and only tokens come back.
-  virtual bool samples_on_device() const { return false; }
-  // Row r of logits [jobs.size(), vocab] (backend memory) sampled with jobs[r]; synchronises.
-  virtual absl::Status SampleRows(const float* /*logits*/, int /*vocab*/,
-                                  std::span<SampleJob* const> /*jobs*/) {
-    return absl::UnimplementedError("this backend does not sample on the device");
-  }
+  // Execution choices a benchmark may compare within one run (the defaults are the fast ones).
+  struct ExecutionOptions {
+    // Decode steps of several sequences over the same context read it once for all of them
+    // (cascade attention); false: every sequence reads its context on its own.
+    bool cascade = true;
+  };
+  virtual void set_execution_options(const ExecutionOptions& /*options*/) {}
+  // Row r of logits [jobs.size(), vocab] (backend memory) sampled with jobs[r] exactly as
+  // jobs[r]->sampler->Sample would on the host (a device backend samples on the device, so only
+  // the tokens and requested logprobs come back); synchronises.
+  virtual absl::Status SampleRows(const float* logits, int vocab,
+                                  std::span<SampleJob* const> jobs) = 0;
   // A k-means that runs on this backend's device, for the registration (indexer) thread, or
   // nullptr (the CPU reference clusters). Owned by the backend.
   virtual KMeansSolver* kmeans_solver() { return nullptr; }
@@ -272,6 +277,18 @@ class Backend {
     Rope(q, positions, n, q_heads, head_dim, inv_freq);
     Rope(k, positions, n, k_heads, head_dim, inv_freq);
   }
+  // y[i, :] += bias[:] for rows i < rows; bias [cols] fp32 (from UploadVector). The q/k/v
+  // biases of Qwen2 and the attention biases of other families. Default: a host round trip
+  // through CopyToHost / CopyFromHost (correct on any backend, slow, not capturable in a CUDA
+  // graph); a device backend should override it with a kernel.
+  virtual void AddBias(float* y, const float* bias, int rows, int cols) {
+    const size_t n = static_cast<size_t>(rows) * cols;
+    std::vector<float> host_y(n), host_bias(cols);
+    CopyToHost(host_y.data(), y, n * sizeof(float));
+    CopyToHost(host_bias.data(), bias, cols * sizeof(float));
+    for (size_t i = 0; i < n; ++i) host_y[i] += host_bias[i % cols];
+    CopyFromHost(y, host_y.data(), n * sizeof(float));
+  }
   // out[i] = silu(gate[i]) * up[i] for i < count; out may alias gate or up.
   virtual void SiluMul(const float* gate, const float* up, float* out, size_t count) = 0;
   // Writes n new tokens' K/V rows, k_new/v_new [n, Hkv, d] fp32, into a per-head layout of
@@ -279,6 +296,25 @@ class Backend {
   // (k_dst points at the first free row of head 0).
   virtual void AppendKv(const float* k_new, const float* v_new, int n, int num_kv_heads,
                         int head_dim, void* k_dst, void* v_dst, size_t dst_head_stride) = 0;
+  // AppendKv for several sequences of one forward step in one call: sequence i's n rows are rows
+  // [row0, row0 + n) of k_new/v_new [T, Hkv, d] and go to its k_dst/v_dst/dst_head_stride as
+  // AppendKv writes them. Sequences are listed in increasing row0, rows do not overlap. Default:
+  // one AppendKv each; a device backend does them in one launch.
+  struct KvAppend {
+    void* k_dst = nullptr;
+    void* v_dst = nullptr;
+    size_t dst_head_stride = 0;
+    int row0 = 0;
+    int n = 0;
+  };
+  virtual void AppendKvBatch(const float* k_new, const float* v_new, int num_kv_heads, int head_dim,
+                             std::span<const KvAppend> seqs) {
+    const size_t row = static_cast<size_t>(num_kv_heads) * head_dim;
+    for (const KvAppend& s : seqs) {
+      AppendKv(k_new + s.row0 * row, v_new + s.row0 * row, s.n, num_kv_heads, head_dim, s.k_dst,
+               s.v_dst, s.dst_head_stride);
+    }
+  }
   // See AttentionParams.
   virtual void Attention(const AttentionParams& params) = 0;
   // The attention calls of one layer for several sequences (outputs do not overlap); a device

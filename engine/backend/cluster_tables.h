@@ -52,12 +52,12 @@ struct ClusterTables {
   }
 };
 
-// What a backend needs to select a step's fixed-context keys itself, on the device (the CUDA
-// centroid lookup): the context's index and the fine threshold tau, and for the hierarchical
-// mode the coarse threshold. Keeps what Select would: every cluster whose score exceeds tau
-// (hierarchical: among the fine clusters of the coarse clusters whose score exceeds
-// coarse_threshold, normalised among those), plus the sinks and the window.
-struct DeviceSelection {
+// A Squeezed Attention selection as plain data: the context's cluster tables, the fine threshold
+// tau and, for the hierarchical mode, the coarse threshold. Keeps every cluster whose score
+// exceeds tau (hierarchical: among the fine clusters of the coarse clusters whose score exceeds
+// coarse_threshold, normalised among those), plus the sinks and the window; tau = -inf keeps
+// every cluster and +inf none, both without scoring.
+struct SqueezedSelection {
   ClusterTables tables;
   float threshold = 0.0f;
   bool hierarchical = false;
@@ -70,9 +70,12 @@ struct KeyRange {
   int32_t size() const { return end - begin; }
 };
 
-// Key ranges kept for one layer: ranges[kv_head] lists that head's kept ranges.
+// Key ranges kept for one layer: ranges[kv_head] lists that head's kept ranges; hierarchical
+// selection also gives candidates[kv_head], the fine clusters under the kept coarse clusters
+// (empty otherwise).
 struct LayerSelection {
   std::vector<std::vector<KeyRange>> ranges;
+  std::vector<int32_t> candidates;
 };
 
 }  // namespace squeeze

@@ -1,5 +1,6 @@
-// config.json parsing for Llama-family models. Every lookup is type-checked before use, so no
-// nlohmann exception can escape; only json::parse can throw and it is caught here.
+// config.json parsing for the supported model families (config.h). Every lookup is type-checked
+// before use, so no nlohmann exception can escape; only json::parse can throw and it is caught
+// here.
 #include "engine/model/config.h"
 
 #include <cstdint>
@@ -8,6 +9,7 @@
 #include <optional>
 #include <sstream>
 #include <string_view>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -113,6 +115,21 @@ absl::StatusOr<std::string> OptionalString(const Obj& obj, std::string_view key)
   return v->get<std::string>();
 }
 
+// Architectures served by the one forward, with the model_type that names each when
+// 'architectures' is missing.
+constexpr std::pair<const char*, const char*> kArchitectures[] = {
+    {"LlamaForCausalLM", "llama"}, {"MistralForCausalLM", "mistral"}, {"Qwen2ForCausalLM", "qwen2"},
+    {"Qwen3ForCausalLM", "qwen3"}, {"Phi3ForCausalLM", "phi3"},
+};
+
+std::string SupportedList(bool model_types) {
+  std::string out;
+  for (const auto& [arch, type] : kArchitectures) {
+    absl::StrAppend(&out, out.empty() ? "" : ", ", model_types ? type : arch);
+  }
+  return out;
+}
+
 absl::StatusOr<std::string> ParseArchitecture(const Obj& top) {
   std::string arch;
   if (const json* archs = top.Get("architectures"); archs != nullptr) {
@@ -122,34 +139,114 @@ absl::StatusOr<std::string> ParseArchitecture(const Obj& top) {
     arch = (*archs)[0].get<std::string>();
   } else {
     ASSIGN_OR_RETURN(std::string model_type, OptionalString(top, "model_type"));
-    if (model_type == "llama") {
-      arch = "LlamaForCausalLM";
-    } else if (model_type == "mistral") {
-      arch = "MistralForCausalLM";
-    } else if (model_type.empty()) {
+    if (model_type.empty()) {
       return absl::InvalidArgumentError(
           "config has neither 'architectures' nor 'model_type'; cannot tell the model family");
-    } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unsupported model_type '", model_type, "' (supported: llama, mistral)"));
+    }
+    for (const auto& [a, type] : kArchitectures) {
+      if (model_type == type) arch = a;
+    }
+    if (arch.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("unsupported model_type '", model_type,
+                                                     "' (supported: ", SupportedList(true), ")"));
     }
   }
-  if (arch != "LlamaForCausalLM" && arch != "MistralForCausalLM") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "unsupported architecture '", arch,
-        "' in field 'architectures' (supported: LlamaForCausalLM, MistralForCausalLM)"));
+  for (const auto& [a, type] : kArchitectures) {
+    if (arch == a) return arch;
   }
-  return arch;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unsupported architecture '", arch,
+                   "' in field 'architectures' (supported: ", SupportedList(false), ")"));
+}
+
+absl::StatusOr<std::optional<bool>> OptionalBool(const Obj& obj, std::string_view key) {
+  const json* v = obj.Get(key);
+  if (v == nullptr) return std::nullopt;
+  if (!v->is_boolean()) return WrongType(obj, key, "true or false", *v);
+  return v->get<bool>();
+}
+
+// A list of exactly `n` positive finite numbers (longrope's factors).
+absl::StatusOr<std::vector<float>> PositiveFloatList(const Obj& obj, std::string_view key, int n) {
+  const json* v = obj.Get(key);
+  if (v == nullptr) return Missing(obj, key);
+  if (!v->is_array()) return WrongType(obj, key, "a list of numbers", *v);
+  if (v->size() != static_cast<size_t>(n)) {
+    return absl::InvalidArgumentError(absl::StrCat("config field '", obj.Name(key), "' has ",
+                                                   v->size(),
+                                                   " entries, expected head_dim / 2 = ", n));
+  }
+  std::vector<float> out;
+  for (const json& x : *v) {
+    if (!x.is_number() || !(x.get<double>() > 0.0) ||
+        x.get<double>() > std::numeric_limits<float>::max()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "config field '", obj.Name(key), "' must hold positive numbers, got ", x.dump()));
+    }
+    out.push_back(static_cast<float>(x.get<double>()));
+  }
+  return out;
+}
+
+absl::Status ParseYarn(const Obj& rope, const ModelConfig& c, RopeScaling& s) {
+  ASSIGN_OR_RETURN(s.factor, PositiveFloat(rope, "factor"));
+  ASSIGN_OR_RETURN(
+      s.original_max_position_embeddings,
+      PositiveInt(rope, "original_max_position_embeddings", c.max_position_embeddings));
+  ASSIGN_OR_RETURN(s.beta_fast, PositiveFloat(rope, "beta_fast", 32.0f));
+  ASSIGN_OR_RETURN(s.beta_slow, PositiveFloat(rope, "beta_slow", 1.0f));
+  ASSIGN_OR_RETURN(s.mscale, PositiveFloat(rope, "mscale", 0.0f));
+  ASSIGN_OR_RETURN(s.mscale_all_dim, PositiveFloat(rope, "mscale_all_dim", 0.0f));
+  ASSIGN_OR_RETURN(s.attention_factor, PositiveFloat(rope, "attention_factor", -1.0f));
+  ASSIGN_OR_RETURN(std::optional<bool> truncate, OptionalBool(rope, "truncate"));
+  s.truncate = truncate.value_or(true);
+  return absl::OkStatus();
+}
+
+// LongRoPE as transformers reads Phi-3: the pre-training length is
+// original_max_position_embeddings (in the RoPE block or, in Phi-3 configs, at the top level);
+// with it, the scaling factor is max_position_embeddings / original, else `factor` (default 1)
+// over max_position_embeddings.
+absl::Status ParseLongRope(const Obj& rope, const Obj& top, const ModelConfig& c, RopeScaling& s) {
+  const int half = c.head_dim / 2;
+  ASSIGN_OR_RETURN(s.short_factor, PositiveFloatList(rope, "short_factor", half));
+  ASSIGN_OR_RETURN(s.long_factor, PositiveFloatList(rope, "long_factor", half));
+  ASSIGN_OR_RETURN(std::optional<int> original,
+                   OptionalInt(rope, "original_max_position_embeddings"));
+  if (!original.has_value()) {
+    ASSIGN_OR_RETURN(original, OptionalInt(top, "original_max_position_embeddings"));
+  }
+  if (original.has_value()) {
+    if (*original <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "config field 'original_max_position_embeddings' must be positive, got ", *original));
+    }
+    s.original_max_position_embeddings = *original;
+    s.factor = static_cast<float>(static_cast<double>(c.max_position_embeddings) / *original);
+  } else {
+    s.original_max_position_embeddings = c.max_position_embeddings;
+    ASSIGN_OR_RETURN(s.factor, PositiveFloat(rope, "factor", 1.0f));
+  }
+  ASSIGN_OR_RETURN(s.attention_factor, PositiveFloat(rope, "attention_factor", -1.0f));
+  s.max_position_embeddings = c.max_position_embeddings;
+  return absl::OkStatus();
 }
 
 // Parses the scaling part of `rope_scaling` (transformers 4) or `rope_parameters` (5). The type
 // is under "rope_type" (newer) or "type" (older); "rope_type" wins when both are present.
-absl::StatusOr<RopeScaling> ParseRopeScaling(const Obj& rope, bool type_required) {
+absl::StatusOr<RopeScaling> ParseRopeScaling(const Obj& rope, const Obj& top, const ModelConfig& c,
+                                             bool type_required) {
   const char* type_key = rope.Get("rope_type") != nullptr ? "rope_type" : "type";
   ASSIGN_OR_RETURN(std::string type, OptionalString(rope, type_key));
   if (type.empty()) {
     if (type_required) return Missing(rope, "rope_type");
     type = "default";
+  }
+  ASSIGN_OR_RETURN(float partial, PositiveFloat(rope, "partial_rotary_factor", 1.0f));
+  if (partial != 1.0f) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config field '", rope.Name("partial_rotary_factor"), "' is ", partial,
+                     "; only full rotary embeddings (1.0) are supported"));
   }
   RopeScaling scaling;
   if (type == "default") return scaling;
@@ -174,30 +271,89 @@ absl::StatusOr<RopeScaling> ParseRopeScaling(const Obj& rope, bool type_required
     }
     return scaling;
   }
+  if (type == "yarn") {
+    scaling.type = RopeType::kYarn;
+    RETURN_IF_ERROR(ParseYarn(rope, c, scaling));
+    return scaling;
+  }
+  if (type == "longrope") {
+    scaling.type = RopeType::kLongRope;
+    RETURN_IF_ERROR(ParseLongRope(rope, top, c, scaling));
+    return scaling;
+  }
   const std::string field = rope.prefix.substr(0, rope.prefix.size() - 1);  // drop the '.'
-  return absl::InvalidArgumentError(absl::StrCat("unsupported ", field, " type '", type,
-                                                 "' (supported: default, linear, llama3)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unsupported ", field, " type '", type,
+                   "' (supported: default, linear, llama3, yarn, longrope)"));
 }
 
-// Fills rope_theta and rope_scaling from either layout; `rope_parameters` takes priority.
+// Fills rope_theta and rope_scaling from either layout; `rope_parameters` takes priority. Needs
+// head_dim and max_position_embeddings already parsed.
 absl::Status ParseRope(const Obj& top, ModelConfig& config) {
   ASSIGN_OR_RETURN(config.rope_theta, PositiveFloat(top, "rope_theta", 10000.0f));
+  // Phi-3 and others may give it at the top level.
+  ASSIGN_OR_RETURN(float partial, PositiveFloat(top, "partial_rotary_factor", 1.0f));
+  if (partial != 1.0f) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config field 'partial_rotary_factor' is ", partial,
+                     "; only full rotary embeddings (1.0) are supported"));
+  }
   if (const json* params = top.Get("rope_parameters"); params != nullptr) {
     if (!params->is_object()) return WrongType(top, "rope_parameters", "an object", *params);
     const Obj rope{*params, "rope_parameters."};
     if (rope.Get("rope_type") == nullptr && rope.Get("rope_theta") == nullptr && !params->empty() &&
         params->begin()->is_object()) {
       return absl::InvalidArgumentError(
-          "per-layer-type 'rope_parameters' (an object of objects) are not supported for Llama");
+          "per-layer-type 'rope_parameters' (an object of objects) are not supported");
     }
     ASSIGN_OR_RETURN(config.rope_theta, PositiveFloat(rope, "rope_theta", config.rope_theta));
-    ASSIGN_OR_RETURN(config.rope_scaling, ParseRopeScaling(rope, /*type_required=*/false));
-    return absl::OkStatus();
-  }
-  if (const json* scaling = top.Get("rope_scaling"); scaling != nullptr) {
-    if (!scaling->is_object()) return WrongType(top, "rope_scaling", "an object or null", *scaling);
     ASSIGN_OR_RETURN(config.rope_scaling,
-                     ParseRopeScaling(Obj{*scaling, "rope_scaling."}, /*type_required=*/true));
+                     ParseRopeScaling(rope, top, config, /*type_required=*/false));
+  } else if (const json* scaling = top.Get("rope_scaling"); scaling != nullptr) {
+    if (!scaling->is_object()) return WrongType(top, "rope_scaling", "an object or null", *scaling);
+    ASSIGN_OR_RETURN(config.rope_scaling, ParseRopeScaling(Obj{*scaling, "rope_scaling."}, top,
+                                                           config, /*type_required=*/true));
+  }
+  const RopeScaling& s = config.rope_scaling;
+  if (s.type == RopeType::kYarn) {
+    // The window YaRN extends the pre-training length to.
+    const double extended = static_cast<double>(s.original_max_position_embeddings) * s.factor;
+    if (extended > config.max_position_embeddings && extended < (1 << 30)) {
+      config.max_position_embeddings = static_cast<int>(extended);
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The attention block layout of each family (biases, q/k norms, fused weights), and the
+// settings of the family the forward does not implement.
+absl::Status ParseLayout(const Obj& top, ModelConfig& c) {
+  ASSIGN_OR_RETURN(std::string act, OptionalString(top, "hidden_act"));
+  if (!act.empty() && act != "silu") {
+    return absl::InvalidArgumentError(absl::StrCat("config field 'hidden_act' is '", act,
+                                                   "'; only 'silu' (SwiGLU) is supported"));
+  }
+  ASSIGN_OR_RETURN(std::optional<bool> mlp_bias, OptionalBool(top, "mlp_bias"));
+  if (mlp_bias.value_or(false)) {
+    return absl::InvalidArgumentError(
+        "config field 'mlp_bias' is true; MLP biases are not supported");
+  }
+  const std::string& arch = c.architecture;
+  if (arch == "LlamaForCausalLM" || arch == "Qwen3ForCausalLM") {
+    ASSIGN_OR_RETURN(std::optional<bool> bias, OptionalBool(top, "attention_bias"));
+    c.qkv_bias = c.o_bias = bias.value_or(false);
+  }
+  if (arch == "Qwen2ForCausalLM") c.qkv_bias = true;
+  if (arch == "Qwen3ForCausalLM") c.qk_norm = true;
+  if (arch == "Phi3ForCausalLM") c.fused_qkv = true;
+  if (arch == "Qwen2ForCausalLM" || arch == "Qwen3ForCausalLM") {
+    // Qwen's sliding window applies only when switched on (to layers >= max_window_layers).
+    ASSIGN_OR_RETURN(std::optional<bool> sliding, OptionalBool(top, "use_sliding_window"));
+    if (sliding.value_or(false)) {
+      return absl::InvalidArgumentError(
+          "config field 'use_sliding_window' is true; sliding-window attention is not supported "
+          "(attention is always full)");
+    }
   }
   return absl::OkStatus();
 }
@@ -271,6 +427,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text) {
   }
 
   RETURN_IF_ERROR(ParseRope(top, c));
+  RETURN_IF_ERROR(ParseLayout(top, c));
 
   if (const json* tie = top.Get("tie_word_embeddings"); tie != nullptr) {
     if (!tie->is_boolean()) return WrongType(top, "tie_word_embeddings", "true or false", *tie);
@@ -282,8 +439,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text) {
   if (c.torch_dtype.empty()) {
     ASSIGN_OR_RETURN(c.torch_dtype, OptionalString(top, "torch_dtype"));
   }
-  // Mistral's `sliding_window` is deliberately ignored: contexts are bounded by
-  // max_position_embeddings elsewhere, and attention stays full.
+  // Mistral's and Phi-3's `sliding_window` is deliberately ignored: contexts are bounded by
+  // max_position_embeddings elsewhere, and attention stays full (exact up to the window).
   return c;
 }
 

@@ -66,6 +66,13 @@ absl::Status ValidateWeights(const ModelConfig& c, const LlamaWeights& w) {
     RETURN_IF_ERROR(CheckShape(lw.wk, kv_dim, D, p + "self_attn.k_proj.weight"));
     RETURN_IF_ERROR(CheckShape(lw.wv, kv_dim, D, p + "self_attn.v_proj.weight"));
     RETURN_IF_ERROR(CheckShape(lw.wo, D, q_dim, p + "self_attn.o_proj.weight"));
+    const size_t bias = c.qkv_bias ? 1 : 0, o_bias = c.o_bias ? 1 : 0, norm = c.qk_norm ? 1 : 0;
+    RETURN_IF_ERROR(CheckShape(lw.bq, bias, q_dim, p + "self_attn.q_proj.bias"));
+    RETURN_IF_ERROR(CheckShape(lw.bk, bias, kv_dim, p + "self_attn.k_proj.bias"));
+    RETURN_IF_ERROR(CheckShape(lw.bv, bias, kv_dim, p + "self_attn.v_proj.bias"));
+    RETURN_IF_ERROR(CheckShape(lw.bo, o_bias, D, p + "self_attn.o_proj.bias"));
+    RETURN_IF_ERROR(CheckShape(lw.q_norm, norm, c.head_dim, p + "self_attn.q_norm.weight"));
+    RETURN_IF_ERROR(CheckShape(lw.k_norm, norm, c.head_dim, p + "self_attn.k_norm.weight"));
     RETURN_IF_ERROR(CheckShape(lw.mlp_norm, 1, D, p + "post_attention_layernorm.weight"));
     RETURN_IF_ERROR(CheckShape(lw.w_gate, I, D, p + "mlp.gate_proj.weight"));
     RETURN_IF_ERROR(CheckShape(lw.w_up, I, D, p + "mlp.up_proj.weight"));
@@ -74,6 +81,30 @@ absl::Status ValidateWeights(const ModelConfig& c, const LlamaWeights& w) {
   RETURN_IF_ERROR(CheckShape(w.final_norm, 1, D, "model.norm.weight"));
   RETURN_IF_ERROR(CheckShape(w.lm_head, V, D, "lm_head.weight"));
   return absl::OkStatus();
+}
+
+// transformers multiplies cos and sin by the RoPE attention factor (YaRN, LongRoPE), i.e. q and k
+// after RoPE. RoPE is linear, so the same scale applied before it is exact: it is folded into
+// the per-head q/k norm gains when the model has them (their output is what RoPE rotates), else
+// into the q and k projections and their biases. Keys are then stored exactly as transformers
+// computes them, and every consumer of q and k (attention, clustering, selection) sees them.
+void FoldRopeAttentionFactor(const ModelConfig& c, LlamaWeights& w) {
+  const float f = RopeAttentionFactor(c.rope_scaling);
+  if (f == 1.0f) return;
+  auto scale = [f](std::vector<float>& v) {
+    for (float& x : v) x *= f;
+  };
+  for (LayerWeights& l : w.layers) {
+    if (c.qk_norm) {
+      scale(l.q_norm);
+      scale(l.k_norm);
+    } else {
+      scale(l.wq);
+      scale(l.bq);
+      scale(l.wk);
+      scale(l.bk);
+    }
+  }
 }
 
 bool SameShape(const KvShape& a, const KvShape& b) {
@@ -236,38 +267,6 @@ void CaptureQueries(Backend& be, int layer, const float* q, const int32_t* posit
   }
 }
 
-// Fills `keys` with the fixed-context part of one step's attention at `layer`: the selector's
-// ranges, or every row when the step has no selector. Checks what the selector returned.
-// `q_host` is the step's queries [n, Hq, d] in host memory (the selector runs on the host).
-absl::Status FixedContextKeys(const SequenceStep& s, int layer, const ContextKvView& view,
-                              DType dtype, const float* q_host, int n, LayerSelection* selection,
-                              AttentionKeys* keys) {
-  const ContextKV& ctx = *s.context;
-  const int S = ctx.num_tokens, Hkv = ctx.shape.num_kv_heads, d = ctx.shape.head_dim;
-  const size_t offset = ctx.Offset(layer, 0, 0) * DTypeBytes(dtype);
-  keys->kv = {static_cast<const char*>(view.k) + offset, static_cast<const char*>(view.v) + offset,
-              static_cast<size_t>(S) * d, S, dtype};
-  if (s.fixed == nullptr) return absl::OkStatus();  // empty ranges = every row (dense)
-
-  s.fixed->Select(layer, q_host, n, selection);
-  if (selection->ranges.size() != static_cast<size_t>(Hkv)) {
-    return absl::InternalError(absl::StrCat("fixed-context selection for layer ", layer,
-                                            " returned ", selection->ranges.size(),
-                                            " KV heads, expected ", Hkv));
-  }
-  for (int h = 0; h < Hkv; ++h) {
-    for (const KeyRange& r : selection->ranges[h]) {
-      if (r.begin < 0 || r.begin > r.end || r.end > S) {
-        return absl::InternalError(absl::StrCat("fixed-context selection for layer ", layer,
-                                                ", KV head ", h, " returned rows [", r.begin, ", ",
-                                                r.end, ") outside the context's [0, ", S, ")"));
-      }
-    }
-  }
-  keys->ranges = selection->ranges;
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 LlamaModel::LlamaModel(ModelConfig config, LlamaWeights weights, std::unique_ptr<Backend> backend)
@@ -279,6 +278,7 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(ModelConfig confi
   if (backend == nullptr) return absl::InvalidArgumentError("LlamaModel needs a backend");
   RETURN_IF_ERROR(ValidateConfig(config));
   RETURN_IF_ERROR(ValidateWeights(config, weights));
+  FoldRopeAttentionFactor(config, weights);
   std::unique_ptr<LlamaModel> model(
       new LlamaModel(std::move(config), std::move(weights), std::move(backend)));
   RETURN_IF_ERROR(model->UploadInvFreq());
@@ -332,6 +332,18 @@ absl::Status LlamaModel::Upload() {
     ASSIGN_OR_RETURN(r.wk, matrix(h.wk, kv_dim, D));
     ASSIGN_OR_RETURN(r.wv, matrix(h.wv, kv_dim, D));
     ASSIGN_OR_RETURN(r.wo, matrix(h.wo, D, q_dim));
+    if (c.qkv_bias) {
+      ASSIGN_OR_RETURN(r.bq, vector(h.bq));
+      ASSIGN_OR_RETURN(r.bk, vector(h.bk));
+      ASSIGN_OR_RETURN(r.bv, vector(h.bv));
+    }
+    if (c.o_bias) {
+      ASSIGN_OR_RETURN(r.bo, vector(h.bo));
+    }
+    if (c.qk_norm) {
+      ASSIGN_OR_RETURN(r.q_norm, vector(h.q_norm));
+      ASSIGN_OR_RETURN(r.k_norm, vector(h.k_norm));
+    }
     ASSIGN_OR_RETURN(r.mlp_norm, vector(h.mlp_norm));
     ASSIGN_OR_RETURN(r.gate, matrix(h.w_gate, I, D));
     ASSIGN_OR_RETURN(r.up, matrix(h.w_up, I, D));
@@ -360,10 +372,11 @@ absl::Status LlamaModel::MakeRandom(uint64_t seed) {
     weight_bytes_ += static_cast<size_t>(rows) * cols * DTypeBytes(m.dtype);
     return m;
   };
-  auto gain = [&]() -> absl::StatusOr<const float*> {
-    weight_bytes_ += static_cast<size_t>(D) * sizeof(float);
-    return be.RandomVector(D, seed * 1000003 + ++stream, 1.0f, 0.05f);
+  auto vector = [&](int n, float mean, float stddev) -> absl::StatusOr<const float*> {
+    weight_bytes_ += static_cast<size_t>(n) * sizeof(float);
+    return be.RandomVector(n, seed * 1000003 + ++stream, mean, stddev);
   };
+  auto gain = [&]() { return vector(D, 1.0f, 0.05f); };
   ASSIGN_OR_RETURN(w_.embed, matrix(V, D));
   w_.layers.resize(c.num_layers);
   for (ResidentLayer& r : w_.layers) {
@@ -372,6 +385,18 @@ absl::Status LlamaModel::MakeRandom(uint64_t seed) {
     ASSIGN_OR_RETURN(r.wk, matrix(kv_dim, D));
     ASSIGN_OR_RETURN(r.wv, matrix(kv_dim, D));
     ASSIGN_OR_RETURN(r.wo, matrix(D, q_dim));
+    if (c.qkv_bias) {
+      ASSIGN_OR_RETURN(r.bq, vector(q_dim, 0.0f, 0.1f));
+      ASSIGN_OR_RETURN(r.bk, vector(kv_dim, 0.0f, 0.1f));
+      ASSIGN_OR_RETURN(r.bv, vector(kv_dim, 0.0f, 0.1f));
+    }
+    if (c.o_bias) {
+      ASSIGN_OR_RETURN(r.bo, vector(D, 0.0f, 0.1f));
+    }
+    if (c.qk_norm) {
+      ASSIGN_OR_RETURN(r.q_norm, vector(c.head_dim, 1.0f, 0.05f));
+      ASSIGN_OR_RETURN(r.k_norm, vector(c.head_dim, 1.0f, 0.05f));
+    }
     ASSIGN_OR_RETURN(r.mlp_norm, gain());
     ASSIGN_OR_RETURN(r.gate, matrix(I, D));
     ASSIGN_OR_RETURN(r.up, matrix(I, D));
@@ -421,17 +446,22 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
   }
   const float* inv_freq = w_.inv_freq;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  // One layer's attention calls, issued together (a device backend batches what it can).
-  std::vector<LayerSelection> selections(steps.size());
+  // One layer's attention calls, issued together (a device backend batches what it can), and
+  // what the backend kept of each selected context: [step][layer][kv head], -1 where nothing
+  // was selected (no selector, or not hierarchical for the candidates).
   std::vector<AttentionParams> calls(steps.size());
-  device_kept_.assign(steps.size() * L * Hkv, -1);        // -1: no device selection there
-  device_candidates_.assign(steps.size() * L * Hkv, -1);  // -1: not hierarchical
-  // Each step's fixed context in backend memory (uploaded once per context by device backends).
+  std::vector<Backend::KvAppend> appends(steps.size());
+  kept_rows_.assign(steps.size() * L * Hkv, -1);
+  candidates_.assign(steps.size() * L * Hkv, -1);
+  // Each step's fixed context in backend memory (made resident once per context by device
+  // backends) and its selector's policy for the step.
   std::vector<ContextKvView> context_views(steps.size());
+  std::vector<ContextAttentionPolicy> policies(steps.size());
   for (size_t i = 0; i < steps.size(); ++i) {
     if (steps[i].context != nullptr && steps[i].context->num_tokens > 0) {
       ASSIGN_OR_RETURN(context_views[i], be.ResidentContextKv(*steps[i].context));
     }
+    if (steps[i].fixed != nullptr) policies[i] = steps[i].fixed->policy();
   }
 
   be.Embed(w_.embed, a.tokens, T, a.x);
@@ -441,19 +471,34 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
     // Attention block: x += o_proj(attention(rope(q), rope(k), v)), GEMMs over all T tokens.
     const Backend::MatMulOutput qkv[] = {{&lw.wq, a.q}, {&lw.wk, a.k}, {&lw.wv, a.v}};
     be.NormMatMuls(a.x, lw.attn_norm, eps, a.h, T, qkv);
+    if (lw.bq != nullptr) {  // Qwen2
+      be.AddBias(a.q, lw.bq, T, q_dim);
+      be.AddBias(a.k, lw.bk, T, kv_dim);
+      be.AddBias(a.v, lw.bv, T, kv_dim);
+    }
+    if (lw.q_norm != nullptr) {  // Qwen3: RMSNorm of every head's q and k, rows [T*H, d]
+      be.RmsNorm(a.q, lw.q_norm, a.q, T * Hq, d, eps);
+      be.RmsNorm(a.k, lw.k_norm, a.k, T * Hkv, d, eps);
+    }
     be.RopeQK(a.q, Hq, a.k, Hkv, a.positions, T, d, inv_freq);
 
-    // Attention per sequence: its new K/V join its dynamic KV, then its queries attend to the
-    // fixed context and, causally, to the dynamic KV.
+    // Every sequence's new K/V joins its dynamic KV (one call for the step); then its queries
+    // attend to the fixed context and, causally, to the dynamic KV.
+    for (size_t i = 0; i < steps.size(); ++i) {
+      SequenceKV& kv = *steps[i].kv;
+      const int past = kv.length();  // this step's tokens are committed after the last layer
+      appends[i] = {kv.key_data(l, 0, past), kv.value_data(l, 0, past),
+                    static_cast<size_t>(kv.capacity()) * d, plan.offset[i],
+                    static_cast<int>(steps[i].tokens.size())};
+    }
+    be.AppendKvBatch(a.k, a.v, Hkv, d, appends);
     for (size_t i = 0; i < steps.size(); ++i) {
       SequenceStep& s = steps[i];
       const int n = static_cast<int>(s.tokens.size());
       const size_t row = plan.offset[i];
       SequenceKV& kv = *s.kv;
-      const int past = kv.length();  // this step's tokens are committed after the last layer
+      const int past = kv.length();
       const size_t kv_head_stride = static_cast<size_t>(kv.capacity()) * d;
-      be.AppendKv(a.k + row * kv_dim, a.v + row * kv_dim, n, Hkv, d, kv.key_data(l, 0, past),
-                  kv.value_data(l, 0, past), kv_head_stride);
       if (s.capture != nullptr) {
         CaptureQueries(be, l, a.q + row * q_dim, &plan.positions[row], n, q_dim, s.capture);
       }
@@ -462,31 +507,19 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
       p.shape = {n, Hq, Hkv, d, scale};
       p.q = a.q + row * q_dim;
       p.out = a.att + row * q_dim;
-      std::optional<DeviceSelection> device_select;
-      if (s.fixed != nullptr && be.selects_on_device()) {
-        device_select = s.fixed->device_selection();
-      }
-      if (device_select && s.context != nullptr && s.context->num_tokens > 0) {
-        // The backend selects on the device; its kept rows reach the selector after the step.
+      if (s.context != nullptr && s.context->num_tokens > 0) {
         const ContextKV& ctx = *s.context;
         const size_t offset = ctx.Offset(l, 0, 0) * DTypeBytes(be.kv_dtype());
         p.fixed.kv = {static_cast<const char*>(context_views[i].k) + offset,
                       static_cast<const char*>(context_views[i].v) + offset,
                       static_cast<size_t>(ctx.num_tokens) * d, ctx.num_tokens, be.kv_dtype()};
-        p.fixed.device_selection = device_select;
-        p.fixed.layer = l;
-        p.fixed.kept_rows = &device_kept_[(i * L + l) * Hkv];
-        p.fixed.candidates = &device_candidates_[(i * L + l) * Hkv];
-      } else if (s.context != nullptr && s.context->num_tokens > 0) {
-        // A key selector runs on the host: device backends copy the step's queries back.
-        const float* q_host = p.q;
-        if (s.fixed != nullptr && !be.host_memory()) {
-          q_host_.resize(static_cast<size_t>(n) * q_dim);
-          be.CopyToHost(q_host_.data(), p.q, sizeof(float) * q_host_.size());
-          q_host = q_host_.data();
+        if (s.fixed != nullptr) {  // the backend selects; what it kept reaches the selector
+          p.fixed.selector = s.fixed;
+          p.fixed.policy = policies[i];
+          p.fixed.layer = l;
+          p.fixed.kept_rows = &kept_rows_[(i * L + l) * Hkv];
+          p.fixed.candidates = &candidates_[(i * L + l) * Hkv];
         }
-        RETURN_IF_ERROR(FixedContextKeys(s, l, context_views[i], be.kv_dtype(), q_host, n,
-                                         &selections[i], &p.fixed));
       }
       p.dynamic.kv = {kv.key_data(l, 0, 0), kv.value_data(l, 0, 0), kv_head_stride, past + n,
                       kv.dtype()};
@@ -495,6 +528,7 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
     }
     be.AttentionBatch(calls);
     be.MatMul(a.att, lw.wo, a.x, T, /*accumulate=*/true);
+    if (lw.bo != nullptr) be.AddBias(a.x, lw.bo, T, D);
 
     // MLP block: x += down(silu(gate(h)) * up(h)).
     const Backend::MatMulOutput gate_up[] = {{&lw.gate, a.gate}, {&lw.up, a.up}};
@@ -511,27 +545,27 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
   }
   settled = true;
   RETURN_IF_ERROR(be.Synchronize());
-  // Device-side selections of this step, now written: into each selector's statistics.
+  // What the backend kept of each selected context, now written: into the selectors.
   for (size_t i = 0; i < steps.size(); ++i) {
     if (steps[i].fixed == nullptr) continue;
     for (int l = 0; l < L; ++l) {
-      const std::span<const int32_t> kept(&device_kept_[(i * L + l) * Hkv], Hkv);
-      const std::span<const int32_t> candidates(&device_candidates_[(i * L + l) * Hkv], Hkv);
+      const std::span<const int32_t> kept(&kept_rows_[(i * L + l) * Hkv], Hkv);
+      const std::span<const int32_t> candidates(&candidates_[(i * L + l) * Hkv], Hkv);
       if (kept[0] >= 0) {
-        steps[i].fixed->RecordDeviceSelection(
-            l, kept, candidates[0] >= 0 ? candidates : std::span<const int32_t>());
+        steps[i].fixed->Record(l, kept,
+                               candidates[0] >= 0 ? candidates : std::span<const int32_t>());
       }
     }
   }
 
   for (SequenceStep& s : steps) s.kv->Commit(static_cast<int>(s.tokens.size()));
-  // Sampling on the device when every logits row has a job (rows in step order).
+  // Sampled by the backend when every logits row has a job (rows in step order): a device
+  // backend sends back only the tokens and requested logprobs.
   std::vector<SampleJob*> jobs;
   for (const SequenceStep& s : steps) {
     if (s.want_logits) jobs.push_back(s.sample);
   }
-  if (be.samples_on_device() && !jobs.empty() &&
-      std::find(jobs.begin(), jobs.end(), nullptr) == jobs.end()) {
+  if (!jobs.empty() && std::find(jobs.begin(), jobs.end(), nullptr) == jobs.end()) {
     return be.SampleRows(a.logits, V, jobs);
   }
   for (size_t i = 0, li = 0; i < steps.size(); ++i) {

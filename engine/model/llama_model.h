@@ -1,4 +1,6 @@
-// The Llama-family forward pass, written once against the Backend interface.
+// The forward pass of every supported family (Llama, Mistral, Qwen2, Qwen3, Phi-3), written once
+// against the Backend interface; the families differ only in optional parts of the attention
+// block (ModelConfig: biases, per-head q/k norms) and in their RoPE tables.
 #pragma once
 
 #include <cstdint>
@@ -8,8 +10,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "engine/attention/fixed_context.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/fixed_context.h"
 #include "engine/backend/kv_cache.h"
 #include "engine/model/config.h"
 #include "engine/model/weights.h"
@@ -26,16 +28,16 @@ struct SequenceStep {
   // Absolute position of tokens[0] = (context ? context->num_tokens : 0) + kv->length().
   bool want_logits = true;          // logits of the last new token
   QueryCapture* capture = nullptr;  // optional
-  // With want_logits, optional: choose the next token from the logits. On a backend that
-  // samples on the device (and when every step that wants logits has a job) the logits stay
-  // there and only the job's results come back; otherwise the logits are copied out and the
-  // job is left for the caller (sample->token stays -1).
+  // With want_logits, optional: choose the next token from the logits. When every step that
+  // wants logits has a job, the backend samples (on a device backend the logits stay there and
+  // only the job's results come back); otherwise the logits are copied out and the job is left
+  // for the caller (sample->token stays -1).
   SampleJob* sample = nullptr;
 };
 
 struct ForwardOutput {
   // logits[i] = logits (V floats) of the last token of step i when want_logits, else empty;
-  // also empty when step i's token was sampled on the device.
+  // also empty when the backend sampled step i's token.
   std::vector<std::vector<float>> logits;
 };
 
@@ -48,7 +50,8 @@ class LlamaModel {
                                                             std::unique_ptr<Backend> backend);
   // Random weights made by the backend itself, for benchmarks at real sizes (an 8B model's
   // weights never exist on the host): matrices N(0, 1/in_features), norm gains 1 + N(0, 0.05^2),
-  // deterministic in `seed`.
+  // biases N(0, 0.1^2), deterministic in `seed`. (No RoPE attention factor is folded in: random
+  // weights have no scale to preserve.)
   static absl::StatusOr<std::unique_ptr<LlamaModel>> CreateRandom(ModelConfig config,
                                                                   std::unique_ptr<Backend> backend,
                                                                   uint64_t seed);
@@ -74,6 +77,14 @@ class LlamaModel {
     const float* attn_norm = nullptr;
     const float* mlp_norm = nullptr;
     Matrix wq, wk, wv, wo, gate, up, down;
+    // Optional parts (null when the config has none): q/k/v biases [Hq*d], [Hkv*d], [Hkv*d],
+    // o bias [D], per-head q/k norm gains [d].
+    const float* bq = nullptr;
+    const float* bk = nullptr;
+    const float* bv = nullptr;
+    const float* bo = nullptr;
+    const float* q_norm = nullptr;
+    const float* k_norm = nullptr;
   };
   struct Resident {
     Matrix embed, lm_head;
@@ -93,9 +104,8 @@ class LlamaModel {
   std::vector<float> rope_inv_freq_;  // [d/2], scaling applied
   Resident w_;
   size_t weight_bytes_ = 0;
-  std::vector<float> q_host_;         // queries copied to the host for a host-side key selector
-  std::vector<int32_t> device_kept_;  // [step][layer][kv head] rows kept by device selection
-  std::vector<int32_t> device_candidates_;  // [step][layer][kv head] hierarchical candidates
+  std::vector<int32_t> kept_rows_;   // [step][layer][kv head] rows the backend kept
+  std::vector<int32_t> candidates_;  // [step][layer][kv head] hierarchical candidates
 };
 
 }  // namespace squeeze

@@ -26,6 +26,13 @@ std::vector<float> NormGain(NormalSource& rng, int dim) {
   return g;
 }
 
+// Biases N(0, 0.1^2).
+std::vector<float> Bias(NormalSource& rng, int dim) {
+  std::vector<float> b(dim);
+  for (float& x : b) x = static_cast<float>(0.1 * rng.Next());
+  return b;
+}
+
 }  // namespace
 
 LlamaWeights RandomLlamaWeights(const ModelConfig& config, uint64_t seed) {
@@ -43,6 +50,16 @@ LlamaWeights RandomLlamaWeights(const ModelConfig& config, uint64_t seed) {
     layer.wk = Matrix(rng, kv_dim, D);
     layer.wv = Matrix(rng, kv_dim, D);
     layer.wo = Matrix(rng, D, q_dim);
+    if (config.qkv_bias) {
+      layer.bq = Bias(rng, q_dim);
+      layer.bk = Bias(rng, kv_dim);
+      layer.bv = Bias(rng, kv_dim);
+    }
+    if (config.o_bias) layer.bo = Bias(rng, D);
+    if (config.qk_norm) {
+      layer.q_norm = NormGain(rng, config.head_dim);
+      layer.k_norm = NormGain(rng, config.head_dim);
+    }
     layer.mlp_norm = NormGain(rng, D);
     layer.w_gate = Matrix(rng, I, D);
     layer.w_up = Matrix(rng, I, D);

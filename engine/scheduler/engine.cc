@@ -77,11 +77,13 @@ double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
 }  // namespace
 
 Engine::Engine(EngineOptions options, std::unique_ptr<LlamaModel> model,
-               std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<ContextStore> store)
+               std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<ContextStore> store,
+               absl::StatusOr<std::unique_ptr<ChatTemplate>> chat_template)
     : options_(options),
       model_(std::move(model)),
       tokenizer_(std::move(tokenizer)),
-      store_(std::move(store)) {}
+      store_(std::move(store)),
+      chat_(std::make_unique<ChatPrompts>(*tokenizer_, std::move(chat_template))) {}
 
 Engine::~Engine() { Shutdown(absl::ZeroDuration()); }
 
@@ -112,6 +114,11 @@ void Engine::Shutdown(absl::Duration grace) {
 absl::StatusOr<std::vector<int32_t>> Engine::Tokenize(const PromptInput& input,
                                                       bool add_bos) const {
   std::vector<int32_t> ids;
+  if (input.messages) {  // the chat template writes BOS itself
+    ASSIGN_OR_RETURN(ids, chat_->Conversation(*input.messages));
+    RETURN_IF_ERROR(CheckTokens(ids, model_config().vocab_size, "input"));
+    return ids;
+  }
   if (add_bos && tokenizer_->bos_id() >= 0) ids.push_back(tokenizer_->bos_id());
   if (input.token_ids) {
     ids.insert(ids.end(), input.token_ids->begin(), input.token_ids->end());
@@ -129,8 +136,23 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Register(RegisterRequest req
   if (faulted_.load()) return absl::UnavailableError("engine faulted; restart the server");
   auto reg = std::make_unique<Registration>();
   reg->start = absl::Now();
-  const bool add_bos = request.add_bos.value_or(request.content.text.has_value());
-  ASSIGN_OR_RETURN(reg->tokens, Tokenize(request.content, add_bos));
+  if (request.content.messages) {
+    return absl::InvalidArgumentError(
+        "register a chat document from content.text with chat_document set; messages are the "
+        "input of Generate");
+  }
+  if (request.chat_document) {
+    if (!request.content.text || request.add_bos) {
+      return absl::InvalidArgumentError(
+          "a chat document is registered from content.text, without add_bos (the chat "
+          "template writes BOS)");
+    }
+    ASSIGN_OR_RETURN(reg->tokens, chat_->Document(*request.content.text, *request.chat_document));
+    RETURN_IF_ERROR(CheckTokens(reg->tokens, model_config().vocab_size, "content"));
+  } else {
+    const bool add_bos = request.add_bos.value_or(request.content.text.has_value());
+    ASSIGN_OR_RETURN(reg->tokens, Tokenize(request.content, add_bos));
+  }
   reg->timings.tokenize_seconds = Seconds(absl::Now() - reg->start);
   const ModelConfig& cfg = model_config();
   const int S = static_cast<int>(reg->tokens.size());
@@ -207,12 +229,19 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
   auto seq = std::make_unique<Sequence>();
   seq->enqueued = absl::Now();
   if (!request.context.empty()) {
+    // Resident, or loaded from the shared store on first use (another replica registered it).
     ASSIGN_OR_RETURN(seq->context, store_->Get(request.tenant, request.context));
   }
   // Without a context the input is a whole prompt and starts with BOS; after a context it is a
-  // continuation.
-  ASSIGN_OR_RETURN(seq->input, Tokenize(request.input, /*add_bos=*/!seq->context &&
-                                                           request.input.text.has_value()));
+  // continuation (chat messages: of a context registered as a chat document).
+  if (seq->context && request.input.messages) {
+    ASSIGN_OR_RETURN(seq->input,
+                     chat_->Continuation(seq->context->tokens, *request.input.messages));
+    RETURN_IF_ERROR(CheckTokens(seq->input, cfg.vocab_size, "input"));
+  } else {
+    ASSIGN_OR_RETURN(seq->input, Tokenize(request.input, /*add_bos=*/!seq->context &&
+                                                             request.input.text.has_value()));
+  }
   if (seq->input.empty()) return absl::InvalidArgumentError("input is empty");
   const int64_t S = seq->context ? seq->context->summary.num_tokens : 0;
   const int64_t total = S + static_cast<int64_t>(seq->input.size()) + request.sampling.max_tokens;
@@ -299,7 +328,9 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
   }
   seq->detok = std::make_unique<StreamingDetokenizer>(*tokenizer_, prompt_is_blank);
   seq->stop = std::make_unique<StopMatcher>(sp.stop);
-  if (!sp.ignore_eos) {
+  if (!sp.ignore_eos && options_.eos_token_ids) {
+    seq->eos_ids = *options_.eos_token_ids;
+  } else if (!sp.ignore_eos) {
     seq->eos_ids = cfg.eos_token_ids;
     if (tokenizer_->eos_id() >= 0 && std::find(seq->eos_ids.begin(), seq->eos_ids.end(),
                                                tokenizer_->eos_id()) == seq->eos_ids.end()) {
@@ -324,19 +355,16 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
 
 absl::StatusOr<ContextSummary> Engine::GetContext(const std::string& tenant,
                                                   const std::string& name) const {
-  ASSIGN_OR_RETURN(auto c, store_->Get(tenant, name));
-  return c->summary;
+  return store_->Summary(tenant, name);
 }
 
 std::vector<ContextSummary> Engine::ListContexts(const std::string& tenant) const {
-  std::vector<ContextSummary> out;
-  for (const auto& c : store_->List(tenant)) out.push_back(c->summary);
-  return out;
+  return store_->List(tenant);
 }
 
-std::vector<ContextSummary> Engine::ListAllContexts() const {
+std::vector<ContextSummary> Engine::ResidentContexts() const {
   std::vector<ContextSummary> out;
-  for (const auto& c : store_->ListAll()) out.push_back(c->summary);
+  for (const auto& c : store_->Resident()) out.push_back(c->summary);
   return out;
 }
 

@@ -8,6 +8,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -17,6 +18,8 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/api/types.h"
+#include "engine/chat/chat_prompts.h"
+#include "engine/chat/chat_template.h"
 #include "engine/model/llama_model.h"
 #include "engine/store/context_store.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -33,6 +36,10 @@ struct EngineOptions {
   // runs in the same forward as their decode, so this bounds the gap between their tokens.
   int registration_chunk_while_decoding = 64;
   double default_budget = 0.1;  // kept fraction of clustered keys when a request gives none
+  // The tokens that end a generation (unless ignore_eos). Unset: the model config's
+  // eos_token_id and the tokenizer's EOS. The server resolves them from generation_config.json
+  // (engine/model/generation_config.h).
+  std::optional<std::vector<int32_t>> eos_token_ids;
 };
 
 // Counters for tests and metrics (monotonic unless noted).
@@ -63,8 +70,12 @@ class Engine {
   using GenerateCallback = std::function<void(GenerateEvent)>;
   using RegisterCallback = std::function<void(RegisterEvent)>;
 
+  // `chat_template` renders chat messages (PromptInput::messages, chat documents); without one
+  // (its status says why) such requests fail with FailedPrecondition and that reason.
   Engine(EngineOptions options, std::unique_ptr<LlamaModel> model,
-         std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<ContextStore> store);
+         std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<ContextStore> store,
+         absl::StatusOr<std::unique_ptr<ChatTemplate>> chat_template =
+             absl::NotFoundError("the server was started without a chat template"));
   ~Engine();
 
   void Start();
@@ -86,11 +97,13 @@ class Engine {
   absl::StatusOr<std::shared_ptr<WorkHandle>> Generate(GenerateRequest request,
                                                        GenerateCallback callback);
 
-  // Contexts belong to a tenant ("" without API keys); a tenant sees only its own.
+  // Contexts belong to a tenant ("" without API keys); a tenant sees only its own. With a shared
+  // store (ContextStore::SetSharedStore) these see every replica's contexts.
   absl::StatusOr<ContextSummary> GetContext(const std::string& tenant,
                                             const std::string& name) const;
   std::vector<ContextSummary> ListContexts(const std::string& tenant) const;
-  std::vector<ContextSummary> ListAllContexts() const;  // every tenant's (metrics)
+  // The contexts held in this replica's memory, every tenant's (metrics).
+  std::vector<ContextSummary> ResidentContexts() const;
   absl::Status DeleteContext(const std::string& tenant, const std::string& name);
   absl::StatusOr<std::vector<int32_t>> Tokenize(const PromptInput& input, bool add_bos) const;
 
@@ -120,6 +133,7 @@ class Engine {
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ContextStore> store_;
+  std::unique_ptr<ChatPrompts> chat_;
 
   mutable absl::Mutex mu_;
   absl::CondVar work_cv_;

@@ -1,8 +1,9 @@
 // The Squeezed Attention cluster score: the size-weighted softmax estimate of the attention
 // weight that ONE key of each cluster receives, averaged over a set of query rows. The same
 // routine serves offline calibration and online selection, so that selection with the
-// calibration queries reproduces the calibrated scores bit for bit; the CUDA centroid-lookup
-// kernel is checked against it.
+// calibration queries reproduces the calibrated scores bit for bit; the CUDA centroid lookup
+// and fused multi-query scores (kernels/squeeze/centroid_lookup.cuh, cluster_scores.cuh) are
+// checked against it.
 //
 // For a query row q (post-RoPE, d floats) and the clusters j of one (layer, KV head) with
 // centroids c_j ([d], raw-key means) and sizes N_j (keys in the cluster):

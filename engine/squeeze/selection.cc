@@ -75,66 +75,82 @@ SqueezedFixedContextAttention::SqueezedFixedContextAttention(const SqueezeIndex&
 void SqueezedFixedContextAttention::Select(int layer, const float* q, int n, LayerSelection* out) {
   const int Hkv = index_.num_kv_heads, S = index_.num_tokens;
   out->ranges.resize(Hkv);
+  out->candidates.clear();
   if (layer < 0 || layer >= index_.num_layers) {
     for (std::vector<KeyRange>& r : out->ranges) r.assign(1, KeyRange{0, S});
     return;
   }
-  ++steps_per_layer_[layer];
+  if (options_.hierarchical) out->candidates.assign(Hkv, 0);
   for (int h = 0; h < Hkv; ++h) {
     std::vector<KeyRange>& ranges = out->ranges[h];
     ranges.clear();
     AddRange(0, index_.sinks, &ranges);
-    const int64_t scored = SelectHead(layer, h, q, n, &ranges);
+    const int32_t candidates = SelectHead(layer, h, q, n, &ranges);
     AddRange(S - index_.window, S, &ranges);
-    int64_t kept = 0;
-    for (const KeyRange& r : ranges) kept += r.size();
-    const size_t slot = static_cast<size_t>(layer) * Hkv + h;
-    kept_rows_[slot] += kept;
-    scored_[slot] += scored;
+    if (options_.hierarchical) out->candidates[h] = candidates;
   }
 }
 
-std::optional<DeviceSelection> SqueezedFixedContextAttention::device_selection() const {
-  if (options_.mass) return std::nullopt;
+void SqueezedFixedContextAttention::SelectAndRecord(int layer, const float* q, int n,
+                                                    LayerSelection* out) {
+  Select(layer, q, n, out);
+  const int Hkv = index_.num_kv_heads;
+  kept_scratch_.assign(Hkv, 0);
+  for (int h = 0; h < Hkv && h < static_cast<int>(out->ranges.size()); ++h) {
+    for (const KeyRange& r : out->ranges[h]) kept_scratch_[h] += r.size();
+  }
+  Record(layer, kept_scratch_, out->candidates);
+}
+
+ContextAttentionPolicy SqueezedFixedContextAttention::policy() const {
+  ContextAttentionPolicy p;
+  if (options_.mass) return p;  // kHost: mass-based selection lists its rows on the host
   constexpr float kInf = std::numeric_limits<float>::infinity();
-  DeviceSelection sel{index_.tables(), options_.keep_all ? -kInf : fine_tau_};
+  p.kind = ContextAttentionPolicy::Kind::kSqueezed;
+  p.squeezed = {index_.tables(), options_.keep_all ? -kInf : fine_tau_};
   if (options_.hierarchical && !options_.keep_all) {
-    sel.hierarchical = true;
+    p.squeezed.hierarchical = true;
     // As SelectHead: a fine tau of +inf keeps nothing and scores nothing, coarse level included.
-    sel.coarse_threshold = fine_tau_ == kInf ? kInf : coarse_tau_;
+    p.squeezed.coarse_threshold = fine_tau_ == kInf ? kInf : coarse_tau_;
   }
-  return sel;
+  return p;
 }
 
-void SqueezedFixedContextAttention::RecordDeviceSelection(int layer,
-                                                          std::span<const int32_t> kept_rows,
-                                                          std::span<const int32_t> candidates) {
+void SqueezedFixedContextAttention::Record(int layer, std::span<const int32_t> kept_rows,
+                                           std::span<const int32_t> candidates) {
   const int Hkv = index_.num_kv_heads;
   if (layer < 0 || layer >= index_.num_layers || static_cast<int>(kept_rows.size()) != Hkv) {
     return;
   }
   ++steps_per_layer_[layer];
-  const std::optional<DeviceSelection> sel = device_selection();
-  const bool hierarchical = sel->hierarchical && static_cast<int>(candidates.size()) == Hkv;
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  const ContextAttentionPolicy pol = policy();
+  const SqueezedSelection& sel = pol.squeezed;
+  const bool hierarchical = sel.hierarchical && static_cast<int>(candidates.size()) == Hkv;
   for (int h = 0; h < Hkv; ++h) {
     const SqueezeHeadIndex& head = index_.head(layer, h);
     const int C = head.num_clusters();
     const size_t slot = static_cast<size_t>(layer) * Hkv + h;
     kept_rows_[slot] += kept_rows[h];
-    // The centroids scored, as SelectHead counts them: every fine one unless nothing needs
-    // scoring; hierarchical: the coarse ones when their threshold is finite, then the fine
-    // candidates when the fine threshold is finite and there are candidates.
-    if (C == 0 || sel->threshold == std::numeric_limits<float>::infinity()) continue;
-    if (!hierarchical) {
-      scored_[slot] += sel->threshold == -std::numeric_limits<float>::infinity() ? 0 : C;
+    // The centroids scored, as SelectHead scores them: every fine one unless nothing needs
+    // scoring (mass-based: unless the mass is 1); hierarchical: the coarse ones when their
+    // threshold is finite, then the fine candidates when the fine threshold is finite.
+    if (C == 0) continue;
+    if (options_.mass) {
+      scored_[slot] += *options_.mass < 1.0 ? C : 0;
       continue;
     }
-    if (std::isfinite(sel->coarse_threshold)) scored_[slot] += head.num_coarse();
-    if (candidates[h] > 0 && std::isfinite(sel->threshold)) scored_[slot] += candidates[h];
+    if (sel.threshold == kInf) continue;
+    if (!hierarchical) {
+      scored_[slot] += sel.threshold == -kInf ? 0 : C;
+      continue;
+    }
+    if (std::isfinite(sel.coarse_threshold)) scored_[slot] += head.num_coarse();
+    if (candidates[h] > 0 && std::isfinite(sel.threshold)) scored_[slot] += candidates[h];
   }
 }
 
-int64_t SqueezedFixedContextAttention::SelectHead(int layer, int kv_head, const float* q, int n,
+int32_t SqueezedFixedContextAttention::SelectHead(int layer, int kv_head, const float* q, int n,
                                                   std::vector<KeyRange>* ranges) {
   const SqueezeHeadIndex& head = index_.head(layer, kv_head);
   const int C = head.num_clusters();
@@ -172,7 +188,7 @@ int64_t SqueezedFixedContextAttention::SelectHead(int layer, int kv_head, const 
     for (int c = 0; c < C; ++c) {
       if (keep_[c]) AddRange(off[c], off[c + 1], ranges);
     }
-    return C;
+    return 0;
   }
   if (n <= 0 || fine_tau_ == kInf) return 0;
 
@@ -183,11 +199,10 @@ int64_t SqueezedFixedContextAttention::SelectHead(int layer, int kv_head, const 
     for (int c = 0; c < C; ++c) {
       if (scores_[c] > fine_tau_) AddRange(off[c], off[c + 1], ranges);
     }
-    return C;
+    return 0;
   }
 
   // Hierarchical: coarse level first.
-  int64_t scored = 0;
   const int C1 = head.num_coarse();
   candidates_.clear();
   if (coarse_tau_ == -kInf) {
@@ -196,7 +211,6 @@ int64_t SqueezedFixedContextAttention::SelectHead(int layer, int kv_head, const 
     coarse_scores_.resize(C1);
     scorer_.Average(q_group, n, G, token_stride, head.coarse_centroids.data(),
                     head.coarse_sizes.data(), C1, d, coarse_scores_.data());
-    scored += C1;
     for (int g = 0; g < C1; ++g) {
       if (!(coarse_scores_[g] > coarse_tau_)) continue;
       for (int c = head.coarse_offsets[g]; c < head.coarse_offsets[g + 1]; ++c) {
@@ -205,10 +219,10 @@ int64_t SqueezedFixedContextAttention::SelectHead(int layer, int kv_head, const 
     }
   }
   const int K = static_cast<int>(candidates_.size());
-  if (K == 0) return scored;
+  if (K == 0) return 0;
   if (fine_tau_ == -kInf) {  // budget 1: every fine cluster under a kept coarse cluster
     for (int c : candidates_) AddRange(off[c], off[c + 1], ranges);
-    return scored;
+    return K;
   }
 
   // Fine level over the surviving clusters only: the softmax denominator sees only them (P13).
@@ -223,12 +237,11 @@ int64_t SqueezedFixedContextAttention::SelectHead(int layer, int kv_head, const 
   scores_.resize(K);
   scorer_.Average(q_group, n, G, token_stride, gathered_centroids_.data(), gathered_sizes_.data(),
                   K, d, scores_.data());
-  scored += K;
   for (int i = 0; i < K; ++i) {
     const int c = candidates_[i];
     if (scores_[i] > fine_tau_) AddRange(off[c], off[c + 1], ranges);
   }
-  return scored;
+  return K;
 }
 
 double SqueezedFixedContextAttention::realised_budget() const {

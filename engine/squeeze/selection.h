@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "engine/attention/fixed_context.h"
+#include "engine/backend/fixed_context.h"
 #include "engine/squeeze/cluster_scores.h"
 #include "engine/squeeze/squeeze_index.h"
 
@@ -54,24 +54,31 @@ class SqueezedFixedContextAttention final : public FixedContextAttention {
   // selection on a flat index falls back to flat selection.
   SqueezedFixedContextAttention(const SqueezeIndex& index, const SelectionOptions& options);
 
-  // q: [n][Hq][d] post-RoPE queries of the step's n tokens at `layer`. Fills out->ranges
-  // [Hkv] with ascending, non-overlapping, non-adjacent storage-row ranges. With n <= 0 only
-  // the sinks and the window are kept; an out-of-range layer gets the dense selection and is
-  // not counted in the statistics.
-  void Select(int layer, const float* q, int n, LayerSelection* out) override;
+  // Threshold selection (flat or hierarchical) as plain data for the backend: kSqueezed with the
+  // index's tables and the thresholds (keep_all gives tau = -inf, every cluster); mass-based
+  // selection is kHost (the rows come from Select).
+  ContextAttentionPolicy policy() const override;
 
-  // Flat threshold selection runs on the device too (not mass-based or hierarchical selection,
-  // which stay on the host). keep_all gives tau = -inf (every cluster).
-  std::optional<DeviceSelection> device_selection() const override;
-  // Counts a device-side selection of `layer` in the statistics, as Select counts its own.
-  void RecordDeviceSelection(int layer, std::span<const int32_t> kept_rows,
-                             std::span<const int32_t> candidates) override;
+  // q: [n][Hq][d] post-RoPE queries of the step's n tokens at `layer`. Fills out->ranges
+  // [Hkv] with ascending, non-overlapping, non-adjacent storage-row ranges and, hierarchical,
+  // out->candidates [Hkv] (the fine clusters scored under the kept coarse clusters). With n <= 0
+  // only the sinks and the window are kept; an out-of-range layer gets the dense selection. Keeps
+  // no statistics (Record does).
+  void Select(int layer, const float* q, int n, LayerSelection* out) override;
+  // Counts what the backend kept at `layer` in the statistics: the rows, and the centroids the
+  // selection scored (from the policy, and hierarchical: the candidates). An out-of-range layer
+  // is not counted.
+  void Record(int layer, std::span<const int32_t> kept_rows,
+              std::span<const int32_t> candidates) override;
+  // Select, then Record its rows: host selection with its statistics (what a host backend
+  // reports after a step), for tools and tests that select without a forward.
+  void SelectAndRecord(int layer, const float* q, int n, LayerSelection* out);
 
   // Thresholds in use (+inf: nothing kept; -inf: everything kept; coarse: hierarchical only).
   float fine_threshold() const { return fine_tau_; }
   float coarse_threshold() const { return coarse_tau_; }
 
-  // ---- Statistics, accumulated over all Select calls.
+  // ---- Statistics, accumulated over all Record calls.
   // Realised KV budget (DESIGN §1.2): mean over steps, layers and KV heads of
   //   kept fixed-context rows / S + 0.5 * centroids scored / S.
   // The centroid term counts the centroids actually scored: all fine centroids of the head in
@@ -84,7 +91,7 @@ class SqueezedFixedContextAttention final : public FixedContextAttention {
   // Per layer: mean over steps and KV heads of kept clustered rows / M (sinks and window
   // excluded; the quantity the budget asks for).
   std::vector<double> clustered_kept_fraction_per_layer() const;
-  int64_t steps() const;             // Select calls of the most-called layer
+  int64_t steps() const;             // Record calls of the most-called layer
   int64_t centroids_scored() const;  // total over all calls, layers and heads
   // Kept rows summed over steps, for (layer, kv head).
   int64_t kept_rows(int layer, int kv_head) const {
@@ -92,8 +99,8 @@ class SqueezedFixedContextAttention final : public FixedContextAttention {
   }
 
  private:
-  // Appends the kept ranges of one head; returns the number of centroids scored.
-  int64_t SelectHead(int layer, int kv_head, const float* q, int n, std::vector<KeyRange>* ranges);
+  // Appends the kept ranges of one head; returns the hierarchical candidates (0 otherwise).
+  int32_t SelectHead(int layer, int kv_head, const float* q, int n, std::vector<KeyRange>* ranges);
 
   const SqueezeIndex& index_;
   SelectionOptions options_;
@@ -107,13 +114,14 @@ class SqueezedFixedContextAttention final : public FixedContextAttention {
 
   // Scratch, reused across calls.
   ClusterScorer scorer_;
-  std::vector<float> scores_;              // [C] fine or coarse scores of one head
-  std::vector<float> coarse_scores_;       // [C1]
-  std::vector<int32_t> candidates_;        // fine clusters inside kept coarse clusters
-  std::vector<float> gathered_centroids_;  // [candidates][d]
-  std::vector<int32_t> gathered_sizes_;    // [candidates]
-  std::vector<int32_t> order_;             // [C] clusters by descending score (mass mode)
-  std::vector<char> keep_;                 // [C] kept flags (mass mode)
+  std::vector<float> scores_;         // [C] fine or coarse scores of one head
+  std::vector<float> coarse_scores_;  // [C1]
+  std::vector<int32_t> candidates_;   // fine clusters inside kept coarse clusters
+  std::vector<int32_t> kept_scratch_, candidates_scratch_;  // SelectAndRecord
+  std::vector<float> gathered_centroids_;                   // [candidates][d]
+  std::vector<int32_t> gathered_sizes_;                     // [candidates]
+  std::vector<int32_t> order_;  // [C] clusters by descending score (mass mode)
+  std::vector<char> keep_;      // [C] kept flags (mass mode)
 };
 
 }  // namespace squeeze

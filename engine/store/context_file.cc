@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -151,7 +152,11 @@ absl::Status CheckIndexMatchesKv(const SqueezeIndex& index, const ContextKV& kv)
 
 absl::Status WriteContextFile(const RegisteredContext& c, const std::string& fingerprint,
                               const std::string& path) {
-  const std::string tmp = path + ".tmp";
+  // Unique per process and call (replicas sharing a store may write one object at once); the
+  // ".tmp" suffix lets the state directory's start-up cleanup find leftovers.
+  static std::atomic<uint64_t> counter{0};
+  const std::string tmp = absl::StrCat(path, ".", ::getpid(), ".",
+                                       counter.fetch_add(1, std::memory_order_relaxed), ".tmp");
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoStatus(absl::StrCat("cannot write '", tmp, "'"), errno);
   absl::Status st;

@@ -27,7 +27,7 @@ namespace squeeze {
 inline constexpr char kContextFileSuffix[] = ".sqzctx";
 inline constexpr uint32_t kContextFileVersion = 2;
 
-// Writes `path` atomically: `path`.tmp, fsync, rename, fsync of the directory.
+// Writes `path` atomically: `path`.<pid>.<n>.tmp, fsync, rename, fsync of the directory.
 absl::Status WriteContextFile(const RegisteredContext& context, const std::string& fingerprint,
                               const std::string& path);
 

@@ -9,12 +9,15 @@
 #include <cstring>
 #include <filesystem>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "engine/common/sha256.h"
+#include "engine/common/status_macros.h"
 #include "engine/store/context_file.h"
+#include "engine/store/shared_context_store.h"
 #include "spdlog/spdlog.h"
 
 namespace squeeze {
@@ -185,6 +188,28 @@ absl::Status ContextStore::LoadPersisted() {
   return absl::OkStatus();
 }
 
+void ContextStore::SetSharedStore(std::unique_ptr<SharedContextStore> shared) {
+  shared_ = std::move(shared);
+  // Contexts this replica already holds (its state directory) become visible to the others,
+  // unless the name is taken there.
+  for (const auto& c : Resident()) {
+    const ContextSummary& s = c->summary;
+    auto entry = shared_->Lookup(s.tenant, s.name);
+    if (entry.ok()) {
+      if (entry->content_hash != s.content_hash) {
+        spdlog::warn(
+            "context '{}' of the state directory differs from the shared store's; the shared "
+            "one is served",
+            s.name);
+      }
+      continue;
+    }
+    if (absl::Status st = shared_->Put(*c); !st.ok()) {
+      spdlog::warn("cannot share context '{}': {}", s.name, st.ToString());
+    }
+  }
+}
+
 std::shared_ptr<const RegisteredContext> ContextStore::Find(const std::string& tenant,
                                                             const std::string& name) const {
   absl::MutexLock lock(&mu_);
@@ -192,27 +217,100 @@ std::shared_ptr<const RegisteredContext> ContextStore::Find(const std::string& t
   return it == contexts_.end() ? nullptr : it->second;
 }
 
-absl::StatusOr<std::shared_ptr<const RegisteredContext>> ContextStore::Get(
-    const std::string& tenant, const std::string& name) const {
+absl::Status ContextStore::Missing(const std::string& tenant, const std::string& name) const {
   absl::MutexLock lock(&mu_);
-  const Key key{tenant, name};
-  if (auto it = contexts_.find(key); it != contexts_.end()) return it->second;
-  if (auto it = quarantined_.find(key); it != quarantined_.end()) {
+  if (auto it = quarantined_.find(Key{tenant, name}); it != quarantined_.end()) {
     return absl::DataLossError(it->second);
   }
   return absl::NotFoundError(absl::StrCat("context '", name, "' not found"));
 }
 
-std::vector<std::shared_ptr<const RegisteredContext>> ContextStore::List(
-    const std::string& tenant) const {
-  std::vector<std::shared_ptr<const RegisteredContext>> out;
-  for (auto& c : ListAll()) {
-    if (c->summary.tenant == tenant) out.push_back(std::move(c));
+absl::StatusOr<std::shared_ptr<const RegisteredContext>> ContextStore::Get(
+    const std::string& tenant, const std::string& name) {
+  auto resident = Find(tenant, name);
+  if (!shared_) {
+    if (resident) return resident;
+    return Missing(tenant, name);
+  }
+  // The shared store names the current content; a resident copy of content deleted or replaced
+  // by another replica is stale.
+  auto entry = shared_->Lookup(tenant, name);
+  if (!entry.ok() && !absl::IsNotFound(entry.status())) return entry.status();
+  if (resident) {
+    if (entry.ok() && entry->content_hash == resident->summary.content_hash) return resident;
+    absl::MutexLock lock(&mu_);
+    if (auto it = contexts_.find(Key{tenant, name});
+        it != contexts_.end() && it->second == resident) {
+      bytes_ -= resident->summary.kv_bytes;
+      contexts_.erase(it);
+      spdlog::info("dropped context '{}': deleted or replaced in the shared store", name);
+    }
+  }
+  if (!entry.ok()) return Missing(tenant, name);
+  return LoadShared(tenant, name);
+}
+
+absl::StatusOr<std::shared_ptr<const RegisteredContext>> ContextStore::LoadShared(
+    const std::string& tenant, const std::string& name) {
+  const Key key{tenant, name};
+  {
+    // One load per name: concurrent first uses wait for it and share the result.
+    absl::MutexLock lock(&mu_);
+    auto not_loading = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !loading_.contains(key); };
+    mu_.Await(absl::Condition(&not_loading));
+    if (auto it = contexts_.find(key); it != contexts_.end()) return it->second;
+    loading_.insert(key);
+  }
+  auto done = absl::MakeCleanup([&] {
+    absl::MutexLock lock(&mu_);
+    loading_.erase(key);
+  });
+  ASSIGN_OR_RETURN(ContextSummary entry, shared_->Lookup(tenant, name));
+  {
+    absl::MutexLock lock(&mu_);
+    int64_t reserved = bytes_;
+    for (const auto& [k, p] : pending_) reserved += p.spec.bytes;
+    if (memory_limit_bytes_ > 0 && reserved + entry.kv_bytes > memory_limit_bytes_) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "context '", name, "' (", entry.kv_bytes,
+          " bytes of KV, in the shared store) does not fit: ", memory_limit_bytes_ - reserved,
+          " of ", memory_limit_bytes_, " bytes are free here"));
+    }
+  }
+  const absl::Time start = absl::Now();
+  ASSIGN_OR_RETURN(std::shared_ptr<RegisteredContext> context, shared_->Load(tenant, name));
+  spdlog::info("loaded context '{}' ({} tokens) from the shared store in {:.2f} s", name,
+               context->summary.num_tokens, absl::ToDoubleSeconds(absl::Now() - start));
+  absl::MutexLock lock(&mu_);
+  if (auto it = contexts_.find(key); it != contexts_.end()) return it->second;
+  bytes_ += context->summary.kv_bytes;
+  contexts_[key] = context;
+  return std::shared_ptr<const RegisteredContext>(std::move(context));
+}
+
+std::vector<ContextSummary> ContextStore::List(const std::string& tenant) const {
+  // With a shared store its entries are the current ones (every published context is there; a
+  // resident copy may be stale).
+  if (shared_) return shared_->List(tenant);
+  std::vector<ContextSummary> out;
+  for (const auto& c : Resident()) {
+    if (c->summary.tenant == tenant) out.push_back(c->summary);
   }
   return out;
 }
 
-std::vector<std::shared_ptr<const RegisteredContext>> ContextStore::ListAll() const {
+absl::StatusOr<ContextSummary> ContextStore::Summary(const std::string& tenant,
+                                                     const std::string& name) const {
+  if (shared_) {
+    auto entry = shared_->Lookup(tenant, name);
+    if (absl::IsNotFound(entry.status())) return Missing(tenant, name);
+    return entry;
+  }
+  if (auto c = Find(tenant, name)) return c->summary;
+  return Missing(tenant, name);
+}
+
+std::vector<std::shared_ptr<const RegisteredContext>> ContextStore::Resident() const {
   absl::MutexLock lock(&mu_);
   std::vector<std::shared_ptr<const RegisteredContext>> out;
   for (const auto& [key, context] : contexts_) out.push_back(context);
@@ -227,8 +325,31 @@ absl::StatusOr<ContextStore::Reservation> ContextStore::Reserve(const std::strin
                                                                 const std::string& name,
                                                                 const Spec& spec,
                                                                 ReadyCallback on_ready) {
-  absl::MutexLock lock(&mu_);
   const Key key{tenant, name};
+  if (shared_ && !Find(tenant, name)) {
+    // Registered by another replica: the same content and options are reused, others conflict.
+    auto entry = shared_->Lookup(tenant, name);
+    if (!entry.ok() && !absl::IsNotFound(entry.status())) return entry.status();
+    if (entry.ok()) {
+      if (entry->content_hash != spec.hash) {
+        return absl::AlreadyExistsError(absl::StrCat(
+            "context '", name, "' already exists with different content; delete it first"));
+      }
+      ASSIGN_OR_RETURN(auto existing, Get(tenant, name));
+      const ContextSummary& s = existing->summary;
+      if (s.content_hash != spec.hash) {
+        return absl::AlreadyExistsError(absl::StrCat(
+            "context '", name, "' already exists with different content; delete it first"));
+      }
+      if (const std::string diff = SpecDiff(spec, s.has_index, s.index_options); !diff.empty()) {
+        return absl::AlreadyExistsError(absl::StrCat(
+            "context '", name, "' already exists with the same content but other index options (",
+            diff, "; requested vs registered); delete it first or register under another name"));
+      }
+      return Reservation{.existing = std::move(existing)};
+    }
+  }
+  absl::MutexLock lock(&mu_);
   if (auto it = contexts_.find(key); it != contexts_.end()) {
     const ContextSummary& s = it->second->summary;
     if (s.content_hash != spec.hash) {
@@ -291,6 +412,17 @@ absl::Status ContextStore::Publish(std::shared_ptr<RegisteredContext> context,
       return st;
     }
   }
+  if (shared_) {
+    absl::Status st = shared_->Put(*context);
+    if (!st.ok()) {
+      if (!state_dir_.empty()) {
+        std::error_code ignored;
+        fs::remove(PathFor(s.tenant, s.name), ignored);
+      }
+      Unreserve(s.tenant, s.name, st);
+      return st;
+    }
+  }
   *persist_seconds = absl::ToDoubleSeconds(absl::Now() - start);
   std::vector<ReadyCallback> waiters;
   std::shared_ptr<const RegisteredContext> published = context;
@@ -310,11 +442,18 @@ absl::Status ContextStore::Publish(std::shared_ptr<RegisteredContext> context,
 }
 
 absl::Status ContextStore::Delete(const std::string& tenant, const std::string& name) {
+  bool shared_deleted = false;
+  if (shared_) {
+    absl::Status st = shared_->Remove(tenant, name);
+    if (!st.ok() && !absl::IsNotFound(st)) return st;
+    shared_deleted = st.ok();
+  }
   absl::MutexLock lock(&mu_);
   const Key key{tenant, name};
   auto it = contexts_.find(key);
   if (it == contexts_.end()) {
     if (quarantined_.erase(key) > 0) return absl::OkStatus();  // forget the corrupted one
+    if (shared_deleted) return absl::OkStatus();
     return absl::NotFoundError(absl::StrCat("context '", name, "' not found"));
   }
   if (!state_dir_.empty()) {

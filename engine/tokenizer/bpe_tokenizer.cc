@@ -390,6 +390,14 @@ absl::Status BpeTokenizer::Parse(std::string_view json_text, std::string_view or
   return absl::OkStatus();
 }
 
+std::vector<std::pair<std::string, int32_t>> BpeTokenizer::SpecialTokens() const {
+  std::vector<std::pair<std::string, int32_t>> out;
+  for (const AddedTokenSet* set : {&raw_added_, &normalized_added_}) {
+    for (const AddedToken& t : set->tokens) out.emplace_back(t.content, t.id);
+  }
+  return out;
+}
+
 int32_t BpeTokenizer::TokenToId(std::string_view token) const {
   if (auto it = added_by_content_.find(std::string(token)); it != added_by_content_.end()) {
     return it->second;

@@ -46,6 +46,13 @@ class BpeTokenizer final : public Tokenizer {
   std::string TokenBytes(int32_t id) const override;
   int bos_id() const override { return bos_id_; }
   int eos_id() const override { return eos_id_; }
+  // The added tokens (special or not), as Encode cuts them out of text.
+  std::vector<std::pair<std::string, int32_t>> SpecialTokens() const override;
+  // Encode already cuts out the added tokens (special ones included), as `tokenizers` does.
+  absl::StatusOr<std::vector<int32_t>> EncodeWithSpecialTokens(
+      std::string_view text) const override {
+    return Encode(text);
+  }
 
   // The id of a vocabulary token (byte-level form, e.g. "Ġthe") or added token; -1 if none.
   int32_t TokenToId(std::string_view token) const;

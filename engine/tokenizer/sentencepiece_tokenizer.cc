@@ -708,4 +708,15 @@ std::string SentencePieceTokenizer::TokenBytes(int32_t id) const {
   return token_bytes_[id];
 }
 
+std::vector<std::pair<std::string, int32_t>> SentencePieceTokenizer::SpecialTokens() const {
+  std::vector<std::pair<std::string, int32_t>> out;
+  for (size_t id = 0; id < model_.pieces.size(); ++id) {
+    const PieceType t = model_.pieces[id].type;
+    if (t == PieceType::kControl || t == PieceType::kUnknown) {
+      out.emplace_back(model_.pieces[id].text, static_cast<int32_t>(id));
+    }
+  }
+  return out;
+}
+
 }  // namespace squeeze

@@ -43,6 +43,9 @@ class SentencePieceTokenizer final : public Tokenizer {
   std::string TokenBytes(int32_t id) const override;
   int bos_id() const override { return bos_id_; }
   int eos_id() const override { return eos_id_; }
+  // Control pieces (<s>, </s>, Mistral's [INST], ...) and the unknown piece: the strings
+  // transformers' tokenizers recognise in text.
+  std::vector<std::pair<std::string, int32_t>> SpecialTokens() const override;
 
   // The model file's normalized form of `text` (what the encoders segment), for tests and tools.
   std::string Normalize(std::string_view text) const;

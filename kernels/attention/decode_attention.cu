@@ -64,22 +64,30 @@ __global__ void __launch_bounds__(kCombineThreads) CombineKernel(const CombinePa
     dslot0 = static_cast<size_t>(bh) * p.dense_plan.max_splits;
   }
   int ns = 0;
-  size_t sslot0 = 0;
+  size_t sslot0 = 0, sstride = 1;  // sparse partial i is slot (sslot0 + i) * sstride (+ b)
+  size_t sshift = 0;
   if (p.sparse_chunk_begin != nullptr) {
     const int first = p.sparse_chunk_begin[bh];
     int end = p.sparse_chunk_begin[bh + 1];
     if (p.sparse_max_chunks > 0) end = min(end, p.sparse_max_chunks);
     ns = max(end - first, 0);
     sslot0 = first;
+  } else if (p.shared_chunk_begin != nullptr) {
+    const int first = p.shared_chunk_begin[h];
+    ns = max(p.shared_chunk_begin[h + 1] - first, 0);
+    sslot0 = first;
+    sstride = p.batch;
+    sshift = b;
   }
   const int n = nd + ns;
+  auto sparse_slot = [&](int i) { return (sslot0 + i) * sstride + sshift; };
   // Partial j: dense slots first, then sparse slots.
   auto slot_lse = [&](int j) -> float {
-    return j < nd ? p.dense_lse[(dslot0 + j) * G + g] : p.sparse_lse[(sslot0 + (j - nd)) * G + g];
+    return j < nd ? p.dense_lse[(dslot0 + j) * G + g] : p.sparse_lse[sparse_slot(j - nd) * G + g];
   };
   auto slot_out = [&](int j) -> const float* {
     return j < nd ? p.dense_out + ((dslot0 + j) * G + g) * D
-                  : p.sparse_out + ((sslot0 + (j - nd)) * G + g) * D;
+                  : p.sparse_out + (sparse_slot(j - nd) * G + g) * D;
   };
 
   float mx = -INFINITY;
@@ -193,7 +201,9 @@ cudaError_t LaunchCombineAttention(const CombineParams& p, cudaStream_t stream) 
   if (!ShapeOk(p.batch, p.num_q_heads, p.num_kv_heads, p.head_dim) || p.out == nullptr ||
       p.num_q_heads > 65535 ||
       (p.dense_out != nullptr && (p.dense_lse == nullptr || p.dense_kv == nullptr)) ||
-      (p.sparse_chunk_begin != nullptr && (p.sparse_out == nullptr || p.sparse_lse == nullptr))) {
+      ((p.sparse_chunk_begin != nullptr || p.shared_chunk_begin != nullptr) &&
+       (p.sparse_out == nullptr || p.sparse_lse == nullptr)) ||
+      (p.sparse_chunk_begin != nullptr && p.shared_chunk_begin != nullptr)) {
     return cudaErrorInvalidValue;
   }
   const dim3 grid(p.num_q_heads, p.batch);

@@ -2,20 +2,27 @@
 //
 // Dense: for each sequence b, KV head h and split s, one CTA attends the G query heads of the
 // group to rows [s * keys_per_split, min((s + 1) * keys_per_split, len_b)) and writes one fp32
-// partial; the combine kernel merges a sequence's partials (and, for Squeezed Attention, the
-// sparse kernel's partials over the fixed context) into the final output and natural-log lse.
+// partial; the combine kernel merges a sequence's partials, and in a cascade the shared
+// context's partials (CombineParams::shared_chunk_begin), into the final output and natural-log
+// lse. (Its per-sequence chunked set, sparse_chunk_begin, has no caller since the sparse kernel
+// merges its own partials.)
 //
 // Bytes: each K/V byte is read once per group; partials add B * Hq * splits * (d + 1) * 4 bytes
 // written and read once, small next to the KV for the split sizes the planner picks (>= 256
 // keys per split).
+//
+// CPU reference: AttentionPartial (engine/backend/attention_reference.h); tested in
+// tests/gpu/attention_kernels_test.cc (DenseDecodeAttention, through LaunchDecodeAttention), the
+// cascade merge in tests/gpu/cascade_attention_test.cc.
 #pragma once
 
 #include "kernels/common/types.cuh"
 
 namespace squeeze::gpu {
 
-// SMs x resident CTAs per SM of the decode attention kernels (dense and sparse) for this
-// head_dim and group size on the current device: the planners size grids from it.
+// SMs x resident CTAs per SM of the dense decode kernel for this head_dim and group size on
+// the current device: PlanDecodeSplits sizes its grid from it (the sparse kernel has its own,
+// SparseDecodeConcurrentCtas).
 cudaError_t DecodeAttentionConcurrentCtas(int head_dim, int group_size, int* ctas);
 
 // Splits so that batch * num_kv_heads * splits is at most (and about) `waves` waves of
@@ -50,7 +57,8 @@ cudaError_t LaunchDecodeAttentionPartials(const DecodeAttentionParams& p, cudaSt
 
 // Exact merge of up to two partial sets per (sequence, query head):
 //   dense set:  slots (b * Hkv + h) * dense_plan.max_splits + s, s < ceil(len_b / keys_per_split)
-//   sparse set: slots [sparse_chunk_begin[b * Hkv + h], sparse_chunk_begin[b * Hkv + h + 1])
+//   sparse set: slots [sparse_chunk_begin[b * Hkv + h], sparse_chunk_begin[b * Hkv + h + 1]), or
+//               the shared set of a cascade (shared_chunk_begin below)
 // out [B][Hq][d] (fp32 or bf16) = softmax-weighted mean over the union of both key sets;
 // lse [B][Hq] natural log (-inf and zero output when neither set holds a key).
 struct CombineParams {
@@ -68,6 +76,11 @@ struct CombineParams {
   int sparse_max_chunks = 0;                    // slots at or past it are ignored (0: no limit)
   const float* sparse_out = nullptr;
   const float* sparse_lse = nullptr;
+  // Or the shared-context (cascade) set, in sparse_out / sparse_lse instead: sequence b's
+  // partials of KV head h are slots (shared_chunk_begin[h] + j) * B + b, j < shared_chunk_begin[h
+  // + 1] - shared_chunk_begin[h] (kernels/attention/cascade_attention.cuh). Exclusive with
+  // sparse_chunk_begin.
+  const int32_t* shared_chunk_begin = nullptr;  // [Hkv + 1] device
   // Output.
   void* out = nullptr;    // [B][Hq][d]
   bool out_bf16 = false;  // bf16 when true, else fp32

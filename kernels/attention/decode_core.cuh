@@ -2,6 +2,8 @@
 // threads computes the exact softmax attention of the G query heads of one KV-head group over a
 // list of key rows (contiguous for dense, gathered per range for sparse) and writes one
 // normalised fp32 partial [G][d] plus its lse2 [G]. Included only by kernels/**/*.cu.
+// CPU reference and tests: those of its two kernels (decode_attention.cuh,
+// sparse_decode_attention.cuh).
 //
 // Pipeline: tiles of 64 key rows; K and V tiles are copied to shared memory with 16-byte
 // cp.async (coalesced: 16 consecutive threads read one 256-byte row), 3 stages deep, so two
@@ -185,25 +187,9 @@ class DecodeCore {
       const int c = quarter + 4 * i;
       const uint4 raw = *reinterpret_cast<const uint4*>(krow + (c ^ Swizzle(row)) * 8);
       float kf[8];
-      UnpackBf16x2(raw.x, &kf[0], &kf[1]);
-      UnpackBf16x2(raw.y, &kf[2], &kf[3]);
-      UnpackBf16x2(raw.z, &kf[4], &kf[5]);
-      UnpackBf16x2(raw.w, &kf[6], &kf[7]);
+      UnpackBf16x8(raw, kf);
 #pragma unroll
-      for (int g = 0; g < G; ++g) {
-        const float4 qa = *reinterpret_cast<const float4*>(qs + g * D + c * 8);
-        const float4 qb = *reinterpret_cast<const float4*>(qs + g * D + c * 8 + 4);
-        float acc = s[g];
-        acc = fmaf(qa.x, kf[0], acc);
-        acc = fmaf(qa.y, kf[1], acc);
-        acc = fmaf(qa.z, kf[2], acc);
-        acc = fmaf(qa.w, kf[3], acc);
-        acc = fmaf(qb.x, kf[4], acc);
-        acc = fmaf(qb.y, kf[5], acc);
-        acc = fmaf(qb.z, kf[6], acc);
-        acc = fmaf(qb.w, kf[7], acc);
-        s[g] = acc;
-      }
+      for (int g = 0; g < G; ++g) s[g] = Dot8(qs + g * D + c * 8, kf, s[g]);
     }
     const bool valid = tile_key0 + row < num_keys;
     float* pw = PSmem() + warp * kKeysPerWarp * G;

@@ -1,8 +1,12 @@
-// Gathers selected K/V rows of each KV head into a compact per-head layout: the fixed-context
-// keys a host-side selector kept (engine/attention/fixed_context.h), so dense attention kernels
-// can run over them. CPU reference: the rows the selector lists
-// (engine/backend/attention_reference.h reads them in place); tested in
-// tests/gpu/attention_kernels_test.cc. Plain C++ (includable from .cc files); the kernel lives in
+// Gathers selected K/V rows of each KV head into a compact per-head layout. Two uses: the
+// fixed-context keys a host-side selector kept (engine/backend/fixed_context.h: mass-based
+// and recent-keys selection), so dense attention kernels can run over them; and a registered
+// context's resident copy made from the prefill's KV, rows put in cluster order
+// (Backend::AdoptContextKv). CPU reference: the rows the selector lists, read in place by
+// engine/backend/attention_reference.h, and the host row reorder of BuildSqueezeIndex
+// (engine/squeeze/squeeze_index.h); tested through tests/gpu/cuda_model_test.cc
+// (AdoptedContextEqualsUploaded: the gathered copy gives the same logits, bit for bit, as the
+// uploaded reordered host copy). Plain C++ (includable from .cc files); the kernel lives in
 // kv_gather.cu.
 #pragma once
 

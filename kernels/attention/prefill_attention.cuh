@@ -1,6 +1,7 @@
 // Dense causal prefill attention (FlashAttention-2 style, tensor cores) for the registration
 // chunk case: n new tokens of one sequence attend, causally, to the sequence's dynamic KV whose
-// last n rows are the new tokens' own K/V.
+// last n rows are the new tokens' own K/V. The same kernel, non-causal, attends a multi-token
+// step to a fixed context (dense, or a squeezed selection's kept rows read in place).
 //
 //   q:   bf16 [n][Hq][d], post-RoPE, unscaled.
 //   K/V: bf16, the DecodeKv layout (kernels/common/types.cuh): row r of KV head h at
@@ -22,6 +23,11 @@
 // Supported: d in {64, 128}; q, k, v, out 16-byte aligned; head_stride a multiple of 8 elements;
 // causal: 1 <= n <= kv.len; n <= 128 * 65535. The launcher returns cudaErrorInvalidValue otherwise
 // (n == 0 is a no-op). It never allocates and never synchronises (capturable in a CUDA graph).
+//
+// CPU reference: AttentionPartial (engine/backend/attention_reference.h); tested in
+// tests/gpu/prefill_attention_test.cc (causal, and non-causal with head_len); the row_index mode
+// through the squeezed prefill in tests/gpu/cuda_model_test.cc
+// (DeviceSqueezedSelectionMatchesCpu).
 #pragma once
 
 #include "kernels/common/types.cuh"

@@ -15,6 +15,10 @@
 // the loads stay 16-byte, coalesced row reads. Partial slot = chunk index. The CTA that finishes
 // the last chunk of a head (an arrival counter per head) merges the head's partials (exact LSE
 // merge) into out and lse, so one launch does the sparse, dynamic and merge work of the step.
+//
+// CPU reference: AttentionPartial over the kept ranges and over the dynamic rows, merged by
+// MergeAttentionPartials (engine/backend/attention_reference.h); tested through
+// LaunchSqueezedDecode in tests/gpu/attention_kernels_test.cc (SqueezedDecode).
 #pragma once
 
 #include "kernels/common/types.cuh"

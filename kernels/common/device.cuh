@@ -1,5 +1,6 @@
-// Device primitives shared by every kernel in kernels/: tile and pipeline constants of the
-// attention kernels, cp.async copies, exp2, bf16 unpacking, warp and block reductions, and the
+// Device primitives shared by the kernels in kernels/ (the element-wise ops have their own,
+// kernels/ops/elementwise.cuh): tile and pipeline constants of the attention kernels, cp.async
+// copies, exp2, bf16 unpacking and the 8-wide dot product, warp and block reductions, and the
 // release/acquire arrival counters used for in-kernel barriers. Device code only; included by
 // kernels/**/*.cu.
 #pragma once
@@ -46,6 +47,32 @@ __device__ __forceinline__ void CpAsyncWait() {
 __device__ __forceinline__ void UnpackBf16x2(uint32_t w, float* lo, float* hi) {
   *lo = __uint_as_float(w << 16);
   *hi = __uint_as_float(w & 0xffff0000u);
+}
+
+// Eight bf16 in a 16-byte word (one cp.async / ldg chunk of a row) -> x[0..8) (exact).
+__device__ __forceinline__ void UnpackBf16x8(uint4 w, float* x) {
+  UnpackBf16x2(w.x, &x[0], &x[1]);
+  UnpackBf16x2(w.y, &x[2], &x[3]);
+  UnpackBf16x2(w.z, &x[4], &x[5]);
+  UnpackBf16x2(w.w, &x[6], &x[7]);
+}
+
+// acc + q[0..8) . x[0..8), one fused multiply-add per element in index order (a fixed order,
+// so repeated launches are bit-identical). q: 8 floats, 16-byte aligned (read as two float4,
+// e.g. a query staged in shared memory); x: from UnpackBf16x8, unpacked once for the G query
+// heads that share a K or centroid row.
+__device__ __forceinline__ float Dot8(const float* q, const float* x, float acc) {
+  const float4 qa = *reinterpret_cast<const float4*>(q);
+  const float4 qb = *reinterpret_cast<const float4*>(q + 4);
+  acc = fmaf(qa.x, x[0], acc);
+  acc = fmaf(qa.y, x[1], acc);
+  acc = fmaf(qa.z, x[2], acc);
+  acc = fmaf(qa.w, x[3], acc);
+  acc = fmaf(qb.x, x[4], acc);
+  acc = fmaf(qb.y, x[5], acc);
+  acc = fmaf(qb.z, x[6], acc);
+  acc = fmaf(qb.w, x[7], acc);
+  return acc;
 }
 
 __device__ __forceinline__ float WarpMax(float x) {

@@ -1,5 +1,6 @@
-// Tensor-core building blocks shared by the mma.sync kernels (prefill attention, k-means
-// assignment): the swizzled shared-memory tile layout, ldmatrix loads and the bf16 m16n8k16 MMA.
+// Tensor-core building blocks shared by the mma.sync kernels (prefill and cascade attention,
+// k-means assignment, cluster scores, group selection): the swizzled shared-memory tile layout,
+// ldmatrix loads and the bf16 m16n8k16 MMA.
 // Device code only; include from .cu files.
 #pragma once
 
@@ -84,22 +85,15 @@ __device__ __forceinline__ void LoadRowFragments(uint32_t tile, int row0,
   }
 }
 
-// acc[mt][j] = the warp's A rows x rows [8 j, 8 j + 8) of a swizzled [kNTiles * 8][D] shared tile
-// at `tile` (the B operand: x4 ldmatrix of 16 rows x 16 dims = two n8 fragments per load).
+// acc[mt][j] += the warp's A rows x rows [8 j, 8 j + 8) of a swizzled [kNTiles * 8][D] shared
+// tile at `tile` (the B operand: x4 ldmatrix of 16 rows x 16 dims = two n8 fragments per load).
 // Accumulator e of (mt, j) is A row 16 mt + 8 (e >> 1) + lane / 4, B row 8 j + 2 (lane % 4) +
 // (e & 1).
 template <int D, int kMTiles, int kNTiles>
-__device__ __forceinline__ void TileProducts(const uint32_t (&a)[kMTiles][D / 16][4], uint32_t tile,
-                                             float (&acc)[kMTiles][kNTiles][4]) {
+__device__ __forceinline__ void TileProductsAdd(const uint32_t (&a)[kMTiles][D / 16][4],
+                                                uint32_t tile, float (&acc)[kMTiles][kNTiles][4]) {
   static_assert(kNTiles % 2 == 0, "B rows come in pairs of n8 tiles");
   const int lane = threadIdx.x & 31;
-#pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt) {
-#pragma unroll
-    for (int j = 0; j < kNTiles; ++j) {
-      acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.0f;
-    }
-  }
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
 #pragma unroll
@@ -114,6 +108,20 @@ __device__ __forceinline__ void TileProducts(const uint32_t (&a)[kMTiles][D / 16
       }
     }
   }
+}
+
+// acc = the products of TileProductsAdd (accumulators zeroed first).
+template <int D, int kMTiles, int kNTiles>
+__device__ __forceinline__ void TileProducts(const uint32_t (&a)[kMTiles][D / 16][4], uint32_t tile,
+                                             float (&acc)[kMTiles][kNTiles][4]) {
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int j = 0; j < kNTiles; ++j) {
+      acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.0f;
+    }
+  }
+  TileProductsAdd<D, kMTiles, kNTiles>(a, tile, acc);
 }
 
 // Two floats -> bf16x2 (lo in the low half: the lower column/key index of an mma fragment).

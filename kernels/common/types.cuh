@@ -1,7 +1,9 @@
-// Host-visible types shared by the decode attention kernels (dense, centroid lookup, sparse,
-// combine). Plain C++ (includable from .cc files); no device code here.
+// Host-visible types shared by the kernels in kernels/: bf16, the K/V and fixed-context
+// descriptors and the selection that the decode attention kernels (dense, centroid lookup,
+// sparse, combine) pass between them. Plain C++ (includable from .cc files); no device code here.
 //
-// Conventions for every kernel in kernels/:
+// Conventions of the decode attention kernels (kernels/attention/decode_attention.cuh,
+// sparse_decode_attention.cuh, kernels/squeeze/centroid_lookup.cuh, squeezed_decode.cuh):
 // - One new query token per sequence (decode). q is fp32 [B][Hq][d], post-RoPE, unscaled.
 // - K/V are bf16, per (sequence, KV head) a run of contiguous d-vectors: row r of head h starts
 //   at k + h * head_stride + r * d. Rows and head strides must keep every row 16-byte aligned
@@ -11,10 +13,12 @@
 //   {1, 2, 4, 8}; launchers return cudaErrorInvalidValue otherwise.
 // - Partial results ("partials") are fp32, normalised (softmax-weighted mean of V over the keys
 //   of one split), with their log-sum-exp in the log2 domain (lse2 = log2 sum_j 2^(s_j), with
-//   s_j = scale * log2(e) * q.k_j); the combine kernel merges them exactly and converts the final
-//   lse to the natural log used by the CPU reference (engine/backend/attention_reference.h).
-// - Launchers never allocate, never synchronise and never exit: workspace is passed in, sizes
-//   come from the Plan*/...Bytes helpers; everything is capturable in a CUDA graph.
+//   s_j = scale * log2(e) * q.k_j); the combine kernel (dense) and the sparse kernel's per-head
+//   merge (squeezed) merge them exactly and convert the final lse to the natural log used by the
+//   CPU reference (engine/backend/attention_reference.h).
+// - Launchers (of every kernel in kernels/) never allocate, never synchronise and never exit:
+//   workspace is passed in, sizes come from the Plan*/...Bytes helpers; everything is capturable
+//   in a CUDA graph.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -90,8 +94,8 @@ struct SqueezeSelection {
   // such keys, so a sparse CTA finds its first range with one load).
   int32_t* range_of_key = nullptr;  // [BH][key_index_stride]
   int key_index_stride = 0;         // >= ceil(max num_rows / kSparseKeyIndexStep)
-  // Sparse work plan, written by the lookup's last CTA:
-  // The sparse attention kernel's work plan, as it recorded it (statistics, tests).
+  // The sparse attention kernel's work plan, as its CTA 0 records it after its own chunks
+  // (statistics, tests; kernels/attention/sparse_decode_attention.cu, RecordPlan).
   int32_t* chunk_begin = nullptr;  // [BH + 1] first chunk of bh; [BH] = number of chunks
   int32_t* chunk_info = nullptr;   // [3] keys per chunk, number of chunks, 1 if over max_chunks
 };

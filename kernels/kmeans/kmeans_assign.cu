@@ -217,12 +217,12 @@ cudaError_t LaunchKMeansAssign(const KMeansAssignParams& p, cudaStream_t stream)
       p.centers_stride % 8 != 0 || (p.merge && p.changed != nullptr)) {
     return cudaErrorInvalidValue;
   }
-  if (p.num_problems > 1 && (p.points_stride < static_cast<int64_t>(p.n) * p.dim ||
-                             p.centers_stride < static_cast<int64_t>(p.k) * p.dim)) {
+  if (p.num_problems > 1 && (p.points_stride < static_cast<int64_t>(p.n) * p.dpad ||
+                             p.centers_stride < static_cast<int64_t>(p.k) * p.dpad)) {
     return cudaErrorInvalidValue;
   }
   return detail::DispatchHeadDim(
-      p.dim, [&](auto d) { return LaunchTyped<decltype(d)::value>(p, stream); });
+      p.dpad, [&](auto d) { return LaunchTyped<decltype(d)::value>(p, stream); });
 }
 
 }  // namespace squeeze::gpu

@@ -5,8 +5,8 @@
 // Plain C++ (includable from .cc files); the kernel lives in kmeans_assign.cu.
 //
 // Layout: P independent problems (e.g. the KV heads of one layer), each with n unit points and
-// k unit centres, bf16, rows of exactly `dim` elements (dim in {64, 128}: callers zero-pad other
-// head sizes, which changes no dot product):
+// k unit centres, bf16, rows of exactly `dim` = KMeansShape::dpad elements (dim in {64, 128}:
+// callers zero-pad other head sizes, which changes no dot product):
 //   point i of problem p:  points  + p * points_stride  + i * dim
 //   centre c of problem p: centers + p * centers_stride + c * dim
 // Results per problem, at p * n + i:
@@ -22,6 +22,10 @@
 // Supported: dim in {64, 128}; n >= 1; k >= 1; num_problems <= 65535; every row 16-byte aligned
 // (points/centres 16-byte aligned, strides multiples of 8). Returns cudaErrorInvalidValue
 // otherwise; never allocates, never synchronises.
+//
+// CPU reference: the assignment step of SphericalKMeans (engine/backend/kmeans.h), as a
+// brute-force argmax over the same bf16 values; tested in tests/gpu/kmeans_gpu_test.cc
+// (KMeansAssignKernelTest).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -32,11 +36,21 @@
 
 namespace squeeze::gpu {
 
-struct KMeansAssignParams {
-  int num_problems = 0;             // P (grid.y)
-  int n = 0;                        // points per problem
-  int k = 0;                        // centres scored per problem in this launch
-  int dim = 0;                      // row length in elements: 64 or 128
+// The shape every launch of the batched k-means shares (kmeans_assign.cuh, kmeans_steps.cuh): the
+// base of each step's params, filled once per batch (as flash-attention's Flash_fwd_params
+// builds on one base). P independent problems of n points of d dimensions, kept as bf16 unit
+// rows zero-padded to dpad, and k centres each. A step reads only the fields it names.
+struct KMeansShape {
+  int num_problems = 0;  // P (grid.y), <= 65535
+  int n = 0;             // points per problem
+  int d = 0;             // dimensions of a point, <= dpad
+  int dpad = 0;          // row length of the bf16 unit points and centres: 64 or 128
+  int k = 0;             // centres per problem
+};
+
+// n, dpad (the kernel's `dim`) and k of the shape; d is not read. k is the number of centres
+// this launch scores: all of them, or a seeding round's new ones (with label_offset).
+struct KMeansAssignParams : KMeansShape {
   const bf16* points = nullptr;     // [P] x [n][dim] unit points (a zero row is allowed)
   int64_t points_stride = 0;        // elements between problems' point arrays
   const bf16* centers = nullptr;    // [P] x [k][dim] unit centres

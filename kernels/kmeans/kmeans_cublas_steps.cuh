@@ -2,8 +2,12 @@
 // baseline path of engine/backend/cuda/cuda_kmeans.cc (CudaKMeansOptions::cublas_baseline, and
 // head sizes above 128): fp32 points, point x centre products as cuBLAS TF32 GEMMs into a score
 // matrix, then these kernels. The batched solver uses kmeans_assign.cuh and kmeans_steps.cuh.
-// Plain C++ (includable from .cc files); the kernels live in kmeans.cu. Launchers validate
-// sizes, never allocate or synchronise, and return cudaGetLastError().
+// Plain C++ (includable from .cc files); the kernels live in kmeans_cublas_steps.cu. Launchers
+// validate sizes, never allocate or synchronise, and return cudaGetLastError().
+//
+// CPU reference: SphericalKMeans (engine/backend/kmeans.h), through the baseline solver; tested
+// in tests/gpu/kmeans_gpu_test.cc (HeadSizesAboveTheFusedKernelUseTheCublasPath,
+// CublasBaselineStillWorks).
 #pragma once
 
 #include <cuda_runtime.h>

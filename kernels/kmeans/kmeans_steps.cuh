@@ -16,7 +16,12 @@
 //                                    the atomics land in (a batch equals its problems run alone)
 //   counts       int32 [P][k]
 // `active` (optional, [P]): steps skip the problems with active[p] == 0 (converged ones).
+// The params structs derive from KMeansShape (kmeans_assign.cuh), filled once per batch.
 // Launchers validate sizes, never allocate or synchronise, and return the launch status.
+//
+// CPU reference: each step's host version in tests/gpu/kmeans_gpu_test.cc (KMeansStepsTest), and
+// the whole solver against SphericalKMeans (engine/backend/kmeans.h); tested in
+// tests/gpu/kmeans_gpu_test.cc (KMeansStepsTest, CudaKMeansTest).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -25,6 +30,7 @@
 #include <cstdint>
 
 #include "kernels/common/types.cuh"
+#include "kernels/kmeans/kmeans_assign.cuh"
 
 namespace squeeze::gpu {
 
@@ -55,9 +61,7 @@ cudaError_t LaunchKMeansNormalize(const KMeansRawPoints& raw, int num_problems, 
 // keys[p * n + i] = (p << 32) | float bits of the key (non-negative floats order as their bits),
 // values[p * n + i] = i, so one sort of the whole batch orders each problem's points by key.
 constexpr float kKMeansCoincidentDist2 = 1.0f / 128.0f;
-struct KMeansSeedKeysParams {
-  int num_problems = 0;
-  int n = 0;
+struct KMeansSeedKeysParams : KMeansShape {  // num_problems, n
   int round = 0;
   const float* best = nullptr;      // [P][n]
   const float* nonzero = nullptr;   // [P][n]
@@ -77,11 +81,9 @@ cudaError_t LaunchKMeansSeedSort(void* scratch, size_t scratch_bytes, const uint
 
 // centers / centers_bf16 rows [first, first + count) of problem p = unit point
 // index[p * index_stride + j], j < count (each in [0, n)).
-struct KMeansGatherParams {
-  int num_problems = 0;
-  int n = 0, d = 0, dpad = 0, k = 0;
-  const bf16* unit = nullptr;      // [P][n][dpad]
-  const int32_t* index = nullptr;  // [P] x index_stride
+struct KMeansGatherParams : KMeansShape {  // the whole shape
+  const bf16* unit = nullptr;              // [P][n][dpad]
+  const int32_t* index = nullptr;          // [P] x index_stride
   int64_t index_stride = 0;
   int first = 0, count = 0;      // first + count <= k
   float* centers = nullptr;      // [P][k][d]
@@ -91,22 +93,18 @@ cudaError_t LaunchKMeansGatherCenters(const KMeansGatherParams& p, cudaStream_t 
 
 // sums[p][labels[p][i]] += fixed(unit[p][i][0..d)), counts[p][labels[p][i]] += 1 for the active
 // problems; sums and counts zeroed by the caller.
-struct KMeansAccumulateParams {
-  int num_problems = 0;
-  int n = 0, d = 0, dpad = 0, k = 0;
-  const bf16* unit = nullptr;          // [P][n][dpad]
-  const int32_t* labels = nullptr;     // [P][n] in [0, k)
-  const int32_t* active = nullptr;     // optional [P]
-  unsigned long long* sums = nullptr;  // [P][k][d] two's-complement int64
-  int32_t* counts = nullptr;           // [P][k]
+struct KMeansAccumulateParams : KMeansShape {  // the whole shape
+  const bf16* unit = nullptr;                  // [P][n][dpad]
+  const int32_t* labels = nullptr;             // [P][n] in [0, k)
+  const int32_t* active = nullptr;             // optional [P]
+  unsigned long long* sums = nullptr;          // [P][k][d] two's-complement int64
+  int32_t* counts = nullptr;                   // [P][k]
 };
 cudaError_t LaunchKMeansAccumulate(const KMeansAccumulateParams& p, cudaStream_t stream);
 
 // Spherical update of the active problems: centre c = sums[c] / |sums[c]| (in double), written
 // to centers and centers_bf16; a centre with no members or a zero sum keeps its position.
-struct KMeansUpdateParams {
-  int num_problems = 0;
-  int k = 0, d = 0, dpad = 0;
+struct KMeansUpdateParams : KMeansShape {    // num_problems, d, dpad, k
   const unsigned long long* sums = nullptr;  // [P][k][d]
   const int32_t* counts = nullptr;           // [P][k]
   const int32_t* active = nullptr;           // optional [P]

@@ -2,8 +2,8 @@
 // packing, block reductions and the vector-or-scalar launch. Device code only; included by
 // kernels/ops/*.cu and kernels/attention/merge_attention.cu.
 //
-// Conventions for every launcher in kernels/ops/ (and LaunchMergeAttention):
-// Conventions for every launcher here:
+// Conventions for every launcher in kernels/ops/ except the GEMV (gemv.cuh states its own), and
+// for LaunchMergeAttention:
 // - Pointers are device memory; tensors are dense row-major, shapes in brackets, outermost
 //   first. Indices (ids, positions) must be valid: nothing is bounds-checked on the device.
 // - Argument checks, in this order: a negative size, a non-positive inner size (dim, head_dim,
@@ -19,7 +19,6 @@
 //   intrinsics). bf16 outputs are round-to-nearest-even (__float2bfloat16_rn) of the fp32 value
 //   that the fp32 output (when also requested) receives, so the two agree bit for bit.
 // - "May alias" means the very same pointer; partially overlapping ranges are not supported.
-#pragma once
 //
 // Element-wise kernels share one shape: a grid-stride loop over V-wide vectors [0, count / V)
 // followed by a scalar loop over the tail, with V = 1 (everything in the tail) when a pointer is

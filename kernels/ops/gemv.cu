@@ -87,9 +87,9 @@ __device__ __forceinline__ GemvOutput OutputOfRow(const GemvParams& p, int row, 
 
 // Grid-stride over the concatenated output rows of all matrices, one warp per row; the input
 // rows (transformed, rounded to bf16) staged once per CTA in shared memory. (Measured on the
-// H200: ~3% faster end to end than reading x through the read-only cache in the loop,
-// bench/RESULTS.md. Launching it as a programmatic dependent of the previous GEMV, with its
-// first weight lines prefetched to L2 before griddepcontrol.wait, made decode 3-5% slower.)
+// H200: ~3% faster end to end than reading x through the read-only cache in the loop. Launching
+// it as a programmatic dependent of the previous GEMV, with its first weight lines prefetched to
+// L2 before griddepcontrol.wait, made decode 2-5% slower: bench/RESULTS.md, whole forward.)
 template <int M>
 __global__ void __launch_bounds__(kWarps * 32) GemvKernel(const GemvParams p, int total_rows) {
   extern __shared__ uint4 xs[];  // [M][k / 8]

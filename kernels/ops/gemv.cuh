@@ -3,8 +3,10 @@
 // small batch is a stream over the weights; this kernel reads every weight byte once with
 // 16-byte non-caching loads (several in flight per lane), keeps x rounded to bf16 (as the GEMM
 // path rounds its input) in shared memory and accumulates in fp32, so it runs close to the
-// memory bandwidth without a separate conversion kernel. Plain C++ (includable from .cc
-// files); the kernel lives in gemv.cu.
+// memory bandwidth without a separate conversion kernel. CPU reference: CpuBackend::MatMul and
+// the Backend::NormMatMuls / SiluMulMatMul defaults (engine/backend/backend.h); tested against a
+// double-precision reference on the same bf16-rounded inputs in tests/gpu/gemv_test.cc.
+// Plain C++ (includable from .cc files); the kernel lives in gemv.cu.
 #pragma once
 
 #include <cuda_runtime.h>

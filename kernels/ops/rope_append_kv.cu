@@ -66,6 +66,32 @@ __global__ void AppendKvKernel(const float* k_new, const float* v_new, int num_k
   }
 }
 
+// Grid (rows): the CTA of row t finds its sequence (binary search over row0) and converts the
+// row's Hkv * d values of k and v; threads over consecutive elements.
+__global__ void AppendKvBatchKernel(const float* k_new, const float* v_new, int num_kv_heads, int d,
+                                    const AppendKvTarget* seqs, int num_seqs) {
+  const int t = blockIdx.x;
+  int lo = 0, hi = num_seqs - 1;
+  while (lo < hi) {  // the last sequence with row0 <= t
+    const int mid = (lo + hi + 1) / 2;
+    if (seqs[mid].row0 <= t) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  const AppendKvTarget s = seqs[lo];
+  const int local = t - s.row0;
+  if (local < 0 || local >= s.n) return;  // CTA-uniform
+  const size_t src = static_cast<size_t>(t) * num_kv_heads * d;
+  for (int e = threadIdx.x; e < num_kv_heads * d; e += blockDim.x) {
+    const int h = e / d, c = e - h * d;
+    const int64_t dst = h * s.head_stride + static_cast<int64_t>(local) * d + c;
+    s.k_dst[dst] = __float2bfloat16_rn(k_new[src + e]);
+    s.v_dst[dst] = __float2bfloat16_rn(v_new[src + e]);
+  }
+}
+
 }  // namespace
 
 cudaError_t LaunchRopeQK(float* q, int q_heads, float* k, int k_heads, const int32_t* positions,
@@ -109,6 +135,17 @@ cudaError_t LaunchAppendKv(const float* k_new, const float* v_new, int n, int nu
     AppendKvKernel<1><<<GridFor(elems), kThreads, 0, stream>>>(
         k_new, v_new, num_kv_heads, head_dim, k_dst, v_dst, dst_head_stride, elems);
   }
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchAppendKvBatch(const float* k_new, const float* v_new, int rows, int num_kv_heads,
+                                int head_dim, const AppendKvTarget* seqs, int num_seqs,
+                                cudaStream_t stream) {
+  if (rows < 0 || num_seqs < 0 || num_kv_heads <= 0 || head_dim <= 0) return cudaErrorInvalidValue;
+  if (rows == 0 || num_seqs == 0) return cudaSuccess;
+  if (k_new == nullptr || v_new == nullptr || seqs == nullptr) return cudaErrorInvalidValue;
+  AppendKvBatchKernel<<<rows, RowThreads(num_kv_heads * head_dim, kThreads), 0, stream>>>(
+      k_new, v_new, num_kv_heads, head_dim, seqs, num_seqs);
   return cudaGetLastError();
 }
 

@@ -42,4 +42,19 @@ cudaError_t LaunchRope(float* x, const int32_t* positions, int n, int heads, int
 cudaError_t LaunchAppendKv(const float* k_new, const float* v_new, int n, int num_kv_heads,
                            int head_dim, bf16* k_dst, bf16* v_dst, size_t dst_head_stride,
                            cudaStream_t stream);
+
+// LaunchAppendKv for several sequences in one launch: row t < rows of k_new/v_new [rows,
+// num_kv_heads, head_dim] belongs to the sequence i with seqs[i].row0 <= t < seqs[i].row0 +
+// seqs[i].n (seqs device, [num_seqs], increasing row0, non-overlapping) and is its row
+// t - row0, written as LaunchAppendKv writes it. Rows of no sequence are not written.
+struct AppendKvTarget {
+  bf16* k_dst = nullptr;  // the sequence's first free row of head 0
+  bf16* v_dst = nullptr;
+  int64_t head_stride = 0;  // elements; >= n * head_dim when num_kv_heads > 1
+  int32_t row0 = 0;
+  int32_t n = 0;
+};
+cudaError_t LaunchAppendKvBatch(const float* k_new, const float* v_new, int rows, int num_kv_heads,
+                                int head_dim, const AppendKvTarget* seqs, int num_seqs,
+                                cudaStream_t stream);
 }  // namespace squeeze::gpu

@@ -1,6 +1,8 @@
 // Row gathers of the forward: the embedding lookup, the pick of each sequence's last hidden row,
 // and a copy of rows scattered over memory. CPU reference: CpuBackend::Embed / GatherRows
-// (engine/backend/cpu/cpu_backend.h); tested in tests/gpu/model_ops_test.cc.
+// (engine/backend/cpu/cpu_backend.h); tested in tests/gpu/model_ops_test.cc (LaunchCopyRows, a
+// plain copy: through the batched squeezed decode of tests/gpu/cuda_model_test.cc,
+// BatchedSqueezedDecodeEqualsEachAlone).
 // Conventions (argument checks, alignment, math): kernels/ops/elementwise.cuh.
 // Plain C++ (includable from .cc files); the kernels live in rows.cu.
 #pragma once

@@ -2,7 +2,9 @@
 // (engine/sampling/sampler.h): NaN -> -inf, penalties, greedy argmax (lowest id on ties) or
 // temperature -> top_k -> top_p -> min_p -> draw, log-softmax of the processed distribution and
 // its top-N. The host resolves each row's parameters and its draw (Sampler::PrepareDevice); only
-// the results go back. Plain C++ (includable from .cc files); the kernel lives in sampling.cu.
+// the results go back. Tested against the CPU Sampler in tests/gpu/sampling_gpu_test.cc
+// (through engine/backend/cuda/cuda_sampling.h). Plain C++ (includable from .cc files); the
+// kernel lives in sampling.cu.
 //
 // One CTA per row. The truncation order "higher processed logit first, lower id on ties" is one
 // 64-bit integer key per token; top-k, top-p and top-N are radix selects over it (8 bits a level,

@@ -1,4 +1,5 @@
-// Decode centroid lookup, selection and sparse work planning (see centroid_lookup.cuh).
+// Decode centroid lookup and selection: kept ranges and the kept-key index (range_of_key) the
+// attention kernel plans its chunks from (see centroid_lookup.cuh).
 #include <algorithm>
 
 #include "kernels/common/device.cuh"
@@ -37,25 +38,9 @@ struct CentroidRow {
       const int chunk = quarter + 4 * i;
       if constexpr (kBf16) {
         float x[8];
-        detail::UnpackBf16x2(raw[i].x, &x[0], &x[1]);
-        detail::UnpackBf16x2(raw[i].y, &x[2], &x[3]);
-        detail::UnpackBf16x2(raw[i].z, &x[4], &x[5]);
-        detail::UnpackBf16x2(raw[i].w, &x[6], &x[7]);
+        detail::UnpackBf16x8(raw[i], x);
 #pragma unroll
-        for (int g = 0; g < G; ++g) {
-          const float4 qa = *reinterpret_cast<const float4*>(q_s + g * D + chunk * 8);
-          const float4 qb = *reinterpret_cast<const float4*>(q_s + g * D + chunk * 8 + 4);
-          float a = s[g];
-          a = fmaf(qa.x, x[0], a);
-          a = fmaf(qa.y, x[1], a);
-          a = fmaf(qa.z, x[2], a);
-          a = fmaf(qa.w, x[3], a);
-          a = fmaf(qb.x, x[4], a);
-          a = fmaf(qb.y, x[5], a);
-          a = fmaf(qb.z, x[6], a);
-          a = fmaf(qb.w, x[7], a);
-          s[g] = a;
-        }
+        for (int g = 0; g < G; ++g) s[g] = detail::Dot8(q_s + g * D + chunk * 8, x, s[g]);
       } else {
         const float4 x = *reinterpret_cast<const float4*>(&raw[i]);
 #pragma unroll

@@ -1,6 +1,7 @@
 // Squeezed Attention decode centroid lookup for one layer, entirely on the device (no host
 // synchronisation; capturable in a CUDA graph). Math identical to the CPU reference
-// (engine/squeeze/cluster_scores.h, selection.h), flat (non-hierarchical) mode:
+// (engine/squeeze/cluster_scores.h, selection.h), flat mode (with candidates, the hierarchical
+// level's fine lookup: j and c range over the candidates only):
 //   s_gc = scale * q_g . centroid_c                      (fp32; g over the G heads of the group)
 //   p_gc = exp(s_gc - m_g) / sum_j N_j exp(s_gj - m_g)   (m_g = max_j s_gj; sizes weigh only
 //                                                         the denominator)
@@ -29,6 +30,12 @@
 // blocks' compacted segments (the same results).
 // Counters are restored to zero by the kernels themselves, so one zeroing at workspace creation
 // suffices.
+//
+// CPU reference: ClusterScorer::Average and SqueezedFixedContextAttention::Select
+// (engine/squeeze/cluster_scores.h, selection.h); tested through LaunchSqueezedDecode in
+// tests/gpu/attention_kernels_test.cc (both lookup paths, the scores and the kept clusters), the
+// candidate and scores_in modes through tests/gpu/cuda_model_test.cc
+// (DeviceSqueezedSelectionMatchesCpu, DeviceHierarchicalSelectionMatchesCpu).
 #pragma once
 
 #include "kernels/common/types.cuh"
@@ -75,7 +82,7 @@ struct CentroidLookupParams {
   // [B * Hkv * kLookupCounterStride]; zero before the first launch, zero after each.
   uint32_t* counters = nullptr;
   // Optional [B * Hkv][sel.cluster_stride]: every cluster's score computed elsewhere (prefill:
-  // the mean over many query rows, kernels/squeeze/expand_selection.cuh). The score launch is then
+  // the mean over many query rows, kernels/squeeze/cluster_scores.cuh). The score launch is then
   // skipped and q, logits, block_max and block_den are not used.
   const float* scores_in = nullptr;
   // Optional (hierarchical level): only the candidate clusters of each head take part, the

@@ -7,8 +7,11 @@
 // with s_rc = scale * q_r . centroid_c recomputed by both passes on tensor cores (mma.sync
 // m16n8k16, bf16 in, fp32 accumulate). The [R][C] logits (107 MB per KV head for a 1K-token
 // input against 6,554 clusters) are never written; each pass reads the queries and centroids
-// once per tile. Same math as ClusterScorer::Average (CPU); every sum has a fixed order, so
-// results are deterministic. Plain C++ header; kernels in cluster_scores.cu.
+// once per tile. Every sum has a fixed order, so results are deterministic. Plain C++ header;
+// kernels in cluster_scores.cu.
+//
+// CPU reference: ClusterScorer::Average (engine/squeeze/cluster_scores.h), the same math; tested
+// in tests/gpu/cluster_scores_test.cc.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -13,6 +13,11 @@
 // ClusterScorer::Average): the mean over query rows of each row's size-weighted softmax over
 // the centroids. Plain C++ header; kernels in expand_selection.cu. Launchers never allocate or
 // synchronise and return cudaErrorInvalidValue on bad arguments.
+//
+// CPU reference (LaunchExpandSelectionRows): the ranges SqueezedFixedContextAttention::Select
+// lists, read in place by AttentionPartial (engine/backend/attention_reference.h); tested through
+// the squeezed prefill in tests/gpu/cuda_model_test.cc (DeviceSqueezedSelectionMatchesCpu,
+// DeviceHierarchicalSelectionMatchesCpu).
 #pragma once
 
 #include <cuda_runtime.h>

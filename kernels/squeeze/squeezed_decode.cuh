@@ -8,6 +8,13 @@
 //      one                                                        -> out [B][Hq][d], lse [B][Hq]
 // The plan (host) fixes every grid from upper bounds, so it stays valid while lengths, kept
 // counts and thresholds change from step to step.
+//
+// CPU reference: SqueezedFixedContextAttention::Select (engine/squeeze/selection.h), then
+// AttentionPartial and MergeAttentionPartials (engine/backend/attention_reference.h); tested in
+// tests/gpu/attention_kernels_test.cc (SqueezedDecode); LaunchSelectFromScores and
+// LaunchLookupFromQueries (the squeezed prefill, the hierarchical coarse level) through
+// tests/gpu/cuda_model_test.cc (DeviceSqueezedSelectionMatchesCpu,
+// DeviceHierarchicalSelectionMatchesCpu).
 #pragma once
 
 #include "kernels/common/types.cuh"

@@ -126,6 +126,22 @@ TEST(BackendOpsTest, SiluMulMatchesReference) {
   EXPECT_LT(RelError(out, ref), 1e-6);
 }
 
+// The CPU op and Backend's default (host round trip, what a backend without a kernel runs).
+TEST(BackendOpsTest, AddBiasAddsToEveryRowInBothImplementations) {
+  std::mt19937_64 rng(9);
+  CpuBackend be;
+  const int rows = 7, cols = 33;
+  const std::vector<float> y0 = RandomVec(rows * cols, rng), bias = RandomVec(cols, rng);
+  std::vector<double> ref(rows * cols);
+  for (int i = 0; i < rows * cols; ++i) ref[i] = double{y0[i]} + bias[i % cols];
+  std::vector<float> y = y0;
+  be.AddBias(y.data(), bias.data(), rows, cols);
+  EXPECT_LT(RelError(y, ref), 1e-7);
+  y = y0;
+  be.Backend::AddBias(y.data(), bias.data(), rows, cols);
+  EXPECT_LT(RelError(y, ref), 1e-7);
+}
+
 TEST(BackendOpsTest, AppendKvWritesPerHeadRows) {
   std::mt19937_64 rng(5);
   CpuBackend be;
@@ -509,6 +525,55 @@ TEST_P(AttentionPartialTest, GqaEqualsMhaWithRepeatedKvHeads) {
     for (int i = 0; i < c.d; ++i) diff += std::abs(out[i] - out[(G * c.d) + i]);
     EXPECT_GT(diff, 1e-3);
   }
+}
+
+// The cascade (n sequences over one shared key list, per-key masks, chunked partials merged
+// by log-sum-exp) equals each sequence's own attention over the keys it sees, for any chunking.
+TEST_P(AttentionPartialTest, CascadeOverSharedKeysEqualsPerSequenceAttention) {
+  const AttnCase c = GetParam();
+  std::mt19937_64 rng(11 + c.n + c.d);
+  const AttentionShape sh{c.n, c.hq, c.hkv, c.d, 1.0f / std::sqrt(static_cast<float>(c.d))};
+  const std::vector<float> q = RandomVec(static_cast<size_t>(c.n) * c.hq * c.d, rng);
+  const KvStore kv = RandomKv(c.hkv, c.rows, c.d, rng);
+  const bool masked = c.n <= 64;  // a key mask holds 64 sequences
+  const uint64_t all = c.n >= 64 ? ~uint64_t{0} : (uint64_t{1} << c.n) - 1;
+  // Key lists: a random subset of each head's rows in shuffled order; masks: random sequences per
+  // key, the last sequence seeing nothing of head 0.
+  std::vector<std::vector<int32_t>> rows(c.hkv);
+  std::vector<std::vector<uint64_t>> masks(c.hkv);
+  std::vector<std::vector<uint64_t>> seen(c.hkv, std::vector<uint64_t>(c.rows, 0));
+  for (int h = 0; h < c.hkv; ++h) {
+    for (int r = 0; r < c.rows; ++r) {
+      if (rng() % 4 != 0) rows[h].push_back(r);
+    }
+    std::shuffle(rows[h].begin(), rows[h].end(), rng);
+    for (int32_t r : rows[h]) {
+      uint64_t m = masked ? rng() & all : all;
+      if (masked && h == 0) m &= ~(uint64_t{1} << (c.n - 1));
+      masks[h].push_back(m);
+      seen[h][r] = m;
+    }
+  }
+  std::vector<double> ref, ref_lse;
+  ReferenceAttention(
+      sh, q, kv, [&](int t, int h, int r) { return ((seen[h][r] >> t) & 1) != 0; }, &ref, &ref_lse);
+  for (int chunk : {1, 64, 100, c.rows + 1}) {
+    SCOPED_TRACE(chunk);
+    const SharedKeys keys{kv.slice(), rows, masks};
+    std::vector<float> out(ref.size(), kNaN), lse(ref_lse.size(), kNaN);
+    CascadeAttention(sh, q.data(), keys, chunk, out.data(), lse.data());
+    EXPECT_FALSE(HasNaN(out));
+    EXPECT_LT(RelError(out, ref), 1e-5);
+    ExpectLseNear(lse, ref_lse);
+  }
+  // Dense: the whole context, every sequence sees every row.
+  ReferenceAttention(
+      sh, q, kv, [](int, int, int) { return true; }, &ref, &ref_lse);
+  std::vector<float> out(ref.size(), kNaN), lse(ref_lse.size(), kNaN);
+  CascadeAttention(sh, q.data(), SharedKeys{kv.slice(), {}, {}}, 64, out.data(), lse.data());
+  EXPECT_FALSE(HasNaN(out));
+  EXPECT_LT(RelError(out, ref), 1e-5);
+  ExpectLseNear(lse, ref_lse);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionPartialTest,

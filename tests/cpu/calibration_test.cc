@@ -241,7 +241,7 @@ TEST(CalibrationTest, KeptFractionOnTheCalibrationQueriesMatchesTheBudget) {
     LayerSelection out;
     double kept = 0;
     for (int l = 0; l < L; ++l) {
-      att.Select(l, c.capture.q[l].data(), W, &out);
+      att.SelectAndRecord(l, c.capture.q[l].data(), W, &out);
       for (int h = 0; h < Hkv; ++h) {
         for (const KeyRange& r : out.ranges[h]) kept += r.size();
         kept -= W;  // the window is always kept, not part of the budget

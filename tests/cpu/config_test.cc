@@ -311,12 +311,12 @@ TEST(ConfigTest, ErrorsOnUnsupportedArchitecture) {
 }
 
 TEST(ConfigTest, ErrorsOnUnsupportedRopeTypes) {
-  for (const char* type : {"yarn", "dynamic", "longrope"}) {
+  for (const char* type : {"dynamic", "mrope", "su"}) {
     SCOPED_TRACE(type);
     json j = Llama2Config();
     j["rope_scaling"] = {{"rope_type", type}, {"factor", 4.0}};
     ExpectError(j, std::string("unsupported rope_scaling type '") + type +
-                       "' (supported: default, linear, llama3)");
+                       "' (supported: default, linear, llama3, yarn, longrope)");
     j["rope_scaling"] = {{"type", type}, {"factor", 4.0}};
     ExpectError(j, std::string("unsupported rope_scaling type '") + type + "'");
     j["rope_parameters"] = {{"rope_type", type}, {"rope_theta", 10000.0}, {"factor", 4.0}};
@@ -393,6 +393,177 @@ TEST(ConfigTest, LoadsFromDirectory) {
   EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(c.status().message()), HasSubstr((dir / "config.json").string()));
   EXPECT_THAT(std::string(c.status().message()), HasSubstr("'hidden_size'"));
+}
+
+}  // namespace
+}  // namespace squeeze
+
+// ---- families beyond Llama -------------------------------------------------------------------
+
+namespace squeeze {
+namespace {
+
+// Qwen2.5-7B-Instruct's config.json with YaRN switched on as its README says.
+json Qwen25Config() {
+  return json::parse(R"({
+    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
+    "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+    "num_attention_heads": 28, "num_key_value_heads": 4, "max_position_embeddings": 32768,
+    "max_window_layers": 28, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+    "sliding_window": 131072, "use_sliding_window": false, "tie_word_embeddings": false,
+    "torch_dtype": "bfloat16", "vocab_size": 152064, "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "rope_scaling": {"factor": 4.0, "original_max_position_embeddings": 32768, "type": "yarn"}
+  })");
+}
+
+TEST(ConfigFamiliesTest, Qwen2WithYarn) {
+  absl::StatusOr<ModelConfig> c = Parse(Qwen25Config());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->architecture, "Qwen2ForCausalLM");
+  EXPECT_EQ(c->group_size(), 7);
+  EXPECT_EQ(c->head_dim, 128);
+  EXPECT_TRUE(c->qkv_bias);
+  EXPECT_FALSE(c->o_bias);
+  EXPECT_FALSE(c->qk_norm);
+  EXPECT_EQ(c->rope_scaling.type, RopeType::kYarn);
+  EXPECT_FLOAT_EQ(c->rope_scaling.factor, 4.0f);
+  EXPECT_EQ(c->rope_scaling.original_max_position_embeddings, 32768);
+  EXPECT_FLOAT_EQ(c->rope_scaling.beta_fast, 32.0f);
+  EXPECT_FLOAT_EQ(c->rope_scaling.beta_slow, 1.0f);
+  EXPECT_TRUE(c->rope_scaling.truncate);
+  EXPECT_EQ(c->max_position_embeddings, 131072);  // the window YaRN x4 extends to
+
+  json j = Qwen25Config();
+  j["use_sliding_window"] = true;
+  ExpectError(j, "'use_sliding_window' is true");
+  j = Qwen25Config();
+  j.erase("architectures");
+  c = Parse(j);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->architecture, "Qwen2ForCausalLM");  // from model_type
+}
+
+TEST(ConfigFamiliesTest, Qwen3HeadDimNormsAndBias) {
+  json j = json::parse(R"({
+    "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_act": "silu",
+    "hidden_size": 2560, "head_dim": 128, "intermediate_size": 9728, "num_hidden_layers": 36,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 40960,
+    "rms_norm_eps": 1e-06, "rope_theta": 1000000, "rope_scaling": null,
+    "attention_bias": false, "use_sliding_window": false, "tie_word_embeddings": true,
+    "vocab_size": 151936, "eos_token_id": 151645
+  })");
+  absl::StatusOr<ModelConfig> c = Parse(j);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->head_dim, 128);
+  EXPECT_NE(c->head_dim * c->num_heads, c->hidden_size);
+  EXPECT_TRUE(c->qk_norm);
+  EXPECT_FALSE(c->qkv_bias);
+  EXPECT_EQ(c->rope_scaling.type, RopeType::kDefault);
+  j["attention_bias"] = true;
+  c = Parse(j);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->qkv_bias);
+  EXPECT_TRUE(c->o_bias);
+  // Qwen3's YaRN in the transformers-5 layout, with the optional fields.
+  j["rope_parameters"] = {{"rope_type", "yarn"},
+                          {"rope_theta", 1000000},
+                          {"factor", 4.0},
+                          {"original_max_position_embeddings", 32768},
+                          {"beta_fast", 16},
+                          {"beta_slow", 2},
+                          {"attention_factor", 1.25},
+                          {"truncate", false}};
+  c = Parse(j);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->rope_scaling.type, RopeType::kYarn);
+  EXPECT_FLOAT_EQ(c->rope_scaling.beta_fast, 16.0f);
+  EXPECT_FLOAT_EQ(c->rope_scaling.beta_slow, 2.0f);
+  EXPECT_FLOAT_EQ(c->rope_scaling.attention_factor, 1.25f);
+  EXPECT_FALSE(c->rope_scaling.truncate);
+  EXPECT_EQ(c->max_position_embeddings, 131072);
+  j["rope_parameters"]["truncate"] = "no";
+  ExpectError(j, "'rope_parameters.truncate' must be true or false");
+  j["rope_parameters"].erase("truncate");
+  j["rope_parameters"].erase("factor");
+  ExpectError(j, "missing required field 'rope_parameters.factor'");
+}
+
+TEST(ConfigFamiliesTest, MistralNemoExplicitHeadDim) {
+  json j = json::parse(R"({
+    "architectures": ["MistralForCausalLM"], "hidden_size": 5120, "head_dim": 128,
+    "intermediate_size": 14336, "num_hidden_layers": 40, "num_attention_heads": 32,
+    "num_key_value_heads": 8, "max_position_embeddings": 1024000, "rms_norm_eps": 1e-05,
+    "rope_theta": 1000000.0, "sliding_window": null, "vocab_size": 131072, "hidden_act": "silu"
+  })");
+  absl::StatusOr<ModelConfig> c = Parse(j);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->head_dim, 128);
+  EXPECT_EQ(c->num_heads * c->head_dim, 4096);
+  EXPECT_FALSE(c->qkv_bias || c->o_bias || c->qk_norm || c->fused_qkv);
+}
+
+// Phi-3.5-mini: LongRoPE with the pre-training length at the top level.
+json Phi35Config() {
+  json j = json::parse(R"({
+    "architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "hidden_act": "silu",
+    "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 32, "max_position_embeddings": 131072,
+    "original_max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
+    "sliding_window": 262144, "tie_word_embeddings": false, "vocab_size": 32064
+  })");
+  std::vector<double> short_factor(48, 1.0), long_factor(48, 2.0);
+  j["rope_scaling"] = {
+      {"type", "longrope"}, {"short_factor", short_factor}, {"long_factor", long_factor}};
+  return j;
+}
+
+TEST(ConfigFamiliesTest, Phi3LongRope) {
+  absl::StatusOr<ModelConfig> c = Parse(Phi35Config());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->head_dim, 96);
+  EXPECT_TRUE(c->fused_qkv);
+  EXPECT_EQ(c->rope_scaling.type, RopeType::kLongRope);
+  EXPECT_EQ(c->rope_scaling.original_max_position_embeddings, 4096);
+  EXPECT_EQ(c->rope_scaling.max_position_embeddings, 131072);
+  EXPECT_FLOAT_EQ(c->rope_scaling.factor, 32.0f);
+  EXPECT_EQ(c->rope_scaling.short_factor.size(), 48u);
+  EXPECT_EQ(c->max_position_embeddings, 131072);
+
+  json j = Phi35Config();
+  j["rope_scaling"]["long_factor"] = std::vector<double>(47, 1.0);
+  ExpectError(j, "'rope_scaling.long_factor' has 47 entries, expected head_dim / 2 = 48");
+  j = Phi35Config();
+  j["rope_scaling"]["short_factor"][3] = -1.0;
+  ExpectError(j, "'rope_scaling.short_factor' must hold positive numbers");
+  j = Phi35Config();
+  j["partial_rotary_factor"] = 0.75;  // Phi-4-mini
+  ExpectError(j, "'partial_rotary_factor' is 0.75; only full rotary embeddings");
+}
+
+TEST(ConfigFamiliesTest, UnsupportedSettingsAreRefused) {
+  json j = Llama2Config();
+  j["hidden_act"] = "gelu";
+  ExpectError(j, "'hidden_act' is 'gelu'; only 'silu'");
+  j = Llama2Config();
+  j["mlp_bias"] = true;
+  ExpectError(j, "'mlp_bias' is true");
+  j = Llama2Config();
+  j["architectures"] = {"Gemma2ForCausalLM"};
+  ExpectError(j,
+              "unsupported architecture 'Gemma2ForCausalLM' in field 'architectures' "
+              "(supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, "
+              "Qwen3ForCausalLM, Phi3ForCausalLM)");
+  j.erase("architectures");
+  j["model_type"] = "qwen2_moe";
+  ExpectError(j,
+              "unsupported model_type 'qwen2_moe' (supported: llama, mistral, qwen2, qwen3, "
+              "phi3)");
+  j = Llama2Config();
+  j["attention_bias"] = true;
+  absl::StatusOr<ModelConfig> c = Parse(j);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->qkv_bias && c->o_bias);
 }
 
 }  // namespace

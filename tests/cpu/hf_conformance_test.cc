@@ -1,9 +1,10 @@
 // Conformance with Hugging Face `transformers`, `tokenizers` and `sentencepiece`, against golden
 // files written by tools/make_goldens.py (see its header for what each file holds):
 //
-//   models:     every golden model loads through the normal loader (LoadModelConfig,
-//               LoadLlamaWeights, LlamaModel::Create on the CPU backend) and reproduces the
-//               transformers fp32 logits, argmaxes and greedy tokens;
+//   models:     every golden model (Llama-2, LongChat, Llama-3.1/3.2, Mistral, Qwen2 with YaRN,
+//               Qwen3, Mistral-Nemo, Phi-3 with LongRoPE) loads through the normal loader
+//               (LoadModelConfig, LoadLlamaWeights, LlamaModel::Create on the CPU backend) and
+//               reproduces the transformers fp32 logits, argmaxes and greedy tokens;
 //   tokenizers: SentencePiece (through LoadTokenizer) and tokenizer.json byte-level BPE (through
 //               LoadBpeTokenizer) give the libraries' ids for every corpus string and decode
 //               them back the way the libraries do.
@@ -30,6 +31,7 @@
 #include "engine/backend/kv_cache.h"
 #include "engine/model/config.h"
 #include "engine/model/llama_model.h"
+#include "engine/model/rope.h"
 #include "engine/model/weights.h"
 #include "engine/tokenizer/bpe_tokenizer.h"
 #include "engine/tokenizer/llama3_pretokenizer.h"
@@ -50,6 +52,10 @@ const fs::path kGoldenDir = std::getenv("SQUEEZE_GOLDEN_DIR") != nullptr
 constexpr char kRegenerate[] =
     "regenerate with `python3 tools/make_goldens.py --out tests/data/golden` on a machine with "
     "torch, transformers, tokenizers, sentencepiece and safetensors, and commit the result";
+// The model families beyond Llama (tools/make_goldens.py FAMILIES).
+constexpr char kRegenerateFamilies[] =
+    "make them with `python3 tools/make_goldens.py --out tests/data/golden --only families` on a "
+    "machine with torch and transformers, and commit the result";
 
 constexpr double kLogitTolerance = 1e-3;  // max|Δlogit| / max|logit|, see the file comment
 // An argmax may differ only where transformers' top-2 gap is below this (relative to the row's
@@ -109,8 +115,9 @@ std::string IdsString(const std::vector<int32_t>& ids, size_t max_len = 24) {
 // ---- models ---------------------------------------------------------------------------------
 
 // The models tools/make_goldens.py builds; every one must be present and tested.
-const std::vector<std::string> kModels = {"llama2", "longchat", "llama31", "mistral",
-                                          "llama32_tied"};
+const std::vector<std::string> kModels = {
+    "llama2",     "longchat",   "llama31",      "mistral", "llama32_tied",
+    "qwen2_yarn", "qwen3_yarn", "mistral_nemo", "phi3",    "phi3_longrope"};
 
 TEST(HfConformance, ManifestListsEveryTestedPart) {
   REQUIRE_GOLDENS();
@@ -278,18 +285,38 @@ void CheckConfig(const std::string& name, const ModelConfig& c, const json& expe
               1e-6 * expect.at("rope_theta").get<double>())
       << name;
   const std::string type = expect.at("rope_type").get<std::string>();
-  const RopeType want = type == "linear"   ? RopeType::kLinear
-                        : type == "llama3" ? RopeType::kLlama3
-                                           : RopeType::kDefault;
+  const RopeType want = type == "linear"     ? RopeType::kLinear
+                        : type == "llama3"   ? RopeType::kLlama3
+                        : type == "yarn"     ? RopeType::kYarn
+                        : type == "longrope" ? RopeType::kLongRope
+                                             : RopeType::kDefault;
   EXPECT_EQ(c.rope_scaling.type, want) << name << " rope type " << type;
   if (want != RopeType::kDefault) {
     EXPECT_FLOAT_EQ(c.rope_scaling.factor, expect.at("rope_factor").get<float>()) << name;
   }
+  if (want != RopeType::kDefault && want != RopeType::kLinear) {
+    EXPECT_EQ(c.rope_scaling.original_max_position_embeddings,
+              expect.at("original_max_position_embeddings").get<int>())
+        << name;
+  }
   if (want == RopeType::kLlama3) {
     EXPECT_FLOAT_EQ(c.rope_scaling.low_freq_factor, expect.at("low_freq_factor").get<float>());
     EXPECT_FLOAT_EQ(c.rope_scaling.high_freq_factor, expect.at("high_freq_factor").get<float>());
-    EXPECT_EQ(c.rope_scaling.original_max_position_embeddings,
-              expect.at("original_max_position_embeddings").get<int>());
+  }
+  // What transformers used: the inverse frequencies of the longest sequence and the factor it
+  // scales cos and sin by (goldens made since the families were added record them).
+  if (expect.contains("rope_inv_freq")) {
+    const auto want_freq = expect.at("rope_inv_freq").get<std::vector<double>>();
+    absl::StatusOr<std::vector<float>> freq =
+        ComputeRopeInvFreq(c.head_dim, c.rope_theta, c.rope_scaling);
+    ASSERT_TRUE(freq.ok()) << name << ": " << freq.status();
+    ASSERT_EQ(freq->size(), want_freq.size()) << name;
+    for (size_t i = 0; i < want_freq.size(); ++i) {
+      EXPECT_NEAR((*freq)[i], want_freq[i], 1e-5 * want_freq[i]) << name << " inv_freq " << i;
+    }
+    EXPECT_NEAR(RopeAttentionFactor(c.rope_scaling),
+                expect.at("rope_attention_factor").get<double>(), 1e-6)
+        << name << " RoPE attention factor";
   }
   // The file really is in the layout it claims, so both layouts are exercised.
   const bool t4 = layout.rfind("transformers4", 0) == 0;
@@ -301,6 +328,9 @@ void CheckConfig(const std::string& name, const ModelConfig& c, const json& expe
 
 void CheckModel(const std::string& name) {
   const fs::path dir = kGoldenDir / name;
+  if (!fs::is_directory(dir)) {
+    FAIL() << "golden model directory " << dir.string() << " is missing; " << kRegenerateFamilies;
+  }
   const json golden = ReadJson(dir / "golden.json");
   const json raw_config = ReadJson(dir / "config.json");
   ASSERT_TRUE(golden.is_object() && raw_config.is_object()) << name;
@@ -369,6 +399,11 @@ MODEL_TEST(LongChatLinearRope, "longchat")
 MODEL_TEST(Llama31Llama3RopeGqa, "llama31")
 MODEL_TEST(Mistral, "mistral")
 MODEL_TEST(Llama32TiedEmbeddings, "llama32_tied")
+MODEL_TEST(Qwen2Yarn, "qwen2_yarn")
+MODEL_TEST(Qwen3Yarn, "qwen3_yarn")
+MODEL_TEST(MistralNemo, "mistral_nemo")
+MODEL_TEST(Phi3, "phi3")
+MODEL_TEST(Phi3LongRope, "phi3_longrope")
 
 // ---- tokenizers -----------------------------------------------------------------------------
 

@@ -205,7 +205,7 @@ TEST(SelectionTest, KeepAllAndFullBudgetKeepEveryRow) {
       SqueezedFixedContextAttention att(c.index, sel);
       LayerSelection out;
       for (int l = 0; l < 2; ++l) {
-        att.Select(l, q.data(), 3, &out);
+        att.SelectAndRecord(l, q.data(), 3, &out);
         ASSERT_EQ(out.ranges.size(), 2u);
         for (const auto& ranges : out.ranges) {
           ASSERT_EQ(ranges.size(), 1u);
@@ -231,7 +231,7 @@ TEST(SelectionTest, ZeroBudgetKeepsOnlySinksAndWindow) {
     SqueezedFixedContextAttention att(c.index, sel);
     LayerSelection out;
     for (int l = 0; l < 2; ++l) {
-      att.Select(l, q.data(), 1, &out);
+      att.SelectAndRecord(l, q.data(), 1, &out);
       for (const auto& ranges : out.ranges) {
         ASSERT_EQ(ranges.size(), 2u);
         EXPECT_EQ(ranges[0].begin, 0);
@@ -259,7 +259,7 @@ TEST(SelectionTest, FlatSelectionMatchesDoublePrecisionBruteForce) {
       const std::vector<float> q = RandomQueries(n, Hq, d, gen);
       for (int l = 0; l < L; ++l) {
         LayerSelection out;
-        att.Select(l, q.data(), n, &out);
+        att.SelectAndRecord(l, q.data(), n, &out);
         for (int h = 0; h < Hkv; ++h) {
           ExpectWellFormed(out.ranges[h], c.index.num_tokens);
           const std::vector<bool> kept = KeptClusters(c.index.head(l, h), out.ranges[h]);
@@ -302,7 +302,7 @@ TEST(SelectionTest, HierarchicalMatchesBruteForceAndNeverKeepsUnderADroppedCoars
       const std::vector<float> q = RandomQueries(n, Hq, d, gen);
       for (int l = 0; l < L; ++l) {
         LayerSelection out;
-        att.Select(l, q.data(), n, &out);
+        att.SelectAndRecord(l, q.data(), n, &out);
         for (int h = 0; h < Hkv; ++h) {
           ExpectWellFormed(out.ranges[h], c.index.num_tokens);
           const std::vector<bool> kept = KeptClusters(c.index.head(l, h), out.ranges[h]);
@@ -331,10 +331,10 @@ TEST(SelectionTest, HierarchicalMatchesBruteForceAndNeverKeepsUnderADroppedCoars
 }
 
 // A backend that selects on the device reports the rows it kept (and, hierarchical, the fine
-// candidates under the kept coarse clusters) through RecordDeviceSelection. Given what the host
-// selection kept, the realised budget must come out as the host selection's own accounting:
-// flat scores every fine centroid; hierarchical scores the coarse centroids plus the
-// candidates; and device_selection() hands over the thresholds Select uses.
+// candidates under the kept coarse clusters) through Record. Given what the host selection kept,
+// the realised budget must come out as the host selection's own accounting: flat scores every
+// fine centroid; hierarchical scores the coarse centroids plus the candidates, which Select
+// reports as a device computes them; and policy() hands over the thresholds Select uses.
 TEST(SelectionTest, DeviceSelectionAccountingMatchesHostSelection) {
   const int L = 2, Hkv = 2, Hq = 4, d = 16;
   SqueezeOptions o = Options(true);
@@ -350,8 +350,9 @@ TEST(SelectionTest, DeviceSelectionAccountingMatchesHostSelection) {
       sel.hierarchical = hierarchical;
       sel.coarse_keep = 0.3;
       SqueezedFixedContextAttention host(c.index, sel), device(c.index, sel);
-      const std::optional<DeviceSelection> ds = device.device_selection();
-      ASSERT_TRUE(ds.has_value());
+      const ContextAttentionPolicy policy = device.policy();
+      ASSERT_EQ(policy.kind, ContextAttentionPolicy::Kind::kSqueezed);
+      const SqueezedSelection* ds = &policy.squeezed;
       EXPECT_EQ(ds->hierarchical, hierarchical);
       EXPECT_EQ(ds->threshold, host.fine_threshold());
       if (hierarchical && std::isfinite(host.fine_threshold())) {
@@ -360,7 +361,7 @@ TEST(SelectionTest, DeviceSelectionAccountingMatchesHostSelection) {
       const std::vector<float> q = RandomQueries(1, Hq, d, gen);
       for (int l = 0; l < L; ++l) {
         LayerSelection out;
-        host.Select(l, q.data(), 1, &out);
+        host.SelectAndRecord(l, q.data(), 1, &out);
         std::vector<int32_t> kept(Hkv), candidates(Hkv);
         for (int h = 0; h < Hkv; ++h) {
           for (const KeyRange& r : out.ranges[h]) kept[h] += r.size();
@@ -380,7 +381,10 @@ TEST(SelectionTest, DeviceSelectionAccountingMatchesHostSelection) {
             }
           }
         }
-        device.RecordDeviceSelection(
+        if (hierarchical && host.fine_threshold() != std::numeric_limits<float>::infinity()) {
+          EXPECT_EQ(out.candidates, candidates) << "layer " << l;
+        }
+        device.Record(
             l, kept,
             hierarchical ? std::span<const int32_t>(candidates) : std::span<const int32_t>());
       }
@@ -422,7 +426,7 @@ TEST(SelectionTest, ScoresAreAveragedOverTheGroupAndTheTokens) {
   const std::vector<float> q0 = {a, 0}, q1 = {0, b};
   auto select = [&](const std::vector<float>& q, int n) {
     LayerSelection out;
-    att.Select(0, q.data(), n, &out);
+    att.SelectAndRecord(0, q.data(), n, &out);
     return out.ranges[0];
   };
   auto keeps_a = [](const std::vector<KeyRange>& r) {
@@ -463,7 +467,7 @@ TEST(SelectionTest, RealisedBudgetArithmetic) {
       const std::vector<float> q = RandomQueries(n, Hq, d, gen);
       for (int l = 0; l < L; ++l) {
         LayerSelection out;
-        att.Select(l, q.data(), n, &out);
+        att.SelectAndRecord(l, q.data(), n, &out);
         for (int h = 0; h < Hkv; ++h) {
           int kept = 0;
           for (const KeyRange& r : out.ranges[h]) kept += r.size();
@@ -509,7 +513,7 @@ TEST(SelectionTest, OptionValidation) {
   std::mt19937 gen(12);
   const std::vector<float> q = RandomQueries(2, 2, 8, gen);
   LayerSelection out;
-  att.Select(0, q.data(), 2, &out);
+  att.SelectAndRecord(0, q.data(), 2, &out);
   ASSERT_EQ(out.ranges.size(), 1u);
   ExpectWellFormed(out.ranges[0], c.index.num_tokens);
 }
@@ -534,7 +538,7 @@ TEST(SelectionTest, MassSelectionKeepsTheTopClustersUpToTheTargetMass) {
     SqueezedFixedContextAttention sel(c.index, o);
     LayerSelection out;
     for (int l = 0; l < L; ++l) {
-      sel.Select(l, q.data(), 3, &out);
+      sel.SelectAndRecord(l, q.data(), 3, &out);
       for (int h = 0; h < Hkv; ++h) {
         ExpectWellFormed(out.ranges[h], S);
         const SqueezeHeadIndex& head = c.index.head(l, h);
@@ -571,7 +575,7 @@ TEST(SelectionTest, MassSelectionKeepsTheTopClustersUpToTheTargetMass) {
   all.mass = 1.0;
   SqueezedFixedContextAttention sel(c.index, all);
   LayerSelection out;
-  sel.Select(0, q.data(), 3, &out);
+  sel.SelectAndRecord(0, q.data(), 3, &out);
   ASSERT_EQ(out.ranges[0].size(), 1u);
   EXPECT_EQ(out.ranges[0][0].begin, 0);
   EXPECT_EQ(out.ranges[0][0].end, S);

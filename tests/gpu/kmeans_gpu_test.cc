@@ -1,9 +1,9 @@
 // The GPU spherical k-means (engine/backend/cuda/cuda_kmeans.h) against the CPU reference
 // (engine/backend/kmeans.h):
 //   * the fused tensor-core assignment kernel (kernels/kmeans/kmeans_assign.cuh) against a
-//   brute-force
-//     argmax over the same bf16 values (labels equal except at near-ties of the top two scores,
-//     scores equal up to fp32 accumulation), merge mode, skipped problems, changed counts;
+//     brute-force argmax over the same bf16 values (labels equal except at near-ties of the top
+//     two scores, scores equal up to fp32 accumulation), merge mode, skipped problems, changed
+//     counts;
 //   * the solver: the reference's invariants (labels, sizes, raw-mean centroids, a non-decreasing
 //     objective up to bf16 rounding, nearest-centre assignment at convergence), quality (final
 //     objective within 1% of the reference on clustered data, seeding close to k-means++ and
@@ -137,7 +137,7 @@ TEST(KMeansAssignKernelTest, MatchesBruteForceArgmax) {
       p.num_problems = P;
       p.n = n;
       p.k = k;
-      p.dim = dim;
+      p.dpad = dim;
       p.points = d_points.get();
       p.points_stride = static_cast<int64_t>(n) * dim;
       p.centers = d_centers.get();
@@ -209,7 +209,7 @@ TEST(KMeansAssignKernelTest, RejectsUnsupportedShapes) {
   p.num_problems = 1;
   p.n = 10;
   p.k = 4;
-  p.dim = 96;  // callers pad to 64 or 128
+  p.dpad = 96;  // callers pad to 64 or 128
   DeviceArray<bf16> buf(1024);
   DeviceArray<int32_t> labels(16);
   DeviceArray<float> best(16);
@@ -217,7 +217,7 @@ TEST(KMeansAssignKernelTest, RejectsUnsupportedShapes) {
   p.labels = labels.get();
   p.best = best.get();
   EXPECT_EQ(gpu::LaunchKMeansAssign(p, nullptr), cudaErrorInvalidValue);
-  p.dim = 64;
+  p.dpad = 64;
   p.k = 0;
   EXPECT_EQ(gpu::LaunchKMeansAssign(p, nullptr), cudaErrorInvalidValue);
   cudaGetLastError();

@@ -397,6 +397,53 @@ TEST(ModelOpsTest, AppendKvMatchesCpuRoundedToBf16) {
   }
 }
 
+// The batched append of a step's sequences (one launch) writes exactly what one LaunchAppendKv per
+// sequence writes: sequences of 1 to 37 rows, own capacities and fill levels, into one arena.
+TEST(ModelOpsTest, AppendKvBatchEqualsOneAppendPerSequence) {
+  Rng rng(61);
+  const int heads = 4, d = 64;
+  struct Seq {
+    int n, capacity, past;
+  };
+  const Seq seqs[] = {{1, 20, 3}, {37, 64, 0}, {1, 8, 7}, {5, 9, 1}, {12, 40, 20}};
+  int rows = 0;
+  size_t arena = 0;
+  std::vector<size_t> base;
+  for (const Seq& q : seqs) {
+    base.push_back(arena);
+    arena += static_cast<size_t>(q.capacity) * heads * d;
+    rows += q.n;
+  }
+  const size_t src_count = static_cast<size_t>(rows) * heads * d;
+  DeviceArray<float> k_new(RandomVector(src_count, rng, 3.0f)),
+      v_new(RandomVector(src_count, rng, 3.0f));
+  DeviceArray<bf16> k_one(arena), v_one(arena), k_all(arena), v_all(arena);
+  for (auto* a : {&k_one, &v_one, &k_all, &v_all}) a->Poison();
+  std::vector<gpu::AppendKvTarget> targets;
+  int row0 = 0;
+  for (size_t i = 0; i < std::size(seqs); ++i) {
+    const Seq& q = seqs[i];
+    const size_t stride = static_cast<size_t>(q.capacity) * d, first = base[i] + q.past * d;
+    const size_t src = static_cast<size_t>(row0) * heads * d;
+    CUDA_OK(gpu::LaunchAppendKv(k_new.get() + src, v_new.get() + src, q.n, heads, d,
+                                k_one.get() + first, v_one.get() + first, stride, nullptr));
+    targets.push_back(
+        {k_all.get() + first, v_all.get() + first, static_cast<int64_t>(stride), row0, q.n});
+    row0 += q.n;
+  }
+  DeviceArray<gpu::AppendKvTarget> dev_targets(targets);
+  CUDA_OK(gpu::LaunchAppendKvBatch(k_new.get(), v_new.get(), rows, heads, d, dev_targets.get(),
+                                   static_cast<int>(targets.size()), nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<bf16> ko = k_one.Download(), ka = k_all.Download();
+  const std::vector<bf16> vo = v_one.Download(), va = v_all.Download();
+  size_t mismatches = 0;
+  for (size_t i = 0; i < arena; ++i) {
+    mismatches += (Bits(ko[i]) != Bits(ka[i])) + (Bits(vo[i]) != Bits(va[i]));
+  }
+  EXPECT_EQ(mismatches, 0u);
+}
+
 // ---- dtype conversion --------------------------------------------------------------------------
 
 // Floats over a wide exponent range (subnormals to 1e30), with exact bf16 rounding ties

@@ -160,6 +160,13 @@ void CpuBackend::RmsNorm(const float* x, const float* weight, float* out, int ro
   }
 }
 
+void CpuBackend::AddBias(float* y, const float* bias, int rows, int cols) {
+  for (int r = 0; r < rows; ++r) {
+    float* yr = y + static_cast<size_t>(r) * cols;
+    for (int i = 0; i < cols; ++i) yr[i] += bias[i];
+  }
+}
+
 void CpuBackend::Rope(float* x, const int32_t* positions, int n, int heads, int head_dim,
                       const float* inv_freq) {
   const int half = head_dim / 2;
@@ -212,12 +219,42 @@ void CpuBackend::Attention(const AttentionParams& p) {
     AttentionPartial(p.shape, p.q, p.dynamic, p.out, dyn_lse_.data());
     return;
   }
+  AttentionKeys fixed = p.fixed;
+  if (p.fixed.selector != nullptr) {  // every policy selects on the host here (the reference)
+    selection_.candidates.clear();    // a selector that lists none leaves it empty
+    p.fixed.selector->Select(p.fixed.layer, p.q, p.shape.num_queries, &selection_);
+    absl::Status st =
+        CheckHostSelection(selection_, p.fixed.layer, p.shape.num_kv_heads, p.fixed.kv.num_rows,
+                           p.fixed.kept_rows, p.fixed.candidates);
+    if (!st.ok()) {
+      if (error_.ok()) error_ = std::move(st);
+      for (size_t i = 0; i < rows * p.shape.head_dim; ++i) p.out[i] = 0.0f;
+      return;
+    }
+    fixed.ranges = selection_.ranges;
+  }
   fixed_lse_.resize(rows);
   dyn_out_.resize(rows * p.shape.head_dim);
-  AttentionPartial(p.shape, p.q, p.fixed, p.out, fixed_lse_.data());
+  AttentionPartial(p.shape, p.q, fixed, p.out, fixed_lse_.data());
   AttentionPartial(p.shape, p.q, p.dynamic, dyn_out_.data(), dyn_lse_.data());
   MergeAttentionPartials(p.out, fixed_lse_.data(), dyn_out_.data(), dyn_lse_.data(),
                          static_cast<int>(rows), p.shape.head_dim);
+}
+
+absl::Status CpuBackend::Synchronize() {
+  absl::Status st = std::move(error_);
+  error_ = absl::OkStatus();
+  return st;
+}
+
+absl::Status CpuBackend::SampleRows(const float* logits, int vocab,
+                                    std::span<SampleJob* const> jobs) {
+  for (size_t r = 0; r < jobs.size(); ++r) {
+    SampleJob& j = *jobs[r];
+    j.token = j.sampler->Sample(std::span<const float>(logits + r * vocab, vocab), j.prompt,
+                                j.generated, j.want_info ? &j.info : nullptr);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace squeeze

@@ -29,7 +29,9 @@ class CpuBackend : public Backend {
   }
   void Copy2D(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t row_bytes,
               size_t rows) override;
-  absl::Status Synchronize() override { return absl::OkStatus(); }
+  // The error of a host selection since the last call (a selector that listed rows outside its
+  // context), then OK again: the CPU backend itself has no asynchronous faults.
+  absl::Status Synchronize() override;
   bool host_memory() const override { return true; }
 
   bool borrows_host_weights() const override { return true; }
@@ -51,10 +53,13 @@ class CpuBackend : public Backend {
                float eps) override;
   void Rope(float* x, const int32_t* positions, int n, int heads, int head_dim,
             const float* inv_freq) override;
+  void AddBias(float* y, const float* bias, int rows, int cols) override;
   void SiluMul(const float* gate, const float* up, float* out, size_t count) override;
   void AppendKv(const float* k_new, const float* v_new, int n, int num_kv_heads, int head_dim,
                 void* k_dst, void* v_dst, size_t dst_head_stride) override;
   void Attention(const AttentionParams& params) override;
+  absl::Status SampleRows(const float* logits, int vocab,
+                          std::span<SampleJob* const> jobs) override;
 
  private:
   class Pool;          // caches freed scratch blocks for reuse
@@ -63,6 +68,8 @@ class CpuBackend : public Backend {
   std::deque<std::vector<float>> owned_;  // RandomMatrix / RandomVector storage
   // Attention scratch: the dynamic partial and both log-sum-exps, [n * Hq * d] and [n * Hq].
   std::vector<float> dyn_out_, fixed_lse_, dyn_lse_;
+  LayerSelection selection_;  // a selector's rows of the current call
+  absl::Status error_;        // the first failed selection since the last Synchronize()
   std::vector<float> rope_cos_, rope_sin_;  // [d/2] angles of the current token
 };
 

@@ -1,24 +1,23 @@
 // The CUDA backend: the Llama forward on one NVIDIA GPU. Weights and KV are bf16 in device
 // memory, activations fp32; GEMMs run through cuBLAS (bf16 inputs, fp32 accumulation and
-// output), everything else through the kernels in kernels/ (ops, decode and prefill
-// attention, kv_gather). All work is enqueued on one stream owned by the backend; like every
-// backend it is driven by one thread (the engine thread).
+// output) or, for decode-sized products, the GEMV kernel that also fuses the RMSNorm and the
+// SwiGLU gate; everything else through the kernels in kernels/. All work is enqueued on one
+// stream; like every backend it is driven by one thread (the engine thread).
 //
-// Attention (one sequence per call, see AttentionParams):
-//   dynamic part  n == 1: split-KV decode kernel; n > 1: causal prefill kernel (tensor cores);
-//   fixed part    dense: the decode kernel over the context for fewer than 16 tokens (each
-//                 (token, KV head) its own row of the batch), else the prefill kernel without
-//                 the causal mask; with a host selector's ranges the kept rows are gathered into
-//                 a compact per-head copy first; merged with the dynamic part through the
-//                 log-sum-exp.
-//   squeezed decode (AttentionKeys::device_selection, one token): centroid lookup, threshold,
-//                 sparse attention over the kept clusters and dense attention over the dynamic
-//                 KV in one sequence of launches (kernels/squeeze/squeezed_decode.cuh), no host
-//                 sync.
-//   squeezed prefill (device_selection, several tokens): cluster scores averaged over all
-//                 query rows (cuBLAS logits + softmax statistics), threshold, and the prefill
-//                 kernel over the kept rows in place (kernels/squeeze/expand_selection.cuh), no
-//                 host sync.
+// Parts (engine/backend/cuda/):
+//   CudaDevice         stream, cuBLAS, device memory, pinned staging, the first fault
+//   ResidentContexts   registered contexts' K/V and Squeezed Attention tables on the GPU
+//   DenseAttention     exact attention of one call: the fixed part (every row, or a host
+//                      selector's ranges) and the dynamic part
+//   SqueezedAttention  single sequences with the selection on the device (decode batched;
+//                      multi-token steps through the fused cluster scores and the prefill kernel)
+//   CascadeAttention   decode steps of several sequences that share a context: its K/V read once
+//                      per step for all of them, dense or squeezed
+//   CudaKMeans, CudaSampler   registration's k-means and sampling on the device
+// AttentionBatch routes one layer's calls: decode calls over the same context (dense, or flat
+// squeezed) go to CascadeAttention in groups of at least two; other squeezed decode calls are
+// batched per mode into SqueezedAttention; the rest run one by one (fixed part, dynamic part,
+// LSE merge).
 // Supported attention shapes: head_dim 64 or 128 and query heads per KV head 1, 2, 4 or 8
 // (Supports() says why not otherwise).
 //
@@ -30,6 +29,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -38,14 +38,14 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/cuda/cascade_attention.h"
+#include "engine/backend/cuda/cuda_device.h"
+#include "engine/backend/cuda/dense_attention.h"
+#include "engine/backend/cuda/resident_contexts.h"
+#include "engine/backend/cuda/squeezed_attention.h"
+#include "kernels/ops/rope_append_kv.cuh"
 
 namespace squeeze {
-namespace gpu {
-struct SqueezeHeadDesc;
-struct SqueezedDecodePlan;
-}  // namespace gpu
-
-struct ClusterTables;
 
 // Whether a CUDA device is visible (and the driver works).
 bool CudaDeviceAvailable();
@@ -59,18 +59,31 @@ class CudaBackend final : public Backend {
   // OK when the kernels support this attention shape (head dim, query heads per KV head).
   static absl::Status Supports(int head_dim, int num_heads, int num_kv_heads);
   // "NVIDIA H200, 132 SMs, 139.8 GiB (137.1 free)".
-  std::string Describe() const;
+  std::string Describe() const { return dev_->Describe(); }
   // Free and total device memory, bytes.
-  absl::Status MemoryInfo(size_t* free_bytes, size_t* total_bytes) const;
-  bool healthy() const { return fault_.ok(); }
+  absl::Status MemoryInfo(size_t* free_bytes, size_t* total_bytes) const {
+    return dev_->MemoryInfo(free_bytes, total_bytes);
+  }
+  bool healthy() const { return dev_->ok(); }
 
   std::string_view name() const override { return "cuda"; }
-  absl::StatusOr<std::unique_ptr<Buffer>> Allocate(size_t bytes) override;
-  void CopyFromHost(void* dst, const void* host_src, size_t bytes) override;
-  void CopyToHost(void* host_dst, const void* src, size_t bytes) override;
-  void CopyToHostUnordered(void* host_dst, const void* src, size_t bytes) override;
+  absl::StatusOr<std::unique_ptr<Buffer>> Allocate(size_t bytes) override {
+    return dev_->Allocate(bytes);
+  }
+  void CopyFromHost(void* dst, const void* host_src, size_t bytes) override {
+    dev_->CopyFromHost(dst, host_src, bytes);
+  }
+  void CopyToHost(void* host_dst, const void* src, size_t bytes) override {
+    dev_->CopyToHost(host_dst, src, bytes);
+  }
+  void CopyToHostUnordered(void* host_dst, const void* src, size_t bytes) override {
+    dev_->CopyToHostUnordered(host_dst, src, bytes);
+  }
   void Copy2D(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t row_bytes,
-              size_t rows) override;
+              size_t rows) override {
+    dev_->Copy2D(dst, dst_pitch, src, src_pitch, row_bytes, rows);
+  }
+  // The device's first fault; else the error of a host selection since the last call.
   absl::Status Synchronize() override;
   bool host_memory() const override { return false; }
   std::optional<DeviceMemory> device_memory() const override;
@@ -83,19 +96,22 @@ class CudaBackend final : public Backend {
                                             float stddev) override;
 
   DType kv_dtype() const override { return DType::kBF16; }
-  bool selects_on_device() const override { return true; }
-  bool samples_on_device() const override { return true; }
   absl::Status SampleRows(const float* logits, int vocab,
                           std::span<SampleJob* const> jobs) override;
   KMeansSolver* kmeans_solver() override;
-  absl::StatusOr<ContextKvView> ResidentContextKv(const ContextKV& ctx) override;
+  absl::StatusOr<ContextKvView> ResidentContextKv(const ContextKV& ctx) override {
+    return contexts_.Kv(ctx);
+  }
   void AdoptContextKv(const ContextKV& ctx, SequenceKV&& source) override;
+  void set_execution_options(const ExecutionOptions& options) override { options_ = options; }
   // Device memory kept free for activations, scratch and workspaces when a context's K/V is
   // made resident (idle contexts are evicted to keep it): max(2 GiB, 3% of the device).
-  static size_t ResidentHeadroom(size_t total_bytes);
+  static size_t ResidentHeadroom(size_t total_bytes) {
+    return ResidentContexts::Headroom(total_bytes);
+  }
   // Returns the device blocks the allocator keeps for reuse to the driver (free memory as
   // cudaMemGetInfo reports it then counts them).
-  void ReleaseCachedMemory();
+  void ReleaseCachedMemory() { dev_->TrimPool(); }
 
   void MatMul(const float* x, const Matrix& w, float* y, int m, bool accumulate) override;
   void NormMatMuls(const float* x, const float* norm_weight, float eps, float* h, int m,
@@ -113,57 +129,27 @@ class CudaBackend final : public Backend {
   void SiluMul(const float* gate, const float* up, float* out, size_t count) override;
   void AppendKv(const float* k_new, const float* v_new, int n, int num_kv_heads, int head_dim,
                 void* k_dst, void* v_dst, size_t dst_head_stride) override;
+  void AppendKvBatch(const float* k_new, const float* v_new, int num_kv_heads, int head_dim,
+                     std::span<const KvAppend> seqs) override;
   void Attention(const AttentionParams& params) override;
-  // Single-token calls selecting on the device run as one batched squeezed decode; the rest
-  // one by one.
   void AttentionBatch(std::span<const AttentionParams> calls) override;
 
  private:
-  struct Impl;
-  explicit CudaBackend(std::unique_ptr<Impl> impl);
-  // Records the first fault; later ops become no-ops.
-  void Check(int cuda_error, const char* what);
-  void CheckBlas(int blas_status, const char* what);
-  // Device memory owned by the backend for its lifetime (weights), RESOURCE_EXHAUSTED with the
-  // sizes when the device is full.
-  absl::StatusOr<void*> AllocatePermanent(size_t bytes, const char* what);
-  // Grows the named scratch area to at least `bytes` and returns it.
-  void* Scratch(int slot, size_t bytes);
-  void FixedAttention(const AttentionParams& p, float* out, float* lse);
-  void SqueezedAttention(std::span<const AttentionParams* const> calls);
-  void SqueezedFixedPrefill(const AttentionParams& p, float* out, float* lse);
-  // Squeezed attention helpers (false: fault recorded).
-  bool SqueezeHeads(const AttentionParams& p, gpu::SqueezeHeadDesc* out, int* max_clusters,
-                    bool coarse = false);
-  absl::Status UploadSqueezeLevel(const void* host_level, void* device_level);
-  bool SqueezedPlanFor(int hq, int hkv, int d, int batch, int max_dyn, int max_clusters,
-                       int64_t total_rows, int max_rows, const gpu::SqueezedDecodePlan** plan,
-                       void** workspace);
-  void ReportToHost(const int32_t* counts, std::span<const AttentionParams* const> calls,
-                    int32_t* AttentionKeys::*field);
-  void ClusterMeanScores(const AttentionParams& p, const void* q_bf16,
-                         std::span<const gpu::SqueezeHeadDesc> heads,
-                         const gpu::SqueezeHeadDesc* dev_heads, int stride, float* scores,
-                         const int32_t* cand, const int32_t* cand_count, int64_t cand_stride);
-  bool CoarseCandidates(std::span<const AttentionParams* const> calls, const float* q,
-                        const void* q_bf16, const int32_t** ids, const int32_t** counts,
-                        int64_t* stride);
-  absl::StatusOr<const void*> ResidentSqueezeIndex(const ClusterTables& index);
-  // Frees idle resident context copies until `bytes` fit next to the headroom; returns how many.
-  int EvictResidentContexts(size_t bytes);
-  // Copies the pending device-to-host transfers out of the pinned arena (the stream is idle)
-  // and empties the arena.
-  void FinishPendingCopies();
-  // `bytes` of the pinned arena for one transfer (waits for the stream when it is full).
-  char* StagePinned(size_t bytes);
-  void DecodeOverHeads(const float* q, int n, int num_q_heads, int num_kv_heads, int head_dim,
-                       float scale, const void* k, const void* v, size_t head_stride,
-                       std::span<const int32_t> rows_per_head, float* out, float* lse);
+  explicit CudaBackend(std::unique_ptr<CudaDevice> dev);
 
-  std::unique_ptr<Impl> impl_;
-  absl::Status fault_;
+  std::unique_ptr<CudaDevice> dev_;
+  ResidentContexts contexts_;
+  DenseAttention dense_;
+  SqueezedAttention squeezed_;
+  CascadeAttention cascade_;
+  ExecutionOptions options_;
   std::unique_ptr<KMeansSolver> kmeans_;
   std::unique_ptr<class CudaSampler> sampler_;  // made on first use
+  std::vector<gpu::AppendKvTarget> append_targets_;
+  // Host selection (policies the device does not select): the queries copied back, the rows.
+  std::vector<float> q_host_;
+  LayerSelection selection_;
+  absl::Status step_error_;  // the first failed host selection since the last Synchronize()
 };
 
 }  // namespace squeeze

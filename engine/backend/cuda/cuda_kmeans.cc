@@ -14,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/backend/cuda/cuda_status.h"
 #include "engine/common/parallel_for.h"
 #include "kernels/kmeans/kmeans_assign.cuh"
 #include "kernels/kmeans/kmeans_cublas_steps.cuh"
@@ -52,6 +53,17 @@ struct Grow {
     return err;
   }
 };
+
+// check(e, what) for a sequence of CUDA calls: the first failure is kept in *fault and its
+// message in *message (later calls go on but report nothing new); true while none has failed.
+auto FirstErrorCheck(CudaFault* fault, std::string* message) {
+  return [fault, message](cudaError_t e, const char* what) {
+    const bool was_ok = fault->ok();
+    if (fault->Check(e, what)) return true;
+    if (was_ok) *message = absl::StrCat("k-means: ", fault->status().message());
+    return false;
+  };
+}
 
 // k distinct indices of [0, n) drawn uniformly (partial Fisher-Yates on the caller's stream).
 void DrawDistinct(int n, int k, std::mt19937_64& rng, int32_t* out) {
@@ -131,14 +143,8 @@ bool CudaKMeans::ClusterGroup(const gpu::KMeansRawPoints& raw, int P, int n, int
                               std::vector<KMeansResult>* results) {
   Impl& im = *impl_;
   cudaStream_t s = im.stream;
-  cudaError_t err = cudaSuccess;
-  auto check = [&](cudaError_t e, const char* what) {
-    if (e != cudaSuccess && err == cudaSuccess) {
-      err = e;
-      error_ = absl::StrCat("cuda k-means: ", what, ": ", cudaGetErrorString(e));
-    }
-    return err == cudaSuccess;
-  };
+  CudaFault fault;
+  const auto check = FirstErrorCheck(&fault, &error_);
   const int dpad = PaddedDim(d);
   const size_t pn = static_cast<size_t>(P) * n, pk = static_cast<size_t>(P) * k;
   const bool parallel_seed = options_.seeding == CudaKMeansOptions::Seeding::kParallelPlusPlus;
@@ -168,10 +174,9 @@ bool CudaKMeans::ClusterGroup(const gpu::KMeansRawPoints& raw, int P, int n, int
   check(cudaMemsetAsync(im.centers_bf16.p, 0, pk * dpad * sizeof(gpu::bf16), s), "memset");
   check(cudaMemsetAsync(im.labels.p, 0xFF, pn * sizeof(int32_t), s), "memset");
 
-  gpu::KMeansAssignParams assign;
-  assign.num_problems = P;
-  assign.n = n;
-  assign.dim = dpad;
+  // Every step's params start from this shape (the assignment's k changes while seeding).
+  const gpu::KMeansShape shape{.num_problems = P, .n = n, .d = d, .dpad = dpad, .k = k};
+  gpu::KMeansAssignParams assign{shape};
   assign.points = im.unit.p;
   assign.points_stride = static_cast<int64_t>(n) * dpad;
   assign.centers = im.centers_bf16.p;
@@ -179,12 +184,7 @@ bool CudaKMeans::ClusterGroup(const gpu::KMeansRawPoints& raw, int P, int n, int
   assign.labels = im.labels.p;
   assign.best = im.best.p;
 
-  gpu::KMeansGatherParams gather;
-  gather.num_problems = P;
-  gather.n = n;
-  gather.d = d;
-  gather.dpad = dpad;
-  gather.k = k;
+  gpu::KMeansGatherParams gather{shape};
   gather.unit = im.unit.p;
   gather.centers = im.centers.p;
   gather.centers_bf16 = im.centers_bf16.p;
@@ -215,9 +215,7 @@ bool CudaKMeans::ClusterGroup(const gpu::KMeansRawPoints& raw, int P, int n, int
     check(cudaMemcpyAsync(im.seeds.p, host_seeds.data(), P * sizeof(uint64_t),
                           cudaMemcpyHostToDevice, s),
           "seed upload");
-    gpu::KMeansSeedKeysParams keys;
-    keys.num_problems = P;
-    keys.n = n;
+    gpu::KMeansSeedKeysParams keys{shape};
     keys.best = im.best.p;
     keys.nonzero = im.nonzero.p;
     keys.seeds = im.seeds.p;
@@ -228,7 +226,7 @@ bool CudaKMeans::ClusterGroup(const gpu::KMeansRawPoints& raw, int P, int n, int
     assign.merge = true;
     const double growth = options_.seed_growth > 0.0 ? options_.seed_growth : 1.0;
     int chosen = 1;
-    for (int round = 1; chosen < k && err == cudaSuccess; ++round) {
+    for (int round = 1; chosen < k && fault.ok(); ++round) {
       const int draw = static_cast<int>(std::min<double>(
           k - chosen, std::max(1.0, std::ceil(static_cast<double>(chosen) * growth))));
       keys.round = round;
@@ -268,22 +266,13 @@ bool CudaKMeans::ClusterGroup(const gpu::KMeansRawPoints& raw, int P, int n, int
   // ---- Lloyd iterations: update the centres from the labels, assign again; a problem whose
   // labels did not change is done (its buffers keep the converged state).
   t0 = Clock::now();
-  gpu::KMeansAccumulateParams acc;
-  acc.num_problems = P;
-  acc.n = n;
-  acc.d = d;
-  acc.dpad = dpad;
-  acc.k = k;
+  gpu::KMeansAccumulateParams acc{shape};
   acc.unit = im.unit.p;
   acc.labels = im.labels.p;
   acc.active = im.active.p;
   acc.sums = im.sums.p;
   acc.counts = im.counts.p;
-  gpu::KMeansUpdateParams update;
-  update.num_problems = P;
-  update.k = k;
-  update.d = d;
-  update.dpad = dpad;
+  gpu::KMeansUpdateParams update{shape};
   update.sums = im.sums.p;
   update.counts = im.counts.p;
   update.active = im.active.p;
@@ -408,7 +397,7 @@ std::vector<KMeansResult> CudaKMeans::RunBatch(std::span<const float* const> poi
     if (err == cudaSuccess) err = cudaStreamSynchronize(im.stream);
     stats_.upload_seconds += SecondsSince(t0);
     if (err != cudaSuccess) {
-      error_ = absl::StrCat("cuda k-means: upload: ", cudaGetErrorString(err));
+      error_ = absl::StrCat("k-means: ", CudaError(err, "upload").message());
       break;
     }
     gpu::KMeansRawPoints raw;
@@ -498,14 +487,8 @@ KMeansResult CudaKMeans::RunCublas(const float* points, int n, int d, int k, int
   cudaSetDevice(im.device);
   cudaStream_t s = im.stream;
   const std::mt19937_64 saved = rng;
-  cudaError_t err = cudaSuccess;
-  auto check = [&](cudaError_t e, const char* what) {
-    if (e != cudaSuccess && err == cudaSuccess) {
-      err = e;
-      error_ = absl::StrCat("cuda k-means: ", what, ": ", cudaGetErrorString(e));
-    }
-    return err == cudaSuccess;
-  };
+  CudaFault fault;
+  const auto check = FirstErrorCheck(&fault, &error_);
   const size_t nd = static_cast<size_t>(n) * d, kd = static_cast<size_t>(k) * d;
   const int chunk = static_cast<int>(
       std::clamp<size_t>(kScoreBytes / (sizeof(float) * static_cast<size_t>(k)), 1, n));
@@ -544,7 +527,7 @@ KMeansResult CudaKMeans::RunCublas(const float* points, int n, int d, int k, int
 
   const Clock::time_point t_lloyd = Clock::now();
   const float one = 1.0f, zero = 0.0f;
-  for (int it = 0; it < max_iterations && err == cudaSuccess; ++it) {
+  for (int it = 0; it < max_iterations && fault.ok(); ++it) {
     check(cudaMemsetAsync(im.b_changed.p, 0, sizeof(int), s), "memset");
     check(cudaMemsetAsync(im.b_objective.p, 0, sizeof(double), s), "memset");
     for (int r0 = 0; r0 < n; r0 += chunk) {
@@ -603,7 +586,7 @@ KMeansResult CudaKMeans::RunCublas(const float* points, int n, int d, int k, int
                         cudaMemcpyDeviceToHost, s),
         "download");
   check(cudaStreamSynchronize(s), "download");
-  if (err != cudaSuccess) return fallback();
+  if (!fault.ok()) return fallback();
   CompactClusters(labels, k, d, unit_centers, std::vector<double>(sums.begin(), sums.end()),
                   &result);
   stats_.finish_seconds += SecondsSince(t_finish);

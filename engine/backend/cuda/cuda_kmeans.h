@@ -9,8 +9,8 @@
 //     scores the points against its new centres only, so the whole seeding costs one
 //     assignment pass, and it leaves the assignment to all k seeds: the first Lloyd step;
 //   * assignment: the fused tensor-core kernel (kernels/kmeans/kmeans_assign.cuh): bf16 dot
-//   products,
-//     fp32 accumulation, argmax in registers (ties: the lowest index), no score matrix;
+//     products, fp32 accumulation, argmax in registers (ties: the lowest index), no score
+//     matrix;
 //   * update: cluster sums of the unit points in 64-bit fixed point (integer atomics, so the
 //     result does not depend on the order they land in: a batch equals its problems run alone
 //     and a run is reproducible), re-normalised in double; an empty cluster, or one whose sum is

@@ -1,0 +1,108 @@
+"""Builds squeeze.v1 request messages from keyword arguments (shared by the sync and asyncio
+clients), and the routing metadata."""
+from squeeze.v1 import squeeze_pb2 as pb
+
+# Metadata naming the context a call is about: a proxy in front of several replicas routes all
+# calls of one context to one replica by consistent hashing on it (deploy/helm/squeeze/files/nginx-affinity.conf.template).
+CONTEXT_HEADER = "x-squeeze-context"
+
+_MODES = {
+    None: pb.AttentionOptions.MODE_UNSPECIFIED,
+    "auto": pb.AttentionOptions.MODE_UNSPECIFIED,
+    "squeezed": pb.AttentionOptions.SQUEEZED,
+    "dense": pb.AttentionOptions.DENSE,
+    "recent": pb.AttentionOptions.RECENT,
+}
+
+
+def routing(context):
+    return ((CONTEXT_HEADER, context),) if context else ()
+
+
+def prompt(value, field):
+    """A Prompt from text (str) or token ids (a sequence of ints)."""
+    if isinstance(value, str):
+        return pb.Prompt(text=value)
+    if isinstance(value, (list, tuple)) and all(isinstance(i, int) for i in value):
+        return pb.Prompt(token_ids=pb.TokenIds(ids=list(value)))
+    raise TypeError(f"{field} must be a str or a list of token ids, not {type(value).__name__}")
+
+
+def register_request(name, content, add_bos=None, index=None):
+    req = pb.RegisterContextRequest(name=name, content=prompt(content, "content"))
+    if add_bos is not None:
+        req.add_bos = add_bos
+    if index is not None:
+        if isinstance(index, dict):
+            index = pb.IndexOptions(**index)
+        req.index.CopyFrom(index)
+    return req
+
+
+def generate_request(input, context="", *, max_tokens=None, temperature=None, top_p=None,
+                     top_k=None, min_p=None, repetition_penalty=None, presence_penalty=None,
+                     frequency_penalty=None, seed=None, stop=(), stop_token_ids=(),
+                     ignore_eos=False, logprobs=None, mode=None, budget=None, hierarchical=None,
+                     mass=None, request_id=""):
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of squeezed, dense, recent or None, not {mode!r}")
+    if isinstance(stop, str):
+        raise TypeError("stop must be a list of strings, not a str")
+    req = pb.GenerateRequest(context=context or "", input=prompt(input, "input"),
+                             stop=list(stop), stop_token_ids=list(stop_token_ids),
+                             ignore_eos=ignore_eos, request_id=request_id)
+    if max_tokens is not None:
+        req.max_tokens = max_tokens
+    if logprobs is not None:
+        req.logprobs = logprobs
+    sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p,
+                "repetition_penalty": repetition_penalty, "presence_penalty": presence_penalty,
+                "frequency_penalty": frequency_penalty, "seed": seed}
+    for key, value in sampling.items():
+        if value is not None:
+            setattr(req.sampling, key, value)
+    req.attention.mode = _MODES[mode]
+    if budget is not None:
+        req.attention.budget = budget
+    if hierarchical is not None:
+        req.attention.hierarchical = hierarchical
+    if mass is not None:
+        req.attention.mass = mass
+    return req
+
+
+class Completion:
+    """A whole Generate stream gathered: text, token ids, per-token logprobs, and the last
+    message's finish reason, usage and timings."""
+
+    def __init__(self):
+        self.text = ""
+        self.token_ids = []
+        self.logprobs = []
+        self.finish_reason = None
+        self.usage = None
+        self.timings = None
+        self.request_id = ""
+
+    def add(self, response):
+        self.text += response.text
+        self.token_ids.extend(response.token_ids)
+        self.logprobs.extend(response.logprobs)
+        self.request_id = response.request_id
+        if response.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
+            self.finish_reason = pb.FinishReason.Name(response.finish_reason)
+            self.usage = response.usage
+            self.timings = response.timings
+
+
+# grpc.health.v1.HealthCheckRequest{service} and the SERVING answer, encoded by hand so the
+# client needs no generated health module.
+def health_request(service):
+    data = service.encode()
+    if len(data) > 127:
+        raise ValueError("health service name too long")
+    return b"" if not data else b"\x0a" + bytes([len(data)]) + data
+
+
+def is_serving(response_bytes):
+    return response_bytes[:2] == b"\x08\x01"

@@ -1,0 +1,101 @@
+"""Synchronous client for squeeze.v1.Squeeze."""
+import grpc
+
+from squeeze import _requests as rq
+from squeeze.errors import from_rpc_error
+from squeeze.v1 import squeeze_pb2 as pb
+from squeeze.v1 import squeeze_pb2_grpc as pb_grpc
+
+
+class Client:
+    """A connection to one Squeeze server (or to a proxy in front of several).
+
+    Every call that names a context sends it as routing metadata (CONTEXT_HEADER). Failures
+    raise the typed exceptions of squeeze.errors. `timeout` (seconds) is the default deadline of
+    each call; None means none.
+    """
+
+    def __init__(self, target="localhost:50051", *, timeout=None, channel=None, options=None):
+        self._channel = channel or grpc.insecure_channel(target, options=options or ())
+        self._stub = pb_grpc.SqueezeStub(self._channel)
+        self._timeout = timeout
+        self._health = self._channel.unary_unary(
+            "/grpc.health.v1.Health/Check", request_serializer=None, response_deserializer=None)
+
+    def close(self):
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _deadline(self, timeout):
+        return self._timeout if timeout is None else timeout
+
+    def register_context(self, name, content, *, add_bos=None, index=None, on_progress=None,
+                         timeout=None):
+        """Registers `content` (text or token ids) under `name`; returns its ContextInfo.
+        `on_progress` receives each RegisterContextEvent; `index` is an IndexOptions or a dict."""
+        req = rq.register_request(name, content, add_bos, index)
+        info = None
+        try:
+            for event in self._stub.RegisterContext(req, timeout=self._deadline(timeout),
+                                                     metadata=rq.routing(name)):
+                if on_progress:
+                    on_progress(event)
+                if event.stage == pb.RegisterContextEvent.DONE:
+                    info = event.context
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        return info
+
+    def generate(self, input, context="", *, timeout=None, **options):
+        """Streams GenerateResponse messages; the last carries finish_reason, usage and timings.
+        Closing the iterator early cancels the request on the server."""
+        req = rq.generate_request(input, context, **options)
+        call = self._stub.Generate(req, timeout=self._deadline(timeout),
+                                   metadata=rq.routing(context))
+        try:
+            for response in call:
+                yield response
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        finally:
+            call.cancel()
+
+    def complete(self, input, context="", **options):
+        """The whole completion of a Generate call as a Completion."""
+        completion = rq.Completion()
+        for response in self.generate(input, context, **options):
+            completion.add(response)
+        return completion
+
+    def _unary(self, method, request, context, timeout):
+        try:
+            return method(request, timeout=self._deadline(timeout), metadata=rq.routing(context))
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    def get_context(self, name, *, timeout=None):
+        return self._unary(self._stub.GetContext, pb.GetContextRequest(name=name), name, timeout)
+
+    def list_contexts(self, *, timeout=None):
+        return list(self._unary(self._stub.ListContexts, pb.ListContextsRequest(), "",
+                                timeout).contexts)
+
+    def delete_context(self, name, *, timeout=None):
+        return self._unary(self._stub.DeleteContext, pb.DeleteContextRequest(name=name), name,
+                           timeout).deleted
+
+    def tokenize(self, text, *, add_bos=False, timeout=None):
+        return self._unary(self._stub.Tokenize, pb.TokenizeRequest(text=text, add_bos=add_bos),
+                           "", timeout)
+
+    def health(self, service="", *, timeout=5.0):
+        """True when the server reports SERVING for `service` ("" = the whole server)."""
+        try:
+            return rq.is_serving(self._health(rq.health_request(service), timeout=timeout))
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None

@@ -1,0 +1,57 @@
+// Decode steps of several sequences that attend to the same registered context, cascade-style:
+// the context's K/V is read once per step for all of them (kernels/attention/
+// cascade_attention.cuh), each sequence's dynamic KV on its own (the dense decode kernel's
+// partials), and the two merged per sequence by their log-sum-exp (LaunchCombineAttention).
+//   dense     every sequence attends to every row of the context;
+//   squeezed  (flat device selection) the group's queries are scored against the context's
+//             centroids on tensor cores in one pass, each sequence keeps exactly the clusters its
+//             own tau keeps, and every kept cluster is read once for all the sequences that kept
+//             it (kernels/squeeze/group_selection.cuh); the rows each sequence kept per KV head
+//             reach its call's kept_rows at the next sync.
+// No host synchronisation inside; queries and outputs that are not contiguous rows are gathered
+// into and scattered out of one array.
+#pragma once
+
+#include <span>
+#include <vector>
+
+#include "engine/backend/backend.h"
+#include "engine/backend/cuda/cuda_device.h"
+#include "engine/backend/cuda/dense_attention.h"
+#include "engine/backend/cuda/resident_contexts.h"
+
+namespace squeeze {
+
+class CascadeAttention {
+ public:
+  // Sequences per group (the key masks are 64 bits); a larger group runs in several.
+  static constexpr int kMaxGroup = 64;
+
+  CascadeAttention(CudaDevice& dev, ResidentContexts& contexts, DenseAttention& dense)
+      : dev_(dev), contexts_(contexts), dense_(dense) {}
+
+  // Whether `p` can join a cascade group: one new token against a context, and either no
+  // selector (dense) or a flat Squeezed Attention policy (selected on the device).
+  static bool Eligible(const AttentionParams& p);
+  static bool Squeezed(const AttentionParams& p) { return p.fixed.selector != nullptr; }
+
+  // One group: 2..kMaxGroup eligible calls of one layer over the same context K/V, all dense or
+  // all squeezed; each writes its own out.
+  void Run(std::span<const AttentionParams* const> calls);
+
+ private:
+  int CascadeCtas(int head_dim);
+
+  CudaDevice& dev_;
+  ResidentContexts& contexts_;
+  DenseAttention& dense_;
+  int cascade_ctas_[2] = {0, 0};  // head dims 64, 128
+  std::vector<gpu::SqueezeHeadDesc> heads_;
+  std::vector<gpu::DecodeKv> dyn_;
+  std::vector<float> tau_;
+  std::vector<const float*> q_src_;
+  std::vector<float*> out_dst_;
+  std::vector<const float*> q_dst_, out_src_;
+};
+
+}  // namespace squeeze

@@ -1,0 +1,166 @@
+#include "engine/backend/cuda/dense_attention.h"
+
+#include <algorithm>
+
+#include "kernels/attention/decode_attention.cuh"
+#include "kernels/attention/kv_gather.cuh"
+#include "kernels/attention/prefill_attention.cuh"
+#include "kernels/ops/convert.cuh"
+
+namespace squeeze {
+namespace {
+
+using gpu::bf16;
+
+// Queries per call from which a fixed context is attended with the tensor-core prefill kernel
+// (K/V read once per query tile) rather than the decode kernel (K/V read once per query).
+constexpr int kFixedPrefillMinQueries = 16;
+
+// The prefill kernel's parameters for one call: n queries (bf16) of `shape` against rows
+// [0, len) of k/v (heads head_stride elements apart), fp32 out and lse; causal by default.
+gpu::PrefillAttentionParams PrefillParams(const AttentionShape& shape, const bf16* q, const void* k,
+                                          const void* v, size_t head_stride, int len, float* out,
+                                          float* lse) {
+  gpu::PrefillAttentionParams pp;
+  pp.num_tokens = shape.num_queries;
+  pp.num_q_heads = shape.num_q_heads;
+  pp.num_kv_heads = shape.num_kv_heads;
+  pp.head_dim = shape.head_dim;
+  pp.scale = shape.scale;
+  pp.q = q;
+  pp.kv.k = static_cast<const bf16*>(k);
+  pp.kv.v = static_cast<const bf16*>(v);
+  pp.kv.head_stride = static_cast<int64_t>(head_stride);
+  pp.kv.len = len;
+  pp.out = out;
+  pp.out_bf16 = false;
+  pp.lse = lse;
+  return pp;
+}
+
+}  // namespace
+
+int DenseAttention::DecodeCtas(int head_dim, int group) {
+  auto [it, inserted] = concurrent_ctas_.try_emplace({head_dim, group}, 0);
+  if (inserted) {
+    dev_.Check(gpu::DecodeAttentionConcurrentCtas(head_dim, group, &it->second), "occupancy");
+  }
+  return std::max(it->second, 1);
+}
+
+void DenseAttention::DecodeOverHeads(const float* q, int n, int num_q_heads, int num_kv_heads,
+                                     int head_dim, float scale, const void* k, const void* v,
+                                     size_t head_stride, std::span<const int32_t> rows_per_head,
+                                     float* out, float* lse) {
+  const int group = num_q_heads / num_kv_heads;
+  const int batch = n * num_kv_heads;
+  kv_desc_.resize(batch);
+  int max_len = 0;
+  for (int t = 0; t < n; ++t) {
+    for (int h = 0; h < num_kv_heads; ++h) {
+      gpu::DecodeKv& e = kv_desc_[static_cast<size_t>(t) * num_kv_heads + h];
+      e.k = static_cast<const bf16*>(k) + h * head_stride;
+      e.v = static_cast<const bf16*>(v) + h * head_stride;
+      e.head_stride = static_cast<int64_t>(head_stride);
+      e.len = rows_per_head[h];
+      max_len = std::max(max_len, e.len);
+    }
+  }
+  const gpu::DecodeSplitPlan plan =
+      gpu::PlanDecodeSplits(batch, 1, max_len, DecodeCtas(head_dim, group));
+  auto* dev_desc =
+      static_cast<gpu::DecodeKv*>(dev_.Scratch(kKvDesc, sizeof(gpu::DecodeKv) * batch));
+  void* ws =
+      dev_.Scratch(kDecodeWs, gpu::DecodeAttentionWorkspaceBytes(batch, group, head_dim, plan));
+  if (dev_desc == nullptr || ws == nullptr) return;
+  dev_.CopyFromHost(dev_desc, kv_desc_.data(), sizeof(gpu::DecodeKv) * batch);
+  gpu::DecodeAttentionParams dp;
+  dp.batch = batch;
+  dp.num_q_heads = group;
+  dp.num_kv_heads = 1;
+  dp.head_dim = head_dim;
+  dp.scale = scale;
+  dp.q = q;
+  dp.kv = dev_desc;
+  dp.plan = plan;
+  dev_.Check(gpu::LaunchDecodeAttention(dp, ws, out, /*out_bf16=*/false, lse, dev_.stream()),
+             "decode attention");
+}
+
+void DenseAttention::Fixed(const AttentionParams& p, float* out, float* lse) {
+  const AttentionShape& s = p.shape;
+  const KvSlice& kv = p.fixed.kv;
+  const int hkv = s.num_kv_heads, d = s.head_dim;
+  const void* k = kv.k;
+  const void* v = kv.v;
+  size_t head_stride = kv.head_stride;
+  int max_rows = kv.num_rows;
+  if (p.fixed.ranges.empty()) {  // every row of every head
+    counts_.assign(hkv, kv.num_rows);
+  } else {  // a host selector's ranges: gather the kept rows of each head into a compact copy
+    rows_.clear();
+    head_begin_.assign(1, 0);
+    counts_.resize(hkv);
+    max_rows = 0;
+    for (int h = 0; h < hkv; ++h) {
+      for (const KeyRange& r : p.fixed.ranges[h]) {
+        for (int row = r.begin; row < r.end; ++row) rows_.push_back(row);
+      }
+      head_begin_.push_back(static_cast<int32_t>(rows_.size()));
+      counts_[h] = head_begin_[h + 1] - head_begin_[h];
+      max_rows = std::max(max_rows, counts_[h]);
+    }
+    head_stride = static_cast<size_t>(std::max(max_rows, 1)) * d;
+    auto* dev_rows =
+        static_cast<int32_t*>(dev_.Scratch(kGatherRows, sizeof(int32_t) * (rows_.size() + 1)));
+    auto* dev_begin =
+        static_cast<int32_t*>(dev_.Scratch(kGatherBegin, sizeof(int32_t) * head_begin_.size()));
+    auto* gk = static_cast<bf16*>(dev_.Scratch(kGatheredK, head_stride * hkv * sizeof(bf16)));
+    auto* gv = static_cast<bf16*>(dev_.Scratch(kGatheredV, head_stride * hkv * sizeof(bf16)));
+    if (dev_rows == nullptr || dev_begin == nullptr || gk == nullptr || gv == nullptr) return;
+    dev_.CopyFromHost(dev_rows, rows_.data(), sizeof(int32_t) * rows_.size());
+    dev_.CopyFromHost(dev_begin, head_begin_.data(), sizeof(int32_t) * head_begin_.size());
+    dev_.Check(gpu::LaunchGatherKvRows(
+                   static_cast<const bf16*>(kv.k), static_cast<const bf16*>(kv.v), kv.head_stride,
+                   dev_rows, dev_begin, hkv, max_rows, d, gk, gv, head_stride, dev_.stream()),
+               "gather kept rows");
+    k = gk;
+    v = gv;
+  }
+  if (s.num_queries < kFixedPrefillMinQueries) {
+    DecodeOverHeads(p.q, s.num_queries, s.num_q_heads, hkv, d, s.scale, k, v, head_stride, counts_,
+                    out, lse);
+    return;
+  }
+  const size_t q_elems = static_cast<size_t>(s.num_queries) * s.num_q_heads * d;
+  auto* qb = static_cast<bf16*>(dev_.Scratch(kQBf16, q_elems * sizeof(bf16)));
+  auto* head_len = static_cast<int32_t*>(dev_.Scratch(kHeadLen, sizeof(int32_t) * hkv));
+  if (qb == nullptr || head_len == nullptr) return;
+  dev_.Check(gpu::LaunchF32ToBf16(p.q, qb, q_elems, dev_.stream()), "fixed-context queries");
+  dev_.CopyFromHost(head_len, counts_.data(), sizeof(int32_t) * hkv);
+  gpu::PrefillAttentionParams pp = PrefillParams(s, qb, k, v, head_stride, max_rows, out, lse);
+  pp.causal = false;
+  pp.head_len = head_len;
+  dev_.Check(gpu::LaunchPrefillAttention(pp, dev_.stream()), "fixed-context prefill attention");
+}
+
+void DenseAttention::Dynamic(const AttentionParams& p, float* out, float* lse) {
+  const AttentionShape& s = p.shape;
+  const int n = s.num_queries, hq = s.num_q_heads, hkv = s.num_kv_heads, d = s.head_dim;
+  const KvSlice& dkv = p.dynamic.kv;
+  const int past = p.dynamic.causal_offset;
+  if (n == 1) {
+    counts_.assign(hkv, past + 1);
+    DecodeOverHeads(p.q, 1, hq, hkv, d, s.scale, dkv.k, dkv.v, dkv.head_stride, counts_, out, lse);
+    return;
+  }
+  const size_t elems = static_cast<size_t>(n) * hq * d;
+  auto* qb = static_cast<bf16*>(dev_.Scratch(kQBf16, elems * sizeof(bf16)));
+  if (qb == nullptr) return;
+  dev_.Check(gpu::LaunchF32ToBf16(p.q, qb, elems, dev_.stream()), "prefill queries");
+  const gpu::PrefillAttentionParams pp =
+      PrefillParams(s, qb, dkv.k, dkv.v, dkv.head_stride, past + n, out, lse);
+  dev_.Check(gpu::LaunchPrefillAttention(pp, dev_.stream()), "prefill attention");
+}
+
+}  // namespace squeeze
