@@ -190,6 +190,7 @@ TEST(HardeningTest, StaleTemporaryFilesAreRemovedAtStartUp) {
 TEST(HardeningTest, SecondServerCannotShareThePorts) {
   server::ServerOptions o = DefaultOptions();
   o.metrics_address = "127.0.0.1:0";
+  o.openai_address = "127.0.0.1:0";
   TestServer first = TestServer::Start(o);
   ASSERT_NE(first.server, nullptr);
   server::ServerOptions same_grpc = DefaultOptions();
@@ -202,6 +203,11 @@ TEST(HardeningTest, SecondServerCannotShareThePorts) {
   auto third = server::SqueezeServer::Start(same_metrics);
   ASSERT_FALSE(third.ok());
   EXPECT_THAT(third.status().message(), HasSubstr("cannot listen on metrics address"));
+  server::ServerOptions same_openai = DefaultOptions();
+  same_openai.openai_address = "127.0.0.1:" + std::to_string(first.server->openai_port());
+  auto fourth = server::SqueezeServer::Start(same_openai);
+  ASSERT_FALSE(fourth.ok());
+  EXPECT_THAT(fourth.status().message(), HasSubstr("cannot listen on OpenAI address"));
 }
 
 // ---- 6. log injection -------------------------------------------------------------------------
