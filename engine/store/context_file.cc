@@ -202,7 +202,8 @@ absl::Status VerifyContextChecksum(std::istream& in, uint64_t size) {
     return absl::DataLossError(absl::StrCat("file of ", size, " bytes is truncated"));
   }
   Sha256 sha;
-  std::vector<char> buf(1 << 20);
+  // Read in chunks of at most 1 MiB (a context file may be gigabytes).
+  std::vector<char> buf(static_cast<size_t>(std::min<uint64_t>(size, 1 << 20)));
   for (uint64_t left = size - kDigestBytes; left > 0;) {
     const size_t n = static_cast<size_t>(std::min<uint64_t>(left, buf.size()));
     if (!in.read(buf.data(), static_cast<std::streamsize>(n))) {
