@@ -192,11 +192,13 @@ absl::StatusOr<std::unique_ptr<SqueezeServer>> SqueezeServer::Start(ServerOption
         absl::StrCat("cannot listen on ", options.address,
                      " (the port is in use or the host is not an address of this machine)"));
   }
-  if (!options.tls.enabled() && !keys && !IsLoopback(options.address)) {
-    spdlog::warn(
-        "serving {} without TLS or API keys: anyone who reaches the port can read, use and "
-        "delete every context (README: Security)",
-        options.address);
+  for (const std::string& address : {options.address, options.openai_address}) {
+    if (!address.empty() && !options.tls.enabled() && !keys && !IsLoopback(address)) {
+      spdlog::warn(
+          "serving {} without TLS or API keys: anyone who reaches the port can read, use and "
+          "delete every context (README: Security)",
+          address);
+    }
   }
   server->server_->GetHealthCheckService()->SetServingStatus(true);
   server->server_->GetHealthCheckService()->SetServingStatus("squeeze.v1.Squeeze", true);

@@ -113,6 +113,29 @@ TEST(SecurityTest, TenantsSeeUseAndDeleteOnlyTheirOwnContexts) {
   fs::remove_all(dir);
 }
 
+TEST(SecurityTest, OpenPortsWithoutTlsOrKeysAreWarnedAbout) {
+  server::ServerOptions o = DefaultOptions();
+  o.address = "0.0.0.0:0";
+  o.openai_address = "0.0.0.0:0";
+  {
+    LogCapture log;
+    TestServer t = TestServer::Start(o);
+    ASSERT_NE(t.server, nullptr);
+    EXPECT_THAT(log.text(), HasSubstr("serving 0.0.0.0:0 without TLS or API keys"));
+    const std::string text = log.text();
+    const size_t first = text.find("without TLS or API keys");
+    EXPECT_NE(text.find("without TLS or API keys", first + 1), std::string::npos)
+        << "one warning per open port (gRPC and OpenAI)";
+  }
+  const std::string dir = TempDir("warn");
+  o.api_keys_file = WriteKeys(dir, std::string(kKeyA) + " tenant-a\n");
+  LogCapture log;
+  TestServer t = TestServer::Start(o);
+  ASSERT_NE(t.server, nullptr);
+  EXPECT_THAT(log.text(), ::testing::Not(HasSubstr("without TLS or API keys")));
+  fs::remove_all(dir);
+}
+
 TEST(SecurityTest, KeysFileIsReloadedWithoutRestart) {
   const std::string dir = TempDir("reload-keys");
   server::ServerOptions o = DefaultOptions();
