@@ -105,6 +105,9 @@ class CudaBackend final : public Backend {
   }
   void AdoptContextKv(const ContextKV& ctx, SequenceKV&& source) override;
   void set_execution_options(const ExecutionOptions& options) override { options_ = options; }
+  // Context rows the squeezed cascade groups read since the last call, and the rows of those
+  // context heads (after Synchronize): what the union of a group's selections costs.
+  CascadeAttention::KeyStats TakeCascadeKeyStats() { return cascade_.TakeKeyStats(); }
   // Device memory kept free for activations, scratch and workspaces when a context's K/V is
   // made resident (idle contexts are evicted to keep it): max(2 GiB, 3% of the device).
   static size_t ResidentHeadroom(size_t total_bytes) {
