@@ -40,6 +40,7 @@
 #include "engine/backend/cuda/cuda_kmeans.h"
 #include "engine/backend/kv_cache.h"
 #include "engine/model/llama_model.h"
+#include "engine/sampling/sampler.h"
 #include "engine/squeeze/calibration.h"
 #include "engine/squeeze/selection.h"
 #include "engine/squeeze/squeeze_index.h"
@@ -150,18 +151,26 @@ double GemmRate() {
 // Seconds of `steps` greedy decode steps of the sequences `kvs` together (after 3 untimed
 // ones), sorted; sequence i attends to contexts[i % contexts.size()] (none when empty) through
 // fixed[i] (nullptr: dense). Exits on error.
+// Decode steps of the sequences in `kvs` (3 warm-up steps, then `steps` timed), each sampling
+// its next token greedily on the device as the server does (only the tokens come back).
 std::vector<double> DecodeTimes(LlamaModel& m, std::span<SequenceKV* const> kvs,
                                 std::span<const ContextKV* const> contexts,
                                 std::span<FixedContextAttention* const> fixed, int steps) {
   std::vector<double> times;
   std::vector<int32_t> next(kvs.size(), 1);
+  SamplingParams greedy;
+  greedy.temperature = 0.0f;
+  Sampler sampler(greedy, 1);
+  std::vector<SampleJob> jobs(kvs.size());
   for (int i = 0; i < steps + 3; ++i) {
     std::vector<SequenceStep> batch;
     for (size_t b = 0; b < kvs.size(); ++b) {
+      jobs[b] = {.sampler = &sampler};
       batch.push_back({.tokens = std::span<const int32_t>(&next[b], 1),
                        .context = contexts.empty() ? nullptr : contexts[b % contexts.size()],
                        .fixed = fixed.empty() ? nullptr : fixed[b],
-                       .kv = kvs[b]});
+                       .kv = kvs[b],
+                       .sample = &jobs[b]});
     }
     ForwardOutput out;
     const double s0 = Now();
@@ -171,10 +180,7 @@ std::vector<double> DecodeTimes(LlamaModel& m, std::span<SequenceKV* const> kvs,
       std::fprintf(stderr, "decode: %s\n", std::string(st.message()).c_str());
       std::exit(1);
     }
-    for (size_t b = 0; b < kvs.size(); ++b) {
-      next[b] = static_cast<int32_t>(std::max_element(out.logits[b].begin(), out.logits[b].end()) -
-                                     out.logits[b].begin());
-    }
+    for (size_t b = 0; b < kvs.size(); ++b) next[b] = jobs[b].token;
     if (i >= 3) times.push_back(dt);
   }
   std::sort(times.begin(), times.end());
@@ -194,6 +200,7 @@ int Main() {
     return 1;
   }
   const std::string device = (*backend)->Describe();
+  CudaBackend* cuda = backend->get();  // owned by the model below
   const double copy_bw = CopyBandwidth();
   const double gemm = GemmRate();
   std::printf(
@@ -394,6 +401,9 @@ int Main() {
   }
   // One timed decode run of `batch` sequences against the contexts: dense (budget < 0) or
   // squeezed, cascade or per sequence; realised = the mean realised KV budget of the sequences.
+  // *union_read: the fraction of the context's rows the squeezed cascade groups read (the union
+  // of their sequences' selections); 1 when dense.
+  double union_read = 1.0;
   auto run = [&](int batch, double budget, bool cascade, double* realised,
                  bool hierarchical = false) {
     m.backend().set_execution_options({.cascade = cascade});
@@ -410,7 +420,10 @@ int Main() {
       dyn.push_back(m.NewSequenceKV());
     }
     for (SequenceKV& d : dyn) kvs.push_back(&d);
+    cuda->TakeCascadeKeyStats();
     const std::vector<double> t = DecodeTimes(m, kvs, contexts, fixed, steps);
+    const CascadeAttention::KeyStats keys = cuda->TakeCascadeKeyStats();
+    union_read = keys.rows_total > 0 ? static_cast<double>(keys.rows_read) / keys.rows_total : 1.0;
     *realised = 0.0;
     for (const auto& sel : selectors) *realised += budget < 0 ? 1.0 : sel->realised_budget();
     *realised /= batch;
@@ -424,6 +437,19 @@ int Main() {
       "context's KV once (squeezed: times the realised budget)\n",
       num_contexts, S);
   for (int batch : batches) {
+    // The same batch without a context: weights, the sequences' own rows, sampling, launches.
+    {
+      std::vector<SequenceKV> bare(batch);
+      std::vector<SequenceKV*> bare_kvs;
+      for (SequenceKV& d : bare) {
+        d = m.NewSequenceKV();
+        bare_kvs.push_back(&d);
+      }
+      const std::vector<double> t = DecodeTimes(m, bare_kvs, {}, {}, steps);
+      const double floor_w = weight_bytes / copy_bw;
+      std::printf("batch %2d without a context: %8.3f ms/step (%.2fx the weights' floor %.3f ms)\n",
+                  batch, 1e3 * t[t.size() / 2], t[t.size() / 2] / floor_w, 1e3 * floor_w);
+    }
     const int shared = std::min(batch, num_contexts);  // contexts in use
     double realised = 1.0;
     const double dense_seq = run(batch, -1.0, false, &realised);
@@ -439,14 +465,17 @@ int Main() {
       const double seq = run(batch, b, false, &realised);
       const double realised_seq = realised;
       const double cas = batch > 1 ? run(batch, b, true, &realised) : seq;
+      const double cas_union = batch > 1 ? union_read : realised_seq;
       // Bytes: weights and the kept K/V (the realised budget counts half a row per centroid
       // scored, what a bf16 centroid costs next to a K+V row).
       const double floor_s = (weight_bytes + batch * realised_seq * ctx_kv_bytes) / copy_bw;
       std::printf(
           "  squeezed %.2f: per-sequence %8.3f ms/step (realised %.4f, %.2fx its floor %.3f ms), "
-          "cascade %8.3f ms/step (realised %.4f) = %.2fx dense cascade, %.0f tokens/s\n",
-          b, 1e3 * seq, realised_seq, seq / floor_s, 1e3 * floor_s, 1e3 * cas, realised,
-          dense_cas / cas, batch / cas);
+          "cascade %8.3f ms/step (realised %.4f, the group reads %.4f of the context: %.2fx "
+          "that floor) = %.2fx dense cascade, %.0f tokens/s\n",
+          b, 1e3 * seq, realised_seq, seq / floor_s, 1e3 * floor_s, 1e3 * cas, realised, cas_union,
+          cas / ((weight_bytes + shared * cas_union * ctx_kv_bytes) / copy_bw), dense_cas / cas,
+          batch / cas);
       if (absl::GetFlag(FLAGS_hierarchical)) {
         const double th = run(batch, b, false, &realised, /*hierarchical=*/true);
         std::printf(

@@ -76,6 +76,20 @@ __global__ void SiluMulKernel(const float* gate, const float* up, float* out_f32
   }
 }
 
+template <int V>
+__global__ void AddBiasKernel(float* y, const float* bias, size_t count, int cols) {
+  const size_t nvec = V > 1 ? count / V : 0;  // V == 4: cols % 4 == 0, so a vector is in one row
+  if constexpr (V == 4) {
+    for (size_t v = ThreadIndex(); v < nvec; v += ThreadCount()) {
+      const float4 b = reinterpret_cast<const float4*>(bias)[(v * 4 % cols) / 4];
+      float4 a = reinterpret_cast<float4*>(y)[v];
+      a = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+      reinterpret_cast<float4*>(y)[v] = a;
+    }
+  }
+  for (size_t i = nvec * V + ThreadIndex(); i < count; i += ThreadCount()) y[i] += bias[i % cols];
+}
+
 }  // namespace
 
 cudaError_t LaunchRmsNorm(const float* x, const float* weight, float* out_f32, bf16* out_bf16,
@@ -107,6 +121,16 @@ cudaError_t LaunchSiluMul(const float* gate, const float* up, float* out_f32, bf
       Aligned(gate, 16) && Aligned(up, 16) && Aligned(out_f32, 16) && Aligned(out_bf16, 8);
   return LaunchElementwise(vec, 4, count, SiluMulKernel<4>, SiluMulKernel<1>, stream, gate, up,
                            out_f32, out_bf16, count);
+}
+
+cudaError_t LaunchAddBias(float* y, const float* bias, int rows, int cols, cudaStream_t stream) {
+  if (rows < 0 || cols <= 0) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  if (y == nullptr || bias == nullptr) return cudaErrorInvalidValue;
+  const size_t count = static_cast<size_t>(rows) * cols;
+  const bool vec = cols % 4 == 0 && Aligned(y, 16) && Aligned(bias, 16);
+  return LaunchElementwise(vec, 4, count, AddBiasKernel<4>, AddBiasKernel<1>, stream, y, bias,
+                           count, cols);
 }
 
 }  // namespace squeeze::gpu

@@ -1,5 +1,6 @@
-// RMSNorm and the SwiGLU gate of the forward. CPU reference: CpuBackend::RmsNorm / SiluMul
-// (engine/backend/cpu/cpu_backend.h); tested in tests/gpu/model_ops_test.cc.
+// RMSNorm, the SwiGLU gate and the projection biases of the forward. CPU reference:
+// CpuBackend::RmsNorm / SiluMul / AddBias (engine/backend/cpu/cpu_backend.h); tested in
+// tests/gpu/model_ops_test.cc.
 // Conventions (argument checks, alignment, math): kernels/ops/elementwise.cuh.
 // Plain C++ (includable from .cc files); the kernels live in rmsnorm_silu.cu.
 #pragma once
@@ -30,5 +31,9 @@ cudaError_t LaunchRmsNorm(const float* x, const float* weight, float* out_f32, b
 //   gate, up, out_f32, out_bf16: [count].
 cudaError_t LaunchSiluMul(const float* gate, const float* up, float* out_f32, bf16* out_bf16,
                           size_t count, cudaStream_t stream);
+
+// y[r, i] += bias[i] for every row r (Qwen2's q/k/v projection biases; CpuBackend::AddBias).
+//   y: [rows, cols];  bias: [cols].
+cudaError_t LaunchAddBias(float* y, const float* bias, int rows, int cols, cudaStream_t stream);
 
 }  // namespace squeeze::gpu

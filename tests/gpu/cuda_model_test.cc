@@ -339,10 +339,6 @@ TEST(CudaModel, AdoptedContextEqualsUploaded) {
   }
 }
 
-// 32 sequences decoding together (squeezed ones as one batched launch on the GPU, the weights
-// through cuBLAS instead of the GEMV at this batch): the same logits (up to summation order)
-// and greedy tokens as each sequence decoded alone, with squeezed, dense-context and
-// context-free sequences mixed in the same batch.
 // Device memory for registered contexts: with the GPU filled (a hog leaves room for about one
 // and a half contexts' K/V), contexts used in turn evict each other's resident copies and are
 // uploaded again, giving the same logits every time; two contexts in one step that do not fit
@@ -406,6 +402,10 @@ TEST(CudaModel, IdleContextsAreEvictedWhenTheGpuIsFull) {
       context_bytes / 1048576.0, keep / 1073741824.0, std::string(st.message()).c_str());
 }
 
+// 32 sequences decoding together (squeezed ones as one batched launch on the GPU, the weights
+// through the tensor-core GEMV instead of the CUDA-core one at this batch): the same logits (up
+// to summation order) and greedy tokens as each sequence decoded alone, with squeezed,
+// dense-context and context-free sequences mixed in the same batch.
 TEST(CudaModel, BatchedSqueezedDecodeEqualsEachAlone) {
   auto model = LoadCuda(kDemo);
   ASSERT_NE(model, nullptr);
@@ -470,8 +470,8 @@ TEST(CudaModel, BatchedSqueezedDecodeEqualsEachAlone) {
   for (int m = 0; m < kSeqs; ++m) {
     EXPECT_EQ(batch_tokens[m], alone_tokens[m]) << "sequence " << m;
     const std::vector<double> ref(alone_last[m].begin(), alone_last[m].end());
-    // 3e-3: at batch 32 the projections run through cuBLAS instead of the GEMV (another
-    // accumulation order, compounded over the layers and steps); measured 1.0e-3.
+    // 3e-3: at batch 32 the projections run on tensor cores with split K instead of the
+    // CUDA-core GEMV (another accumulation order, compounded over the layers and steps).
     EXPECT_LE(RelError(batch_last[m], ref), 3e-3) << "sequence " << m;
   }
   std::printf(

@@ -1,10 +1,13 @@
-// The decode GEMV kernel (kernels/ops/gemv.cu) against a double-precision reference on the same
-// bf16-rounded inputs: random x and w (never zeros), outputs poisoned first, NaN checked,
-// error ||y - ref|| / ||ref|| <= 1e-5 (fp32 accumulation of up to 14336 products).
+// The decode GEMV kernels (kernels/ops/gemv.cu: CUDA cores for m <= 4, tensor cores with split K
+// up to 64 rows) against a double-precision reference on the same bf16-rounded inputs: random x
+// and w (never zeros), outputs poisoned first, NaN checked, error ||y - ref|| / ||ref|| <= 1e-5
+// (fp32 accumulation of up to 14336 products).
 #include "kernels/ops/gemv.cuh"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <memory>
 #include <vector>
@@ -18,12 +21,50 @@ using gpu_testing::Bf16Data;
 using gpu_testing::DeviceArray;
 using gpu_testing::Rng;
 
+// Row counts of the tests: the CUDA-core kernel (1..4) and the tensor-core one (5..64, batch
+// tiles of 8 full and partial); m = 4 takes the tensor cores where x does not fit shared memory.
+constexpr int kRowCounts[] = {1, 2, 3, 4, 5, 8, 13, 32, 64};
+
+// LaunchGemv with the workspace and zeroed counters it asks for; the counters must be zero again
+// afterwards (the next launch relies on it).
+cudaError_t Launch(gpu::GemvParams p) {
+  const size_t bytes = gpu::GemvWorkspaceBytes(p);
+  DeviceArray<char> ws(std::max<size_t>(bytes, 16));
+  DeviceArray<unsigned int> counters(gpu::kGemvCounters);
+  counters.Upload(std::vector<unsigned int>(gpu::kGemvCounters, 0u));
+  p.workspace = ws.get();
+  p.counters = counters.get();
+  const cudaError_t err = gpu::LaunchGemv(p, nullptr);
+  if (err != cudaSuccess) return err;
+  if (const cudaError_t sync = cudaDeviceSynchronize(); sync != cudaSuccess) return sync;
+  const std::vector<unsigned int> left = counters.Download();
+  EXPECT_EQ(std::count(left.begin(), left.end(), 0u), gpu::kGemvCounters);
+  return cudaSuccess;
+}
+
+gpu::GemvParams Plain(const float* x, const gpu::bf16* w, float* y, int m, int n, int k,
+                      bool accumulate) {
+  gpu::GemvParams p;
+  p.x = x;
+  p.out[0] = {w, y, n};
+  p.num_outputs = 1;
+  p.m = m;
+  p.k = k;
+  p.accumulate = accumulate;
+  return p;
+}
+
 TEST(Gemv, MatchesReferenceOverShapes) {
   Rng rng(11);
-  const int shapes[][2] = {{1, 8},        {7, 64},    {1024, 4096}, {4099, 4096},
-                           {4096, 14336}, {300, 768}, {8193, 256},  {16384, 4096}};
-  for (int m = 1; m <= gpu::kGemvMaxRows; ++m) {
-    for (const auto& [n, k] : shapes) {
+  const std::vector<std::array<int, 2>> small = {{1, 8},        {7, 64},      {1024, 4096},
+                                                 {4099, 4096},  {300, 768},   {8193, 256},
+                                                 {4096, 14336}, {16384, 4096}};
+  // Tensor cores: partial row tiles, several outputs' worth of tiles, split K (k = 14336 and
+  // 4096 with few tiles), k a multiple of 32 but not 64.
+  const std::vector<std::array<int, 2>> batched = {{7, 64},      {300, 768},  {1000, 4096},
+                                                   {384, 14336}, {8193, 256}, {130, 96}};
+  for (int m : kRowCounts) {
+    for (const auto& [n, k] : m <= 4 ? small : batched) {
       if (!gpu::GemvSupported(m, n, k)) continue;
       for (bool accumulate : {false, true}) {
         SCOPED_TRACE(testing::Message()
@@ -53,9 +94,13 @@ TEST(Gemv, MatchesReferenceOverShapes) {
         } else {
           dy.Poison();
         }
-        CUDA_OK(gpu::LaunchGemvBf16(dx.get(), dw.get(), dy.get(), m, n, k, accumulate, nullptr));
-        CUDA_OK(cudaDeviceSynchronize());
+        CUDA_OK(Launch(Plain(dx.get(), dw.get(), dy.get(), m, n, k, accumulate)));
         const std::vector<float> y = dy.Download();
+        if (!accumulate) {  // the split-K sums are added in a fixed order: same bits again
+          dy.Poison();
+          CUDA_OK(Launch(Plain(dx.get(), dw.get(), dy.get(), m, n, k, accumulate)));
+          EXPECT_TRUE(dy.Download() == y) << "not deterministic";
+        }
         double num = 0.0, den = 0.0;
         size_t nan = 0;
         for (size_t i = 0; i < y.size(); ++i) {
@@ -77,11 +122,14 @@ TEST(Gemv, MatchesReferenceOverShapes) {
 // the neighbouring bf16 value (2^-8 relative each); measured 3.5e-5 on the H200.
 TEST(Gemv, FusedInputsAndSeveralOutputs) {
   Rng rng(12);
-  const int kShapes[][4] = {{4096, 1024, 1024, 4096}, {7, 64, 9, 64}, {4096, 0, 0, 14336}};
+  const std::vector<std::array<int, 4>> small = {
+      {4096, 1024, 1024, 4096}, {7, 64, 9, 64}, {4096, 0, 0, 14336}};
+  const std::vector<std::array<int, 4>> batched = {
+      {1000, 136, 9, 4096}, {7, 64, 9, 64}, {384, 0, 0, 14336}};
   for (gpu::GemvInput mode :
        {gpu::GemvInput::kPlain, gpu::GemvInput::kRmsNorm, gpu::GemvInput::kSiluMul}) {
-    for (int m = 1; m <= gpu::kGemvMaxRows; ++m) {
-      for (const auto& shape : kShapes) {
+    for (int m : {1, 2, 3, 4, 8, 33}) {
+      for (const auto& shape : m <= 4 ? small : batched) {
         const int k = shape[3];
         if (!gpu::GemvSupported(m, shape[0], k)) continue;  // x does not fit shared memory
         const bool accumulate = mode == gpu::GemvInput::kSiluMul;
@@ -142,8 +190,7 @@ TEST(Gemv, FusedInputsAndSeveralOutputs) {
           p.out[j] = {dws.back()->get(), dys.back()->get(), n};
           p.num_outputs = j + 1;
         }
-        CUDA_OK(gpu::LaunchGemv(p, nullptr));
-        CUDA_OK(cudaDeviceSynchronize());
+        CUDA_OK(Launch(p));
         for (int j = 0; j < p.num_outputs; ++j) {
           const int n = shape[j];
           const std::vector<float> y = dys[j]->Download();
@@ -171,13 +218,20 @@ TEST(Gemv, FusedInputsAndSeveralOutputs) {
 }
 
 TEST(Gemv, RejectsUnsupportedShapes) {
-  EXPECT_FALSE(gpu::GemvSupported(5, 16, 16));
+  EXPECT_FALSE(gpu::GemvSupported(5, 16, 16));  // tensor cores: k a multiple of 32
   EXPECT_FALSE(gpu::GemvSupported(1, 16, 12));
-  EXPECT_FALSE(gpu::GemvSupported(4, 16, 16384));  // x does not fit shared memory
-  EXPECT_EQ(gpu::LaunchGemvBf16(nullptr, nullptr, nullptr, 1, 16, 16, false, nullptr),
+  EXPECT_FALSE(gpu::GemvSupported(65, 16, 4096));
+  EXPECT_TRUE(gpu::GemvSupported(4, 16, 16384));  // tensor cores: x does not fit shared memory
+  EXPECT_EQ(gpu::LaunchGemv(Plain(nullptr, nullptr, nullptr, 1, 16, 16, false), nullptr),
             cudaErrorInvalidValue);
   gpu::GemvParams p;  // no outputs
   EXPECT_EQ(gpu::LaunchGemv(p, nullptr), cudaErrorInvalidValue);
+  // The tensor-core path without its workspace.
+  DeviceArray<float> x(8 * 64), y(8 * 16);
+  DeviceArray<gpu::bf16> w(16 * 64);
+  const gpu::GemvParams batched = Plain(x.get(), w.get(), y.get(), 8, 16, 64, false);
+  ASSERT_GT(gpu::GemvWorkspaceBytes(batched), 0u);
+  EXPECT_EQ(gpu::LaunchGemv(batched, nullptr), cudaErrorInvalidValue);
 }
 
 }  // namespace

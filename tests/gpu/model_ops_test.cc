@@ -2,7 +2,8 @@
 // CPU reference backend (CpuBackend ops and MergeAttentionPartials called on host copies of the
 // same inputs). Tolerances, error = ||out - ref|| / ||ref||:
 //   EmbedRows, GatherRowsF32, AppendKv, F32ToBf16, Bf16ToF32, Argmax:  exact (bitwise / equal ids)
-//   RmsNorm fp32 <= 1e-5 (fp32 vs double sum of squares), SiluMul fp32 <= 1e-6 (expf),
+//   RmsNorm fp32 <= 1e-5 (fp32 vs double sum of squares), SiluMul fp32 <= 1e-6 (expf), AddBias
+//   exact (one fp32 addition, as on the CPU),
 //   Rope <= 1e-5 (sincosf vs libm, positions up to 500000), MergeAttention out <= 1e-5 and
 //   |lse - ref| <= 1e-5 (1 + |ref|) (expf/logf);
 //   every bf16 output equals __float2bfloat16_rn of the fp32 output of the same launch, and is
@@ -287,6 +288,30 @@ TEST(ModelOpsTest, SiluMulMatchesCpu) {
         const std::vector<bf16> b(all.begin() + off, all.begin() + off + count);
         ExpectBf16Output(b, f32.empty() ? nullptr : &f32, ref);
       }
+    }
+  }
+}
+
+// Qwen2's projection biases: every row gets the bias (vector path when cols % 4 == 0 and the
+// pointers are aligned, scalar otherwise), the guard past the rows untouched.
+TEST(ModelOpsTest, AddBiasMatchesCpu) {
+  CpuBackend cpu;
+  Rng rng(5);
+  for (const auto& [rows, cols] : {std::pair{1, 1}, {3, 7}, {5, 896}, {9, 128}, {64, 4096}}) {
+    for (size_t off : {size_t{0}, size_t{1}}) {  // 1: misaligned pointers
+      SCOPED_TRACE(testing::Message() << rows << " x " << cols << " offset " << off);
+      const size_t count = static_cast<size_t>(rows) * cols;
+      const std::vector<float> y = RandomVector(count + off, rng, 3.0f);
+      const std::vector<float> bias = RandomVector(cols + off, rng, 1.0f);
+      std::vector<float> ref(y.begin() + off, y.end());
+      cpu.AddBias(ref.data(), bias.data() + off, rows, cols);
+      Guarded d_y(y), d_bias(bias);
+      CUDA_OK(gpu::LaunchAddBias(d_y.get() + off, d_bias.get() + off, rows, cols, nullptr));
+      std::vector<float> out = WithoutGuard(d_y, count + off);
+      out.erase(out.begin(), out.begin() + off);
+      EXPECT_EQ(CountNonFinite(out), 0u);
+      EXPECT_EQ(out, ref);
+      EXPECT_EQ(WithoutGuard(d_bias, cols + off), bias);  // bias untouched
     }
   }
 }
@@ -762,6 +787,9 @@ TEST(ModelOpsTest, LaunchersValidateArguments) {
   EXPECT_EQ(gpu::LaunchSiluMul(fp, fp, nullptr, nullptr, 8, nullptr), bad);
   EXPECT_EQ(gpu::LaunchSiluMul(nullptr, fp, fp, nullptr, 8, nullptr), bad);
   EXPECT_EQ(gpu::LaunchSiluMul(nullptr, nullptr, nullptr, nullptr, 0, nullptr), cudaSuccess);
+  EXPECT_EQ(gpu::LaunchAddBias(nullptr, fp, 2, 8, nullptr), bad);
+  EXPECT_EQ(gpu::LaunchAddBias(fp, fp, 2, 0, nullptr), bad);
+  EXPECT_EQ(gpu::LaunchAddBias(nullptr, nullptr, 0, 8, nullptr), cudaSuccess);
 
   EXPECT_EQ(gpu::LaunchRopeQK(fp, 1, nullptr, 0, ip, 1, 7, fp, nullptr), bad);    // odd d
   EXPECT_EQ(gpu::LaunchRopeQK(fp, 1, nullptr, 0, ip, 1, 514, fp, nullptr), bad);  // d > 512

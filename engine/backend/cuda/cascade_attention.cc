@@ -222,6 +222,13 @@ void CascadeAttention::Run(std::span<const AttentionParams* const> calls) {
                               sizeof(int32_t) * hkv);
       }
     }
+    FoldLandedKeys();
+    PendingKeys& pending = pending_keys_.emplace_back();
+    pending.num_keys = std::make_unique<int32_t[]>(hkv);
+    pending.heads = hkv;
+    pending.rows_total = static_cast<int64_t>(hkv) * S;
+    pending.epoch = dev_.epoch();
+    dev_.CopyToHostAtSync(pending.num_keys.get(), keys.num_keys, sizeof(int32_t) * hkv);
     cp.num_keys = keys.num_keys;
     cp.row_index = keys.row_index;
     cp.key_mask = keys.key_mask;
@@ -268,6 +275,23 @@ void CascadeAttention::Run(std::span<const AttentionParams* const> calls) {
                                    dev_.stream()),
                "cascade outputs");
   }
+}
+
+void CascadeAttention::FoldLandedKeys() {
+  const auto landed = [&](const PendingKeys& p) { return p.epoch < dev_.epoch(); };
+  for (const PendingKeys& p : pending_keys_) {
+    if (!landed(p)) continue;
+    for (int h = 0; h < p.heads; ++h) landed_keys_.rows_read += p.num_keys[h];
+    landed_keys_.rows_total += p.rows_total;
+  }
+  std::erase_if(pending_keys_, landed);
+}
+
+CascadeAttention::KeyStats CascadeAttention::TakeKeyStats() {
+  FoldLandedKeys();
+  const KeyStats stats = landed_keys_;
+  landed_keys_ = {};
+  return stats;
 }
 
 }  // namespace squeeze

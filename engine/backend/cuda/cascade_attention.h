@@ -12,6 +12,8 @@
 // into and scattered out of one array.
 #pragma once
 
+#include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -39,6 +41,15 @@ class CascadeAttention {
   // all squeezed; each writes its own out.
   void Run(std::span<const AttentionParams* const> calls);
 
+  // Context rows the squeezed groups read since the last call (the union of what their
+  // sequences kept, per KV head and layer) and the rows those heads hold; valid after the
+  // device's Synchronize, which lands the counts.
+  struct KeyStats {
+    int64_t rows_read = 0;
+    int64_t rows_total = 0;
+  };
+  KeyStats TakeKeyStats();
+
  private:
   int CascadeCtas(int head_dim);
 
@@ -52,6 +63,18 @@ class CascadeAttention {
   std::vector<const float*> q_src_;
   std::vector<float*> out_dst_;
   std::vector<const float*> q_dst_, out_src_;
+  // Per squeezed group: the union sizes per KV head (landing at the next sync) and the rows of
+  // the context heads.
+  struct PendingKeys {
+    std::unique_ptr<int32_t[]> num_keys;
+    int heads = 0;
+    int64_t rows_total = 0;
+    uint64_t epoch = 0;  // the device's sync epoch when queued: landed once it has moved on
+  };
+  // Folds the landed counts into landed_keys_ (so the list stays one step long).
+  void FoldLandedKeys();
+  std::vector<PendingKeys> pending_keys_;
+  KeyStats landed_keys_;
 };
 
 }  // namespace squeeze

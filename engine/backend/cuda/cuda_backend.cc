@@ -151,15 +151,41 @@ absl::StatusOr<const float*> CudaBackend::RandomVector(int n, uint64_t seed, flo
 }
 // ---- ops ----------------------------------------------------------------------------------------
 
+void CudaBackend::RunGemv(gpu::GemvParams& p, const char* what) {
+  const size_t bytes = gpu::GemvWorkspaceBytes(p);
+  if (bytes > 0) {
+    if (gemv_counters_ == nullptr) {
+      auto counters = dev_->AllocatePermanent(sizeof(unsigned int) * gpu::kGemvCounters, what);
+      if (!counters.ok()) {
+        dev_->SetFault(counters.status());
+        return;
+      }
+      gemv_counters_ = static_cast<unsigned int*>(*counters);
+      dev_->Check(cudaMemsetAsync(gemv_counters_, 0, sizeof(unsigned int) * gpu::kGemvCounters,
+                                  dev_->stream()),
+                  what);
+    }
+    p.workspace = dev_->Scratch(kGemvWs, bytes);
+    if (p.workspace == nullptr) return;
+    p.counters = gemv_counters_;
+  }
+  dev_->Check(gpu::LaunchGemv(p, dev_->stream()), what);
+}
+
 void CudaBackend::MatMul(const float* x, const Matrix& w, float* y, int m, bool accumulate) {
   if (!dev_->ok() || m <= 0 || w.rows <= 0) return;
   const int n = w.rows, k = w.cols;
-  // Decode-sized products stream the weights with the GEMV kernel (x converted on the fly).
+  // Decode-sized products stream the weights with the GEMV kernels (x converted on the fly).
   if (gpu::GemvSupported(m, n, k) && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
       reinterpret_cast<uintptr_t>(w.data) % 16 == 0) {
-    dev_->Check(gpu::LaunchGemvBf16(x, static_cast<const bf16*>(w.data), y, m, n, k, accumulate,
-                                    dev_->stream()),
-                "gemv");
+    gpu::GemvParams p;
+    p.x = x;
+    p.out[0] = {static_cast<const bf16*>(w.data), y, n};
+    p.num_outputs = 1;
+    p.m = m;
+    p.k = k;
+    p.accumulate = accumulate;
+    RunGemv(p, "gemv");
     return;
   }
   bf16* xb = static_cast<bf16*>(dev_->Scratch(kXBf16, static_cast<size_t>(m) * k * sizeof(bf16)));
@@ -194,8 +220,9 @@ bool GemvFits(const float* x, int m, std::span<const Backend::MatMulOutput> outs
 
 }  // namespace
 
-// Decode: one GEMV launch normalises x on the fly and streams all matrices (q/k/v, gate/up,
-// the final norm and lm_head). Prefill: the default RmsNorm + cuBLAS GEMMs.
+// Decode (up to gpu::kGemvMaxRows tokens in the step): one GEMV launch (two with the
+// tensor-core prologue) normalises x and streams all matrices (q/k/v, gate/up, the final norm
+// and lm_head). Prefill: the default RmsNorm + cuBLAS GEMMs.
 void CudaBackend::NormMatMuls(const float* x, const float* norm_weight, float eps, float* h, int m,
                               std::span<const MatMulOutput> outs) {
   if (!dev_->ok() || m <= 0) return;
@@ -214,7 +241,7 @@ void CudaBackend::NormMatMuls(const float* x, const float* norm_weight, float ep
   }
   p.m = m;
   p.k = outs[0].w->cols;
-  dev_->Check(gpu::LaunchGemv(p, dev_->stream()), "norm gemv");
+  RunGemv(p, "norm gemv");
 }
 
 // Decode: silu(gate) * up formed while the GEMV stages its input; prefill: the default.
@@ -235,7 +262,7 @@ void CudaBackend::SiluMulMatMul(float* gate, const float* up, const Matrix& w, f
   p.m = m;
   p.k = w.cols;
   p.accumulate = accumulate;
-  dev_->Check(gpu::LaunchGemv(p, dev_->stream()), "silu gemv");
+  RunGemv(p, "silu gemv");
 }
 
 void CudaBackend::Embed(const Matrix& table, const int32_t* ids, int n, float* out) {
@@ -269,6 +296,11 @@ void CudaBackend::RopeQK(float* q, int q_heads, float* k, int k_heads, const int
   dev_->Check(
       gpu::LaunchRopeQK(q, q_heads, k, k_heads, positions, n, head_dim, inv_freq, dev_->stream()),
       "rope");
+}
+
+void CudaBackend::AddBias(float* y, const float* bias, int rows, int cols) {
+  if (!dev_->ok()) return;
+  dev_->Check(gpu::LaunchAddBias(y, bias, rows, cols, dev_->stream()), "bias");
 }
 
 void CudaBackend::SiluMul(const float* gate, const float* up, float* out, size_t count) {

@@ -43,6 +43,7 @@
 #include "engine/backend/cuda/dense_attention.h"
 #include "engine/backend/cuda/resident_contexts.h"
 #include "engine/backend/cuda/squeezed_attention.h"
+#include "kernels/ops/gemv.cuh"
 #include "kernels/ops/rope_append_kv.cuh"
 
 namespace squeeze {
@@ -104,6 +105,9 @@ class CudaBackend final : public Backend {
   }
   void AdoptContextKv(const ContextKV& ctx, SequenceKV&& source) override;
   void set_execution_options(const ExecutionOptions& options) override { options_ = options; }
+  // Context rows the squeezed cascade groups read since the last call, and the rows of those
+  // context heads (after Synchronize): what the union of a group's selections costs.
+  CascadeAttention::KeyStats TakeCascadeKeyStats() { return cascade_.TakeKeyStats(); }
   // Device memory kept free for activations, scratch and workspaces when a context's K/V is
   // made resident (idle contexts are evicted to keep it): max(2 GiB, 3% of the device).
   static size_t ResidentHeadroom(size_t total_bytes) {
@@ -127,6 +131,7 @@ class CudaBackend final : public Backend {
   void RopeQK(float* q, int q_heads, float* k, int k_heads, const int32_t* positions, int n,
               int head_dim, const float* inv_freq) override;
   void SiluMul(const float* gate, const float* up, float* out, size_t count) override;
+  void AddBias(float* y, const float* bias, int rows, int cols) override;
   void AppendKv(const float* k_new, const float* v_new, int n, int num_kv_heads, int head_dim,
                 void* k_dst, void* v_dst, size_t dst_head_stride) override;
   void AppendKvBatch(const float* k_new, const float* v_new, int num_kv_heads, int head_dim,
@@ -136,8 +141,11 @@ class CudaBackend final : public Backend {
 
  private:
   explicit CudaBackend(std::unique_ptr<CudaDevice> dev);
+  // Launches a decode product (gpu::LaunchGemv) with its workspace and arrival counters.
+  void RunGemv(gpu::GemvParams& p, const char* what);
 
   std::unique_ptr<CudaDevice> dev_;
+  unsigned int* gemv_counters_ = nullptr;  // gpu::kGemvCounters, zeroed at first use
   ResidentContexts contexts_;
   DenseAttention dense_;
   SqueezedAttention squeezed_;

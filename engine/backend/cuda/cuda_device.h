@@ -55,6 +55,7 @@ enum ScratchSlot : int {
   kCascadePartials,  // cascade: the shared-context partials and chunk table
   kCascadeKeys,      // cascade: key lists, masks, counts and kept rows of a squeezed group
   kAppendTargets,    // the KV append targets of a step's sequences
+  kGemvWs,           // decode products on tensor cores: bf16 input and split-K partials
   kNumSlots
 };
 
