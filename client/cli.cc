@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -18,6 +19,7 @@
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
@@ -69,6 +71,14 @@ std::string AbslUnparseFlag(const StopStrings& stops) {
 
 ABSL_FLAG(std::string, server, "localhost:50051", "Server address host:port");
 ABSL_FLAG(double, timeout, 0, "Deadline in seconds (0: none)");
+// TLS and API keys (README: Security)
+ABSL_FLAG(bool, tls, false, "Connect with TLS (implied by the --tls_* files)");
+ABSL_FLAG(std::string, tls_ca_file, "", "PEM CA certificates that sign the server's certificate");
+ABSL_FLAG(std::string, tls_cert_file, "", "PEM client certificate chain (mutual TLS)");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file");
+ABSL_FLAG(std::string, api_key_file, "",
+          "File holding the API key sent as 'authorization: Bearer <key>' (default: the "
+          "SQUEEZE_API_KEY environment variable)");
 // register
 ABSL_FLAG(std::string, file, "", "register: read the context text from this file ('-': stdin)");
 ABSL_FLAG(std::string, text, "", "register: the context text");
@@ -401,7 +411,22 @@ int main(int argc, char** argv) {
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() < 2) return Usage("missing command");
   const std::string cmd = args[1];
-  SqueezeClient client(absl::GetFlag(FLAGS_server));
+  squeeze::client::ClientOptions options;
+  options.ca_file = absl::GetFlag(FLAGS_tls_ca_file);
+  options.cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  options.key_file = absl::GetFlag(FLAGS_tls_key_file);
+  options.tls = absl::GetFlag(FLAGS_tls) || !options.ca_file.empty() ||
+                !options.cert_file.empty() || !options.key_file.empty();
+  // A key on the command line would show in `ps`: it comes from a file or the environment.
+  if (const std::string path = absl::GetFlag(FLAGS_api_key_file); !path.empty()) {
+    if (!ReadFile(path, &options.api_key)) return Usage("cannot read --api_key_file " + path);
+    options.api_key = std::string(absl::StripAsciiWhitespace(options.api_key));
+  } else if (const char* env = std::getenv("SQUEEZE_API_KEY"); env != nullptr) {
+    options.api_key = env;
+  }
+  auto channel = squeeze::client::CreateChannel(absl::GetFlag(FLAGS_server), options);
+  if (!channel.ok()) return Usage(std::string(channel.status().message()));
+  SqueezeClient client(*channel, options.api_key);
   auto need_arg = [&](const char*) {
     return args.size() >= 3 ? std::string(args[2]) : std::string();
   };

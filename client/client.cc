@@ -4,7 +4,9 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <fstream>
 #include <mutex>
+#include <sstream>
 
 namespace squeeze::client {
 namespace {
@@ -16,6 +18,14 @@ void SetTimeout(grpc::ClientContext* ctx, double seconds) {
   }
 }
 
+absl::StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InvalidArgumentError(std::string(what) + " '" + path + "' cannot be read");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
 // Routing: the context name travels as metadata as well as in the request (see kContextHeader).
 void SetContextRouting(grpc::ClientContext* ctx, const std::string& context) {
   if (!context.empty()) ctx->AddMetadata(kContextHeader, context);
@@ -23,17 +33,48 @@ void SetContextRouting(grpc::ClientContext* ctx, const std::string& context) {
 
 }  // namespace
 
+absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateChannel(const std::string& target,
+                                                             const ClientOptions& options) {
+  if (!options.tls) {
+    if (!options.ca_file.empty() || !options.cert_file.empty() || !options.key_file.empty()) {
+      return absl::InvalidArgumentError("TLS files given without TLS (set --tls)");
+    }
+    return grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  }
+  if (options.cert_file.empty() != options.key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "the client certificate and key (mutual TLS) must be given together");
+  }
+  grpc::SslCredentialsOptions ssl;
+  for (auto [path, pem, what] : {std::tuple{&options.ca_file, &ssl.pem_root_certs, "CA file"},
+                                 std::tuple{&options.cert_file, &ssl.pem_cert_chain, "certificate"},
+                                 std::tuple{&options.key_file, &ssl.pem_private_key, "key"}}) {
+    if (path->empty()) continue;
+    absl::StatusOr<std::string> text = ReadPem(*path, what);
+    if (!text.ok()) return text.status();
+    *pem = std::move(*text);
+  }
+  return grpc::CreateChannel(target, grpc::SslCredentials(ssl));
+}
+
 SqueezeClient::SqueezeClient(const std::string& target)
     : SqueezeClient(grpc::CreateChannel(target, grpc::InsecureChannelCredentials())) {}
 
-SqueezeClient::SqueezeClient(std::shared_ptr<grpc::Channel> channel)
-    : channel_(std::move(channel)), stub_(v1::Squeeze::NewStub(channel_)) {}
+SqueezeClient::SqueezeClient(std::shared_ptr<grpc::Channel> channel, std::string api_key)
+    : channel_(std::move(channel)),
+      api_key_(std::move(api_key)),
+      stub_(v1::Squeeze::NewStub(channel_)) {}
+
+void SqueezeClient::Prepare(grpc::ClientContext* ctx) const {
+  if (!api_key_.empty()) ctx->AddMetadata("authorization", "Bearer " + api_key_);
+}
 
 grpc::Status SqueezeClient::RegisterContext(
     const v1::RegisterContextRequest& request,
     const std::function<void(const v1::RegisterContextEvent&)>& on_event, v1::ContextInfo* info,
     double timeout_seconds) {
   grpc::ClientContext ctx;
+  Prepare(&ctx);
   SetTimeout(&ctx, timeout_seconds);
   SetContextRouting(&ctx, request.name());
   auto reader = stub_->RegisterContext(&ctx, request);
@@ -49,6 +90,7 @@ grpc::Status SqueezeClient::Generate(
     const v1::GenerateRequest& request,
     const std::function<bool(const v1::GenerateResponse&)>& on_response, double timeout_seconds) {
   grpc::ClientContext ctx;
+  Prepare(&ctx);
   SetTimeout(&ctx, timeout_seconds);
   SetContextRouting(&ctx, request.context());
   auto reader = stub_->Generate(&ctx, request);
@@ -64,6 +106,7 @@ grpc::Status SqueezeClient::Generate(
 
 grpc::Status SqueezeClient::GetContext(const std::string& name, v1::ContextInfo* info) {
   grpc::ClientContext ctx;
+  Prepare(&ctx);
   SetContextRouting(&ctx, name);
   v1::GetContextRequest req;
   req.set_name(name);
@@ -72,11 +115,13 @@ grpc::Status SqueezeClient::GetContext(const std::string& name, v1::ContextInfo*
 
 grpc::Status SqueezeClient::ListContexts(v1::ListContextsResponse* response) {
   grpc::ClientContext ctx;
+  Prepare(&ctx);
   return stub_->ListContexts(&ctx, v1::ListContextsRequest(), response);
 }
 
 grpc::Status SqueezeClient::DeleteContext(const std::string& name) {
   grpc::ClientContext ctx;
+  Prepare(&ctx);
   SetContextRouting(&ctx, name);
   v1::DeleteContextRequest req;
   req.set_name(name);
@@ -87,6 +132,7 @@ grpc::Status SqueezeClient::DeleteContext(const std::string& name) {
 grpc::Status SqueezeClient::Tokenize(const std::string& text, bool add_bos,
                                      v1::TokenizeResponse* response) {
   grpc::ClientContext ctx;
+  Prepare(&ctx);
   v1::TokenizeRequest req;
   req.set_text(text);
   req.set_add_bos(add_bos);
@@ -106,6 +152,7 @@ grpc::Status SqueezeClient::CheckHealth(const std::string& service, bool* servin
   grpc::Slice slice(request);
   grpc::ByteBuffer send(&slice, 1), recv;
   grpc::ClientContext ctx;
+  Prepare(&ctx);
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   grpc::Status status;
   std::mutex mu;

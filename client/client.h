@@ -7,9 +7,24 @@
 #include <memory>
 #include <string>
 
+#include "absl/status/statusor.h"
 #include "squeeze/v1/squeeze.grpc.pb.h"
 
 namespace squeeze::client {
+
+// How to reach a server that uses TLS and/or API keys (README: Security).
+struct ClientOptions {
+  bool tls = false;
+  std::string ca_file;    // PEM roots that sign the server's certificate (empty: system roots)
+  std::string cert_file;  // PEM client certificate chain and key, for mutual TLS
+  std::string key_file;
+  std::string api_key;  // sent as `authorization: Bearer <key>` with every call
+};
+
+// A channel to `target` (host:port) with `options`' credentials; INVALID_ARGUMENT when a file
+// cannot be read or cert/key are not given together.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateChannel(const std::string& target,
+                                                             const ClientOptions& options);
 
 // Metadata header naming the context a call is about. Every call that names a context sends it,
 // so a proxy in front of several replicas can route all calls of one context to one replica by
@@ -18,9 +33,10 @@ inline constexpr char kContextHeader[] = "x-squeeze-context";
 
 class SqueezeClient {
  public:
-  // `target`: host:port.
+  // `target`: host:port; plaintext, no API key.
   explicit SqueezeClient(const std::string& target);
-  explicit SqueezeClient(std::shared_ptr<grpc::Channel> channel);
+  // `api_key`: sent with every call (empty: none).
+  explicit SqueezeClient(std::shared_ptr<grpc::Channel> channel, std::string api_key = "");
 
   // Streams progress events to `on_event`; returns the final status. `info` receives the
   // ContextInfo of the DONE event.
@@ -40,7 +56,11 @@ class SqueezeClient {
   grpc::Status CheckHealth(const std::string& service, bool* serving);
 
  private:
+  // Every call's context: the API key's metadata.
+  void Prepare(grpc::ClientContext* ctx) const;
+
   std::shared_ptr<grpc::Channel> channel_;
+  std::string api_key_;
   std::unique_ptr<v1::Squeeze::Stub> stub_;
 };
 

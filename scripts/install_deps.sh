@@ -16,6 +16,8 @@ PACKAGES=(
 if [ "${SQUEEZE_DEPS:-all}" != "build" ]; then
   PACKAGES+=(
     clang-format
+    # tests: certificates for the TLS tests
+    openssl
     # tests/cpu: the NumPy reference forward, Python's jinja2 for the chat templates
     python3-numpy python3-jinja2
     # tests/ops: the Python client and CLI tests, replicas behind nginx
@@ -24,6 +26,11 @@ if [ "${SQUEEZE_DEPS:-all}" != "build" ]; then
     golang-go golang-github-masterminds-sprig-dev golang-k8s-sigs-yaml-dev prometheus
     python3-kubernetes
   )
+fi
+
+# `install_deps.sh fuzz`: also the clang toolchain of `make fuzz` (libFuzzer, sanitizers).
+if [ "${1:-}" = "fuzz" ]; then
+  PACKAGES+=(clang-14 libclang-rt-14-dev)
 fi
 
 missing=()

@@ -31,19 +31,47 @@ absl::Status ValidateContextName(const std::string& name) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<PromptInput> ConvertPrompt(const v1::Prompt& prompt, const char* field) {
+absl::Status CheckTextSize(const std::string& text, const char* field,
+                           const RequestLimits& limits) {
+  if (limits.max_input_bytes > 0 && static_cast<int64_t>(text.size()) > limits.max_input_bytes) {
+    return Invalid(field, absl::StrCat("text of ", text.size(), " bytes exceeds the limit of ",
+                                       limits.max_input_bytes,
+                                       " bytes (more than the model's window can hold)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<PromptInput> ConvertPrompt(const v1::Prompt& prompt, const char* field,
+                                          const RequestLimits& limits) {
   PromptInput in;
   switch (prompt.content_case()) {
     case v1::Prompt::kText:
       if (prompt.text().empty()) return Invalid(field, "text is empty");
+      if (auto st = CheckTextSize(prompt.text(), field, limits); !st.ok()) return st;
       in.text = prompt.text();
       break;
     case v1::Prompt::kTokenIds:
       if (prompt.token_ids().ids().empty()) return Invalid(field, "token_ids is empty");
+      if (limits.max_input_tokens > 0 && prompt.token_ids().ids_size() > limits.max_input_tokens) {
+        return Invalid(field, absl::StrCat(prompt.token_ids().ids_size(),
+                                           " token ids exceed the model's window of ",
+                                           limits.max_input_tokens, " tokens"));
+      }
       in.token_ids.emplace(prompt.token_ids().ids().begin(), prompt.token_ids().ids().end());
       break;
     case v1::Prompt::kMessages: {
       if (prompt.messages().messages().empty()) return Invalid(field, "messages is empty");
+      // The rendered conversation is at least as long as the messages: refuse it by size before
+      // any template work.
+      int64_t bytes = 0;
+      for (const v1::ChatMessage& m : prompt.messages().messages()) {
+        bytes += static_cast<int64_t>(m.role().size() + m.content().size());
+      }
+      if (limits.max_input_bytes > 0 && bytes > limits.max_input_bytes) {
+        return Invalid(field, absl::StrCat("messages of ", bytes, " bytes exceed the limit of ",
+                                           limits.max_input_bytes,
+                                           " bytes (more than the model's window can hold)"));
+      }
       std::vector<ChatMessage>& messages = in.messages.emplace();
       for (const v1::ChatMessage& m : prompt.messages().messages()) {
         if (m.role().empty()) {
@@ -64,7 +92,7 @@ absl::StatusOr<RegisterRequest> ConvertRegisterRequest(const v1::RegisterContext
   RegisterRequest out;
   if (auto st = ValidateContextName(req.name()); !st.ok()) return st;
   out.name = req.name();
-  auto content = ConvertPrompt(req.content(), "content");
+  auto content = ConvertPrompt(req.content(), "content", limits);
   if (!content.ok()) return content.status();
   out.content = std::move(*content);
   if (out.content.messages) {
@@ -140,13 +168,19 @@ absl::StatusOr<GenerateRequest> ConvertGenerateRequest(const v1::GenerateRequest
   GenerateRequest out;
   out.request_id = req.request_id();
   if (out.request_id.size() > 128) return Invalid("request_id", "must be at most 128 characters");
+  // Ids are logged: printable ASCII only, so none can forge or break a log line.
+  for (char c : out.request_id) {
+    if (c < 0x20 || c > 0x7e) {
+      return Invalid("request_id", "may only contain printable ASCII characters");
+    }
+  }
   if (!req.context().empty()) {
     if (auto st = ValidateContextName(req.context()); !st.ok()) {
       return Invalid("context", st.message());
     }
   }
   out.context = req.context();
-  auto input = ConvertPrompt(req.input(), "input");
+  auto input = ConvertPrompt(req.input(), "input", limits);
   if (!input.ok()) return input.status();
   out.input = std::move(*input);
 

@@ -15,6 +15,11 @@ struct RequestLimits {
   int max_stop_strings = 16;
   int max_stop_length = 256;
   int max_logprobs = 20;
+  // Checked before any tokenization, so an oversized input costs its bytes, never the
+  // tokenizer's time and memory: text longer than this many bytes, or more token ids than this,
+  // is refused (0: no limit). The server sets them from the model's window (see server.cc).
+  int64_t max_input_bytes = 0;
+  int64_t max_input_tokens = 0;
   SqueezeOptions default_index;  // index options when a registration gives none
   // Sampling when a request gives none: the model's generation_config.json defaults.
   SamplingParams default_sampling;
@@ -22,7 +27,10 @@ struct RequestLimits {
 
 absl::Status ValidateContextName(const std::string& name);
 
-absl::StatusOr<PromptInput> ConvertPrompt(const v1::Prompt& prompt, const char* field);
+absl::StatusOr<PromptInput> ConvertPrompt(const v1::Prompt& prompt, const char* field,
+                                          const RequestLimits& limits);
+// INVALID_ARGUMENT when `text` (a Prompt's or Tokenize's) exceeds limits.max_input_bytes.
+absl::Status CheckTextSize(const std::string& text, const char* field, const RequestLimits& limits);
 
 absl::StatusOr<RegisterRequest> ConvertRegisterRequest(const v1::RegisterContextRequest& req,
                                                        const RequestLimits& limits);

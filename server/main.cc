@@ -1,15 +1,20 @@
 // squeeze-server: serves squeeze.v1.Squeeze over gRPC.
-#include <pthread.h>
+#include <fcntl.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
+#include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
+#include "server/logging.h"
 #include "server/server.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
@@ -26,8 +31,10 @@ ABSL_FLAG(bool, random_weights, false,
 ABSL_FLAG(uint64_t, random_seed, 1, "Seed of --random_weights");
 ABSL_FLAG(std::string, tokenizer, "",
           "Directory with tokenizer.model or tokenizer.json (default: --model)");
-ABSL_FLAG(std::string, address, "0.0.0.0:50051", "gRPC listen address host:port");
-ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9400",
+ABSL_FLAG(std::string, address, "127.0.0.1:50051",
+          "gRPC listen address host:port (0.0.0.0:50051: every interface; see --tls_cert_file "
+          "and --api_keys_file first)");
+ABSL_FLAG(std::string, metrics_address, "127.0.0.1:9400",
           "Prometheus metrics listen address host:port, served at GET /metrics (empty: off)");
 ABSL_FLAG(std::string, state_dir, "",
           "Directory where registered contexts are persisted and "
@@ -64,12 +71,57 @@ ABSL_FLAG(std::string, port_file, "",
           "Write the bound port to this file once serving "
           "(useful with --address=127.0.0.1:0)");
 ABSL_FLAG(bool, log_json, false, "Log one JSON object per line");
-ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error");
+ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error|critical|off");
+
+// Security and hardening (README: Security).
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "PEM certificate chain: TLS on the gRPC and metrics ports (with --tls_key_file)");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file");
+ABSL_FLAG(std::string, tls_client_ca_file, "",
+          "PEM CA certificates: clients of both ports must present a certificate they signed "
+          "(mutual TLS)");
+ABSL_FLAG(int, tls_reload_seconds, 60,
+          "How often the TLS files are checked for changes (rotation without a restart)");
+ABSL_FLAG(std::string, api_keys_file, "",
+          "File of '<key> <tenant>' lines: every call needs 'authorization: Bearer <key>' and "
+          "sees only its tenant's contexts (re-read when it changes)");
+ABSL_FLAG(int64_t, max_input_bytes, 0,
+          "Largest text of a request in bytes, refused before tokenizing (0: the model window x "
+          "the longest token)");
+ABSL_FLAG(int, registration_chunk_while_decoding, 64,
+          "Registration prefill tokens per engine step while streams decode (bounds their "
+          "inter-token gap)");
+
+namespace {
+
+// The signal watcher: a handler (process-wide, so whichever thread the kernel picks runs it,
+// including threads libraries started before main) writes the signal number to a pipe, and a
+// thread reads it. The first signal starts the drain; later ones are logged and ignored, so a
+// second Ctrl-C or SIGTERM never cuts the streams the drain is finishing (SIGKILL still does).
+int signal_pipe[2] = {-1, -1};
+
+void OnSignal(int signal) {
+  const int saved = errno;
+  const char byte = static_cast<char>(signal);
+  [[maybe_unused]] ssize_t n = write(signal_pipe[1], &byte, 1);
+  errno = saved;
+}
+
+int NextSignal() {
+  char byte = 0;
+  while (read(signal_pipe[0], &byte, 1) < 0 && errno == EINTR) {
+  }
+  return byte;
+}
+
+const char* SignalName(int signal) { return signal == SIGTERM ? "SIGTERM" : "SIGINT"; }
+
+}  // namespace
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Squeeze inference server. Example:\n"
-      "  squeeze-server --model=models/squeeze-demo --address=0.0.0.0:50051");
+      "  squeeze-server --model=models/squeeze-demo --address=127.0.0.1:50051");
   // --help lists this program's flags (absl's default matches only files named after the binary).
   absl::FlagsUsageConfig usage;
   usage.contains_help_flags = [](absl::string_view file) {
@@ -78,17 +130,22 @@ int main(int argc, char** argv) {
   usage.contains_helpshort_flags = usage.contains_help_flags;
   absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
-  // SIGTERM/SIGINT are blocked in every thread (threads inherit the mask) and taken
-  // synchronously by sigwait below, so no work happens in a signal handler.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  if (absl::GetFlag(FLAGS_log_json)) {
-    spdlog::set_pattern(R"({"time":"%Y-%m-%dT%H:%M:%S.%e%z","level":"%l","thread":%t,"msg":"%v"})");
+  if (pipe2(signal_pipe, O_CLOEXEC) != 0) {
+    std::perror("pipe2");
+    return 1;
   }
-  spdlog::set_level(spdlog::level::from_str(absl::GetFlag(FLAGS_log_level)));
+  struct sigaction action {};
+  action.sa_handler = OnSignal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
+  if (absl::Status st = squeeze::server::ConfigureLogging(absl::GetFlag(FLAGS_log_json),
+                                                          absl::GetFlag(FLAGS_log_level));
+      !st.ok()) {
+    spdlog::error("{}", std::string(st.message()));
+    return 2;
+  }
 
   squeeze::server::ServerOptions o;
   o.model_dir = absl::GetFlag(FLAGS_model);
@@ -106,8 +163,8 @@ int main(int argc, char** argv) {
   o.shared_store = absl::GetFlag(FLAGS_shared_store);
   o.openai_address = absl::GetFlag(FLAGS_openai_address);
   o.model_name = absl::GetFlag(FLAGS_served_model_name);
-  o.max_context_memory = absl::GetFlag(FLAGS_max_context_memory_mb) << 20;
-  o.max_message_bytes = absl::GetFlag(FLAGS_max_message_mb) << 20;
+  o.max_context_memory = absl::GetFlag(FLAGS_max_context_memory_mb) * (int64_t{1} << 20);
+  o.max_message_bytes = int64_t{absl::GetFlag(FLAGS_max_message_mb)} << 20;
   o.engine.max_running = absl::GetFlag(FLAGS_max_running);
   o.engine.max_waiting = absl::GetFlag(FLAGS_max_waiting);
   o.engine.max_registrations = absl::GetFlag(FLAGS_max_registrations);
@@ -122,9 +179,22 @@ int main(int argc, char** argv) {
   o.limits.default_index.window = absl::GetFlag(FLAGS_window);
   o.limits.default_index.sinks = absl::GetFlag(FLAGS_sinks);
   o.limits.default_index.max_iterations = absl::GetFlag(FLAGS_kmeans_iterations);
-  if (o.engine.max_running < 1 || o.engine.max_waiting < 0 || o.engine.prefill_chunk < 1 ||
-      o.engine.max_step_tokens < 1 || o.engine.default_budget < 0 || o.engine.default_budget > 1) {
-    spdlog::error("invalid scheduler flags (see --help)");
+  // Security and hardening.
+  o.tls.cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  o.tls.key_file = absl::GetFlag(FLAGS_tls_key_file);
+  o.tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
+  o.tls.reload_seconds = absl::GetFlag(FLAGS_tls_reload_seconds);
+  o.api_keys_file = absl::GetFlag(FLAGS_api_keys_file);
+  o.limits.max_input_bytes = absl::GetFlag(FLAGS_max_input_bytes);
+  o.engine.registration_chunk_while_decoding =
+      absl::GetFlag(FLAGS_registration_chunk_while_decoding);
+  const double grace = absl::GetFlag(FLAGS_grace_seconds);
+  if (!std::isfinite(grace) || grace < 0) {
+    spdlog::error("--grace_seconds must be >= 0 (got {})", grace);
+    return 2;
+  }
+  if (absl::Status st = squeeze::server::ValidateServerOptions(o); !st.ok()) {
+    spdlog::error("{}", std::string(st.message()));
     return 2;
   }
 
@@ -137,11 +207,21 @@ int main(int argc, char** argv) {
     std::ofstream(port_file + ".tmp") << (*server)->port() << "\n";
     std::rename((port_file + ".tmp").c_str(), port_file.c_str());
   }
-  int signal = 0;
-  sigwait(&signals, &signal);
-  spdlog::info("{} received: draining (grace {} s)", signal == SIGTERM ? "SIGTERM" : "SIGINT",
-               absl::GetFlag(FLAGS_grace_seconds));
-  (*server)->Shutdown(absl::Seconds(absl::GetFlag(FLAGS_grace_seconds)));
+  const int first = NextSignal();
+  spdlog::info("{} received: draining (grace {} s)", SignalName(first), grace);
+  std::thread watcher([grace] {
+    while (true) {
+      const int signal = NextSignal();
+      if (signal == 0) return;  // the drain is over
+      spdlog::warn(
+          "{} received while draining: ignored; running streams get the rest of the "
+          "{} s grace (SIGKILL stops at once)",
+          SignalName(signal), grace);
+    }
+  });
+  (*server)->Shutdown(absl::Seconds(grace));
+  OnSignal(0);  // ends the watcher
+  watcher.join();
   spdlog::info("stopped");
   return 0;
 }

@@ -1,24 +1,21 @@
 #include "server/metrics_exposer.h"
 
-#include <fcntl.h>
-#include <netdb.h>
-#include <poll.h>
+#include <httplib.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
-#include <cerrno>
-#include <cstring>
+#include <cmath>
+#include <condition_variable>
+#include <deque>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
 #include "spdlog/spdlog.h"
 
 namespace squeeze::metrics {
 namespace {
 
 // Splits "host:port", "[v6]:port" or ":port"; an empty host means every interface.
-absl::Status ParseAddress(const std::string& address, std::string* host, std::string* port) {
+absl::Status ParseAddress(const std::string& address, std::string* host, int* port) {
   const auto bad = [&](const char* why) {
     return absl::InvalidArgumentError(
         absl::StrCat("metrics address '", address, "': ", why, " (expected host:port)"));
@@ -36,113 +33,186 @@ absl::Status ParseAddress(const std::string& address, std::string* host, std::st
     if (colon == std::string::npos) return bad("no port");
     *host = address.substr(0, colon);
   }
-  *port = address.substr(colon + 1);
-  int value = 0;
-  if (!absl::SimpleAtoi(*port, &value) || value < 0 || value > 65535) {
+  if (!absl::SimpleAtoi(address.substr(colon + 1), port) || *port < 0 || *port > 65535) {
     return bad("port must be a number in 0..65535");
   }
+  if (host->empty()) *host = "0.0.0.0";
   return absl::OkStatus();
 }
 
-absl::Status ErrnoError(const std::string& what, int err) {
-  return absl::UnavailableError(absl::StrCat(what, ": ", std::strerror(err)));
-}
+// httplib's task queue: a worker per connection up to `max` (then connections wait), kept for
+// later connections. httplib's own pool has a fixed size from build time, so as many idle
+// clients as workers would queue every scrape behind their read deadline.
+class WorkerPerConnection : public httplib::TaskQueue {
+ public:
+  explicit WorkerPerConnection(size_t max) : max_(max) {}
+  ~WorkerPerConnection() override { shutdown(); }
 
-void CloseFd(int fd) {
-  if (fd >= 0) ::close(fd);
-}
-
-const char* ReasonPhrase(int code) {
-  switch (code) {
-    case 200:
-      return "OK";
-    case 400:
-      return "Bad Request";
-    case 404:
-      return "Not Found";
-    case 405:
-      return "Method Not Allowed";
-    case 431:
-      return "Request Header Fields Too Large";
-    case 503:
-      return "Service Unavailable";
+  void enqueue(std::function<void()> fn) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.push_back(std::move(fn));
+    if (queue_.size() > idle_ && workers_.size() < max_) {
+      workers_.emplace_back([this] { Work(); });
+    } else {
+      cv_.notify_one();
+    }
   }
-  return "Error";
-}
+
+  void shutdown() override {
+    std::vector<std::thread> workers;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+      workers.swap(workers_);
+    }
+    cv_.notify_all();
+    for (auto& w : workers) w.join();
+  }
+
+ private:
+  void Work() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      ++idle_;
+      cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+      --idle_;
+      if (queue_.empty()) return;  // stopping, nothing left to serve
+      std::function<void()> fn = std::move(queue_.front());
+      queue_.pop_front();
+      lock.unlock();
+      fn();
+      lock.lock();
+    }
+  }
+
+  const size_t max_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> queue_;
+  std::vector<std::thread> workers_;
+  size_t idle_ = 0;
+  bool stop_ = false;
+};
+
+// httplib's server with access to its listening socket: httplib listens with a backlog of 5, so
+// a burst of connections would have SYNs dropped and retried a second later.
+template <typename Base>
+class Listening : public Base {
+ public:
+  using Base::Base;
+  void WidenBacklog() { ::listen(this->svr_sock_, SOMAXCONN); }
+};
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Exposer>> Exposer::Start(const std::string& address,
                                                         ExposerOptions options) {
-  std::string host, port;
+  std::string host;
+  int port = 0;
   if (absl::Status st = ParseAddress(address, &host, &port); !st.ok()) return st;
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  addrinfo* found = nullptr;
-  if (int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &found);
-      rc != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("metrics address '", address, "': ", gai_strerror(rc)));
-  }
-  int fd = -1;
-  int err = 0;
-  for (addrinfo* ai = found; ai != nullptr && fd < 0; ai = ai->ai_next) {
-    fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-    if (fd < 0) {
-      err = errno;
-      continue;
+  std::unique_ptr<Exposer> exposer(new Exposer());
+  exposer->options_ = options;
+  if (options.tls_setup) {
+    auto https = std::make_unique<Listening<httplib::SSLServer>>(
+        [e = exposer.get()](SSL_CTX& ctx) { return e->options_.tls_setup(ctx); });
+    if (!https->is_valid()) {
+      return absl::InvalidArgumentError(
+          "metrics TLS: the certificate, key or client CA could not be loaded");
     }
+    exposer->http_ = std::move(https);
+  } else {
+    exposer->http_ = std::make_unique<Listening<httplib::Server>>();
+  }
+  httplib::Server& http = *exposer->http_;
+  const size_t max_workers = static_cast<size_t>(std::max(1, options.max_workers));
+  http.new_task_queue = [max_workers] { return new WorkerPerConnection(max_workers); };
+  // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which would let a second server
+  // bind the same port and take half the scrapes.
+  http.set_socket_options([](socket_t sock) {
     const int one = 1;
-    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (::bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || ::listen(fd, 64) != 0) {
-      err = errno;
-      CloseFd(fd);
-      fd = -1;
-    }
-  }
-  freeaddrinfo(found);
-  if (fd < 0) return ErrnoError(absl::StrCat("cannot listen on metrics address ", address), err);
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  });
+  const double io = absl::ToDoubleSeconds(options.io_timeout);
+  http.set_keep_alive_max_count(1);  // one response per connection
+  http.set_keep_alive_timeout(static_cast<time_t>(std::max(1.0, std::ceil(io))));
+  http.set_read_timeout(std::chrono::microseconds(absl::ToInt64Microseconds(options.io_timeout)));
+  http.set_write_timeout(std::chrono::microseconds(absl::ToInt64Microseconds(options.io_timeout)));
+  http.set_payload_max_length(options.max_request_bytes);
 
-  sockaddr_storage bound{};
-  socklen_t len = sizeof(bound);
-  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &len) != 0) {
-    err = errno;
-    CloseFd(fd);
-    return ErrnoError("getsockname on the metrics socket", err);
+  const size_t max_request = options.max_request_bytes;
+  Exposer* self = exposer.get();
+  // Before routing, so neither an oversized head nor another method's body is read further.
+  http.set_pre_routing_handler(
+      [self, max_request](const httplib::Request& req, httplib::Response& res) {
+        size_t bytes = req.method.size() + req.target.size() + req.version.size() + 4;
+        for (const auto& [key, value] : req.headers) bytes += key.size() + value.size() + 4;
+        if (bytes > max_request) {
+          res.status = 431;
+          res.set_content(absl::StrCat("request head exceeds ", max_request, " bytes\n"),
+                          "text/plain; charset=utf-8");
+        } else if ((req.path == "/metrics" || self->FindPath(req.path)) && req.method != "GET" &&
+                   req.method != "HEAD") {
+          res.status = 405;
+          res.set_header("Allow", "GET, HEAD");
+          res.set_content("only GET and HEAD are allowed\n", "text/plain; charset=utf-8");
+        } else {
+          return httplib::Server::HandlerResponse::Unhandled;
+        }
+        return httplib::Server::HandlerResponse::Handled;
+      });
+  // GET handlers also answer HEAD (httplib sends the headers without the body).
+  http.Get("/metrics", [self](const httplib::Request&, httplib::Response& res) {
+    res.set_content(self->Render(), std::string(kTextContentType));
+    self->scrapes_.fetch_add(1);
+  });
+  // Paths added later with AddPath (httplib's routes must not change while it serves).
+  http.Get(".*", [self](const httplib::Request& req, httplib::Response& res) {
+    PathHandler handler = self->FindPath(req.path);
+    if (!handler) {
+      res.status = 404;
+      return;
+    }
+    auto [code, body] = handler();
+    res.status = code;
+    res.set_content(body, "text/plain; charset=utf-8");
+  });
+  http.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+    if (res.status == 404) {
+      res.set_content("not found; Prometheus metrics are served at /metrics\n",
+                      "text/plain; charset=utf-8");
+    }
+  });
+
+  if (port == 0) {
+    port = http.bind_to_any_port(host);
+    if (port <= 0) port = -1;
+  } else if (!http.bind_to_port(host, port)) {
+    port = -1;
   }
-  const int bound_port = bound.ss_family == AF_INET6
-                             ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
-                             : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
-  int wake[2];
-  if (::pipe2(wake, O_CLOEXEC | O_NONBLOCK) != 0) {
-    err = errno;
-    CloseFd(fd);
-    return ErrnoError("pipe for the metrics server", err);
+  if (port < 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on metrics address ", address,
+                     " (the port is in use or the host is not an address of this machine)"));
   }
-  std::unique_ptr<Exposer> exposer(new Exposer(fd, bound_port, wake[0], wake[1], options));
-  exposer->thread_ = std::thread([e = exposer.get()] { e->AcceptLoop(); });
-  spdlog::info("serving Prometheus metrics on port {} at /metrics", bound_port);
+  if (options.tls_setup) {
+    static_cast<Listening<httplib::SSLServer>&>(http).WidenBacklog();
+  } else {
+    static_cast<Listening<httplib::Server>&>(http).WidenBacklog();
+  }
+  exposer->port_ = port;
+  exposer->thread_ = std::thread([self] { self->http_->listen_after_bind(); });
+  // stop() is a no-op until the loop runs: wait for it so the destructor can always stop it.
+  for (int i = 0; i < 5000 && !http.is_running(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  spdlog::info("serving Prometheus metrics on port {} at /metrics{}", port,
+               options.tls_setup ? " (HTTPS)" : "");
   return exposer;
 }
 
-Exposer::Exposer(int listen_fd, int port, int wake_read, int wake_write, ExposerOptions options)
-    : listen_fd_(listen_fd),
-      port_(port),
-      wake_read_(wake_read),
-      wake_write_(wake_write),
-      options_(options) {}
-
 Exposer::~Exposer() {
-  // The pipe stays readable from now on, so every poll in the loop returns and it exits.
-  const char byte = 1;
-  while (::write(wake_write_, &byte, 1) < 0 && errno == EINTR) {
-  }
+  if (http_) http_->stop();
   if (thread_.joinable()) thread_.join();
-  CloseFd(listen_fd_);
-  CloseFd(wake_read_);
-  CloseFd(wake_write_);
 }
 
 void Exposer::RegisterCollectable(const std::weak_ptr<Collectable>& collectable) {
@@ -155,129 +225,10 @@ void Exposer::AddPath(const std::string& path, PathHandler handler) {
   paths_[path] = std::move(handler);
 }
 
-void Exposer::AcceptLoop() {
-  while (true) {
-    pollfd fds[2] = {{.fd = listen_fd_, .events = POLLIN}, {.fd = wake_read_, .events = POLLIN}};
-    if (::poll(fds, 2, -1) < 0) {
-      if (errno == EINTR) continue;
-      spdlog::error("metrics server stopped: poll: {}", std::strerror(errno));
-      return;
-    }
-    if (fds[1].revents != 0) return;
-    if ((fds[0].revents & POLLIN) == 0) continue;
-    const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (fd < 0) {
-      // Out of descriptors and the like: back off instead of spinning on a readable socket.
-      if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
-        spdlog::warn("metrics server: accept: {}", std::strerror(errno));
-        ::poll(fds + 1, 1, 100);
-      }
-      continue;
-    }
-    HandleConnection(fd);
-    ::shutdown(fd, SHUT_WR);
-    ::close(fd);
-  }
-}
-
-namespace {
-
-// Waits until `fd` has `events`; false on deadline, stop request or error.
-bool WaitFor(int fd, short events, int wake_fd, absl::Time deadline) {
-  while (true) {
-    const int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
-    if (ms <= 0) return false;
-    pollfd fds[2] = {{.fd = fd, .events = events}, {.fd = wake_fd, .events = POLLIN}};
-    const int rc = ::poll(fds, 2, static_cast<int>(ms));
-    if (rc < 0 && errno == EINTR) continue;
-    if (rc <= 0 || fds[1].revents != 0) return false;
-    return (fds[0].revents & events) != 0 || (fds[0].revents & (POLLHUP | POLLERR)) != 0;
-  }
-}
-
-bool SendAll(int fd, std::string_view data, int wake_fd, absl::Time deadline) {
-  while (!data.empty()) {
-    const ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
-    if (n > 0) {
-      data.remove_prefix(static_cast<size_t>(n));
-    } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-      if (!WaitFor(fd, POLLOUT, wake_fd, deadline)) return false;
-    } else {
-      return false;
-    }
-  }
-  return true;
-}
-
-}  // namespace
-
-void Exposer::HandleConnection(int fd) {
-  const absl::Time deadline = absl::Now() + options_.io_timeout;
-  // Read the request head (up to the blank line), never more than the limit.
-  std::string head;
-  char buf[2048];
-  bool too_large = false;
-  while (head.find("\r\n\r\n") == std::string::npos && head.find("\n\n") == std::string::npos) {
-    if (head.size() >= options_.max_request_bytes) {
-      too_large = true;
-      break;
-    }
-    if (!WaitFor(fd, POLLIN, wake_read_, deadline)) return;
-    const size_t want = std::min(sizeof(buf), options_.max_request_bytes - head.size());
-    const ssize_t n = ::recv(fd, buf, want, 0);
-    if (n == 0) return;  // the client went away
-    if (n < 0) {
-      if (errno == EAGAIN || errno == EINTR) continue;
-      return;
-    }
-    head.append(buf, static_cast<size_t>(n));
-  }
-
-  int code = 200;
-  std::string body;
-  std::string_view content_type = "text/plain; charset=utf-8";
-  std::string extra_headers;
-  bool head_only = false;
-  const std::string_view line = std::string_view(head).substr(0, head.find('\n'));
-  const size_t sp1 = line.find(' ');
-  const size_t sp2 = sp1 == std::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
-  if (too_large) {
-    code = 431;
-    body = absl::StrCat("request head exceeds ", options_.max_request_bytes, " bytes\n");
-  } else if (sp2 == std::string_view::npos || !line.substr(sp2 + 1).starts_with("HTTP/")) {
-    code = 400;
-    body = "expected an HTTP/1.x request line\n";
-  } else {
-    const std::string_view method = line.substr(0, sp1);
-    std::string_view target = line.substr(sp1 + 1, sp2 - sp1 - 1);
-    target = target.substr(0, target.find('?'));
-    PathHandler handler;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (auto it = paths_.find(std::string(target)); it != paths_.end()) handler = it->second;
-    }
-    if (handler && (method == "GET" || method == "HEAD")) {
-      head_only = method == "HEAD";
-      std::tie(code, body) = handler();
-    } else if (target != "/metrics" && !handler) {
-      code = 404;
-      body = "not found; Prometheus metrics are served at /metrics\n";
-    } else if (method != "GET" && method != "HEAD") {
-      code = 405;
-      body = "only GET and HEAD are allowed\n";
-      extra_headers = "Allow: GET, HEAD\r\n";
-    } else {
-      head_only = method == "HEAD";
-      body = Render();
-      content_type = kTextContentType;
-    }
-  }
-  const std::string response_head = absl::StrCat(
-      "HTTP/1.1 ", code, " ", ReasonPhrase(code), "\r\nContent-Type: ", std::string(content_type),
-      "\r\nContent-Length: ", body.size(), "\r\n", extra_headers, "Connection: close\r\n\r\n");
-  if (!SendAll(fd, response_head, wake_read_, deadline)) return;
-  if (!head_only && !SendAll(fd, body, wake_read_, deadline)) return;
-  if (code == 200 && content_type == kTextContentType) scrapes_.fetch_add(1);
+Exposer::PathHandler Exposer::FindPath(const std::string& path) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = paths_.find(path);
+  return it == paths_.end() ? PathHandler() : it->second;
 }
 
 std::string Exposer::Render() {

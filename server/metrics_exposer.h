@@ -1,11 +1,12 @@
-// Serves registered Collectables as Prometheus text on their own HTTP port, like prometheus-cpp's
-// Exposer: POSIX sockets, one acceptor thread that handles one connection at a time.
+// Serves registered Collectables as Prometheus text on their own HTTP(S) port, like
+// prometheus-cpp's Exposer (which runs civetweb): cpp-httplib's server with a worker per
+// connection, so idle or slow clients never queue a scrape behind them.
 //   GET|HEAD /metrics  -> 200, text/plain; version=0.0.4
 //   GET|HEAD a path added with AddPath -> its handler's code and text (health probes)
 //   other method       -> 405;  other path -> 404;  request head over the limit -> 431
-// Every connection is closed after one response (HTTP/1.1, `Connection: close`), reads and writes
-// have a deadline, and the request head is bounded, so a slow or hostile client costs at most one
-// deadline and never reaches the engine: a scrape only takes the metric and stats locks briefly.
+// Every connection is closed after one response, reads and writes have a deadline, the request
+// head is bounded, and a scrape only takes the metric and stats locks briefly, so a hostile
+// client costs a worker for one deadline and never reaches the engine.
 #pragma once
 
 #include <atomic>
@@ -22,20 +23,30 @@
 #include "absl/time/time.h"
 #include "server/metrics_registry.h"
 
+struct ssl_ctx_st;  // OpenSSL's SSL_CTX
+
+namespace httplib {
+class Server;
+}
+
 namespace squeeze::metrics {
 
 struct ExposerOptions {
   size_t max_request_bytes = 8192;               // request line + headers
-  absl::Duration io_timeout = absl::Seconds(2);  // whole request read, and whole response write
+  absl::Duration io_timeout = absl::Seconds(2);  // wait for a request; each read and write
+  int max_workers = 128;                         // connections served at once; more wait
+  // Set: HTTPS. Configures the server's SSL_CTX (certificates, client verification); false
+  // refuses to start.
+  std::function<bool(ssl_ctx_st&)> tls_setup;
 };
 
 class Exposer {
  public:
   // Binds `address` ("host:port", "[v6]:port" or ":port" for every interface; port 0 picks a
-  // free one) and starts the acceptor thread.
+  // free one; never shared with another process) and starts serving.
   static absl::StatusOr<std::unique_ptr<Exposer>> Start(const std::string& address,
                                                         ExposerOptions options = {});
-  // Stops accepting (an in-flight connection is abandoned at once) and joins the thread.
+  // Stops accepting, lets in-flight connections end (at most one io_timeout) and joins.
   ~Exposer();
   Exposer(const Exposer&) = delete;
   Exposer& operator=(const Exposer&) = delete;
@@ -43,24 +54,21 @@ class Exposer {
   // Scraped in registration order; expired ones are skipped and forgotten.
   void RegisterCollectable(const std::weak_ptr<Collectable>& collectable);
   // Serves GET/HEAD `path` with the handler's status code and plain-text body. The handler runs
-  // on the acceptor thread and must be quick.
+  // on a connection's worker and must be quick.
   using PathHandler = std::function<std::pair<int, std::string>()>;
   void AddPath(const std::string& path, PathHandler handler);
 
   int port() const { return port_; }
-  uint64_t scrapes() const { return scrapes_.load(); }  // 200 responses sent
+  uint64_t scrapes() const { return scrapes_.load(); }  // 200 responses to GET/HEAD /metrics
 
  private:
-  Exposer(int listen_fd, int port, int wake_read, int wake_write, ExposerOptions options);
-  void AcceptLoop();
-  void HandleConnection(int fd);
+  Exposer() = default;
   std::string Render();
+  PathHandler FindPath(const std::string& path);  // null when none was added
 
-  const int listen_fd_;
-  const int port_;
-  const int wake_read_;  // self-pipe: the destructor writes a byte to stop the loop
-  const int wake_write_;
-  const ExposerOptions options_;
+  ExposerOptions options_;  // tls_setup may own state the SSL_CTX's callbacks point to
+  std::unique_ptr<httplib::Server> http_;
+  int port_ = 0;
   std::mutex mu_;
   std::vector<std::weak_ptr<Collectable>> collectables_;  // guarded by mu_
   std::map<std::string, PathHandler> paths_;              // guarded by mu_

@@ -1,6 +1,7 @@
 #include "server/openai_gateway.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <deque>
@@ -72,10 +73,7 @@ constexpr absl::Duration kPollInterval = absl::Milliseconds(100);
 }  // namespace
 
 OpenAIGateway::OpenAIGateway(OpenAIGatewayOptions options, Engine* engine, SqueezeMetrics* metrics)
-    : options_(std::move(options)),
-      engine_(engine),
-      metrics_(metrics),
-      http_(std::make_unique<httplib::Server>()) {}
+    : options_(std::move(options)), engine_(engine), metrics_(metrics) {}
 
 absl::StatusOr<std::unique_ptr<OpenAIGateway>> OpenAIGateway::Start(OpenAIGatewayOptions options,
                                                                     Engine* engine,
@@ -85,6 +83,23 @@ absl::StatusOr<std::unique_ptr<OpenAIGateway>> OpenAIGateway::Start(OpenAIGatewa
   if (absl::Status st = SplitAddress(options.address, &host, &port); !st.ok()) return st;
   std::unique_ptr<OpenAIGateway> g(new OpenAIGateway(std::move(options), engine, metrics));
   OpenAIGateway* self = g.get();
+  if (g->options_.tls_setup) {
+    auto https = std::make_unique<httplib::SSLServer>(
+        [self](SSL_CTX& ctx) { return self->options_.tls_setup(ctx); });
+    if (!https->is_valid()) {
+      return absl::InvalidArgumentError(
+          "OpenAI endpoint TLS: the certificate, key or client CA could not be loaded");
+    }
+    g->http_ = std::move(https);
+  } else {
+    g->http_ = std::make_unique<httplib::Server>();
+  }
+  // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which would let a second server
+  // bind the same port and take half the requests.
+  g->http_->set_socket_options([](socket_t sock) {
+    const int one = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  });
   g->http_->Post("/v1/completions", [self](const httplib::Request& req, httplib::Response& res) {
     self->HandleGenerate(req, res, /*chat=*/false);
   });
@@ -92,15 +107,19 @@ absl::StatusOr<std::unique_ptr<OpenAIGateway>> OpenAIGateway::Start(OpenAIGatewa
                  [self](const httplib::Request& req, httplib::Response& res) {
                    self->HandleGenerate(req, res, /*chat=*/true);
                  });
-  g->http_->Get("/v1/models", [self](const httplib::Request&, httplib::Response& res) {
-    self->HandleModels(res);
+  g->http_->Get("/v1/models", [self](const httplib::Request& req, httplib::Response& res) {
+    self->HandleModels(req, res);
   });
   // One worker per streaming request: as many as the engine runs at once, plus a few to answer
   // (or refuse) the rest.
   const size_t workers = static_cast<size_t>(engine->options().max_running) + 8;
   g->http_->new_task_queue = [workers] { return new httplib::ThreadPool(workers); };
-  g->http_->set_payload_max_length(static_cast<size_t>(g->options_.limits.max_tokens_cap) * 64 +
-                                   (64 << 20));
+  // The largest body a valid request can have: the input limit with every byte JSON-escaped
+  // (\uXXXX), stop token ids, and room for the other fields. Larger bodies get 413 unread.
+  const RequestLimits& limits = g->options_.limits;
+  g->http_->set_payload_max_length(
+      static_cast<size_t>(std::max<int64_t>(limits.max_input_bytes, 0)) * 6 +
+      static_cast<size_t>(limits.max_tokens_cap) * 64 + (1 << 20));
   g->port_ = port == 0 ? g->http_->bind_to_any_port(host) : port;
   if (port != 0 && !g->http_->bind_to_port(host, port)) g->port_ = -1;
   if (g->port_ <= 0) {
@@ -110,8 +129,8 @@ absl::StatusOr<std::unique_ptr<OpenAIGateway>> OpenAIGateway::Start(OpenAIGatewa
   g->thread_ = std::thread([self] { self->http_->listen_after_bind(); });
   spdlog::info(
       "serving the OpenAI-compatible API on port {} (/v1/completions, "
-      "/v1/chat/completions, /v1/models)",
-      g->port_);
+      "/v1/chat/completions, /v1/models){}",
+      g->port_, g->options_.tls_setup ? " over HTTPS" : "");
   return g;
 }
 
@@ -120,7 +139,13 @@ OpenAIGateway::~OpenAIGateway() {
   if (thread_.joinable()) thread_.join();
 }
 
-void OpenAIGateway::HandleModels(httplib::Response& res) const {
+absl::StatusOr<std::string> OpenAIGateway::Authenticate(const httplib::Request& req) const {
+  if (!options_.api_keys) return std::string();
+  return options_.api_keys->Authenticate(req.get_header_value("Authorization"));
+}
+
+void OpenAIGateway::HandleModels(const httplib::Request& req, httplib::Response& res) const {
+  if (auto tenant = Authenticate(req); !tenant.ok()) return SendError(res, tenant.status());
   json model = {{"id", options_.model_name}, {"object", "model"}, {"owned_by", "squeeze"}};
   res.set_content(openai::Dump(json{{"object", "list"}, {"data", json::array({model})}}),
                   "application/json");
@@ -131,6 +156,8 @@ void OpenAIGateway::HandleGenerate(const httplib::Request& req, httplib::Respons
     if (metrics_) metrics_->ObserveGenerateRejected(st);
     SendError(res, st);
   };
+  absl::StatusOr<std::string> tenant = Authenticate(req);
+  if (!tenant.ok()) return reject(tenant.status());
   const json body = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
   if (body.is_discarded()) return reject(absl::InvalidArgumentError("the body is not valid JSON"));
   auto parsed = openai::ParseRequest(body, chat, options_.chat_renderer);
@@ -139,6 +166,7 @@ void OpenAIGateway::HandleGenerate(const httplib::Request& req, httplib::Respons
   if (!request.ok()) return reject(request.status());
   const std::string id = NewId(chat);
   request->request_id = id;
+  request->tenant = *tenant;
   auto queue = std::make_shared<EventQueue>();
   SqueezeMetrics* metrics = metrics_;
   auto handle = engine_->Generate(std::move(*request), [queue, metrics](GenerateEvent e) {

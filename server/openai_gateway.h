@@ -9,7 +9,9 @@
 // `top_k`, `min_p`, `repetition_penalty`, `ignore_eos`, `stop_token_ids`. OpenAI fields the
 // server does not implement (n > 1, echo, suffix, best_of > 1, logit_bias, tools) get 501.
 // Errors are OpenAI error objects with the HTTP status of the engine's code (400, 404, 429,
-// 501, 503, ...). Requests share the engine, its limits and its metrics with gRPC.
+// 501, 503, ...). Requests share the engine, its limits and its metrics with gRPC, and its
+// security: HTTPS with the server's certificates when TLS is on, and with API keys every request
+// needs `Authorization: Bearer <key>` (401 otherwise) and sees only its tenant's contexts.
 #pragma once
 
 #include <functional>
@@ -20,7 +22,10 @@
 
 #include "absl/status/statusor.h"
 #include "engine/scheduler/engine.h"
+#include "server/auth.h"
 #include "server/convert.h"
+
+struct ssl_ctx_st;  // OpenSSL's SSL_CTX
 
 namespace httplib {
 class Server;
@@ -45,7 +50,10 @@ struct OpenAIGatewayOptions {
   std::string address;     // host:port; port 0 picks a free one
   std::string model_name;  // the model id reported and accepted
   RequestLimits limits;
-  ChatRenderer chat_renderer;  // null: chat requests get 400 (no chat template)
+  ChatRenderer chat_renderer;         // null: chat requests get 400 (no chat template)
+  std::shared_ptr<ApiKeys> api_keys;  // null: no keys, every request is tenant ""
+  // Set: HTTPS (server/tls.h MetricsTlsSetup configures the SSL_CTX); false refuses to start.
+  std::function<bool(ssl_ctx_st&)> tls_setup;
 };
 
 class OpenAIGateway {
@@ -64,7 +72,9 @@ class OpenAIGateway {
  private:
   OpenAIGateway(OpenAIGatewayOptions options, Engine* engine, SqueezeMetrics* metrics);
   void HandleGenerate(const httplib::Request& req, httplib::Response& res, bool chat);
-  void HandleModels(httplib::Response& res) const;
+  void HandleModels(const httplib::Request& req, httplib::Response& res) const;
+  // The caller's tenant from its `Authorization` header (UNAUTHENTICATED without a valid key).
+  absl::StatusOr<std::string> Authenticate(const httplib::Request& req) const;
 
   const OpenAIGatewayOptions options_;
   Engine* const engine_;

@@ -28,6 +28,27 @@ absl::StatusOr<std::string> ReadWholeFile(const std::filesystem::path& path) {
   return ss.str();
 }
 
+bool IsLoopback(const std::string& address) {
+  return address.starts_with("127.") || address.starts_with("localhost:") ||
+         address.starts_with("[::1]:") || address.starts_with("unix:");
+}
+
+// Input limits from the model when the options leave them at 0: a text longer than the window
+// times the longest token cannot fit (every token covers at most that many bytes).
+void SetInputLimits(const Tokenizer& tokenizer, const ModelConfig& config, RequestLimits* limits) {
+  if (limits->max_input_tokens == 0) limits->max_input_tokens = config.max_position_embeddings;
+  if (limits->max_input_bytes == 0) {
+    size_t longest = 1;
+    for (int id = 0; id < tokenizer.vocab_size(); ++id) {
+      longest = std::max(longest, tokenizer.TokenBytes(id).size());
+    }
+    limits->max_input_bytes =
+        static_cast<int64_t>(config.max_position_embeddings) * static_cast<int64_t>(longest);
+    spdlog::info("inputs are limited to {} bytes of text or {} token ids", limits->max_input_bytes,
+                 limits->max_input_tokens);
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> ModelFingerprint(const std::string& model_dir) {
@@ -53,6 +74,13 @@ absl::StatusOr<std::string> ModelFingerprint(const std::string& model_dir) {
 }
 
 absl::StatusOr<std::unique_ptr<SqueezeServer>> SqueezeServer::Start(ServerOptions options) {
+  RETURN_IF_ERROR(ValidateServerOptions(options));
+  std::shared_ptr<ApiKeys> keys;
+  if (!options.api_keys_file.empty()) {
+    ASSIGN_OR_RETURN(keys, ApiKeys::Load(options.api_keys_file));
+    spdlog::info("API keys: {} keys from {}; every call needs one", keys->size(),
+                 options.api_keys_file);
+  }
   const absl::Time t0 = absl::Now();
   const std::string tokenizer_dir =
       options.tokenizer_dir.empty() ? options.model_dir : options.tokenizer_dir;
@@ -92,6 +120,7 @@ absl::StatusOr<std::unique_ptr<SqueezeServer>> SqueezeServer::Start(ServerOption
   auto store =
       std::make_unique<ContextStore>(options.state_dir, fingerprint, options.max_context_memory);
   RETURN_IF_ERROR(store->LoadPersisted());
+  SetInputLimits(*tokenizer, config, &options.limits);
   if (!options.shared_store.empty()) {
     auto shared = std::make_unique<SharedContextStore>(options.shared_store, fingerprint);
     RETURN_IF_ERROR(shared->Init());
@@ -105,7 +134,9 @@ absl::StatusOr<std::unique_ptr<SqueezeServer>> SqueezeServer::Start(ServerOption
   server->engine_->Start();
   if (!options.metrics_address.empty()) {
     server->metrics_ = std::make_shared<SqueezeMetrics>(server->engine_.get());
-    auto exposer = metrics::Exposer::Start(options.metrics_address);
+    metrics::ExposerOptions exposer_options;
+    if (options.tls.enabled()) exposer_options.tls_setup = MetricsTlsSetup(options.tls);
+    auto exposer = metrics::Exposer::Start(options.metrics_address, exposer_options);
     if (!exposer.ok()) {
       server->engine_->Shutdown(absl::ZeroDuration());
       server->stopped_ = true;  // nothing else to stop: no gRPC server yet
@@ -116,11 +147,13 @@ absl::StatusOr<std::unique_ptr<SqueezeServer>> SqueezeServer::Start(ServerOption
     AddHealthEndpoints(*server->exposer_, server->engine_.get(), &server->phase_);
   }
   server->service_ = std::make_unique<SqueezeService>(server->engine_.get(), options.limits,
-                                                      server->metrics_.get());
+                                                      server->metrics_.get(), keys);
   if (!options.openai_address.empty()) {
     OpenAIGatewayOptions gateway{.address = options.openai_address,
                                  .model_name = options.model_name,
-                                 .limits = options.limits};
+                                 .limits = options.limits,
+                                 .api_keys = keys};
+    if (options.tls.enabled()) gateway.tls_setup = MetricsTlsSetup(options.tls);
     if (gateway.model_name.empty()) {
       gateway.model_name = std::filesystem::path(options.model_dir).lexically_normal().filename();
       if (gateway.model_name.empty()) {
@@ -141,15 +174,31 @@ absl::StatusOr<std::unique_ptr<SqueezeServer>> SqueezeServer::Start(ServerOption
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.address, grpc::InsecureServerCredentials(), &server->port_);
+  builder.AddListeningPort(options.address,
+                           options.tls.enabled() ? GrpcServerCredentials(options.tls)
+                                                 : grpc::InsecureServerCredentials(),
+                           &server->port_);
+  // gRPC sets SO_REUSEPORT by default: a second server could bind the same port and take half
+  // of the connections. Binding must fail instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(server->service_.get());
-  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
-  builder.SetMaxSendMessageSize(options.max_message_bytes);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   server->server_ = builder.BuildAndStart();
   if (!server->server_ || server->port_ == 0) {
     server->engine_->Shutdown(absl::ZeroDuration());
     server->stopped_ = true;  // ~SqueezeServer must not touch a server that never started
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.address));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options.address,
+                     " (the port is in use or the host is not an address of this machine)"));
+  }
+  for (const std::string& address : {options.address, options.openai_address}) {
+    if (!address.empty() && !options.tls.enabled() && !keys && !IsLoopback(address)) {
+      spdlog::warn(
+          "serving {} without TLS or API keys: anyone who reaches the port can read, use and "
+          "delete every context (README: Security)",
+          address);
+    }
   }
   server->server_->GetHealthCheckService()->SetServingStatus(true);
   server->server_->GetHealthCheckService()->SetServingStatus("squeeze.v1.Squeeze", true);

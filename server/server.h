@@ -16,6 +16,7 @@
 #include "server/openai_gateway.h"
 #include "server/service.h"
 #include "server/squeeze_metrics.h"
+#include "server/tls.h"
 
 namespace squeeze::server {
 
@@ -25,18 +26,26 @@ struct ServerOptions {
   std::string device = "auto";  // auto | cpu | cuda
   bool random_weights = false;  // weights of config.json's shape, made on the device
   uint64_t random_seed = 1;
-  std::string address = "0.0.0.0:50051";  // host:port; port 0 picks a free one
-  std::string state_dir;                  // empty: contexts are not persisted
-  int64_t max_context_memory = 0;         // bytes of resident context KV; 0: unlimited
-  int max_message_bytes = 64 << 20;
+  std::string address = "127.0.0.1:50051";  // host:port; port 0 picks a free one
+  std::string state_dir;                    // empty: contexts are not persisted
+  int64_t max_context_memory = 0;           // bytes of resident context KV; 0: unlimited
+  int64_t max_message_bytes = 64 << 20;
   std::string metrics_address;  // Prometheus GET /metrics host:port; empty: off
   // A directory shared by replicas (engine/store/shared_context_store.h); empty: off.
   std::string shared_store;
   std::string openai_address;  // OpenAI-compatible HTTP host:port; empty: off
   std::string model_name;      // the model id the OpenAI endpoint reports; empty: model dir name
   EngineOptions engine;
-  RequestLimits limits;
+  RequestLimits limits;  // max_input_bytes / max_input_tokens 0: derived from the model
+  // Security (README "Security"): TLS on both ports when tls.cert_file is set; API keys
+  // (bearer tokens mapped to tenants) when api_keys_file is set.
+  TlsFiles tls;
+  std::string api_keys_file;
 };
+
+// Checks every option a flag sets, naming the flag: INVALID_ARGUMENT "--window must be >= 1 (got
+// 0)". main() calls it before loading anything; Start() calls it too.
+absl::Status ValidateServerOptions(const ServerOptions& options);
 
 class SqueezeServer {
  public:

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/proto_buffers.h"
 #include "server/squeeze_metrics.h"
 #include "server/status.h"
 #include "server/stream_writer.h"
@@ -23,18 +24,50 @@ grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* ctx, grpc::St
   return reactor;
 }
 
+template <typename Message>
+grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* ctx, const Message& message,
+                                grpc::ByteBuffer* response) {
+  *response = ToByteBuffer(message);
+  return FinishUnary(ctx, grpc::Status::OK);
+}
+
+// A streaming call refused before any work: its writer finishes at once with `status`.
+template <typename Message>
+StreamWriter<Message>* Refuse(const absl::Status& status) {
+  auto* writer = new StreamWriter<Message>();
+  writer->sink()->Finish(ToGrpcStatus(status));
+  return writer;
+}
+
 }  // namespace
 
-grpc::ServerWriteReactor<v1::RegisterContextEvent>* SqueezeService::RegisterContext(
-    grpc::CallbackServerContext* ctx, const v1::RegisterContextRequest* req) {
-  auto* writer = new StreamWriter<v1::RegisterContextEvent>();
+absl::StatusOr<std::string> SqueezeService::Authenticate(grpc::CallbackServerContext* ctx) const {
+  if (!keys_) return std::string();
+  const auto& metadata = ctx->client_metadata();
+  auto it = metadata.find("authorization");
+  const absl::string_view value = it == metadata.end()
+                                      ? absl::string_view()
+                                      : absl::string_view(it->second.data(), it->second.size());
+  return keys_->Authenticate(value);
+}
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* SqueezeService::RegisterContext(
+    grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* raw) {
+  using Writer = StreamWriter<v1::RegisterContextEvent>;
+  auto refuse = [&](const absl::Status& st) {
+    if (metrics_) metrics_->ObserveRegistrationRejected(st);
+    return Refuse<v1::RegisterContextEvent>(st);
+  };
+  absl::StatusOr<std::string> tenant = Authenticate(ctx);
+  if (!tenant.ok()) return refuse(tenant.status());
+  v1::RegisterContextRequest req;
+  if (absl::Status st = ParseRequest(*raw, &req); !st.ok()) return refuse(st);
+  auto request = ConvertRegisterRequest(req, limits_);
+  if (!request.ok()) return refuse(request.status());
+  request->tenant = *tenant;
+
+  auto* writer = new Writer();
   auto sink = writer->sink();
-  auto request = ConvertRegisterRequest(*req, limits_);
-  if (!request.ok()) {
-    if (metrics_) metrics_->ObserveRegistrationRejected(request.status());
-    sink->Finish(ToGrpcStatus(request.status()));
-    return writer;
-  }
   v1::RegisterContextEvent tokenizing;
   tokenizing.set_stage(v1::RegisterContextEvent::TOKENIZING);
   sink->Push(std::move(tokenizing));
@@ -60,32 +93,52 @@ grpc::ServerWriteReactor<v1::RegisterContextEvent>* SqueezeService::RegisterCont
   return writer;
 }
 
-grpc::ServerWriteReactor<v1::GenerateResponse>* SqueezeService::Generate(
-    grpc::CallbackServerContext* ctx, const v1::GenerateRequest* req) {
-  auto* writer = new StreamWriter<v1::GenerateResponse>();
-  auto sink = writer->sink();
-  auto request = ConvertGenerateRequest(*req, limits_);
-  if (!request.ok()) {
-    if (metrics_) metrics_->ObserveGenerateRejected(request.status());
-    sink->Finish(ToGrpcStatus(request.status()));
-    return writer;
-  }
+grpc::ServerWriteReactor<grpc::ByteBuffer>* SqueezeService::Generate(
+    grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* raw) {
+  using Writer = StreamWriter<v1::GenerateResponse>;
+  auto refuse = [&](const absl::Status& st) {
+    if (metrics_) metrics_->ObserveGenerateRejected(st);
+    return Refuse<v1::GenerateResponse>(st);
+  };
+  absl::StatusOr<std::string> tenant = Authenticate(ctx);
+  if (!tenant.ok()) return refuse(tenant.status());
+  v1::GenerateRequest req;
+  if (absl::Status st = ParseRequest(*raw, &req); !st.ok()) return refuse(st);
+  auto request = ConvertGenerateRequest(req, limits_);
+  if (!request.ok()) return refuse(request.status());
+  request->tenant = *tenant;
   if (request->request_id.empty()) request->request_id = NewRequestId();
   request->deadline = absl::FromChrono(ctx->deadline());
+
+  auto* writer = new Writer();
+  auto sink = writer->sink();
   const std::string id = request->request_id;
   SqueezeMetrics* metrics = metrics_;
-  auto handle = engine_->Generate(std::move(*request), [sink, id, metrics](GenerateEvent event) {
-    if (event.final && metrics) metrics->ObserveGenerate(event);
-    if (event.final && !event.status.ok()) {
-      spdlog::info("request {} ended: {}", id, event.status.ToString());
-      sink->Finish(ToGrpcStatus(event.status));
-      return;
-    }
-    v1::GenerateResponse resp = ToProto(event);
-    resp.set_request_id(id);
-    sink->Push(std::move(resp));
-    if (event.final) sink->Finish(grpc::Status::OK);
-  });
+  // Events arrive on the engine thread as each token is sampled: the time between two of them is
+  // one inter-token gap (the first token's comes from prefill, so it starts the clock).
+  absl::Time last_token;
+  auto handle = engine_->Generate(
+      std::move(*request), [sink, id, metrics, last_token](GenerateEvent event) mutable {
+        if (metrics && !event.tokens.empty()) {
+          const absl::Time now = absl::Now();
+          if (last_token != absl::Time()) {
+            metrics->ObserveInterTokenGap(absl::ToDoubleSeconds(now - last_token));
+          }
+          // Tokens of one event (none today) came out of one step: no gap between them.
+          for (size_t i = 1; i < event.tokens.size(); ++i) metrics->ObserveInterTokenGap(0);
+          last_token = now;
+        }
+        if (event.final && metrics) metrics->ObserveGenerate(event);
+        if (event.final && !event.status.ok()) {
+          spdlog::info("request {} ended: {}", id, event.status.ToString());
+          sink->Finish(ToGrpcStatus(event.status));
+          return;
+        }
+        v1::GenerateResponse resp = ToProto(event);
+        resp.set_request_id(id);
+        sink->Push(std::move(resp));
+        if (event.final) sink->Finish(grpc::Status::OK);
+      });
   if (!handle.ok()) {
     if (metrics_) metrics_->ObserveGenerateRejected(handle.status());
     sink->Finish(ToGrpcStatus(handle.status()));
@@ -96,45 +149,77 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* SqueezeService::Generate(
 }
 
 grpc::ServerUnaryReactor* SqueezeService::GetContext(grpc::CallbackServerContext* ctx,
-                                                     const v1::GetContextRequest* req,
-                                                     v1::ContextInfo* resp) {
-  if (auto st = ValidateContextName(req->name()); !st.ok())
+                                                     const grpc::ByteBuffer* raw,
+                                                     grpc::ByteBuffer* response) {
+  absl::StatusOr<std::string> tenant = Authenticate(ctx);
+  if (!tenant.ok()) return FinishUnary(ctx, ToGrpcStatus(tenant.status()));
+  v1::GetContextRequest req;
+  if (absl::Status st = ParseRequest(*raw, &req); !st.ok()) {
     return FinishUnary(ctx, ToGrpcStatus(st));
-  auto summary = engine_->GetContext(req->name());
+  }
+  if (auto st = ValidateContextName(req.name()); !st.ok()) {
+    return FinishUnary(ctx, ToGrpcStatus(st));
+  }
+  auto summary = engine_->GetContext(*tenant, req.name());
   if (!summary.ok()) return FinishUnary(ctx, ToGrpcStatus(summary.status()));
-  *resp = ToProto(*summary);
-  return FinishUnary(ctx, grpc::Status::OK);
+  return Reply(ctx, ToProto(*summary), response);
 }
 
 grpc::ServerUnaryReactor* SqueezeService::ListContexts(grpc::CallbackServerContext* ctx,
-                                                       const v1::ListContextsRequest*,
-                                                       v1::ListContextsResponse* resp) {
-  for (const ContextSummary& s : engine_->ListContexts()) *resp->add_contexts() = ToProto(s);
-  return FinishUnary(ctx, grpc::Status::OK);
+                                                       const grpc::ByteBuffer* raw,
+                                                       grpc::ByteBuffer* response) {
+  absl::StatusOr<std::string> tenant = Authenticate(ctx);
+  if (!tenant.ok()) return FinishUnary(ctx, ToGrpcStatus(tenant.status()));
+  v1::ListContextsRequest req;
+  if (absl::Status st = ParseRequest(*raw, &req); !st.ok()) {
+    return FinishUnary(ctx, ToGrpcStatus(st));
+  }
+  v1::ListContextsResponse resp;
+  for (const ContextSummary& s : engine_->ListContexts(*tenant)) *resp.add_contexts() = ToProto(s);
+  return Reply(ctx, resp, response);
 }
 
 grpc::ServerUnaryReactor* SqueezeService::DeleteContext(grpc::CallbackServerContext* ctx,
-                                                        const v1::DeleteContextRequest* req,
-                                                        v1::DeleteContextResponse* resp) {
-  if (auto st = ValidateContextName(req->name()); !st.ok())
+                                                        const grpc::ByteBuffer* raw,
+                                                        grpc::ByteBuffer* response) {
+  absl::StatusOr<std::string> tenant = Authenticate(ctx);
+  if (!tenant.ok()) return FinishUnary(ctx, ToGrpcStatus(tenant.status()));
+  v1::DeleteContextRequest req;
+  if (absl::Status st = ParseRequest(*raw, &req); !st.ok()) {
     return FinishUnary(ctx, ToGrpcStatus(st));
-  absl::Status st = engine_->DeleteContext(req->name());
-  resp->set_deleted(st.ok());
-  return FinishUnary(ctx, ToGrpcStatus(st));
+  }
+  if (auto st = ValidateContextName(req.name()); !st.ok()) {
+    return FinishUnary(ctx, ToGrpcStatus(st));
+  }
+  absl::Status st = engine_->DeleteContext(*tenant, req.name());
+  if (!st.ok()) return FinishUnary(ctx, ToGrpcStatus(st));
+  v1::DeleteContextResponse resp;
+  resp.set_deleted(true);
+  return Reply(ctx, resp, response);
 }
 
 grpc::ServerUnaryReactor* SqueezeService::Tokenize(grpc::CallbackServerContext* ctx,
-                                                   const v1::TokenizeRequest* req,
-                                                   v1::TokenizeResponse* resp) {
-  PromptInput input;
-  input.text = req->text();
-  auto ids = engine_->Tokenize(input, req->add_bos());
-  if (!ids.ok()) return FinishUnary(ctx, ToGrpcStatus(ids.status()));
-  for (int32_t id : *ids) {
-    resp->add_ids(id);
-    resp->add_pieces(engine_->tokenizer().TokenBytes(id));
+                                                   const grpc::ByteBuffer* raw,
+                                                   grpc::ByteBuffer* response) {
+  absl::StatusOr<std::string> tenant = Authenticate(ctx);
+  if (!tenant.ok()) return FinishUnary(ctx, ToGrpcStatus(tenant.status()));
+  v1::TokenizeRequest req;
+  if (absl::Status st = ParseRequest(*raw, &req); !st.ok()) {
+    return FinishUnary(ctx, ToGrpcStatus(st));
   }
-  return FinishUnary(ctx, grpc::Status::OK);
+  if (absl::Status st = CheckTextSize(req.text(), "text", limits_); !st.ok()) {
+    return FinishUnary(ctx, ToGrpcStatus(st));
+  }
+  PromptInput input;
+  input.text = req.text();
+  auto ids = engine_->Tokenize(input, req.add_bos());
+  if (!ids.ok()) return FinishUnary(ctx, ToGrpcStatus(ids.status()));
+  v1::TokenizeResponse resp;
+  for (int32_t id : *ids) {
+    resp.add_ids(id);
+    resp.add_pieces(engine_->tokenizer().TokenBytes(id));
+  }
+  return Reply(ctx, resp, response);
 }
 
 }  // namespace squeeze::server

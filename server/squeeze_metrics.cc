@@ -86,7 +86,7 @@ SqueezeMetrics::SqueezeMetrics(const Engine* engine)
                                kQueueBuckets)),
       inter_token_latency_(NewHistogram(
           *registry_, "squeeze_inter_token_latency_seconds",
-          "Gap between consecutive generated tokens (each request's mean gap, once per gap)",
+          "Gap between consecutive generated tokens of a stream, each gap observed as it ends",
           kItlBuckets)),
       running_(NewGauge(*registry_, "squeeze_num_requests_running",
                         "Generate requests in the running batch")),
@@ -158,10 +158,7 @@ void SqueezeMetrics::ObserveGenerate(const GenerateEvent& e) {
   const GenerateTimings& t = e.timings;
   e2e_latency_.Observe(t.total_seconds);
   queue_time_.Observe(t.queue_seconds);
-  const int64_t n = e.usage.completion_tokens;
-  if (n > 0) ttft_.Observe(t.ttft_seconds);
-  // The first token comes out of prefill; decode_seconds spans the n - 1 gaps after it.
-  if (n > 1) inter_token_latency_.ObserveN(t.decode_seconds / (n - 1), n - 1);
+  if (e.usage.completion_tokens > 0) ttft_.Observe(t.ttft_seconds);
   if (e.usage.context_tokens > 0) {
     switch (e.mode_used) {
       case AttentionMode::kSqueezed:
@@ -199,6 +196,8 @@ void SqueezeMetrics::ObserveRegistration(const RegisterEvent& e) {
     registration_seconds_[i]->Observe(seconds[i]);
   }
 }
+
+void SqueezeMetrics::ObserveInterTokenGap(double seconds) { inter_token_latency_.Observe(seconds); }
 
 void SqueezeMetrics::ObserveRegistrationRejected(const absl::Status& status) {
   registrations_.Add({{"status", absl::StatusCodeToString(status.code())}}).Increment();

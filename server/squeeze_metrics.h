@@ -34,6 +34,9 @@ class SqueezeMetrics final : public metrics::Collectable {
   // A RegisterContext RPC ended with the engine's final event.
   void ObserveRegistration(const RegisterEvent& final_event);
   void ObserveRegistrationRejected(const absl::Status& status);
+  // The time between two consecutive tokens of one stream, observed as each token is emitted
+  // (a per-request mean would hide a stall).
+  void ObserveInterTokenGap(double seconds);
 
   // Refreshes the engine-state metrics, then snapshots every family.
   std::vector<metrics::MetricFamily> Collect() const override;

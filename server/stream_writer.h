@@ -1,7 +1,8 @@
 // A server-streaming reactor fed from another thread (the engine): it queues messages, keeps
 // exactly one write in flight, and finishes once the queue is drained. The engine holds only a
 // shared_ptr to the Sink, which outlives the reactor safely (pushes after the RPC ended are
-// dropped).
+// dropped). Messages are serialized when pushed: the service's methods are raw (ByteBuffer) so
+// that it parses requests itself (server/proto_buffers.h).
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -12,22 +13,24 @@
 #include <optional>
 
 #include "absl/synchronization/mutex.h"
+#include "server/proto_buffers.h"
 
 namespace squeeze::server {
 
 template <typename Response>
-class StreamWriter : public grpc::ServerWriteReactor<Response> {
+class StreamWriter : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   class Sink {
    public:
     // Queues a message; returns false when the stream is gone.
     bool Push(Response message) {
+      grpc::ByteBuffer buffer = ToByteBuffer(message);  // serialized outside the lock
       StreamWriter* start = nullptr;
-      const Response* first = nullptr;
+      const grpc::ByteBuffer* first = nullptr;
       {
         absl::MutexLock lock(&mu_);
         if (writer_ == nullptr || finish_) return false;
-        queue_.push_back(std::move(message));
+        queue_.push_back(std::move(buffer));
         if (!writing_) {
           writing_ = true;
           start = writer_;
@@ -55,8 +58,8 @@ class StreamWriter : public grpc::ServerWriteReactor<Response> {
    private:
     friend class StreamWriter;
     absl::Mutex mu_;
-    StreamWriter* writer_ = nullptr;  // null once the RPC is done
-    std::deque<Response> queue_;      // front is in flight while writing_
+    StreamWriter* writer_ = nullptr;      // null once the RPC is done
+    std::deque<grpc::ByteBuffer> queue_;  // front is in flight while writing_
     bool writing_ = false;
     bool finishing_ = false;
     std::optional<grpc::Status> finish_;
@@ -80,7 +83,7 @@ class StreamWriter : public grpc::ServerWriteReactor<Response> {
   void OnWriteDone(bool ok) override {
     if (!ok) RunCancel();
     bool finish = false;
-    const Response* next = nullptr;
+    const grpc::ByteBuffer* next = nullptr;
     {
       absl::MutexLock lock(&sink_->mu_);
       sink_->queue_.pop_front();

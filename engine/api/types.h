@@ -33,6 +33,7 @@ struct AttentionRequest {
 };
 
 struct RegisterRequest {
+  std::string tenant;  // owner of the context ("" without API keys); names are per tenant
   std::string name;
   PromptInput content;
   std::optional<bool> add_bos;
@@ -55,6 +56,7 @@ struct RegistrationTimings {
 };
 
 struct ContextSummary {
+  std::string tenant;  // never shown to clients: they only see their own tenant's contexts
   std::string name;
   int64_t num_tokens = 0;
   std::string content_hash;  // hex SHA-256 of the token ids
@@ -80,6 +82,7 @@ struct RegisterEvent {
 
 struct GenerateRequest {
   std::string request_id;
+  std::string tenant;   // the caller's tenant: only its contexts are visible
   std::string context;  // empty: no fixed context
   PromptInput input;
   SamplingParams sampling;

@@ -26,7 +26,7 @@ class ValueMap {
   const Value* Find(absl::string_view key) const;
   void Set(std::string key, Value value);
   const std::vector<std::pair<std::string, Value>>& entries() const { return entries_; }
-  size_t size() const { return entries_.size(); }
+  size_t size() const;  // defined below Value (clang needs Value complete here)
 
  private:
   std::vector<std::pair<std::string, Value>> entries_;
@@ -114,5 +114,7 @@ std::string PythonFloatRepr(double f);
 // UTF-8 <-> code points (Python strings index code points).
 std::u32string DecodeUtf8(absl::string_view s);
 std::string EncodeUtf8(std::u32string_view s);
+
+inline size_t ValueMap::size() const { return entries_.size(); }
 
 }  // namespace squeeze::jinja

@@ -13,4 +13,18 @@ std::string Sha256Hex(std::string_view data) {
   return absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(digest), len));
 }
 
+Sha256::Sha256() : ctx_(EVP_MD_CTX_new()) { EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr); }
+
+Sha256::~Sha256() { EVP_MD_CTX_free(ctx_); }
+
+void Sha256::Update(const void* data, size_t n) { EVP_DigestUpdate(ctx_, data, n); }
+
+Sha256::Digest Sha256::Final() {
+  Digest d{};
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx_, d.data(), &len);
+  EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr);
+  return d;
+}
+
 }  // namespace squeeze

@@ -163,34 +163,49 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Register(RegisterRequest req
                      cfg.max_position_embeddings, " tokens and a query needs at least one more"));
   }
   reg->hash = HashTokens(reg->tokens);
-  const int64_t bytes = static_cast<int64_t>(S) * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim *
-                        2 * sizeof(float);
-  std::shared_ptr<const RegisteredContext> existing;
-  RETURN_IF_ERROR(store_->Reserve(request.name, reg->hash, bytes, &existing));
-  if (existing) {
-    RegisterEvent done{.stage = RegisterStage::kDone, .progress = 1, .final = true};
-    done.tokens_done = done.tokens_total = S;
-    done.context = existing->summary;
-    done.context.reused = true;
-    callback(std::move(done));
-    return reg->handle;
-  }
   if (request.build_index) {
     SqueezeOptions& o = request.index;
     if (o.window + o.sinks > S && !request.window_explicit && o.sinks <= S) {
       o.window = S - o.sinks;  // a short context: every key stays, nothing to cluster
     }
     if (o.window + o.sinks > S) {
-      store_->Unreserve(request.name);
       return absl::InvalidArgumentError(
           absl::StrCat("index.window (", o.window, ") + index.sinks (", o.sinks,
                        ") exceed the context length (", S, " tokens)"));
     }
   }
+  const ContextStore::Spec spec{.hash = reg->hash,
+                                .build_index = request.build_index,
+                                .index = request.index,
+                                .bytes = static_cast<int64_t>(S) * cfg.num_layers *
+                                         cfg.num_kv_heads * cfg.head_dim * 2 *
+                                         static_cast<int64_t>(sizeof(float))};
+  // The same registration already finished (or finishes later, when it is in progress): its
+  // context, marked reused.
+  auto reused = [S](RegisterCallback& callback, const ContextSummary& summary) {
+    RegisterEvent done{.stage = RegisterStage::kDone, .progress = 1, .final = true};
+    done.tokens_done = done.tokens_total = S;
+    done.context = summary;
+    done.context.reused = true;
+    callback(std::move(done));
+  };
+  auto on_ready = [callback,
+                   reused](absl::StatusOr<std::shared_ptr<const RegisteredContext>> ready) mutable {
+    if (!ready.ok()) return callback(RegisterEvent{.final = true, .status = ready.status()});
+    reused(callback, (*ready)->summary);
+  };
+  ASSIGN_OR_RETURN(ContextStore::Reservation reservation,
+                   store_->Reserve(request.tenant, request.name, spec, on_ready));
+  if (reservation.existing) {
+    reused(callback, reservation.existing->summary);
+    return reg->handle;
+  }
+  if (reservation.joined) return reg->handle;
   {
     absl::MutexLock lock(&mu_);
     if (active_registrations_ >= options_.max_registrations) {
-      store_->Unreserve(request.name);
+      store_->Unreserve(request.tenant, request.name,
+                        absl::ResourceExhaustedError("too many registrations in progress"));
       return absl::ResourceExhaustedError(absl::StrCat("too many registrations in progress (",
                                                        active_registrations_, "); retry later"));
     }
@@ -215,7 +230,7 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
   seq->enqueued = absl::Now();
   if (!request.context.empty()) {
     // Resident, or loaded from the shared store on first use (another replica registered it).
-    ASSIGN_OR_RETURN(seq->context, store_->FindOrLoad(request.context));
+    ASSIGN_OR_RETURN(seq->context, store_->Get(request.tenant, request.context));
   }
   // Without a context the input is a whole prompt and starts with BOS; after a context it is a
   // continuation (chat messages: of a context registered as a chat document).
@@ -338,19 +353,24 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
   return handle;
 }
 
-absl::StatusOr<ContextSummary> Engine::GetContext(const std::string& name) const {
-  return store_->Summary(name);
+absl::StatusOr<ContextSummary> Engine::GetContext(const std::string& tenant,
+                                                  const std::string& name) const {
+  return store_->Summary(tenant, name);
 }
 
-std::vector<ContextSummary> Engine::ListContexts() const { return store_->ListAll(); }
+std::vector<ContextSummary> Engine::ListContexts(const std::string& tenant) const {
+  return store_->List(tenant);
+}
 
 std::vector<ContextSummary> Engine::ResidentContexts() const {
   std::vector<ContextSummary> out;
-  for (const auto& c : store_->List()) out.push_back(c->summary);
+  for (const auto& c : store_->Resident()) out.push_back(c->summary);
   return out;
 }
 
-absl::Status Engine::DeleteContext(const std::string& name) { return store_->Delete(name); }
+absl::Status Engine::DeleteContext(const std::string& tenant, const std::string& name) {
+  return store_->Delete(tenant, name);
+}
 
 EngineStats Engine::stats() const {
   absl::MutexLock lock(&mu_);
@@ -397,9 +417,9 @@ void Engine::Loop() {
   }
   for (auto* q : {&registrations_, &incoming_regs_}) {
     for (auto& reg : *q) {
-      store_->Unreserve(reg->request.name);
-      reg->callback(
-          RegisterEvent{.final = true, .status = absl::UnavailableError("server shut down")});
+      const absl::Status why = absl::UnavailableError("server shut down");
+      store_->Unreserve(reg->request.tenant, reg->request.name, why);
+      reg->callback(RegisterEvent{.final = true, .status = why});
     }
   }
 }
@@ -408,10 +428,15 @@ void Engine::RetireCancelled() {
   const absl::Time now = absl::Now();
   auto check = [&](Sequence& seq) {
     if (seq.finished) return;
-    if (seq.handle->cancelled()) {
-      FinishSequence(seq, absl::CancelledError("request cancelled"), {});
-    } else if (now > seq.request.deadline) {
+    // A passed deadline first: gRPC also cancels the call when its deadline expires, and its
+    // timer may fire a little before this clock reads the deadline, so a cancellation that close
+    // to the deadline is the deadline.
+    const bool cancelled = seq.handle->cancelled();
+    if (now > seq.request.deadline ||
+        (cancelled && now > seq.request.deadline - absl::Milliseconds(100))) {
       FinishSequence(seq, absl::DeadlineExceededError("deadline exceeded"), {});
+    } else if (cancelled) {
+      FinishSequence(seq, absl::CancelledError("request cancelled"), {});
     }
   };
   for (auto& s : running_) check(*s);
@@ -420,9 +445,9 @@ void Engine::RetireCancelled() {
   std::erase_if(waiting_, [](const auto& s) { return s->finished; });
   for (auto it = registrations_.begin(); it != registrations_.end();) {
     if ((*it)->handle->cancelled()) {
-      store_->Unreserve((*it)->request.name);
       const absl::Status why =
           (*it)->failure.ok() ? absl::CancelledError("registration cancelled") : (*it)->failure;
+      store_->Unreserve((*it)->request.tenant, (*it)->request.name, why);
       (*it)->callback(RegisterEvent{.final = true, .status = why});
       absl::MutexLock lock(&mu_);
       --active_registrations_;
@@ -490,8 +515,12 @@ bool Engine::Step() {
   if (!registrations_.empty() && budget > 0) {
     Registration& reg = *registrations_.front();
     if (reg.prefilled == 0) reg.prefill_start = absl::Now();
-    reg_n = std::min(
-        {static_cast<int>(reg.tokens.size()) - reg.prefilled, options_.prefill_chunk, budget});
+    // While streams decode, a smaller chunk: their next token waits for this whole forward.
+    const int chunk = decode_tokens.empty()
+                          ? options_.prefill_chunk
+                          : std::min(options_.prefill_chunk,
+                                     std::max(1, options_.registration_chunk_while_decoding));
+    reg_n = std::min({static_cast<int>(reg.tokens.size()) - reg.prefilled, chunk, budget});
     steps.push_back({.tokens = std::span<const int32_t>(reg.tokens).subspan(reg.prefilled, reg_n),
                      .kv = &reg.kv,
                      .want_logits = false,
@@ -674,7 +703,7 @@ void Engine::IndexerLoop() {
 
 void Engine::BuildAndPublish(Registration& reg) {
   auto fail = [&](absl::Status st) {
-    store_->Unreserve(reg.request.name);
+    store_->Unreserve(reg.request.tenant, reg.request.name, st);
     reg.callback(RegisterEvent{.final = true, .status = std::move(st)});
   };
   auto context = std::make_shared<RegisteredContext>();
@@ -706,6 +735,7 @@ void Engine::BuildAndPublish(Registration& reg) {
     s.num_coarse_centroids = context->index->num_coarse_centroids();
   }
   if (reg.handle->cancelled()) return fail(absl::CancelledError("registration cancelled"));
+  s.tenant = reg.request.tenant;
   s.name = reg.request.name;
   s.num_tokens = S;
   s.content_hash = reg.hash;

@@ -27,11 +27,14 @@
 namespace squeeze {
 
 struct EngineOptions {
-  int max_running = 64;         // sequences in the running batch
-  int max_waiting = 256;        // queued Generate requests; beyond: RESOURCE_EXHAUSTED
-  int max_registrations = 4;    // registrations queued or running; beyond: RESOURCE_EXHAUSTED
-  int prefill_chunk = 512;      // prefill tokens of one sequence / registration per step
-  int max_step_tokens = 2048;   // prefill tokens per step over all sequences
+  int max_running = 64;        // sequences in the running batch
+  int max_waiting = 256;       // queued Generate requests; beyond: RESOURCE_EXHAUSTED
+  int max_registrations = 4;   // registrations queued or running; beyond: RESOURCE_EXHAUSTED
+  int prefill_chunk = 512;     // prefill tokens of one sequence / registration per step
+  int max_step_tokens = 2048;  // prefill tokens per step over all sequences
+  // Registration prefill tokens per step while sequences are decoding: a registration's prefill
+  // runs in the same forward as their decode, so this bounds the gap between their tokens.
+  int registration_chunk_while_decoding = 64;
   double default_budget = 0.1;  // kept fraction of clustered keys when a request gives none
   // The tokens that end a generation (unless ignore_eos). Unset: the model config's
   // eos_token_id and the tokenizer's EOS. The server resolves them from generation_config.json
@@ -94,12 +97,14 @@ class Engine {
   absl::StatusOr<std::shared_ptr<WorkHandle>> Generate(GenerateRequest request,
                                                        GenerateCallback callback);
 
-  // With a shared store (ContextStore::SetSharedStore) these see every replica's contexts.
-  absl::StatusOr<ContextSummary> GetContext(const std::string& name) const;
-  std::vector<ContextSummary> ListContexts() const;
-  // The contexts held in this replica's memory.
+  // Contexts belong to a tenant ("" without API keys); a tenant sees only its own. With a shared
+  // store (ContextStore::SetSharedStore) these see every replica's contexts.
+  absl::StatusOr<ContextSummary> GetContext(const std::string& tenant,
+                                            const std::string& name) const;
+  std::vector<ContextSummary> ListContexts(const std::string& tenant) const;
+  // The contexts held in this replica's memory, every tenant's (metrics).
   std::vector<ContextSummary> ResidentContexts() const;
-  absl::Status DeleteContext(const std::string& name);
+  absl::Status DeleteContext(const std::string& tenant, const std::string& name);
   absl::StatusOr<std::vector<int32_t>> Tokenize(const PromptInput& input, bool add_bos) const;
 
   const Tokenizer& tokenizer() const { return *tokenizer_; }

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/common/sha256.h"
 #include "engine/common/status_macros.h"
+#include "engine/store/context_file.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
 
@@ -29,18 +30,20 @@ std::string TempPath(const std::string& path) {
   return absl::StrCat(path, ".tmp.", ::getpid(), ".", counter.fetch_add(1));
 }
 
-// The object key: the content (token hash) and everything that shapes the stored index.
+// The object key: the tenant (content is never reused across tenants), the content (token hash)
+// and everything that shapes the stored index.
 std::string ObjectKey(const ContextSummary& s) {
   const SqueezeOptions& o = s.index_options;
-  return Sha256Hex(absl::StrCat(s.content_hash, "|", s.has_index, "|", o.centroid_fraction, "|",
-                                o.hierarchical, "|", o.coarse_fraction, "|", o.window, "|", o.sinks,
-                                "|", o.max_iterations, "|", o.seed));
+  return Sha256Hex(absl::StrCat(s.tenant, "|", s.content_hash, "|", s.has_index, "|",
+                                o.centroid_fraction, "|", o.hierarchical, "|", o.coarse_fraction,
+                                "|", o.window, "|", o.sinks, "|", o.max_iterations, "|", o.seed));
 }
 
 json ToJson(const ContextSummary& s, const std::string& object) {
   const SqueezeOptions& o = s.index_options;
   const RegistrationTimings& t = s.timings;
   return json{
+      {"tenant", s.tenant},
       {"name", s.name},
       {"object", object},
       {"content_hash", s.content_hash},
@@ -70,6 +73,7 @@ json ToJson(const ContextSummary& s, const std::string& object) {
 
 ContextSummary FromJson(const json& j) {
   ContextSummary s;
+  s.tenant = j.value("tenant", std::string());
   s.name = j.at("name").get<std::string>();
   s.content_hash = j.at("content_hash").get<std::string>();
   s.num_tokens = j.at("num_tokens").get<int64_t>();
@@ -122,8 +126,10 @@ absl::Status SharedContextStore::Init() {
   return absl::OkStatus();
 }
 
-std::string SharedContextStore::NamePath(const std::string& name) const {
-  return (fs::path(root_) / "names" / (name + kNameSuffix)).string();
+std::string SharedContextStore::NamePath(const std::string& tenant, const std::string& name) const {
+  // Names and tenants never contain '@' (the server checks both).
+  const std::string file = tenant.empty() ? name : absl::StrCat(tenant, "@", name);
+  return (fs::path(root_) / "names" / (file + kNameSuffix)).string();
 }
 
 std::string SharedContextStore::ObjectPath(const std::string& object) const {
@@ -149,11 +155,11 @@ absl::Status SharedContextStore::Put(const RegisteredContext& context) const {
   const std::string object = ObjectKey(s);
   const std::string object_path = ObjectPath(object);
   if (!fs::exists(object_path)) {
-    RETURN_IF_ERROR(ContextStore::WriteContextFile(context, model_fingerprint_, object_path));
+    RETURN_IF_ERROR(WriteContextFile(context, model_fingerprint_, object_path));
   }
   ContextSummary entry = s;
   entry.reused = false;
-  const std::string path = NamePath(s.name);
+  const std::string path = NamePath(s.tenant, s.name);
   const std::string tmp = TempPath(path);
   RETURN_IF_ERROR(WriteWhole(tmp, ToJson(entry, object).dump(2)));
   // link() creates the name only when it does not exist yet: exclusive, unlike rename().
@@ -167,13 +173,20 @@ absl::Status SharedContextStore::Put(const RegisteredContext& context) const {
         absl::StrCat("cannot create the shared entry '", path, "': ", std::strerror(err)));
   }
   ASSIGN_OR_RETURN(auto existing, ReadEntry(path));
-  if (existing.first.content_hash == s.content_hash) return absl::OkStatus();
-  return absl::AlreadyExistsError(absl::StrCat(
-      "context '", s.name, "' already exists with different content; delete it first"));
+  if (existing.first.content_hash != s.content_hash) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "context '", s.name, "' already exists with different content; delete it first"));
+  }
+  if (existing.second != object) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "context '", s.name, "' already exists with the same content but other index options"));
+  }
+  return absl::OkStatus();
 }
 
-absl::StatusOr<ContextSummary> SharedContextStore::Lookup(const std::string& name) const {
-  auto entry = ReadEntry(NamePath(name));
+absl::StatusOr<ContextSummary> SharedContextStore::Lookup(const std::string& tenant,
+                                                          const std::string& name) const {
+  auto entry = ReadEntry(NamePath(tenant, name));
   if (absl::IsNotFound(entry.status())) {
     return absl::NotFoundError(absl::StrCat("context '", name, "' not found"));
   }
@@ -182,19 +195,20 @@ absl::StatusOr<ContextSummary> SharedContextStore::Lookup(const std::string& nam
 }
 
 absl::StatusOr<std::shared_ptr<RegisteredContext>> SharedContextStore::Load(
-    const std::string& name) const {
-  auto entry = ReadEntry(NamePath(name));
+    const std::string& tenant, const std::string& name) const {
+  auto entry = ReadEntry(NamePath(tenant, name));
   if (absl::IsNotFound(entry.status())) {
     return absl::NotFoundError(absl::StrCat("context '", name, "' not found"));
   }
   if (!entry.ok()) return entry.status();
-  auto context = ContextStore::ReadContextFile(ObjectPath(entry->second), model_fingerprint_);
+  auto context = ReadContextFile(ObjectPath(entry->second), model_fingerprint_);
   if (!context.ok()) {
     return absl::Status(context.status().code(),
                         absl::StrCat("cannot load context '", name,
                                      "' from the shared store: ", context.status().message()));
   }
-  if ((*context)->summary.content_hash != entry->first.content_hash) {
+  if ((*context)->summary.content_hash != entry->first.content_hash ||
+      (*context)->summary.tenant != tenant) {
     return absl::DataLossError(
         absl::StrCat("shared object of context '", name, "' holds other content"));
   }
@@ -203,7 +217,7 @@ absl::StatusOr<std::shared_ptr<RegisteredContext>> SharedContextStore::Load(
   return context;
 }
 
-std::vector<ContextSummary> SharedContextStore::List() const {
+std::vector<ContextSummary> SharedContextStore::List(const std::string& tenant) const {
   std::vector<ContextSummary> out;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(fs::path(root_) / "names", ec)) {
@@ -220,14 +234,14 @@ std::vector<ContextSummary> SharedContextStore::List() const {
       }
       continue;
     }
-    out.push_back(std::move(entry->first));
+    if (entry->first.tenant == tenant) out.push_back(std::move(entry->first));
   }
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
   return out;
 }
 
-absl::Status SharedContextStore::Remove(const std::string& name) const {
-  const std::string path = NamePath(name);
+absl::Status SharedContextStore::Remove(const std::string& tenant, const std::string& name) const {
+  const std::string path = NamePath(tenant, name);
   auto entry = ReadEntry(path);
   if (absl::IsNotFound(entry.status())) {
     return absl::NotFoundError(absl::StrCat("context '", name, "' not found"));

@@ -120,7 +120,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> AddedTokensTokenizer::Wrap(
       return absl::InvalidArgumentError(absl::StrCat(where, " needs a non-empty \"content\""));
     }
     SpecialToken t{entry["content"].get<std::string>(), static_cast<int32_t>(id)};
-    auto flag = [&](const char* name, bool dflt) {
+    auto flag = [&entry = entry](const char* name, bool dflt) {  // clang 14: no binding capture
       auto it = entry.find(name);
       return it != entry.end() && it->is_boolean() ? it->get<bool>() : dflt;
     };

@@ -8,7 +8,9 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <map>
@@ -349,6 +351,34 @@ TEST(MetricsExposerTest, ConcurrentUpdatesWhileScraping) {
   EXPECT_NEAR(Value(s, "x_latency_seconds_sum") / total, 0.5, 0.02);
 }
 
+TEST(MetricsExposerTest, IdleConnectionsDoNotDelayAScrape) {
+  auto registry = std::make_shared<metrics::Registry>();
+  metrics::BuildCounter().Name("x_total").Help("x").Register(*registry).Add({}).Increment(1);
+  // A long read deadline: a scrape queued behind one idle connection would wait 30 s.
+  auto exposer = metrics::Exposer::Start("127.0.0.1:0", {.io_timeout = absl::Seconds(30)});
+  ASSERT_TRUE(exposer.ok()) << exposer.status();
+  (*exposer)->RegisterCollectable(registry);
+  const int port = (*exposer)->port();
+  std::vector<int> idle;
+  for (int i = 0; i < 64; ++i) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{.sin_family = AF_INET, .sin_port = htons(static_cast<uint16_t>(port))};
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    idle.push_back(fd);
+  }
+  // Half of them have sent part of a request head, then stalled.
+  for (int i = 0; i < 32; ++i) ::send(idle[i], "GET /metr", 9, MSG_NOSIGNAL);
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < 3; ++i) {
+    HttpResponse r = Get(port, "/metrics");  // the client gives up after 10 s
+    EXPECT_EQ(r.code, 200);
+    EXPECT_THAT(r.body, HasSubstr("x_total 1"));
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+  for (int fd : idle) ::close(fd);
+}
+
 // ---- the server's metrics --------------------------------------------------------------------
 
 const std::string& Document() {
@@ -459,6 +489,82 @@ TEST(ServerMetricsTest, CountersAndHistogramsFollowRequests) {
             grpc::StatusCode::ALREADY_EXISTS);
   const Samples last = Parse(Get(port, "/metrics").body);
   EXPECT_EQ(Value(last, "squeeze_registrations_total{status=\"ALREADY_EXISTS\"}"), 1);
+}
+
+TEST(ServerMetricsTest, DeadlineExpiriesAreCountedAsDeadlineExceeded) {
+  server::ServerOptions o = DefaultOptions();
+  o.metrics_address = "127.0.0.1:0";
+  TestServer t = TestServer::Start(o);
+  ASSERT_NE(t.server, nullptr);
+  const int port = t.server->metrics_port();
+  for (int i = 0; i < 3; ++i) {
+    GenerateResult late = Generate(*t.client, Request("", "Hello", 4000), /*timeout=*/0.3);
+    EXPECT_EQ(late.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  Samples s;
+  for (int i = 0; i < 200; ++i) {
+    s = Parse(Get(port, "/metrics").body);
+    if (Value(s, "squeeze_requests_total{finish_reason=\"abort\",status=\"DEADLINE_EXCEEDED\"}") +
+            Value(s, "squeeze_requests_total{finish_reason=\"abort\",status=\"CANCELLED\"}") ==
+        3) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(
+      Value(s, "squeeze_requests_total{finish_reason=\"abort\",status=\"DEADLINE_EXCEEDED\"}"), 3);
+  EXPECT_EQ(Value(s, "squeeze_requests_total{finish_reason=\"abort\",status=\"CANCELLED\"}"), 0);
+}
+
+TEST(ServerMetricsTest, InterTokenLatencyRecordsEachGap) {
+  server::ServerOptions o = DefaultOptions();
+  o.metrics_address = "127.0.0.1:0";
+  // One registration step of the whole document: a stall of the stream's tokens, as before
+  // registrations were chunked while streams decode.
+  o.engine.prefill_chunk = 8192;
+  o.engine.max_step_tokens = 8192;
+  o.engine.registration_chunk_while_decoding = 8192;
+  TestServer t = TestServer::Start(o);
+  ASSERT_NE(t.server, nullptr);
+  const std::string doc =
+      ReadText(std::string(SQUEEZE_SOURCE_DIR) + "/tests/data/demo_document.txt");
+  GenerateResult r;
+  std::atomic<int> received{0};
+  std::thread stream([&] {
+    r.status = t.client->Generate(Request("", "Once upon", 80), [&](const v1::GenerateResponse& m) {
+      r.tokens.insert(r.tokens.end(), m.token_ids().begin(), m.token_ids().end());
+      ++received;
+      return true;
+    });
+  });
+  while (received < 10) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  v1::ContextInfo info;
+  v1::IndexOptions none;
+  none.set_disable(true);
+  ASSERT_TRUE(Register(*t.client, "docs", doc, &info, nullptr, &none).ok());
+  stream.join();
+  ASSERT_TRUE(r.status.ok());
+  ASSERT_EQ(r.tokens.size(), 80u);
+  const std::string text = Get(t.server->metrics_port(), "/metrics").body;
+  const Samples s = Parse(text);
+  EXPECT_EQ(Value(s, "squeeze_inter_token_latency_seconds_count"), 79);
+  // The stall is one gap among quick ones: the observations fall into several buckets (a
+  // per-request mean would put all 79 into one).
+  int buckets_used = 0;
+  double previous = 0;
+  std::vector<std::pair<double, double>> cumulative;
+  for (const auto& [key, value] : s) {
+    const std::string prefix = "squeeze_inter_token_latency_seconds_bucket{le=\"";
+    if (!key.starts_with(prefix)) continue;
+    const std::string le = key.substr(prefix.size(), key.size() - prefix.size() - 2);
+    cumulative.emplace_back(le == "+Inf" ? 1e300 : std::stod(le), value);
+  }
+  std::sort(cumulative.begin(), cumulative.end());
+  for (const auto& [le, count] : cumulative) {
+    buckets_used += count > previous;
+    previous = count;
+  }
+  EXPECT_GE(buckets_used, 2) << text;
 }
 
 }  // namespace

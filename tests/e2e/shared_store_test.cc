@@ -117,6 +117,50 @@ TEST_F(SharedStoreTest, LoadingRespectsTheMemoryLimit) {
   EXPECT_THAT(r.status.error_message(), ::testing::HasSubstr("shared store"));
 }
 
+TEST_F(SharedStoreTest, TenantsDoNotShareThroughTheStore) {
+  // Both replicas with API keys: each tenant sees only its own entries in the shared store, and
+  // identical content registered by two tenants is two objects (no reuse across tenants).
+  const std::string keys = (dir_ / "keys").string();
+  fs::create_directories(dir_);
+  std::ofstream(keys) << "key-of-tenant-a-0123456789 tenant-a\n"
+                         "key-of-tenant-b-0123456789 tenant-b\n";
+  auto start = [&] {
+    server::ServerOptions o = DefaultOptions();
+    o.shared_store = (dir_ / "store").string();
+    o.api_keys_file = keys;
+    return TestServer::Start(std::move(o));
+  };
+  TestServer a = start(), b = start();
+  ASSERT_NE(a.server, nullptr);
+  ASSERT_NE(b.server, nullptr);
+  auto with_key = [](const TestServer& t, const std::string& key) {
+    auto channel = client::CreateChannel("127.0.0.1:" + std::to_string(t.server->port()), {});
+    EXPECT_TRUE(channel.ok());
+    return std::make_unique<client::SqueezeClient>(*channel, key);
+  };
+  auto a_on_a = with_key(a, "key-of-tenant-a-0123456789");
+  auto b_on_b = with_key(b, "key-of-tenant-b-0123456789");
+  auto a_on_b = with_key(b, "key-of-tenant-a-0123456789");
+  v1::ContextInfo info_a, info_b, got;
+  ASSERT_TRUE(Register(*a_on_a, "docs", doc_.substr(0, 1500), &info_a).ok());
+  v1::ListContextsResponse list;
+  ASSERT_TRUE(b_on_b->ListContexts(&list).ok());
+  EXPECT_EQ(list.contexts_size(), 0);
+  EXPECT_EQ(b_on_b->GetContext("docs", &got).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(Answer(*b_on_b, "docs").status.error_code(), grpc::StatusCode::NOT_FOUND);
+  ASSERT_TRUE(a_on_b->GetContext("docs", &got).ok());  // tenant A on the other replica
+  EXPECT_TRUE(Answer(*a_on_b, "docs").status.ok());
+  ASSERT_TRUE(Register(*b_on_b, "docs", doc_.substr(0, 1500), &info_b).ok());
+  EXPECT_FALSE(info_b.reused());
+  int objects = 0;
+  for (const auto& e : fs::recursive_directory_iterator(dir_ / "store")) {
+    objects += e.path().extension() == ".sqzctx";
+  }
+  EXPECT_EQ(objects, 2);
+  ASSERT_TRUE(b_on_b->DeleteContext("docs").ok());
+  ASSERT_TRUE(a_on_a->GetContext("docs", &got).ok());  // A's is untouched
+}
+
 TEST(SharedContextStoreFiles, NamesAreExclusiveAndCorruptEntriesAreSkipped) {
   const fs::path dir =
       fs::temp_directory_path() / ("squeeze-shared-files-" + std::to_string(::getpid()));
@@ -140,7 +184,7 @@ TEST(SharedContextStoreFiles, NamesAreExclusiveAndCorruptEntriesAreSkipped) {
   other.tokens = {4, 5, 6};
   other.summary.content_hash = HashTokens(other.tokens);
   EXPECT_TRUE(absl::IsAlreadyExists(store.Put(other)));
-  auto loaded = store.Load("x");
+  auto loaded = store.Load("", "x");
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ((*loaded)->tokens, (std::vector<int32_t>{1, 2, 3}));
   ASSERT_EQ((*loaded)->kv.v.size(), 6u);
@@ -148,11 +192,11 @@ TEST(SharedContextStoreFiles, NamesAreExclusiveAndCorruptEntriesAreSkipped) {
   // Another model's store is another tree.
   SharedContextStore other_model(dir.string(), "fingerprint-b");
   ASSERT_TRUE(other_model.Init().ok());
-  EXPECT_TRUE(absl::IsNotFound(other_model.Lookup("x").status()));
+  EXPECT_TRUE(absl::IsNotFound(other_model.Lookup("", "x").status()));
   // A corrupt entry is skipped by List and reported by Lookup.
   std::ofstream(fs::path(store.root()) / "names" / "bad.json") << "{not json";
-  ASSERT_EQ(store.List().size(), 1u);
-  EXPECT_TRUE(absl::IsDataLoss(store.Lookup("bad").status()));
+  ASSERT_EQ(store.List("").size(), 1u);
+  EXPECT_TRUE(absl::IsDataLoss(store.Lookup("", "bad").status()));
   fs::remove_all(dir);
 }
 

@@ -19,6 +19,35 @@ def routing(context):
     return ((CONTEXT_HEADER, context),) if context else ()
 
 
+def auth_metadata(api_key):
+    """The API key as `authorization: Bearer <key>` metadata (README: Security)."""
+    return (("authorization", "Bearer " + api_key),) if api_key else ()
+
+
+def _read(path, what):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ValueError(f"{what} '{path}' cannot be read: {e.strerror}") from None
+
+
+def channel_credentials(ca_file=None, cert_file=None, key_file=None):
+    """TLS credentials: `ca_file` the PEM roots that sign the server's certificate (None: the
+    system roots); `cert_file` + `key_file` a client certificate for mutual TLS."""
+    if bool(cert_file) != bool(key_file):
+        raise ValueError("cert_file and key_file (mutual TLS) must be given together")
+    import grpc
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca_file, "ca_file") if ca_file else None,
+        private_key=_read(key_file, "key_file") if key_file else None,
+        certificate_chain=_read(cert_file, "cert_file") if cert_file else None)
+
+
+def wants_tls(tls, ca_file, cert_file, key_file):
+    return bool(tls or ca_file or cert_file or key_file)
+
+
 def prompt(value, field):
     """A Prompt from text (str) or token ids (a sequence of ints)."""
     if isinstance(value, str):

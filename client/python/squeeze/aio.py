@@ -11,8 +11,14 @@ class AsyncClient:
     """The asyncio twin of squeeze.Client: the same methods as coroutines, and `generate` as an
     async iterator. Create it inside a running event loop."""
 
-    def __init__(self, target="localhost:50051", *, timeout=None, channel=None, options=None):
+    def __init__(self, target="localhost:50051", *, timeout=None, channel=None, options=None,
+                 tls=False, ca_file=None, cert_file=None, key_file=None, api_key=None):
+        if channel is None and rq.wants_tls(tls, ca_file, cert_file, key_file):
+            channel = grpc.aio.secure_channel(
+                target, rq.channel_credentials(ca_file, cert_file, key_file),
+                options=options or ())
         self._channel = channel or grpc.aio.insecure_channel(target, options=options or ())
+        self._auth = rq.auth_metadata(api_key)
         self._stub = pb_grpc.SqueezeStub(self._channel)
         self._timeout = timeout
         self._health = self._channel.unary_unary(
@@ -27,6 +33,9 @@ class AsyncClient:
     async def __aexit__(self, *exc):
         await self.close()
 
+    def _metadata(self, context):
+        return rq.routing(context) + self._auth
+
     def _deadline(self, timeout):
         return self._timeout if timeout is None else timeout
 
@@ -36,7 +45,7 @@ class AsyncClient:
         info = None
         try:
             async for event in self._stub.RegisterContext(req, timeout=self._deadline(timeout),
-                                                           metadata=rq.routing(name)):
+                                                           metadata=self._metadata(name)):
                 if on_progress:
                     on_progress(event)
                 if event.stage == pb.RegisterContextEvent.DONE:
@@ -49,7 +58,7 @@ class AsyncClient:
         """Async iterator of GenerateResponse; leaving it early cancels the request."""
         req = rq.generate_request(input, context, **options)
         call = self._stub.Generate(req, timeout=self._deadline(timeout),
-                                   metadata=rq.routing(context))
+                                   metadata=self._metadata(context))
         try:
             async for response in call:
                 yield response
@@ -67,7 +76,7 @@ class AsyncClient:
     async def _unary(self, method, request, context, timeout):
         try:
             return await method(request, timeout=self._deadline(timeout),
-                                metadata=rq.routing(context))
+                                metadata=self._metadata(context))
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 

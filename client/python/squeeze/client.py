@@ -13,10 +13,20 @@ class Client:
     Every call that names a context sends it as routing metadata (CONTEXT_HEADER). Failures
     raise the typed exceptions of squeeze.errors. `timeout` (seconds) is the default deadline of
     each call; None means none.
+
+    Security (README: Security): `tls=True` (implied by any of the files) connects with TLS,
+    trusting `ca_file` (PEM; None: the system roots); `cert_file` + `key_file` present a client
+    certificate (mutual TLS); `api_key` is sent as `authorization: Bearer <key>` with every call.
     """
 
-    def __init__(self, target="localhost:50051", *, timeout=None, channel=None, options=None):
+    def __init__(self, target="localhost:50051", *, timeout=None, channel=None, options=None,
+                 tls=False, ca_file=None, cert_file=None, key_file=None, api_key=None):
+        if channel is None and rq.wants_tls(tls, ca_file, cert_file, key_file):
+            channel = grpc.secure_channel(
+                target, rq.channel_credentials(ca_file, cert_file, key_file),
+                options=options or ())
         self._channel = channel or grpc.insecure_channel(target, options=options or ())
+        self._auth = rq.auth_metadata(api_key)
         self._stub = pb_grpc.SqueezeStub(self._channel)
         self._timeout = timeout
         self._health = self._channel.unary_unary(
@@ -31,6 +41,9 @@ class Client:
     def __exit__(self, *exc):
         self.close()
 
+    def _metadata(self, context):
+        return rq.routing(context) + self._auth
+
     def _deadline(self, timeout):
         return self._timeout if timeout is None else timeout
 
@@ -42,7 +55,7 @@ class Client:
         info = None
         try:
             for event in self._stub.RegisterContext(req, timeout=self._deadline(timeout),
-                                                     metadata=rq.routing(name)):
+                                                     metadata=self._metadata(name)):
                 if on_progress:
                     on_progress(event)
                 if event.stage == pb.RegisterContextEvent.DONE:
@@ -56,7 +69,7 @@ class Client:
         Closing the iterator early cancels the request on the server."""
         req = rq.generate_request(input, context, **options)
         call = self._stub.Generate(req, timeout=self._deadline(timeout),
-                                   metadata=rq.routing(context))
+                                   metadata=self._metadata(context))
         try:
             for response in call:
                 yield response
@@ -74,7 +87,7 @@ class Client:
 
     def _unary(self, method, request, context, timeout):
         try:
-            return method(request, timeout=self._deadline(timeout), metadata=rq.routing(context))
+            return method(request, timeout=self._deadline(timeout), metadata=self._metadata(context))
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 

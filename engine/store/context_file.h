@@ -1,0 +1,47 @@
+// The file of one persisted context (the context store writes one per context).
+//
+// Format, version 2, little-endian:
+//   "SQZCTX01" (8 bytes), u32 version
+//   string model fingerprint, string tenant, string name, string content hash (u64 length + bytes)
+//   i64 created (unix s), RegistrationTimings (6 x f64)
+//   tokens (u64 n + i32[n]); i32 L, Hkv, d, S; k, v (u64 n + f32[n] each); token_of (u64 n +
+//   i32[n]) u8 has_index, index options, then the index (engine/squeeze/index_io.h) when present
+//   SHA-256 of every preceding byte (32 bytes)
+// Reading verifies the checksum over the whole file before parsing anything, so a flipped byte
+// anywhere (KV included) is DATA_LOSS, never a silently different context. Parsing then checks
+// every count against the bytes left and every shape against the others, so even a file with a
+// valid checksum but inconsistent contents is an error, never a crash or an overread.
+#pragma once
+
+#include <cstdint>
+#include <istream>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/store/registered_context.h"
+
+namespace squeeze {
+
+inline constexpr char kContextFileSuffix[] = ".sqzctx";
+inline constexpr uint32_t kContextFileVersion = 2;
+
+// Writes `path` atomically: `path`.<pid>.<n>.tmp, fsync, rename, fsync of the directory.
+absl::Status WriteContextFile(const RegisteredContext& context, const std::string& fingerprint,
+                              const std::string& path);
+
+// Verifies the checksum, then parses. DATA_LOSS: corrupted or truncated (quarantine it).
+// FAILED_PRECONDITION: written for another model or by another version (keep it, skip it).
+absl::StatusOr<std::shared_ptr<RegisteredContext>> ReadContextFile(const std::string& path,
+                                                                   const std::string& fingerprint);
+
+// DATA_LOSS when the trailing SHA-256 of `size` bytes of `in` does not match.
+absl::Status VerifyContextChecksum(std::istream& in, uint64_t size);
+
+// Parses the first `size` bytes of `in` (the checksum trailer excluded) without verifying the
+// checksum (ReadContextFile does that first; the fuzzer calls this directly).
+absl::StatusOr<std::shared_ptr<RegisteredContext>> ParseContextFile(std::istream& in, uint64_t size,
+                                                                    const std::string& fingerprint);
+
+}  // namespace squeeze
