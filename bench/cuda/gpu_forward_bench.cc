@@ -56,6 +56,10 @@ ABSL_FLAG(std::string, batches, "1",
           "comma-separated numbers of sequences decoding together against the fixed context(s); "
           "each batch runs per-sequence (every sequence reads its context on its own) and cascade "
           "(a shared context read once per step for all its sequences)");
+ABSL_FLAG(std::string, projection_rows, "",
+          "also time a decode step's projections alone (32 layers of q/k/v, o, gate/up, down and "
+          "the lm_head of the model's shapes, random weights) at these row counts: the decode "
+          "GEMV kernels against cuBLAS at the same rows and the weights' floor");
 ABSL_FLAG(int, contexts, 1,
           "fixed contexts the sequences are spread over (round robin): copies of the prefilled "
           "context, each with its own copy on the GPU");
@@ -157,7 +161,10 @@ std::vector<double> DecodeTimes(LlamaModel& m, std::span<SequenceKV* const> kvs,
                                 std::span<const ContextKV* const> contexts,
                                 std::span<FixedContextAttention* const> fixed, int steps) {
   std::vector<double> times;
-  std::vector<int32_t> next(kvs.size(), 1);
+  // Each sequence starts from its own token, so the sequences' queries differ (as users'
+  // questions do) and a squeezed group's selections are not all alike.
+  std::vector<int32_t> next(kvs.size());
+  for (size_t b = 0; b < next.size(); ++b) next[b] = static_cast<int32_t>(1 + 7919 * b % 100000);
   SamplingParams greedy;
   greedy.temperature = 0.0f;
   Sampler sampler(greedy, 1);
@@ -185,6 +192,85 @@ std::vector<double> DecodeTimes(LlamaModel& m, std::span<SequenceKV* const> kvs,
   }
   std::sort(times.begin(), times.end());
   return times;
+}
+
+// A decode step's projections alone at `rows` sequences, through the backend (the GEMV kernels
+// up to gpu::kGemvMaxRows rows) and through cuBLAS (bf16 input, fp32 output: the path before
+// the tensor-core GEMV), one layer's matrices used for every layer (each 436 MB at the 8B
+// shape, so nothing stays in L2). Returns milliseconds per step {backend, cuBLAS}.
+std::pair<double, double> ProjectionTimes(CudaBackend& be, const ModelConfig& c, int rows) {
+  const int D = c.hidden_size, F = c.intermediate_size;
+  const int q_dim = c.num_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
+  auto matrix = [&](int r, int k, uint64_t seed) {
+    auto w = be.RandomMatrix(r, k, seed, 0.02f);
+    if (!w.ok()) {
+      std::fprintf(stderr, "%s\n", std::string(w.status().message()).c_str());
+      std::exit(1);
+    }
+    return *w;
+  };
+  const Matrix wq = matrix(q_dim, D, 1), wk = matrix(kv_dim, D, 2), wv = matrix(kv_dim, D, 3);
+  const Matrix wo = matrix(D, q_dim, 4), gate = matrix(F, D, 5), up = matrix(F, D, 6);
+  const Matrix down = matrix(D, F, 7), head = matrix(c.vocab_size, D, 8);
+  auto vec = [&](size_t n, uint64_t seed) {
+    auto v = be.RandomVector(static_cast<int>(n), seed, 0.0f, 1.0f);
+    if (!v.ok()) std::exit(1);
+    return const_cast<float*>(*v);
+  };
+  const size_t widest = static_cast<size_t>(std::max({F, q_dim, D, c.vocab_size}));
+  float* x = vec(static_cast<size_t>(rows) * widest, 9);
+  float* x2 = vec(static_cast<size_t>(rows) * widest, 10);
+  float* y[3] = {vec(static_cast<size_t>(rows) * widest, 11),
+                 vec(static_cast<size_t>(rows) * widest, 12),
+                 vec(static_cast<size_t>(rows) * widest, 13)};
+  const float* norm = vec(widest, 14);
+  auto ours = [&] {
+    for (int l = 0; l < c.num_layers; ++l) {
+      const Backend::MatMulOutput qkv[] = {{&wq, y[0]}, {&wk, y[1]}, {&wv, y[2]}};
+      be.NormMatMuls(x, norm, 1e-5f, x2, rows, qkv);
+      be.MatMul(x, wo, y[0], rows, /*accumulate=*/true);
+      const Backend::MatMulOutput gu[] = {{&gate, y[1]}, {&up, y[2]}};
+      be.NormMatMuls(x, norm, 1e-5f, x2, rows, gu);
+      be.SiluMulMatMul(y[1], y[2], down, y[0], rows, /*accumulate=*/true);
+    }
+    const Backend::MatMulOutput h[] = {{&head, y[1]}};
+    be.NormMatMuls(x, norm, 1e-5f, x2, rows, h);
+  };
+  cublasHandle_t blas;
+  cublasCreate(&blas);
+  __nv_bfloat16* xb = nullptr;
+  CHECK_CUDA(cudaMalloc(&xb, static_cast<size_t>(rows) * widest * 2));
+  CHECK_CUDA(cudaMemset(xb, 0, static_cast<size_t>(rows) * widest * 2));
+  auto gemm = [&](const Matrix& w, float* out, float beta) {
+    const float alpha = 1.0f;
+    cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, w.rows, rows, w.cols, &alpha, w.data, CUDA_R_16BF,
+                 w.cols, xb, CUDA_R_16BF, w.cols, &beta, out, CUDA_R_32F, w.rows,
+                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  };
+  auto theirs = [&] {
+    for (int l = 0; l < c.num_layers; ++l) {
+      gemm(wq, y[0], 0.0f);
+      gemm(wk, y[1], 0.0f);
+      gemm(wv, y[2], 0.0f);
+      gemm(wo, y[0], 1.0f);
+      gemm(gate, y[1], 0.0f);
+      gemm(up, y[2], 0.0f);
+      gemm(down, y[0], 1.0f);
+    }
+    gemm(head, y[1], 0.0f);
+  };
+  if (!be.Synchronize().ok()) std::exit(1);
+  const double a = MsPerCall(2, 5, [&] {
+    ours();
+    if (!be.Synchronize().ok()) std::exit(1);
+  });
+  const double b = MsPerCall(2, 5, [&] {
+    theirs();
+    cudaDeviceSynchronize();
+  });
+  cublasDestroy(blas);
+  cudaFree(xb);
+  return {a, b};
 }
 
 int Main() {
@@ -221,6 +307,23 @@ int Main() {
       "bf16 weights made in %.2f s\n",
       dir.c_str(), c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
       c.vocab_size, m.weight_bytes() / 1e9, Now() - t_load);
+
+  // ---- a decode step's projections alone -----------------------------------------------------
+  for (absl::string_view r :
+       absl::StrSplit(absl::GetFlag(FLAGS_projection_rows), ',', absl::SkipEmpty())) {
+    int rows = 0;
+    if (!absl::SimpleAtoi(r, &rows) || rows < 1) continue;
+    const auto [ours, blas] = ProjectionTimes(*cuda, c, rows);
+    const double qd = c.num_heads * c.head_dim, kvd = c.num_kv_heads * c.head_dim;
+    const double D = c.hidden_size, F = c.intermediate_size;
+    const double bytes =
+        2.0 * (c.num_layers * (2.0 * qd * D + 2.0 * kvd * D + 3.0 * F * D) + c.vocab_size * D);
+    const double floor_ms = 1e3 * bytes / copy_bw;
+    std::printf(
+        "projections of a decode step, %2d rows: %7.3f ms (%.2fx the weights' floor %.3f ms), "
+        "cuBLAS %7.3f ms = %.2fx\n",
+        rows, ours, ours / floor_ms, floor_ms, blas, blas / ours);
+  }
 
   // ---- prefill -------------------------------------------------------------------------------
   const int S = absl::GetFlag(FLAGS_prefill_tokens), chunk = absl::GetFlag(FLAGS_chunk);
