@@ -20,12 +20,6 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-const std::string& Document() {
-  static const std::string doc =
-      ReadText(std::string(SQUEEZE_SOURCE_DIR) + "/tests/data/demo_document.txt").substr(0, 2500);
-  return doc;
-}
-
 // ---- 1. oversized input is refused by its size, before tokenizing -----------------------------
 
 TEST(HardeningTest, OversizedInputIsRefusedByItsBytes) {

@@ -381,12 +381,6 @@ TEST(MetricsExposerTest, IdleConnectionsDoNotDelayAScrape) {
 
 // ---- the server's metrics --------------------------------------------------------------------
 
-const std::string& Document() {
-  static const std::string doc =
-      ReadText(std::string(SQUEEZE_SOURCE_DIR) + "/tests/data/demo_document.txt").substr(0, 2500);
-  return doc;
-}
-
 TEST(ServerMetricsTest, OffByDefault) {
   TestServer t = TestServer::Start();
   ASSERT_NE(t.server, nullptr);

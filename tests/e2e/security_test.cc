@@ -19,12 +19,6 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-const std::string& Document() {
-  static const std::string doc =
-      ReadText(std::string(SQUEEZE_SOURCE_DIR) + "/tests/data/demo_document.txt").substr(0, 2500);
-  return doc;
-}
-
 const char kKeyA[] = "key-of-tenant-a-0123456789";
 const char kKeyB[] = "key-of-tenant-b-0123456789";
 

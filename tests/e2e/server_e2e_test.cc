@@ -11,12 +11,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-const std::string& Document() {
-  static const std::string doc =
-      ReadText(std::string(SQUEEZE_SOURCE_DIR) + "/tests/data/demo_document.txt").substr(0, 2500);
-  return doc;
-}
-
 class ServerE2ETest : public ::testing::Test {
  protected:
   void SetUp() override {

@@ -21,6 +21,13 @@ inline std::string ReadText(const std::string& path) {
   return ss.str();
 }
 
+// The first 2,500 characters of the demo document: a context the demo model registers quickly.
+inline const std::string& Document() {
+  static const std::string doc =
+      ReadText(std::string(SQUEEZE_SOURCE_DIR) + "/tests/data/demo_document.txt").substr(0, 2500);
+  return doc;
+}
+
 inline server::ServerOptions DefaultOptions() {
   server::ServerOptions o;
   o.model_dir = SQUEEZE_TEST_MODEL_DIR;
