@@ -92,6 +92,18 @@ __device__ __forceinline__ GemvOutput OutputOfRow(const GemvParams& p, int row, 
 // H200: ~3% faster end to end than reading x through the read-only cache in the loop. Launching
 // it as a programmatic dependent of the previous GEMV, with its first weight lines prefetched to
 // L2 before griddepcontrol.wait, made decode 2-5% slower: bench/RESULTS.md, whole forward.)
+// The current device's multiprocessors (cached on first use; the engine drives one device).
+int MultiprocessorCount() {
+  static int sms = 0;
+  if (sms == 0) {
+    int device = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    sms = std::max(sms, 1);
+  }
+  return sms;
+}
+
 template <int M>
 __global__ void __launch_bounds__(kWarps * 32) GemvKernel(const GemvParams p, int total_rows) {
   extern __shared__ uint4 xs[];  // [M][k / 8]
@@ -160,19 +172,15 @@ __global__ void __launch_bounds__(kWarps * 32) GemvKernel(const GemvParams p, in
 template <int M>
 cudaError_t Launch(const GemvParams& p, int total_rows, cudaStream_t stream) {
   const size_t smem = static_cast<size_t>(M) * p.k * sizeof(bf16);
-  // Per instantiation: the opt-in to kMaxSmem of shared memory, the SM count, and the
-  // occupancy of the last shared-memory size (decode alternates between a few k).
+  // Per instantiation: the opt-in to kMaxSmem of shared memory and the occupancy of the last
+  // shared-memory size (decode alternates between a few k).
   static bool configured = false;
-  static int sms = 0;
   static size_t last_smem = 0;
   static int blocks_per_sm = 0;
   if (!configured) {
     cudaError_t err = cudaFuncSetAttribute(
         GemvKernel<M>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kMaxSmem));
     if (err != cudaSuccess) return err;
-    int device = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
     configured = true;
   }
   if (smem != last_smem) {
@@ -182,7 +190,8 @@ cudaError_t Launch(const GemvParams& p, int total_rows, cudaStream_t stream) {
     last_smem = smem;
   }
   const int rows_blocks = (total_rows + kWarps - 1) / kWarps;
-  const int grid = std::max(1, std::min(rows_blocks, std::max(1, blocks_per_sm) * sms));
+  const int grid =
+      std::max(1, std::min(rows_blocks, std::max(1, blocks_per_sm) * MultiprocessorCount()));
   GemvKernel<M><<<grid, kWarps * 32, smem, stream>>>(p, total_rows);
   return cudaGetLastError();
 }
@@ -235,17 +244,6 @@ struct MmaPlan {
   size_t xb_bytes = 0;       // bf16 input [m][k]
   size_t partial_bytes = 0;  // fp32 [splits][tiles][m][kMmaTileRows], when splits > 1
 };
-
-int MultiprocessorCount() {
-  static int sms = 0;
-  if (sms == 0) {
-    int device = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    sms = std::max(sms, 1);
-  }
-  return sms;
-}
 
 size_t Align256(size_t x) { return (x + 255) / 256 * 256; }
 
