@@ -216,12 +216,9 @@ void CascadeAttention::Run(std::span<const AttentionParams* const> calls) {
     gs.key_mask = keys.key_mask;
     gs.key_stride = S;
     dev_.Check(gpu::LaunchGroupSelection(gs, dev_.stream()), "cascade selection");
-    for (int b = 0; b < n; ++b) {
-      if (int32_t* dst = calls[b]->fixed.kept_rows; dst != nullptr) {
-        dev_.CopyToHostAtSync(dst, keys.kept_rows + static_cast<size_t>(b) * hkv,
-                              sizeof(int32_t) * hkv);
-      }
-    }
+    kept_dst_.resize(n);
+    for (int b = 0; b < n; ++b) kept_dst_[b] = calls[b]->fixed.kept_rows;
+    dev_.CopyRowsToHostAtSync(kept_dst_, keys.kept_rows, sizeof(int32_t) * hkv);
     FoldLandedKeys();
     PendingKeys& pending = pending_keys_.emplace_back();
     pending.num_keys = std::make_unique<int32_t[]>(hkv);

@@ -63,6 +63,7 @@ class CascadeAttention {
   std::vector<const float*> q_src_;
   std::vector<float*> out_dst_;
   std::vector<const float*> q_dst_, out_src_;
+  std::vector<void*> kept_dst_;  // each call's kept-rows destination on the host
   // Per squeezed group: the union sizes per KV head (landing at the next sync) and the rows of
   // the context heads.
   struct PendingKeys {

@@ -42,6 +42,11 @@ bool DeviceSelected(const AttentionParams& p) {
   return SqueezedOnDevice(p) && p.shape.num_queries == 1;
 }
 
+bool SameShape(const AttentionShape& a, const AttentionShape& b) {
+  return a.num_q_heads == b.num_q_heads && a.num_kv_heads == b.num_kv_heads &&
+         a.head_dim == b.head_dim && a.scale == b.scale;
+}
+
 }  // namespace
 
 bool CudaDeviceAvailable() {
@@ -316,8 +321,7 @@ void CudaBackend::AppendKv(const float* k_new, const float* v_new, int n, int nu
                           static_cast<bf16*>(v_dst), dst_head_stride, dev_->stream()),
       "append kv");
 }
-// Sampling on the device (engine/backend/cuda/cuda_sampling.h): the same tokens and PRNG
-// stream as the host Sampler; only tokens and requested logprobs come back.
+
 void CudaBackend::AppendKvBatch(const float* k_new, const float* v_new, int num_kv_heads,
                                 int head_dim, std::span<const KvAppend> seqs) {
   if (!dev_->ok() || seqs.empty()) return;
@@ -337,6 +341,8 @@ void CudaBackend::AppendKvBatch(const float* k_new, const float* v_new, int num_
               "append kv");
 }
 
+// Sampling on the device (engine/backend/cuda/cuda_sampling.h): the same tokens and PRNG
+// stream as the host Sampler; only tokens and requested logprobs come back.
 absl::Status CudaBackend::SampleRows(const float* logits, int vocab,
                                      std::span<SampleJob* const> jobs) {
   if (!dev_->ok()) return dev_->fault();
@@ -368,8 +374,14 @@ void CudaBackend::AttentionBatch(std::span<const AttentionParams> calls) {
   std::map<std::pair<const void*, bool>, std::vector<const AttentionParams*>> shared;
   std::vector<const AttentionParams*> squeezed[2];  // flat, hierarchical: per-sequence path
   std::vector<const AttentionParams*> single;
+  std::vector<const AttentionParams*> own_rows;  // decode steps without a context: batched
   for (const AttentionParams& p : calls) {
-    if (options_.cascade && CascadeAttention::Eligible(p)) {
+    const bool own_only = p.shape.num_queries == 1 && p.fixed.kv.num_rows == 0;
+    if (own_only && (own_rows.empty() || SameShape(own_rows[0]->shape, p.shape))) {
+      own_rows.push_back(&p);
+    } else if (own_only) {
+      single.push_back(&p);
+    } else if (options_.cascade && CascadeAttention::Eligible(p)) {
       shared[{p.fixed.kv.k, CascadeAttention::Squeezed(p)}].push_back(&p);
     } else if (DeviceSelected(p)) {
       squeezed[p.fixed.policy.squeezed.hierarchical ? 1 : 0].push_back(&p);
@@ -388,6 +400,7 @@ void CudaBackend::AttentionBatch(std::span<const AttentionParams> calls) {
     }
   }
   for (const AttentionParams* p : single) Attention(*p);
+  if (!own_rows.empty()) dense_.DecodeBatch(own_rows);
   // One batched launch sequence per mode (all sequences of a model share the shapes).
   for (const auto& group : squeezed) {
     if (!group.empty()) squeezed_.Decode(group);

@@ -262,6 +262,19 @@ void CudaDevice::CopyToHostAtSync(void* host_dst, const void* src, size_t bytes)
   pending_to_host_.emplace_back(staged, host_dst, bytes);
 }
 
+void CudaDevice::CopyRowsToHostAtSync(std::span<void* const> host_dsts, const void* src,
+                                      size_t row_bytes) {
+  if (!ok() || host_dsts.empty() || row_bytes == 0) return;
+  const size_t bytes = host_dsts.size() * row_bytes;
+  char* staged = StagePinned(bytes);
+  Check(cudaMemcpyAsync(staged, src, bytes, cudaMemcpyDeviceToHost, stream_), "copy to host");
+  for (size_t i = 0; i < host_dsts.size(); ++i) {
+    if (host_dsts[i] != nullptr) {
+      pending_to_host_.emplace_back(staged + i * row_bytes, host_dsts[i], row_bytes);
+    }
+  }
+}
+
 void CudaDevice::FinishPendingCopies() {
   for (const auto& [src, dst, bytes] : pending_to_host_) {
     if (ok()) {

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -100,6 +101,9 @@ class CudaDevice {
               size_t rows);
   // Device -> pinned arena now; the bytes reach host_dst at the next Synchronize (or idle point).
   void CopyToHostAtSync(void* host_dst, const void* src, size_t bytes);
+  // Consecutive rows of `row_bytes` at src in one transfer: row i reaches host_dsts[i] (none
+  // where it is null) at the next Synchronize.
+  void CopyRowsToHostAtSync(std::span<void* const> host_dsts, const void* src, size_t row_bytes);
   // `bytes` of the pinned arena for one transfer (waits for the stream when it is full).
   char* StagePinned(size_t bytes);
 

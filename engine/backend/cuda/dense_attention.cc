@@ -144,6 +144,53 @@ void DenseAttention::Fixed(const AttentionParams& p, float* out, float* lse) {
   dev_.Check(gpu::LaunchPrefillAttention(pp, dev_.stream()), "fixed-context prefill attention");
 }
 
+void DenseAttention::DecodeBatch(std::span<const AttentionParams* const> calls) {
+  size_t at = 0;
+  while (at < calls.size() && dev_.ok()) {
+    const AttentionParams& p0 = *calls[at];
+    const AttentionShape& s = p0.shape;
+    const size_t row_floats = static_cast<size_t>(s.num_q_heads) * s.head_dim;
+    size_t end = at + 1;
+    while (end < calls.size() && calls[end]->q == p0.q + (end - at) * row_floats &&
+           calls[end]->out == p0.out + (end - at) * row_floats) {
+      ++end;
+    }
+    const int n = static_cast<int>(end - at);
+    kv_desc_.resize(n);
+    int max_len = 1;
+    for (int b = 0; b < n; ++b) {
+      const AttentionParams& p = *calls[at + b];
+      gpu::DecodeKv& e = kv_desc_[b];
+      e.k = static_cast<const bf16*>(p.dynamic.kv.k);
+      e.v = static_cast<const bf16*>(p.dynamic.kv.v);
+      e.head_stride = static_cast<int64_t>(p.dynamic.kv.head_stride);
+      e.len = p.dynamic.causal_offset + 1;
+      max_len = std::max(max_len, e.len);
+    }
+    const int group = s.num_q_heads / s.num_kv_heads;
+    const gpu::DecodeSplitPlan plan =
+        gpu::PlanDecodeSplits(n, s.num_kv_heads, max_len, DecodeCtas(s.head_dim, group));
+    auto* dev_desc = static_cast<gpu::DecodeKv*>(dev_.Scratch(kKvDesc, sizeof(gpu::DecodeKv) * n));
+    void* ws = dev_.Scratch(kDecodeWs,
+                            gpu::DecodeAttentionWorkspaceBytes(n, s.num_q_heads, s.head_dim, plan));
+    if (dev_desc == nullptr || ws == nullptr) return;
+    dev_.CopyFromHost(dev_desc, kv_desc_.data(), sizeof(gpu::DecodeKv) * n);
+    gpu::DecodeAttentionParams dp;
+    dp.batch = n;
+    dp.num_q_heads = s.num_q_heads;
+    dp.num_kv_heads = s.num_kv_heads;
+    dp.head_dim = s.head_dim;
+    dp.scale = s.scale;
+    dp.q = p0.q;
+    dp.kv = dev_desc;
+    dp.plan = plan;
+    dev_.Check(gpu::LaunchDecodeAttention(dp, ws, p0.out, /*out_bf16=*/false, /*lse=*/nullptr,
+                                          dev_.stream()),
+               "batched decode attention");
+    at = end;
+  }
+}
+
 void DenseAttention::Dynamic(const AttentionParams& p, float* out, float* lse) {
   const AttentionShape& s = p.shape;
   const int n = s.num_queries, hq = s.num_q_heads, hkv = s.num_kv_heads, d = s.head_dim;

@@ -27,6 +27,10 @@ class DenseAttention {
   void Fixed(const AttentionParams& p, float* out, float* lse);
   // The dynamic part of `p` (rows [0, causal_offset + n), causal) into out and lse.
   void Dynamic(const AttentionParams& p, float* out, float* lse);
+  // Decode steps (one token each) without a fixed context, of one shape: each sequence's dynamic
+  // rows, one launch sequence for every run of calls whose queries and outputs are consecutive
+  // rows of one array (a batch's decode steps in order), instead of one per call.
+  void DecodeBatch(std::span<const AttentionParams* const> calls);
   // Resident CTAs of the dense decode kernel for (head_dim, group), cached.
   int DecodeCtas(int head_dim, int group);
 

@@ -87,11 +87,9 @@ void SqueezedAttention::ReportToHost(const int32_t* counts,
                                      std::span<const AttentionParams* const> calls,
                                      int32_t* AttentionKeys::*field) {
   const size_t heads = calls[0]->shape.num_kv_heads;
-  for (size_t b = 0; b < calls.size(); ++b) {
-    if (int32_t* dst = calls[b]->fixed.*field; dst != nullptr) {
-      dev_.CopyToHostAtSync(dst, counts + heads * b, sizeof(int32_t) * heads);
-    }
-  }
+  report_dst_.resize(calls.size());
+  for (size_t b = 0; b < calls.size(); ++b) report_dst_[b] = calls[b]->fixed.*field;
+  dev_.CopyRowsToHostAtSync(report_dst_, counts, sizeof(int32_t) * heads);
 }
 
 // Mean cluster scores of one call's n query rows (qb: its queries in bf16), per KV head h into

@@ -64,6 +64,7 @@ class SqueezedAttention {
   };
   std::map<std::tuple<int, int, int, int, int, int, int64_t, int>, Plan> plans_;
   std::vector<gpu::SqueezeHeadDesc> head_desc_;
+  std::vector<void*> report_dst_;  // each call's kept-rows (or candidates) destination
 };
 
 }  // namespace squeeze
