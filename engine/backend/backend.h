@@ -315,6 +315,14 @@ class Backend {
                s.v_dst, s.dst_head_stride);
     }
   }
+  // RopeQK of q [T, q_heads, d] and k [T, Hkv, d] at positions [T], then AppendKvBatch of the
+  // rotated k and v: a step's RoPE and KV append (one launch on a device backend).
+  virtual void RopeAppendKvBatch(float* q, int q_heads, float* k, const float* v, int num_kv_heads,
+                                 const int32_t* positions, int n, int head_dim,
+                                 const float* inv_freq, std::span<const KvAppend> seqs) {
+    RopeQK(q, q_heads, k, num_kv_heads, positions, n, head_dim, inv_freq);
+    AppendKvBatch(k, v, num_kv_heads, head_dim, seqs);
+  }
   // See AttentionParams.
   virtual void Attention(const AttentionParams& params) = 0;
   // The attention calls of one layer for several sequences (outputs do not overlap); a device

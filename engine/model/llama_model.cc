@@ -480,10 +480,9 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
       be.RmsNorm(a.q, lw.q_norm, a.q, T * Hq, d, eps);
       be.RmsNorm(a.k, lw.k_norm, a.k, T * Hkv, d, eps);
     }
-    be.RopeQK(a.q, Hq, a.k, Hkv, a.positions, T, d, inv_freq);
 
-    // Every sequence's new K/V joins its dynamic KV (one call for the step); then its queries
-    // attend to the fixed context and, causally, to the dynamic KV.
+    // RoPE of q and k, and every sequence's new K/V joins its dynamic KV (one call for the
+    // step); then its queries attend to the fixed context and, causally, to the dynamic KV.
     for (size_t i = 0; i < steps.size(); ++i) {
       SequenceKV& kv = *steps[i].kv;
       const int past = kv.length();  // this step's tokens are committed after the last layer
@@ -491,7 +490,7 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
                     static_cast<size_t>(kv.capacity()) * d, plan.offset[i],
                     static_cast<int>(steps[i].tokens.size())};
     }
-    be.AppendKvBatch(a.k, a.v, Hkv, d, appends);
+    be.RopeAppendKvBatch(a.q, Hq, a.k, a.v, Hkv, a.positions, T, d, inv_freq, appends);
     for (size_t i = 0; i < steps.size(); ++i) {
       SequenceStep& s = steps[i];
       const int n = static_cast<int>(s.tokens.size());

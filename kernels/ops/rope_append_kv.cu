@@ -92,6 +92,59 @@ __global__ void AppendKvBatchKernel(const float* k_new, const float* v_new, int 
   }
 }
 
+// ---- RoPE and KV append in one pass ------------------------------------------------------------
+
+// Grid (rows): the CTA of token t computes its angles, rotates its q heads in place and its k
+// heads in place, and, when the token belongs to a sequence, writes the rotated k and v rows to
+// the sequence's cache. Each thread rotates one (head, i) pair and writes both of its elements,
+// so the cache gets exactly the values left in k (the arithmetic of RopeKernel).
+__global__ void __launch_bounds__(kRopeThreads)
+    RopeAppendKvBatchKernel(float* q, int q_heads, float* k, const float* v, int kv_heads,
+                            const int32_t* positions, int half, const float* inv_freq,
+                            const AppendKvTarget* seqs, int num_seqs) {
+  __shared__ float cos_s[kRopeMaxHalf], sin_s[kRopeMaxHalf];
+  const int t = blockIdx.x;
+  const float pos = static_cast<float>(positions[t]);
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    sincosf(pos * inv_freq[i], &sin_s[i], &cos_s[i]);
+  }
+  int lo = 0, hi = num_seqs - 1;
+  while (lo < hi) {  // the last sequence with row0 <= t
+    const int mid = (lo + hi + 1) / 2;
+    if (seqs[mid].row0 <= t) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  const AppendKvTarget s = seqs[lo];
+  const int local = t - s.row0;
+  const bool append = local >= 0 && local < s.n;
+  __syncthreads();
+  const int d = 2 * half;
+  const int pairs = (q_heads + kv_heads) * half;
+  for (int j = threadIdx.x; j < pairs; j += blockDim.x) {
+    const int h = j / half, i = j - h * half;
+    const bool is_k = h >= q_heads;
+    const int kh = h - q_heads;
+    float* row = is_k ? k + (static_cast<size_t>(t) * kv_heads + kh) * d
+                      : q + (static_cast<size_t>(t) * q_heads + h) * d;
+    const float x1 = row[i], x2 = row[i + half], c = cos_s[i], sn = sin_s[i];
+    const float y1 = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, sn));
+    const float y2 = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, sn));
+    row[i] = y1;
+    row[i + half] = y2;
+    if (is_k && append) {
+      const int64_t dst = kh * s.head_stride + static_cast<int64_t>(local) * d;
+      const float* vrow = v + (static_cast<size_t>(t) * kv_heads + kh) * d;
+      s.k_dst[dst + i] = __float2bfloat16_rn(y1);
+      s.k_dst[dst + i + half] = __float2bfloat16_rn(y2);
+      s.v_dst[dst + i] = __float2bfloat16_rn(vrow[i]);
+      s.v_dst[dst + i + half] = __float2bfloat16_rn(vrow[i + half]);
+    }
+  }
+}
+
 }  // namespace
 
 cudaError_t LaunchRopeQK(float* q, int q_heads, float* k, int k_heads, const int32_t* positions,
@@ -146,6 +199,27 @@ cudaError_t LaunchAppendKvBatch(const float* k_new, const float* v_new, int rows
   if (k_new == nullptr || v_new == nullptr || seqs == nullptr) return cudaErrorInvalidValue;
   AppendKvBatchKernel<<<rows, RowThreads(num_kv_heads * head_dim, kThreads), 0, stream>>>(
       k_new, v_new, num_kv_heads, head_dim, seqs, num_seqs);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchRopeAppendKvBatch(float* q, int q_heads, float* k, const float* v, int rows,
+                                    int num_kv_heads, int head_dim, const int32_t* positions,
+                                    const float* inv_freq, const AppendKvTarget* seqs, int num_seqs,
+                                    cudaStream_t stream) {
+  if (rows < 0 || num_seqs < 0 || q_heads <= 0 || num_kv_heads <= 0 || head_dim <= 0 ||
+      head_dim % 2 != 0 || head_dim / 2 > kRopeMaxHalf ||
+      (int64_t{q_heads} + num_kv_heads) * (head_dim / 2) > INT_MAX) {
+    return cudaErrorInvalidValue;
+  }
+  if (rows == 0) return cudaSuccess;
+  if (num_seqs == 0)
+    return LaunchRopeQK(q, q_heads, k, num_kv_heads, positions, rows, head_dim, inv_freq, stream);
+  if (q == nullptr || k == nullptr || v == nullptr || positions == nullptr || inv_freq == nullptr ||
+      seqs == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  RopeAppendKvBatchKernel<<<rows, kRopeThreads, 0, stream>>>(
+      q, q_heads, k, v, num_kv_heads, positions, head_dim / 2, inv_freq, seqs, num_seqs);
   return cudaGetLastError();
 }
 

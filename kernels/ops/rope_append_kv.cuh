@@ -1,6 +1,6 @@
 // Rotary embedding of the new tokens' queries and keys, and the append of their K/V rows to a
-// per-head bf16 cache. CPU reference: CpuBackend::Rope / AppendKv (engine/backend/cpu/
-// cpu_backend.h); tested in tests/gpu/model_ops_test.cc.
+// per-head bf16 cache (apart or fused). CPU reference: CpuBackend::Rope / AppendKv
+// (engine/backend/cpu/cpu_backend.h); tested in tests/gpu/model_ops_test.cc.
 // Conventions (argument checks, alignment, math): kernels/ops/elementwise.cuh.
 // Plain C++ (includable from .cc files); the kernels live in rope_append_kv.cu.
 #pragma once
@@ -57,4 +57,12 @@ struct AppendKvTarget {
 cudaError_t LaunchAppendKvBatch(const float* k_new, const float* v_new, int rows, int num_kv_heads,
                                 int head_dim, const AppendKvTarget* seqs, int num_seqs,
                                 cudaStream_t stream);
+
+// LaunchRopeQK of q [rows, q_heads, d] and k [rows, num_kv_heads, d], then LaunchAppendKvBatch of
+// the rotated k and of v [rows, num_kv_heads, d], in one launch (one CTA per token) with the
+// same results bit for bit: the decode step's RoPE fused with its KV append.
+cudaError_t LaunchRopeAppendKvBatch(float* q, int q_heads, float* k, const float* v, int rows,
+                                    int num_kv_heads, int head_dim, const int32_t* positions,
+                                    const float* inv_freq, const AppendKvTarget* seqs, int num_seqs,
+                                    cudaStream_t stream);
 }  // namespace squeeze::gpu

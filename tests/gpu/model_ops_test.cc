@@ -469,6 +469,73 @@ TEST(ModelOpsTest, AppendKvBatchEqualsOneAppendPerSequence) {
   EXPECT_EQ(mismatches, 0u);
 }
 
+// The fused RoPE + append leaves q, k and both caches exactly as RoPE then the batched append.
+// Rows 0 and 21 belong to no sequence: rotated, not appended.
+TEST(ModelOpsTest, RopeAppendKvBatchEqualsRopeThenAppend) {
+  Rng rng(62);
+  const int q_heads = 12, heads = 4;
+  for (const int d : {64, 128}) {
+    SCOPED_TRACE(testing::Message() << "head_dim " << d);
+    struct Seq {
+      int row0, n, capacity, past;
+    };
+    const Seq seqs[] = {{1, 1, 20, 3}, {2, 17, 64, 0}, {19, 1, 8, 7}, {20, 1, 9, 1}};
+    const int rows = 22;
+    size_t arena = 0;
+    std::vector<size_t> base;
+    for (const Seq& q : seqs) {
+      base.push_back(arena);
+      arena += static_cast<size_t>(q.capacity) * heads * d;
+    }
+    const size_t q_count = static_cast<size_t>(rows) * q_heads * d;
+    const size_t kv_count = static_cast<size_t>(rows) * heads * d;
+    const std::vector<float> q = RandomVector(q_count, rng, 2.0f);
+    const std::vector<float> k = RandomVector(kv_count, rng, 2.0f);
+    const std::vector<float> v = RandomVector(kv_count, rng, 2.0f);
+    std::vector<int32_t> pos(rows);
+    for (int t = 0; t < rows; ++t) pos[t] = static_cast<int32_t>(rng.Int(0, 200000));
+    std::vector<float> inv_freq(d / 2);
+    for (int i = 0; i < d / 2; ++i) inv_freq[i] = std::pow(500000.0f, -2.0f * i / d);
+    DeviceArray<int32_t> d_pos(pos);
+    DeviceArray<float> d_inv(inv_freq);
+    DeviceArray<float> q_two(q), k_two(k), q_one(q), k_one(k), d_v(v);
+    DeviceArray<bf16> kc_two(arena), vc_two(arena), kc_one(arena), vc_one(arena);
+    for (auto* a : {&kc_two, &vc_two, &kc_one, &vc_one}) a->Poison();
+    std::vector<gpu::AppendKvTarget> two, one;
+    for (size_t i = 0; i < std::size(seqs); ++i) {
+      const Seq& s = seqs[i];
+      const size_t stride = static_cast<size_t>(s.capacity) * d, first = base[i] + s.past * d;
+      two.push_back(
+          {kc_two.get() + first, vc_two.get() + first, static_cast<int64_t>(stride), s.row0, s.n});
+      one.push_back(
+          {kc_one.get() + first, vc_one.get() + first, static_cast<int64_t>(stride), s.row0, s.n});
+    }
+    DeviceArray<gpu::AppendKvTarget> d_two(two), d_one(one);
+    const int n_seqs = static_cast<int>(std::size(seqs));
+    CUDA_OK(gpu::LaunchRopeQK(q_two.get(), q_heads, k_two.get(), heads, d_pos.get(), rows, d,
+                              d_inv.get(), nullptr));
+    CUDA_OK(gpu::LaunchAppendKvBatch(k_two.get(), d_v.get(), rows, heads, d, d_two.get(), n_seqs,
+                                     nullptr));
+    CUDA_OK(gpu::LaunchRopeAppendKvBatch(q_one.get(), q_heads, k_one.get(), d_v.get(), rows, heads,
+                                         d, d_pos.get(), d_inv.get(), d_one.get(), n_seqs,
+                                         nullptr));
+    CUDA_OK(cudaDeviceSynchronize());
+    const std::vector<float> q1 = q_one.Download(), q2 = q_two.Download();
+    const std::vector<float> k1 = k_one.Download(), k2 = k_two.Download();
+    EXPECT_EQ(CountNonFinite(q1) + CountNonFinite(k1), 0u);
+    EXPECT_EQ(std::memcmp(q1.data(), q2.data(), q_count * sizeof(float)), 0);
+    EXPECT_EQ(std::memcmp(k1.data(), k2.data(), kv_count * sizeof(float)), 0);
+    EXPECT_GT(RelErr(q1, q), 0.1);  // rotated
+    const std::vector<bf16> ko = kc_one.Download(), kt = kc_two.Download();
+    const std::vector<bf16> vo = vc_one.Download(), vt = vc_two.Download();
+    size_t mismatches = 0;
+    for (size_t i = 0; i < arena; ++i) {
+      mismatches += (Bits(ko[i]) != Bits(kt[i])) + (Bits(vo[i]) != Bits(vt[i]));
+    }
+    EXPECT_EQ(mismatches, 0u);
+  }
+}
+
 // ---- dtype conversion --------------------------------------------------------------------------
 
 // Floats over a wide exponent range (subnormals to 1e30), with exact bf16 rounding ties
@@ -797,6 +864,15 @@ TEST(ModelOpsTest, LaunchersValidateArguments) {
   EXPECT_EQ(gpu::LaunchRopeQK(fp, 1, fp + 32, 0, ip, 1, 8, fp, nullptr), bad);
   EXPECT_EQ(gpu::LaunchRopeQK(fp, 1, nullptr, 0, nullptr, 1, 8, fp, nullptr), bad);
   EXPECT_EQ(gpu::LaunchRope(nullptr, nullptr, 0, 4, 64, nullptr, nullptr), cudaSuccess);
+  EXPECT_EQ(gpu::LaunchRopeAppendKvBatch(fp, 1, fp, fp, 1, 1, 7, ip, fp, nullptr, 0, nullptr),
+            bad);  // odd d
+  EXPECT_EQ(
+      gpu::LaunchRopeAppendKvBatch(fp, 1, nullptr, fp, 1, 1, 8, ip, fp,
+                                   reinterpret_cast<const gpu::AppendKvTarget*>(ip), 1, nullptr),
+      bad);
+  EXPECT_EQ(gpu::LaunchRopeAppendKvBatch(nullptr, 1, nullptr, nullptr, 0, 1, 8, nullptr, nullptr,
+                                         nullptr, 0, nullptr),
+            cudaSuccess);
 
   EXPECT_EQ(gpu::LaunchAppendKv(fp, fp, 2, 2, 8, hp, hp, 15, nullptr), bad);  // heads overlap
   EXPECT_EQ(gpu::LaunchAppendKv(fp, fp, 1, 0, 8, hp, hp, 8, nullptr), bad);

@@ -322,23 +322,42 @@ void CudaBackend::AppendKv(const float* k_new, const float* v_new, int n, int nu
       "append kv");
 }
 
-void CudaBackend::AppendKvBatch(const float* k_new, const float* v_new, int num_kv_heads,
-                                int head_dim, std::span<const KvAppend> seqs) {
-  if (!dev_->ok() || seqs.empty()) return;
+const gpu::AppendKvTarget* CudaBackend::AppendTargets(std::span<const KvAppend> seqs, int* rows) {
   append_targets_.resize(seqs.size());
-  int rows = 0;
+  *rows = 0;
   for (size_t i = 0; i < seqs.size(); ++i) {
     append_targets_[i] = {static_cast<bf16*>(seqs[i].k_dst), static_cast<bf16*>(seqs[i].v_dst),
                           static_cast<int64_t>(seqs[i].dst_head_stride), seqs[i].row0, seqs[i].n};
-    rows = std::max(rows, seqs[i].row0 + seqs[i].n);
+    *rows = std::max(*rows, seqs[i].row0 + seqs[i].n);
   }
   const size_t bytes = sizeof(gpu::AppendKvTarget) * seqs.size();
   auto* targets = static_cast<gpu::AppendKvTarget*>(dev_->Scratch(kAppendTargets, bytes));
+  if (targets != nullptr) dev_->CopyFromHost(targets, append_targets_.data(), bytes);
+  return targets;
+}
+
+void CudaBackend::AppendKvBatch(const float* k_new, const float* v_new, int num_kv_heads,
+                                int head_dim, std::span<const KvAppend> seqs) {
+  if (!dev_->ok() || seqs.empty()) return;
+  int rows = 0;
+  const gpu::AppendKvTarget* targets = AppendTargets(seqs, &rows);
   if (targets == nullptr) return;
-  dev_->CopyFromHost(targets, append_targets_.data(), bytes);
   dev_->Check(gpu::LaunchAppendKvBatch(k_new, v_new, rows, num_kv_heads, head_dim, targets,
                                        static_cast<int>(seqs.size()), dev_->stream()),
               "append kv");
+}
+
+void CudaBackend::RopeAppendKvBatch(float* q, int q_heads, float* k, const float* v,
+                                    int num_kv_heads, const int32_t* positions, int n, int head_dim,
+                                    const float* inv_freq, std::span<const KvAppend> seqs) {
+  if (!dev_->ok() || n <= 0) return;
+  int rows = 0;
+  const gpu::AppendKvTarget* targets = seqs.empty() ? nullptr : AppendTargets(seqs, &rows);
+  if (!seqs.empty() && targets == nullptr) return;
+  dev_->Check(
+      gpu::LaunchRopeAppendKvBatch(q, q_heads, k, v, n, num_kv_heads, head_dim, positions, inv_freq,
+                                   targets, static_cast<int>(seqs.size()), dev_->stream()),
+      "rope and append kv");
 }
 
 // Sampling on the device (engine/backend/cuda/cuda_sampling.h): the same tokens and PRNG

@@ -136,6 +136,9 @@ class CudaBackend final : public Backend {
                 void* k_dst, void* v_dst, size_t dst_head_stride) override;
   void AppendKvBatch(const float* k_new, const float* v_new, int num_kv_heads, int head_dim,
                      std::span<const KvAppend> seqs) override;
+  void RopeAppendKvBatch(float* q, int q_heads, float* k, const float* v, int num_kv_heads,
+                         const int32_t* positions, int n, int head_dim, const float* inv_freq,
+                         std::span<const KvAppend> seqs) override;
   void Attention(const AttentionParams& params) override;
   void AttentionBatch(std::span<const AttentionParams> calls) override;
 
@@ -143,6 +146,9 @@ class CudaBackend final : public Backend {
   explicit CudaBackend(std::unique_ptr<CudaDevice> dev);
   // Launches a decode product (gpu::LaunchGemv) with its workspace and arrival counters.
   void RunGemv(gpu::GemvParams& p, const char* what);
+
+  // The step's KV append targets in device scratch (copied there); *rows: the rows they cover.
+  const gpu::AppendKvTarget* AppendTargets(std::span<const KvAppend> seqs, int* rows);
 
   std::unique_ptr<CudaDevice> dev_;
   unsigned int* gemv_counters_ = nullptr;  // gpu::kGemvCounters, zeroed at first use
