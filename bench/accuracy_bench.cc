@@ -58,6 +58,7 @@ int Run() {
       configs.push_back({"hierarchical", v1::AttentionOptions::SQUEEZED, b, true});
     }
     configs.push_back({"recent", v1::AttentionOptions::RECENT, b, false});
+    configs.push_back({"pages", v1::AttentionOptions::PAGES, b, false});
   }
   for (absl::string_view m : absl::StrSplit(absl::GetFlag(FLAGS_masses), ',', absl::SkipEmpty())) {
     double x;

@@ -109,7 +109,7 @@ ABSL_FLAG(int, logprobs, -1,
           "(0..20) to stderr after the text (-1: off)");
 ABSL_FLAG(bool, ignore_eos, false, "generate: keep going after EOS");
 ABSL_FLAG(std::string, mode, "",
-          "generate: attention mode: squeezed | dense | recent (default: auto)");
+          "generate: attention mode: squeezed | dense | recent | pages (default: auto)");
 ABSL_FLAG(double, budget, -1, "generate: kept fraction of context keys (-1: server default)");
 ABSL_FLAG(double, mass, -1,
           "generate: keep clusters until this estimated attention mass instead of a budget");
@@ -349,8 +349,10 @@ int Generate(SqueezeClient& client) {
     req.mutable_attention()->set_mode(v1::AttentionOptions::DENSE);
   } else if (mode == "recent") {
     req.mutable_attention()->set_mode(v1::AttentionOptions::RECENT);
+  } else if (mode == "pages") {
+    req.mutable_attention()->set_mode(v1::AttentionOptions::PAGES);
   } else if (!mode.empty()) {
-    return Usage("--mode must be squeezed, dense or recent");
+    return Usage("--mode must be squeezed, dense, recent or pages");
   }
   if (absl::GetFlag(FLAGS_budget) >= 0) {
     req.mutable_attention()->set_budget(absl::GetFlag(FLAGS_budget));

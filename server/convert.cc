@@ -271,6 +271,9 @@ absl::StatusOr<GenerateRequest> ConvertGenerateRequest(const v1::GenerateRequest
     case v1::AttentionOptions::RECENT:
       out.attention.mode = AttentionMode::kRecent;
       break;
+    case v1::AttentionOptions::PAGES:
+      out.attention.mode = AttentionMode::kPages;
+      break;
     case v1::AttentionOptions::MODE_UNSPECIFIED:
       out.attention.mode = AttentionMode::kAuto;
       break;
@@ -399,6 +402,9 @@ v1::GenerateResponse ToProto(const GenerateEvent& e) {
         break;
       case AttentionMode::kRecent:
         out.set_attention_mode(v1::AttentionOptions::RECENT);
+        break;
+      case AttentionMode::kPages:
+        out.set_attention_mode(v1::AttentionOptions::PAGES);
         break;
       default:
         out.set_attention_mode(v1::AttentionOptions::DENSE);

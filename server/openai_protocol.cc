@@ -93,6 +93,8 @@ const char* ModeName(AttentionMode m) {
       return "dense";
     case AttentionMode::kRecent:
       return "recent";
+    case AttentionMode::kPages:
+      return "pages";
     case AttentionMode::kAuto:
       break;
   }
@@ -206,8 +208,10 @@ absl::StatusOr<ParsedRequest> ParseRequest(const json& body, bool chat,
       g.mutable_attention()->set_mode(v1::AttentionOptions::DENSE);
     } else if (mode == "recent") {
       g.mutable_attention()->set_mode(v1::AttentionOptions::RECENT);
+    } else if (mode == "pages") {
+      g.mutable_attention()->set_mode(v1::AttentionOptions::PAGES);
     } else {
-      return Invalid("attention_mode", "must be squeezed, dense or recent");
+      return Invalid("attention_mode", "must be squeezed, dense, recent or pages");
     }
   }
   // Completions: `logprobs` = number of alternatives. Chat: `logprobs` true + `top_logprobs`.

@@ -119,8 +119,8 @@ SqueezeMetrics::SqueezeMetrics(const Engine* engine)
                          "Fraction of the fixed context's keys attended per completed request "
                          "with a context, by attention mode")
                      .Register(*registry_);
-  const char* modes[3] = {"squeezed", "dense", "recent"};
-  for (int i = 0; i < 3; ++i) kv_budget_[i] = &budget.Add({{"mode", modes[i]}}, kBudgetBuckets);
+  const char* modes[4] = {"squeezed", "dense", "recent", "pages"};
+  for (int i = 0; i < 4; ++i) kv_budget_[i] = &budget.Add({{"mode", modes[i]}}, kBudgetBuckets);
   auto& stages = BuildHistogram()
                      .Name("squeeze_registration_seconds")
                      .Help("Time spent per registration stage of newly registered contexts")
@@ -169,6 +169,9 @@ void SqueezeMetrics::ObserveGenerate(const GenerateEvent& e) {
         break;
       case AttentionMode::kRecent:
         kv_budget_[2]->Observe(e.usage.kv_budget);
+        break;
+      case AttentionMode::kPages:
+        kv_budget_[3]->Observe(e.usage.kv_budget);
         break;
       case AttentionMode::kAuto:
         break;  // resolved by the engine; never reported

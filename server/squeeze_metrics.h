@@ -8,7 +8,7 @@
 //
 // Label values: status is the canonical code name (OK, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ...);
 // finish_reason is length | stop | eos for completed requests and abort for any other outcome;
-// mode is squeezed | dense | recent.
+// mode is squeezed | dense | recent | pages.
 #pragma once
 
 #include <cstdint>
@@ -60,7 +60,7 @@ class SqueezeMetrics final : public metrics::Collectable {
   metrics::Histogram& e2e_latency_;
   metrics::Histogram& queue_time_;
   metrics::Histogram& inter_token_latency_;
-  metrics::Histogram* kv_budget_[3];  // squeezed, dense, recent
+  metrics::Histogram* kv_budget_[4];  // squeezed, dense, recent, pages
   metrics::Gauge& running_;
   metrics::Gauge& waiting_;
   metrics::Gauge& registrations_running_;

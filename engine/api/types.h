@@ -23,7 +23,7 @@ struct PromptInput {
   std::optional<std::vector<ChatMessage>> messages;
 };
 
-enum class AttentionMode { kAuto, kSqueezed, kDense, kRecent };
+enum class AttentionMode { kAuto, kSqueezed, kDense, kRecent, kPages };
 
 struct AttentionRequest {
   AttentionMode mode = AttentionMode::kAuto;

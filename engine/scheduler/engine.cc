@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "engine/attention/page_selection.h"
 #include "engine/attention/recency_selection.h"
 #include "engine/common/status_macros.h"
 #include "engine/sampling/sampler.h"
@@ -28,7 +29,7 @@ struct Engine::Sequence {
   SequenceKV kv;
   std::unique_ptr<FixedContextAttention> fixed;
   SqueezedFixedContextAttention* squeezed = nullptr;  // = fixed when squeezed
-  double recent_budget = 1.0;                         // kept fraction in recent mode
+  double recent_budget = 1.0;                         // kept fraction in recent/pages mode
   AttentionMode mode = AttentionMode::kDense;
   std::unique_ptr<Sampler> sampler;
   std::unique_ptr<StreamingDetokenizer> detok;
@@ -270,9 +271,11 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
   if (att.mass && mode != AttentionMode::kSqueezed) {
     return absl::InvalidArgumentError("mass applies to squeezed mode only");
   }
-  if (mode == AttentionMode::kRecent && (!seq->context || att.hierarchical.value_or(false))) {
+  if ((mode == AttentionMode::kRecent || mode == AttentionMode::kPages) &&
+      (!seq->context || att.hierarchical.value_or(false))) {
     return absl::InvalidArgumentError(
-        "recent mode needs a context and takes no hierarchical option");
+        absl::StrCat(mode == AttentionMode::kRecent ? "recent" : "pages",
+                     " mode needs a context and takes no hierarchical option"));
   }
   if (seq->context) {
     if (mode == AttentionMode::kSqueezed) {
@@ -304,6 +307,16 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
           std::make_unique<RecencyFixedContextAttention>(seq->context->kv, sinks, recent);
       seq->recent_budget = recency->kept_fraction();
       seq->fixed = std::move(recency);
+    } else if (mode == AttentionMode::kPages) {
+      // Pages of 16 tokens over the clustered span, `budget` of it, plus the sinks and window.
+      PageSelectionOptions po;
+      po.budget = att.budget.value_or(options_.default_budget);
+      po.window = index ? index->options.window : 100;
+      po.sinks = std::max(4, index ? index->options.sinks : 0);
+      po.num_q_heads = model_->config().num_heads;
+      auto pages = std::make_unique<PageFixedContextAttention>(seq->context->kv, po);
+      seq->recent_budget = pages->kept_fraction();
+      seq->fixed = std::move(pages);
     }
     // Dense: no selector (the forward attends to every row without a per-layer selection; a
     // device backend then also skips the host round trip of the queries).

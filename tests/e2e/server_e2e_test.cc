@@ -313,6 +313,18 @@ TEST_F(ServerE2ETest, SqueezedAttentionThroughTheApi) {
   ASSERT_TRUE(rr.status.ok()) << rr.status.error_message();
   EXPECT_EQ(rr.last.attention_mode(), v1::AttentionOptions::RECENT);
   EXPECT_LT(rr.last.usage().kv_budget(), 0.3);
+  // The query-aware page baseline.
+  v1::GenerateRequest pages = Request("flat", " The council", 4, 1, 0.0f);
+  pages.mutable_attention()->set_mode(v1::AttentionOptions::PAGES);
+  pages.mutable_attention()->set_budget(0.1);
+  GenerateResult pr = Generate(c(), pages);
+  ASSERT_TRUE(pr.status.ok()) << pr.status.error_message();
+  EXPECT_EQ(pr.last.attention_mode(), v1::AttentionOptions::PAGES);
+  EXPECT_GT(pr.last.usage().kv_budget(), 0.0);
+  EXPECT_LT(pr.last.usage().kv_budget(), 0.3);
+  EXPECT_EQ(pr.last.usage().completion_tokens(), 4);
+  pages.mutable_attention()->set_hierarchical(true);
+  EXPECT_EQ(Generate(c(), pages).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   // A context registered without an index serves dense only.
   v1::IndexOptions off;
   off.set_disable(true);

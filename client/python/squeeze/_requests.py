@@ -12,6 +12,7 @@ _MODES = {
     "squeezed": pb.AttentionOptions.SQUEEZED,
     "dense": pb.AttentionOptions.DENSE,
     "recent": pb.AttentionOptions.RECENT,
+    "pages": pb.AttentionOptions.PAGES,
 }
 
 
@@ -74,7 +75,7 @@ def generate_request(input, context="", *, max_tokens=None, temperature=None, to
                      ignore_eos=False, logprobs=None, mode=None, budget=None, hierarchical=None,
                      mass=None, request_id=""):
     if mode not in _MODES:
-        raise ValueError(f"mode must be one of squeezed, dense, recent or None, not {mode!r}")
+        raise ValueError(f"mode must be one of squeezed, dense, recent, pages or None, not {mode!r}")
     if isinstance(stop, str):
         raise TypeError("stop must be a list of strings, not a str")
     req = pb.GenerateRequest(context=context or "", input=prompt(input, "input"),
