@@ -15,9 +15,9 @@ MODEL=${MODEL:-$ROOT/models/squeeze-demo}
 WORK=$(mktemp -d)
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 "$BUILD/squeeze-server" --model="$MODEL" --address=127.0.0.1:0 --port_file="$WORK/port" \
-  --log_level=warn --max_tokens_cap=64 --metrics_address= ${SERVER_FLAGS:-} &
+  --log_level=warn --max_tokens_cap=64 --default_max_tokens=64 --metrics_address= ${SERVER_FLAGS:-} &
 PID=$!
-for _ in $(seq 1 300); do [ -s "$WORK/port" ] && break; sleep 0.1; done
+for _ in $(seq 1 1200); do [ -s "$WORK/port" ] && break; sleep 0.1; done
 files=()
 for len in "${LENGTHS[@]}"; do
   for v in $VARIANTS; do
