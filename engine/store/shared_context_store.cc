@@ -110,8 +110,10 @@ absl::Status WriteWhole(const std::string& path, const std::string& data) {
 
 }  // namespace
 
-SharedContextStore::SharedContextStore(std::string dir, std::string model_fingerprint)
+SharedContextStore::SharedContextStore(std::string dir, std::string model_fingerprint,
+                                       HostKvFormat kv_format)
     : model_fingerprint_(std::move(model_fingerprint)),
+      kv_format_(kv_format),
       root_((fs::path(dir) / ("model-" + model_fingerprint_.substr(0, 16))).string()) {}
 
 absl::Status SharedContextStore::Init() {
@@ -201,7 +203,7 @@ absl::StatusOr<std::shared_ptr<RegisteredContext>> SharedContextStore::Load(
     return absl::NotFoundError(absl::StrCat("context '", name, "' not found"));
   }
   if (!entry.ok()) return entry.status();
-  auto context = ReadContextFile(ObjectPath(entry->second), model_fingerprint_);
+  auto context = ReadContextFile(ObjectPath(entry->second), model_fingerprint_, kv_format_.dtype);
   if (!context.ok()) {
     return absl::Status(context.status().code(),
                         absl::StrCat("cannot load context '", name,
