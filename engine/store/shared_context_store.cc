@@ -146,7 +146,10 @@ absl::StatusOr<std::pair<ContextSummary, std::string>> SharedContextStore::ReadE
   ss << in.rdbuf();
   try {
     const json j = json::parse(ss.str());
-    return std::make_pair(FromJson(j), j.at("object").get<std::string>());
+    ContextSummary summary = FromJson(j);
+    // The writer's kv_bytes are in its host dtype; what the context takes here is in ours.
+    summary.kv_bytes = kv_format_.Bytes(summary.num_tokens);
+    return std::make_pair(std::move(summary), j.at("object").get<std::string>());
   } catch (const json::exception& e) {
     return absl::DataLossError(absl::StrCat("shared entry '", path, "' is corrupt: ", e.what()));
   }

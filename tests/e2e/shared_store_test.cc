@@ -199,6 +199,10 @@ TEST(SharedContextStoreFiles, NamesAreExclusiveAndCorruptEntriesAreSkipped) {
   EXPECT_EQ((*as_bf16)->kv.dtype(), DType::kBF16);
   EXPECT_THAT((*as_bf16)->kv.k.ToFloats(), ::testing::Each(0.5f));  // exact in bf16
   EXPECT_EQ((*as_bf16)->summary.kv_bytes, static_cast<int64_t>((*as_bf16)->kv.bytes()));
+  auto entry = bf16_replica.Lookup("", "x");
+  ASSERT_TRUE(entry.ok()) << entry.status();
+  EXPECT_EQ(entry->kv_bytes, 2 * 6 * 2 + 3 * 4);  // K and V in bf16, token_of
+  EXPECT_EQ(store.Lookup("", "x")->kv_bytes, 2 * 6 * 4 + 3 * 4);
   // Another model's store is another tree.
   SharedContextStore other_model(dir.string(), "fingerprint-b", format);
   ASSERT_TRUE(other_model.Init().ok());
