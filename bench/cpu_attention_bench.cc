@@ -99,8 +99,7 @@ int Run() {
     p.shape = {1, Hq, Hkv, d, 1.0f / std::sqrt(static_cast<float>(d))};
     p.q = capture.q[l].data();
     p.out = att.data();
-    p.fixed.kv = {reg->kv.k.data() + reg->kv.Offset(l, 0, 0),
-                  reg->kv.v.data() + reg->kv.Offset(l, 0, 0), static_cast<size_t>(S) * d, S};
+    p.fixed.kv = reg->kv.Layer(l);
     p.fixed.ranges = ranges;
     p.dynamic.kv = {dyn.key(l, 0, 0), dyn.value(l, 0, 0), static_cast<size_t>(dyn.capacity()) * d,
                     dyn_len};

@@ -53,9 +53,7 @@ class FidelityProbe final : public FixedContextAttention {
     const int S = ctx_.num_tokens, Hkv = ctx_.shape.num_kv_heads, d = ctx_.shape.head_dim;
     const AttentionShape shape{n, Hq_, Hkv, d, 1.0f / std::sqrt(static_cast<float>(d))};
     const size_t rows = static_cast<size_t>(n) * Hq_;
-    AttentionKeys fixed{.kv = {ctx_.k.data() + ctx_.Offset(layer, 0, 0),
-                               ctx_.v.data() + ctx_.Offset(layer, 0, 0), static_cast<size_t>(S) * d,
-                               S}};
+    AttentionKeys fixed{.kv = ctx_.Layer(layer)};
     AttentionKeys dynamic{.kv = {dyn_.key(layer, 0, 0), dyn_.value(layer, 0, 0),
                                  static_cast<size_t>(dyn_.capacity()) * d, past_ + n},
                           .causal_offset = past_};

@@ -27,12 +27,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string bytes(reinterpret_cast<const char*>(data), size);
   {
     std::istringstream in(bytes);
-    auto context = squeeze::ParseContextFile(in, size, FingerprintOf(bytes));
+    // Both host dtypes a server asks for (the file's K/V converted when it holds the other).
+    const squeeze::DType want = size % 2 == 0 ? squeeze::DType::kF32 : squeeze::DType::kBF16;
+    auto context = squeeze::ParseContextFile(in, size, FingerprintOf(bytes), want);
     if (context.ok()) {
       // A context that loads is consistent: every KV row and token is addressable.
       const auto& c = **context;
       volatile float sink = 0;
-      if (!c.kv.k.empty()) sink = sink + c.kv.k.back() + c.kv.v.back();
+      if (!c.kv.k.empty()) {
+        float last[2];
+        c.kv.k.ReadFloats(c.kv.k.size() - 1, 1, &last[0]);
+        c.kv.v.ReadFloats(c.kv.v.size() - 1, 1, &last[1]);
+        sink = sink + last[0] + last[1];
+      }
       volatile int32_t t = c.tokens.back();
       (void)t;
     }

@@ -117,12 +117,15 @@ absl::StatusOr<std::unique_ptr<SqueezeServer>> SqueezeServer::Start(ServerOption
       config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim, config.vocab_size,
       config.max_position_embeddings, model->weight_bytes() / (1024.0 * 1024.0 * 1024.0),
       loaded.device, absl::ToDoubleSeconds(absl::Now() - t0));
-  auto store =
-      std::make_unique<ContextStore>(options.state_dir, fingerprint, options.max_context_memory);
+  // Contexts' K/V stay on the host in the backend's KV dtype (bf16 on the GPU).
+  const HostKvFormat kv_format{model->kv_shape(), model->backend().kv_dtype()};
+  auto store = std::make_unique<ContextStore>(options.state_dir, fingerprint,
+                                              options.max_context_memory, kv_format);
   RETURN_IF_ERROR(store->LoadPersisted());
   SetInputLimits(*tokenizer, config, &options.limits);
   if (!options.shared_store.empty()) {
-    auto shared = std::make_unique<SharedContextStore>(options.shared_store, fingerprint);
+    auto shared =
+        std::make_unique<SharedContextStore>(options.shared_store, fingerprint, kv_format);
     RETURN_IF_ERROR(shared->Init());
     spdlog::info("sharing registered contexts through {}", shared->root());
     store->SetSharedStore(std::move(shared));

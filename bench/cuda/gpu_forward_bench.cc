@@ -432,6 +432,7 @@ int Main() {
     index.options.coarse_fraction = 0.01;
     constexpr int kClusterSize = 20;
     const int hd = c.head_dim;
+    std::vector<float> rows;
     for (int l = 0; l < c.num_layers; ++l) {
       for (int h = 0; h < c.num_kv_heads; ++h) {
         SqueezeHeadIndex head;
@@ -440,9 +441,9 @@ int Main() {
           head.offsets.push_back(r);
           head.sizes.push_back(size);
           std::vector<double> mean(hd, 0.0);
-          for (int t = r; t < r + size; ++t) {
-            const float* k = ctx.key(l, h, t);
-            for (int i = 0; i < hd; ++i) mean[i] += k[i];
+          const float* k = ctx.KeysF32(l, h, r, size, &rows);  // the host copy is bf16
+          for (int t = 0; t < size; ++t) {
+            for (int i = 0; i < hd; ++i) mean[i] += k[static_cast<size_t>(t) * hd + i];
           }
           for (int i = 0; i < hd; ++i) head.centroids.push_back(static_cast<float>(mean[i] / size));
         }

@@ -25,6 +25,7 @@
 #include "absl/status/statusor.h"
 #include "engine/backend/backend_cache.h"
 #include "engine/backend/cluster_tables.h"
+#include "engine/backend/dtype.h"
 #include "engine/backend/fixed_context.h"
 #include "engine/sampling/sampler.h"
 
@@ -33,11 +34,6 @@ namespace squeeze {
 struct ContextKV;
 class SequenceKV;
 class KMeansSolver;
-
-// Storage element types of weights and KV.
-enum class DType : uint8_t { kF32 = 0, kBF16 = 1 };
-inline size_t DTypeBytes(DType t) { return t == DType::kF32 ? 4 : 2; }
-inline const char* DTypeName(DType t) { return t == DType::kF32 ? "f32" : "bf16"; }
 
 // A weight matrix [rows, cols] in the Hugging Face [out_features, in_features] orientation, in
 // backend memory and the backend's weight dtype. Owned by the backend that made it (or, on the

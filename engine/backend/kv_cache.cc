@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "engine/common/parallel_for.h"
@@ -45,59 +46,46 @@ absl::Status SequenceKV::Reserve(int extra) {
   return absl::OkStatus();
 }
 
-namespace {
-
-float Bf16ToFloat(uint16_t bits) {
-  const uint32_t wide = static_cast<uint32_t>(bits) << 16;
-  float f;
-  std::memcpy(&f, &wide, sizeof(f));
-  return f;
-}
-
-// Copies `rows` rows of d elements of `dtype` from `src` (storage memory) into fp32 `dst`.
-void ReadRows(const SequenceKV& seq, const void* src, size_t elements, float* dst,
-              std::vector<uint16_t>* staging) {
-  Backend* be = seq.backend();
-  const bool host = be == nullptr || be->host_memory();
-  if (seq.dtype() == DType::kF32) {
-    if (host) {
-      std::memcpy(dst, src, elements * sizeof(float));
-    } else {
-      be->CopyToHostUnordered(dst, src, elements * sizeof(float));
-    }
-    return;
-  }
-  staging->resize(elements);
-  if (host) {
-    std::memcpy(staging->data(), src, elements * 2);
-  } else {
-    be->CopyToHostUnordered(staging->data(), src, elements * 2);
-  }
-  for (size_t i = 0; i < elements; ++i) dst[i] = Bf16ToFloat((*staging)[i]);
-}
-
-}  // namespace
-
 ContextKV ContextKV::FromSequence(const SequenceKV& seq, int n) {
   ContextKV ctx;
   ctx.shape = seq.shape();
   ctx.num_tokens = n;
   const int L = ctx.shape.num_layers, H = ctx.shape.num_kv_heads, d = ctx.shape.head_dim;
-  ctx.k.resize(static_cast<size_t>(L) * H * n * d);
-  ctx.v.resize(ctx.k.size());
+  const size_t elements = static_cast<size_t>(L) * H * n * d;
+  ctx.k = HostKvTensor(seq.dtype(), elements);
+  ctx.v = HostKvTensor(seq.dtype(), elements);
   ctx.token_of.resize(static_cast<size_t>(L) * H * n);
-  // Every (layer, head) block on its own: copies and conversions spread over the cores.
+  Backend* be = seq.backend();
+  const bool host = be == nullptr || be->host_memory();
+  // Every (layer, head) block on its own: the copies spread over the cores. Rows keep the
+  // storage's dtype (a device's bf16 comes back as bf16: half the bytes of fp32).
   ParallelFor(static_cast<size_t>(L) * H, [&](size_t block) {
     const int l = static_cast<int>(block / H), h = static_cast<int>(block % H);
-    std::vector<uint16_t> staging;
     if (n > 0) {
-      const size_t elements = static_cast<size_t>(n) * d;
-      ReadRows(seq, seq.key_data(l, h, 0), elements, &ctx.k[ctx.Offset(l, h, 0)], &staging);
-      ReadRows(seq, seq.value_data(l, h, 0), elements, &ctx.v[ctx.Offset(l, h, 0)], &staging);
+      const size_t bytes = static_cast<size_t>(n) * d * DTypeBytes(seq.dtype());
+      const size_t at = ctx.Offset(l, h, 0);
+      for (const auto& [dst, src] : {std::pair(ctx.k.at(at), seq.key_data(l, h, 0)),
+                                     std::pair(ctx.v.at(at), seq.value_data(l, h, 0))}) {
+        if (host) {
+          std::memcpy(dst, src, bytes);
+        } else {
+          be->CopyToHostUnordered(dst, src, bytes);
+        }
+      }
     }
     for (int t = 0; t < n; ++t) ctx.token_of[block * n + t] = t;
   });
   return ctx;
+}
+
+ContextKV ContextKV::ConvertedTo(DType dtype) const {
+  ContextKV out;
+  out.shape = shape;
+  out.num_tokens = num_tokens;
+  out.k = k.ConvertedTo(dtype);
+  out.v = v.ConvertedTo(dtype);
+  out.token_of = token_of;
+  return out;
 }
 
 }  // namespace squeeze

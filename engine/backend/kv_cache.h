@@ -1,6 +1,7 @@
 // Key/value storage. Keys are post-RoPE. A SequenceKV lives in host fp32 memory (the CPU
-// reference) or in a backend's memory in its kv_dtype() (bf16 on the GPU); a ContextKV is host
-// fp32 (indexing and persistence read it) and a backend keeps its own resident copy with it.
+// reference) or in a backend's memory in its kv_dtype() (bf16 on the GPU); a ContextKV lives on
+// the host in the same dtype (indexing and persistence read it) and a backend keeps its own
+// resident copy with it.
 #pragma once
 
 #include <cstddef>
@@ -10,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/host_kv_tensor.h"
 
 namespace squeeze {
 
@@ -88,28 +90,11 @@ class SequenceKV {
   std::unique_ptr<Buffer> k_buf_, v_buf_;  // backend storage
 };
 
-// Host float storage whose resize leaves new elements uninitialised (default-init), for
-// buffers that are filled right after (a 128K-token context on an 8B shape is 34 GB: zeroing it
-// first would cost seconds).
-template <typename T>
-struct DefaultInitAllocator : std::allocator<T> {
-  template <typename U>
-  struct rebind {
-    using other = DefaultInitAllocator<U>;
-  };
-  using std::allocator<T>::allocator;
-  template <typename U>
-  void construct(U* p) noexcept {
-    ::new (static_cast<void*>(p)) U;
-  }
-  template <typename U, typename... Args>
-  void construct(U* p, Args&&... args) {
-    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
-  }
-};
-using HostFloats = std::vector<float, DefaultInitAllocator<float>>;
-
-// The immutable KV of a registered fixed context. Layout k[layer][kv_head][S][d], same for v.
+// The immutable KV of a registered fixed context. Layout k[layer][kv_head][S][d], same for v,
+// on the host in the KV dtype of the backend that computed it (FromSequence): bf16 for the CUDA
+// backend, which keeps KV in bf16 on the device anyway (half the host memory of fp32, and the
+// upload copies it as is), fp32 for the CPU reference. Readers that compute in fp32 (k-means,
+// tools) read rows through KeysF32/ValuesF32, which widen bf16 exactly.
 // Within each (layer, kv_head) the S rows are in *storage order*, which may be a permutation of
 // token order (Squeezed Attention stores keys grouped by cluster); `token_of` maps storage rows
 // back to token positions. Attention to the fixed context is not causal with respect to later
@@ -117,27 +102,60 @@ using HostFloats = std::vector<float, DefaultInitAllocator<float>>;
 struct ContextKV {
   KvShape shape;
   int num_tokens = 0;             // S
-  HostFloats k, v;                // [L][Hkv][S][d]
+  HostKvTensor k, v;              // [L][Hkv][S][d], both in dtype()
   std::vector<int32_t> token_of;  // [L][Hkv][S]: token position of each storage row
   // A backend's resident copy of k/v (Backend::ResidentContextKv), released with this object.
   // Whoever changes k or v must reset it.
   BackendCache resident;
 
+  DType dtype() const { return k.dtype(); }
   size_t Offset(int layer, int kv_head, int row) const {
     return ((static_cast<size_t>(layer) * shape.num_kv_heads + kv_head) * num_tokens + row) *
            shape.head_dim;
   }
+  // Row `row` of (layer, kv_head) in the storage dtype.
+  const void* key_data(int layer, int kv_head, int row) const {
+    return k.at(Offset(layer, kv_head, row));
+  }
+  const void* value_data(int layer, int kv_head, int row) const {
+    return v.at(Offset(layer, kv_head, row));
+  }
+  // fp32 rows of fp32 storage (dtype() == kF32; nullptr otherwise).
   const float* key(int layer, int kv_head, int row) const {
-    return &k[Offset(layer, kv_head, row)];
+    return k.f32() == nullptr ? nullptr : k.f32() + Offset(layer, kv_head, row);
   }
   const float* value(int layer, int kv_head, int row) const {
-    return &v[Offset(layer, kv_head, row)];
+    return v.f32() == nullptr ? nullptr : v.f32() + Offset(layer, kv_head, row);
   }
-  size_t bytes() const { return (k.size() + v.size()) * sizeof(float) + token_of.size() * 4; }
+  // Rows [row, row + n) of (layer, kv_head) as fp32 ([n][d]): the storage itself when it is
+  // fp32, else widened into `*scratch`.
+  const float* KeysF32(int layer, int kv_head, int row, int n, std::vector<float>* scratch) const {
+    return k.Floats(Offset(layer, kv_head, row), static_cast<size_t>(n) * shape.head_dim, scratch);
+  }
+  const float* ValuesF32(int layer, int kv_head, int row, int n,
+                         std::vector<float>* scratch) const {
+    return v.Floats(Offset(layer, kv_head, row), static_cast<size_t>(n) * shape.head_dim, scratch);
+  }
+  // Layer `layer`'s rows of every KV head as a host-memory view (the CPU reference attention
+  // and tools; its dtype is dtype()).
+  KvSlice Layer(int layer) const {
+    return {key_data(layer, 0, 0), value_data(layer, 0, 0),
+            static_cast<size_t>(num_tokens) * shape.head_dim, num_tokens, dtype()};
+  }
+  // Host bytes: K and V in their dtype, plus token_of.
+  size_t bytes() const { return k.bytes() + v.bytes() + token_of.size() * sizeof(int32_t); }
+  // bytes() of a context of `num_tokens` tokens of `shape` held in `dtype`.
+  static size_t BytesFor(const KvShape& shape, int64_t num_tokens, DType dtype) {
+    const size_t rows = static_cast<size_t>(shape.num_layers) * shape.num_kv_heads * num_tokens;
+    return rows * (2 * static_cast<size_t>(shape.head_dim) * DTypeBytes(dtype) + sizeof(int32_t));
+  }
+  // A copy with K and V in `dtype` (widening is exact; narrowing to bf16 rounds to nearest even,
+  // as the GPU does); without the resident copy.
+  ContextKV ConvertedTo(DType dtype) const;
 
-  // Builds a ContextKV in token order from the first `n` tokens of a sequence's KV (copied to
-  // the host and widened to fp32 when it lives in backend memory; callable from any thread once
-  // no queued op writes that KV any more).
+  // Builds a ContextKV in token order from the first `n` tokens of a sequence's KV, in the
+  // sequence's dtype (copied to the host when it lives in backend memory; callable from any
+  // thread once no queued op writes that KV any more).
   static ContextKV FromSequence(const SequenceKV& seq, int n);
 };
 

@@ -34,6 +34,10 @@ class BinaryWriter {
     out_->write(reinterpret_cast<const char*>(v.data()),
                 static_cast<std::streamsize>(v.size() * sizeof(T)));
   }
+  // `bytes` bytes as they are (the caller wrote their count).
+  void Raw(const void* data, size_t bytes) {
+    out_->write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
+  }
   bool ok() const { return out_->good(); }
 
  private:
@@ -72,6 +76,15 @@ class BinaryReader {
     if (bytes &&
         !in_->read(reinterpret_cast<char*>(v->data()), static_cast<std::streamsize>(bytes)))
       return Truncated();
+    left_ -= bytes;
+    return absl::OkStatus();
+  }
+  // `bytes` bytes into `data` (the caller checked their count against left()).
+  absl::Status Raw(void* data, uint64_t bytes) {
+    if (bytes > left_) return Truncated();
+    if (bytes && !in_->read(static_cast<char*>(data), static_cast<std::streamsize>(bytes))) {
+      return Truncated();
+    }
     left_ -= bytes;
     return absl::OkStatus();
   }

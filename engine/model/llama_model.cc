@@ -148,10 +148,10 @@ absl::Status ValidateSteps(std::span<const SequenceStep> steps, const ModelConfi
     }
     if (s.context != nullptr) {
       const ContextKV& ctx = *s.context;
-      const size_t floats = static_cast<size_t>(shape.num_layers) * shape.num_kv_heads *
-                            std::max(ctx.num_tokens, 0) * shape.head_dim;
-      if (!SameShape(ctx.shape, shape) || ctx.num_tokens < 0 || ctx.k.size() != floats ||
-          ctx.v.size() != floats) {
+      const size_t elements = static_cast<size_t>(shape.num_layers) * shape.num_kv_heads *
+                              std::max(ctx.num_tokens, 0) * shape.head_dim;
+      if (!SameShape(ctx.shape, shape) || ctx.num_tokens < 0 || ctx.k.size() != elements ||
+          ctx.v.size() != elements || ctx.k.dtype() != ctx.v.dtype()) {
         return absl::InvalidArgumentError(absl::StrCat(
             "Forward: step ", i, " fixed context KV ", ShapeString(ctx.shape), " with ",
             ctx.num_tokens, " tokens does not match the model's ", ShapeString(shape)));

@@ -280,15 +280,6 @@ const SafetensorsFile::Tensor* SafetensorsFile::Find(std::string_view name) cons
 
 // ---- Conversions --------------------------------------------------------------------------------
 
-float BFloat16ToFloat32(uint16_t bits) { return std::bit_cast<float>(uint32_t{bits} << 16); }
-
-uint16_t Float32ToBFloat16(float value) {
-  const uint32_t u = std::bit_cast<uint32_t>(value);
-  if (std::isnan(value)) return static_cast<uint16_t>((u >> 16) | 0x0040);  // keep it quiet NaN
-  const uint32_t rounding_bias = 0x7FFF + ((u >> 16) & 1);                  // ties to even
-  return static_cast<uint16_t>((u + rounding_bias) >> 16);
-}
-
 float Float16ToFloat32(uint16_t h) {
   const uint32_t sign = uint32_t{h & 0x8000u} << 16;
   const uint32_t exp = (h >> 10) & 0x1F;

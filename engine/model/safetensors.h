@@ -18,6 +18,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "engine/common/bfloat16.h"
 
 namespace squeeze {
 
@@ -96,10 +97,9 @@ class SafetensorsFile {
 // Other dtypes give an error naming the tensor and its dtype.
 absl::Status ToFloat32(const SafetensorsTensor& tensor, std::span<float> out);
 
-// fp32 -> bf16 / f16 bit patterns with round-to-nearest-even (NaN stays NaN, overflow -> inf).
-uint16_t Float32ToBFloat16(float value);
+// fp32 -> f16 bit pattern with round-to-nearest-even (NaN stays NaN, overflow -> inf), and back
+// (bf16: engine/common/bfloat16.h).
 uint16_t Float32ToFloat16(float value);
-float BFloat16ToFloat32(uint16_t bits);
 float Float16ToFloat32(uint16_t bits);
 
 // A tensor to write: fp32 values stored as `dtype` (kF32, kBF16 or kF16).

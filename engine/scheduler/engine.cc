@@ -178,9 +178,9 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Register(RegisterRequest req
   const ContextStore::Spec spec{.hash = reg->hash,
                                 .build_index = request.build_index,
                                 .index = request.index,
-                                .bytes = static_cast<int64_t>(S) * cfg.num_layers *
-                                         cfg.num_kv_heads * cfg.head_dim * 2 *
-                                         static_cast<int64_t>(sizeof(float))};
+                                // The host copy, in the backend's KV dtype (FromSequence).
+                                .bytes = static_cast<int64_t>(ContextKV::BytesFor(
+                                    model_->kv_shape(), S, model_->backend().kv_dtype()))};
   // The same registration already finished (or finishes later, when it is in progress): its
   // context, marked reused.
   auto reused = [S](RegisterCallback& callback, const ContextSummary& summary) {

@@ -51,12 +51,10 @@ std::vector<KMeansResult> ClusterLayer(const ContextKV& kv, int layer, int M,
   const int k = NumClustersFor(options.centroid_fraction, M);
   std::vector<std::mt19937_64> rngs;
   std::vector<std::mt19937_64*> rng_of(Hkv);
-  std::vector<const float*> keys(Hkv);
   rngs.reserve(Hkv);
   for (int h = 0; h < Hkv; ++h) {
     rngs.push_back(StreamFor(options.seed, layer, h, 0));
     rng_of[h] = &rngs.back();
-    keys[h] = kv.key(layer, h, options.sinks);
   }
   if (solver != nullptr) {
     // The same keys in the solver's device memory (the prefill's KV, token order): clustered
@@ -75,10 +73,16 @@ std::vector<KMeansResult> ClusterLayer(const ContextKV& kv, int layer, int M,
       auto in_place = solver->RunBatchInPlace(points, Hkv, M, d, k, options.max_iterations, rng_of);
       if (in_place) return *std::move(in_place);
     }
+    // The host keys as fp32 (bf16 storage widened exactly: the same values the device holds).
+    std::vector<std::vector<float>> scratch(Hkv);
+    std::vector<const float*> keys(Hkv);
+    for (int h = 0; h < Hkv; ++h) keys[h] = kv.KeysF32(layer, h, options.sinks, M, &scratch[h]);
     fine = solver->RunBatch(keys, M, d, k, options.max_iterations, rng_of);
   } else {
+    std::vector<float> scratch;
     for (int h = 0; h < Hkv; ++h) {
-      fine[h] = SphericalKMeans(keys[h], M, d, k, options.max_iterations, rngs[h]);
+      fine[h] = SphericalKMeans(kv.KeysF32(layer, h, options.sinks, M, &scratch), M, d, k,
+                                options.max_iterations, rngs[h]);
     }
   }
   return fine;
@@ -146,24 +150,26 @@ HeadPlan PlanHead(const KMeansResult& fine, int M, int d, int sinks, int layer, 
   return plan;
 }
 
-// Moves the clustered rows [sinks, sinks + M) of one slice into the planned order.
+// Moves the clustered rows [sinks, sinks + M) of one slice into the planned order (rows of
+// either dtype: a permutation of whole rows).
 void ApplyPlan(const std::vector<int32_t>& perm, int layer, int kv_head, int sinks, ContextKV* kv) {
   const int M = static_cast<int>(perm.size());
   if (M == 0) return;
-  const int d = kv->shape.head_dim;
+  const size_t row_bytes = static_cast<size_t>(kv->shape.head_dim) * DTypeBytes(kv->dtype());
   const size_t base = kv->Offset(layer, kv_head, sinks);
+  for (HostKvTensor* t : {&kv->k, &kv->v}) {
+    char* rows = static_cast<char*>(t->at(base));
+    const std::vector<char> old(rows, rows + static_cast<size_t>(M) * row_bytes);
+    for (int r = 0; r < M; ++r) {
+      std::memcpy(rows + static_cast<size_t>(r) * row_bytes,
+                  old.data() + static_cast<size_t>(perm[r]) * row_bytes, row_bytes);
+    }
+  }
   const size_t tok_base =
       (static_cast<size_t>(layer) * kv->shape.num_kv_heads + kv_head) * kv->num_tokens + sinks;
-  std::vector<float> k_old(kv->k.begin() + base, kv->k.begin() + base + static_cast<size_t>(M) * d);
-  std::vector<float> v_old(kv->v.begin() + base, kv->v.begin() + base + static_cast<size_t>(M) * d);
   std::vector<int32_t> tok_old(kv->token_of.begin() + tok_base,
                                kv->token_of.begin() + tok_base + M);
-  for (int r = 0; r < M; ++r) {
-    const size_t src = static_cast<size_t>(perm[r]) * d;
-    std::memcpy(&kv->k[base + static_cast<size_t>(r) * d], &k_old[src], sizeof(float) * d);
-    std::memcpy(&kv->v[base + static_cast<size_t>(r) * d], &v_old[src], sizeof(float) * d);
-    kv->token_of[tok_base + r] = tok_old[perm[r]];
-  }
+  for (int r = 0; r < M; ++r) kv->token_of[tok_base + r] = tok_old[perm[r]];
 }
 
 absl::Status CheckFinite(const float* x, size_t n, const char* what, int layer, int head) {
@@ -186,11 +192,12 @@ absl::Status CheckContext(const ContextKV& kv) {
   }
   const size_t rows = static_cast<size_t>(s.num_layers) * s.num_kv_heads * kv.num_tokens;
   if (kv.k.size() != rows * s.head_dim || kv.v.size() != rows * s.head_dim ||
-      kv.token_of.size() != rows) {
+      kv.token_of.size() != rows || kv.k.dtype() != kv.v.dtype()) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "context KV: tensor sizes (k %d, v %d, token_of %d) do not match the shape (%d rows x "
-        "%d)",
-        kv.k.size(), kv.v.size(), kv.token_of.size(), rows, s.head_dim));
+        "context KV: tensor sizes (k %d %s, v %d %s, token_of %d) do not match the shape (%d "
+        "rows x %d, one dtype)",
+        kv.k.size(), DTypeName(kv.k.dtype()), kv.v.size(), DTypeName(kv.v.dtype()),
+        kv.token_of.size(), rows, s.head_dim));
   }
   for (size_t r = 0; r < rows; ++r) {
     if (kv.token_of[r] != static_cast<int32_t>(r % kv.num_tokens)) {
@@ -306,10 +313,13 @@ absl::StatusOr<SqueezeIndex> BuildSqueezeIndex(ContextKV* kv, const QueryCapture
     }
     for (int l = 0; l < L; ++l) {
       for (int h = 0; h < Hkv; ++h) {
-        if (absl::Status s = CheckFinite(kv->key(l, h, options.sinks), static_cast<size_t>(M) * d,
-                                         "context keys", l, h);
-            !s.ok()) {
-          return s;
+        const size_t begin = kv->Offset(l, h, options.sinks), n = static_cast<size_t>(M) * d;
+        if (const size_t bad = kv->k.FindNonFinite(begin, n); bad < n) {
+          float value;
+          kv->k.ReadFloats(begin + bad, 1, &value);
+          return absl::InvalidArgumentError(
+              absl::StrFormat("context keys: non-finite value %g at layer %d, head %d (element %d)",
+                              value, l, h, bad));
         }
       }
     }

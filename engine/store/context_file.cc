@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -109,8 +110,38 @@ absl::Status ReadOptions(BinaryReader& r, SqueezeOptions* o) {
   return absl::OkStatus();
 }
 
+void WriteKv(BinaryWriter& w, const HostKvTensor& t) {
+  w.Pod<uint64_t>(t.size());
+  w.Raw(t.data(), t.bytes());
+}
+
+// Reads one K or V tensor stored as `stored` into `*out` as `want`. A conversion goes through
+// chunks, so reading an fp32 file into bf16 never holds both copies whole.
+absl::Status ReadKv(BinaryReader& r, DType stored, DType want, HostKvTensor* out) {
+  uint64_t n = 0;
+  RETURN_IF_ERROR(r.Pod(&n));
+  if (n > r.left() / DTypeBytes(stored)) return absl::DataLossError("file is truncated or corrupt");
+  *out = HostKvTensor(want, n);
+  if (stored == want) return r.Raw(out->data(), out->bytes());
+  constexpr uint64_t kChunk = uint64_t{1} << 20;
+  HostKvTensor staging(stored, std::min(n, kChunk));
+  for (uint64_t done = 0; done < n; done += kChunk) {
+    const uint64_t m = std::min(kChunk, n - done);
+    RETURN_IF_ERROR(r.Raw(staging.data(), m * DTypeBytes(stored)));
+    if (want == DType::kF32) {
+      staging.ReadFloats(0, m, out->f32() + done);  // bf16 -> fp32: exact
+    } else {
+      out->WriteFloats(done, m, staging.f32());  // fp32 -> bf16: nearest even
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status WriteBody(const RegisteredContext& c, const std::string& fingerprint,
                        std::ostream& out) {
+  if (c.kv.k.dtype() != c.kv.v.dtype()) {
+    return absl::InvalidArgumentError("context K and V have different dtypes");
+  }
   BinaryWriter w(&out);
   out.write(kMagic, sizeof(kMagic));
   w.Pod(kContextFileVersion);
@@ -126,8 +157,9 @@ absl::Status WriteBody(const RegisteredContext& c, const std::string& fingerprin
   w.Pod<int32_t>(c.kv.shape.num_kv_heads);
   w.Pod<int32_t>(c.kv.shape.head_dim);
   w.Pod<int32_t>(c.kv.num_tokens);
-  w.Vector(c.kv.k);
-  w.Vector(c.kv.v);
+  w.Pod(static_cast<uint8_t>(c.kv.dtype()));
+  WriteKv(w, c.kv.k);
+  WriteKv(w, c.kv.v);
   w.Vector(c.kv.token_of);
   w.Pod<uint8_t>(c.index != nullptr);
   WriteOptions(w, s.index_options);
@@ -222,8 +254,10 @@ absl::Status VerifyContextChecksum(std::istream& in, uint64_t size) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::shared_ptr<RegisteredContext>> ParseContextFile(
-    std::istream& in, uint64_t size, const std::string& fingerprint) {
+absl::StatusOr<std::shared_ptr<RegisteredContext>> ParseContextFile(std::istream& in, uint64_t size,
+                                                                    const std::string& fingerprint,
+                                                                    DType kv_dtype,
+                                                                    ContextFileInfo* info) {
   char magic[sizeof(kMagic)];
   if (size < sizeof(magic) || !in.read(magic, sizeof(magic)) ||
       std::memcmp(magic, kMagic, sizeof(kMagic)) != 0) {
@@ -232,10 +266,10 @@ absl::StatusOr<std::shared_ptr<RegisteredContext>> ParseContextFile(
   BinaryReader r(&in, size - sizeof(magic));
   uint32_t version = 0;
   RETURN_IF_ERROR(r.Pod(&version));
-  if (version != kContextFileVersion) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("context file version ", version, " (this server reads version ",
-                     kContextFileVersion, "); register the context again"));
+  if (version < kOldestContextFileVersion || version > kContextFileVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "context file version ", version, " (this server reads versions ",
+        kOldestContextFileVersion, " to ", kContextFileVersion, "); register the context again"));
   }
   std::string file_fingerprint;
   RETURN_IF_ERROR(r.String(&file_fingerprint));
@@ -257,8 +291,17 @@ absl::StatusOr<std::shared_ptr<RegisteredContext>> ParseContextFile(
   RETURN_IF_ERROR(r.Pod(&S));
   c->kv.shape = {L, H, d};
   c->kv.num_tokens = S;
-  RETURN_IF_ERROR(r.Vector(&c->kv.k));
-  RETURN_IF_ERROR(r.Vector(&c->kv.v));
+  DType stored = DType::kF32;  // version 2: always fp32
+  if (version >= 3) {
+    uint8_t code = 0;
+    RETURN_IF_ERROR(r.Pod(&code));
+    if (code != static_cast<uint8_t>(DType::kF32) && code != static_cast<uint8_t>(DType::kBF16)) {
+      return absl::DataLossError(absl::StrCat("unknown KV dtype ", static_cast<int>(code)));
+    }
+    stored = static_cast<DType>(code);
+  }
+  RETURN_IF_ERROR(ReadKv(r, stored, kv_dtype, &c->kv.k));
+  RETURN_IF_ERROR(ReadKv(r, stored, kv_dtype, &c->kv.v));
   RETURN_IF_ERROR(r.Vector(&c->kv.token_of));
   if (L <= 0 || H <= 0 || d <= 0 || S <= 0 || c->tokens.size() != static_cast<size_t>(S)) {
     return absl::DataLossError("inconsistent KV shape");
@@ -284,8 +327,9 @@ absl::StatusOr<std::shared_ptr<RegisteredContext>> ParseContextFile(
   if (const std::streamoff end = in.tellg(); end < 0 || static_cast<uint64_t>(end) != size) {
     return absl::DataLossError("trailing bytes after the context");
   }
+  if (info != nullptr) *info = {.version = version, .kv_dtype = stored};
   s.num_tokens = S;
-  s.kv_bytes = static_cast<int64_t>(c->kv.bytes());
+  s.kv_bytes = static_cast<int64_t>(c->kv.bytes());  // as held here (converted)
   s.has_index = c->index != nullptr;
   if (c->index) {
     s.num_centroids = c->index->num_centroids();
@@ -295,7 +339,9 @@ absl::StatusOr<std::shared_ptr<RegisteredContext>> ParseContextFile(
 }
 
 absl::StatusOr<std::shared_ptr<RegisteredContext>> ReadContextFile(const std::string& path,
-                                                                   const std::string& fingerprint) {
+                                                                   const std::string& fingerprint,
+                                                                   DType kv_dtype,
+                                                                   ContextFileInfo* info) {
   std::error_code ec;
   const uint64_t size = std::filesystem::file_size(path, ec);
   if (ec) return absl::NotFoundError(absl::StrCat("cannot stat '", path, "': ", ec.message()));
@@ -304,7 +350,7 @@ absl::StatusOr<std::shared_ptr<RegisteredContext>> ReadContextFile(const std::st
   RETURN_IF_ERROR(VerifyContextChecksum(in, size));
   in.clear();
   in.seekg(0);
-  return ParseContextFile(in, size - kDigestBytes, fingerprint);
+  return ParseContextFile(in, size - kDigestBytes, fingerprint, kv_dtype, info);
 }
 
 }  // namespace squeeze

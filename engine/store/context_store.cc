@@ -75,10 +75,11 @@ std::string HashTokens(const std::vector<int32_t>& tokens) {
 }
 
 ContextStore::ContextStore(std::string state_dir, std::string model_fingerprint,
-                           int64_t memory_limit_bytes)
+                           int64_t memory_limit_bytes, HostKvFormat kv_format)
     : state_dir_(std::move(state_dir)),
       model_fingerprint_(std::move(model_fingerprint)),
-      memory_limit_bytes_(memory_limit_bytes) {}
+      memory_limit_bytes_(memory_limit_bytes),
+      kv_format_(kv_format) {}
 
 ContextStore::~ContextStore() {
   if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the flock
@@ -170,7 +171,8 @@ absl::Status ContextStore::LoadPersisted() {
   for (const auto& entry : fs::directory_iterator(state_dir_, ec)) {
     if (!entry.is_regular_file() || entry.path().extension() != kContextFileSuffix) continue;
     const std::string path = entry.path().string();
-    auto context = ReadContextFile(path, model_fingerprint_);
+    ContextFileInfo info;
+    auto context = ReadContextFile(path, model_fingerprint_, kv_format_.dtype, &info);
     if (!context.ok()) {
       if (context.status().code() == absl::StatusCode::kDataLoss) {
         Quarantine(path, context.status());
@@ -182,7 +184,13 @@ absl::Status ContextStore::LoadPersisted() {
     absl::MutexLock lock(&mu_);
     const ContextSummary& s = (*context)->summary;
     bytes_ += s.kv_bytes;
-    spdlog::info("loaded context '{}' ({} tokens) from {}", s.name, s.num_tokens, path);
+    if (info.kv_dtype != kv_format_.dtype) {
+      spdlog::info("loaded context '{}' ({} tokens) from {} (version {}), K/V {} -> {}", s.name,
+                   s.num_tokens, path, info.version, DTypeName(info.kv_dtype),
+                   DTypeName(kv_format_.dtype));
+    } else {
+      spdlog::info("loaded context '{}' ({} tokens) from {}", s.name, s.num_tokens, path);
+    }
     contexts_[{s.tenant, s.name}] = std::move(*context);
   }
   return absl::OkStatus();

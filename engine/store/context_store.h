@@ -32,13 +32,16 @@ class ContextStore {
  public:
   // `state_dir` empty: memory only. `model_fingerprint` guards against loading contexts
   // computed by another model. `memory_limit_bytes` bounds the resident KV (0: unlimited).
-  ContextStore(std::string state_dir, std::string model_fingerprint, int64_t memory_limit_bytes);
+  // Persisted contexts are loaded into `kv_format` (their K/V converted when a file holds
+  // another dtype).
+  ContextStore(std::string state_dir, std::string model_fingerprint, int64_t memory_limit_bytes,
+               HostKvFormat kv_format);
   ~ContextStore();  // releases the state directory's lock
 
   // Takes the state directory's lock (FAILED_PRECONDITION, naming the holder's pid, when another
   // server holds it), removes temporary files an interrupted write left behind, and loads every
-  // persisted context. Files written for another model or version are skipped with a warning
-  // (never deleted); corrupted ones are quarantined with a warning.
+  // persisted context. Files written for another model or an unknown version are skipped with a
+  // warning (never deleted); corrupted ones are quarantined with a warning.
   absl::Status LoadPersisted();
 
   // Shares contexts with other replicas through `shared`: published contexts are written there
@@ -112,6 +115,7 @@ class ContextStore {
   const std::string state_dir_;
   const std::string model_fingerprint_;
   const int64_t memory_limit_bytes_;
+  const HostKvFormat kv_format_;
   int lock_fd_ = -1;
   std::unique_ptr<SharedContextStore> shared_;  // null: this replica's contexts only
   mutable absl::Mutex mu_;

@@ -21,6 +21,18 @@ struct RegisteredContext {
   std::unique_ptr<SqueezeIndex> index;  // null: dense only
 };
 
+// How a server holds registered contexts' K/V on the host: its model's KV shape and its
+// backend's KV dtype (Backend::kv_dtype(): bf16 on the GPU, fp32 on the CPU). Persisted contexts
+// are converted to it on load and their memory is counted in it.
+struct HostKvFormat {
+  KvShape shape;
+  DType dtype = DType::kF32;
+  // Host bytes of a context of `num_tokens` tokens (what its ContextKV::bytes() will be).
+  int64_t Bytes(int64_t num_tokens) const {
+    return static_cast<int64_t>(ContextKV::BytesFor(shape, num_tokens, dtype));
+  }
+};
+
 // Hex SHA-256 of the token ids (little-endian int32), the identity of a context's content.
 std::string HashTokens(const std::vector<int32_t>& tokens);
 

@@ -110,8 +110,10 @@ absl::Status WriteWhole(const std::string& path, const std::string& data) {
 
 }  // namespace
 
-SharedContextStore::SharedContextStore(std::string dir, std::string model_fingerprint)
+SharedContextStore::SharedContextStore(std::string dir, std::string model_fingerprint,
+                                       HostKvFormat kv_format)
     : model_fingerprint_(std::move(model_fingerprint)),
+      kv_format_(kv_format),
       root_((fs::path(dir) / ("model-" + model_fingerprint_.substr(0, 16))).string()) {}
 
 absl::Status SharedContextStore::Init() {
@@ -144,7 +146,10 @@ absl::StatusOr<std::pair<ContextSummary, std::string>> SharedContextStore::ReadE
   ss << in.rdbuf();
   try {
     const json j = json::parse(ss.str());
-    return std::make_pair(FromJson(j), j.at("object").get<std::string>());
+    ContextSummary summary = FromJson(j);
+    // The writer's kv_bytes are in its host dtype; what the context takes here is in ours.
+    summary.kv_bytes = kv_format_.Bytes(summary.num_tokens);
+    return std::make_pair(std::move(summary), j.at("object").get<std::string>());
   } catch (const json::exception& e) {
     return absl::DataLossError(absl::StrCat("shared entry '", path, "' is corrupt: ", e.what()));
   }
@@ -201,7 +206,7 @@ absl::StatusOr<std::shared_ptr<RegisteredContext>> SharedContextStore::Load(
     return absl::NotFoundError(absl::StrCat("context '", name, "' not found"));
   }
   if (!entry.ok()) return entry.status();
-  auto context = ReadContextFile(ObjectPath(entry->second), model_fingerprint_);
+  auto context = ReadContextFile(ObjectPath(entry->second), model_fingerprint_, kv_format_.dtype);
   if (!context.ok()) {
     return absl::Status(context.status().code(),
                         absl::StrCat("cannot load context '", name,

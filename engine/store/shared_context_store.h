@@ -26,7 +26,10 @@ namespace squeeze {
 
 class SharedContextStore {
  public:
-  SharedContextStore(std::string dir, std::string model_fingerprint);
+  // Contexts are loaded into `kv_format` (converted when an object holds another K/V dtype),
+  // and entries report their kv_bytes in it (a replica of another backend may have written
+  // them).
+  SharedContextStore(std::string dir, std::string model_fingerprint, HostKvFormat kv_format);
 
   // Creates the directories; FAILED_PRECONDITION with the path when it cannot.
   absl::Status Init();
@@ -54,6 +57,7 @@ class SharedContextStore {
   absl::StatusOr<std::pair<ContextSummary, std::string>> ReadEntry(const std::string& path) const;
 
   const std::string model_fingerprint_;
+  const HostKvFormat kv_format_;
   const std::string root_;  // <dir>/<model key>
 };
 

@@ -55,8 +55,9 @@ class EngineFaultTest : public ::testing::Test {
     backend_ = backend.get();
     auto model = LlamaModel::Create(*config, std::move(*weights), std::move(backend));
     ASSERT_TRUE(model.ok()) << model.status();
+    const HostKvFormat kv_format{(*model)->kv_shape(), (*model)->backend().kv_dtype()};
     engine_ = std::make_unique<Engine>(EngineOptions{}, std::move(*model), std::move(*tokenizer),
-                                       std::make_unique<ContextStore>("", "test", 0));
+                                       std::make_unique<ContextStore>("", "test", 0, kv_format));
     engine_->SetFaultHandler([this](const absl::Status& why) {
       ++fault_calls_;
       fault_message_ = std::string(why.message());

@@ -292,8 +292,8 @@ ContextKV Permute(const ContextKV& in, std::mt19937_64& rng) {
       std::iota(perm.begin(), perm.end(), 0);
       std::shuffle(perm.begin(), perm.end(), rng);
       for (int r = 0; r < S; ++r) {
-        std::copy_n(in.key(l, h, perm[r]), d, &out.k[out.Offset(l, h, r)]);
-        std::copy_n(in.value(l, h, perm[r]), d, &out.v[out.Offset(l, h, r)]);
+        std::copy_n(in.key(l, h, perm[r]), d, out.k.f32() + out.Offset(l, h, r));
+        std::copy_n(in.value(l, h, perm[r]), d, out.v.f32() + out.Offset(l, h, r));
         const size_t base = (static_cast<size_t>(l) * in.shape.num_kv_heads + h) * S;
         out.token_of[base + r] = in.token_of[base + perm[r]];
       }

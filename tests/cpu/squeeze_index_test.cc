@@ -200,6 +200,45 @@ TEST(SqueezeIndexTest, BuildIsDeterministicForASeed) {
   EXPECT_EQ(a.kv.token_of, b.kv.token_of);
 }
 
+// The CUDA backend's host copy is bf16. The index built from it is the index of the fp32 keys
+// the device holds (the same values rounded to bf16): k-means, calibration and the row reorder
+// see the same inputs, and the reordered bf16 rows are those fp32 rows, bit for bit.
+TEST(SqueezeIndexTest, Bf16HostCopyGivesTheIndexOfTheDeviceRoundedKeys) {
+  for (bool hierarchical : {false, true}) {
+    SCOPED_TRACE(hierarchical ? "hierarchical" : "flat");
+    const TestContext c = MakeContext(2, 2, 4, 16, 500, 30, 21);
+    ContextKV bf16 = c.kv.ConvertedTo(DType::kBF16);
+    ContextKV rounded = bf16.ConvertedTo(DType::kF32);  // fp32 storage of the bf16 values
+    ASSERT_EQ(bf16.dtype(), DType::kBF16);
+    ASSERT_NE(rounded.k, c.kv.k);  // rounding changed the keys: the comparison means something
+    const SqueezeOptions o = Options(30, 2, hierarchical);
+    auto from_bf16 = BuildSqueezeIndex(&bf16, c.capture, c.num_q_heads, o);
+    auto from_rounded = BuildSqueezeIndex(&rounded, c.capture, c.num_q_heads, o);
+    ASSERT_TRUE(from_bf16.ok()) << from_bf16.status();
+    ASSERT_TRUE(from_rounded.ok()) << from_rounded.status();
+    EXPECT_GT(from_bf16->num_centroids(), 0);
+    EXPECT_TRUE(*from_bf16 == *from_rounded);
+    EXPECT_EQ(bf16.dtype(), DType::kBF16);  // reordered in place, still bf16
+    EXPECT_EQ(bf16.token_of, rounded.token_of);
+    EXPECT_EQ(bf16.ConvertedTo(DType::kF32).k, rounded.k);
+    EXPECT_EQ(bf16.ConvertedTo(DType::kF32).v, rounded.v);
+    CheckLayout(*from_rounded, rounded,
+                c.original.ConvertedTo(DType::kBF16).ConvertedTo(DType::kF32));
+  }
+}
+
+TEST(SqueezeIndexTest, NonFiniteBf16KeyIsRefused) {
+  const TestContext c = MakeContext(1, 2, 4, 8, 200, 20, 22);
+  ContextKV kv = c.kv.ConvertedTo(DType::kBF16);
+  kv.k.bf16()[kv.Offset(0, 1, 50) + 2] = 0x7FC0;  // NaN
+  const HostKvTensor before = kv.k;
+  auto index = BuildSqueezeIndex(&kv, c.capture, 4, Options(20, 0, false));
+  ASSERT_FALSE(index.ok());
+  EXPECT_THAT(std::string(index.status().message()),
+              HasSubstr("context keys: non-finite value nan at layer 0, head 1"));
+  EXPECT_EQ(kv.k, before);
+}
+
 TEST(SqueezeIndexTest, NothingToClusterIsValid) {
   TestContext c = MakeContext(1, 2, 4, 8, 50, 40, 4);
   auto index = BuildSqueezeIndex(&c.kv, c.capture, 4, Options(40, 10, true));
@@ -270,8 +309,8 @@ TEST(SqueezeIndexTest, BadInputsAreRejectedAndLeaveTheContextUntouched) {
   }
   {  // Non-finite key.
     ContextKV kv = c.kv;
-    kv.k[kv.Offset(1, 1, 7) + 3] = std::numeric_limits<float>::infinity();
-    const HostFloats before = kv.k;
+    kv.k.f32()[kv.Offset(1, 1, 7) + 3] = std::numeric_limits<float>::infinity();
+    const HostKvTensor before = kv.k;
     auto index = BuildSqueezeIndex(&kv, c.capture, 4, o);
     ASSERT_FALSE(index.ok());
     EXPECT_THAT(std::string(index.status().message()), HasSubstr("context keys"));

@@ -165,14 +165,15 @@ TEST(SharedContextStoreFiles, NamesAreExclusiveAndCorruptEntriesAreSkipped) {
   const fs::path dir =
       fs::temp_directory_path() / ("squeeze-shared-files-" + std::to_string(::getpid()));
   fs::remove_all(dir);
-  SharedContextStore store(dir.string(), "fingerprint-a");
+  const HostKvFormat format{.shape = {1, 1, 2}, .dtype = DType::kF32};
+  SharedContextStore store(dir.string(), "fingerprint-a", format);
   ASSERT_TRUE(store.Init().ok());
   RegisteredContext c;
   c.tokens = {1, 2, 3};
-  c.kv.shape = {1, 1, 2};
+  c.kv.shape = format.shape;
   c.kv.num_tokens = 3;
-  c.kv.k.assign(6, 0.5f);
-  c.kv.v.assign(6, 0.25f);
+  c.kv.k = HostKvTensor::FromFloats(DType::kF32, std::vector<float>(6, 0.5f));
+  c.kv.v = HostKvTensor::FromFloats(DType::kF32, std::vector<float>(6, 0.25f));
   c.kv.token_of = {0, 1, 2};
   c.summary.name = "x";
   c.summary.content_hash = HashTokens(c.tokens);
@@ -188,9 +189,22 @@ TEST(SharedContextStoreFiles, NamesAreExclusiveAndCorruptEntriesAreSkipped) {
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ((*loaded)->tokens, (std::vector<int32_t>{1, 2, 3}));
   ASSERT_EQ((*loaded)->kv.v.size(), 6u);
-  EXPECT_THAT((*loaded)->kv.v, ::testing::Each(0.25f));
+  EXPECT_THAT((*loaded)->kv.v.ToFloats(), ::testing::Each(0.25f));
+  // A replica that holds K/V in bf16 (a GPU one) reads the fp32 object converted, and counts the
+  // entry's memory in its own dtype.
+  SharedContextStore bf16_replica(dir.string(), "fingerprint-a",
+                                  HostKvFormat{.shape = format.shape, .dtype = DType::kBF16});
+  auto as_bf16 = bf16_replica.Load("", "x");
+  ASSERT_TRUE(as_bf16.ok()) << as_bf16.status();
+  EXPECT_EQ((*as_bf16)->kv.dtype(), DType::kBF16);
+  EXPECT_THAT((*as_bf16)->kv.k.ToFloats(), ::testing::Each(0.5f));  // exact in bf16
+  EXPECT_EQ((*as_bf16)->summary.kv_bytes, static_cast<int64_t>((*as_bf16)->kv.bytes()));
+  auto entry = bf16_replica.Lookup("", "x");
+  ASSERT_TRUE(entry.ok()) << entry.status();
+  EXPECT_EQ(entry->kv_bytes, 2 * 6 * 2 + 3 * 4);  // K and V in bf16, token_of
+  EXPECT_EQ(store.Lookup("", "x")->kv_bytes, 2 * 6 * 4 + 3 * 4);
   // Another model's store is another tree.
-  SharedContextStore other_model(dir.string(), "fingerprint-b");
+  SharedContextStore other_model(dir.string(), "fingerprint-b", format);
   ASSERT_TRUE(other_model.Init().ok());
   EXPECT_TRUE(absl::IsNotFound(other_model.Lookup("", "x").status()));
   // A corrupt entry is skipped by List and reported by Lookup.

@@ -152,8 +152,8 @@ TEST(CudaModel, UnsupportedHeadDimIsAClearError) {
 }
 
 // The demo model with a registered-style fixed context: context prefilled on the GPU, copied to
-// a ContextKV (host fp32), then the question and greedy decoding attend to it on the GPU. Same
-// greedy tokens as transformers; logits within tolerance.
+// a ContextKV (host bf16, as the device keeps it), then the question and greedy decoding attend
+// to it on the GPU (uploaded as is). Same greedy tokens as transformers; logits within tolerance.
 TEST(CudaModel, DemoModelFixedContext) {
   auto model = LoadCuda(kDemo);
   ASSERT_NE(model, nullptr);
@@ -167,6 +167,7 @@ TEST(CudaModel, DemoModelFixedContext) {
       Step(*model, std::span<const int32_t>(context).subspan(begin, n), &ctx_kv);
     }
     const ContextKV kv = ContextKV::FromSequence(ctx_kv, static_cast<int>(context.size()));
+    EXPECT_EQ(kv.dtype(), DType::kBF16);
     SequenceKV dyn = model->NewSequenceKV();
     std::vector<float> logits = Step(*model, question, &dyn, &kv);
     const auto last = c.at("last_logits").get<std::vector<std::vector<double>>>();
@@ -294,7 +295,7 @@ TEST(CudaModel, DeviceHierarchicalSelectionMatchesCpu) { CheckDeviceSelection(tr
 
 // A registered context's resident copy gathered on the device from the prefill's KV
 // (AdoptContextKv, rows put in the index's cluster order) equals the copy uploaded from the
-// reordered host KV: the same logits, bit for bit, dense and squeezed.
+// reordered host KV, bf16 or fp32: the same logits, bit for bit, dense and squeezed.
 TEST(CudaModel, AdoptedContextEqualsUploaded) {
   auto model = LoadCuda(kDemo);
   ASSERT_NE(model, nullptr);
@@ -316,19 +317,24 @@ TEST(CudaModel, AdoptedContextEqualsUploaded) {
   auto index = BuildSqueezeIndex(&adopted, capture, model->config().num_heads, options, nullptr,
                                  nullptr, model->backend().kmeans_solver(), &seq);
   ASSERT_TRUE(index.ok()) << index.status();
-  ContextKV uploaded = adopted;  // no resident copy yet: uploaded at first use
+  ASSERT_EQ(adopted.dtype(), DType::kBF16);  // the host copy is what the device holds
+  // No resident copies yet: uploaded at first use, the bf16 host copy as is, an fp32 one (a
+  // context made on the CPU) converted on the device.
+  ContextKV uploaded = adopted;
+  ContextKV uploaded_f32 = adopted.ConvertedTo(DType::kF32);
   model->backend().AdoptContextKv(adopted, std::move(seq));
   seq = SequenceKV();
   ASSERT_NE(adopted.resident.value, nullptr) << "the prefill's KV was not adopted";
+  const ContextKV* contexts[3] = {&adopted, &uploaded, &uploaded_f32};
   for (double budget : {-1.0, 0.1}) {
-    std::vector<float> logits[2];
-    for (int i = 0; i < 2; ++i) {
+    std::vector<float> logits[3];
+    for (int i = 0; i < 3; ++i) {
       SelectionOptions o;
       o.budget = std::max(budget, 0.0);
       SqueezedFixedContextAttention selector(*index, o);
       SequenceKV dyn = model->NewSequenceKV();
       SequenceStep st{.tokens = question,
-                      .context = i == 0 ? &adopted : &uploaded,
+                      .context = contexts[i],
                       .fixed = budget < 0 ? nullptr : &selector,
                       .kv = &dyn};
       ForwardOutput out;
@@ -336,6 +342,7 @@ TEST(CudaModel, AdoptedContextEqualsUploaded) {
       logits[i] = out.logits[0];
     }
     EXPECT_EQ(logits[0], logits[1]) << "budget " << budget;
+    EXPECT_EQ(logits[0], logits[2]) << "budget " << budget;
   }
 }
 

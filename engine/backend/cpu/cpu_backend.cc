@@ -127,6 +127,12 @@ absl::StatusOr<const float*> CpuBackend::RandomVector(int n, uint64_t seed, floa
 }
 
 absl::StatusOr<ContextKvView> CpuBackend::ResidentContextKv(const ContextKV& ctx) {
+  // The host copy is the resident copy: it must already be in this backend's KV dtype.
+  if (ctx.dtype() != kv_dtype()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cpu: the context's K/V are ", DTypeName(ctx.dtype()), " but this backend computes from ",
+        DTypeName(kv_dtype()), "; convert the context (ContextKV::ConvertedTo) first"));
+  }
   return ContextKvView{ctx.k.data(), ctx.v.data()};
 }
 

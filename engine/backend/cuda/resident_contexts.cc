@@ -1,11 +1,11 @@
 #include "engine/backend/cuda/resident_contexts.h"
 
 #include <algorithm>
-#include <cstring>
 #include <span>
 #include <utility>
 
 #include "absl/strings/str_format.h"
+#include "engine/common/bfloat16.h"
 #include "engine/common/status_macros.h"
 #include "kernels/attention/kv_gather.cuh"
 #include "kernels/ops/convert.cuh"
@@ -26,8 +26,8 @@ struct DeviceContextKv {
 namespace {
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
-// Host fp32 data reaches the device through a staging buffer of this size and is converted to
-// bf16 there.
+// Host fp32 K/V (a context held in fp32, e.g. made from a host SequenceKV) reaches the device
+// through a staging buffer of this size and is converted to bf16 there; bf16 K/V is copied as is.
 constexpr size_t kStagingFloats = size_t{16} << 20;
 
 // One level's tables of every (layer, KV head) on the device: centroids (bf16), sizes, CSR
@@ -57,12 +57,7 @@ void AppendLevel(std::span<const float> centroids, std::span<const int32_t> size
   level->centroid_at.push_back(host->centroids.size() / d);
   level->table_at.push_back(host->sizes.size());
   level->max_clusters = std::max(level->max_clusters, static_cast<int>(sizes.size()));
-  for (float c : centroids) {
-    uint32_t bits;
-    std::memcpy(&bits, &c, 4);
-    bits += 0x7FFFu + ((bits >> 16) & 1u);
-    host->centroids.push_back(static_cast<uint16_t>(bits >> 16));
-  }
+  for (float c : centroids) host->centroids.push_back(Float32ToBFloat16(c));
   host->sizes.insert(host->sizes.end(), sizes.begin(), sizes.end());
   host->offsets.insert(host->offsets.end(), offsets.begin(), offsets.end());
 }
@@ -91,7 +86,7 @@ size_t ResidentContexts::Headroom(size_t total_bytes) {
 
 // The resident copy gathered on the device from the prefill's KV: storage row r of (layer, h)
 // is token row ctx.token_of[(layer * Hkv + h) * S + r] of the source. About 10 ms at 128K
-// tokens on the 8B shape, against seconds for the upload of the 34 GB fp32 host copy.
+// tokens on the 8B shape, against seconds for the upload of the 17 GB bf16 host copy.
 void ResidentContexts::Adopt(const ContextKV& ctx, SequenceKV&& source) {
   if (!dev_.ok() || ctx.num_tokens <= 0 || source.dtype() != DType::kBF16 ||
       source.length() < ctx.num_tokens || source.shape().num_layers != ctx.shape.num_layers ||
@@ -200,17 +195,27 @@ absl::StatusOr<ContextKvView> ResidentContexts::Kv(const ContextKV& ctx) {
   }
   copy->k = *std::move(k);
   copy->v = *std::move(v);
-  float* staging = static_cast<float*>(dev_.Scratch(kStaging, kStagingFloats * sizeof(float)));
-  if (staging == nullptr) return dev_.fault();
-  for (const auto& [src, dst] : {std::pair(ctx.k.data(), copy->k->as<bf16>()),
-                                 std::pair(ctx.v.data(), copy->v->as<bf16>())}) {
-    for (size_t done = 0; done < count && dev_.ok(); done += kStagingFloats) {
-      const size_t chunk = std::min(kStagingFloats, count - done);
-      dev_.Check(cudaMemcpyAsync(staging, src + done, chunk * sizeof(float), cudaMemcpyHostToDevice,
-                                 dev_.stream()),
-                 "context upload");
-      dev_.Check(gpu::LaunchF32ToBf16(staging, dst + done, chunk, dev_.stream()),
-                 "context convert");
+  if (ctx.dtype() == DType::kBF16) {
+    // The host copy is already what the device keeps: one copy each, no conversion.
+    for (const auto& [src, dst] :
+         {std::pair(ctx.k.data(), copy->k->data()), std::pair(ctx.v.data(), copy->v->data())}) {
+      dev_.Check(
+          cudaMemcpyAsync(dst, src, count * sizeof(bf16), cudaMemcpyHostToDevice, dev_.stream()),
+          "context upload");
+    }
+  } else {
+    float* staging = static_cast<float*>(dev_.Scratch(kStaging, kStagingFloats * sizeof(float)));
+    if (staging == nullptr) return dev_.fault();
+    for (const auto& [src, dst] : {std::pair(ctx.k.f32(), copy->k->as<bf16>()),
+                                   std::pair(ctx.v.f32(), copy->v->as<bf16>())}) {
+      for (size_t done = 0; done < count && dev_.ok(); done += kStagingFloats) {
+        const size_t chunk = std::min(kStagingFloats, count - done);
+        dev_.Check(cudaMemcpyAsync(staging, src + done, chunk * sizeof(float),
+                                   cudaMemcpyHostToDevice, dev_.stream()),
+                   "context upload");
+        dev_.Check(gpu::LaunchF32ToBf16(staging, dst + done, chunk, dev_.stream()),
+                   "context convert");
+      }
     }
   }
   // The staging buffer is reused by the next upload. (Not Synchronize(): that would end the
