@@ -26,13 +26,14 @@ PageFixedContextAttention::PageFixedContextAttention(const ContextKV& context,
     for (int row = 0; row < S; ++row) row_of_[lh * S + token[row]] = row;
   }
   const float inf = std::numeric_limits<float>::infinity();
+  std::vector<float> row;  // a bf16 key widened
   min_.assign(static_cast<size_t>(L) * H * num_pages_ * d, inf);
   max_.assign(min_.size(), -inf);
   for (int l = 0; l < L; ++l) {
     for (int h = 0; h < H; ++h) {
       const size_t lh = static_cast<size_t>(l) * H + h;
       for (int t = first_; t < end_; ++t) {
-        const float* k = context.key(l, h, row_of_[lh * S + t]);
+        const float* k = context.KeysF32(l, h, row_of_[lh * S + t], 1, &row);
         const size_t at = (lh * num_pages_ + (t - first_) / P) * d;
         for (int i = 0; i < d; ++i) {
           min_[at + i] = std::min(min_[at + i], k[i]);
@@ -43,8 +44,8 @@ PageFixedContextAttention::PageFixedContextAttention(const ContextKV& context,
   }
   // Kept tokens: the sinks and window, plus the kept pages (the last page may be short, so the
   // count is exact only on average; report what a full page set keeps).
-  const int64_t kept = (S - (end_ - first_)) + std::min<int64_t>(end_ - first_,
-                                                                   int64_t{pages_kept_} * P);
+  const int64_t kept =
+      (S - (end_ - first_)) + std::min<int64_t>(end_ - first_, int64_t{pages_kept_} * P);
   kept_fraction_ = S > 0 ? static_cast<double>(kept) / S : 0;
 }
 

@@ -19,11 +19,11 @@
 namespace squeeze {
 
 struct PageSelectionOptions {
-  int sinks = 4;            // first tokens always kept
-  int window = 100;         // last tokens always kept
-  double budget = 0.1;      // kept fraction of the tokens in between, in [0, 1]
-  int page_tokens = 16;     // tokens per page (Quest's default)
-  int num_q_heads = 0;      // Hq of the model (the queries' heads); Hkv comes from the context
+  int sinks = 4;         // first tokens always kept
+  int window = 100;      // last tokens always kept
+  double budget = 0.1;   // kept fraction of the tokens in between, in [0, 1]
+  int page_tokens = 16;  // tokens per page (Quest's default)
+  int num_q_heads = 0;   // Hq of the model (the queries' heads); Hkv comes from the context
 };
 
 class PageFixedContextAttention final : public FixedContextAttention {
@@ -42,8 +42,8 @@ class PageFixedContextAttention final : public FixedContextAttention {
  private:
   const ContextKV& context_;
   PageSelectionOptions options_;
-  int num_pages_ = 0;   // pages over [sinks, S - window)
-  int pages_kept_ = 0;  // per KV head and step
+  int num_pages_ = 0;        // pages over [sinks, S - window)
+  int pages_kept_ = 0;       // per KV head and step
   int first_ = 0, end_ = 0;  // the paged token span [first_, end_)
   double kept_fraction_ = 0;
   // [L][Hkv][page][d]: element-wise min / max of the page's keys.

@@ -19,10 +19,11 @@ ContextKV RandomContext(std::mt19937& rng) {
   ctx.shape = {kLayers, kHeads, kDim};
   ctx.num_tokens = kTokens;
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  ctx.k.resize(static_cast<size_t>(kLayers) * kHeads * kTokens * kDim);
-  ctx.v.resize(ctx.k.size());
-  for (float& x : ctx.k) x = normal(rng);
-  for (float& x : ctx.v) x = normal(rng);
+  const size_t n = static_cast<size_t>(kLayers) * kHeads * kTokens * kDim;
+  ctx.k = HostKvTensor(DType::kF32, n);
+  ctx.v = HostKvTensor(DType::kF32, n);
+  for (size_t i = 0; i < n; ++i) ctx.k.f32()[i] = normal(rng);
+  for (size_t i = 0; i < n; ++i) ctx.v.f32()[i] = normal(rng);
   for (int l = 0; l < kLayers; ++l) {
     for (int h = 0; h < kHeads; ++h) {
       std::vector<int32_t> order(kTokens);
@@ -123,7 +124,7 @@ TEST(PageSelection, KeepsThePageOfAStrongKey) {
       while (ctx.token_of[(static_cast<size_t>(l) * kHeads + h) * kTokens + row] != strong_token) {
         ++row;
       }
-      float* k = &ctx.k[ctx.Offset(l, h, row)];
+      float* k = ctx.k.f32() + ctx.Offset(l, h, row);
       for (int i = 0; i < kDim; ++i) k[i] = 20.0f * q[h * kDim + i];
     }
   }
@@ -131,15 +132,20 @@ TEST(PageSelection, KeepsThePageOfAStrongKey) {
   opt.budget = 0.05;
   opt.window = 10;
   opt.num_q_heads = kHeads;
-  PageFixedContextAttention pages(ctx, opt);
-  ASSERT_EQ(pages.pages_kept(), 1);
-  LayerSelection sel;
-  for (int l = 0; l < kLayers; ++l) {
-    pages.Select(l, q.data(), 1, &sel);
-    for (int h = 0; h < kHeads; ++h) {
-      const std::set<int32_t> kept = KeptTokens(ctx, sel, l, h);
-      EXPECT_TRUE(kept.count(strong_token)) << "layer " << l << " head " << h;
-      EXPECT_EQ(kept.size(), 4u + 10u + 16u);
+  // The same from a bf16 host copy (the CUDA backend's).
+  const ContextKV bf16_ctx = ctx.ConvertedTo(DType::kBF16);
+  for (const ContextKV* c : {static_cast<const ContextKV*>(&ctx), &bf16_ctx}) {
+    SCOPED_TRACE(DTypeName(c->dtype()));
+    PageFixedContextAttention pages(*c, opt);
+    ASSERT_EQ(pages.pages_kept(), 1);
+    LayerSelection sel;
+    for (int l = 0; l < kLayers; ++l) {
+      pages.Select(l, q.data(), 1, &sel);
+      for (int h = 0; h < kHeads; ++h) {
+        const std::set<int32_t> kept = KeptTokens(*c, sel, l, h);
+        EXPECT_TRUE(kept.count(strong_token)) << "layer " << l << " head " << h;
+        EXPECT_EQ(kept.size(), 4u + 10u + 16u);
+      }
     }
   }
 }
