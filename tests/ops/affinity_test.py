@@ -148,8 +148,10 @@ class AffinityTest(unittest.TestCase):
         for t in threads:
             t.start()
         time.sleep(1.0)
-        killed_at = time.time()
         self.replicas[victim].kill()
+        # Reaped (kill waits): from here on its port refuses connections. Calls started before,
+        # while the process was dying (which can take a while on a loaded machine), may fail.
+        killed_at = time.time()
         time.sleep(3.0)
         stop.set()
         for t in threads:
