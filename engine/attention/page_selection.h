@@ -37,6 +37,14 @@ class PageFixedContextAttention final : public FixedContextAttention {
 
   // Tokens kept per KV head and layer / S (the same at every step).
   double kept_fraction() const { return kept_fraction_; }
+  // The realised KV budget as squeezed mode counts it (DESIGN §1.2: kept rows / S + 0.5 x key
+  // vectors scored / S): each page's bounds are two key-sized vectors, read per step like
+  // centroids, so kept_fraction() + pages / S.
+  double realised_budget() const {
+    return context_.num_tokens > 0
+               ? kept_fraction_ + static_cast<double>(num_pages_) / context_.num_tokens
+               : 0;
+  }
   int pages_kept() const { return pages_kept_; }
 
  private:

@@ -315,7 +315,7 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
       po.sinks = std::max(4, index ? index->options.sinks : 0);
       po.num_q_heads = model_->config().num_heads;
       auto pages = std::make_unique<PageFixedContextAttention>(seq->context->kv, po);
-      seq->recent_budget = pages->kept_fraction();
+      seq->recent_budget = pages->realised_budget();
       seq->fixed = std::move(pages);
     }
     // Dense: no selector (the forward attends to every row without a per-layer selection; a

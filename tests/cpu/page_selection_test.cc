@@ -63,6 +63,7 @@ TEST(PageSelection, KeepsThePagesWithTheHighestLogitBound) {
   PageFixedContextAttention pages(ctx, opt);
   EXPECT_EQ(pages.pages_kept(), 3);
   EXPECT_DOUBLE_EQ(pages.kept_fraction(), (4 + 10 + 24) / 100.0);
+  EXPECT_DOUBLE_EQ(pages.realised_budget(), (4 + 10 + 24 + 11) / 100.0);
 
   std::normal_distribution<float> normal(0.0f, 1.0f);
   const int n = 2;
