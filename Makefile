@@ -29,7 +29,8 @@ test-gpu: build
 	cd $(BUILD) && ctest --output-on-failure -L gpu
 
 # The CPU and end-to-end tiers under sanitizers, each in its own build tree (CPU backend only).
-# ASan + UBSan: memory errors, leaks and undefined behaviour; TSan: data races.
+# ASan + UBSan: memory errors, leaks and undefined behaviour; TSan: data races. The libraries
+# (gRPC, Abseil, protobuf, OpenSSL) are Debian's, built without TSan: see tests/sanitizers/.
 SAN_FLAGS = -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSQUEEZE_NO_CUDA=ON $(CMAKE_FLAGS)
 test-asan: deps
 	cmake -S . -B build-asan $(SAN_FLAGS) -DSQUEEZE_ASAN=ON
@@ -43,7 +44,7 @@ test-tsan: configure
 	cmake -S . -B build-tsan $(SAN_FLAGS) -DSQUEEZE_TSAN=ON \
 	  -DSQUEEZE_TEST_MODEL_FROM=$(CURDIR)/$(BUILD)/test-model
 	cmake --build build-tsan -j $(JOBS)
-	cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions=$(CURDIR)/tests/sanitizers/tsan.supp \
+	cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:ignore_noninstrumented_modules=1:suppressions=$(CURDIR)/tests/sanitizers/tsan.supp \
 	  ctest -L 'cpu|e2e' --output-on-failure -j $(JOBS)
 
 # libFuzzer targets (fuzz/), built with clang-14 (installed by `install_deps.sh fuzz`), each run

@@ -3,6 +3,8 @@
 The context-file seeds come from a real server instead: see fuzz/README.md."""
 import json
 import struct
+import subprocess
+import tempfile
 from pathlib import Path
 
 root = Path(__file__).resolve().parent / "corpus"
@@ -33,27 +35,107 @@ for b in range(256):
     else:
         bytes_to_unicode[b] = chr(256 + n)
         n += 1
-vocab = {bytes_to_unicode[b]: b for b in range(256)}
-merges = ["Ġ t", "h e", "Ġt he", "l o", "lo w"]
-for m in merges:
-    vocab[m.replace(" ", "")] = len(vocab)
-vocab["<|bos|>"] = len(vocab)
-tokenizer = {
-    "version": "1.0", "truncation": None, "padding": None,
-    "added_tokens": [{"id": vocab["<|bos|>"], "content": "<|bos|>", "special": True,
-                      "normalized": False, "lstrip": False, "rstrip": False, "single_word": False}],
-    "normalizer": None,
-    "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
-                      "use_regex": True},
-    "post_processor": {"type": "TemplateProcessing",
-                       "single": [{"SpecialToken": {"id": "<|bos|>", "type_id": 0}},
-                                  {"Sequence": {"id": "A", "type_id": 0}}]},
-    "decoder": {"type": "ByteLevel", "add_prefix_space": True, "use_regex": True},
-    "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-              "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-              "ignore_merges": False, "vocab": vocab, "merges": merges},
-}
-(root / "tokenizer_json/byte_level.json").write_text(json.dumps(tokenizer, ensure_ascii=False))
+
+# tokenizer.json in the one layout the loader implements (Llama-3: Split on its regex, then
+# ByteLevel without regex). The vocabulary holds only the bytes of the text the fuzz target
+# encodes (plus a few more), not all 256: the target loads the seed on every execution, and a
+# full byte table makes each one several times slower without reaching other code.
+LLAMA3_SPLIT = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
+                "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+
+
+def byte_level(text):
+    return "".join(bytes_to_unicode[b] for b in text.encode())
+
+
+def llama3_tokenizer(merges, pairs, added, extra_model=None, post_processor=True):
+    symbols = sorted(set(byte_level("Hello wörld 123 <|eot|>  \n\tdone! ab")))
+    vocab = {s: i for i, s in enumerate(symbols)}
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    model = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+             "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+             "vocab": vocab,
+             "merges": [[l, r] for l, r in merges] if pairs else [f"{l} {r}" for l, r in merges]}
+    model.update(extra_model or {})
+    added_tokens = []
+    for content, special in added:
+        vocab_id = len(vocab) + len(added_tokens)
+        added_tokens.append({"id": vocab_id, "content": content, "single_word": False,
+                             "lstrip": False, "rstrip": False, "normalized": not special,
+                             "special": special})
+    tokenizer = {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added_tokens,
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated",
+             "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+             "use_regex": False}]},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                    "use_regex": True},
+        "model": model,
+    }
+    if post_processor and added_tokens:
+        tokenizer["post_processor"] = {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": added_tokens[0]["content"], "type_id": 0}},
+                       {"Sequence": {"id": "A", "type_id": 0}}]}
+    return json.dumps(tokenizer, ensure_ascii=False)
+
+
+merges = [("l", "o"), ("H", "e"), ("He", "l"), ("Hel", "lo"), ("Ġ", "w"), ("r", "l"), ("rl", "d"),
+          ("d", "o"), ("do", "n"), ("don", "e"), ("1", "2"), ("12", "3"), ("Ġ", "Ġ")]
+(root / "tokenizer_json/byte_level.json").unlink(missing_ok=True)
+# Merges as [a, b] pairs, ignore_merges, a special BOS (the post-processor names it) and the
+# special token the target's text contains.
+(root / "tokenizer_json/llama3_pairs.json").write_text(llama3_tokenizer(
+    merges, pairs=True, added=[("<|begin_of_text|>", True), ("<|eot|>", True)],
+    extra_model={"ignore_merges": True}))
+# Merges as "a b" strings, an unknown token, fuse_unk, a normalized (non-special) added token
+# and an EOS found by name.
+(root / "tokenizer_json/llama3_legacy.json").write_text(llama3_tokenizer(
+    merges[:9], pairs=False, added=[("<|end_of_text|>", True), ("wör", False)],
+    extra_model={"unk_token": "!", "fuse_unk": True}, post_processor=False))
+
+
+# tokenizer.model: small SentencePiece models trained by spm_train (the sentencepiece package) on
+# a few lines, one per feature the loader reads (BPE with byte fallback, unigram with a
+# normalization charsmap, user-defined and control pieces, the whitespace options). Relative
+# paths: the trainer stores its input and output names in the model.
+SPM_TEXT = """Hello world, hello there! The quick brown fox jumps over the lazy dog.
+Squeeze keeps 123 keys of 4567 tokens; done.\tTabs and  double  spaces stay.
+Wörld, naïve café, 東京 and ＡＢＣ full-width letters. <|eot|> ends a turn.
+"""
+
+
+def spm_model(name, flags, rules=None):
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "text.txt").write_text(SPM_TEXT * 4)
+        args = ["spm_train", "--input=text.txt", "--model_prefix=m", "--minloglevel=2",
+                "--num_threads=1", "--random_seed=1", "--hard_vocab_limit=false",
+                "--character_coverage=1.0"]
+        if rules:
+            Path(d, "rules.tsv").write_text(rules)
+            args.append("--normalization_rule_tsv=rules.tsv")
+        subprocess.run(args + flags, cwd=d, check=True, capture_output=True)
+        (root / "tokenizer_model" / name).write_bytes(Path(d, "m.model").read_bytes())
+
+
+(root / "tokenizer_model/squeeze-demo.model").unlink(missing_ok=True)
+spm_model("bpe_bytes.model", ["--model_type=bpe", "--vocab_size=340", "--byte_fallback=true",
+                              "--normalization_rule_name=identity", "--split_digits=true",
+                              "--user_defined_symbols=<|eot|>"])
+# Full-width A-C to ASCII, "ﬁ" to "fi" (a one-to-many rule): a charsmap of a few entries.
+spm_model("unigram_charsmap.model",
+          ["--model_type=unigram", "--vocab_size=80", "--control_symbols=<ctl>",
+           "--user_defined_symbols=<|eot|>,wö", "--treat_whitespace_as_suffix=true",
+           "--remove_extra_whitespaces=false"],
+          rules="FF21\t41\nFF22\t42\nFF23\t43\nFB01\t66 69\n")
+spm_model("bpe_plain.model", ["--model_type=bpe", "--vocab_size=60",
+                              "--normalization_rule_name=identity", "--add_dummy_prefix=false",
+                              "--allow_whitespace_only_pieces=true", "--split_by_whitespace=false"])
 
 
 def varint(v):

@@ -1,5 +1,6 @@
 // squeeze-server: serves squeeze.v1.Squeeze over gRPC.
 #include <fcntl.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -107,11 +108,15 @@ void OnSignal(int signal) {
   errno = saved;
 }
 
+// Waits in poll(), which a signal always interrupts (SA_RESTART restarts read(), not poll()):
+// a handler that runs late, after the call it interrupted resumed (ThreadSanitizer defers
+// handlers to the thread's next libc call), still brings this thread back to read its byte.
 int NextSignal() {
+  pollfd pipe_in{signal_pipe[0], POLLIN, 0};
   char byte = 0;
-  while (read(signal_pipe[0], &byte, 1) < 0 && errno == EINTR) {
+  while (true) {
+    if (poll(&pipe_in, 1, -1) > 0 && read(signal_pipe[0], &byte, 1) == 1) return byte;
   }
-  return byte;
 }
 
 const char* SignalName(int signal) { return signal == SIGTERM ? "SIGTERM" : "SIGINT"; }

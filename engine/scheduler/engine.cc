@@ -397,10 +397,13 @@ void Engine::Loop() {
   std::deque<Adoption> adopt;
   while (true) {
     {
+      // The condition reads only state guarded by mu_: Abseil evaluates it in whichever thread
+      // unlocks mu_, which must not touch what the engine thread owns.
+      const bool own_work = !waiting_.empty() || !running_.empty() || !registrations_.empty();
       absl::MutexLock lock(&mu_);
-      auto has_work = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-        return stop_ || !incoming_.empty() || !incoming_regs_.empty() || !waiting_.empty() ||
-               !running_.empty() || !registrations_.empty() || !adoptions_.empty();
+      auto has_work = [this, own_work]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+        return own_work || stop_ || !incoming_.empty() || !incoming_regs_.empty() ||
+               !adoptions_.empty();
       };
       mu_.Await(absl::Condition(&has_work));
       if (stop_) break;

@@ -686,6 +686,13 @@ TEST_F(SentencePieceConformanceTest, CorruptModelsNeverCrash) {
 
 // A long text (~100K tokens) encodes identically and fast.
 TEST_F(SentencePieceConformanceTest, LongTextMatchesAndIsFast) {
+  // The bound is against a blow-up of the algorithm (quadratic merges), not a benchmark:
+  // sanitizers make the encoder several times slower, TSan up to ten times.
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+  constexpr double kMaxSeconds = 20.0;
+#else
+  constexpr double kMaxSeconds = 2.0;
+#endif
   std::string text;
   for (const std::string& s : *strings_) {
     text += s;
@@ -705,7 +712,7 @@ TEST_F(SentencePieceConformanceTest, LongTextMatchesAndIsFast) {
     EXPECT_EQ(*ids, std::vector<int32_t>(expected.begin(), expected.end())) << name;
     std::printf("%s: %zu bytes -> %zu tokens in %.3f s\n", name, text.size(), ids->size(), seconds);
     EXPECT_GT(ids->size(), 100000u);
-    EXPECT_LT(seconds, 2.0) << name;  // typically well under 0.5 s
+    EXPECT_LT(seconds, kMaxSeconds) << name;  // typically well under 0.5 s
   }
 }
 

@@ -491,8 +491,16 @@ TEST(ServerMetricsTest, DeadlineExpiriesAreCountedAsDeadlineExceeded) {
   TestServer t = TestServer::Start(o);
   ASSERT_NE(t.server, nullptr);
   const int port = t.server->metrics_port();
+  // Long enough for the request to reach the engine, short against 4000 tokens. Under TSan
+  // (and a busy machine) the server can take longer than 0.3 s to accept the call, and the
+  // request then expires before the engine sees it; the 4000 tokens take it ~7 s.
+#if defined(__SANITIZE_THREAD__)
+  constexpr double kDeadline = 2.0;
+#else
+  constexpr double kDeadline = 0.3;
+#endif
   for (int i = 0; i < 3; ++i) {
-    GenerateResult late = Generate(*t.client, Request("", "Hello", 4000), /*timeout=*/0.3);
+    GenerateResult late = Generate(*t.client, Request("", "Hello", 4000), kDeadline);
     EXPECT_EQ(late.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   }
   Samples s;
