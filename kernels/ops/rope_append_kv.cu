@@ -43,6 +43,21 @@ __global__ void __launch_bounds__(kRopeThreads)
 
 // ---- KV append ---------------------------------------------------------------------------------
 
+// The last of the num_seqs targets (increasing row0) with row0 <= t; 0 when none.
+__device__ __forceinline__ int LastSequenceAtOrBefore(const AppendKvTarget* seqs, int num_seqs,
+                                                      int t) {
+  int lo = 0, hi = num_seqs - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (seqs[mid].row0 <= t) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
+}
+
 // Flat over the n * Hkv source rows of head_dim / V vectors each; the source is contiguous, the
 // destination row of (t, h) is h * stride + t * d.
 template <int V>
@@ -71,16 +86,7 @@ __global__ void AppendKvKernel(const float* k_new, const float* v_new, int num_k
 __global__ void AppendKvBatchKernel(const float* k_new, const float* v_new, int num_kv_heads, int d,
                                     const AppendKvTarget* seqs, int num_seqs) {
   const int t = blockIdx.x;
-  int lo = 0, hi = num_seqs - 1;
-  while (lo < hi) {  // the last sequence with row0 <= t
-    const int mid = (lo + hi + 1) / 2;
-    if (seqs[mid].row0 <= t) {
-      lo = mid;
-    } else {
-      hi = mid - 1;
-    }
-  }
-  const AppendKvTarget s = seqs[lo];
+  const AppendKvTarget s = seqs[LastSequenceAtOrBefore(seqs, num_seqs, t)];
   const int local = t - s.row0;
   if (local < 0 || local >= s.n) return;  // CTA-uniform
   const size_t src = static_cast<size_t>(t) * num_kv_heads * d;
@@ -108,16 +114,7 @@ __global__ void __launch_bounds__(kRopeThreads)
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
     sincosf(pos * inv_freq[i], &sin_s[i], &cos_s[i]);
   }
-  int lo = 0, hi = num_seqs - 1;
-  while (lo < hi) {  // the last sequence with row0 <= t
-    const int mid = (lo + hi + 1) / 2;
-    if (seqs[mid].row0 <= t) {
-      lo = mid;
-    } else {
-      hi = mid - 1;
-    }
-  }
-  const AppendKvTarget s = seqs[lo];
+  const AppendKvTarget s = seqs[LastSequenceAtOrBefore(seqs, num_seqs, t)];
   const int local = t - s.row0;
   const bool append = local >= 0 && local < s.n;
   __syncthreads();

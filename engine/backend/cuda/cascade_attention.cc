@@ -67,10 +67,7 @@ void CascadeAttention::Run(std::span<const AttentionParams* const> calls) {
   int max_dyn = 1;
   for (int b = 0; b < n; ++b) {
     const AttentionParams& p = *calls[b];
-    dyn_[b].k = static_cast<const gpu::bf16*>(p.dynamic.kv.k);
-    dyn_[b].v = static_cast<const gpu::bf16*>(p.dynamic.kv.v);
-    dyn_[b].head_stride = static_cast<int64_t>(p.dynamic.kv.head_stride);
-    dyn_[b].len = p.dynamic.causal_offset + 1;
+    dyn_[b] = DynamicDecodeKv(p);
     max_dyn = std::max(max_dyn, dyn_[b].len);
     tau_[b] = squeezed ? p.fixed.policy.squeezed.threshold : 0.0f;
   }

@@ -40,6 +40,15 @@ gpu::PrefillAttentionParams PrefillParams(const AttentionShape& shape, const bf1
 
 }  // namespace
 
+gpu::DecodeKv DynamicDecodeKv(const AttentionParams& p) {
+  gpu::DecodeKv e;
+  e.k = static_cast<const bf16*>(p.dynamic.kv.k);
+  e.v = static_cast<const bf16*>(p.dynamic.kv.v);
+  e.head_stride = static_cast<int64_t>(p.dynamic.kv.head_stride);
+  e.len = p.dynamic.causal_offset + 1;
+  return e;
+}
+
 int DenseAttention::DecodeCtas(int head_dim, int group) {
   auto [it, inserted] = concurrent_ctas_.try_emplace({head_dim, group}, 0);
   if (inserted) {
@@ -159,13 +168,8 @@ void DenseAttention::DecodeBatch(std::span<const AttentionParams* const> calls) 
     kv_desc_.resize(n);
     int max_len = 1;
     for (int b = 0; b < n; ++b) {
-      const AttentionParams& p = *calls[at + b];
-      gpu::DecodeKv& e = kv_desc_[b];
-      e.k = static_cast<const bf16*>(p.dynamic.kv.k);
-      e.v = static_cast<const bf16*>(p.dynamic.kv.v);
-      e.head_stride = static_cast<int64_t>(p.dynamic.kv.head_stride);
-      e.len = p.dynamic.causal_offset + 1;
-      max_len = std::max(max_len, e.len);
+      kv_desc_[b] = DynamicDecodeKv(*calls[at + b]);
+      max_len = std::max(max_len, kv_desc_[b].len);
     }
     const int group = s.num_q_heads / s.num_kv_heads;
     const gpu::DecodeSplitPlan plan =

@@ -19,6 +19,9 @@
 
 namespace squeeze {
 
+// The dynamic rows of a decode call (the new token's included) as the decode kernel reads them.
+gpu::DecodeKv DynamicDecodeKv(const AttentionParams& p);
+
 class DenseAttention {
  public:
   explicit DenseAttention(CudaDevice& dev) : dev_(dev) {}

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "engine/backend/cuda/dense_attention.h"
 #include "kernels/attention/prefill_attention.cuh"
 #include "kernels/ops/convert.cuh"
 #include "kernels/ops/rows.cuh"
@@ -297,10 +298,7 @@ void SqueezedAttention::Decode(std::span<const AttentionParams* const> calls) {
     }
     int index_clusters = 0;
     if (!HeadDescs(p, heads.data() + static_cast<size_t>(b) * hkv, &index_clusters)) return;
-    dyn[b].k = static_cast<const bf16*>(p.dynamic.kv.k);
-    dyn[b].v = static_cast<const bf16*>(p.dynamic.kv.v);
-    dyn[b].head_stride = static_cast<int64_t>(p.dynamic.kv.head_stride);
-    dyn[b].len = p.dynamic.causal_offset + 1;
+    dyn[b] = DynamicDecodeKv(p);
     tau[b] = p.fixed.policy.squeezed.threshold;
     q_rows[b] = p.q;
     out_rows[b] = p.out;
