@@ -57,6 +57,29 @@ int DenseAttention::DecodeCtas(int head_dim, int group) {
   return std::max(it->second, 1);
 }
 
+void DenseAttention::LaunchDecode(const float* q, int batch, int num_q_heads, int num_kv_heads,
+                                  int head_dim, float scale, int max_len, float* out, float* lse) {
+  const gpu::DecodeSplitPlan plan = gpu::PlanDecodeSplits(
+      batch, num_kv_heads, max_len, DecodeCtas(head_dim, num_q_heads / num_kv_heads));
+  auto* dev_desc =
+      static_cast<gpu::DecodeKv*>(dev_.Scratch(kKvDesc, sizeof(gpu::DecodeKv) * batch));
+  void* ws = dev_.Scratch(kDecodeWs,
+                          gpu::DecodeAttentionWorkspaceBytes(batch, num_q_heads, head_dim, plan));
+  if (dev_desc == nullptr || ws == nullptr) return;
+  dev_.CopyFromHost(dev_desc, kv_desc_.data(), sizeof(gpu::DecodeKv) * batch);
+  gpu::DecodeAttentionParams dp;
+  dp.batch = batch;
+  dp.num_q_heads = num_q_heads;
+  dp.num_kv_heads = num_kv_heads;
+  dp.head_dim = head_dim;
+  dp.scale = scale;
+  dp.q = q;
+  dp.kv = dev_desc;
+  dp.plan = plan;
+  dev_.Check(gpu::LaunchDecodeAttention(dp, ws, out, /*out_bf16=*/false, lse, dev_.stream()),
+             "decode attention");
+}
+
 void DenseAttention::DecodeOverHeads(const float* q, int n, int num_q_heads, int num_kv_heads,
                                      int head_dim, float scale, const void* k, const void* v,
                                      size_t head_stride, std::span<const int32_t> rows_per_head,
@@ -75,25 +98,7 @@ void DenseAttention::DecodeOverHeads(const float* q, int n, int num_q_heads, int
       max_len = std::max(max_len, e.len);
     }
   }
-  const gpu::DecodeSplitPlan plan =
-      gpu::PlanDecodeSplits(batch, 1, max_len, DecodeCtas(head_dim, group));
-  auto* dev_desc =
-      static_cast<gpu::DecodeKv*>(dev_.Scratch(kKvDesc, sizeof(gpu::DecodeKv) * batch));
-  void* ws =
-      dev_.Scratch(kDecodeWs, gpu::DecodeAttentionWorkspaceBytes(batch, group, head_dim, plan));
-  if (dev_desc == nullptr || ws == nullptr) return;
-  dev_.CopyFromHost(dev_desc, kv_desc_.data(), sizeof(gpu::DecodeKv) * batch);
-  gpu::DecodeAttentionParams dp;
-  dp.batch = batch;
-  dp.num_q_heads = group;
-  dp.num_kv_heads = 1;
-  dp.head_dim = head_dim;
-  dp.scale = scale;
-  dp.q = q;
-  dp.kv = dev_desc;
-  dp.plan = plan;
-  dev_.Check(gpu::LaunchDecodeAttention(dp, ws, out, /*out_bf16=*/false, lse, dev_.stream()),
-             "decode attention");
+  LaunchDecode(q, batch, group, 1, head_dim, scale, max_len, out, lse);
 }
 
 void DenseAttention::Fixed(const AttentionParams& p, float* out, float* lse) {
@@ -171,26 +176,8 @@ void DenseAttention::DecodeBatch(std::span<const AttentionParams* const> calls) 
       kv_desc_[b] = DynamicDecodeKv(*calls[at + b]);
       max_len = std::max(max_len, kv_desc_[b].len);
     }
-    const int group = s.num_q_heads / s.num_kv_heads;
-    const gpu::DecodeSplitPlan plan =
-        gpu::PlanDecodeSplits(n, s.num_kv_heads, max_len, DecodeCtas(s.head_dim, group));
-    auto* dev_desc = static_cast<gpu::DecodeKv*>(dev_.Scratch(kKvDesc, sizeof(gpu::DecodeKv) * n));
-    void* ws = dev_.Scratch(kDecodeWs,
-                            gpu::DecodeAttentionWorkspaceBytes(n, s.num_q_heads, s.head_dim, plan));
-    if (dev_desc == nullptr || ws == nullptr) return;
-    dev_.CopyFromHost(dev_desc, kv_desc_.data(), sizeof(gpu::DecodeKv) * n);
-    gpu::DecodeAttentionParams dp;
-    dp.batch = n;
-    dp.num_q_heads = s.num_q_heads;
-    dp.num_kv_heads = s.num_kv_heads;
-    dp.head_dim = s.head_dim;
-    dp.scale = s.scale;
-    dp.q = p0.q;
-    dp.kv = dev_desc;
-    dp.plan = plan;
-    dev_.Check(gpu::LaunchDecodeAttention(dp, ws, p0.out, /*out_bf16=*/false, /*lse=*/nullptr,
-                                          dev_.stream()),
-               "batched decode attention");
+    LaunchDecode(p0.q, n, s.num_q_heads, s.num_kv_heads, s.head_dim, s.scale, max_len, p0.out,
+                 /*lse=*/nullptr);
     at = end;
   }
 }

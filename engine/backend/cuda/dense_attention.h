@@ -45,6 +45,11 @@ class DenseAttention {
                        float scale, const void* k, const void* v, size_t head_stride,
                        std::span<const int32_t> rows_per_head, float* out, float* lse);
 
+  // The decode kernel over the `batch` descriptors in kv_desc_ (copied to the device): queries
+  // q [batch][num_q_heads][d] against num_kv_heads heads each; out and (optional) natural-log lse.
+  void LaunchDecode(const float* q, int batch, int num_q_heads, int num_kv_heads, int head_dim,
+                    float scale, int max_len, float* out, float* lse);
+
   CudaDevice& dev_;
   std::map<std::pair<int, int>, int> concurrent_ctas_;  // (d, G) -> CTAs
   // Host staging of per-call descriptors and selections.
