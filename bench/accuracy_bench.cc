@@ -24,6 +24,9 @@ ABSL_FLAG(std::vector<std::string>, tasks, {}, "JSONL task files (comma-separate
 ABSL_FLAG(std::string, budgets, "0.5,0.3,0.2,0.1,0.05,0.03", "budgets for squeezed and recent");
 ABSL_FLAG(bool, hierarchical, true, "also run hierarchical squeezed attention");
 ABSL_FLAG(std::string, masses, "", "also run mass-based squeezed selection at these masses");
+ABSL_FLAG(bool, per_step, false,
+          "also run squeezed (and hierarchical) selection with the per-step budget policy "
+          "(squeezed-step, hierarchical-step); the other squeezed rows are calibrated");
 ABSL_FLAG(int, max_tokens, 48, "answer length cap in tokens");
 
 namespace {
@@ -37,6 +40,7 @@ struct Config {
   double budget;  // < 0: none
   bool hierarchical;
   double mass = -1;  // > 0: mass-based selection (budget then shows the mass)
+  v1::AttentionOptions::BudgetPolicy policy = v1::AttentionOptions::CALIBRATED;
 };
 
 struct Score {
@@ -56,6 +60,14 @@ int Run() {
     configs.push_back({"squeezed", v1::AttentionOptions::SQUEEZED, b, false});
     if (absl::GetFlag(FLAGS_hierarchical)) {
       configs.push_back({"hierarchical", v1::AttentionOptions::SQUEEZED, b, true});
+    }
+    if (absl::GetFlag(FLAGS_per_step)) {
+      configs.push_back({"squeezed-step", v1::AttentionOptions::SQUEEZED, b, false, -1,
+                         v1::AttentionOptions::PER_STEP});
+      if (absl::GetFlag(FLAGS_hierarchical)) {
+        configs.push_back({"hierarchical-step", v1::AttentionOptions::SQUEEZED, b, true, -1,
+                           v1::AttentionOptions::PER_STEP});
+      }
     }
     configs.push_back({"recent", v1::AttentionOptions::RECENT, b, false});
     configs.push_back({"pages", v1::AttentionOptions::PAGES, b, false});
@@ -109,6 +121,7 @@ int Run() {
         }
         if (configs[c].mode == v1::AttentionOptions::SQUEEZED) {
           req.mutable_attention()->set_hierarchical(configs[c].hierarchical);
+          if (configs[c].mass <= 0) req.mutable_attention()->set_budget_policy(configs[c].policy);
         }
         std::string text;
         v1::GenerateResponse last;

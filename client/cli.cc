@@ -111,6 +111,9 @@ ABSL_FLAG(bool, ignore_eos, false, "generate: keep going after EOS");
 ABSL_FLAG(std::string, mode, "",
           "generate: attention mode: squeezed | dense | recent | pages (default: auto)");
 ABSL_FLAG(double, budget, -1, "generate: kept fraction of context keys (-1: server default)");
+ABSL_FLAG(std::string, budget_policy, "",
+          "generate: how the budget becomes a threshold: calibrated | per_step (default: the "
+          "server's)");
 ABSL_FLAG(double, mass, -1,
           "generate: keep clusters until this estimated attention mass instead of a budget");
 ABSL_FLAG(bool, stats, true, "generate: print usage and timings to stderr at the end");
@@ -358,6 +361,13 @@ int Generate(SqueezeClient& client) {
     req.mutable_attention()->set_budget(absl::GetFlag(FLAGS_budget));
   }
   if (absl::GetFlag(FLAGS_mass) >= 0) req.mutable_attention()->set_mass(absl::GetFlag(FLAGS_mass));
+  if (const std::string policy = absl::GetFlag(FLAGS_budget_policy); policy == "calibrated") {
+    req.mutable_attention()->set_budget_policy(v1::AttentionOptions::CALIBRATED);
+  } else if (policy == "per_step") {
+    req.mutable_attention()->set_budget_policy(v1::AttentionOptions::PER_STEP);
+  } else if (!policy.empty()) {
+    return Usage("--budget_policy must be calibrated or per_step");
+  }
   v1::GenerateResponse last;
   std::vector<std::pair<int32_t, v1::TokenLogprob>> token_logprobs;
   grpc::Status st = client.Generate(

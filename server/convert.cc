@@ -293,6 +293,18 @@ absl::StatusOr<GenerateRequest> ConvertGenerateRequest(const v1::GenerateRequest
     }
     out.attention.mass = a.mass();
   }
+  switch (a.budget_policy()) {
+    case v1::AttentionOptions::BUDGET_POLICY_UNSPECIFIED:
+      break;
+    case v1::AttentionOptions::CALIBRATED:
+      out.attention.budget_policy = BudgetPolicy::kCalibrated;
+      break;
+    case v1::AttentionOptions::PER_STEP:
+      out.attention.budget_policy = BudgetPolicy::kPerStep;
+      break;
+    default:
+      return Invalid("attention.budget_policy", "unknown budget policy");
+  }
   return out;
 }
 

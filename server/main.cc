@@ -58,6 +58,10 @@ ABSL_FLAG(int, prefill_chunk, 512, "Prefill tokens of one sequence or registrati
 ABSL_FLAG(int, max_step_tokens, 2048, "Prefill tokens per engine step over all sequences");
 ABSL_FLAG(double, default_budget, 0.1,
           "Squeezed Attention budget (kept fraction of context keys) when a request gives none");
+ABSL_FLAG(std::string, budget_policy, "calibrated",
+          "How a request's budget becomes a threshold when it names no policy: calibrated (the "
+          "paper's, fixed at registration) or per_step (per layer and step, from the step's own "
+          "scores; selected on the host)");
 ABSL_FLAG(int, default_max_tokens, 128, "max_tokens when a request gives none");
 ABSL_FLAG(int, max_tokens_cap, 4096, "Largest max_tokens a request may ask for");
 ABSL_FLAG(int, max_message_mb, 64, "Largest gRPC message in MiB");
@@ -176,6 +180,12 @@ int main(int argc, char** argv) {
   o.engine.prefill_chunk = absl::GetFlag(FLAGS_prefill_chunk);
   o.engine.max_step_tokens = absl::GetFlag(FLAGS_max_step_tokens);
   o.engine.default_budget = absl::GetFlag(FLAGS_default_budget);
+  if (const std::string policy = absl::GetFlag(FLAGS_budget_policy); policy == "per_step") {
+    o.engine.default_budget_policy = squeeze::BudgetPolicy::kPerStep;
+  } else if (policy != "calibrated") {
+    spdlog::error("--budget_policy must be calibrated or per_step (got '{}')", policy);
+    return 2;
+  }
   o.limits.default_max_tokens = absl::GetFlag(FLAGS_default_max_tokens);
   o.limits.max_tokens_cap = absl::GetFlag(FLAGS_max_tokens_cap);
   o.limits.default_index.centroid_fraction = absl::GetFlag(FLAGS_centroid_fraction);

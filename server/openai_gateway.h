@@ -5,13 +5,14 @@
 //   GET  /v1/models            this server's model
 // `"stream": true` answers with server-sent events (`data: {chunk}` ... `data: [DONE]`).
 // Extensions: `context` names a registered context prepended to the prompt (Generate's
-// `context`); `attention_mode` (squeezed | dense | recent | pages), `budget`, `mass`,
-// `hierarchical`, `top_k`, `min_p`, `repetition_penalty`, `ignore_eos`, `stop_token_ids`. OpenAI
-// fields the server does not implement (n > 1, echo, suffix, best_of > 1, logit_bias, tools) get
-// 501. Errors are OpenAI error objects with the HTTP status of the engine's code (400, 404, 429,
-// 501, 503, ...). Requests share the engine, its limits and its metrics with gRPC, and its
-// security: HTTPS with the server's certificates when TLS is on, and with API keys every request
-// needs `Authorization: Bearer <key>` (401 otherwise) and sees only its tenant's contexts.
+// `context`); `attention_mode` (squeezed | dense | recent | pages), `budget`,
+// `budget_policy` (calibrated | per_step), `mass`, `hierarchical`, `top_k`, `min_p`,
+// `repetition_penalty`, `ignore_eos`, `stop_token_ids`. OpenAI fields the server does not
+// implement (n > 1, echo, suffix, best_of > 1, logit_bias, tools) get 501. Errors are OpenAI error
+// objects with the HTTP status of the engine's code (400, 404, 429, 501, 503, ...). Requests share
+// the engine, its limits and its metrics with gRPC, and its security: HTTPS with the server's
+// certificates when TLS is on, and with API keys every request needs `Authorization: Bearer <key>`
+// (401 otherwise) and sees only its tenant's contexts.
 #pragma once
 
 #include <functional>

@@ -214,6 +214,16 @@ absl::StatusOr<ParsedRequest> ParseRequest(const json& body, bool chat,
       return Invalid("attention_mode", "must be squeezed, dense, recent or pages");
     }
   }
+  if (auto it = body.find("budget_policy"); it != body.end() && !it->is_null()) {
+    const std::string policy = it->is_string() ? it->get<std::string>() : "";
+    if (policy == "calibrated") {
+      g.mutable_attention()->set_budget_policy(v1::AttentionOptions::CALIBRATED);
+    } else if (policy == "per_step") {
+      g.mutable_attention()->set_budget_policy(v1::AttentionOptions::PER_STEP);
+    } else {
+      return Invalid("budget_policy", "must be calibrated or per_step");
+    }
+  }
   // Completions: `logprobs` = number of alternatives. Chat: `logprobs` true + `top_logprobs`.
   if (auto it = body.find("logprobs"); it != body.end() && !it->is_null()) {
     if (chat) {

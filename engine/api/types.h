@@ -29,7 +29,8 @@ struct AttentionRequest {
   AttentionMode mode = AttentionMode::kAuto;
   std::optional<double> budget;  // kept fraction of clustered keys
   std::optional<bool> hierarchical;
-  std::optional<double> mass;  // mass-based selection instead of the threshold
+  std::optional<double> mass;                 // mass-based selection instead of the threshold
+  std::optional<BudgetPolicy> budget_policy;  // unset: EngineOptions::default_budget_policy
 };
 
 struct RegisterRequest {

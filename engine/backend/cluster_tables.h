@@ -62,6 +62,12 @@ struct SqueezedSelection {
   float threshold = 0.0f;
   bool hierarchical = false;
   float coarse_threshold = 0.0f;
+  // Flat selection with the per-step budget policy (BudgetPolicy::kPerStep): where `threshold`
+  // is finite, the threshold is found per layer and step from the step's own scores over the
+  // clusters of all KV heads together, keeping the closest to `budget` of their keys
+  // (kernels/squeeze/step_budget.cuh); `threshold` = -inf / +inf keep all / none as above.
+  bool per_step = false;
+  float budget = 0.0f;
 };
 // A half-open range [begin, end) of storage rows in a ContextKV (layer, kv_head) slice.
 struct KeyRange {

@@ -271,6 +271,11 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
   if (att.mass && mode != AttentionMode::kSqueezed) {
     return absl::InvalidArgumentError("mass applies to squeezed mode only");
   }
+  if (att.budget_policy && (mode != AttentionMode::kSqueezed || att.mass)) {
+    return absl::InvalidArgumentError(
+        "budget_policy applies to squeezed mode with a budget only (not dense, recent, pages or "
+        "mass)");
+  }
   if ((mode == AttentionMode::kRecent || mode == AttentionMode::kPages) &&
       (!seq->context || att.hierarchical.value_or(false))) {
     return absl::InvalidArgumentError(
@@ -291,6 +296,7 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
       sel.mass = att.mass;
       sel.hierarchical = att.hierarchical.value_or(has_coarse && !att.mass);
       sel.coarse_keep = std::min(1.0, 5.0 * sel.budget);
+      sel.budget_policy = att.budget_policy.value_or(options_.default_budget_policy);
       RETURN_IF_ERROR(ValidateSelectionOptions(*index, sel));
       auto squeezed = std::make_unique<SqueezedFixedContextAttention>(*index, sel);
       seq->squeezed = squeezed.get();

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "absl/strings/str_format.h"
+#include "engine/squeeze/score_distribution.h"
 
 namespace squeeze {
 namespace {
@@ -81,14 +82,133 @@ void SqueezedFixedContextAttention::Select(int layer, const float* q, int n, Lay
     return;
   }
   if (options_.hierarchical) out->candidates.assign(Hkv, 0);
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  // The per-step policy wherever something is scored (budget 0 and 1, keep_all and mass-based
+  // selection are the same under both policies).
+  const bool per_step = options_.budget_policy == BudgetPolicy::kPerStep && !options_.mass &&
+                        !options_.keep_all && n > 0 && fine_tau_ != kInf &&
+                        (options_.hierarchical || fine_tau_ != -kInf);
   for (int h = 0; h < Hkv; ++h) {
     std::vector<KeyRange>& ranges = out->ranges[h];
     ranges.clear();
     AddRange(0, index_.sinks, &ranges);
-    const int32_t candidates = SelectHead(layer, h, q, n, &ranges);
-    AddRange(S - index_.window, S, &ranges);
-    if (options_.hierarchical) out->candidates[h] = candidates;
+    if (!per_step) {
+      const int32_t candidates = SelectHead(layer, h, q, n, &ranges);
+      if (options_.hierarchical) out->candidates[h] = candidates;
+    }
   }
+  if (per_step) SelectLayerPerStep(layer, q, n, out);
+  for (int h = 0; h < Hkv; ++h) AddRange(S - index_.window, S, &out->ranges[h]);
+}
+
+void SqueezedFixedContextAttention::SelectLayerPerStep(int layer, const float* q, int n,
+                                                       LayerSelection* out) {
+  const int Hkv = index_.num_kv_heads;
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  head_scores_.resize(Hkv);
+  head_candidates_.resize(Hkv);
+  int64_t clustered = 0;  // the budget's base: the clustered keys of every head of the layer
+  for (int h = 0; h < Hkv; ++h) {
+    const SqueezeHeadIndex& head = index_.head(layer, h);
+    clustered += head.offsets.back() - head.offsets.front();
+  }
+  // The threshold over (score, keys) of the clusters `ids(h)` of every head (all of them when
+  // ids is null) keeping the closest to `keys` keys; -inf when they hold no more than that.
+  auto pooled_threshold = [&](const std::vector<int32_t>* ids, bool coarse, double keys) {
+    pooled_.clear();
+    int64_t total = 0;
+    for (int h = 0; h < Hkv; ++h) {
+      const SqueezeHeadIndex& head = index_.head(layer, h);
+      const std::vector<int32_t>& sizes = coarse ? head.coarse_sizes : head.sizes;
+      const std::vector<float>& scores = head_scores_[h];
+      for (size_t i = 0; i < scores.size(); ++i) {
+        const int64_t size = sizes[ids != nullptr ? ids[h][i] : static_cast<int32_t>(i)];
+        pooled_.emplace_back(scores[i], size);
+        total += size;
+      }
+    }
+    if (total <= 0 || keys >= static_cast<double>(total)) return -kInf;
+    return ScoreDistribution::FromWeightedScores(pooled_).Threshold(keys / total);
+  };
+
+  if (!options_.hierarchical) {
+    for (int h = 0; h < Hkv; ++h) ScoreClusters(layer, h, q, n, false, {}, &head_scores_[h]);
+    const float tau = pooled_threshold(nullptr, false, options_.budget * clustered);
+    for (int h = 0; h < Hkv; ++h) {
+      const std::vector<int32_t>& off = index_.head(layer, h).offsets;
+      for (size_t c = 0; c < head_scores_[h].size(); ++c) {
+        if (head_scores_[h][c] > tau) AddRange(off[c], off[c + 1], &out->ranges[h]);
+      }
+    }
+    return;
+  }
+
+  // Hierarchical: the candidates under the coarse clusters kept at coarse_keep of the layer's
+  // keys (every fine cluster at coarse_keep 1, none at 0), as SelectHead.
+  const bool score_coarse = std::isfinite(coarse_tau_);
+  if (score_coarse) {
+    for (int h = 0; h < Hkv; ++h) ScoreClusters(layer, h, q, n, true, {}, &head_scores_[h]);
+  }
+  const float coarse_tau =
+      score_coarse ? pooled_threshold(nullptr, true, *options_.coarse_keep * clustered) : 0.0f;
+  for (int h = 0; h < Hkv; ++h) {
+    const SqueezeHeadIndex& head = index_.head(layer, h);
+    std::vector<int32_t>& cand = head_candidates_[h];
+    cand.clear();
+    for (int g = 0; g < head.num_coarse(); ++g) {
+      const bool kept = score_coarse ? head_scores_[h][g] > coarse_tau : coarse_tau_ == -kInf;
+      if (!kept) continue;
+      for (int c = head.coarse_offsets[g]; c < head.coarse_offsets[g + 1]; ++c) cand.push_back(c);
+    }
+    out->candidates[h] = static_cast<int32_t>(cand.size());
+  }
+  // The fine level among the candidates (normalised among themselves, P13) at `budget` of the
+  // layer's keys; every candidate at budget 1.
+  const bool score_fine = fine_tau_ != -kInf;
+  for (int h = 0; h < Hkv; ++h) {
+    head_scores_[h].clear();
+    if (score_fine && !head_candidates_[h].empty()) {
+      ScoreClusters(layer, h, q, n, false, head_candidates_[h], &head_scores_[h]);
+    }
+  }
+  const float tau =
+      score_fine ? pooled_threshold(head_candidates_.data(), false, options_.budget * clustered)
+                 : -kInf;
+  for (int h = 0; h < Hkv; ++h) {
+    const std::vector<int32_t>& off = index_.head(layer, h).offsets;
+    const std::vector<int32_t>& cand = head_candidates_[h];
+    for (size_t i = 0; i < cand.size(); ++i) {
+      if (!score_fine || head_scores_[h][i] > tau) {
+        AddRange(off[cand[i]], off[cand[i] + 1], &out->ranges[h]);
+      }
+    }
+  }
+}
+
+void SqueezedFixedContextAttention::ScoreClusters(int layer, int kv_head, const float* q, int n,
+                                                  bool coarse, std::span<const int32_t> ids,
+                                                  std::vector<float>* out) {
+  const SqueezeHeadIndex& head = index_.head(layer, kv_head);
+  const int d = index_.head_dim, G = index_.group_size();
+  const float* q_group = q + static_cast<size_t>(kv_head) * G * d;  // head kv_head*G, token 0
+  const size_t token_stride = static_cast<size_t>(index_.num_q_heads) * d;
+  const float* centroids = coarse ? head.coarse_centroids.data() : head.centroids.data();
+  const int32_t* sizes = coarse ? head.coarse_sizes.data() : head.sizes.data();
+  int count = coarse ? head.num_coarse() : head.num_clusters();
+  if (!ids.empty()) {  // fine clusters `ids` only: gathered, the denominator sees only them
+    count = static_cast<int>(ids.size());
+    gathered_centroids_.resize(static_cast<size_t>(count) * d);
+    gathered_sizes_.resize(count);
+    for (int i = 0; i < count; ++i) {
+      std::memcpy(&gathered_centroids_[static_cast<size_t>(i) * d],
+                  &head.centroids[static_cast<size_t>(ids[i]) * d], sizeof(float) * d);
+      gathered_sizes_[i] = head.sizes[ids[i]];
+    }
+    centroids = gathered_centroids_.data();
+    sizes = gathered_sizes_.data();
+  }
+  out->resize(count);
+  scorer_.Average(q_group, n, G, token_stride, centroids, sizes, count, d, out->data());
 }
 
 void SqueezedFixedContextAttention::SelectAndRecord(int layer, const float* q, int n,
@@ -104,10 +224,16 @@ void SqueezedFixedContextAttention::SelectAndRecord(int layer, const float* q, i
 
 ContextAttentionPolicy SqueezedFixedContextAttention::policy() const {
   ContextAttentionPolicy p;
-  if (options_.mass) return p;  // kHost: mass-based selection lists its rows on the host
+  const bool per_step = options_.budget_policy == BudgetPolicy::kPerStep && !options_.keep_all;
+  // kHost: mass-based and hierarchical per-step selection list their rows on the host.
+  if (options_.mass || (per_step && options_.hierarchical)) return p;
   constexpr float kInf = std::numeric_limits<float>::infinity();
   p.kind = ContextAttentionPolicy::Kind::kSqueezed;
   p.squeezed = {index_.tables(), options_.keep_all ? -kInf : fine_tau_};
+  if (per_step) {  // flat: the backend finds the threshold of each layer and step
+    p.squeezed.per_step = true;
+    p.squeezed.budget = static_cast<float>(options_.budget);
+  }
   if (options_.hierarchical && !options_.keep_all) {
     p.squeezed.hierarchical = true;
     // As SelectHead: a fine tau of +inf keeps nothing and scores nothing, coarse level included.
@@ -124,9 +250,11 @@ void SqueezedFixedContextAttention::Record(int layer, std::span<const int32_t> k
   }
   ++steps_per_layer_[layer];
   constexpr float kInf = std::numeric_limits<float>::infinity();
-  const ContextAttentionPolicy pol = policy();
-  const SqueezedSelection& sel = pol.squeezed;
-  const bool hierarchical = sel.hierarchical && static_cast<int>(candidates.size()) == Hkv;
+  // The thresholds' conventions (both budget policies): what is scored at all.
+  const float fine_tau = options_.keep_all ? -kInf : fine_tau_;
+  const float coarse_tau = fine_tau == kInf ? kInf : coarse_tau_;
+  const bool hierarchical =
+      options_.hierarchical && !options_.keep_all && static_cast<int>(candidates.size()) == Hkv;
   for (int h = 0; h < Hkv; ++h) {
     const SqueezeHeadIndex& head = index_.head(layer, h);
     const int C = head.num_clusters();
@@ -140,13 +268,13 @@ void SqueezedFixedContextAttention::Record(int layer, std::span<const int32_t> k
       scored_[slot] += *options_.mass < 1.0 ? C : 0;
       continue;
     }
-    if (sel.threshold == kInf) continue;
+    if (fine_tau == kInf) continue;
     if (!hierarchical) {
-      scored_[slot] += sel.threshold == -kInf ? 0 : C;
+      scored_[slot] += fine_tau == -kInf ? 0 : C;
       continue;
     }
-    if (std::isfinite(sel.coarse_threshold)) scored_[slot] += head.num_coarse();
-    if (candidates[h] > 0 && std::isfinite(sel.threshold)) scored_[slot] += candidates[h];
+    if (std::isfinite(coarse_tau)) scored_[slot] += head.num_coarse();
+    if (candidates[h] > 0 && std::isfinite(fine_tau)) scored_[slot] += candidates[h];
   }
 }
 
@@ -154,7 +282,6 @@ int32_t SqueezedFixedContextAttention::SelectHead(int layer, int kv_head, const 
                                                   std::vector<KeyRange>* ranges) {
   const SqueezeHeadIndex& head = index_.head(layer, kv_head);
   const int C = head.num_clusters();
-  const int d = index_.head_dim, G = index_.group_size();
   const std::vector<int32_t>& off = head.offsets;
   if (C == 0) return 0;
   constexpr float kInf = std::numeric_limits<float>::infinity();
@@ -162,17 +289,13 @@ int32_t SqueezedFixedContextAttention::SelectHead(int layer, int kv_head, const 
     AddRange(off[0], off[C], ranges);  // every cluster, nothing to score
     return 0;
   }
-  const float* q_group = q + static_cast<size_t>(kv_head) * G * d;  // head kv_head*G, token 0
-  const size_t token_stride = static_cast<size_t>(index_.num_q_heads) * d;
   if (options_.mass) {
     if (n <= 0) return 0;
     if (*options_.mass >= 1.0) {
       AddRange(off[0], off[C], ranges);
       return 0;
     }
-    scores_.resize(C);
-    scorer_.Average(q_group, n, G, token_stride, head.centroids.data(), head.sizes.data(), C, d,
-                    scores_.data());
+    ScoreClusters(layer, kv_head, q, n, false, {}, &scores_);
     order_.resize(C);
     for (int c = 0; c < C; ++c) order_[c] = c;
     std::sort(order_.begin(), order_.end(), [&](int a, int b) {
@@ -193,9 +316,7 @@ int32_t SqueezedFixedContextAttention::SelectHead(int layer, int kv_head, const 
   if (n <= 0 || fine_tau_ == kInf) return 0;
 
   if (!options_.hierarchical) {
-    scores_.resize(C);
-    scorer_.Average(q_group, n, G, token_stride, head.centroids.data(), head.sizes.data(), C, d,
-                    scores_.data());
+    ScoreClusters(layer, kv_head, q, n, false, {}, &scores_);
     for (int c = 0; c < C; ++c) {
       if (scores_[c] > fine_tau_) AddRange(off[c], off[c + 1], ranges);
     }
@@ -208,9 +329,7 @@ int32_t SqueezedFixedContextAttention::SelectHead(int layer, int kv_head, const 
   if (coarse_tau_ == -kInf) {
     for (int c = 0; c < C; ++c) candidates_.push_back(c);
   } else if (coarse_tau_ != kInf) {
-    coarse_scores_.resize(C1);
-    scorer_.Average(q_group, n, G, token_stride, head.coarse_centroids.data(),
-                    head.coarse_sizes.data(), C1, d, coarse_scores_.data());
+    ScoreClusters(layer, kv_head, q, n, true, {}, &coarse_scores_);
     for (int g = 0; g < C1; ++g) {
       if (!(coarse_scores_[g] > coarse_tau_)) continue;
       for (int c = head.coarse_offsets[g]; c < head.coarse_offsets[g + 1]; ++c) {
@@ -226,17 +345,7 @@ int32_t SqueezedFixedContextAttention::SelectHead(int layer, int kv_head, const 
   }
 
   // Fine level over the surviving clusters only: the softmax denominator sees only them (P13).
-  gathered_centroids_.resize(static_cast<size_t>(K) * d);
-  gathered_sizes_.resize(K);
-  for (int i = 0; i < K; ++i) {
-    const int c = candidates_[i];
-    std::memcpy(&gathered_centroids_[static_cast<size_t>(i) * d],
-                &head.centroids[static_cast<size_t>(c) * d], sizeof(float) * d);
-    gathered_sizes_[i] = head.sizes[c];
-  }
-  scores_.resize(K);
-  scorer_.Average(q_group, n, G, token_stride, gathered_centroids_.data(), gathered_sizes_.data(),
-                  K, d, scores_.data());
+  ScoreClusters(layer, kv_head, q, n, false, candidates_, &scores_);
   for (int i = 0; i < K; ++i) {
     const int c = candidates_[i];
     if (scores_[i] > fine_tau_) AddRange(off[c], off[c + 1], ranges);

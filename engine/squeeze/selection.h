@@ -17,6 +17,8 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -41,6 +43,8 @@ struct SelectionOptions {
   // over all clusters) reaches `mass`, per KV head and step. Query-adaptive: a peaked query keeps
   // few clusters, a diffuse one many. In (0, 1]; flat selection only.
   std::optional<double> mass;
+  // Threshold policy for `budget` and `coarse_keep` (not used by `mass` or `keep_all`).
+  BudgetPolicy budget_policy = BudgetPolicy::kCalibrated;
 };
 
 // InvalidArgument for a budget or coarse_keep outside [0, 1]; FailedPrecondition for
@@ -55,8 +59,9 @@ class SqueezedFixedContextAttention final : public FixedContextAttention {
   SqueezedFixedContextAttention(const SqueezeIndex& index, const SelectionOptions& options);
 
   // Threshold selection (flat or hierarchical) as plain data for the backend: kSqueezed with the
-  // index's tables and the thresholds (keep_all gives tau = -inf, every cluster); mass-based
-  // selection is kHost (the rows come from Select).
+  // index's tables and the thresholds (keep_all gives tau = -inf, every cluster); flat per-step
+  // selection adds per_step and the budget (the backend finds each step's threshold); mass-based
+  // and hierarchical per-step selection are kHost (the rows come from Select).
   ContextAttentionPolicy policy() const override;
 
   // q: [n][Hq][d] post-RoPE queries of the step's n tokens at `layer`. Fills out->ranges
@@ -74,7 +79,8 @@ class SqueezedFixedContextAttention final : public FixedContextAttention {
   // reports after a step), for tools and tests that select without a forward.
   void SelectAndRecord(int layer, const float* q, int n, LayerSelection* out);
 
-  // Thresholds in use (+inf: nothing kept; -inf: everything kept; coarse: hierarchical only).
+  // Calibrated thresholds (+inf: nothing kept; -inf: everything kept; coarse: hierarchical
+  // only); the per-step policy keeps the same conventions at budget 0 and 1.
   float fine_threshold() const { return fine_tau_; }
   float coarse_threshold() const { return coarse_tau_; }
 
@@ -101,6 +107,13 @@ class SqueezedFixedContextAttention final : public FixedContextAttention {
  private:
   // Appends the kept ranges of one head; returns the hierarchical candidates (0 otherwise).
   int32_t SelectHead(int layer, int kv_head, const float* q, int n, std::vector<KeyRange>* ranges);
+  // BudgetPolicy::kPerStep, every head of the layer at once (n > 0, not keep_all): appends each
+  // head's kept ranges to out->ranges[h] and, hierarchical, sets out->candidates[h].
+  void SelectLayerPerStep(int layer, const float* q, int n, LayerSelection* out);
+  // Mean scores (ClusterScorer::Average) of one head's coarse clusters (coarse) or fine clusters
+  // (all of them, or only `ids`, normalised among themselves) into *out, in that order.
+  void ScoreClusters(int layer, int kv_head, const float* q, int n, bool coarse,
+                     std::span<const int32_t> ids, std::vector<float>* out);
 
   const SqueezeIndex& index_;
   SelectionOptions options_;
@@ -122,6 +135,10 @@ class SqueezedFixedContextAttention final : public FixedContextAttention {
   std::vector<int32_t> gathered_sizes_;                     // [candidates]
   std::vector<int32_t> order_;  // [C] clusters by descending score (mass mode)
   std::vector<char> keep_;      // [C] kept flags (mass mode)
+  // Per-step policy: per head, the scores of one level and the candidate fine clusters.
+  std::vector<std::vector<float>> head_scores_;        // [Hkv][C or candidates]
+  std::vector<std::vector<int32_t>> head_candidates_;  // [Hkv]
+  std::vector<std::pair<float, int64_t>> pooled_;      // (score, keys) of every head's clusters
 };
 
 }  // namespace squeeze

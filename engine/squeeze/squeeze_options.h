@@ -1,5 +1,5 @@
-// Options of the offline Squeezed Attention index (DESIGN §1.1). Validated by
-// ValidateSqueezeOptions (squeeze_index.h).
+// Options of the offline Squeezed Attention index (DESIGN §1.1), validated by
+// ValidateSqueezeOptions (squeeze_index.h), and the online selection's budget policy.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +16,20 @@ struct SqueezeOptions {
   uint64_t seed = 0;              // k-means++ seeding; per (layer, head) streams derive from it
 
   bool operator==(const SqueezeOptions&) const = default;
+};
+
+// How a requested budget becomes a threshold.
+enum class BudgetPolicy : uint8_t {
+  // The paper's: tau(budget) calibrated at registration on the context's last queries (P7); the
+  // kept fraction follows the user's queries only as far as they resemble those.
+  kCalibrated,
+  // Beyond the paper (DESIGN §1.3): one threshold per layer and step, over the clusters of all the
+  // layer's KV heads together, from the step's own scores: the cut of their (score, keys) that
+  // keeps the closest to `budget` of the heads' clustered keys. The heads share the threshold, so
+  // the paper's per-head adaptivity stays (a peaked head keeps fewer keys, a diffuse one more);
+  // the layer's kept fraction holds at every step. Hierarchical: the coarse level the same way
+  // with `coarse_keep`, then the fine level among the candidates.
+  kPerStep,
 };
 
 }  // namespace squeeze

@@ -5,10 +5,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <optional>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "engine/squeeze/cluster_scores.h"
@@ -190,58 +192,62 @@ std::vector<int> BruteForce(const SqueezeIndex& index, int layer, int h, const f
 }
 
 TEST(SelectionTest, KeepAllAndFullBudgetKeepEveryRow) {
-  for (bool hierarchical : {false, true}) {
-    TestContext c = MakeIndexed(2, 2, 4, 16, 600, Options(hierarchical), 1);
-    const int S = c.index.num_tokens;
-    std::mt19937 gen(2);
-    const std::vector<float> q = RandomQueries(3, 4, 16, gen);
-    for (int mode = 0; mode < 2; ++mode) {
-      SelectionOptions sel;
-      sel.hierarchical = hierarchical;
-      if (mode == 0)
-        sel.keep_all = true;
-      else
-        sel.budget = 1.0;
-      SqueezedFixedContextAttention att(c.index, sel);
-      LayerSelection out;
-      for (int l = 0; l < 2; ++l) {
-        att.SelectAndRecord(l, q.data(), 3, &out);
-        ASSERT_EQ(out.ranges.size(), 2u);
-        for (const auto& ranges : out.ranges) {
-          ASSERT_EQ(ranges.size(), 1u);
-          EXPECT_EQ(ranges[0].begin, 0);
-          EXPECT_EQ(ranges[0].end, S);
+  for (BudgetPolicy policy : {BudgetPolicy::kCalibrated, BudgetPolicy::kPerStep})
+    for (bool hierarchical : {false, true}) {
+      TestContext c = MakeIndexed(2, 2, 4, 16, 600, Options(hierarchical), 1);
+      const int S = c.index.num_tokens;
+      std::mt19937 gen(2);
+      const std::vector<float> q = RandomQueries(3, 4, 16, gen);
+      for (int mode = 0; mode < 2; ++mode) {
+        SelectionOptions sel;
+        sel.hierarchical = hierarchical;
+        sel.budget_policy = policy;
+        if (mode == 0)
+          sel.keep_all = true;
+        else
+          sel.budget = 1.0;
+        SqueezedFixedContextAttention att(c.index, sel);
+        LayerSelection out;
+        for (int l = 0; l < 2; ++l) {
+          att.SelectAndRecord(l, q.data(), 3, &out);
+          ASSERT_EQ(out.ranges.size(), 2u);
+          for (const auto& ranges : out.ranges) {
+            ASSERT_EQ(ranges.size(), 1u);
+            EXPECT_EQ(ranges[0].begin, 0);
+            EXPECT_EQ(ranges[0].end, S);
+          }
         }
+        EXPECT_DOUBLE_EQ(att.realised_budget(), 1.0);  // nothing scored
+        EXPECT_EQ(att.centroids_scored(), 0);
       }
-      EXPECT_DOUBLE_EQ(att.realised_budget(), 1.0);  // nothing scored
-      EXPECT_EQ(att.centroids_scored(), 0);
     }
-  }
 }
 
 TEST(SelectionTest, ZeroBudgetKeepsOnlySinksAndWindow) {
-  for (bool hierarchical : {false, true}) {
-    TestContext c = MakeIndexed(2, 2, 4, 16, 600, Options(hierarchical), 3);
-    const int S = c.index.num_tokens, sinks = c.index.sinks, W = c.index.window;
-    std::mt19937 gen(4);
-    const std::vector<float> q = RandomQueries(1, 4, 16, gen);
-    SelectionOptions sel;
-    sel.budget = 0.0;
-    sel.hierarchical = hierarchical;
-    SqueezedFixedContextAttention att(c.index, sel);
-    LayerSelection out;
-    for (int l = 0; l < 2; ++l) {
-      att.SelectAndRecord(l, q.data(), 1, &out);
-      for (const auto& ranges : out.ranges) {
-        ASSERT_EQ(ranges.size(), 2u);
-        EXPECT_EQ(ranges[0].begin, 0);
-        EXPECT_EQ(ranges[0].end, sinks);
-        EXPECT_EQ(ranges[1].begin, S - W);
-        EXPECT_EQ(ranges[1].end, S);
+  for (BudgetPolicy policy : {BudgetPolicy::kCalibrated, BudgetPolicy::kPerStep})
+    for (bool hierarchical : {false, true}) {
+      TestContext c = MakeIndexed(2, 2, 4, 16, 600, Options(hierarchical), 3);
+      const int S = c.index.num_tokens, sinks = c.index.sinks, W = c.index.window;
+      std::mt19937 gen(4);
+      const std::vector<float> q = RandomQueries(1, 4, 16, gen);
+      SelectionOptions sel;
+      sel.budget = 0.0;
+      sel.hierarchical = hierarchical;
+      sel.budget_policy = policy;
+      SqueezedFixedContextAttention att(c.index, sel);
+      LayerSelection out;
+      for (int l = 0; l < 2; ++l) {
+        att.SelectAndRecord(l, q.data(), 1, &out);
+        for (const auto& ranges : out.ranges) {
+          ASSERT_EQ(ranges.size(), 2u);
+          EXPECT_EQ(ranges[0].begin, 0);
+          EXPECT_EQ(ranges[0].end, sinks);
+          EXPECT_EQ(ranges[1].begin, S - W);
+          EXPECT_EQ(ranges[1].end, S);
+        }
       }
+      EXPECT_DOUBLE_EQ(att.realised_budget(), static_cast<double>(sinks + W) / S);
     }
-    EXPECT_DOUBLE_EQ(att.realised_budget(), static_cast<double>(sinks + W) / S);
-  }
 }
 
 TEST(SelectionTest, FlatSelectionMatchesDoublePrecisionBruteForce) {
@@ -526,6 +532,210 @@ namespace {
 
 // Mass-based selection (DESIGN §1.3): the kept clusters are the top-scored ones, and exactly as
 // many as are needed for their estimated mass sum(N_c * p_c) to reach the target.
+// Per (layer, step), the clusters of every KV head of the layer with their double-precision
+// scores and keys, for checking a per-step selection: `ids[h]` lists the clusters scored
+// together (all fine ones, the coarse ones, or the fine candidates).
+struct PooledLevel {
+  std::vector<std::vector<int>> ids;       // [Hkv]
+  std::vector<std::vector<double>> score;  // [Hkv], parallel to ids
+  std::vector<std::vector<int>> keys;      // [Hkv], parallel to ids
+};
+
+PooledLevel ScoreLevel(const SqueezeIndex& index, int layer, const float* q, int n, bool coarse,
+                       const std::vector<std::vector<int>>* fine_ids) {
+  const int Hkv = index.num_kv_heads, d = index.head_dim;
+  PooledLevel level;
+  level.ids.resize(Hkv);
+  level.score.resize(Hkv);
+  level.keys.resize(Hkv);
+  for (int h = 0; h < Hkv; ++h) {
+    const SqueezeHeadIndex& head = index.head(layer, h);
+    std::vector<const float*> cents;
+    const int count = coarse ? head.num_coarse() : head.num_clusters();
+    for (int k = 0; k < count; ++k) {
+      if (fine_ids == nullptr) level.ids[h].push_back(k);
+    }
+    if (fine_ids != nullptr) level.ids[h] = (*fine_ids)[h];
+    for (int k : level.ids[h]) {
+      cents.push_back(coarse ? &head.coarse_centroids[static_cast<size_t>(k) * d]
+                             : &head.centroids[static_cast<size_t>(k) * d]);
+      level.keys[h].push_back(coarse ? head.coarse_sizes[k] : head.sizes[k]);
+    }
+    if (!cents.empty()) level.score[h] = ScoresInDouble(index, q, n, h, cents, level.keys[h]);
+  }
+  return level;
+}
+
+// Checks that `kept[h][i]` (parallel to level.ids) is a prefix of the pooled clusters in
+// descending score order (no dropped cluster of any head outscores a kept one) whose keys are
+// the closest to `target` (within half of the largest cluster at the boundary); returns the
+// kept keys.
+int64_t ExpectPooledPrefix(const PooledLevel& level, const std::vector<std::vector<bool>>& kept,
+                           double target, const char* what) {
+  double min_kept = 1e300, max_dropped = -1;
+  int64_t kept_keys = 0;
+  int largest = 0;
+  for (size_t h = 0; h < level.ids.size(); ++h) {
+    for (size_t i = 0; i < level.ids[h].size(); ++i) {
+      largest = std::max(largest, level.keys[h][i]);
+      if (kept[h][i]) {
+        kept_keys += level.keys[h][i];
+        min_kept = std::min(min_kept, level.score[h][i]);
+      } else {
+        max_dropped = std::max(max_dropped, level.score[h][i]);
+      }
+    }
+  }
+  EXPECT_GE(min_kept * (1 + 1e-4) + 1e-12, max_dropped) << what << ": not a prefix by score";
+  EXPECT_LE(std::abs(kept_keys - target), largest)
+      << what << ": kept " << kept_keys << " keys for a target of " << target;
+  return kept_keys;
+}
+
+// The per-step policy: at every layer and step the kept keys of all heads together are the
+// requested budget of their clustered keys (to within a cluster), the kept clusters are the
+// best-scored of all heads together, and the heads keep different amounts (one threshold
+// shared, not one quota per head). The calibrated threshold on the same queries does not hold
+// the budget (the demonstration of why the policy exists).
+TEST(SelectionTest, PerStepBudgetHoldsAtEveryLayerAndStep) {
+  const int L = 3, Hkv = 4, Hq = 8, d = 32, S = 3000;
+  TestContext c = MakeIndexed(L, Hkv, Hq, d, S, Options(false), 31);
+  const int64_t clustered = c.index.num_clustered;
+  std::mt19937 gen(32);
+  int uneven_layers = 0, layers = 0;
+  double worst_per_step = 0, worst_calibrated = 0;
+  for (double budget : {0.05, 0.1, 0.3}) {
+    SelectionOptions o;
+    o.budget = budget;
+    o.budget_policy = BudgetPolicy::kPerStep;
+    ASSERT_TRUE(ValidateSelectionOptions(c.index, o).ok());
+    SqueezedFixedContextAttention per_step(c.index, o);
+    const ContextAttentionPolicy policy = per_step.policy();
+    EXPECT_EQ(policy.kind, ContextAttentionPolicy::Kind::kSqueezed);
+    EXPECT_TRUE(policy.squeezed.per_step);
+    EXPECT_EQ(policy.squeezed.budget, static_cast<float>(budget));
+    EXPECT_TRUE(std::isfinite(policy.squeezed.threshold));
+    o.budget_policy = BudgetPolicy::kCalibrated;
+    SqueezedFixedContextAttention calibrated(c.index, o);
+    for (int n : {1, 6}) {
+      for (int rep = 0; rep < 2; ++rep) {
+        // Queries scaled up so that scores are peaked, as a trained model's are.
+        std::vector<float> q = RandomQueries(n, Hq, d, gen);
+        for (float& x : q) x *= 2.0f;
+        for (int l = 0; l < L; ++l) {
+          LayerSelection out, cal;
+          per_step.SelectAndRecord(l, q.data(), n, &out);
+          calibrated.SelectAndRecord(l, q.data(), n, &cal);
+          const PooledLevel level = ScoreLevel(c.index, l, q.data(), n, false, nullptr);
+          std::vector<std::vector<bool>> kept(Hkv);
+          int64_t cal_keys = 0, most = 0, least = clustered;
+          for (int h = 0; h < Hkv; ++h) {
+            ExpectWellFormed(out.ranges[h], S);
+            kept[h] = KeptClusters(c.index.head(l, h), out.ranges[h]);
+            int64_t head_keys = 0;
+            for (int k = 0; k < c.index.head(l, h).num_clusters(); ++k) {
+              if (kept[h][k]) head_keys += c.index.head(l, h).sizes[k];
+            }
+            most = std::max(most, head_keys);
+            least = std::min(least, head_keys);
+            const std::vector<bool> cal_kept = KeptClusters(c.index.head(l, h), cal.ranges[h]);
+            for (int k = 0; k < c.index.head(l, h).num_clusters(); ++k) {
+              if (cal_kept[k]) cal_keys += c.index.head(l, h).sizes[k];
+            }
+          }
+          const double target = budget * Hkv * clustered;
+          const int64_t keys = ExpectPooledPrefix(level, kept, target, "flat");
+          worst_per_step = std::max(worst_per_step, std::abs(keys / target - 1));
+          worst_calibrated = std::max(worst_calibrated, std::abs(cal_keys / target - 1));
+          ++layers;
+          if (most > 1.5 * least) ++uneven_layers;
+        }
+      }
+    }
+  }
+  EXPECT_LE(worst_per_step, 0.1);  // the bound: within 10% of the budget at every step
+  EXPECT_GT(worst_calibrated, 0.1);
+  EXPECT_GT(uneven_layers, layers / 4) << "heads kept alike: no per-head adaptivity";
+}
+
+TEST(SelectionTest, PerStepBudgetHierarchical) {
+  const int L = 2, Hkv = 3, Hq = 6, d = 16, S = 4000;
+  SqueezeOptions so = Options(true);
+  so.coarse_fraction = 0.01;
+  TestContext c = MakeIndexed(L, Hkv, Hq, d, S, so, 41);
+  const int64_t clustered = c.index.num_clustered;
+  std::mt19937 gen(42);
+  for (double budget : {0.05, 0.1}) {
+    SelectionOptions o;
+    o.budget = budget;
+    o.hierarchical = true;
+    o.coarse_keep = 0.4;
+    o.budget_policy = BudgetPolicy::kPerStep;
+    SqueezedFixedContextAttention att(c.index, o);
+    EXPECT_EQ(att.policy().kind, ContextAttentionPolicy::Kind::kHost);  // selected on the host
+    for (int n : {1, 4}) {
+      std::vector<float> q = RandomQueries(n, Hq, d, gen);
+      for (float& x : q) x *= 2.0f;
+      for (int l = 0; l < L; ++l) {
+        LayerSelection out;
+        att.SelectAndRecord(l, q.data(), n, &out);
+        ASSERT_EQ(out.candidates.size(), static_cast<size_t>(Hkv));
+        // Coarse level, by brute force in double: the pooled prefix by score whose keys come
+        // closest to coarse_keep of the layer's keys; the candidates are its fine clusters.
+        const PooledLevel coarse = ScoreLevel(c.index, l, q.data(), n, true, nullptr);
+        std::vector<std::tuple<double, int, int>> order;  // (-score, head, coarse cluster)
+        for (int h = 0; h < Hkv; ++h) {
+          for (size_t g = 0; g < coarse.ids[h].size(); ++g) {
+            order.emplace_back(-coarse.score[h][g], h, static_cast<int>(g));
+          }
+        }
+        std::sort(order.begin(), order.end());
+        const double coarse_target = 0.4 * Hkv * clustered;
+        size_t cut = 0;  // the first `cut` of `order` are kept
+        for (int64_t keys = 0; cut < order.size(); ++cut) {
+          const auto& [neg, h, g] = order[cut];
+          const int64_t next = keys + c.index.head(l, h).coarse_sizes[g];
+          if (next - coarse_target > coarse_target - keys) break;  // closer without it
+          keys = next;
+        }
+        std::vector<std::vector<bool>> coarse_kept(Hkv);
+        std::vector<std::vector<int>> candidates(Hkv);
+        for (int h = 0; h < Hkv; ++h) coarse_kept[h].assign(coarse.ids[h].size(), false);
+        for (size_t i = 0; i < cut; ++i) {
+          const auto& [neg, h, g] = order[i];
+          coarse_kept[h][g] = true;
+          const SqueezeHeadIndex& head = c.index.head(l, h);
+          for (int f = head.coarse_offsets[g]; f < head.coarse_offsets[g + 1]; ++f) {
+            candidates[h].push_back(f);
+          }
+        }
+        ExpectPooledPrefix(coarse, coarse_kept, coarse_target, "coarse");
+        int64_t candidate_keys = 0;
+        for (int h = 0; h < Hkv; ++h) {
+          EXPECT_EQ(out.candidates[h], static_cast<int32_t>(candidates[h].size())) << "head " << h;
+          std::sort(candidates[h].begin(), candidates[h].end());
+          for (int f : candidates[h]) candidate_keys += c.index.head(l, h).sizes[f];
+        }
+        // Fine level among the candidates, normalised among themselves.
+        const PooledLevel fine = ScoreLevel(c.index, l, q.data(), n, false, &candidates);
+        std::vector<std::vector<bool>> fine_kept(Hkv);
+        for (int h = 0; h < Hkv; ++h) {
+          const std::vector<bool> kept = KeptClusters(c.index.head(l, h), out.ranges[h]);
+          for (int f = 0; f < c.index.head(l, h).num_clusters(); ++f) {
+            if (kept[f]) {
+              EXPECT_TRUE(std::binary_search(candidates[h].begin(), candidates[h].end(), f))
+                  << "fine cluster " << f << " kept outside the candidates";
+            }
+          }
+          for (int f : candidates[h]) fine_kept[h].push_back(kept[f]);
+        }
+        const double target = std::min<double>(budget * Hkv * clustered, candidate_keys);
+        ExpectPooledPrefix(fine, fine_kept, target, "fine");
+      }
+    }
+  }
+}
+
 TEST(SelectionTest, MassSelectionKeepsTheTopClustersUpToTheTargetMass) {
   const int L = 2, Hkv = 2, Hq = 8, d = 16, S = 1500;
   TestContext c = MakeIndexed(L, Hkv, Hq, d, S, Options(false), 21);

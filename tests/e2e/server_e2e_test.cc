@@ -305,6 +305,39 @@ TEST_F(ServerE2ETest, SqueezedAttentionThroughTheApi) {
   md.mutable_attention()->set_mass(0.5);
   md.mutable_attention()->set_mode(v1::AttentionOptions::DENSE);
   EXPECT_EQ(Generate(c(), md).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  // The per-step budget policy holds the kept fraction of the clustered keys at every layer and
+  // step (to within a cluster), so two budgets' realised KV budgets differ by the budgets'
+  // difference of the clustered keys (the centroids scored and the window are the same).
+  double step_budget[2];
+  for (int i = 0; i < 2; ++i) {
+    v1::GenerateRequest ps = Request("flat", " The council", 4, 1, 0.0f);
+    ps.mutable_attention()->set_budget(i == 0 ? 0.05 : 0.25);
+    ps.mutable_attention()->set_budget_policy(v1::AttentionOptions::PER_STEP);
+    GenerateResult psr = Generate(c(), ps);
+    ASSERT_TRUE(psr.status.ok()) << psr.status.error_message();
+    EXPECT_EQ(psr.last.attention_mode(), v1::AttentionOptions::SQUEEZED);
+    step_budget[i] = psr.last.usage().kv_budget();
+  }
+  const double clustered = static_cast<double>(flat.num_tokens() - 32) / flat.num_tokens();
+  EXPECT_NEAR(step_budget[1] - step_budget[0], 0.2 * clustered, 0.02);
+  for (v1::AttentionOptions::Mode mode :
+       {v1::AttentionOptions::DENSE, v1::AttentionOptions::RECENT}) {
+    v1::GenerateRequest pm = Request("flat", " The council", 4, 1, 0.0f);
+    pm.mutable_attention()->set_mode(mode);
+    pm.mutable_attention()->set_budget_policy(v1::AttentionOptions::PER_STEP);
+    GenerateResult pmr = Generate(c(), pm);
+    EXPECT_EQ(pmr.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(pmr.status.error_message(), HasSubstr("budget_policy"));
+  }
+  v1::GenerateRequest pmass = Request("flat", " The council", 4, 1, 0.0f);
+  pmass.mutable_attention()->set_mass(0.5);
+  pmass.mutable_attention()->set_budget_policy(v1::AttentionOptions::CALIBRATED);
+  EXPECT_EQ(Generate(c(), pmass).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::GenerateRequest pbad = Request("flat", " The council", 4, 1, 0.0f);
+  pbad.mutable_attention()->set_budget_policy(static_cast<v1::AttentionOptions::BudgetPolicy>(9));
+  GenerateResult pbr = Generate(c(), pbad);
+  EXPECT_EQ(pbr.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(pbr.status.error_message(), HasSubstr("budget_policy"));
   // The query-blind baseline.
   v1::GenerateRequest rec = Request("flat", " The council", 4, 1, 0.0f);
   rec.mutable_attention()->set_mode(v1::AttentionOptions::RECENT);

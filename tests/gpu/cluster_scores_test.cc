@@ -25,10 +25,14 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "engine/squeeze/cluster_scores.h"
+#include "engine/squeeze/score_distribution.h"
+#include "kernels/squeeze/step_budget.cuh"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace squeeze {
@@ -183,6 +187,89 @@ TEST(ClusterScores, CandidatesOnly) {
   // The hierarchical fine level: only candidate clusters take part and are written.
   RunCase({128, 4, 3, 200, {2000, 500, 3}, true}, 6);
   RunCase({64, 2, 2, 33, {129, 700}, true}, 7);
+}
+
+// The per-step budget threshold (kernels/squeeze/step_budget.cuh) against the CPU reference
+// (ScoreDistribution over the pooled clusters of a sequence's heads, as the per-step selection
+// uses it): the same kept clusters, exactly, on random scores (spread over several orders of
+// magnitude, with ties and zeros) and sizes, heads of different sizes, budgets from 0 to 1.
+TEST(ClusterScores, StepBudgetThresholdMatchesCpu) {
+  const int B = 5, Hkv = 8;
+  Rng rng(11);
+  std::vector<int> clusters(B * Hkv);
+  int stride = 1;
+  for (int& c : clusters) {
+    c = rng.Int(0, 3000);
+    stride = std::max(stride, c);
+  }
+  clusters[3] = 0;                                                          // an empty head
+  std::vector<float> scores(static_cast<size_t>(B) * Hkv * stride, -1.0f);  // -1: never read
+  std::vector<int32_t> sizes(scores.size(), 0);
+  for (int bh = 0; bh < B * Hkv; ++bh) {
+    for (int c = 0; c < clusters[bh]; ++c) {
+      const size_t i = static_cast<size_t>(bh) * stride + c;
+      const int kind = rng.Int(0, 9);
+      // Mostly exp(N(0, 3)) scaled; some quantised (ties across heads), some exact zeros.
+      scores[i] = kind == 0   ? 0.0f
+                  : kind == 1 ? 1e-3f * static_cast<float>(rng.Int(1, 4))
+                              : 1e-4f * std::exp(3.0f * rng.Uniform());
+      sizes[i] = rng.Int(1, 40);
+    }
+  }
+  DeviceArray<float> dev_scores(scores);
+  DeviceArray<int32_t> dev_sizes(sizes);
+  std::vector<gpu::SqueezeHeadDesc> heads(B * Hkv);
+  for (int bh = 0; bh < B * Hkv; ++bh) {
+    heads[bh].sizes = dev_sizes.get() + static_cast<size_t>(bh) * stride;
+    heads[bh].num_clusters = clusters[bh];
+  }
+  DeviceArray<gpu::SqueezeHeadDesc> dev_heads(heads);
+  for (float budget : {0.0f, 1e-4f, 0.02f, 0.1f, 0.37f, 0.9f, 1.0f}) {
+    SCOPED_TRACE(budget);
+    const std::vector<float> budgets(B, budget);
+    DeviceArray<float> dev_budget(budgets);
+    DeviceArray<float> tau(B);
+    tau.Poison();
+    gpu::StepBudgetParams p;
+    p.batch = B;
+    p.num_kv_heads = Hkv;
+    p.heads = dev_heads.get();
+    p.scores = dev_scores.get();
+    p.score_stride = stride;
+    p.budget = dev_budget.get();
+    p.tau = tau.get();
+    CUDA_OK(gpu::LaunchStepBudgetThreshold(p, nullptr));
+    CUDA_OK(cudaDeviceSynchronize());
+    const std::vector<float> got = tau.Download();
+    for (int b = 0; b < B; ++b) {
+      ASSERT_FALSE(std::isnan(got[b])) << "sequence " << b;
+      std::vector<std::pair<float, int64_t>> pooled;
+      for (int h = 0; h < Hkv; ++h) {
+        const int bh = b * Hkv + h;
+        for (int c = 0; c < clusters[bh]; ++c) {
+          const size_t i = static_cast<size_t>(bh) * stride + c;
+          pooled.emplace_back(scores[i], sizes[i]);
+        }
+      }
+      const float ref = ScoreDistribution::FromWeightedScores(pooled).Threshold(budget);
+      int64_t kept_gpu = 0, kept_ref = 0, differ = 0;
+      for (const auto& [score, keys] : pooled) {
+        kept_gpu += score > got[b] ? keys : 0;
+        kept_ref += score > ref ? keys : 0;
+        differ += (score > got[b]) != (score > ref);
+      }
+      EXPECT_EQ(differ, 0) << "sequence " << b << ": tau " << got[b] << " vs cpu " << ref;
+      EXPECT_EQ(kept_gpu, kept_ref) << "sequence " << b;
+      if (budget == 0.0f) {
+        EXPECT_EQ(got[b], std::numeric_limits<float>::infinity());
+      }
+      if (budget == 1.0f) {
+        EXPECT_EQ(got[b], -std::numeric_limits<float>::infinity());
+      }
+    }
+  }
+  gpu::StepBudgetParams bad;
+  EXPECT_EQ(gpu::LaunchStepBudgetThreshold(bad, nullptr), cudaErrorInvalidValue);
 }
 
 TEST(ClusterScores, RejectsBadArguments) {

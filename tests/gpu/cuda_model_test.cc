@@ -228,8 +228,11 @@ SqueezedContext MakeSqueezedContext(LlamaModel& model, const json& task,
 // CPU reference selecting on the host, same index and budget: the same greedy tokens, logits
 // within tolerance, and realised KV budgets within 2 points, after the question and after the
 // decode steps (selections may differ on ties, the GPU scores with bf16 centroids and queries).
-void CheckDeviceSelection(bool hierarchical) {
+// With the per-step budget policy the flat selection's threshold is found on the device each
+// step (hierarchical: selected on the host through the CUDA backend's host path).
+void CheckDeviceSelection(bool hierarchical, BudgetPolicy policy = BudgetPolicy::kCalibrated) {
   SCOPED_TRACE(hierarchical ? "hierarchical" : "flat");
+  const bool per_step = policy == BudgetPolicy::kPerStep;
   auto cuda = LoadCuda(kDemo);
   auto cpu = LoadOn(kDemo, std::make_unique<CpuBackend>());
   ASSERT_NE(cuda, nullptr);
@@ -251,8 +254,11 @@ void CheckDeviceSelection(bool hierarchical) {
     SelectionOptions sel_options;
     sel_options.budget = 0.1;
     sel_options.hierarchical = hierarchical;
+    sel_options.budget_policy = policy;
     SqueezedFixedContextAttention selector(*index, sel_options);
-    ASSERT_EQ(selector.policy().kind, ContextAttentionPolicy::Kind::kSqueezed);
+    ASSERT_EQ(selector.policy().kind, per_step && hierarchical
+                                          ? ContextAttentionPolicy::Kind::kHost
+                                          : ContextAttentionPolicy::Kind::kSqueezed);
     SequenceKV dyn = models[b]->NewSequenceKV();
     auto run = [&](std::span<const int32_t> tokens) {
       SequenceStep st{.tokens = tokens, .context = &kv, .fixed = &selector, .kv = &dyn};
@@ -282,16 +288,22 @@ void CheckDeviceSelection(bool hierarchical) {
   EXPECT_LE(question_err, kTolerance);
   EXPECT_NEAR(question_budget[1], question_budget[0], 0.02);
   std::printf(
-      "[cuda squeezed%s] %d-token context, budget 0.1: question (%zu tokens) realised "
+      "[cuda squeezed%s%s] %d-token context, budget 0.1: question (%zu tokens) realised "
       "budget cpu %.4f cuda %.4f, logits %.2e; after 8 decode steps cpu %.4f cuda %.4f, "
       "logits max|d|/max = %.2e, greedy %s\n",
-      hierarchical ? " hierarchical" : "", S, question.size(), question_budget[0],
-      question_budget[1], question_err, budget[0], budget[1], err,
+      hierarchical ? " hierarchical" : "", per_step ? " per-step" : "", S, question.size(),
+      question_budget[0], question_budget[1], question_err, budget[0], budget[1], err,
       greedy[0] == greedy[1] ? "identical" : "DIFFERENT");
 }
 
 TEST(CudaModel, DeviceSqueezedSelectionMatchesCpu) { CheckDeviceSelection(false); }
 TEST(CudaModel, DeviceHierarchicalSelectionMatchesCpu) { CheckDeviceSelection(true); }
+TEST(CudaModel, DevicePerStepSelectionMatchesCpu) {
+  CheckDeviceSelection(false, BudgetPolicy::kPerStep);
+}
+TEST(CudaModel, HostPerStepHierarchicalSelectionMatchesCpu) {
+  CheckDeviceSelection(true, BudgetPolicy::kPerStep);
+}
 
 // A registered context's resident copy gathered on the device from the prefill's KV
 // (AdoptContextKv, rows put in the index's cluster order) equals the copy uploaded from the

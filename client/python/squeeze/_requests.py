@@ -15,6 +15,12 @@ _MODES = {
     "pages": pb.AttentionOptions.PAGES,
 }
 
+_BUDGET_POLICIES = {
+    None: pb.AttentionOptions.BUDGET_POLICY_UNSPECIFIED,
+    "calibrated": pb.AttentionOptions.CALIBRATED,
+    "per_step": pb.AttentionOptions.PER_STEP,
+}
+
 
 def routing(context):
     return ((CONTEXT_HEADER, context),) if context else ()
@@ -73,9 +79,11 @@ def generate_request(input, context="", *, max_tokens=None, temperature=None, to
                      top_k=None, min_p=None, repetition_penalty=None, presence_penalty=None,
                      frequency_penalty=None, seed=None, stop=(), stop_token_ids=(),
                      ignore_eos=False, logprobs=None, mode=None, budget=None, hierarchical=None,
-                     mass=None, request_id=""):
+                     mass=None, budget_policy=None, request_id=""):
     if mode not in _MODES:
         raise ValueError(f"mode must be one of squeezed, dense, recent, pages or None, not {mode!r}")
+    if budget_policy not in _BUDGET_POLICIES:
+        raise ValueError(f"budget_policy must be calibrated, per_step or None, not {budget_policy!r}")
     if isinstance(stop, str):
         raise TypeError("stop must be a list of strings, not a str")
     req = pb.GenerateRequest(context=context or "", input=prompt(input, "input"),
@@ -98,6 +106,7 @@ def generate_request(input, context="", *, max_tokens=None, temperature=None, to
         req.attention.hierarchical = hierarchical
     if mass is not None:
         req.attention.mass = mass
+    req.attention.budget_policy = _BUDGET_POLICIES[budget_policy]
     return req
 
 

@@ -34,8 +34,10 @@ class Carver {
 bool CascadeAttention::Eligible(const AttentionParams& p) {
   if (p.shape.num_queries != 1 || p.fixed.kv.num_rows <= 0) return false;
   if (p.fixed.selector == nullptr) return true;  // dense
+  // Squeezed: the group selection thresholds while it scores, so not with the per-step policy
+  // (its threshold needs every score of the step first).
   return p.fixed.policy.kind == ContextAttentionPolicy::Kind::kSqueezed &&
-         !p.fixed.policy.squeezed.hierarchical;
+         !p.fixed.policy.squeezed.hierarchical && !p.fixed.policy.squeezed.per_step;
 }
 
 int CascadeAttention::CascadeCtas(int head_dim) {

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <utility>
@@ -40,6 +41,13 @@ bool SqueezedOnDevice(const AttentionParams& p) {
 // A decode step (one token) of it: the batched squeezed decode.
 bool DeviceSelected(const AttentionParams& p) {
   return SqueezedOnDevice(p) && p.shape.num_queries == 1;
+}
+
+// The batched squeezed decode's groups: flat, hierarchical, flat with the per-step threshold.
+int SqueezedGroup(const AttentionParams& p) {
+  const SqueezedSelection& s = p.fixed.policy.squeezed;
+  if (s.hierarchical) return 1;
+  return s.per_step && std::isfinite(s.threshold) ? 2 : 0;
 }
 
 bool SameShape(const AttentionShape& a, const AttentionShape& b) {
@@ -391,7 +399,7 @@ void CudaBackend::AttentionBatch(std::span<const AttentionParams> calls) {
   if (!dev_->ok()) return;
   // Decode calls over one context (its layer's K/V) in cascade groups: dense and squeezed apart.
   std::map<std::pair<const void*, bool>, std::vector<const AttentionParams*>> shared;
-  std::vector<const AttentionParams*> squeezed[2];  // flat, hierarchical: per-sequence path
+  std::vector<const AttentionParams*> squeezed[3];  // SqueezedGroup: per-sequence path
   std::vector<const AttentionParams*> single;
   std::vector<const AttentionParams*> own_rows;  // decode steps without a context: batched
   for (const AttentionParams& p : calls) {
@@ -403,7 +411,7 @@ void CudaBackend::AttentionBatch(std::span<const AttentionParams> calls) {
     } else if (options_.cascade && CascadeAttention::Eligible(p)) {
       shared[{p.fixed.kv.k, CascadeAttention::Squeezed(p)}].push_back(&p);
     } else if (DeviceSelected(p)) {
-      squeezed[p.fixed.policy.squeezed.hierarchical ? 1 : 0].push_back(&p);
+      squeezed[SqueezedGroup(p)].push_back(&p);
     } else {
       single.push_back(&p);
     }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "engine/backend/cuda/dense_attention.h"
 #include "kernels/attention/prefill_attention.cuh"
@@ -9,6 +10,7 @@
 #include "kernels/ops/rows.cuh"
 #include "kernels/squeeze/cluster_scores.cuh"
 #include "kernels/squeeze/expand_selection.cuh"
+#include "kernels/squeeze/step_budget.cuh"
 
 namespace squeeze {
 namespace {
@@ -48,11 +50,12 @@ gpu::PrefillAttentionParams FixedPrefillParams(const AttentionShape& shape, cons
 // reuse them; made on first use.
 bool SqueezedAttention::PlanFor(int hq, int hkv, int d, int batch, int max_dyn, int max_clusters,
                                 int64_t total_rows, int max_rows,
-                                const gpu::SqueezedDecodePlan** plan, void** workspace) {
+                                const gpu::SqueezedDecodePlan** plan, void** workspace,
+                                bool with_scores) {
   const auto key = std::make_tuple(hq, hkv, d, batch, static_cast<int>(RoundUpPow2(max_dyn, 256)),
                                    static_cast<int>(RoundUpPow2(max_clusters, 64)),
                                    static_cast<int64_t>(RoundUpPow2(total_rows, 1024)),
-                                   static_cast<int>(RoundUpPow2(max_rows, 1024)));
+                                   static_cast<int>(RoundUpPow2(max_rows, 1024)), with_scores);
   auto it = plans_.find(key);
   if (it == plans_.end()) {
     Plan entry;
@@ -65,6 +68,7 @@ bool SqueezedAttention::PlanFor(int hq, int hkv, int d, int batch, int max_dyn, 
     shape.max_clusters = std::get<5>(key);
     shape.max_fixed_rows = std::get<6>(key);
     shape.max_context_rows = std::get<7>(key);
+    shape.with_scores = with_scores;
     dev_.Check(gpu::PlanSqueezedDecode(shape, &entry.plan), "squeezed plan");
     if (!dev_.ok()) return false;
     auto ws = dev_.Allocate(entry.plan.workspace_bytes);
@@ -91,6 +95,22 @@ void SqueezedAttention::ReportToHost(const int32_t* counts,
   report_dst_.resize(calls.size());
   for (size_t b = 0; b < calls.size(); ++b) report_dst_[b] = calls[b]->fixed.*field;
   dev_.CopyRowsToHostAtSync(report_dst_, counts, sizeof(int32_t) * heads);
+}
+
+// The per-step policy's threshold of each of B sequences from its clusters' scores
+// ([B * Hkv][stride]) and its budget ([B] device) into tau ([B] device, not `budget`).
+void SqueezedAttention::StepThresholds(int B, int hkv, const gpu::SqueezeHeadDesc* dev_heads,
+                                       const float* scores, int stride, const float* budget,
+                                       float* tau) {
+  gpu::StepBudgetParams sb;
+  sb.batch = B;
+  sb.num_kv_heads = hkv;
+  sb.heads = dev_heads;
+  sb.scores = scores;
+  sb.score_stride = stride;
+  sb.budget = budget;
+  sb.tau = tau;
+  dev_.Check(gpu::LaunchStepBudgetThreshold(sb, dev_.stream()), "per-step threshold");
 }
 
 // Mean cluster scores of one call's n query rows (qb: its queries in bf16), per KV head h into
@@ -245,12 +265,17 @@ void SqueezedAttention::FixedPrefill(const AttentionParams& p, float* out, float
   if (scores == nullptr || row_index == nullptr || desc == nullptr) return;
   auto* dev_heads = reinterpret_cast<gpu::SqueezeHeadDesc*>(desc);
   auto* dev_tau = reinterpret_cast<float*>(desc + sizeof(gpu::SqueezeHeadDesc) * hkv);
-  const float tau = p.fixed.policy.squeezed.threshold;
+  auto* dev_budget = dev_tau + 1;
+  const SqueezedSelection& policy = p.fixed.policy.squeezed;
+  const float tau[2] = {policy.threshold, policy.budget};  // per-step: replaced on the device
   dev_.CopyFromHost(dev_heads, heads.data(), sizeof(gpu::SqueezeHeadDesc) * hkv);
-  dev_.CopyFromHost(dev_tau, &tau, sizeof(float));
-  if (std::isfinite(tau)) {
+  dev_.CopyFromHost(dev_tau, tau, sizeof(tau));
+  if (std::isfinite(policy.threshold)) {
     ClusterMeanScores(p, qb, heads, dev_heads, sel.cluster_stride, scores, cand, cand_count,
                       cand_stride);
+    if (policy.per_step) {
+      StepThresholds(1, hkv, dev_heads, scores, sel.cluster_stride, dev_budget, dev_tau);
+    }
   } else {  // -inf keeps every cluster (or candidate), +inf none: no score is read
     dev_.Check(cudaMemsetAsync(scores, 0, sizeof(float) * hkv * sel.cluster_stride, dev_.stream()),
                "cluster scores");
@@ -281,7 +306,8 @@ void SqueezedAttention::Decode(std::span<const AttentionParams* const> calls) {
   auto& heads = head_desc_;
   heads.resize(static_cast<size_t>(B) * hkv);
   std::vector<gpu::DecodeKv> dyn(B);
-  std::vector<float> tau(B);
+  std::vector<float> tau(B), budget(B);
+  const bool per_step = calls[0]->fixed.policy.squeezed.per_step;
   std::vector<const float*> q_rows(B);
   std::vector<float*> out_rows(B);
   int max_clusters = 1, max_rows = 1, max_dyn = 1;
@@ -299,7 +325,10 @@ void SqueezedAttention::Decode(std::span<const AttentionParams* const> calls) {
     int index_clusters = 0;
     if (!HeadDescs(p, heads.data() + static_cast<size_t>(b) * hkv, &index_clusters)) return;
     dyn[b] = DynamicDecodeKv(p);
-    tau[b] = p.fixed.policy.squeezed.threshold;
+    // Per-step policy (the whole group): the lookup scores every cluster and keeps none
+    // (a finite tau above every score), then each sequence's budget becomes its threshold.
+    tau[b] = per_step ? std::numeric_limits<float>::max() : p.fixed.policy.squeezed.threshold;
+    if (per_step) budget[b] = p.fixed.policy.squeezed.budget;
     q_rows[b] = p.q;
     out_rows[b] = p.out;
     max_clusters = std::max(max_clusters, index_clusters);
@@ -310,7 +339,8 @@ void SqueezedAttention::Decode(std::span<const AttentionParams* const> calls) {
 
   const gpu::SqueezedDecodePlan* planned = nullptr;
   void* ws = nullptr;
-  if (!PlanFor(hq, hkv, d, B, max_dyn, max_clusters, total_rows, max_rows, &planned, &ws)) {
+  if (!PlanFor(hq, hkv, d, B, max_dyn, max_clusters, total_rows, max_rows, &planned, &ws,
+               per_step)) {
     return;
   }
   const gpu::SqueezedDecodePlan& plan = *planned;
@@ -321,7 +351,7 @@ void SqueezedAttention::Decode(std::span<const AttentionParams* const> calls) {
   auto align = [](size_t x) { return (x + 255) / 256 * 256; };
   const size_t pointers = sizeof(float*) * B, rows_bytes = sizeof(float) * row_floats * B;
   const size_t bytes = align(heads_bytes) + align(sizeof(gpu::DecodeKv) * B) +
-                       align(sizeof(float) * B) + 4 * align(pointers) + 2 * align(rows_bytes);
+                       2 * align(sizeof(float) * B) + 4 * align(pointers) + 2 * align(rows_bytes);
   char* base = static_cast<char*>(dev_.Scratch(kSqueezeHeads, bytes));
   if (base == nullptr) return;
   size_t at = 0;
@@ -333,6 +363,7 @@ void SqueezedAttention::Decode(std::span<const AttentionParams* const> calls) {
   auto* dev_heads = reinterpret_cast<gpu::SqueezeHeadDesc*>(take(heads_bytes));
   auto* dev_dyn = reinterpret_cast<gpu::DecodeKv*>(take(sizeof(gpu::DecodeKv) * B));
   auto* dev_tau = reinterpret_cast<float*>(take(sizeof(float) * B));
+  auto* dev_budget = reinterpret_cast<float*>(take(sizeof(float) * B));
   auto* dev_q_src = reinterpret_cast<const float**>(take(pointers));
   auto* dev_out_dst = reinterpret_cast<float**>(take(pointers));
   auto* q_all = reinterpret_cast<float*>(take(rows_bytes));
@@ -340,6 +371,7 @@ void SqueezedAttention::Decode(std::span<const AttentionParams* const> calls) {
   dev_.CopyFromHost(dev_heads, heads.data(), heads_bytes);
   dev_.CopyFromHost(dev_dyn, dyn.data(), sizeof(gpu::DecodeKv) * B);
   dev_.CopyFromHost(dev_tau, tau.data(), sizeof(float) * B);
+  if (per_step) dev_.CopyFromHost(dev_budget, budget.data(), sizeof(float) * B);
   // One sequence attends with its own q and out; several are gathered into q_all and scattered
   // back from out_all (pointer arrays: gather sources and destinations, scatter sources and
   // destinations).
@@ -375,7 +407,21 @@ void SqueezedAttention::Decode(std::span<const AttentionParams* const> calls) {
                         &sp.candidate_stride)) {
     return;
   }
-  dev_.Check(gpu::LaunchSqueezedDecode(plan, sp, ws, dev_.stream()), "squeezed decode");
+  if (per_step) {
+    // Scores of every cluster (nothing kept), each sequence's threshold from them, the selection
+    // from the scores, then the attention stage.
+    const gpu::SqueezeSelection sel = gpu::SelectionInWorkspace(plan, ws);
+    dev_.Check(gpu::LaunchLookupFromQueries(plan, s.scale, sp.q, dev_heads, sp.centroids_bf16,
+                                            dev_tau, ws, dev_.stream()),
+               "per-step scores");
+    StepThresholds(B, hkv, dev_heads, sel.scores, sel.cluster_stride, dev_budget, dev_tau);
+    dev_.Check(gpu::LaunchSelectFromScores(plan, dev_heads, dev_tau, sel.scores, ws, dev_.stream()),
+               "per-step selection");
+    dev_.Check(gpu::LaunchSqueezedDecode(plan, sp, ws, dev_.stream(), gpu::kStageAttend),
+               "squeezed decode");
+  } else {
+    dev_.Check(gpu::LaunchSqueezedDecode(plan, sp, ws, dev_.stream()), "squeezed decode");
+  }
   if (gather) {
     dev_.Check(gpu::LaunchCopyRows(out_src_dev, dev_out_dst, B, static_cast<int>(row_floats),
                                    dev_.stream()),
