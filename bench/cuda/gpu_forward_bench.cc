@@ -194,11 +194,15 @@ std::vector<double> DecodeTimes(LlamaModel& m, std::span<SequenceKV* const> kvs,
   return times;
 }
 
-// A decode step's projections alone at `rows` sequences, through the backend (the GEMV kernels
-// up to gpu::kGemvMaxRows rows) and through cuBLAS (bf16 input, fp32 output: the path before
-// the tensor-core GEMV), one layer's matrices used for every layer (each 436 MB at the 8B
-// shape, so nothing stays in L2). Returns milliseconds per step {backend, cuBLAS}.
-std::pair<double, double> ProjectionTimes(CudaBackend& be, const ModelConfig& c, int rows) {
+// A decode step's projections alone at `rows` sequences: through the backend as it runs them
+// (the CUDA-core GEMV for a few rows, else RMSNorm or SiLU-mul to bf16 + cuBLAS), through the
+// backend with the tensor-core GEMV for 5..64 rows, and the bare cuBLAS GEMMs (bf16 input made
+// once, fp32 output: no norm, no conversion), one layer's matrices used for every layer (each
+// 436 MB at the 8B shape, so nothing stays in L2). Milliseconds per step.
+struct ProjectionMs {
+  double backend, tensor_core, bare_cublas;
+};
+ProjectionMs ProjectionTimes(CudaBackend& be, const ModelConfig& c, int rows) {
   const int D = c.hidden_size, F = c.intermediate_size;
   const int q_dim = c.num_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
   auto matrix = [&](int r, int k, uint64_t seed) {
@@ -260,17 +264,24 @@ std::pair<double, double> ProjectionTimes(CudaBackend& be, const ModelConfig& c,
     gemm(head, y[1], 0.0f);
   };
   if (!be.Synchronize().ok()) std::exit(1);
-  const double a = MsPerCall(2, 5, [&] {
-    ours();
-    if (!be.Synchronize().ok()) std::exit(1);
-  });
-  const double b = MsPerCall(2, 5, [&] {
+  auto time_ours = [&](bool tensor_core) {
+    be.set_execution_options({.tensor_core_projections = tensor_core});
+    return MsPerCall(2, 5, [&] {
+      ours();
+      if (!be.Synchronize().ok()) std::exit(1);
+    });
+  };
+  ProjectionMs ms;
+  ms.backend = time_ours(false);
+  ms.tensor_core = time_ours(true);
+  be.set_execution_options({});
+  ms.bare_cublas = MsPerCall(2, 5, [&] {
     theirs();
     cudaDeviceSynchronize();
   });
   cublasDestroy(blas);
   cudaFree(xb);
-  return {a, b};
+  return ms;
 }
 
 int Main() {
@@ -313,16 +324,17 @@ int Main() {
        absl::StrSplit(absl::GetFlag(FLAGS_projection_rows), ',', absl::SkipEmpty())) {
     int rows = 0;
     if (!absl::SimpleAtoi(r, &rows) || rows < 1) continue;
-    const auto [ours, blas] = ProjectionTimes(*cuda, c, rows);
+    const ProjectionMs ms = ProjectionTimes(*cuda, c, rows);
     const double qd = c.num_heads * c.head_dim, kvd = c.num_kv_heads * c.head_dim;
     const double D = c.hidden_size, F = c.intermediate_size;
     const double bytes =
         2.0 * (c.num_layers * (2.0 * qd * D + 2.0 * kvd * D + 3.0 * F * D) + c.vocab_size * D);
     const double floor_ms = 1e3 * bytes / copy_bw;
     std::printf(
-        "projections of a decode step, %2d rows: %7.3f ms (%.2fx the weights' floor %.3f ms), "
-        "cuBLAS %7.3f ms = %.2fx\n",
-        rows, ours, ours / floor_ms, floor_ms, blas, blas / ours);
+        "projections of a decode step, %2d rows: %7.3f ms (%.2fx the weights' floor %.3f ms); "
+        "tensor-core GEMV %7.3f ms = %.2fx; bare cuBLAS GEMMs %7.3f ms = %.2fx\n",
+        rows, ms.backend, ms.backend / floor_ms, floor_ms, ms.tensor_core,
+        ms.tensor_core / ms.backend, ms.bare_cublas, ms.bare_cublas / ms.backend);
   }
 
   // ---- prefill -------------------------------------------------------------------------------

@@ -201,6 +201,10 @@ class Backend {
     // Decode steps of several sequences over the same context read it once for all of them
     // (cascade attention); false: every sequence reads its context on its own.
     bool cascade = true;
+    // Decode projections of more rows than the CUDA-core GEMV takes (5..64) on the tensor-core
+    // GEMV kernel (kernels/ops/gemv.cuh); false: one fused RMSNorm (or SiLU-mul) to bf16, then
+    // cuBLAS GEMMs, measured faster on an H100 (bench/RESULTS.md, projections alone).
+    bool tensor_core_projections = false;
   };
   virtual void set_execution_options(const ExecutionOptions& /*options*/) {}
   // Row r of logits [jobs.size(), vocab] (backend memory) sampled with jobs[r] exactly as

@@ -185,6 +185,23 @@ void CudaBackend::RunGemv(gpu::GemvParams& p, const char* what) {
   dev_->Check(gpu::LaunchGemv(p, dev_->stream()), what);
 }
 
+bool CudaBackend::TakesGemv(const gpu::GemvParams& p) const {
+  // The CUDA-core kernel (no workspace) always; the tensor-core one only when asked for.
+  return options_.tensor_core_projections || gpu::GemvWorkspaceBytes(p) == 0;
+}
+
+// y[m, n] (+)= xb[m, k] . w[n, k]^T on cuBLAS, xb already in bf16.
+void CudaBackend::Gemm(const bf16* xb, const Matrix& w, float* y, int m, bool accumulate) {
+  const int n = w.rows, k = w.cols;
+  // Row-major y[m, n] = x[m, k] . w[n, k]^T is column-major y^T[n, m] = w^T' . x^T' with
+  // w seen as column-major [k, n] (transposed) and x as column-major [k, m].
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  dev_->CheckBlas(cublasGemmEx(dev_->blas(), CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, w.data,
+                               CUDA_R_16BF, k, xb, CUDA_R_16BF, k, &beta, y, CUDA_R_32F, n,
+                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                  "cublasGemmEx");
+}
+
 void CudaBackend::MatMul(const float* x, const Matrix& w, float* y, int m, bool accumulate) {
   if (!dev_->ok() || m <= 0 || w.rows <= 0) return;
   const int n = w.rows, k = w.cols;
@@ -198,20 +215,16 @@ void CudaBackend::MatMul(const float* x, const Matrix& w, float* y, int m, bool 
     p.m = m;
     p.k = k;
     p.accumulate = accumulate;
-    RunGemv(p, "gemv");
-    return;
+    if (TakesGemv(p)) {
+      RunGemv(p, "gemv");
+      return;
+    }
   }
   bf16* xb = static_cast<bf16*>(dev_->Scratch(kXBf16, static_cast<size_t>(m) * k * sizeof(bf16)));
   if (xb == nullptr) return;
   dev_->Check(gpu::LaunchF32ToBf16(x, xb, static_cast<size_t>(m) * k, dev_->stream()),
               "matmul input");
-  // Row-major y[m, n] = x[m, k] . w[n, k]^T is column-major y^T[n, m] = w^T' . x^T' with
-  // w seen as column-major [k, n] (transposed) and x as column-major [k, m].
-  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-  dev_->CheckBlas(cublasGemmEx(dev_->blas(), CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, w.data,
-                               CUDA_R_16BF, k, xb, CUDA_R_16BF, k, &beta, y, CUDA_R_32F, n,
-                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                  "cublasGemmEx");
+  Gemm(xb, w, y, m, accumulate);
 }
 
 namespace {
@@ -233,49 +246,74 @@ bool GemvFits(const float* x, int m, std::span<const Backend::MatMulOutput> outs
 
 }  // namespace
 
-// Decode (up to gpu::kGemvMaxRows tokens in the step): one GEMV launch (two with the
-// tensor-core prologue) normalises x and streams all matrices (q/k/v, gate/up, the final norm
-// and lm_head). Prefill: the default RmsNorm + cuBLAS GEMMs.
+// A few decode rows (the CUDA-core GEMV): one launch normalises x and streams all matrices
+// (q/k/v, gate/up, the final norm and lm_head). Otherwise x is normalised into bf16 once and
+// every matrix is a cuBLAS GEMM on it (h is not written).
 void CudaBackend::NormMatMuls(const float* x, const float* norm_weight, float eps, float* h, int m,
                               std::span<const MatMulOutput> outs) {
-  if (!dev_->ok() || m <= 0) return;
-  if (!GemvFits(x, m, outs) ||
-      (norm_weight != nullptr && reinterpret_cast<uintptr_t>(norm_weight) % 16 != 0)) {
-    Backend::NormMatMuls(x, norm_weight, eps, h, m, outs);
-    return;
-  }
-  gpu::GemvParams p;
-  p.x = x;
-  p.norm_weight = norm_weight;
-  p.eps = eps;
-  p.input = norm_weight != nullptr ? gpu::GemvInput::kRmsNorm : gpu::GemvInput::kPlain;
+  if (!dev_->ok() || m <= 0 || outs.empty()) return;
+  const int k = outs[0].w->cols;
   for (const MatMulOutput& o : outs) {
-    p.out[p.num_outputs++] = {static_cast<const bf16*>(o.w->data), o.y, o.w->rows};
+    if (o.w->cols != k) {  // inputs of different widths: one product at a time
+      Backend::NormMatMuls(x, norm_weight, eps, h, m, outs);
+      return;
+    }
   }
-  p.m = m;
-  p.k = outs[0].w->cols;
-  RunGemv(p, "norm gemv");
+  if (GemvFits(x, m, outs) &&
+      (norm_weight == nullptr || reinterpret_cast<uintptr_t>(norm_weight) % 16 == 0)) {
+    gpu::GemvParams p;
+    p.x = x;
+    p.norm_weight = norm_weight;
+    p.eps = eps;
+    p.input = norm_weight != nullptr ? gpu::GemvInput::kRmsNorm : gpu::GemvInput::kPlain;
+    for (const MatMulOutput& o : outs) {
+      p.out[p.num_outputs++] = {static_cast<const bf16*>(o.w->data), o.y, o.w->rows};
+    }
+    p.m = m;
+    p.k = k;
+    if (TakesGemv(p)) {
+      RunGemv(p, "norm gemv");
+      return;
+    }
+  }
+  const size_t elems = static_cast<size_t>(m) * k;
+  bf16* xb = static_cast<bf16*>(dev_->Scratch(kXBf16, elems * sizeof(bf16)));
+  if (xb == nullptr) return;
+  if (norm_weight != nullptr) {
+    dev_->Check(gpu::LaunchRmsNorm(x, norm_weight, nullptr, xb, m, k, eps, dev_->stream()),
+                "rmsnorm");
+  } else {
+    dev_->Check(gpu::LaunchF32ToBf16(x, xb, elems, dev_->stream()), "matmul input");
+  }
+  for (const MatMulOutput& o : outs) Gemm(xb, *o.w, o.y, m, /*accumulate=*/false);
 }
 
-// Decode: silu(gate) * up formed while the GEMV stages its input; prefill: the default.
+// A few decode rows: silu(gate) * up formed while the GEMV stages its input. Otherwise
+// silu(gate) * up straight into bf16, then a cuBLAS GEMM (gate is not overwritten).
 void CudaBackend::SiluMulMatMul(float* gate, const float* up, const Matrix& w, float* y, int m,
                                 bool accumulate) {
   if (!dev_->ok() || m <= 0) return;
   const MatMulOutput out[] = {{&w, y}};
-  if (!GemvFits(gate, m, out) || reinterpret_cast<uintptr_t>(up) % 16 != 0) {
-    Backend::SiluMulMatMul(gate, up, w, y, m, accumulate);
-    return;
+  if (GemvFits(gate, m, out) && reinterpret_cast<uintptr_t>(up) % 16 == 0) {
+    gpu::GemvParams p;
+    p.x = gate;
+    p.x2 = up;
+    p.input = gpu::GemvInput::kSiluMul;
+    p.out[0] = {static_cast<const bf16*>(w.data), y, w.rows};
+    p.num_outputs = 1;
+    p.m = m;
+    p.k = w.cols;
+    p.accumulate = accumulate;
+    if (TakesGemv(p)) {
+      RunGemv(p, "silu gemv");
+      return;
+    }
   }
-  gpu::GemvParams p;
-  p.x = gate;
-  p.x2 = up;
-  p.input = gpu::GemvInput::kSiluMul;
-  p.out[0] = {static_cast<const bf16*>(w.data), y, w.rows};
-  p.num_outputs = 1;
-  p.m = m;
-  p.k = w.cols;
-  p.accumulate = accumulate;
-  RunGemv(p, "silu gemv");
+  const size_t elems = static_cast<size_t>(m) * w.cols;
+  bf16* xb = static_cast<bf16*>(dev_->Scratch(kXBf16, elems * sizeof(bf16)));
+  if (xb == nullptr) return;
+  dev_->Check(gpu::LaunchSiluMul(gate, up, nullptr, xb, elems, dev_->stream()), "silu mul");
+  Gemm(xb, w, y, m, accumulate);
 }
 
 void CudaBackend::Embed(const Matrix& table, const int32_t* ids, int n, float* out) {

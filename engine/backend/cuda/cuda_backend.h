@@ -146,6 +146,11 @@ class CudaBackend final : public Backend {
   explicit CudaBackend(std::unique_ptr<CudaDevice> dev);
   // Launches a decode product (gpu::LaunchGemv) with its workspace and arrival counters.
   void RunGemv(gpu::GemvParams& p, const char* what);
+  // Whether a product goes to the GEMV kernels (else cuBLAS): the CUDA-core kernel always, the
+  // tensor-core one with ExecutionOptions::tensor_core_projections.
+  bool TakesGemv(const gpu::GemvParams& p) const;
+  // y[m, n] (+)= xb[m, k] . w[n, k]^T on cuBLAS, xb in bf16.
+  void Gemm(const gpu::bf16* xb, const Matrix& w, float* y, int m, bool accumulate);
 
   // The step's KV append targets in device scratch (copied there); *rows: the rows they cover.
   const gpu::AppendKvTarget* AppendTargets(std::span<const KvAppend> seqs, int* rows);
