@@ -73,6 +73,9 @@ ABSL_FLAG(bool, hierarchical, false,
 ABSL_FLAG(std::string, squeezed_budgets, "",
           "comma-separated budgets: decode against the prefilled context as a fixed context, "
           "dense and squeezed at each budget (empty: skip)");
+ABSL_FLAG(bool, per_step, false,
+          "squeezed selection with the per-step budget policy (one threshold per layer and step "
+          "from the step's scores) instead of the calibrated threshold");
 
 namespace squeeze {
 namespace {
@@ -526,6 +529,7 @@ int Main() {
     SelectionOptions options;
     options.budget = std::max(budget, 0.0);
     options.hierarchical = hierarchical;
+    if (absl::GetFlag(FLAGS_per_step)) options.budget_policy = BudgetPolicy::kPerStep;
     std::vector<std::unique_ptr<SqueezedFixedContextAttention>> selectors;
     std::vector<FixedContextAttention*> fixed;
     std::vector<SequenceKV> dyn;
@@ -617,6 +621,7 @@ int Main() {
       for (int rep = 0; rep < 4; ++rep) {
         SelectionOptions options;
         options.budget = std::max(budget, 0.0);
+        if (absl::GetFlag(FLAGS_per_step)) options.budget_policy = BudgetPolicy::kPerStep;
         SqueezedFixedContextAttention selector(index, options);
         SequenceKV dyn = m.NewSequenceKV();
         SequenceStep step{.tokens = input,

@@ -99,6 +99,17 @@ TEST(OpenAIChatTest, RenderedMessagesStreamAsChatChunks) {
   ASSERT_TRUE(bad);
   EXPECT_EQ(bad->status, 400);
   EXPECT_THAT(bad->body, ::testing::HasSubstr("unknown role"));
+
+  // The budget policy extension: per_step serves, anything else is the client's error.
+  completion["budget_policy"] = "per_step";
+  auto per_step = http.Post("/v1/completions", completion.dump(), "application/json");
+  ASSERT_TRUE(per_step);
+  EXPECT_EQ(per_step->status, 200) << per_step->body;
+  completion["budget_policy"] = "sometimes";
+  auto bad_policy = http.Post("/v1/completions", completion.dump(), "application/json");
+  ASSERT_TRUE(bad_policy);
+  EXPECT_EQ(bad_policy->status, 400);
+  EXPECT_THAT(bad_policy->body, ::testing::HasSubstr("budget_policy"));
 }
 
 }  // namespace
