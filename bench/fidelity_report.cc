@@ -2,7 +2,8 @@
 // the realised KV budget, the attention-mass recall (share of the dense softmax mass over the
 // fixed context that falls on the kept keys) and the relative error of the attention output
 // (fixed + dynamic part, merged) against dense. The model itself runs dense, so every budget is
-// measured on the same queries.
+// measured on the same queries. flat+tail: flat selection with the dropped clusters' attention
+// estimated from their centroids (engine/squeeze/tail_estimate.h) instead of ignored.
 //
 //   build/fidelity-report --model=build/test-model --context_tokens=4096
 //   build/fidelity-report --model=DIR --context_file=doc.txt --queries_file=questions.txt
@@ -17,6 +18,7 @@
 #include "bench/bench_common.h"
 #include "engine/backend/attention_reference.h"
 #include "engine/squeeze/selection.h"
+#include "engine/squeeze/tail_estimate.h"
 
 ABSL_FLAG(std::string, model, "", "model directory");
 ABSL_FLAG(std::string, context_file, "tests/data/corpus.txt", "context text (repeated to fill)");
@@ -25,6 +27,9 @@ ABSL_FLAG(std::string, queries_file, "",
           "one query per line ('\\n' escapes allowed); default: 8 passages of the context file");
 ABSL_FLAG(std::string, budgets, "0.5,0.3,0.2,0.1,0.05,0.03", "kept fractions");
 ABSL_FLAG(bool, hierarchical, true, "also report hierarchical selection");
+ABSL_FLAG(bool, tail, true,
+          "also report flat selection with the dropped clusters' attention estimated from their "
+          "centroids and mean values (flat+tail; engine/squeeze/tail_estimate.h)");
 
 namespace squeeze::bench {
 namespace {
@@ -42,6 +47,7 @@ class FidelityProbe final : public FixedContextAttention {
     double budget;
     std::unique_ptr<SqueezedFixedContextAttention> sel;
     std::vector<Acc> per_layer;
+    bool tail = false;  // the dropped clusters estimated and merged in
   };
 
   FidelityProbe(const ContextKV& ctx, const SqueezeIndex& index, const SequenceKV& dyn, int Hq,
@@ -77,6 +83,7 @@ class FidelityProbe final : public FixedContextAttention {
       AttentionPartial(shape, q, kept, os.data(), lsq.data());
       Acc& a = v.per_layer[layer];
       for (size_t r = 0; r < rows; ++r) a.recall += std::exp(lsq[r] - lf[r]);
+      if (v.tail) AddTail(layer, q, n, ls, os.data(), lsq.data());
       a.oracle += OracleRecall(layer, probs, n, kept_clustered);
       MergeAttentionPartials(os.data(), lsq.data(), od.data(), ld.data(), rows, d);
       for (size_t i = 0; i < os.size(); ++i) {
@@ -94,6 +101,36 @@ class FidelityProbe final : public FixedContextAttention {
   }
 
  private:
+  // Merges into the kept partial (out, lse) [n * Hq] the estimate of each head's dropped
+  // clusters (DroppedClustersPartial).
+  void AddTail(int layer, const float* q, int n, const LayerSelection& ls, float* out, float* lse) {
+    const int Hkv = ctx_.shape.num_kv_heads, d = ctx_.shape.head_dim, G = Hq_ / Hkv;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+    if (means_.empty()) means_.resize(static_cast<size_t>(index_.num_layers) * Hkv);
+    std::vector<float> tail(d);
+    for (int h = 0; h < Hkv; ++h) {
+      const SqueezeHeadIndex& head = index_.head(layer, h);
+      std::vector<float>& means = means_[static_cast<size_t>(layer) * Hkv + h];
+      if (means.empty()) means = ClusterMeanValues(ctx_, head, layer, h);
+      std::vector<int32_t> dropped;
+      for (int c = 0; c < head.num_clusters(); ++c) {
+        bool kept = false;
+        for (const KeyRange& r : ls.ranges[h])
+          kept |= head.offsets[c] >= r.begin && head.offsets[c] < r.end;
+        if (!kept) dropped.push_back(c);
+      }
+      for (int t = 0; t < n; ++t) {
+        for (int g = 0; g < G; ++g) {
+          const size_t row = static_cast<size_t>(t) * Hq_ + h * G + g;
+          float tail_lse;
+          DroppedClustersPartial(q + row * d, d, scale, head.centroids.data(), head.sizes.data(),
+                                 means.data(), dropped, tail.data(), &tail_lse);
+          MergeAttentionPartials(out + row * d, lse + row, tail.data(), &tail_lse, 1, d);
+        }
+      }
+    }
+  }
+
   // Softmax over the fixed context of every (query, query head): p[(t * Hq + qh) * S + row].
   std::vector<float> FixedProbabilities(int layer, const float* q, int n) const {
     const int S = ctx_.num_tokens, Hkv = ctx_.shape.num_kv_heads, d = ctx_.shape.head_dim;
@@ -164,6 +201,7 @@ class FidelityProbe final : public FixedContextAttention {
   int Hq_;
   int past_ = 0;
   std::vector<Variant>* variants_;
+  std::vector<std::vector<float>> means_;  // [L * Hkv] cluster mean values, made on first use
 };
 
 std::vector<std::string> Queries(const std::string& context_text) {
@@ -207,12 +245,15 @@ int Run() {
   }
   const std::vector<std::string> queries = Queries(text);
   std::vector<FidelityProbe::Variant> variants;
-  for (bool hier : {false, true}) {
-    if (hier && !options.hierarchical) continue;
+  for (const char* name : {"flat", "flat+tail", "hierarchical"}) {
+    const std::string_view kind(name);
+    if (kind == "hierarchical" && !options.hierarchical) continue;
+    if (kind == "flat+tail" && !absl::GetFlag(FLAGS_tail)) continue;
     for (double b : budgets) {
       FidelityProbe::Variant v;
-      v.name = hier ? "hierarchical" : "flat";
+      v.name = name;
       v.budget = b;
+      v.tail = kind == "flat+tail";
       v.per_layer.resize(cfg.num_layers);
       variants.push_back(std::move(v));
     }
@@ -223,7 +264,8 @@ int Run() {
     if (ids.empty()) continue;
     for (auto& v : variants) {
       v.sel = std::make_unique<SqueezedFixedContextAttention>(
-          *reg->index, SelectionOptions{.budget = v.budget, .hierarchical = v.name != "flat"});
+          *reg->index,
+          SelectionOptions{.budget = v.budget, .hierarchical = v.name == "hierarchical"});
     }
     SequenceKV dyn(model.kv_shape());
     FidelityProbe probe(reg->kv, *reg->index, dyn, cfg.num_heads, &variants);
