@@ -55,17 +55,48 @@ def wants_tls(tls, ca_file, cert_file, key_file):
     return bool(tls or ca_file or cert_file or key_file)
 
 
+_CHAT_DOCUMENTS = {
+    None: pb.RegisterContextRequest.NOT_CHAT,
+    "system": pb.RegisterContextRequest.SYSTEM_MESSAGE,
+    "user": pb.RegisterContextRequest.FIRST_USER_MESSAGE,
+}
+
+
+def _chat_message(item):
+    """A ChatMessage from a {"role": ..., "content": ...} dict or a (role, content) pair."""
+    if isinstance(item, dict) and set(item) == {"role", "content"}:
+        role, content = item["role"], item["content"]
+    elif isinstance(item, (list, tuple)) and len(item) == 2:
+        role, content = item
+    else:
+        return None
+    if not isinstance(role, str) or not isinstance(content, str):
+        return None
+    return pb.ChatMessage(role=role, content=content)
+
+
 def prompt(value, field):
-    """A Prompt from text (str) or token ids (a sequence of ints)."""
+    """A Prompt from text (str), token ids (a sequence of ints) or chat messages (a sequence of
+    {"role", "content"} dicts or (role, content) pairs, rendered by the model's chat template)."""
     if isinstance(value, str):
         return pb.Prompt(text=value)
     if isinstance(value, (list, tuple)) and all(isinstance(i, int) for i in value):
         return pb.Prompt(token_ids=pb.TokenIds(ids=list(value)))
-    raise TypeError(f"{field} must be a str or a list of token ids, not {type(value).__name__}")
+    if isinstance(value, (list, tuple)) and value:
+        messages = [_chat_message(m) for m in value]
+        if all(m is not None for m in messages):
+            return pb.Prompt(messages=pb.ChatMessages(messages=messages))
+    raise TypeError(f"{field} must be a str, a list of token ids or a list of chat messages "
+                    f"(role, content), not {type(value).__name__}")
 
 
-def register_request(name, content, add_bos=None, index=None):
-    req = pb.RegisterContextRequest(name=name, content=prompt(content, "content"))
+def register_request(name, content, add_bos=None, index=None, chat_document=None):
+    """chat_document: "system" or "user" registers the text as the document of a chat (the
+    context is the template rendered up to the first question); Generate then takes messages."""
+    if chat_document not in _CHAT_DOCUMENTS:
+        raise ValueError(f"chat_document must be system, user or None, not {chat_document!r}")
+    req = pb.RegisterContextRequest(name=name, content=prompt(content, "content"),
+                                    chat_document=_CHAT_DOCUMENTS[chat_document])
     if add_bos is not None:
         req.add_bos = add_bos
     if index is not None:

@@ -40,8 +40,8 @@ class AsyncClient:
         return self._timeout if timeout is None else timeout
 
     async def register_context(self, name, content, *, add_bos=None, index=None,
-                               on_progress=None, timeout=None):
-        req = rq.register_request(name, content, add_bos, index)
+                               on_progress=None, chat_document=None, timeout=None):
+        req = rq.register_request(name, content, add_bos, index, chat_document)
         info = None
         try:
             async for event in self._stub.RegisterContext(req, timeout=self._deadline(timeout),

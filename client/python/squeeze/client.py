@@ -48,10 +48,12 @@ class Client:
         return self._timeout if timeout is None else timeout
 
     def register_context(self, name, content, *, add_bos=None, index=None, on_progress=None,
-                         timeout=None):
+                         chat_document=None, timeout=None):
         """Registers `content` (text or token ids) under `name`; returns its ContextInfo.
-        `on_progress` receives each RegisterContextEvent; `index` is an IndexOptions or a dict."""
-        req = rq.register_request(name, content, add_bos, index)
+        `on_progress` receives each RegisterContextEvent; `index` is an IndexOptions or a dict.
+        `chat_document` ("system" or "user") registers the text as a chat's document: generate
+        then takes the conversation that follows it as messages."""
+        req = rq.register_request(name, content, add_bos, index, chat_document)
         info = None
         try:
             for event in self._stub.RegisterContext(req, timeout=self._deadline(timeout),
