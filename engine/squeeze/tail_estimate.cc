@@ -19,7 +19,8 @@ std::vector<float> ClusterMeanValues(const ContextKV& kv, const SqueezeHeadIndex
     for (int r = 0; r < n; ++r) {
       for (int i = 0; i < d; ++i) sum[i] += v[static_cast<size_t>(r) * d + i];
     }
-    for (int i = 0; i < d; ++i) means[static_cast<size_t>(c) * d + i] = static_cast<float>(sum[i] / n);
+    for (int i = 0; i < d; ++i)
+      means[static_cast<size_t>(c) * d + i] = static_cast<float>(sum[i] / n);
   }
   return means;
 }

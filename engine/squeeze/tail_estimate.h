@@ -15,8 +15,8 @@
 #include <span>
 #include <vector>
 
-#include "engine/backend/kv_cache.h"
 #include "engine/backend/cluster_tables.h"
+#include "engine/backend/kv_cache.h"
 
 namespace squeeze {
 

@@ -16,7 +16,8 @@ template <class F>
 __device__ void ForEachCluster(const StepBudgetParams& p, int b, F&& f) {
   for (int h = 0; h < p.num_kv_heads; ++h) {
     const SqueezeHeadDesc& hd = p.heads[static_cast<size_t>(b) * p.num_kv_heads + h];
-    const float* scores = p.scores + (static_cast<int64_t>(b) * p.num_kv_heads + h) * p.score_stride;
+    const float* scores =
+        p.scores + (static_cast<int64_t>(b) * p.num_kv_heads + h) * p.score_stride;
     for (int c0 = 0; c0 < hd.num_clusters; c0 += kThreads) {
       const int c = c0 + static_cast<int>(threadIdx.x);
       const bool valid = c < hd.num_clusters;
