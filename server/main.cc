@@ -61,7 +61,7 @@ ABSL_FLAG(double, default_budget, 0.1,
 ABSL_FLAG(std::string, budget_policy, "calibrated",
           "How a request's budget becomes a threshold when it names no policy: calibrated (the "
           "paper's, fixed at registration) or per_step (per layer and step, from the step's own "
-          "scores; selected on the host)");
+          "scores)");
 ABSL_FLAG(int, default_max_tokens, 128, "max_tokens when a request gives none");
 ABSL_FLAG(int, max_tokens_cap, 4096, "Largest max_tokens a request may ask for");
 ABSL_FLAG(int, max_message_mb, 64, "Largest gRPC message in MiB");
