@@ -294,6 +294,13 @@ absl::Status BpeTokenizer::Parse(std::string_view json_text, std::string_view or
     }
   }
 
+  // The token table is indexed by id: ids far beyond the number of tokens given (a few reserved
+  // gaps are fine) would make a file of a few bytes cost gigabytes.
+  const int64_t given = static_cast<int64_t>(vocab_.size() + added.size());
+  if (max_id >= 2 * given + 1024) {
+    return ctx.Error("model.vocab", absl::StrCat("ids must be nearly dense: largest id ", max_id,
+                                                 " for ", given, " tokens"));
+  }
   tokens_.assign(static_cast<size_t>(max_id) + 1, TokenInfo{});
   for (const auto& [token, id] : vocab_) {
     tokens_[id].bytes = ByteLevelToBytes(token);

@@ -400,6 +400,15 @@ TEST(BpeTokenizer, MalformedFilesGiveClearErrors) {
   j["model"]["vocab"] = json::array();
   EXPECT_THAT(Load(j).message(), HasSubstr("model.vocab"));
 
+  // An id far beyond the tokens given would size the token table by it (a fuzzer's input asked
+  // for 14 GB): refused, in the vocabulary and in the added tokens.
+  j = TinyTokenizer();
+  j["model"]["vocab"]["far"] = 400000000;
+  EXPECT_THAT(Load(j).message(), HasSubstr("ids must be nearly dense"));
+  j = TinyTokenizer();
+  j["added_tokens"] = json::array({{{"id", 300000000}, {"content", "<x>"}}});
+  EXPECT_THAT(Load(j).message(), HasSubstr("ids must be nearly dense"));
+
   j = TinyTokenizer();
   j["model"]["type"] = "WordPiece";
   EXPECT_EQ(Load(j).code(), absl::StatusCode::kUnimplemented);
