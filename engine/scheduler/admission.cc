@@ -3,17 +3,16 @@
 // then queued for the engine thread.
 #include <algorithm>
 #include <cmath>
+#include <random>
 
 #include "engine/attention/page_selection.h"
 #include "engine/attention/recency_selection.h"
 #include "engine/common/status_macros.h"
 #include "engine/scheduler/engine_internal.h"
-#include "spdlog/spdlog.h"
 
 namespace squeeze {
 
 using engine_internal::CheckTokens;
-using engine_internal::Seconds;
 
 absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest request,
                                                              GenerateCallback callback) {

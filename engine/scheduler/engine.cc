@@ -4,8 +4,6 @@
 #include "engine/scheduler/engine.h"
 
 #include <algorithm>
-#include <cmath>
-#include <random>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"

@@ -1,9 +1,6 @@
 // RegisterContext: the content tokenized, a finished context with the same content reused,
 // the prefill queued for the engine thread (chunked, between decode steps), then clustering,
 // calibration and publication on the indexer thread.
-#include <algorithm>
-#include <cmath>
-
 #include "engine/common/status_macros.h"
 #include "engine/scheduler/engine_internal.h"
 #include "spdlog/spdlog.h"

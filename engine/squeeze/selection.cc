@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <utility>
 
 #include "absl/strings/str_format.h"
 #include "engine/squeeze/score_distribution.h"
@@ -107,11 +108,8 @@ void SqueezedFixedContextAttention::SelectLayerPerStep(int layer, const float* q
   constexpr float kInf = std::numeric_limits<float>::infinity();
   head_scores_.resize(Hkv);
   head_candidates_.resize(Hkv);
-  int64_t clustered = 0;  // the budget's base: the clustered keys of every head of the layer
-  for (int h = 0; h < Hkv; ++h) {
-    const SqueezeHeadIndex& head = index_.head(layer, h);
-    clustered += head.offsets.back() - head.offsets.front();
-  }
+  // The budget's base: the clustered keys of every head of the layer.
+  const double clustered = static_cast<double>(index_.num_clustered) * Hkv;
   // The threshold over (score, keys) of the clusters `ids(h)` of every head (all of them when
   // ids is null) keeping the closest to `keys` keys; -inf when they hold no more than that.
   auto pooled_threshold = [&](const std::vector<int32_t>* ids, bool coarse, double keys) {
@@ -128,7 +126,7 @@ void SqueezedFixedContextAttention::SelectLayerPerStep(int layer, const float* q
       }
     }
     if (total <= 0 || keys >= static_cast<double>(total)) return -kInf;
-    return ScoreDistribution::FromWeightedScores(pooled_).Threshold(keys / total);
+    return ScoreDistribution::FromWeightedScores(std::move(pooled_)).Threshold(keys / total);
   };
 
   if (!options_.hierarchical) {
