@@ -8,8 +8,11 @@
 // above all the keys gives -inf (everything kept).
 // Scores must be finite and >= 0 (size-weighted softmax means, cluster_scores.cuh and
 // centroid_lookup.cuh), so their float bits order them as unsigned integers: the cut score is
-// found exactly by a radix select of the key-weighted histogram (4 passes of 8 bits, one CTA per
-// sequence, warp-aggregated shared-memory atomics). No host synchronisation; capturable.
+// found exactly by a radix select of the key-weighted histogram: 4 passes of 8 bits, each a
+// launch of grid (Hkv * chunks of kStepBudgetChunk clusters, B) whose CTAs add their chunk's
+// histogram (warp-aggregated shared-memory atomics) into the sequence's global one; the last CTA
+// of a sequence to finish a pass picks its digit (one warp's scan of the 256 bins) for the next.
+// One memset and four launches per call, whatever B; no host synchronisation; capturable.
 //
 // CPU reference: ScoreDistribution::FromWeightedScores(...).Threshold(target / total), as
 // SqueezedFixedContextAttention's per-step selection uses it (engine/squeeze/selection.cc). The
@@ -34,7 +37,14 @@ struct StepBudgetParams {
   int64_t score_stride = 0;                // >= every num_clusters
   const float* budget = nullptr;           // [B] device: kept fraction of the clustered keys
   float* tau = nullptr;                    // [B] device, written (must not alias budget)
+  void* workspace = nullptr;  // StepBudgetWorkspaceBytes(batch) device bytes, 8-byte aligned;
+                              // cleared by the launcher (no contents carried between calls)
 };
+
+// Clusters one CTA of a pass takes from one head.
+constexpr int kStepBudgetChunk = 2048;
+
+size_t StepBudgetWorkspaceBytes(int batch);
 
 cudaError_t LaunchStepBudgetThreshold(const StepBudgetParams& p, cudaStream_t stream);
 

@@ -202,7 +202,9 @@ TEST(ClusterScores, StepBudgetThresholdMatchesCpu) {
     c = rng.Int(0, 3000);
     stride = std::max(stride, c);
   }
-  clusters[3] = 0;                                                          // an empty head
+  clusters[3] = 0;     // an empty head
+  clusters[7] = 9000;  // a head over several CTAs (kStepBudgetChunk clusters each)
+  stride = std::max(stride, clusters[7]);
   std::vector<float> scores(static_cast<size_t>(B) * Hkv * stride, -1.0f);  // -1: never read
   std::vector<int32_t> sizes(scores.size(), 0);
   for (int bh = 0; bh < B * Hkv; ++bh) {
@@ -224,6 +226,9 @@ TEST(ClusterScores, StepBudgetThresholdMatchesCpu) {
     heads[bh].num_clusters = clusters[bh];
   }
   DeviceArray<gpu::SqueezeHeadDesc> dev_heads(heads);
+  // Poisoned: the launcher clears it.
+  DeviceArray<uint8_t> workspace(gpu::StepBudgetWorkspaceBytes(B));
+  CUDA_OK(cudaMemset(workspace.get(), 0xa5, gpu::StepBudgetWorkspaceBytes(B)));
   for (float budget : {0.0f, 1e-4f, 0.02f, 0.1f, 0.37f, 0.9f, 1.0f}) {
     SCOPED_TRACE(budget);
     const std::vector<float> budgets(B, budget);
@@ -238,6 +243,7 @@ TEST(ClusterScores, StepBudgetThresholdMatchesCpu) {
     p.score_stride = stride;
     p.budget = dev_budget.get();
     p.tau = tau.get();
+    p.workspace = workspace.get();
     CUDA_OK(gpu::LaunchStepBudgetThreshold(p, nullptr));
     CUDA_OK(cudaDeviceSynchronize());
     const std::vector<float> got = tau.Download();

@@ -57,6 +57,7 @@ enum ScratchSlot : int {
   kCascadeKeys,      // cascade: key lists, masks, counts and kept rows of a squeezed group
   kAppendTargets,    // the KV append targets of a step's sequences
   kGemvWs,           // decode products on tensor cores: bf16 input and split-K partials
+  kStepBudgetWs,     // per-step budget: the radix select's histograms and state per sequence
   kNumSlots
 };
 

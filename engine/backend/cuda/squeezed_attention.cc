@@ -110,6 +110,8 @@ void SqueezedAttention::StepThresholds(int B, int hkv, const gpu::SqueezeHeadDes
   sb.score_stride = stride;
   sb.budget = budget;
   sb.tau = tau;
+  sb.workspace = dev_.Scratch(kStepBudgetWs, gpu::StepBudgetWorkspaceBytes(B));
+  if (sb.workspace == nullptr) return;
   dev_.Check(gpu::LaunchStepBudgetThreshold(sb, dev_.stream()), "per-step threshold");
 }
 
