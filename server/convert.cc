@@ -259,6 +259,12 @@ absl::StatusOr<GenerateRequest> ConvertGenerateRequest(const v1::GenerateRequest
     sp.return_logprobs = true;
     sp.logprobs = req.logprobs();
   }
+  if (req.has_prompt_logprobs()) {
+    if (req.prompt_logprobs() < 0 || req.prompt_logprobs() > limits.max_logprobs) {
+      return Invalid("prompt_logprobs", absl::StrCat("must be in [0, ", limits.max_logprobs, "]"));
+    }
+    out.prompt_logprobs = req.prompt_logprobs();
+  }
 
   const v1::AttentionOptions& a = req.attention();
   switch (a.mode()) {
@@ -373,15 +379,20 @@ v1::GenerateResponse ToProto(const GenerateEvent& e) {
   v1::GenerateResponse out;
   for (int32_t t : e.tokens) out.add_token_ids(t);
   out.set_text(e.text);
-  for (const TokenLogprobs& lp : e.logprobs) {
-    v1::TokenLogprob* p = out.add_logprobs();
-    p->set_logprob(lp.logprob);
-    for (const auto& [id, logprob] : lp.top) {
-      v1::TopLogprob* top = p->add_top();
-      top->set_id(id);
-      top->set_logprob(logprob);
+  auto add_logprobs = [](const std::vector<TokenLogprobs>& from, auto* to) {
+    for (const TokenLogprobs& lp : from) {
+      v1::TokenLogprob* p = to->Add();
+      p->set_logprob(lp.logprob);
+      for (const auto& [id, logprob] : lp.top) {
+        v1::TopLogprob* top = p->add_top();
+        top->set_id(id);
+        top->set_logprob(logprob);
+      }
     }
-  }
+  };
+  add_logprobs(e.logprobs, out.mutable_logprobs());
+  for (int32_t t : e.prompt_tokens) out.add_prompt_token_ids(t);
+  add_logprobs(e.prompt_logprobs, out.mutable_prompt_logprobs());
   if (e.final) {
     switch (e.finish_reason) {
       case FinishReason::kLength:

@@ -88,6 +88,9 @@ struct GenerateRequest {
   PromptInput input;
   SamplingParams sampling;
   AttentionRequest attention;
+  // >= 0: also score the input: the model's log-probability of every input token after the first
+  // given what precedes it, with this many alternatives (GenerateEvent::prompt_logprobs).
+  int prompt_logprobs = -1;
   absl::Time deadline = absl::InfiniteFuture();
 };
 
@@ -115,6 +118,10 @@ struct GenerateEvent {
   std::vector<int32_t> tokens;
   std::string text;
   std::vector<TokenLogprobs> logprobs;
+  // With GenerateRequest::prompt_logprobs, once, in the first event: the input as the model saw
+  // it and the scores of prompt_tokens[1..] (prompt_logprobs[i] is prompt_tokens[i + 1]'s).
+  std::vector<int32_t> prompt_tokens;
+  std::vector<TokenLogprobs> prompt_logprobs;
   bool final = false;  // last event: `status`, and when OK the fields below
   absl::Status status;
   FinishReason finish_reason = FinishReason::kNone;

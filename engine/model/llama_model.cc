@@ -542,6 +542,7 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
     const Backend::MatMulOutput head[] = {{&w_.lm_head, a.logits}};
     be.NormMatMuls(a.last, w_.final_norm, eps, a.last, num_logits, head);
   }
+  RETURN_IF_ERROR(ScoreTargets(steps, plan.offset, a.x));
   settled = true;
   RETURN_IF_ERROR(be.Synchronize());
   // What the backend kept of each selected context, now written: into the selectors.
@@ -574,6 +575,66 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
     ++li;
   }
   return be.Synchronize();
+}
+
+absl::Status LlamaModel::ScoreTargets(std::span<SequenceStep> steps,
+                                      std::span<const int32_t> offsets, const float* x) {
+  // (row, step, target) of every scored row.
+  struct Scored {
+    int32_t row;
+    int32_t step;
+    int32_t target;
+  };
+  std::vector<Scored> scored;
+  const int V = config_.vocab_size, D = config_.hidden_size;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const SequenceStep& s = steps[i];
+    if (s.scores == nullptr) continue;
+    const size_t n = std::min(s.score_targets.size(), s.tokens.size());
+    for (size_t j = 0; j < n; ++j) {
+      if (s.score_targets[j] < 0 || s.score_targets[j] >= V) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("scored token id ", s.score_targets[j], " is outside the vocabulary"));
+      }
+      scored.push_back(
+          {offsets[i] + static_cast<int32_t>(j), static_cast<int32_t>(i), s.score_targets[j]});
+    }
+  }
+  if (scored.empty()) return absl::OkStatus();
+  // Blocks of rows through the final norm and lm_head ([rows, V] logits at a time, so that a
+  // long input never holds [T, V]), each block's logits scored on the host.
+  constexpr int kBlockRows = 64;
+  const int block = std::min<int>(kBlockRows, static_cast<int>(scored.size()));
+  auto aligned = [](size_t bytes) { return (bytes + 63) / 64 * 64; };
+  const size_t rows_bytes = aligned(sizeof(int32_t) * block);
+  const size_t hidden_bytes = aligned(sizeof(float) * block * D);
+  Backend& be = *backend_;
+  ASSIGN_OR_RETURN(std::unique_ptr<Buffer> buffer,
+                   be.Allocate(rows_bytes + hidden_bytes + sizeof(float) * block * V));
+  char* base = static_cast<char*>(buffer->data());
+  auto* rows = reinterpret_cast<int32_t*>(base);
+  auto* hidden = reinterpret_cast<float*>(base + rows_bytes);
+  auto* logits = reinterpret_cast<float*>(base + rows_bytes + hidden_bytes);
+  std::vector<int32_t> host_rows(block);
+  std::vector<float> host_logits(static_cast<size_t>(block) * V);
+  for (size_t at = 0; at < scored.size(); at += block) {
+    const int n = static_cast<int>(std::min<size_t>(block, scored.size() - at));
+    for (int k = 0; k < n; ++k) host_rows[k] = scored[at + k].row;
+    be.CopyFromHost(rows, host_rows.data(), sizeof(int32_t) * n);
+    be.GatherRows(x, rows, n, D, hidden);
+    const Backend::MatMulOutput head[] = {{&w_.lm_head, logits}};
+    be.NormMatMuls(hidden, w_.final_norm, config_.rms_norm_eps, hidden, n, head);
+    be.CopyToHost(host_logits.data(), logits, sizeof(float) * n * V);
+    RETURN_IF_ERROR(be.Synchronize());
+    for (int k = 0; k < n; ++k) {
+      const Scored& r = scored[at + k];
+      const SequenceStep& s = steps[r.step];
+      s.scores->push_back(
+          ScoreToken(std::span<const float>(host_logits.data() + static_cast<size_t>(k) * V, V),
+                     r.target, s.score_top));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace squeeze

@@ -33,6 +33,13 @@ struct SequenceStep {
   // only the job's results come back); otherwise the logits are copied out and the job is left
   // for the caller (sample->token stays -1).
   SampleJob* sample = nullptr;
+  // Optional: score the tokens that follow. score_targets[j] is the token after tokens[j]
+  // (targets may be fewer than tokens: rows past them are not scored); the model's
+  // log-probability of each, with its score_top most likely alternatives, is appended to
+  // *scores in row order (ScoreToken; GenerateRequest.prompt_logprobs).
+  std::span<const int32_t> score_targets;
+  int score_top = 0;
+  std::vector<SampleInfo>* scores = nullptr;
 };
 
 struct ForwardOutput {
@@ -97,6 +104,10 @@ class LlamaModel {
   absl::Status Upload();
   absl::Status MakeRandom(uint64_t seed);
   absl::Status UploadInvFreq();
+  // The scores asked for by steps' score_targets, from the final hidden rows x ([T, D]; step i's
+  // rows from offsets[i]).
+  absl::Status ScoreTargets(std::span<SequenceStep> steps, std::span<const int32_t> offsets,
+                            const float* x);
 
   ModelConfig config_;
   LlamaWeights weights_;  // host weights while the backend borrows them, else empty

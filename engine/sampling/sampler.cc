@@ -6,7 +6,29 @@
 #include <numeric>
 
 namespace squeeze {
+
 namespace {
+
+// The `n` best of ids [0, vocab) under `better`, best first, through a size-n heap whose front
+// is the worst kept id: O(V log n).
+template <class Better>
+std::vector<int32_t> TopIds(int32_t vocab, int32_t n, Better better) {
+  std::vector<int32_t> heap;
+  if (n <= 0) return heap;
+  heap.reserve(n + 1);
+  for (int32_t id = 0; id < vocab; ++id) {
+    if (static_cast<int32_t>(heap.size()) < n) {
+      heap.push_back(id);
+      std::push_heap(heap.begin(), heap.end(), better);
+    } else if (better(id, heap.front())) {
+      std::pop_heap(heap.begin(), heap.end(), better);
+      heap.back() = id;
+      std::push_heap(heap.begin(), heap.end(), better);
+    }
+  }
+  std::sort(heap.begin(), heap.end(), better);
+  return heap;
+}
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // Below this temperature logits/T overflows float for ordinary logit gaps; vLLM also treats such
@@ -298,24 +320,28 @@ void Sampler::FillInfo(int32_t chosen, SampleInfo* info, double sum_all) {
   info->logprob = logprob(chosen);
   info->top.clear();
 
-  // Top-N through a size-N heap whose front is the worst kept token: O(V log N).
   const int32_t top_n = std::min<int32_t>(std::max(params_.logprobs, 0), vocab);
-  if (top_n == 0) return;
-  auto better = [this](int32_t a, int32_t b) { return Better(a, b); };
-  std::vector<int32_t> heap;
-  heap.reserve(top_n + 1);
-  for (int32_t id = 0; id < vocab; ++id) {
-    if (static_cast<int32_t>(heap.size()) < top_n) {
-      heap.push_back(id);
-      std::push_heap(heap.begin(), heap.end(), better);
-    } else if (better(id, heap.front())) {
-      std::pop_heap(heap.begin(), heap.end(), better);
-      heap.back() = id;
-      std::push_heap(heap.begin(), heap.end(), better);
-    }
+  for (int32_t id : TopIds(vocab, top_n, [this](int32_t a, int32_t b) { return Better(a, b); })) {
+    info->top.push_back({id, logprob(id)});
   }
-  std::sort(heap.begin(), heap.end(), better);
-  for (int32_t id : heap) info->top.push_back({id, logprob(id)});
+}
+
+SampleInfo ScoreToken(std::span<const float> logits, int32_t token, int top_n) {
+  SampleInfo info;
+  const int32_t vocab = static_cast<int32_t>(logits.size());
+  const float lmax = *std::max_element(logits.begin(), logits.end());
+  double sum = 0.0;
+  for (float l : logits) sum += std::exp(static_cast<double>(l) - lmax);
+  const double lse = lmax + std::log(sum);
+  auto logprob = [&](int32_t id) { return static_cast<float>(logits[id] - lse); };
+  info.logprob = logprob(token);
+  auto better = [&](int32_t a, int32_t b) {
+    return logits[a] != logits[b] ? logits[a] > logits[b] : a < b;
+  };
+  for (int32_t id : TopIds(vocab, std::min(std::max(top_n, 0), vocab), better)) {
+    info.top.push_back({id, logprob(id)});
+  }
+  return info;
 }
 
 }  // namespace squeeze

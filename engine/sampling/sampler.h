@@ -25,6 +25,12 @@ struct SampleInfo {
   std::vector<TokenLogprob> top;  // the min(params.logprobs, V) most likely tokens, best first
 };
 
+// The model's own log-probability of `token` under `logits` (log-softmax of the raw logits: no
+// penalties, no temperature) and the `top_n` most likely tokens, best first, lower id on ties:
+// how a prompt token is scored (GenerateRequest.prompt_logprobs). `token` must lie in
+// [0, logits.size()).
+SampleInfo ScoreToken(std::span<const float> logits, int32_t token, int top_n);
+
 // One row of a device sampling launch (engine/backend/cuda/cuda_sampling.h), resolved by
 // Sampler::PrepareDevice for a vocabulary of V tokens: a device applies every field as is and
 // gets Sample()'s result.

@@ -16,6 +16,16 @@ namespace squeeze {
 using engine_internal::CheckTokens;
 using engine_internal::Seconds;
 
+namespace {
+
+TokenLogprobs ToLogprobs(const SampleInfo& info) {
+  TokenLogprobs lp{.logprob = info.logprob};
+  for (const auto& t : info.top) lp.top.emplace_back(t.token, t.logprob);
+  return lp;
+}
+
+}  // namespace
+
 Engine::Engine(EngineOptions options, std::unique_ptr<LlamaModel> model,
                std::unique_ptr<Tokenizer> tokenizer, std::unique_ptr<ContextStore> store,
                absl::StatusOr<std::unique_ptr<ChatTemplate>> chat_template)
@@ -228,6 +238,13 @@ bool Engine::Step() {
                      .fixed = seq->fixed.get(),
                      .kv = &seq->kv,
                      .want_logits = last});
+    if (seq->request.prompt_logprobs >= 0) {
+      // Each input row scores the input token after it (the last one has none).
+      const std::span<const int32_t> input(seq->input);
+      steps.back().score_targets = input.subspan(seq->prefilled + 1, last ? n - 1 : n);
+      steps.back().score_top = seq->request.prompt_logprobs;
+      steps.back().scores = &seq->prompt_scores;
+    }
     step_seqs.push_back(seq.get());
   }
   Registration* reg_step = nullptr;
@@ -341,11 +358,18 @@ void Engine::ProcessSampled(Sequence& seq, int32_t token, const SampleInfo& info
   } else {
     seq.generated.push_back(token);
     ev.tokens.push_back(token);
-    if (sp.return_logprobs) {
-      TokenLogprobs lp{.logprob = info.logprob};
-      for (const auto& t : info.top) lp.top.emplace_back(t.token, t.logprob);
-      ev.logprobs.push_back(std::move(lp));
+  }
+  if (seq.request.prompt_logprobs >= 0 && !seq.prompt_scores_sent) {
+    // With the first token: the input and the scores of its tokens after the first.
+    seq.prompt_scores_sent = true;
+    ev.prompt_tokens = seq.input;
+    for (const SampleInfo& scored : seq.prompt_scores) {
+      ev.prompt_logprobs.push_back(ToLogprobs(scored));
     }
+    std::vector<SampleInfo>().swap(seq.prompt_scores);
+  }
+  if (!ev.tokens.empty()) {
+    if (sp.return_logprobs) ev.logprobs.push_back(ToLogprobs(info));
     StopMatcher::Result r = seq.stop->Push(seq.detok->Push(token));
     ev.text = std::move(r.emit);
     if (r.stopped) {
@@ -360,7 +384,7 @@ void Engine::ProcessSampled(Sequence& seq, int32_t token, const SampleInfo& info
     stats_.generated_tokens += ev.tokens.size();
   }
   if (reason == FinishReason::kNone) {
-    if (!ev.tokens.empty()) seq.callback(std::move(ev));
+    if (!ev.tokens.empty() || !ev.prompt_tokens.empty()) seq.callback(std::move(ev));
     return;
   }
   if (!stopped_by_string) {
@@ -370,7 +394,9 @@ void Engine::ProcessSampled(Sequence& seq, int32_t token, const SampleInfo& info
     ev.text += r.emit;
     if (!r.stopped) ev.text += seq.stop->Flush();
   }
-  if (!ev.tokens.empty() || !ev.text.empty()) seq.callback(std::move(ev));
+  if (!ev.tokens.empty() || !ev.text.empty() || !ev.prompt_tokens.empty()) {
+    seq.callback(std::move(ev));
+  }
   FinishSequence(seq, absl::OkStatus(), reason);
 }
 

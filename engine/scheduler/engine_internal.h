@@ -36,6 +36,8 @@ struct Engine::Sequence {
   std::unique_ptr<StreamingDetokenizer> detok;
   std::unique_ptr<StopMatcher> stop;
   std::vector<int32_t> eos_ids;
+  std::vector<SampleInfo> prompt_scores;  // request.prompt_logprobs >= 0: input[1..]'s, so far
+  bool prompt_scores_sent = false;
   int prefilled = 0;        // input tokens already run through the model
   int32_t next_token = -1;  // sampled, not yet run through the model
   int64_t forwarded = 0;

@@ -447,6 +447,74 @@ void CheckTokenizerCases(const Tokenizer& tokenizer, const std::string& what,
       what.c_str(), corpus.size(), corpus.size() - id_mismatches, round_trips);
 }
 
+// Scoring the input (SequenceStep::score_targets, behind GenerateRequest.prompt_logprobs): every
+// input row scores the token after it, across prefill chunks, with the log-softmax of
+// transformers' logits at the stored positions and its argmax as the best alternative.
+void CheckPromptScores(const std::string& name) {
+  const fs::path dir = kGoldenDir / name;
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(dir.string());
+  ASSERT_TRUE(config.ok()) << config.status();
+  absl::StatusOr<LlamaWeights> weights = LoadLlamaWeights(dir.string(), *config);
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  absl::StatusOr<std::unique_ptr<LlamaModel>> model =
+      LlamaModel::Create(*config, std::move(*weights), std::make_unique<CpuBackend>());
+  ASSERT_TRUE(model.ok()) << model.status();
+  const json golden = ReadJson(dir / "golden.json");
+  for (const json& j : golden.at("sequences")) {
+    const GoldenSequence g(j);
+    const int T = static_cast<int>(g.tokens.size());
+    if (T < 3 || T > 1000) continue;  // the long sequence's positions add nothing here
+    SCOPED_TRACE(name + " " + g.name);
+    SequenceKV kv((*model)->kv_shape());
+    std::vector<SampleInfo> scores;
+    // Two chunks: the first's last row scores the second's first token.
+    const int split = T / 2;
+    for (const auto& [begin, end] : {std::pair{0, split}, std::pair{split, T}}) {
+      SequenceStep step;
+      step.tokens = std::span<const int32_t>(g.tokens).subspan(begin, end - begin);
+      step.kv = &kv;
+      step.want_logits = end == T;
+      step.score_targets = std::span<const int32_t>(g.tokens).subspan(
+          begin + 1, end == T ? end - begin - 1 : end - begin);
+      step.score_top = 3;
+      step.scores = &scores;
+      ForwardOutput out;
+      ASSERT_TRUE((*model)->Forward(std::span<SequenceStep>(&step, 1), &out).ok());
+    }
+    ASSERT_EQ(scores.size(), static_cast<size_t>(T - 1));
+    int compared = 0;
+    for (size_t k = 0; k < g.last_positions.size(); ++k) {
+      const int p = g.last_positions[k];
+      if (p >= T - 1) continue;
+      const std::vector<double>& logits = g.last_logits[k];
+      const double lmax = *std::max_element(logits.begin(), logits.end());
+      double sum = 0.0;
+      for (double l : logits) sum += std::exp(l - lmax);
+      const double want = logits[g.tokens[p + 1]] - lmax - std::log(sum);
+      const SampleInfo& got = scores[p];
+      ASSERT_TRUE(std::isfinite(got.logprob)) << "position " << p;
+      EXPECT_NEAR(got.logprob, want, 2 * kLogitTolerance * g.scale) << "position " << p;
+      ASSERT_EQ(got.top.size(), 3u);
+      EXPECT_GE(got.top[0].logprob, got.top[1].logprob);
+      EXPECT_GE(got.top[0].logprob, got.logprob);
+      const bool tie = g.gap[p] < kTieGap * std::max(1.0, std::abs(g.max_logit[p]));
+      if (!tie) {
+        EXPECT_EQ(got.top[0].token, g.argmax[p]) << "position " << p;
+      }
+      ++compared;
+    }
+    EXPECT_GT(compared, 0);
+    // Every score is a log-probability.
+    for (const SampleInfo& s : scores) EXPECT_LE(s.logprob, 1e-6);
+  }
+}
+
+TEST(HfConformance, PromptScoresMatchTransformers) {
+  REQUIRE_GOLDENS();
+  CheckPromptScores("llama31");     // GQA
+  CheckPromptScores("qwen2_yarn");  // q/k/v biases, YaRN
+}
+
 TEST(HfConformance, SentencePieceMatchesLibrary) {
   REQUIRE_GOLDENS();
   const std::vector<std::string> corpus = Corpus();

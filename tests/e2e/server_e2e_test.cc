@@ -152,6 +152,9 @@ TEST_F(ServerE2ETest, InvalidRequestsGetTheRightCodes) {
   v1::GenerateRequest lp = Request("ctx", "hi", 2);
   lp.set_logprobs(21);
   EXPECT_EQ(code(lp), kInvalid);
+  v1::GenerateRequest plp = Request("ctx", "hi", 2);
+  plp.set_prompt_logprobs(-1);
+  EXPECT_THAT(msg(plp), HasSubstr("prompt_logprobs"));
   v1::GenerateRequest st = Request("ctx", "hi", 2);
   st.add_stop("");
   EXPECT_EQ(code(st), kInvalid);
@@ -410,6 +413,68 @@ TEST_F(ServerE2ETest, StopStringsStopTokensAndLogprobs) {
   });
   ASSERT_TRUE(status.ok());
   EXPECT_EQ(logprob_entries, 5);
+}
+
+// Scoring the input: the score of a token continuing the input equals the log-probability the
+// server gave that token when it generated it greedily (the same model, context and prefix).
+TEST_F(ServerE2ETest, PromptLogprobsScoreTheInput) {
+  v1::ContextInfo info;
+  ASSERT_TRUE(Register(c(), "ctx", Document(), &info).ok());
+  // Dense: a squeezed query selects per step (one row) and per chunk (many) differently.
+  v1::GenerateRequest gen = Request("ctx", " Merchants", 4, 1, 0.0f);
+  gen.mutable_attention()->set_mode(v1::AttentionOptions::DENSE);
+  gen.set_logprobs(0);
+  std::vector<float> generated_logprobs;
+  std::vector<int32_t> generated;
+  ASSERT_TRUE(c().Generate(gen,
+                           [&](const v1::GenerateResponse& r) {
+                             for (int32_t t : r.token_ids()) generated.push_back(t);
+                             for (const auto& l : r.logprobs())
+                               generated_logprobs.push_back(l.logprob());
+                             EXPECT_EQ(r.prompt_token_ids_size(), 0);  // not asked for
+                             return true;
+                           })
+                  .ok());
+  ASSERT_EQ(generated.size(), 4u);
+  ASSERT_EQ(generated_logprobs.size(), 4u);
+
+  // The question's tokens, then the greedy answer, as token ids, scored.
+  v1::TokenizeResponse question;
+  ASSERT_TRUE(c().Tokenize(" Merchants", /*add_bos=*/false, &question).ok());
+  v1::GenerateRequest score = Request("ctx", "", 1, 1, 0.0f);
+  auto* ids = score.mutable_input()->mutable_token_ids();
+  for (int32_t t : question.ids()) ids->add_ids(t);
+  for (int32_t t : generated) ids->add_ids(t);
+  score.mutable_attention()->set_mode(v1::AttentionOptions::DENSE);
+  score.set_prompt_logprobs(2);
+  int messages_with_scores = 0;
+  std::vector<int32_t> prompt_tokens;
+  std::vector<v1::TokenLogprob> scores;
+  ASSERT_TRUE(c().Generate(score,
+                           [&](const v1::GenerateResponse& r) {
+                             if (r.prompt_token_ids_size() == 0) return true;
+                             ++messages_with_scores;
+                             prompt_tokens.assign(r.prompt_token_ids().begin(),
+                                                  r.prompt_token_ids().end());
+                             scores.assign(r.prompt_logprobs().begin(), r.prompt_logprobs().end());
+                             return true;
+                           })
+                  .ok());
+  EXPECT_EQ(messages_with_scores, 1);
+  ASSERT_EQ(prompt_tokens.size(), static_cast<size_t>(ids->ids_size()));
+  ASSERT_EQ(scores.size(), prompt_tokens.size() - 1);
+  for (const v1::TokenLogprob& s : scores) {
+    EXPECT_LE(s.logprob(), 0.0f);
+    ASSERT_EQ(s.top_size(), 2);
+    EXPECT_GE(s.top(0).logprob(), s.top(1).logprob());
+  }
+  // The greedy tokens: each was the best continuation, with the logprob generation reported.
+  const size_t q = question.ids_size();
+  for (size_t i = 0; i < generated.size(); ++i) {
+    const v1::TokenLogprob& s = scores[q - 1 + i];
+    EXPECT_NEAR(s.logprob(), generated_logprobs[i], 1e-3) << "answer token " << i;
+    EXPECT_EQ(s.top(0).id(), generated[i]) << "answer token " << i;
+  }
 }
 
 TEST_F(ServerE2ETest, ConcurrentStreamsMatchTheSameRequestAlone) {

@@ -76,6 +76,15 @@ class PythonClientTest(unittest.TestCase):
                                        ignore_eos=True, mode="dense", stop_token_ids=[stop_at])
         self.assertEqual(stopped.finish_reason, "STOP")
         self.assertLess(len(stopped.token_ids), 6)
+        # Scoring the input: the greedy answer appended to the question scores as generated.
+        scored = self.client.complete(list(ids) + dense.token_ids[:3], "docs", max_tokens=1,
+                                      temperature=0, mode="dense", prompt_logprobs=1)
+        self.assertEqual(scored.prompt_token_ids, list(ids) + dense.token_ids[:3])
+        self.assertEqual(len(scored.prompt_logprobs), len(ids) + 2)
+        for i in range(3):
+            got = scored.prompt_logprobs[len(ids) - 1 + i]
+            self.assertAlmostEqual(got.logprob, dense.logprobs[i].logprob, delta=1e-3)
+            self.assertEqual(got.top[0].id, dense.token_ids[i])
 
     def test_typed_errors(self):
         with self.assertRaises(squeeze.NotFound) as cm:

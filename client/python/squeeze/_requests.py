@@ -109,8 +109,8 @@ def register_request(name, content, add_bos=None, index=None, chat_document=None
 def generate_request(input, context="", *, max_tokens=None, temperature=None, top_p=None,
                      top_k=None, min_p=None, repetition_penalty=None, presence_penalty=None,
                      frequency_penalty=None, seed=None, stop=(), stop_token_ids=(),
-                     ignore_eos=False, logprobs=None, mode=None, budget=None, hierarchical=None,
-                     mass=None, budget_policy=None, request_id=""):
+                     ignore_eos=False, logprobs=None, prompt_logprobs=None, mode=None, budget=None,
+                     hierarchical=None, mass=None, budget_policy=None, request_id=""):
     if mode not in _MODES:
         raise ValueError(f"mode must be one of squeezed, dense, recent, pages or None, not {mode!r}")
     if budget_policy not in _BUDGET_POLICIES:
@@ -124,6 +124,8 @@ def generate_request(input, context="", *, max_tokens=None, temperature=None, to
         req.max_tokens = max_tokens
     if logprobs is not None:
         req.logprobs = logprobs
+    if prompt_logprobs is not None:
+        req.prompt_logprobs = prompt_logprobs
     sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p,
                 "repetition_penalty": repetition_penalty, "presence_penalty": presence_penalty,
                 "frequency_penalty": frequency_penalty, "seed": seed}
@@ -142,13 +144,16 @@ def generate_request(input, context="", *, max_tokens=None, temperature=None, to
 
 
 class Completion:
-    """A whole Generate stream gathered: text, token ids, per-token logprobs, and the last
-    message's finish reason, usage and timings."""
+    """A whole Generate stream gathered: text, token ids, per-token logprobs, the input's scores
+    when asked for (prompt_token_ids, and prompt_logprobs[i] for prompt_token_ids[i + 1]), and
+    the last message's finish reason, usage and timings."""
 
     def __init__(self):
         self.text = ""
         self.token_ids = []
         self.logprobs = []
+        self.prompt_token_ids = []
+        self.prompt_logprobs = []
         self.finish_reason = None
         self.usage = None
         self.timings = None
@@ -158,6 +163,8 @@ class Completion:
         self.text += response.text
         self.token_ids.extend(response.token_ids)
         self.logprobs.extend(response.logprobs)
+        self.prompt_token_ids.extend(response.prompt_token_ids)
+        self.prompt_logprobs.extend(response.prompt_logprobs)
         self.request_id = response.request_id
         if response.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
             self.finish_reason = pb.FinishReason.Name(response.finish_reason)
