@@ -23,9 +23,9 @@
 // CascadeAttention there for the chunked merge (itself checked against per-sequence attention in
 // tests/cpu/backend_ops_test.cc); tested in tests/gpu/cascade_attention_test.cc
 // (CascadeAttention.*) and through the model in tests/gpu/cuda_model_test.cc
-// (CascadeEqualsPerSequenceAttention). Supported: d in {64, 128}; any G = Hq / Hkv; n <= 64 with a
-// key mask (bits of a uint64); Hkv <= kCascadeMaxKvHeads. Launchers never allocate or synchronise
-// (capturable in a graph).
+// (CascadeEqualsPerSequenceAttention). Supported: d in {64, 96, 128}; any G = Hq / Hkv; n <= 64
+// with a key mask (bits of a uint64); Hkv <= kCascadeMaxKvHeads. Launchers never allocate or
+// synchronise (capturable in a graph).
 #pragma once
 
 #include <cuda_runtime.h>

@@ -12,23 +12,27 @@ using detail::kThreads;
 
 constexpr int kMinKeysPerSplit = 256;
 
-// Grid (max_splits, Hkv, B): CTA (s, h, b) attends heads [h*G, h*G + G) of sequence b to its
-// split s; splits past the sequence's length exit at once.
+// Grid (max_splits, Hkv, B): CTA (s, h, b) attends heads [h*group, h*group + group) of sequence
+// b to its split s (G: group padded, detail::PaddedGroup); splits past the sequence's length
+// exit at once.
 template <int D, int G>
-__global__ void __launch_bounds__(kThreads, 2) DenseDecodeKernel(const DecodeAttentionParams p) {
+__global__ void __launch_bounds__(kThreads, detail::CoreMinBlocks<G>())
+    DenseDecodeKernel(const DecodeAttentionParams p) {
   extern __shared__ __align__(128) char smem[];
   const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int group = p.num_q_heads / p.num_kv_heads;
   const DecodeKv kv = p.kv[b];
   const int start = split * p.plan.keys_per_split;
   if (start >= kv.len) return;
   const int n = min(kv.len - start, p.plan.keys_per_split);
 
   detail::DecodeCore<D, G> core(smem);
-  core.LoadQ(p.q + (static_cast<size_t>(b) * p.num_q_heads + h * G) * D, p.scale * detail::kLog2e);
+  core.LoadQ(p.q + (static_cast<size_t>(b) * p.num_q_heads + h * group) * D,
+             p.scale * detail::kLog2e, group);
   const size_t row0 = static_cast<size_t>(h) * kv.head_stride + static_cast<size_t>(start) * D;
   core.Attend(kv.k + row0, kv.v + row0, n, detail::ContiguousRows{});
   const size_t slot = (static_cast<size_t>(b) * gridDim.y + h) * p.plan.max_splits + split;
-  core.Finish(p.partial_out + slot * G * D, p.partial_lse + slot * G);
+  core.Finish(p.partial_out + slot * group * D, p.partial_lse + slot * group, group);
 }
 
 constexpr int kCombineThreads = 256;
@@ -44,8 +48,9 @@ __device__ __forceinline__ void StoreOut<bf16>(bf16* dst, float v) {
   *dst = __float2bfloat16_rn(v);
 }
 
-// Grid (Hq, B), 256 threads: the threads form `groups` groups of D/4 lanes; group j takes every
-// groups-th partial (float4 per lane), then the groups are summed through shared memory.
+// Grid (Hq, B), 256 threads: the threads form `groups` = floor(256 / (D/4)) groups of D/4 lanes
+// (at d = 96 the last 16 threads take no partial); group j takes every groups-th partial (float4
+// per lane), then the groups are summed through shared memory.
 template <typename OutT>
 __global__ void __launch_bounds__(kCombineThreads) CombineKernel(const CombineParams p) {
   __shared__ __align__(16) float red_o[kCombineThreads * 4];
@@ -103,7 +108,7 @@ __global__ void __launch_bounds__(kCombineThreads) CombineKernel(const CombinePa
   const int lane = threadIdx.x % lanes, grp = threadIdx.x / lanes;
   float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   float l = 0.0f;
-  if (mx != -INFINITY) {
+  if (mx != -INFINITY && grp < groups) {
 #pragma unroll 4
     for (int j = grp; j < n; j += groups) {
       const float w = detail::Exp2(slot_lse(j) - mx);  // 0 for an empty partial
@@ -116,7 +121,7 @@ __global__ void __launch_bounds__(kCombineThreads) CombineKernel(const CombinePa
     }
   }
   reinterpret_cast<float4*>(red_o)[threadIdx.x] = o;
-  if (lane == 0) red_l[grp] = l;
+  if (lane == 0 && grp < groups) red_l[grp] = l;
   __syncthreads();
   if (threadIdx.x < D) {
     const int i = threadIdx.x;  // output dim; lives in lane i / 4, component i % 4
@@ -134,7 +139,7 @@ __global__ void __launch_bounds__(kCombineThreads) CombineKernel(const CombinePa
 }
 
 bool ShapeOk(int batch, int hq, int hkv, int d) {
-  return batch > 0 && hq > 0 && hkv > 0 && hq % hkv == 0 && (d == 64 || d == 128) &&
+  return batch > 0 && hq > 0 && hkv > 0 && hq % hkv == 0 && (d == 64 || d == 96 || d == 128) &&
          batch <= 65535 && hkv <= 65535;
 }
 

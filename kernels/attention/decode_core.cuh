@@ -2,20 +2,26 @@
 // threads computes the exact softmax attention of the G query heads of one KV-head group over a
 // list of key rows (contiguous for dense, gathered per range for sparse) and writes one
 // normalised fp32 partial [G][d] plus its lse2 [G]. Included only by kernels/**/*.cu.
+// The template's G is the padded group (detail::PaddedGroup, up to 16); the real group size
+// `group` <= G is passed at run time: rows g >= group get a zero query, are computed alongside
+// (each row's softmax is its own, so they touch no real row) and are never stored.
 // CPU reference and tests: those of its two kernels (decode_attention.cuh,
 // sparse_decode_attention.cuh).
 //
 // Pipeline: tiles of 64 key rows; K and V tiles are copied to shared memory with 16-byte
-// cp.async (coalesced: 16 consecutive threads read one 256-byte row), 3 stages deep, so two
-// tiles are in flight while one is computed.
+// cp.async (coalesced: d / 8 consecutive threads read one row), 3 stages deep, so two tiles are
+// in flight while one is computed.
 // QK: warp w owns keys [8w, 8w + 8) of the tile, 4 lanes per key, each lane a quarter of d
-//   (16-byte chunks quarter + 4i); the 4 partial dots are reduced with two xor-shuffles. K chunks
-//   are XOR-swizzled by the row's parity so the 8 lanes of a quarter-warp hit distinct banks.
+//   (16-byte chunks quarter + 4i); the 4 partial dots are reduced with two xor-shuffles. At d = 64
+//   and 128 (rows of 128 and 256 bytes) K chunks are XOR-swizzled by the row's parity so the 8
+//   lanes of a quarter-warp (two rows) hit distinct banks; at d = 96 the second row of a pair
+//   already starts 64 bytes (4 chunks) along the banks, so no swizzle.
 //   q (pre-scaled by scale * log2 e) is read from shared memory as broadcasts.
 // Softmax: per warp and head an online (running max, sum) state in the exp2 domain, max
 //   subtracted before every exponential; -inf-safe (a warp that saw no key keeps m = -inf).
-// PV: the same warp walks its 8 keys; lane owns d/32 output dims, so a V row is one contiguous
-//   warp-wide read; acc[G][d/32] fp32 in registers.
+// PV: the same warp walks its 8 keys; lane owns d/32 consecutive output dims, so a V row is one
+//   contiguous warp-wide read (8, 6 or 4 bytes per lane: one load, or three at d = 96);
+//   acc[G][d/32] fp32 in registers.
 // Epilogue: the 8 warps' states are merged through shared memory (the K/V stage area reused).
 #pragma once
 
@@ -44,6 +50,14 @@ struct CoreSmem {
   static_assert(size_t{kWarps} * G * D * 4 <= kStageBytes, "epilogue does not fit");
 };
 
+// Resident CTAs per SM a kernel built on the core asks registers for (__launch_bounds__): two,
+// but one at the padded group of 16, whose [16][d / 32] accumulators need about 170-215
+// registers.
+template <int G>
+constexpr int CoreMinBlocks() {
+  return G >= 16 ? 1 : 2;
+}
+
 // Row functors: tile-local key index -> storage row (relative to the k/v base pointers).
 struct ContiguousRows {
   __device__ __forceinline__ int operator()(int key) const { return key; }
@@ -62,16 +76,18 @@ class DecodeCore {
   static constexpr int kLoadsPerThread = kTileKeys * kChunks / kThreads;  // per K (and V) tile
   static constexpr int kQkChunks = kChunks / 4;                           // per lane, QK
   static constexpr int kVPerLane = D / 32;                                // output dims per lane
-  static_assert(D == 64 || D == 128, "head_dim must be 64 or 128");
+  static_assert(D == 64 || D == 96 || D == 128, "head_dim must be 64, 96 or 128");
   static_assert(kLoadsPerThread * kThreads == kTileKeys * kChunks, "tile/threads mismatch");
 
   __device__ explicit DecodeCore(char* smem) : smem_(smem) {}
 
-  // q_group: [G][D] fp32 (the G query heads of the group), stored pre-scaled by `q_scale`
-  // (= softmax scale * log2 e). The caller syncs before Attend (Attend's first barrier does).
-  __device__ void LoadQ(const float* q_group, float q_scale) {
+  // q_group: [group][D] fp32 (the group's query heads, group <= G), stored pre-scaled by
+  // `q_scale` (= softmax scale * log2 e); the padding rows [group, G) are zero. The caller syncs
+  // before Attend (Attend's first barrier does).
+  __device__ void LoadQ(const float* q_group, float q_scale, int group) {
     float* qs = QSmem();
-    for (int i = threadIdx.x; i < G * D; i += kThreads) qs[i] = q_group[i] * q_scale;
+    const int n = group * D;
+    for (int i = threadIdx.x; i < G * D; i += kThreads) qs[i] = i < n ? q_group[i] * q_scale : 0.0f;
   }
 
   // Attends to keys [0, num_keys) with storage rows row_of(key) of k/v ([rows][D] bf16).
@@ -101,9 +117,10 @@ class DecodeCore {
     }
   }
 
-  // Merges the warps' states and writes out [G][D] (normalised; zeros when no key) and
-  // lse2 [G] (-inf when no key). Ends with a barrier: shared memory is free afterwards.
-  __device__ void Finish(float* out, float* lse2) {
+  // Merges the warps' states and writes out [group][D] (normalised; zeros when no key) and
+  // lse2 [group] (-inf when no key); the padding rows are not written. Ends with a barrier:
+  // shared memory is free afterwards.
+  __device__ void Finish(float* out, float* lse2, int group) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     float lsum[G];
 #pragma unroll
@@ -124,7 +141,7 @@ class DecodeCore {
       }
     }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < G * D; idx += kThreads) {
+    for (int idx = threadIdx.x; idx < group * D; idx += kThreads) {
       const int g = idx / D, i = idx % D;
       float mx = -INFINITY;
 #pragma unroll
@@ -152,7 +169,7 @@ class DecodeCore {
   __device__ float* PSmem() { return reinterpret_cast<float*>(smem_ + Smem::kPOff); }
 
   // Chunk c of a K row sits at chunk position c ^ Swizzle(row) (see the header comment).
-  __device__ static int Swizzle(int row) { return (row & 1) << 2; }
+  __device__ static int Swizzle(int row) { return D == 96 ? 0 : (row & 1) << 2; }
 
   template <class RowFn>
   __device__ void IssueTile(const bf16_raw* k, const bf16_raw* v, int tile, int stage, int num_keys,
@@ -225,6 +242,10 @@ class DecodeCore {
         const uint2 raw = *reinterpret_cast<const uint2*>(vbase + j * D);
         UnpackBf16x2(raw.x, &vf[0], &vf[1]);
         UnpackBf16x2(raw.y, &vf[2], &vf[3]);
+      } else if constexpr (kVPerLane == 3) {  // d = 96: 6 bytes per lane, 2-byte aligned
+        const uint16_t* raw = reinterpret_cast<const uint16_t*>(vbase + j * D);
+#pragma unroll
+        for (int e = 0; e < 3; ++e) vf[e] = __uint_as_float(static_cast<uint32_t>(raw[e]) << 16);
       } else {
         const uint32_t raw = *reinterpret_cast<const uint32_t*>(vbase + j * D);
         UnpackBf16x2(raw, &vf[0], &vf[1]);

@@ -16,8 +16,9 @@
 // the two rows per thread (4-lane shuffles); P packed to bf16 straight from the S accumulators
 // (the C layout of m16n8 equals the A layout of m16k16); O += P V.
 // Key tiles past the causal limit of the CTA's last row are never loaded.
-// Shared memory rows are d bf16 = d / 8 chunks of 16 bytes; chunk c of row r is stored at chunk
-// c ^ (r & 7), so the 8 rows an ldmatrix phase reads hit 8 distinct 16-byte bank groups.
+// Shared memory rows are d bf16 = d / 8 chunks of 16 bytes, permuted per row (chunk c of row r
+// at c ^ (r & 7); at d = 96, c ^ ((r >> 1) & 3): detail::SwizzledOffset) so the 8 rows an
+// ldmatrix phase reads hit 8 distinct 16-byte bank groups.
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -40,7 +41,7 @@ struct PrefillSmem {
   static constexpr int kTileBytes = kBlockN * D * 2;           // one K (or V) tile
   static constexpr int kKOff = kQBytes;                        // K stages
   static constexpr int kVOff = kKOff + kStages * kTileBytes;   // V stages
-  static constexpr int kBytes = kVOff + kStages * kTileBytes;  // 128 KB (d=128), 64 KB (d=64)
+  static constexpr int kBytes = kVOff + kStages * kTileBytes;  // 128, 96, 64 KB (d = 128, 96, 64)
 };
 
 using detail::Ldsm4;
@@ -300,6 +301,8 @@ cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& p, cudaStream_t
   switch (p.head_dim) {
     case 64:
       return p.out_bf16 ? LaunchTyped<64, bf16>(p, stream) : LaunchTyped<64, float>(p, stream);
+    case 96:
+      return p.out_bf16 ? LaunchTyped<96, bf16>(p, stream) : LaunchTyped<96, float>(p, stream);
     case 128:
       return p.out_bf16 ? LaunchTyped<128, bf16>(p, stream) : LaunchTyped<128, float>(p, stream);
     default:

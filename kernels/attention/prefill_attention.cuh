@@ -20,9 +20,10 @@
 // Non-causal mode (causal = false): a fixed context's keys, all visible to every query, with an
 // optional per-KV-head row count (head_len).
 //
-// Supported: d in {64, 128}; q, k, v, out 16-byte aligned; head_stride a multiple of 8 elements;
-// causal: 1 <= n <= kv.len; n <= 128 * 65535. The launcher returns cudaErrorInvalidValue otherwise
-// (n == 0 is a no-op). It never allocates and never synchronises (capturable in a CUDA graph).
+// Supported: d in {64, 96, 128}; q, k, v, out 16-byte aligned; head_stride a multiple of 8
+// elements; causal: 1 <= n <= kv.len; n <= 128 * 65535. The launcher returns cudaErrorInvalidValue
+// otherwise (n == 0 is a no-op). It never allocates and never synchronises (capturable in a CUDA
+// graph).
 //
 // CPU reference: AttentionPartial (engine/backend/attention_reference.h); tested in
 // tests/gpu/prefill_attention_test.cc (causal, and non-causal with head_len); the row_index mode

@@ -20,79 +20,83 @@ constexpr size_t SparseSmemBytes() {
   return detail::CoreSmem<D, G>::kBytes + size_t{kSparseMaxChunkKeys} * sizeof(int);
 }
 
-// Exact merge of the partials [first, first + n) of head (b, h) into out / lse for its G query
-// heads. All threads; scratch: free shared memory (the stage area). Threads are (group, lane)
-// with one float4 of one query head's output per lane; the groups take every kGroups-th partial
-// and are summed through shared memory.
-template <int D, int G, typename OutT>
-__device__ void MergeHead(const SparseDecodeParams& p, int b, int h, int first, int n,
+// Exact merge of the partials [first, first + n) of head (b, h) into out / lse for its `group`
+// query heads (partial slot j holds [group][D] and lse2 [group]). All threads; scratch: free
+// shared memory (the stage area). The group's group * D / 4 output float4s ("lanes") are taken
+// in passes of at most kThreads; within a pass of `span` lanes the threads form
+// kThreads / span groups that take every groups-th partial, summed through shared memory.
+template <int D, typename OutT>
+__device__ void MergeHead(const SparseDecodeParams& p, int b, int h, int group, int first, int n,
                           char* scratch) {
-  constexpr int kLanes = G * D / 4;
-  static_assert(kThreads % kLanes == 0, "lanes must divide the block");
-  constexpr int kGroups = kThreads / kLanes;
+  constexpr int kQuads = D / 4;  // float4s per output row
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   float4* red_o = reinterpret_cast<float4*>(scratch);                // [kThreads]
   float* red_l = reinterpret_cast<float*>(scratch + kThreads * 16);  // [kThreads]
-  float* warp_max = red_l + kThreads;                                // [kWarps][G]
-  const float* lse2 = p.partial_lse + static_cast<size_t>(first) * G;
+  float* head_max = red_l + kThreads;                                // [group]
+  const float* lse2 = p.partial_lse + static_cast<size_t>(first) * group;
 
-  // Max lse2 per query head: thread t only ever sees head t % G (kThreads % G == 0).
-  float m = -INFINITY;
-  for (int i = threadIdx.x; i < n * G; i += kThreads) m = fmaxf(m, __ldcg(lse2 + i));
-#pragma unroll
-  for (int o = 16; o >= G; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-  if (lane < G) warp_max[warp * G + lane] = m;
+  // Max lse2 per query head: warp w reduces heads w, w + kWarps, ...
+  for (int g = warp; g < group; g += kWarps) {
+    float m = -INFINITY;
+    for (int j = lane; j < n; j += 32) m = fmaxf(m, __ldcg(lse2 + j * group + g));
+    m = detail::WarpMax(m);
+    if (lane == 0) head_max[g] = m;
+  }
   __syncthreads();
 
-  const int lt = threadIdx.x % kLanes, grp = threadIdx.x / kLanes;
-  const int g = lt / (D / 4);
-  float mx = -INFINITY;
-#pragma unroll
-  for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, warp_max[w * G + g]);
-  float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  float l = 0.0f;
-  if (mx != -INFINITY) {
-    const float4* parts = reinterpret_cast<const float4*>(p.partial_out) +
-                          static_cast<size_t>(first) * G * (D / 4) + lt;
+  const int lanes = group * kQuads;
+  const int span = min(lanes, kThreads), groups = kThreads / span;
+  const int grp = threadIdx.x / span;
+  for (int pass0 = 0; pass0 < lanes; pass0 += span) {  // one pass unless group * D > 4 * kThreads
+    const int lt = pass0 + threadIdx.x % span;
+    const bool active = grp < groups && lt < lanes;
+    float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float l = 0.0f;
+    if (active) {
+      const int g = lt / kQuads;
+      const float mx = head_max[g];
+      if (mx != -INFINITY) {
+        const float4* parts = reinterpret_cast<const float4*>(p.partial_out) +
+                              static_cast<size_t>(first) * group * kQuads + lt;
 #pragma unroll 4
-    for (int j = grp; j < n; j += kGroups) {
-      const float w = detail::Exp2(__ldcg(lse2 + j * G + g) - mx);  // 0 for an empty partial
-      const float4 x = __ldcg(parts + static_cast<size_t>(j) * G * (D / 4));
-      l += w;
-      o.x = fmaf(w, x.x, o.x);
-      o.y = fmaf(w, x.y, o.y);
-      o.z = fmaf(w, x.z, o.z);
-      o.w = fmaf(w, x.w, o.w);
+        for (int j = grp; j < n; j += groups) {
+          const float w = detail::Exp2(__ldcg(lse2 + j * group + g) - mx);  // 0: empty partial
+          const float4 x = __ldcg(parts + static_cast<size_t>(j) * group * kQuads);
+          l += w;
+          o.x = fmaf(w, x.x, o.x);
+          o.y = fmaf(w, x.y, o.y);
+          o.z = fmaf(w, x.z, o.z);
+          o.w = fmaf(w, x.w, o.w);
+        }
+      }
     }
+    red_o[threadIdx.x] = o;
+    red_l[threadIdx.x] = l;
+    __syncthreads();
+    // Elements [4 pass0, 4 (pass0 + span)) of the group's [group][D] output, where they exist.
+    for (int e = threadIdx.x; e < 4 * span; e += kThreads) {
+      const int at = pass0 + e / 4;
+      if (at >= lanes) continue;
+      const int gg = at / kQuads, i = (at % kQuads) * 4 + (e & 3);
+      float sum_o = 0.0f, sum_l = 0.0f;
+      for (int j = 0; j < groups; ++j) {
+        const float4 v = red_o[j * span + e / 4];
+        sum_o += (e & 3) == 0 ? v.x : (e & 3) == 1 ? v.y : (e & 3) == 2 ? v.z : v.w;
+        sum_l += red_l[j * span + e / 4];
+      }
+      const size_t row = static_cast<size_t>(b) * p.num_q_heads + h * group + gg;
+      const float v = sum_l > 0.0f ? sum_o / sum_l : 0.0f;
+      if constexpr (sizeof(OutT) == 2) {
+        static_cast<OutT*>(p.out)[row * D + i] = __float2bfloat16_rn(v);
+      } else {
+        static_cast<OutT*>(p.out)[row * D + i] = v;
+      }
+      if (i == 0 && p.lse != nullptr) {
+        p.lse[row] = sum_l > 0.0f ? (head_max[gg] + log2f(sum_l)) * detail::kLn2 : -INFINITY;
+      }
+    }
+    __syncthreads();  // red_o / red_l reused by the next pass; the scratch is free on return
   }
-  red_o[threadIdx.x] = o;
-  red_l[threadIdx.x] = l;
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < G * D; idx += kThreads) {
-    const int gg = idx / D, i = idx % D;
-    const int at = gg * (D / 4) + i / 4;
-    float sum_o = 0.0f, sum_l = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kGroups; ++j) {
-      const float4 v = red_o[j * kLanes + at];
-      sum_o += (i & 3) == 0 ? v.x : (i & 3) == 1 ? v.y : (i & 3) == 2 ? v.z : v.w;
-      sum_l += red_l[j * kLanes + at];
-    }
-    float head_max = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) head_max = fmaxf(head_max, warp_max[w * G + gg]);
-    const size_t row = static_cast<size_t>(b) * p.num_q_heads + h * G + gg;
-    const float v = sum_l > 0.0f ? sum_o / sum_l : 0.0f;
-    if constexpr (sizeof(OutT) == 2) {
-      static_cast<OutT*>(p.out)[row * D + i] = __float2bfloat16_rn(v);
-    } else {
-      static_cast<OutT*>(p.out)[row * D + i] = v;
-    }
-    if (i == 0 && p.lse != nullptr) {
-      p.lse[row] = sum_l > 0.0f ? (head_max + log2f(sum_l)) * detail::kLn2 : -INFINITY;
-    }
-  }
-  __syncthreads();  // the scratch is free again
 }
 
 // Keys of head i the kernel attends: its kept fixed-context keys and its sequence's dynamic
@@ -179,12 +183,14 @@ __device__ void RecordPlan(const SparseDecodeParams& p, int num_heads, const Wor
   }
 }
 
+// G: the group padded (detail::PaddedGroup); the real group size comes from the params.
 template <int D, int G>
-__global__ void __launch_bounds__(kThreads, 2) SparseDecodeKernel(const SparseDecodeParams p) {
+__global__ void __launch_bounds__(kThreads, detail::CoreMinBlocks<G>())
+    SparseDecodeKernel(const SparseDecodeParams p) {
   using Smem = detail::CoreSmem<D, G>;
   static_assert(2 * (kSparseMaxChunkKeys + 1) * sizeof(int) <= Smem::kStageBytes,
                 "range staging must fit the stage area");
-  static_assert(kThreads * 20 + kWarps * G * 4 <= Smem::kStageBytes, "merge scratch must fit");
+  static_assert(kThreads * 20 + G * 4 <= Smem::kStageBytes, "merge scratch must fit");
   extern __shared__ __align__(128) char smem[];
   // bh, chunk within the head, kept keys, ranges, the head's chunks, its first chunk.
   __shared__ int head_s[6];
@@ -199,6 +205,7 @@ __global__ void __launch_bounds__(kThreads, 2) SparseDecodeKernel(const SparseDe
   __shared__ unsigned long long scan_s[kWarps];
   const SqueezeSelection& sel = p.sel;
   const int num_heads = p.batch * p.num_kv_heads;
+  const int group = p.num_q_heads / p.num_kv_heads;  // <= G
   const WorkPlan plan = PlanWork(p, num_heads, scan_s);
   const int chunk_keys = plan.chunk_keys;
   const int num_chunks = min(plan.count, p.max_chunks);
@@ -235,7 +242,7 @@ __global__ void __launch_bounds__(kThreads, 2) SparseDecodeKernel(const SparseDe
     const int head_chunks = head_s[4], first_chunk = head_s[5];
     const int b = bh / p.num_kv_heads, h = bh % p.num_kv_heads;
     const int fixed_chunks = (kept + chunk_keys - 1) / chunk_keys;
-    const float* q = p.q + (static_cast<size_t>(b) * p.num_q_heads + h * G) * D;
+    const float* q = p.q + (static_cast<size_t>(b) * p.num_q_heads + h * group) * D;
 
     if (local < fixed_chunks) {  // kept fixed-context keys [k0, k0 + n)
       const int k0 = local * chunk_keys, n = min(chunk_keys, kept - k0);
@@ -245,7 +252,7 @@ __global__ void __launch_bounds__(kThreads, 2) SparseDecodeKernel(const SparseDe
       // 2. The range holding key k0 (a multiple of kSparseKeyIndexStep), in flight with q.
       const int r0 = sel.range_of_key[static_cast<size_t>(bh) * sel.key_index_stride +
                                       k0 / kSparseKeyIndexStep];
-      core.LoadQ(q, p.scale * detail::kLog2e);
+      core.LoadQ(q, p.scale * detail::kLog2e, group);
       // 3. Stage the chunk's ranges (at most n of them: every range holds >= 1 key).
       const int nr = min(num_ranges - r0, n);
       for (int i = threadIdx.x; i < nr; i += kThreads) {
@@ -271,7 +278,7 @@ __global__ void __launch_bounds__(kThreads, 2) SparseDecodeKernel(const SparseDe
       const SqueezeHeadDesc& hd = p.heads[bh];
       core.Attend(hd.k, hd.v, n, detail::SmemRows{rows_s});
     } else {  // the sequence's dynamic rows [k0, k0 + n), contiguous (none: an empty partial)
-      core.LoadQ(q, p.scale * detail::kLog2e);
+      core.LoadQ(q, p.scale * detail::kLog2e, group);
       int n = 0;
       const bf16* k = nullptr;
       const bf16* v = nullptr;
@@ -285,15 +292,15 @@ __global__ void __launch_bounds__(kThreads, 2) SparseDecodeKernel(const SparseDe
       }
       core.Attend(k, v, n, detail::ContiguousRows{});
     }
-    core.Finish(p.partial_out + static_cast<size_t>(chunk) * G * D,
-                p.partial_lse + static_cast<size_t>(chunk) * G);  // ends with a barrier
+    core.Finish(p.partial_out + static_cast<size_t>(chunk) * group * D,
+                p.partial_lse + static_cast<size_t>(chunk) * group, group);  // ends with a barrier
 
     // 5. The CTA finishing the head's last chunk merges its partials.
     if (detail::LastArrival(p.done + bh, head_chunks, &is_last)) {
       if (p.out_bf16) {
-        MergeHead<D, G, bf16>(p, b, h, first_chunk, head_chunks, smem);
+        MergeHead<D, bf16>(p, b, h, group, first_chunk, head_chunks, smem);
       } else {
-        MergeHead<D, G, float>(p, b, h, first_chunk, head_chunks, smem);
+        MergeHead<D, float>(p, b, h, group, first_chunk, head_chunks, smem);
       }
       if (threadIdx.x == 0) p.done[bh] = 0;  // every chunk of the head has arrived
     }

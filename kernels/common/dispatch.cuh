@@ -7,17 +7,21 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "kernels/common/types.cuh"
+
 namespace squeeze::gpu::detail {
 
 template <int V>
 using IntC = std::integral_constant<int, V>;
 
-// Calls f(IntC<D>{}) for d in {64, 128}; cudaErrorInvalidValue for anything else.
+// Calls f(IntC<D>{}) for d in {64, 96, 128}; cudaErrorInvalidValue for anything else.
 template <class F>
 cudaError_t DispatchHeadDim(int head_dim, F&& f) {
   switch (head_dim) {
     case 64:
       return f(IntC<64>{});
+    case 96:
+      return f(IntC<96>{});
     case 128:
       return f(IntC<128>{});
     default:
@@ -25,12 +29,26 @@ cudaError_t DispatchHeadDim(int head_dim, F&& f) {
   }
 }
 
-// Calls f(IntC<D>{}, IntC<G>{}) for d in {64, 128}, G in {1, 2, 4, 8}; cudaErrorInvalidValue
-// for anything else.
+// The group size a kernel is instantiated for: G rounded up to 1, 2, 4, 8 or 16 (0 when G is
+// outside [1, kMaxGroupSize]). Such a kernel takes the real G at run time: it loads and stores only
+// rows g < G (query head h * G + g of KV head h), and rows g >= G are zero padding that never
+// enters a softmax statistic, a score or a mean.
+constexpr int PaddedGroup(int group) {
+  return group < 1 || group > kMaxGroupSize ? 0
+         : group <= 1                       ? 1
+         : group <= 2                       ? 2
+         : group <= 4                       ? 4
+         : group <= 8                       ? 8
+                                            : 16;
+}
+
+// Calls f(IntC<D>{}, IntC<PaddedGroup(group)>{}) for d in {64, 96, 128} and group in
+// [1, kMaxGroupSize]; cudaErrorInvalidValue for anything else. The callee must use the real group
+// size for every index into q, the outputs and the workspaces (see PaddedGroup).
 template <class F>
 cudaError_t DispatchHeadDimGroup(int head_dim, int group, F&& f) {
   return DispatchHeadDim(head_dim, [&](auto d) -> cudaError_t {
-    switch (group) {
+    switch (PaddedGroup(group)) {
       case 1:
         return f(d, IntC<1>{});
       case 2:
@@ -39,6 +57,8 @@ cudaError_t DispatchHeadDimGroup(int head_dim, int group, F&& f) {
         return f(d, IntC<4>{});
       case 8:
         return f(d, IntC<8>{});
+      case 16:
+        return f(d, IntC<16>{});
       default:
         return cudaErrorInvalidValue;
     }

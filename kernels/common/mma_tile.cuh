@@ -12,12 +12,23 @@
 
 namespace squeeze::gpu::detail {
 
-// Byte offset of 16-byte chunk `c` of row `r` in a swizzled [rows][D] bf16 tile: chunk c of row
-// r sits at c ^ (r & 7), so the 8 rows an ldmatrix phase reads hit 8 distinct 16-byte bank
-// groups.
+// Byte offset of 16-byte chunk `c` of row `r` in a swizzled [rows][D] bf16 tile (D in {64, 96,
+// 128}), a permutation of the row's D / 8 chunks chosen so that the 8 rows an ldmatrix phase
+// reads (one logical chunk of 8 consecutive rows) hit 8 distinct 16-byte bank groups:
+//   D = 64, 128 (rows of 128 or 256 bytes: every row starts at bank group 0): chunk c of row r
+//     sits at c ^ (r & 7);
+//   D = 96 (rows of 192 bytes: odd rows start at bank group 4, and 12 chunks leave no room for
+//     an xor by 7): chunk c of row r sits at c ^ ((r >> 1) & 3), which stays within c's aligned
+//     group of 4 chunks; the even rows of a phase then cover 4 bank groups and the odd rows,
+//     shifted by 4, the other 4.
 template <int D>
 __device__ __forceinline__ uint32_t SwizzledOffset(int r, int c) {
-  return static_cast<uint32_t>(r * (D * 2) + ((c ^ (r & 7)) << 4));
+  static_assert(D == 64 || D == 96 || D == 128, "swizzle defined for d in {64, 96, 128}");
+  if constexpr (D == 96) {
+    return static_cast<uint32_t>(r * (D * 2) + ((c ^ ((r >> 1) & 3)) << 4));
+  } else {
+    return static_cast<uint32_t>(r * (D * 2) + ((c ^ (r & 7)) << 4));
+  }
 }
 
 // Copies rows [row0, row0 + kRows) into a swizzled [kRows][D] bf16 shared tile with 16-byte

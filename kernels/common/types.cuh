@@ -9,8 +9,10 @@
 //   at k + h * head_stride + r * d. Rows and head strides must keep every row 16-byte aligned
 //   (head_stride and d multiples of 8 elements, base pointers 16-byte aligned).
 // - GQA: query head qh reads KV head qh / G, G = Hq / Hkv; the G heads of a group are processed
-//   together so every K/V byte is read once per group. Supported: d in {64, 128}, G in
-//   {1, 2, 4, 8}; launchers return cudaErrorInvalidValue otherwise.
+//   together so every K/V byte is read once per group. Supported: d in {64, 96, 128}, G from 1
+//   to 16 (kernels are instantiated for G padded to 1, 2, 4, 8 or 16, detail::PaddedGroup, and
+//   read, write and average only the real G rows); launchers return cudaErrorInvalidValue
+//   otherwise.
 // - Partial results ("partials") are fp32, normalised (softmax-weighted mean of V over the keys
 //   of one split), with their log-sum-exp in the log2 domain (lse2 = log2 sum_j 2^(s_j), with
 //   s_j = scale * log2(e) * q.k_j); the combine kernel (dense) and the sparse kernel's per-head
@@ -65,6 +67,9 @@ struct DecodeSplitPlan {
   int keys_per_split = 0;  // multiple of the 64-key tile
   int max_splits = 0;      // ceil(max_len / keys_per_split)
 };
+
+// Query heads per KV head (G) the decode attention and centroid lookup kernels take at most.
+constexpr int kMaxGroupSize = 16;
 
 // Sparse attention work chunks (kept keys per CTA work item): chosen on the device between
 // these bounds so the kept keys of all heads, whatever their per-head counts, split into about

@@ -26,7 +26,6 @@
 #include <cstdint>
 
 #include "kernels/common/device.cuh"
-#include "kernels/common/dispatch.cuh"
 #include "kernels/common/mma_tile.cuh"
 #include "kernels/kmeans/kmeans_assign.cuh"
 
@@ -221,8 +220,16 @@ cudaError_t LaunchKMeansAssign(const KMeansAssignParams& p, cudaStream_t stream)
                              p.centers_stride < static_cast<int64_t>(p.k) * p.dpad)) {
     return cudaErrorInvalidValue;
   }
-  return detail::DispatchHeadDim(
-      p.dpad, [&](auto d) { return LaunchTyped<decltype(d)::value>(p, stream); });
+  // Rows are zero-padded to 64 or 128 (head dims between, 96 included, use 128): one fewer
+  // instantiation than detail::DispatchHeadDim, at registration time only.
+  switch (p.dpad) {
+    case 64:
+      return LaunchTyped<64>(p, stream);
+    case 128:
+      return LaunchTyped<128>(p, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
 }
 
 }  // namespace squeeze::gpu

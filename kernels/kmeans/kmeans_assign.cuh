@@ -6,7 +6,7 @@
 //
 // Layout: P independent problems (e.g. the KV heads of one layer), each with n unit points and
 // k unit centres, bf16, rows of exactly `dim` = KMeansShape::dpad elements (dim in {64, 128}:
-// callers zero-pad other head sizes, which changes no dot product):
+// callers zero-pad other head sizes, 96 included, which changes no dot product):
 //   point i of problem p:  points  + p * points_stride  + i * dim
 //   centre c of problem p: centers + p * centers_stride + c * dim
 // Results per problem, at p * n + i:

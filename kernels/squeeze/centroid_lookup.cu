@@ -19,6 +19,17 @@ constexpr int kMaxClustersPerBlock = 1024;
 constexpr int kCentroidsPerPass = kWarps * 8;  // 4 lanes per centroid
 constexpr int kFinalizePerThread = 4;          // consecutive clusters per thread when selecting
 
+// Clusters per CTA at most for the padded group G: the logits [G][clusters] stay in static shared
+// memory (48 KB at most), so the group of 16 takes half as many.
+template <int G>
+__host__ __device__ constexpr int MaxClustersPerBlock() {
+  return G <= 8 ? kMaxClustersPerBlock : kMaxClustersPerBlock / 2;
+}
+
+// Throughout, G is the group padded (detail::PaddedGroup) and `group` = Hq / Hkv the real one:
+// query rows g >= group are zero in shared memory, their logits are neither stored nor counted,
+// and every global array indexed by query head ([..][group][..]) uses the real group.
+
 // s[g] += q_g . centroid row (this lane's quarter of d: 16-byte chunks quarter + 4i).
 template <int D, int G, bool kBf16>
 struct CentroidRow {
@@ -59,24 +70,28 @@ struct CentroidRow {
 };
 
 // Phase 1: logits of clusters [c0, c0 + cn) of the head's list (the candidates when given, or
-// every cluster) into logit_s (and global memory when store_global), and the block's
-// (max, size-weighted sum of exp) per query head into block_max / block_den. size_s: the
+// every cluster) into logit_s (rows g < group; and global memory when store_global), and the
+// block's (max, size-weighted sum of exp) per query head into block_max / block_den. size_s: the
 // clusters' sizes staged in shared memory (the caller syncs), or nullptr to read them here.
 // after_loads() runs once the first centroid loads are in flight (so its own loads overlap
 // them), before the block's first barrier.
 template <int D, int G, bool kBf16, class AfterLoads>
 __device__ void ScoreBlock(const CentroidLookupParams& p, const SqueezeHeadDesc& hd,
                            const int32_t* cand, int count, int bh, int b, int h, int blk,
-                           float* q_s, float (*logit_s)[kMaxClustersPerBlock],
+                           float* q_s, float (*logit_s)[MaxClustersPerBlock<G>()],
                            const int32_t* size_s, bool store_global, AfterLoads after_loads) {
   // bf16 rows are small: two per lane and pass, so twice the bytes are in flight.
   constexpr int kRowsPerLane = kBf16 ? 2 : 1;
   constexpr int kPass = kCentroidsPerPass * kRowsPerLane;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, quarter = lane & 3;
-  const float* qg = p.q + (static_cast<size_t>(b) * p.num_q_heads + h * G) * D;
-  // q is staged once the first centroid loads are in flight (its loads overlap them).
+  const int group = p.num_q_heads / p.num_kv_heads;
+  const float* qg = p.q + (static_cast<size_t>(b) * p.num_q_heads + h * group) * D;
+  // q is staged once the first centroid loads are in flight (its loads overlap them); the
+  // padding rows are zero.
   auto stage_q = [&] {
-    for (int i = threadIdx.x; i < G * D; i += kThreads) q_s[i] = qg[i] * p.scale;
+    for (int i = threadIdx.x; i < G * D; i += kThreads) {
+      q_s[i] = i < group * D ? qg[i] * p.scale : 0.0f;
+    }
   };
 
   const int CB = p.plan.clusters_per_block;
@@ -109,9 +124,12 @@ __device__ void ScoreBlock(const CentroidLookupParams& p, const SqueezeHeadDesc&
       if (cl < cn && quarter == 0) {
 #pragma unroll
         for (int g = 0; g < G; ++g) {
-          logit_s[g][cl] = s[g];
-          if (store_global) {
-            p.logits[(static_cast<size_t>(bh) * G + g) * p.plan.logit_stride + c0 + cl] = s[g];
+          if (g < group) {
+            logit_s[g][cl] = s[g];
+            if (store_global) {
+              p.logits[(static_cast<size_t>(bh) * group + g) * p.plan.logit_stride + c0 + cl] =
+                  s[g];
+            }
           }
         }
       }
@@ -123,7 +141,7 @@ __device__ void ScoreBlock(const CentroidLookupParams& p, const SqueezeHeadDesc&
     __syncthreads();
   }
   __syncthreads();
-  for (int g = warp; g < G; g += kWarps) {
+  for (int g = warp; g < group; g += kWarps) {
     float m = -INFINITY;
     for (int i = lane; i < cn; i += 32) m = fmaxf(m, logit_s[g][i]);
     m = WarpMax(m);
@@ -139,7 +157,7 @@ __device__ void ScoreBlock(const CentroidLookupParams& p, const SqueezeHeadDesc&
     }
     den = WarpSum(den);
     if (lane == 0) {
-      const size_t idx = (static_cast<size_t>(bh) * p.plan.blocks_per_head + blk) * G + g;
+      const size_t idx = (static_cast<size_t>(bh) * p.plan.blocks_per_head + blk) * group + g;
       p.block_max[idx] = m;
       p.block_den[idx] = den;
     }
@@ -157,14 +175,14 @@ struct ClusterPick {
 // Select kernel, every CTA: scores clusters [c0, c0 + cn) of head bh (cn <= 1024: 4 per
 // thread), thresholds them and compacts the kept ones into the block's segment
 // [c0, c0 + kept) of seg_*; returns the block's (keys << 32 | kept).
-template <int G>
 __device__ unsigned long long SelectBlock(const CentroidLookupParams& p, const SqueezeHeadDesc& hd,
                                           const int32_t* cand, int bh, int c0, int cn, bool scoring,
                                           bool keep_all, float tau, const float* head_m,
                                           const float* head_inv, unsigned long long* scan_s) {
   const int c_first = c0 + threadIdx.x * kFinalizePerThread;
   const int c_end = c0 + cn;
-  const float* logits = p.logits + static_cast<size_t>(bh) * G * p.plan.logit_stride;
+  const int group = p.num_q_heads / p.num_kv_heads;
+  const float* logits = p.logits + static_cast<size_t>(bh) * group * p.plan.logit_stride;
   float sc[kFinalizePerThread] = {};
   if (scoring && p.scores_in != nullptr) {
     const float* in = p.scores_in + static_cast<size_t>(bh) * p.sel.cluster_stride;
@@ -175,8 +193,7 @@ __device__ unsigned long long SelectBlock(const CentroidLookupParams& p, const S
     }
   } else if (scoring && c_first < c_end) {
     // logit_stride is a multiple of 4 and c_first < C <= logit_stride: the float4 is in bounds.
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
+    for (int g = 0; g < group; ++g) {
       const float4 x =
           __ldcg(reinterpret_cast<const float4*>(logits + g * p.plan.logit_stride + c_first));
       sc[0] += expf(x.x - head_m[g]) * head_inv[g];
@@ -185,7 +202,7 @@ __device__ unsigned long long SelectBlock(const CentroidLookupParams& p, const S
       sc[3] += expf(x.w - head_m[g]) * head_inv[g];
     }
 #pragma unroll
-    for (int e = 0; e < kFinalizePerThread; ++e) sc[e] *= 1.0f / G;  // mean over the group
+    for (int e = 0; e < kFinalizePerThread; ++e) sc[e] *= 1.0f / group;  // mean over the group
   }
   ClusterPick pick;
   unsigned long long local = 0;
@@ -347,19 +364,21 @@ __device__ HeadMode GetHeadMode(const CentroidLookupParams& p, int bh) {
 }
 
 // The head's softmax max and 1 / denominator per query head, from its blocks' partials
-// (written before a barrier or by an earlier launch). Ends with a barrier.
-template <int G>
+// (written before a barrier or by an earlier launch), for the group's query heads. Ends with a
+// barrier.
 __device__ void HeadStats(const CentroidLookupParams& p, int bh, int nblk, float* head_m,
                           float* head_inv) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int g = warp; g < G; g += kWarps) {
-    const size_t base = static_cast<size_t>(bh) * p.plan.blocks_per_head * G + g;
+  const int group = p.num_q_heads / p.num_kv_heads;
+  for (int g = warp; g < group; g += kWarps) {
+    const size_t base = static_cast<size_t>(bh) * p.plan.blocks_per_head * group + g;
     float mx = -INFINITY;
-    for (int j = lane; j < nblk; j += 32) mx = fmaxf(mx, __ldcg(p.block_max + base + j * G));
+    for (int j = lane; j < nblk; j += 32) mx = fmaxf(mx, __ldcg(p.block_max + base + j * group));
     mx = WarpMax(mx);
     float den = 0.0f;
     for (int j = lane; j < nblk; j += 32) {
-      den += __ldcg(p.block_den + base + j * G) * expf(__ldcg(p.block_max + base + j * G) - mx);
+      den += __ldcg(p.block_den + base + j * group) *
+             expf(__ldcg(p.block_max + base + j * group) - mx);
     }
     den = WarpSum(den);
     if (lane == 0) {
@@ -373,7 +392,7 @@ __device__ void HeadStats(const CentroidLookupParams& p, int bh, int nblk, float
 template <int D, int G, bool kBf16>
 __global__ void __launch_bounds__(kThreads, 2) CentroidScoreKernel(const CentroidLookupParams p) {
   __shared__ __align__(16) float q_s[G * D];
-  __shared__ float logit_s[G][kMaxClustersPerBlock];
+  __shared__ float logit_s[G][MaxClustersPerBlock<G>()];
   const int bh = blockIdx.y, blk = blockIdx.x;
   const HeadMode m = GetHeadMode(p, bh);
   if (!m.scoring || blk >= m.nblk) return;
@@ -381,11 +400,10 @@ __global__ void __launch_bounds__(kThreads, 2) CentroidScoreKernel(const Centroi
                           blk, q_s, logit_s, /*size_s=*/nullptr, /*store_global=*/true, [] {});
 }
 
-template <int G>
 __global__ void __launch_bounds__(kThreads) CentroidSelectKernel(const CentroidLookupParams p) {
   __shared__ unsigned long long scan_s[kWarps];
   __shared__ unsigned long long prefix_s[kLookupMaxBlocksPerHead];
-  __shared__ float head_m[G], head_inv[G];
+  __shared__ float head_m[kMaxGroupSize], head_inv[kMaxGroupSize];
   __shared__ int is_last;
   asm volatile("griddepcontrol.launch_dependents;");  // as in FusedLookupKernel
   const int bh = blockIdx.y, blk = blockIdx.x;
@@ -393,11 +411,11 @@ __global__ void __launch_bounds__(kThreads) CentroidSelectKernel(const CentroidL
   if (blk >= m.nblk) return;
   const int cb = p.plan.clusters_per_block;
 
-  if (m.scoring && p.scores_in == nullptr) HeadStats<G>(p, bh, m.nblk, head_m, head_inv);
+  if (m.scoring && p.scores_in == nullptr) HeadStats(p, bh, m.nblk, head_m, head_inv);
   const int c0 = blk * cb;
   const int cn = (m.scoring || m.keep_all) ? max(0, min(cb, m.count - c0)) : 0;
-  const unsigned long long count = SelectBlock<G>(p, m.hd, m.cand, bh, c0, cn, m.scoring,
-                                                  m.keep_all, m.tau, head_m, head_inv, scan_s);
+  const unsigned long long count = SelectBlock(p, m.hd, m.cand, bh, c0, cn, m.scoring, m.keep_all,
+                                               m.tau, head_m, head_inv, scan_s);
   if (threadIdx.x == 0) {
     p.block_counts[static_cast<size_t>(bh) * p.plan.blocks_per_head + blk] = count;
   }
@@ -429,10 +447,10 @@ __device__ void HeadBarrier(uint32_t* counter, uint32_t target) {
 // barrier, write the kept clusters into the ranges; the last head plans the chunks.
 template <int D, int G, bool kBf16>
 __global__ void __launch_bounds__(kThreads, 4) FusedLookupKernel(const CentroidLookupParams p) {
+  constexpr int kCB = MaxClustersPerBlock<G>();
   __shared__ __align__(16) float q_s[G * D];
-  __shared__ float logit_s[G][kMaxClustersPerBlock];
-  __shared__ int32_t row_s[kMaxClustersPerBlock], keys_s[kMaxClustersPerBlock],
-      size_s[kMaxClustersPerBlock];
+  __shared__ float logit_s[G][kCB];
+  __shared__ int32_t row_s[kCB], keys_s[kCB], size_s[kCB];
   __shared__ unsigned long long scan_s[kWarps];
   __shared__ float head_m[G], head_inv[G];
   // The next kernel (the sparse attention, a programmatic dependent) may start its launch: it
@@ -464,7 +482,7 @@ __global__ void __launch_bounds__(kThreads, 4) FusedLookupKernel(const CentroidL
                             blk, q_s, logit_s, size_s,
                             /*store_global=*/false, stage_clusters);
     HeadBarrier(counter, ++round * m.nblk);
-    HeadStats<G>(p, bh, m.nblk, head_m, head_inv);
+    HeadStats(p, bh, m.nblk, head_m, head_inv);
   } else {
     stage_clusters();
     __syncthreads();
@@ -487,9 +505,12 @@ __global__ void __launch_bounds__(kThreads, 4) FusedLookupKernel(const CentroidL
     const int c = m.cand != nullptr ? __ldg(m.cand + c0 + i) : c0 + i;
     float sc = 0.0f;
     if (from_q) {
+      const int group = p.num_q_heads / p.num_kv_heads;
 #pragma unroll
-      for (int g = 0; g < G; ++g) sc += expf(logit_s[g][i] - head_m[g]) * head_inv[g];
-      sc *= 1.0f / G;  // mean over the group
+      for (int g = 0; g < G; ++g) {
+        if (g < group) sc += expf(logit_s[g][i] - head_m[g]) * head_inv[g];
+      }
+      sc *= 1.0f / group;  // mean over the group's real query heads
     } else if (m.scoring) {
       sc = __ldcg(p.scores_in + static_cast<size_t>(bh) * p.sel.cluster_stride + c);
     }
@@ -556,10 +577,11 @@ cudaError_t PlanCentroidLookup(int batch, int num_q_heads, int num_kv_heads, int
   if (batch <= 0 || num_kv_heads <= 0 || num_q_heads % num_kv_heads != 0 || plan == nullptr) {
     return cudaErrorInvalidValue;
   }
-  int score_ctas = 0, fused_ctas = 0;
+  int score_ctas = 0, fused_ctas = 0, max_per_block = 0;
   cudaError_t err =
       detail::DispatchHeadDimGroup(head_dim, num_q_heads / num_kv_heads, [&](auto d, auto g) {
         constexpr int D = decltype(d)::value, G = decltype(g)::value;
+        max_per_block = MaxClustersPerBlock<G>();
         int bf = 0, fp = 0;
         cudaError_t e =
             detail::ConcurrentCtas(CentroidScoreKernel<D, G, true>, kThreads, 0, &score_ctas);
@@ -585,7 +607,7 @@ cudaError_t PlanCentroidLookup(int batch, int num_q_heads, int num_kv_heads, int
   if (allow_one_launch) {
     // The fewest clusters per CTA with every CTA of every head resident at once.
     for (int64_t per_block = round_up((heads * clusters + fused_ctas - 1) / fused_ctas);
-         per_block <= kMaxClustersPerBlock; per_block += kCentroidsPerPass) {
+         per_block <= max_per_block; per_block += kCentroidsPerPass) {
       const int64_t blocks = (clusters + per_block - 1) / per_block;
       if (heads * blocks <= fused_ctas && blocks <= kLookupMaxBlocksPerHead) {
         lp.clusters_per_block = static_cast<int>(per_block);
@@ -602,7 +624,7 @@ cudaError_t PlanCentroidLookup(int batch, int num_q_heads, int num_kv_heads, int
   // At most kLookupMaxBlocksPerHead blocks per head (the select kernel's prefix array).
   per_block = std::max(
       per_block, round_up((clusters + kLookupMaxBlocksPerHead - 1) / kLookupMaxBlocksPerHead));
-  per_block = std::min<int64_t>(per_block, kMaxClustersPerBlock);
+  per_block = std::min<int64_t>(per_block, max_per_block);
   lp.clusters_per_block = static_cast<int>(per_block);
   lp.blocks_per_head = static_cast<int>((clusters + per_block - 1) / per_block);
   *plan = lp;
@@ -632,6 +654,7 @@ cudaError_t LaunchCentroidLookup(const CentroidLookupParams& p, cudaStream_t str
   return detail::DispatchHeadDimGroup(
       p.head_dim, p.num_q_heads / p.num_kv_heads, [&](auto d, auto g) {
         constexpr int D = decltype(d)::value, G = decltype(g)::value;
+        if (p.plan.clusters_per_block > MaxClustersPerBlock<G>()) return cudaErrorInvalidValue;
         if (p.plan.one_launch) {
           if (p.scores_in != nullptr || p.centroids_bf16) {
             FusedLookupKernel<D, G, true><<<grid, kThreads, 0, stream>>>(p);
@@ -649,7 +672,7 @@ cudaError_t LaunchCentroidLookup(const CentroidLookupParams& p, cudaStream_t str
         }
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) return e;
-        CentroidSelectKernel<G><<<grid, kThreads, 0, stream>>>(p);
+        CentroidSelectKernel<<<grid, kThreads, 0, stream>>>(p);
         return cudaGetLastError();
       });
 }

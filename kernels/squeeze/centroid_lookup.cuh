@@ -7,7 +7,9 @@
 //                                                         the denominator)
 //   score_c = mean_g p_gc; cluster c is kept when score_c > tau[b]
 // tau = +inf keeps no cluster and tau = -inf keeps every cluster, both without scoring (as the
-// CPU). Sinks and window are always kept.
+// CPU). Sinks and window are always kept. Shapes: d in {64, 96, 128}, any G = Hq / Hkv from 1
+// to 16 (the kernels are instantiated for G padded to 1, 2, 4, 8 or 16; the mean is over the
+// real G).
 //
 // One launch when every CTA fits on the GPU at once (LookupPlan::one_launch), grid
 // (blocks_per_head, B * Hkv), no host synchronisation. Every CTA takes a block of
@@ -42,11 +44,12 @@
 
 namespace squeeze::gpu {
 
-constexpr int kLookupMaxBlocksPerHead = 1024;  // so at most 1024 * 1024 clusters per head
-constexpr int kLookupCounterStride = 32;       // uint32 per head counter (one 128-byte line)
+// So at most 1024 * 1024 clusters per head (512 * 1024 for groups of 9 to 16 query heads).
+constexpr int kLookupMaxBlocksPerHead = 1024;
+constexpr int kLookupCounterStride = 32;  // uint32 per head counter (one 128-byte line)
 
 struct LookupPlan {
-  int clusters_per_block = 0;  // multiple of 64, at most 1024
+  int clusters_per_block = 0;  // multiple of 64, at most 1024 (512 for groups of 9 to 16)
   int blocks_per_head = 0;     // ceil(max_clusters / clusters_per_block), in [1, 1024]
   int logit_stride = 0;        // >= max_clusters, multiple of 4
   bool one_launch = false;     // every CTA resident at once: the fused kernel (head barriers)

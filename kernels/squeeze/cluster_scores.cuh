@@ -27,7 +27,7 @@ struct ClusterScoresParams {
   int num_heads = 0;   // KV heads, <= 65535
   int num_tokens = 0;  // query tokens (>= 1)
   int group = 0;       // G query heads per KV head
-  int head_dim = 0;    // 64 or 128
+  int head_dim = 0;    // 64, 96 or 128
   float scale = 0.0f;  // logit scale, 1/sqrt(d)
   // Queries, bf16: row (t, g) of KV head h at q + t * q_token_stride + (h * G + g) * head_dim
   // (16-byte aligned rows).

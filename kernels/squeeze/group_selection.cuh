@@ -23,7 +23,7 @@
 // CPU reference: ClusterScorer and SqueezedFixedContextAttention::Select (engine/squeeze/
 // cluster_scores.h, selection.h), per sequence; tested in tests/gpu/cascade_attention_test.cc
 // (the squeezed CascadeAttention cases check every sequence's kept clusters and the key list).
-// Supported: d in {64, 128}; n <= 64; any G <= 64; n * G <= 1024. Launchers never allocate or
+// Supported: d in {64, 96, 128}; n <= 64; any G <= 64; n * G <= 1024. Launchers never allocate or
 // synchronise (capturable in a graph).
 #pragma once
 
