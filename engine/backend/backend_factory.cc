@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/backend/cpu/cpu_backend.h"
 #include "engine/common/status_macros.h"
+#include "spdlog/spdlog.h"
 #if SQUEEZE_HAVE_CUDA
 #include "engine/backend/cuda/cuda_backend.h"
 #endif
@@ -33,13 +34,13 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(std::string_view device,
     absl::Status supported =
         CudaBackend::Supports(needs.head_dim, needs.num_heads, needs.num_kv_heads);
     if (device == "cuda" && !supported.ok()) return supported;
-    if (!CudaDeviceAvailable()) {
+    if (!supported.ok()) {
+      why_cpu = std::string(supported.message());
+    } else if (!CudaDeviceAvailable()) {
       if (device == "cuda") {
         return absl::FailedPreconditionError("--device=cuda but no CUDA device is visible");
       }
       why_cpu = "no CUDA device visible";
-    } else if (!supported.ok()) {
-      why_cpu = std::string(supported.message());
     } else {
       ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> cuda, CudaBackend::Create(0));
       *chosen = "cuda";
@@ -52,6 +53,10 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(std::string_view device,
     }
     why_cpu = "built without CUDA";
 #endif
+  }
+  if (device == "auto") {
+    // Never a silent fallback: the CPU reference is orders of magnitude slower.
+    spdlog::warn("--device=auto: running on the CPU backend: {}", why_cpu);
   }
   *chosen = "cpu";
   *description = absl::StrCat("CPU, fp32 reference (", why_cpu, ")");

@@ -25,7 +25,7 @@ bool CudaAvailable();
 // The backend for `device` ("auto", "cpu" or "cuda") able to run `needs`; `chosen` receives
 // "cpu" or "cuda" and `description` the device in words. "auto" falls back to the CPU when no
 // GPU is visible or the shape is not supported by the CUDA kernels (and says why in
-// `description`); "cuda" refuses then, with the reason.
+// `description` and in a warning log line); "cuda" refuses then, with the reason.
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(std::string_view device,
                                                      const BackendRequirements& needs,
                                                      std::string* chosen, std::string* description);

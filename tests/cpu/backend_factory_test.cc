@@ -66,8 +66,7 @@ void ExpectCudaTakes(int head_dim, int heads, int kv_heads) {
 
 // A shape it refuses: --device=cuda says why; --device=auto runs on the CPU and warns why.
 void ExpectCudaRefuses(int head_dim, int heads, int kv_heads, const std::string& why) {
-  SCOPED_TRACE(::testing::Message()
-               << "d=" << head_dim << " Hq=" << heads << " Hkv=" << kv_heads);
+  SCOPED_TRACE(::testing::Message() << "d=" << head_dim << " Hq=" << heads << " Hkv=" << kv_heads);
   const Choice cuda = Make("cuda", {head_dim, heads, kv_heads});
   EXPECT_EQ(cuda.status.code(), absl::StatusCode::kInvalidArgument) << cuda.status;
   EXPECT_TRUE(Contains(std::string(cuda.status.message()), why)) << cuda.status;
@@ -79,7 +78,7 @@ void ExpectCudaRefuses(int head_dim, int heads, int kv_heads, const std::string&
   EXPECT_TRUE(Contains(automatic.log, why)) << automatic.log;
 }
 
-TEST(BackendFactory, CudaTakesHeadDims64To128AndGroupsUpTo16) {
+TEST(BackendFactory, CudaTakesHeadDims64To128AndGroups1To16) {
   for (const int d : {64, 96, 128}) {
     for (int group = 1; group <= 16; ++group) {
       for (const int kv_heads : {1, 2, 8}) ExpectCudaTakes(d, group * kv_heads, kv_heads);

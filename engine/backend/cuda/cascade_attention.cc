@@ -41,7 +41,7 @@ bool CascadeAttention::Eligible(const AttentionParams& p) {
 }
 
 int CascadeAttention::CascadeCtas(int head_dim) {
-  int& ctas = cascade_ctas_[head_dim == 128 ? 1 : 0];
+  int& ctas = cascade_ctas_[head_dim == 128 ? 2 : head_dim == 96 ? 1 : 0];
   if (ctas == 0) dev_.Check(gpu::CascadeConcurrentCtas(head_dim, &ctas), "cascade occupancy");
   return std::max(ctas, 1);
 }

@@ -56,7 +56,7 @@ class CascadeAttention {
   CudaDevice& dev_;
   ResidentContexts& contexts_;
   DenseAttention& dense_;
-  int cascade_ctas_[2] = {0, 0};  // head dims 64, 128
+  int cascade_ctas_[3] = {0, 0, 0};  // head dims 64, 96, 128
   std::vector<gpu::SqueezeHeadDesc> heads_;
   std::vector<gpu::DecodeKv> dyn_;
   std::vector<float> tau_;

@@ -82,16 +82,21 @@ CudaBackend::CudaBackend(std::unique_ptr<CudaDevice> dev)
 CudaBackend::~CudaBackend() = default;
 
 absl::Status CudaBackend::Supports(int head_dim, int num_heads, int num_kv_heads) {
-  const int group = num_kv_heads > 0 ? num_heads / num_kv_heads : 0;
-  if (head_dim != 64 && head_dim != 128) {
+  if (head_dim != 64 && head_dim != 96 && head_dim != 128) {
     return absl::InvalidArgumentError(
-        absl::StrCat("the cuda backend supports head_dim 64 and 128, the model has ", head_dim,
+        absl::StrCat("the cuda backend supports head_dim 64, 96 and 128, the model has ", head_dim,
                      " (use --device=cpu)"));
   }
-  if (group != 1 && group != 2 && group != 4 && group != 8) {
+  if (num_heads <= 0 || num_kv_heads <= 0 || num_heads % num_kv_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "the cuda backend supports 1, 2, 4 or 8 query heads per KV head, the model has ", group,
-        " (use --device=cpu)"));
+        "the cuda backend needs the query heads to be a multiple of the KV heads, the model has ",
+        num_heads, " query and ", num_kv_heads, " KV heads (use --device=cpu)"));
+  }
+  const int group = num_heads / num_kv_heads;
+  if (group > gpu::kMaxGroupSize) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the cuda backend supports 1 to ", gpu::kMaxGroupSize,
+                     " query heads per KV head, the model has ", group, " (use --device=cpu)"));
   }
   return absl::OkStatus();
 }

@@ -18,8 +18,9 @@
 // squeezed) go to CascadeAttention in groups of at least two; other squeezed decode calls are
 // batched per mode into SqueezedAttention; the rest run one by one (fixed part, dynamic part,
 // LSE merge).
-// Supported attention shapes: head_dim 64 or 128 and query heads per KV head 1, 2, 4 or 8
-// (Supports() says why not otherwise).
+// Supported attention shapes: head_dim 64, 96 or 128 and 1 to 16 query heads per KV head (the
+// group-packed decode kernels pad the group to 1, 2, 4, 8 or 16 rows; Supports() says why not
+// otherwise).
 //
 // Faults: the first CUDA error of an op is kept and returned by Synchronize() (and every later
 // call); the backend is then unusable and healthy() turns false, so the server reports
