@@ -173,6 +173,22 @@ TEST(DenseDecodeAttention, HeadDimsAndGroups) {
   RunDense({128, 1, 2, {2048, 70}, true, 3.0f, false}, 8);
 }
 
+// Groups that are not a template value run padded (3 -> 4, 5..7 -> 8, 9..16 -> 16): the padding
+// rows must neither read another KV head's queries nor be written; and head dim 96 (12 chunks,
+// 3 output dims per lane, no K swizzle; the combine leaves 16 threads idle).
+TEST(DenseDecodeAttention, PaddedGroupsAndHeadDim96) {
+  RunDense({96, 1, 2, {777, 64}, false, 3.0f, true}, 40);
+  RunDense({96, 3, 2, {1000, 65}, true, 3.0f, true}, 41);
+  RunDense({128, 3, 3, {2000, 1}, false, 3.0f, true}, 42);
+  RunDense({64, 5, 2, {1500, 129}, false, 3.0f, true}, 43);
+  RunDense({128, 6, 2, {700}, false, 3.0f, false}, 44);
+  RunDense({96, 7, 1, {3000, 129}, false, 3.0f, true}, 45);
+  RunDense({64, 12, 2, {2000, 3}, true, 3.0f, false}, 46);
+  RunDense({128, 16, 1, {4096, 33}, false, 3.0f, true}, 47);
+  RunDense({96, 16, 2, {513, 2}, true, 3.0f, true}, 48);
+  RunDense({96, 5, 2, {5000, 17}, false, 60.0f, false}, 49);  // peaky
+}
+
 TEST(DenseDecodeAttention, PeakySoftmaxNeedsMaxSubtraction) {
   // Logits of tens: exp without the max subtracted would overflow fp32.
   RunDense({128, 4, 2, {5000, 17}, false, 60.0f, true}, 9);
@@ -579,6 +595,24 @@ TEST(SqueezedDecode, GiantClusterGroup8) {
        {{30000, 0, 100, Clusters::kGiant, 5, 0.1}, {12000, 4, 100, Clusters::kGiant, 300, 0.3}}},
       23);
   RunSqueezed({64, 8, 1, true, false, {{8000, 0, 64, Clusters::kGiant, 20, 0.05}}}, 24);
+}
+
+// Padded groups (the lookup's mean over the real G, the sparse kernel's per-head merge of G * d
+// outputs in passes) and head dim 96, with both lookup paths.
+TEST(SqueezedDecode, PaddedGroupsAndHeadDim96) {
+  const std::vector<SeqSpec> seqs = {{6000, 4, 100, Clusters::kMixed, 37, 0.1},
+                                     {3000, 0, 64, Clusters::kTiny, 5, 1.0},
+                                     {9000, 2, 100, Clusters::kGiant, 200, 0.3}};
+  RunSqueezed({96, 1, 2, false, false, seqs}, 60);
+  RunSqueezed({96, 3, 2, false, false, seqs}, 61);
+  RunSqueezed({128, 3, 2, true, true, seqs, false, /*two_pass_lookup=*/true}, 62);
+  RunSqueezed({64, 5, 1, true, false, seqs}, 63);
+  RunSqueezed({128, 6, 2, false, false, {{8000, 0, 100, Clusters::kMixed, 20, 0.2}}}, 64);
+  RunSqueezed({96, 7, 1, true, false, seqs, false, /*two_pass_lookup=*/true}, 65);
+  RunSqueezed({64, 12, 1, false, true, {{5000, 4, 64, Clusters::kTiny, 9, 0.1}}}, 66);
+  RunSqueezed({128, 16, 1, false, false, seqs, /*graph=*/true}, 67);
+  RunSqueezed({128, 16, 2, true, false, seqs, false, /*two_pass_lookup=*/true}, 68);
+  RunSqueezed({96, 16, 1, true, true, {{20000, 4, 100, Clusters::kMixed, 300, 0.05}}}, 69);
 }
 
 TEST(SqueezedDecode, MixedBatchOf32) {

@@ -420,6 +420,27 @@ TEST(CascadeAttention, SqueezedGroupMixedBudgets) {
   RunCascade({128, 8, 1, 20000, 0, 100, Clusters::kGiant, {11, 12}, {0.1, 0.3}}, 48);
 }
 
+// Head dim 96 and groups that are no power of two, dense and squeezed (the group selection's
+// per-sequence mean over G rows, the cascade kernel's rows r -> sequence r / G).
+TEST(CascadeAttention, HeadDim96AndOddGroups) {
+  RunCascade({96, 4, 2, 9000, 0, 100, Clusters::kMixed, {1, 37, 300, 0}, {}}, 53);
+  RunCascade({96, 3, 2, 7000, 4, 64, Clusters::kTiny, {3, 0, 9}, {}}, 54);
+  RunCascade({128, 5, 2, 8000, 0, 100, Clusters::kMixed, {5, 7, 11}, {0.1, 0.3, 1.0}}, 55);
+  RunCascade({64, 6, 1, 6000, 0, 32, Clusters::kGiant, {1, 2}, {0.05, 0.2}}, 56);
+  RunCascade({96, 7, 2, 12000, 4, 100, Clusters::kMixed, {1, 2, 3, 100}, {0.0, 0.1, 0.5, 0.1}}, 57);
+  RunCascade({128,
+              16,
+              1,
+              9000,
+              0,
+              100,
+              Clusters::kMixed,
+              {5, 9, 2, 1, 7, 3, 4, 8, 6},
+              {0.1, 0.2, 0.1, 0.05, 1.0, 0.1, 0.3, 0.1, 0.1}},
+             58);  // 9 x 16 = 144 rows: two row passes
+  RunCascade({96, 16, 2, 5000, 4, 64, Clusters::kTiny, {2, 3}, {}}, 59);
+}
+
 TEST(CascadeAttention, SqueezedGroupOf64) {
   std::vector<int> lens(64);
   std::vector<double> budgets(64);

@@ -178,6 +178,18 @@ TEST(ClusterScores, MatchesTheCpuScorer) {
   RunCase({128, 1, 2, 1, {700, 64}}, 3);
 }
 
+// Head dim 96 (12 chunks a row) and groups that are no power of two: R = tokens * G query rows,
+// row r is token r / G, query head h * G + r % G, and the mean is over all R.
+TEST(ClusterScores, HeadDim96AndOddGroups) {
+  RunCase({96, 4, 2, 100, {1000, 65}}, 8);
+  RunCase({96, 3, 2, 37, {130, 700}}, 9);
+  RunCase({128, 5, 2, 60, {300, 64}}, 10);
+  RunCase({64, 6, 1, 43, {513}}, 11);
+  RunCase({96, 7, 1, 30, {200}, true}, 12);
+  RunCase({128, 16, 1, 20, {1000}}, 13);
+  RunCase({96, 12, 2, 9, {77, 300}, true}, 14);
+}
+
 TEST(ClusterScores, EmptyHeadAndLargeInput) {
   RunCase({128, 4, 2, 1100, {0, 3300}}, 4);  // 4,400 query rows: 18 row tiles, a partial one
   RunCase({128, 4, 1, 40, {26214}}, 5);      // the clusters of a 512K context's head

@@ -142,6 +142,83 @@ TEST(CudaModel, LongChatLinearRope) { CheckGoldenModel("longchat"); }
 TEST(CudaModel, Llama31Llama3RopeGqa) { CheckGoldenModel("llama31"); }
 TEST(CudaModel, MistralHeadDim128) { CheckGoldenModel("mistral"); }
 
+// The families whose attention shapes the CUDA kernels run padded or at head dim 96: Phi-3
+// (d = 96, G = 1 and 2), Qwen2 (G = 3), Mistral-Nemo (G = 5).
+TEST(CudaModel, Phi3HeadDim96) { CheckGoldenModel("phi3"); }
+TEST(CudaModel, Phi3LongRopeHeadDim96Group2) { CheckGoldenModel("phi3_longrope"); }
+TEST(CudaModel, Qwen2YarnGroup3) { CheckGoldenModel("qwen2_yarn"); }
+TEST(CudaModel, MistralNemoGroup5) { CheckGoldenModel("mistral_nemo"); }
+
+// Random-weight models (the same host weights, RandomLlamaWeights, uploaded to both backends; the
+// backends' own RandomMatrix draw different streams) of group sizes the kernels pad (3, 5, 7,
+// 16) and head dim 96, on the CUDA backend against the CPU reference, teacher-forced on the same
+// tokens: a prompt prefilled in chunks (causal prefill kernel), decode steps (dense decode), then
+// that prompt as a fixed context with a question and decode steps attending to it (fixed-context
+// prefill and decode, merged with the dynamic part). Logits within the model tolerance at every
+// compared step.
+TEST(CudaModel, RandomModelsOfPaddedGroupsAndHeadDim96MatchCpu) {
+  struct Shape {
+    int heads, kv_heads, head_dim;
+  };
+  for (const Shape sh : {Shape{7, 1, 96}, Shape{6, 2, 96}, Shape{10, 2, 128}, Shape{16, 1, 64}}) {
+    SCOPED_TRACE(::testing::Message()
+                 << "Hq=" << sh.heads << " Hkv=" << sh.kv_heads << " d=" << sh.head_dim);
+    ModelConfig config;
+    config.architecture = "LlamaForCausalLM";
+    config.vocab_size = 512;
+    config.hidden_size = 256;
+    config.intermediate_size = 512;
+    config.num_layers = 2;
+    config.num_heads = sh.heads;
+    config.num_kv_heads = sh.kv_heads;
+    config.head_dim = sh.head_dim;
+    config.max_position_embeddings = 4096;
+    ASSERT_TRUE(CudaBackend::Supports(config.head_dim, config.num_heads, config.num_kv_heads).ok());
+    auto cuda_backend = CudaBackend::Create(0);
+    ASSERT_TRUE(cuda_backend.ok()) << cuda_backend.status();
+    auto cuda = LlamaModel::Create(config, RandomLlamaWeights(config, 7), std::move(*cuda_backend));
+    auto cpu =
+        LlamaModel::Create(config, RandomLlamaWeights(config, 7), std::make_unique<CpuBackend>());
+    ASSERT_TRUE(cuda.ok()) << cuda.status();
+    ASSERT_TRUE(cpu.ok()) << cpu.status();
+    gpu_testing::Rng rng(static_cast<uint64_t>(sh.heads * 1000 + sh.head_dim));
+    std::vector<int32_t> prompt(300), question(20), decoded(6);
+    for (auto* v : {&prompt, &question, &decoded}) {
+      for (int32_t& t : *v) t = rng.Int(0, config.vocab_size - 1);
+    }
+    std::vector<std::vector<float>> logits[2];
+    LlamaModel* models[2] = {cpu->get(), cuda->get()};
+    for (int b = 0; b < 2; ++b) {
+      LlamaModel& m = *models[b];
+      SequenceKV kv = m.NewSequenceKV();
+      const std::span<const int32_t> all(prompt);
+      for (size_t begin = 0; begin < prompt.size(); begin += 128) {
+        const size_t n = std::min<size_t>(128, prompt.size() - begin);
+        logits[b].push_back(Step(m, all.subspan(begin, n), &kv));
+      }
+      for (const int32_t& t : decoded) {
+        logits[b].push_back(Step(m, std::span<const int32_t>(&t, 1), &kv));
+      }
+      const ContextKV context = ContextKV::FromSequence(kv, static_cast<int>(prompt.size()));
+      SequenceKV dyn = m.NewSequenceKV();
+      logits[b].push_back(Step(m, question, &dyn, &context));
+      for (const int32_t& t : decoded) {
+        logits[b].push_back(Step(m, std::span<const int32_t>(&t, 1), &dyn, &context));
+      }
+    }
+    ASSERT_EQ(logits[0].size(), logits[1].size());
+    double worst = 0.0;
+    for (size_t i = 0; i < logits[0].size(); ++i) {
+      const std::vector<double> ref(logits[0][i].begin(), logits[0][i].end());
+      const double err = RelError(logits[1][i], ref);
+      worst = std::max(worst, err);
+      EXPECT_LE(err, kTolerance) << "step " << i;
+    }
+    std::printf("[cuda random model] Hq=%d Hkv=%d d=%d: max|dlogit|/max|logit| = %.2e vs cpu\n",
+                sh.heads, sh.kv_heads, sh.head_dim, worst);
+  }
+}
+
 TEST(CudaModel, UnsupportedHeadDimIsAClearError) {
   auto config = LoadModelConfig((kGolden / "llama32_tied").string());
   ASSERT_TRUE(config.ok());

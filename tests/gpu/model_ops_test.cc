@@ -474,7 +474,7 @@ TEST(ModelOpsTest, AppendKvBatchEqualsOneAppendPerSequence) {
 TEST(ModelOpsTest, RopeAppendKvBatchEqualsRopeThenAppend) {
   Rng rng(62);
   const int q_heads = 12, heads = 4;
-  for (const int d : {64, 128}) {
+  for (const int d : {64, 96, 128}) {
     SCOPED_TRACE(testing::Message() << "head_dim " << d);
     struct Seq {
       int row0, n, capacity, past;

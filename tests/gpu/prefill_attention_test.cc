@@ -185,6 +185,24 @@ TEST(PrefillAttention, SweepHeadDimGroupLengthPast) {
   }
 }
 
+// Head dim 96 (12 chunks a row, the d = 96 swizzle) and groups that are no power of two (the
+// kernel is per query head: qh / G picks the KV head).
+TEST(PrefillAttention, HeadDim96AndOddGroups) {
+  uint64_t seed = 3001;
+  for (const int n : {1, 17, 129, 1000}) {
+    for (const int past : {0, 100, 3000}) {
+      RunCase({96, 1, 2, n, past, (seed & 1) != 0}, seed);
+      ++seed;
+    }
+  }
+  RunCase({96, 3, 2, 200, 37, false}, 3101, /*check_repeat=*/true);
+  RunCase({128, 5, 2, 130, 64, true}, 3102);
+  RunCase({64, 6, 1, 300, 1000, false}, 3103);
+  RunCase({96, 7, 1, 65, 0, true}, 3104);
+  RunCase({128, 16, 1, 140, 200, false}, 3105);
+  RunCase({96, 16, 1, 64, 129, true}, 3106);
+}
+
 TEST(PrefillAttention, MoreKvHeadsAndRepeatable) {
   // Several KV heads of several query heads each: head strides and GQA indexing.
   RunCase({128, 4, 3, 200, 37, false}, 1001, /*check_repeat=*/true);
@@ -272,6 +290,8 @@ TEST(PrefillAttention, FixedContextPerHeadLengths) {
   RunFixedCase(128, 4, 1000, {3000, 65, 1, 0, 4097}, 2001);  // n 1000 < 4097 rows, and a 1-row head
   RunFixedCase(64, 8, 300, {17, 200}, 2002);                 // n > rows of both heads
   RunFixedCase(128, 1, 16, {129, 128, 127}, 2003);           // one query tile, tile-edge lengths
+  RunFixedCase(96, 3, 200, {700, 0, 64}, 2004);              // d = 96, an odd group
+  RunFixedCase(96, 7, 40, {129, 1000}, 2005);
 }
 
 TEST(PrefillAttention, NoLseAndInvalidArguments) {
