@@ -148,6 +148,7 @@ TEST(CudaModel, Phi3HeadDim96) { CheckGoldenModel("phi3"); }
 TEST(CudaModel, Phi3LongRopeHeadDim96Group2) { CheckGoldenModel("phi3_longrope"); }
 TEST(CudaModel, Qwen2YarnGroup3) { CheckGoldenModel("qwen2_yarn"); }
 TEST(CudaModel, MistralNemoGroup5) { CheckGoldenModel("mistral_nemo"); }
+TEST(CudaModel, Qwen3YarnQkNorm) { CheckGoldenModel("qwen3_yarn"); }
 
 // Random-weight models (the same host weights, RandomLlamaWeights, uploaded to both backends; the
 // backends' own RandomMatrix draw different streams) of group sizes the kernels pad (3, 5, 7,
