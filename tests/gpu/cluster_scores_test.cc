@@ -299,7 +299,7 @@ TEST(ClusterScores, RejectsBadArguments) {
   p.num_heads = 1;
   p.num_tokens = 1;
   p.group = 1;
-  p.head_dim = 96;  // unsupported
+  p.head_dim = 80;  // unsupported
   p.scale = 1.0f;
   p.q = q.get();
   p.q_token_stride = 128;

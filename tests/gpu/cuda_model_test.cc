@@ -6,8 +6,8 @@
 // Tolerance: the CUDA backend keeps weights and KV in bf16 and rounds GEMM inputs to bf16 (fp32
 // accumulation), so each matrix product carries ~2^-9 relative rounding per operand; through a
 // few layers that gives logits within about 1% of the fp32 reference. We require
-// max|Δlogit| / max|logit| <= 3e-2 and identical greedy tokens (the goldens' greedy prompts have
-// large top-2 gaps, so bf16 rounding cannot flip them).
+// max|Δlogit| / max|logit| <= 3e-2 and identical greedy tokens, or, where a golden greedy step is
+// a near-tie within that error, each golden token within it of our best, teacher-forced.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -124,17 +124,35 @@ void CheckGoldenModel(const std::string& name) {
   const json& greedy = golden.at("greedy");
   const auto prompt = greedy.at("prompt").get<std::vector<int32_t>>();
   const auto want = greedy.at("tokens").get<std::vector<int32_t>>();
+  // Greedy decoding should give the golden tokens. Where it does not, the difference must be a
+  // near-tie that bf16 can flip: fed the golden tokens back (teacher-forced), each must score
+  // within the error the tolerance allows (2 kTolerance max|logit|) of our best (Phi-3 with
+  // LongRoPE: its greedy top-2 gap goes down to 0.012 at max|logit| 5.2).
   SequenceKV kv = model->NewSequenceKV();
   std::vector<int32_t> got, next = prompt;
   for (size_t i = 0; i < want.size(); ++i) {
     got.push_back(Argmax(Step(*model, next, &kv)));
     next = {got.back()};
   }
-  EXPECT_EQ(got, want) << name << " greedy";
+  const bool exact = got == want;
+  if (!exact) {
+    const double bound = 2.0 * kTolerance * golden.at("max_abs_logit").get<double>();
+    EXPECT_LT(greedy.at("min_top2_gap").get<double>(), bound)
+        << name << ": greedy differs although no golden step is a near-tie";
+    SequenceKV forced = model->NewSequenceKV();
+    next = prompt;
+    for (size_t i = 0; i < want.size(); ++i) {
+      const std::vector<float> logits = Step(*model, next, &forced);
+      const float best = *std::max_element(logits.begin(), logits.end());
+      EXPECT_GE(logits[want[i]], best - bound) << name << " greedy step " << i;
+      next = {want[i]};
+    }
+  }
   std::printf(
       "[cuda conformance] %-12s max|dlogit|/max|logit| = %.2e vs transformers fp32, "
       "greedy %s\n",
-      name.c_str(), worst, got == want ? "identical" : "DIFFERENT");
+      name.c_str(), worst,
+      exact ? "identical" : "different at a near-tie (teacher-forced within the tolerance)");
 }
 
 TEST(CudaModel, Llama2) { CheckGoldenModel("llama2"); }
@@ -161,7 +179,8 @@ TEST(CudaModel, RandomModelsOfPaddedGroupsAndHeadDim96MatchCpu) {
   struct Shape {
     int heads, kv_heads, head_dim;
   };
-  for (const Shape sh : {Shape{7, 1, 96}, Shape{6, 2, 96}, Shape{10, 2, 128}, Shape{16, 1, 64}}) {
+  for (const Shape sh :
+       {Shape{7, 1, 96}, Shape{6, 2, 96}, Shape{2, 1, 96}, Shape{10, 2, 128}, Shape{16, 1, 64}}) {
     SCOPED_TRACE(::testing::Message()
                  << "Hq=" << sh.heads << " Hkv=" << sh.kv_heads << " d=" << sh.head_dim);
     ModelConfig config;
