@@ -4,7 +4,9 @@
 // owns rows [16w, 16w + 16) of the pass; a warp whose rows all lie past R skips the arithmetic
 // but still copies and waits at the barriers). The group's queries are converted to bf16 into a
 // swizzled shared tile; K/V tiles of 64 keys (storage rows from the key list) are copied with
-// 16-byte cp.async, 3 stages deep, with the tile's 64 key masks (8 bytes each) alongside. The
+// 16-byte cp.async, 3 stages deep, with the tile's 64 key masks (8 bytes each) alongside and,
+// for a key list, the storage rows of the tile after it (so that issuing a tile never waits on a
+// global load of its rows: they landed with the tile before). The
 // arithmetic is the prefill kernel's (prefill_attention.cu): S = Q K^T on mma.sync, the key
 // masks turn a sequence's unseen keys into -inf, online softmax per row in the exp2 domain, O +=
 // P V. Row passes of one chunk are adjacent items, so a second pass (n * G > 128) finds the
@@ -33,9 +35,12 @@ struct CascadeSmem {
   static constexpr int kKOff = kQBytes;
   static constexpr int kVOff = kKOff + kStages * kTileBytes;
   static constexpr int kMaskOff = kVOff + kStages * kTileBytes;  // uint64 [kStages][kBlockN]
-  static constexpr int kPlanOff = kMaskOff + kStages * kBlockN * 8;
+  // Storage rows of the key list's tiles, int32 [kStages + 1][kBlockN]: tile t's in slot
+  // t % (kStages + 1), copied with tile t - 1.
+  static constexpr int kRowsOff = kMaskOff + kStages * kBlockN * 8;
+  static constexpr int kPlanOff = kRowsOff + (kStages + 1) * kBlockN * 4;
   // Plan: chunk_begin [Hkv + 1], then the chunk size.
-  static constexpr int kBytes = kPlanOff + (kCascadeMaxKvHeads + 2) * 4;  // 130 KB at d = 128
+  static constexpr int kBytes = kPlanOff + (kCascadeMaxKvHeads + 2) * 4;  // 131 KB at d = 128
 };
 
 using detail::Ldsm4;
@@ -49,6 +54,14 @@ __device__ __forceinline__ void CpAsync8(void* smem_dst, const void* gmem_src, b
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(gmem_src),
                "r"(pred ? 8 : 0)
+               : "memory");
+}
+
+// 4-byte global -> shared copy; when !pred nothing is read and the destination is zeroed.
+__device__ __forceinline__ void CpAsync4(void* smem_dst, const void* gmem_src, bool pred) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(gmem_src),
+               "r"(pred ? 4 : 0)
                : "memory");
 }
 
@@ -130,18 +143,35 @@ __global__ void __launch_bounds__(kThreadsM, 1) CascadeKernel(const CascadeAtten
       *reinterpret_cast<uint4*>(smem + SwizzledOffset<D>(r, c)) = packed;
     }
 
-    // K/V tile t (keys key0 + 64 t ...) and its masks into stage `stage`.
+    // Storage rows of a key list's tile t into its slot: by plain loads (`now`), or copied
+    // asynchronously with the copies of tile t - (kStages - 1), whose group the main loop has
+    // waited for before it issues tile t.
+    int* rows_s = reinterpret_cast<int*>(smem + Smem::kRowsOff);
+    auto fetch_rows = [&](int t, bool now) {
+      if (row_index == nullptr || tid >= kBlockN || t >= num_tiles) return;
+      const int key = key0 + t * kBlockN + tid;
+      const bool valid = key < key_end;
+      int* dst = rows_s + (t % (kStages + 1)) * kBlockN + tid;
+      if (now) {
+        *dst = valid ? __ldg(row_index + key) : 0;
+      } else {
+        CpAsync4(dst, row_index + (valid ? key : 0), valid);
+      }
+    };
+    // K/V tile t (keys key0 + 64 t ...) and its masks into stage `stage`, and the rows of tile
+    // t + kStages - 1.
     auto issue = [&](int t, int stage) {
       char* kd = smem + Smem::kKOff + stage * Smem::kTileBytes;
       char* vd = smem + Smem::kVOff + stage * Smem::kTileBytes;
       const int base = key0 + t * kBlockN;
+      const int* tile_rows = rows_s + (t % (kStages + 1)) * kBlockN;
 #pragma unroll
       for (int u = 0; u < kCopiesPerThread; ++u) {
         const int idx = tid + u * kThreadsM;
         const int r = idx / kChunks, c = idx - r * kChunks;
         const int key = base + r;
         const bool valid = key < key_end;
-        const int64_t row = valid ? (row_index != nullptr ? __ldg(row_index + key) : key) : 0;
+        const int64_t row = valid ? (row_index != nullptr ? tile_rows[r] : key) : 0;
         detail::CpAsync16(kd + SwizzledOffset<D>(r, c), k + row * D + c * 8, valid);
         detail::CpAsync16(vd + SwizzledOffset<D>(r, c), v + row * D + c * 8, valid);
       }
@@ -151,7 +181,10 @@ __global__ void __launch_bounds__(kThreadsM, 1) CascadeKernel(const CascadeAtten
         CpAsync8(smem + Smem::kMaskOff + (stage * kBlockN + tid) * 8, masks + (valid ? key : 0),
                  valid);
       }
+      fetch_rows(t + kStages - 1, /*now=*/false);
     };
+    for (int s = 0; s < kStages - 1; ++s) fetch_rows(s, /*now=*/true);  // the prologue's tiles
+    __syncthreads();
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) {
       if (s < num_tiles) issue(s, s);
