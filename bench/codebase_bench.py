@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""The codebase benchmark through a running squeeze-server (issue: accuracy that means something).
+
+Reads the task files of tools/codebase_tasks.py (retrieval-<L>k.jsonl, retrieval-<L>k-noctx.jsonl,
+loss-<L>k.jsonl) and runs every cell (attention setting x length) through the public API, the way
+an application would: each fixed context registered once (tasks of one context are consecutive
+and share its context_id), the question or the continuation sent as the Generate input.
+
+  retrieval  greedy, at most --max-tokens tokens, stop at a newline; exact match of the stripped
+             text with the stripped answer. 95% Wilson interval. The no-context tasks (dense, the
+             context reduced to the file's header line) show how much of it the context gives.
+  loss       the continuation sent with prompt_logprobs: the mean per-token negative log-likelihood
+             of its tokens after the first (the first is scored by no row of the input), per task,
+             then averaged over tasks with a 95% normal interval. Given the full context (each
+             attention setting), the module's own beginning only (dense), and nothing (dense; the
+             input then starts with BOS and the same tokens are scored).
+
+Settings: --settings "dense,squeezed:0.1,squeezed:0.05,squeezed-step:0.1" (squeezed-step: the
+per-step budget policy). Prints one markdown table per task kind and writes --json.
+
+  python3 bench/codebase_bench.py --server 127.0.0.1:50051 --tasks DIR [--limit N]
+bench/run_codebase.sh starts the server, makes the tasks and runs this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections import OrderedDict
+
+
+def wilson(k, n, z=1.96):
+    """95% Wilson score interval of k successes in n trials, as (low, high)."""
+    if n == 0:
+        return (0.0, 0.0)
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, mid - half), min(1.0, mid + half))
+
+
+def mean_ci(values, z=1.96):
+    """Mean and the half-width of its 95% normal interval."""
+    n = len(values)
+    if n == 0:
+        return (float("nan"), float("nan"))
+    m = sum(values) / n
+    if n == 1:
+        return (m, float("nan"))
+    var = sum((v - m) ** 2 for v in values) / (n - 1)
+    return (m, z * math.sqrt(var / n))
+
+
+def parse_settings(text):
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, _, budget = item.partition(":")
+        if name == "dense":
+            out.append((item, dict(mode="dense")))
+        elif name in ("squeezed", "squeezed-step"):
+            if not budget:
+                raise SystemExit(f"setting {item!r}: give a budget, e.g. squeezed:0.1")
+            opts = dict(mode="squeezed", budget=float(budget))
+            if name == "squeezed-step":
+                opts["budget_policy"] = "per_step"
+            out.append((item, opts))
+        else:
+            raise SystemExit(f"unknown setting {item!r} (dense, squeezed:B, squeezed-step:B)")
+    return out
+
+
+def read_jsonl(path, limit):
+    tasks = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                tasks.append(json.loads(line))
+                if limit and len(tasks) >= limit:
+                    break
+    return tasks
+
+
+class Registry:
+    """Registers each distinct context once (the server reuses identical content by its hash)."""
+
+    def __init__(self, client, prefix):
+        self.client = client
+        self.prefix = prefix
+        self.names = {}
+        self.seconds = 0.0
+
+    def name(self, key, text):
+        if key not in self.names:
+            name = f"{self.prefix}-{len(self.names)}"
+            start = time.monotonic()
+            self.client.register_context(name, text)
+            self.seconds += time.monotonic() - start
+            self.names[key] = name
+        return self.names[key]
+
+    def release(self):
+        for name in self.names.values():
+            try:
+                self.client.delete_context(name)
+            except Exception:  # already gone: nothing to release
+                pass
+        self.names.clear()
+
+
+def run_retrieval(client, registry, tasks, settings, max_tokens, progress):
+    """{setting: [correct...]} over the tasks, and the realised KV budgets."""
+    correct = OrderedDict((label, []) for label, _ in settings)
+    budgets = OrderedDict((label, []) for label, _ in settings)
+    for i, task in enumerate(tasks):
+        context = registry.name(("ctx", task.get("context_id", task["id"])), task["context"])
+        for label, opts in settings:
+            done = client.complete(task["question"], context, max_tokens=max_tokens,
+                                   temperature=0, stop=["\n"], **opts)
+            correct[label].append(done.text.strip() == task["answer"].strip())
+            budgets[label].append(done.usage.kv_budget)
+        progress(i + 1, len(tasks))
+    return correct, budgets
+
+
+def run_retrieval_noctx(client, tasks, max_tokens, progress):
+    correct = []
+    for i, task in enumerate(tasks):
+        done = client.complete(task["context"] + task["question"], "", max_tokens=max_tokens,
+                               temperature=0, stop=["\n"], mode="dense")
+        correct.append(done.text.strip() == task["answer"].strip())
+        progress(i + 1, len(tasks))
+    return correct
+
+
+def mean_nll(completion, skip_first):
+    """Mean negative log-likelihood of the scored input tokens; with skip_first, the first scored
+    token is left out (it is the first continuation token, scored only without a context)."""
+    scores = [-lp.logprob for lp in completion.prompt_logprobs]
+    if skip_first:
+        scores = scores[1:]
+    if not scores:
+        raise RuntimeError("no input token was scored")
+    return sum(scores) / len(scores)
+
+
+def run_loss(client, registry, tasks, settings, progress):
+    """{label: [mean nll per task]} for every setting, the module-only and no-context baselines."""
+    out = OrderedDict((label, []) for label, _ in settings)
+    out["module only (dense)"] = []
+    out["no context (dense)"] = []
+    for i, task in enumerate(tasks):
+        context = registry.name(("ctx", task["id"]), task["context"])
+        for label, opts in settings:
+            done = client.complete(task["continuation"], context, max_tokens=1, temperature=0,
+                                   prompt_logprobs=0, **opts)
+            out[label].append(mean_nll(done, skip_first=False))
+        module = registry.name(("module", task["id"]), task["module_context"])
+        done = client.complete(task["continuation"], module, max_tokens=1, temperature=0,
+                               prompt_logprobs=0, mode="dense")
+        out["module only (dense)"].append(mean_nll(done, skip_first=False))
+        # No context: the input is [BOS] + the continuation, so its first token is scored too.
+        done = client.complete(task["continuation"], "", max_tokens=1, temperature=0,
+                               prompt_logprobs=0, mode="dense")
+        out["no context (dense)"].append(mean_nll(done, skip_first=True))
+        progress(i + 1, len(tasks))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--server", default="127.0.0.1:50051")
+    ap.add_argument("--tasks", required=True, help="directory of tools/codebase_tasks.py output")
+    ap.add_argument("--lengths", default="8,16", help="context lengths in K tokens")
+    ap.add_argument("--settings", default="dense,squeezed:0.1,squeezed:0.05,squeezed-step:0.1")
+    ap.add_argument("--limit", type=int, default=0, help="tasks per file (0: all)")
+    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--skip-loss", action="store_true")
+    ap.add_argument("--json", default="", help="write the results here")
+    args = ap.parse_args()
+
+    import squeeze  # the Python client (client/python), with its generated protobuf modules
+
+    settings = parse_settings(args.settings)
+    client = squeeze.Client(args.server, timeout=3600)
+    results = {"server": args.server, "settings": [s for s, _ in settings], "cells": []}
+
+    def progress(what):
+        def report(i, n):
+            if i == n or i % 25 == 0:
+                print(f"  {what}: {i}/{n}", file=sys.stderr, flush=True)
+        return report
+
+    retrieval_rows, loss_rows = [], []
+    for k in [int(x) for x in args.lengths.split(",") if x]:
+        registry = Registry(client, f"codebench-{k}k")
+        path = os.path.join(args.tasks, f"retrieval-{k}k.jsonl")
+        if os.path.exists(path):
+            tasks = read_jsonl(path, args.limit)
+            start = time.monotonic()
+            correct, budgets = run_retrieval(client, registry, tasks, settings, args.max_tokens,
+                                             progress(f"retrieval {k}K"))
+            for label, hits in correct.items():
+                low, high = wilson(sum(hits), len(hits))
+                realised = sum(budgets[label]) / max(len(budgets[label]), 1)
+                retrieval_rows.append((f"{k}K", label, sum(hits), len(hits), low, high, realised))
+                results["cells"].append({"kind": "retrieval", "length_k": k, "setting": label,
+                                         "correct": sum(hits), "tasks": len(hits),
+                                         "ci95": [low, high], "kv_budget": realised})
+            noctx = os.path.join(args.tasks, f"retrieval-{k}k-noctx.jsonl")
+            if os.path.exists(noctx):
+                hits = run_retrieval_noctx(client, read_jsonl(noctx, args.limit), args.max_tokens,
+                                           progress(f"retrieval {k}K, no context"))
+                low, high = wilson(sum(hits), len(hits))
+                retrieval_rows.append((f"{k}K", "no context (dense)", sum(hits), len(hits), low,
+                                       high, float("nan")))
+                results["cells"].append({"kind": "retrieval", "length_k": k,
+                                         "setting": "no context", "correct": sum(hits),
+                                         "tasks": len(hits), "ci95": [low, high]})
+            print(f"retrieval {k}K: {len(tasks)} tasks in {time.monotonic() - start:.0f} s "
+                  f"({registry.seconds:.0f} s registering)", file=sys.stderr)
+        path = os.path.join(args.tasks, f"loss-{k}k.jsonl")
+        if not args.skip_loss and os.path.exists(path):
+            tasks = read_jsonl(path, args.limit)
+            for label, values in run_loss(client, registry, tasks, settings,
+                                          progress(f"loss {k}K")).items():
+                m, half = mean_ci(values)
+                loss_rows.append((f"{k}K", label, len(values), m, half))
+                results["cells"].append({"kind": "loss", "length_k": k, "setting": label,
+                                         "tasks": len(values), "mean_nll": m, "ci95_half": half})
+        registry.release()
+
+    if retrieval_rows:
+        print("\nRetrieval exact match (95% Wilson interval):\n")
+        print("| length | setting | exact match | 95% CI | tasks | realised KV budget |")
+        print("|---|---|---|---|---|---|")
+        for length, label, k, n, low, high, realised in retrieval_rows:
+            budget = "-" if math.isnan(realised) else f"{realised:.3f}"
+            print(f"| {length} | {label} | {100 * k / max(n, 1):.1f}% | "
+                  f"{100 * low:.1f}-{100 * high:.1f}% | {n} | {budget} |")
+    if loss_rows:
+        print("\nLoss of a module's continuation, nats per token (mean over tasks, 95% CI):\n")
+        print("| length | given | loss | 95% CI | tasks |")
+        print("|---|---|---|---|---|")
+        for length, label, n, m, half in loss_rows:
+            print(f"| {length} | {label} | {m:.3f} | ±{half:.3f} | {n} |")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+    client.close()
+
+
+if __name__ == "__main__":
+    main()
