@@ -608,29 +608,25 @@ def main(argv=None) -> int:
     manifest = {"stdlib": os.path.abspath(args.stdlib), "stdlib_fp": fp, "files": len(sources),
                 "tokens": measure.note, "args": {k: v for k, v in vars(args).items()},
                 "outputs": {}}
+    def emit(filename, tasks, wanted=None, kind=""):
+        """Writes one task file and records it; warns when fewer than `wanted` tasks were made."""
+        if wanted is not None and len(tasks) < wanted:
+            print(f"warning: only {len(tasks)} {kind} tasks at {L} (asked {wanted})",
+                  file=sys.stderr)
+        write_jsonl(os.path.join(args.out, filename), tasks)
+        manifest["outputs"][filename] = len(tasks)
+
     for L in args.lengths:
         name = f"{L // 1024}k" if L % 1024 == 0 else str(L)
         if "retrieval" in args.kinds:
             tasks = retrieval_tasks(measure, groups, L, args, fp)
-            if len(tasks) < args.n:
-                print(f"warning: only {len(tasks)} retrieval tasks at {L} (asked {args.n})",
-                      file=sys.stderr)
-            path = os.path.join(args.out, f"retrieval-{name}.jsonl")
-            write_jsonl(path, tasks)
-            manifest["outputs"][os.path.basename(path)] = len(tasks)
+            emit(f"retrieval-{name}.jsonl", tasks, args.n, "retrieval")
             report.append(summarize("retrieval", L, tasks))
             if args.no_context:
-                path = os.path.join(args.out, f"retrieval-{name}-noctx.jsonl")
-                write_jsonl(path, no_context(tasks))
-                manifest["outputs"][os.path.basename(path)] = len(tasks)
+                emit(f"retrieval-{name}-noctx.jsonl", no_context(tasks))
         if "loss" in args.kinds:
             tasks = loss_tasks(measure, groups, L, args, fp)
-            if len(tasks) < args.loss_n:
-                print(f"warning: only {len(tasks)} loss tasks at {L} (asked {args.loss_n})",
-                      file=sys.stderr)
-            path = os.path.join(args.out, f"loss-{name}.jsonl")
-            write_jsonl(path, tasks)
-            manifest["outputs"][os.path.basename(path)] = len(tasks)
+            emit(f"loss-{name}.jsonl", tasks, args.loss_n, "loss")
             report.append(summarize("loss", L, tasks))
     with open(os.path.join(args.out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
