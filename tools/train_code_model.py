@@ -35,7 +35,9 @@ Steps (all timed and written into the model card):
      window at a random offset, so a 16K row holds neighbouring modules of one package and the
      long context carries information (imports, names and signatures defined earlier).
   5. Model: Hugging Face LlamaForCausalLM (GQA, tied embeddings, RoPE theta --rope-theta),
-     <= 25M parameters (asserted), fp32 master weights, bf16 autocast, SDPA (flash) attention,
+     <= 25M parameters (asserted; the default shape has 7.6M, so that the bf16 weights stay
+     under 16 MB: every clone of the repository and every GPU-machine call carries them),
+     fp32 master weights, bf16 autocast, SDPA (flash) attention,
      fused AdamW, warmup + cosine over the training window. The row length follows a curriculum
      (--curriculum, over the training time) up to --max-len = 16384 = max_position_embeddings.
   6. Eval on held-out 16K rows: mean loss, loss by position, and the loss of the rows' last
@@ -1014,15 +1016,15 @@ def parse_args(argv=None):
     p.add_argument("--heldout-permille", type=int, default=None,
                    help="held-out directories per thousand (default 20; smoke 60)")
     # Tokenizer.
-    p.add_argument("--vocab-size", type=int, default=None, help="default 16384; smoke 2048")
+    p.add_argument("--vocab-size", type=int, default=None, help="default 8192; smoke 2048")
     p.add_argument("--tok-sample-mb", type=float, default=None, help="default 96; smoke 4")
     # Model.
     p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--hidden", type=int, default=384)
-    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--intermediate", type=int, default=1536)
+    p.add_argument("--intermediate", type=int, default=640)
     p.add_argument("--rope-theta", type=float, default=500000.0)
     p.add_argument("--max-len", type=int, default=16384,
                    help="longest row = max_position_embeddings")
@@ -1056,7 +1058,7 @@ def parse_args(argv=None):
     else:
         defaults = dict(time_budget_min=9.6, train_min=MAX_TRAIN_MIN, final_reserve_s=45,
                         out="models/squeeze-code", data_dir="build-code-data",
-                        max_corpus_mb=3000, heldout_permille=20, vocab_size=16384,
+                        max_corpus_mb=3000, heldout_permille=20, vocab_size=8192,
                         tok_sample_mb=96)
     for k, v in defaults.items():
         if getattr(args, k) is None:
