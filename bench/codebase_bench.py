@@ -15,8 +15,10 @@ and share its context_id), the question or the continuation sent as the Generate
              attention setting), the module's own beginning only (dense), and nothing (dense; the
              input then starts with BOS and the same tokens are scored).
 
-Settings: --settings "dense,squeezed:0.1,squeezed:0.05,squeezed-step:0.1" (squeezed-step: the
-per-step budget policy). Prints one markdown table per task kind and writes --json.
+Settings: --settings "dense,squeezed:0.1,squeezed:0.05,squeezed-step:0.1,pages:0.1,recent:0.1"
+(squeezed-step: the per-step budget policy; pages: the Quest-style page baseline; recent: the
+most recent keys). Requests run --concurrency at a time (the server batches them); contexts are
+registered first, one at a time. Prints one markdown table per task kind and writes --json.
 
   python3 bench/codebase_bench.py --server 127.0.0.1:50051 --tasks DIR [--limit N]
 bench/run_codebase.sh starts the server, makes the tasks and runs this.
@@ -31,6 +33,7 @@ import os
 import sys
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 
 def wilson(k, n, z=1.96):
@@ -65,15 +68,17 @@ def parse_settings(text):
         name, _, budget = item.partition(":")
         if name == "dense":
             out.append((item, dict(mode="dense")))
-        elif name in ("squeezed", "squeezed-step"):
+        elif name in ("squeezed", "squeezed-step", "pages", "recent"):
             if not budget:
-                raise SystemExit(f"setting {item!r}: give a budget, e.g. squeezed:0.1")
-            opts = dict(mode="squeezed", budget=float(budget))
+                raise SystemExit(f"setting {item!r}: give a budget, e.g. {name}:0.1")
+            opts = dict(mode="squeezed" if name.startswith("squeezed") else name,
+                        budget=float(budget))
             if name == "squeezed-step":
                 opts["budget_policy"] = "per_step"
             out.append((item, opts))
         else:
-            raise SystemExit(f"unknown setting {item!r} (dense, squeezed:B, squeezed-step:B)")
+            raise SystemExit(f"unknown setting {item!r} (dense, squeezed:B, squeezed-step:B, "
+                             "pages:B, recent:B)")
     return out
 
 
@@ -115,29 +120,43 @@ class Registry:
         self.names.clear()
 
 
-def run_retrieval(client, registry, tasks, settings, max_tokens, progress):
+def run_pool(jobs, concurrency, progress):
+    """Runs the callables in jobs, concurrency at a time; their results in order."""
+    results = [None] * len(jobs)
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        futures = {pool.submit(job): i for i, job in enumerate(jobs)}
+        for done, future in enumerate(as_completed(futures), 1):
+            results[futures[future]] = future.result()
+            progress(done, len(jobs))
+    return results
+
+
+def run_retrieval(client, registry, tasks, settings, max_tokens, concurrency, progress):
     """{setting: [correct...]} over the tasks, and the realised KV budgets."""
+    contexts = [registry.name(("ctx", t.get("context_id", t["id"])), t["context"]) for t in tasks]
+
+    def job(task, context, opts):
+        return lambda: client.complete(task["question"], context, max_tokens=max_tokens,
+                                       temperature=0, stop=["\n"], **opts)
+    jobs = [job(t, c, opts) for t, c in zip(tasks, contexts) for _, opts in settings]
+    done = run_pool(jobs, concurrency, progress)
     correct = OrderedDict((label, []) for label, _ in settings)
     budgets = OrderedDict((label, []) for label, _ in settings)
     for i, task in enumerate(tasks):
-        context = registry.name(("ctx", task.get("context_id", task["id"])), task["context"])
-        for label, opts in settings:
-            done = client.complete(task["question"], context, max_tokens=max_tokens,
-                                   temperature=0, stop=["\n"], **opts)
-            correct[label].append(done.text.strip() == task["answer"].strip())
-            budgets[label].append(done.usage.kv_budget)
-        progress(i + 1, len(tasks))
+        for j, (label, _) in enumerate(settings):
+            completion = done[i * len(settings) + j]
+            correct[label].append(completion.text.strip() == task["answer"].strip())
+            budgets[label].append(completion.usage.kv_budget)
     return correct, budgets
 
 
-def run_retrieval_noctx(client, tasks, max_tokens, progress):
-    correct = []
-    for i, task in enumerate(tasks):
-        done = client.complete(task["context"] + task["question"], "", max_tokens=max_tokens,
-                               temperature=0, stop=["\n"], mode="dense")
-        correct.append(done.text.strip() == task["answer"].strip())
-        progress(i + 1, len(tasks))
-    return correct
+def run_retrieval_noctx(client, tasks, max_tokens, concurrency, progress):
+    def job(task):
+        return lambda: client.complete(task["context"] + task["question"], "",
+                                       max_tokens=max_tokens, temperature=0, stop=["\n"],
+                                       mode="dense")
+    done = run_pool([job(t) for t in tasks], concurrency, progress)
+    return [c.text.strip() == t["answer"].strip() for c, t in zip(done, tasks)]
 
 
 def mean_nll(completion, skip_first):
@@ -151,26 +170,29 @@ def mean_nll(completion, skip_first):
     return sum(scores) / len(scores)
 
 
-def run_loss(client, registry, tasks, settings, progress):
+def run_loss(client, registry, tasks, settings, concurrency, progress):
     """{label: [mean nll per task]} for every setting, the module-only and no-context baselines."""
+    rows = []  # (label, job, skip_first)
+    for task in tasks:
+        context = registry.name(("ctx", task["id"]), task["context"])
+        module = registry.name(("module", task["id"]), task["module_context"])
+
+        def job(text, ctx, opts):
+            return lambda: client.complete(text, ctx, max_tokens=1, temperature=0,
+                                           prompt_logprobs=0, **opts)
+        for label, opts in settings:
+            rows.append((label, job(task["continuation"], context, opts), False))
+        rows.append(("module only (dense)", job(task["continuation"], module,
+                                                dict(mode="dense")), False))
+        # No context: the input is [BOS] + the continuation, so its first token is scored too.
+        rows.append(("no context (dense)", job(task["continuation"], "", dict(mode="dense")),
+                     True))
+    done = run_pool([job for _, job, _ in rows], concurrency, progress)
     out = OrderedDict((label, []) for label, _ in settings)
     out["module only (dense)"] = []
     out["no context (dense)"] = []
-    for i, task in enumerate(tasks):
-        context = registry.name(("ctx", task["id"]), task["context"])
-        for label, opts in settings:
-            done = client.complete(task["continuation"], context, max_tokens=1, temperature=0,
-                                   prompt_logprobs=0, **opts)
-            out[label].append(mean_nll(done, skip_first=False))
-        module = registry.name(("module", task["id"]), task["module_context"])
-        done = client.complete(task["continuation"], module, max_tokens=1, temperature=0,
-                               prompt_logprobs=0, mode="dense")
-        out["module only (dense)"].append(mean_nll(done, skip_first=False))
-        # No context: the input is [BOS] + the continuation, so its first token is scored too.
-        done = client.complete(task["continuation"], "", max_tokens=1, temperature=0,
-                               prompt_logprobs=0, mode="dense")
-        out["no context (dense)"].append(mean_nll(done, skip_first=True))
-        progress(i + 1, len(tasks))
+    for (label, _, skip_first), completion in zip(rows, done):
+        out[label].append(mean_nll(completion, skip_first=skip_first))
     return out
 
 
@@ -182,6 +204,8 @@ def main():
     ap.add_argument("--settings", default="dense,squeezed:0.1,squeezed:0.05,squeezed-step:0.1")
     ap.add_argument("--limit", type=int, default=0, help="tasks per file (0: all)")
     ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--concurrency", type=int, default=16,
+                    help="requests in flight at once (the server batches them)")
     ap.add_argument("--skip-loss", action="store_true")
     ap.add_argument("--json", default="", help="write the results here")
     args = ap.parse_args()
@@ -194,7 +218,7 @@ def main():
 
     def progress(what):
         def report(i, n):
-            if i == n or i % 25 == 0:
+            if i == n or i % max(25, n // 10) == 0:
                 print(f"  {what}: {i}/{n}", file=sys.stderr, flush=True)
         return report
 
@@ -206,7 +230,7 @@ def main():
             tasks = read_jsonl(path, args.limit)
             start = time.monotonic()
             correct, budgets = run_retrieval(client, registry, tasks, settings, args.max_tokens,
-                                             progress(f"retrieval {k}K"))
+                                             args.concurrency, progress(f"retrieval {k}K"))
             for label, hits in correct.items():
                 low, high = wilson(sum(hits), len(hits))
                 realised = sum(budgets[label]) / max(len(budgets[label]), 1)
@@ -217,6 +241,7 @@ def main():
             noctx = os.path.join(args.tasks, f"retrieval-{k}k-noctx.jsonl")
             if os.path.exists(noctx):
                 hits = run_retrieval_noctx(client, read_jsonl(noctx, args.limit), args.max_tokens,
+                                           args.concurrency,
                                            progress(f"retrieval {k}K, no context"))
                 low, high = wilson(sum(hits), len(hits))
                 retrieval_rows.append((f"{k}K", "no context (dense)", sum(hits), len(hits), low,
@@ -229,13 +254,16 @@ def main():
         path = os.path.join(args.tasks, f"loss-{k}k.jsonl")
         if not args.skip_loss and os.path.exists(path):
             tasks = read_jsonl(path, args.limit)
-            for label, values in run_loss(client, registry, tasks, settings,
+            for label, values in run_loss(client, registry, tasks, settings, args.concurrency,
                                           progress(f"loss {k}K")).items():
                 m, half = mean_ci(values)
                 loss_rows.append((f"{k}K", label, len(values), m, half))
                 results["cells"].append({"kind": "loss", "length_k": k, "setting": label,
                                          "tasks": len(values), "mean_nll": m, "ci95_half": half})
         registry.release()
+        if args.json:  # after every length, so a run stopped early keeps what it measured
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(results, f, indent=1)
 
     if retrieval_rows:
         print("\nRetrieval exact match (95% Wilson interval):\n")
@@ -251,9 +279,6 @@ def main():
         print("|---|---|---|---|---|")
         for length, label, n, m, half in loss_rows:
             print(f"| {length} | {label} | {m:.3f} | ±{half:.3f} | {n} |")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=1)
     client.close()
 
 
