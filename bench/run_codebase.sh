@@ -5,7 +5,9 @@
 #   bench/run_codebase.sh [BUILD] [TASKS PER FILE (0: all)] [LENGTHS IN K, comma-separated]
 # MODEL (default models/squeeze-demo: a smoke run; the benchmark's model is a code model, see
 # tools/train_code_model.py), STDLIB (default /usr/lib/python3.11), SERVER_FLAGS, BENCH_FLAGS
-# (e.g. --settings=dense,squeezed:0.1 --json=out.json).
+# (e.g. --settings=dense,squeezed:0.1 --json=out.json), TASKS (a directory of tasks made before,
+# e.g. on another machine, instead of making them here), KEEP_TASKS (copy the tasks made here to
+# this directory, so that another run can use exactly the same ones).
 set -euo pipefail
 BUILD=${1:-build}
 LIMIT=${2:-0}
@@ -20,8 +22,13 @@ tokens=()
 for k in ${LENGTHS//,/ }; do tokens+=("$((k * 1024))"); done
 tok_flag=()
 [ -f "$MODEL/tokenizer.json" ] && "$PY" -c "import tokenizers" 2>/dev/null && tok_flag=(--tokenizer "$MODEL")
-"$PY" "$ROOT/tools/codebase_tasks.py" --stdlib "$STDLIB" --out "$WORK/tasks" \
-  --lengths "$(IFS=,; echo "${tokens[*]}")" --no-context "${tok_flag[@]}" --summary >&2
+if [ -n "${TASKS:-}" ]; then
+  cp -r "$TASKS" "$WORK/tasks"
+else
+  "$PY" "$ROOT/tools/codebase_tasks.py" --stdlib "$STDLIB" --out "$WORK/tasks" \
+    --lengths "$(IFS=,; echo "${tokens[*]}")" --no-context "${tok_flag[@]}" --summary >&2
+  [ -n "${KEEP_TASKS:-}" ] && cp -r "$WORK/tasks" "$KEEP_TASKS"
+fi
 "$BUILD/squeeze-server" --model="$MODEL" --address=127.0.0.1:0 --port_file="$WORK/port" \
   --log_level=warn --max_tokens_cap=64 --default_max_tokens=64 --metrics_address= \
   ${SERVER_FLAGS:-} &
