@@ -9,6 +9,9 @@ needed, about a minute on CPU):
 Only some parts (the rest of an existing manifest.json in --out is kept):
 
     python3 tools/make_goldens.py --out tests/data/golden --only qwen2_yarn,qwen3_yarn
+    python3 tools/make_goldens.py --out tests/data/golden --only bpe_qwen2,bpe_tekken
+    /usr/bin/python3 tools/make_goldens.py --out /tmp/g --only splits,nfc   # then copy the
+        # tokenizers/splits_*.json and nfc_cases.json it writes (needs only the `regex` module)
 
 or into a fresh folder next to a copy of the committed manifest (--manifest-from), e.g. the
 model families added for issue 18:
@@ -37,6 +40,21 @@ What it writes (under --out; each part is rebuilt from scratch, nothing else is 
       pre-tokenizer's pieces.
   tokenizers/bpe_legacy/tokenizer.json, bpe_legacy_cases.json
       The same vocabulary written the older way: merges as "a b" strings, no ignore_merges.
+  tokenizers/bpe_qwen2/tokenizer.json, bpe_qwen2_cases.json
+  tokenizers/bpe_tekken/tokenizer.json, bpe_tekken_cases.json
+      Byte-level BPE tokenizer.json files in the Qwen2/2.5/3 layout (NFC normalizer, Split with
+      the Qwen2 regex, "a b" merges) and the Mistral-Nemo layout (Split with the Tekken regex,
+      ignore_merges, <s> BOS), trained with `tokenizers`, with the ids and decodes it gives for
+      every corpus string and a few more (BPE_FAMILY_EXTRA); the run also checks the Split pieces
+      against splits_*.json and the NFC normalizer against Python's unicodedata.
+  tokenizers/splits_qwen2.json, splits_tekken.json        (--only splits; no `tokenizers`)
+      The pieces the Qwen2 and Tekken Split regexes cut every corpus string (and SPLIT_EXTRA)
+      into, computed with the `regex` module (Debian's python3-regex: run with /usr/bin/python3),
+      which first must give `tokenizers`' own Llama-3 pieces of bpe_cases.json exactly.
+  tokenizers/nfc_cases.json                                (--only nfc; no `tokenizers`)
+      unicodedata.normalize("NFC") of targeted strings (every code point with a canonical
+      decomposition, its NFD, Hangul, reordering, blocking, exclusions, singletons, random mark
+      soups) and of the corpus strings it changes.
   tokenizers/corpus.json
       The conformance corpus (>= 2000 strings), generated deterministically below.
   manifest.json
@@ -164,6 +182,18 @@ ARCH_CLASSES = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
 # The Llama-3 pre-tokenization regex, as in Meta's tokenizer.json.
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
                   r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# The Split regexes of the other byte-level BPE families (issue 18), as in their tokenizer.json:
+# Qwen2/2.5/3 (transformers' Qwen2Tokenizer PRETOKENIZE_REGEX: Llama-3's with single digits) and
+# Mistral-Nemo's Tekken (llama.cpp's "original regex from tokenizer.json" for
+# Mistral-Nemo-Base-2407; transformers' fix_mistral_regex writes the same).
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
+                 r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+TEKKEN_PATTERN = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*"
+                  r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|"
+                  r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+"
+                  r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|"
+                  r"\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+SPLIT_PATTERNS = {"qwen2": QWEN2_PATTERN, "tekken": TEKKEN_PATTERN}
 BPE_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>"]
 BPE_MORE_SPECIAL = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 BPE_ADDED = [("<think>", False), ("squeezed attention", True)]  # (content, normalized)
@@ -887,6 +917,300 @@ def build_bpe(out_dir, corpus):
     return results
 
 
+# ---- Split pieces and NFC without `tokenizers` (--only splits,nfc) ---------------------------
+
+# Strings beyond the corpus for the Split goldens: case changes inside words (Tekken), titlecase
+# (Lt) and modifier (Lm) letters, combining marks after spaces and at the start, "/" after line
+# breaks, digit runs. The corpus itself stays as it is: bpe_cases.json indexes it.
+SPLIT_EXTRA = [
+    "eBay", "NaOH", "iPhone 15 Pro", "HTTPServer", "McDonald's", "ABCdef", "ABc", "aBC",
+    "XMLHttpRequest parseJSON toString getHTTPResponseCode", "ǅungla ǅA Ǆ ǆ ǈj Lǈ",
+    "ʰello hʰ ʰA Aʰb", "日本語abcDEF", "ÀÉÎõü ÑaÑ", "ΣίσυφοςΑΒΓ", "ПриветМИР мирПривет",
+    "x\n/y", "a/b//c", "!\n/\n/x", "path/to/file.txt\r\n/next", " /\n", "/\r\n", " //x",
+    "e\u0301t\u00e9", "\u0301x", "\u0301 ", "  \u0301X", "A\u0301B\u0301c", "a\u0301B",
+    " \u0301", "\u0301\u0302", "x\u20dd", "a\u0308\u0301Z", "\u00a0\u0301a", "\t\u0301b",
+    "!\u0301a", "\n\u0301a", "1\u0301a", "नमस्ते Hindi", "क्षत्रियKSH", "Ⅻ Ⅷabc", "1234567890",
+    "٣٤٥٦", "x²³", "3.14159 2024-01-15 1,000,000", "don't WON'T I'M they're we'VE",
+    "'s'S 'll'LL", "a'b 'x", "  \n\n  x", "x \u3000y", "end \u2028",
+]
+BPE_FAMILY_EXTRA = SPLIT_EXTRA + [
+    "cafe\u0301 au lait", "café au lait", "I like cafe\u0301 au lait.", "e\u0301\u0301",
+    "\u1100\u1161\u11a8 한국어 \u1112\u1161\u11ab", "\u212b\u2126 Å Ω", "\u0958 \u0915\u093c",
+    "a\u0323\u0302 a\u0302\u0323 \u1ead", "squeezed attention", "<think>x</think>",
+    "<|im_start|>user\nHi<|im_end|>", "[INST]hi[/INST]", "<s>x</s>",
+]
+
+
+def regex_module():
+    try:
+        import regex
+    except ImportError as e:
+        raise RuntimeError("this part needs the `regex` module (Debian: apt-get install "
+                           "python3-regex, then run with /usr/bin/python3)") from e
+    return regex
+
+
+def split_lengths(compiled, text):
+    """UTF-8 byte lengths of the pieces Split(pattern, isolated) cuts `text` into."""
+    pieces = [m.group(0) for m in compiled.finditer(text)]
+    if "".join(pieces) != text:  # every supported pattern matches every code point
+        raise RuntimeError(f"pieces do not cover {text!r}")
+    return [len(p.encode("utf-8")) for p in pieces]
+
+
+def repo_golden(*parts):
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data",
+                        "golden", *parts)
+
+
+def build_splits(out_dir, corpus):
+    regex = regex_module()
+    tok_dir = os.path.join(out_dir, "tokenizers")
+    # The `regex` module must cut the corpus exactly as `tokenizers` (Oniguruma) does: its
+    # Llama-3 pieces are checked against the library's own, stored in bpe_cases.json.
+    reference = os.path.join(tok_dir, "bpe_cases.json")
+    if not os.path.exists(reference):
+        reference = repo_golden("tokenizers", "bpe_cases.json")
+    with open(reference, encoding="utf-8") as f:
+        library_splits = json.load(f)["splits"]
+    llama3 = regex.compile(LLAMA3_PATTERN)
+    bad = [i for i, text in enumerate(corpus)
+           if [m.group(0) for m in llama3.finditer(text)] != library_splits[i]]
+    if bad:
+        raise RuntimeError(f"the regex module cuts {len(bad)} corpus strings differently from "
+                           f"tokenizers' Llama-3 Split, e.g. {corpus[bad[0]]!r}")
+    log(f"splits: the regex module {regex.__version__} gives tokenizers' Llama-3 pieces for all "
+        f"{len(corpus)} corpus strings")
+    results = {}
+    for name, pattern in SPLIT_PATTERNS.items():
+        compiled = regex.compile(pattern)
+        lengths = [split_lengths(compiled, text) for text in corpus + SPLIT_EXTRA]
+        path = os.path.join(tok_dir, f"splits_{name}.json")
+        write_json(path, {
+            "format": 1, "pattern": pattern, "corpus": "corpus.json", "extra": SPLIT_EXTRA,
+            "generator": f"python regex {regex.__version__}",
+            "lengths": lengths,
+            "note": "lengths[i] = the UTF-8 byte lengths of the pieces Split(pattern, "
+                    "behavior=isolated) cuts text i into, for the corpus strings then extra; "
+                    "computed with the regex module, which gives tokenizers' Llama-3 pieces of "
+                    "bpe_cases.json for the whole corpus"})
+        results[name] = {"file": f"tokenizers/splits_{name}.json",
+                         "pieces": sum(len(row) for row in lengths)}
+        log(f"splits_{name}: {len(lengths)} strings, {results[name]['pieces']} pieces, "
+            f"{os.path.getsize(path) / 1e3:.0f} KB")
+    results["regex_version"] = regex.__version__
+    return results
+
+
+def nfc_cases():
+    """(input, NFC) pairs that exercise every step of NFC."""
+    nfc = lambda s: unicodedata.normalize("NFC", s)  # noqa: E731
+    nfd = lambda s: unicodedata.normalize("NFD", s)  # noqa: E731
+    decomposable = [chr(cp) for cp in range(0x110000)
+                    if not 0xAC00 <= cp <= 0xD7A3 and unicodedata.decomposition(chr(cp))
+                    and not unicodedata.decomposition(chr(cp)).startswith("<")]
+    texts = []
+    # Every code point with a canonical decomposition, alone in its chunk's context, and its NFD.
+    for i in range(0, len(decomposable), 48):
+        chunk = "".join(decomposable[i:i + 48])
+        texts += [chunk, nfd(chunk), " ".join(decomposable[i:i + 48])]
+    # Hangul: syllables (precomposed and as jamo), LV + T, T outside the composable range,
+    # lone jamo, jamo around other text.
+    syllables = "".join(chr(0xAC00 + k) for k in range(0, 11172, 37))
+    texts += [syllables, nfd(syllables), "\u1100\u1161", "\u1100\u1161\u11a8", "\uac00\u11a8",
+              "\uac00\u11a7", "\uac01\u11a8", "\u1100\u11a8", "\u1161\u11a8", "\u1100",
+              "\u1100\u1100\u1161\u1161", "\u1100\u0301\u1161", "\u1100\u1161\u0301\u11a8",
+              "a\u1161", "\u11c2\u1100\u1175\u11c2x"]
+    # Canonical ordering and blocking.
+    texts += ["a\u0323\u0302", "a\u0302\u0323", "a\u0301\u0301", "a\u0315\u0301",
+              "a\u031b\u0323\u0302\u0301", "\u0301a", "\u0301\u0300a\u0300", "e\u0301\u0327",
+              "e\u0327\u0301", "o\u0308\u0304", "o\u0304\u0308", "u\u0308\u0301\u0323",
+              "\u03b1\u0313\u0301\u0345", "\u03b1\u0345\u0301\u0313", "a\u0338\u0301",
+              "A\u030a\u0301", "s\u0323\u0307", "s\u0307\u0323", "q\u0307\u0323",
+              "\u05d0\u05b8\u05bc", "\u0915\u093c\u094d", "a\u0300\u0301\u0302\u0303\u0304"]
+    # Composition exclusions, singletons, non-starter decompositions, starter + starter pairs.
+    texts += ["\u0958\u0959\u095a", "\u0915\u093c", "\ufb2a\u05e9\u05c1", "\u2adc",
+              "\u2add\u0338", "\u212b\u2126\u212a\uf900\u2f800", "\u0340\u0341\u0343\u0344",
+              "a\u0344", "\u0f73\u0f75\u0f81", "\u0f40\u0f71\u0f72", "\u0b47\u0b3e",
+              "\u0b47\u0b57", "\u0b47\u0b3e\u0b57", "\u0dd9\u0dcf\u0dca", "\u1025\u102e",
+              "\u1b05\u1b35", "\U000110a5\U000110ba", "\U00011347\U0001133e",
+              "\u0061\u0328\u0301", "\u1e9b\u0323", "\u1fc1", "\u1fee\u0301"]
+    # Random soups of bases, marks, jamo, precomposed letters, exclusions and singletons.
+    rng = random.Random(20240601)
+    pool = (list("aeiouAEIOUnNcCsSyYwWzZ ") + ["\u03b1", "\u03c9", "\u0399", "\u0415"]
+            + [chr(c) for c in (0x300, 0x301, 0x302, 0x303, 0x304, 0x306, 0x307, 0x308,
+                                0x30a, 0x30c, 0x313, 0x314, 0x315, 0x31b, 0x323, 0x327,
+                                0x328, 0x334, 0x338, 0x342, 0x345, 0x5b4, 0x5bc, 0x93c,
+                                0x94d, 0xf71, 0xf72, 0xf80, 0x1dc0, 0x20d0, 0x3099)]
+            + [chr(c) for c in (0x1100, 0x1109, 0x1161, 0x1175, 0x11a7, 0x11a8, 0x11c2, 0xac00,
+                                0xd7a3, 0xc0, 0xe9, 0x1e69, 0x1ead, 0x1f71, 0x958, 0xfb2a,
+                                0x212b, 0xf900, 0x344, 0xf73, 0x915, 0x5d0, 0x3046, 0x304b)])
+    for _ in range(400):
+        texts.append("".join(rng.choice(pool) for _ in range(rng.randint(1, 14))))
+    return [[t, nfc(t)] for t in texts]
+
+
+def build_nfc(out_dir, corpus):
+    tok_dir = os.path.join(out_dir, "tokenizers")
+    cases = nfc_cases()
+    changed = [[i, unicodedata.normalize("NFC", s)] for i, s in enumerate(corpus)
+               if unicodedata.normalize("NFC", s) != s]
+    path = os.path.join(tok_dir, "nfc_cases.json")
+    write_json(path, {
+        "format": 1, "unicodedata": unicodedata.unidata_version, "cases": cases,
+        "corpus_changed": changed,
+        "note": "cases[k] = [text, unicodedata.normalize('NFC', text)]; corpus_changed lists "
+                "[i, NFC(corpus[i])] for the corpus strings NFC changes (the others it keeps)"})
+    log(f"nfc: {len(cases)} cases ({sum(a != b for a, b in cases)} changed by NFC), "
+        f"{len(changed)} corpus strings changed, {os.path.getsize(path) / 1e3:.0f} KB")
+    return {"file": "tokenizers/nfc_cases.json", "cases": len(cases),
+            "corpus_changed": len(changed), "unicodedata": unicodedata.unidata_version}
+
+
+# ---- Qwen2 and Mistral-Nemo tokenizer.json layouts (--only bpe_qwen2,bpe_tekken) -------------
+
+BPE_FAMILIES = {
+    # Qwen2/2.5/3: NFC, Qwen2 regex, no BOS (ByteLevel post-processor), "a b" merges, no
+    # ignore_merges; "<think>" as in Qwen3; a normalized added token whose content is not NFC.
+    "bpe_qwen2": dict(
+        seed=12, pattern=QWEN2_PATTERN, nfc=True, ignore_merges=False,
+        merges="strings", special=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        more_special=[], bos=None,
+        added=[("<think>", False), ("</think>", False), ("squeezed attention", True),
+               ("cafe\u0301 au lait", True)]),
+    # Mistral-Nemo (Tekken): no normalizer, Tekken regex, <s> BOS, ["a", "b"] merges,
+    # ignore_merges.
+    "bpe_tekken": dict(
+        seed=13, pattern=TEKKEN_PATTERN, nfc=False, ignore_merges=True,
+        merges="pairs", special=["<unk>", "<s>", "</s>"], more_special=["[INST]", "[/INST]"],
+        bos="<s>", added=[("squeezed attention", True)]),
+}
+# Mixed-case words and combining marks, so that the trained merges meet what the regexes split.
+FAMILY_TRAINING_EXTRA = ("eBay iPhone NaOH McDonald HTTPServer XMLHttpRequest parseJSON "
+                         "toString café naïve résumé crème brûlée 한국어 서울 path/to/file "
+                         "1234567890").split()
+
+
+def build_bpe_family(out_dir, corpus, variant):
+    import tokenizers
+    from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers,
+                            pre_tokenizers, processors, trainers)
+    spec = BPE_FAMILIES[variant]
+    tok_dir = os.path.join(out_dir, "tokenizers")
+    tok = Tokenizer(models.BPE())
+    if spec["nfc"]:
+        tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(spec["pattern"]), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1000, min_frequency=2, show_progress=False,
+                                  special_tokens=spec["special"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    rng = random.Random(spec["seed"])
+    texts = training_texts(spec["seed"], 3000, allow_newlines=True)
+    texts += [" ".join(rng.choice(FAMILY_TRAINING_EXTRA) for _ in range(rng.randint(3, 12)))
+              for _ in range(500)]
+    tok.train_from_iterator(texts, trainer=trainer)
+    if spec["more_special"]:
+        tok.add_special_tokens(spec["more_special"])
+    tok.add_tokens([AddedToken(content, special=False, normalized=normalized)
+                    for content, normalized in spec["added"]])
+    if spec["bos"]:
+        bos = tok.token_to_id(spec["bos"])
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{spec['bos']} $A", pair=f"{spec['bos']} $A {spec['bos']} $B",
+            special_tokens=[(spec["bos"], bos)])
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    data = json.loads(tok.to_str())
+
+    # Sanity: the saved layout is the one the engine implements for this family.
+    normalizer = data.get("normalizer")
+    pre = data.get("pre_tokenizer") or {}
+    pretoks = pre.get("pretokenizers") or [{}, {}]
+    if ((normalizer or {}).get("type") != ("NFC" if spec["nfc"] else None)
+            or pre.get("type") != "Sequence"
+            or pretoks[0].get("pattern", {}).get("Regex") != spec["pattern"]
+            or pretoks[1].get("use_regex") is not False):
+        raise RuntimeError(f"unexpected layout: normalizer {normalizer}, pre_tokenizer "
+                           f"{json.dumps(pre)[:400]}")
+    merges = data["model"]["merges"]
+    if spec["merges"] == "pairs":
+        data["model"]["merges"] = [m.split(" ") if isinstance(m, str) else m for m in merges]
+    else:
+        data["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m for m in merges]
+    data["model"]["ignore_merges"] = spec["ignore_merges"]
+
+    vdir = os.path.join(tok_dir, variant)
+    os.makedirs(vdir, exist_ok=True)
+    path = os.path.join(vdir, "tokenizer.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False, indent=1)
+        f.write("\n")
+    loaded = Tokenizer.from_file(path)  # the ids come from exactly the file on disk
+    reread = json.loads(loaded.to_str())
+    if bool(reread["model"].get("ignore_merges")) != spec["ignore_merges"]:
+        raise RuntimeError("tokenizers changed model.ignore_merges on load")
+
+    strings = corpus + BPE_FAMILY_EXTRA
+    ids, decoded = [], []
+    for text in strings:
+        row = [int(i) for i in loaded.encode(text, add_special_tokens=False).ids]
+        back = loaded.decode(row, skip_special_tokens=True)
+        ids.append(row)
+        decoded.append(None if back == text else back)
+
+    # Cross-checks of the goldens made without `tokenizers`: the library's Split pieces against
+    # splits_*.json, its NFC against unicodedata (nfc_cases.json).
+    checks = {}
+    name = variant[len("bpe_"):]
+    split_file = os.path.join(tok_dir, f"splits_{name}.json")
+    if not os.path.exists(split_file):
+        split_file = repo_golden("tokenizers", f"splits_{name}.json")
+    if os.path.exists(split_file):
+        with open(split_file, encoding="utf-8") as f:
+            split_golden = json.load(f)
+        split = pre_tokenizers.Split(Regex(spec["pattern"]), behavior="isolated", invert=False)
+        texts = corpus + split_golden["extra"]
+        bad = [i for i, text in enumerate(texts)
+               if [len(p.encode("utf-8")) for p, _ in split.pre_tokenize_str(text)]
+               != split_golden["lengths"][i]]
+        checks["split_mismatches"] = len(bad)
+        if bad:
+            raise RuntimeError(f"tokenizers' Split cuts {len(bad)} strings differently from "
+                               f"{split_file}, e.g. {texts[bad[0]]!r}")
+    if spec["nfc"]:
+        nfc_texts = [t for t, _ in nfc_cases()] + corpus
+        bad = [t for t in nfc_texts
+               if loaded.normalizer.normalize_str(t) != unicodedata.normalize("NFC", t)]
+        checks["nfc_mismatches_vs_unicodedata"] = len(bad)
+        if bad:  # recorded, not fatal: the library's Unicode version may be older
+            log(f"{variant}: tokenizers' NFC differs from unicodedata "
+                f"{unicodedata.unidata_version} on {len(bad)} of {len(nfc_texts)} strings, "
+                f"e.g. {bad[0]!r}")
+        if any(loaded.normalizer.normalize_str(t) != unicodedata.normalize("NFC", t)
+               for t in strings):
+            raise RuntimeError("tokenizers' NFC differs from unicodedata on a tested string")
+
+    cases = {"format": 1, "tokenizer": f"{variant}/tokenizer.json",
+             "vocab_size": loaded.get_vocab_size(with_added_tokens=True),
+             "extra": BPE_FAMILY_EXTRA, "ids": ids, "decoded": decoded,
+             "bos": spec["bos"], "checks": checks,
+             "note": "ids[i] = Tokenizer.encode(text i, add_special_tokens=False).ids for the "
+                     "corpus strings then extra; decoded[i] = decode(ids, "
+                     "skip_special_tokens=True) when it differs from the text, else null"}
+    write_json(os.path.join(tok_dir, f"{variant}_cases.json"), cases)
+    round_trips = sum(1 for d in decoded if d is None)
+    log(f"{variant}: vocab {cases['vocab_size']}, {len(merges)} merges, {len(strings)} cases, "
+        f"{round_trips} round-trip, checks {checks}")
+    return {"tokenizer": f"tokenizers/{variant}/tokenizer.json",
+            "cases": f"tokenizers/{variant}_cases.json", "vocab_size": cases["vocab_size"],
+            "round_trips": round_trips, "checks": checks,
+            "tokenizers_version": tokenizers.__version__}
+
+
 # =============================================================================================
 
 def versions():
@@ -911,7 +1235,8 @@ def main():
     parser.add_argument("--out", required=True, help="output directory (tests/data/golden)")
     parser.add_argument("--only", default="", help="comma-separated subset of parts to build: "
                         "model names, 'families' (the models of FAMILIES), 'sentencepiece', "
-                        "'bpe' (default: everything)")
+                        "'bpe', 'bpe_qwen2', 'bpe_tekken', 'splits', 'nfc' (default: "
+                        "everything)")
     parser.add_argument("--manifest-from", default="", help="with --only: the manifest.json whose "
                         "other entries are kept (default: --out's own, when present)")
     args = parser.parse_args()
@@ -921,7 +1246,14 @@ def main():
     only = set(filter(None, args.only.split(",")))
     if "families" in only:
         only = (only - {"families"}) | set(FAMILIES)
-    unknown = only - {m["name"] for m in MODELS} - {"sentencepiece", "bpe"}
+    tokenizer_parts = [
+        ("sentencepiece", build_sentencepiece), ("bpe", build_bpe),
+        # splits and nfc need no `tokenizers`; the families cross-check against them.
+        ("splits", build_splits), ("nfc", build_nfc),
+        ("bpe_qwen2", lambda out, corpus: build_bpe_family(out, corpus, "bpe_qwen2")),
+        ("bpe_tekken", lambda out, corpus: build_bpe_family(out, corpus, "bpe_tekken")),
+    ]
+    unknown = only - {m["name"] for m in MODELS} - {part for part, _ in tokenizer_parts}
     if unknown:
         parser.error(f"--only names unknown parts: {sorted(unknown)}")
     wanted = lambda part: not only or part in only  # noqa: E731
@@ -944,7 +1276,7 @@ def main():
                {"format": 1, "strings": corpus})
     log(f"corpus: {len(corpus)} strings, {sum(len(s) for s in corpus)} code points")
 
-    for part, fn in (("sentencepiece", build_sentencepiece), ("bpe", build_bpe)):
+    for part, fn in tokenizer_parts:
         if not wanted(part):
             continue
         try:
@@ -972,8 +1304,9 @@ def main():
                 failures.append(spec["name"])
                 log(f"{spec['name']}: FAILED\n{traceback.format_exc()}")
     except ImportError:
-        failures.append("torch/transformers import")
-        log(f"cannot import torch/transformers:\n{traceback.format_exc()}")
+        if any(wanted(spec["name"]) for spec in MODELS):  # tokenizer-only runs need no torch
+            failures.append("torch/transformers import")
+            log(f"cannot import torch/transformers:\n{traceback.format_exc()}")
 
     manifest.update({"format": 1, "command": COMMAND, "versions": vers,
                      "corpus": "tokenizers/corpus.json", "corpus_size": len(corpus),

@@ -12,6 +12,8 @@
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 #include "engine/tokenizer/llama3_pretokenizer.h"
+#include "engine/tokenizer/nfc.h"
+#include "engine/tokenizer/tekken_pretokenizer.h"
 #include "engine/tokenizer/unicode.h"
 #include "nlohmann/json.hpp"
 
@@ -89,30 +91,59 @@ absl::Status RequireFalse(const Ctx& ctx, const json& obj, std::string_view key,
   return absl::OkStatus();
 }
 
-absl::Status CheckPreTokenizer(const Ctx& ctx, const json* pre) {
-  constexpr char kExpected[] =
-      "expected Sequence[Split(<the Llama-3 regex>, behavior=Isolated), "
-      "ByteLevel(add_prefix_space=false, use_regex=false)]";
-  if (pre == nullptr) return ctx.Unsupported("pre_tokenizer", absl::StrCat("null; ", kExpected));
+using SplitFunction = std::vector<std::string_view> (*)(std::string_view text);
+
+// The Split regexes this implementation reproduces, each by a hand-written matcher.
+struct SplitLayout {
+  std::string_view name;
+  std::string_view pattern;
+  SplitFunction split;
+};
+const std::array<SplitLayout, 3>& SplitLayouts() {
+  static const std::array<SplitLayout, 3> layouts = {{
+      {"Llama-3", kLlama3SplitPattern, SplitLlama3},
+      {"Qwen2", kQwen2SplitPattern, SplitQwen2},
+      {"Tekken (Mistral-Nemo)", kTekkenSplitPattern, SplitTekken},
+  }};
+  return layouts;
+}
+
+// Checks the pre_tokenizer layout and returns the split function of its regex.
+absl::StatusOr<SplitFunction> CheckPreTokenizer(const Ctx& ctx, const json* pre) {
+  std::string names;
+  for (const SplitLayout& layout : SplitLayouts()) {
+    absl::StrAppend(&names, names.empty() ? "" : ", ", Sv(layout.name));
+  }
+  const std::string expected =
+      absl::StrCat("expected Sequence[Split(<the ", names, " regex>, behavior=Isolated), ",
+                   "ByteLevel(add_prefix_space=false, use_regex=false)]");
+  if (pre == nullptr) return ctx.Unsupported("pre_tokenizer", absl::StrCat("null; ", expected));
   const json* type = Field(*pre, "type");
   const json* list = Field(*pre, "pretokenizers");
   if (type == nullptr || *type != "Sequence" || list == nullptr || !list->is_array() ||
       list->size() != 2) {
     return ctx.Unsupported("pre_tokenizer",
-                           absl::StrCat(pre->dump().substr(0, 200), "; ", kExpected));
+                           absl::StrCat(pre->dump().substr(0, 200), "; ", expected));
   }
   const json& split = (*list)[0];
   const json& byte_level = (*list)[1];
   if (Field(split, "type") == nullptr || split["type"] != "Split") {
-    return ctx.Unsupported("pre_tokenizer.pretokenizers[0]", kExpected);
+    return ctx.Unsupported("pre_tokenizer.pretokenizers[0]", expected);
   }
   const json* pattern = Field(split, "pattern");
   const json* regex = pattern == nullptr ? nullptr : Field(*pattern, "Regex");
-  if (regex == nullptr || !regex->is_string() ||
-      regex->get<std::string>() != std::string(kLlama3SplitPattern)) {
-    return ctx.Unsupported("pre_tokenizer.pretokenizers[0].pattern",
-                           absl::StrCat("only the Llama-3 regex is implemented, got ",
-                                        pattern == nullptr ? "null" : pattern->dump()));
+  const SplitLayout* layout = nullptr;
+  if (regex != nullptr && regex->is_string()) {
+    const std::string& text = regex->get_ref<const std::string&>();
+    for (const SplitLayout& l : SplitLayouts()) {
+      if (text == l.pattern) layout = &l;
+    }
+  }
+  if (layout == nullptr) {
+    return ctx.Unsupported(
+        "pre_tokenizer.pretokenizers[0].pattern",
+        absl::StrCat("only the ", names, " regexes are implemented, got ",
+                     pattern == nullptr ? "null" : pattern->dump().substr(0, 300)));
   }
   const json* behavior = Field(split, "behavior");
   if (behavior == nullptr || *behavior != "Isolated") {
@@ -120,16 +151,16 @@ absl::Status CheckPreTokenizer(const Ctx& ctx, const json* pre) {
   }
   RETURN_IF_ERROR(RequireFalse(ctx, split, "invert", "pre_tokenizer.pretokenizers[0]"));
   if (Field(byte_level, "type") == nullptr || byte_level["type"] != "ByteLevel") {
-    return ctx.Unsupported("pre_tokenizer.pretokenizers[1]", kExpected);
+    return ctx.Unsupported("pre_tokenizer.pretokenizers[1]", expected);
   }
   RETURN_IF_ERROR(
       RequireFalse(ctx, byte_level, "add_prefix_space", "pre_tokenizer.pretokenizers[1]"));
   const json* use_regex = Field(byte_level, "use_regex");
   if (use_regex == nullptr || !use_regex->is_boolean() || use_regex->get<bool>()) {
-    // The default is true (the GPT-2 regex on top of the Split): not the Llama-3 layout.
+    // The default is true (the GPT-2 regex on top of the Split): not a supported layout.
     return ctx.Unsupported("pre_tokenizer.pretokenizers[1].use_regex", "only false");
   }
-  return absl::OkStatus();
+  return layout->split;
 }
 
 // "<s>" or {"content": "<s>", ...} (tokenizer_config.json writes both forms).
@@ -161,11 +192,11 @@ const std::array<char32_t, 256>& ByteToUnicode() {
 void BpeTokenizer::AddedTokenSet::Index() {
   // Longest first, so the first match found at a position is the longest one there.
   std::stable_sort(tokens.begin(), tokens.end(), [](const AddedToken& a, const AddedToken& b) {
-    return a.content.size() > b.content.size();
+    return a.match.size() > b.match.size();
   });
   for (auto& list : by_first_byte) list.clear();
   for (size_t i = 0; i < tokens.size(); ++i) {
-    by_first_byte[static_cast<unsigned char>(tokens[i].content[0])].push_back(static_cast<int>(i));
+    by_first_byte[static_cast<unsigned char>(tokens[i].match[0])].push_back(static_cast<int>(i));
   }
 }
 
@@ -199,10 +230,14 @@ absl::Status BpeTokenizer::Parse(std::string_view json_text, std::string_view or
 
   // ---- pipeline stages this implementation reproduces ---------------------------------------
   if (const json* normalizer = Field(root, "normalizer"); normalizer != nullptr) {
-    return ctx.Unsupported("normalizer", absl::StrCat("only null is implemented, got ",
-                                                      normalizer->dump().substr(0, 200)));
+    const json* type = Field(*normalizer, "type");
+    if (type == nullptr || *type != "NFC") {
+      return ctx.Unsupported("normalizer", absl::StrCat("only null and NFC are implemented, got ",
+                                                        normalizer->dump().substr(0, 200)));
+    }
+    nfc_ = true;
   }
-  RETURN_IF_ERROR(CheckPreTokenizer(ctx, Field(root, "pre_tokenizer")));
+  ASSIGN_OR_RETURN(split_, CheckPreTokenizer(ctx, Field(root, "pre_tokenizer")));
   const json* decoder = Field(root, "decoder");
   if (decoder == nullptr || Field(*decoder, "type") == nullptr ||
       (*decoder)["type"] != "ByteLevel") {
@@ -309,7 +344,9 @@ absl::Status BpeTokenizer::Parse(std::string_view json_text, std::string_view or
   for (const Added& a : added) {
     tokens_[a.id].bytes = a.special ? "" : a.content;
     tokens_[a.id].kind = a.special ? TokenInfo::kSpecial : TokenInfo::kAdded;
-    (a.normalized ? normalized_added_ : raw_added_).tokens.push_back({a.content, a.id});
+    // Like `tokenizers`, normalized tokens are looked for in their normalized form.
+    std::string match = a.normalized && nfc_ ? ToNfc(a.content) : a.content;
+    (a.normalized ? normalized_added_ : raw_added_).tokens.push_back({a.content, match, a.id});
     added_by_content_[a.content] = a.id;
   }
   raw_added_.Index();
@@ -427,7 +464,7 @@ void BpeTokenizer::SplitAddedTokens(const AddedTokenSet& set, std::vector<Segmen
       const AddedToken* match = nullptr;
       for (int i : set.by_first_byte[static_cast<unsigned char>(text[pos])]) {
         const AddedToken& t = set.tokens[i];
-        if (text.compare(pos, t.content.size(), t.content) == 0) {
+        if (text.compare(pos, t.match.size(), t.match) == 0) {
           match = &t;
           break;
         }
@@ -437,8 +474,8 @@ void BpeTokenizer::SplitAddedTokens(const AddedTokenSet& set, std::vector<Segmen
         continue;
       }
       if (pos > start) out.push_back({text.substr(start, pos - start), -1});
-      out.push_back({text.substr(pos, match->content.size()), match->id});
-      pos += match->content.size();
+      out.push_back({text.substr(pos, match->match.size()), match->id});
+      pos += match->match.size();
       start = pos;
     }
     if (start < text.size()) out.push_back({text.substr(start), -1});
@@ -522,14 +559,24 @@ void BpeTokenizer::EncodePiece(std::string_view bytes, std::vector<int32_t>* ids
 absl::StatusOr<std::vector<int32_t>> BpeTokenizer::Encode(std::string_view text) const {
   std::vector<Segment> segments = {{text, -1}};
   SplitAddedTokens(raw_added_, &segments);
-  SplitAddedTokens(normalized_added_, &segments);  // no normalizer: the text is unchanged
+  // The normalizer applies to each text segment between the special tokens, as in `tokenizers`.
+  std::vector<std::string> normalized;  // owns the normalized segments' text
+  if (nfc_) {
+    normalized.reserve(segments.size());  // no reallocation: the views below stay valid
+    for (Segment& seg : segments) {
+      if (seg.id >= 0) continue;
+      normalized.push_back(ToNfc(seg.text));
+      seg.text = normalized.back();
+    }
+  }
+  SplitAddedTokens(normalized_added_, &segments);
   std::vector<int32_t> ids;
   for (const Segment& seg : segments) {
     if (seg.id >= 0) {
       ids.push_back(seg.id);
       continue;
     }
-    for (std::string_view piece : SplitLlama3(seg.text)) EncodePiece(piece, &ids);
+    for (std::string_view piece : split_(seg.text)) EncodePiece(piece, &ids);
   }
   return ids;
 }

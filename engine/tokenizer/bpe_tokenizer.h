@@ -1,16 +1,20 @@
-// Tokenizer over a Hugging Face `tokenizer.json` with byte-level BPE (the Llama-3 family).
+// Tokenizer over a Hugging Face `tokenizer.json` with byte-level BPE (Llama-3, Qwen2/2.5/3,
+// Mistral-Nemo).
 //
 // Encoding follows `tokenizers` step by step, so ids match the library id for id:
 //   1. added tokens are cut out first, leftmost-longest: those with normalized=false (special
-//      tokens), then those with normalized=true in what is left;
-//   2. the Llama-3 regex splits the rest (engine/tokenizer/llama3_pretokenizer.h);
-//   3. each piece's bytes map to the GPT-2 byte-level alphabet; with `ignore_merges` a piece that
+//      tokens), then, in the normalized text between them, those with normalized=true;
+//   2. the normalizer (none, or NFC: engine/tokenizer/nfc.h) applies to the text between the
+//      special tokens;
+//   3. the Split regex cuts the rest into pieces: Llama-3's or Qwen2's
+//      (engine/tokenizer/llama3_pretokenizer.h) or Tekken's (tekken_pretokenizer.h);
+//   4. each piece's bytes map to the GPT-2 byte-level alphabet; with `ignore_merges` a piece that
 //      is itself in the vocabulary is one token, otherwise BPE merges adjacent symbols, lowest
 //      merge rank first (leftmost on ties).
-// Supported layout: normalizer null; pre_tokenizer Sequence[Split(Llama-3 regex, Isolated),
-// ByteLevel(add_prefix_space=false, use_regex=false)]; model BPE (merges as "a b" strings or
-// ["a", "b"] pairs, optional unk_token/fuse_unk/ignore_merges); decoder ByteLevel. Anything else
-// is refused with an error naming the field.
+// Supported layout: normalizer null or NFC; pre_tokenizer Sequence[Split(one of those regexes,
+// Isolated), ByteLevel(add_prefix_space=false, use_regex=false)]; model BPE (merges as "a b"
+// strings or ["a", "b"] pairs, optional unk_token/fuse_unk/ignore_merges); decoder ByteLevel.
+// Anything else is refused with an error naming the field.
 #pragma once
 
 #include <array>
@@ -63,7 +67,8 @@ class BpeTokenizer final : public Tokenizer {
     enum Kind : uint8_t { kNone, kModel, kAdded, kSpecial } kind = kNone;
   };
   struct AddedToken {
-    std::string content;
+    std::string content;  // as written in tokenizer.json
+    std::string match;    // what Encode looks for: content, normalized when normalized=true
     int32_t id;
   };
   struct Merge {
@@ -98,6 +103,9 @@ class BpeTokenizer final : public Tokenizer {
   AddedTokenSet raw_added_;                          // normalized = false (special tokens)
   AddedTokenSet normalized_added_;                   // normalized = true
   absl::flat_hash_map<std::string, int32_t> added_by_content_;
+  // Splits text into pre-tokens (the Split regex of the file).
+  std::vector<std::string_view> (*split_)(std::string_view text) = nullptr;
+  bool nfc_ = false;  // normalizer NFC
   bool ignore_merges_ = false;
   int32_t unk_id_ = -1;
   bool fuse_unk_ = false;

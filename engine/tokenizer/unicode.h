@@ -1,9 +1,11 @@
-// The few Unicode facts the byte-level BPE pre-tokenizer needs: UTF-8 decoding and encoding, and
-// the classes \p{L}, \p{N} and \s of the Llama-3 pre-tokenization regex. The tables live in the
-// generated unicode_tables.cc (tools/gen_unicode_tables.py).
+// The few Unicode facts the byte-level BPE tokenizers need: UTF-8 decoding and encoding, the
+// classes the Split pre-tokenizer regexes test (\p{L}, \p{N}, \s; Tekken's Lu/Lt, Ll and \p{M}),
+// and the canonical normalization data of NFC. The tables live in the generated
+// unicode_tables.cc and normalization_tables.cc (tools/gen_unicode_tables.py).
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -11,9 +13,22 @@ namespace squeeze::unicode {
 
 extern const char* const kUnicodeVersion;  // of the tables, e.g. "14.0.0"
 
-bool IsLetter(char32_t c);      // general category L* (Lu, Ll, Lt, Lm, Lo)
-bool IsNumber(char32_t c);      // general category N* (Nd, Nl, No)
-bool IsWhiteSpace(char32_t c);  // White_Space: Zs, Zl, Zp, U+0009..U+000D, U+0085
+bool IsLetter(char32_t c);            // general category L* (Lu, Ll, Lt, Lm, Lo)
+bool IsNumber(char32_t c);            // general category N* (Nd, Nl, No)
+bool IsWhiteSpace(char32_t c);        // White_Space: Zs, Zl, Zp, U+0009..U+000D, U+0085
+bool IsUpperOrTitlecase(char32_t c);  // general category Lu or Lt
+bool IsLowercase(char32_t c);         // general category Ll
+bool IsMark(char32_t c);              // general category M* (Mn, Mc, Me)
+
+// Canonical normalization data (engine/tokenizer/nfc.h uses it). Hangul syllables, which
+// decompose and compose algorithmically, are in neither mapping.
+uint8_t CanonicalCombiningClass(char32_t c);  // 0 for starters and unassigned code points
+// One level of c's canonical decomposition mapping: returns 0 (none), 1 (*first) or 2 (*first,
+// *second); the parts may decompose further.
+int CanonicalDecomposition(char32_t c, char32_t* first, char32_t* second);
+// The primary composite canonically equivalent to <first, second>, or 0 when there is none
+// (composition exclusions never come out).
+char32_t PrimaryComposite(char32_t first, char32_t second);
 
 // Returned for a byte that does not start a valid UTF-8 sequence; it is in none of the classes.
 inline constexpr char32_t kInvalid = 0xFFFFFFFF;

@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "engine/tokenizer/llama3_pretokenizer.h"
+#include "engine/tokenizer/tekken_pretokenizer.h"
 #include "engine/tokenizer/unicode.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -366,6 +367,64 @@ TEST(BpeTokenizer, BosEosFromTokenizerConfig) {
   EXPECT_EQ(t->eos_id(), 13);
 }
 
+// ---- Qwen2 and Mistral-Nemo layouts ----------------------------------------------------------
+
+// FullByteTokenizer with another Split regex and the merges that show where it cuts.
+json WithPattern(std::string_view pattern) {
+  json j = FullByteTokenizer();
+  j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = pattern;
+  j["model"]["vocab"]["12"] = 260;
+  j["model"]["vocab"]["eB"] = 261;
+  j["model"]["merges"].push_back("1 2");
+  j["model"]["merges"].push_back("e B");
+  return j;
+}
+
+TEST(BpeTokenizer, SplitRegexOfTheFileIsUsed) {
+  auto llama3 = Make(WithPattern(kLlama3SplitPattern));
+  auto qwen2 = Make(WithPattern(kQwen2SplitPattern));
+  auto tekken = Make(WithPattern(kTekkenSplitPattern));
+  ASSERT_TRUE(llama3 && qwen2 && tekken);
+  // "123" is one pre-token for Llama-3, three for Qwen2 and Tekken.
+  EXPECT_THAT(Ids(*llama3, "123"), ElementsAre(260, '3'));
+  EXPECT_THAT(Ids(*qwen2, "123"), ElementsAre('1', '2', '3'));
+  EXPECT_THAT(Ids(*tekken, "123"), ElementsAre('1', '2', '3'));
+  // Tekken cuts "eBay" into "e", "Bay".
+  EXPECT_THAT(Ids(*llama3, "eBay"), ElementsAre(261, 'a', 'y'));
+  EXPECT_THAT(Ids(*tekken, "eBay"), ElementsAre('e', 'B', 'a', 'y'));
+}
+
+TEST(BpeTokenizer, NfcNormalizerBetweenSpecialTokens) {
+  json j = FullByteTokenizer();
+  j["normalizer"] = {{"type", "NFC"}};
+  j["added_tokens"] = json::array(
+      {{{"id", 300}, {"content", "<|s|>"}, {"special", true}, {"normalized", false}},
+       // Normalized added tokens are matched in NFC form, whatever form they are written in.
+       {{"id", 301}, {"content", "cafe\xCC\x81"}, {"special", false}, {"normalized", true}},
+       // Tokens that are not normalized are matched in the raw text.
+       {{"id", 302}, {"content", "x\xCC\x81"}, {"special", true}, {"normalized", false}}});
+  auto t = Make(j);
+  ASSERT_NE(t, nullptr);
+  EXPECT_THAT(Ids(*t, "e\xCC\x81"), ElementsAre(0xC3, 0xA9));  // e + U+0301 -> é
+  EXPECT_THAT(Ids(*t, "\xC3\xA9"), ElementsAre(0xC3, 0xA9));
+  // Each text segment between special tokens is normalized on its own.
+  EXPECT_THAT(Ids(*t, "e<|s|>\xCC\x81"), ElementsAre('e', 300, 0xCC, 0x81));
+  EXPECT_THAT(Ids(*t, "caf\xC3\xA9!"), ElementsAre(301, '!'));
+  EXPECT_THAT(Ids(*t, "cafe\xCC\x81"), ElementsAre(301));
+  EXPECT_THAT(Ids(*t, "x\xCC\x81"), ElementsAre(302));
+  EXPECT_EQ(t->TokenBytes(301), "cafe\xCC\x81");  // decodes as written
+  bool listed = false;
+  for (const auto& [content, id] : t->SpecialTokens())
+    listed |= id == 301 && content == "cafe\xCC\x81";
+  EXPECT_TRUE(listed);
+
+  j["normalizer"] = nullptr;
+  t = Make(j);
+  ASSERT_NE(t, nullptr);
+  EXPECT_THAT(Ids(*t, "e\xCC\x81"), ElementsAre('e', 0xCC, 0x81));
+  EXPECT_THAT(Ids(*t, "caf\xC3\xA9"), ElementsAre('c', 'a', 'f', 0xC3, 0xA9));
+}
+
 // ---- malformed files: clear errors, never a crash --------------------------------------------
 
 absl::Status Load(const json& j) { return BpeTokenizer::FromJson(j.dump(), "bad.json").status(); }
@@ -415,13 +474,15 @@ TEST(BpeTokenizer, MalformedFilesGiveClearErrors) {
   EXPECT_THAT(Load(j).message(), HasSubstr("model.type"));
 
   j = TinyTokenizer();
-  j["normalizer"] = {{"type", "NFC"}};
+  j["normalizer"] = {{"type", "NFKC"}};
   EXPECT_EQ(Load(j).code(), absl::StatusCode::kUnimplemented);
-  EXPECT_THAT(Load(j).message(), HasSubstr("normalizer"));
+  EXPECT_THAT(Load(j).message(), HasSubstr("'normalizer': only null and NFC are implemented"));
 
   j = TinyTokenizer();
   j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "\\s+";
+  EXPECT_EQ(Load(j).code(), absl::StatusCode::kUnimplemented);
   EXPECT_THAT(Load(j).message(), HasSubstr("pattern"));
+  EXPECT_THAT(Load(j).message(), HasSubstr("Llama-3, Qwen2, Tekken (Mistral-Nemo)"));
 
   j = TinyTokenizer();
   j["pre_tokenizer"] = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}};
