@@ -48,8 +48,9 @@ def byte_level(text):
     return "".join(bytes_to_unicode[b] for b in text.encode())
 
 
-def llama3_tokenizer(merges, pairs, added, extra_model=None, post_processor=True):
-    symbols = sorted(set(byte_level("Hello wörld 123 <|eot|>  \n\tdone! ab")))
+def llama3_tokenizer(merges, pairs, added, extra_model=None, post_processor=True, split=None,
+                     normalizer=None, text=""):
+    symbols = sorted(set(byte_level("Hello wörld 123 <|eot|>  \n\tdone! ab" + text)))
     vocab = {s: i for i, s in enumerate(symbols)}
     for left, right in merges:
         vocab.setdefault(left + right, len(vocab))
@@ -66,9 +67,9 @@ def llama3_tokenizer(merges, pairs, added, extra_model=None, post_processor=True
                              "special": special})
     tokenizer = {
         "version": "1.0", "truncation": None, "padding": None, "added_tokens": added_tokens,
-        "normalizer": None,
+        "normalizer": normalizer,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated",
+            {"type": "Split", "pattern": {"Regex": split or LLAMA3_SPLIT}, "behavior": "Isolated",
              "invert": False},
             {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
              "use_regex": False}]},
@@ -98,6 +99,25 @@ merges = [("l", "o"), ("H", "e"), ("He", "l"), ("Hel", "lo"), ("Ġ", "w"), ("r",
 (root / "tokenizer_json/llama3_legacy.json").write_text(llama3_tokenizer(
     merges[:9], pairs=False, added=[("<|end_of_text|>", True), ("wör", False)],
     extra_model={"unk_token": "!", "fuse_unk": True}, post_processor=False))
+
+# The Qwen2 layout (digits one by one, NFC normalizer) and Mistral-Nemo's Tekken layout, each
+# followed by a NUL and a text for the target to encode: combining marks to compose and reorder,
+# Hangul, case changes inside words, long digit runs.
+QWEN2_SPLIT = LLAMA3_SPLIT.replace("\\p{N}{1,3}", "\\p{N}")
+TEKKEN_SPLIT = ("[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*"
+                "[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+|[^\\r\\n\\p{L}\\p{N}]?"
+                "[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*|"
+                "\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+FAMILY_TEXT = ("Cafe\u0301 A\u0323\u0307 \u1100\u1161\u11a8 \uac00 \u212b Q\u0323\u031b "
+               "getHTTPResponse 12345678 /path/x \u00c5ngstr\u00f6m")
+(root / "tokenizer_json/qwen2_nfc.json").write_text(llama3_tokenizer(
+    merges, pairs=True, added=[("<|endoftext|>", True), ("<|eot|>", True)],
+    extra_model={"ignore_merges": False}, split=QWEN2_SPLIT, normalizer={"type": "NFC"},
+    text=FAMILY_TEXT) + "\0" + FAMILY_TEXT)
+(root / "tokenizer_json/tekken.json").write_text(llama3_tokenizer(
+    merges, pairs=True, added=[("<s>", True), ("</s>", True)],
+    extra_model={"ignore_merges": True}, split=TEKKEN_SPLIT, text=FAMILY_TEXT) + "\0"
+    + FAMILY_TEXT)
 
 
 # tokenizer.model: small SentencePiece models trained by spm_train (the sentencepiece package) on
