@@ -142,12 +142,14 @@ def run_retrieval(client, registry, tasks, settings, max_tokens, concurrency, pr
     done = run_pool(jobs, concurrency, progress)
     correct = OrderedDict((label, []) for label, _ in settings)
     budgets = OrderedDict((label, []) for label, _ in settings)
+    context_tokens = []
     for i, task in enumerate(tasks):
         for j, (label, _) in enumerate(settings):
             completion = done[i * len(settings) + j]
             correct[label].append(completion.text.strip() == task["answer"].strip())
             budgets[label].append(completion.usage.kv_budget)
-    return correct, budgets
+        context_tokens.append(done[i * len(settings)].usage.context_tokens)
+    return correct, budgets, context_tokens
 
 
 def run_retrieval_noctx(client, tasks, max_tokens, concurrency, progress):
@@ -203,6 +205,8 @@ def main():
     ap.add_argument("--lengths", default="8,16", help="context lengths in K tokens")
     ap.add_argument("--settings", default="dense,squeezed:0.1,squeezed:0.05,squeezed-step:0.1")
     ap.add_argument("--limit", type=int, default=0, help="tasks per file (0: all)")
+    ap.add_argument("--loss-limit", type=int, default=-1,
+                    help="loss tasks per length (0: all; default: --limit)")
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--concurrency", type=int, default=16,
                     help="requests in flight at once (the server batches them)")
@@ -229,8 +233,16 @@ def main():
         if os.path.exists(path):
             tasks = read_jsonl(path, args.limit)
             start = time.monotonic()
-            correct, budgets = run_retrieval(client, registry, tasks, settings, args.max_tokens,
-                                             args.concurrency, progress(f"retrieval {k}K"))
+            correct, budgets, ctx_tokens = run_retrieval(client, registry, tasks, settings,
+                                                         args.max_tokens, args.concurrency,
+                                                         progress(f"retrieval {k}K"))
+            ctx_tokens.sort()
+            results["cells"].append({"kind": "context_tokens", "length_k": k,
+                                     "min": ctx_tokens[0], "median": ctx_tokens[len(ctx_tokens) // 2],
+                                     "max": ctx_tokens[-1]})
+            print(f"retrieval {k}K: context tokens as the server counts them: min "
+                  f"{ctx_tokens[0]}, median {ctx_tokens[len(ctx_tokens) // 2]}, max "
+                  f"{ctx_tokens[-1]}", file=sys.stderr)
             for label, hits in correct.items():
                 low, high = wilson(sum(hits), len(hits))
                 realised = sum(budgets[label]) / max(len(budgets[label]), 1)
@@ -253,7 +265,7 @@ def main():
                   f"({registry.seconds:.0f} s registering)", file=sys.stderr)
         path = os.path.join(args.tasks, f"loss-{k}k.jsonl")
         if not args.skip_loss and os.path.exists(path):
-            tasks = read_jsonl(path, args.limit)
+            tasks = read_jsonl(path, args.loss_limit if args.loss_limit >= 0 else args.limit)
             for label, values in run_loss(client, registry, tasks, settings, args.concurrency,
                                           progress(f"loss {k}K")).items():
                 m, half = mean_ci(values)

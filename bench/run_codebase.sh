@@ -7,7 +7,8 @@
 # tools/train_code_model.py), STDLIB (default /usr/lib/python3.11), SERVER_FLAGS, BENCH_FLAGS
 # (e.g. --settings=dense,squeezed:0.1 --json=out.json), TASKS (a directory of tasks made before,
 # e.g. on another machine, instead of making them here), KEEP_TASKS (copy the tasks made here to
-# this directory, so that another run can use exactly the same ones).
+# this directory, so that another run can use exactly the same ones), CPT (characters per token
+# for the task lengths when the `tokenizers` module is missing; default codebase_tasks.py's).
 set -euo pipefail
 BUILD=${1:-build}
 LIMIT=${2:-0}
@@ -26,7 +27,8 @@ if [ -n "${TASKS:-}" ]; then
   cp -r "$TASKS" "$WORK/tasks"
 else
   "$PY" "$ROOT/tools/codebase_tasks.py" --stdlib "$STDLIB" --out "$WORK/tasks" \
-    --lengths "$(IFS=,; echo "${tokens[*]}")" --no-context "${tok_flag[@]}" --summary >&2
+    --lengths "$(IFS=,; echo "${tokens[*]}")" --no-context "${tok_flag[@]}" \
+    ${CPT:+--chars-per-token "$CPT"} --summary >&2
   [ -n "${KEEP_TASKS:-}" ] && cp -r "$WORK/tasks" "$KEEP_TASKS"
 fi
 "$BUILD/squeeze-server" --model="$MODEL" --address=127.0.0.1:0 --port_file="$WORK/port" \
