@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
-"""Records Hugging Face transformers' logits for the bundled demo model, so that
+"""Records Hugging Face transformers' logits for a bundled model, so that
 tests/cpu/demo_model_conformance_test.cc can check that our engine computes the same function.
 
-Run where torch, transformers and sentencepiece are installed (no network needed):
+Run where torch, transformers and sentencepiece or tokenizers are installed (no network needed):
     python3 tools/demo_model_goldens.py --model models/squeeze-demo \
         --tasks tests/data/demo_tasks.jsonl --out tests/data/golden/squeeze-demo.json
+    python3 tools/demo_model_goldens.py --model models/squeeze-code \
+        --tasks tests/data/code_model_tasks.jsonl --out tests/data/golden/squeeze-code.json
+
+The tokenizer is the model's tokenizer.model (SentencePiece) or tokenizer.json (`tokenizers`);
+the task texts are stored with the ids, so the test checks our tokenizer too.
 
 For the first --n tasks it tokenizes exactly as the server does ([BOS] + context, then the
 question without BOS), runs the model in fp32 (the bf16 weights upcast, eager attention), and
@@ -25,11 +30,20 @@ def main():
     p.add_argument("--n", type=int, default=2)
     args = p.parse_args()
 
-    import sentencepiece
     import torch
     import transformers
 
-    sp = sentencepiece.SentencePieceProcessor(model_file=os.path.join(args.model, "tokenizer.model"))
+    if os.path.exists(os.path.join(args.model, "tokenizer.model")):
+        import sentencepiece
+        sp = sentencepiece.SentencePieceProcessor(
+            model_file=os.path.join(args.model, "tokenizer.model"))
+        bos, encode = sp.bos_id(), sp.encode
+    else:
+        import tokenizers
+        bpe = tokenizers.Tokenizer.from_file(os.path.join(args.model, "tokenizer.json"))
+        with open(os.path.join(args.model, "config.json"), encoding="utf-8") as f:
+            bos = json.load(f)["bos_token_id"]
+        encode = lambda text: bpe.encode(text, add_special_tokens=False).ids  # noqa: E731
     model = transformers.AutoModelForCausalLM.from_pretrained(
         args.model, local_files_only=True, dtype=torch.float32, attn_implementation="eager")
     model = model.float().eval()
@@ -38,8 +52,8 @@ def main():
         tasks = [json.loads(line) for line in f if line.strip()][: args.n]
     with torch.no_grad():
         for i, task in enumerate(tasks):
-            context = [sp.bos_id()] + sp.encode(task["context"])
-            question = sp.encode(task["question"])
+            context = [bos] + encode(task["context"])
+            question = encode(task["question"])
             ids = context + question
             logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0].float()
             top = torch.topk(logits[len(context):], 2, dim=-1)
@@ -51,6 +65,8 @@ def main():
                 greedy.append(tok)
                 seq.append(tok)
             cases.append({
+                "context_text": task["context"],
+                "question_text": task["question"],
                 "context_tokens": context,
                 "question_tokens": question,
                 "last_logits": [[round(v, 6) for v in row.tolist()] for row in logits[-4:]],
