@@ -464,6 +464,15 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
     if (steps[i].fixed != nullptr) policies[i] = steps[i].fixed->policy();
   }
 
+  // Tensor parallelism: a row-parallel projection writes this rank's partial sum into `partial`
+  // (the free [T, D] buffer h), which the ranks sum, and the sum joins the residual stream.
+  const bool sharded = comm_ != nullptr && comm_->size() > 1;
+  auto AddAllReduced = [&](float* partial, float* x) -> absl::Status {
+    RETURN_IF_ERROR(comm_->AllReduceSum(be, partial, static_cast<size_t>(T) * D));
+    be.AddBias(x, partial, 1, T * D);  // x += partial, as one row of T * D columns
+    return absl::OkStatus();
+  };
+
   be.Embed(w_.embed, a.tokens, T, a.x);
   for (int l = 0; l < L; ++l) {
     const ResidentLayer& lw = w_.layers[l];
@@ -526,13 +535,23 @@ absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* o
       calls[i] = p;
     }
     be.AttentionBatch(calls);
-    be.MatMul(a.att, lw.wo, a.x, T, /*accumulate=*/true);
+    if (!sharded) {
+      be.MatMul(a.att, lw.wo, a.x, T, /*accumulate=*/true);
+    } else {  // this rank's heads' share of o_proj, summed over the ranks, then added
+      be.MatMul(a.att, lw.wo, a.h, T, /*accumulate=*/false);
+      RETURN_IF_ERROR(AddAllReduced(a.h, a.x));
+    }
     if (lw.bo != nullptr) be.AddBias(a.x, lw.bo, T, D);
 
     // MLP block: x += down(silu(gate(h)) * up(h)).
     const Backend::MatMulOutput gate_up[] = {{&lw.gate, a.gate}, {&lw.up, a.up}};
     be.NormMatMuls(a.x, lw.mlp_norm, eps, a.h, T, gate_up);
-    be.SiluMulMatMul(a.gate, a.up, lw.down, a.x, T, /*accumulate=*/true);
+    if (!sharded) {
+      be.SiluMulMatMul(a.gate, a.up, lw.down, a.x, T, /*accumulate=*/true);
+    } else {
+      be.SiluMulMatMul(a.gate, a.up, lw.down, a.h, T, /*accumulate=*/false);
+      RETURN_IF_ERROR(AddAllReduced(a.h, a.x));
+    }
   }
 
   // Final norm and lm_head only for the last token of steps that want logits: a registration

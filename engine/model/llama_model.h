@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/communicator.h"
 #include "engine/backend/fixed_context.h"
 #include "engine/backend/kv_cache.h"
 #include "engine/model/config.h"
@@ -73,6 +74,11 @@ class LlamaModel {
   }
   // Bytes of weights resident in backend memory.
   size_t weight_bytes() const { return weight_bytes_; }
+  // Tensor parallelism: this model is one rank's shard (ShardConfig and ShardWeights of
+  // engine/model/tensor_parallel.h), and `comm` sums the o and down projections' partial outputs
+  // over the ranks at every layer. Every rank runs the same Forward calls on its own KV (its KV
+  // heads); their logits are identical. nullptr or a communicator of size 1: the whole model.
+  void set_communicator(Communicator* comm) { comm_ = comm; }
 
   // Runs all sequences' new tokens through the model in one batch (GEMMs over all tokens,
   // attention per sequence). Appends K/V to each step's `kv` and commits them.
@@ -115,6 +121,7 @@ class LlamaModel {
   std::vector<float> rope_inv_freq_;  // [d/2], scaling applied
   Resident w_;
   size_t weight_bytes_ = 0;
+  Communicator* comm_ = nullptr;     // tensor parallelism; not owned
   std::vector<int32_t> kept_rows_;   // [step][layer][kv head] rows the backend kept
   std::vector<int32_t> candidates_;  // [step][layer][kv head] hierarchical candidates
 };
