@@ -15,6 +15,7 @@ class InProcessGroup::MemberImpl : public Communicator {
   absl::Status AllReduceSum(Backend& backend, float* data, size_t count) override {
     return group_->AllReduceSum(rank_, backend, data, count);
   }
+  void Abort(const absl::Status& why) override { group_->Abort(why); }
 
  private:
   InProcessGroup* group_;
@@ -37,7 +38,8 @@ absl::Status InProcessGroup::AllReduceSum(int rank, Backend& backend, float* dat
   RETURN_IF_ERROR(backend.Synchronize());  // the partial sums are written
   std::unique_lock<std::mutex> lock(mu_);
   // A rank that is fast to come back waits until every rank has copied the previous result.
-  cv_.wait(lock, [&] { return leaving_ == 0; });
+  cv_.wait(lock, [&] { return leaving_ == 0 || !aborted_.ok(); });
+  if (!aborted_.ok()) return aborted_;
   data_[rank] = data;
   counts_[rank] = count;
   const uint64_t round = round_;
@@ -57,12 +59,24 @@ absl::Status InProcessGroup::AllReduceSum(int rank, Backend& backend, float* dat
     ++round_;
     cv_.notify_all();
   } else {
-    cv_.wait(lock, [&] { return round_ != round; });
+    cv_.wait(lock, [&] { return round_ != round || !aborted_.ok(); });
+    if (round_ == round) {  // aborted before every rank arrived: this round never completes
+      --arrived_;
+      return aborted_;
+    }
   }
   const absl::Status status = round_status_;
   if (status.ok()) std::copy(sum_.begin(), sum_.end(), data);
   if (--leaving_ == 0) cv_.notify_all();
   return status;
+}
+
+void InProcessGroup::Abort(const absl::Status& why) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (aborted_.ok()) {
+    aborted_ = why.ok() ? absl::CancelledError("the communicator group was aborted") : why;
+  }
+  cv_.notify_all();
 }
 
 }  // namespace squeeze

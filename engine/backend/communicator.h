@@ -27,10 +27,13 @@ class Communicator {
   // `backend`'s memory. Every rank gets bit-identical sums (the ranks' partials are added in rank
   // order), so replicated state (the residual stream, the logits) stays identical across ranks.
   virtual absl::Status AllReduceSum(Backend& backend, float* data, size_t count) = 0;
+  // Ends the group for every rank (ncclCommAbort): collectives waiting now and every later one
+  // return `why`. A rank that fails between collectives calls it, so the others never hang.
+  virtual void Abort(const absl::Status& why) = 0;
 };
 
 // N ranks in one process, one thread each; host-memory backends only. A collective blocks until
-// every rank has called it (a rank that never calls hangs the others, as with NCCL).
+// every rank has called it or the group is aborted.
 class InProcessGroup {
  public:
   explicit InProcessGroup(int size);
@@ -44,6 +47,7 @@ class InProcessGroup {
  private:
   class MemberImpl;
   absl::Status AllReduceSum(int rank, Backend& backend, float* data, size_t count);
+  void Abort(const absl::Status& why);
 
   const int size_;
   std::mutex mu_;
@@ -54,6 +58,7 @@ class InProcessGroup {
   int leaving_ = 0;             // ranks still to copy the previous round's result
   uint64_t round_ = 0;
   absl::Status round_status_;
+  absl::Status aborted_;  // not OK once aborted
   std::vector<float> sum_;
 };
 

@@ -412,6 +412,13 @@ absl::Status LlamaModel::MakeRandom(uint64_t seed) {
 }
 
 absl::Status LlamaModel::Forward(std::span<SequenceStep> steps, ForwardOutput* out) {
+  absl::Status status = ForwardRank(steps, out);
+  // A rank that fails would leave the others waiting in a collective: they fail with it.
+  if (!status.ok() && comm_ != nullptr && comm_->size() > 1) comm_->Abort(status);
+  return status;
+}
+
+absl::Status LlamaModel::ForwardRank(std::span<SequenceStep> steps, ForwardOutput* out) {
   if (out == nullptr) return absl::InvalidArgumentError("Forward: `out` is null");
   out->logits.assign(steps.size(), {});
   if (steps.empty()) return absl::OkStatus();

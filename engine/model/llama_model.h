@@ -110,6 +110,8 @@ class LlamaModel {
   absl::Status Upload();
   absl::Status MakeRandom(uint64_t seed);
   absl::Status UploadInvFreq();
+  // Forward on this rank's shard (the whole model without a communicator).
+  absl::Status ForwardRank(std::span<SequenceStep> steps, ForwardOutput* out);
   // The scores asked for by steps' score_targets, from the final hidden rows x ([T, D]; step i's
   // rows from offsets[i]).
   absl::Status ScoreTargets(std::span<SequenceStep> steps, std::span<const int32_t> offsets,

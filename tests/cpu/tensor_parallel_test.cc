@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <functional>
 #include <string>
@@ -172,6 +173,41 @@ TEST(TensorParallel, FourAndEightRanksWithBiases) {
   }
 }
 
+// A rank whose step fails (here: a token id out of range on rank 1 only) aborts the group, so
+// rank 0, already waiting in the first layer's collective, fails too instead of hanging.
+TEST(TensorParallel, AFailingRankFailsTheOthers) {
+  const std::string dir = kSource + "/tests/data/golden/llama31";
+  auto config = LoadModelConfig(dir);
+  ASSERT_TRUE(config.ok());
+  auto weights = LoadLlamaWeights(dir, *config);
+  ASSERT_TRUE(weights.ok());
+  auto shard_config = ShardConfig(*config, 2);
+  ASSERT_TRUE(shard_config.ok());
+  InProcessGroup group(2);
+  std::vector<absl::Status> status(2);
+  std::vector<std::unique_ptr<LlamaModel>> shards(2);
+  std::vector<std::unique_ptr<Communicator>> comms(2);
+  for (int r = 0; r < 2; ++r) {
+    auto w = ShardWeights(*weights, *config, r, 2);
+    ASSERT_TRUE(w.ok());
+    auto m = LlamaModel::Create(*shard_config, std::move(*w), std::make_unique<CpuBackend>());
+    ASSERT_TRUE(m.ok());
+    shards[r] = std::move(*m);
+    comms[r] = group.Member(r);
+    shards[r]->set_communicator(comms[r].get());
+  }
+  OnRanks(2, [&](int r) {
+    if (r == 1) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    const std::vector<int32_t> tokens = {3, 5, r == 1 ? config->vocab_size : 7};
+    SequenceKV kv(shards[r]->kv_shape());
+    SequenceStep step{.tokens = tokens, .kv = &kv};
+    ForwardOutput out;
+    status[r] = shards[r]->Forward(std::span<SequenceStep>(&step, 1), &out);
+  });
+  EXPECT_EQ(status[1].code(), absl::StatusCode::kInvalidArgument) << status[1];
+  EXPECT_EQ(status[0].code(), status[1].code()) << status[0];
+}
+
 TEST(TensorParallel, ShardShapesAndRefusals) {
   auto config = LoadModelConfig(kSource + "/tests/data/golden/llama31");
   ASSERT_TRUE(config.ok());
@@ -242,6 +278,31 @@ TEST(InProcessGroup, SumsInRankOrderAndRefusesMismatchedSizes) {
         << "rank " << r << ": " << status[r];
   }
   EXPECT_EQ(group.Member(kRanks), nullptr);
+}
+
+// A rank that fails between collectives aborts the group: the ranks waiting in a collective and
+// any that come later get its error instead of hanging.
+TEST(InProcessGroup, AbortReleasesWaitingRanks) {
+  constexpr int kRanks = 3;
+  InProcessGroup group(kRanks);
+  CpuBackend backend[kRanks];
+  std::vector<absl::Status> status(kRanks);
+  OnRanks(kRanks, [&](int r) {
+    auto comm = group.Member(r);
+    std::vector<float> data(4, 1.0f);
+    if (r == 2) {  // fails before its collective; the others are (or will be) waiting
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      comm->Abort(absl::ResourceExhaustedError("rank 2 ran out of memory"));
+      status[r] = comm->AllReduceSum(backend[r], data.data(), data.size());
+      return;
+    }
+    status[r] = comm->AllReduceSum(backend[r], data.data(), data.size());
+    if (status[r].ok() || data[0] != 1.0f) status[r] = absl::InternalError("not aborted");
+  });
+  for (int r = 0; r < kRanks; ++r) {
+    EXPECT_EQ(status[r].code(), absl::StatusCode::kResourceExhausted)
+        << "rank " << r << ": " << status[r];
+  }
 }
 
 }  // namespace
