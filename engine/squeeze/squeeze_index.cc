@@ -53,7 +53,7 @@ std::vector<KMeansResult> ClusterLayer(const ContextKV& kv, int layer, int M,
   std::vector<std::mt19937_64*> rng_of(Hkv);
   rngs.reserve(Hkv);
   for (int h = 0; h < Hkv; ++h) {
-    rngs.push_back(StreamFor(options.seed, layer, h, 0));
+    rngs.push_back(StreamFor(options.seed, layer, options.kv_head_offset + h, 0));
     rng_of[h] = &rngs.back();
   }
   if (solver != nullptr) {
@@ -104,7 +104,8 @@ HeadPlan PlanHead(const KMeansResult& fine, int M, int d, int sinks, int layer, 
   std::vector<int32_t> order(C);
   std::iota(order.begin(), order.end(), 0);
   if (options.hierarchical) {
-    std::mt19937_64 coarse_rng = StreamFor(options.seed, layer, kv_head, 1);
+    std::mt19937_64 coarse_rng =
+        StreamFor(options.seed, layer, options.kv_head_offset + kv_head, 1);
     const int C1 = std::min(NumClustersFor(options.coarse_fraction, M), C);
     // Clusters the raw-mean fine centroids (normalised inside); the coarse centroid is the raw
     // mean of its member fine centroids, i.e. their unweighted mean (PAPER_NOTES §3.5). With a
@@ -223,6 +224,10 @@ absl::Status ValidateSqueezeOptions(const SqueezeOptions& o) {
   if (o.window < 0) {
     return absl::InvalidArgumentError(
         absl::StrFormat("squeeze option window must be >= 0, got %d", o.window));
+  }
+  if (o.kv_head_offset < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("squeeze option kv_head_offset must be >= 0, got %d", o.kv_head_offset));
   }
   if (o.sinks < 0) {
     return absl::InvalidArgumentError(

@@ -14,6 +14,10 @@ struct SqueezeOptions {
   int sinks = 0;                  // first tokens always kept, never clustered
   int max_iterations = 25;        // k-means; early stop when no assignment changes
   uint64_t seed = 0;              // k-means++ seeding; per (layer, head) streams derive from it
+  // Tensor parallelism: the model's index of this shard's first KV head, so that a rank's heads
+  // draw the streams the whole model's heads draw and cluster exactly as it does. Not stored
+  // with the index (what it clustered is).
+  int kv_head_offset = 0;
 
   bool operator==(const SqueezeOptions&) const = default;
 };

@@ -19,6 +19,9 @@
 #include "engine/backend/communicator.h"
 #include "engine/backend/cpu/cpu_backend.h"
 #include "engine/model/llama_model.h"
+#include "engine/squeeze/selection.h"
+#include "engine/squeeze/shard_calibration.h"
+#include "engine/squeeze/squeeze_index.h"
 
 namespace squeeze {
 namespace {
@@ -206,6 +209,122 @@ TEST(TensorParallel, AFailingRankFailsTheOthers) {
   });
   EXPECT_EQ(status[1].code(), absl::StatusCode::kInvalidArgument) << status[1];
   EXPECT_EQ(status[0].code(), status[1].code()) << status[0];
+}
+
+// Squeezed Attention sharded by KV head: each rank clusters its heads as the whole model does
+// (kv_head_offset), the ranks share their calibration (one threshold over all heads), and every
+// rank keeps, head by head, the clusters the whole model keeps: the same logits and tokens.
+struct SqueezedRun {
+  Run run;
+  double realised = 0;
+  float tau = 0;
+};
+
+SqueezedRun GenerateSqueezed(LlamaModel& m, const std::vector<int32_t>& context,
+                             const std::vector<int32_t>& question, int decode, int kv_head_offset,
+                             Communicator* comm) {
+  SqueezedRun out;
+  auto fail = [&out](absl::Status s) {
+    out.run.status = s;
+    return out;
+  };
+  SqueezeOptions options;
+  options.centroid_fraction = 0.1;
+  options.window = 16;
+  options.kv_head_offset = kv_head_offset;
+  const int S = static_cast<int>(context.size());
+  QueryCapture capture{.from_position = S - options.window};
+  SequenceKV seq(m.kv_shape());
+  for (int done = 0; done < S; done += 64) {
+    const int n = std::min(64, S - done);
+    SequenceStep step{.tokens = std::span<const int32_t>(context).subspan(done, n),
+                      .kv = &seq,
+                      .want_logits = false,
+                      .capture = &capture};
+    ForwardOutput fo;
+    if (auto s = m.Forward(std::span<SequenceStep>(&step, 1), &fo); !s.ok()) return fail(s);
+  }
+  ContextKV kv = ContextKV::FromSequence(seq, S);
+  auto index = BuildSqueezeIndex(&kv, capture, m.config().num_heads, options);
+  if (!index.ok()) return fail(index.status());
+  if (comm != nullptr) {
+    if (auto s = ShareCalibration(*comm, m.backend(), &*index); !s.ok()) return fail(s);
+  }
+  SqueezedFixedContextAttention selector(*index, {.budget = 0.3});
+  out.tau = selector.fine_threshold();
+  SequenceKV dyn(m.kv_shape());
+  std::vector<int32_t> next = question;
+  for (int t = 0; t <= decode; ++t) {
+    SequenceStep step{.tokens = next, .context = &kv, .fixed = &selector, .kv = &dyn};
+    ForwardOutput fo;
+    if (auto s = m.Forward(std::span<SequenceStep>(&step, 1), &fo); !s.ok()) return fail(s);
+    const std::vector<float>& lg = fo.logits[0];
+    out.run.logits.push_back(lg);
+    out.run.greedy.push_back(
+        static_cast<int32_t>(std::max_element(lg.begin(), lg.end()) - lg.begin()));
+    next = {out.run.greedy.back()};
+  }
+  out.realised = selector.realised_budget();
+  return out;
+}
+
+TEST(TensorParallel, ShardedSqueezedAttentionMatchesWhole) {
+  const std::string dir = kSource + "/models/squeeze-code";
+  auto config = LoadModelConfig(dir);
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto weights = LoadLlamaWeights(dir, *config);
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  constexpr int kRanks = 2;
+  std::vector<int32_t> context, question;
+  for (int i = 0; i < 300; ++i) context.push_back((i * 7919 + 13) % config->vocab_size);
+  for (int i = 0; i < 4; ++i) question.push_back((i * 104729 + 71) % config->vocab_size);
+
+  auto shard_config = ShardConfig(*config, kRanks);
+  ASSERT_TRUE(shard_config.ok());
+  std::vector<std::unique_ptr<LlamaModel>> shards(kRanks);
+  for (int r = 0; r < kRanks; ++r) {
+    auto w = ShardWeights(*weights, *config, r, kRanks);
+    ASSERT_TRUE(w.ok());
+    auto m = LlamaModel::Create(*shard_config, std::move(*w), std::make_unique<CpuBackend>());
+    ASSERT_TRUE(m.ok());
+    shards[r] = std::move(*m);
+  }
+  auto whole = LlamaModel::Create(*config, std::move(*weights), std::make_unique<CpuBackend>());
+  ASSERT_TRUE(whole.ok());
+  const SqueezedRun ref = GenerateSqueezed(**whole, context, question, 3, 0, nullptr);
+  ASSERT_TRUE(ref.run.status.ok()) << ref.run.status;
+
+  InProcessGroup group(kRanks);
+  std::vector<std::unique_ptr<Communicator>> comms(kRanks);
+  for (int r = 0; r < kRanks; ++r) {
+    comms[r] = group.Member(r);
+    shards[r]->set_communicator(comms[r].get());
+  }
+  std::vector<SqueezedRun> runs(kRanks);
+  const int heads_per_rank = shard_config->num_kv_heads;
+  OnRanks(kRanks, [&](int r) {
+    runs[r] =
+        GenerateSqueezed(*shards[r], context, question, 3, r * heads_per_rank, comms[r].get());
+  });
+  double max_err = 0, max_ref = 0;
+  for (int r = 0; r < kRanks; ++r) {
+    ASSERT_TRUE(runs[r].run.status.ok()) << "rank " << r << ": " << runs[r].run.status;
+    EXPECT_EQ(runs[r].tau, ref.tau) << "rank " << r << ": the shared threshold";
+  }
+  for (size_t t = 0; t < ref.run.logits.size(); ++t) {
+    for (size_t v = 0; v < ref.run.logits[t].size(); ++v) {
+      max_err =
+          std::max(max_err, std::fabs(double{runs[0].run.logits[t][v]} - ref.run.logits[t][v]));
+      max_ref = std::max(max_ref, std::fabs(double{ref.run.logits[t][v]}));
+    }
+  }
+  // The ranks' realised budgets average to the whole model's (each holds half the heads).
+  EXPECT_NEAR((runs[0].realised + runs[1].realised) / 2, ref.realised, 1e-9);
+  EXPECT_LT(ref.realised, 0.9) << "the selection must drop clusters for the test to mean much";
+  std::printf("squeezed, 2 ranks: max|dlogit|/max|logit| = %.3g, tau %.4g, realised %.3f\n",
+              max_err / max_ref, ref.tau, ref.realised);
+  EXPECT_LE(max_err / max_ref, 1e-5);
+  EXPECT_EQ(runs[0].run.greedy, ref.run.greedy);
 }
 
 TEST(TensorParallel, ShardShapesAndRefusals) {
