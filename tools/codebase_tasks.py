@@ -27,7 +27,10 @@ same layout, so a context reads like the code it was trained on.
    context (no other `def NAME(` at any depth), and whose `def` lies at least --min-distance
    tokens before the end of the context. The question continues the context as code:
 
-       question = "\\n\\n# <Class.>NAME in <path>\\n" + ["async "] + "def NAME("
+       question = "\\n\\n# <Class.>NAME in <path>\\n" + [class line + "\\n" + indent]
+                  + ["async "] + "def NAME("
+       (a method's question repeats its class's header line and indentation, so that it reads
+       as the code it completes)
        answer   = the rest of the signature line, e.g. "self, key, default=None) -> str:"
 
    Records (the accuracy bench's schema, tools/retrieval_tasks.py's fields plus more):
@@ -228,6 +231,9 @@ class Def:
     offset: int  # offset of `def` (or `async`) in the block
     line_end: int  # offset just after the signature line's text (before its newline)
     answer: str
+    # What the question puts before `def`, so that it reads as code: for a method, its class's
+    # header line (or "class NAME:" when that spans lines) and the method's indentation.
+    prefix: str = ""
 
 
 _DUNDER = re.compile(r"^__\w+__$")
@@ -246,7 +252,7 @@ def signature_defs(src: Source) -> list[Def]:
         line_offsets.append(line_offsets[-1] + len(l) + 1)
     found = []
 
-    def visit(node, cls: Optional[str]):
+    def visit(node, cls: Optional[ast.ClassDef]):
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             return
         name = node.name
@@ -274,14 +280,21 @@ def signature_defs(src: Source) -> list[Def]:
         except SyntaxError:
             return
         start = line_offsets[node.lineno - 1] + len(m.group(1))
-        found.append(Def(name, f"{cls}.{name}" if cls else name, m.group(2) is not None,
+        prefix = ""
+        if cls is not None:
+            class_line = lines[cls.lineno - 1].rstrip()
+            if not (class_line.startswith("class ") and class_line.endswith(":")):
+                class_line = f"class {cls.name}:"
+            prefix = class_line + "\n" + m.group(1)
+        found.append(Def(name, f"{cls.name}.{name}" if cls else name, m.group(2) is not None,
                          node.lineno, header + start,
-                         header + line_offsets[node.lineno - 1] + len(text.rstrip()), answer))
+                         header + line_offsets[node.lineno - 1] + len(text.rstrip()), answer,
+                         prefix))
 
     for node in tree.body:
         if isinstance(node, ast.ClassDef):
             for sub in node.body:
-                visit(sub, node.name)
+                visit(sub, node)
         else:
             visit(node, None)
     src._defs = found
@@ -415,7 +428,7 @@ def retrieval_tasks(measure: Measure, groups: dict, length: int, args, fp: str) 
         chosen = sorted(candidates[:min(args.max_per_context, args.n - len(tasks))],
                         key=lambda x: x[2])
         for d, src, pos, dist in chosen:
-            question = f"\n\n# {d.qualname} in {src.relpath}\n" + \
+            question = f"\n\n# {d.qualname} in {src.relpath}\n{d.prefix}" + \
                 ("async " if d.is_async else "") + f"def {d.name}("
             tasks.append({
                 "id": f"{c.id}-{d.name}", "variant": "code-sig", "context": c.text,
