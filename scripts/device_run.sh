@@ -2,8 +2,8 @@
 # One call on the GPU machine (H100/H200, Ubuntu 24.04, CUDA 13, torch/transformers installed, no
 # network), from the repository root. Needs the bundle made here by scripts/gpu_bundle.sh,
 # carried as .gpu-bundle. Stages (STAGES, space-separated, default "model kernels"):
-#   goldens  the Hugging Face goldens (tools/make_goldens.py, tools/demo_model_goldens.py) ->
-#            $OUT/golden.tar.gz, to unpack into tests/data/golden/
+#   goldens  the Hugging Face goldens (tools/make_goldens.py, tools/demo_model_goldens.py for the
+#            demo and the code model) -> $OUT/golden.tar.gz, to unpack into tests/data/golden/
 #   model    = tests + forward
 #   tests    the CUDA backend's GPU tests: kernel ops, GEMV, decode and prefill attention,
 #            cluster scores, sampling, k-means, the whole model vs the goldens and the CPU, the
@@ -23,6 +23,11 @@
 #   e2e      through the gRPC server on the 8B shape (random weights): register a 113K-token
 #            context, Generate dense / squeezed at batch 1 and 8, a 1K-token input's TTFT
 #   accuracy the retrieval accuracy benchmark through the server on the GPU (bench/run_accuracy.sh)
+#   codebase the codebase benchmark through the server on the GPU with the code model
+#            (bench/run_codebase.sh; the bundle made with BINS="squeeze-server" WITH_STDLIB=1):
+#            CODEBASE_SETTINGS, CODEBASE_N tasks per file (0: all), CODEBASE_LENGTHS (K tokens),
+#            CODEBASE_LIMIT_S; results in $OUT/codebase.json, the tasks in $OUT/codebase-tasks.tar.xz
+#            (TASKS=DIR runs tasks made elsewhere instead)
 #   kernels  attention kernel tests and benchmarks vs PyTorch SDPA (bench/run_gpu.sh)
 #   variants the decode attention benchmark's variants at 128K / 512K (VARIANTS, ';'-separated
 #            argument sets; default: 2 waves of the attention grid, the two-launch lookup,
@@ -58,6 +63,9 @@ if has goldens; then
     || echo "goldens: exit $?"
   timeout 120 python3 tools/demo_model_goldens.py --out "$G/squeeze-demo.json" \
     >> "$LOGS/make_goldens.log" 2>&1 || echo "demo goldens: exit $?"
+  timeout 120 python3 tools/demo_model_goldens.py --model models/squeeze-code \
+    --tasks tests/data/code_model_tasks.jsonl --out "$G/squeeze-code.json" \
+    >> "$LOGS/make_goldens.log" 2>&1 || echo "code model goldens: exit $?"
   tail -14 "$LOGS/make_goldens.log"
   tar -czf "$OUT/golden.tar.gz" -C "$G" .
 fi
@@ -132,6 +140,18 @@ if has accuracy; then
   timeout 420 bash bench/run_accuracy.sh /tmp/bundle ${ACCURACY_N:-10} 4096 8192 \
     > "$LOGS/accuracy.log" 2>&1 || echo "run_accuracy.sh: exit $?"
   tail -40 "$LOGS/accuracy.log"
+fi
+
+if has codebase; then
+  echo "== codebase benchmark through the server on the GPU (code model)"
+  MODEL="$ROOT/models/squeeze-code" STDLIB=/tmp/bundle/stdlib/python3.11 PYTHON=python3 \
+    SERVER_FLAGS="--device=cuda" KEEP_TASKS=/tmp/codebase-tasks \
+    BENCH_FLAGS="--settings=${CODEBASE_SETTINGS:-dense,squeezed:0.1,squeezed-step:0.1,squeezed-step:0.03,pages:0.1,recent:0.1} --concurrency=48 --json=$OUT/codebase.json" \
+    timeout "${CODEBASE_LIMIT_S:-540}" bash bench/run_codebase.sh /tmp/bundle "${CODEBASE_N:-0}" \
+    "${CODEBASE_LENGTHS:-8,16}" > "$LOGS/codebase.log" 2>&1 || echo "run_codebase.sh: exit $?"
+  pkill -f "squeeze-server --model=$ROOT/models/squeeze-code" 2>/dev/null
+  tail -30 "$LOGS/codebase.log"
+  [ -d /tmp/codebase-tasks ] && tar -cJf "$OUT/codebase-tasks.tar.xz" -C /tmp codebase-tasks
 fi
 
 if has e2e; then

@@ -21,6 +21,21 @@ cmake --build "$BUILD" --target "${BINS[@]}" -j "$(nproc)"
 rm -rf "$OUTDIR"
 mkdir -p "$OUTDIR/lib"
 for b in "${BINS[@]}"; do cp "$BUILD/$b" "$OUTDIR/"; done
+# With the server: the Python client and its generated protobuf modules (bench scripts use it),
+# and with WITH_STDLIB=1 the *.py of this machine's CPython standard library (the codebase
+# benchmark's contexts, which the GPU machine's Python does not have in this version).
+if [[ " ${BINS[*]} " == *" squeeze-server "* ]]; then
+  cmake --build "$BUILD" --target python_client > /dev/null
+  cp -r "$BUILD/python" "$OUTDIR/python"
+  find "$OUTDIR/python" -name __pycache__ -prune -exec rm -rf {} +
+fi
+if [ "${WITH_STDLIB:-0}" = 1 ]; then
+  STDLIB=${STDLIB:-/usr/lib/python3.11}
+  mkdir -p "$OUTDIR/stdlib"
+  (cd "$(dirname "$STDLIB")" && find "$(basename "$STDLIB")" -name '*.py' -not -path '*/site-packages/*' \
+     -not -path '*/dist-packages/*' -not -path '*/__pycache__/*' | sort | tar -cf - -T -) \
+    | tar -xf - -C "$OUTDIR/stdlib"
+fi
 for bin in "${BINS[@]/#/$OUTDIR/}"; do
   ldd "$bin" | awk '/=> \// {print $3}' | while read -r lib; do
     case "$(basename "$lib")" in
@@ -32,7 +47,7 @@ for bin in "${BINS[@]/#/$OUTDIR/}"; do
 done
 # Stripped and xz-compressed (its window spans the binaries, which share most of their code), so
 # that it fits the device tool's 64 MiB carry limit with the working tree.
-strip --strip-unneeded "$OUTDIR"/* "$OUTDIR"/lib/* 2>/dev/null || true
+strip --strip-unneeded "$OUTDIR"/* "$OUTDIR"/lib/* 2>/dev/null || true  # (directories: skipped)
 XZ_OPT="-6 -T0" tar -cJf "$ROOT/.gpu-bundle.tar.xz" -C "$OUTDIR" .
 rm -rf "$OUTDIR"
 mkdir -p "$OUTDIR"
