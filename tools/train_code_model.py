@@ -181,9 +181,9 @@ def list_py_files(roots: list[str], stdlibs: list[str]) -> tuple[list, collectio
     skipped = collections.Counter()
     files = []
     root_set = set(roots)
-    names = stdlib_top_names(stdlibs)
+    stdlib_names = stdlib_top_names(stdlibs)
     for root in roots:
-        for dirpath, dirs, names in os.walk(root):
+        for dirpath, dirs, entries in os.walk(root):
             keep = []
             for d in sorted(dirs):
                 full = os.path.join(dirpath, d)
@@ -192,14 +192,14 @@ def list_py_files(roots: list[str], stdlibs: list[str]) -> tuple[list, collectio
                     continue
                 keep.append(d)
             dirs[:] = keep
-            for name in sorted(names):
+            for name in sorted(entries):
                 if not name.endswith(".py"):
                     continue
                 full = os.path.join(dirpath, name)
                 rel = os.path.relpath(full, root).replace(os.sep, "/")
                 if is_stdlib_path(os.path.realpath(full), stdlibs):
                     skipped["standard library path"] += 1
-                elif is_stdlib_copy(rel, names):
+                elif is_stdlib_copy(rel, stdlib_names):
                     skipped["standard module backport or copy (by name)"] += 1
                 else:
                     files.append((root, rel))
