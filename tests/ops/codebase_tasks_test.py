@@ -134,8 +134,17 @@ class CodebaseTasksTest(unittest.TestCase):
             self.assertNotIn("\n", t["answer"])  # the bench stops at a newline
             self.assertTrue(t["answer"].endswith(":"))
             # The answer is exactly the rest of the def line in the source file.
-            line = self.source(t["path"]).split("\n")[t["line"] - 1]
+            lines = self.source(t["path"]).split("\n")
+            line = lines[t["line"] - 1]
             self.assertEqual(line.split(f"def {name}(", 1)[1], t["answer"])
+            # The question ends as the source reads: a method under its class's header line, at
+            # its own indentation; a function at the top level.
+            indent = line[:len(line) - len(line.lstrip())]
+            last_lines = t["question"].split("\n")
+            self.assertEqual(last_lines[-1], line.split(f"def {name}(", 1)[0] + f"def {name}(")
+            if indent:
+                header = next(l for l in reversed(lines[:t["line"] - 1]) if l.startswith("class "))
+                self.assertEqual(last_lines[-2], header, t["question"])
             self.assertIn(f"def {name}({t['answer']}\n", ctx)
             # Unique in the context, and far enough from its end.
             self.assertEqual(len(re.findall(r"\bdef\s+" + name + r"\s*\(", ctx)), 1)
