@@ -11,7 +11,8 @@ CPython standard library, which holds the codebase benchmark (tools/codebase_tas
     python3 tools/train_code_model.py --cpu-check         # data collection report, no torch
 
 Steps (all timed and written into the model card):
-  1. Sources: every *.py under the site-/dist-packages directories of this Python (site and
+  1. Sources: every *.py (with --with-stubs also *.pyi, never typeshed's standard-library
+     stubs) under the site-/dist-packages directories of this Python (site and
      sysconfig purelib/platlib, sys.path entries), sorted by (root, path). Left out: anything
      under the standard library's directories (sysconfig stdlib/platstdlib) that is not in a
      site-/dist-packages directory, any path with a /python3.X/ component that is not followed
@@ -167,17 +168,25 @@ def stdlib_top_names(stdlibs: list[str]) -> frozenset:
     return frozenset(names)
 
 
+# Stubs of the standard library (typeshed, vendored by mypy, jedi, pyright, ...) hold its
+# signatures: never training data (the codebase benchmark asks for exactly those).
+STDLIB_STUB_DIRS = frozenset(("typeshed", "stdlib", "stdlib-stubs"))
+
+
 def is_stdlib_copy(relpath: str, stdlib_names: frozenset) -> bool:
     parts = relpath.split("/")
-    parts[-1] = parts[-1][:-3] if parts[-1].endswith(".py") else parts[-1]
-    if parts[0] in stdlib_names:
+    parts[-1] = parts[-1].removesuffix(".pyi").removesuffix(".py")
+    if parts[0] in stdlib_names or any(p in STDLIB_STUB_DIRS for p in parts[:-1]):
         return True
     return any(p in STDLIB_COPIES or (i and parts[i - 1] in VENDOR_DIRS and p in stdlib_names)
                for i, p in enumerate(parts))
 
 
-def list_py_files(roots: list[str], stdlibs: list[str]) -> tuple[list, collections.Counter]:
-    """-> ([(root, relpath)] sorted, {reason: count} for paths left out by name)."""
+def list_py_files(roots: list[str], stdlibs: list[str],
+                  with_stubs: bool = False) -> tuple[list, collections.Counter]:
+    """-> ([(root, relpath)] sorted, {reason: count} for paths left out by name). With
+    `with_stubs`, the *.pyi stubs too (a module's stub sorts right after it)."""
+    suffixes = (".py", ".pyi") if with_stubs else (".py",)
     skipped = collections.Counter()
     files = []
     root_set = set(roots)
@@ -193,7 +202,7 @@ def list_py_files(roots: list[str], stdlibs: list[str]) -> tuple[list, collectio
                 keep.append(d)
             dirs[:] = keep
             for name in sorted(entries):
-                if not name.endswith(".py"):
+                if not name.endswith(suffixes):
                     continue
                 full = os.path.join(dirpath, name)
                 rel = os.path.relpath(full, root).replace(os.sep, "/")
@@ -277,7 +286,7 @@ def collect_corpus(args) -> dict:
     roots = [r for r in roots if not is_stdlib_path(r + "/x.py", stdlibs)]
     if not roots:
         raise SystemExit("error: no site-packages or dist-packages directory found")
-    files, skipped = list_py_files(roots, stdlibs)
+    files, skipped = list_py_files(roots, stdlibs, args.with_stubs)
     skipped_bytes = collections.Counter()
 
     # Whole groups, in a seeded order; --max-corpus-mb keeps a prefix of them (sizes on disk).
@@ -505,7 +514,7 @@ def data_key(args) -> dict:
             "seed": args.seed, "vocab_size": args.vocab_size, "tok_sample_mb": args.tok_sample_mb,
             "heldout_permille": args.heldout_permille, "max_file_kb": args.max_file_kb,
             "stdlib_overlap": args.stdlib_overlap, "max_corpus_mb": args.max_corpus_mb,
-            "python": sys.executable}
+            "python": sys.executable, "with_stubs": args.with_stubs}
 
 
 def prepare_data(args) -> dict:
@@ -726,7 +735,7 @@ Training loss (mean of the last {last_n} logged steps, at the final row length):
 Loss curve and eval history: `training_log.json`.
 
 ## Data
-The `*.py` files of the installed packages of the training machine's Python: {data_report}
+The {sources} files of the installed packages of the training machine's Python: {data_report}
 
 Never included: any file of the standard library (sysconfig's stdlib/platstdlib directories and
 any /python3.X/ directory outside site-/dist-packages), backports and vendored copies of standard
@@ -942,6 +951,7 @@ def train(args, meta: dict, t0: float, command: str) -> int:
                    + "; ".join(f"{k} {v['files']:,}" for k, v in r["left_out"].items()) + ".")
     curriculum = "; ".join(f"until {int(100 * e)}%: {n} tokens" for e, n in phases)
     card = MODEL_CARD.format(
+        sources="`*.py` and `*.pyi` (stubs after their modules)" if args.with_stubs else "`*.py`",
         params_m=n_params / 1e6, params=f"{n_params:,}", heldout=table, last_n=len(tail_losses)
         * args.log_every, final_loss=final_loss, data_report=data_report,
         overlap=args.stdlib_overlap, max_file_kb=args.max_file_kb,
@@ -1010,6 +1020,10 @@ def parse_args(argv=None):
                    help="leave out a file sharing more than this fraction of its long lines with "
                         "the standard library")
     p.add_argument("--max-file-kb", type=int, default=512)
+    p.add_argument("--with-stubs", action="store_true",
+                   help="train on the packages' *.pyi stubs too: a stub follows its module and "
+                        "repeats its signatures (long-range recall); standard-library stubs "
+                        "(typeshed) never")
     p.add_argument("--max-corpus-mb", type=float, default=None,
                    help="read at most about this much source (whole directories; default 3000, "
                         "smoke 24)")
