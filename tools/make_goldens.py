@@ -841,6 +841,20 @@ def bpe_cases(tok, corpus, with_splits):
     return ids, decoded, splits
 
 
+def save_tokenizer(tok_dir, variant, data):
+    """Writes `data` as tok_dir/variant/tokenizer.json and loads that file back, so that the ids
+    come from exactly the file on disk. -> (Tokenizer, its JSON as the library re-reads it)."""
+    from tokenizers import Tokenizer
+    vdir = os.path.join(tok_dir, variant)
+    os.makedirs(vdir, exist_ok=True)
+    path = os.path.join(vdir, "tokenizer.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False, indent=1)
+        f.write("\n")
+    loaded = Tokenizer.from_file(path)
+    return loaded, json.loads(loaded.to_str())
+
+
 def build_bpe(out_dir, corpus):
     import tokenizers
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -882,14 +896,7 @@ def build_bpe(out_dir, corpus):
         else:  # older files: "a b" strings, no ignore_merges
             data["model"].pop("ignore_merges", None)
             data["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m for m in merges]
-        vdir = os.path.join(tok_dir, variant)
-        os.makedirs(vdir, exist_ok=True)
-        path = os.path.join(vdir, "tokenizer.json")
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=1)
-            f.write("\n")
-        loaded = Tokenizer.from_file(path)  # the ids come from exactly the file on disk
-        reread = json.loads(loaded.to_str())
+        loaded, reread = save_tokenizer(tok_dir, variant, data)
         if variant == "bpe" and not reread["model"].get("ignore_merges"):
             raise RuntimeError("tokenizers dropped model.ignore_merges on load")
         ids, decoded, splits = bpe_cases(loaded, corpus, with_splits=(variant == "bpe"))
@@ -1143,14 +1150,7 @@ def build_bpe_family(out_dir, corpus, variant):
         data["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m for m in merges]
     data["model"]["ignore_merges"] = spec["ignore_merges"]
 
-    vdir = os.path.join(tok_dir, variant)
-    os.makedirs(vdir, exist_ok=True)
-    path = os.path.join(vdir, "tokenizer.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, ensure_ascii=False, indent=1)
-        f.write("\n")
-    loaded = Tokenizer.from_file(path)  # the ids come from exactly the file on disk
-    reread = json.loads(loaded.to_str())
+    loaded, reread = save_tokenizer(tok_dir, variant, data)
     if bool(reread["model"].get("ignore_merges")) != spec["ignore_merges"]:
         raise RuntimeError("tokenizers changed model.ignore_merges on load")
 

@@ -2,8 +2,9 @@
 // real Hugging Face weights (the transformers-made goldens of several families, and the trained
 // code model), joined by an InProcessGroup. The sharded model must give the whole model's logits
 // at every step: a context prefilled in chunks (the registration path), then a question and
-// greedy decode steps attending to it. Tolerance: max|dlogit| / max|logit| <= 1e-5 (fp32 both
-// ways; only the order of the o/down sums differs), and the same greedy tokens.
+// greedy decode steps attending to it, dense and squeezed. Tolerance: max|dlogit| / max|logit|
+// <= 1e-5 (fp32 both ways; only the order of the o/down sums differs), and the same greedy
+// tokens.
 #include "engine/model/tensor_parallel.h"
 
 #include <gtest/gtest.h>
@@ -12,12 +13,14 @@
 #include <chrono>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "engine/backend/communicator.h"
 #include "engine/backend/cpu/cpu_backend.h"
+#include "engine/common/status_macros.h"
 #include "engine/model/llama_model.h"
 #include "engine/squeeze/selection.h"
 #include "engine/squeeze/shard_calibration.h"
@@ -35,109 +38,177 @@ void OnRanks(int ranks, const std::function<void(int)>& fn) {
   for (auto& t : threads) t.join();
 }
 
-// A registered context and a question, then `decode` greedy steps; the logits of every step.
-struct Run {
+// A model split over ranks that share an in-process group.
+struct ShardedModel {
+  explicit ShardedModel(int ranks) : group(ranks), comms(ranks), models(ranks) {}
+  int size() const { return group.size(); }
+  InProcessGroup group;
+  std::vector<std::unique_ptr<Communicator>> comms;
+  std::vector<std::unique_ptr<LlamaModel>> models;
+};
+
+absl::StatusOr<std::unique_ptr<ShardedModel>> MakeSharded(const ModelConfig& config,
+                                                          const LlamaWeights& weights, int ranks) {
+  ASSIGN_OR_RETURN(const ModelConfig shard_config, ShardConfig(config, ranks));
+  auto sharded = std::make_unique<ShardedModel>(ranks);
+  for (int r = 0; r < ranks; ++r) {
+    ASSIGN_OR_RETURN(LlamaWeights w, ShardWeights(weights, config, r, ranks));
+    ASSIGN_OR_RETURN(sharded->models[r], LlamaModel::Create(shard_config, std::move(w),
+                                                            std::make_unique<CpuBackend>()));
+    sharded->comms[r] = sharded->group.Member(r);
+    sharded->models[r]->set_communicator(sharded->comms[r].get());
+  }
+  return sharded;
+}
+
+struct Loaded {
+  ModelConfig config;
+  LlamaWeights weights;
+};
+
+absl::StatusOr<Loaded> Load(const std::string& model_dir) {
+  Loaded out;
+  ASSIGN_OR_RETURN(out.config, LoadModelConfig(model_dir));
+  ASSIGN_OR_RETURN(out.weights, LoadLlamaWeights(model_dir, out.config));
+  return out;
+}
+
+// Token ids spread over the vocabulary (not a real text; the arithmetic is what is tested).
+std::vector<int32_t> Tokens(int n, int64_t stride, int64_t offset, int vocab) {
+  std::vector<int32_t> ids;
+  for (int i = 0; i < n; ++i) ids.push_back(static_cast<int32_t>((i * stride + offset) % vocab));
+  return ids;
+}
+
+// The logits of a question's last token and of `decode` greedy steps after it.
+struct Generation {
   std::vector<std::vector<float>> logits;
   std::vector<int32_t> greedy;
   absl::Status status;
+  float tau = 0;        // squeezed: the calibrated threshold
+  double realised = 0;  // squeezed: the realised KV budget
 };
 
-Run Generate(LlamaModel& m, const std::vector<int32_t>& context,
-             const std::vector<int32_t>& question, int decode) {
-  Run run;
-  auto fail = [&run](absl::Status s) {
-    run.status = s;
-    return run;
-  };
-  SequenceKV ctx_kv(m.kv_shape());
-  for (size_t done = 0; done < context.size(); done += 16) {
-    const size_t n = std::min<size_t>(16, context.size() - done);
+// The context's KV, prefilled in chunks of `chunk` tokens (with `capture` for calibration).
+absl::StatusOr<ContextKV> Prefill(LlamaModel& m, const std::vector<int32_t>& context, int chunk,
+                                  QueryCapture* capture) {
+  SequenceKV seq(m.kv_shape());
+  for (size_t done = 0; done < context.size(); done += chunk) {
+    const size_t n = std::min<size_t>(chunk, context.size() - done);
     SequenceStep step{.tokens = std::span<const int32_t>(context).subspan(done, n),
-                      .kv = &ctx_kv,
-                      .want_logits = false};
+                      .kv = &seq,
+                      .want_logits = false,
+                      .capture = capture};
     ForwardOutput out;
-    if (auto s = m.Forward(std::span<SequenceStep>(&step, 1), &out); !s.ok()) return fail(s);
+    RETURN_IF_ERROR(m.Forward(std::span<SequenceStep>(&step, 1), &out));
   }
-  const ContextKV kv = ContextKV::FromSequence(ctx_kv, static_cast<int>(context.size()));
+  return ContextKV::FromSequence(seq, static_cast<int>(context.size()));
+}
+
+absl::Status Decode(LlamaModel& m, const ContextKV& kv, FixedContextAttention* fixed,
+                    const std::vector<int32_t>& question, int decode, Generation* run) {
   SequenceKV dyn(m.kv_shape());
   std::vector<int32_t> next = question;
   for (int t = 0; t <= decode; ++t) {
-    SequenceStep step{.tokens = next, .context = &kv, .kv = &dyn};
+    SequenceStep step{.tokens = next, .context = &kv, .fixed = fixed, .kv = &dyn};
     ForwardOutput out;
-    if (auto s = m.Forward(std::span<SequenceStep>(&step, 1), &out); !s.ok()) return fail(s);
+    RETURN_IF_ERROR(m.Forward(std::span<SequenceStep>(&step, 1), &out));
     const std::vector<float>& lg = out.logits[0];
-    run.logits.push_back(lg);
-    run.greedy.push_back(static_cast<int32_t>(std::max_element(lg.begin(), lg.end()) - lg.begin()));
-    next = {run.greedy.back()};
+    run->logits.push_back(lg);
+    run->greedy.push_back(
+        static_cast<int32_t>(std::max_element(lg.begin(), lg.end()) - lg.begin()));
+    next = {run->greedy.back()};
   }
+  return absl::OkStatus();
+}
+
+Generation Generate(LlamaModel& m, const std::vector<int32_t>& context,
+                    const std::vector<int32_t>& question, int decode) {
+  Generation run;
+  auto kv = Prefill(m, context, 16, nullptr);
+  run.status = kv.ok() ? Decode(m, *kv, nullptr, question, decode, &run) : kv.status();
   return run;
 }
 
-void ExpectShardedMatchesWhole(const std::string& name, const ModelConfig& config_in,
-                               LlamaWeights weights_in, int ranks) {
-  SCOPED_TRACE(name + " over " + std::to_string(ranks) + " ranks");
-  const ModelConfig* config = &config_in;
-  LlamaWeights* weights = &weights_in;
-  ASSERT_TRUE(CheckTensorParallel(*config, ranks).ok());
-
-  // Token ids spread over the vocabulary (not a real text; the arithmetic is what is tested).
-  std::vector<int32_t> context, question;
-  for (int i = 0; i < 53; ++i) context.push_back((i * 7919 + 13) % config->vocab_size);
-  for (int i = 0; i < 5; ++i) question.push_back((i * 104729 + 71) % config->vocab_size);
-  constexpr int kDecode = 4;
-
-  std::vector<std::unique_ptr<LlamaModel>> shards(ranks);
-  for (int r = 0; r < ranks; ++r) {
-    auto shard_config = ShardConfig(*config, ranks);
-    ASSERT_TRUE(shard_config.ok()) << shard_config.status();
-    auto shard_weights = ShardWeights(*weights, *config, r, ranks);
-    ASSERT_TRUE(shard_weights.ok()) << shard_weights.status();
-    auto m = LlamaModel::Create(*shard_config, std::move(*shard_weights),
-                                std::make_unique<CpuBackend>());
-    ASSERT_TRUE(m.ok()) << m.status();
-    shards[r] = std::move(*m);
+// Squeezed: the context indexed as a registration indexes it (calibrated threshold, budget
+// 0.3); a rank (comm set) clusters its heads as the whole model's and shares the calibration.
+Generation GenerateSqueezed(LlamaModel& m, const std::vector<int32_t>& context,
+                            const std::vector<int32_t>& question, int decode, int kv_head_offset,
+                            Communicator* comm) {
+  Generation run;
+  auto fail = [&run](absl::Status s) {
+    run.status = std::move(s);
+    return run;
+  };
+  SqueezeOptions options;
+  options.centroid_fraction = 0.1;
+  options.window = 16;
+  options.kv_head_offset = kv_head_offset;
+  QueryCapture capture{.from_position = static_cast<int>(context.size()) - options.window};
+  auto kv = Prefill(m, context, 64, &capture);
+  if (!kv.ok()) return fail(kv.status());
+  auto index = BuildSqueezeIndex(&*kv, capture, m.config().num_heads, options);
+  if (!index.ok()) return fail(index.status());
+  if (comm != nullptr) {
+    if (auto s = ShareCalibration(*comm, m.backend(), &*index); !s.ok()) return fail(s);
   }
-  auto whole = LlamaModel::Create(*config, std::move(*weights), std::make_unique<CpuBackend>());
+  SqueezedFixedContextAttention selector(*index, {.budget = 0.3});
+  run.tau = selector.fine_threshold();
+  run.status = Decode(m, *kv, &selector, question, decode, &run);
+  run.realised = selector.realised_budget();
+  return run;
+}
+
+// max|got - ref| / max|ref| over every step's logits; infinity on a NaN or a shape mismatch.
+double RelativeError(const Generation& got, const Generation& ref) {
+  if (got.logits.size() != ref.logits.size()) return std::numeric_limits<double>::infinity();
+  double max_err = 0, max_ref = 0;
+  for (size_t t = 0; t < ref.logits.size(); ++t) {
+    if (got.logits[t].size() != ref.logits[t].size()) {
+      return std::numeric_limits<double>::infinity();
+    }
+    for (size_t v = 0; v < ref.logits[t].size(); ++v) {
+      if (std::isnan(got.logits[t][v])) return std::numeric_limits<double>::infinity();
+      max_err = std::max(max_err, std::fabs(double{got.logits[t][v]} - ref.logits[t][v]));
+      max_ref = std::max(max_ref, std::fabs(double{ref.logits[t][v]}));
+    }
+  }
+  return max_err / max_ref;
+}
+
+void ExpectShardedMatchesWhole(const std::string& name, const ModelConfig& config,
+                               const LlamaWeights& weights, int ranks) {
+  SCOPED_TRACE(name + " over " + std::to_string(ranks) + " ranks");
+  const std::vector<int32_t> context = Tokens(53, 7919, 13, config.vocab_size);
+  const std::vector<int32_t> question = Tokens(5, 104729, 71, config.vocab_size);
+  constexpr int kDecode = 4;
+  auto sharded = MakeSharded(config, weights, ranks);
+  ASSERT_TRUE(sharded.ok()) << sharded.status();
+  auto whole = LlamaModel::Create(config, weights, std::make_unique<CpuBackend>());
   ASSERT_TRUE(whole.ok()) << whole.status();
-  const Run ref = Generate(**whole, context, question, kDecode);
+  const Generation ref = Generate(**whole, context, question, kDecode);
   ASSERT_TRUE(ref.status.ok()) << ref.status;
 
-  InProcessGroup group(ranks);
-  std::vector<std::unique_ptr<Communicator>> comms(ranks);
-  for (int r = 0; r < ranks; ++r) {
-    comms[r] = group.Member(r);
-    shards[r]->set_communicator(comms[r].get());
-  }
-  std::vector<Run> runs(ranks);
-  OnRanks(ranks, [&](int r) { runs[r] = Generate(*shards[r], context, question, kDecode); });
+  std::vector<Generation> runs(ranks);
+  OnRanks(ranks,
+          [&](int r) { runs[r] = Generate(*(*sharded)->models[r], context, question, kDecode); });
   for (int r = 0; r < ranks; ++r) {
     ASSERT_TRUE(runs[r].status.ok()) << "rank " << r << ": " << runs[r].status;
     // Replicated state stays bit-identical across ranks.
     EXPECT_EQ(runs[r].logits, runs[0].logits) << "rank " << r;
   }
-  const Run& got = runs[0];
-  ASSERT_EQ(got.logits.size(), ref.logits.size());
-  double max_err = 0, max_ref = 0;
-  for (size_t t = 0; t < ref.logits.size(); ++t) {
-    for (size_t v = 0; v < ref.logits[t].size(); ++v) {
-      ASSERT_FALSE(std::isnan(got.logits[t][v])) << "step " << t << " token " << v;
-      max_err = std::max(max_err, std::fabs(double{got.logits[t][v]} - ref.logits[t][v]));
-      max_ref = std::max(max_ref, std::fabs(double{ref.logits[t][v]}));
-    }
-  }
+  const double error = RelativeError(runs[0], ref);
   std::printf("%s, %d ranks: max|dlogit|/max|logit| = %.3g over %zu steps\n", name.c_str(), ranks,
-              max_err / max_ref, ref.logits.size());
-  EXPECT_LE(max_err / max_ref, 1e-5);
-  EXPECT_EQ(got.greedy, ref.greedy);
+              error, ref.logits.size());
+  EXPECT_LE(error, 1e-5);
+  EXPECT_EQ(runs[0].greedy, ref.greedy);
 }
 
 // A Hugging Face model directory, split over `ranks`.
 void ExpectShardedModelMatchesWhole(const std::string& model_dir, int ranks) {
-  auto config = LoadModelConfig(model_dir);
-  ASSERT_TRUE(config.ok()) << config.status();
-  auto weights = LoadLlamaWeights(model_dir, *config);
-  ASSERT_TRUE(weights.ok()) << weights.status();
-  ExpectShardedMatchesWhole(model_dir, *config, std::move(*weights), ranks);
+  auto model = Load(model_dir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  ExpectShardedMatchesWhole(model_dir, model->config, model->weights, ranks);
 }
 
 TEST(TensorParallel, ShardedLlamaGqaMatchesWhole) {  // 8 query heads, 2 KV heads
@@ -179,33 +250,19 @@ TEST(TensorParallel, FourAndEightRanksWithBiases) {
 // A rank whose step fails (here: a token id out of range on rank 1 only) aborts the group, so
 // rank 0, already waiting in the first layer's collective, fails too instead of hanging.
 TEST(TensorParallel, AFailingRankFailsTheOthers) {
-  const std::string dir = kSource + "/tests/data/golden/llama31";
-  auto config = LoadModelConfig(dir);
-  ASSERT_TRUE(config.ok());
-  auto weights = LoadLlamaWeights(dir, *config);
-  ASSERT_TRUE(weights.ok());
-  auto shard_config = ShardConfig(*config, 2);
-  ASSERT_TRUE(shard_config.ok());
-  InProcessGroup group(2);
+  auto model = Load(kSource + "/tests/data/golden/llama31");
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto sharded = MakeSharded(model->config, model->weights, 2);
+  ASSERT_TRUE(sharded.ok()) << sharded.status();
   std::vector<absl::Status> status(2);
-  std::vector<std::unique_ptr<LlamaModel>> shards(2);
-  std::vector<std::unique_ptr<Communicator>> comms(2);
-  for (int r = 0; r < 2; ++r) {
-    auto w = ShardWeights(*weights, *config, r, 2);
-    ASSERT_TRUE(w.ok());
-    auto m = LlamaModel::Create(*shard_config, std::move(*w), std::make_unique<CpuBackend>());
-    ASSERT_TRUE(m.ok());
-    shards[r] = std::move(*m);
-    comms[r] = group.Member(r);
-    shards[r]->set_communicator(comms[r].get());
-  }
   OnRanks(2, [&](int r) {
     if (r == 1) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    const std::vector<int32_t> tokens = {3, 5, r == 1 ? config->vocab_size : 7};
-    SequenceKV kv(shards[r]->kv_shape());
+    LlamaModel& m = *(*sharded)->models[r];
+    const std::vector<int32_t> tokens = {3, 5, r == 1 ? model->config.vocab_size : 7};
+    SequenceKV kv(m.kv_shape());
     SequenceStep step{.tokens = tokens, .kv = &kv};
     ForwardOutput out;
-    status[r] = shards[r]->Forward(std::span<SequenceStep>(&step, 1), &out);
+    status[r] = m.Forward(std::span<SequenceStep>(&step, 1), &out);
   });
   EXPECT_EQ(status[1].code(), absl::StatusCode::kInvalidArgument) << status[1];
   EXPECT_EQ(status[0].code(), status[1].code()) << status[0];
@@ -214,117 +271,37 @@ TEST(TensorParallel, AFailingRankFailsTheOthers) {
 // Squeezed Attention sharded by KV head: each rank clusters its heads as the whole model does
 // (kv_head_offset), the ranks share their calibration (one threshold over all heads), and every
 // rank keeps, head by head, the clusters the whole model keeps: the same logits and tokens.
-struct SqueezedRun {
-  Run run;
-  double realised = 0;
-  float tau = 0;
-};
-
-SqueezedRun GenerateSqueezed(LlamaModel& m, const std::vector<int32_t>& context,
-                             const std::vector<int32_t>& question, int decode, int kv_head_offset,
-                             Communicator* comm) {
-  SqueezedRun out;
-  auto fail = [&out](absl::Status s) {
-    out.run.status = s;
-    return out;
-  };
-  SqueezeOptions options;
-  options.centroid_fraction = 0.1;
-  options.window = 16;
-  options.kv_head_offset = kv_head_offset;
-  const int S = static_cast<int>(context.size());
-  QueryCapture capture{.from_position = S - options.window};
-  SequenceKV seq(m.kv_shape());
-  for (int done = 0; done < S; done += 64) {
-    const int n = std::min(64, S - done);
-    SequenceStep step{.tokens = std::span<const int32_t>(context).subspan(done, n),
-                      .kv = &seq,
-                      .want_logits = false,
-                      .capture = &capture};
-    ForwardOutput fo;
-    if (auto s = m.Forward(std::span<SequenceStep>(&step, 1), &fo); !s.ok()) return fail(s);
-  }
-  ContextKV kv = ContextKV::FromSequence(seq, S);
-  auto index = BuildSqueezeIndex(&kv, capture, m.config().num_heads, options);
-  if (!index.ok()) return fail(index.status());
-  if (comm != nullptr) {
-    if (auto s = ShareCalibration(*comm, m.backend(), &*index); !s.ok()) return fail(s);
-  }
-  SqueezedFixedContextAttention selector(*index, {.budget = 0.3});
-  out.tau = selector.fine_threshold();
-  SequenceKV dyn(m.kv_shape());
-  std::vector<int32_t> next = question;
-  for (int t = 0; t <= decode; ++t) {
-    SequenceStep step{.tokens = next, .context = &kv, .fixed = &selector, .kv = &dyn};
-    ForwardOutput fo;
-    if (auto s = m.Forward(std::span<SequenceStep>(&step, 1), &fo); !s.ok()) return fail(s);
-    const std::vector<float>& lg = fo.logits[0];
-    out.run.logits.push_back(lg);
-    out.run.greedy.push_back(
-        static_cast<int32_t>(std::max_element(lg.begin(), lg.end()) - lg.begin()));
-    next = {out.run.greedy.back()};
-  }
-  out.realised = selector.realised_budget();
-  return out;
-}
-
 TEST(TensorParallel, ShardedSqueezedAttentionMatchesWhole) {
-  const std::string dir = kSource + "/models/squeeze-code";
-  auto config = LoadModelConfig(dir);
-  ASSERT_TRUE(config.ok()) << config.status();
-  auto weights = LoadLlamaWeights(dir, *config);
-  ASSERT_TRUE(weights.ok()) << weights.status();
-  constexpr int kRanks = 2;
-  std::vector<int32_t> context, question;
-  for (int i = 0; i < 300; ++i) context.push_back((i * 7919 + 13) % config->vocab_size);
-  for (int i = 0; i < 4; ++i) question.push_back((i * 104729 + 71) % config->vocab_size);
+  auto model = Load(kSource + "/models/squeeze-code");
+  ASSERT_TRUE(model.ok()) << model.status();
+  constexpr int kRanks = 2, kDecode = 3;
+  const std::vector<int32_t> context = Tokens(300, 7919, 13, model->config.vocab_size);
+  const std::vector<int32_t> question = Tokens(4, 104729, 71, model->config.vocab_size);
+  auto sharded = MakeSharded(model->config, model->weights, kRanks);
+  ASSERT_TRUE(sharded.ok()) << sharded.status();
+  auto whole = LlamaModel::Create(model->config, model->weights, std::make_unique<CpuBackend>());
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  const Generation ref = GenerateSqueezed(**whole, context, question, kDecode, 0, nullptr);
+  ASSERT_TRUE(ref.status.ok()) << ref.status;
 
-  auto shard_config = ShardConfig(*config, kRanks);
-  ASSERT_TRUE(shard_config.ok());
-  std::vector<std::unique_ptr<LlamaModel>> shards(kRanks);
-  for (int r = 0; r < kRanks; ++r) {
-    auto w = ShardWeights(*weights, *config, r, kRanks);
-    ASSERT_TRUE(w.ok());
-    auto m = LlamaModel::Create(*shard_config, std::move(*w), std::make_unique<CpuBackend>());
-    ASSERT_TRUE(m.ok());
-    shards[r] = std::move(*m);
-  }
-  auto whole = LlamaModel::Create(*config, std::move(*weights), std::make_unique<CpuBackend>());
-  ASSERT_TRUE(whole.ok());
-  const SqueezedRun ref = GenerateSqueezed(**whole, context, question, 3, 0, nullptr);
-  ASSERT_TRUE(ref.run.status.ok()) << ref.run.status;
-
-  InProcessGroup group(kRanks);
-  std::vector<std::unique_ptr<Communicator>> comms(kRanks);
-  for (int r = 0; r < kRanks; ++r) {
-    comms[r] = group.Member(r);
-    shards[r]->set_communicator(comms[r].get());
-  }
-  std::vector<SqueezedRun> runs(kRanks);
-  const int heads_per_rank = shard_config->num_kv_heads;
+  std::vector<Generation> runs(kRanks);
+  const int heads_per_rank = model->config.num_kv_heads / kRanks;
   OnRanks(kRanks, [&](int r) {
-    runs[r] =
-        GenerateSqueezed(*shards[r], context, question, 3, r * heads_per_rank, comms[r].get());
+    runs[r] = GenerateSqueezed(*(*sharded)->models[r], context, question, kDecode,
+                               r * heads_per_rank, (*sharded)->comms[r].get());
   });
-  double max_err = 0, max_ref = 0;
   for (int r = 0; r < kRanks; ++r) {
-    ASSERT_TRUE(runs[r].run.status.ok()) << "rank " << r << ": " << runs[r].run.status;
+    ASSERT_TRUE(runs[r].status.ok()) << "rank " << r << ": " << runs[r].status;
     EXPECT_EQ(runs[r].tau, ref.tau) << "rank " << r << ": the shared threshold";
-  }
-  for (size_t t = 0; t < ref.run.logits.size(); ++t) {
-    for (size_t v = 0; v < ref.run.logits[t].size(); ++v) {
-      max_err =
-          std::max(max_err, std::fabs(double{runs[0].run.logits[t][v]} - ref.run.logits[t][v]));
-      max_ref = std::max(max_ref, std::fabs(double{ref.run.logits[t][v]}));
-    }
   }
   // The ranks' realised budgets average to the whole model's (each holds half the heads).
   EXPECT_NEAR((runs[0].realised + runs[1].realised) / 2, ref.realised, 1e-9);
   EXPECT_LT(ref.realised, 0.9) << "the selection must drop clusters for the test to mean much";
-  std::printf("squeezed, 2 ranks: max|dlogit|/max|logit| = %.3g, tau %.4g, realised %.3f\n",
-              max_err / max_ref, ref.tau, ref.realised);
-  EXPECT_LE(max_err / max_ref, 1e-5);
-  EXPECT_EQ(runs[0].run.greedy, ref.run.greedy);
+  const double error = RelativeError(runs[0], ref);
+  std::printf("squeezed, 2 ranks: max|dlogit|/max|logit| = %.3g, tau %.4g, realised %.3f\n", error,
+              ref.tau, ref.realised);
+  EXPECT_LE(error, 1e-5);
+  EXPECT_EQ(runs[0].greedy, ref.greedy);
 }
 
 TEST(TensorParallel, ShardShapesAndRefusals) {
