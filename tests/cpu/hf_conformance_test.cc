@@ -38,6 +38,7 @@
 #include "engine/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/common/escape.h"
 
 namespace squeeze {
 namespace {
@@ -85,23 +86,7 @@ json ReadJson(const fs::path& path) {
   return j;
 }
 
-// Printable form of a test string for failure messages.
-std::string Escape(std::string_view s, size_t max_len = 80) {
-  std::string out;
-  for (unsigned char c : s.substr(0, max_len)) {
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c < 0x20 || c == 0x7F) {
-      char buf[8];
-      std::snprintf(buf, sizeof(buf), "\\x%02X", c);
-      out += buf;
-    } else {
-      out.push_back(static_cast<char>(c));
-    }
-  }
-  if (s.size() > max_len) out += "...";
-  return "\"" + out + "\"";
-}
+using ::squeeze::testing::Escape;
 
 std::string IdsString(const std::vector<int32_t>& ids, size_t max_len = 24) {
   std::string out = "[";

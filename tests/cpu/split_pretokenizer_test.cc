@@ -26,6 +26,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/common/escape.h"
 
 namespace squeeze {
 namespace {
@@ -223,21 +224,7 @@ std::vector<std::string> Corpus() {
   return corpus.at("strings").get<std::vector<std::string>>();
 }
 
-// Printable form of a test string for failure messages.
-std::string Escape(std::string_view s, size_t max_len = 80) {
-  std::string out;
-  for (unsigned char c : s.substr(0, max_len)) {
-    if (c < 0x20 || c == 0x7F || c == '\\') {
-      char buf[8];
-      std::snprintf(buf, sizeof(buf), "\\x%02X", c);
-      out += buf;
-    } else {
-      out.push_back(static_cast<char>(c));
-    }
-  }
-  if (s.size() > max_len) out += "...";
-  return "\"" + out + "\"";
-}
+using ::squeeze::testing::Escape;
 
 void CheckSplitGolden(const std::string& name, SplitFunction split) {
   const std::vector<std::string> corpus = Corpus();
