@@ -342,10 +342,11 @@ absl::Status BpeTokenizer::Parse(std::string_view json_text, std::string_view or
     tokens_[id].kind = TokenInfo::kModel;
   }
   for (const Added& a : added) {
-    tokens_[a.id].bytes = a.special ? "" : a.content;
-    tokens_[a.id].kind = a.special ? TokenInfo::kSpecial : TokenInfo::kAdded;
-    // Like `tokenizers`, normalized tokens are looked for in their normalized form.
+    // Like `tokenizers`, normalized tokens are looked for, and decode, in their normalized form
+    // (an NFD "cafe\u0301" token decodes as NFC "caf\u00e9").
     std::string match = a.normalized && nfc_ ? ToNfc(a.content) : a.content;
+    tokens_[a.id].bytes = a.special ? "" : match;
+    tokens_[a.id].kind = a.special ? TokenInfo::kSpecial : TokenInfo::kAdded;
     (a.normalized ? normalized_added_ : raw_added_).tokens.push_back({a.content, match, a.id});
     added_by_content_[a.content] = a.id;
   }

@@ -412,7 +412,8 @@ TEST(BpeTokenizer, NfcNormalizerBetweenSpecialTokens) {
   EXPECT_THAT(Ids(*t, "caf\xC3\xA9!"), ElementsAre(301, '!'));
   EXPECT_THAT(Ids(*t, "cafe\xCC\x81"), ElementsAre(301));
   EXPECT_THAT(Ids(*t, "x\xCC\x81"), ElementsAre(302));
-  EXPECT_EQ(t->TokenBytes(301), "cafe\xCC\x81");  // decodes as written
+  // Decodes in its normalized form, as `tokenizers` does (tests/data/golden bpe_qwen2 cases).
+  EXPECT_EQ(t->TokenBytes(301), "caf\xC3\xA9");
   bool listed = false;
   for (const auto& [content, id] : t->SpecialTokens())
     listed |= id == 301 && content == "cafe\xCC\x81";
