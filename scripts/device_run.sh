@@ -35,6 +35,12 @@
 #   profile  per-kernel GPU time of the decode attention benchmark under Nsight Compute (ncu),
 #            PROFILE_CONFIGS (default 1x131072): where a squeezed step's time goes, launch gaps
 #            being the step's time less the kernels'
+#   forward-ab  the forward benchmark's decode (FORWARD_AB_ARGS; default 128K, batches 1/8/32,
+#            squeezed 0.1 by the GPU k-means) by gpu-forward-bench-base (the bundle's EXTRA, built
+#            from an earlier commit) and by gpu-forward-bench, alternately, AB_ROUNDS (2) times each
+#   profile-forward  per-kernel GPU time of whole decode steps (the forward benchmark at batch 1
+#            against an 8K context, FORWARD_PROFILE_ARGS to change) under ncu, and the same run
+#            without ncu for the steps' wall time: the step less its kernels is launch gaps and copies
 # Logs travel back as $OUT/logs.tar.gz (the device tool returns at most 8 files). Each stage has
 # a time limit so one hang cannot eat the call.
 set -u
@@ -189,6 +195,29 @@ if has profile; then
     /tmp/bundle/gpu-attention-bench --configs "${PROFILE_CONFIGS:-1x131072}" --reps 5 \
     ${PROFILE_ARGS:-} > "$LOGS/ncu.log" 2>&1 || echo "ncu: exit $?"
   grep -v -E "^==PROF==|^ *-+ *-+" "$LOGS/ncu.log" | cut -c1-160 | tail -150
+fi
+if has forward-ab; then
+  ARGS=${FORWARD_AB_ARGS:---prefill_tokens=131072 --decode_steps=8 --kmeans --squeezed_budgets=0.1 --batches=1,8,32}
+  for round in $(seq 1 "${AB_ROUNDS:-2}"); do
+    for b in gpu-forward-bench-base gpu-forward-bench; do
+      echo "== round $round: $b $ARGS"
+      timeout 240 /tmp/bundle/$b $ARGS > "$LOGS/ab-$b-$round.log" 2>&1 || echo "$b: exit $?"
+      grep -E "^decode|^batch|^  squeezed|without a context" "$LOGS/ab-$b-$round.log" | cut -c1-230
+    done
+  done
+fi
+
+if has profile-forward; then
+  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null \
+        | head -1)
+  ARGS=${FORWARD_PROFILE_ARGS:---prefill_tokens=8192 --decode_steps=4 --batches=1 --squeezed_budgets=0.1}
+  echo "== gpu-forward-bench $ARGS (no profiler)"
+  timeout 200 /tmp/bundle/gpu-forward-bench $ARGS 2>&1 | tee "$LOGS/forward-plain.log" | tail -25
+  echo "== ncu per-kernel time: gpu-forward-bench $ARGS"
+  timeout 400 "$NCU" --clock-control none --cache-control none --metrics gpu__time_duration.sum \
+    --print-summary per-kernel /tmp/bundle/gpu-forward-bench $ARGS > "$LOGS/ncu-forward.log" 2>&1 \
+    || echo "ncu: exit $?"
+  grep -v -E "^==PROF==|^ *-+ *-+" "$LOGS/ncu-forward.log" | cut -c1-200 | tail -250
 fi
 tar -czf "$OUT/logs.tar.gz" -C "$LOGS" .
 ls -la "$OUT"

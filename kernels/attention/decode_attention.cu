@@ -12,26 +12,30 @@ using detail::kThreads;
 
 constexpr int kMinKeysPerSplit = 256;
 
-// Grid (max_splits, Hkv, B): CTA (s, h, b) attends heads [h*group, h*group + group) of sequence
-// b to its split s (G: group padded, detail::PaddedGroup); splits past the sequence's length
-// exit at once.
+// Grid (max_splits + tail splits, Hkv, B): CTA (s, h, b) attends heads [h*group, h*group + group)
+// of sequence b to its split s (G: group padded, detail::PaddedGroup): the plan's splits of kv[b],
+// then the tail plan's splits of tail[b]. Splits past their key set's length exit at once, except
+// that an entry's only split (one split in all) writes the empty partial (zero output, lse -inf),
+// so a single-split launch may write the final output directly.
 template <int D, int G>
 __global__ void __launch_bounds__(kThreads, detail::CoreMinBlocks<G>())
     DenseDecodeKernel(const DecodeAttentionParams p) {
   extern __shared__ __align__(128) char smem[];
   const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int group = p.num_q_heads / p.num_kv_heads;
-  const DecodeKv kv = p.kv[b];
-  const int start = split * p.plan.keys_per_split;
-  if (start >= kv.len) return;
-  const int n = min(kv.len - start, p.plan.keys_per_split);
+  const bool in_tail = split >= p.plan.max_splits;
+  const DecodeKv kv = in_tail ? p.tail[b] : p.kv[b];
+  const int kps = in_tail ? p.tail_plan.keys_per_split : p.plan.keys_per_split;
+  const int start = (in_tail ? split - p.plan.max_splits : split) * kps;
+  if (start >= kv.len && gridDim.x > 1) return;
+  const int n = max(min(kv.len - start, kps), 0);
 
   detail::DecodeCore<D, G> core(smem);
   core.LoadQ(p.q + (static_cast<size_t>(b) * p.num_q_heads + h * group) * D,
              p.scale * detail::kLog2e, group);
   const size_t row0 = static_cast<size_t>(h) * kv.head_stride + static_cast<size_t>(start) * D;
   core.Attend(kv.k + row0, kv.v + row0, n, detail::ContiguousRows{});
-  const size_t slot = (static_cast<size_t>(b) * gridDim.y + h) * p.plan.max_splits + split;
+  const size_t slot = (static_cast<size_t>(b) * gridDim.y + h) * gridDim.x + split;
   core.Finish(p.partial_out + slot * group * D, p.partial_lse + slot * group, group);
 }
 
@@ -60,14 +64,25 @@ __global__ void __launch_bounds__(kCombineThreads) CombineKernel(const CombinePa
   const int D = p.head_dim, Hkv = p.num_kv_heads, G = p.num_q_heads / p.num_kv_heads;
   const int h = qh / G, g = qh % G, bh = b * Hkv + h;
 
-  int nd = 0;
+  // Dense partials: nd of kv[b] at slots dslot0 + [0, nd), then nt of the tail at dslot0 +
+  // dense_plan.max_splits + [0, nt).
+  int nd = 0, nt = 0;
   size_t dslot0 = 0;
   if (p.dense_out != nullptr) {
-    const int len = p.dense_kv[b].len;
-    const int kps = p.dense_plan.keys_per_split;
-    nd = len > 0 ? min((len + kps - 1) / kps, p.dense_plan.max_splits) : 0;
-    dslot0 = static_cast<size_t>(bh) * p.dense_plan.max_splits;
+    const auto splits = [](int len, const DecodeSplitPlan& plan) {
+      const int kps = plan.keys_per_split;
+      return len > 0 ? min((len + kps - 1) / kps, plan.max_splits) : 0;
+    };
+    nd = splits(p.dense_kv[b].len, p.dense_plan);
+    int per_entry = p.dense_plan.max_splits;
+    if (p.dense_tail != nullptr) {
+      nt = splits(p.dense_tail[b].len, p.dense_tail_plan);
+      per_entry += p.dense_tail_plan.max_splits;
+    }
+    dslot0 = static_cast<size_t>(bh) * per_entry;
   }
+  const int ndt = nd + nt;
+  const size_t tail_shift = static_cast<size_t>(p.dense_plan.max_splits) - nd;
   int ns = 0;
   size_t sslot0 = 0, sstride = 1;  // sparse partial i is slot (sslot0 + i) * sstride (+ b)
   size_t sshift = 0;
@@ -84,15 +99,17 @@ __global__ void __launch_bounds__(kCombineThreads) CombineKernel(const CombinePa
     sstride = p.batch;
     sshift = b;
   }
-  const int n = nd + ns;
+  const int n = ndt + ns;
+  auto dense_slot = [&](int j) { return dslot0 + j + (j < nd ? 0 : tail_shift); };
   auto sparse_slot = [&](int i) { return (sslot0 + i) * sstride + sshift; };
-  // Partial j: dense slots first, then sparse slots.
+  // Partial j: dense slots first (the tail's last), then sparse slots.
   auto slot_lse = [&](int j) -> float {
-    return j < nd ? p.dense_lse[(dslot0 + j) * G + g] : p.sparse_lse[sparse_slot(j - nd) * G + g];
+    return j < ndt ? p.dense_lse[dense_slot(j) * G + g]
+                   : p.sparse_lse[sparse_slot(j - ndt) * G + g];
   };
   auto slot_out = [&](int j) -> const float* {
-    return j < nd ? p.dense_out + ((dslot0 + j) * G + g) * D
-                  : p.sparse_out + (sparse_slot(j - nd) * G + g) * D;
+    return j < ndt ? p.dense_out + (dense_slot(j) * G + g) * D
+                   : p.sparse_out + (sparse_slot(j - ndt) * G + g) * D;
   };
 
   float mx = -INFINITY;
@@ -184,10 +201,13 @@ DecodeSplitPlan PlanDecodeSplits(int batch, int num_kv_heads, int max_len, int c
 }
 
 cudaError_t LaunchDecodeAttentionPartials(const DecodeAttentionParams& p, cudaStream_t stream) {
+  const auto plan_ok = [](const DecodeSplitPlan& plan) {
+    return plan.keys_per_split > 0 && plan.keys_per_split % detail::kTileKeys == 0 &&
+           plan.max_splits > 0;
+  };
   if (!ShapeOk(p.batch, p.num_q_heads, p.num_kv_heads, p.head_dim) || p.q == nullptr ||
-      p.kv == nullptr || p.partial_out == nullptr || p.partial_lse == nullptr ||
-      p.plan.keys_per_split <= 0 || p.plan.keys_per_split % detail::kTileKeys != 0 ||
-      p.plan.max_splits <= 0) {
+      p.kv == nullptr || p.partial_out == nullptr || p.partial_lse == nullptr || !plan_ok(p.plan) ||
+      (p.tail != nullptr && !plan_ok(p.tail_plan)) || DecodeSplitsPerEntry(p) > 65535) {
     return cudaErrorInvalidValue;
   }
   return detail::DispatchHeadDimGroup(
@@ -196,7 +216,7 @@ cudaError_t LaunchDecodeAttentionPartials(const DecodeAttentionParams& p, cudaSt
         size_t smem = 0;
         cudaError_t e = PrepareDense<D, G>(&smem);
         if (e != cudaSuccess) return e;
-        const dim3 grid(p.plan.max_splits, p.num_kv_heads, p.batch);
+        const dim3 grid(DecodeSplitsPerEntry(p), p.num_kv_heads, p.batch);
         DenseDecodeKernel<D, G><<<grid, kThreads, smem, stream>>>(p);
         return cudaGetLastError();
       });
@@ -206,6 +226,8 @@ cudaError_t LaunchCombineAttention(const CombineParams& p, cudaStream_t stream) 
   if (!ShapeOk(p.batch, p.num_q_heads, p.num_kv_heads, p.head_dim) || p.out == nullptr ||
       p.num_q_heads > 65535 ||
       (p.dense_out != nullptr && (p.dense_lse == nullptr || p.dense_kv == nullptr)) ||
+      (p.dense_tail != nullptr && (p.dense_out == nullptr || p.dense_tail_plan.max_splits <= 0 ||
+                                   p.dense_tail_plan.keys_per_split <= 0)) ||
       ((p.sparse_chunk_begin != nullptr || p.shared_chunk_begin != nullptr) &&
        (p.sparse_out == nullptr || p.sparse_lse == nullptr)) ||
       (p.sparse_chunk_begin != nullptr && p.shared_chunk_begin != nullptr)) {
@@ -221,20 +243,28 @@ cudaError_t LaunchCombineAttention(const CombineParams& p, cudaStream_t stream) 
 }
 
 size_t DecodeAttentionWorkspaceBytes(int batch, int num_q_heads, int head_dim,
-                                     const DecodeSplitPlan& plan) {
-  const size_t rows = static_cast<size_t>(batch) * num_q_heads * plan.max_splits;
+                                     const DecodeSplitPlan& plan, int tail_splits) {
+  const size_t rows =
+      static_cast<size_t>(batch) * num_q_heads * (plan.max_splits + std::max(tail_splits, 0));
   return detail::AlignUp(rows * head_dim * sizeof(float), 256) +
          detail::AlignUp(rows * sizeof(float), 256);
 }
 
 cudaError_t LaunchDecodeAttention(const DecodeAttentionParams& p, void* workspace, void* out,
                                   bool out_bf16, float* lse, cudaStream_t stream) {
-  if (workspace == nullptr) return cudaErrorInvalidValue;
+  if (workspace == nullptr || out == nullptr) return cudaErrorInvalidValue;
   DecodeAttentionParams q = p;
-  const size_t rows = static_cast<size_t>(p.batch) * p.num_q_heads * p.plan.max_splits;
+  const int per_entry = DecodeSplitsPerEntry(p);
+  const size_t rows = static_cast<size_t>(p.batch) * p.num_q_heads * per_entry;
   q.partial_out = static_cast<float*>(workspace);
   q.partial_lse = reinterpret_cast<float*>(static_cast<char*>(workspace) +
                                            detail::AlignUp(rows * p.head_dim * sizeof(float), 256));
+  // One split per entry and fp32 output without lse: the partial (slot b * Hkv + h, [G][d]) is
+  // the output row block [b][h * G, h * G + G) itself, so no combine.
+  if (per_entry == 1 && !out_bf16 && lse == nullptr) {
+    q.partial_out = static_cast<float*>(out);
+    return LaunchDecodeAttentionPartials(q, stream);
+  }
   cudaError_t err = LaunchDecodeAttentionPartials(q, stream);
   if (err != cudaSuccess) return err;
   CombineParams c;
@@ -244,6 +274,8 @@ cudaError_t LaunchDecodeAttention(const DecodeAttentionParams& p, void* workspac
   c.head_dim = p.head_dim;
   c.dense_kv = p.kv;
   c.dense_plan = p.plan;
+  c.dense_tail = p.tail;
+  c.dense_tail_plan = p.tail_plan;
   c.dense_out = q.partial_out;
   c.dense_lse = q.partial_lse;
   c.out = out;

@@ -47,16 +47,30 @@ struct DecodeAttentionParams {
   const float* q = nullptr;      // [B][Hq][d] fp32 device
   const DecodeKv* kv = nullptr;  // [B] device array; kv[b].len <= the plan's max_len
   DecodeSplitPlan plan;
-  float* partial_out = nullptr;  // [DecodePartialSlots][G][d]
-  float* partial_lse = nullptr;  // [DecodePartialSlots][G], log2 domain
+  // Optional second key set per entry, attended as more splits after the plan's: rows
+  // [0, tail[b].len) of tail[b] in splits of tail_plan.keys_per_split (a decode over a fixed
+  // context and the sequence's own rows in one launch and one combine). [B] device array or null.
+  const DecodeKv* tail = nullptr;
+  DecodeSplitPlan tail_plan;
+  float* partial_out = nullptr;  // [B * Hkv * DecodeSplitsPerEntry][G][d]
+  float* partial_lse = nullptr;  // [B * Hkv * DecodeSplitsPerEntry][G], log2 domain
 };
 
+// Partial slots per (sequence, KV head) of a launch: the plan's splits and the tail's. Slot
+// (b * Hkv + h) * DecodeSplitsPerEntry + s.
+inline int DecodeSplitsPerEntry(const DecodeAttentionParams& p) {
+  return p.plan.max_splits + (p.tail != nullptr ? p.tail_plan.max_splits : 0);
+}
+
 // Writes the dense partials. Splits past a sequence's length write nothing (the combine kernel
-// derives each sequence's split count from kv[b].len).
+// derives each sequence's split count from kv[b].len and tail[b].len), except in a launch of one
+// split per entry, where an empty entry writes zero output and lse -inf.
 cudaError_t LaunchDecodeAttentionPartials(const DecodeAttentionParams& p, cudaStream_t stream);
 
 // Exact merge of up to two partial sets per (sequence, query head):
 //   dense set:  slots (b * Hkv + h) * dense_plan.max_splits + s, s < ceil(len_b / keys_per_split)
+//               (with a tail: per entry dense_plan.max_splits + dense_tail_plan.max_splits slots,
+//               the tail's splits after the plan's)
 //   sparse set: slots [sparse_chunk_begin[b * Hkv + h], sparse_chunk_begin[b * Hkv + h + 1]), or
 //               the shared set of a cascade (shared_chunk_begin below)
 // out [B][Hq][d] (fp32 or bf16) = softmax-weighted mean over the union of both key sets;
@@ -66,9 +80,13 @@ struct CombineParams {
   int num_q_heads = 0;
   int num_kv_heads = 0;
   int head_dim = 0;
-  // Dense set; dense_out == nullptr: none.
+  // Dense set; dense_out == nullptr: none. With dense_tail, each entry's slots hold
+  // dense_plan.max_splits splits of dense_kv[b] and then dense_tail_plan.max_splits of
+  // dense_tail[b] (DecodeAttentionParams::tail).
   const DecodeKv* dense_kv = nullptr;
   DecodeSplitPlan dense_plan;
+  const DecodeKv* dense_tail = nullptr;
+  DecodeSplitPlan dense_tail_plan;
   const float* dense_out = nullptr;
   const float* dense_lse = nullptr;
   // Sparse set; sparse_chunk_begin == nullptr: none.
@@ -88,10 +106,12 @@ struct CombineParams {
 };
 cudaError_t LaunchCombineAttention(const CombineParams& p, cudaStream_t stream);
 
-// Dense decode in one call (partials + combine). Workspace: DecodeAttentionWorkspaceBytes, any
+// Dense decode in one call (partials + combine; the partials alone, written straight into `out`,
+// when there is one split per entry, fp32 output and no lse). Workspace:
+// DecodeAttentionWorkspaceBytes (tail_splits: tail_plan.max_splits when there is a tail), any
 // contents, 256-byte aligned.
 size_t DecodeAttentionWorkspaceBytes(int batch, int num_q_heads, int head_dim,
-                                     const DecodeSplitPlan& plan);
+                                     const DecodeSplitPlan& plan, int tail_splits = 0);
 cudaError_t LaunchDecodeAttention(const DecodeAttentionParams& p, void* workspace, void* out,
                                   bool out_bf16, float* lse, cudaStream_t stream);
 

@@ -67,6 +67,18 @@ cudaError_t DispatchHeadDimGroup(int head_dim, int group, F&& f) {
 
 inline size_t AlignUp(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
+// The current device's multiprocessors (cached on first use; the engine drives one device).
+inline int MultiprocessorCount() {
+  static int sms = 0;
+  if (sms == 0) {
+    int device = 0, count = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
+    sms = std::max(count, 1);
+  }
+  return sms;
+}
+
 // CTAs of `kernel` (with `threads` threads and `smem` bytes of dynamic shared memory) that the
 // current device runs at once: multiprocessors x resident blocks per multiprocessor (>= 1).
 template <class Kernel>

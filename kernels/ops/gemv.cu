@@ -4,6 +4,7 @@
 #include <climits>
 #include <cstdint>
 
+#include "kernels/common/dispatch.cuh"
 #include "kernels/common/mma_tile.cuh"
 #include "kernels/ops/gemv.cuh"
 
@@ -92,18 +93,6 @@ __device__ __forceinline__ GemvOutput OutputOfRow(const GemvParams& p, int row, 
 // H200: ~3% faster end to end than reading x through the read-only cache in the loop. Launching
 // it as a programmatic dependent of the previous GEMV, with its first weight lines prefetched to
 // L2 before griddepcontrol.wait, made decode 2-5% slower: bench/RESULTS.md, whole forward.)
-// The current device's multiprocessors (cached on first use; the engine drives one device).
-int MultiprocessorCount() {
-  static int sms = 0;
-  if (sms == 0) {
-    int device = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    sms = std::max(sms, 1);
-  }
-  return sms;
-}
-
 template <int M>
 __global__ void __launch_bounds__(kWarps * 32) GemvKernel(const GemvParams p, int total_rows) {
   extern __shared__ uint4 xs[];  // [M][k / 8]
@@ -190,8 +179,8 @@ cudaError_t Launch(const GemvParams& p, int total_rows, cudaStream_t stream) {
     last_smem = smem;
   }
   const int rows_blocks = (total_rows + kWarps - 1) / kWarps;
-  const int grid =
-      std::max(1, std::min(rows_blocks, std::max(1, blocks_per_sm) * MultiprocessorCount()));
+  const int grid = std::max(
+      1, std::min(rows_blocks, std::max(1, blocks_per_sm) * detail::MultiprocessorCount()));
   GemvKernel<M><<<grid, kWarps * 32, smem, stream>>>(p, total_rows);
   return cudaGetLastError();
 }
@@ -257,7 +246,7 @@ MmaPlan PlanMma(const GemvParams& p) {
   const int chunks = p.k / 32;
   // About three CTAs per multiprocessor; the split partials (written and read once) kept under
   // an eighth of the weight bytes (splits <= k / (16 m)); at least 256 columns per split.
-  const int want = (3 * MultiprocessorCount() + plan.tiles - 1) / plan.tiles;
+  const int want = (3 * detail::MultiprocessorCount() + plan.tiles - 1) / plan.tiles;
   int splits = std::min({want, p.k / (16 * p.m), chunks / kMinChunksPerSplit});
   if (plan.tiles > kGemvCounters) splits = 1;
   splits = std::max(splits, 1);

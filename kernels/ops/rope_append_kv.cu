@@ -3,6 +3,7 @@
 #include <climits>
 #include <cmath>
 
+#include "kernels/common/dispatch.cuh"
 #include "kernels/ops/elementwise.cuh"
 #include "kernels/ops/rope_append_kv.cuh"
 
@@ -120,7 +121,7 @@ __global__ void __launch_bounds__(kRopeThreads)
   __syncthreads();
   const int d = 2 * half;
   const int pairs = (q_heads + kv_heads) * half;
-  for (int j = threadIdx.x; j < pairs; j += blockDim.x) {
+  for (int j = blockIdx.y * blockDim.x + threadIdx.x; j < pairs; j += gridDim.y * blockDim.x) {
     const int h = j / half, i = j - h * half;
     const bool is_k = h >= q_heads;
     const int kh = h - q_heads;
@@ -215,7 +216,12 @@ cudaError_t LaunchRopeAppendKvBatch(float* q, int q_heads, float* k, const float
       seqs == nullptr) {
     return cudaErrorInvalidValue;
   }
-  RopeAppendKvBatchKernel<<<rows, kRopeThreads, 0, stream>>>(
+  // A decode step's few tokens spread their pairs over several CTAs per token (one CTA for a
+  // token's 40 heads took 7 us on an H100: bench/RESULTS.md); long prefill chunks keep one.
+  const int pairs = (q_heads + num_kv_heads) * (head_dim / 2);
+  const int parts = std::max(1, std::min((pairs + kRopeThreads - 1) / kRopeThreads,
+                                         (2 * detail::MultiprocessorCount() + rows - 1) / rows));
+  RopeAppendKvBatchKernel<<<dim3(rows, parts), kRopeThreads, 0, stream>>>(
       q, q_heads, k, v, num_kv_heads, positions, head_dim / 2, inv_freq, seqs, num_seqs);
   return cudaGetLastError();
 }

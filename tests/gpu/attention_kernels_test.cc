@@ -70,6 +70,9 @@ struct DenseCase {
   bool out_bf16;
   float q_scale;
   bool tiny_splits;  // also run with 64 keys per split (many partials for the combine)
+  // Per sequence, the rows of a second key set attended as the launch's tail (a fixed context's
+  // decode with the sequence's own rows); empty: no tail.
+  std::vector<int> tail_lens = {};
 };
 
 void RunDense(const DenseCase& c, uint64_t seed) {
@@ -92,9 +95,24 @@ void RunDense(const DenseCase& c, uint64_t seed) {
     descs[b].len = c.lens[b];
     max_len = std::max(max_len, c.lens[b]);
   }
+  // The tail key sets, when the case has them.
+  const bool with_tail = !c.tail_lens.empty();
+  std::vector<HostKv> tails;
+  std::vector<std::unique_ptr<DeviceArray<bf16>>> tail_k, tail_v;
+  std::vector<gpu::DecodeKv> tail_descs(with_tail ? B : 0);
+  int max_tail = 0;
+  for (int b = 0; b < B && with_tail; ++b) {
+    tails.push_back(MakeKv(c.hkv, c.tail_lens[b], d, rng));
+    tail_k.push_back(std::make_unique<DeviceArray<bf16>>(tails[b].k.dev));
+    tail_v.push_back(std::make_unique<DeviceArray<bf16>>(tails[b].v.dev));
+    tail_descs[b] = {tail_k[b]->get(), tail_v[b]->get(), static_cast<int64_t>(tails[b].cap) * d,
+                     c.tail_lens[b]};
+    max_tail = std::max(max_tail, c.tail_lens[b]);
+  }
   const std::vector<float> q = RandomQueries(B, hq, d, c.q_scale, rng);
   DeviceArray<float> dev_q(q);
   DeviceArray<gpu::DecodeKv> dev_descs(descs);
+  DeviceArray<gpu::DecodeKv> dev_tail_descs(tail_descs);
 
   // Reference, per sequence.
   std::vector<float> ref_out(q.size()), ref_lse(static_cast<size_t>(B) * hq);
@@ -106,15 +124,31 @@ void RunDense(const DenseCase& c, uint64_t seed) {
     AttentionPartial(shape, q.data() + static_cast<size_t>(b) * hq * d, keys,
                      ref_out.data() + static_cast<size_t>(b) * hq * d,
                      ref_lse.data() + static_cast<size_t>(b) * hq);
+    if (with_tail) {  // the tail's partial, merged by the reference merge
+      std::vector<float> tail_out(static_cast<size_t>(hq) * d), tail_lse(hq);
+      AttentionKeys tail_keys;
+      tail_keys.kv = KvSlice{tails[b].k.ref.data(), tails[b].v.ref.data(),
+                             static_cast<size_t>(tails[b].cap) * d, c.tail_lens[b]};
+      AttentionPartial(shape, q.data() + static_cast<size_t>(b) * hq * d, tail_keys,
+                       tail_out.data(), tail_lse.data());
+      MergeAttentionPartials(ref_out.data() + static_cast<size_t>(b) * hq * d,
+                             ref_lse.data() + static_cast<size_t>(b) * hq, tail_out.data(),
+                             tail_lse.data(), hq, d);
+    }
   }
 
   std::vector<gpu::DecodeSplitPlan> plans = {
       gpu::PlanDecodeSplits(B, c.hkv, max_len, ConcurrentCtas(d, c.group))};
   if (c.tiny_splits) plans.push_back(gpu::DecodeSplitPlan{64, (max_len + 63) / 64});
   for (const gpu::DecodeSplitPlan& plan : plans) {
+    // The tail in splits of the same size (as the backend plans it).
+    const gpu::DecodeSplitPlan tail_plan{
+        plan.keys_per_split, (max_tail + plan.keys_per_split - 1) / plan.keys_per_split};
     SCOPED_TRACE(::testing::Message()
-                 << "keys_per_split=" << plan.keys_per_split << " splits=" << plan.max_splits);
-    DeviceArray<char> ws(gpu::DecodeAttentionWorkspaceBytes(B, hq, d, plan));
+                 << "keys_per_split=" << plan.keys_per_split << " splits=" << plan.max_splits
+                 << " tail splits=" << (with_tail ? tail_plan.max_splits : 0));
+    DeviceArray<char> ws(
+        gpu::DecodeAttentionWorkspaceBytes(B, hq, d, plan, with_tail ? tail_plan.max_splits : 0));
     DeviceArray<float> out32(c.out_bf16 ? 0 : q.size());
     DeviceArray<bf16> out16(c.out_bf16 ? q.size() : 0);
     DeviceArray<float> lse(ref_lse.size());
@@ -127,6 +161,10 @@ void RunDense(const DenseCase& c, uint64_t seed) {
     p.q = dev_q.get();
     p.kv = dev_descs.get();
     p.plan = plan;
+    if (with_tail) {
+      p.tail = dev_tail_descs.get();
+      p.tail_plan = tail_plan;
+    }
     std::vector<float> first_out, first_lse;
     for (int rep = 0; rep < 2; ++rep) {
       ws.Poison();
@@ -154,6 +192,20 @@ void RunDense(const DenseCase& c, uint64_t seed) {
             << "repeated launch differs";
         EXPECT_EQ(0, std::memcmp(first_lse.data(), got_lse.data(), got_lse.size() * 4))
             << "repeated launch differs (lse)";
+      }
+    }
+    // fp32 output without lse: with one split per entry the partials are the output (no combine).
+    if (!c.out_bf16) {
+      ws.Poison();
+      out32.Poison();
+      CUDA_OK(gpu::LaunchDecodeAttention(p, ws.get(), out32.get(), false, nullptr, nullptr));
+      CUDA_OK(cudaDeviceSynchronize());
+      const std::vector<float> got = out32.Download();
+      for (int b = 0; b < B; ++b) {
+        const Errors e =
+            Compare(got, ref_lse, ref_out, ref_lse, static_cast<size_t>(b) * hq, hq, d);
+        EXPECT_TRUE(e.finite) << "no lse: sequence " << b;
+        EXPECT_LE(e.rel, 1e-3) << "no lse: sequence " << b << " (len " << c.lens[b] << ")";
       }
     }
   }
@@ -199,6 +251,17 @@ TEST(DenseDecodeAttention, MixedBatchOf32) {
   std::vector<int> lens(32);
   for (int& l : lens) l = rng.Int(1, 3000);
   RunDense({128, 4, 2, lens, false, 3.0f, true}, 11);
+}
+
+// A fixed context's decode and the sequence's own rows in one launch (the tail splits after the
+// plan's), merged by one combine; empty sets on either side; single-split launches that write the
+// output directly.
+TEST(DenseDecodeAttention, TailOfOwnRows) {
+  RunDense({128, 4, 2, {1}, false, 3.0f, false, {1}}, 50);
+  RunDense({128, 4, 2, {100, 3000, 0, 5}, false, 3.0f, true, {7, 1, 300, 0}}, 51);
+  RunDense({64, 8, 1, {20000, 129}, true, 3.0f, true, {2000, 65}}, 52);
+  RunDense({96, 3, 2, {777, 64}, false, 3.0f, true, {1, 513}}, 53);
+  RunDense({128, 1, 8, {131072}, false, 3.0f, false, {40}}, 54);
 }
 
 TEST(DenseDecodeAttention, LongContext128K) {

@@ -499,6 +499,13 @@ void CudaBackend::Attention(const AttentionParams& p) {
     return;
   }
   const bool with_fixed = p.fixed.kv.num_rows > 0;
+  // Decode over a fixed context without device selection: one launch for the context and the
+  // sequence's own rows, one combine (below, the host-selector path, does the same).
+  if (with_fixed && !SqueezedOnDevice(p) && p.fixed.selector == nullptr &&
+      DenseAttention::DecodesFixed(p)) {
+    dense_.FixedAndDynamic(p);
+    return;
+  }
   float* dyn_out = p.out;
   float* dyn_lse = nullptr;
   float* fixed_lse = nullptr;
@@ -523,6 +530,10 @@ void CudaBackend::Attention(const AttentionParams& p) {
       }
       AttentionParams host = p;
       host.fixed.ranges = selection_.ranges;
+      if (DenseAttention::DecodesFixed(p)) {
+        dense_.FixedAndDynamic(host);
+        return;
+      }
       dense_.Fixed(host, p.out, fixed_lse);
     } else {
       dense_.Fixed(p, p.out, fixed_lse);

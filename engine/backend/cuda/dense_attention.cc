@@ -58,15 +58,22 @@ int DenseAttention::DecodeCtas(int head_dim, int group) {
 }
 
 void DenseAttention::LaunchDecode(const float* q, int batch, int num_q_heads, int num_kv_heads,
-                                  int head_dim, float scale, int max_len, float* out, float* lse) {
+                                  int head_dim, float scale, int max_len, int tail_max_len,
+                                  float* out, float* lse) {
   const gpu::DecodeSplitPlan plan = gpu::PlanDecodeSplits(
       batch, num_kv_heads, max_len, DecodeCtas(head_dim, num_q_heads / num_kv_heads));
+  const bool tail = tail_max_len > 0;
+  // The tail (a sequence's own rows after its fixed context) in splits of the same size.
+  const gpu::DecodeSplitPlan tail_plan{
+      plan.keys_per_split,
+      tail ? (tail_max_len + plan.keys_per_split - 1) / plan.keys_per_split : 0};
+  const size_t descs = static_cast<size_t>(batch) * (tail ? 2 : 1);  // kv_desc_: main, then tail
   auto* dev_desc =
-      static_cast<gpu::DecodeKv*>(dev_.Scratch(kKvDesc, sizeof(gpu::DecodeKv) * batch));
-  void* ws = dev_.Scratch(kDecodeWs,
-                          gpu::DecodeAttentionWorkspaceBytes(batch, num_q_heads, head_dim, plan));
+      static_cast<gpu::DecodeKv*>(dev_.Scratch(kKvDesc, sizeof(gpu::DecodeKv) * descs));
+  void* ws = dev_.Scratch(kDecodeWs, gpu::DecodeAttentionWorkspaceBytes(
+                                         batch, num_q_heads, head_dim, plan, tail_plan.max_splits));
   if (dev_desc == nullptr || ws == nullptr) return;
-  dev_.CopyFromHost(dev_desc, kv_desc_.data(), sizeof(gpu::DecodeKv) * batch);
+  dev_.CopyFromHost(dev_desc, kv_desc_.data(), sizeof(gpu::DecodeKv) * descs);
   gpu::DecodeAttentionParams dp;
   dp.batch = batch;
   dp.num_q_heads = num_q_heads;
@@ -76,6 +83,10 @@ void DenseAttention::LaunchDecode(const float* q, int batch, int num_q_heads, in
   dp.q = q;
   dp.kv = dev_desc;
   dp.plan = plan;
+  if (tail) {
+    dp.tail = dev_desc + batch;
+    dp.tail_plan = tail_plan;
+  }
   dev_.Check(gpu::LaunchDecodeAttention(dp, ws, out, /*out_bf16=*/false, lse, dev_.stream()),
              "decode attention");
 }
@@ -83,67 +94,97 @@ void DenseAttention::LaunchDecode(const float* q, int batch, int num_q_heads, in
 void DenseAttention::DecodeOverHeads(const float* q, int n, int num_q_heads, int num_kv_heads,
                                      int head_dim, float scale, const void* k, const void* v,
                                      size_t head_stride, std::span<const int32_t> rows_per_head,
-                                     float* out, float* lse) {
+                                     const AttentionKeys* dynamic, float* out, float* lse) {
   const int group = num_q_heads / num_kv_heads;
   const int batch = n * num_kv_heads;
-  kv_desc_.resize(batch);
-  int max_len = 0;
+  kv_desc_.resize(static_cast<size_t>(batch) * (dynamic != nullptr ? 2 : 1));
+  int max_len = 0, tail_max_len = 0;
   for (int t = 0; t < n; ++t) {
     for (int h = 0; h < num_kv_heads; ++h) {
-      gpu::DecodeKv& e = kv_desc_[static_cast<size_t>(t) * num_kv_heads + h];
+      const size_t entry = static_cast<size_t>(t) * num_kv_heads + h;
+      gpu::DecodeKv& e = kv_desc_[entry];
       e.k = static_cast<const bf16*>(k) + h * head_stride;
       e.v = static_cast<const bf16*>(v) + h * head_stride;
       e.head_stride = static_cast<int64_t>(head_stride);
       e.len = rows_per_head[h];
       max_len = std::max(max_len, e.len);
+      if (dynamic != nullptr) {  // query t sees its own rows [0, causal_offset + t]
+        const KvSlice& dkv = dynamic->kv;
+        gpu::DecodeKv& d = kv_desc_[batch + entry];
+        d.k = static_cast<const bf16*>(dkv.k) + h * dkv.head_stride;
+        d.v = static_cast<const bf16*>(dkv.v) + h * dkv.head_stride;
+        d.head_stride = static_cast<int64_t>(dkv.head_stride);
+        d.len = dynamic->causal_offset + t + 1;
+        tail_max_len = std::max(tail_max_len, d.len);
+      }
     }
   }
-  LaunchDecode(q, batch, group, 1, head_dim, scale, max_len, out, lse);
+  LaunchDecode(q, batch, group, 1, head_dim, scale, max_len, tail_max_len, out, lse);
+}
+
+bool DenseAttention::GatherFixed(const AttentionParams& p, FixedRows* rows) {
+  const AttentionShape& s = p.shape;
+  const KvSlice& kv = p.fixed.kv;
+  const int hkv = s.num_kv_heads, d = s.head_dim;
+  rows->k = kv.k;
+  rows->v = kv.v;
+  rows->head_stride = kv.head_stride;
+  rows->max_rows = kv.num_rows;
+  if (p.fixed.ranges.empty()) {  // every row of every head
+    counts_.assign(hkv, kv.num_rows);
+    return true;
+  }
+  // A host selector's ranges: gather the kept rows of each head into a compact copy.
+  rows_.clear();
+  head_begin_.assign(1, 0);
+  counts_.resize(hkv);
+  int max_rows = 0;
+  for (int h = 0; h < hkv; ++h) {
+    for (const KeyRange& r : p.fixed.ranges[h]) {
+      for (int row = r.begin; row < r.end; ++row) rows_.push_back(row);
+    }
+    head_begin_.push_back(static_cast<int32_t>(rows_.size()));
+    counts_[h] = head_begin_[h + 1] - head_begin_[h];
+    max_rows = std::max(max_rows, counts_[h]);
+  }
+  const size_t head_stride = static_cast<size_t>(std::max(max_rows, 1)) * d;
+  auto* dev_rows =
+      static_cast<int32_t*>(dev_.Scratch(kGatherRows, sizeof(int32_t) * (rows_.size() + 1)));
+  auto* dev_begin =
+      static_cast<int32_t*>(dev_.Scratch(kGatherBegin, sizeof(int32_t) * head_begin_.size()));
+  auto* gk = static_cast<bf16*>(dev_.Scratch(kGatheredK, head_stride * hkv * sizeof(bf16)));
+  auto* gv = static_cast<bf16*>(dev_.Scratch(kGatheredV, head_stride * hkv * sizeof(bf16)));
+  if (dev_rows == nullptr || dev_begin == nullptr || gk == nullptr || gv == nullptr) return false;
+  dev_.CopyFromHost(dev_rows, rows_.data(), sizeof(int32_t) * rows_.size());
+  dev_.CopyFromHost(dev_begin, head_begin_.data(), sizeof(int32_t) * head_begin_.size());
+  dev_.Check(gpu::LaunchGatherKvRows(static_cast<const bf16*>(kv.k), static_cast<const bf16*>(kv.v),
+                                     kv.head_stride, dev_rows, dev_begin, hkv, max_rows, d, gk, gv,
+                                     head_stride, dev_.stream()),
+             "gather kept rows");
+  *rows = {gk, gv, head_stride, max_rows};
+  return true;
+}
+
+bool DenseAttention::DecodesFixed(const AttentionParams& p) {
+  return p.shape.num_queries < kFixedPrefillMinQueries;
+}
+
+void DenseAttention::FixedAndDynamic(const AttentionParams& p) {
+  const AttentionShape& s = p.shape;
+  FixedRows rows;
+  if (!GatherFixed(p, &rows)) return;
+  DecodeOverHeads(p.q, s.num_queries, s.num_q_heads, s.num_kv_heads, s.head_dim, s.scale, rows.k,
+                  rows.v, rows.head_stride, counts_, &p.dynamic, p.out, /*lse=*/nullptr);
 }
 
 void DenseAttention::Fixed(const AttentionParams& p, float* out, float* lse) {
   const AttentionShape& s = p.shape;
-  const KvSlice& kv = p.fixed.kv;
   const int hkv = s.num_kv_heads, d = s.head_dim;
-  const void* k = kv.k;
-  const void* v = kv.v;
-  size_t head_stride = kv.head_stride;
-  int max_rows = kv.num_rows;
-  if (p.fixed.ranges.empty()) {  // every row of every head
-    counts_.assign(hkv, kv.num_rows);
-  } else {  // a host selector's ranges: gather the kept rows of each head into a compact copy
-    rows_.clear();
-    head_begin_.assign(1, 0);
-    counts_.resize(hkv);
-    max_rows = 0;
-    for (int h = 0; h < hkv; ++h) {
-      for (const KeyRange& r : p.fixed.ranges[h]) {
-        for (int row = r.begin; row < r.end; ++row) rows_.push_back(row);
-      }
-      head_begin_.push_back(static_cast<int32_t>(rows_.size()));
-      counts_[h] = head_begin_[h + 1] - head_begin_[h];
-      max_rows = std::max(max_rows, counts_[h]);
-    }
-    head_stride = static_cast<size_t>(std::max(max_rows, 1)) * d;
-    auto* dev_rows =
-        static_cast<int32_t*>(dev_.Scratch(kGatherRows, sizeof(int32_t) * (rows_.size() + 1)));
-    auto* dev_begin =
-        static_cast<int32_t*>(dev_.Scratch(kGatherBegin, sizeof(int32_t) * head_begin_.size()));
-    auto* gk = static_cast<bf16*>(dev_.Scratch(kGatheredK, head_stride * hkv * sizeof(bf16)));
-    auto* gv = static_cast<bf16*>(dev_.Scratch(kGatheredV, head_stride * hkv * sizeof(bf16)));
-    if (dev_rows == nullptr || dev_begin == nullptr || gk == nullptr || gv == nullptr) return;
-    dev_.CopyFromHost(dev_rows, rows_.data(), sizeof(int32_t) * rows_.size());
-    dev_.CopyFromHost(dev_begin, head_begin_.data(), sizeof(int32_t) * head_begin_.size());
-    dev_.Check(gpu::LaunchGatherKvRows(
-                   static_cast<const bf16*>(kv.k), static_cast<const bf16*>(kv.v), kv.head_stride,
-                   dev_rows, dev_begin, hkv, max_rows, d, gk, gv, head_stride, dev_.stream()),
-               "gather kept rows");
-    k = gk;
-    v = gv;
-  }
-  if (s.num_queries < kFixedPrefillMinQueries) {
-    DecodeOverHeads(p.q, s.num_queries, s.num_q_heads, hkv, d, s.scale, k, v, head_stride, counts_,
-                    out, lse);
+  FixedRows rows;
+  if (!GatherFixed(p, &rows)) return;
+  if (DecodesFixed(p)) {
+    DecodeOverHeads(p.q, s.num_queries, s.num_q_heads, hkv, d, s.scale, rows.k, rows.v,
+                    rows.head_stride, counts_, /*dynamic=*/nullptr, out, lse);
     return;
   }
   const size_t q_elems = static_cast<size_t>(s.num_queries) * s.num_q_heads * d;
@@ -152,7 +193,8 @@ void DenseAttention::Fixed(const AttentionParams& p, float* out, float* lse) {
   if (qb == nullptr || head_len == nullptr) return;
   dev_.Check(gpu::LaunchF32ToBf16(p.q, qb, q_elems, dev_.stream()), "fixed-context queries");
   dev_.CopyFromHost(head_len, counts_.data(), sizeof(int32_t) * hkv);
-  gpu::PrefillAttentionParams pp = PrefillParams(s, qb, k, v, head_stride, max_rows, out, lse);
+  gpu::PrefillAttentionParams pp =
+      PrefillParams(s, qb, rows.k, rows.v, rows.head_stride, rows.max_rows, out, lse);
   pp.causal = false;
   pp.head_len = head_len;
   dev_.Check(gpu::LaunchPrefillAttention(pp, dev_.stream()), "fixed-context prefill attention");
@@ -176,8 +218,8 @@ void DenseAttention::DecodeBatch(std::span<const AttentionParams* const> calls) 
       kv_desc_[b] = DynamicDecodeKv(*calls[at + b]);
       max_len = std::max(max_len, kv_desc_[b].len);
     }
-    LaunchDecode(p0.q, n, s.num_q_heads, s.num_kv_heads, s.head_dim, s.scale, max_len, p0.out,
-                 /*lse=*/nullptr);
+    LaunchDecode(p0.q, n, s.num_q_heads, s.num_kv_heads, s.head_dim, s.scale, max_len,
+                 /*tail_max_len=*/0, p0.out, /*lse=*/nullptr);
     at = end;
   }
 }
@@ -189,7 +231,8 @@ void DenseAttention::Dynamic(const AttentionParams& p, float* out, float* lse) {
   const int past = p.dynamic.causal_offset;
   if (n == 1) {
     counts_.assign(hkv, past + 1);
-    DecodeOverHeads(p.q, 1, hq, hkv, d, s.scale, dkv.k, dkv.v, dkv.head_stride, counts_, out, lse);
+    DecodeOverHeads(p.q, 1, hq, hkv, d, s.scale, dkv.k, dkv.v, dkv.head_stride, counts_,
+                    /*dynamic=*/nullptr, out, lse);
     return;
   }
   const size_t elems = static_cast<size_t>(n) * hq * d;

@@ -5,7 +5,8 @@
 //                tokens (each (token, KV head) one row of the batch), else the tensor-core
 //                prefill kernel without the causal mask;
 //   dynamic part the decode kernel for one token, the causal prefill kernel for several.
-// Outputs are normalised fp32 with their natural-log lse, for the LSE merge of the two parts.
+// Outputs are normalised fp32 with their natural-log lse, for the LSE merge of the two parts;
+// FixedAndDynamic does a decode call's two parts in one decode launch and one combine instead.
 #pragma once
 
 #include <map>
@@ -26,8 +27,15 @@ class DenseAttention {
  public:
   explicit DenseAttention(CudaDevice& dev) : dev_(dev) {}
 
+  // Whether Fixed takes `p`'s fixed part through the decode kernel (fewer than 16 query tokens)
+  // rather than the prefill kernel; then FixedAndDynamic can do the whole call.
+  static bool DecodesFixed(const AttentionParams& p);
   // The fixed part of `p` (no device selection) into out [n][Hq][d] and lse [n][Hq].
   void Fixed(const AttentionParams& p, float* out, float* lse);
+  // A call that DecodesFixed, fixed and dynamic parts together: the sequence's own rows are more
+  // splits of the fixed part's decode launch and one combine merges both into p.out (no separate
+  // dynamic decode, combine and merge).
+  void FixedAndDynamic(const AttentionParams& p);
   // The dynamic part of `p` (rows [0, causal_offset + n), causal) into out and lse.
   void Dynamic(const AttentionParams& p, float* out, float* lse);
   // Decode steps (one token each) without a fixed context, of one shape: each sequence's dynamic
@@ -41,14 +49,28 @@ class DenseAttention {
   // n query tokens over per-head key sets through the decode kernel: the queries [n][Hq][d] are
   // a batch of n * Hkv rows of G heads, row t * Hkv + h reading rows [0, rows_per_head[h]) of KV
   // head h (at k + h * head_stride).
+  // With `dynamic`, query t also attends, causally, to its sequence's own rows
+  // [0, dynamic->causal_offset + t] of KV head h (the launch's tail).
   void DecodeOverHeads(const float* q, int n, int num_q_heads, int num_kv_heads, int head_dim,
                        float scale, const void* k, const void* v, size_t head_stride,
-                       std::span<const int32_t> rows_per_head, float* out, float* lse);
+                       std::span<const int32_t> rows_per_head, const AttentionKeys* dynamic,
+                       float* out, float* lse);
 
-  // The decode kernel over the `batch` descriptors in kv_desc_ (copied to the device): queries
-  // q [batch][num_q_heads][d] against num_kv_heads heads each; out and (optional) natural-log lse.
+  // The decode kernel over the `batch` descriptors in kv_desc_ (copied to the device), and when
+  // tail_max_len > 0 the `batch` tail descriptors after them: queries q [batch][num_q_heads][d]
+  // against num_kv_heads heads each; out and (optional) natural-log lse.
   void LaunchDecode(const float* q, int batch, int num_q_heads, int num_kv_heads, int head_dim,
-                    float scale, int max_len, float* out, float* lse);
+                    float scale, int max_len, int tail_max_len, float* out, float* lse);
+
+  // The fixed rows a call reads: the context's, or (host selector's ranges) a compact per-head
+  // copy of the kept rows; counts_ = rows per head. False when scratch memory failed.
+  struct FixedRows {
+    const void* k = nullptr;
+    const void* v = nullptr;
+    size_t head_stride = 0;
+    int max_rows = 0;
+  };
+  bool GatherFixed(const AttentionParams& p, FixedRows* rows);
 
   CudaDevice& dev_;
   std::map<std::pair<int, int>, int> concurrent_ctas_;  // (d, G) -> CTAs
