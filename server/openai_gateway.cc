@@ -160,7 +160,7 @@ void OpenAIGateway::HandleGenerate(const httplib::Request& req, httplib::Respons
   if (!tenant.ok()) return reject(tenant.status());
   const json body = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
   if (body.is_discarded()) return reject(absl::InvalidArgumentError("the body is not valid JSON"));
-  auto parsed = openai::ParseRequest(body, chat, options_.chat_renderer);
+  auto parsed = openai::ParseRequest(body, chat);
   if (!parsed.ok()) return reject(parsed.status());
   auto request = ConvertGenerateRequest(parsed->generate, options_.limits);
   if (!request.ok()) return reject(request.status());

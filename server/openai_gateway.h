@@ -1,7 +1,8 @@
 // An OpenAI-compatible HTTP endpoint over the engine, for applications that speak only that
 // API (cpp-httplib, on its own port):
 //   POST /v1/completions       `prompt` (text or token ids) -> completion
-//   POST /v1/chat/completions  `messages` rendered by the model's chat template (ChatRenderer)
+//   POST /v1/chat/completions  `messages`, rendered by the engine with the model's chat template
+//                              (after a `context` registered as a chat document, they continue it)
 //   GET  /v1/models            this server's model
 // `"stream": true` answers with server-sent events (`data: {chunk}` ... `data: [DONE]`).
 // Extensions: `context` names a registered context prepended to the prompt (Generate's
@@ -38,20 +39,10 @@ namespace squeeze::server {
 
 class SqueezeMetrics;
 
-struct ChatMessage {
-  std::string role;  // system | user | assistant | tool
-  std::string content;
-};
-// Renders chat messages into the prompt text the model was trained on, ending where the
-// assistant's reply begins. Null when the model has no chat template.
-using ChatRenderer =
-    std::function<absl::StatusOr<std::string>(const std::vector<ChatMessage>& messages)>;
-
 struct OpenAIGatewayOptions {
   std::string address;     // host:port; port 0 picks a free one
   std::string model_name;  // the model id reported and accepted
   RequestLimits limits;
-  ChatRenderer chat_renderer;         // null: chat requests get 400 (no chat template)
   std::shared_ptr<ApiKeys> api_keys;  // null: no keys, every request is tenant ""
   // Set: HTTPS (server/tls.h MetricsTlsSetup configures the SSL_CTX); false refuses to start.
   std::function<bool(ssl_ctx_st&)> tls_setup;

@@ -37,12 +37,12 @@ absl::StatusOr<std::string> MessageContent(const json& content) {
   return absl::InvalidArgumentError("'messages[].content' must be a string or text parts");
 }
 
-absl::StatusOr<std::vector<ChatMessage>> Messages(const json& body) {
+// `messages` into Generate's input.messages.
+absl::Status Messages(const json& body, v1::ChatMessages* out) {
   auto it = body.find("messages");
   if (it == body.end() || !it->is_array() || it->empty()) {
     return Invalid("messages", "must be a non-empty array");
   }
-  std::vector<ChatMessage> out;
   for (const json& m : *it) {
     if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) {
       return Invalid("messages", "entries need a string 'role'");
@@ -55,9 +55,11 @@ absl::StatusOr<std::vector<ChatMessage>> Messages(const json& body) {
     if (!m.contains("content")) return Invalid("messages", "entries need 'content'");
     auto content = MessageContent(m["content"]);
     if (!content.ok()) return content.status();
-    out.push_back({role == "developer" ? "system" : role, *content});
+    v1::ChatMessage* message = out->add_messages();
+    message->set_role(role == "developer" ? "system" : role);
+    message->set_content(*content);
   }
-  return out;
+  return absl::OkStatus();
 }
 
 absl::Status Unsupported(const json& body) {
@@ -109,8 +111,7 @@ json ByteArray(const std::string& s) {
 
 }  // namespace
 
-absl::StatusOr<ParsedRequest> ParseRequest(const json& body, bool chat,
-                                           const ChatRenderer& renderer) {
+absl::StatusOr<ParsedRequest> ParseRequest(const json& body, bool chat) {
   if (!body.is_object()) return absl::InvalidArgumentError("the body must be a JSON object");
   if (absl::Status st = Unsupported(body); !st.ok()) return st;
   ParsedRequest out;
@@ -121,16 +122,9 @@ absl::StatusOr<ParsedRequest> ParseRequest(const json& body, bool chat,
     g.set_context(it->get<std::string>());
   }
   if (chat) {
-    auto messages = Messages(body);
-    if (!messages.ok()) return messages.status();
-    if (!renderer) {
-      return absl::FailedPreconditionError(
-          "this model has no chat template, so chat messages cannot be rendered into a prompt; "
-          "send the prompt text to /v1/completions instead");
+    if (absl::Status st = Messages(body, g.mutable_input()->mutable_messages()); !st.ok()) {
+      return st;
     }
-    auto prompt = renderer(*messages);
-    if (!prompt.ok()) return prompt.status();
-    g.mutable_input()->set_text(*prompt);
   } else {
     auto it = body.find("prompt");
     if (it == body.end() || it->is_null()) return Invalid("prompt", "is required");

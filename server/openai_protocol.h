@@ -21,10 +21,10 @@ struct ParsedRequest {
   bool logprobs = false;  // completions: `logprobs` >= 0 given; chat: `logprobs: true`
 };
 
-// INVALID_ARGUMENT for malformed fields, UNIMPLEMENTED for OpenAI features the server lacks,
-// FAILED_PRECONDITION for chat when `renderer` is null (no chat template).
-absl::StatusOr<ParsedRequest> ParseRequest(const nlohmann::json& body, bool chat,
-                                           const ChatRenderer& renderer);
+// INVALID_ARGUMENT for malformed fields, UNIMPLEMENTED for OpenAI features the server lacks.
+// Chat `messages` go to Generate's input.messages: the engine renders them with the model's chat
+// template (FAILED_PRECONDITION, from Generate, when the model has none).
+absl::StatusOr<ParsedRequest> ParseRequest(const nlohmann::json& body, bool chat);
 
 int HttpStatus(const absl::Status& status);
 nlohmann::json ErrorBody(const absl::Status& status);

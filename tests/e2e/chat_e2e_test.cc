@@ -19,26 +19,6 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-// The chat template of the test model: role markers as text, the SentencePiece model's </s> as
-// the end of every turn.
-constexpr char kTemplate[] =
-    "{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}{{ eos_token }}\n"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}";
-
-// The test model with a chat template in its tokenizer_config.json.
-fs::path ChatModelDir() {
-  const fs::path src = SQUEEZE_TEST_MODEL_DIR;
-  const fs::path dir = fs::path(::testing::TempDir()) / "chat_e2e_model";
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  for (const char* name : {"config.json", "tokenizer.model"}) fs::copy_file(src / name, dir / name);
-  fs::create_symlink(fs::absolute(src / "model.safetensors"), dir / "model.safetensors");
-  nlohmann::json config = nlohmann::json::parse(ReadText((src / "tokenizer_config.json").string()));
-  config["chat_template"] = kTemplate;
-  std::ofstream(dir / "tokenizer_config.json") << config.dump(2);
-  return dir;
-}
-
 v1::GenerateRequest ChatRequest(const std::string& context,
                                 const std::vector<ChatMessage>& messages) {
   v1::GenerateRequest req;
@@ -58,7 +38,7 @@ v1::GenerateRequest ChatRequest(const std::string& context,
 class ChatE2ETest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = ChatModelDir();
+    dir_ = ChatModelDir("chat_e2e_model");
     server::ServerOptions o = DefaultOptions();
     o.model_dir = dir_.string();
     t_ = TestServer::Start(o);

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "client/client.h"
+#include "nlohmann/json.hpp"
 #include "server/server.h"
 
 namespace squeeze::testing {
@@ -26,6 +27,28 @@ inline const std::string& Document() {
   static const std::string doc =
       ReadText(std::string(SQUEEZE_SOURCE_DIR) + "/tests/data/demo_document.txt").substr(0, 2500);
   return doc;
+}
+
+// The chat template the chat tests give the test model: role markers as text, the SentencePiece
+// model's </s> as the end of every turn.
+inline constexpr char kTestChatTemplate[] =
+    "{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}{{ eos_token }}\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}";
+
+// The test model with kTestChatTemplate in its tokenizer_config.json, in a fresh directory
+// `name` under the test's temporary directory.
+inline std::filesystem::path ChatModelDir(const std::string& name) {
+  namespace fs = std::filesystem;
+  const fs::path src = SQUEEZE_TEST_MODEL_DIR;
+  const fs::path dir = fs::path(::testing::TempDir()) / name;
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  for (const char* file : {"config.json", "tokenizer.model"}) fs::copy_file(src / file, dir / file);
+  fs::create_symlink(fs::absolute(src / "model.safetensors"), dir / "model.safetensors");
+  nlohmann::json config = nlohmann::json::parse(ReadText((src / "tokenizer_config.json").string()));
+  config["chat_template"] = kTestChatTemplate;
+  std::ofstream(dir / "tokenizer_config.json") << config.dump(2);
+  return dir;
 }
 
 inline server::ServerOptions DefaultOptions() {
