@@ -18,7 +18,9 @@ and share its context_id), the question or the continuation sent as the Generate
 Settings: --settings "dense,squeezed:0.1,squeezed:0.05,squeezed-step:0.1,pages:0.1,recent:0.1"
 (squeezed-step: the per-step budget policy; pages: the Quest-style page baseline; recent: the
 most recent keys). Requests run --concurrency at a time (the server batches them); contexts are
-registered first, one at a time. Prints one markdown table per task kind and writes --json.
+registered first, one at a time. Prints one markdown table per task kind and writes --json;
+every setting is also compared with dense on the same tasks (paired differences with a 95%
+interval: the settings share their tasks, so these are far narrower than the cells' own).
 
   python3 bench/codebase_bench.py --server 127.0.0.1:50051 --tasks DIR [--limit N]
 bench/run_codebase.sh starts the server, makes the tasks and runs this.
@@ -57,6 +59,13 @@ def mean_ci(values, z=1.96):
         return (m, float("nan"))
     var = sum((v - m) ** 2 for v in values) / (n - 1)
     return (m, z * math.sqrt(var / n))
+
+
+def paired_vs(values, base, z=1.96):
+    """Paired difference of per-task values against the baseline's on the same tasks: (mean of
+    values[i] - base[i], half-width of its 95% normal interval). Much narrower than the two
+    settings' own intervals when the tasks vary more than the settings do."""
+    return mean_ci([v - b for v, b in zip(values, base)], z)
 
 
 def parse_settings(text):
@@ -226,7 +235,7 @@ def main():
                 print(f"  {what}: {i}/{n}", file=sys.stderr, flush=True)
         return report
 
-    retrieval_rows, loss_rows = [], []
+    retrieval_rows, loss_rows, paired_rows = [], [], []
     for k in [int(x) for x in args.lengths.split(",") if x]:
         registry = Registry(client, f"codebench-{k}k")
         path = os.path.join(args.tasks, f"retrieval-{k}k.jsonl")
@@ -247,9 +256,16 @@ def main():
                 low, high = wilson(sum(hits), len(hits))
                 realised = sum(budgets[label]) / max(len(budgets[label]), 1)
                 retrieval_rows.append((f"{k}K", label, sum(hits), len(hits), low, high, realised))
-                results["cells"].append({"kind": "retrieval", "length_k": k, "setting": label,
-                                         "correct": sum(hits), "tasks": len(hits),
-                                         "ci95": [low, high], "kv_budget": realised})
+                cell = {"kind": "retrieval", "length_k": k, "setting": label,
+                        "correct": sum(hits), "tasks": len(hits), "ci95": [low, high],
+                        "kv_budget": realised}
+                if "dense" in correct and label != "dense":
+                    diff, half = paired_vs([float(h) for h in hits],
+                                           [float(h) for h in correct["dense"]])
+                    cell["paired_vs_dense"] = {"diff": diff, "ci95_half": half}
+                    paired_rows.append((f"{k}K", "retrieval, points", label, 100 * diff,
+                                        100 * half, float("nan")))
+                results["cells"].append(cell)
             noctx = os.path.join(args.tasks, f"retrieval-{k}k-noctx.jsonl")
             if os.path.exists(noctx):
                 hits = run_retrieval_noctx(client, read_jsonl(noctx, args.limit), args.max_tokens,
@@ -266,12 +282,21 @@ def main():
         path = os.path.join(args.tasks, f"loss-{k}k.jsonl")
         if not args.skip_loss and os.path.exists(path):
             tasks = read_jsonl(path, args.loss_limit if args.loss_limit >= 0 else args.limit)
-            for label, values in run_loss(client, registry, tasks, settings, args.concurrency,
-                                          progress(f"loss {k}K")).items():
+            losses = run_loss(client, registry, tasks, settings, args.concurrency,
+                              progress(f"loss {k}K"))
+            for label, values in losses.items():
                 m, half = mean_ci(values)
                 loss_rows.append((f"{k}K", label, len(values), m, half))
-                results["cells"].append({"kind": "loss", "length_k": k, "setting": label,
-                                         "tasks": len(values), "mean_nll": m, "ci95_half": half})
+                cell = {"kind": "loss", "length_k": k, "setting": label, "tasks": len(values),
+                        "mean_nll": m, "ci95_half": half}
+                if "dense" in losses and label != "dense":
+                    diff, dhalf = paired_vs(values, losses["dense"])
+                    relative = diff / mean_ci(losses["dense"])[0]
+                    cell["paired_vs_dense"] = {"diff": diff, "ci95_half": dhalf,
+                                               "relative": relative}
+                    paired_rows.append((f"{k}K", "loss, nats/token", label, diff, dhalf,
+                                        relative))
+                results["cells"].append(cell)
         registry.release()
         if args.json:  # after every length, so a run stopped early keeps what it measured
             with open(args.json, "w", encoding="utf-8") as f:
@@ -291,6 +316,13 @@ def main():
         print("|---|---|---|---|---|")
         for length, label, n, m, half in loss_rows:
             print(f"| {length} | {label} | {m:.3f} | ±{half:.3f} | {n} |")
+    if paired_rows:
+        print("\nAgainst dense on the same tasks (paired difference, 95% CI):\n")
+        print("| length | measure | setting | minus dense | 95% CI | relative |")
+        print("|---|---|---|---|---|---|")
+        for length, measure, label, diff, half, relative in paired_rows:
+            rel = "-" if math.isnan(relative) else f"{100 * relative:+.1f}%"
+            print(f"| {length} | {measure} | {label} | {diff:+.3f} | ±{half:.3f} | {rel} |")
     client.close()
 
 

@@ -1,0 +1,48 @@
+"""bench/codebase_bench.py's statistics: the Wilson interval, the mean's normal interval and the
+paired difference against dense, on values whose answers are known in closed form."""
+import math
+import os
+import sys
+import unittest
+
+BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench")
+sys.path.insert(0, BENCH)
+import codebase_bench as cb  # noqa: E402
+
+
+class StatisticsTest(unittest.TestCase):
+    def test_wilson(self):
+        low, high = cb.wilson(0, 500)
+        self.assertEqual(low, 0.0)
+        self.assertAlmostEqual(high, 1.96 ** 2 / (500 + 1.96 ** 2), places=12)
+        low, high = cb.wilson(11, 500)  # the 8K dense cell of bench/RESULTS.md
+        self.assertAlmostEqual(low, 0.0123, places=4)
+        self.assertAlmostEqual(high, 0.0390, places=4)
+
+    def test_mean_ci(self):
+        m, half = cb.mean_ci([1.0, 2.0, 3.0, 4.0])
+        self.assertEqual(m, 2.5)
+        self.assertAlmostEqual(half, 1.96 * math.sqrt((5.0 / 3.0) / 4), places=12)
+        self.assertTrue(math.isnan(cb.mean_ci([])[0]))
+
+    def test_paired_difference_removes_the_spread_of_the_tasks(self):
+        # Tasks whose losses vary a lot, a setting that is 0.1 worse on every one of them: the
+        # cells' own intervals overlap, the paired difference is exactly 0.1 with no spread.
+        dense = [1.0, 3.0, 2.0, 5.0, 0.5, 4.0]
+        worse = [v + 0.1 for v in dense]
+        self.assertGreater(cb.mean_ci(dense)[1], 1.0)
+        diff, half = cb.paired_vs(worse, dense)
+        self.assertAlmostEqual(diff, 0.1, places=12)
+        self.assertAlmostEqual(half, 0.0, places=12)
+        # Hits: one task gained and three lost of eight.
+        hits = [1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+        base = [0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+        diff, half = cb.paired_vs(hits, base)
+        self.assertAlmostEqual(diff, -2.0 / 8)
+        d = [h - b for h, b in zip(hits, base)]
+        var = sum((x - diff) ** 2 for x in d) / 7
+        self.assertAlmostEqual(half, 1.96 * math.sqrt(var / 8), places=12)
+
+
+if __name__ == "__main__":
+    unittest.main()
