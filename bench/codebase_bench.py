@@ -17,7 +17,8 @@ and share its context_id), the question or the continuation sent as the Generate
 
 Settings: --settings "dense,squeezed:0.1,squeezed:0.05,squeezed-step:0.1,pages:0.1,recent:0.1"
 (squeezed-step: the per-step budget policy; pages: the Quest-style page baseline; recent: the
-most recent keys). Requests run --concurrency at a time (the server batches them); contexts are
+most recent keys; squeezed-w800:0.1 / squeezed-step-w800:0.1: the contexts registered again with
+an index that keeps their last 800 tokens whole, the index's `window`, instead of 100). Requests run --concurrency at a time (the server batches them); contexts are
 registered first, one at a time. Prints one markdown table per task kind and writes --json;
 every setting is also compared with dense on the same tasks (paired differences with a 95%
 interval: the settings share their tasks, so these are far narrower than the cells' own).
@@ -75,6 +76,12 @@ def parse_settings(text):
         if not item:
             continue
         name, _, budget = item.partition(":")
+        # squeezed-wN / squeezed-step-wN: contexts registered with an always-kept window of the
+        # last N tokens (the index's `window`; default 100) instead of the server's default.
+        window = None
+        base, sep, w = name.rpartition("-w")
+        if sep and base in ("squeezed", "squeezed-step") and w.isdigit():
+            name, window = base, int(w)
         if name == "dense":
             out.append((item, dict(mode="dense")))
         elif name in ("squeezed", "squeezed-step", "pages", "recent"):
@@ -84,10 +91,12 @@ def parse_settings(text):
                         budget=float(budget))
             if name == "squeezed-step":
                 opts["budget_policy"] = "per_step"
+            if window is not None:
+                opts["window"] = window
             out.append((item, opts))
         else:
             raise SystemExit(f"unknown setting {item!r} (dense, squeezed:B, squeezed-step:B, "
-                             "pages:B, recent:B)")
+                             "squeezed-wN:B, squeezed-step-wN:B, pages:B, recent:B)")
     return out
 
 
@@ -111,11 +120,15 @@ class Registry:
         self.names = {}
         self.seconds = 0.0
 
-    def name(self, key, text):
+    def name(self, key, text, window=None):
+        """The registered name of `text` (under `key`), registered now if new; with `window`,
+        a copy whose index keeps the last `window` tokens whole."""
+        key = (key, window)
         if key not in self.names:
             name = f"{self.prefix}-{len(self.names)}"
             start = time.monotonic()
-            self.client.register_context(name, text)
+            self.client.register_context(name, text,
+                                         index=None if window is None else {"window": window})
             self.seconds += time.monotonic() - start
             self.names[key] = name
         return self.names[key]
@@ -142,12 +155,14 @@ def run_pool(jobs, concurrency, progress):
 
 def run_retrieval(client, registry, tasks, settings, max_tokens, concurrency, progress):
     """{setting: [correct...]} over the tasks, and the realised KV budgets."""
-    contexts = [registry.name(("ctx", t.get("context_id", t["id"])), t["context"]) for t in tasks]
-
-    def job(task, context, opts):
+    def job(task, opts):
+        request = dict(opts)
+        window = request.pop("window", None)
+        context = registry.name(("ctx", task.get("context_id", task["id"])), task["context"],
+                                window)
         return lambda: client.complete(task["question"], context, max_tokens=max_tokens,
-                                       temperature=0, stop=["\n"], **opts)
-    jobs = [job(t, c, opts) for t, c in zip(tasks, contexts) for _, opts in settings]
+                                       temperature=0, stop=["\n"], **request)
+    jobs = [job(t, opts) for t in tasks for _, opts in settings]
     done = run_pool(jobs, concurrency, progress)
     correct = OrderedDict((label, []) for label, _ in settings)
     budgets = OrderedDict((label, []) for label, _ in settings)
@@ -185,14 +200,16 @@ def run_loss(client, registry, tasks, settings, concurrency, progress):
     """{label: [mean nll per task]} for every setting, the module-only and no-context baselines."""
     rows = []  # (label, job, skip_first)
     for task in tasks:
-        context = registry.name(("ctx", task["id"]), task["context"])
         module = registry.name(("module", task["id"]), task["module_context"])
 
         def job(text, ctx, opts):
             return lambda: client.complete(text, ctx, max_tokens=1, temperature=0,
                                            prompt_logprobs=0, **opts)
         for label, opts in settings:
-            rows.append((label, job(task["continuation"], context, opts), False))
+            request = dict(opts)
+            context = registry.name(("ctx", task["id"]), task["context"],
+                                    request.pop("window", None))
+            rows.append((label, job(task["continuation"], context, request), False))
         rows.append(("module only (dense)", job(task["continuation"], module,
                                                 dict(mode="dense")), False))
         # No context: the input is [BOS] + the continuation, so its first token is scored too.

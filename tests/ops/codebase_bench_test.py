@@ -1,5 +1,6 @@
-"""bench/codebase_bench.py's statistics: the Wilson interval, the mean's normal interval and the
-paired difference against dense, on values whose answers are known in closed form."""
+"""bench/codebase_bench.py's statistics (the Wilson interval, the mean's normal interval and the
+paired difference against dense, on values whose answers are known in closed form), its
+settings syntax and the registry's window copies."""
 import math
 import os
 import sys
@@ -42,6 +43,44 @@ class StatisticsTest(unittest.TestCase):
         d = [h - b for h, b in zip(hits, base)]
         var = sum((x - diff) ** 2 for x in d) / 7
         self.assertAlmostEqual(half, 1.96 * math.sqrt(var / 8), places=12)
+
+
+class SettingsTest(unittest.TestCase):
+    def test_settings_and_windows(self):
+        settings = cb.parse_settings(
+            "dense,squeezed:0.1,squeezed-step:0.03,squeezed-w800:0.1,squeezed-step-w400:0.05,"
+            "pages:0.1,recent:0.2")
+        self.assertEqual([label for label, _ in settings],
+                         ["dense", "squeezed:0.1", "squeezed-step:0.03", "squeezed-w800:0.1",
+                          "squeezed-step-w400:0.05", "pages:0.1", "recent:0.2"])
+        opts = dict(settings)
+        self.assertEqual(opts["dense"], {"mode": "dense"})
+        self.assertEqual(opts["squeezed:0.1"], {"mode": "squeezed", "budget": 0.1})
+        self.assertEqual(opts["squeezed-step:0.03"],
+                         {"mode": "squeezed", "budget": 0.03, "budget_policy": "per_step"})
+        self.assertEqual(opts["squeezed-w800:0.1"],
+                         {"mode": "squeezed", "budget": 0.1, "window": 800})
+        self.assertEqual(opts["squeezed-step-w400:0.05"],
+                         {"mode": "squeezed", "budget": 0.05, "budget_policy": "per_step",
+                          "window": 400})
+        self.assertEqual(opts["pages:0.1"], {"mode": "pages", "budget": 0.1})
+        for bad in ("squeezed", "pages-w10:0.1", "sparse:0.1"):
+            with self.assertRaises(SystemExit):
+                cb.parse_settings(bad)
+
+    def test_a_window_registers_its_own_copy_of_a_context(self):
+        calls = []
+
+        class FakeClient:
+            def register_context(self, name, text, index=None):
+                calls.append((name, text, index))
+
+        registry = cb.Registry(FakeClient(), "t")
+        a = registry.name(("ctx", 1), "text")
+        self.assertEqual(registry.name(("ctx", 1), "text"), a)  # registered once
+        b = registry.name(("ctx", 1), "text", 800)
+        self.assertNotEqual(a, b)
+        self.assertEqual(calls, [("t-0", "text", None), ("t-1", "text", {"window": 800})])
 
 
 if __name__ == "__main__":
