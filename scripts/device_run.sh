@@ -52,6 +52,9 @@ mkdir -p "$OUT" "$LOGS"
 export PYTHONUNBUFFERED=1
 STAGES=${STAGES:-model kernels}
 has() { [[ " $STAGES " == *" $1 "* ]]; }
+# Nsight Compute, for the profile stages.
+NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null \
+      | head -1)
 
 if [ -f .gpu-bundle/bundle.tar.xz ]; then
   mkdir -p /tmp/bundle && tar -xJf .gpu-bundle/bundle.tar.xz -C /tmp/bundle
@@ -187,8 +190,6 @@ if has variants; then
   done
 fi
 if has profile; then
-  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null \
-        | head -1)
   echo "== ncu per-kernel time: gpu-attention-bench --configs ${PROFILE_CONFIGS:-1x131072}"
   timeout 300 "$NCU" --clock-control none --metrics gpu__time_duration.sum \
     --print-summary per-kernel -k 'regex:Lookup|Centroid|Sparse|Decode|Combine|Expand' \
@@ -208,8 +209,6 @@ if has forward-ab; then
 fi
 
 if has profile-forward; then
-  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null \
-        | head -1)
   ARGS=${FORWARD_PROFILE_ARGS:---prefill_tokens=8192 --decode_steps=4 --batches=1 --squeezed_budgets=0.1}
   echo "== gpu-forward-bench $ARGS (no profiler)"
   timeout 200 /tmp/bundle/gpu-forward-bench $ARGS 2>&1 | tee "$LOGS/forward-plain.log" | tail -25

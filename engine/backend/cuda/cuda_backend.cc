@@ -499,11 +499,30 @@ void CudaBackend::Attention(const AttentionParams& p) {
     return;
   }
   const bool with_fixed = p.fixed.kv.num_rows > 0;
-  // Decode over a fixed context without device selection: one launch for the context and the
-  // sequence's own rows, one combine (below, the host-selector path, does the same).
-  if (with_fixed && !SqueezedOnDevice(p) && p.fixed.selector == nullptr &&
-      DenseAttention::DecodesFixed(p)) {
-    dense_.FixedAndDynamic(p);
+  const bool dense_fixed = with_fixed && !SqueezedOnDevice(p);
+  // A host selector's rows: its selection, as ranges of a copy of the call.
+  AttentionParams selected;
+  const AttentionParams* call = &p;
+  if (dense_fixed && p.fixed.selector != nullptr) {
+    q_host_.resize(rows * d);
+    dev_->CopyToHost(q_host_.data(), p.q, sizeof(float) * q_host_.size());
+    selection_.candidates.clear();  // a selector that lists none leaves it empty
+    p.fixed.selector->Select(p.fixed.layer, q_host_.data(), n, &selection_);
+    absl::Status st =
+        CheckHostSelection(selection_, p.fixed.layer, s.num_kv_heads, p.fixed.kv.num_rows,
+                           p.fixed.kept_rows, p.fixed.candidates);
+    if (!st.ok()) {
+      if (step_error_.ok()) step_error_ = std::move(st);
+      return;
+    }
+    selected = p;
+    selected.fixed.ranges = selection_.ranges;
+    call = &selected;
+  }
+  // Decode over a fixed context without device selection: one launch for the context (all its
+  // rows or the host's selection) and the sequence's own rows, one combine.
+  if (dense_fixed && DenseAttention::DecodesFixed(p)) {
+    dense_.FixedAndDynamic(*call);
     return;
   }
   float* dyn_out = p.out;
@@ -514,29 +533,10 @@ void CudaBackend::Attention(const AttentionParams& p) {
     dyn_out = static_cast<float*>(dev_->Scratch(kDynOut, rows * d * sizeof(float)));
     dyn_lse = static_cast<float*>(dev_->Scratch(kDynLse, rows * sizeof(float)));
     if (fixed_lse == nullptr || dyn_out == nullptr || dyn_lse == nullptr) return;
-    if (SqueezedOnDevice(p)) {  // n > 1 (single tokens went to the squeezed decode)
+    if (dense_fixed) {
+      dense_.Fixed(*call, p.out, fixed_lse);
+    } else {  // n > 1 (single tokens went to the squeezed decode)
       squeezed_.FixedPrefill(p, p.out, fixed_lse);
-    } else if (p.fixed.selector != nullptr) {  // rows chosen on the host, gathered
-      q_host_.resize(rows * d);
-      dev_->CopyToHost(q_host_.data(), p.q, sizeof(float) * q_host_.size());
-      selection_.candidates.clear();  // a selector that lists none leaves it empty
-      p.fixed.selector->Select(p.fixed.layer, q_host_.data(), n, &selection_);
-      absl::Status st =
-          CheckHostSelection(selection_, p.fixed.layer, s.num_kv_heads, p.fixed.kv.num_rows,
-                             p.fixed.kept_rows, p.fixed.candidates);
-      if (!st.ok()) {
-        if (step_error_.ok()) step_error_ = std::move(st);
-        return;
-      }
-      AttentionParams host = p;
-      host.fixed.ranges = selection_.ranges;
-      if (DenseAttention::DecodesFixed(p)) {
-        dense_.FixedAndDynamic(host);
-        return;
-      }
-      dense_.Fixed(host, p.out, fixed_lse);
-    } else {
-      dense_.Fixed(p, p.out, fixed_lse);
     }
   }
   dense_.Dynamic(p, dyn_out, dyn_lse);
