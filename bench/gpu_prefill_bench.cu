@@ -5,14 +5,16 @@
 // FLOPs (causal, the convention of FlashAttention papers): 4 * n^2 / 2 * d * Hq (QK^T and PV,
 // 2 FLOPs per multiply-add, half the score matrix). TFLOP/s = FLOPs / median time.
 // Floors at n = 128K: 1.41e14 FLOPs / 989e12 (H100 SXM dense bf16, wgmma) = 142 ms; bytes
-// (q, out, K, V once: ~2.6 GB) / 3.35 TB/s = 0.8 ms: compute-bound. This kernel uses mma.sync,
-// which reaches well under the wgmma peak on Hopper (FlashAttention-2 reports ~350 TFLOP/s).
+// (q, out, K, V once: ~2.6 GB) / 3.35 TB/s = 0.8 ms: compute-bound. Both kernels are timed where
+// the device has wgmma (sm_90): the mma.sync one (FlashAttention-2 style, which reaches well under
+// the wgmma peak on Hopper) and the wgmma one LaunchPrefillAttention picks there.
 // Timing: one launch per rep between two events, 2 warm-up launches, median over reps (the L2
 // is not flushed: the kernel is compute-bound and its inputs exceed the L2 anyway at these n).
 // Sanity check per config: a few (query, head) pairs recomputed on the CPU in fp64 from the same
 // bf16 values (rel err printed; > 2e-2 marks the row FAILED and the exit status 1).
-// CSV (--csv): the decode bench's columns (impl, batch, context, path, kept_frac, time_us, bytes,
-// gbps, copy_gbps, lookup_us, sparse_us, dynamic_us, combine_us; gbps and copy_gbps 0, the
+// CSV (--csv): the decode bench's columns (impl ours-mma / ours-wgmma, batch, context, path,
+// kept_frac, time_us, bytes, gbps, copy_gbps, lookup_us, sparse_us, dynamic_us, combine_us; gbps
+// and copy_gbps 0, the
 // *_us columns 0) plus tflops and rel_err; context = n, path = "prefill-causal".
 //
 // Usage: gpu-prefill-bench [--quick] [--reps N] [--csv FILE] [--lens n,n,...]
@@ -26,6 +28,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bench/gpu_bench_util.cuh"
@@ -99,7 +102,7 @@ double CheckSample(int n, const bf16* dq, const bf16* dk, const bf16* dv, const 
   return std::sqrt(num / den);
 }
 
-Row RunOne(int n, int reps, cudaStream_t stream) {
+Row RunOne(int n, int reps, gpu::PrefillImpl impl, cudaStream_t stream) {
   const size_t q_elems = static_cast<size_t>(n) * kHq * kD;
   const size_t kv_elems = static_cast<size_t>(kHkv) * n * kD;
   bf16 *q, *k, *v, *out;
@@ -129,6 +132,7 @@ Row RunOne(int n, int reps, cudaStream_t stream) {
   p.out = out;
   p.out_bf16 = true;
   p.lse = lse;
+  p.impl = impl;
 
   for (int i = 0; i < 2; ++i) CK(gpu::LaunchPrefillAttention(p, stream));
   CK(cudaStreamSynchronize(stream));
@@ -219,19 +223,37 @@ int main(int argc, char** argv) {
                  "impl,batch,context,path,kept_frac,time_us,bytes,gbps,copy_gbps,lookup_us,"
                  "sparse_us,dynamic_us,combine_us,tflops,rel_err\n");
   }
-  std::printf("%-8s %12s %9s %9s\n", "n", "time_us", "TFLOP/s", "rel_err");
+  // Both kernels where the device runs the wgmma one (sm_90), each in the same process: the
+  // ratio column is the mma.sync kernel's time over this row's.
+  std::vector<std::pair<gpu::PrefillImpl, const char*>> impls = {
+      {gpu::PrefillImpl::kMmaSync, "mma.sync"}};
+  if (gpu::PrefillWgmmaSupported(kD)) {
+    impls.push_back({gpu::PrefillImpl::kWgmmaSerial, "wgmma-serial"});
+    impls.push_back({gpu::PrefillImpl::kWgmmaNoWs, "wgmma-nows"});
+    impls.push_back({gpu::PrefillImpl::kWgmma, "wgmma"});
+  }
+  std::printf("%-8s %-13s %12s %9s %9s %9s\n", "n", "kernel", "time_us", "TFLOP/s", "vs_mma",
+              "rel_err");
   bool ok = true;
   for (const int n : lens) {
-    const Row r = RunOne(n, reps, stream);
-    const bool row_ok = r.rel_err <= 2e-2;
-    ok = ok && row_ok;
-    std::printf("%-8d %12.1f %9.1f %9.2e%s\n", r.n, r.us, r.tflops, r.rel_err,
-                row_ok ? "" : "  FAILED");
-    std::fflush(stdout);
-    if (csv != nullptr) {
-      const double bytes = 2.0 * (2.0 * n * kHq * kD + 2.0 * n * kHkv * kD);  // q,out + K,V
-      std::fprintf(csv, "ours,1,%d,prefill-causal,1.0,%.2f,%.0f,0,0,0,0,0,0,%.2f,%.3e\n", r.n, r.us,
-                   bytes, r.tflops, r.rel_err);
+    double mma_us = 0.0;
+    for (const auto& [impl, name] : impls) {
+      const Row r = RunOne(n, reps, impl, stream);
+      if (impl == gpu::PrefillImpl::kMmaSync) mma_us = r.us;
+      const bool row_ok = r.rel_err <= 2e-2;
+      ok = ok && row_ok;
+      std::printf("%-8d %-13s %12.1f %9.1f %9.2f %9.2e%s\n", r.n, name, r.us, r.tflops,
+                  mma_us / r.us, r.rel_err, row_ok ? "" : "  FAILED");
+      std::fflush(stdout);
+      if (csv != nullptr) {
+        const double bytes = 2.0 * (2.0 * n * kHq * kD + 2.0 * n * kHkv * kD);  // q,out + K,V
+        std::fprintf(csv, "%s,1,%d,prefill-causal,1.0,%.2f,%.0f,0,0,0,0,0,0,%.2f,%.3e\n",
+                     impl == gpu::PrefillImpl::kWgmma         ? "ours-wgmma"
+                     : impl == gpu::PrefillImpl::kWgmmaSerial ? "ours-wgmma-serial"
+                     : impl == gpu::PrefillImpl::kWgmmaNoWs   ? "ours-wgmma-nows"
+                                                              : "ours-mma",
+                     r.n, r.us, bytes, r.tflops, r.rel_err);
+      }
     }
   }
   if (csv != nullptr) std::fclose(csv);

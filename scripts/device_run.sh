@@ -29,6 +29,8 @@
 #            CODEBASE_LIMIT_S; results in $OUT/codebase.json, the tasks in $OUT/codebase-tasks.tar.xz
 #            (TASKS=DIR runs tasks made elsewhere instead)
 #   kernels  attention kernel tests and benchmarks vs PyTorch SDPA (bench/run_gpu.sh)
+#   prefill  the prefill attention kernels (mma.sync and wgmma) vs PyTorch SDPA (cuDNN / flash),
+#            bench/run_gpu.sh's prefill part without its test (run it in the tests stage)
 #   variants the decode attention benchmark's variants at 128K / 512K (VARIANTS, ';'-separated
 #            argument sets; default: 2 waves of the attention grid, the two-launch lookup,
 #            no programmatic launch, the hierarchical lookup)
@@ -175,6 +177,12 @@ if has kernels; then
     > "$LOGS/run_gpu.log" 2>&1 || echo "run_gpu.sh: exit $?"
   grep -E "^\[  (FAILED|PASSED) |exit|rror" "$LOGS/run_gpu.log" | head -40
   cat "$LOGS/kernels/combined.txt" "$LOGS/kernels/combined_prefill.txt" 2>/dev/null
+fi
+if has prefill; then
+  OUT="$LOGS/prefill" SKIP_DECODE=1 SKIP_TEST=1 timeout "${GPU_STAGE_LIMIT:-330}" \
+    bash bench/run_gpu.sh /tmp/bundle > "$LOGS/run_gpu_prefill.log" 2>&1 \
+    || echo "run_gpu.sh (prefill): exit $?"
+  cat "$LOGS/prefill/gpu_prefill_bench.log" "$LOGS/prefill/combined_prefill.txt" 2>/dev/null
 fi
 if has variants; then
   # VARIANTS: ';'-separated argument sets.

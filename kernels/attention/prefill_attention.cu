@@ -283,6 +283,17 @@ bool Aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15)
 
 }  // namespace
 
+bool PrefillWgmmaSupported(int head_dim) {
+  if (head_dim != 64 && head_dim != 128) return false;
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    return false;
+  }
+  return major == 9 && minor == 0;
+}
+
 cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& p, cudaStream_t stream) {
   if (p.num_tokens == 0) return cudaSuccess;
   if (p.num_tokens < 0 || p.num_q_heads <= 0 || p.num_kv_heads <= 0 ||
@@ -298,6 +309,11 @@ cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& p, cudaStream_t
       (p.num_kv_heads > 1 && p.kv.head_stride < static_cast<int64_t>(p.kv.len) * p.head_dim)) {
     return cudaErrorInvalidValue;
   }
+  const bool wgmma = p.impl != PrefillImpl::kMmaSync && PrefillWgmmaSupported(p.head_dim);
+  if (p.impl != PrefillImpl::kAuto && p.impl != PrefillImpl::kMmaSync && !wgmma) {
+    return cudaErrorInvalidValue;
+  }
+  if (wgmma) return detail::LaunchPrefillAttentionSm90(p, stream);
   switch (p.head_dim) {
     case 64:
       return p.out_bf16 ? LaunchTyped<64, bf16>(p, stream) : LaunchTyped<64, float>(p, stream);

@@ -35,6 +35,14 @@
 
 namespace squeeze::gpu {
 
+// Which kernel runs a prefill attention call. kAuto: the wgmma kernel on sm_90 devices for d in
+// {64, 128} (prefill_attention_sm90.cu), the mma.sync kernel otherwise. The others force one (for
+// tests and benchmarks): kWgmma (warp-specialised, softmax overlapped with the tensor cores, what
+// kAuto picks), kWgmmaNoWs (overlapped, every thread copies) and kWgmmaSerial (neither), the last
+// two for the benchmark's comparison; a wgmma kernel where it is not supported is
+// cudaErrorInvalidValue.
+enum class PrefillImpl { kAuto, kMmaSync, kWgmma, kWgmmaNoWs, kWgmmaSerial };
+
 struct PrefillAttentionParams {
   int num_tokens = 0;       // n, new tokens (queries) in this call
   int num_q_heads = 0;      // Hq
@@ -57,6 +65,7 @@ struct PrefillAttentionParams {
   // entry a valid row of the head's storage). kv.head_stride still spaces the heads' storage.
   const int32_t* row_index = nullptr;
   int64_t row_index_stride = 0;
+  PrefillImpl impl = PrefillImpl::kAuto;
 };
 
 // Query rows per CTA (8 warps x 16 rows) and keys per K/V tile of the prefill kernel.
@@ -64,5 +73,13 @@ constexpr int kPrefillBlockM = 128;
 constexpr int kPrefillBlockN = 64;
 
 cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& p, cudaStream_t stream);
+
+// Whether the wgmma kernel can run head dim d on the current device (compute capability 9.0).
+bool PrefillWgmmaSupported(int head_dim);
+
+namespace detail {
+// The wgmma kernel, arguments already validated by LaunchPrefillAttention.
+cudaError_t LaunchPrefillAttentionSm90(const PrefillAttentionParams& p, cudaStream_t stream);
+}  // namespace detail
 
 }  // namespace squeeze::gpu

@@ -39,6 +39,21 @@ namespace {
 using gpu::bf16;
 using namespace gpu_testing;  // NOLINT(build/namespaces): test helpers
 
+// The kernel under test (the suite runs once per kernel, see PrefillAttention below); head dim 96
+// has no wgmma kernel and runs the mma.sync one in both runs.
+gpu::PrefillImpl g_impl = gpu::PrefillImpl::kMmaSync;
+gpu::PrefillImpl ImplFor(int d) { return d == 96 ? gpu::PrefillImpl::kMmaSync : g_impl; }
+
+class PrefillAttention : public ::testing::TestWithParam<gpu::PrefillImpl> {
+ protected:
+  void SetUp() override {
+    g_impl = GetParam();
+    if (g_impl != gpu::PrefillImpl::kMmaSync && !gpu::PrefillWgmmaSupported(128)) {
+      GTEST_SKIP() << "the wgmma kernel needs compute capability 9.0";
+    }
+  }
+};
+
 struct Case {
   int d, group, hkv, n, past;
   bool out_bf16;
@@ -108,6 +123,7 @@ void RunCase(const Case& c, uint64_t seed, bool check_repeat = false) {
   p.out = c.out_bf16 ? static_cast<void*>(out16.get()) : static_cast<void*>(out32.get());
   p.out_bf16 = c.out_bf16;
   p.lse = lse.get();
+  p.impl = ImplFor(d);
 
   std::vector<float> first_out, first_lse;
   for (int rep = 0; rep < (check_repeat ? 2 : 1); ++rep) {
@@ -170,7 +186,7 @@ void RunCase(const Case& c, uint64_t seed, bool check_repeat = false) {
   }
 }
 
-TEST(PrefillAttention, SweepHeadDimGroupLengthPast) {
+TEST_P(PrefillAttention, SweepHeadDimGroupLengthPast) {
   uint64_t seed = 1;
   for (const int d : {64, 128}) {
     for (const int group : {1, 4, 8}) {
@@ -187,7 +203,7 @@ TEST(PrefillAttention, SweepHeadDimGroupLengthPast) {
 
 // Head dim 96 (12 chunks a row, the d = 96 swizzle) and groups that are no power of two (the
 // kernel is per query head: qh / G picks the KV head).
-TEST(PrefillAttention, HeadDim96AndOddGroups) {
+TEST_P(PrefillAttention, HeadDim96AndOddGroups) {
   uint64_t seed = 3001;
   for (const int n : {1, 17, 129, 1000}) {
     for (const int past : {0, 100, 3000}) {
@@ -203,7 +219,7 @@ TEST(PrefillAttention, HeadDim96AndOddGroups) {
   RunCase({96, 16, 1, 64, 129, true}, 3106);
 }
 
-TEST(PrefillAttention, MoreKvHeadsAndRepeatable) {
+TEST_P(PrefillAttention, MoreKvHeadsAndRepeatable) {
   // Several KV heads of several query heads each: head strides and GQA indexing.
   RunCase({128, 4, 3, 200, 37, false}, 1001, /*check_repeat=*/true);
   RunCase({64, 2, 4, 65, 63, true}, 1002, /*check_repeat=*/true);
@@ -212,9 +228,13 @@ TEST(PrefillAttention, MoreKvHeadsAndRepeatable) {
 // Non-causal mode over a fixed context with per-KV-head row counts (head_len, the compacted kept
 // rows of a squeezed selection): every query sees rows [0, lens[h]) of KV head h; rows past it
 // are NaN. A head with no rows must give zero outputs and lse -inf. Same tolerances as above.
-void RunFixedCase(int d, int group, int n, const std::vector<int>& lens, uint64_t seed) {
-  SCOPED_TRACE(::testing::Message()
-               << "fixed d=" << d << " G=" << group << " n=" << n << " heads=" << lens.size());
+// gather: the keys are read through a row index (a squeezed selection's kept rows in place): key
+// r of head h is storage row row_index[h][r], a random injective map into twice the rows; the
+// storage rows no key maps to are NaN.
+void RunFixedCase(int d, int group, int n, const std::vector<int>& lens, uint64_t seed,
+                  bool gather = false) {
+  SCOPED_TRACE(::testing::Message() << "fixed d=" << d << " G=" << group << " n=" << n
+                                    << " heads=" << lens.size() << " gather=" << gather);
   Rng rng(seed);
   const int hkv = static_cast<int>(lens.size()), hq = hkv * group;
   const int max_len = *std::max_element(lens.begin(), lens.end());
@@ -224,8 +244,39 @@ void RunFixedCase(int d, int group, int n, const std::vector<int>& lens, uint64_
   for (size_t i = 0; i < q.dev.size(); ++i) q.Set(i, 3.0f * rng.Uniform());
   Bf16Data k, v;
   FillKv(hkv, cap, d, lens, &rng, &k, &v);
-  DeviceArray<bf16> dev_q(q.dev), dev_k(k.dev), dev_v(v.dev);
+  // Gathered: storage of 2 * cap rows per head, key r at row_index[h * cap + r].
+  const int storage = gather ? 2 * cap : cap;
+  std::vector<int32_t> row_index;
+  Bf16Data ks, vs;
+  if (gather) {
+    ks.Resize(static_cast<size_t>(hkv) * storage * d);
+    vs.Resize(ks.dev.size());
+    for (size_t i = 0; i < ks.dev.size(); ++i) {
+      ks.SetNaN(i);
+      vs.SetNaN(i);
+    }
+    row_index.assign(static_cast<size_t>(hkv) * cap, 0);
+    for (int h = 0; h < hkv; ++h) {
+      std::vector<int32_t> perm(storage);
+      for (int i = 0; i < storage; ++i) perm[i] = i;
+      for (int i = storage - 1; i > 0; --i) {
+        std::swap(perm[i], perm[static_cast<int>(rng.Next() % static_cast<uint64_t>(i + 1))]);
+      }
+      for (int r = 0; r < cap; ++r) {
+        row_index[static_cast<size_t>(h) * cap + r] = perm[r];
+        if (r >= lens[h]) continue;
+        for (int i = 0; i < d; ++i) {
+          const size_t from = (static_cast<size_t>(h) * cap + r) * d + i;
+          const size_t to = (static_cast<size_t>(h) * storage + perm[r]) * d + i;
+          ks.Set(to, k.ref[from]);
+          vs.Set(to, v.ref[from]);
+        }
+      }
+    }
+  }
+  DeviceArray<bf16> dev_q(q.dev), dev_k(gather ? ks.dev : k.dev), dev_v(gather ? vs.dev : v.dev);
   DeviceArray<int32_t> dev_len(std::vector<int32_t>(lens.begin(), lens.end()));
+  DeviceArray<int32_t> dev_rows(row_index);
   DeviceArray<float> out(static_cast<size_t>(n) * hq * d), lse(static_cast<size_t>(n) * hq);
   out.Poison();
   lse.Poison();
@@ -238,12 +289,17 @@ void RunFixedCase(int d, int group, int n, const std::vector<int>& lens, uint64_
   p.q = dev_q.get();
   p.kv.k = dev_k.get();
   p.kv.v = dev_v.get();
-  p.kv.head_stride = static_cast<int64_t>(cap) * d;
+  p.kv.head_stride = static_cast<int64_t>(storage) * d;
   p.kv.len = max_len;
   p.out = out.get();
   p.lse = lse.get();
   p.causal = false;
   p.head_len = dev_len.get();
+  p.impl = ImplFor(d);
+  if (gather) {
+    p.row_index = dev_rows.get();
+    p.row_index_stride = cap;
+  }
   CUDA_OK(gpu::LaunchPrefillAttention(p, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   const std::vector<float> got = out.Download(), got_lse = lse.Download();
@@ -286,15 +342,18 @@ void RunFixedCase(int d, int group, int n, const std::vector<int>& lens, uint64_
   EXPECT_LE(lse_err, 1e-3);
 }
 
-TEST(PrefillAttention, FixedContextPerHeadLengths) {
+TEST_P(PrefillAttention, FixedContextPerHeadLengths) {
   RunFixedCase(128, 4, 1000, {3000, 65, 1, 0, 4097}, 2001);  // n 1000 < 4097 rows, and a 1-row head
   RunFixedCase(64, 8, 300, {17, 200}, 2002);                 // n > rows of both heads
   RunFixedCase(128, 1, 16, {129, 128, 127}, 2003);           // one query tile, tile-edge lengths
   RunFixedCase(96, 3, 200, {700, 0, 64}, 2004);              // d = 96, an odd group
   RunFixedCase(96, 7, 40, {129, 1000}, 2005);
+  RunFixedCase(128, 4, 300, {1000, 129, 0}, 2006, /*gather=*/true);
+  RunFixedCase(64, 2, 130, {257, 64}, 2007, /*gather=*/true);
+  RunFixedCase(96, 3, 70, {300}, 2008, /*gather=*/true);
 }
 
-TEST(PrefillAttention, NoLseAndInvalidArguments) {
+TEST_P(PrefillAttention, NoLseAndInvalidArguments) {
   // lse == nullptr is allowed and still writes out.
   const int n = 70, hq = 4, d = 128;
   std::vector<bf16> host(static_cast<size_t>(n) * hq * d);
@@ -315,6 +374,7 @@ TEST(PrefillAttention, NoLseAndInvalidArguments) {
   p.kv.head_stride = static_cast<int64_t>(n) * d;
   p.kv.len = n;
   p.out = out.get();
+  p.impl = g_impl;
   CUDA_OK(gpu::LaunchPrefillAttention(p, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   for (float x : out.Download()) ASSERT_TRUE(std::isfinite(x));
@@ -333,9 +393,30 @@ TEST(PrefillAttention, NoLseAndInvalidArguments) {
   bad.kv.head_stride = 12;  // not a multiple of 8 elements
   EXPECT_EQ(gpu::LaunchPrefillAttention(bad, nullptr), cudaErrorInvalidValue);
   bad = p;
+  bad.head_dim = 96;  // no wgmma kernel for d = 96: asked for explicitly, refused
+  bad.impl = gpu::PrefillImpl::kWgmma;
+  EXPECT_EQ(gpu::LaunchPrefillAttention(bad, nullptr), cudaErrorInvalidValue);
+  bad = p;
   bad.num_tokens = 0;  // no-op
   EXPECT_EQ(gpu::LaunchPrefillAttention(bad, nullptr), cudaSuccess);
 }
+
+INSTANTIATE_TEST_SUITE_P(Kernels, PrefillAttention,
+                         ::testing::Values(gpu::PrefillImpl::kMmaSync, gpu::PrefillImpl::kWgmma,
+                                           gpu::PrefillImpl::kWgmmaNoWs,
+                                           gpu::PrefillImpl::kWgmmaSerial),
+                         [](const ::testing::TestParamInfo<gpu::PrefillImpl>& info) {
+                           switch (info.param) {
+                             case gpu::PrefillImpl::kWgmma:
+                               return "Wgmma";
+                             case gpu::PrefillImpl::kWgmmaNoWs:
+                               return "WgmmaNoWs";
+                             case gpu::PrefillImpl::kWgmmaSerial:
+                               return "WgmmaSerial";
+                             default:
+                               return "MmaSync";
+                           }
+                         });
 
 }  // namespace
 }  // namespace squeeze

@@ -1,0 +1,586 @@
+// Prefill attention on Hopper warpgroup MMA (wgmma): the contract of prefill_attention.cuh
+// (causal chunks, non-causal fixed contexts with head_len and row_index), for d in {64, 128} on
+// sm_90a; LaunchPrefillAttention picks it there (PrefillImpl::kAuto).
+//
+// CTA: two warpgroups (256 threads), 128 query rows of one query head; warpgroup w owns rows
+// [64w, 64w + 64). Grid (Hq, ceil(n / 128)) as in the mma.sync kernel: the G heads of a KV group
+// side by side (they share K/V in L2), the query tiles longest first.
+// Shared memory, 128-byte swizzled column blocks (kernels/common/wgmma.cuh): the Q tile and
+// kStages stages of 128-key K and V tiles, filled with 16-byte cp.async by all 256 threads (a
+// row index gathers a squeezed selection's kept rows in place, which TMA cannot), one commit
+// group per tile, kStages - 1 tiles in flight while a tile is computed.
+// Per key tile and warpgroup:
+//   S[64][128] = Q K^T     d / 16 wgmma m64n128k16, both operands from shared memory (K-major);
+//   online softmax in the exp2 domain on the accumulators (each thread: 2 rows x 32 keys; a row
+//   spans the 4 lanes of a quad), masked only on tiles that cross the warpgroup's diagonal;
+//   O[64][d] += P V       8 wgmma m64n{d}k16, P from registers (the S accumulators packed to
+//   bf16 are the A fragments), V from shared memory MN-major (transposed B).
+// Key tiles past the causal limit of the CTA's last row are never loaded; a warpgroup skips the
+// tiles past its own last row. Numerics are those of the mma.sync kernel (fp32 S and row sums, P
+// rounded to bf16 for P V, fp32 O).
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "kernels/attention/prefill_attention.cuh"
+#include "kernels/common/device.cuh"
+#include "kernels/common/mma_tile.cuh"
+#include "kernels/common/wgmma.cuh"
+
+namespace squeeze::gpu {
+namespace {
+
+constexpr int kBlockM = 128;   // query rows per CTA
+constexpr int kBlockN = 128;   // keys per K/V tile
+constexpr int kThreads = 256;  // two warpgroups
+constexpr int kStages = 3;
+
+template <int D>
+struct Sm90Smem {
+  static constexpr int kQBytes = kBlockM * D * 2;     // Q tile
+  static constexpr int kTileBytes = kBlockN * D * 2;  // one K (or V) tile
+  static constexpr int kKOff = kQBytes;
+  static constexpr int kVOff = kKOff + kStages * kTileBytes;
+  static constexpr int kBarOff = kVOff + kStages * kTileBytes;  // 224 KB (d = 128), 112 KB (64)
+  // mbarriers of the warp-specialised kernel: Q full, then K full, V full and K/V empty per stage.
+  static constexpr int kUsed = kBarOff + 8 * (1 + 3 * kStages);
+  static constexpr int kBytes = kUsed + 1024;  // + alignment of the base to 1 KB
+};
+
+// Copies rows [row0, row0 + kRows) of a [rows][D] bf16 matrix (row stride `stride` elements) into
+// a 128-byte swizzled tile; rows at or past `valid_rows` are zero-filled and not read; `rows`
+// (optional) maps tile row r to storage row rows[row0 + r].
+template <int D, int kRows>
+__device__ __forceinline__ void IssueTile(char* dst, const bf16* src, int64_t stride, int row0,
+                                          int valid_rows, const int32_t* rows = nullptr) {
+  constexpr int kChunks = D / 8;
+  constexpr int kPerThread = kRows * kChunks / kThreads;
+  static_assert(kPerThread * kThreads == kRows * kChunks, "tile/threads mismatch");
+#pragma unroll
+  for (int u = 0; u < kPerThread; ++u) {
+    const int idx = threadIdx.x + u * kThreads;
+    const int r = idx / kChunks, c = idx % kChunks;
+    const bool valid = row0 + r < valid_rows;
+    const int64_t at = valid ? (rows != nullptr ? __ldg(rows + row0 + r) : row0 + r) : 0;
+    const bf16* from = src + (valid ? at * stride + c * 8 : 0);
+    detail::CpAsync16(dst + detail::Sw128Offset<kRows>(r, c), from, valid);
+  }
+}
+
+// Scales S (kNTiles 8-key column tiles of the m64n{8 kNTiles} accumulator) to log2 units, masks
+// keys past each row's limit when `diagonal`, and runs the online softmax for the thread's rows g
+// (e = 0, 1) and g + 8 (e = 2, 3): s becomes 2^(s - m_new), m and l are updated and alpha[h] is
+// the factor the rows' O accumulators must be scaled by.
+template <int kNTiles>
+__device__ __forceinline__ void SoftmaxTile(float (&s)[kNTiles * 4], float (&m)[2], float (&l)[2],
+                                            float (&alpha)[2], float scale_log2, bool diagonal,
+                                            int key0, const int (&limit)[2], int tq) {
+#pragma unroll
+  for (int j = 0; j < kNTiles; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float x = s[4 * j + e] * scale_log2;
+      if (diagonal) {
+        const int key = key0 + j * 8 + 2 * tq + (e & 1);
+        x = key > limit[e >> 1] ? -INFINITY : x;
+      }
+      s[4 * j + e] = x;
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kNTiles; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * h], s[4 * j + 2 * h + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m[h], mx);
+    const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // no visible key yet: exps are 0
+    alpha[h] = detail::Exp2(m[h] - m_use);
+    m[h] = m_new;
+    float rs = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kNTiles; ++j) {
+      s[4 * j + 2 * h] = detail::Exp2(s[4 * j + 2 * h] - m_use);
+      s[4 * j + 2 * h + 1] = detail::Exp2(s[4 * j + 2 * h + 1] - m_use);
+      rs += s[4 * j + 2 * h] + s[4 * j + 2 * h + 1];
+    }
+    l[h] = l[h] * alpha[h] + rs;
+  }
+}
+
+// P as the A fragments of O += P V: keys [16kp, 16kp + 16) are S column tiles 2kp and 2kp + 1.
+template <int kNTiles>
+__device__ __forceinline__ void PackP(const float (&s)[kNTiles * 4],
+                                      uint32_t (&pa)[kNTiles / 2][4]) {
+#pragma unroll
+  for (int kp = 0; kp < kNTiles / 2; ++kp) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      pa[kp][i] = detail::PackBf16x2(s[8 * kp + 2 * i], s[8 * kp + 2 * i + 1]);
+  }
+}
+
+template <int kDTiles>
+__device__ __forceinline__ void RescaleO(float (&o)[kDTiles * 4], const float (&alpha)[2]) {
+#pragma unroll
+  for (int j = 0; j < kDTiles; ++j) {
+    o[4 * j + 0] *= alpha[0];
+    o[4 * j + 1] *= alpha[0];
+    o[4 * j + 2] *= alpha[1];
+    o[4 * j + 3] *= alpha[1];
+  }
+}
+
+// S = Q K^T for one warpgroup: q, k the shared addresses of the warpgroup's Q rows and of the K
+// tile (column blocks of q_block / kv_block bytes).
+template <int D>
+__device__ __forceinline__ void IssueScores(float (&s)[kBlockN / 2], uint32_t q, uint32_t k) {
+  constexpr uint32_t kQBlock = kBlockM * 128, kKvBlock = kBlockN * 128;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const uint32_t koff = (kk & 3) * 32;  // k16 step within the 64-wide column block
+    const uint64_t da = detail::Sw128Desc(q + (kk >> 2) * kQBlock + koff, 16, 1024);
+    const uint64_t db = detail::Sw128Desc(k + (kk >> 2) * kKvBlock + koff, 16, 1024);
+    detail::WgmmaSS_m64n128k16(s, da, db, kk > 0 ? 1 : 0);
+  }
+}
+
+// O += P V for one warpgroup, V the shared address of the V tile.
+template <int D>
+__device__ __forceinline__ void IssueValues(float (&o)[D / 2],
+                                            const uint32_t (&pa)[kBlockN / 16][4], uint32_t v) {
+  constexpr uint32_t kKvBlock = kBlockN * 128;
+#pragma unroll
+  for (int kp = 0; kp < kBlockN / 16; ++kp) {
+    // Keys [16kp, 16kp + 16): two groups of 8 rows (SBO 1 KB); d columns 64 apart (LBO: one
+    // column block of the V tile).
+    const uint64_t db = detail::Sw128Desc(v + kp * 16 * 128, kKvBlock, 1024);
+    if constexpr (D == 128) {
+      detail::WgmmaRS_m64n128k16_TransB(o, pa[kp], db);
+    } else {
+      detail::WgmmaRS_m64n64k16_TransB(o, pa[kp], db);
+    }
+  }
+}
+
+// Epilogue of a consumer thread: row sums over the 4 lanes of a row, normalise, store O (and lse).
+template <int D, typename OutT>
+__device__ __forceinline__ void StoreRows(const PrefillAttentionParams& p, const float (&o)[D / 2],
+                                          const float (&l)[2], const float (&m)[2], int row_lo,
+                                          int qh, int tq) {
+  const int n = p.num_tokens, hq = p.num_q_heads;
+  constexpr int kDTiles = D / 8;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float sum = l[h];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const int row = row_lo + h * 8;
+    if (row >= n) continue;
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    OutT* dst = static_cast<OutT*>(p.out) + (static_cast<int64_t>(row) * hq + qh) * D + 2 * tq;
+#pragma unroll
+    for (int j = 0; j < kDTiles; ++j) {
+      const float x0 = o[4 * j + 2 * h] * inv, x1 = o[4 * j + 2 * h + 1] * inv;
+      if constexpr (sizeof(OutT) == 4) {
+        *reinterpret_cast<float2*>(dst + j * 8) = make_float2(x0, x1);
+      } else {
+        *reinterpret_cast<__nv_bfloat162*>(dst + j * 8) = __floats2bfloat162_rn(x0, x1);
+      }
+    }
+    if (p.lse != nullptr && tq == 0) {
+      p.lse[static_cast<int64_t>(row) * hq + qh] =
+          sum > 0.0f ? (m[h] + log2f(sum)) * detail::kLn2 : -INFINITY;
+    }
+  }
+}
+
+// kOverlap: the warpgroup issues S of tile t and P V of tile t - 1 together and runs the softmax
+// of tile t while P V runs on the tensor cores (FlashAttention-3's intra-warpgroup pipelining);
+// K/V tiles are then prefetched one tile ahead (the stage of tile t - 1 is still read during
+// iteration t). Otherwise S, softmax and P V of a tile run in turn, two tiles prefetched.
+template <int D, typename OutT, bool kOverlap>
+__global__ void __launch_bounds__(kThreads, 1) PrefillSm90Kernel(const PrefillAttentionParams p) {
+#if defined(__CUDA_ARCH__) && !defined(SQUEEZE_WGMMA)
+  __trap();  // built without the sm_90a target: no wgmma (PrefillWgmmaSupported assumes 90a)
+#endif
+  using Smem = Sm90Smem<D>;
+  constexpr int kNTiles = kBlockN / 8;                // 8-key column tiles of S (16)
+  constexpr int kDTiles = D / 8;                      // 8-dim column tiles of O
+  constexpr int kAhead = kOverlap ? 1 : kStages - 1;  // tiles in flight beyond the current one
+  extern __shared__ char smem_raw[];
+  // The 128-byte swizzle is a function of address bits [4, 10): every tile starts 1 KB aligned.
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  const uint32_t pad = (1024 - (raw & 1023)) & 1023;
+  char* smem = smem_raw + pad;
+  const uint32_t sbase = raw + pad;
+
+  const int qh = blockIdx.x;
+  const int m0 = (gridDim.y - 1 - blockIdx.y) * kBlockM;
+  const int n = p.num_tokens, hq = p.num_q_heads;
+  const int kvh = qh / (hq / p.num_kv_heads);
+  const int kv_len = p.head_len != nullptr ? p.head_len[kvh] : p.kv.len;
+  const int past = p.causal ? kv_len - n : kv_len + kBlockM;  // non-causal: a limit no key reaches
+  const int tid = threadIdx.x, lane = tid & 31;
+  const int wg = tid >> 7, warp_in_wg = (tid >> 5) & 3;
+  const int32_t* kv_rows = p.row_index != nullptr
+                               ? p.row_index + static_cast<int64_t>(kvh) * p.row_index_stride
+                               : nullptr;
+  const bf16* k = p.kv.k + static_cast<int64_t>(kvh) * p.kv.head_stride;
+  const bf16* v = p.kv.v + static_cast<int64_t>(kvh) * p.kv.head_stride;
+
+  const int kv_end = min(kv_len, past + m0 + kBlockM);
+  const int num_tiles = (kv_end + kBlockN - 1) / kBlockN;
+  // Tiles this warpgroup reads: those with a key at or below its last row's causal limit.
+  const int wg_row0 = m0 + wg * 64;
+  const int wg_tiles = min(num_tiles, max(0, (past + wg_row0 + 63) / kBlockN + 1));
+
+  auto issue_kv = [&](int tile) {
+    const int st = tile % kStages;
+    IssueTile<D, kBlockN>(smem + Smem::kKOff + st * Smem::kTileBytes, k, D, tile * kBlockN, kv_len,
+                          kv_rows);
+    IssueTile<D, kBlockN>(smem + Smem::kVOff + st * Smem::kTileBytes, v, D, tile * kBlockN, kv_len,
+                          kv_rows);
+  };
+  // Group 0: the Q tile and K/V tile 0; then one group per tile, kAhead tiles ahead.
+  IssueTile<D, kBlockM>(smem,
+                        p.q + static_cast<int64_t>(m0) * hq * D + static_cast<int64_t>(qh) * D,
+                        static_cast<int64_t>(hq) * D, 0, n - m0);
+#pragma unroll
+  for (int t = 0; t < kAhead; ++t) {
+    if (t < num_tiles) issue_kv(t);
+    detail::CpAsyncCommit();
+  }
+
+  float s[kNTiles * 4];
+  float o[kDTiles * 4];
+#pragma unroll
+  for (int i = 0; i < kNTiles * 4; ++i) s[i] = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kDTiles * 4; ++i) o[i] = 0.0f;
+  uint32_t pa[kBlockN / 16][4];
+  float m[2] = {-INFINITY, -INFINITY};  // running max (log2 domain) of rows g and g + 8
+  float l[2] = {0.0f, 0.0f};            // running sum of 2^(s - m), this lane's columns only
+  float alpha[2];
+  const float scale_log2 = p.scale * detail::kLog2e;
+  const int g = lane >> 2, tq = lane & 3;
+  const int row_lo = wg_row0 + warp_in_wg * 16 + g;  // this thread's rows: row_lo, row_lo + 8
+  // Keys above min(past + row, kv_len - 1) are masked (past the causal limit, or zero-filled rows
+  // past kv_len in a non-causal call).
+  const int limit[2] = {min(past + row_lo, kv_len - 1), min(past + row_lo + 8, kv_len - 1)};
+  const uint32_t q_wg = sbase + wg * 64 * 128;
+  auto k_tile = [&](int t) { return sbase + Smem::kKOff + (t % kStages) * Smem::kTileBytes; };
+  auto v_tile = [&](int t) { return sbase + Smem::kVOff + (t % kStages) * Smem::kTileBytes; };
+  // A tile crosses the warpgroup's diagonal (or runs past kv_len): mask it.
+  auto diagonal = [&](int key0) { return key0 + kBlockN - 1 > min(past + wg_row0, kv_len - 1); };
+
+  // Waits for tile t's copies (and Q's) and makes them visible; after the barrier the stage of the
+  // tile kAhead + 1 back is free, and tile t + kAhead is issued into it.
+  auto next_tile = [&](int t) {
+    detail::CpAsyncWait<kAhead - 1>();
+    detail::FenceProxyAsyncShared();
+    __syncthreads();
+    if (t + kAhead < num_tiles) issue_kv(t + kAhead);
+    detail::CpAsyncCommit();
+  };
+  if constexpr (kOverlap) {
+    // Tile 0, then the steady state with no warpgroup-dependent branch around a wgmma (ptxas
+    // serialises wgmma issued on divergent paths): S of t with P V of t - 1; then P V of the
+    // warpgroup's last tile. The tiles past the warpgroup's rows only join the barriers.
+    next_tile(0);
+    if (wg_tiles > 0) {
+      detail::WgmmaFence();
+      IssueScores<D>(s, q_wg, k_tile(0));
+      detail::WgmmaCommit();
+      detail::WgmmaWait<0>();
+      detail::FenceRegisters(s);
+      SoftmaxTile<kNTiles>(s, m, l, alpha, scale_log2, diagonal(0), 0, limit, tq);
+      PackP<kNTiles>(s, pa);
+    }
+    for (int t = 1; t < wg_tiles; ++t) {
+      next_tile(t);
+      detail::WgmmaFence();
+      IssueScores<D>(s, q_wg, k_tile(t));
+      detail::WgmmaCommit();
+      IssueValues<D>(o, pa, v_tile(t - 1));
+      detail::WgmmaCommit();
+      detail::WgmmaWait<1>();
+      detail::FenceRegisters(s);
+      SoftmaxTile<kNTiles>(s, m, l, alpha, scale_log2, diagonal(t * kBlockN), t * kBlockN, limit,
+                           tq);
+      detail::WgmmaWait<0>();
+      detail::FenceRegisters(o);
+      RescaleO<kDTiles>(o, alpha);
+      PackP<kNTiles>(s, pa);
+    }
+    if (wg_tiles > 0) {
+      detail::WgmmaFence();
+      IssueValues<D>(o, pa, v_tile(wg_tiles - 1));
+      detail::WgmmaCommit();
+      detail::WgmmaWait<0>();
+      detail::FenceRegisters(o);
+    }
+    for (int t = max(wg_tiles, 1); t < num_tiles; ++t) next_tile(t);
+  } else {
+    for (int t = 0; t < num_tiles; ++t) {
+      next_tile(t);
+      if (t >= wg_tiles) continue;  // warpgroup-uniform; the barrier above is still shared
+      const int key0 = t * kBlockN;
+      detail::WgmmaFence();
+      IssueScores<D>(s, q_wg, k_tile(t));
+      detail::WgmmaCommit();
+      detail::WgmmaWait<0>();
+      detail::FenceRegisters(s);
+      SoftmaxTile<kNTiles>(s, m, l, alpha, scale_log2, diagonal(key0), key0, limit, tq);
+      RescaleO<kDTiles>(o, alpha);
+      PackP<kNTiles>(s, pa);
+      detail::WgmmaFence();
+      IssueValues<D>(o, pa, v_tile(t));
+      detail::WgmmaCommit();
+      detail::WgmmaWait<0>();
+      detail::FenceRegisters(o);
+    }
+  }
+  detail::CpAsyncWait<0>();  // only empty groups can remain; drained before exit
+
+  StoreRows<D, OutT>(p, o, l, m, row_lo, qh, tq);
+}
+
+// The producer warpgroup's copy of a tile (128 threads, few registers): thread `copier` copies
+// chunk copier % (D / 8) of rows copier / (D / 8), + 128 / (D / 8), ... (the row step is a
+// multiple of 8, so the swizzled offset just advances by whole 1 KB groups).
+template <int D, int kRows>
+__device__ __forceinline__ void ProducerTile(char* dst, const bf16* src, int64_t stride, int row0,
+                                             int valid_rows, const int32_t* rows, int copier) {
+  constexpr int kChunks = D / 8;
+  constexpr int kRowStep = 128 / kChunks;
+  static_assert(kRowStep % 8 == 0 && kRows % kRowStep == 0, "producer copy shape");
+  const int c = copier % kChunks;
+  char* to = dst + detail::Sw128Offset<kRows>(copier / kChunks, c);
+  const bf16* from = src + c * 8;
+#pragma unroll 4
+  for (int r = copier / kChunks; r < kRows; r += kRowStep, to += kRowStep * 128) {
+    const int row = row0 + r;
+    const bool valid = row < valid_rows;
+    const int64_t at = valid ? (rows != nullptr ? __ldg(rows + row) : row) : 0;
+    detail::CpAsync16(to, from + at * stride, valid);
+  }
+}
+
+// ---- mbarriers (shared::cta), for the warp-specialised kernel.
+__device__ __forceinline__ void MbarInit(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void MbarArrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Arrives when every cp.async this thread issued before has landed (counts as one arrival).
+__device__ __forceinline__ void MbarArriveOnCopies(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+// Waits until the phase of the given parity has completed.
+__device__ __forceinline__ void MbarWait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nwait_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait_%=;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+template <int kRegs>
+__device__ __forceinline__ void SetMaxRegsInc() {
+#ifdef SQUEEZE_WGMMA
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+#endif
+}
+template <int kRegs>
+__device__ __forceinline__ void SetMaxRegsDec() {
+#ifdef SQUEEZE_WGMMA
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+#endif
+}
+
+constexpr int kWsThreads = 384;  // producer warpgroup + two consumer warpgroups
+
+// Warp-specialised: warpgroup 0 copies (cp.async, every copy tracked by an mbarrier of its stage:
+// K full, V full; a stage is refilled once both consumer warpgroups released it), warpgroups 1
+// and 2 compute as the overlapped kernel above, each at its own pace (no CTA barrier per tile).
+// Registers move to the consumers (setmaxnreg: 40 producer, 232 consumer).
+template <int D, typename OutT>
+__global__ void __launch_bounds__(kWsThreads, 1)
+    PrefillSm90WsKernel(const PrefillAttentionParams p) {
+#if defined(__CUDA_ARCH__) && !defined(SQUEEZE_WGMMA)
+  __trap();
+#endif
+  using Smem = Sm90Smem<D>;
+  constexpr int kNTiles = kBlockN / 8;
+  constexpr int kDTiles = D / 8;
+  extern __shared__ char smem_raw[];
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  const uint32_t pad = (1024 - (raw & 1023)) & 1023;
+  char* smem = smem_raw + pad;
+  const uint32_t sbase = raw + pad;
+  const uint32_t q_full = sbase + Smem::kBarOff;
+  auto k_full = [&](int st) { return q_full + 8 * (1 + st); };
+  auto v_full = [&](int st) { return q_full + 8 * (1 + kStages + st); };
+  auto empty = [&](int st) { return q_full + 8 * (1 + 2 * kStages + st); };
+
+  const int qh = blockIdx.x;
+  const int m0 = (gridDim.y - 1 - blockIdx.y) * kBlockM;
+  const int n = p.num_tokens, hq = p.num_q_heads;
+  const int kvh = qh / (hq / p.num_kv_heads);
+  const int kv_len = p.head_len != nullptr ? p.head_len[kvh] : p.kv.len;
+  const int past = p.causal ? kv_len - n : kv_len + kBlockM;
+  const int tid = threadIdx.x, lane = tid & 31;
+  const int wg = tid >> 7;
+  const int kv_end = min(kv_len, past + m0 + kBlockM);
+  const int num_tiles = (kv_end + kBlockN - 1) / kBlockN;
+
+  if (tid == 0) {
+    MbarInit(q_full, 128);
+    for (int st = 0; st < kStages; ++st) {
+      MbarInit(k_full(st), 128);
+      MbarInit(v_full(st), 128);
+      MbarInit(empty(st), 256);
+    }
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    // ---- Producer.
+    SetMaxRegsDec<40>();
+    const int32_t* kv_rows = p.row_index != nullptr
+                                 ? p.row_index + static_cast<int64_t>(kvh) * p.row_index_stride
+                                 : nullptr;
+    const bf16* k = p.kv.k + static_cast<int64_t>(kvh) * p.kv.head_stride;
+    const bf16* v = p.kv.v + static_cast<int64_t>(kvh) * p.kv.head_stride;
+    ProducerTile<D, kBlockM>(smem,
+                             p.q + static_cast<int64_t>(m0) * hq * D + static_cast<int64_t>(qh) * D,
+                             static_cast<int64_t>(hq) * D, 0, n - m0, nullptr, tid);
+    MbarArriveOnCopies(q_full);
+    for (int t = 0; t < num_tiles; ++t) {
+      const int st = t % kStages;
+      if (t >= kStages) MbarWait(empty(st), ((t / kStages) & 1) ^ 1);
+      ProducerTile<D, kBlockN>(smem + Smem::kKOff + st * Smem::kTileBytes, k, D, t * kBlockN,
+                               kv_len, kv_rows, tid);
+      MbarArriveOnCopies(k_full(st));
+      ProducerTile<D, kBlockN>(smem + Smem::kVOff + st * Smem::kTileBytes, v, D, t * kBlockN,
+                               kv_len, kv_rows, tid);
+      MbarArriveOnCopies(v_full(st));
+    }
+    detail::CpAsyncWait<0>();
+    return;
+  }
+
+  // ---- Consumers.
+  SetMaxRegsInc<232>();
+  const int cwg = wg - 1, warp_in_wg = (tid >> 5) & 3;
+  const int wg_row0 = m0 + cwg * 64;
+  const int wg_tiles = min(num_tiles, max(0, (past + wg_row0 + 63) / kBlockN + 1));
+  float s[kNTiles * 4];
+  float o[kDTiles * 4];
+#pragma unroll
+  for (int i = 0; i < kNTiles * 4; ++i) s[i] = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kDTiles * 4; ++i) o[i] = 0.0f;
+  uint32_t pa[kBlockN / 16][4];
+  float m[2] = {-INFINITY, -INFINITY};
+  float l[2] = {0.0f, 0.0f};
+  float alpha[2];
+  const float scale_log2 = p.scale * detail::kLog2e;
+  const int g = lane >> 2, tq = lane & 3;
+  const int row_lo = wg_row0 + warp_in_wg * 16 + g;
+  const int limit[2] = {min(past + row_lo, kv_len - 1), min(past + row_lo + 8, kv_len - 1)};
+  const uint32_t q_wg = sbase + cwg * 64 * 128;
+  const int diag_limit = min(past + wg_row0, kv_len - 1);
+
+  auto k_tile = [&](int t) {
+    MbarWait(k_full(t % kStages), (t / kStages) & 1);
+    return sbase + Smem::kKOff + (t % kStages) * Smem::kTileBytes;
+  };
+  auto v_tile = [&](int t) {
+    MbarWait(v_full(t % kStages), (t / kStages) & 1);
+    return sbase + Smem::kVOff + (t % kStages) * Smem::kTileBytes;
+  };
+  auto diagonal = [&](int key0) { return key0 + kBlockN - 1 > diag_limit; };
+  MbarWait(q_full, 0);
+  // As the overlapped kernel: tile 0, the steady state, the last tile's P V. Tile t's stage is
+  // released (both K and V read) once its P V completed.
+  if (wg_tiles > 0) {
+    const uint32_t kt = k_tile(0);
+    detail::WgmmaFence();
+    IssueScores<D>(s, q_wg, kt);
+    detail::WgmmaCommit();
+    detail::WgmmaWait<0>();
+    detail::FenceRegisters(s);
+    SoftmaxTile<kNTiles>(s, m, l, alpha, scale_log2, diagonal(0), 0, limit, tq);
+    PackP<kNTiles>(s, pa);
+  }
+  for (int t = 1; t < wg_tiles; ++t) {
+    const uint32_t kt = k_tile(t), vt = v_tile(t - 1);
+    detail::WgmmaFence();
+    IssueScores<D>(s, q_wg, kt);
+    detail::WgmmaCommit();
+    IssueValues<D>(o, pa, vt);
+    detail::WgmmaCommit();
+    detail::WgmmaWait<1>();
+    detail::FenceRegisters(s);
+    SoftmaxTile<kNTiles>(s, m, l, alpha, scale_log2, diagonal(t * kBlockN), t * kBlockN, limit, tq);
+    detail::WgmmaWait<0>();
+    detail::FenceRegisters(o);
+    MbarArrive(empty((t - 1) % kStages));
+    RescaleO<kDTiles>(o, alpha);
+    PackP<kNTiles>(s, pa);
+  }
+  if (wg_tiles > 0) {
+    const uint32_t vt = v_tile(wg_tiles - 1);
+    detail::WgmmaFence();
+    IssueValues<D>(o, pa, vt);
+    detail::WgmmaCommit();
+    detail::WgmmaWait<0>();
+    detail::FenceRegisters(o);
+    MbarArrive(empty((wg_tiles - 1) % kStages));
+  }
+  // Tiles past this warpgroup's rows: released once loaded (so a stage's phases stay in order).
+  for (int t = wg_tiles; t < num_tiles; ++t) {
+    const int st = t % kStages;
+    MbarWait(k_full(st), (t / kStages) & 1);
+    MbarWait(v_full(st), (t / kStages) & 1);
+    MbarArrive(empty(st));
+  }
+  StoreRows<D, OutT>(p, o, l, m, row_lo, qh, tq);
+}
+
+template <int D, typename OutT>
+cudaError_t LaunchTyped(const PrefillAttentionParams& p, cudaStream_t stream) {
+  const bool ws = p.impl == PrefillImpl::kAuto || p.impl == PrefillImpl::kWgmma;
+  auto kernel = ws                                    ? PrefillSm90WsKernel<D, OutT>
+                : p.impl == PrefillImpl::kWgmmaSerial ? PrefillSm90Kernel<D, OutT, false>
+                                                      : PrefillSm90Kernel<D, OutT, true>;
+  constexpr int kBytes = Sm90Smem<D>::kBytes;
+  cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
+  if (err != cudaSuccess) return err;
+  const dim3 grid(p.num_q_heads, (p.num_tokens + kBlockM - 1) / kBlockM);
+  kernel<<<grid, ws ? kWsThreads : kThreads, kBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+namespace detail {
+
+cudaError_t LaunchPrefillAttentionSm90(const PrefillAttentionParams& p, cudaStream_t stream) {
+  switch (p.head_dim) {
+    case 64:
+      return p.out_bf16 ? LaunchTyped<64, bf16>(p, stream) : LaunchTyped<64, float>(p, stream);
+    case 128:
+      return p.out_bf16 ? LaunchTyped<128, bf16>(p, stream) : LaunchTyped<128, float>(p, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace detail
+}  // namespace squeeze::gpu
