@@ -21,7 +21,17 @@ runs. The floor of a step: (weights + the context's K/V once (cascade) or once p
 (per-sequence) + the sequences' own K/V) / the device-to-device copy rate measured in the same
 run. Prints a table; --json writes the rows.
 
+--prefill N: the same model's prefill instead (what gpu-forward-bench's registration prefill and
+--query_tokens compare with): N tokens in chunks of --chunk (8192) into a preallocated K/V cache,
+cuBLAS GEMMs, attention on cuDNN (torch's aten cuDNN attention with its log-sum-exp: the chunk's
+keys causally, the earlier chunks' keys as one non-causal call with the G query heads of a KV group
+stacked as rows, merged exactly); then the time to first token of each --query_tokens input against
+the N-token context (one chunk). One timed prefill after a 2-chunk warm-up; inputs median of 3.
+Without the aten op (another torch), one SDPA call over all keys without the causal mask (a few
+percent more attention work), and the output says so.
+
   python3 bench/torch_model_baseline.py --context 131072 --batches 1,8,32,64
+  python3 bench/torch_model_baseline.py --prefill 131072 --query_tokens 1024,4096
 """
 import argparse
 import json
@@ -30,6 +40,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 L, D, HQ, HKV, HD, I, V = 32, 4096, 32, 8, 128, 14336, 128256
 G = HQ // HKV
@@ -192,6 +203,114 @@ def time_graph(step, B, S):
     return results[1]
 
 
+def rope_rows(x, pos, inv_freq):
+    """x [1, H, C, d]; pos [C] int: RoPE of C consecutive positions."""
+    ang = pos.float().unsqueeze(-1) * inv_freq  # [C, d/2]
+    cos = torch.cos(ang)[None, None].to(x.dtype)
+    sin = torch.sin(ang)[None, None].to(x.dtype)
+    x1, x2 = x[..., : HD // 2], x[..., HD // 2:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def cudnn_with_lse(q, k, v, causal, scale):
+    """aten cuDNN attention with its natural-log lse [1, H, Lq] (q, k, v with equal heads)."""
+    out = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, causal,
+                                                             False, scale=scale)
+    return out[0], out[1].float().reshape(q.shape[0], q.shape[1], q.shape[2])
+
+
+EXACT = {"ok": True}
+
+
+def chunk_attention(q, kc, vc, p0, scale):
+    """q [1, HQ, C, d] at positions p0 .. p0 + C - 1 against cache rows [0, p0 + C)."""
+    C = q.shape[2]
+    own_k, own_v = kc[:, :, p0:p0 + C], vc[:, :, p0:p0 + C]
+    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+        if p0 == 0:
+            return F.scaled_dot_product_attention(q, own_k, own_v, is_causal=True,
+                                                  enable_gqa=True, scale=scale)
+        if EXACT["ok"]:
+            try:
+                qs = q.contiguous().view(1, HKV, G * C, HD)
+                o1, l1 = cudnn_with_lse(qs, kc[:, :, :p0], vc[:, :, :p0], False, scale)
+                o2, l2 = cudnn_with_lse(q, own_k.repeat_interleave(G, dim=1),
+                                        own_v.repeat_interleave(G, dim=1), True, scale)
+                return merge(o1.view(1, HQ, C, HD), l1.view(1, HQ, C), o2, l2)
+            except (RuntimeError, TypeError, AttributeError) as e:
+                EXACT["ok"] = False
+                print(f"aten cuDNN attention with lse unavailable ({str(e).splitlines()[0][:90]}):"
+                      " chunks attend to all their keys without the causal mask")
+        return F.scaled_dot_product_attention(q, kc[:, :, :p0 + C], vc[:, :, :p0 + C],
+                                              enable_gqa=True, scale=scale)
+
+
+def prefill_chunk(model, kc, vc, tokens, p0):
+    """One chunk of C tokens at positions p0..: fills the caches, returns the last logits."""
+    scale = 1.0 / math.sqrt(HD)
+    C = tokens.shape[0]
+    pos = torch.arange(p0, p0 + C, device="cuda")
+    x = model.embed[tokens]  # [C, D]
+    for l, layer in enumerate(model.layers):
+        h = rms_norm(x, layer["attn_norm"])
+        qkv = h @ layer["wqkv"].t()
+        q = qkv[:, : HQ * HD].view(C, HQ, HD).transpose(0, 1).unsqueeze(0)
+        k = qkv[:, HQ * HD: (HQ + HKV) * HD].view(C, HKV, HD).transpose(0, 1).unsqueeze(0)
+        v = qkv[:, (HQ + HKV) * HD:].view(C, HKV, HD).transpose(0, 1).unsqueeze(0)
+        kc[l][:, :, p0:p0 + C] = rope_rows(k, pos, model.inv_freq)
+        vc[l][:, :, p0:p0 + C] = v
+        att = chunk_attention(rope_rows(q, pos, model.inv_freq), kc[l], vc[l], p0, scale)
+        x = x + att[0].transpose(0, 1).reshape(C, HQ * HD) @ layer["wo"].t()
+        h = rms_norm(x, layer["mlp_norm"])
+        gu = h @ layer["wgu"].t()
+        x = x + (F.silu(gu[:, :I]) * gu[:, I:]) @ layer["wd"].t()
+    return rms_norm(x[-1:], model.norm) @ model.lm_head.t()
+
+
+def run_prefill(args):
+    N, C = args.prefill, args.chunk
+    queries = [int(n) for n in args.query_tokens.split(",") if n]
+    dev = torch.cuda.get_device_name()
+    print(f"device: {dev}; torch {torch.__version__}; prefill {N} tokens in chunks of {C}, "
+          f"inputs {queries} against it; attention on cuDNN")
+    model = Model()
+    cap = N + max(queries + [0])
+    kc = [torch.empty(1, HKV, cap, HD, device="cuda", dtype=torch.bfloat16) for _ in range(L)]
+    vc = [torch.empty(1, HKV, cap, HD, device="cuda", dtype=torch.bfloat16) for _ in range(L)]
+    tokens = torch.randint(0, V, (cap,), device="cuda")
+
+    def prefill(n):
+        for p0 in range(0, n, C):
+            logits = prefill_chunk(model, kc, vc, tokens[p0:min(n, p0 + C)], p0)
+        return logits
+
+    prefill(min(N, 2 * C))  # warm-up (cuDNN plans, cuBLAS)
+    torch.cuda.synchronize()
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    e0.record()
+    prefill(N)
+    e1.record()
+    e1.synchronize()
+    sec = e0.elapsed_time(e1) * 1e-3
+    rows = [dict(what="prefill", tokens=N, seconds=sec, exact=EXACT["ok"], device=dev)]
+    print(f"prefill {N} tokens: {sec:.2f} s, {N / sec:,.0f} tokens/s"
+          f"{'' if EXACT['ok'] else ' (no causal mask inside chunks)'}", flush=True)
+    for n in queries:
+        times = []
+        for _ in range(4):
+            e0.record()
+            prefill_chunk(model, kc, vc, tokens[N:N + n], N)
+            e1.record()
+            e1.synchronize()
+            times.append(e0.elapsed_time(e1))
+        ms = sorted(times[1:])[1]
+        rows.append(dict(what="input", tokens=n, context=N, ms=ms, exact=EXACT["ok"], device=dev))
+        print(f"input of {n} tokens against {N}: time to first token {ms:.1f} ms", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--context", type=int, default=131072, help="shared context tokens S")
@@ -201,8 +320,15 @@ def main():
     ap.add_argument("--batches", default="1,8,32,64")
     ap.add_argument("--variants", default="per-sequence,cascade")
     ap.add_argument("--json", default="")
+    ap.add_argument("--prefill", type=int, default=0,
+                    help="prefill this many tokens and time inputs against them (see above)")
+    ap.add_argument("--chunk", type=int, default=8192)
+    ap.add_argument("--query_tokens", default="1024,4096")
     args = ap.parse_args()
     torch.manual_seed(0)
+    if args.prefill:
+        run_prefill(args)
+        return
     dev = torch.cuda.get_device_name()
     bw = copy_bandwidth()
     print(f"device: {dev}; copy {bw / 1e9:.0f} GB/s (read + write); torch {torch.__version__}; "

@@ -22,6 +22,9 @@
 #            1K and 4K-token inputs, dense and squeezed
 #   e2e      through the gRPC server on the 8B shape (random weights): register a 113K-token
 #            context, Generate dense / squeezed at batch 1 and 8, a 1K-token input's TTFT
+#   torch-prefill  the PyTorch dense model's chunked prefill of 128K tokens on cuDNN and its time
+#            to first token of 1K and 4K-token inputs (bench/torch_model_baseline.py --prefill):
+#            the baseline of the ttft stage
 #   accuracy the retrieval accuracy benchmark through the server on the GPU (bench/run_accuracy.sh)
 #   codebase the codebase benchmark through the server on the GPU with the code model
 #            (bench/run_codebase.sh; the bundle made with BINS="squeeze-server" WITH_STDLIB=1):
@@ -144,6 +147,12 @@ if has ttft; then
   echo "== the same inputs' dense attention in PyTorch SDPA (cuDNN, flash), one layer"
   timeout 120 python3 bench/torch_attention_baseline.py --context=131072 \
     --query_tokens=1024,4096 2>&1 | tee "$LOGS/torch_context_prefill.log"
+fi
+
+if has torch-prefill; then
+  echo "== PyTorch dense model: prefill 128K tokens, inputs against them"
+  timeout 300 python3 bench/torch_model_baseline.py --prefill "${PREFILL_TOKENS:-131072}" \
+    --query_tokens 1024,4096 --json "$LOGS/torch_prefill.json" 2>&1 | tee "$LOGS/torch_prefill.log"
 fi
 
 if has accuracy; then

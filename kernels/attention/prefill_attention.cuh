@@ -1,7 +1,8 @@
-// Dense causal prefill attention (FlashAttention-2 style, tensor cores) for the registration
-// chunk case: n new tokens of one sequence attend, causally, to the sequence's dynamic KV whose
-// last n rows are the new tokens' own K/V. The same kernel, non-causal, attends a multi-token
-// step to a fixed context (dense, or a squeezed selection's kept rows read in place).
+// Dense causal prefill attention on tensor cores (FlashAttention-3 style on wgmma for sm_90 at d
+// 64 and 128, prefill_attention_sm90.cu; FlashAttention-2 style on mma.sync otherwise) for the
+// registration chunk case: n new tokens of one sequence attend, causally, to the sequence's
+// dynamic KV whose last n rows are the new tokens' own K/V. The same kernel, non-causal, attends a
+// multi-token step to a fixed context (dense, or a squeezed selection's kept rows read in place).
 //
 //   q:   bf16 [n][Hq][d], post-RoPE, unscaled.
 //   K/V: bf16, the DecodeKv layout (kernels/common/types.cuh): row r of KV head h at
@@ -12,9 +13,9 @@
 //   lse: [n][Hq] fp32 natural-log log-sum-exp of scale * q.k over the visible rows (optional).
 // GQA: query head qh reads KV head qh / (Hq / Hkv); any group size that divides Hq.
 //
-// Math: S = Q K^T with mma.sync m16n8k16 (bf16 in, fp32 accumulate); online softmax in the exp2
-// domain with the running row maximum subtracted before every exponential; P is rounded to bf16
-// for the P.V product (fp32 accumulate), so outputs carry about 2^-9 relative error per term;
+// Math (both kernels): S = Q K^T on tensor cores (bf16 in, fp32 accumulate); online softmax in
+// the exp2 domain with the running row maximum subtracted before every exponential; P is rounded to
+// bf16 for the P.V product (fp32 accumulate), so outputs carry about 2^-9 relative error per term;
 // the row sums and the lse use the unrounded fp32 probabilities.
 //
 // Non-causal mode (causal = false): a fixed context's keys, all visible to every query, with an
@@ -37,11 +38,8 @@ namespace squeeze::gpu {
 
 // Which kernel runs a prefill attention call. kAuto: the wgmma kernel on sm_90 devices for d in
 // {64, 128} (prefill_attention_sm90.cu), the mma.sync kernel otherwise. The others force one (for
-// tests and benchmarks): kWgmma (warp-specialised, softmax overlapped with the tensor cores, what
-// kAuto picks), kWgmmaNoWs (overlapped, every thread copies) and kWgmmaSerial (neither), the last
-// two for the benchmark's comparison; a wgmma kernel where it is not supported is
-// cudaErrorInvalidValue.
-enum class PrefillImpl { kAuto, kMmaSync, kWgmma, kWgmmaNoWs, kWgmmaSerial };
+// tests and benchmarks); kWgmma where it is not supported is cudaErrorInvalidValue.
+enum class PrefillImpl { kAuto, kMmaSync, kWgmma };
 
 struct PrefillAttentionParams {
   int num_tokens = 0;       // n, new tokens (queries) in this call

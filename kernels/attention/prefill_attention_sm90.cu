@@ -2,22 +2,24 @@
 // (causal chunks, non-causal fixed contexts with head_len and row_index), for d in {64, 128} on
 // sm_90a; LaunchPrefillAttention picks it there (PrefillImpl::kAuto).
 //
-// CTA: two warpgroups (256 threads), 128 query rows of one query head; warpgroup w owns rows
-// [64w, 64w + 64). Grid (Hq, ceil(n / 128)) as in the mma.sync kernel: the G heads of a KV group
-// side by side (they share K/V in L2), the query tiles longest first.
-// Shared memory, 128-byte swizzled column blocks (kernels/common/wgmma.cuh): the Q tile and
-// kStages stages of 128-key K and V tiles, filled with 16-byte cp.async by all 256 threads (a
-// row index gathers a squeezed selection's kept rows in place, which TMA cannot), one commit
-// group per tile, kStages - 1 tiles in flight while a tile is computed.
-// Per key tile and warpgroup:
-//   S[64][128] = Q K^T     d / 16 wgmma m64n128k16, both operands from shared memory (K-major);
-//   online softmax in the exp2 domain on the accumulators (each thread: 2 rows x 32 keys; a row
-//   spans the 4 lanes of a quad), masked only on tiles that cross the warpgroup's diagonal;
-//   O[64][d] += P V       8 wgmma m64n{d}k16, P from registers (the S accumulators packed to
-//   bf16 are the A fragments), V from shared memory MN-major (transposed B).
+// CTA: 128 query rows of one query head in two consumer warpgroups (warpgroup w owns rows
+// [64w, 64w + 64)), plus a producer warpgroup. Grid (Hq, ceil(n / 128)) as in the mma.sync
+// kernel: the G heads of a KV group side by side (they share K/V in L2), query tiles longest first.
+// Shared memory, 128-byte swizzled column blocks (kernels/common/wgmma.cuh): the Q tile and three
+// stages of 128-key K and V tiles, each stage with mbarriers (K full, V full, empty).
+// Producer: the warpgroup copies with 16-byte cp.async (a row index gathers a squeezed selection's
+// kept rows in place, which TMA cannot), each thread's copies tracked by cp.async.mbarrier.arrive
+// (TMA for dense calls is the next step). Registers move to the consumers (setmaxnreg 40 / 232).
+// Consumers, per key tile t (no CTA-wide barrier: each warpgroup runs at its own pace):
+//   S[64][128] = Q K^T of tile t and O[64][d] += P V of tile t - 1 issued together
+//   (d / 16 wgmma m64n128k16 from shared memory; 8 wgmma m64n{d}k16 with P from registers,
+//   the S accumulators packed to bf16, and V as a transposed B); the softmax of tile t runs while
+//   P V of tile t - 1 is on the tensor cores; the stage of tile t - 1 is released once P V is done.
+//   Online softmax in the exp2 domain: the maximum on the raw scores, one FFMA and one exp2 per
+//   probability; masked only on tiles that cross the warpgroup's diagonal.
 // Key tiles past the causal limit of the CTA's last row are never loaded; a warpgroup skips the
-// tiles past its own last row. Numerics are those of the mma.sync kernel (fp32 S and row sums, P
-// rounded to bf16 for P V, fp32 O).
+// tiles past its own last row (releasing them once loaded). Numerics are those of the mma.sync
+// kernel (fp32 S and row sums, P rounded to bf16 for P V, fp32 O).
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -30,9 +32,8 @@
 namespace squeeze::gpu {
 namespace {
 
-constexpr int kBlockM = 128;   // query rows per CTA
-constexpr int kBlockN = 128;   // keys per K/V tile
-constexpr int kThreads = 256;  // two warpgroups
+constexpr int kBlockM = 128;  // query rows per CTA
+constexpr int kBlockN = 128;  // keys per K/V tile
 constexpr int kStages = 3;
 
 template <int D>
@@ -42,49 +43,28 @@ struct Sm90Smem {
   static constexpr int kKOff = kQBytes;
   static constexpr int kVOff = kKOff + kStages * kTileBytes;
   static constexpr int kBarOff = kVOff + kStages * kTileBytes;  // 224 KB (d = 128), 112 KB (64)
-  // mbarriers of the warp-specialised kernel: Q full, then K full, V full and K/V empty per stage.
+  // mbarriers: Q full, then K full, V full and K/V empty per stage.
   static constexpr int kUsed = kBarOff + 8 * (1 + 3 * kStages);
   static constexpr int kBytes = kUsed + 1024;  // + alignment of the base to 1 KB
 };
 
-// Copies rows [row0, row0 + kRows) of a [rows][D] bf16 matrix (row stride `stride` elements) into
-// a 128-byte swizzled tile; rows at or past `valid_rows` are zero-filled and not read; `rows`
-// (optional) maps tile row r to storage row rows[row0 + r].
-template <int D, int kRows>
-__device__ __forceinline__ void IssueTile(char* dst, const bf16* src, int64_t stride, int row0,
-                                          int valid_rows, const int32_t* rows = nullptr) {
-  constexpr int kChunks = D / 8;
-  constexpr int kPerThread = kRows * kChunks / kThreads;
-  static_assert(kPerThread * kThreads == kRows * kChunks, "tile/threads mismatch");
-#pragma unroll
-  for (int u = 0; u < kPerThread; ++u) {
-    const int idx = threadIdx.x + u * kThreads;
-    const int r = idx / kChunks, c = idx % kChunks;
-    const bool valid = row0 + r < valid_rows;
-    const int64_t at = valid ? (rows != nullptr ? __ldg(rows + row0 + r) : row0 + r) : 0;
-    const bf16* from = src + (valid ? at * stride + c * 8 : 0);
-    detail::CpAsync16(dst + detail::Sw128Offset<kRows>(r, c), from, valid);
-  }
-}
-
-// Scales S (kNTiles 8-key column tiles of the m64n{8 kNTiles} accumulator) to log2 units, masks
-// keys past each row's limit when `diagonal`, and runs the online softmax for the thread's rows g
-// (e = 0, 1) and g + 8 (e = 2, 3): s becomes 2^(s - m_new), m and l are updated and alpha[h] is
-// the factor the rows' O accumulators must be scaled by.
+// Online softmax of one S tile (kNTiles 8-key column tiles of the m64n{8 kNTiles} accumulator,
+// unscaled scores) for the thread's rows g (e = 0, 1) and g + 8 (e = 2, 3): keys past each row's
+// limit are masked when `diagonal`; the row maximum is taken on the unscaled scores (the scale is
+// positive) and every probability is one FFMA and one exp2, 2^(s * scale_log2 - m_new); m and l
+// are updated and alpha[h] is the factor the rows' O accumulators must be scaled by.
 template <int kNTiles>
 __device__ __forceinline__ void SoftmaxTile(float (&s)[kNTiles * 4], float (&m)[2], float (&l)[2],
                                             float (&alpha)[2], float scale_log2, bool diagonal,
                                             int key0, const int (&limit)[2], int tq) {
+  if (diagonal) {
 #pragma unroll
-  for (int j = 0; j < kNTiles; ++j) {
+    for (int j = 0; j < kNTiles; ++j) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      float x = s[4 * j + e] * scale_log2;
-      if (diagonal) {
+      for (int e = 0; e < 4; ++e) {
         const int key = key0 + j * 8 + 2 * tq + (e & 1);
-        x = key > limit[e >> 1] ? -INFINITY : x;
+        s[4 * j + e] = key > limit[e >> 1] ? -INFINITY : s[4 * j + e];
       }
-      s[4 * j + e] = x;
     }
   }
 #pragma unroll
@@ -94,18 +74,19 @@ __device__ __forceinline__ void SoftmaxTile(float (&s)[kNTiles * 4], float (&m)[
     for (int j = 0; j < kNTiles; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * h], s[4 * j + 2 * h + 1]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    const float m_new = fmaxf(m[h], mx);
+    const float m_new = fmaxf(m[h], mx * scale_log2);
     const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // no visible key yet: exps are 0
     alpha[h] = detail::Exp2(m[h] - m_use);
     m[h] = m_new;
-    float rs = 0.0f;
+    float rs0 = 0.0f, rs1 = 0.0f;  // two chains of adds
 #pragma unroll
     for (int j = 0; j < kNTiles; ++j) {
-      s[4 * j + 2 * h] = detail::Exp2(s[4 * j + 2 * h] - m_use);
-      s[4 * j + 2 * h + 1] = detail::Exp2(s[4 * j + 2 * h + 1] - m_use);
-      rs += s[4 * j + 2 * h] + s[4 * j + 2 * h + 1];
+      s[4 * j + 2 * h] = detail::Exp2(fmaf(s[4 * j + 2 * h], scale_log2, -m_use));
+      s[4 * j + 2 * h + 1] = detail::Exp2(fmaf(s[4 * j + 2 * h + 1], scale_log2, -m_use));
+      rs0 += s[4 * j + 2 * h];
+      rs1 += s[4 * j + 2 * h + 1];
     }
-    l[h] = l[h] * alpha[h] + rs;
+    l[h] = l[h] * alpha[h] + (rs0 + rs1);
   }
 }
 
@@ -194,157 +175,6 @@ __device__ __forceinline__ void StoreRows(const PrefillAttentionParams& p, const
           sum > 0.0f ? (m[h] + log2f(sum)) * detail::kLn2 : -INFINITY;
     }
   }
-}
-
-// kOverlap: the warpgroup issues S of tile t and P V of tile t - 1 together and runs the softmax
-// of tile t while P V runs on the tensor cores (FlashAttention-3's intra-warpgroup pipelining);
-// K/V tiles are then prefetched one tile ahead (the stage of tile t - 1 is still read during
-// iteration t). Otherwise S, softmax and P V of a tile run in turn, two tiles prefetched.
-template <int D, typename OutT, bool kOverlap>
-__global__ void __launch_bounds__(kThreads, 1) PrefillSm90Kernel(const PrefillAttentionParams p) {
-#if defined(__CUDA_ARCH__) && !defined(SQUEEZE_WGMMA)
-  __trap();  // built without the sm_90a target: no wgmma (PrefillWgmmaSupported assumes 90a)
-#endif
-  using Smem = Sm90Smem<D>;
-  constexpr int kNTiles = kBlockN / 8;                // 8-key column tiles of S (16)
-  constexpr int kDTiles = D / 8;                      // 8-dim column tiles of O
-  constexpr int kAhead = kOverlap ? 1 : kStages - 1;  // tiles in flight beyond the current one
-  extern __shared__ char smem_raw[];
-  // The 128-byte swizzle is a function of address bits [4, 10): every tile starts 1 KB aligned.
-  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
-  const uint32_t pad = (1024 - (raw & 1023)) & 1023;
-  char* smem = smem_raw + pad;
-  const uint32_t sbase = raw + pad;
-
-  const int qh = blockIdx.x;
-  const int m0 = (gridDim.y - 1 - blockIdx.y) * kBlockM;
-  const int n = p.num_tokens, hq = p.num_q_heads;
-  const int kvh = qh / (hq / p.num_kv_heads);
-  const int kv_len = p.head_len != nullptr ? p.head_len[kvh] : p.kv.len;
-  const int past = p.causal ? kv_len - n : kv_len + kBlockM;  // non-causal: a limit no key reaches
-  const int tid = threadIdx.x, lane = tid & 31;
-  const int wg = tid >> 7, warp_in_wg = (tid >> 5) & 3;
-  const int32_t* kv_rows = p.row_index != nullptr
-                               ? p.row_index + static_cast<int64_t>(kvh) * p.row_index_stride
-                               : nullptr;
-  const bf16* k = p.kv.k + static_cast<int64_t>(kvh) * p.kv.head_stride;
-  const bf16* v = p.kv.v + static_cast<int64_t>(kvh) * p.kv.head_stride;
-
-  const int kv_end = min(kv_len, past + m0 + kBlockM);
-  const int num_tiles = (kv_end + kBlockN - 1) / kBlockN;
-  // Tiles this warpgroup reads: those with a key at or below its last row's causal limit.
-  const int wg_row0 = m0 + wg * 64;
-  const int wg_tiles = min(num_tiles, max(0, (past + wg_row0 + 63) / kBlockN + 1));
-
-  auto issue_kv = [&](int tile) {
-    const int st = tile % kStages;
-    IssueTile<D, kBlockN>(smem + Smem::kKOff + st * Smem::kTileBytes, k, D, tile * kBlockN, kv_len,
-                          kv_rows);
-    IssueTile<D, kBlockN>(smem + Smem::kVOff + st * Smem::kTileBytes, v, D, tile * kBlockN, kv_len,
-                          kv_rows);
-  };
-  // Group 0: the Q tile and K/V tile 0; then one group per tile, kAhead tiles ahead.
-  IssueTile<D, kBlockM>(smem,
-                        p.q + static_cast<int64_t>(m0) * hq * D + static_cast<int64_t>(qh) * D,
-                        static_cast<int64_t>(hq) * D, 0, n - m0);
-#pragma unroll
-  for (int t = 0; t < kAhead; ++t) {
-    if (t < num_tiles) issue_kv(t);
-    detail::CpAsyncCommit();
-  }
-
-  float s[kNTiles * 4];
-  float o[kDTiles * 4];
-#pragma unroll
-  for (int i = 0; i < kNTiles * 4; ++i) s[i] = 0.0f;
-#pragma unroll
-  for (int i = 0; i < kDTiles * 4; ++i) o[i] = 0.0f;
-  uint32_t pa[kBlockN / 16][4];
-  float m[2] = {-INFINITY, -INFINITY};  // running max (log2 domain) of rows g and g + 8
-  float l[2] = {0.0f, 0.0f};            // running sum of 2^(s - m), this lane's columns only
-  float alpha[2];
-  const float scale_log2 = p.scale * detail::kLog2e;
-  const int g = lane >> 2, tq = lane & 3;
-  const int row_lo = wg_row0 + warp_in_wg * 16 + g;  // this thread's rows: row_lo, row_lo + 8
-  // Keys above min(past + row, kv_len - 1) are masked (past the causal limit, or zero-filled rows
-  // past kv_len in a non-causal call).
-  const int limit[2] = {min(past + row_lo, kv_len - 1), min(past + row_lo + 8, kv_len - 1)};
-  const uint32_t q_wg = sbase + wg * 64 * 128;
-  auto k_tile = [&](int t) { return sbase + Smem::kKOff + (t % kStages) * Smem::kTileBytes; };
-  auto v_tile = [&](int t) { return sbase + Smem::kVOff + (t % kStages) * Smem::kTileBytes; };
-  // A tile crosses the warpgroup's diagonal (or runs past kv_len): mask it.
-  auto diagonal = [&](int key0) { return key0 + kBlockN - 1 > min(past + wg_row0, kv_len - 1); };
-
-  // Waits for tile t's copies (and Q's) and makes them visible; after the barrier the stage of the
-  // tile kAhead + 1 back is free, and tile t + kAhead is issued into it.
-  auto next_tile = [&](int t) {
-    detail::CpAsyncWait<kAhead - 1>();
-    detail::FenceProxyAsyncShared();
-    __syncthreads();
-    if (t + kAhead < num_tiles) issue_kv(t + kAhead);
-    detail::CpAsyncCommit();
-  };
-  if constexpr (kOverlap) {
-    // Tile 0, then the steady state with no warpgroup-dependent branch around a wgmma (ptxas
-    // serialises wgmma issued on divergent paths): S of t with P V of t - 1; then P V of the
-    // warpgroup's last tile. The tiles past the warpgroup's rows only join the barriers.
-    next_tile(0);
-    if (wg_tiles > 0) {
-      detail::WgmmaFence();
-      IssueScores<D>(s, q_wg, k_tile(0));
-      detail::WgmmaCommit();
-      detail::WgmmaWait<0>();
-      detail::FenceRegisters(s);
-      SoftmaxTile<kNTiles>(s, m, l, alpha, scale_log2, diagonal(0), 0, limit, tq);
-      PackP<kNTiles>(s, pa);
-    }
-    for (int t = 1; t < wg_tiles; ++t) {
-      next_tile(t);
-      detail::WgmmaFence();
-      IssueScores<D>(s, q_wg, k_tile(t));
-      detail::WgmmaCommit();
-      IssueValues<D>(o, pa, v_tile(t - 1));
-      detail::WgmmaCommit();
-      detail::WgmmaWait<1>();
-      detail::FenceRegisters(s);
-      SoftmaxTile<kNTiles>(s, m, l, alpha, scale_log2, diagonal(t * kBlockN), t * kBlockN, limit,
-                           tq);
-      detail::WgmmaWait<0>();
-      detail::FenceRegisters(o);
-      RescaleO<kDTiles>(o, alpha);
-      PackP<kNTiles>(s, pa);
-    }
-    if (wg_tiles > 0) {
-      detail::WgmmaFence();
-      IssueValues<D>(o, pa, v_tile(wg_tiles - 1));
-      detail::WgmmaCommit();
-      detail::WgmmaWait<0>();
-      detail::FenceRegisters(o);
-    }
-    for (int t = max(wg_tiles, 1); t < num_tiles; ++t) next_tile(t);
-  } else {
-    for (int t = 0; t < num_tiles; ++t) {
-      next_tile(t);
-      if (t >= wg_tiles) continue;  // warpgroup-uniform; the barrier above is still shared
-      const int key0 = t * kBlockN;
-      detail::WgmmaFence();
-      IssueScores<D>(s, q_wg, k_tile(t));
-      detail::WgmmaCommit();
-      detail::WgmmaWait<0>();
-      detail::FenceRegisters(s);
-      SoftmaxTile<kNTiles>(s, m, l, alpha, scale_log2, diagonal(key0), key0, limit, tq);
-      RescaleO<kDTiles>(o, alpha);
-      PackP<kNTiles>(s, pa);
-      detail::WgmmaFence();
-      IssueValues<D>(o, pa, v_tile(t));
-      detail::WgmmaCommit();
-      detail::WgmmaWait<0>();
-      detail::FenceRegisters(o);
-    }
-  }
-  detail::CpAsyncWait<0>();  // only empty groups can remain; drained before exit
-
-  StoreRows<D, OutT>(p, o, l, m, row_lo, qh, tq);
 }
 
 // The producer warpgroup's copy of a tile (128 threads, few registers): thread `copier` copies
@@ -438,7 +268,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   const int num_tiles = (kv_end + kBlockN - 1) / kBlockN;
 
   if (tid == 0) {
-    MbarInit(q_full, 128);
+    MbarInit(q_full, 128);  // every copying thread arrives once its copies landed
     for (int st = 0; st < kStages; ++st) {
       MbarInit(k_full(st), 128);
       MbarInit(v_full(st), 128);
@@ -554,16 +384,13 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 
 template <int D, typename OutT>
 cudaError_t LaunchTyped(const PrefillAttentionParams& p, cudaStream_t stream) {
-  const bool ws = p.impl == PrefillImpl::kAuto || p.impl == PrefillImpl::kWgmma;
-  auto kernel = ws                                    ? PrefillSm90WsKernel<D, OutT>
-                : p.impl == PrefillImpl::kWgmmaSerial ? PrefillSm90Kernel<D, OutT, false>
-                                                      : PrefillSm90Kernel<D, OutT, true>;
+  auto kernel = PrefillSm90WsKernel<D, OutT>;
   constexpr int kBytes = Sm90Smem<D>::kBytes;
   cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
   if (err != cudaSuccess) return err;
   const dim3 grid(p.num_q_heads, (p.num_tokens + kBlockM - 1) / kBlockM);
-  kernel<<<grid, ws ? kWsThreads : kThreads, kBytes, stream>>>(p);
+  kernel<<<grid, kWsThreads, kBytes, stream>>>(p);
   return cudaGetLastError();
 }
 

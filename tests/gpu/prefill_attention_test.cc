@@ -402,20 +402,9 @@ TEST_P(PrefillAttention, NoLseAndInvalidArguments) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Kernels, PrefillAttention,
-                         ::testing::Values(gpu::PrefillImpl::kMmaSync, gpu::PrefillImpl::kWgmma,
-                                           gpu::PrefillImpl::kWgmmaNoWs,
-                                           gpu::PrefillImpl::kWgmmaSerial),
+                         ::testing::Values(gpu::PrefillImpl::kMmaSync, gpu::PrefillImpl::kWgmma),
                          [](const ::testing::TestParamInfo<gpu::PrefillImpl>& info) {
-                           switch (info.param) {
-                             case gpu::PrefillImpl::kWgmma:
-                               return "Wgmma";
-                             case gpu::PrefillImpl::kWgmmaNoWs:
-                               return "WgmmaNoWs";
-                             case gpu::PrefillImpl::kWgmmaSerial:
-                               return "WgmmaSerial";
-                             default:
-                               return "MmaSync";
-                           }
+                           return info.param == gpu::PrefillImpl::kWgmma ? "Wgmma" : "MmaSync";
                          });
 
 }  // namespace
