@@ -228,6 +228,7 @@ int main(int argc, char** argv) {
   std::vector<std::pair<gpu::PrefillImpl, const char*>> impls = {
       {gpu::PrefillImpl::kMmaSync, "mma.sync"}};
   if (gpu::PrefillWgmmaSupported(kD)) {
+    impls.push_back({gpu::PrefillImpl::kWgmmaCpAsync, "wgmma-cpasync"});
     impls.push_back({gpu::PrefillImpl::kWgmma, "wgmma"});
   }
   std::printf("%-8s %-13s %12s %9s %9s %9s\n", "n", "kernel", "time_us", "TFLOP/s", "vs_mma",
@@ -246,8 +247,10 @@ int main(int argc, char** argv) {
       if (csv != nullptr) {
         const double bytes = 2.0 * (2.0 * n * kHq * kD + 2.0 * n * kHkv * kD);  // q,out + K,V
         std::fprintf(csv, "%s,1,%d,prefill-causal,1.0,%.2f,%.0f,0,0,0,0,0,0,%.2f,%.3e\n",
-                     impl == gpu::PrefillImpl::kWgmma ? "ours-wgmma" : "ours-mma", r.n, r.us, bytes,
-                     r.tflops, r.rel_err);
+                     impl == gpu::PrefillImpl::kWgmma          ? "ours-wgmma"
+                     : impl == gpu::PrefillImpl::kWgmmaCpAsync ? "ours-wgmma-cpasync"
+                                                               : "ours-mma",
+                     r.n, r.us, bytes, r.tflops, r.rel_err);
       }
     }
   }

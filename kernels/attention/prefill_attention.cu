@@ -310,7 +310,9 @@ cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& p, cudaStream_t
     return cudaErrorInvalidValue;
   }
   const bool wgmma = p.impl != PrefillImpl::kMmaSync && PrefillWgmmaSupported(p.head_dim);
-  if (p.impl == PrefillImpl::kWgmma && !wgmma) return cudaErrorInvalidValue;
+  if (p.impl != PrefillImpl::kAuto && p.impl != PrefillImpl::kMmaSync && !wgmma) {
+    return cudaErrorInvalidValue;
+  }
   if (wgmma) return detail::LaunchPrefillAttentionSm90(p, stream);
   switch (p.head_dim) {
     case 64:

@@ -38,8 +38,10 @@ namespace squeeze::gpu {
 
 // Which kernel runs a prefill attention call. kAuto: the wgmma kernel on sm_90 devices for d in
 // {64, 128} (prefill_attention_sm90.cu), the mma.sync kernel otherwise. The others force one (for
-// tests and benchmarks); kWgmma where it is not supported is cudaErrorInvalidValue.
-enum class PrefillImpl { kAuto, kMmaSync, kWgmma };
+// tests and benchmarks): kWgmma (tiles by TMA when the keys are dense, else by cp.async: what
+// kAuto picks), kWgmmaCpAsync (the same kernel, always cp.async: the benchmark's comparison); a
+// wgmma kernel where it is not supported is cudaErrorInvalidValue.
+enum class PrefillImpl { kAuto, kMmaSync, kWgmma, kWgmmaCpAsync };
 
 struct PrefillAttentionParams {
   int num_tokens = 0;       // n, new tokens (queries) in this call

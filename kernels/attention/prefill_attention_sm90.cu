@@ -7,9 +7,11 @@
 // kernel: the G heads of a KV group side by side (they share K/V in L2), query tiles longest first.
 // Shared memory, 128-byte swizzled column blocks (kernels/common/wgmma.cuh): the Q tile and three
 // stages of 128-key K and V tiles, each stage with mbarriers (K full, V full, empty).
-// Producer: the warpgroup copies with 16-byte cp.async (a row index gathers a squeezed selection's
-// kept rows in place, which TMA cannot), each thread's copies tracked by cp.async.mbarrier.arrive
-// (TMA for dense calls is the next step). Registers move to the consumers (setmaxnreg 40 / 232).
+// Producer: for a dense call (no row index, no per-head lengths) one thread issues TMA boxes
+// (64 columns x 128 rows; the hardware swizzles, rows past kv.len read as zeros); otherwise the
+// warpgroup copies with 16-byte cp.async (a row index gathers a squeezed selection's kept rows in
+// place, which TMA cannot), each thread's copies tracked by cp.async.mbarrier.arrive. Registers
+// move to the consumers (setmaxnreg 40 / 232).
 // Consumers, per key tile t (no CTA-wide barrier: each warpgroup runs at its own pace):
 //   S[64][128] = Q K^T of tile t and O[64][d] += P V of tile t - 1 issued together
 //   (d / 16 wgmma m64n128k16 from shared memory; 8 wgmma m64n{d}k16 with P from registers,
@@ -20,6 +22,9 @@
 // Key tiles past the causal limit of the CTA's last row are never loaded; a warpgroup skips the
 // tiles past its own last row (releasing them once loaded). Numerics are those of the mma.sync
 // kernel (fp32 S and row sums, P rounded to bf16 for P V, fp32 O).
+// The benchmark's comparison variant (PrefillImpl::kWgmmaCpAsync): the same kernel always on
+// cp.async.
+#include <cuda.h>  // CUtensorMap and its encoder's types (the driver entry point, no libcuda link)
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -36,6 +41,11 @@ constexpr int kBlockM = 128;  // query rows per CTA
 constexpr int kBlockN = 128;  // keys per K/V tile
 constexpr int kStages = 3;
 
+// TMA descriptors of one call (kernel parameters; unused by the cp.async kernels).
+struct TmaMaps {
+  CUtensorMap q, k, v;
+};
+
 template <int D>
 struct Sm90Smem {
   static constexpr int kQBytes = kBlockM * D * 2;     // Q tile
@@ -43,7 +53,7 @@ struct Sm90Smem {
   static constexpr int kKOff = kQBytes;
   static constexpr int kVOff = kKOff + kStages * kTileBytes;
   static constexpr int kBarOff = kVOff + kStages * kTileBytes;  // 224 KB (d = 128), 112 KB (64)
-  // mbarriers: Q full, then K full, V full and K/V empty per stage.
+  // mbarriers of the warp-specialised kernel: Q full, then K full, V full and K/V empty per stage.
   static constexpr int kUsed = kBarOff + 8 * (1 + 3 * kStages);
   static constexpr int kBytes = kUsed + 1024;  // + alignment of the base to 1 KB
 };
@@ -218,6 +228,20 @@ __device__ __forceinline__ void MbarWait(uint32_t bar, uint32_t parity) {
       "r"(parity)
       : "memory");
 }
+// One thread's arrival that also expects `bytes` of TMA transactions before the phase completes.
+__device__ __forceinline__ void MbarArriveExpectTx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+// A 3D TMA box (coordinates innermost first) into shared memory, completing on `bar`.
+__device__ __forceinline__ void TmaLoad3d(uint32_t dst, const CUtensorMap* map, int c0, int c1,
+                                          int c2, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, "
+      "%3, %4}], [%5];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+      : "memory");
+}
 template <int kRegs>
 __device__ __forceinline__ void SetMaxRegsInc() {
 #ifdef SQUEEZE_WGMMA
@@ -237,9 +261,12 @@ constexpr int kWsThreads = 384;  // producer warpgroup + two consumer warpgroups
 // K full, V full; a stage is refilled once both consumer warpgroups released it), warpgroups 1
 // and 2 compute as the overlapped kernel above, each at its own pace (no CTA barrier per tile).
 // Registers move to the consumers (setmaxnreg: 40 producer, 232 consumer).
-template <int D, typename OutT>
+// kTma: K, V and Q tiles arrive by TMA (one thread issues a 64-column box per column block, the
+// hardware writes the 128-byte swizzle; a dense call without head_len or row_index), else by the
+// producer warpgroup's cp.async.
+template <int D, typename OutT, bool kTma>
 __global__ void __launch_bounds__(kWsThreads, 1)
-    PrefillSm90WsKernel(const PrefillAttentionParams p) {
+    PrefillSm90WsKernel(const PrefillAttentionParams p, const __grid_constant__ TmaMaps maps) {
 #if defined(__CUDA_ARCH__) && !defined(SQUEEZE_WGMMA)
   __trap();
 #endif
@@ -268,10 +295,11 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   const int num_tiles = (kv_end + kBlockN - 1) / kBlockN;
 
   if (tid == 0) {
-    MbarInit(q_full, 128);  // every copying thread arrives once its copies landed
+    const uint32_t producers = kTma ? 1 : 128;  // the TMA thread, or every copying thread
+    MbarInit(q_full, producers);
     for (int st = 0; st < kStages; ++st) {
-      MbarInit(k_full(st), 128);
-      MbarInit(v_full(st), 128);
+      MbarInit(k_full(st), producers);
+      MbarInit(v_full(st), producers);
       MbarInit(empty(st), 256);
     }
   }
@@ -280,6 +308,32 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   if (wg == 0) {
     // ---- Producer.
     SetMaxRegsDec<40>();
+    if constexpr (kTma) {
+      if (tid != 0) return;
+      constexpr uint32_t kQBytes = kBlockM * D * 2, kTileBytes = kBlockN * D * 2;
+      MbarArriveExpectTx(q_full, kQBytes);
+#pragma unroll
+      for (int cb = 0; cb < D / 64; ++cb) {
+        TmaLoad3d(sbase + cb * kBlockM * 128, &maps.q, cb * 64, qh, m0, q_full);
+      }
+      for (int t = 0; t < num_tiles; ++t) {
+        const int st = t % kStages;
+        if (t >= kStages) MbarWait(empty(st), ((t / kStages) & 1) ^ 1);
+        const uint32_t kdst = sbase + Smem::kKOff + st * Smem::kTileBytes;
+        const uint32_t vdst = sbase + Smem::kVOff + st * Smem::kTileBytes;
+        MbarArriveExpectTx(k_full(st), kTileBytes);
+#pragma unroll
+        for (int cb = 0; cb < D / 64; ++cb) {
+          TmaLoad3d(kdst + cb * kBlockN * 128, &maps.k, cb * 64, t * kBlockN, kvh, k_full(st));
+        }
+        MbarArriveExpectTx(v_full(st), kTileBytes);
+#pragma unroll
+        for (int cb = 0; cb < D / 64; ++cb) {
+          TmaLoad3d(vdst + cb * kBlockN * 128, &maps.v, cb * 64, t * kBlockN, kvh, v_full(st));
+        }
+      }
+      return;
+    }
     const int32_t* kv_rows = p.row_index != nullptr
                                  ? p.row_index + static_cast<int64_t>(kvh) * p.row_index_stride
                                  : nullptr;
@@ -382,16 +436,74 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   StoreRows<D, OutT>(p, o, l, m, row_lo, qh, tq);
 }
 
-template <int D, typename OutT>
-cudaError_t LaunchTyped(const PrefillAttentionParams& p, cudaStream_t stream) {
-  auto kernel = PrefillSm90WsKernel<D, OutT>;
-  constexpr int kBytes = Sm90Smem<D>::kBytes;
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                 const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                 const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                 CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// cuTensorMapEncodeTiled through the runtime's driver entry point (nullptr if unavailable).
+EncodeTiled TensorMapEncoder() {
+  static const EncodeTiled fn = [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult status;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault,
+                                         &status) != cudaSuccess ||
+        status != cudaDriverEntryPointSuccess) {
+      return static_cast<EncodeTiled>(nullptr);
+    }
+    return reinterpret_cast<EncodeTiled>(ptr);
+  }();
+  return fn;
+}
+
+// A bf16 tensor of 3 dimensions (innermost d, contiguous) read in boxes of 64 x box1 x box2 with
+// the 128-byte swizzle; rows past the dimensions read as zeros.
+bool EncodeMap(EncodeTiled encode, CUtensorMap* map, const void* base, uint64_t d, uint64_t dim1,
+               uint64_t dim2, uint64_t stride1, uint64_t stride2, uint32_t box1, uint32_t box2) {
+  const cuuint64_t dims[3] = {d, dim1, dim2};
+  const cuuint64_t strides[2] = {stride1 * 2, stride2 * 2};  // bytes, dimensions 1 and 2
+  const cuuint32_t box[3] = {64, box1, box2};
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(base), dims, strides,
+                box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// The call's Q [n][Hq][d] and K, V ([Hkv] heads of kv.len rows, head_stride apart) maps; false
+// when TMA cannot take the call (rows through a row index or per-head lengths, or no encoder).
+bool MakeTmaMaps(const PrefillAttentionParams& p, TmaMaps* maps) {
+  if (p.row_index != nullptr || p.head_len != nullptr || p.kv.len == 0) return false;
+  const EncodeTiled encode = TensorMapEncoder();
+  if (encode == nullptr) return false;
+  const uint64_t d = p.head_dim, len = p.kv.len, hkv = p.num_kv_heads;
+  const uint64_t head_stride =
+      p.num_kv_heads > 1 ? static_cast<uint64_t>(p.kv.head_stride) : len * d;
+  return EncodeMap(encode, &maps->q, p.q, d, p.num_q_heads, p.num_tokens, d,
+                   static_cast<uint64_t>(p.num_q_heads) * d, 1, kBlockM) &&
+         EncodeMap(encode, &maps->k, p.kv.k, d, len, hkv, d, head_stride, kBlockN, 1) &&
+         EncodeMap(encode, &maps->v, p.kv.v, d, len, hkv, d, head_stride, kBlockN, 1);
+}
+
+template <typename Kernel, typename... Args>
+cudaError_t Launch(Kernel kernel, int threads, int bytes, const PrefillAttentionParams& p,
+                   cudaStream_t stream, const Args&... args) {
   cudaError_t err =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
   if (err != cudaSuccess) return err;
   const dim3 grid(p.num_q_heads, (p.num_tokens + kBlockM - 1) / kBlockM);
-  kernel<<<grid, kWsThreads, kBytes, stream>>>(p);
+  kernel<<<grid, threads, bytes, stream>>>(p, args...);
   return cudaGetLastError();
+}
+
+template <int D, typename OutT>
+cudaError_t LaunchTyped(const PrefillAttentionParams& p, cudaStream_t stream) {
+  constexpr int kBytes = Sm90Smem<D>::kBytes;
+  TmaMaps maps{};
+  if (p.impl != PrefillImpl::kWgmmaCpAsync && MakeTmaMaps(p, &maps)) {
+    return Launch(PrefillSm90WsKernel<D, OutT, true>, kWsThreads, kBytes, p, stream, maps);
+  }
+  return Launch(PrefillSm90WsKernel<D, OutT, false>, kWsThreads, kBytes, p, stream, maps);
 }
 
 }  // namespace

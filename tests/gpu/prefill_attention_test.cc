@@ -402,9 +402,17 @@ TEST_P(PrefillAttention, NoLseAndInvalidArguments) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Kernels, PrefillAttention,
-                         ::testing::Values(gpu::PrefillImpl::kMmaSync, gpu::PrefillImpl::kWgmma),
+                         ::testing::Values(gpu::PrefillImpl::kMmaSync, gpu::PrefillImpl::kWgmma,
+                                           gpu::PrefillImpl::kWgmmaCpAsync),
                          [](const ::testing::TestParamInfo<gpu::PrefillImpl>& info) {
-                           return info.param == gpu::PrefillImpl::kWgmma ? "Wgmma" : "MmaSync";
+                           switch (info.param) {
+                             case gpu::PrefillImpl::kWgmma:
+                               return "Wgmma";
+                             case gpu::PrefillImpl::kWgmmaCpAsync:
+                               return "WgmmaCpAsync";
+                             default:
+                               return "MmaSync";
+                           }
                          });
 
 }  // namespace
