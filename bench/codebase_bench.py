@@ -197,7 +197,9 @@ def mean_nll(completion, skip_first):
 
 
 def run_loss(client, registry, tasks, settings, concurrency, progress):
-    """{label: [mean nll per task]} for every setting, the module-only and no-context baselines."""
+    """{label: [mean nll per task]} for every setting, the module-only and no-context baselines,
+    and {label: [realised KV budget per task]} for the settings (the scored continuation is one
+    multi-token step against the context: its selection's kept fraction)."""
     rows = []  # (label, job, skip_first)
     for task in tasks:
         module = registry.name(("module", task["id"]), task["module_context"])
@@ -219,9 +221,12 @@ def run_loss(client, registry, tasks, settings, concurrency, progress):
     out = OrderedDict((label, []) for label, _ in settings)
     out["module only (dense)"] = []
     out["no context (dense)"] = []
+    budgets = OrderedDict((label, []) for label, _ in settings)
     for (label, _, skip_first), completion in zip(rows, done):
         out[label].append(mean_nll(completion, skip_first=skip_first))
-    return out
+        if label in budgets:
+            budgets[label].append(completion.usage.kv_budget)
+    return out, budgets
 
 
 def main():
@@ -299,13 +304,17 @@ def main():
         path = os.path.join(args.tasks, f"loss-{k}k.jsonl")
         if not args.skip_loss and os.path.exists(path):
             tasks = read_jsonl(path, args.loss_limit if args.loss_limit >= 0 else args.limit)
-            losses = run_loss(client, registry, tasks, settings, args.concurrency,
-                              progress(f"loss {k}K"))
+            losses, loss_budgets = run_loss(client, registry, tasks, settings, args.concurrency,
+                                            progress(f"loss {k}K"))
             for label, values in losses.items():
                 m, half = mean_ci(values)
-                loss_rows.append((f"{k}K", label, len(values), m, half))
+                spent = loss_budgets.get(label, [])
+                realised = sum(spent) / len(spent) if spent else float("nan")
+                loss_rows.append((f"{k}K", label, len(values), m, half, realised))
                 cell = {"kind": "loss", "length_k": k, "setting": label, "tasks": len(values),
                         "mean_nll": m, "ci95_half": half}
+                if spent:
+                    cell["kv_budget"] = realised
                 if "dense" in losses and label != "dense":
                     diff, dhalf = paired_vs(values, losses["dense"])
                     relative = diff / mean_ci(losses["dense"])[0]
@@ -329,10 +338,11 @@ def main():
                   f"{100 * low:.1f}-{100 * high:.1f}% | {n} | {budget} |")
     if loss_rows:
         print("\nLoss of a module's continuation, nats per token (mean over tasks, 95% CI):\n")
-        print("| length | given | loss | 95% CI | tasks |")
-        print("|---|---|---|---|---|")
-        for length, label, n, m, half in loss_rows:
-            print(f"| {length} | {label} | {m:.3f} | ±{half:.3f} | {n} |")
+        print("| length | given | loss | 95% CI | tasks | realised KV budget |")
+        print("|---|---|---|---|---|---|")
+        for length, label, n, m, half, realised in loss_rows:
+            budget = "-" if math.isnan(realised) else f"{realised:.3f}"
+            print(f"| {length} | {label} | {m:.3f} | ±{half:.3f} | {n} | {budget} |")
     if paired_rows:
         print("\nAgainst dense on the same tasks (paired difference, 95% CI):\n")
         print("| length | measure | setting | minus dense | 95% CI | relative |")

@@ -24,6 +24,7 @@
 #include <cstdint>
 
 #include "kernels/attention/prefill_attention.cuh"
+#include "kernels/attention/prefill_epilogue.cuh"
 #include "kernels/common/device.cuh"
 #include "kernels/common/mma_tile.cuh"
 
@@ -241,30 +242,8 @@ __global__ void __launch_bounds__(kThreadsM, 1) PrefillKernel(const PrefillAtten
   detail::CpAsyncWait<0>();  // only empty groups can remain; drained before exit
 
   // ---- Epilogue: row sums over the 4 lanes of a row, normalise, store.
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    float sum = l[h];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const int row = row_lo + h * 8;
-    if (row >= n) continue;
-    // sum >= 1 whenever a key is visible (the maximum contributes 2^0); every row sees row 0.
-    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-    OutT* dst = static_cast<OutT*>(p.out) + (static_cast<int64_t>(row) * hq + qh) * D + 2 * tq;
-#pragma unroll
-    for (int j = 0; j < kDTiles; ++j) {
-      const float x0 = o[j][2 * h] * inv, x1 = o[j][2 * h + 1] * inv;
-      if constexpr (sizeof(OutT) == 4) {
-        *reinterpret_cast<float2*>(dst + j * 8) = make_float2(x0, x1);
-      } else {
-        *reinterpret_cast<__nv_bfloat162*>(dst + j * 8) = __floats2bfloat162_rn(x0, x1);
-      }
-    }
-    if (p.lse != nullptr && tq == 0) {
-      p.lse[static_cast<int64_t>(row) * hq + qh] =
-          sum > 0.0f ? (m[h] + log2f(sum)) * detail::kLn2 : -INFINITY;
-    }
-  }
+  detail::StorePrefillRows<D, OutT>(
+      p, [&](int j, int e) { return o[j][e]; }, l, m, row_lo, qh, tq);
 }
 
 template <int D, typename OutT>

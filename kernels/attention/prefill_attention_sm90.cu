@@ -30,6 +30,7 @@
 #include <cstdint>
 
 #include "kernels/attention/prefill_attention.cuh"
+#include "kernels/attention/prefill_epilogue.cuh"
 #include "kernels/common/device.cuh"
 #include "kernels/common/mma_tile.cuh"
 #include "kernels/common/wgmma.cuh"
@@ -151,38 +152,6 @@ __device__ __forceinline__ void IssueValues(float (&o)[D / 2],
       detail::WgmmaRS_m64n128k16_TransB(o, pa[kp], db);
     } else {
       detail::WgmmaRS_m64n64k16_TransB(o, pa[kp], db);
-    }
-  }
-}
-
-// Epilogue of a consumer thread: row sums over the 4 lanes of a row, normalise, store O (and lse).
-template <int D, typename OutT>
-__device__ __forceinline__ void StoreRows(const PrefillAttentionParams& p, const float (&o)[D / 2],
-                                          const float (&l)[2], const float (&m)[2], int row_lo,
-                                          int qh, int tq) {
-  const int n = p.num_tokens, hq = p.num_q_heads;
-  constexpr int kDTiles = D / 8;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    float sum = l[h];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const int row = row_lo + h * 8;
-    if (row >= n) continue;
-    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-    OutT* dst = static_cast<OutT*>(p.out) + (static_cast<int64_t>(row) * hq + qh) * D + 2 * tq;
-#pragma unroll
-    for (int j = 0; j < kDTiles; ++j) {
-      const float x0 = o[4 * j + 2 * h] * inv, x1 = o[4 * j + 2 * h + 1] * inv;
-      if constexpr (sizeof(OutT) == 4) {
-        *reinterpret_cast<float2*>(dst + j * 8) = make_float2(x0, x1);
-      } else {
-        *reinterpret_cast<__nv_bfloat162*>(dst + j * 8) = __floats2bfloat162_rn(x0, x1);
-      }
-    }
-    if (p.lse != nullptr && tq == 0) {
-      p.lse[static_cast<int64_t>(row) * hq + qh] =
-          sum > 0.0f ? (m[h] + log2f(sum)) * detail::kLn2 : -INFINITY;
     }
   }
 }
@@ -433,7 +402,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     MbarWait(v_full(st), (t / kStages) & 1);
     MbarArrive(empty(st));
   }
-  StoreRows<D, OutT>(p, o, l, m, row_lo, qh, tq);
+  detail::StorePrefillRows<D, OutT>(
+      p, [&](int j, int e) { return o[4 * j + e]; }, l, m, row_lo, qh, tq);
 }
 
 using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,

@@ -83,5 +83,46 @@ class SettingsTest(unittest.TestCase):
         self.assertEqual(calls, [("t-0", "text", None), ("t-1", "text", {"window": 800})])
 
 
+class LossTest(unittest.TestCase):
+    def test_loss_cells_carry_the_realised_budget_of_each_setting(self):
+        # A fake server: the continuation's scored tokens have log-probability -1 (dense), -2
+        # (squeezed) or -3 (no context, whose first scored token is left out); squeezed keeps
+        # 0.15 of the context, dense 1.0.
+        class Usage:
+            def __init__(self, kv_budget):
+                self.kv_budget = kv_budget
+
+        class Scored:
+            def __init__(self, logprob):
+                self.logprob = logprob
+
+        class Completion:
+            def __init__(self, logprobs, kv_budget):
+                self.prompt_logprobs = [Scored(lp) for lp in logprobs]
+                self.usage = Usage(kv_budget)
+
+        class FakeClient:
+            def register_context(self, name, text, index=None):
+                pass
+
+            def complete(self, text, context, **opts):
+                if not context:
+                    return Completion([-9.0, -3.0, -3.0], 1.0)
+                if opts.get("mode") == "squeezed":
+                    return Completion([-2.0, -2.0], 0.15)
+                return Completion([-1.0, -1.0], 1.0)
+
+        tasks = [{"id": i, "module_context": f"m{i}", "context": f"c{i}", "continuation": "x"}
+                 for i in range(3)]
+        settings = cb.parse_settings("dense,squeezed:0.1")
+        losses, budgets = cb.run_loss(FakeClient(), cb.Registry(FakeClient(), "t"), tasks,
+                                      settings, 2, lambda i, n: None)
+        self.assertEqual(losses["dense"], [1.0] * 3)
+        self.assertEqual(losses["squeezed:0.1"], [2.0] * 3)
+        self.assertEqual(losses["no context (dense)"], [3.0] * 3)
+        self.assertEqual(losses["module only (dense)"], [1.0] * 3)
+        self.assertEqual(budgets, {"dense": [1.0] * 3, "squeezed:0.1": [0.15] * 3})
+
+
 if __name__ == "__main__":
     unittest.main()
