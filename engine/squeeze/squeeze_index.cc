@@ -316,17 +316,22 @@ absl::StatusOr<SqueezeIndex> BuildSqueezeIndex(ContextKV* kv, const QueryCapture
         return s;
       }
     }
-    for (int l = 0; l < L; ++l) {
-      for (int h = 0; h < Hkv; ++h) {
-        const size_t begin = kv->Offset(l, h, options.sinks), n = static_cast<size_t>(M) * d;
-        if (const size_t bad = kv->k.FindNonFinite(begin, n); bad < n) {
-          float value;
-          kv->k.ReadFloats(begin + bad, 1, &value);
-          return absl::InvalidArgumentError(
-              absl::StrFormat("context keys: non-finite value %g at layer %d, head %d (element %d)",
-                              value, l, h, bad));
-        }
-      }
+    // Every (layer, head)'s clustered keys scanned side by side (a 128K context of an 8B model
+    // holds 8.6 GB of keys); the first bad head in (layer, head) order is the one reported.
+    const size_t n = static_cast<size_t>(M) * d;
+    std::vector<size_t> bad(static_cast<size_t>(L) * Hkv, n);
+    ParallelFor(bad.size(), [&](size_t slot) {
+      const int l = static_cast<int>(slot / Hkv), h = static_cast<int>(slot % Hkv);
+      bad[slot] = kv->k.FindNonFinite(kv->Offset(l, h, options.sinks), n);
+    });
+    for (size_t slot = 0; slot < bad.size(); ++slot) {
+      if (bad[slot] == n) continue;
+      const int l = static_cast<int>(slot / Hkv), h = static_cast<int>(slot % Hkv);
+      float value;
+      kv->k.ReadFloats(kv->Offset(l, h, options.sinks) + bad[slot], 1, &value);
+      return absl::InvalidArgumentError(
+          absl::StrFormat("context keys: non-finite value %g at layer %d, head %d (element %d)",
+                          value, l, h, bad[slot]));
     }
   }
 

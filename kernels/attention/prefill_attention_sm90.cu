@@ -228,8 +228,8 @@ constexpr int kWsThreads = 384;  // producer warpgroup + two consumer warpgroups
 
 // Warp-specialised: warpgroup 0 copies (cp.async, every copy tracked by an mbarrier of its stage:
 // K full, V full; a stage is refilled once both consumer warpgroups released it), warpgroups 1
-// and 2 compute as the overlapped kernel above, each at its own pace (no CTA barrier per tile).
-// Registers move to the consumers (setmaxnreg: 40 producer, 232 consumer).
+// and 2 compute, each at its own pace (no CTA barrier per tile). Registers move to the consumers
+// (setmaxnreg: 40 producer, 232 consumer).
 // kTma: K, V and Q tiles arrive by TMA (one thread issues a 64-column box per column block, the
 // hardware writes the 128-byte swizzle; a dense call without head_len or row_index), else by the
 // producer warpgroup's cp.async.
@@ -358,8 +358,9 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   };
   auto diagonal = [&](int key0) { return key0 + kBlockN - 1 > diag_limit; };
   MbarWait(q_full, 0);
-  // As the overlapped kernel: tile 0, the steady state, the last tile's P V. Tile t's stage is
-  // released (both K and V read) once its P V completed.
+  // Tile 0 (S only), the steady state (S of tile t with P V of tile t - 1, the softmax of t while
+  // P V runs; no warpgroup-dependent branch around a wgmma, which ptxas would serialise), then the
+  // last tile's P V. Tile t's stage is released (both K and V read) once its P V completed.
   if (wg_tiles > 0) {
     const uint32_t kt = k_tile(0);
     detail::WgmmaFence();

@@ -239,6 +239,19 @@ TEST(SqueezeIndexTest, NonFiniteBf16KeyIsRefused) {
   EXPECT_EQ(kv.k, before);
 }
 
+// Several heads with a bad key (scanned side by side): the first in (layer, head) order is named.
+TEST(SqueezeIndexTest, FirstNonFiniteHeadInOrderIsNamed) {
+  const TestContext c = MakeContext(3, 2, 4, 8, 200, 20, 23);
+  ContextKV kv = c.kv.ConvertedTo(DType::kBF16);
+  kv.k.bf16()[kv.Offset(2, 0, 10)] = 0x7F80;       // +inf, layer 2
+  kv.k.bf16()[kv.Offset(1, 1, 150) + 5] = 0xFFC0;  // NaN, layer 1 head 1
+  kv.k.bf16()[kv.Offset(1, 0, 170)] = 0xFF80;      // -inf, layer 1 head 0: the first
+  auto index = BuildSqueezeIndex(&kv, c.capture, 4, Options(20, 0, false));
+  ASSERT_FALSE(index.ok());
+  EXPECT_THAT(std::string(index.status().message()),
+              HasSubstr("context keys: non-finite value -inf at layer 1, head 0 (element 1360)"));
+}
+
 TEST(SqueezeIndexTest, NothingToClusterIsValid) {
   TestContext c = MakeContext(1, 2, 4, 8, 50, 40, 4);
   auto index = BuildSqueezeIndex(&c.kv, c.capture, 4, Options(40, 10, true));
