@@ -229,6 +229,20 @@ def run_loss(client, registry, tasks, settings, concurrency, progress):
     return out, budgets
 
 
+def markdown_table(title, header, rows):
+    """Prints a titled markdown table: header the column names, rows lists of cell texts."""
+    print(f"\n{title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+def or_dash(x, text):
+    """text, or "-" where x is NaN (no such measure for the row)."""
+    return "-" if math.isnan(x) else text
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--server", default="127.0.0.1:50051")
@@ -329,27 +343,26 @@ def main():
                 json.dump(results, f, indent=1)
 
     if retrieval_rows:
-        print("\nRetrieval exact match (95% Wilson interval):\n")
-        print("| length | setting | exact match | 95% CI | tasks | realised KV budget |")
-        print("|---|---|---|---|---|---|")
-        for length, label, k, n, low, high, realised in retrieval_rows:
-            budget = "-" if math.isnan(realised) else f"{realised:.3f}"
-            print(f"| {length} | {label} | {100 * k / max(n, 1):.1f}% | "
-                  f"{100 * low:.1f}-{100 * high:.1f}% | {n} | {budget} |")
+        markdown_table(
+            "Retrieval exact match (95% Wilson interval):",
+            ["length", "setting", "exact match", "95% CI", "tasks", "realised KV budget"],
+            [[length, label, f"{100 * k / max(n, 1):.1f}%", f"{100 * low:.1f}-{100 * high:.1f}%",
+              str(n), or_dash(realised, f"{realised:.3f}")]
+             for length, label, k, n, low, high, realised in retrieval_rows])
     if loss_rows:
-        print("\nLoss of a module's continuation, nats per token (mean over tasks, 95% CI):\n")
-        print("| length | given | loss | 95% CI | tasks | realised KV budget |")
-        print("|---|---|---|---|---|---|")
-        for length, label, n, m, half, realised in loss_rows:
-            budget = "-" if math.isnan(realised) else f"{realised:.3f}"
-            print(f"| {length} | {label} | {m:.3f} | ±{half:.3f} | {n} | {budget} |")
+        markdown_table(
+            "Loss of a module's continuation, nats per token (mean over tasks, 95% CI):",
+            ["length", "given", "loss", "95% CI", "tasks", "realised KV budget"],
+            [[length, label, f"{m:.3f}", f"±{half:.3f}", str(n),
+              or_dash(realised, f"{realised:.3f}")]
+             for length, label, n, m, half, realised in loss_rows])
     if paired_rows:
-        print("\nAgainst dense on the same tasks (paired difference, 95% CI):\n")
-        print("| length | measure | setting | minus dense | 95% CI | relative |")
-        print("|---|---|---|---|---|---|")
-        for length, measure, label, diff, half, relative in paired_rows:
-            rel = "-" if math.isnan(relative) else f"{100 * relative:+.1f}%"
-            print(f"| {length} | {measure} | {label} | {diff:+.3f} | ±{half:.3f} | {rel} |")
+        markdown_table(
+            "Against dense on the same tasks (paired difference, 95% CI):",
+            ["length", "measure", "setting", "minus dense", "95% CI", "relative"],
+            [[length, measure, label, f"{diff:+.3f}", f"±{half:.3f}",
+              or_dash(relative, f"{100 * relative:+.1f}%")]
+             for length, measure, label, diff, half, relative in paired_rows])
     client.close()
 
 

@@ -23,8 +23,8 @@
 #   e2e      through the gRPC server on the 8B shape (random weights): register a 113K-token
 #            context, Generate dense / squeezed at batch 1 and 8, a 1K-token input's TTFT
 #   torch-prefill  the PyTorch dense model's chunked prefill of 128K tokens on cuDNN and its time
-#            to first token of 1K and 4K-token inputs (bench/torch_model_baseline.py --prefill):
-#            the baseline of the ttft stage
+#            to first token of 1K and 4K-token inputs (bench/torch_model_baseline.py --prefill;
+#            PREFILL_TOKENS to change the 128K): the baseline of the ttft stage
 #   accuracy the retrieval accuracy benchmark through the server on the GPU (bench/run_accuracy.sh)
 #   codebase the codebase benchmark through the server on the GPU with the code model
 #            (bench/run_codebase.sh; the bundle made with BINS="squeeze-server" WITH_STDLIB=1):

@@ -83,6 +83,17 @@ class SettingsTest(unittest.TestCase):
         self.assertEqual(calls, [("t-0", "text", None), ("t-1", "text", {"window": 800})])
 
 
+class TableTest(unittest.TestCase):
+    def test_markdown_table(self):
+        import contextlib
+        import io
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            cb.markdown_table("T:", ["a", "b"], [["1", cb.or_dash(float("nan"), "x")],
+                                                  ["2", cb.or_dash(0.5, "0.500")]])
+        self.assertEqual(out.getvalue(), "\nT:\n\n| a | b |\n|---|---|\n| 1 | - |\n| 2 | 0.500 |\n")
+
+
 class LossTest(unittest.TestCase):
     def test_loss_cells_carry_the_realised_budget_of_each_setting(self):
         # A fake server: the continuation's scored tokens have log-probability -1 (dense), -2
