@@ -26,6 +26,7 @@
 #include "kernels/attention/prefill_attention.cuh"
 #include "kernels/attention/prefill_epilogue.cuh"
 #include "kernels/common/device.cuh"
+#include "kernels/common/dispatch.cuh"
 #include "kernels/common/mma_tile.cuh"
 
 namespace squeeze::gpu {
@@ -263,14 +264,7 @@ bool Aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15)
 }  // namespace
 
 bool PrefillWgmmaSupported(int head_dim) {
-  if (head_dim != 64 && head_dim != 128) return false;
-  int device = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
-    return false;
-  }
-  return major == 9 && minor == 0;
+  return (head_dim == 64 || head_dim == 128) && detail::ComputeCapability() == 90;
 }
 
 cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& p, cudaStream_t stream) {

@@ -125,7 +125,7 @@ __device__ __forceinline__ void RescaleO(float (&o)[kDTiles * 4], const float (&
 }
 
 // S = Q K^T for one warpgroup: q, k the shared addresses of the warpgroup's Q rows and of the K
-// tile (column blocks of q_block / kv_block bytes).
+// tile (64-wide column blocks of kBlockM * 128 and kBlockN * 128 bytes).
 template <int D>
 __device__ __forceinline__ void IssueScores(float (&s)[kBlockN / 2], uint32_t q, uint32_t k) {
   constexpr uint32_t kQBlock = kBlockM * 128, kKvBlock = kBlockN * 128;

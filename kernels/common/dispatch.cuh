@@ -79,6 +79,21 @@ inline int MultiprocessorCount() {
   return sms;
 }
 
+// The current device's compute capability as major * 10 + minor (cached on first success, as
+// MultiprocessorCount; 0 while no device answers).
+inline int ComputeCapability() {
+  static int cc = 0;
+  if (cc == 0) {
+    int device = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&device) == cudaSuccess &&
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess) {
+      cc = major * 10 + minor;
+    }
+  }
+  return cc;
+}
+
 // CTAs of `kernel` (with `threads` threads and `smem` bytes of dynamic shared memory) that the
 // current device runs at once: multiprocessors x resident blocks per multiprocessor (>= 1).
 template <class Kernel>
