@@ -130,9 +130,10 @@ void Engine::BuildAndPublish(Registration& reg) {
   };
   auto context = std::make_shared<RegisteredContext>();
   const int S = static_cast<int>(reg.tokens.size());
-  context->kv = ContextKV::FromSequence(reg.kv, S);
   ContextSummary& s = context->summary;
-  if (reg.request.build_index) {
+  if (!reg.request.build_index) {
+    context->kv = ContextKV::FromSequence(reg.kv, S);
+  } else {
     auto progress = [&](std::string_view stage, double fraction) {
       if (reg.handle->cancelled()) return;
       reg.callback(RegisterEvent{.stage = stage == "calibrating" ? RegisterStage::kCalibrating
@@ -142,17 +143,18 @@ void Engine::BuildAndPublish(Registration& reg) {
                                  .tokens_total = S});
     };
     BuildTimings build_timings;
-    // The backend's k-means (the GPU's) when it has one; it runs on this (indexer) thread.
-    // The prefill's KV, still in device memory, is clustered in place by a GPU solver.
-    Backend* be = reg.kv.backend();
-    const bool on_device = be != nullptr && !be->host_memory();
-    auto index = BuildSqueezeIndex(
-        &context->kv, reg.capture, model_config().num_heads, reg.request.index, progress,
-        &build_timings, model_->backend().kmeans_solver(), on_device ? &reg.kv : nullptr);
-    if (!index.ok()) return fail(index.status());
+    // The backend's k-means (the GPU's) when it has one; it runs on this (indexer) thread and
+    // clusters the prefill's KV in place, while the host copy is made beside it.
+    auto built = BuildIndexedContext(reg.kv, S, reg.capture, model_config().num_heads,
+                                     reg.request.index, progress, &build_timings,
+                                     model_->backend().kmeans_solver());
+    if (!built.ok()) return fail(built.status());
     reg.timings.clustering_seconds = build_timings.clustering_seconds;
     reg.timings.calibration_seconds = build_timings.calibration_seconds;
-    context->index = std::make_unique<SqueezeIndex>(std::move(*index));
+    spdlog::info("context '{}': KV copied to the host in {:.2f} s beside the clustering",
+                 reg.request.name, build_timings.host_copy_seconds);
+    context->kv = std::move(built->kv);
+    context->index = std::make_unique<SqueezeIndex>(std::move(built->index));
     s.num_centroids = context->index->num_centroids();
     s.num_coarse_centroids = context->index->num_coarse_centroids();
   }

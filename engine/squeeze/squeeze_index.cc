@@ -6,14 +6,23 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <thread>
 
 #include "absl/strings/str_format.h"
 #include "engine/backend/kmeans.h"
+#include "engine/common/bfloat16.h"
 #include "engine/common/parallel_for.h"
+#include "engine/common/status_macros.h"
 #include "engine/squeeze/calibration.h"
 
 namespace squeeze {
 namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 
 uint64_t SplitMix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
@@ -39,13 +48,39 @@ struct HeadPlan {
   std::vector<int32_t> perm;  // [M]
 };
 
+// The M clustered keys of one (layer, KV head) as fp32: from the host copy when there is one,
+// else from the sequence's storage (a device's rows copied to the host, bf16 widened exactly).
+const float* KeysF32(const ContextKeys& keys, int layer, int kv_head, int sinks, int M,
+                     std::vector<float>* scratch) {
+  if (keys.host != nullptr) return keys.host->KeysF32(layer, kv_head, sinks, M, scratch);
+  const SequenceKV& seq = *keys.device;
+  const int d = keys.shape.head_dim;
+  const size_t n = static_cast<size_t>(M) * d;
+  const void* src = seq.key_data(layer, kv_head, sinks);
+  std::vector<char> raw(n * DTypeBytes(seq.dtype()));
+  Backend* be = seq.backend();
+  if (be == nullptr || be->host_memory()) {
+    std::memcpy(raw.data(), src, raw.size());
+  } else {
+    be->CopyToHostUnordered(raw.data(), src, raw.size());
+  }
+  scratch->resize(n);
+  if (seq.dtype() == DType::kF32) {
+    std::memcpy(scratch->data(), raw.data(), n * sizeof(float));
+  } else {
+    const auto* b = reinterpret_cast<const uint16_t*>(raw.data());
+    for (size_t i = 0; i < n; ++i) (*scratch)[i] = BFloat16ToFloat32(b[i]);
+  }
+  return scratch->data();
+}
+
 // Fine k-means of the M clustered keys of every KV head of one layer ([M][d] each, token
 // order), each head on its own PRNG stream: one batched call when a solver is given (the GPU
-// clusters all heads of the layer at once), the CPU reference head by head otherwise.
-std::vector<KMeansResult> ClusterLayer(const ContextKV& kv, int layer, int M,
-                                       const SqueezeOptions& options, KMeansSolver* solver,
-                                       const SequenceKV* device_keys) {
-  const int Hkv = kv.shape.num_kv_heads, d = kv.shape.head_dim;
+// clusters all heads of the layer at once, the device keys in place when it can), the CPU
+// reference head by head otherwise.
+std::vector<KMeansResult> ClusterLayer(const ContextKeys& keys, int layer, int M,
+                                       const SqueezeOptions& options, KMeansSolver* solver) {
+  const int Hkv = keys.shape.num_kv_heads, d = keys.shape.head_dim;
   std::vector<KMeansResult> fine(Hkv);
   if (M == 0) return fine;
   const int k = NumClustersFor(options.centroid_fraction, M);
@@ -59,7 +94,9 @@ std::vector<KMeansResult> ClusterLayer(const ContextKV& kv, int layer, int M,
   if (solver != nullptr) {
     // The same keys in the solver's device memory (the prefill's KV, token order): clustered
     // in place when the solver can.
-    if (device_keys != nullptr && Hkv > 0) {
+    const SequenceKV* device_keys = keys.device;
+    const Backend* be = device_keys != nullptr ? device_keys->backend() : nullptr;
+    if (be != nullptr && !be->host_memory() && Hkv > 0) {
       KMeansSolver::DevicePoints points;
       points.data = device_keys->key_data(layer, 0, options.sinks);
       points.bf16 = device_keys->dtype() == DType::kBF16;
@@ -73,15 +110,18 @@ std::vector<KMeansResult> ClusterLayer(const ContextKV& kv, int layer, int M,
       auto in_place = solver->RunBatchInPlace(points, Hkv, M, d, k, options.max_iterations, rng_of);
       if (in_place) return *std::move(in_place);
     }
-    // The host keys as fp32 (bf16 storage widened exactly: the same values the device holds).
+    // The keys as fp32 on the host (bf16 storage widened exactly: the same values the device
+    // holds).
     std::vector<std::vector<float>> scratch(Hkv);
-    std::vector<const float*> keys(Hkv);
-    for (int h = 0; h < Hkv; ++h) keys[h] = kv.KeysF32(layer, h, options.sinks, M, &scratch[h]);
-    fine = solver->RunBatch(keys, M, d, k, options.max_iterations, rng_of);
+    std::vector<const float*> points(Hkv);
+    for (int h = 0; h < Hkv; ++h) {
+      points[h] = KeysF32(keys, layer, h, options.sinks, M, &scratch[h]);
+    }
+    fine = solver->RunBatch(points, M, d, k, options.max_iterations, rng_of);
   } else {
     std::vector<float> scratch;
     for (int h = 0; h < Hkv; ++h) {
-      fine[h] = SphericalKMeans(kv.KeysF32(layer, h, options.sinks, M, &scratch), M, d, k,
+      fine[h] = SphericalKMeans(KeysF32(keys, layer, h, options.sinks, M, &scratch), M, d, k,
                                 options.max_iterations, rngs[h]);
     }
   }
@@ -210,6 +250,34 @@ absl::Status CheckContext(const ContextKV& kv) {
   return absl::OkStatus();
 }
 
+// Scans every (layer, head)'s clustered keys [sinks, sinks + M) side by side (a 128K context of
+// an 8B model holds 8.6 GB of keys); the first bad head in (layer, head) order is the one
+// reported.
+absl::Status CheckKeysFinite(const ContextKV& kv, int sinks, int M) {
+  const int L = kv.shape.num_layers, Hkv = kv.shape.num_kv_heads;
+  const size_t n = static_cast<size_t>(M) * kv.shape.head_dim;
+  std::vector<size_t> bad(static_cast<size_t>(L) * Hkv, n);
+  ParallelFor(bad.size(), [&](size_t slot) {
+    const int l = static_cast<int>(slot / Hkv), h = static_cast<int>(slot % Hkv);
+    bad[slot] = kv.k.FindNonFinite(kv.Offset(l, h, sinks), n);
+  });
+  for (size_t slot = 0; slot < bad.size(); ++slot) {
+    if (bad[slot] == n) continue;
+    const int l = static_cast<int>(slot / Hkv), h = static_cast<int>(slot % Hkv);
+    float value;
+    kv.k.ReadFloats(kv.Offset(l, h, sinks) + bad[slot], 1, &value);
+    return absl::InvalidArgumentError(
+        absl::StrFormat("context keys: non-finite value %g at layer %d, head %d (element %d)",
+                        value, l, h, bad[slot]));
+  }
+  return absl::OkStatus();
+}
+
+bool SameShape(const KvShape& a, const KvShape& b) {
+  return a.num_layers == b.num_layers && a.num_kv_heads == b.num_kv_heads &&
+         a.head_dim == b.head_dim;
+}
+
 }  // namespace
 
 absl::Status ValidateSqueezeOptions(const SqueezeOptions& o) {
@@ -258,16 +326,36 @@ int64_t SqueezeIndex::num_coarse_centroids() const {
   return total;
 }
 
-absl::StatusOr<SqueezeIndex> BuildSqueezeIndex(ContextKV* kv, const QueryCapture& window,
-                                               int num_q_heads, const SqueezeOptions& options,
-                                               const SqueezeProgress& progress,
-                                               BuildTimings* timings, KMeansSolver* solver,
-                                               const SequenceKV* device_keys) {
-  // ---- Validate everything before touching `kv`.
+absl::StatusOr<SqueezePlan> PlanSqueezeIndex(const ContextKeys& keys, const QueryCapture& window,
+                                             int num_q_heads, const SqueezeOptions& options,
+                                             const SqueezeProgress& progress,
+                                             BuildTimings* timings, KMeansSolver* solver) {
+  // ---- Validate everything before clustering.
   if (absl::Status s = ValidateSqueezeOptions(options); !s.ok()) return s;
-  if (absl::Status s = CheckContext(*kv); !s.ok()) return s;
-  const int L = kv->shape.num_layers, Hkv = kv->shape.num_kv_heads, d = kv->shape.head_dim;
-  const int S = kv->num_tokens;
+  if (keys.host == nullptr && keys.device == nullptr) {
+    return absl::InvalidArgumentError("context keys: neither a host copy nor a sequence given");
+  }
+  if (keys.host != nullptr) {
+    if (absl::Status s = CheckContext(*keys.host); !s.ok()) return s;
+  }
+  const KvShape& shape = keys.shape;
+  const int L = shape.num_layers, Hkv = shape.num_kv_heads, d = shape.head_dim;
+  const int S = keys.num_tokens;
+  if (L <= 0 || Hkv <= 0 || d <= 0 || S < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("context KV: bad shape (layers %d, kv heads %d, head dim %d, tokens %d)",
+                        L, Hkv, d, S));
+  }
+  if (keys.host != nullptr &&
+      (!SameShape(keys.host->shape, shape) || keys.host->num_tokens != S)) {
+    return absl::InvalidArgumentError("context keys: the host copy's shape or length differs");
+  }
+  if (keys.device != nullptr &&
+      (!SameShape(keys.device->shape(), shape) || keys.device->length() < S)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("context keys: the sequence's shape differs or it holds %d of %d tokens",
+                        keys.device->length(), S));
+  }
   if (num_q_heads <= 0 || num_q_heads % Hkv != 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "num_q_heads %d must be a positive multiple of the %d KV heads", num_q_heads, Hkv));
@@ -286,6 +374,7 @@ absl::StatusOr<SqueezeIndex> BuildSqueezeIndex(ContextKV* kv, const QueryCapture
 
   // Window queries: locate positions S-W .. S-1 in the capture.
   std::vector<const float*> window_q(L, nullptr);
+  SqueezePlan plan;
   if (M > 0) {
     const size_t row_floats = static_cast<size_t>(num_q_heads) * d;
     const auto first = std::find(window.positions.begin(), window.positions.end(), S - W);
@@ -316,26 +405,13 @@ absl::StatusOr<SqueezeIndex> BuildSqueezeIndex(ContextKV* kv, const QueryCapture
         return s;
       }
     }
-    // Every (layer, head)'s clustered keys scanned side by side (a 128K context of an 8B model
-    // holds 8.6 GB of keys); the first bad head in (layer, head) order is the one reported.
-    const size_t n = static_cast<size_t>(M) * d;
-    std::vector<size_t> bad(static_cast<size_t>(L) * Hkv, n);
-    ParallelFor(bad.size(), [&](size_t slot) {
-      const int l = static_cast<int>(slot / Hkv), h = static_cast<int>(slot % Hkv);
-      bad[slot] = kv->k.FindNonFinite(kv->Offset(l, h, options.sinks), n);
-    });
-    for (size_t slot = 0; slot < bad.size(); ++slot) {
-      if (bad[slot] == n) continue;
-      const int l = static_cast<int>(slot / Hkv), h = static_cast<int>(slot % Hkv);
-      float value;
-      kv->k.ReadFloats(kv->Offset(l, h, options.sinks) + bad[slot], 1, &value);
-      return absl::InvalidArgumentError(
-          absl::StrFormat("context keys: non-finite value %g at layer %d, head %d (element %d)",
-                          value, l, h, bad[slot]));
+    if (keys.host != nullptr) {
+      if (absl::Status s = CheckKeysFinite(*keys.host, options.sinks, M); !s.ok()) return s;
     }
   }
+  plan.keys_checked = keys.host != nullptr;
 
-  SqueezeIndex index;
+  SqueezeIndex& index = plan.index;
   index.num_layers = L;
   index.num_kv_heads = Hkv;
   index.num_q_heads = num_q_heads;
@@ -347,46 +423,109 @@ absl::StatusOr<SqueezeIndex> BuildSqueezeIndex(ContextKV* kv, const QueryCapture
   index.options = options;
   index.heads.reserve(static_cast<size_t>(L) * Hkv);
 
-  using Clock = std::chrono::steady_clock;
-  const auto seconds_since = [](Clock::time_point t0) {
-    return std::chrono::duration<double>(Clock::now() - t0).count();
-  };
   BuildTimings local_timings;
   if (timings == nullptr) timings = &local_timings;
 
-  // ---- Cluster every slice; keep the row permutations for the end.
+  // ---- Cluster every slice; keep the row permutations for ApplySqueezePlan.
   Clock::time_point t0 = Clock::now();
-  std::vector<std::vector<int32_t>> perms;
-  perms.reserve(static_cast<size_t>(L) * Hkv);
+  plan.perms.reserve(static_cast<size_t>(L) * Hkv);
   for (int l = 0; l < L; ++l) {
-    const std::vector<KMeansResult> fine = ClusterLayer(*kv, l, M, options, solver, device_keys);
+    const std::vector<KMeansResult> fine = ClusterLayer(keys, l, M, options, solver);
     for (int h = 0; h < Hkv; ++h) {
-      HeadPlan plan = PlanHead(fine[h], M, d, options.sinks, l, h, options, solver);
-      index.heads.push_back(std::move(plan.index));
-      perms.push_back(std::move(plan.perm));
+      HeadPlan head = PlanHead(fine[h], M, d, options.sinks, l, h, options, solver);
+      index.heads.push_back(std::move(head.index));
+      plan.perms.push_back(std::move(head.perm));
     }
     if (progress) progress("clustering", static_cast<double>(l + 1) / L);
   }
+  timings->clustering_seconds = SecondsSince(t0);
 
-  timings->clustering_seconds = seconds_since(t0);
-
-  // ---- Calibrate (needs only centroids and sizes), then reorder the rows: a calibration
-  // failure leaves `kv` untouched.
+  // ---- Calibrate (needs only centroids and sizes).
   t0 = Clock::now();
   if (M > 0) {
     if (absl::Status s = CalibrateSqueezeIndex(window_q, &index, progress); !s.ok()) return s;
   }
-  timings->calibration_seconds = seconds_since(t0);
-  t0 = Clock::now();
+  timings->calibration_seconds = SecondsSince(t0);
+  return plan;
+}
+
+absl::StatusOr<SqueezeIndex> ApplySqueezePlan(SqueezePlan plan, ContextKV* kv,
+                                              BuildTimings* timings) {
+  SqueezeIndex& index = plan.index;
+  if (absl::Status s = CheckContext(*kv); !s.ok()) return s;
+  if (kv->shape.num_layers != index.num_layers || kv->shape.num_kv_heads != index.num_kv_heads ||
+      kv->shape.head_dim != index.head_dim || kv->num_tokens != index.num_tokens ||
+      plan.perms.size() != index.heads.size()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "context KV: %d layers x %d KV heads x %d tokens (head dim %d) is not the planned %d x "
+        "%d x %d (%d)",
+        kv->shape.num_layers, kv->shape.num_kv_heads, kv->num_tokens, kv->shape.head_dim,
+        index.num_layers, index.num_kv_heads, index.num_tokens, index.head_dim));
+  }
+  if (!plan.keys_checked && index.num_clustered > 0) {
+    if (absl::Status s = CheckKeysFinite(*kv, index.sinks, index.num_clustered); !s.ok()) {
+      return s;
+    }
+  }
   // Each (layer, head) slice is permuted on its own: spread over the cores.
-  ParallelFor(static_cast<size_t>(L) * Hkv, [&](size_t slot) {
-    ApplyPlan(perms[slot], static_cast<int>(slot / Hkv), static_cast<int>(slot % Hkv),
-              options.sinks, kv);
+  const Clock::time_point t0 = Clock::now();
+  const int Hkv = index.num_kv_heads;
+  ParallelFor(plan.perms.size(), [&](size_t slot) {
+    ApplyPlan(plan.perms[slot], static_cast<int>(slot / Hkv), static_cast<int>(slot % Hkv),
+              index.sinks, kv);
   });
   kv->resident.value.reset();  // a backend copy of the old row order is stale
-  timings->reorder_seconds = seconds_since(t0);
-  timings->clustering_seconds += timings->reorder_seconds;
-  return index;
+  if (timings != nullptr) {
+    timings->reorder_seconds = SecondsSince(t0);
+    timings->clustering_seconds += timings->reorder_seconds;
+  }
+  return std::move(index);
+}
+
+absl::StatusOr<SqueezeIndex> BuildSqueezeIndex(ContextKV* kv, const QueryCapture& window,
+                                               int num_q_heads, const SqueezeOptions& options,
+                                               const SqueezeProgress& progress,
+                                               BuildTimings* timings, KMeansSolver* solver,
+                                               const SequenceKV* device_keys) {
+  const ContextKeys keys{
+      .shape = kv->shape, .num_tokens = kv->num_tokens, .host = kv, .device = device_keys};
+  ASSIGN_OR_RETURN(SqueezePlan plan,
+                   PlanSqueezeIndex(keys, window, num_q_heads, options, progress, timings, solver));
+  return ApplySqueezePlan(std::move(plan), kv, timings);
+}
+
+absl::StatusOr<IndexedContext> BuildIndexedContext(const SequenceKV& seq, int num_tokens,
+                                                   const QueryCapture& window, int num_q_heads,
+                                                   const SqueezeOptions& options,
+                                                   const SqueezeProgress& progress,
+                                                   BuildTimings* timings, KMeansSolver* solver) {
+  BuildTimings local_timings;
+  if (timings == nullptr) timings = &local_timings;
+  IndexedContext out;
+  // The copy to the host needs the copy engines and host memory, the plan the SMs (the GPU
+  // k-means reads the sequence in place) and, for calibration, the cores: side by side.
+  double copy_seconds = 0;
+  std::thread copier([&] {
+    const Clock::time_point t0 = Clock::now();
+    out.kv = ContextKV::FromSequence(seq, num_tokens);
+    copy_seconds = SecondsSince(t0);
+  });
+  const ContextKeys keys{.shape = seq.shape(), .num_tokens = num_tokens, .device = &seq};
+  absl::StatusOr<SqueezePlan> plan =
+      PlanSqueezeIndex(keys, window, num_q_heads, options, progress, timings, solver);
+  copier.join();
+  timings->host_copy_seconds = copy_seconds;
+  if (!plan.ok()) {
+    // Non-finite keys clustered into non-finite centroids: name the key, not the symptom.
+    const int M = num_tokens - options.sinks - options.window;
+    if (plan.status().code() == absl::StatusCode::kInternal && M > 0 &&
+        options.sinks >= 0 && M <= num_tokens) {
+      if (absl::Status s = CheckKeysFinite(out.kv, options.sinks, M); !s.ok()) return s;
+    }
+    return plan.status();
+  }
+  ASSIGN_OR_RETURN(out.index, ApplySqueezePlan(*std::move(plan), &out.kv, timings));
+  return out;
 }
 
 }  // namespace squeeze

@@ -66,12 +66,14 @@ struct SqueezeIndex {
 // Progress: stage is "clustering" or "calibrating"; fraction in (0, 1], reported per layer.
 using SqueezeProgress = std::function<void(std::string_view stage, double fraction)>;
 
-// Wall-clock seconds of the two offline stages. clustering_seconds includes the row reorder,
-// which reorder_seconds also reports on its own.
+// Wall-clock seconds of the offline stages. clustering_seconds includes the row reorder,
+// which reorder_seconds also reports on its own. host_copy_seconds: the device KV's copy to the
+// host, when BuildSqueezeIndexFromSequence makes it (alongside the clustering, not before it).
 struct BuildTimings {
   double clustering_seconds = 0;
   double calibration_seconds = 0;
   double reorder_seconds = 0;
+  double host_copy_seconds = 0;
 };
 
 // Clusters and calibrates `kv` (which must be in token order, as ContextKV::FromSequence makes
@@ -86,11 +88,61 @@ struct BuildTimings {
 // k-means). `device_keys`, optional: the same context's KV still in the solver's device memory
 // (the prefill's SequenceKV, token order, at least kv->num_tokens rows), which the solver then
 // clusters in place instead of uploading the host keys.
+// = PlanSqueezeIndex, then ApplySqueezePlan on `kv`.
 absl::StatusOr<SqueezeIndex> BuildSqueezeIndex(ContextKV* kv, const QueryCapture& window,
                                                int num_q_heads, const SqueezeOptions& options,
                                                const SqueezeProgress& progress = nullptr,
                                                BuildTimings* timings = nullptr,
                                                KMeansSolver* solver = nullptr,
                                                const SequenceKV* device_keys = nullptr);
+
+// The two halves of BuildSqueezeIndex, for a caller that makes the host copy while the index is
+// planned (a registration: the copy of a device's KV runs beside the GPU k-means).
+//
+// A planned index: clustered and calibrated, and per (layer, KV head) the permutation that puts
+// the clustered rows into cluster order (new clustered row r comes from token sinks + perm[r]).
+struct SqueezePlan {
+  SqueezeIndex index;
+  std::vector<std::vector<int32_t>> perms;  // [L * Hkv][M]
+  bool keys_checked = false;                // the host keys were scanned for non-finite values
+};
+
+// Where PlanSqueezeIndex reads the context's keys: `host` (a ContextKV in token order), or
+// `device` (the prefill's SequenceKV, token order, at least num_tokens rows; clustered in place by
+// a solver that can, else copied to the host a layer at a time), or both (then as
+// BuildSqueezeIndex). Keys are checked for non-finite values here only when `host` is given.
+struct ContextKeys {
+  KvShape shape;
+  int num_tokens = 0;
+  const ContextKV* host = nullptr;
+  const SequenceKV* device = nullptr;
+};
+absl::StatusOr<SqueezePlan> PlanSqueezeIndex(const ContextKeys& keys, const QueryCapture& window,
+                                             int num_q_heads, const SqueezeOptions& options,
+                                             const SqueezeProgress& progress = nullptr,
+                                             BuildTimings* timings = nullptr,
+                                             KMeansSolver* solver = nullptr);
+
+// Reorders `kv` (in token order, the shape and length the plan was made for) by the plan and
+// returns the index. Checks the keys for non-finite values first when the plan did not
+// (InvalidArgument, naming the first bad layer and head); `kv` is untouched on an error.
+absl::StatusOr<SqueezeIndex> ApplySqueezePlan(SqueezePlan plan, ContextKV* kv,
+                                              BuildTimings* timings = nullptr);
+
+// A registration's host copy and index from the prefill's KV `seq` (its first `num_tokens`
+// rows): ContextKV::FromSequence runs on another thread while the index is planned from `seq`
+// (in place by a GPU solver), then the copy is reordered by the plan. On an error nothing is
+// returned; when the plan failed, non-finite keys in the copy are reported in its stead (they
+// explain it better than the clustering of them).
+struct IndexedContext {
+  ContextKV kv;
+  SqueezeIndex index;
+};
+absl::StatusOr<IndexedContext> BuildIndexedContext(const SequenceKV& seq, int num_tokens,
+                                                   const QueryCapture& window, int num_q_heads,
+                                                   const SqueezeOptions& options,
+                                                   const SqueezeProgress& progress = nullptr,
+                                                   BuildTimings* timings = nullptr,
+                                                   KMeansSolver* solver = nullptr);
 
 }  // namespace squeeze

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <random>
 #include <sstream>
 #include <string>
@@ -20,6 +21,7 @@ namespace {
 using ::testing::HasSubstr;
 
 struct TestContext {
+  std::shared_ptr<SequenceKV> seq;  // the prefill's KV the copies come from (host fp32)
   ContextKV kv;        // what Build reorders
   ContextKV original;  // token order, untouched
   QueryCapture capture;
@@ -35,7 +37,8 @@ TestContext MakeContext(int L, int Hkv, int Hq, int d, int S, int W, uint32_t se
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::uniform_real_distribution<float> norm(0.5f, 2.0f);
   std::uniform_int_distribution<int> pick(0, directions - 1);
-  SequenceKV seq(KvShape{L, Hkv, d});
+  auto seq_ptr = std::make_shared<SequenceKV>(KvShape{L, Hkv, d});
+  SequenceKV& seq = *seq_ptr;
   EXPECT_TRUE(seq.Reserve(S).ok());
   for (int l = 0; l < L; ++l) {
     for (int h = 0; h < Hkv; ++h) {
@@ -55,6 +58,7 @@ TestContext MakeContext(int L, int Hkv, int Hq, int d, int S, int W, uint32_t se
   }
   seq.Commit(S);
   TestContext c;
+  c.seq = seq_ptr;
   c.kv = ContextKV::FromSequence(seq, S);
   c.original = c.kv;
   c.num_q_heads = Hq;
@@ -250,6 +254,71 @@ TEST(SqueezeIndexTest, FirstNonFiniteHeadInOrderIsNamed) {
   ASSERT_FALSE(index.ok());
   EXPECT_THAT(std::string(index.status().message()),
               HasSubstr("context keys: non-finite value -inf at layer 1, head 0 (element 1360)"));
+}
+
+// A registration's path: the host copy made beside the plan, which reads the sequence itself;
+// the same index and the same rows as BuildSqueezeIndex on FromSequence's copy.
+TEST(SqueezeIndexTest, IndexedContextFromTheSequenceEqualsBuildOnItsCopy) {
+  for (bool hierarchical : {false, true}) {
+    SCOPED_TRACE(hierarchical ? "hierarchical" : "flat");
+    TestContext c = MakeContext(2, 2, 4, 16, 600, 30, 31);
+    const SqueezeOptions o = Options(30, 3, hierarchical);
+    BuildTimings timings;
+    auto built = BuildIndexedContext(*c.seq, 600, c.capture, 4, o, nullptr, &timings);
+    ASSERT_TRUE(built.ok()) << built.status();
+    auto index = BuildSqueezeIndex(&c.kv, c.capture, 4, o);
+    ASSERT_TRUE(index.ok()) << index.status();
+    EXPECT_GT(built->index.num_centroids(), 0);
+    EXPECT_TRUE(built->index == *index);
+    EXPECT_EQ(built->kv.k, c.kv.k);
+    EXPECT_EQ(built->kv.v, c.kv.v);
+    EXPECT_EQ(built->kv.token_of, c.kv.token_of);
+    CheckLayout(built->index, built->kv, c.original);
+    EXPECT_GT(timings.host_copy_seconds, 0.0);
+  }
+}
+
+// A plan from the sequence alone leaves the keys' check to ApplySqueezePlan, which also refuses
+// a copy of another shape; neither refusal touches the copy.
+TEST(SqueezeIndexTest, ApplyChecksTheCopyThePlanDidNotRead) {
+  TestContext c = MakeContext(1, 2, 4, 8, 300, 20, 32);
+  const ContextKeys keys{.shape = c.kv.shape, .num_tokens = 300, .device = c.seq.get()};
+  auto plan = PlanSqueezeIndex(keys, c.capture, 4, Options(20, 0, false));
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_FALSE(plan->keys_checked);
+  EXPECT_EQ(c.kv.k, c.original.k);  // planning reads, never moves
+
+  TestContext shorter = MakeContext(1, 2, 4, 8, 299, 20, 32);
+  const ContextKV shorter_before = shorter.kv;
+  auto wrong = ApplySqueezePlan(*plan, &shorter.kv);
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(wrong.status().message()), HasSubstr("is not the planned"));
+  EXPECT_EQ(shorter.kv.k, shorter_before.k);
+
+  ContextKV bad = c.kv;
+  bad.k.f32()[bad.Offset(0, 1, 40) + 3] = std::nanf("");
+  const HostKvTensor bad_before = bad.k;
+  auto refused = ApplySqueezePlan(*plan, &bad);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(std::string(refused.status().message()),
+              HasSubstr("context keys: non-finite value nan at layer 0, head 1"));
+  EXPECT_EQ(bad.k, bad_before);
+
+  auto applied = ApplySqueezePlan(*std::move(plan), &c.kv);
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  CheckLayout(*applied, c.kv, c.original);
+}
+
+// A non-finite key in the sequence: the clustering sees it first, but the error names the key.
+TEST(SqueezeIndexTest, IndexedContextNamesANonFiniteKeyOfTheSequence) {
+  TestContext c = MakeContext(2, 2, 4, 8, 300, 20, 33);
+  c.seq->key(1, 0, 77)[3] = INFINITY;
+  auto built = BuildIndexedContext(*c.seq, 300, c.capture, 4, Options(20, 0, false));
+  ASSERT_FALSE(built.ok());
+  EXPECT_EQ(built.status().code(), absl::StatusCode::kInvalidArgument) << built.status();
+  EXPECT_THAT(std::string(built.status().message()),
+              HasSubstr("context keys: non-finite value inf at layer 1, head 0"));
 }
 
 TEST(SqueezeIndexTest, NothingToClusterIsValid) {
