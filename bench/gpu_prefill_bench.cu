@@ -33,6 +33,7 @@
 
 #include "bench/gpu_bench_util.cuh"
 #include "kernels/attention/prefill_attention.cuh"
+#include "kernels/squeeze/cluster_scores.cuh"
 
 namespace {
 
@@ -167,6 +168,83 @@ Row RunOne(int n, int reps, gpu::PrefillImpl impl, cudaStream_t stream) {
   return r;
 }
 
+// The selection of a squeezed multi-token step (kernels/squeeze/cluster_scores.cuh) on the
+// Llama-3-8B shape against a 128K context with 5% centroids: n input tokens, G = 4, Hkv = 8,
+// 6,554 clusters per head, both passes. FLOPs 2 passes x 2 * (n G) * C * d per head; one exp2
+// per (row, cluster) per pass. Returns the median time (µs) and fills `scores` (the first impl's,
+// for the comparison of the second).
+double ClusterScoresOne(int n, int reps, gpu::ClusterScoresImpl impl, cudaStream_t stream,
+                        std::vector<float>* scores) {
+  constexpr int kG = kHq / kHkv, kC = 6554;
+  const size_t q_elems = static_cast<size_t>(n) * kHq * kD;
+  const size_t c_elems = static_cast<size_t>(kHkv) * kC * kD;
+  bf16 *q, *cent;
+  int32_t* sizes;
+  float *stats, *out;
+  gpu::SqueezeHeadDesc* dev_heads;
+  CK(cudaMalloc(&q, q_elems * sizeof(bf16)));
+  CK(cudaMalloc(&cent, c_elems * sizeof(bf16)));
+  CK(cudaMalloc(&sizes, sizeof(int32_t) * kHkv * kC));
+  CK(cudaMalloc(&stats, gpu::ClusterScoresWorkspaceBytes(kHkv, n, kG)));
+  CK(cudaMalloc(&out, sizeof(float) * kHkv * kC));
+  CK(cudaMalloc(&dev_heads, sizeof(gpu::SqueezeHeadDesc) * kHkv));
+  // Centroids: unit-ish directions with a shared offset (the logits of a few units).
+  Fill<<<1024, 256, 0, stream>>>(q, q_elems, 11, 2.0f, 0.0f);
+  Fill<<<1024, 256, 0, stream>>>(cent, c_elems, 12, 1.0f, 0.3f);
+  std::vector<int32_t> host_sizes(static_cast<size_t>(kHkv) * kC);
+  for (size_t i = 0; i < host_sizes.size(); ++i) host_sizes[i] = 1 + static_cast<int>(Mix(i) % 40);
+  CK(cudaMemcpy(sizes, host_sizes.data(), host_sizes.size() * sizeof(int32_t),
+                cudaMemcpyHostToDevice));
+  std::vector<gpu::SqueezeHeadDesc> heads(kHkv);
+  for (int h = 0; h < kHkv; ++h) {
+    heads[h].centroids = cent + static_cast<size_t>(h) * kC * kD;
+    heads[h].sizes = sizes + static_cast<size_t>(h) * kC;
+    heads[h].num_clusters = kC;
+  }
+  CK(cudaMemcpy(dev_heads, heads.data(), sizeof(gpu::SqueezeHeadDesc) * kHkv,
+                cudaMemcpyHostToDevice));
+  gpu::ClusterScoresParams p;
+  p.num_heads = kHkv;
+  p.num_tokens = n;
+  p.group = kG;
+  p.head_dim = kD;
+  p.scale = 1.0f / std::sqrt(static_cast<float>(kD));
+  p.q = q;
+  p.q_token_stride = static_cast<int64_t>(kHq) * kD;
+  p.heads = dev_heads;
+  p.max_clusters = kC;
+  p.row_stats = stats;
+  p.scores = out;
+  p.score_stride = kC;
+  p.impl = impl;
+  for (int i = 0; i < 2; ++i) CK(gpu::LaunchClusterScores(p, stream));
+  CK(cudaStreamSynchronize(stream));
+  std::vector<cudaEvent_t> ev(2 * reps);
+  for (cudaEvent_t& e : ev) CK(cudaEventCreate(&e));
+  for (int i = 0; i < reps; ++i) {
+    CK(cudaEventRecord(ev[2 * i], stream));
+    CK(gpu::LaunchClusterScores(p, stream));
+    CK(cudaEventRecord(ev[2 * i + 1], stream));
+  }
+  CK(cudaStreamSynchronize(stream));
+  std::vector<double> t(reps);
+  for (int i = 0; i < reps; ++i) {
+    float ms = 0;
+    CK(cudaEventElapsedTime(&ms, ev[2 * i], ev[2 * i + 1]));
+    t[i] = ms * 1e3;
+  }
+  for (cudaEvent_t& e : ev) CK(cudaEventDestroy(e));
+  std::sort(t.begin(), t.end());
+  scores->resize(static_cast<size_t>(kHkv) * kC);
+  CK(cudaMemcpy(scores->data(), out, scores->size() * sizeof(float), cudaMemcpyDeviceToHost));
+  for (void* ptr :
+       {static_cast<void*>(q), static_cast<void*>(cent), static_cast<void*>(sizes),
+        static_cast<void*>(stats), static_cast<void*>(out), static_cast<void*>(dev_heads)}) {
+    CK(cudaFree(ptr));
+  }
+  return t[reps / 2];
+}
+
 bool ParseLens(const std::string& text, std::vector<int>* out) {
   size_t at = 0;
   while (at < text.size()) {
@@ -259,6 +337,45 @@ int main(int argc, char** argv) {
       "(Hq=%d Hkv=%d d=%d bf16, past=0, causal FLOPs 4*n^2/2*d*Hq; rel_err: 4 (query, "
       "head) rows vs fp64 CPU)\n",
       kHq, kHkv, kD);
+
+  // The squeezed step's selection: the cluster scores of n input tokens against 6,554 clusters
+  // per KV head, one layer.
+  std::vector<std::pair<gpu::ClusterScoresImpl, const char*>> score_impls = {
+      {gpu::ClusterScoresImpl::kMmaSync, "mma.sync"}};
+  if (gpu::ClusterScoresWgmmaSupported(kD)) {
+    score_impls.push_back({gpu::ClusterScoresImpl::kWgmma, "wgmma"});
+  }
+  std::printf("\ncluster scores (Hkv=%d G=%d d=%d, 6554 clusters per head, both passes)\n", kHkv,
+              kHq / kHkv, kD);
+  std::printf("%-8s %-10s %10s %9s %11s %9s %12s\n", "n", "kernel", "time_us", "TFLOP/s", "Gexp2/s",
+              "vs_mma", "max_rel_diff");
+  for (const int n : {1024, 4096}) {
+    std::vector<float> first, scores;
+    double mma_us = 0.0;
+    for (const auto& [impl, name] : score_impls) {
+      const double us = ClusterScoresOne(n, reps, impl, stream, &scores);
+      if (impl == gpu::ClusterScoresImpl::kMmaSync) {
+        mma_us = us;
+        first = scores;
+      }
+      double worst = 0.0, top = 0.0;
+      for (size_t i = 0; i < scores.size(); ++i) top = std::max(top, std::fabs(double{first[i]}));
+      for (size_t i = 0; i < scores.size(); ++i) {
+        const double diff = std::fabs(double{scores[i]} - first[i]);
+        worst = std::isfinite(scores[i]) ? std::max(worst, diff / top) : INFINITY;
+      }
+      const bool row_ok = worst <= 1e-4;
+      ok = ok && row_ok;
+      const double rows = 4.0 * n, clusters = 6554.0 * kHkv;
+      std::printf("%-8d %-10s %10.1f %9.1f %11.1f %9.2f %12.2e%s\n", n, name, us,
+                  2.0 * 2.0 * rows * clusters * kD / (us * 1e-6) / 1e12,
+                  2.0 * rows * clusters / (us * 1e-6) / 1e9, mma_us / us, worst,
+                  row_ok ? "" : "  FAILED");
+    }
+  }
+  std::printf(
+      "(per layer; FLOPs 2 passes x 2 (n G) C d per KV head; exp2: one per (row, cluster) per "
+      "pass; max_rel_diff: max |score - mma.sync's| / max score)\n");
   CK(cudaStreamDestroy(stream));
   return ok ? 0 : 1;
 }

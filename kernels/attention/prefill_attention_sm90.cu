@@ -32,11 +32,20 @@
 #include "kernels/attention/prefill_attention.cuh"
 #include "kernels/attention/prefill_epilogue.cuh"
 #include "kernels/common/device.cuh"
+#include "kernels/common/mbarrier.cuh"
 #include "kernels/common/mma_tile.cuh"
 #include "kernels/common/wgmma.cuh"
 
 namespace squeeze::gpu {
 namespace {
+
+using detail::MbarArrive;
+using detail::MbarArriveExpectTx;
+using detail::MbarArriveOnCopies;
+using detail::MbarInit;
+using detail::MbarWait;
+using detail::SetMaxRegsDec;
+using detail::SetMaxRegsInc;
 
 constexpr int kBlockM = 128;  // query rows per CTA
 constexpr int kBlockN = 128;  // keys per K/V tile
@@ -177,31 +186,6 @@ __device__ __forceinline__ void ProducerTile(char* dst, const bf16* src, int64_t
   }
 }
 
-// ---- mbarriers (shared::cta), for the warp-specialised kernel.
-__device__ __forceinline__ void MbarInit(uint32_t bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void MbarArrive(uint32_t bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-// Arrives when every cp.async this thread issued before has landed (counts as one arrival).
-__device__ __forceinline__ void MbarArriveOnCopies(uint32_t bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
-}
-// Waits until the phase of the given parity has completed.
-__device__ __forceinline__ void MbarWait(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred done;\nwait_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra wait_%=;\n}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-}
-// One thread's arrival that also expects `bytes` of TMA transactions before the phase completes.
-__device__ __forceinline__ void MbarArriveExpectTx(uint32_t bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
-               : "memory");
-}
 // A 3D TMA box (coordinates innermost first) into shared memory, completing on `bar`.
 __device__ __forceinline__ void TmaLoad3d(uint32_t dst, const CUtensorMap* map, int c0, int c1,
                                           int c2, uint32_t bar) {
@@ -211,19 +195,6 @@ __device__ __forceinline__ void TmaLoad3d(uint32_t dst, const CUtensorMap* map, 
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
       : "memory");
 }
-template <int kRegs>
-__device__ __forceinline__ void SetMaxRegsInc() {
-#ifdef SQUEEZE_WGMMA
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
-#endif
-}
-template <int kRegs>
-__device__ __forceinline__ void SetMaxRegsDec() {
-#ifdef SQUEEZE_WGMMA
-  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
-#endif
-}
-
 constexpr int kWsThreads = 384;  // producer warpgroup + two consumer warpgroups
 
 // Warp-specialised: warpgroup 0 copies (cp.async, every copy tracked by an mbarrier of its stage:

@@ -263,6 +263,10 @@ size_t ClusterScoresWorkspaceBytes(int num_heads, int num_tokens, int group) {
   return static_cast<size_t>(num_heads) * 2 * num_tokens * group * sizeof(float);
 }
 
+bool ClusterScoresWgmmaSupported(int head_dim) {
+  return (head_dim == 64 || head_dim == 128) && detail::ComputeCapability() == 90;
+}
+
 cudaError_t LaunchClusterScores(const ClusterScoresParams& p, cudaStream_t stream) {
   if (p.num_heads <= 0 || p.num_heads > 65535 || p.num_tokens <= 0 || p.group <= 0 ||
       int64_t{p.num_tokens} * p.group > (int64_t{1} << 30) || p.q == nullptr ||
@@ -272,6 +276,11 @@ cudaError_t LaunchClusterScores(const ClusterScoresParams& p, cudaStream_t strea
     return cudaErrorInvalidValue;
   }
   if (p.max_clusters == 0) return cudaSuccess;
+  const bool wgmma = ClusterScoresWgmmaSupported(p.head_dim);
+  if (p.impl == ClusterScoresImpl::kWgmma && !wgmma) return cudaErrorInvalidValue;
+  if (p.impl != ClusterScoresImpl::kMmaSync && wgmma) {
+    return detail::LaunchClusterScoresSm90(p, stream);
+  }
   return detail::DispatchHeadDim(
       p.head_dim, [&](auto d) { return LaunchTyped<decltype(d)::value>(p, stream); });
 }

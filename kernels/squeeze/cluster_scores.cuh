@@ -5,10 +5,10 @@
 //   pass 1, row statistics: m_r = max_c s_rc, l_r = sum_c N_c exp(s_rc - m_r)
 //   pass 2, column means:   score_c = (1 / R) sum_r exp(s_rc - m_r) / l_r
 // with s_rc = scale * q_r . centroid_c recomputed by both passes on tensor cores (mma.sync
-// m16n8k16, bf16 in, fp32 accumulate). The [R][C] logits (107 MB per KV head for a 1K-token
-// input against 6,554 clusters) are never written; each pass reads the queries and centroids
-// once per tile. Every sum has a fixed order, so results are deterministic. Plain C++ header;
-// kernels in cluster_scores.cu.
+// m16n8k16, or wgmma on Hopper: cluster_scores_sm90.cu; bf16 in, fp32 accumulate). The [R][C]
+// logits (107 MB per KV head for a 1K-token input against 6,554 clusters) are never written; each
+// pass reads the queries and centroids once per tile. Every sum has a fixed order, so results are
+// deterministic. Plain C++ header; kernels in cluster_scores.cu.
 //
 // CPU reference: ClusterScorer::Average (engine/squeeze/cluster_scores.h), the same math; tested
 // in tests/gpu/cluster_scores_test.cc.
@@ -22,6 +22,11 @@
 #include "kernels/common/types.cuh"
 
 namespace squeeze::gpu {
+
+// Which kernel runs: kAuto takes the wgmma kernel (cluster_scores_sm90.cu) where it can (sm_90,
+// d 64 or 128) and the mma.sync kernel (cluster_scores.cu) elsewhere; the others force one (for
+// tests and benchmarks; kWgmma where it cannot run is cudaErrorInvalidValue).
+enum class ClusterScoresImpl { kAuto, kMmaSync, kWgmma };
 
 struct ClusterScoresParams {
   int num_heads = 0;   // KV heads, <= 65535
@@ -46,11 +51,20 @@ struct ClusterScoresParams {
   const int32_t* candidates = nullptr;
   const int32_t* num_candidates = nullptr;
   int64_t candidate_stride = 0;
+  ClusterScoresImpl impl = ClusterScoresImpl::kAuto;
 };
 
 size_t ClusterScoresWorkspaceBytes(int num_heads, int num_tokens, int group);
 
 // Both passes; never allocates or synchronises; cudaErrorInvalidValue on bad arguments.
 cudaError_t LaunchClusterScores(const ClusterScoresParams& p, cudaStream_t stream);
+
+// Whether the wgmma kernel can run head dim d on the current device (compute capability 9.0).
+bool ClusterScoresWgmmaSupported(int head_dim);
+
+namespace detail {
+// The wgmma kernel, arguments already validated by LaunchClusterScores.
+cudaError_t LaunchClusterScoresSm90(const ClusterScoresParams& p, cudaStream_t stream);
+}  // namespace detail
 
 }  // namespace squeeze::gpu

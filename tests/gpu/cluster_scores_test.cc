@@ -12,7 +12,8 @@
 // exact on both sides; the GPU sums products in a different order and uses ex2.approx); and
 // sum_c N_c score_c = 1 within 1e-3 on both sides (every row's size-weighted probabilities sum
 // to 1, so does their mean).
-// Determinism: a second launch gives bit-identical scores.
+// Determinism: a second launch gives bit-identical scores. Every case runs on the mma.sync
+// kernel and, on a Hopper GPU, on the wgmma kernel (ClusterScoresImpl).
 // Without a CUDA device the binary prints a message and exits with 77 (ctest: skipped).
 #include "kernels/squeeze/cluster_scores.cuh"
 
@@ -47,9 +48,23 @@ struct Case {
   bool candidates = false;    // score only an ascending random subset of each head's clusters
 };
 
+// The kernels a case runs on: the mma.sync kernel everywhere, the wgmma one where it can run.
+std::vector<gpu::ClusterScoresImpl> Impls(int d) {
+  std::vector<gpu::ClusterScoresImpl> impls = {gpu::ClusterScoresImpl::kMmaSync};
+  if (gpu::ClusterScoresWgmmaSupported(d)) impls.push_back(gpu::ClusterScoresImpl::kWgmma);
+  return impls;
+}
+
+void RunCaseOn(const Case& c, uint64_t seed, gpu::ClusterScoresImpl impl);
+
 void RunCase(const Case& c, uint64_t seed) {
-  SCOPED_TRACE(::testing::Message()
-               << "d=" << c.d << " G=" << c.group << " Hkv=" << c.hkv << " tokens=" << c.tokens);
+  for (gpu::ClusterScoresImpl impl : Impls(c.d)) RunCaseOn(c, seed, impl);
+}
+
+void RunCaseOn(const Case& c, uint64_t seed, gpu::ClusterScoresImpl impl) {
+  const char* kernel = impl == gpu::ClusterScoresImpl::kWgmma ? "wgmma" : "mma.sync";
+  SCOPED_TRACE(::testing::Message() << kernel << " d=" << c.d << " G=" << c.group
+                                    << " Hkv=" << c.hkv << " tokens=" << c.tokens);
   Rng rng(seed);
   const int d = c.d, G = c.group, hkv = c.hkv, hq = G * hkv, n = c.tokens;
   Bf16Data q(static_cast<size_t>(n) * hq * d);
@@ -116,6 +131,7 @@ void RunCase(const Case& c, uint64_t seed) {
     p.num_candidates = dev_cand_count.get();
     p.candidate_stride = cand_stride;
   }
+  p.impl = impl;
   CUDA_OK(gpu::LaunchClusterScores(p, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   const std::vector<float> got = scores.Download();
@@ -159,8 +175,8 @@ void RunCase(const Case& c, uint64_t seed) {
     // Each row's size-weighted probabilities sum to 1, so does their mean.
     EXPECT_NEAR(mass_gpu, 1.0, 1e-3);
     EXPECT_NEAR(mass_ref, 1.0, 1e-3);
-    std::printf("  d=%d G=%d tokens=%d head %d: %d %s, max |gpu - ref| / max ref = %.2e\n", d, G, n,
-                h, C, c.candidates ? "candidates" : "clusters", worst);
+    std::printf("  %s d=%d G=%d tokens=%d head %d: %d %s, max |gpu - ref| / max ref = %.2e\n",
+                kernel, d, G, n, h, C, c.candidates ? "candidates" : "clusters", worst);
   }
 
   // Deterministic: the same launch again gives the same bits.
