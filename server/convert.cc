@@ -123,7 +123,8 @@ absl::StatusOr<RegisterRequest> ConvertRegisterRequest(const v1::RegisterContext
   SqueezeOptions o = limits.default_index;
   if (idx.disable() &&
       (idx.has_centroid_fraction() || idx.has_hierarchical() || idx.has_coarse_fraction() ||
-       idx.has_window() || idx.has_sinks() || idx.has_max_iterations() || idx.has_seed())) {
+       idx.has_window() || idx.has_sinks() || idx.has_max_iterations() || idx.has_seed() ||
+       idx.has_kmeans_min_changed())) {
     return Invalid("index", "options given together with disable=true");
   }
   if (idx.has_centroid_fraction()) {
@@ -157,6 +158,13 @@ absl::StatusOr<RegisterRequest> ConvertRegisterRequest(const v1::RegisterContext
       return Invalid("index.max_iterations", "must be in [1, 1000]");
     }
     o.max_iterations = idx.max_iterations();
+  }
+  if (idx.has_kmeans_min_changed()) {
+    if (!Finite(idx.kmeans_min_changed()) || idx.kmeans_min_changed() < 0 ||
+        idx.kmeans_min_changed() >= 1) {
+      return Invalid("index.kmeans_min_changed", "must be in [0, 1)");
+    }
+    o.kmeans_min_changed = idx.kmeans_min_changed();
   }
   if (idx.has_seed()) o.seed = idx.seed();
   out.index = o;
@@ -332,6 +340,7 @@ v1::ContextInfo ToProto(const ContextSummary& s) {
     idx->set_window(o.window);
     idx->set_sinks(o.sinks);
     idx->set_max_iterations(o.max_iterations);
+    idx->set_kmeans_min_changed(o.kmeans_min_changed);
     idx->set_seed(o.seed);
     idx->set_num_centroids(s.num_centroids);
     idx->set_num_coarse_centroids(s.num_coarse_centroids);

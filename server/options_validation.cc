@@ -20,6 +20,14 @@ absl::Status InRange(const char* flag, double value, double lo, double hi) {
   return absl::OkStatus();
 }
 
+// [lo, hi): hi itself excluded.
+absl::Status InHalfOpen(const char* flag, double value, double lo, double hi) {
+  if (!std::isfinite(value) || value < lo || value >= hi) {
+    return Bad(flag, absl::StrCat("in [", lo, ", ", hi, ")"), value);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status AtLeast(const char* flag, double value, double lo) {
   if (!std::isfinite(value) || value < lo) return Bad(flag, absl::StrCat(">= ", lo), value);
   return absl::OkStatus();
@@ -52,6 +60,7 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
       AtLeast("window", idx.window, 1),
       AtLeast("sinks", idx.sinks, 0),
       InRange("kmeans_iterations", idx.max_iterations, 1, 1000),
+      InHalfOpen("kmeans_min_changed", idx.kmeans_min_changed, 0, 1),
   };
   for (const absl::Status& st : checks) {
     if (!st.ok()) return st;

@@ -52,6 +52,9 @@ ABSL_FLAG(int, decode_steps, 32, "timed decode steps (after 3 warm-up steps)");
 ABSL_FLAG(bool, kmeans, false,
           "with --squeezed_budgets: build the index as a registration does (GPU k-means, "
           "calibration, row reorder) instead of contiguous clusters, and time it");
+ABSL_FLAG(double, kmeans_min_changed, 0,
+          "with --kmeans: the index's k-means early stop (SqueezeOptions::kmeans_min_changed): a "
+          "head stops after a step that moved at most this fraction of its keys; 0: none moved");
 ABSL_FLAG(std::string, batches, "1",
           "comma-separated numbers of sequences decoding together against the fixed context(s); "
           "each batch runs per-sequence (every sequence reads its context on its own) and cascade "
@@ -413,6 +416,7 @@ int Main() {
     options.centroid_fraction = 0.05;
     options.window = kWindow;
     options.hierarchical = absl::GetFlag(FLAGS_hierarchical);
+    options.kmeans_min_changed = absl::GetFlag(FLAGS_kmeans_min_changed);
     BuildTimings timings;
     CudaKMeans kmeans;
     // As a registration does: the prefill's KV, still on the device, clustered in place while
@@ -425,15 +429,19 @@ int Main() {
     }
     ctx = std::move(built->kv);
     index = std::move(built->index);
+    // The solver's stats are those of its last call: the last layer's heads (flat) or the
+    // last head's coarse level (hierarchical).
     std::printf(
         "\nindex of the %d-token context (%d layers x %d KV heads, 5%% centroids, GPU "
-        "k-means on the device KV in place, <= 25 iterations%s): k-means %.2f s, "
-        "calibration %.2f s, row reorder %.2f s (KV to the host beside the k-means and "
-        "calibration: %.2f s); %.2f s in all\n",
-        S, c.num_layers, c.num_kv_heads,
+        "k-means on the device KV in place, <= %d iterations, min changed %g%s): k-means %.2f s "
+        "(%s: at most %d steps), calibration %.2f s, row reorder %.2f s (KV to the host beside "
+        "the k-means and calibration: %.2f s); %.2f s in all\n",
+        S, c.num_layers, c.num_kv_heads, options.max_iterations, options.kmeans_min_changed,
         options.hierarchical ? ", coarse level 1% on the GPU too" : "",
-        timings.clustering_seconds - timings.reorder_seconds, timings.calibration_seconds,
-        timings.reorder_seconds, timings.host_copy_seconds, Now() - t0);
+        timings.clustering_seconds - timings.reorder_seconds,
+        options.hierarchical ? "last head's coarse level" : "last layer's heads",
+        kmeans.stats().max_iterations_run, timings.calibration_seconds, timings.reorder_seconds,
+        timings.host_copy_seconds, Now() - t0);
   } else {
     ctx = ContextKV::FromSequence(kv, S);
     std::printf("\nKV of the %d-token context copied to the host in %.2f s\n", S, Now() - t0);

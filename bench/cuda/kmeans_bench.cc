@@ -4,7 +4,9 @@
 //   1. the batched solver from host fp32 keys (RunBatch: upload + everything, what a
 //      registration pays today), with its phases;
 //   2. the batched solver on keys already on the device as bf16 (ClusterOnDevice: what a
-//      registration pays once the device KV cache is handed over), same seeds;
+//      registration pays once the device KV cache is handed over), same seeds; then the same
+//      with the index's early stop (--early_min_changed, SqueezeOptions::kmeans_min_changed):
+//      its time, steps and objective against the exact rule's run;
 //   3. the fused assignment kernel alone (CUDA events), as a fraction of the bf16 tensor-core
 //      peak: FLOPs = 2 * n * k * d per head and assignment pass;
 //   4. the first GPU version as the baseline (per head: fp32 upload, TF32 cuBLAS score matrix,
@@ -48,6 +50,9 @@ ABSL_FLAG(double, seed_growth, 0.5, "CudaKMeansOptions::seed_growth");
 ABSL_FLAG(double, min_changed_fraction, 0.0,
           "CudaKMeansOptions::min_changed_fraction (0: stop only when no label changes, as the "
           "CPU reference)");
+ABSL_FLAG(double, early_min_changed, 0.005,
+          "also run 2. with this per-call KMeansLimits::min_changed_fraction (the index option "
+          "kmeans_min_changed); 0: skip");
 ABSL_FLAG(bool, baseline, true, "also time the first GPU version (per-head cuBLAS path)");
 ABSL_FLAG(double, peak_tflops, 989.0,
           "dense bf16 tensor-core peak of the card in TFLOP/s (H100/H200 SXM: 989)");
@@ -196,6 +201,24 @@ int Main() {
     return 1;
   }
   PrintStats("batched, device bf16 keys:", dev_s, fused.stats(), layers);
+  if (const double early = absl::GetFlag(FLAGS_early_min_changed); early > 0.0) {
+    rngs_for(&rngs, &rng_ptrs);
+    t0 = Now();
+    auto early_results =
+        fused.ClusterOnDevice(raw, n, d, k, KMeansLimits(iterations, early), rng_ptrs);
+    const double early_s = Now() - t0;
+    if (!early_results.ok()) {
+      std::printf("ERROR: %s\n", std::string(early_results.status().message()).c_str());
+      return 1;
+    }
+    char name[64];
+    std::snprintf(name, sizeof(name), "  same, min changed %g:", early);
+    PrintStats(name, early_s, fused.stats(), layers);
+    std::printf("  objective %.2f vs %.2f by the exact rule (%.4f%% lower), %.2fx faster\n",
+                FinalObjective(*early_results), FinalObjective(*dev_results),
+                100.0 * (1.0 - FinalObjective(*early_results) / FinalObjective(*dev_results)),
+                dev_s / early_s);
+  }
 
   // ---- 3. The assignment kernel alone: all heads against k centres (the first k unit keys).
   {

@@ -98,10 +98,11 @@ int SeedPlusPlus(const float* unit, const float* norm2, int n, int d, int k, std
 }
 
 // Assigns every unit row to the centre with the largest dot product (ties: lowest index).
-// Returns whether any label changed; *objective = sum of the winning dot products.
-bool AssignToCenters(const float* unit, int n, int d, const float* centers, int k,
-                     std::vector<float>* scratch, std::vector<int32_t>* labels, double* objective) {
-  bool changed = false;
+// Returns how many labels changed (KMeansLimits); *objective = sum of the winning dot products.
+int64_t AssignToCenters(const float* unit, int n, int d, const float* centers, int k,
+                        std::vector<float>* scratch, std::vector<int32_t>* labels,
+                        double* objective) {
+  int64_t changed = 0;
   double sum = 0.0;
   scratch->resize(static_cast<size_t>(std::min(n, kAssignRowBlock)) * k);
   for (int r0 = 0; r0 < n; r0 += kAssignRowBlock) {
@@ -118,7 +119,7 @@ bool AssignToCenters(const float* unit, int n, int d, const float* centers, int 
       int32_t& label = (*labels)[r0 + r];
       if (label != best) {
         label = best;
-        changed = true;
+        ++changed;
       }
       sum += dots[best];
     }
@@ -183,7 +184,12 @@ void CompactClusters(std::span<const int32_t> labels, int k, int d,
 
 double UniformDouble(std::mt19937_64& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
 
-KMeansResult SphericalKMeans(const float* points, int n, int d, int k, int max_iterations,
+int64_t KMeansLimits::StopChanged(int n) const {
+  const double f = min_changed_fraction > 0.0 ? std::min(min_changed_fraction, 1.0) : 0.0;
+  return static_cast<int64_t>(std::floor(f * static_cast<double>(n)));
+}
+
+KMeansResult SphericalKMeans(const float* points, int n, int d, int k, KMeansLimits limits,
                              std::mt19937_64& rng) {
   KMeansResult result;
   result.dim = d;
@@ -196,13 +202,16 @@ KMeansResult SphericalKMeans(const float* points, int n, int d, int k, int max_i
 
   std::vector<int32_t> labels(n, -1);
   std::vector<float> scratch;
+  const int max_iterations = limits.max_iterations;
+  const int64_t stop_changed = limits.StopChanged(n);
   for (int it = 0; it < max_iterations; ++it) {
     double objective = 0.0;
-    const bool changed =
+    const int64_t changed =
         AssignToCenters(unit.data(), n, d, centers.data(), k, &scratch, &labels, &objective);
     result.objective.push_back(objective);
     ++result.iterations;
-    if (!changed) {
+    // The first step (labels from none) never stops, as on the GPU (KMeansLimits).
+    if (it > 0 && changed <= stop_changed) {
       result.converged = true;
       break;
     }
@@ -223,12 +232,12 @@ KMeansResult SphericalKMeans(const float* points, int n, int d, int k, int max_i
 }
 
 std::vector<KMeansResult> KMeansSolver::RunBatch(std::span<const float* const> points, int n, int d,
-                                                 int k, int max_iterations,
+                                                 int k, KMeansLimits limits,
                                                  std::span<std::mt19937_64* const> rngs) {
   std::vector<KMeansResult> results;
   results.reserve(points.size());
   for (size_t i = 0; i < points.size(); ++i) {
-    results.push_back(Run(points[i], n, d, k, max_iterations, *rngs[i]));
+    results.push_back(Run(points[i], n, d, k, limits, *rngs[i]));
   }
   return results;
 }

@@ -204,6 +204,7 @@ absl::Status WriteSqueezeIndex(const SqueezeIndex& index, std::ostream& out) {
   body.I32(o.max_iterations);
   body.U64(o.seed);
   body.U8(o.hierarchical ? 1 : 0);
+  body.F64(o.kmeans_min_changed);
   for (const SqueezeHeadIndex& head : index.heads) {
     body.I32(head.num_clusters());
     body.I32s(head.offsets);
@@ -241,10 +242,10 @@ absl::StatusOr<SqueezeIndex> ReadSqueezeIndex(std::istream& in) {
   if (got < kPrefix) return Corrupt("truncated header");
   Reader prefix(std::string_view(data).substr(sizeof(kMagic)));
   const uint32_t version = prefix.U32();
-  if (version != kSqueezeIndexVersion) {
+  if (version < kOldestSqueezeIndexVersion || version > kSqueezeIndexVersion) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("squeeze index: unsupported version %d (this build reads %d)", version,
-                        kSqueezeIndexVersion));
+        absl::StrFormat("squeeze index: unsupported version %d (this build reads %d to %d)",
+                        version, kOldestSqueezeIndexVersion, kSqueezeIndexVersion));
   }
   const uint64_t length = prefix.U64();
   if (length < 8) return Corrupt("bad length");
@@ -280,6 +281,7 @@ absl::StatusOr<SqueezeIndex> ReadSqueezeIndex(std::istream& in) {
   o.max_iterations = r.I32();
   o.seed = r.U64();
   const uint8_t hierarchical = r.U8();
+  if (version >= 2) o.kmeans_min_changed = r.F64();  // version 1: the exact rule, 0
   if (!r.ok()) return Corrupt("truncated header");
   if (index.num_layers < 1 || index.num_kv_heads < 1 || index.head_dim < 1 ||
       index.num_q_heads < 1 || index.num_q_heads % index.num_kv_heads != 0 ||

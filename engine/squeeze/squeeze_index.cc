@@ -84,6 +84,7 @@ std::vector<KMeansResult> ClusterLayer(const ContextKeys& keys, int layer, int M
   std::vector<KMeansResult> fine(Hkv);
   if (M == 0) return fine;
   const int k = NumClustersFor(options.centroid_fraction, M);
+  const KMeansLimits limits(options.max_iterations, options.kmeans_min_changed);
   std::vector<std::mt19937_64> rngs;
   std::vector<std::mt19937_64*> rng_of(Hkv);
   rngs.reserve(Hkv);
@@ -107,7 +108,7 @@ std::vector<KMeansResult> ClusterLayer(const ContextKeys& keys, int layer, int M
                                         static_cast<int64_t>(bytes)
                                   : int64_t{M} * d;
       points.row_stride = d;
-      auto in_place = solver->RunBatchInPlace(points, Hkv, M, d, k, options.max_iterations, rng_of);
+      auto in_place = solver->RunBatchInPlace(points, Hkv, M, d, k, limits, rng_of);
       if (in_place) return *std::move(in_place);
     }
     // The keys as fp32 on the host (bf16 storage widened exactly: the same values the device
@@ -117,12 +118,12 @@ std::vector<KMeansResult> ClusterLayer(const ContextKeys& keys, int layer, int M
     for (int h = 0; h < Hkv; ++h) {
       points[h] = KeysF32(keys, layer, h, options.sinks, M, &scratch[h]);
     }
-    fine = solver->RunBatch(points, M, d, k, options.max_iterations, rng_of);
+    fine = solver->RunBatch(points, M, d, k, limits, rng_of);
   } else {
     std::vector<float> scratch;
     for (int h = 0; h < Hkv; ++h) {
       fine[h] = SphericalKMeans(KeysF32(keys, layer, h, options.sinks, M, &scratch), M, d, k,
-                                options.max_iterations, rngs[h]);
+                                limits, rngs[h]);
     }
   }
   return fine;
@@ -151,10 +152,10 @@ HeadPlan PlanHead(const KMeansResult& fine, int M, int d, int sinks, int layer, 
     // mean of its member fine centroids, i.e. their unweighted mean (PAPER_NOTES §3.5). With a
     // solver (the GPU's) too: at 128K tokens a head has ~6.5K fine and ~1.3K coarse clusters,
     // ~55 GFLOP per head on the CPU.
+    const KMeansLimits limits(options.max_iterations, options.kmeans_min_changed);
     const KMeansResult coarse =
-        solver != nullptr
-            ? solver->Run(fine.centroids.data(), C, d, C1, options.max_iterations, coarse_rng)
-            : SphericalKMeans(fine.centroids.data(), C, d, C1, options.max_iterations, coarse_rng);
+        solver != nullptr ? solver->Run(fine.centroids.data(), C, d, C1, limits, coarse_rng)
+                          : SphericalKMeans(fine.centroids.data(), C, d, C1, limits, coarse_rng);
     std::stable_sort(order.begin(), order.end(),
                      [&](int32_t a, int32_t b) { return coarse.labels[a] < coarse.labels[b]; });
     head.coarse_centroids = coarse.centroids;
@@ -304,6 +305,10 @@ absl::Status ValidateSqueezeOptions(const SqueezeOptions& o) {
   if (o.max_iterations < 1) {
     return absl::InvalidArgumentError(
         absl::StrFormat("squeeze option max_iterations must be >= 1, got %d", o.max_iterations));
+  }
+  if (!(o.kmeans_min_changed >= 0.0 && o.kmeans_min_changed < 1.0)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "squeeze option kmeans_min_changed must be in [0, 1), got %g", o.kmeans_min_changed));
   }
   return absl::OkStatus();
 }

@@ -12,8 +12,12 @@ struct SqueezeOptions {
   double coarse_fraction = 0.01;  // C1 = ceil(fraction * M)
   int window = 100;               // last W tokens: always kept, never clustered; calibration
   int sinks = 0;                  // first tokens always kept, never clustered
-  int max_iterations = 25;        // k-means; early stop when no assignment changes
-  uint64_t seed = 0;              // k-means++ seeding; per (layer, head) streams derive from it
+  int max_iterations = 25;        // k-means, both levels: the most assignment steps
+  // k-means early stop, both levels: a (layer, head) stops after a step that changed the cluster
+  // of at most this fraction of its keys (KMeansLimits, engine/backend/kmeans.h). In [0, 1);
+  // 0 stops only when no key changes.
+  double kmeans_min_changed = 0.0;
+  uint64_t seed = 0;  // k-means++ seeding; per (layer, head) streams derive from it
   // Tensor parallelism: the model's index of this shard's first KV head, so that a rank's heads
   // draw the streams the whole model's heads draw and cluster exactly as it does. Not stored
   // with the index (what it clustered is).

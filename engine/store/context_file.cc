@@ -91,9 +91,11 @@ void WriteOptions(BinaryWriter& w, const SqueezeOptions& o) {
   w.Pod<int32_t>(o.sinks);
   w.Pod<int32_t>(o.max_iterations);
   w.Pod(o.seed);
+  w.Pod(o.kmeans_min_changed);
 }
 
-absl::Status ReadOptions(BinaryReader& r, SqueezeOptions* o) {
+// `version`: the file's; before 4 there is no kmeans_min_changed (0, the exact rule).
+absl::Status ReadOptions(BinaryReader& r, uint32_t version, SqueezeOptions* o) {
   uint8_t hier = 0;
   int32_t window = 0, sinks = 0, iters = 0;
   RETURN_IF_ERROR(r.Pod(&o->centroid_fraction));
@@ -103,6 +105,8 @@ absl::Status ReadOptions(BinaryReader& r, SqueezeOptions* o) {
   RETURN_IF_ERROR(r.Pod(&sinks));
   RETURN_IF_ERROR(r.Pod(&iters));
   RETURN_IF_ERROR(r.Pod(&o->seed));
+  o->kmeans_min_changed = 0.0;
+  if (version >= 4) RETURN_IF_ERROR(r.Pod(&o->kmeans_min_changed));
   o->hierarchical = hier != 0;
   o->window = window;
   o->sinks = sinks;
@@ -317,7 +321,7 @@ absl::StatusOr<std::shared_ptr<RegisteredContext>> ParseContextFile(std::istream
   if (HashTokens(c->tokens) != s.content_hash) return absl::DataLossError("content hash mismatch");
   uint8_t has_index = 0;
   RETURN_IF_ERROR(r.Pod(&has_index));
-  RETURN_IF_ERROR(ReadOptions(r, &s.index_options));
+  RETURN_IF_ERROR(ReadOptions(r, version, &s.index_options));
   if (has_index > 1) return absl::DataLossError("bad index flag");
   if (has_index) {
     ASSIGN_OR_RETURN(SqueezeIndex index, ReadSqueezeIndex(in));

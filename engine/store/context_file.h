@@ -1,14 +1,17 @@
 // The file of one persisted context (the context store writes one per context).
 //
-// Format, version 3, little-endian:
+// Format, version 4, little-endian:
 //   "SQZCTX01" (8 bytes), u32 version
 //   string model fingerprint, string tenant, string name, string content hash (u64 length + bytes)
 //   i64 created (unix s), RegistrationTimings (6 x f64)
 //   tokens (u64 n + i32[n]); i32 L, Hkv, d, S; u8 KV dtype (DType: 0 fp32, 1 bf16); k, v (u64 n
 //   + n elements of the KV dtype each); token_of (u64 n + i32[n])
-//   u8 has_index, index options, then the index (engine/squeeze/index_io.h) when present
+//   u8 has_index, index options (f64 centroid_fraction, u8 hierarchical, f64 coarse_fraction,
+//   i32 window, i32 sinks, i32 max_iterations, u64 seed, f64 kmeans_min_changed), then the index
+//   (engine/squeeze/index_io.h) when present
 //   SHA-256 of every preceding byte (32 bytes)
-// Version 2 is the same without the dtype byte, K/V in fp32; it is still read.
+// Version 3 is the same without kmeans_min_changed (read as 0, the rule its index was built
+// with); version 2 also without the dtype byte, K/V in fp32. Both are still read.
 // K/V are written in the context's host dtype (its backend's KV dtype: bf16 on the GPU, half
 // the bytes of fp32) and read into the dtype the reader asks for (the server's), converted when
 // the file holds another: bf16 -> fp32 is exact, fp32 -> bf16 rounds to nearest even (what the
@@ -31,7 +34,7 @@
 namespace squeeze {
 
 inline constexpr char kContextFileSuffix[] = ".sqzctx";
-inline constexpr uint32_t kContextFileVersion = 3;
+inline constexpr uint32_t kContextFileVersion = 4;
 // The oldest version still read (fp32 K/V, no dtype byte).
 inline constexpr uint32_t kOldestContextFileVersion = 2;
 

@@ -45,6 +45,7 @@ std::string OptionsDiff(const SqueezeOptions& want, const SqueezeOptions& have) 
   add("window", want.window, have.window);
   add("sinks", want.sinks, have.sinks);
   add("max_iterations", want.max_iterations, have.max_iterations);
+  add("kmeans_min_changed", want.kmeans_min_changed, have.kmeans_min_changed);
   add("seed", want.seed, have.seed);
   return absl::StrJoin(parts, ", ");
 }

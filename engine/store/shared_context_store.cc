@@ -31,12 +31,15 @@ std::string TempPath(const std::string& path) {
 }
 
 // The object key: the tenant (content is never reused across tenants), the content (token hash)
-// and everything that shapes the stored index.
+// and everything that shapes the stored index. kmeans_min_changed joins the key only when set,
+// so the objects of the exact rule keep the keys they had before the option existed.
 std::string ObjectKey(const ContextSummary& s) {
   const SqueezeOptions& o = s.index_options;
-  return Sha256Hex(absl::StrCat(s.tenant, "|", s.content_hash, "|", s.has_index, "|",
-                                o.centroid_fraction, "|", o.hierarchical, "|", o.coarse_fraction,
-                                "|", o.window, "|", o.sinks, "|", o.max_iterations, "|", o.seed));
+  std::string key = absl::StrCat(s.tenant, "|", s.content_hash, "|", s.has_index, "|",
+                                 o.centroid_fraction, "|", o.hierarchical, "|", o.coarse_fraction,
+                                 "|", o.window, "|", o.sinks, "|", o.max_iterations, "|", o.seed);
+  if (o.kmeans_min_changed != 0.0) absl::StrAppend(&key, "|min_changed ", o.kmeans_min_changed);
+  return Sha256Hex(key);
 }
 
 json ToJson(const ContextSummary& s, const std::string& object) {
@@ -60,6 +63,7 @@ json ToJson(const ContextSummary& s, const std::string& object) {
         {"window", o.window},
         {"sinks", o.sinks},
         {"max_iterations", o.max_iterations},
+        {"kmeans_min_changed", o.kmeans_min_changed},
         {"seed", o.seed}}},
       {"timings",
        {{"tokenize_seconds", t.tokenize_seconds},
@@ -89,6 +93,8 @@ ContextSummary FromJson(const json& j) {
   s.index_options.window = o.at("window").get<int>();
   s.index_options.sinks = o.at("sinks").get<int>();
   s.index_options.max_iterations = o.at("max_iterations").get<int>();
+  // Absent from the names written before the option: their indexes used the exact rule.
+  s.index_options.kmeans_min_changed = o.value("kmeans_min_changed", 0.0);
   s.index_options.seed = o.at("seed").get<uint64_t>();
   const json& t = j.at("timings");
   s.timings.tokenize_seconds = t.at("tokenize_seconds").get<double>();

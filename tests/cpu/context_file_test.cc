@@ -1,8 +1,9 @@
 // The persisted context (engine/store/context_file.h) with K/V in the host dtype: a bf16 context
 // (the CUDA backend's host copy) round-trips bit for bit at half the bytes of fp32; a file of the
 // other dtype is converted on load (bf16 -> fp32 exactly, fp32 -> bf16 to nearest even); a
-// version-2 file (fp32 K/V, written by the code before version 3) still loads; corruption stays
-// DATA_LOSS and an unknown dtype or version is refused with a message, never misread.
+// version-2 file (fp32 K/V, written by the code before version 3) and a version-3 one (no
+// kmeans_min_changed) still load; corruption stays DATA_LOSS and an unknown dtype or version is
+// refused with a message, never misread.
 #include "engine/store/context_file.h"
 
 #include <gmock/gmock.h>
@@ -19,6 +20,8 @@
 
 #include "engine/backend/cpu/cpu_backend.h"
 #include "engine/common/bfloat16.h"
+#include "engine/common/sha256.h"
+#include "engine/squeeze/index_io.h"
 #include "engine/squeeze/squeeze_index.h"
 
 namespace squeeze {
@@ -75,6 +78,7 @@ std::shared_ptr<RegisteredContext> MakeContext(Backend* backend, uint32_t seed) 
   o.sinks = 2;
   o.centroid_fraction = 0.05;
   o.seed = seed;
+  o.kmeans_min_changed = 0.01;
   auto index = BuildSqueezeIndex(&c->kv, capture, Hq, o);
   EXPECT_TRUE(index.ok()) << index.status();
   c->index = std::make_unique<SqueezeIndex>(*std::move(index));
@@ -154,6 +158,8 @@ TEST_F(ContextFileTest, Bf16ContextRoundTripsAtHalfTheBytesOfFp32) {
   EXPECT_EQ(c.summary.kv_bytes, static_cast<int64_t>(bf16->kv.bytes()));
   EXPECT_EQ(c.summary.name, "docs");
   EXPECT_EQ(c.summary.tenant, "acme");
+  EXPECT_EQ(c.summary.index_options, bf16->summary.index_options);
+  EXPECT_EQ(c.summary.index_options.kmeans_min_changed, 0.01);
 }
 
 TEST_F(ContextFileTest, FileOfTheOtherDtypeIsConvertedOnLoad) {
@@ -284,7 +290,43 @@ TEST_F(ContextFileTest, CorruptionIsDataLossInBothVersions) {
   }
 }
 
-// Byte offset of the KV dtype byte in a version-3 file of `c` (context_file.h's layout).
+// A version-3 file (the code before kmeans_min_changed) is a version-4 one without the option's
+// 8 bytes, which sit right before the embedded index: made so here, it loads with the option 0
+// (the rule its index was built with) and everything else as written.
+TEST_F(ContextFileTest, Version3FileLoadsWithTheExactKMeansRule) {
+  Bf16HostBackend backend;
+  const auto c = MakeContext(&backend, 12);
+  ASSERT_TRUE(WriteContextFile(*c, kFingerprint, Path("v4.sqzctx")).ok());
+  const std::string v4 = ReadBytes(Path("v4.sqzctx"));
+  std::ostringstream index_bytes;
+  ASSERT_TRUE(WriteSqueezeIndex(*c->index, index_bytes).ok());
+  const size_t option_at = v4.size() - 32 - index_bytes.str().size() - 8;
+  double stored = 0;
+  std::memcpy(&stored, v4.data() + option_at, 8);
+  ASSERT_EQ(stored, 0.01);  // the offset above is the real layout
+  std::string v3 =
+      v4.substr(0, option_at) + v4.substr(option_at + 8, v4.size() - 32 - option_at - 8);
+  const uint32_t version = 3;
+  std::memcpy(v3.data() + 8, &version, 4);
+  Sha256 sha;
+  sha.Update(v3.data(), v3.size());
+  const Sha256::Digest digest = sha.Final();
+  v3.append(reinterpret_cast<const char*>(digest.data()), digest.size());
+  WriteBytes(Path("v3.sqzctx"), v3);
+
+  ContextFileInfo info;
+  auto loaded = ReadContextFile(Path("v3.sqzctx"), kFingerprint, DType::kBF16, &info);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(info.version, 3u);
+  SqueezeOptions want = c->summary.index_options;
+  want.kmeans_min_changed = 0.0;
+  EXPECT_EQ((*loaded)->summary.index_options, want);
+  EXPECT_EQ((*loaded)->kv.k, c->kv.k);
+  ASSERT_NE((*loaded)->index, nullptr);
+  EXPECT_TRUE(*(*loaded)->index == *c->index);
+}
+
+// Byte offset of the KV dtype byte in a version-3 or 4 file of `c` (context_file.h's layout).
 size_t DtypeByteOffset(const RegisteredContext& c) {
   const auto str = [](const std::string& s) { return 8 + s.size(); };
   return 8 + 4 + str(kFingerprint) + str(c.summary.tenant) + str(c.summary.name) +
@@ -316,7 +358,8 @@ TEST_F(ContextFileTest, UnknownDtypeOrVersionIsRefusedNeverMisread) {
     EXPECT_TRUE(absl::IsFailedPrecondition(parsed.status())) << parsed.status();
     EXPECT_THAT(std::string(parsed.status().message()),
                 HasSubstr("context file version " + std::to_string(version) +
-                          " (this server reads versions 2 to 3); register the context again"));
+                          " (this server reads versions 2 to " +
+                          std::to_string(kContextFileVersion) + "); register the context again"));
   }
   {  // The unmodified bytes parse: the offsets above are the real layout.
     std::istringstream in(good);

@@ -1,11 +1,12 @@
 // Spherical k-means (engine/backend/kmeans.h): convergence to a fixed point of the cosine
 // assignment, monotone objective, compaction of empty clusters, raw-mean centroids, seeding
-// determinism.
+// determinism, the early stop by the fraction of labels changed (KMeansLimits).
 #include "engine/backend/kmeans.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <random>
 #include <set>
 #include <vector>
@@ -209,6 +210,109 @@ TEST(KMeansTest, OneClusterPerPointWhenKEqualsN) {
   const KMeansResult r = SphericalKMeans(x.data(), n, d, n, 25, rng);
   CheckResult(r, x, n, d, n);
   EXPECT_EQ(r.num_clusters, n);
+}
+
+// `groups` random directions with noise of `noise` x the direction's scale and random norms:
+// overlapping clusters, so with k > groups the exact rule runs a long tail of steps that each
+// move a few boundary points.
+std::vector<float> OverlappingClusters(int n, int d, int groups, float noise, std::mt19937& gen) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_real_distribution<float> norm(0.5f, 3.0f);
+  const std::vector<float> dirs = RandomNormal(groups, d, gen);
+  std::vector<float> x(static_cast<size_t>(n) * d);
+  for (int i = 0; i < n; ++i) {
+    const float s = norm(gen);
+    for (int j = 0; j < d; ++j) {
+      x[static_cast<size_t>(i) * d + j] = s * (dirs[(i % groups) * d + j] + noise * normal(gen));
+    }
+  }
+  return x;
+}
+
+// Points whose cluster differs between two clusterings of the same points into k non-empty
+// clusters (compaction then keeps every k-means index as it is).
+int64_t LabelsChanged(const KMeansResult& a, const KMeansResult& b, int k) {
+  EXPECT_EQ(a.num_clusters, k);
+  EXPECT_EQ(b.num_clusters, k);
+  int64_t changed = 0;
+  for (size_t i = 0; i < a.labels.size(); ++i) changed += a.labels[i] != b.labels[i];
+  return changed;
+}
+
+TEST(KMeansTest, ChangedFractionStopsEarlyNearTheExactObjective) {
+  std::mt19937 gen(12);
+  const int n = 6000, d = 32, groups = 40, k = 120;
+  const std::vector<float> x = OverlappingClusters(n, d, groups, 0.5f, gen);
+  const double fraction = 0.005;  // stop once <= 30 of the 6000 points moved
+  std::mt19937_64 rng_exact(5), rng_early(5);
+  const KMeansResult exact = SphericalKMeans(x.data(), n, d, k, 300, rng_exact);
+  const KMeansResult early =
+      SphericalKMeans(x.data(), n, d, k, KMeansLimits(300, fraction), rng_early);
+  CheckResult(exact, x, n, d, k);
+  CheckResult(early, x, n, d, k);  // labels are still the argmax over the returned centres
+  ASSERT_TRUE(exact.converged);
+  EXPECT_TRUE(early.converged);
+  EXPECT_LT(early.iterations, exact.iterations);
+  EXPECT_GE(early.iterations, 2);  // the first step (from no labels) never stops
+  // The same seeding and steps, cut short: the early trace is the exact one's prefix.
+  ASSERT_LE(early.objective.size(), exact.objective.size());
+  for (size_t i = 0; i < early.objective.size(); ++i) {
+    EXPECT_NEAR(early.objective[i], exact.objective[i], 1e-9 * std::abs(exact.objective[i]))
+        << "step " << i;
+  }
+  // The objective given up is small: within 0.1% of the exact rule's.
+  EXPECT_GE(early.objective.back(), (1.0 - 1e-3) * exact.objective.back());
+  EXPECT_LE(early.objective.back(), exact.objective.back() * (1.0 + 1e-9));
+
+  // The rule itself: the stopping step moved at most floor(fraction x n) points and the one
+  // before moved more (runs capped at t - 2, t - 1 and t steps give the labels around it).
+  const int t = early.iterations;
+  ASSERT_GE(t, 3);
+  const int64_t stop = KMeansLimits(300, fraction).StopChanged(n);
+  EXPECT_EQ(stop, 30);
+  std::vector<KMeansResult> capped;
+  for (int steps : {t - 2, t - 1}) {
+    std::mt19937_64 rng(5);
+    capped.push_back(SphericalKMeans(x.data(), n, d, k, steps, rng));
+  }
+  EXPECT_LE(LabelsChanged(capped[1], early, k), stop);
+  EXPECT_GT(LabelsChanged(capped[0], capped[1], k), stop);
+}
+
+TEST(KMeansTest, ZeroChangedFractionIsTheExactRule) {
+  std::mt19937 gen(13);
+  const int n = 3000, d = 24, k = 60;
+  const std::vector<float> x = OverlappingClusters(n, d, 20, 0.5f, gen);
+  std::mt19937_64 a(21), b(21), c(21);
+  const KMeansResult plain = SphericalKMeans(x.data(), n, d, k, 200, a);
+  const KMeansResult zero = SphericalKMeans(x.data(), n, d, k, KMeansLimits(200, 0.0), b);
+  // Below one point in n: floor(f x n) = 0, the exact rule too.
+  const KMeansResult tiny = SphericalKMeans(x.data(), n, d, k, KMeansLimits(200, 0.9 / n), c);
+  ASSERT_TRUE(plain.converged);
+  EXPECT_GT(plain.iterations, 3);
+  for (const KMeansResult* r : {&zero, &tiny}) {
+    EXPECT_EQ(r->iterations, plain.iterations);
+    EXPECT_TRUE(r->converged);
+    EXPECT_EQ(r->labels, plain.labels);
+    EXPECT_EQ(r->centroids, plain.centroids);
+    EXPECT_EQ(r->unit_centers, plain.unit_centers);
+    EXPECT_EQ(r->objective, plain.objective);
+  }
+  EXPECT_EQ(a(), b());  // the same draws
+  // The iteration cap still applies under a tolerance; a stop there is not convergence.
+  std::mt19937_64 d3(21);
+  const KMeansResult capped = SphericalKMeans(x.data(), n, d, k, KMeansLimits(2, 0.001), d3);
+  EXPECT_EQ(capped.iterations, 2);
+  EXPECT_FALSE(capped.converged);
+}
+
+TEST(KMeansTest, StopChangedIsTheFloorOfTheClampedFraction) {
+  EXPECT_EQ(KMeansLimits(25).StopChanged(131072), 0);
+  EXPECT_EQ(KMeansLimits(25, 0.005).StopChanged(131072), 655);
+  EXPECT_EQ(KMeansLimits(25, 0.005).StopChanged(199), 0);
+  EXPECT_EQ(KMeansLimits(25, -0.5).StopChanged(1000), 0);
+  EXPECT_EQ(KMeansLimits(25, std::nan("")).StopChanged(1000), 0);
+  EXPECT_EQ(KMeansLimits(25, 2.0).StopChanged(1000), 1000);
 }
 
 TEST(KMeansTest, UniformDoubleIsInUnitInterval) {

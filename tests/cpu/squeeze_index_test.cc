@@ -7,12 +7,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_format.h"
+#include "engine/backend/kmeans.h"
 #include "engine/squeeze/index_io.h"
 
 namespace squeeze {
@@ -204,6 +207,48 @@ TEST(SqueezeIndexTest, BuildIsDeterministicForASeed) {
   EXPECT_EQ(a.kv.token_of, b.kv.token_of);
 }
 
+// The CPU reference behind the solver interface, recording the problems and limits it is given.
+class RecordingSolver final : public KMeansSolver {
+ public:
+  struct Call {
+    int n = 0;
+    int max_iterations = 0;
+    double min_changed_fraction = 0.0;
+  };
+  KMeansResult Run(const float* points, int n, int d, int k, KMeansLimits limits,
+                   std::mt19937_64& rng) override {
+    calls.push_back({n, limits.max_iterations, limits.min_changed_fraction});
+    return SphericalKMeans(points, n, d, k, limits, rng);
+  }
+  std::vector<Call> calls;
+};
+
+// kmeans_min_changed reaches the k-means of both levels (the fine one per (layer, head), the
+// coarse one on the fine centroids), beside max_iterations; the index is the CPU build's.
+TEST(SqueezeIndexTest, KMeansMinChangedReachesBothLevels) {
+  TestContext a = MakeContext(2, 2, 4, 8, 600, 20, 21);
+  TestContext b = a;
+  SqueezeOptions o = Options(20, 2, true);
+  o.max_iterations = 40;
+  o.kmeans_min_changed = 0.05;
+  RecordingSolver solver;
+  auto with_solver = BuildSqueezeIndex(&a.kv, a.capture, 4, o, nullptr, nullptr, &solver);
+  auto on_cpu = BuildSqueezeIndex(&b.kv, b.capture, 4, o);
+  ASSERT_TRUE(with_solver.ok()) << with_solver.status();
+  ASSERT_TRUE(on_cpu.ok()) << on_cpu.status();
+  EXPECT_TRUE(*with_solver == *on_cpu);
+  CheckLayout(*with_solver, a.kv, a.original);
+  const int M = 600 - 22;
+  int fine = 0, coarse = 0;
+  for (const RecordingSolver::Call& call : solver.calls) {
+    (call.n == M ? fine : coarse) += 1;
+    EXPECT_EQ(call.max_iterations, 40);
+    EXPECT_EQ(call.min_changed_fraction, 0.05);
+  }
+  EXPECT_EQ(fine, 2 * 2);
+  EXPECT_EQ(coarse, 2 * 2);
+}
+
 // The CUDA backend's host copy is bf16. The index built from it is the index of the fp32 keys
 // the device holds (the same values rounded to bf16): k-means, calibration and the row reorder
 // see the same inputs, and the reordered bf16 rows are those fp32 rows, bit for bit.
@@ -356,6 +401,9 @@ TEST(SqueezeIndexTest, InvalidOptionsNameTheOption) {
   add([](SqueezeOptions& o) { o.window = -1; }, "window");
   add([](SqueezeOptions& o) { o.sinks = -3; }, "sinks");
   add([](SqueezeOptions& o) { o.max_iterations = 0; }, "max_iterations");
+  add([](SqueezeOptions& o) { o.kmeans_min_changed = -0.01; }, "kmeans_min_changed");
+  add([](SqueezeOptions& o) { o.kmeans_min_changed = 1.0; }, "kmeans_min_changed");
+  add([](SqueezeOptions& o) { o.kmeans_min_changed = std::nan(""); }, "kmeans_min_changed");
   add([](SqueezeOptions& o) { o.window = 150, o.sinks = 51; }, "sinks (51) + window (150)");
   add([](SqueezeOptions& o) { o.window = 0; }, "window must be >= 1 to calibrate");
   for (const Case& k : cases) {
@@ -437,13 +485,16 @@ class IndexIoTest : public ::testing::TestWithParam<bool> {};
 TEST_P(IndexIoTest, RoundTripAndCorruption) {
   const bool hierarchical = GetParam();
   TestContext c = MakeContext(2, 2, 4, 8, 300, 20, 8);
-  auto index = BuildSqueezeIndex(&c.kv, c.capture, 4, Options(20, 3, hierarchical));
+  SqueezeOptions options = Options(20, 3, hierarchical);
+  options.kmeans_min_changed = 0.01;  // stored since version 2
+  auto index = BuildSqueezeIndex(&c.kv, c.capture, 4, options);
   ASSERT_TRUE(index.ok()) << index.status();
   const std::string bytes = Serialize(*index);
 
   auto back = Parse(bytes);
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_TRUE(*back == *index);
+  EXPECT_EQ(back->options.kmeans_min_changed, 0.01);
 
   // Embedded in a larger stream: reading stops at the end of the index.
   {
@@ -495,6 +546,49 @@ TEST_P(IndexIoTest, RoundTripAndCorruption) {
     }
   }
   EXPECT_GT(rejected, 0);
+}
+
+// A version-1 index (the code before kmeans_min_changed) is a version-2 one without the
+// option's f64, which follows the header's u8 hierarchical (index_io.h): made so here, it reads
+// with the option 0, the rule it was built with; versions outside [1, 2] are refused by name.
+TEST_P(IndexIoTest, Version1IndexReadsWithTheExactKMeansRule) {
+  TestContext c = MakeContext(2, 2, 4, 8, 300, 20, 8);
+  SqueezeOptions options = Options(20, 3, GetParam());
+  options.kmeans_min_changed = 0.02;
+  auto index = BuildSqueezeIndex(&c.kv, c.capture, 4, options);
+  ASSERT_TRUE(index.ok()) << index.status();
+  const std::string v2 = Serialize(*index);
+  // magic, version, length; 8 x i32 shape; f64 f64 i32 i32 i32 u64 u8 options.
+  const size_t option_at = 8 + 4 + 8 + 8 * 4 + (8 + 8 + 4 + 4 + 4 + 8 + 1);
+  double stored = 0;
+  std::memcpy(&stored, v2.data() + option_at, 8);
+  ASSERT_EQ(stored, 0.02);  // the offset above is the real layout
+  std::string v1 = v2.substr(0, option_at) + v2.substr(option_at + 8);
+  v1.resize(v1.size() - 8);  // the checksum, recomputed below
+  auto put = [&](size_t at, uint64_t value, int bytes) {
+    for (int b = 0; b < bytes; ++b) v1[at + b] = static_cast<char>(value >> (8 * b));
+  };
+  put(8, 1, 4);                    // version
+  put(12, v1.size() - 20 + 8, 8);  // bytes that follow, checksum included
+  const uint64_t checksum = Fnv(v1, v1.size());
+  v1.resize(v1.size() + 8);
+  put(v1.size() - 8, checksum, 8);
+
+  auto back = Parse(v1);
+  ASSERT_TRUE(back.ok()) << back.status();
+  SqueezeIndex want = *index;
+  want.options.kmeans_min_changed = 0.0;
+  EXPECT_TRUE(*back == want);
+
+  for (uint32_t version : {0u, kSqueezeIndexVersion + 1}) {
+    std::string bad = v2;
+    std::memcpy(bad.data() + 8, &version, 4);
+    auto r = Parse(bad);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << version;
+    EXPECT_THAT(std::string(r.status().message()),
+                HasSubstr(absl::StrFormat("unsupported version %d (this build reads 1 to %d)",
+                                          version, kSqueezeIndexVersion)));
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(FlatAndHierarchical, IndexIoTest, ::testing::Bool());

@@ -298,6 +298,8 @@ TEST(HardeningTest, InvalidFlagsAreRefusedNamingTheFlag) {
       {"--centroid_fraction=0", "--centroid_fraction"},
       {"--window=0", "--window must be >= 1"},
       {"--kmeans_iterations=0", "--kmeans_iterations"},
+      {"--kmeans_min_changed=1", "--kmeans_min_changed must be in [0, 1) (got 1)"},
+      {"--kmeans_min_changed=-0.5", "--kmeans_min_changed"},
       {"--max_registrations=0", "--max_registrations"},
       {"--grace_seconds=-1", "--grace_seconds"},
       {"--max_context_memory_mb=-1", "--max_context_memory_mb must be >= 0 (got -1)"},

@@ -2,6 +2,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <thread>
 
 #include "tests/e2e/test_server.h"
@@ -195,6 +196,13 @@ TEST_F(ServerE2ETest, InvalidRequestsGetTheRightCodes) {
   idx.set_max_iterations(0);
   EXPECT_EQ(Register(c(), "i5", Document(), &info, nullptr, &idx).error_code(), kInvalid);
   idx.Clear();
+  for (double bad : {-0.1, 1.0, std::nan("")}) {
+    idx.set_kmeans_min_changed(bad);
+    const grpc::Status st = Register(c(), "i5b", Document(), &info, nullptr, &idx);
+    EXPECT_EQ(st.error_code(), kInvalid) << bad;
+    EXPECT_THAT(st.error_message(), HasSubstr("index.kmeans_min_changed")) << bad;
+  }
+  idx.Clear();
   idx.set_hierarchical(true);
   idx.set_coarse_fraction(0.5);
   EXPECT_EQ(Register(c(), "i6", Document(), &info, nullptr, &idx).error_code(), kInvalid);
@@ -202,6 +210,9 @@ TEST_F(ServerE2ETest, InvalidRequestsGetTheRightCodes) {
   idx.set_disable(true);
   idx.set_window(5);
   EXPECT_EQ(Register(c(), "i7", Document(), &info, nullptr, &idx).error_code(), kInvalid);
+  idx.clear_window();
+  idx.set_kmeans_min_changed(0.01);
+  EXPECT_EQ(Register(c(), "i8", Document(), &info, nullptr, &idx).error_code(), kInvalid);
   // A context shorter than the default window still registers: the window shrinks to fit.
   v1::ContextInfo short_ctx;
   ASSERT_TRUE(Register(c(), "short", "Just a few words.", &short_ctx).ok());
@@ -232,8 +243,12 @@ TEST_F(ServerE2ETest, SqueezedAttentionThroughTheApi) {
   idx.set_sinks(4);
   idx.set_max_iterations(10);
   idx.set_seed(3);
+  idx.set_kmeans_min_changed(0.01);
   std::vector<v1::RegisterContextEvent> events;
   ASSERT_TRUE(Register(c(), "hier", Document(), &hier, &events, &idx).ok());
+  EXPECT_EQ(flat.index().kmeans_min_changed(), 0.0);  // the server's default
+  EXPECT_EQ(hier.index().kmeans_min_changed(), 0.01);
+  EXPECT_EQ(hier.index().max_iterations(), 10);
   EXPECT_TRUE(hier.index().hierarchical());
   EXPECT_GT(hier.index().num_coarse_centroids(), 0);
   EXPECT_NEAR(hier.index().centroid_fraction(), 0.08, 1e-12);

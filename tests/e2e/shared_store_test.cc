@@ -179,8 +179,14 @@ TEST(SharedContextStoreFiles, NamesAreExclusiveAndCorruptEntriesAreSkipped) {
   c.summary.content_hash = HashTokens(c.tokens);
   c.summary.num_tokens = 3;
   c.summary.kv_bytes = static_cast<int64_t>(c.kv.bytes());
+  c.summary.index_options.kmeans_min_changed = 0.02;
   ASSERT_TRUE(store.Put(c).ok());
   ASSERT_TRUE(store.Put(c).ok());  // idempotent
+  EXPECT_EQ(store.Lookup("", "x")->index_options, c.summary.index_options);
+  // The k-means rule is an index option: the same content under it is another index.
+  c.summary.index_options.kmeans_min_changed = 0.0;
+  EXPECT_THAT(std::string(store.Put(c).message()), ::testing::HasSubstr("other index options"));
+  c.summary.index_options.kmeans_min_changed = 0.02;
   RegisteredContext other = std::move(c);
   other.tokens = {4, 5, 6};
   other.summary.content_hash = HashTokens(other.tokens);

@@ -8,11 +8,13 @@
 //     objective up to bf16 rounding, nearest-centre assignment at convergence), quality (final
 //     objective within 1% of the reference on clustered data, seeding close to k-means++ and
 //     better than the uniform seeding it replaced), a batch equal to its problems run alone, the
-//     device entry point on strided bf16 input, and edge cases.
+//     device entry point on strided bf16 input, edge cases, and the early stop by the fraction
+//     of labels changed (KMeansLimits, per call and as a solver option).
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -567,9 +569,9 @@ void CheckInvariants(const KMeansResult& r, const std::vector<float>& points, in
 
 // Runs one problem through the solver and returns its result.
 KMeansResult RunOne(CudaKMeans& gpu, const std::vector<float>& points, int n, int d, int k,
-                    int iterations, uint64_t seed) {
+                    KMeansLimits limits, uint64_t seed) {
   std::mt19937_64 rng(seed);
-  KMeansResult r = gpu.Run(points.data(), n, d, k, iterations, rng);
+  KMeansResult r = gpu.Run(points.data(), n, d, k, limits, rng);
   EXPECT_TRUE(gpu.error().empty()) << gpu.error();
   return r;
 }
@@ -787,6 +789,94 @@ TEST(CudaKMeansTest, EarlyStopThreshold) {
   if (quick.iterations < 25) {
     EXPECT_TRUE(quick.converged);
   }
+}
+
+// Points whose label differs between two results of one problem, both with all k clusters
+// (compaction then keeps every k-means index); -1 when a cluster emptied (not comparable).
+int64_t LabelsChanged(const KMeansResult& a, const KMeansResult& b, int k) {
+  if (a.num_clusters != k || b.num_clusters != k) return -1;
+  int64_t changed = 0;
+  for (size_t i = 0; i < a.labels.size(); ++i) changed += a.labels[i] != b.labels[i];
+  return changed;
+}
+
+// The per-call KMeansLimits (the index's kmeans_min_changed) stops the GPU solver by the CPU
+// reference's rule: fewer steps than the exact rule, converged, the exact run's trace cut
+// short, the step that stopped moved at most floor(f n) points and the one before more; the
+// same as CudaKMeansOptions::min_changed_fraction (the larger of the two applies); and its
+// objective as close to the CPU's early stop as the exact runs are to each other.
+TEST(CudaKMeansTest, PerCallChangedFractionStopsEarlyLikeTheCpu) {
+  const int n = 6000, d = 64, k = 300;
+  const double fraction = 0.005;  // <= 30 of 6000 points
+  const std::vector<float> points = ClusteredPoints(n, d, 50, 41);
+  CudaKMeans gpu;
+  const KMeansResult exact = RunOne(gpu, points, n, d, k, 100, 9);
+  const KMeansResult early = RunOne(gpu, points, n, d, k, KMeansLimits(100, fraction), 9);
+  CheckInvariants(early, points, n, d, k);
+  ASSERT_TRUE(exact.converged);
+  EXPECT_TRUE(early.converged);
+  EXPECT_LT(early.iterations, exact.iterations);
+  EXPECT_GE(early.iterations, 2);
+  for (int i = 0; i < early.iterations; ++i) {
+    EXPECT_EQ(early.objective[i], exact.objective[i]) << "step " << i;
+  }
+  EXPECT_GE(early.objective.back(), (1.0 - 1e-3) * exact.objective.back());
+
+  const int t = early.iterations;
+  const int64_t stop = KMeansLimits(100, fraction).StopChanged(n);
+  if (t >= 3) {
+    const KMeansResult before = RunOne(gpu, points, n, d, k, t - 1, 9);
+    const KMeansResult two_before = RunOne(gpu, points, n, d, k, t - 2, 9);
+    const int64_t last = LabelsChanged(before, early, k);
+    const int64_t previous = LabelsChanged(two_before, before, k);
+    if (last >= 0 && previous >= 0) {
+      EXPECT_LE(last, stop);
+      EXPECT_GT(previous, stop);
+    } else {
+      std::printf("[kmeans] a cluster emptied: changed counts not comparable\n");
+    }
+  }
+
+  // The construction option is the same rule; the larger of the two applies.
+  CudaKMeansOptions loose, looser;
+  loose.min_changed_fraction = fraction;
+  looser.min_changed_fraction = 0.5;
+  CudaKMeans by_option(0, loose), by_larger_option(0, looser);
+  const KMeansResult opt = RunOne(by_option, points, n, d, k, 100, 9);
+  const KMeansResult both = RunOne(by_option, points, n, d, k, KMeansLimits(100, 0.001), 9);
+  const KMeansResult larger =
+      RunOne(by_larger_option, points, n, d, k, KMeansLimits(100, fraction), 9);
+  for (const KMeansResult* r : {&opt, &both}) {
+    EXPECT_EQ(r->iterations, early.iterations);
+    EXPECT_EQ(r->labels, early.labels);
+    EXPECT_EQ(r->objective, early.objective);
+  }
+  EXPECT_LE(larger.iterations, early.iterations);
+
+  // The CPU reference under the same limits also stops early, at a comparable objective.
+  std::mt19937_64 rng_exact(9), rng_early(9);
+  const KMeansResult cpu_exact = SphericalKMeans(points.data(), n, d, k, 100, rng_exact);
+  const KMeansResult cpu_early =
+      SphericalKMeans(points.data(), n, d, k, KMeansLimits(100, fraction), rng_early);
+  EXPECT_TRUE(cpu_early.converged);
+  EXPECT_LE(cpu_early.iterations, cpu_exact.iterations);
+  EXPECT_GE(early.objective.back(), 0.99 * cpu_early.objective.back());
+  std::printf(
+      "[kmeans] min changed %g: gpu %d steps (exact %d), objective ratio %.5f; cpu %d steps "
+      "(exact %d), objective ratio %.5f\n",
+      fraction, early.iterations, exact.iterations, early.objective.back() / exact.objective.back(),
+      cpu_early.iterations, cpu_exact.iterations,
+      cpu_early.objective.back() / cpu_exact.objective.back());
+
+  // The cuBLAS baseline applies the same per-call rule.
+  CudaKMeansOptions baseline_options;
+  baseline_options.cublas_baseline = true;
+  CudaKMeans baseline(0, baseline_options);
+  const KMeansResult base_exact = RunOne(baseline, points, n, d, k, 100, 9);
+  const KMeansResult base_early = RunOne(baseline, points, n, d, k, KMeansLimits(100, fraction), 9);
+  EXPECT_TRUE(base_early.converged);
+  EXPECT_LE(base_early.iterations, base_exact.iterations);
+  EXPECT_GE(base_early.objective.back(), (1.0 - 1e-3) * base_exact.objective.back());
 }
 
 TEST(CudaKMeansTest, HeadSizesAboveTheFusedKernelUseTheCublasPath) {

@@ -138,8 +138,16 @@ int CudaKMeans::GroupSize(int num_problems, int n, int d, int k, bool with_uploa
   return static_cast<int>(std::min<size_t>(group, num_problems));
 }
 
+KMeansLimits CudaKMeans::Effective(KMeansLimits limits) const {
+  // std::max would keep a NaN call value; the rule counts NaN as 0 (KMeansLimits).
+  if (!(limits.min_changed_fraction >= options_.min_changed_fraction)) {
+    limits.min_changed_fraction = options_.min_changed_fraction;
+  }
+  return limits;
+}
+
 bool CudaKMeans::ClusterGroup(const gpu::KMeansRawPoints& raw, int P, int n, int d, int k,
-                              int max_iterations, std::span<std::mt19937_64* const> rngs,
+                              KMeansLimits limits, std::span<std::mt19937_64* const> rngs,
                               std::vector<KMeansResult>* results) {
   Impl& im = *impl_;
   cudaStream_t s = im.stream;
@@ -280,10 +288,9 @@ bool CudaKMeans::ClusterGroup(const gpu::KMeansRawPoints& raw, int P, int n, int
   update.centers_bf16 = im.centers_bf16.p;
   assign.active = im.active.p;
   assign.changed = im.changed.p;
-  const int64_t stop_changed = static_cast<int64_t>(
-      std::floor(std::clamp(options_.min_changed_fraction, 0.0, 1.0) * static_cast<double>(n)));
+  const int64_t stop_changed = limits.StopChanged(n);
   int num_active = P;
-  for (int it = 1; it < max_iterations && num_active > 0; ++it) {
+  for (int it = 1; it < limits.max_iterations && num_active > 0; ++it) {
     check(
         cudaMemcpyAsync(im.active.p, active.data(), P * sizeof(int32_t), cudaMemcpyHostToDevice, s),
         "upload");
@@ -348,16 +355,17 @@ bool CudaKMeans::ClusterGroup(const gpu::KMeansRawPoints& raw, int P, int n, int
   return true;
 }
 
-KMeansResult CudaKMeans::Run(const float* points, int n, int d, int k, int max_iterations,
+KMeansResult CudaKMeans::Run(const float* points, int n, int d, int k, KMeansLimits limits,
                              std::mt19937_64& rng) {
   std::mt19937_64* rng_ptr = &rng;
-  return std::move(RunBatch(std::span<const float* const>(&points, 1), n, d, k, max_iterations,
+  return std::move(RunBatch(std::span<const float* const>(&points, 1), n, d, k, limits,
                             std::span<std::mt19937_64* const>(&rng_ptr, 1))[0]);
 }
 
 std::vector<KMeansResult> CudaKMeans::RunBatch(std::span<const float* const> points, int n, int d,
-                                               int k, int max_iterations,
+                                               int k, KMeansLimits limits,
                                                std::span<std::mt19937_64* const> rngs) {
+  limits = Effective(limits);
   const int P = static_cast<int>(points.size());
   stats_ = CudaKMeansStats();
   stats_.problems = P;
@@ -365,14 +373,14 @@ std::vector<KMeansResult> CudaKMeans::RunBatch(std::span<const float* const> poi
   if (P == 0) return results;
   if (impl_->blas == nullptr) {  // no stream: the constructor failed and said why
     for (int p = 0; p < P; ++p) {
-      results[p] = SphericalKMeans(points[p], n, d, k, max_iterations, *rngs[p]);
+      results[p] = SphericalKMeans(points[p], n, d, k, limits, *rngs[p]);
     }
     return results;
   }
   error_.clear();
   if (options_.cublas_baseline || d > kMaxFusedDim) {
     for (int p = 0; p < P; ++p) {
-      results[p] = RunCublas(points[p], n, d, k, max_iterations, *rngs[p]);
+      results[p] = RunCublas(points[p], n, d, k, limits, *rngs[p]);
     }
     return results;
   }
@@ -405,7 +413,7 @@ std::vector<KMeansResult> CudaKMeans::RunBatch(std::span<const float* const> poi
     raw.problem_stride = static_cast<int64_t>(nd);
     raw.row_stride = d;
     std::vector<KMeansResult> part(gp);
-    if (!ClusterGroup(raw, gp, n, d, k, max_iterations, rngs.subspan(g0, gp), &part)) break;
+    if (!ClusterGroup(raw, gp, n, d, k, limits, rngs.subspan(g0, gp), &part)) break;
     std::move(part.begin(), part.end(), results.begin() + g0);
     done = g0 + gp;
   }
@@ -415,14 +423,14 @@ std::vector<KMeansResult> CudaKMeans::RunBatch(std::span<const float* const> poi
     spdlog::error("{}; clustering {} of {} heads on the CPU", error_, P - done, P);
     for (int p = done; p < P; ++p) {
       *rngs[p] = saved[p];
-      results[p] = SphericalKMeans(points[p], n, d, k, max_iterations, *rngs[p]);
+      results[p] = SphericalKMeans(points[p], n, d, k, limits, *rngs[p]);
     }
   }
   return results;
 }
 
 std::optional<std::vector<KMeansResult>> CudaKMeans::RunBatchInPlace(
-    const DevicePoints& points, int num_problems, int n, int d, int k, int max_iterations,
+    const DevicePoints& points, int num_problems, int n, int d, int k, KMeansLimits limits,
     std::span<std::mt19937_64* const> rngs) {
   if (num_problems != static_cast<int>(rngs.size())) return std::nullopt;
   gpu::KMeansRawPoints raw;
@@ -435,7 +443,7 @@ std::optional<std::vector<KMeansResult>> CudaKMeans::RunBatchInPlace(
   raw.row_stride = points.row_stride;
   std::vector<std::mt19937_64> saved;
   for (const std::mt19937_64* r : rngs) saved.push_back(*r);
-  auto out = ClusterOnDevice(raw, n, d, k, max_iterations, rngs);
+  auto out = ClusterOnDevice(raw, n, d, k, limits, rngs);
   if (out.ok()) return *std::move(out);
   spdlog::warn("cuda k-means in place: {}; clustering the host copy instead",
                std::string(out.status().message()));
@@ -444,8 +452,10 @@ std::optional<std::vector<KMeansResult>> CudaKMeans::RunBatchInPlace(
 }
 
 absl::StatusOr<std::vector<KMeansResult>> CudaKMeans::ClusterOnDevice(
-    const gpu::KMeansRawPoints& points, int n, int d, int k, int max_iterations,
+    const gpu::KMeansRawPoints& points, int n, int d, int k, KMeansLimits limits,
     std::span<std::mt19937_64* const> rngs) {
+  limits = Effective(limits);
+  const int max_iterations = limits.max_iterations;
   const int P = static_cast<int>(rngs.size());
   stats_ = CudaKMeansStats();
   stats_.problems = P;
@@ -470,7 +480,7 @@ absl::StatusOr<std::vector<KMeansResult>> CudaKMeans::ClusterOnDevice(
     if (raw.f32 != nullptr) raw.f32 += offset;
     if (raw.b16 != nullptr) raw.b16 += offset;
     std::vector<KMeansResult> part(gp);
-    if (!ClusterGroup(raw, gp, n, d, k, max_iterations, rngs.subspan(g0, gp), &part)) {
+    if (!ClusterGroup(raw, gp, n, d, k, limits, rngs.subspan(g0, gp), &part)) {
       cudaGetLastError();
       return absl::InternalError(error_);
     }
@@ -479,8 +489,10 @@ absl::StatusOr<std::vector<KMeansResult>> CudaKMeans::ClusterOnDevice(
   return results;
 }
 
-KMeansResult CudaKMeans::RunCublas(const float* points, int n, int d, int k, int max_iterations,
+KMeansResult CudaKMeans::RunCublas(const float* points, int n, int d, int k, KMeansLimits limits,
                                    std::mt19937_64& rng) {
+  const int max_iterations = limits.max_iterations;
+  const int64_t stop_changed = limits.StopChanged(n);
   KMeansResult result;
   result.dim = d;
   Impl& im = *impl_;
@@ -496,7 +508,7 @@ KMeansResult CudaKMeans::RunCublas(const float* points, int n, int d, int k, int
     cudaGetLastError();
     spdlog::error("{}; clustering this head on the CPU", error_);
     rng = saved;
-    return SphericalKMeans(points, n, d, k, max_iterations, rng);
+    return SphericalKMeans(points, n, d, k, limits, rng);
   };
   const Clock::time_point t_upload = Clock::now();
   if (!check(im.b_points.Reserve(nd), "alloc") || !check(im.b_unit.Reserve(nd), "alloc") ||
@@ -554,7 +566,8 @@ KMeansResult CudaKMeans::RunCublas(const float* points, int n, int d, int k, int
     check(cudaStreamSynchronize(s), "iteration");
     result.objective.push_back(objective);
     ++result.iterations;
-    if (changed == 0) {
+    // The first step assigns every point from no label, so it never stops (KMeansLimits).
+    if (it > 0 && changed <= stop_changed) {
       result.converged = true;
       break;
     }

@@ -15,9 +15,10 @@
 //     result does not depend on the order they land in: a batch equals its problems run alone
 //     and a run is reproducible), re-normalised in double; an empty cluster, or one whose sum is
 //     zero, keeps its centre;
-//   * at most `max_iterations` assignment steps; a problem stops when no label changes (as the
-//     CPU reference; see min_changed_fraction), the others go on; the stored centroid is the mean
-//     of the raw points and empty clusters are dropped by CompactClusters, as on the CPU.
+//   * at most `max_iterations` assignment steps; a problem stops by the CPU reference's rule
+//     (KMeansLimits: when few enough labels changed; the seeding, the first step, never stops),
+//     the others go on; the stored centroid is the mean of the raw points and empty clusters are
+//     dropped by CompactClusters, as on the CPU.
 // It differs from the reference in seeding draws and in bf16 rounding of the scores (~2^-8 for
 // unit vectors), so it is checked for quality: final objective within 1% of the reference on
 // clustered data (tests/gpu/kmeans_gpu_test.cc).
@@ -51,8 +52,8 @@ struct CudaKMeansOptions {
   // objective was 2.3% below k-means++'s at 1, 1.4% at 0.5 and 1.0% at 0.25 (final objectives
   // all within 0.2%).
   double seed_growth = 0.5;
-  // A problem stops when at most this fraction of its points changed cluster in an assignment
-  // step (and reports converged). 0, the default, is the CPU reference's rule: no change at all.
+  // A floor under every call's KMeansLimits::min_changed_fraction: a call stops by the larger of
+  // the two. 0, the default, leaves the call's value alone.
   double min_changed_fraction = 0.0;
   // Device memory one batch may use; larger RunBatch calls are split into groups of problems.
   size_t max_batch_bytes = size_t{4} << 30;
@@ -81,10 +82,10 @@ class CudaKMeans final : public KMeansSolver {
   // On a CUDA error (e.g. out of memory) the problems not yet finished are clustered by the CPU
   // reference instead (from the caller's PRNG state at entry, so they get exactly its result),
   // logged, and `error()` says why.
-  KMeansResult Run(const float* points, int n, int d, int k, int max_iterations,
+  KMeansResult Run(const float* points, int n, int d, int k, KMeansLimits limits,
                    std::mt19937_64& rng) override;
   std::vector<KMeansResult> RunBatch(std::span<const float* const> points, int n, int d, int k,
-                                     int max_iterations,
+                                     KMeansLimits limits,
                                      std::span<std::mt19937_64* const> rngs) override;
 
   // The same clustering of points that already live on the device (fp32 or bf16, any strides,
@@ -93,11 +94,12 @@ class CudaKMeans final : public KMeansSolver {
   // ClusterOnDevice for the engine's registration (KMeansSolver::DevicePoints); on an error the
   // rngs are restored and nullopt returned (logged), and the caller clusters the host copy.
   std::optional<std::vector<KMeansResult>> RunBatchInPlace(
-      const DevicePoints& points, int num_problems, int n, int d, int k, int max_iterations,
+      const DevicePoints& points, int num_problems, int n, int d, int k, KMeansLimits limits,
       std::span<std::mt19937_64* const> rngs) override;
 
   absl::StatusOr<std::vector<KMeansResult>> ClusterOnDevice(const gpu::KMeansRawPoints& points,
-                                                            int n, int d, int k, int max_iterations,
+                                                            int n, int d, int k,
+                                                            KMeansLimits limits,
                                                             std::span<std::mt19937_64* const> rngs);
 
   const std::string& error() const { return error_; }
@@ -105,12 +107,15 @@ class CudaKMeans final : public KMeansSolver {
 
  private:
   struct Impl;
+  // The call's limits with options_.min_changed_fraction applied (the larger fraction).
+  KMeansLimits Effective(KMeansLimits limits) const;
   // Clusters problems that sit in `points` on the device; false (error_ set) on a CUDA error.
+  // `limits` is already Effective.
   bool ClusterGroup(const gpu::KMeansRawPoints& points, int num_problems, int n, int d, int k,
-                    int max_iterations, std::span<std::mt19937_64* const> rngs,
+                    KMeansLimits limits, std::span<std::mt19937_64* const> rngs,
                     std::vector<KMeansResult>* results);
-  // The first version, one problem (see CudaKMeansOptions::cublas_baseline).
-  KMeansResult RunCublas(const float* points, int n, int d, int k, int max_iterations,
+  // The first version, one problem (see CudaKMeansOptions::cublas_baseline); `limits` Effective.
+  KMeansResult RunCublas(const float* points, int n, int d, int k, KMeansLimits limits,
                          std::mt19937_64& rng);
   // Problems a group of this shape may hold within max_batch_bytes (>= 1).
   int GroupSize(int num_problems, int n, int d, int k, bool with_upload) const;
