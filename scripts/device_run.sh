@@ -22,6 +22,9 @@
 #            1K and 4K-token inputs, dense and squeezed
 #   e2e      through the gRPC server on the 8B shape (random weights): register a 113K-token
 #            context, Generate dense / squeezed at batch 1 and 8, a 1K-token input's TTFT
+#   index    the forward benchmark at 128K with the index's k-means stopping once at most
+#            KMEANS_MIN_CHANGED (0.005) of a head's labels change: index time, squeezed decode
+#            (TTFT_ARGS: more arguments for the ttft stage's run)
 #   torch-prefill  the PyTorch dense model's chunked prefill of 128K tokens on cuDNN and its time
 #            to first token of 1K and 4K-token inputs (bench/torch_model_baseline.py --prefill;
 #            PREFILL_TOKENS to change the 128K): the baseline of the ttft stage
@@ -143,10 +146,17 @@ if has ttft; then
   echo "== gpu-forward-bench: 128K context, squeezed decode and time to first token"
   timeout 300 /tmp/bundle/gpu-forward-bench --model=bench/configs/llama3-8b \
     --prefill_tokens=131072 --decode_steps=8 --squeezed_budgets=0.1,0.05 --kmeans --hierarchical \
-    --query_tokens=1024,4096 2>&1 | tee "$LOGS/forward_128k_ttft.log"
+    --query_tokens=1024,4096 ${TTFT_ARGS:-} 2>&1 | tee "$LOGS/forward_128k_ttft.log"
   echo "== the same inputs' dense attention in PyTorch SDPA (cuDNN, flash), one layer"
   timeout 120 python3 bench/torch_attention_baseline.py --context=131072 \
     --query_tokens=1024,4096 2>&1 | tee "$LOGS/torch_context_prefill.log"
+fi
+
+if has index; then
+  echo "== gpu-forward-bench: the index of a 128K context with the k-means' early stop"
+  timeout 240 /tmp/bundle/gpu-forward-bench --model=bench/configs/llama3-8b \
+    --prefill_tokens=131072 --decode_steps=8 --squeezed_budgets=0.1,0.05 --kmeans --hierarchical \
+    --kmeans_min_changed="${KMEANS_MIN_CHANGED:-0.005}" 2>&1 | tee "$LOGS/forward_128k_index.log"
 fi
 
 if has torch-prefill; then

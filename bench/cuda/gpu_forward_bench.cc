@@ -38,6 +38,7 @@
 #include "absl/strings/str_split.h"
 #include "engine/backend/cuda/cuda_backend.h"
 #include "engine/backend/cuda/cuda_kmeans.h"
+#include "engine/backend/cuda/cuda_window_scorer.h"
 #include "engine/backend/kv_cache.h"
 #include "engine/model/llama_model.h"
 #include "engine/sampling/sampler.h"
@@ -55,6 +56,8 @@ ABSL_FLAG(bool, kmeans, false,
 ABSL_FLAG(double, kmeans_min_changed, 0,
           "with --kmeans: the index's k-means early stop (SqueezeOptions::kmeans_min_changed): a "
           "head stops after a step that moved at most this fraction of its keys; 0: none moved");
+ABSL_FLAG(bool, host_calibration, false,
+          "With --kmeans: calibrate the index on the host (ClusterScorer) instead of the GPU");
 ABSL_FLAG(std::string, batches, "1",
           "comma-separated numbers of sequences decoding together against the fixed context(s); "
           "each batch runs per-sequence (every sequence reads its context on its own) and cascade "
@@ -421,8 +424,10 @@ int Main() {
     CudaKMeans kmeans;
     // As a registration does: the prefill's KV, still on the device, clustered in place while
     // the host copy is made beside it.
-    auto built = BuildIndexedContext(kv, S, capture, c.num_heads, options, nullptr, &timings,
-                                     &kmeans);
+    CudaWindowScorer window_scorer;
+    auto built =
+        BuildIndexedContext(kv, S, capture, c.num_heads, options, nullptr, &timings, &kmeans,
+                            absl::GetFlag(FLAGS_host_calibration) ? nullptr : &window_scorer);
     if (!built.ok()) {
       std::fprintf(stderr, "index: %s\n", std::string(built.status().message()).c_str());
       return 1;
@@ -434,13 +439,15 @@ int Main() {
     std::printf(
         "\nindex of the %d-token context (%d layers x %d KV heads, 5%% centroids, GPU "
         "k-means on the device KV in place, <= %d iterations, min changed %g%s): k-means %.2f s "
-        "(%s: at most %d steps), calibration %.2f s, row reorder %.2f s (KV to the host beside "
+        "(%s: at most %d steps), calibration %.2f s (%s), row reorder %.2f s (KV to the host "
+        "beside "
         "the k-means and calibration: %.2f s); %.2f s in all\n",
         S, c.num_layers, c.num_kv_heads, options.max_iterations, options.kmeans_min_changed,
         options.hierarchical ? ", coarse level 1% on the GPU too" : "",
         timings.clustering_seconds - timings.reorder_seconds,
         options.hierarchical ? "last head's coarse level" : "last layer's heads",
-        kmeans.stats().max_iterations_run, timings.calibration_seconds, timings.reorder_seconds,
+        kmeans.stats().max_iterations_run, timings.calibration_seconds,
+        absl::GetFlag(FLAGS_host_calibration) ? "host" : "GPU", timings.reorder_seconds,
         timings.host_copy_seconds, Now() - t0);
   } else {
     ctx = ContextKV::FromSequence(kv, S);

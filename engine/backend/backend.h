@@ -34,6 +34,7 @@ namespace squeeze {
 struct ContextKV;
 class SequenceKV;
 class KMeansSolver;
+class WindowScorer;
 
 // A weight matrix [rows, cols] in the Hugging Face [out_features, in_features] orientation, in
 // backend memory and the backend's weight dtype. Owned by the backend that made it (or, on the
@@ -215,6 +216,9 @@ class Backend {
   // A k-means that runs on this backend's device, for the registration (indexer) thread, or
   // nullptr (the CPU reference clusters). Owned by the backend.
   virtual KMeansSolver* kmeans_solver() { return nullptr; }
+  // The calibration's window scores on this backend's device, for the same thread, or nullptr
+  // (scored on the host). Owned by the backend.
+  virtual WindowScorer* window_scorer() { return nullptr; }
   // Backend memory holding `ctx`'s K/V in kv_dtype(), valid until the next Synchronize(). The
   // CPU backend returns ctx.k/ctx.v; a device backend uploads once and keeps the copy with
   // `ctx` (released with it). When device memory runs short it evicts copies not used since

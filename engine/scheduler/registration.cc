@@ -143,11 +143,12 @@ void Engine::BuildAndPublish(Registration& reg) {
                                  .tokens_total = S});
     };
     BuildTimings build_timings;
-    // The backend's k-means (the GPU's) when it has one; it runs on this (indexer) thread and
-    // clusters the prefill's KV in place, while the host copy is made beside it.
-    auto built = BuildIndexedContext(reg.kv, S, reg.capture, model_config().num_heads,
-                                     reg.request.index, progress, &build_timings,
-                                     model_->backend().kmeans_solver());
+    // The backend's k-means and window scorer (the GPU's) when it has them; they run on this
+    // (indexer) thread, the k-means on the prefill's KV in place, while the host copy is made
+    // beside it.
+    auto built = BuildIndexedContext(
+        reg.kv, S, reg.capture, model_config().num_heads, reg.request.index, progress,
+        &build_timings, model_->backend().kmeans_solver(), model_->backend().window_scorer());
     if (!built.ok()) return fail(built.status());
     reg.timings.clustering_seconds = build_timings.clustering_seconds;
     reg.timings.calibration_seconds = build_timings.calibration_seconds;

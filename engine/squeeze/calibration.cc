@@ -12,60 +12,16 @@
 
 namespace squeeze {
 
-absl::Status CalibrateSqueezeIndex(std::span<const float* const> window_q, SqueezeIndex* index,
-                                   const SqueezeProgress& progress) {
-  const int L = index->num_layers, Hkv = index->num_kv_heads, Hq = index->num_q_heads;
-  const int d = index->head_dim, G = index->group_size(), W = index->window;
-  if (static_cast<int>(window_q.size()) != L) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "calibration: window queries for %d layers, index has %d", window_q.size(), L));
-  }
-  const size_t token_stride = static_cast<size_t>(Hq) * d;
-  // Every (layer, KV head) scored on its own (in parallel; each head's scores are computed as
-  // they would be alone), then gathered in (layer, head) order, so the result does not depend
-  // on the thread count.
-  struct HeadScores {
-    std::vector<float> fine, coarse;
-    absl::Status status;
-  };
-  std::vector<HeadScores> per_head(static_cast<size_t>(L) * Hkv);
-  // Progress from the worker threads, one call at a time (the callback need not be
-  // thread-safe), once per finished layer's worth of heads.
-  std::mutex progress_mu;
-  int heads_done = 0;
-  // The heads are spread over the cores; each one's products run on its own thread.
-  const ScopedSerialBlas serial_blas;
-  ParallelFor(per_head.size(), [&](size_t slot) {
-    const int l = static_cast<int>(slot / Hkv), h = static_cast<int>(slot % Hkv);
-    thread_local ClusterScorer scorer;
-    const SqueezeHeadIndex& head = index->head(l, h);
-    const float* q = window_q[l] + static_cast<size_t>(h) * G * d;  // head h*G of token 0
-    HeadScores& out = per_head[slot];
-    // Fine level, then (hierarchical) coarse level: same estimator, own sizes.
-    for (int level = 0; level < 2; ++level) {
-      const bool is_coarse = level == 1;
-      if (is_coarse && !index->hierarchical()) break;
-      const int C = is_coarse ? head.num_coarse() : head.num_clusters();
-      std::vector<float>& scores = is_coarse ? out.coarse : out.fine;
-      scores.resize(C);
-      scorer.Average(q, W, G, token_stride,
-                     is_coarse ? head.coarse_centroids.data() : head.centroids.data(),
-                     is_coarse ? head.coarse_sizes.data() : head.sizes.data(), C, d, scores.data());
-      for (int c = 0; c < C; ++c) {
-        if (!std::isfinite(scores[c]) && out.status.ok()) {
-          out.status = absl::InternalError(absl::StrFormat(
-              "calibration: non-finite %s score %g at layer %d, kv head %d, cluster %d",
-              is_coarse ? "coarse" : "fine", scores[c], l, h, c));
-        }
-      }
-    }
-    if (progress) {
-      std::lock_guard<std::mutex> lock(progress_mu);
-      if (++heads_done % Hkv == 0) {
-        progress("calibrating", static_cast<double>(heads_done) / (static_cast<double>(L) * Hkv));
-      }
-    }
-  });
+namespace {
+
+struct HeadScores {
+  std::vector<float> fine, coarse;
+  absl::Status status;
+};
+
+// Every head's scores into the index's two distributions, in (layer, head) order (the first
+// failure reported instead).
+absl::Status Gather(const std::vector<HeadScores>& per_head, SqueezeIndex* index) {
   std::vector<std::pair<float, int64_t>> fine, coarse;  // (score, keys carrying it)
   for (size_t slot = 0; slot < per_head.size(); ++slot) {
     const HeadScores& hs = per_head[slot];
@@ -79,6 +35,96 @@ absl::Status CalibrateSqueezeIndex(std::span<const float* const> window_q, Squee
   index->fine_scores = ScoreDistribution::FromWeightedScores(std::move(fine));
   index->coarse_scores = ScoreDistribution::FromWeightedScores(std::move(coarse));
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status CalibrateSqueezeIndex(std::span<const float* const> window_q, SqueezeIndex* index,
+                                   const SqueezeProgress& progress, WindowScorer* scorer) {
+  const int L = index->num_layers, Hkv = index->num_kv_heads, Hq = index->num_q_heads;
+  const int d = index->head_dim, G = index->group_size(), W = index->window;
+  if (static_cast<int>(window_q.size()) != L) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "calibration: window queries for %d layers, index has %d", window_q.size(), L));
+  }
+  const size_t token_stride = static_cast<size_t>(Hq) * d;
+  // Every (layer, KV head) scored on its own (in parallel; each head's scores are computed as
+  // they would be alone), then gathered in (layer, head) order, so the result does not depend
+  // on the thread count.
+  std::vector<HeadScores> per_head(static_cast<size_t>(L) * Hkv);
+  auto check_finite = [&](HeadScores& out, bool is_coarse, int l, int h) {
+    const std::vector<float>& scores = is_coarse ? out.coarse : out.fine;
+    for (size_t c = 0; c < scores.size(); ++c) {
+      if (!std::isfinite(scores[c]) && out.status.ok()) {
+        out.status = absl::InternalError(absl::StrFormat(
+            "calibration: non-finite %s score %g at layer %d, kv head %d, cluster %d",
+            is_coarse ? "coarse" : "fine", scores[c], l, h, c));
+      }
+    }
+  };
+  if (scorer != nullptr) {
+    // A layer's heads at once on the device, level by level.
+    for (int l = 0; l < L; ++l) {
+      for (int level = 0; level < 2; ++level) {
+        const bool is_coarse = level == 1;
+        if (is_coarse && !index->hierarchical()) break;
+        std::vector<std::span<const float>> cents(Hkv);
+        std::vector<std::span<const int32_t>> sizes(Hkv);
+        std::vector<std::span<float>> outs(Hkv);
+        for (int h = 0; h < Hkv; ++h) {
+          const SqueezeHeadIndex& head = index->head(l, h);
+          HeadScores& out = per_head[static_cast<size_t>(l) * Hkv + h];
+          std::vector<float>& scores = is_coarse ? out.coarse : out.fine;
+          scores.resize(is_coarse ? head.num_coarse() : head.num_clusters());
+          cents[h] = is_coarse ? std::span<const float>(head.coarse_centroids)
+                               : std::span<const float>(head.centroids);
+          sizes[h] = is_coarse ? std::span<const int32_t>(head.coarse_sizes)
+                               : std::span<const int32_t>(head.sizes);
+          outs[h] = scores;
+        }
+        if (absl::Status s = scorer->Average(window_q[l], W, Hq, d, cents, sizes, outs); !s.ok()) {
+          return s;
+        }
+        for (int h = 0; h < Hkv; ++h) {
+          check_finite(per_head[static_cast<size_t>(l) * Hkv + h], is_coarse, l, h);
+        }
+      }
+      if (progress) progress("calibrating", static_cast<double>(l + 1) / L);
+    }
+    return Gather(per_head, index);
+  }
+  // Progress from the worker threads, one call at a time (the callback need not be
+  // thread-safe), once per finished layer's worth of heads.
+  std::mutex progress_mu;
+  int heads_done = 0;
+  // The heads are spread over the cores; each one's products run on its own thread.
+  const ScopedSerialBlas serial_blas;
+  ParallelFor(per_head.size(), [&](size_t slot) {
+    const int l = static_cast<int>(slot / Hkv), h = static_cast<int>(slot % Hkv);
+    thread_local ClusterScorer host_scorer;
+    const SqueezeHeadIndex& head = index->head(l, h);
+    const float* q = window_q[l] + static_cast<size_t>(h) * G * d;  // head h*G of token 0
+    HeadScores& out = per_head[slot];
+    // Fine level, then (hierarchical) coarse level: same estimator, own sizes.
+    for (int level = 0; level < 2; ++level) {
+      const bool is_coarse = level == 1;
+      if (is_coarse && !index->hierarchical()) break;
+      const int C = is_coarse ? head.num_coarse() : head.num_clusters();
+      std::vector<float>& scores = is_coarse ? out.coarse : out.fine;
+      scores.resize(C);
+      host_scorer.Average(
+          q, W, G, token_stride, is_coarse ? head.coarse_centroids.data() : head.centroids.data(),
+          is_coarse ? head.coarse_sizes.data() : head.sizes.data(), C, d, scores.data());
+      check_finite(out, is_coarse, l, h);
+    }
+    if (progress) {
+      std::lock_guard<std::mutex> lock(progress_mu);
+      if (++heads_done % Hkv == 0) {
+        progress("calibrating", static_cast<double>(heads_done) / (static_cast<double>(L) * Hkv));
+      }
+    }
+  });
+  return Gather(per_head, index);
 }
 
 }  // namespace squeeze

@@ -14,6 +14,7 @@
 #include <span>
 
 #include "absl/status/status.h"
+#include "engine/backend/window_scorer.h"
 #include "engine/squeeze/squeeze_index.h"
 
 namespace squeeze {
@@ -21,7 +22,10 @@ namespace squeeze {
 // window_q[layer] points at that layer's [W][Hq][d] window queries (W = index->window, rows in
 // token order). Requires the clusters of `index` to be built. Fails (Internal) if a score is
 // not finite, naming the layer and head (a bug or non-finite input, never silently kept).
+// `scorer`, when given, scores each layer's heads on its device (the GPU's, in bf16 as the
+// squeezed selection scores at query time) instead of ClusterScorer on the host.
 absl::Status CalibrateSqueezeIndex(std::span<const float* const> window_q, SqueezeIndex* index,
-                                   const SqueezeProgress& progress = nullptr);
+                                   const SqueezeProgress& progress = nullptr,
+                                   WindowScorer* scorer = nullptr);
 
 }  // namespace squeeze

@@ -333,8 +333,8 @@ int64_t SqueezeIndex::num_coarse_centroids() const {
 
 absl::StatusOr<SqueezePlan> PlanSqueezeIndex(const ContextKeys& keys, const QueryCapture& window,
                                              int num_q_heads, const SqueezeOptions& options,
-                                             const SqueezeProgress& progress,
-                                             BuildTimings* timings, KMeansSolver* solver) {
+                                             const SqueezeProgress& progress, BuildTimings* timings,
+                                             KMeansSolver* solver, WindowScorer* scorer) {
   // ---- Validate everything before clustering.
   if (absl::Status s = ValidateSqueezeOptions(options); !s.ok()) return s;
   if (keys.host == nullptr && keys.device == nullptr) {
@@ -347,12 +347,10 @@ absl::StatusOr<SqueezePlan> PlanSqueezeIndex(const ContextKeys& keys, const Quer
   const int L = shape.num_layers, Hkv = shape.num_kv_heads, d = shape.head_dim;
   const int S = keys.num_tokens;
   if (L <= 0 || Hkv <= 0 || d <= 0 || S < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("context KV: bad shape (layers %d, kv heads %d, head dim %d, tokens %d)",
-                        L, Hkv, d, S));
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "context KV: bad shape (layers %d, kv heads %d, head dim %d, tokens %d)", L, Hkv, d, S));
   }
-  if (keys.host != nullptr &&
-      (!SameShape(keys.host->shape, shape) || keys.host->num_tokens != S)) {
+  if (keys.host != nullptr && (!SameShape(keys.host->shape, shape) || keys.host->num_tokens != S)) {
     return absl::InvalidArgumentError("context keys: the host copy's shape or length differs");
   }
   if (keys.device != nullptr &&
@@ -448,7 +446,9 @@ absl::StatusOr<SqueezePlan> PlanSqueezeIndex(const ContextKeys& keys, const Quer
   // ---- Calibrate (needs only centroids and sizes).
   t0 = Clock::now();
   if (M > 0) {
-    if (absl::Status s = CalibrateSqueezeIndex(window_q, &index, progress); !s.ok()) return s;
+    if (absl::Status s = CalibrateSqueezeIndex(window_q, &index, progress, scorer); !s.ok()) {
+      return s;
+    }
   }
   timings->calibration_seconds = SecondsSince(t0);
   return plan;
@@ -503,7 +503,8 @@ absl::StatusOr<IndexedContext> BuildIndexedContext(const SequenceKV& seq, int nu
                                                    const QueryCapture& window, int num_q_heads,
                                                    const SqueezeOptions& options,
                                                    const SqueezeProgress& progress,
-                                                   BuildTimings* timings, KMeansSolver* solver) {
+                                                   BuildTimings* timings, KMeansSolver* solver,
+                                                   WindowScorer* scorer) {
   BuildTimings local_timings;
   if (timings == nullptr) timings = &local_timings;
   IndexedContext out;
@@ -517,14 +518,14 @@ absl::StatusOr<IndexedContext> BuildIndexedContext(const SequenceKV& seq, int nu
   });
   const ContextKeys keys{.shape = seq.shape(), .num_tokens = num_tokens, .device = &seq};
   absl::StatusOr<SqueezePlan> plan =
-      PlanSqueezeIndex(keys, window, num_q_heads, options, progress, timings, solver);
+      PlanSqueezeIndex(keys, window, num_q_heads, options, progress, timings, solver, scorer);
   copier.join();
   timings->host_copy_seconds = copy_seconds;
   if (!plan.ok()) {
     // Non-finite keys clustered into non-finite centroids: name the key, not the symptom.
     const int M = num_tokens - options.sinks - options.window;
-    if (plan.status().code() == absl::StatusCode::kInternal && M > 0 &&
-        options.sinks >= 0 && M <= num_tokens) {
+    if (plan.status().code() == absl::StatusCode::kInternal && M > 0 && options.sinks >= 0 &&
+        M <= num_tokens) {
       if (absl::Status s = CheckKeysFinite(out.kv, options.sinks, M); !s.ok()) return s;
     }
     return plan.status();

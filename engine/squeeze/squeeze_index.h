@@ -15,6 +15,7 @@
 #include "engine/backend/cluster_tables.h"
 #include "engine/backend/kmeans.h"
 #include "engine/backend/kv_cache.h"
+#include "engine/backend/window_scorer.h"
 #include "engine/squeeze/query_capture.h"
 #include "engine/squeeze/score_distribution.h"
 #include "engine/squeeze/squeeze_options.h"
@@ -111,6 +112,8 @@ struct SqueezePlan {
 // `device` (the prefill's SequenceKV, token order, at least num_tokens rows; clustered in place by
 // a solver that can, else copied to the host a layer at a time), or both (then as
 // BuildSqueezeIndex). Keys are checked for non-finite values here only when `host` is given.
+// `scorer`, when given, scores the calibration's window queries on its device
+// (CalibrateSqueezeIndex).
 struct ContextKeys {
   KvShape shape;
   int num_tokens = 0;
@@ -121,7 +124,8 @@ absl::StatusOr<SqueezePlan> PlanSqueezeIndex(const ContextKeys& keys, const Quer
                                              int num_q_heads, const SqueezeOptions& options,
                                              const SqueezeProgress& progress = nullptr,
                                              BuildTimings* timings = nullptr,
-                                             KMeansSolver* solver = nullptr);
+                                             KMeansSolver* solver = nullptr,
+                                             WindowScorer* scorer = nullptr);
 
 // Reorders `kv` (in token order, the shape and length the plan was made for) by the plan and
 // returns the index. Checks the keys for non-finite values first when the plan did not
@@ -143,6 +147,7 @@ absl::StatusOr<IndexedContext> BuildIndexedContext(const SequenceKV& seq, int nu
                                                    const SqueezeOptions& options,
                                                    const SqueezeProgress& progress = nullptr,
                                                    BuildTimings* timings = nullptr,
-                                                   KMeansSolver* solver = nullptr);
+                                                   KMeansSolver* solver = nullptr,
+                                                   WindowScorer* scorer = nullptr);
 
 }  // namespace squeeze

@@ -25,8 +25,8 @@ using ::testing::HasSubstr;
 
 struct TestContext {
   std::shared_ptr<SequenceKV> seq;  // the prefill's KV the copies come from (host fp32)
-  ContextKV kv;        // what Build reorders
-  ContextKV original;  // token order, untouched
+  ContextKV kv;                     // what Build reorders
+  ContextKV original;               // token order, untouched
   QueryCapture capture;
   int num_q_heads = 0;
 };

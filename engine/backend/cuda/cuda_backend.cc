@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/backend/cuda/cuda_kmeans.h"
 #include "engine/backend/cuda/cuda_sampling.h"
+#include "engine/backend/cuda/cuda_window_scorer.h"
 #include "engine/common/status_macros.h"
 #include "kernels/attention/merge_attention.cuh"
 #include "kernels/ops/convert.cuh"
@@ -77,7 +78,8 @@ CudaBackend::CudaBackend(std::unique_ptr<CudaDevice> dev)
       dense_(*dev_),
       squeezed_(*dev_, contexts_),
       cascade_(*dev_, contexts_, dense_),
-      kmeans_(std::make_unique<CudaKMeans>(dev_->id())) {}
+      kmeans_(std::make_unique<CudaKMeans>(dev_->id())),
+      window_scorer_(std::make_unique<CudaWindowScorer>(dev_->id())) {}
 
 CudaBackend::~CudaBackend() = default;
 
@@ -108,6 +110,8 @@ std::optional<Backend::DeviceMemory> CudaBackend::device_memory() const {
 }
 
 KMeansSolver* CudaBackend::kmeans_solver() { return kmeans_.get(); }
+
+WindowScorer* CudaBackend::window_scorer() { return window_scorer_.get(); }
 
 void CudaBackend::AdoptContextKv(const ContextKV& ctx, SequenceKV&& source) {
   if (source.backend() != this) return;

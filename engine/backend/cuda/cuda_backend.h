@@ -44,6 +44,7 @@
 #include "engine/backend/cuda/dense_attention.h"
 #include "engine/backend/cuda/resident_contexts.h"
 #include "engine/backend/cuda/squeezed_attention.h"
+#include "engine/backend/window_scorer.h"
 #include "kernels/ops/gemv.cuh"
 #include "kernels/ops/rope_append_kv.cuh"
 
@@ -101,6 +102,7 @@ class CudaBackend final : public Backend {
   absl::Status SampleRows(const float* logits, int vocab,
                           std::span<SampleJob* const> jobs) override;
   KMeansSolver* kmeans_solver() override;
+  WindowScorer* window_scorer() override;
   absl::StatusOr<ContextKvView> ResidentContextKv(const ContextKV& ctx) override {
     return contexts_.Kv(ctx);
   }
@@ -164,6 +166,7 @@ class CudaBackend final : public Backend {
   CascadeAttention cascade_;
   ExecutionOptions options_;
   std::unique_ptr<KMeansSolver> kmeans_;
+  std::unique_ptr<WindowScorer> window_scorer_;
   std::unique_ptr<class CudaSampler> sampler_;  // made on first use
   std::vector<gpu::AppendKvTarget> append_targets_;
   // Host selection (policies the device does not select): the queries copied back, the rows.

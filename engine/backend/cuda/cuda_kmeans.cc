@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "engine/backend/cuda/cuda_status.h"
+#include "engine/backend/cuda/growing_buffer.h"
 #include "engine/common/parallel_for.h"
 #include "kernels/kmeans/kmeans_assign.cuh"
 #include "kernels/kmeans/kmeans_cublas_steps.cuh"
@@ -37,22 +38,8 @@ int PaddedDim(int d) { return d <= 64 ? 64 : 128; }
 // Bytes of the [rows][k] score block of one GEMM chunk (cuBLAS baseline).
 constexpr size_t kScoreBytes = size_t{256} << 20;
 
-// A device array that only grows.
 template <typename T>
-struct Grow {
-  T* p = nullptr;
-  size_t n = 0;
-  ~Grow() { cudaFree(p); }
-  cudaError_t Reserve(size_t count) {
-    if (count <= n) return cudaSuccess;
-    cudaFree(p);
-    p = nullptr;
-    n = 0;
-    const cudaError_t err = cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(T));
-    if (err == cudaSuccess) n = count;
-    return err;
-  }
-};
+using Grow = GrowingDeviceArray<T>;
 
 // check(e, what) for a sequence of CUDA calls: the first failure is kept in *fault and its
 // message in *message (later calls go on but report nothing new); true while none has failed.
