@@ -112,57 +112,86 @@ __device__ __forceinline__ void IssueProducts(float (&s)[kBlockN / 2], uint32_t 
   }
 }
 
+// v[0] = the sum (kMax: the maximum) of v[0 .. 2W) in a fixed pairwise order: a tree of
+// independent operations, not a chain of dependent ones.
+template <int W, bool kMax, int N>
+__device__ __forceinline__ void TreeFold(float (&v)[N]) {
+  static_assert(2 * W <= N && (W & (W - 1)) == 0, "tree shape");
+#pragma unroll
+  for (int i = 0; i < W; ++i) v[i] = kMax ? fmaxf(v[i], v[i + W]) : v[i] + v[i + W];
+  if constexpr (W > 1) TreeFold<W / 2, kMax>(v);
+}
+
+// A small non-negative int32 (< 2^23: a cluster size) as float without a conversion
+// instruction: its bits under the exponent of 2^23, less 2^23.
+__device__ __forceinline__ float SmallIntToFloat(float bits) {
+  return __int_as_float(__float_as_int(bits) | 0x4B000000) - 8388608.0f;
+}
+
 // Folds one S tile into the thread's two rows (e >> 1 = 0: row g, 1: row g + 8). Column
 // 8j + 2 tq + (e & 1) of the tile; `cols` of them are valid (the rest masked when partial).
 // Pass 1: run_m / run_s = running max and size-weighted sum of 2^(s k2 - max); side = sizes.
 // Pass 2: run_s += 2^(s k2 - m_r) / l_r; side = (m_r, 1 / l_r) interleaved per column.
+// Every exp2 of the tile is independent and the sums are trees, so the reduction is not a chain
+// of dependent adds (with one CTA of 8 consumer warps per SM, latency would bound it).
 template <int kPass>
 __device__ __forceinline__ void Reduce(const float (&s)[kBlockN / 2], const float* side, float k2,
                                        bool partial, int cols, int tq, float (&run_m)[2],
                                        float (&run_s)[2]) {
   constexpr int kNTiles = kBlockN / 8;
-  if constexpr (kPass == 1) {
-    float x[kNTiles * 4];  // raw products, masked; the maximum is taken on them (k2 > 0)
+  constexpr int kPerRow = 2 * kNTiles;
+  float e[2][kPerRow];  // row h, its columns in order: e[h][2j + b] is column 8j + 2tq + b
 #pragma unroll
-    for (int i = 0; i < kNTiles * 4; ++i) {
-      const int col = (i >> 2) * 8 + 2 * tq + (i & 1);
-      x[i] = partial && col >= cols ? -INFINITY : s[i];
+  for (int j = 0; j < kNTiles; ++j) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+#pragma unroll
+      for (int b = 0; b < 2; ++b) {
+        const int col = j * 8 + 2 * tq + b;
+        e[h][2 * j + b] = partial && col >= cols ? -INFINITY : s[4 * j + 2 * h + b];
+      }
+    }
+  }
+  if constexpr (kPass == 1) {
+    float n[kPerRow];  // the columns' sizes
+#pragma unroll
+    for (int j = 0; j < kNTiles; ++j) {
+      const float2 bits = *reinterpret_cast<const float2*>(side + j * 8 + 2 * tq);
+      n[2 * j] = SmallIntToFloat(bits.x);
+      n[2 * j + 1] = SmallIntToFloat(bits.y);
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      float mx = -INFINITY;
+      float mx[kPerRow];  // the maximum on the raw products (k2 > 0)
 #pragma unroll
-      for (int j = 0; j < kNTiles; ++j)
-        mx = fmaxf(mx, fmaxf(x[4 * j + 2 * h], x[4 * j + 2 * h + 1]));
-      const float m_new = fmaxf(run_m[h], mx * k2);
+      for (int i = 0; i < kPerRow; ++i) mx[i] = e[h][i];
+      TreeFold<kPerRow / 2, true>(mx);
+      const float m_new = fmaxf(run_m[h], mx[0] * k2);
       const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // nothing valid yet: sums stay 0
-      float acc = run_s[h] * Exp2(run_m[h] - m_use);
 #pragma unroll
-      for (int j = 0; j < kNTiles; ++j) {
-        const float2 n = *reinterpret_cast<const float2*>(side + j * 8 + 2 * tq);
-        acc = fmaf(static_cast<float>(__float_as_int(n.x)),
-                   Exp2(fmaf(x[4 * j + 2 * h], k2, -m_use)), acc);
-        acc = fmaf(static_cast<float>(__float_as_int(n.y)),
-                   Exp2(fmaf(x[4 * j + 2 * h + 1], k2, -m_use)), acc);
-      }
+      for (int i = 0; i < kPerRow; ++i) e[h][i] = n[i] * Exp2(fmaf(e[h][i], k2, -m_use));
+      TreeFold<kPerRow / 2, false>(e[h]);
+      run_s[h] = fmaf(run_s[h], Exp2(run_m[h] - m_use), e[h][0]);
       run_m[h] = m_new;
-      run_s[h] = acc;
     }
   } else {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float acc = run_s[h];
+    for (int j = 0; j < kNTiles; ++j) {
 #pragma unroll
-      for (int j = 0; j < kNTiles; ++j) {
+      for (int b = 0; b < 2; ++b) {
+        const int col = j * 8 + 2 * tq + b;
+        const float2 st = *reinterpret_cast<const float2*>(side + 2 * col);  // (m_r, 1 / l_r)
 #pragma unroll
-        for (int b = 0; b < 2; ++b) {
-          const int col = j * 8 + 2 * tq + b;
-          const float2 st = *reinterpret_cast<const float2*>(side + 2 * col);  // (m_r, 1 / l_r)
-          const float e = Exp2(fmaf(s[4 * j + 2 * h + b], k2, -st.x)) * st.y;
-          acc += partial && col >= cols ? 0.0f : e;
+        for (int h = 0; h < 2; ++h) {
+          // A masked column's -inf product gives exp2(-inf) = 0 (its zero-filled stats too).
+          e[h][2 * j + b] = Exp2(fmaf(e[h][2 * j + b], k2, -st.x)) * st.y;
         }
       }
-      run_s[h] = acc;
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      TreeFold<kPerRow / 2, false>(e[h]);
+      run_s[h] += e[h][0];
     }
   }
 }
