@@ -28,6 +28,8 @@
 #include <cmath>
 #include <cstdio>
 #include <memory>
+#include <optional>
+#include <random>
 #include <span>
 #include <string>
 #include <vector>
@@ -293,6 +295,56 @@ ProjectionMs ProjectionTimes(CudaBackend& be, const ModelConfig& c, int rows) {
   return ms;
 }
 
+// Forwards to the CUDA k-means and adds up its phases per call (CudaKMeansStats), the fine
+// level's (a layer's heads in one batch) and the coarse level's (one head at a time) apart: where
+// the index's k-means time goes.
+class PhaseTimedKMeans final : public squeeze::KMeansSolver {
+ public:
+  struct Totals {
+    int calls = 0, max_steps = 0;
+    double wall = 0, seed = 0, lloyd = 0, finish = 0;
+  };
+  explicit PhaseTimedKMeans(squeeze::CudaKMeans* k) : k_(k) {}
+  squeeze::KMeansResult Run(const float* points, int n, int d, int k, squeeze::KMeansLimits limits,
+                            std::mt19937_64& rng) override {
+    const double t0 = Now();
+    squeeze::KMeansResult r = k_->Run(points, n, d, k, limits, rng);
+    Add(&coarse_, t0);
+    return r;
+  }
+  std::vector<squeeze::KMeansResult> RunBatch(std::span<const float* const> points, int n, int d,
+                                              int k, squeeze::KMeansLimits limits,
+                                              std::span<std::mt19937_64* const> rngs) override {
+    const double t0 = Now();
+    auto r = k_->RunBatch(points, n, d, k, limits, rngs);
+    Add(&fine_, t0);
+    return r;
+  }
+  std::optional<std::vector<squeeze::KMeansResult>> RunBatchInPlace(
+      const DevicePoints& points, int num_problems, int n, int d, int k,
+      squeeze::KMeansLimits limits, std::span<std::mt19937_64* const> rngs) override {
+    const double t0 = Now();
+    auto r = k_->RunBatchInPlace(points, num_problems, n, d, k, limits, rngs);
+    Add(&fine_, t0);
+    return r;
+  }
+  const Totals& fine() const { return fine_; }
+  const Totals& coarse() const { return coarse_; }
+
+ private:
+  void Add(Totals* t, double t0) {
+    const squeeze::CudaKMeansStats& s = k_->stats();
+    ++t->calls;
+    t->max_steps = std::max(t->max_steps, s.max_iterations_run);
+    t->wall += Now() - t0;
+    t->seed += s.seed_seconds;
+    t->lloyd += s.lloyd_seconds;
+    t->finish += s.finish_seconds;
+  }
+  squeeze::CudaKMeans* k_;
+  Totals fine_, coarse_;
+};
+
 int Main() {
   const std::string dir = absl::GetFlag(FLAGS_model);
   auto config = LoadModelConfig(dir);
@@ -425,8 +477,9 @@ int Main() {
     // As a registration does: the prefill's KV, still on the device, clustered in place while
     // the host copy is made beside it.
     CudaWindowScorer window_scorer;
+    PhaseTimedKMeans timed(&kmeans);
     auto built =
-        BuildIndexedContext(kv, S, capture, c.num_heads, options, nullptr, &timings, &kmeans,
+        BuildIndexedContext(kv, S, capture, c.num_heads, options, nullptr, &timings, &timed,
                             absl::GetFlag(FLAGS_host_calibration) ? nullptr : &window_scorer);
     if (!built.ok()) {
       std::fprintf(stderr, "index: %s\n", std::string(built.status().message()).c_str());
@@ -434,21 +487,24 @@ int Main() {
     }
     ctx = std::move(built->kv);
     index = std::move(built->index);
-    // The solver's stats are those of its last call: the last layer's heads (flat) or the
-    // last head's coarse level (hierarchical).
     std::printf(
         "\nindex of the %d-token context (%d layers x %d KV heads, 5%% centroids, GPU "
-        "k-means on the device KV in place, <= %d iterations, min changed %g%s): k-means %.2f s "
-        "(%s: at most %d steps), calibration %.2f s (%s), row reorder %.2f s (KV to the host "
-        "beside "
-        "the k-means and calibration: %.2f s); %.2f s in all\n",
+        "k-means on the device KV in place, <= %d iterations, min changed %g%s): k-means %.2f s, "
+        "calibration %.2f s (%s), row reorder %.2f s (KV to the host beside the k-means and "
+        "calibration: %.2f s); %.2f s in all\n",
         S, c.num_layers, c.num_kv_heads, options.max_iterations, options.kmeans_min_changed,
         options.hierarchical ? ", coarse level 1% on the GPU too" : "",
-        timings.clustering_seconds - timings.reorder_seconds,
-        options.hierarchical ? "last head's coarse level" : "last layer's heads",
-        kmeans.stats().max_iterations_run, timings.calibration_seconds,
+        timings.clustering_seconds - timings.reorder_seconds, timings.calibration_seconds,
         absl::GetFlag(FLAGS_host_calibration) ? "host" : "GPU", timings.reorder_seconds,
         timings.host_copy_seconds, Now() - t0);
+    for (const auto& [name, t] :
+         {std::pair("fine", timed.fine()), std::pair("coarse", timed.coarse())}) {
+      if (t.calls == 0) continue;
+      std::printf(
+          "  k-means %s level: %d calls, %.2f s (seeding and first step %.2f, later steps %.2f, "
+          "finish %.2f; the rest outside the solver's phases), at most %d steps\n",
+          name, t.calls, t.wall, t.seed, t.lloyd, t.finish, t.max_steps);
+    }
   } else {
     ctx = ContextKV::FromSequence(kv, S);
     std::printf("\nKV of the %d-token context copied to the host in %.2f s\n", S, Now() - t0);
