@@ -162,25 +162,10 @@ struct Timer {
 
   // Median over reps of one graph replay, the L2 flushed before each.
   double Median(cudaGraphExec_t exec) const {
-    const int warmup = 3;
-    std::vector<cudaEvent_t> ev(2 * reps);
-    for (cudaEvent_t& e : ev) CK(cudaEventCreate(&e));
-    for (int i = 0; i < warmup + reps; ++i) {
-      CK(cudaMemsetAsync(flush, i & 0xff, flush_bytes, stream));
-      if (i >= warmup) CK(cudaEventRecord(ev[2 * (i - warmup)], stream));
-      CK(cudaGraphLaunch(exec, stream));
-      if (i >= warmup) CK(cudaEventRecord(ev[2 * (i - warmup) + 1], stream));
-    }
-    CK(cudaStreamSynchronize(stream));
-    std::vector<double> t(reps);
-    for (int i = 0; i < reps; ++i) {
-      float ms = 0;
-      CK(cudaEventElapsedTime(&ms, ev[2 * i], ev[2 * i + 1]));
-      t[i] = ms * 1e3;
-    }
-    for (cudaEvent_t& e : ev) CK(cudaEventDestroy(e));
-    std::sort(t.begin(), t.end());
-    return t[reps / 2];
+    int run = 0;
+    return squeeze::bench::MedianMicros(
+        stream, 3, reps, [&] { CK(cudaGraphLaunch(exec, stream)); },
+        [&] { CK(cudaMemsetAsync(flush, run++ & 0xff, flush_bytes, stream)); });
   }
 };
 

@@ -39,6 +39,7 @@ namespace {
 
 using squeeze::gpu::bf16;
 namespace gpu = squeeze::gpu;
+using squeeze::bench::MedianMicros;
 using squeeze::bench::Mix;
 using squeeze::bench::Unit;
 
@@ -135,28 +136,9 @@ Row RunOne(int n, int reps, gpu::PrefillImpl impl, cudaStream_t stream) {
   p.lse = lse;
   p.impl = impl;
 
-  for (int i = 0; i < 2; ++i) CK(gpu::LaunchPrefillAttention(p, stream));
-  CK(cudaStreamSynchronize(stream));
-  std::vector<cudaEvent_t> ev(2 * reps);
-  for (cudaEvent_t& e : ev) CK(cudaEventCreate(&e));
-  for (int i = 0; i < reps; ++i) {
-    CK(cudaEventRecord(ev[2 * i], stream));
-    CK(gpu::LaunchPrefillAttention(p, stream));
-    CK(cudaEventRecord(ev[2 * i + 1], stream));
-  }
-  CK(cudaStreamSynchronize(stream));
-  std::vector<double> t(reps);
-  for (int i = 0; i < reps; ++i) {
-    float ms = 0;
-    CK(cudaEventElapsedTime(&ms, ev[2 * i], ev[2 * i + 1]));
-    t[i] = ms * 1e3;
-  }
-  for (cudaEvent_t& e : ev) CK(cudaEventDestroy(e));
-  std::sort(t.begin(), t.end());
-
   Row r;
   r.n = n;
-  r.us = t[reps / 2];
+  r.us = MedianMicros(stream, 2, reps, [&] { CK(gpu::LaunchPrefillAttention(p, stream)); });
   const double flops = 4.0 * static_cast<double>(n) * n / 2.0 * kD * kHq;
   r.tflops = flops / (r.us * 1e-6) / 1e12;
   r.rel_err = CheckSample(n, q, k, v, out);
@@ -217,24 +199,7 @@ double ClusterScoresOne(int n, int reps, gpu::ClusterScoresImpl impl, cudaStream
   p.scores = out;
   p.score_stride = kC;
   p.impl = impl;
-  for (int i = 0; i < 2; ++i) CK(gpu::LaunchClusterScores(p, stream));
-  CK(cudaStreamSynchronize(stream));
-  std::vector<cudaEvent_t> ev(2 * reps);
-  for (cudaEvent_t& e : ev) CK(cudaEventCreate(&e));
-  for (int i = 0; i < reps; ++i) {
-    CK(cudaEventRecord(ev[2 * i], stream));
-    CK(gpu::LaunchClusterScores(p, stream));
-    CK(cudaEventRecord(ev[2 * i + 1], stream));
-  }
-  CK(cudaStreamSynchronize(stream));
-  std::vector<double> t(reps);
-  for (int i = 0; i < reps; ++i) {
-    float ms = 0;
-    CK(cudaEventElapsedTime(&ms, ev[2 * i], ev[2 * i + 1]));
-    t[i] = ms * 1e3;
-  }
-  for (cudaEvent_t& e : ev) CK(cudaEventDestroy(e));
-  std::sort(t.begin(), t.end());
+  const double us = MedianMicros(stream, 2, reps, [&] { CK(gpu::LaunchClusterScores(p, stream)); });
   scores->resize(static_cast<size_t>(kHkv) * kC);
   CK(cudaMemcpy(scores->data(), out, scores->size() * sizeof(float), cudaMemcpyDeviceToHost));
   for (void* ptr :
@@ -242,7 +207,7 @@ double ClusterScoresOne(int n, int reps, gpu::ClusterScoresImpl impl, cudaStream
         static_cast<void*>(stats), static_cast<void*>(out), static_cast<void*>(dev_heads)}) {
     CK(cudaFree(ptr));
   }
-  return t[reps / 2];
+  return us;
 }
 
 bool ParseLens(const std::string& text, std::vector<int>* out) {

@@ -19,6 +19,7 @@
 #include "kernels/common/dispatch.cuh"
 #include "kernels/common/mma_tile.cuh"
 #include "kernels/squeeze/cluster_scores.cuh"
+#include "kernels/squeeze/cluster_scores_rows.cuh"
 
 namespace squeeze::gpu {
 namespace {
@@ -45,34 +46,9 @@ struct ScoresSmem {
 using detail::Exp2;
 using detail::kLog2e;
 
-// 4-byte global -> shared copy; when !pred nothing is read and the destination is zeroed.
-__device__ __forceinline__ void CpAsync4(void* smem_dst, const void* gmem_src, bool pred) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(gmem_src),
-               "r"(pred ? 4 : 0)
-               : "memory");
-}
-
-struct HeadRows {
-  const bf16* q;  // KV head h's first row
-  int64_t token_stride;
-  int group;
-  int head_dim;
-  __device__ const bf16* operator()(int r) const {
-    return q + (r / group) * token_stride + static_cast<int64_t>(r % group) * head_dim;
-  }
-};
-
-// Centroid row r of the head's list: candidate r's, or cluster r.
-struct Centroids {
-  const bf16* c;
-  const int32_t* cand;  // nullptr: every cluster
-  int head_dim;
-  __device__ int Id(int r) const { return cand != nullptr ? __ldg(cand + r) : r; }
-  __device__ const bf16* operator()(int r) const {
-    return c + static_cast<int64_t>(Id(r)) * head_dim;
-  }
-};
+using detail::Centroids;
+using detail::CpAsync4;
+using detail::HeadRows;
 
 template <int D, int kPass>
 __global__ void __launch_bounds__(kThreads, 1) ScoresKernel(const ClusterScoresParams p) {
@@ -208,32 +184,11 @@ __global__ void __launch_bounds__(kThreads, 1) ScoresKernel(const ClusterScoresP
   }
   detail::CpAsyncWait<0>();  // only empty groups can remain; drained before exit
 
-  // ---- The 4 threads of each M row combine (xor 1, 2: a fixed order), one of them writes.
+  // ---- The 4 threads of each M row combine, one of them writes.
 #pragma unroll
   for (int r4 = 0; r4 < 4; ++r4) {
-    float m = run_m[r4], s = run_s[r4];
-#pragma unroll
-    for (int o = 1; o <= 2; o <<= 1) {
-      const float om = __shfl_xor_sync(0xffffffffu, m, o);
-      const float os = __shfl_xor_sync(0xffffffffu, s, o);
-      if constexpr (kPass == 1) {
-        const float mn = fmaxf(m, om);
-        s = mn == -INFINITY ? 0.0f : s * Exp2(m - mn) + os * Exp2(om - mn);
-        m = mn;
-      } else {
-        s += os;
-      }
-    }
     const int row = row0 + warp * kRowsPerWarp + (r4 >> 1) * 16 + (r4 & 1) * 8 + g;
-    if (tq != 0 || row >= m_rows) continue;
-    if constexpr (kPass == 1) {
-      float* out = p.row_stats + static_cast<int64_t>(h) * 2 * R;
-      out[row] = m;
-      out[R + row] = 1.0f / s;  // s >= 1: the arg-max cluster contributes N >= 1 times 2^0
-    } else {
-      p.scores[static_cast<int64_t>(h) * p.score_stride + centroids.Id(row)] =
-          s / static_cast<float>(R);
-    }
+    detail::CombineAndStore<kPass>(run_m[r4], run_s[r4], row, m_rows, tq, p, h, R, centroids);
   }
 }
 

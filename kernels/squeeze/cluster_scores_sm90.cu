@@ -24,6 +24,7 @@
 #include "kernels/common/mbarrier.cuh"
 #include "kernels/common/wgmma.cuh"
 #include "kernels/squeeze/cluster_scores.cuh"
+#include "kernels/squeeze/cluster_scores_rows.cuh"
 
 namespace squeeze::gpu {
 namespace {
@@ -53,32 +54,9 @@ struct Smem {
   static constexpr int kBytes = kUsed + 1024;  // + alignment of the base to 1 KB
 };
 
-// 4-byte global -> shared copy; when !pred nothing is read and the destination is zeroed.
-__device__ __forceinline__ void CpAsync4(uint32_t dst, const void* src, bool pred) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src),
-               "r"(pred ? 4 : 0)
-               : "memory");
-}
-
-// Row r of KV head h's query rows: token r / G, query head h * G + r % G.
-struct QueryRows {
-  const bf16* q;
-  int64_t token_stride;
-  int group;
-  __device__ const bf16* operator()(int r, int d) const {
-    return q + (r / group) * token_stride + static_cast<int64_t>(r % group) * d;
-  }
-};
-
-// Centroid row r of the head's list: candidate r's, or cluster r.
-struct CentroidRows {
-  const bf16* c;
-  const int32_t* cand;  // nullptr: every cluster
-  __device__ int Id(int r) const { return cand != nullptr ? __ldg(cand + r) : r; }
-  __device__ const bf16* operator()(int r, int d) const {
-    return c + static_cast<int64_t>(Id(r)) * d;
-  }
-};
+using detail::Centroids;
+using detail::CpAsync4;
+using detail::HeadRows;
 
 // The producer warpgroup's copy of kRows rows [row0, row0 + kRows) (rows at or past `valid`
 // zero-filled): thread `copier` copies 16-byte chunk copier % (D / 8) of every (128 / (D / 8))-th
@@ -94,7 +72,7 @@ __device__ __forceinline__ void CopyRows(char* dst, const Rows& rows, int row0, 
 #pragma unroll 4
   for (int r = copier / kChunks; r < kRows; r += kRowStep, to += kRowStep * 128) {
     const bool ok = row0 + r < valid;
-    detail::CpAsync16(to, ok ? rows(row0 + r, D) + c * 8 : any, ok);
+    detail::CpAsync16(to, ok ? rows(row0 + r) + c * 8 : any, ok);
   }
 }
 
@@ -222,9 +200,9 @@ __global__ void __launch_bounds__(kThreads, 1) ScoresSm90Kernel(const ClusterSco
   const int m_rows = kPass == 1 ? R : C, n_rows = kPass == 1 ? C : R;
   const int row0 = blockIdx.x * kBlockM;
   if (C <= 0 || row0 >= m_rows) return;  // CTA-uniform
-  const QueryRows queries{p.q + static_cast<int64_t>(h) * p.group * D, p.q_token_stride, p.group};
-  const CentroidRows centroids{static_cast<const bf16*>(hd.centroids), cand};
-  float* stats = p.row_stats + static_cast<int64_t>(h) * 2 * R;  // max (log2), 1 / sum
+  const HeadRows queries{p.q + static_cast<int64_t>(h) * p.group * D, p.q_token_stride, p.group, D};
+  const Centroids centroids{static_cast<const bf16*>(hd.centroids), cand, D};
+  const float* stats = p.row_stats + static_cast<int64_t>(h) * 2 * R;  // max (log2), 1 / sum
   const int num_tiles = (n_rows + kBlockN - 1) / kBlockN;
   const int tid = threadIdx.x;
   const int wg = tid >> 7;
@@ -251,7 +229,7 @@ __global__ void __launch_bounds__(kThreads, 1) ScoresSm90Kernel(const ClusterSco
       const int st = t % kStages;
       if (t >= kStages) MbarWait(empty(st), ((t / kStages) & 1) ^ 1);
       char* dst = smem + S::kNOff + st * S::kTileBytes;
-      const uint32_t side = sbase + S::kSideOff + st * kSideFloats * 4;
+      char* side = smem + S::kSideOff + st * kSideFloats * 4;
       const int n0 = t * kBlockN, r = n0 + tid;
       const bool ok = r < n_rows;
       if constexpr (kPass == 1) {
@@ -329,31 +307,11 @@ __global__ void __launch_bounds__(kThreads, 1) ScoresSm90Kernel(const ClusterSco
     fold(sa, t);
   }
 
-  // ---- The 4 threads of each row combine (xor 1, 2: a fixed order), one of them writes.
+  // ---- The 4 threads of each row combine, one of them writes.
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh) {
-    float m = run_m[hh], s = run_s[hh];
-#pragma unroll
-    for (int o = 1; o <= 2; o <<= 1) {
-      const float om = __shfl_xor_sync(0xffffffffu, m, o);
-      const float os = __shfl_xor_sync(0xffffffffu, s, o);
-      if constexpr (kPass == 1) {
-        const float mn = fmaxf(m, om);
-        s = mn == -INFINITY ? 0.0f : s * Exp2(m - mn) + os * Exp2(om - mn);
-        m = mn;
-      } else {
-        s += os;
-      }
-    }
     const int row = row0 + cwg * 64 + warp_in_wg * 16 + hh * 8 + g;
-    if (tq != 0 || row >= m_rows) continue;
-    if constexpr (kPass == 1) {
-      stats[row] = m;
-      stats[R + row] = 1.0f / s;  // s >= 1: the arg-max cluster contributes N >= 1 times 2^0
-    } else {
-      p.scores[static_cast<int64_t>(h) * p.score_stride + centroids.Id(row)] =
-          s / static_cast<float>(R);
-    }
+    detail::CombineAndStore<kPass>(run_m[hh], run_s[hh], row, m_rows, tq, p, h, R, centroids);
   }
 }
 

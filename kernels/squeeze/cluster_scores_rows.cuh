@@ -1,0 +1,76 @@
+// Device pieces shared by the two cluster-scores kernels (cluster_scores.cu on mma.sync,
+// cluster_scores_sm90.cu on wgmma): the rows they read, the 4-byte side copies, and the end of a
+// pass, where the 4 threads holding one M row's columns combine and one of them writes.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "kernels/common/device.cuh"
+#include "kernels/squeeze/cluster_scores.cuh"
+
+namespace squeeze::gpu::detail {
+
+// 4-byte global -> shared copy; when !pred nothing is read and the destination is zeroed.
+__device__ __forceinline__ void CpAsync4(void* smem_dst, const void* gmem_src, bool pred) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(gmem_src),
+               "r"(pred ? 4 : 0)
+               : "memory");
+}
+
+// Query row r of one KV head: token r / G, query head h * G + r % G (q: the head's first row).
+struct HeadRows {
+  const bf16* q;
+  int64_t token_stride;
+  int group;
+  int head_dim;
+  __device__ const bf16* operator()(int r) const {
+    return q + (r / group) * token_stride + static_cast<int64_t>(r % group) * head_dim;
+  }
+};
+
+// Centroid row r of the head's list: candidate r's, or cluster r.
+struct Centroids {
+  const bf16* c;
+  const int32_t* cand;  // nullptr: every cluster
+  int head_dim;
+  __device__ int Id(int r) const { return cand != nullptr ? __ldg(cand + r) : r; }
+  __device__ const bf16* operator()(int r) const {
+    return c + static_cast<int64_t>(Id(r)) * head_dim;
+  }
+};
+
+// M row `row` of KV head h, whose columns are spread over the 4 threads of a quad (lanes 4g ..
+// 4g + 3): they combine their partials (xor 1, 2: a fixed order) and thread tq = 0 writes.
+// Pass 1 (m, s) = (max, size-weighted sum of 2^(logit - max)) -> row stats (max, 1 / sum);
+// pass 2 s = sum of probabilities -> the cluster's score, s / R.
+template <int kPass>
+__device__ __forceinline__ void CombineAndStore(float m, float s, int row, int m_rows, int tq,
+                                                const ClusterScoresParams& p, int h, int R,
+                                                const Centroids& centroids) {
+#pragma unroll
+  for (int o = 1; o <= 2; o <<= 1) {
+    const float om = __shfl_xor_sync(0xffffffffu, m, o);
+    const float os = __shfl_xor_sync(0xffffffffu, s, o);
+    if constexpr (kPass == 1) {
+      const float mn = fmaxf(m, om);
+      s = mn == -INFINITY ? 0.0f : s * Exp2(m - mn) + os * Exp2(om - mn);
+      m = mn;
+    } else {
+      s += os;
+    }
+  }
+  if (tq != 0 || row >= m_rows) return;
+  if constexpr (kPass == 1) {
+    float* out = p.row_stats + static_cast<int64_t>(h) * 2 * R;
+    out[row] = m;
+    out[R + row] = 1.0f / s;  // s >= 1: the arg-max cluster contributes N >= 1 times 2^0
+  } else {
+    p.scores[static_cast<int64_t>(h) * p.score_stride + centroids.Id(row)] =
+        s / static_cast<float>(R);
+  }
+}
+
+}  // namespace squeeze::gpu::detail
