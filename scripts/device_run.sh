@@ -37,6 +37,7 @@
 #   kernels  attention kernel tests and benchmarks vs PyTorch SDPA (bench/run_gpu.sh)
 #   prefill  the prefill attention kernels (mma.sync and wgmma) vs PyTorch SDPA (cuDNN / flash),
 #            bench/run_gpu.sh's prefill part without its test (run it in the tests stage)
+#   scores   gpu-prefill-bench at 16K only: its cluster-scores table (mma.sync vs wgmma), quickly
 #   variants the decode attention benchmark's variants at 128K / 512K (VARIANTS, ';'-separated
 #            argument sets; default: 2 waves of the attention grid, the two-launch lookup,
 #            no programmatic launch, the hierarchical lookup)
@@ -202,6 +203,10 @@ if has prefill; then
     bash bench/run_gpu.sh /tmp/bundle > "$LOGS/run_gpu_prefill.log" 2>&1 \
     || echo "run_gpu.sh (prefill): exit $?"
   cat "$LOGS/prefill/gpu_prefill_bench.log" "$LOGS/prefill/combined_prefill.txt" 2>/dev/null
+fi
+if has scores; then
+  echo "== gpu-prefill-bench at 16K only: the cluster-scores kernels (and one prefill row)"
+  timeout 120 /tmp/bundle/gpu-prefill-bench --lens 16384 --reps 5 2>&1 | tee "$LOGS/scores.log"
 fi
 if has variants; then
   # VARIANTS: ';'-separated argument sets.
