@@ -192,24 +192,14 @@ __global__ void __launch_bounds__(kThreads, 1) ScoresKernel(const ClusterScoresP
   }
 }
 
-template <int D, int kPass>
-cudaError_t LaunchPass(const ClusterScoresParams& p, int m_rows, cudaStream_t stream) {
-  auto kernel = ScoresKernel<D, kPass>;
-  constexpr int kBytes = ScoresSmem<D>::kBytes;
-  const cudaError_t err =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
-  if (err != cudaSuccess) return err;
-  const dim3 grid((m_rows + kBlockM - 1) / kBlockM, p.num_heads);
-  kernel<<<grid, kThreads, kBytes, stream>>>(p);
-  return cudaGetLastError();
-}
-
 template <int D>
 cudaError_t LaunchTyped(const ClusterScoresParams& p, cudaStream_t stream) {
-  const int rows = p.num_tokens * p.group;
-  cudaError_t err = LaunchPass<D, 1>(p, rows, stream);
+  constexpr int kBytes = ScoresSmem<D>::kBytes;
+  const cudaError_t err = detail::LaunchScoresPass(ScoresKernel<D, 1>, kThreads, kBytes, kBlockM,
+                                                   p.num_tokens * p.group, p, stream);
   if (err != cudaSuccess) return err;
-  return LaunchPass<D, 2>(p, p.max_clusters, stream);
+  return detail::LaunchScoresPass(ScoresKernel<D, 2>, kThreads, kBytes, kBlockM, p.max_clusters, p,
+                                  stream);
 }
 
 }  // namespace

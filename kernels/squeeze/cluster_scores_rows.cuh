@@ -1,6 +1,7 @@
 // Device pieces shared by the two cluster-scores kernels (cluster_scores.cu on mma.sync,
-// cluster_scores_sm90.cu on wgmma): the rows they read, the 4-byte side copies, and the end of a
-// pass, where the 4 threads holding one M row's columns combine and one of them writes.
+// cluster_scores_sm90.cu on wgmma): the rows they read, the 4-byte side copies, the end of a
+// pass, where the 4 threads holding one M row's columns combine and one of them writes, and a
+// pass's launch.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -71,6 +72,19 @@ __device__ __forceinline__ void CombineAndStore(float m, float s, int row, int m
     p.scores[static_cast<int64_t>(h) * p.score_stride + centroids.Id(row)] =
         s / static_cast<float>(R);
   }
+}
+
+// One pass of a cluster-scores kernel: grid (ceil(m_rows / block_m), heads), `bytes` of dynamic
+// shared memory.
+template <class Kernel>
+cudaError_t LaunchScoresPass(Kernel kernel, int threads, int bytes, int block_m, int m_rows,
+                             const ClusterScoresParams& p, cudaStream_t stream) {
+  const cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (err != cudaSuccess) return err;
+  const dim3 grid((m_rows + block_m - 1) / block_m, p.num_heads);
+  kernel<<<grid, threads, bytes, stream>>>(p);
+  return cudaGetLastError();
 }
 
 }  // namespace squeeze::gpu::detail
