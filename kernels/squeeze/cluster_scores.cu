@@ -221,9 +221,8 @@ cudaError_t LaunchClusterScores(const ClusterScoresParams& p, cudaStream_t strea
     return cudaErrorInvalidValue;
   }
   if (p.max_clusters == 0) return cudaSuccess;
-  const bool wgmma = ClusterScoresWgmmaSupported(p.head_dim);
-  if (p.impl == ClusterScoresImpl::kWgmma && !wgmma) return cudaErrorInvalidValue;
-  if (p.impl != ClusterScoresImpl::kMmaSync && wgmma) {
+  if (p.impl == ClusterScoresImpl::kWgmma) {
+    if (!ClusterScoresWgmmaSupported(p.head_dim)) return cudaErrorInvalidValue;
     return detail::LaunchClusterScoresSm90(p, stream);
   }
   return detail::DispatchHeadDim(

@@ -23,9 +23,10 @@
 
 namespace squeeze::gpu {
 
-// Which kernel runs: kAuto takes the wgmma kernel (cluster_scores_sm90.cu) where it can (sm_90,
-// d 64 or 128) and the mma.sync kernel (cluster_scores.cu) elsewhere; the others force one (for
-// tests and benchmarks; kWgmma where it cannot run is cudaErrorInvalidValue).
+// Which kernel runs: kAuto takes the mma.sync kernel (cluster_scores.cu), measured faster on an
+// H100 than the first wgmma version (bench/RESULTS.md); kWgmma the wgmma kernel
+// (cluster_scores_sm90.cu; sm_90, d 64 or 128, else cudaErrorInvalidValue), whose tree-summed
+// version is to be measured before kAuto takes it.
 enum class ClusterScoresImpl { kAuto, kMmaSync, kWgmma };
 
 struct ClusterScoresParams {
