@@ -490,13 +490,13 @@ int Main() {
     std::printf(
         "\nindex of the %d-token context (%d layers x %d KV heads, 5%% centroids, GPU "
         "k-means on the device KV in place, <= %d iterations, min changed %g%s): k-means %.2f s, "
-        "calibration %.2f s (%s), row reorder %.2f s (KV to the host beside the k-means and "
-        "calibration: %.2f s); %.2f s in all\n",
+        "calibration %.2f s (%s); beside them the KV to the host %.2f s and its row reorder "
+        "%.2f s, of which %.2f s after the calibration; %.2f s in all\n",
         S, c.num_layers, c.num_kv_heads, options.max_iterations, options.kmeans_min_changed,
         options.hierarchical ? ", coarse level 1% on the GPU too" : "",
-        timings.clustering_seconds - timings.reorder_seconds, timings.calibration_seconds,
-        absl::GetFlag(FLAGS_host_calibration) ? "host" : "GPU", timings.reorder_seconds,
-        timings.host_copy_seconds, Now() - t0);
+        timings.clustering_seconds - timings.reorder_wait_seconds, timings.calibration_seconds,
+        absl::GetFlag(FLAGS_host_calibration) ? "host" : "GPU", timings.host_copy_seconds,
+        timings.reorder_seconds, timings.reorder_wait_seconds, Now() - t0);
     for (const auto& [name, t] :
          {std::pair("fine", timed.fine()), std::pair("coarse", timed.coarse())}) {
       if (t.calls == 0) continue;

@@ -3,7 +3,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <functional>
+#include <mutex>
 #include <numeric>
 #include <random>
 #include <thread>
@@ -331,10 +335,17 @@ int64_t SqueezeIndex::num_coarse_centroids() const {
   return total;
 }
 
-absl::StatusOr<SqueezePlan> PlanSqueezeIndex(const ContextKeys& keys, const QueryCapture& window,
-                                             int num_q_heads, const SqueezeOptions& options,
-                                             const SqueezeProgress& progress, BuildTimings* timings,
-                                             KMeansSolver* solver, WindowScorer* scorer) {
+namespace {
+
+// Called once a layer is clustered, with the plan so far: that layer's permutations are
+// plan.perms[l * Hkv + h] (the callee may take them).
+using LayerPlanned = std::function<void(int layer, SqueezePlan& plan)>;
+
+absl::StatusOr<SqueezePlan> PlanIndex(const ContextKeys& keys, const QueryCapture& window,
+                                      int num_q_heads, const SqueezeOptions& options,
+                                      const SqueezeProgress& progress, BuildTimings* timings,
+                                      KMeansSolver* solver, WindowScorer* scorer,
+                                      const LayerPlanned& on_layer) {
   // ---- Validate everything before clustering.
   if (absl::Status s = ValidateSqueezeOptions(options); !s.ok()) return s;
   if (keys.host == nullptr && keys.device == nullptr) {
@@ -431,14 +442,15 @@ absl::StatusOr<SqueezePlan> PlanSqueezeIndex(const ContextKeys& keys, const Quer
 
   // ---- Cluster every slice; keep the row permutations for ApplySqueezePlan.
   Clock::time_point t0 = Clock::now();
-  plan.perms.reserve(static_cast<size_t>(L) * Hkv);
+  plan.perms.resize(static_cast<size_t>(L) * Hkv);  // sized once: a layer's are read meanwhile
   for (int l = 0; l < L; ++l) {
     const std::vector<KMeansResult> fine = ClusterLayer(keys, l, M, options, solver);
     for (int h = 0; h < Hkv; ++h) {
       HeadPlan head = PlanHead(fine[h], M, d, options.sinks, l, h, options, solver);
       index.heads.push_back(std::move(head.index));
-      plan.perms.push_back(std::move(head.perm));
+      plan.perms[static_cast<size_t>(l) * Hkv + h] = std::move(head.perm);
     }
+    if (on_layer) on_layer(l, plan);
     if (progress) progress("clustering", static_cast<double>(l + 1) / L);
   }
   timings->clustering_seconds = SecondsSince(t0);
@@ -452,6 +464,15 @@ absl::StatusOr<SqueezePlan> PlanSqueezeIndex(const ContextKeys& keys, const Quer
   }
   timings->calibration_seconds = SecondsSince(t0);
   return plan;
+}
+
+}  // namespace
+
+absl::StatusOr<SqueezePlan> PlanSqueezeIndex(const ContextKeys& keys, const QueryCapture& window,
+                                             int num_q_heads, const SqueezeOptions& options,
+                                             const SqueezeProgress& progress, BuildTimings* timings,
+                                             KMeansSolver* solver, WindowScorer* scorer) {
+  return PlanIndex(keys, window, num_q_heads, options, progress, timings, solver, scorer, nullptr);
 }
 
 absl::StatusOr<SqueezeIndex> ApplySqueezePlan(SqueezePlan plan, ContextKV* kv,
@@ -508,29 +529,80 @@ absl::StatusOr<IndexedContext> BuildIndexedContext(const SequenceKV& seq, int nu
   BuildTimings local_timings;
   if (timings == nullptr) timings = &local_timings;
   IndexedContext out;
-  // The copy to the host needs the copy engines and host memory, the plan the SMs (the GPU
-  // k-means reads the sequence in place) and, for calibration, the cores: side by side.
-  double copy_seconds = 0;
+  const int M = num_tokens - options.sinks - options.window;
+  const bool clustered = options.sinks >= 0 && options.window >= 0 && M > 0;
+  const int Hkv = seq.shape().num_kv_heads;
+  // Three things side by side: the copy to the host (the copy engines, then its keys' check),
+  // the plan (the GPU k-means reads the sequence in place; calibration), and the row reorder of
+  // the copy, layer by layer as soon as both the copy and that layer's plan are there.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool copied = false, planned = false;
+  std::deque<int> ready;  // planned layers not yet reordered
+  std::vector<std::vector<int32_t>> perms(static_cast<size_t>(seq.shape().num_layers) * Hkv);
+  absl::Status keys_status;
+  double copy_seconds = 0, reorder_seconds = 0;
   std::thread copier([&] {
     const Clock::time_point t0 = Clock::now();
-    out.kv = ContextKV::FromSequence(seq, num_tokens);
+    ContextKV kv = ContextKV::FromSequence(seq, num_tokens);
+    absl::Status st = clustered ? CheckKeysFinite(kv, options.sinks, M) : absl::OkStatus();
+    std::lock_guard<std::mutex> lock(mu);
+    out.kv = std::move(kv);
+    keys_status = std::move(st);
     copy_seconds = SecondsSince(t0);
+    copied = true;
+    cv.notify_all();
   });
+  std::thread reorderer([&] {
+    while (true) {
+      int layer;
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return (copied && !ready.empty()) || (planned && ready.empty()); });
+        if (ready.empty()) return;
+        layer = ready.front();
+        ready.pop_front();
+        if (!keys_status.ok()) continue;  // the copy stays as it is; the error is returned
+      }
+      const Clock::time_point t0 = Clock::now();
+      ParallelFor(static_cast<size_t>(Hkv), [&](size_t h) {
+        ApplyPlan(perms[static_cast<size_t>(layer) * Hkv + h], layer, static_cast<int>(h),
+                  options.sinks, &out.kv);
+      });
+      reorder_seconds += SecondsSince(t0);
+    }
+  });
+  auto on_layer = [&](int layer, SqueezePlan& p) {
+    std::lock_guard<std::mutex> lock(mu);
+    for (int h = 0; h < Hkv; ++h) {
+      const size_t slot = static_cast<size_t>(layer) * Hkv + h;
+      perms[slot] = std::move(p.perms[slot]);
+    }
+    ready.push_back(layer);
+    cv.notify_all();
+  };
   const ContextKeys keys{.shape = seq.shape(), .num_tokens = num_tokens, .device = &seq};
   absl::StatusOr<SqueezePlan> plan =
-      PlanSqueezeIndex(keys, window, num_q_heads, options, progress, timings, solver, scorer);
+      PlanIndex(keys, window, num_q_heads, options, progress, timings, solver, scorer, on_layer);
+  const Clock::time_point planned_at = Clock::now();
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    planned = true;
+    cv.notify_all();
+  }
+  reorderer.join();
   copier.join();
   timings->host_copy_seconds = copy_seconds;
-  if (!plan.ok()) {
-    // Non-finite keys clustered into non-finite centroids: name the key, not the symptom.
-    const int M = num_tokens - options.sinks - options.window;
-    if (plan.status().code() == absl::StatusCode::kInternal && M > 0 && options.sinks >= 0 &&
-        M <= num_tokens) {
-      if (absl::Status s = CheckKeysFinite(out.kv, options.sinks, M); !s.ok()) return s;
-    }
-    return plan.status();
-  }
-  ASSIGN_OR_RETURN(out.index, ApplySqueezePlan(*std::move(plan), &out.kv, timings));
+  timings->reorder_seconds = reorder_seconds;
+  // Bad options or inputs first; then non-finite keys, which cluster into non-finite centroids
+  // (an Internal error of the calibration): the key is named, not the symptom.
+  if (!plan.ok() && plan.status().code() != absl::StatusCode::kInternal) return plan.status();
+  if (!keys_status.ok()) return keys_status;
+  if (!plan.ok()) return plan.status();
+  timings->reorder_wait_seconds = SecondsSince(planned_at);  // the reorder's part not hidden
+  timings->clustering_seconds += timings->reorder_wait_seconds;
+  out.kv.resident.value.reset();
+  out.index = std::move(plan->index);
   return out;
 }
 

@@ -67,13 +67,16 @@ struct SqueezeIndex {
 // Progress: stage is "clustering" or "calibrating"; fraction in (0, 1], reported per layer.
 using SqueezeProgress = std::function<void(std::string_view stage, double fraction)>;
 
-// Wall-clock seconds of the offline stages. clustering_seconds includes the row reorder,
-// which reorder_seconds also reports on its own. host_copy_seconds: the device KV's copy to the
-// host, when BuildSqueezeIndexFromSequence makes it (alongside the clustering, not before it).
+// Wall-clock seconds of the offline stages. BuildSqueezeIndex: clustering_seconds includes the
+// row reorder, which reorder_seconds also reports on its own. BuildIndexedContext makes the host
+// copy (host_copy_seconds) and reorders it layer by layer (reorder_seconds) beside the
+// clustering: clustering_seconds then includes only the part of the reorder left after the
+// plan, reorder_wait_seconds.
 struct BuildTimings {
   double clustering_seconds = 0;
   double calibration_seconds = 0;
   double reorder_seconds = 0;
+  double reorder_wait_seconds = 0;
   double host_copy_seconds = 0;
 };
 
@@ -135,9 +138,9 @@ absl::StatusOr<SqueezeIndex> ApplySqueezePlan(SqueezePlan plan, ContextKV* kv,
 
 // A registration's host copy and index from the prefill's KV `seq` (its first `num_tokens`
 // rows): ContextKV::FromSequence runs on another thread while the index is planned from `seq`
-// (in place by a GPU solver), then the copy is reordered by the plan. On an error nothing is
-// returned; when the plan failed, non-finite keys in the copy are reported in its stead (they
-// explain it better than the clustering of them).
+// (in place by a GPU solver), and a third reorders the copy a layer at a time as the plan's
+// layers are ready. On an error nothing is returned; non-finite keys in the copy are reported
+// (InvalidArgument) unless the options or the window queries were at fault first.
 struct IndexedContext {
   ContextKV kv;
   SqueezeIndex index;
