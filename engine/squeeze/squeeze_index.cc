@@ -479,9 +479,8 @@ absl::StatusOr<SqueezeIndex> ApplySqueezePlan(SqueezePlan plan, ContextKV* kv,
                                               BuildTimings* timings) {
   SqueezeIndex& index = plan.index;
   if (absl::Status s = CheckContext(*kv); !s.ok()) return s;
-  if (kv->shape.num_layers != index.num_layers || kv->shape.num_kv_heads != index.num_kv_heads ||
-      kv->shape.head_dim != index.head_dim || kv->num_tokens != index.num_tokens ||
-      plan.perms.size() != index.heads.size()) {
+  if (!SameShape(kv->shape, KvShape{index.num_layers, index.num_kv_heads, index.head_dim}) ||
+      kv->num_tokens != index.num_tokens || plan.perms.size() != index.heads.size()) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "context KV: %d layers x %d KV heads x %d tokens (head dim %d) is not the planned %d x "
         "%d x %d (%d)",

@@ -43,6 +43,37 @@ struct Centroids {
   }
 };
 
+// One KV head's problem in a pass of either kernel: the clusters taking part (C: the candidates,
+// or every cluster), the R = tokens * G query rows, which are the M rows (pass 1: the queries,
+// pass 2: the clusters) and which the N rows, where they are read, and pass 1's row statistics
+// (max in the log2 domain [R], then 1 / sum [R]).
+struct ScoresHead {
+  SqueezeHeadDesc hd;
+  int C, R, m_rows, n_rows;
+  HeadRows queries;
+  Centroids centroids;
+  const float* stats;
+};
+
+template <int D, int kPass>
+__device__ __forceinline__ ScoresHead MakeScoresHead(const ClusterScoresParams& p, int h) {
+  const SqueezeHeadDesc hd = p.heads[h];
+  const int32_t* cand = p.candidates != nullptr
+                            ? p.candidates + static_cast<int64_t>(h) * p.candidate_stride
+                            : nullptr;
+  const int C =
+      cand != nullptr ? max(0, min(p.num_candidates[h], hd.num_clusters)) : hd.num_clusters;
+  const int R = p.num_tokens * p.group;
+  return {hd,
+          C,
+          R,
+          kPass == 1 ? R : C,
+          kPass == 1 ? C : R,
+          HeadRows{p.q + static_cast<int64_t>(h) * p.group * D, p.q_token_stride, p.group, D},
+          Centroids{static_cast<const bf16*>(hd.centroids), cand, D},
+          p.row_stats + static_cast<int64_t>(h) * 2 * R};
+}
+
 // M row `row` of KV head h, whose columns are spread over the 4 threads of a quad (lanes 4g ..
 // 4g + 3): they combine their partials (xor 1, 2: a fixed order) and thread tq = 0 writes.
 // Pass 1 (m, s) = (max, size-weighted sum of 2^(logit - max)) -> row stats (max, 1 / sum);

@@ -190,19 +190,14 @@ __global__ void __launch_bounds__(kThreads, 1) ScoresSm90Kernel(const ClusterSco
   auto empty = [&](int st) { return m_full + 8 * (1 + kStages + st); };
 
   const int h = blockIdx.y;
-  const SqueezeHeadDesc hd = p.heads[h];
-  const int32_t* cand = p.candidates != nullptr
-                            ? p.candidates + static_cast<int64_t>(h) * p.candidate_stride
-                            : nullptr;
-  const int C =
-      cand != nullptr ? max(0, min(p.num_candidates[h], hd.num_clusters)) : hd.num_clusters;
-  const int R = p.num_tokens * p.group;
-  const int m_rows = kPass == 1 ? R : C, n_rows = kPass == 1 ? C : R;
+  const detail::ScoresHead head = detail::MakeScoresHead<D, kPass>(p, h);
+  const SqueezeHeadDesc& hd = head.hd;
+  const int C = head.C, R = head.R, m_rows = head.m_rows, n_rows = head.n_rows;
   const int row0 = blockIdx.x * kBlockM;
   if (C <= 0 || row0 >= m_rows) return;  // CTA-uniform
-  const HeadRows queries{p.q + static_cast<int64_t>(h) * p.group * D, p.q_token_stride, p.group, D};
-  const Centroids centroids{static_cast<const bf16*>(hd.centroids), cand, D};
-  const float* stats = p.row_stats + static_cast<int64_t>(h) * 2 * R;  // max (log2), 1 / sum
+  const HeadRows& queries = head.queries;
+  const Centroids& centroids = head.centroids;
+  const float* stats = head.stats;
   const int num_tiles = (n_rows + kBlockN - 1) / kBlockN;
   const int tid = threadIdx.x;
   const int wg = tid >> 7;
