@@ -133,9 +133,59 @@ std::vector<KMeansResult> ClusterLayer(const ContextKeys& keys, int layer, int M
   return fine;
 }
 
-// Plans the storage order of one slice from the fine clustering of its M keys.
-HeadPlan PlanHead(const KMeansResult& fine, int M, int d, int sinks, int layer, int kv_head,
-                  const SqueezeOptions& options, KMeansSolver* solver) {
+// Coarse k-means of every KV head's fine centroids of one layer (hierarchical indexes), each head
+// on its own PRNG stream. The raw-mean fine centroids are clustered (normalised inside); the
+// coarse centroid is the raw mean of its member fine centroids, i.e. their unweighted mean
+// (PAPER_NOTES §3.5). With a solver (the GPU's), heads with the same number of fine clusters
+// (usually all of them) go in one batched call: at 128K tokens a head has ~6.5K fine and ~1.3K
+// coarse clusters, small problems whose launches and per-step synchronisation cost more than
+// their FLOPs when run head by head.
+std::vector<KMeansResult> CoarseLayer(std::span<const KMeansResult> fine, int M, int d, int layer,
+                                      const SqueezeOptions& options, KMeansSolver* solver) {
+  const int Hkv = static_cast<int>(fine.size());
+  std::vector<KMeansResult> coarse(Hkv);
+  const KMeansLimits limits(options.max_iterations, options.kmeans_min_changed);
+  std::vector<std::mt19937_64> rngs;
+  rngs.reserve(Hkv);
+  for (int h = 0; h < Hkv; ++h) {
+    rngs.push_back(StreamFor(options.seed, layer, options.kv_head_offset + h, 1));
+  }
+  auto clusters_of = [&](int h) {
+    const int C = fine[h].num_clusters;
+    return std::min(NumClustersFor(options.coarse_fraction, M), C);
+  };
+  if (solver == nullptr) {
+    for (int h = 0; h < Hkv; ++h) {
+      coarse[h] = SphericalKMeans(fine[h].centroids.data(), fine[h].num_clusters, d, clusters_of(h),
+                                  limits, rngs[h]);
+    }
+    return coarse;
+  }
+  std::vector<bool> done(Hkv, false);
+  for (int first = 0; first < Hkv; ++first) {
+    if (done[first]) continue;
+    const int C = fine[first].num_clusters;
+    std::vector<int> group;
+    std::vector<const float*> points;
+    std::vector<std::mt19937_64*> rng_of;
+    for (int h = first; h < Hkv; ++h) {
+      if (done[h] || fine[h].num_clusters != C) continue;
+      done[h] = true;
+      group.push_back(h);
+      points.push_back(fine[h].centroids.data());
+      rng_of.push_back(&rngs[h]);
+    }
+    std::vector<KMeansResult> results =
+        solver->RunBatch(points, C, d, clusters_of(first), limits, rng_of);
+    for (size_t i = 0; i < group.size(); ++i) coarse[group[i]] = std::move(results[i]);
+  }
+  return coarse;
+}
+
+// Plans the storage order of one slice from the fine clustering of its M keys and, for a
+// hierarchical index, the coarse clustering of its fine centroids.
+HeadPlan PlanHead(const KMeansResult& fine, const KMeansResult* coarse, int M, int d, int sinks,
+                  const SqueezeOptions& options) {
   HeadPlan plan;
   SqueezeHeadIndex& head = plan.index;
   head.offsets.push_back(sinks);
@@ -149,27 +199,16 @@ HeadPlan PlanHead(const KMeansResult& fine, int M, int d, int sinks, int layer, 
   std::vector<int32_t> order(C);
   std::iota(order.begin(), order.end(), 0);
   if (options.hierarchical) {
-    std::mt19937_64 coarse_rng =
-        StreamFor(options.seed, layer, options.kv_head_offset + kv_head, 1);
-    const int C1 = std::min(NumClustersFor(options.coarse_fraction, M), C);
-    // Clusters the raw-mean fine centroids (normalised inside); the coarse centroid is the raw
-    // mean of its member fine centroids, i.e. their unweighted mean (PAPER_NOTES §3.5). With a
-    // solver (the GPU's) too: at 128K tokens a head has ~6.5K fine and ~1.3K coarse clusters,
-    // ~55 GFLOP per head on the CPU.
-    const KMeansLimits limits(options.max_iterations, options.kmeans_min_changed);
-    const KMeansResult coarse =
-        solver != nullptr ? solver->Run(fine.centroids.data(), C, d, C1, limits, coarse_rng)
-                          : SphericalKMeans(fine.centroids.data(), C, d, C1, limits, coarse_rng);
     std::stable_sort(order.begin(), order.end(),
-                     [&](int32_t a, int32_t b) { return coarse.labels[a] < coarse.labels[b]; });
-    head.coarse_centroids = coarse.centroids;
+                     [&](int32_t a, int32_t b) { return coarse->labels[a] < coarse->labels[b]; });
+    head.coarse_centroids = coarse->centroids;
     int fine_begin = 0;
-    for (int g = 0; g < coarse.num_clusters; ++g) {
+    for (int g = 0; g < coarse->num_clusters; ++g) {
       int64_t keys_under = 0;
-      for (int i = fine_begin; i < fine_begin + coarse.sizes[g]; ++i) {
+      for (int i = fine_begin; i < fine_begin + coarse->sizes[g]; ++i) {
         keys_under += fine.sizes[order[i]];
       }
-      fine_begin += coarse.sizes[g];
+      fine_begin += coarse->sizes[g];
       head.coarse_offsets.push_back(fine_begin);
       head.coarse_sizes.push_back(static_cast<int32_t>(keys_under));
     }
@@ -445,8 +484,11 @@ absl::StatusOr<SqueezePlan> PlanIndex(const ContextKeys& keys, const QueryCaptur
   plan.perms.resize(static_cast<size_t>(L) * Hkv);  // sized once: a layer's are read meanwhile
   for (int l = 0; l < L; ++l) {
     const std::vector<KMeansResult> fine = ClusterLayer(keys, l, M, options, solver);
+    std::vector<KMeansResult> coarse;
+    if (options.hierarchical && M > 0) coarse = CoarseLayer(fine, M, d, l, options, solver);
     for (int h = 0; h < Hkv; ++h) {
-      HeadPlan head = PlanHead(fine[h], M, d, options.sinks, l, h, options, solver);
+      HeadPlan head =
+          PlanHead(fine[h], coarse.empty() ? nullptr : &coarse[h], M, d, options.sinks, options);
       index.heads.push_back(std::move(head.index));
       plan.perms[static_cast<size_t>(l) * Hkv + h] = std::move(head.perm);
     }
