@@ -296,13 +296,15 @@ ProjectionMs ProjectionTimes(CudaBackend& be, const ModelConfig& c, int rows) {
 }
 
 // Forwards to the CUDA k-means and adds up its phases per call (CudaKMeansStats), the fine
-// level's (a layer's heads in one batch) and the coarse level's (one head at a time) apart: where
-// the index's k-means time goes.
+// level's (a layer's heads in one batch, the device KV read in place) and the coarse level's (a
+// layer's heads' fine centroids from the host, batched) apart: where the index's k-means time
+// goes.
 class PhaseTimedKMeans final : public squeeze::KMeansSolver {
  public:
   struct Totals {
     int calls = 0, max_steps = 0;
     double wall = 0, seed = 0, lloyd = 0, finish = 0;
+    int64_t scored = 0, stepped = 0;  // points the Lloyd steps scored, of all (pruning)
   };
   explicit PhaseTimedKMeans(squeeze::CudaKMeans* k) : k_(k) {}
   squeeze::KMeansResult Run(const float* points, int n, int d, int k, squeeze::KMeansLimits limits,
@@ -317,7 +319,7 @@ class PhaseTimedKMeans final : public squeeze::KMeansSolver {
                                               std::span<std::mt19937_64* const> rngs) override {
     const double t0 = Now();
     auto r = k_->RunBatch(points, n, d, k, limits, rngs);
-    Add(&fine_, t0);
+    Add(&coarse_, t0);
     return r;
   }
   std::optional<std::vector<squeeze::KMeansResult>> RunBatchInPlace(
@@ -340,6 +342,8 @@ class PhaseTimedKMeans final : public squeeze::KMeansSolver {
     t->seed += s.seed_seconds;
     t->lloyd += s.lloyd_seconds;
     t->finish += s.finish_seconds;
+    t->scored += s.points_scored;
+    t->stepped += s.points_stepped;
   }
   squeeze::CudaKMeans* k_;
   Totals fine_, coarse_;
@@ -502,8 +506,10 @@ int Main() {
       if (t.calls == 0) continue;
       std::printf(
           "  k-means %s level: %d calls, %.2f s (seeding and first step %.2f, later steps %.2f, "
-          "finish %.2f; the rest outside the solver's phases), at most %d steps\n",
-          name, t.calls, t.wall, t.seed, t.lloyd, t.finish, t.max_steps);
+          "finish %.2f; the rest outside the solver's phases), at most %d steps, the later "
+          "steps scored %.3f of the points\n",
+          name, t.calls, t.wall, t.seed, t.lloyd, t.finish, t.max_steps,
+          t.stepped > 0 ? static_cast<double>(t.scored) / t.stepped : 1.0);
     }
   } else {
     ctx = ContextKV::FromSequence(kv, S);

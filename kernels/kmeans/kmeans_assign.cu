@@ -20,6 +20,11 @@
 // -inf. Ties: a thread scans its columns in increasing order and keeps the first; the 4 threads
 // of a row then reduce (value, index) with ties to the lower index, which gives the lowest
 // index among all maxima, as the CPU reference.
+// With `second` (kSecond): each thread also keeps the largest score of its columns other than its
+// argmax (a tile's maximum that does not beat the best is one FMNMX; the rare new best looks for
+// the tile's runner-up among the other 15), merged over the 4 threads with the argmax.
+// Gathered mode: the point tile's rows come from the problem's row list (one index load per
+// 16-byte chunk), CTAs past the list's end exit at once.
 #include <cuda_bf16.h>
 
 #include <climits>
@@ -60,7 +65,7 @@ __device__ __forceinline__ void IssueTile(char* dst, const bf16* src, int row0, 
 
 // ptxas (sm_90a): see the launcher comment for the register budget; one CTA per SM (112 KB of
 // shared memory at d = 128).
-template <int D>
+template <int D, bool kSecond>
 __global__ void __launch_bounds__(kThreads, 1) AssignKernel(const KMeansAssignParams p) {
   using Smem = AssignSmem<D>;
   constexpr int kKSteps = D / 16;
@@ -70,6 +75,9 @@ __global__ void __launch_bounds__(kThreads, 1) AssignKernel(const KMeansAssignPa
   if (p.active != nullptr && p.active[prob] == 0) return;  // CTA-uniform
   const int n = p.n, k = p.k;
   const int row0 = blockIdx.x * kBlockM;
+  const int32_t* rows = p.rows != nullptr ? p.rows + static_cast<int64_t>(prob) * n : nullptr;
+  const int count = rows != nullptr ? p.row_count[prob] : n;  // rows of this problem to score
+  if (row0 >= count) return;                                  // CTA-uniform
   const bf16* points = p.points + static_cast<int64_t>(prob) * p.points_stride;
   const bf16* centers = p.centers + static_cast<int64_t>(prob) * p.centers_stride;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -78,7 +86,12 @@ __global__ void __launch_bounds__(kThreads, 1) AssignKernel(const KMeansAssignPa
   const int num_tiles = (k + kBlockN - 1) / kBlockN;
 
   // Group 0: the point tile and centre tile 0; groups 1..kStages-2: the next centre tiles.
-  IssueTile<D, kBlockM>(smem, points, row0, n);
+  detail::IssueSwizzledTile<D, kBlockM, kThreads>(
+      smem,
+      [points, rows](int r) {
+        return points + static_cast<int64_t>(rows != nullptr ? rows[r] : r) * D;
+      },
+      row0, count, points);
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < num_tiles) {
@@ -93,6 +106,7 @@ __global__ void __launch_bounds__(kThreads, 1) AssignKernel(const KMeansAssignPa
   // 32 warp + 16 mt + 8 h + g, over the columns 2q, 2q + 1 of every n8 tile seen so far.
   float best[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
   int best_col[4] = {INT_MAX, INT_MAX, INT_MAX, INT_MAX};
+  float second[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};  // kSecond only
 
   for (int t = 0; t < num_tiles; ++t) {
     detail::CpAsyncWait<kStages - 2>();  // tile t (and the points) landed for this thread ...
@@ -146,8 +160,20 @@ __global__ void __launch_bounds__(kThreads, 1) AssignKernel(const KMeansAssignPa
             if (acc[mt][j][2 * h + 1] == m) col = 8 * j + 1;
             if (acc[mt][j][2 * h] == m) col = 8 * j;
           }
+          if constexpr (kSecond) {
+            // The old best and every other column of this tile are the runners-up.
+            float runner = best[r];
+#pragma unroll
+            for (int j = 0; j < kNTiles; ++j) {
+              if (8 * j != col) runner = fmaxf(runner, acc[mt][j][2 * h]);
+              if (8 * j + 1 != col) runner = fmaxf(runner, acc[mt][j][2 * h + 1]);
+            }
+            second[r] = runner;
+          }
           best[r] = m;
           best_col[r] = col0 + col + 2 * tq;
+        } else if constexpr (kSecond) {
+          second[r] = fmaxf(second[r], m);
         }
       }
     }
@@ -158,20 +184,25 @@ __global__ void __launch_bounds__(kThreads, 1) AssignKernel(const KMeansAssignPa
   int num_changed = 0;
 #pragma unroll
   for (int r = 0; r < 4; ++r) {
-    float v = best[r];
+    float v = best[r], v2 = second[r];
     int c = best_col[r];
 #pragma unroll
     for (int o = 1; o <= 2; o <<= 1) {
       const float ov = __shfl_xor_sync(0xffffffffu, v, o);
       const int oc = __shfl_xor_sync(0xffffffffu, c, o);
+      const float ov2 = kSecond ? __shfl_xor_sync(0xffffffffu, v2, o) : 0.0f;
       if (ov > v || (ov == v && oc < c)) {
+        if constexpr (kSecond) v2 = fmaxf(ov2, v);
         v = ov;
         c = oc;
+      } else if constexpr (kSecond) {
+        v2 = fmaxf(v2, ov);
       }
     }
     const int row = row0 + warp * kRowsPerWarp + (r >> 1) * 16 + (r & 1) * 8 + g;
-    if (tq != 0 || row >= n) continue;
-    const int64_t at = static_cast<int64_t>(prob) * n + row;
+    if (tq != 0 || row >= count) continue;
+    const int64_t at = static_cast<int64_t>(prob) * n + (rows != nullptr ? rows[row] : row);
+    if constexpr (kSecond) p.second[at] = v2;
     const int32_t label = p.label_offset + c;
     if (p.merge) {
       if (v > p.best[at]) {
@@ -193,7 +224,7 @@ __global__ void __launch_bounds__(kThreads, 1) AssignKernel(const KMeansAssignPa
 
 template <int D>
 cudaError_t LaunchTyped(const KMeansAssignParams& p, cudaStream_t stream) {
-  auto kernel = AssignKernel<D>;
+  auto kernel = p.second != nullptr ? AssignKernel<D, true> : AssignKernel<D, false>;
   constexpr int kBytes = AssignSmem<D>::kBytes;
   cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
@@ -213,7 +244,9 @@ cudaError_t LaunchKMeansAssign(const KMeansAssignParams& p, cudaStream_t stream)
   }
   if (p.points == nullptr || p.centers == nullptr || p.labels == nullptr || p.best == nullptr ||
       !Aligned16(p.points) || !Aligned16(p.centers) || p.points_stride % 8 != 0 ||
-      p.centers_stride % 8 != 0 || (p.merge && p.changed != nullptr)) {
+      p.centers_stride % 8 != 0 ||
+      (p.merge && (p.changed != nullptr || p.second != nullptr || p.rows != nullptr)) ||
+      ((p.rows == nullptr) != (p.row_count == nullptr))) {
     return cudaErrorInvalidValue;
   }
   if (p.num_problems > 1 && (p.points_stride < static_cast<int64_t>(p.n) * p.dpad ||

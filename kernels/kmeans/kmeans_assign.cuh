@@ -17,7 +17,12 @@
 // (best, label) pair is replaced only when the new score is strictly greater, so the label stays
 // the lowest-index maximum over every centre scored so far when label_offset grows.
 // Otherwise labels are overwritten and, when `changed` is set, changed[p] counts the points of
-// problem p whose label differs from the value it held before the launch.
+// problem p whose label differs from the value it held before the launch; when `second` is set,
+// second[i] = the largest score among the other centres (equal to best[i] on a tie), the bound
+// the Lloyd steps' pruning starts from (LaunchKMeansPrune, kmeans_steps.cuh).
+// Gathered mode (`rows`, non-merge only): only points rows[p * n + j], j < row_count[p], are
+// scored and written (the points whose label the pruning could not prove); results still land
+// at p * n + point.
 //
 // Supported: dim in {64, 128}; n >= 1; k >= 1; num_problems <= 65535; every row 16-byte aligned
 // (points/centres 16-byte aligned, strides multiples of 8). Returns cudaErrorInvalidValue
@@ -51,16 +56,19 @@ struct KMeansShape {
 // n, dpad (the kernel's `dim`) and k of the shape; d is not read. k is the number of centres
 // this launch scores: all of them, or a seeding round's new ones (with label_offset).
 struct KMeansAssignParams : KMeansShape {
-  const bf16* points = nullptr;     // [P] x [n][dim] unit points (a zero row is allowed)
-  int64_t points_stride = 0;        // elements between problems' point arrays
-  const bf16* centers = nullptr;    // [P] x [k][dim] unit centres
-  int64_t centers_stride = 0;       // elements between problems' centre arrays
-  int label_offset = 0;             // added to the winning local centre index
-  bool merge = false;               // keep the old (best, label) unless strictly beaten
-  const int32_t* active = nullptr;  // optional [P]: problems with active[p] == 0 are skipped
-  int32_t* labels = nullptr;        // [P][n] in/out
-  float* best = nullptr;            // [P][n] in (merge) / out
-  int32_t* changed = nullptr;       // optional [P], non-merge only: += changed labels
+  const bf16* points = nullptr;        // [P] x [n][dim] unit points (a zero row is allowed)
+  int64_t points_stride = 0;           // elements between problems' point arrays
+  const bf16* centers = nullptr;       // [P] x [k][dim] unit centres
+  int64_t centers_stride = 0;          // elements between problems' centre arrays
+  int label_offset = 0;                // added to the winning local centre index
+  bool merge = false;                  // keep the old (best, label) unless strictly beaten
+  const int32_t* active = nullptr;     // optional [P]: problems with active[p] == 0 are skipped
+  int32_t* labels = nullptr;           // [P][n] in/out
+  float* best = nullptr;               // [P][n] in (merge) / out
+  int32_t* changed = nullptr;          // optional [P], non-merge only: += changed labels
+  float* second = nullptr;             // optional [P][n] out, non-merge only
+  const int32_t* rows = nullptr;       // optional [P][n], non-merge only: the points to score ...
+  const int32_t* row_count = nullptr;  // ... [P]: how many of each problem's (with rows)
 };
 
 // Points per CTA (8 warps x 32 rows) and centres per shared-memory tile.

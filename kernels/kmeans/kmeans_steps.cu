@@ -124,21 +124,81 @@ __global__ void UpdateCentersKernel(const KMeansUpdateParams p) {
   const int c = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   if (c >= p.k) return;
   const int64_t row = static_cast<int64_t>(prob) * p.k + c;
-  if (p.counts[row] == 0) return;  // empty: keep the previous centre
+  const bool keep = p.counts[row] == 0;  // empty: keep the previous centre
   const unsigned long long* s = p.sums + row * p.d;
   double sq = 0.0;
-  for (int j = lane; j < p.d; j += 32) {
+  for (int j = lane; j < p.d && !keep; j += 32) {
     const double v = static_cast<double>(static_cast<long long>(s[j]));
     sq += v * v;
   }
   sq = WarpSumD(sq);
-  if (!(sq > 0.0)) return;  // members cancel out: any direction is as good, keep it
+  // Members that cancel out: any direction is as good, keep it.
+  if (keep || !(sq > 0.0)) {
+    if (p.drift != nullptr && lane == 0) p.drift[row] = 0.0f;
+    return;
+  }
   const double inv = 1.0 / sqrt(sq);
+  float moved = 0.0f;
   for (int j = lane; j < p.d; j += 32) {
     const float x = static_cast<float>(static_cast<double>(static_cast<long long>(s[j])) * inv);
+    const bf16 xb = __float2bfloat16_rn(x);
+    if (p.drift != nullptr) {
+      const float step = __bfloat162float(xb) - __bfloat162float(p.centers_bf16[row * p.dpad + j]);
+      moved += step * step;
+    }
     p.centers[row * p.d + j] = x;
-    p.centers_bf16[row * p.dpad + j] = __float2bfloat16_rn(x);
+    p.centers_bf16[row * p.dpad + j] = xb;
   }
+  if (p.drift != nullptr) {
+    moved = WarpSum(moved);
+    if (lane == 0) {
+      const float dist = sqrtf(moved);
+      p.drift[row] = dist;
+      // Non-negative floats order as their bit patterns.
+      atomicMax(reinterpret_cast<int*>(p.max_drift + prob), __float_as_int(dist));
+    }
+  }
+}
+
+// Thread per point; the points left to score are appended a warp at a time.
+__global__ void PruneKernel(const KMeansPruneParams p) {
+  const int prob = blockIdx.y;
+  if (p.active != nullptr && p.active[prob] == 0) return;
+  const int i = blockIdx.x * kThreads + threadIdx.x, lane = threadIdx.x & 31;
+  const int64_t at = static_cast<int64_t>(prob) * p.n + i;
+  bool score = false;
+  if (i < p.n) {
+    const float lower = p.best[at] - kKMeansPruneNorm * p.drift[prob * int64_t{p.k} + p.labels[at]];
+    const float upper = p.second[at] + kKMeansPruneNorm * p.max_drift[prob];
+    if (lower - upper > kKMeansPruneMargin) {
+      p.best[at] = lower;
+      p.second[at] = upper;
+    } else {
+      score = true;
+    }
+  }
+  const unsigned mask = __ballot_sync(0xffffffffu, score);
+  if (mask == 0) return;
+  int base = 0;
+  if (lane == 0) base = atomicAdd(p.row_count + prob, __popc(mask));
+  base = __shfl_sync(0xffffffffu, base, 0);
+  if (score) {
+    p.rows[static_cast<int64_t>(prob) * p.n + base + __popc(mask & ((1u << lane) - 1u))] = i;
+  }
+}
+
+__global__ void LabelScoreKernel(const KMeansLabelScoreParams p) {
+  const int prob = blockIdx.y;
+  if (p.active != nullptr && p.active[prob] == 0) return;
+  const int i = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  if (i >= p.n) return;
+  const int64_t row = static_cast<int64_t>(prob) * p.n + i;
+  const bf16* x = p.unit + row * p.dpad;
+  const bf16* c = p.centers_bf16 + (static_cast<int64_t>(prob) * p.k + p.labels[row]) * p.dpad;
+  float dot = 0.0f;
+  for (int j = lane; j < p.dpad; j += 32) dot += __bfloat162float(x[j]) * __bfloat162float(c[j]);
+  dot = WarpSum(dot);
+  if (lane == 0) p.score[row] = dot;
 }
 
 // One CTA per problem: thread t sums elements t, t + 256, ... in order, then a fixed tree.
@@ -257,10 +317,31 @@ cudaError_t LaunchKMeansAccumulate(const KMeansAccumulateParams& p, cudaStream_t
 
 cudaError_t LaunchKMeansUpdateCenters(const KMeansUpdateParams& p, cudaStream_t stream) {
   if (!ValidShape(p.num_problems, p.k, p.d, p.dpad) || p.sums == nullptr || p.counts == nullptr ||
-      p.centers == nullptr || p.centers_bf16 == nullptr) {
+      p.centers == nullptr || p.centers_bf16 == nullptr ||
+      (p.drift != nullptr && p.max_drift == nullptr)) {
     return cudaErrorInvalidValue;
   }
   UpdateCentersKernel<<<RowGrid(p.k, p.num_problems), kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchKMeansPrune(const KMeansPruneParams& p, cudaStream_t stream) {
+  if (p.num_problems <= 0 || p.num_problems > 65535 || p.n <= 0 || p.k <= 0 ||
+      p.labels == nullptr || p.drift == nullptr || p.max_drift == nullptr || p.best == nullptr ||
+      p.second == nullptr || p.rows == nullptr || p.row_count == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  const dim3 grid(static_cast<unsigned>((p.n + kThreads - 1) / kThreads), p.num_problems);
+  PruneKernel<<<grid, kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchKMeansLabelScore(const KMeansLabelScoreParams& p, cudaStream_t stream) {
+  if (p.num_problems <= 0 || p.num_problems > 65535 || p.n <= 0 || p.k <= 0 || p.dpad <= 0 ||
+      p.unit == nullptr || p.centers_bf16 == nullptr || p.labels == nullptr || p.score == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  LabelScoreKernel<<<RowGrid(p.n, p.num_problems), kThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 

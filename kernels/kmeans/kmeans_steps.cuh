@@ -104,14 +104,53 @@ cudaError_t LaunchKMeansAccumulate(const KMeansAccumulateParams& p, cudaStream_t
 
 // Spherical update of the active problems: centre c = sums[c] / |sums[c]| (in double), written
 // to centers and centers_bf16; a centre with no members or a zero sum keeps its position.
+// With `drift`: drift[p][c] = |new bf16 row - old bf16 row| (0 for a centre that kept its
+// position) and max_drift[p] = the largest of problem p's (max_drift zeroed by the caller).
 struct KMeansUpdateParams : KMeansShape {    // num_problems, d, dpad, k
   const unsigned long long* sums = nullptr;  // [P][k][d]
   const int32_t* counts = nullptr;           // [P][k]
   const int32_t* active = nullptr;           // optional [P]
   float* centers = nullptr;                  // [P][k][d]
   bf16* centers_bf16 = nullptr;              // [P][k][dpad]
+  float* drift = nullptr;                    // optional [P][k]
+  float* max_drift = nullptr;                // [P], with drift
 };
 cudaError_t LaunchKMeansUpdateCenters(const KMeansUpdateParams& p, cudaStream_t stream);
+
+// The pruning of a Lloyd step's assignment (Hamerly's bounds, for unit vectors): after the
+// centres moved, a point's score with its own centre is at least best - |x| drift[label] and its
+// score with any other at most second + |x| max_drift (Cauchy-Schwarz on the bf16 rows the
+// assignment reads; |x| <= 1 + 2^-9 for a bf16 unit row). When the first bound beats the second
+// by more than the fp32 rounding of two 128-term dot products (kKMeansPruneMargin), the label
+// provably stays: best and second become those bounds and the point is not scored. The others
+// are listed in rows[p][0, row_count[p]) (any order; row_count zeroed by the caller) for the
+// gathered assignment (kmeans_assign.cuh), which writes them exact scores again.
+// best/second must hold scores or bounds of the labels in `labels` (a kSecond assignment's
+// output, or an earlier pruning's).
+constexpr float kKMeansPruneNorm = 1.01f;
+constexpr float kKMeansPruneMargin = 1e-4f;
+struct KMeansPruneParams : KMeansShape {  // num_problems, n, k
+  const int32_t* labels = nullptr;        // [P][n]
+  const int32_t* active = nullptr;        // optional [P]
+  const float* drift = nullptr;           // [P][k]
+  const float* max_drift = nullptr;       // [P]
+  float* best = nullptr;                  // [P][n] in/out
+  float* second = nullptr;                // [P][n] in/out
+  int32_t* rows = nullptr;                // [P][n] out
+  int32_t* row_count = nullptr;           // [P] out
+};
+cudaError_t LaunchKMeansPrune(const KMeansPruneParams& p, cudaStream_t stream);
+
+// score[p][i] = unit[p][i] . centers_bf16[p][labels[p][i]] (fp32 sum of the bf16 products) for
+// the active problems: the exact scores the objective sums when the pruning left bounds in best.
+struct KMeansLabelScoreParams : KMeansShape {  // num_problems, n, k, dpad
+  const bf16* unit = nullptr;                  // [P][n][dpad]
+  const bf16* centers_bf16 = nullptr;          // [P][k][dpad]
+  const int32_t* labels = nullptr;             // [P][n]
+  const int32_t* active = nullptr;             // optional [P]
+  float* score = nullptr;                      // [P][n]
+};
+cudaError_t LaunchKMeansLabelScore(const KMeansLabelScoreParams& p, cudaStream_t stream);
 
 // objective[p] = sum over i of best[p][i], in double, in a fixed order (deterministic), for the
 // active problems (the others keep their value).

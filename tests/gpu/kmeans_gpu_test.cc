@@ -206,6 +206,175 @@ TEST(KMeansAssignKernelTest, MatchesBruteForceArgmax) {
   }
 }
 
+TEST(KMeansAssignKernelTest, RunnerUpScoresAndGatheredRows) {
+  for (const int dim : {64, 128}) {
+    for (const auto& [P, n, k] :
+         {std::tuple{2, 700, 130}, std::tuple{1, 300, 1}, std::tuple{3, 257, 64}}) {
+      SCOPED_TRACE(testing::Message() << "dim " << dim << " P " << P << " n " << n << " k " << k);
+      Rng rng(static_cast<uint64_t>(dim * 7 + n + k));
+      const Bf16Data points = RandomUnitRows(static_cast<size_t>(P) * n, dim, rng);
+      const Bf16Data centers = RandomUnitRows(static_cast<size_t>(P) * k, dim, rng);
+      DeviceArray<bf16> d_points(points.dev), d_centers(centers.dev);
+      const size_t pn = static_cast<size_t>(P) * n;
+      DeviceArray<int32_t> labels(pn), changed(P);
+      DeviceArray<float> best(pn), second(pn);
+      gpu::KMeansAssignParams p;
+      p.num_problems = P;
+      p.n = n;
+      p.k = k;
+      p.dpad = dim;
+      p.points = d_points.get();
+      p.points_stride = static_cast<int64_t>(n) * dim;
+      p.centers = d_centers.get();
+      p.centers_stride = static_cast<int64_t>(k) * dim;
+      labels.Poison();
+      best.Poison();
+      const AssignOut plain = RunAssign(p, labels, best, nullptr);
+
+      // With the runner-up: the same labels and scores, and second = the best other score.
+      labels.Poison();
+      best.Poison();
+      second.Poison();
+      gpu::KMeansAssignParams with_second = p;
+      with_second.second = second.get();
+      const AssignOut full = RunAssign(with_second, labels, best, nullptr);
+      const std::vector<float> got_second = second.Download();
+      EXPECT_EQ(full.labels, plain.labels);
+      EXPECT_EQ(std::memcmp(full.best.data(), plain.best.data(), pn * 4), 0);
+      for (size_t at = 0; at < pn; ++at) {
+        const size_t prob = at / n;
+        const float* x = &points.ref[at * dim];
+        double want = -INFINITY;
+        for (int c = 0; c < k; ++c) {
+          if (c == full.labels[at]) continue;
+          want = std::max(want, Dot(x, &centers.ref[(prob * k + c) * dim], dim));
+        }
+        if (k == 1) {
+          ASSERT_EQ(got_second[at], -INFINITY) << "point " << at << ": no other centre";
+        } else {
+          ASSERT_NEAR(got_second[at], want, kScoreTol) << "point " << at;
+          ASSERT_LE(got_second[at], full.best[at]) << "point " << at;
+        }
+      }
+
+      // Gathered: each problem scores its own list (a shuffled subset of its points); only
+      // those are written, with the full launch's values.
+      std::vector<int32_t> rows(pn, -7), count(P);
+      std::vector<std::vector<int32_t>> listed(P);
+      for (int prob = 0; prob < P; ++prob) {
+        for (int i = prob % 3; i < n; i += 2 + prob) listed[prob].push_back(i);
+        std::mt19937_64 shuffle_rng(static_cast<uint64_t>(prob) + 1);
+        std::shuffle(listed[prob].begin(), listed[prob].end(), shuffle_rng);
+        count[prob] = static_cast<int32_t>(listed[prob].size());
+        std::copy(listed[prob].begin(), listed[prob].end(), rows.begin() + prob * n);
+      }
+      DeviceArray<int32_t> d_rows(rows), d_count(count);
+      labels.Poison();
+      best.Poison();
+      second.Poison();
+      CUDA_OK(cudaMemset(changed.get(), 0, P * sizeof(int32_t)));
+      gpu::KMeansAssignParams gathered = with_second;
+      gathered.rows = d_rows.get();
+      gathered.row_count = d_count.get();
+      const AssignOut part = RunAssign(gathered, labels, best, &changed);
+      const std::vector<float> part_second = second.Download();
+      for (int prob = 0; prob < P; ++prob) {
+        EXPECT_EQ(part.changed[prob], count[prob]) << "listed points changed from the poison";
+        std::vector<bool> is_listed(n, false);
+        for (int i : listed[prob]) is_listed[i] = true;
+        for (int i = 0; i < n; ++i) {
+          const size_t at = static_cast<size_t>(prob) * n + i;
+          if (is_listed[i]) {
+            ASSERT_EQ(part.labels[at], full.labels[at]) << "point " << at;
+            ASSERT_EQ(part.best[at], full.best[at]) << "point " << at;
+            ASSERT_EQ(std::memcmp(&part_second[at], &got_second[at], 4), 0) << "point " << at;
+          } else {
+            ASSERT_EQ(part.labels[at], -1) << "unlisted point " << at << " written";
+            ASSERT_TRUE(std::isnan(part.best[at]) && std::isnan(part_second[at]));
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(KMeansStepsTest, PruneSettlesOnlyProvenLabels) {
+  const int P = 3, n = 2000, k = 50;
+  Rng rng(5);
+  const size_t pn = static_cast<size_t>(P) * n;
+  std::vector<int32_t> labels(pn);
+  std::vector<float> best(pn), second(pn), drift(static_cast<size_t>(P) * k), max_drift(P, 0.0f);
+  for (float& v : drift) v = 0.02f * (rng.Uniform() + 1.0f);  // [0, 0.04)
+  for (int prob = 0; prob < P; ++prob) {
+    for (int c = 0; c < k; ++c) max_drift[prob] = std::max(max_drift[prob], drift[prob * k + c]);
+  }
+  for (size_t at = 0; at < pn; ++at) {
+    labels[at] = static_cast<int32_t>((at * 7919) % k);
+    best[at] = 0.5f + 0.4f * rng.Uniform();
+    // Gaps spread over both sides of the bounds' sum (<= 0.08).
+    second[at] = best[at] - 0.06f * (rng.Uniform() + 1.0f);
+  }
+  std::vector<int32_t> active = {1, 0, 1};
+  DeviceArray<int32_t> d_labels(labels), d_active(active), d_rows(pn), d_count(P);
+  DeviceArray<float> d_best(best), d_second(second), d_drift(drift), d_max(max_drift);
+  d_rows.Poison();
+  CUDA_OK(cudaMemset(d_count.get(), 0, P * sizeof(int32_t)));
+  gpu::KMeansPruneParams p;
+  p.num_problems = P;
+  p.n = n;
+  p.k = k;
+  p.labels = d_labels.get();
+  p.active = d_active.get();
+  p.drift = d_drift.get();
+  p.max_drift = d_max.get();
+  p.best = d_best.get();
+  p.second = d_second.get();
+  p.rows = d_rows.get();
+  p.row_count = d_count.get();
+  CUDA_OK(gpu::LaunchKMeansPrune(p, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<int32_t> got_rows = d_rows.Download(), got_count = d_count.Download();
+  const std::vector<float> got_best = d_best.Download(), got_second = d_second.Download();
+  int settled_total = 0;
+  for (int prob = 0; prob < P; ++prob) {
+    SCOPED_TRACE(testing::Message() << "problem " << prob);
+    std::vector<int32_t> want_rows;
+    for (int i = 0; i < n; ++i) {
+      const size_t at = static_cast<size_t>(prob) * n + i;
+      if (!active[prob]) {
+        ASSERT_EQ(got_best[at], best[at]);
+        continue;
+      }
+      const double lower = best[at] - gpu::kKMeansPruneNorm * drift[prob * k + labels[at]];
+      const double upper = second[at] + gpu::kKMeansPruneNorm * max_drift[prob];
+      const double gap = lower - upper - gpu::kKMeansPruneMargin;
+      if (std::abs(gap) < 1e-5) continue;  // fp32 rounding may decide either way
+      if (gap > 0) {
+        ++settled_total;
+        ASSERT_NEAR(got_best[at], lower, 1e-6) << "point " << i;
+        ASSERT_NEAR(got_second[at], upper, 1e-6) << "point " << i;
+      } else {
+        want_rows.push_back(i);
+        ASSERT_EQ(got_best[at], best[at]) << "a listed point keeps its scores";
+        ASSERT_EQ(got_second[at], second[at]);
+      }
+    }
+    if (!active[prob]) {
+      EXPECT_EQ(got_count[prob], 0);
+      continue;
+    }
+    std::vector<int32_t> got(got_rows.begin() + prob * n,
+                             got_rows.begin() + prob * n + got_count[prob]);
+    std::sort(got.begin(), got.end());
+    EXPECT_TRUE(std::adjacent_find(got.begin(), got.end()) == got.end()) << "listed twice";
+    for (int32_t i : want_rows) {
+      EXPECT_TRUE(std::binary_search(got.begin(), got.end(), i)) << "point " << i << " unlisted";
+    }
+    EXPECT_LE(got.size(), want_rows.size() + 60u) << "only near-boundary points besides";
+  }
+  EXPECT_GT(settled_total, 500) << "the data must settle some points";
+}
+
 TEST(KMeansAssignKernelTest, RejectsUnsupportedShapes) {
   gpu::KMeansAssignParams p;
   p.num_problems = 1;
@@ -324,10 +493,35 @@ TEST(KMeansStepsTest, MatchTheirCpuReferences) {
   update.counts = counts.get();
   update.centers = centers.get();
   update.centers_bf16 = centers_bf16.get();
+  DeviceArray<float> drift(static_cast<size_t>(P) * k), max_drift(P);
+  drift.Poison();
+  CUDA_OK(cudaMemset(max_drift.get(), 0, P * sizeof(float)));
+  update.drift = drift.get();
+  update.max_drift = max_drift.get();
   CUDA_OK(gpu::LaunchKMeansUpdateCenters(update, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   const std::vector<float> got_centers = centers.Download();
   const std::vector<bf16> got_bf16 = centers_bf16.Download();
+  const std::vector<float> got_drift = drift.Download(), got_max_drift = max_drift.Download();
+  for (int p = 0; p < P; ++p) {
+    float want_max = 0.0f;
+    for (int c = 0; c < k; ++c) {
+      // The drift: how far the bf16 row moved (0 for the empty clusters that kept theirs).
+      double moved = 0.0;
+      for (int j = 0; j < d; ++j) {
+        const size_t at = (static_cast<size_t>(p) * k + c) * dpad + j;
+        const double step = static_cast<double>(__bfloat162float(got_bf16[at])) - 0.5;
+        moved += step * step;
+      }
+      const float got = got_drift[static_cast<size_t>(p) * k + c];
+      ASSERT_NEAR(got, std::sqrt(moved), 1e-5 * (1.0 + std::sqrt(moved))) << "drift " << c;
+      if (c >= k - empty) {
+        EXPECT_EQ(got, 0.0f) << "an empty cluster does not move";
+      }
+      want_max = std::max(want_max, got);
+    }
+    EXPECT_EQ(got_max_drift[p], want_max) << "problem " << p;
+  }
   for (int p = 0; p < P; ++p) {
     for (int c = 0; c < k; ++c) {
       const size_t row = static_cast<size_t>(p) * k + c;
@@ -663,6 +857,37 @@ TEST(CudaKMeansTest, BatchEqualsEachProblemRunAlone) {
       }
     }
     EXPECT_EQ(rngs_b[p], rng) << "the PRNG advances as a single Run advances it";
+  }
+}
+
+TEST(CudaKMeansTest, PruningGivesTheFullAssignmentsClusters) {
+  CudaKMeansOptions full_options;
+  full_options.prune = false;
+  CudaKMeans pruned, full(0, full_options);
+  for (const auto& [n, d, k, true_k] :
+       {std::tuple{20000, 128, 1000, 200}, std::tuple{8192, 64, 2048, 6000},
+        std::tuple{5000, 96, 250, 100}}) {
+    SCOPED_TRACE(testing::Message() << "n " << n << " d " << d << " k " << k);
+    const std::vector<float> points = ClusteredPoints(n, d, true_k, 3 * n + k);
+    const KMeansResult a = RunOne(pruned, points, n, d, k, 25, 11);
+    const CudaKMeansStats stats = pruned.stats();
+    const KMeansResult b = RunOne(full, points, n, d, k, 25, 11);
+    EXPECT_EQ(a.labels, b.labels);
+    EXPECT_EQ(a.unit_centers, b.unit_centers) << "the same centres at every step";
+    EXPECT_EQ(a.iterations, b.iterations);
+    ASSERT_EQ(a.objective.size(), b.objective.size());
+    for (size_t i = 0; i < a.objective.size(); ++i) {
+      // Exact label scores (pruned) vs the assignment's: fp32 sums in other orders.
+      EXPECT_NEAR(a.objective[i], b.objective[i], 1e-5 * std::abs(b.objective[i])) << i;
+    }
+    const double scored = static_cast<double>(stats.points_scored) / stats.points_stepped;
+    std::printf("[kmeans] n %d d %d k %d: %d steps, pruned run scored %.3f of the points\n", n, d,
+                k, a.iterations, scored);
+    if (a.iterations >= 4) {
+      EXPECT_LT(scored, 0.9) << "late steps settle most points";
+    }
+    EXPECT_GT(full.stats().points_stepped, 0);
+    EXPECT_EQ(full.stats().points_scored, full.stats().points_stepped);
   }
 }
 

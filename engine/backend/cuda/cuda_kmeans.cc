@@ -73,6 +73,11 @@ struct CudaKMeans::Impl {
   Grow<float> raw;                   // [P][n][d] points uploaded by the host entry points
   Grow<gpu::bf16> unit;              // [P][n][dpad]
   Grow<float> nonzero, best;         // [P][n]
+  Grow<float> second, score;         // [P][n] pruning bounds, exact scores for the objective
+  Grow<int32_t> rows;                // [P][n] the points a pruned step scores
+  Grow<int32_t> row_count;           // [P]
+  Grow<float> drift;                 // [P][k]
+  Grow<float> max_drift;             // [P]
   Grow<int32_t> labels;              // [P][n]
   Grow<float> centers;               // [P][k][d]
   Grow<gpu::bf16> centers_bf16;      // [P][k][dpad]
@@ -153,6 +158,12 @@ bool CudaKMeans::ClusterGroup(const gpu::KMeansRawPoints& raw, int P, int n, int
       !check(im.changed.Reserve(P), "alloc") || !check(im.active.Reserve(P), "alloc") ||
       !check(im.objective.Reserve(P), "alloc") ||
       !check(im.index.Reserve(parallel_seed ? P : pk), "alloc")) {
+    return false;
+  }
+  if (options_.prune &&
+      (!check(im.second.Reserve(pn), "alloc") || !check(im.score.Reserve(pn), "alloc") ||
+       !check(im.rows.Reserve(pn), "alloc") || !check(im.row_count.Reserve(P), "alloc") ||
+       !check(im.drift.Reserve(pk), "alloc") || !check(im.max_drift.Reserve(P), "alloc"))) {
     return false;
   }
   if (parallel_seed &&
@@ -275,28 +286,71 @@ bool CudaKMeans::ClusterGroup(const gpu::KMeansRawPoints& raw, int P, int n, int
   update.centers_bf16 = im.centers_bf16.p;
   assign.active = im.active.p;
   assign.changed = im.changed.p;
+  // Pruning: the first step's assignment scores every point and keeps the runner-up scores;
+  // from the second step on, the update measures how far each centre moved and only the points
+  // the bounds cannot settle are scored (their list made on the device). The objective then
+  // sums exact scores of the labels (best holds bounds for the settled points).
+  gpu::KMeansPruneParams prune{shape};
+  gpu::KMeansLabelScoreParams label_score{shape};
+  if (options_.prune) {
+    assign.second = im.second.p;
+    update.drift = im.drift.p;
+    update.max_drift = im.max_drift.p;
+    prune.labels = im.labels.p;
+    prune.active = im.active.p;
+    prune.drift = im.drift.p;
+    prune.max_drift = im.max_drift.p;
+    prune.best = im.best.p;
+    prune.second = im.second.p;
+    prune.rows = im.rows.p;
+    prune.row_count = im.row_count.p;
+    label_score.unit = im.unit.p;
+    label_score.centers_bf16 = im.centers_bf16.p;
+    label_score.labels = im.labels.p;
+    label_score.active = im.active.p;
+    label_score.score = im.score.p;
+  }
+  const float* objective_of = options_.prune ? im.score.p : im.best.p;
+  std::vector<int32_t> scored(P, n);
   const int64_t stop_changed = limits.StopChanged(n);
   int num_active = P;
   for (int it = 1; it < limits.max_iterations && num_active > 0; ++it) {
+    const bool pruned_step = options_.prune && it >= 2;
     check(
         cudaMemcpyAsync(im.active.p, active.data(), P * sizeof(int32_t), cudaMemcpyHostToDevice, s),
         "upload");
     check(cudaMemsetAsync(im.sums.p, 0, pk * d * sizeof(unsigned long long), s), "memset");
     check(cudaMemsetAsync(im.counts.p, 0, pk * sizeof(int32_t), s), "memset");
+    if (options_.prune) check(cudaMemsetAsync(im.max_drift.p, 0, P * sizeof(float), s), "memset");
     check(gpu::LaunchKMeansAccumulate(acc, s), "accumulate");
     check(gpu::LaunchKMeansUpdateCenters(update, s), "update");
     check(cudaMemsetAsync(im.changed.p, 0, P * sizeof(int32_t), s), "memset");
+    if (pruned_step) {
+      check(cudaMemsetAsync(im.row_count.p, 0, P * sizeof(int32_t), s), "memset");
+      check(gpu::LaunchKMeansPrune(prune, s), "prune");
+      assign.rows = im.rows.p;
+      assign.row_count = im.row_count.p;
+    }
     check(gpu::LaunchKMeansAssign(assign, s), "assign");
-    check(gpu::LaunchKMeansObjective(im.best.p, P, n, im.active.p, im.objective.p, s), "objective");
+    if (options_.prune) check(gpu::LaunchKMeansLabelScore(label_score, s), "label scores");
+    check(gpu::LaunchKMeansObjective(objective_of, P, n, im.active.p, im.objective.p, s),
+          "objective");
     check(cudaMemcpyAsync(changed.data(), im.changed.p, P * sizeof(int32_t), cudaMemcpyDeviceToHost,
                           s),
           "readback");
     check(cudaMemcpyAsync(objective.data(), im.objective.p, P * sizeof(double),
                           cudaMemcpyDeviceToHost, s),
           "readback");
+    if (pruned_step) {
+      check(cudaMemcpyAsync(scored.data(), im.row_count.p, P * sizeof(int32_t),
+                            cudaMemcpyDeviceToHost, s),
+            "readback");
+    }
     if (!check(cudaStreamSynchronize(s), "iteration")) return false;
     for (int p = 0; p < P; ++p) {
       if (active[p] == 0) continue;
+      stats_.points_scored += scored[p];
+      stats_.points_stepped += n;
       KMeansResult& r = (*results)[p];
       r.objective.push_back(objective[p]);
       ++r.iterations;

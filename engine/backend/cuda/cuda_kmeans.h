@@ -57,6 +57,11 @@ struct CudaKMeansOptions {
   double min_changed_fraction = 0.0;
   // Device memory one batch may use; larger RunBatch calls are split into groups of problems.
   size_t max_batch_bytes = size_t{4} << 30;
+  // Lloyd steps after the first score only the points whose label the centres' movement could
+  // have changed (kmeans_steps.cuh, LaunchKMeansPrune: Hamerly's bounds); the others provably
+  // keep theirs, so the labels are the full assignment's (up to scores within 1e-4 of a tie).
+  // False scores every point at every step (the comparison in tests and benchmarks).
+  bool prune = true;
   // Run the first version instead, head by head: fp32 points, TF32 cuBLAS score matrix,
   // separate argmax, uniform seeding. Kept as the benchmark baseline; also what Run falls back
   // to for head sizes above 128.
@@ -72,6 +77,9 @@ struct CudaKMeansStats {
   double seed_seconds = 0.0;    // normalisation + seeding (= the first assignment step)
   double lloyd_seconds = 0.0;   // the remaining update + assignment steps
   double finish_seconds = 0.0;  // raw sums, download, compaction
+  // Over the Lloyd steps of the active problems: points scored by the assignment, of all.
+  int64_t points_scored = 0;
+  int64_t points_stepped = 0;
 };
 
 class CudaKMeans final : public KMeansSolver {
