@@ -486,11 +486,15 @@ absl::StatusOr<SqueezePlan> PlanIndex(const ContextKeys& keys, const QueryCaptur
     const std::vector<KMeansResult> fine = ClusterLayer(keys, l, M, options, solver);
     std::vector<KMeansResult> coarse;
     if (options.hierarchical && M > 0) coarse = CoarseLayer(fine, M, d, l, options, solver);
-    for (int h = 0; h < Hkv; ++h) {
-      HeadPlan head =
+    // The heads' storage orders are independent host work (sorts of M labels each).
+    std::vector<HeadPlan> heads(Hkv);
+    ParallelFor(Hkv, [&](size_t h) {
+      heads[h] =
           PlanHead(fine[h], coarse.empty() ? nullptr : &coarse[h], M, d, options.sinks, options);
-      index.heads.push_back(std::move(head.index));
-      plan.perms[static_cast<size_t>(l) * Hkv + h] = std::move(head.perm);
+    });
+    for (int h = 0; h < Hkv; ++h) {
+      index.heads.push_back(std::move(heads[h].index));
+      plan.perms[static_cast<size_t>(l) * Hkv + h] = std::move(heads[h].perm);
     }
     if (on_layer) on_layer(l, plan);
     if (progress) progress("clustering", static_cast<double>(l + 1) / L);
