@@ -8,16 +8,14 @@
 #include "absl/strings/str_format.h"
 #include "engine/common/parallel_for.h"
 #include "engine/common/serial_blas.h"
+#include "engine/common/status_macros.h"
 #include "engine/squeeze/cluster_scores.h"
 
 namespace squeeze {
 
 namespace {
 
-struct HeadScores {
-  std::vector<float> fine, coarse;
-  absl::Status status;
-};
+using HeadScores = LayerCalibrator::HeadScores;
 
 // Every head's scores into the index's two distributions, in (layer, head) order (the first
 // failure reported instead).
@@ -37,7 +35,60 @@ absl::Status Gather(const std::vector<HeadScores>& per_head, SqueezeIndex* index
   return absl::OkStatus();
 }
 
+// Fails (Internal) on the first non-finite score of a head's level, naming it.
+void CheckFinite(HeadScores& out, bool is_coarse, int l, int h) {
+  const std::vector<float>& scores = is_coarse ? out.coarse : out.fine;
+  for (size_t c = 0; c < scores.size(); ++c) {
+    if (!std::isfinite(scores[c]) && out.status.ok()) {
+      out.status = absl::InternalError(
+          absl::StrFormat("calibration: non-finite %s score %g at layer %d, kv head %d, cluster %d",
+                          is_coarse ? "coarse" : "fine", scores[c], l, h, c));
+    }
+  }
+}
+
 }  // namespace
+
+LayerCalibrator::LayerCalibrator(std::span<const float* const> window_q, const SqueezeIndex& index,
+                                 WindowScorer* scorer)
+    : window_q_(window_q.begin(), window_q.end()),
+      num_kv_heads_(index.num_kv_heads),
+      num_q_heads_(index.num_q_heads),
+      head_dim_(index.head_dim),
+      window_(index.window),
+      hierarchical_(index.hierarchical()),
+      scorer_(scorer),
+      per_head_(static_cast<size_t>(index.num_layers) * index.num_kv_heads) {}
+
+absl::Status LayerCalibrator::Score(int l, std::span<const SqueezeHeadIndex> heads) {
+  const int Hkv = num_kv_heads_;
+  for (int level = 0; level < 2; ++level) {
+    const bool is_coarse = level == 1;
+    if (is_coarse && !hierarchical_) break;
+    std::vector<std::span<const float>> cents(Hkv);
+    std::vector<std::span<const int32_t>> sizes(Hkv);
+    std::vector<std::span<float>> outs(Hkv);
+    for (int h = 0; h < Hkv; ++h) {
+      const SqueezeHeadIndex& head = heads[h];
+      HeadScores& out = per_head_[static_cast<size_t>(l) * Hkv + h];
+      std::vector<float>& scores = is_coarse ? out.coarse : out.fine;
+      scores.resize(is_coarse ? head.num_coarse() : head.num_clusters());
+      cents[h] = is_coarse ? std::span<const float>(head.coarse_centroids)
+                           : std::span<const float>(head.centroids);
+      sizes[h] = is_coarse ? std::span<const int32_t>(head.coarse_sizes)
+                           : std::span<const int32_t>(head.sizes);
+      outs[h] = scores;
+    }
+    RETURN_IF_ERROR(
+        scorer_->Average(window_q_[l], window_, num_q_heads_, head_dim_, cents, sizes, outs));
+    for (int h = 0; h < Hkv; ++h) {
+      CheckFinite(per_head_[static_cast<size_t>(l) * Hkv + h], is_coarse, l, h);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LayerCalibrator::Finish(SqueezeIndex* index) { return Gather(per_head_, index); }
 
 absl::Status CalibrateSqueezeIndex(std::span<const float* const> window_q, SqueezeIndex* index,
                                    const SqueezeProgress& progress, WindowScorer* scorer) {
@@ -48,51 +99,20 @@ absl::Status CalibrateSqueezeIndex(std::span<const float* const> window_q, Squee
         "calibration: window queries for %d layers, index has %d", window_q.size(), L));
   }
   const size_t token_stride = static_cast<size_t>(Hq) * d;
-  // Every (layer, KV head) scored on its own (in parallel; each head's scores are computed as
-  // they would be alone), then gathered in (layer, head) order, so the result does not depend
-  // on the thread count.
-  std::vector<HeadScores> per_head(static_cast<size_t>(L) * Hkv);
-  auto check_finite = [&](HeadScores& out, bool is_coarse, int l, int h) {
-    const std::vector<float>& scores = is_coarse ? out.coarse : out.fine;
-    for (size_t c = 0; c < scores.size(); ++c) {
-      if (!std::isfinite(scores[c]) && out.status.ok()) {
-        out.status = absl::InternalError(absl::StrFormat(
-            "calibration: non-finite %s score %g at layer %d, kv head %d, cluster %d",
-            is_coarse ? "coarse" : "fine", scores[c], l, h, c));
-      }
-    }
-  };
   if (scorer != nullptr) {
     // A layer's heads at once on the device, level by level.
+    LayerCalibrator calibrator(window_q, *index, scorer);
     for (int l = 0; l < L; ++l) {
-      for (int level = 0; level < 2; ++level) {
-        const bool is_coarse = level == 1;
-        if (is_coarse && !index->hierarchical()) break;
-        std::vector<std::span<const float>> cents(Hkv);
-        std::vector<std::span<const int32_t>> sizes(Hkv);
-        std::vector<std::span<float>> outs(Hkv);
-        for (int h = 0; h < Hkv; ++h) {
-          const SqueezeHeadIndex& head = index->head(l, h);
-          HeadScores& out = per_head[static_cast<size_t>(l) * Hkv + h];
-          std::vector<float>& scores = is_coarse ? out.coarse : out.fine;
-          scores.resize(is_coarse ? head.num_coarse() : head.num_clusters());
-          cents[h] = is_coarse ? std::span<const float>(head.coarse_centroids)
-                               : std::span<const float>(head.centroids);
-          sizes[h] = is_coarse ? std::span<const int32_t>(head.coarse_sizes)
-                               : std::span<const int32_t>(head.sizes);
-          outs[h] = scores;
-        }
-        if (absl::Status s = scorer->Average(window_q[l], W, Hq, d, cents, sizes, outs); !s.ok()) {
-          return s;
-        }
-        for (int h = 0; h < Hkv; ++h) {
-          check_finite(per_head[static_cast<size_t>(l) * Hkv + h], is_coarse, l, h);
-        }
-      }
+      RETURN_IF_ERROR(calibrator.Score(l, std::span<const SqueezeHeadIndex>(index->heads)
+                                              .subspan(static_cast<size_t>(l) * Hkv, Hkv)));
       if (progress) progress("calibrating", static_cast<double>(l + 1) / L);
     }
-    return Gather(per_head, index);
+    return calibrator.Finish(index);
   }
+  // On the host every (layer, KV head) is scored on its own (in parallel; each head's scores are
+  // computed as they would be alone), then gathered in (layer, head) order, so the result does
+  // not depend on the thread count.
+  std::vector<HeadScores> per_head(static_cast<size_t>(L) * Hkv);
   // Progress from the worker threads, one call at a time (the callback need not be
   // thread-safe), once per finished layer's worth of heads.
   std::mutex progress_mu;
@@ -115,7 +135,7 @@ absl::Status CalibrateSqueezeIndex(std::span<const float* const> window_q, Squee
       host_scorer.Average(
           q, W, G, token_stride, is_coarse ? head.coarse_centroids.data() : head.centroids.data(),
           is_coarse ? head.coarse_sizes.data() : head.sizes.data(), C, d, scores.data());
-      check_finite(out, is_coarse, l, h);
+      CheckFinite(out, is_coarse, l, h);
     }
     if (progress) {
       std::lock_guard<std::mutex> lock(progress_mu);

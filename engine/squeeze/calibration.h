@@ -12,6 +12,7 @@
 #pragma once
 
 #include <span>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "engine/backend/window_scorer.h"
@@ -27,5 +28,33 @@ namespace squeeze {
 absl::Status CalibrateSqueezeIndex(std::span<const float* const> window_q, SqueezeIndex* index,
                                    const SqueezeProgress& progress = nullptr,
                                    WindowScorer* scorer = nullptr);
+
+// CalibrateSqueezeIndex on a device scorer a layer at a time, for an index whose layers are built
+// one after another: PlanSqueezeIndex scores each layer as soon as its clusters exist, beside the
+// clustering of the next ones. Score every layer once (any order, one call at a time), then
+// Finish. The result equals CalibrateSqueezeIndex's with the same scorer.
+class LayerCalibrator {
+ public:
+  // `index` gives the shape (layers, heads, head dim, window, hierarchical); window_q as above.
+  LayerCalibrator(std::span<const float* const> window_q, const SqueezeIndex& index,
+                  WindowScorer* scorer);
+  // Layer l's num_kv_heads heads, clusters built.
+  absl::Status Score(int layer, std::span<const SqueezeHeadIndex> heads);
+  // Every layer's scores into index's two distributions (index: the same shape, all heads).
+  absl::Status Finish(SqueezeIndex* index);
+
+  // One head's window scores per fine (and coarse) cluster, or why they could not be had.
+  struct HeadScores {
+    std::vector<float> fine, coarse;
+    absl::Status status;
+  };
+
+ private:
+  std::vector<const float*> window_q_;
+  int num_kv_heads_, num_q_heads_, head_dim_, window_;
+  bool hierarchical_;
+  WindowScorer* scorer_;
+  std::vector<HeadScores> per_head_;  // [layer][kv head]
+};
 
 }  // namespace squeeze

@@ -9,9 +9,11 @@
 #include <functional>
 #include <mutex>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <thread>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_format.h"
 #include "engine/backend/kmeans.h"
 #include "engine/common/bfloat16.h"
@@ -479,9 +481,49 @@ absl::StatusOr<SqueezePlan> PlanIndex(const ContextKeys& keys, const QueryCaptur
   BuildTimings local_timings;
   if (timings == nullptr) timings = &local_timings;
 
-  // ---- Cluster every slice; keep the row permutations for ApplySqueezePlan.
+  // ---- Cluster every slice; keep the row permutations for ApplySqueezePlan. With a device
+  // scorer, each layer is calibrated on a thread of its own as soon as its clusters exist (the
+  // scorer has its own stream), beside the next layers' clustering.
   Clock::time_point t0 = Clock::now();
   plan.perms.resize(static_cast<size_t>(L) * Hkv);  // sized once: a layer's are read meanwhile
+  std::optional<LayerCalibrator> calibrator;
+  std::mutex calib_mu;
+  std::condition_variable calib_cv;
+  std::deque<std::pair<int, const SqueezeHeadIndex*>> calib_ready;  // built layers, their heads
+  bool calib_closed = false;
+  absl::Status calib_status;
+  std::thread calib_thread;
+  if (scorer != nullptr && M > 0) {
+    calibrator.emplace(window_q, index, scorer);
+    calib_thread = std::thread([&] {
+      for (;;) {
+        std::pair<int, const SqueezeHeadIndex*> layer;
+        {
+          std::unique_lock<std::mutex> lock(calib_mu);
+          calib_cv.wait(lock, [&] { return calib_closed || !calib_ready.empty(); });
+          if (calib_ready.empty()) return;
+          layer = calib_ready.front();
+          calib_ready.pop_front();
+        }
+        absl::Status s =
+            calibrator->Score(layer.first, std::span<const SqueezeHeadIndex>(layer.second, Hkv));
+        if (!s.ok()) {
+          std::lock_guard<std::mutex> lock(calib_mu);
+          if (calib_status.ok()) calib_status = std::move(s);
+        }
+      }
+    });
+  }
+  auto close_calibration = [&] {
+    if (!calib_thread.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lock(calib_mu);
+      calib_closed = true;
+    }
+    calib_cv.notify_one();
+    calib_thread.join();
+  };
+  absl::Cleanup join_calibration = close_calibration;  // on every way out
   for (int l = 0; l < L; ++l) {
     const std::vector<KMeansResult> fine = ClusterLayer(keys, l, M, options, solver);
     std::vector<KMeansResult> coarse;
@@ -496,17 +538,29 @@ absl::StatusOr<SqueezePlan> PlanIndex(const ContextKeys& keys, const QueryCaptur
       index.heads.push_back(std::move(heads[h].index));
       plan.perms[static_cast<size_t>(l) * Hkv + h] = std::move(heads[h].perm);
     }
+    if (calibrator) {
+      // The heads vector was reserved whole: layer l's elements stay where they are.
+      {
+        std::lock_guard<std::mutex> lock(calib_mu);
+        calib_ready.emplace_back(l, &index.heads[static_cast<size_t>(l) * Hkv]);
+      }
+      calib_cv.notify_one();
+    }
     if (on_layer) on_layer(l, plan);
     if (progress) progress("clustering", static_cast<double>(l + 1) / L);
   }
   timings->clustering_seconds = SecondsSince(t0);
 
-  // ---- Calibrate (needs only centroids and sizes).
+  // ---- Calibrate (needs only centroids and sizes): what the device calibration has left, or
+  // all of it on the host.
   t0 = Clock::now();
-  if (M > 0) {
-    if (absl::Status s = CalibrateSqueezeIndex(window_q, &index, progress, scorer); !s.ok()) {
-      return s;
-    }
+  if (calibrator) {
+    close_calibration();
+    RETURN_IF_ERROR(calib_status);
+    RETURN_IF_ERROR(calibrator->Finish(&index));
+    if (progress) progress("calibrating", 1.0);
+  } else if (M > 0) {
+    RETURN_IF_ERROR(CalibrateSqueezeIndex(window_q, &index, progress, scorer));
   }
   timings->calibration_seconds = SecondsSince(t0);
   return plan;

@@ -10,12 +10,14 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <span>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_format.h"
 #include "engine/backend/kmeans.h"
+#include "engine/squeeze/cluster_scores.h"
 #include "engine/squeeze/index_io.h"
 
 namespace squeeze {
@@ -353,6 +355,61 @@ TEST(SqueezeIndexTest, ApplyChecksTheCopyThePlanDidNotRead) {
   auto applied = ApplySqueezePlan(*std::move(plan), &c.kv);
   ASSERT_TRUE(applied.ok()) << applied.status();
   CheckLayout(*applied, c.kv, c.original);
+}
+
+// A WindowScorer on the host: ClusterScorer per head, as CalibrateSqueezeIndex scores without one
+// (so the device path's layer-at-a-time calibration can be compared bit for bit). Fails at
+// call number `fail_at_call` (counting from 0) when set.
+class HostWindowScorer final : public WindowScorer {
+ public:
+  explicit HostWindowScorer(int fail_at_call = -1) : fail_at_call_(fail_at_call) {}
+  absl::Status Average(const float* q, int W, int Hq, int d,
+                       std::span<const std::span<const float>> centroids,
+                       std::span<const std::span<const int32_t>> sizes,
+                       std::span<const std::span<float>> scores) override {
+    if (calls_++ == fail_at_call_) return absl::InternalError("window scorer failed on purpose");
+    const int Hkv = static_cast<int>(centroids.size()), G = Hq / Hkv;
+    for (int h = 0; h < Hkv; ++h) {
+      scorer_.Average(q + static_cast<size_t>(h) * G * d, W, G, static_cast<size_t>(Hq) * d,
+                      centroids[h].data(), sizes[h].data(), static_cast<int>(sizes[h].size()), d,
+                      scores[h].data());
+    }
+    return absl::OkStatus();
+  }
+  int calls() const { return calls_; }
+
+ private:
+  ClusterScorer scorer_;
+  int calls_ = 0;
+  int fail_at_call_;
+};
+
+// With a device scorer the plan calibrates each layer on its own thread as the layers are built:
+// the same distributions as the host calibration after the clustering; a scorer error is the
+// plan's error (and nothing hangs).
+TEST(SqueezeIndexTest, LayerByLayerCalibrationEqualsTheWholeIndexOne) {
+  for (const bool hierarchical : {false, true}) {
+    SCOPED_TRACE(hierarchical ? "hierarchical" : "flat");
+    TestContext c = MakeContext(3, 2, 4, 8, 400, 20, 41);
+    const ContextKeys keys{.shape = c.kv.shape, .num_tokens = 400, .host = &c.kv};
+    const SqueezeOptions o = Options(20, 2, hierarchical);
+    auto host = PlanSqueezeIndex(keys, c.capture, 4, o);
+    HostWindowScorer scorer;
+    auto layered = PlanSqueezeIndex(keys, c.capture, 4, o, nullptr, nullptr, nullptr, &scorer);
+    ASSERT_TRUE(host.ok()) << host.status();
+    ASSERT_TRUE(layered.ok()) << layered.status();
+    EXPECT_EQ(scorer.calls(), hierarchical ? 6 : 3);  // each layer once, per level
+    EXPECT_EQ(layered->index.fine_scores, host->index.fine_scores);
+    EXPECT_EQ(layered->index.coarse_scores, host->index.coarse_scores);
+    EXPECT_EQ(layered->perms, host->perms);
+
+    for (const int fail_at : {0, 2}) {
+      HostWindowScorer failing(fail_at);
+      auto failed = PlanSqueezeIndex(keys, c.capture, 4, o, nullptr, nullptr, nullptr, &failing);
+      ASSERT_FALSE(failed.ok());
+      EXPECT_THAT(std::string(failed.status().message()), HasSubstr("failed on purpose"));
+    }
+  }
 }
 
 // A non-finite key in the sequence: the clustering sees it first, but the error names the key.
