@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <random>
 #include <span>
 #include <string>
@@ -194,14 +195,23 @@ int Main() {
   raw.b16 = dev_bf16;
   raw.problem_stride = static_cast<int64_t>(nd);
   raw.row_stride = d;
-  rngs_for(&rngs, &rng_ptrs);
-  t0 = Now();
-  auto dev_results = fused.ClusterOnDevice(raw, n, d, k, iterations, rng_ptrs);
-  const double dev_s = Now() - t0;
-  if (!dev_results.ok()) {
-    std::printf("ERROR: %s\n", std::string(dev_results.status().message()).c_str());
-    return 1;
-  }
+  // One timed ClusterOnDevice of the device keys from the same PRNG states; nullopt (printed) on
+  // an error.
+  auto on_device = [&](CudaKMeans& solver, KMeansLimits limits,
+                       double* seconds) -> std::optional<std::vector<KMeansResult>> {
+    rngs_for(&rngs, &rng_ptrs);
+    const double start = Now();
+    auto results = solver.ClusterOnDevice(raw, n, d, k, limits, rng_ptrs);
+    *seconds = Now() - start;
+    if (!results.ok()) {
+      std::printf("ERROR: %s\n", std::string(results.status().message()).c_str());
+      return std::nullopt;
+    }
+    return *std::move(results);
+  };
+  double dev_s = 0.0;
+  const auto dev_results = on_device(fused, iterations, &dev_s);
+  if (!dev_results) return 1;
   PrintStats("batched, device bf16 keys:", dev_s, fused.stats(), layers);
   {  // The same without the Lloyd steps' pruning: every point scored at every step.
     CudaKMeansOptions full_options = options;
@@ -209,14 +219,9 @@ int Main() {
     CudaKMeans full(0, full_options);
     rngs_for(&rngs, &rng_ptrs);
     full.RunBatch(points, n, d, k, 2, rng_ptrs);  // warm-up
-    rngs_for(&rngs, &rng_ptrs);
-    t0 = Now();
-    auto full_results = full.ClusterOnDevice(raw, n, d, k, iterations, rng_ptrs);
-    const double full_s = Now() - t0;
-    if (!full_results.ok()) {
-      std::printf("ERROR: %s\n", std::string(full_results.status().message()).c_str());
-      return 1;
-    }
+    double full_s = 0.0;
+    const auto full_results = on_device(full, iterations, &full_s);
+    if (!full_results) return 1;
     PrintStats("  same, every point scored:", full_s, full.stats(), layers);
     int same = 0;
     for (int h = 0; h < H; ++h) same += (*full_results)[h].labels == (*dev_results)[h].labels;
@@ -224,15 +229,9 @@ int Main() {
                 same, H);
   }
   if (const double early = absl::GetFlag(FLAGS_early_min_changed); early > 0.0) {
-    rngs_for(&rngs, &rng_ptrs);
-    t0 = Now();
-    auto early_results =
-        fused.ClusterOnDevice(raw, n, d, k, KMeansLimits(iterations, early), rng_ptrs);
-    const double early_s = Now() - t0;
-    if (!early_results.ok()) {
-      std::printf("ERROR: %s\n", std::string(early_results.status().message()).c_str());
-      return 1;
-    }
+    double early_s = 0.0;
+    const auto early_results = on_device(fused, KMeansLimits(iterations, early), &early_s);
+    if (!early_results) return 1;
     char name[64];
     std::snprintf(name, sizeof(name), "  same, min changed %g:", early);
     PrintStats(name, early_s, fused.stats(), layers);
