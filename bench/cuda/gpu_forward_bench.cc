@@ -494,7 +494,8 @@ int Main() {
     std::printf(
         "\nindex of the %d-token context (%d layers x %d KV heads, 5%% centroids, GPU "
         "k-means on the device KV in place, <= %d iterations, min changed %g%s): k-means %.2f s, "
-        "calibration %.2f s (%s); beside them the KV to the host %.2f s and its row reorder "
+        "calibration %.2f s after it (%s; on the GPU a layer at a time beside the k-means); "
+        "beside them the KV to the host %.2f s and its row reorder "
         "%.2f s, of which %.2f s after the calibration; %.2f s in all\n",
         S, c.num_layers, c.num_kv_heads, options.max_iterations, options.kmeans_min_changed,
         options.hierarchical ? ", coarse level 1% on the GPU too" : "",
