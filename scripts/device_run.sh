@@ -24,7 +24,7 @@
 #            context, Generate dense / squeezed at batch 1 and 8, a 1K-token input's TTFT
 #   index    the forward benchmark at 128K with the index's k-means stopping once at most
 #            KMEANS_MIN_CHANGED (0.005) of a head's labels change: index time, squeezed decode
-#            (TTFT_ARGS: more arguments for the ttft stage's run)
+#            (TTFT_ARGS, INDEX_ARGS: more arguments for the ttft and index stages' runs)
 #   torch-prefill  the PyTorch dense model's chunked prefill of 128K tokens on cuDNN and its time
 #            to first token of 1K and 4K-token inputs (bench/torch_model_baseline.py --prefill;
 #            PREFILL_TOKENS to change the 128K): the baseline of the ttft stage
@@ -157,7 +157,8 @@ if has index; then
   echo "== gpu-forward-bench: the index of a 128K context with the k-means' early stop"
   timeout 240 /tmp/bundle/gpu-forward-bench --model=bench/configs/llama3-8b \
     --prefill_tokens=131072 --decode_steps=8 --squeezed_budgets=0.1,0.05 --kmeans --hierarchical \
-    --kmeans_min_changed="${KMEANS_MIN_CHANGED:-0.005}" 2>&1 | tee "$LOGS/forward_128k_index.log"
+    --kmeans_min_changed="${KMEANS_MIN_CHANGED:-0.005}" ${INDEX_ARGS:-} 2>&1 \
+    | tee "$LOGS/forward_128k_index.log"
 fi
 
 if has torch-prefill; then

@@ -58,6 +58,9 @@ ABSL_FLAG(bool, kmeans, false,
 ABSL_FLAG(double, kmeans_min_changed, 0,
           "with --kmeans: the index's k-means early stop (SqueezeOptions::kmeans_min_changed): a "
           "head stops after a step that moved at most this fraction of its keys; 0: none moved");
+ABSL_FLAG(bool, kmeans_prune, false,
+          "With --kmeans: the k-means' Lloyd steps score only the points the bounds cannot settle "
+          "(CudaKMeansOptions::prune)");
 ABSL_FLAG(bool, host_calibration, false,
           "With --kmeans: calibrate the index on the host (ClusterScorer) instead of the GPU");
 ABSL_FLAG(std::string, batches, "1",
@@ -477,7 +480,9 @@ int Main() {
     options.hierarchical = absl::GetFlag(FLAGS_hierarchical);
     options.kmeans_min_changed = absl::GetFlag(FLAGS_kmeans_min_changed);
     BuildTimings timings;
-    CudaKMeans kmeans;
+    CudaKMeansOptions kmeans_options;
+    kmeans_options.prune = absl::GetFlag(FLAGS_kmeans_prune);
+    CudaKMeans kmeans(0, kmeans_options);
     // As a registration does: the prefill's KV, still on the device, clustered in place while
     // the host copy is made beside it.
     CudaWindowScorer window_scorer;

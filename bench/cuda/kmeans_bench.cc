@@ -175,6 +175,7 @@ int Main() {
   CudaKMeansOptions options;
   options.seed_growth = absl::GetFlag(FLAGS_seed_growth);
   options.min_changed_fraction = absl::GetFlag(FLAGS_min_changed_fraction);
+  options.prune = true;  // compared with every point scored below
   CudaKMeans fused(0, options);
   {  // warm-up: module loading, allocations of the full size
     rngs_for(&rngs, &rng_ptrs);

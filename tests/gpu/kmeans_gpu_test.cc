@@ -861,9 +861,10 @@ TEST(CudaKMeansTest, BatchEqualsEachProblemRunAlone) {
 }
 
 TEST(CudaKMeansTest, PruningGivesTheFullAssignmentsClusters) {
-  CudaKMeansOptions full_options;
+  CudaKMeansOptions pruned_options, full_options;
+  pruned_options.prune = true;
   full_options.prune = false;
-  CudaKMeans pruned, full(0, full_options);
+  CudaKMeans pruned(0, pruned_options), full(0, full_options);
   for (const auto& [n, d, k, true_k] :
        {std::tuple{20000, 128, 1000, 200}, std::tuple{8192, 64, 2048, 6000},
         std::tuple{5000, 96, 250, 100}}) {
