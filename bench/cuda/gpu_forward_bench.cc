@@ -704,11 +704,12 @@ int Main() {
     for (int i = 0; i < n; ++i) input[i] = (i * 104729 + 7) % c.vocab_size;
     // Median of 3 (after one warm-up) of a fresh sequence's first step; realised budget of
     // the last run.
-    auto ttft = [&](double budget, double* realised_out) {
+    auto ttft = [&](double budget, double* realised_out, bool hierarchical = false) {
       std::vector<double> t;
       for (int rep = 0; rep < 4; ++rep) {
         SelectionOptions options;
         options.budget = std::max(budget, 0.0);
+        options.hierarchical = hierarchical;
         if (absl::GetFlag(FLAGS_per_step)) options.budget_policy = BudgetPolicy::kPerStep;
         SqueezedFixedContextAttention selector(index, options);
         SequenceKV dyn = m.NewSequenceKV();
@@ -743,6 +744,15 @@ int Main() {
           "  squeezed budget %.2f: %.1f ms, realised KV budget %.4f, %.2fx faster than "
           "dense\n",
           b, 1e3 * t, realised, dense_ttft / t);
+      if (absl::GetFlag(FLAGS_hierarchical)) {
+        // The coarse level first: the fine scores only for the clusters under the kept coarse
+        // ones (the selection's default coarse keep).
+        const double th = ttft(b, &realised, /*hierarchical=*/true);
+        std::printf(
+            "  hierarchical %.2f (coarse keep %.2f): %.1f ms, realised KV budget %.4f, %.2fx "
+            "faster than dense\n",
+            b, std::min(1.0, 5 * b), 1e3 * th, realised, dense_ttft / th);
+      }
     }
 
     // Attention alone, summed over the layers: the calls the forward makes for this input, the
