@@ -152,7 +152,7 @@ __global__ void __launch_bounds__(kThreads, 1) ScoresKernel(const ClusterScoresP
             for (int b = 0; b < 2; ++b) {
               const int col = j * 8 + 2 * tq + b;
               // side: the sizes (int32 bits); columns past n_rows are -inf (exp 0) and size 0.
-              const float n = static_cast<float>(__float_as_int(side[col]));
+              const float n = detail::SmallIntToFloat(side[col]);
               s = fmaf(n, Exp2(x[2 * j + b] - m_new), s);
             }
           }

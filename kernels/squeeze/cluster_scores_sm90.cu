@@ -57,6 +57,7 @@ struct Smem {
 using detail::Centroids;
 using detail::CpAsync4;
 using detail::HeadRows;
+using detail::SmallIntToFloat;
 
 // The producer warpgroup's copy of kRows rows [row0, row0 + kRows) (rows at or past `valid`
 // zero-filled): thread `copier` copies 16-byte chunk copier % (D / 8) of every (128 / (D / 8))-th
@@ -98,12 +99,6 @@ __device__ __forceinline__ void TreeFold(float (&v)[N]) {
 #pragma unroll
   for (int i = 0; i < W; ++i) v[i] = kMax ? fmaxf(v[i], v[i + W]) : v[i] + v[i + W];
   if constexpr (W > 1) TreeFold<W / 2, kMax>(v);
-}
-
-// A small non-negative int32 (< 2^23: a cluster size) as float without a conversion
-// instruction: its bits under the exponent of 2^23, less 2^23.
-__device__ __forceinline__ float SmallIntToFloat(float bits) {
-  return __int_as_float(__float_as_int(bits) | 0x4B000000) - 8388608.0f;
 }
 
 // Folds one S tile into the thread's two rows (e >> 1 = 0: row g, 1: row g + 8). Column
