@@ -124,6 +124,9 @@ int CudaKMeans::GroupSize(int num_problems, int n, int d, int k, bool with_uploa
   size_t per_problem = static_cast<size_t>(n) * (dpad * 2 + 12 + 24 + 24) +
                        static_cast<size_t>(k) * (d * 4 + dpad * 2 + d * 8 + 8) + 64;
   if (with_upload) per_problem += static_cast<size_t>(n) * d * 4;
+  // Pruning: per point the runner-up bound, the exact label score and the row list; per centre
+  // its move.
+  if (options_.prune) per_problem += static_cast<size_t>(n) * 12 + static_cast<size_t>(k) * 4;
   size_t group = std::max<size_t>(1, options_.max_batch_bytes / per_problem);
   group = std::min<size_t>(group, static_cast<size_t>(INT32_MAX / n));  // sort item count
   group = std::min<size_t>(group, 65535);                               // grid.y
