@@ -1,8 +1,7 @@
 #include "server/auth.h"
 
-#include <sys/stat.h>
-
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
@@ -16,12 +15,13 @@
 namespace squeeze::server {
 namespace {
 
-bool StatFile(const std::string& path, int64_t* mtime_ns, int64_t* size) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) return false;
-  *mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
-  *size = static_cast<int64_t>(st.st_size);
-  return true;
+// The whole file (a keys file is small); nullopt when it cannot be read.
+std::optional<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return std::nullopt;
+  std::ostringstream text;
+  text << in.rdbuf();
+  return std::move(text).str();
 }
 
 absl::Status ValidateKey(absl::string_view key) {
@@ -53,9 +53,8 @@ absl::Status ValidateTenantId(absl::string_view tenant) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<ApiKeys::Digests> ApiKeys::Parse(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read the API keys file '", path, "'"));
+absl::StatusOr<ApiKeys::Digests> ApiKeys::Parse(const std::string& path, absl::string_view text) {
+  std::istringstream in{std::string(text)};
   Digests keys;
   std::string line;
   for (int number = 1; std::getline(in, line); ++number) {
@@ -83,30 +82,33 @@ absl::StatusOr<ApiKeys::Digests> ApiKeys::Parse(const std::string& path) {
 
 absl::StatusOr<std::unique_ptr<ApiKeys>> ApiKeys::Load(const std::string& path) {
   std::unique_ptr<ApiKeys> keys(new ApiKeys(path));
-  int64_t mtime = 0, size = 0;
-  StatFile(path, &mtime, &size);
-  auto parsed = Parse(path);
+  const std::optional<std::string> text = ReadFile(path);
+  if (!text) return absl::NotFoundError(absl::StrCat("cannot read the API keys file '", path, "'"));
+  auto parsed = Parse(path, *text);
   if (!parsed.ok()) return parsed.status();
   absl::MutexLock lock(&keys->mu_);
   keys->keys_ = std::move(*parsed);
-  keys->mtime_ns_ = mtime;
-  keys->size_bytes_ = size;
+  keys->file_digest_ = Sha256Hex({text->data(), text->size()});
   keys->next_check_ = absl::Now() + absl::Seconds(1);
   return keys;
 }
 
 void ApiKeys::ReloadIfChanged() {
+  // The file's contents, not its mtime and size, say whether it changed: two writes of keys of
+  // one length within the file system's timestamp granularity look alike by those.
+  std::optional<std::string> text;
   {
     absl::MutexLock lock(&mu_);
     const absl::Time now = absl::Now();
     if (now < next_check_) return;
     next_check_ = now + absl::Seconds(1);
-    int64_t mtime = 0, size = 0;
-    if (!StatFile(path_, &mtime, &size) || (mtime == mtime_ns_ && size == size_bytes_)) return;
-    mtime_ns_ = mtime;
-    size_bytes_ = size;
+    text = ReadFile(path_);
+    if (!text) return;
+    std::string digest = Sha256Hex({text->data(), text->size()});
+    if (digest == file_digest_) return;
+    file_digest_ = std::move(digest);
   }
-  auto parsed = Parse(path_);
+  auto parsed = Parse(path_, *text);
   if (!parsed.ok()) {
     spdlog::error("API keys not reloaded, keeping the previous ones: {}",
                   std::string(parsed.status().message()));

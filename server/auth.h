@@ -35,14 +35,14 @@ class ApiKeys {
  private:
   using Digests = absl::flat_hash_map<std::string, std::string>;  // SHA-256(key) -> tenant
   explicit ApiKeys(std::string path) : path_(std::move(path)) {}
-  static absl::StatusOr<Digests> Parse(const std::string& path);
+  // The keys of a file's `text` (`path` names it in errors).
+  static absl::StatusOr<Digests> Parse(const std::string& path, absl::string_view text);
   void ReloadIfChanged();
 
   const std::string path_;
   mutable absl::Mutex mu_;
   Digests keys_ ABSL_GUARDED_BY(mu_);
-  int64_t mtime_ns_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t size_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  std::string file_digest_ ABSL_GUARDED_BY(mu_);  // SHA-256 of the file last read
   absl::Time next_check_ ABSL_GUARDED_BY(mu_);
 };
 
