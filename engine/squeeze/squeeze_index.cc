@@ -7,13 +7,13 @@
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <future>
 #include <mutex>
 #include <numeric>
 #include <optional>
 #include <random>
 #include <thread>
 
-#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_format.h"
 #include "engine/backend/kmeans.h"
 #include "engine/common/bfloat16.h"
@@ -487,43 +487,10 @@ absl::StatusOr<SqueezePlan> PlanIndex(const ContextKeys& keys, const QueryCaptur
   Clock::time_point t0 = Clock::now();
   plan.perms.resize(static_cast<size_t>(L) * Hkv);  // sized once: a layer's are read meanwhile
   std::optional<LayerCalibrator> calibrator;
-  std::mutex calib_mu;
-  std::condition_variable calib_cv;
-  std::deque<std::pair<int, const SqueezeHeadIndex*>> calib_ready;  // built layers, their heads
-  bool calib_closed = false;
-  absl::Status calib_status;
-  std::thread calib_thread;
-  if (scorer != nullptr && M > 0) {
-    calibrator.emplace(window_q, index, scorer);
-    calib_thread = std::thread([&] {
-      for (;;) {
-        std::pair<int, const SqueezeHeadIndex*> layer;
-        {
-          std::unique_lock<std::mutex> lock(calib_mu);
-          calib_cv.wait(lock, [&] { return calib_closed || !calib_ready.empty(); });
-          if (calib_ready.empty()) return;
-          layer = calib_ready.front();
-          calib_ready.pop_front();
-        }
-        absl::Status s =
-            calibrator->Score(layer.first, std::span<const SqueezeHeadIndex>(layer.second, Hkv));
-        if (!s.ok()) {
-          std::lock_guard<std::mutex> lock(calib_mu);
-          if (calib_status.ok()) calib_status = std::move(s);
-        }
-      }
-    });
-  }
-  auto close_calibration = [&] {
-    if (!calib_thread.joinable()) return;
-    {
-      std::lock_guard<std::mutex> lock(calib_mu);
-      calib_closed = true;
-    }
-    calib_cv.notify_one();
-    calib_thread.join();
-  };
-  absl::Cleanup join_calibration = close_calibration;  // on every way out
+  if (scorer != nullptr && M > 0) calibrator.emplace(window_q, index, scorer);
+  // The previous layer's calibration (one at a time: it takes far less than a layer's k-means).
+  // A std::async future waits for its task when destroyed, so no way out leaves it running.
+  std::future<absl::Status> calibrating;
   for (int l = 0; l < L; ++l) {
     const std::vector<KMeansResult> fine = ClusterLayer(keys, l, M, options, solver);
     std::vector<KMeansResult> coarse;
@@ -539,12 +506,12 @@ absl::StatusOr<SqueezePlan> PlanIndex(const ContextKeys& keys, const QueryCaptur
       plan.perms[static_cast<size_t>(l) * Hkv + h] = std::move(heads[h].perm);
     }
     if (calibrator) {
+      if (calibrating.valid()) RETURN_IF_ERROR(calibrating.get());
       // The heads vector was reserved whole: layer l's elements stay where they are.
-      {
-        std::lock_guard<std::mutex> lock(calib_mu);
-        calib_ready.emplace_back(l, &index.heads[static_cast<size_t>(l) * Hkv]);
-      }
-      calib_cv.notify_one();
+      const std::span<const SqueezeHeadIndex> heads(&index.heads[static_cast<size_t>(l) * Hkv],
+                                                    Hkv);
+      calibrating = std::async(std::launch::async,
+                               [&calibrator, l, heads] { return calibrator->Score(l, heads); });
     }
     if (on_layer) on_layer(l, plan);
     if (progress) progress("clustering", static_cast<double>(l + 1) / L);
@@ -555,8 +522,7 @@ absl::StatusOr<SqueezePlan> PlanIndex(const ContextKeys& keys, const QueryCaptur
   // all of it on the host.
   t0 = Clock::now();
   if (calibrator) {
-    close_calibration();
-    RETURN_IF_ERROR(calib_status);
+    if (calibrating.valid()) RETURN_IF_ERROR(calibrating.get());
     RETURN_IF_ERROR(calibrator->Finish(&index));
     if (progress) progress("calibrating", 1.0);
   } else if (M > 0) {
