@@ -306,7 +306,7 @@ class PhaseTimedKMeans final : public squeeze::KMeansSolver {
  public:
   struct Totals {
     int calls = 0, max_steps = 0;
-    double wall = 0, seed = 0, lloyd = 0, finish = 0;
+    double wall = 0, seed = 0, lloyd = 0, finish = 0, download = 0;
     int64_t scored = 0, stepped = 0;  // points the Lloyd steps scored, of all (pruning)
   };
   explicit PhaseTimedKMeans(squeeze::CudaKMeans* k) : k_(k) {}
@@ -345,6 +345,7 @@ class PhaseTimedKMeans final : public squeeze::KMeansSolver {
     t->seed += s.seed_seconds;
     t->lloyd += s.lloyd_seconds;
     t->finish += s.finish_seconds;
+    t->download += s.download_seconds;
     t->scored += s.points_scored;
     t->stepped += s.points_stepped;
   }
@@ -512,9 +513,9 @@ int Main() {
       if (t.calls == 0) continue;
       std::printf(
           "  k-means %s level: %d calls, %.2f s (seeding and first step %.2f, later steps %.2f, "
-          "finish %.2f; the rest outside the solver's phases), at most %d steps, the later "
-          "steps scored %.3f of the points\n",
-          name, t.calls, t.wall, t.seed, t.lloyd, t.finish, t.max_steps,
+          "finish %.2f of which raw means and download %.2f; the rest outside the solver's "
+          "phases), at most %d steps, the later steps scored %.3f of the points\n",
+          name, t.calls, t.wall, t.seed, t.lloyd, t.finish, t.download, t.max_steps,
           t.stepped > 0 ? static_cast<double>(t.scored) / t.stepped : 1.0);
     }
   } else {

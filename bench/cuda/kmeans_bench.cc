@@ -120,10 +120,11 @@ int MaxIterations(const std::vector<KMeansResult>& results) {
 
 void PrintStats(const char* name, double seconds, const CudaKMeansStats& s, int layers) {
   std::printf(
-      "%-34s %8.3f s/layer  (upload %.3f, normalise+seed %.3f, Lloyd %.3f, finish %.3f; up to "
-      "%d steps, %.3f of the points scored)  x%d layers: %.2f s\n",
+      "%-34s %8.3f s/layer  (upload %.3f, normalise+seed %.3f, Lloyd %.3f, finish %.3f of which "
+      "raw means and download %.3f; up to %d steps, %.3f of the points scored)  x%d layers: "
+      "%.2f s\n",
       name, seconds, s.upload_seconds, s.seed_seconds, s.lloyd_seconds, s.finish_seconds,
-      s.max_iterations_run,
+      s.download_seconds, s.max_iterations_run,
       s.points_stepped > 0 ? static_cast<double>(s.points_scored) / s.points_stepped : 1.0, layers,
       seconds * layers);
 }

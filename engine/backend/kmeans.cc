@@ -149,11 +149,11 @@ void UpdateCenters(const float* unit, int n, int d, const std::vector<int32_t>& 
   }
 }
 
-}  // namespace
-
-void CompactClusters(std::span<const int32_t> labels, int k, int d,
-                     std::span<const float> unit_centers, std::span<const double> raw_sums,
-                     KMeansResult* result) {
+// CompactClusters with centroid(c, j, count) giving a surviving cluster's centroid element.
+template <typename Centroid>
+void CompactClustersWith(std::span<const int32_t> labels, int k, int d,
+                         std::span<const float> unit_centers, Centroid centroid,
+                         KMeansResult* result) {
   const int n = static_cast<int>(labels.size());
   std::vector<int32_t> counts(k, 0);
   for (int i = 0; i < n; ++i) ++counts[labels[i]];
@@ -176,10 +176,30 @@ void CompactClusters(std::span<const int32_t> labels, int k, int d,
     std::memcpy(&result->unit_centers[static_cast<size_t>(to) * d],
                 &unit_centers[static_cast<size_t>(c) * d], sizeof(float) * d);
     for (int j = 0; j < d; ++j) {
-      result->centroids[static_cast<size_t>(to) * d + j] =
-          static_cast<float>(raw_sums[static_cast<size_t>(c) * d + j] / counts[c]);
+      result->centroids[static_cast<size_t>(to) * d + j] = centroid(c, j, counts[c]);
     }
   }
+}
+
+}  // namespace
+
+void CompactClusters(std::span<const int32_t> labels, int k, int d,
+                     std::span<const float> unit_centers, std::span<const double> raw_sums,
+                     KMeansResult* result) {
+  CompactClustersWith(
+      labels, k, d, unit_centers,
+      [&](int c, int j, int32_t count) {
+        return static_cast<float>(raw_sums[static_cast<size_t>(c) * d + j] / count);
+      },
+      result);
+}
+
+void CompactClusters(std::span<const int32_t> labels, int k, int d,
+                     std::span<const float> unit_centers, std::span<const float> raw_means,
+                     KMeansResult* result) {
+  CompactClustersWith(
+      labels, k, d, unit_centers,
+      [&](int c, int j, int32_t) { return raw_means[static_cast<size_t>(c) * d + j]; }, result);
 }
 
 double UniformDouble(std::mt19937_64& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }

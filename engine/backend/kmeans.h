@@ -87,6 +87,11 @@ KMeansResult SphericalKMeans(const float* points, int n, int d, int k, KMeansLim
 void CompactClusters(std::span<const int32_t> labels, int k, int d,
                      std::span<const float> unit_centers, std::span<const double> raw_sums,
                      KMeansResult* result);
+// The same from centroids already divided (the GPU's): raw_means [k][d] =
+// float(raw_sums / member count), any value for an empty cluster.
+void CompactClusters(std::span<const int32_t> labels, int k, int d,
+                     std::span<const float> unit_centers, std::span<const float> raw_means,
+                     KMeansResult* result);
 
 // Another implementation of the same clustering (the CUDA k-means,
 // engine/backend/cuda/cuda_kmeans.h): same preconditions and result fields; it may seed

@@ -4,6 +4,7 @@
 // Grids are (row blocks, P): blockIdx.y is the problem.
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cub/device/device_radix_sort.cuh>
@@ -221,7 +222,7 @@ __global__ void ObjectiveKernel(const float* best, int n, const int32_t* active,
 }
 
 __global__ void RawSumsKernel(const KMeansRawPoints raw, const int32_t* labels, int n, int d, int k,
-                              double* sums) {
+                              double* sums, int32_t* counts) {
   const int i = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   if (i >= n) return;
   const int p = blockIdx.y;
@@ -229,6 +230,16 @@ __global__ void RawSumsKernel(const KMeansRawPoints raw, const int32_t* labels, 
   const int64_t src = p * raw.problem_stride + i * raw.row_stride;
   double* s = sums + (static_cast<int64_t>(p) * k + c) * d;
   for (int j = lane; j < d; j += 32) atomicAdd(s + j, static_cast<double>(RawAt(raw, src + j)));
+  if (counts != nullptr && lane == 0) atomicAdd(counts + static_cast<int64_t>(p) * k + c, 1);
+}
+
+__global__ void RawMeansKernel(const double* sums, const int32_t* counts, int64_t total, int d,
+                               float* means) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int32_t count = counts[e / d];
+    means[e] = count > 0 ? static_cast<float>(sums[e] / count) : 0.0f;
+  }
 }
 
 bool ValidRaw(const KMeansRawPoints& raw, int num_problems, int n, int d) {
@@ -355,12 +366,27 @@ cudaError_t LaunchKMeansObjective(const float* best, int num_problems, int n, co
 }
 
 cudaError_t LaunchKMeansRawSums(const KMeansRawPoints& raw, const int32_t* labels, int num_problems,
-                                int n, int d, int k, double* sums, cudaStream_t stream) {
+                                int n, int d, int k, double* sums, int32_t* counts,
+                                cudaStream_t stream) {
   if (num_problems <= 0 || num_problems > 65535 || n <= 0 || d <= 0 || k <= 0 ||
       !ValidRaw(raw, num_problems, n, d) || labels == nullptr || sums == nullptr) {
     return cudaErrorInvalidValue;
   }
-  RawSumsKernel<<<RowGrid(n, num_problems), kThreads, 0, stream>>>(raw, labels, n, d, k, sums);
+  RawSumsKernel<<<RowGrid(n, num_problems), kThreads, 0, stream>>>(raw, labels, n, d, k, sums,
+                                                                   counts);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchKMeansRawMeans(const double* sums, const int32_t* counts, int num_problems, int k,
+                                 int d, float* means, cudaStream_t stream) {
+  if (num_problems <= 0 || k <= 0 || d <= 0 || sums == nullptr || counts == nullptr ||
+      means == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t total = static_cast<int64_t>(num_problems) * k * d;
+  const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 4096);
+  RawMeansKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(sums, counts, total, d,
+                                                                         means);
   return cudaGetLastError();
 }
 

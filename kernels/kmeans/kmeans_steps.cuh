@@ -158,8 +158,16 @@ cudaError_t LaunchKMeansObjective(const float* best, int num_problems, int n, co
                                   double* objective, cudaStream_t stream);
 
 // sums[p][labels[p][i]][j] += raw(p, i, j) in double (atomics; the order of additions, and so the
-// last bits, unspecified): the stored centroid is the mean of the raw keys. sums zeroed first.
+// last bits, unspecified): the stored centroid is the mean of the raw keys. With counts (optional,
+// [P][k]), counts[p][labels[p][i]] += 1 too. sums and counts zeroed first.
 cudaError_t LaunchKMeansRawSums(const KMeansRawPoints& raw, const int32_t* labels, int num_problems,
-                                int n, int d, int k, double* sums, cudaStream_t stream);
+                                int n, int d, int k, double* sums, int32_t* counts,
+                                cudaStream_t stream);
+
+// means[p][c][j] = float(sums[p][c][j] / counts[p][c]) (the division in double, as the CPU's
+// CompactClusters rounds it), 0 for an empty cluster: the raw centroids, to download at half the
+// bytes of the double sums.
+cudaError_t LaunchKMeansRawMeans(const double* sums, const int32_t* counts, int num_problems, int k,
+                                 int d, float* means, cudaStream_t stream);
 
 }  // namespace squeeze::gpu

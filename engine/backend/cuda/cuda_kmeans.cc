@@ -70,24 +70,29 @@ struct CudaKMeans::Impl {
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
   // Batched solver, for the P problems of one group (shapes as in kernels/kmeans/kmeans_steps.cuh).
-  Grow<float> raw;                   // [P][n][d] points uploaded by the host entry points
-  Grow<gpu::bf16> unit;              // [P][n][dpad]
-  Grow<float> nonzero, best;         // [P][n]
-  Grow<float> second, score;         // [P][n] pruning bounds, exact scores for the objective
-  Grow<int32_t> rows;                // [P][n] the points a pruned step scores
-  Grow<int32_t> row_count;           // [P]
-  Grow<float> drift;                 // [P][k]
-  Grow<float> max_drift;             // [P]
-  Grow<int32_t> labels;              // [P][n]
-  Grow<float> centers;               // [P][k][d]
-  Grow<gpu::bf16> centers_bf16;      // [P][k][dpad]
-  Grow<unsigned long long> sums;     // [P][k][d] fixed point; reused as double for raw sums
-  Grow<int32_t> counts;              // [P][k]
-  Grow<int32_t> changed, active;     // [P]
-  Grow<double> objective;            // [P]
-  Grow<int32_t> index;               // [P][k] host-drawn seed indices
-  Grow<uint64_t> seeds;              // [P] device seeds of the sampling hash
-  Grow<uint64_t> keys, keys_sorted;  // [P * n] seeding keys
+  Grow<float> raw;                // [P][n][d] points uploaded by the host entry points
+  Grow<gpu::bf16> unit;           // [P][n][dpad]
+  Grow<float> nonzero, best;      // [P][n]
+  Grow<float> second, score;      // [P][n] pruning bounds, exact scores for the objective
+  Grow<int32_t> rows;             // [P][n] the points a pruned step scores
+  Grow<int32_t> row_count;        // [P]
+  Grow<float> drift;              // [P][k]
+  Grow<float> max_drift;          // [P]
+  Grow<int32_t> labels;           // [P][n]
+  Grow<float> centers;            // [P][k][d]
+  Grow<gpu::bf16> centers_bf16;   // [P][k][dpad]
+  Grow<unsigned long long> sums;  // [P][k][d] fixed point; reused as double for raw sums
+  Grow<int32_t> counts;           // [P][k]
+  Grow<float> means;              // [P][k][d] raw centroids of the final labels
+  // Download destinations of the finish.
+  GrowingPinnedArray<int32_t> host_labels;  // [P][n]
+  GrowingPinnedArray<float> host_centers;   // [P][k][d]
+  GrowingPinnedArray<float> host_means;     // [P][k][d]
+  Grow<int32_t> changed, active;            // [P]
+  Grow<double> objective;                   // [P]
+  Grow<int32_t> index;                      // [P][k] host-drawn seed indices
+  Grow<uint64_t> seeds;                     // [P] device seeds of the sampling hash
+  Grow<uint64_t> keys, keys_sorted;         // [P * n] seeding keys
   Grow<int32_t> values, values_sorted;
   Grow<char> sort_scratch;
   // The cuBLAS baseline (one problem).
@@ -120,9 +125,10 @@ CudaKMeans::~CudaKMeans() = default;
 int CudaKMeans::GroupSize(int num_problems, int n, int d, int k, bool with_upload) const {
   const size_t dpad = PaddedDim(d);
   // Per point: unit row, nonzero/best/labels, seeding keys and values (in and sorted) and about
-  // as much again of sort scratch; per centre: fp32 + bf16 rows, sums, count, seed index.
+  // as much again of sort scratch; per centre: fp32 + bf16 rows, raw means, sums, count, seed
+  // index.
   size_t per_problem = static_cast<size_t>(n) * (dpad * 2 + 12 + 24 + 24) +
-                       static_cast<size_t>(k) * (d * 4 + dpad * 2 + d * 8 + 8) + 64;
+                       static_cast<size_t>(k) * (d * 8 + dpad * 2 + d * 8 + 8) + 64;
   if (with_upload) per_problem += static_cast<size_t>(n) * d * 4;
   // Pruning: per point the runner-up bound, the exact label score and the row list; per centre
   // its move.
@@ -158,8 +164,10 @@ bool CudaKMeans::ClusterGroup(const gpu::KMeansRawPoints& raw, int P, int n, int
       !check(im.centers.Reserve(pk * d), "alloc") ||
       !check(im.centers_bf16.Reserve(pk * dpad), "alloc") ||
       !check(im.sums.Reserve(pk * d), "alloc") || !check(im.counts.Reserve(pk), "alloc") ||
-      !check(im.changed.Reserve(P), "alloc") || !check(im.active.Reserve(P), "alloc") ||
-      !check(im.objective.Reserve(P), "alloc") ||
+      !check(im.means.Reserve(pk * d), "alloc") || !check(im.host_labels.Reserve(pn), "alloc") ||
+      !check(im.host_centers.Reserve(pk * d), "alloc") ||
+      !check(im.host_means.Reserve(pk * d), "alloc") || !check(im.changed.Reserve(P), "alloc") ||
+      !check(im.active.Reserve(P), "alloc") || !check(im.objective.Reserve(P), "alloc") ||
       !check(im.index.Reserve(parallel_seed ? P : pk), "alloc")) {
     return false;
   }
@@ -366,31 +374,33 @@ bool CudaKMeans::ClusterGroup(const gpu::KMeansRawPoints& raw, int P, int n, int
   }
   stats_.lloyd_seconds += SecondsSince(t0);
 
-  // ---- Raw-point sums of the final clusters (the stored centroid is the mean of raw keys,
-  // P3), download, compaction.
+  // ---- Raw-point means of the final clusters (the stored centroid is the mean of raw keys,
+  // P3) on the device, download, compaction.
   t0 = Clock::now();
   double* raw_sums = reinterpret_cast<double*>(im.sums.p);
   static_assert(sizeof(double) == sizeof(unsigned long long));
   check(cudaMemsetAsync(raw_sums, 0, pk * d * sizeof(double), s), "memset");
-  check(gpu::LaunchKMeansRawSums(raw, im.labels.p, P, n, d, k, raw_sums, s), "raw sums");
-  std::vector<int32_t> labels(pn);
-  std::vector<float> centers(pk * d);
-  std::vector<double> sums(pk * d);
-  check(
-      cudaMemcpyAsync(labels.data(), im.labels.p, pn * sizeof(int32_t), cudaMemcpyDeviceToHost, s),
-      "download");
-  check(cudaMemcpyAsync(centers.data(), im.centers.p, pk * d * sizeof(float),
+  check(cudaMemsetAsync(im.counts.p, 0, pk * sizeof(int32_t), s), "memset");
+  check(gpu::LaunchKMeansRawSums(raw, im.labels.p, P, n, d, k, raw_sums, im.counts.p, s),
+        "raw sums");
+  check(gpu::LaunchKMeansRawMeans(raw_sums, im.counts.p, P, k, d, im.means.p, s), "raw means");
+  check(cudaMemcpyAsync(im.host_labels.p, im.labels.p, pn * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                        s),
+        "download");
+  check(cudaMemcpyAsync(im.host_centers.p, im.centers.p, pk * d * sizeof(float),
                         cudaMemcpyDeviceToHost, s),
         "download");
-  check(cudaMemcpyAsync(sums.data(), raw_sums, pk * d * sizeof(double), cudaMemcpyDeviceToHost, s),
+  check(cudaMemcpyAsync(im.host_means.p, im.means.p, pk * d * sizeof(float), cudaMemcpyDeviceToHost,
+                        s),
         "download");
   if (!check(cudaStreamSynchronize(s), "download")) return false;
+  stats_.download_seconds += SecondsSince(t0);
   // Compaction is host work of O(n + k d) per problem: spread the problems over the cores.
   const size_t kd = static_cast<size_t>(k) * d;
   ParallelFor(P, [&](size_t p) {
-    CompactClusters(std::span<const int32_t>(labels).subspan(p * n, n), k, d,
-                    std::span<const float>(centers).subspan(p * kd, kd),
-                    std::span<const double>(sums).subspan(p * kd, kd), &(*results)[p]);
+    CompactClusters(std::span<const int32_t>(im.host_labels.p + p * n, n), k, d,
+                    std::span<const float>(im.host_centers.p + p * kd, kd),
+                    std::span<const float>(im.host_means.p + p * kd, kd), &(*results)[p]);
   });
   stats_.finish_seconds += SecondsSince(t0);
   for (const KMeansResult& r : *results) {
