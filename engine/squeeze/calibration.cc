@@ -1,5 +1,6 @@
 #include "engine/squeeze/calibration.h"
 
+#include <algorithm>
 #include <cmath>
 #include <mutex>
 #include <utility>
@@ -15,7 +16,11 @@ namespace squeeze {
 
 namespace {
 
-using HeadScores = LayerCalibrator::HeadScores;
+// One head's window scores per fine (and coarse) cluster, or why they could not be had.
+struct HeadScores {
+  std::vector<float> fine, coarse;
+  absl::Status status;
+};
 
 // Every head's scores into the index's two distributions, in (layer, head) order (the first
 // failure reported instead).
@@ -58,10 +63,12 @@ LayerCalibrator::LayerCalibrator(std::span<const float* const> window_q, const S
       window_(index.window),
       hierarchical_(index.hierarchical()),
       scorer_(scorer),
-      per_head_(static_cast<size_t>(index.num_layers) * index.num_kv_heads) {}
+      fine_runs_(index.num_layers),
+      coarse_runs_(index.num_layers) {}
 
 absl::Status LayerCalibrator::Score(int l, std::span<const SqueezeHeadIndex> heads) {
   const int Hkv = num_kv_heads_;
+  std::vector<HeadScores> scored(Hkv);
   for (int level = 0; level < 2; ++level) {
     const bool is_coarse = level == 1;
     if (is_coarse && !hierarchical_) break;
@@ -70,8 +77,7 @@ absl::Status LayerCalibrator::Score(int l, std::span<const SqueezeHeadIndex> hea
     std::vector<std::span<float>> outs(Hkv);
     for (int h = 0; h < Hkv; ++h) {
       const SqueezeHeadIndex& head = heads[h];
-      HeadScores& out = per_head_[static_cast<size_t>(l) * Hkv + h];
-      std::vector<float>& scores = is_coarse ? out.coarse : out.fine;
+      std::vector<float>& scores = is_coarse ? scored[h].coarse : scored[h].fine;
       scores.resize(is_coarse ? head.num_coarse() : head.num_clusters());
       cents[h] = is_coarse ? std::span<const float>(head.coarse_centroids)
                            : std::span<const float>(head.centroids);
@@ -81,14 +87,33 @@ absl::Status LayerCalibrator::Score(int l, std::span<const SqueezeHeadIndex> hea
     }
     RETURN_IF_ERROR(
         scorer_->Average(window_q_[l], window_, num_q_heads_, head_dim_, cents, sizes, outs));
-    for (int h = 0; h < Hkv; ++h) {
-      CheckFinite(per_head_[static_cast<size_t>(l) * Hkv + h], is_coarse, l, h);
+    for (int h = 0; h < Hkv; ++h) CheckFinite(scored[h], is_coarse, l, h);
+  }
+  // The layer's (score, keys) pairs, sorted here (beside the next layers' clustering) so that
+  // Finish only merges.
+  Run& fine = fine_runs_[l];
+  Run& coarse = coarse_runs_[l];
+  fine.clear();
+  coarse.clear();
+  for (int h = 0; h < Hkv; ++h) {
+    const HeadScores& hs = scored[h];
+    if (!hs.status.ok()) return hs.status;
+    const SqueezeHeadIndex& head = heads[h];
+    for (size_t c = 0; c < hs.fine.size(); ++c) fine.emplace_back(hs.fine[c], head.sizes[c]);
+    for (size_t c = 0; c < hs.coarse.size(); ++c) {
+      coarse.emplace_back(hs.coarse[c], head.coarse_sizes[c]);
     }
   }
+  std::sort(fine.begin(), fine.end());
+  std::sort(coarse.begin(), coarse.end());
   return absl::OkStatus();
 }
 
-absl::Status LayerCalibrator::Finish(SqueezeIndex* index) { return Gather(per_head_, index); }
+absl::Status LayerCalibrator::Finish(SqueezeIndex* index) {
+  index->fine_scores = ScoreDistribution::FromSortedRuns(std::move(fine_runs_));
+  index->coarse_scores = ScoreDistribution::FromSortedRuns(std::move(coarse_runs_));
+  return absl::OkStatus();
+}
 
 absl::Status CalibrateSqueezeIndex(std::span<const float* const> window_q, SqueezeIndex* index,
                                    const SqueezeProgress& progress, WindowScorer* scorer) {

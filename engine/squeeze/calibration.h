@@ -11,7 +11,9 @@
 // denominator over ALL fine clusters of the head (P13).
 #pragma once
 
+#include <cstdint>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -38,23 +40,19 @@ class LayerCalibrator {
   // `index` gives the shape (layers, heads, head dim, window, hierarchical); window_q as above.
   LayerCalibrator(std::span<const float* const> window_q, const SqueezeIndex& index,
                   WindowScorer* scorer);
-  // Layer l's num_kv_heads heads, clusters built.
+  // Layer l's num_kv_heads heads, clusters built. Fails as CalibrateSqueezeIndex does (a non-finite
+  // score, naming the layer and head).
   absl::Status Score(int layer, std::span<const SqueezeHeadIndex> heads);
   // Every layer's scores into index's two distributions (index: the same shape, all heads).
   absl::Status Finish(SqueezeIndex* index);
 
-  // One head's window scores per fine (and coarse) cluster, or why they could not be had.
-  struct HeadScores {
-    std::vector<float> fine, coarse;
-    absl::Status status;
-  };
-
  private:
+  using Run = std::vector<std::pair<float, int64_t>>;  // (score, keys carrying it), sorted
   std::vector<const float*> window_q_;
   int num_kv_heads_, num_q_heads_, head_dim_, window_;
   bool hierarchical_;
   WindowScorer* scorer_;
-  std::vector<HeadScores> per_head_;  // [layer][kv head]
+  std::vector<Run> fine_runs_, coarse_runs_;  // [layer]: its heads' clusters
 };
 
 }  // namespace squeeze

@@ -5,12 +5,39 @@
 #include <limits>
 
 #include "absl/strings/str_format.h"
+#include "engine/common/parallel_for.h"
 
 namespace squeeze {
 
 ScoreDistribution ScoreDistribution::FromWeightedScores(
     std::vector<std::pair<float, int64_t>> items) {
   std::sort(items.begin(), items.end());
+  return FromSorted(items);
+}
+
+ScoreDistribution ScoreDistribution::FromSortedRuns(
+    std::vector<std::vector<std::pair<float, int64_t>>> runs) {
+  if (runs.empty()) return ScoreDistribution();
+  // Pairwise rounds: each merges runs 2i and 2i + 1 (the rounds' merges on the cores).
+  while (runs.size() > 1) {
+    std::vector<std::vector<std::pair<float, int64_t>>> merged((runs.size() + 1) / 2);
+    ParallelFor(merged.size(), [&](size_t i) {
+      if (2 * i + 1 == runs.size()) {
+        merged[i] = std::move(runs[2 * i]);
+        return;
+      }
+      const auto& a = runs[2 * i];
+      const auto& b = runs[2 * i + 1];
+      merged[i].resize(a.size() + b.size());
+      std::merge(a.begin(), a.end(), b.begin(), b.end(), merged[i].begin());
+    });
+    runs = std::move(merged);
+  }
+  return FromSorted(runs.front());
+}
+
+ScoreDistribution ScoreDistribution::FromSorted(
+    const std::vector<std::pair<float, int64_t>>& items) {
   ScoreDistribution dist;
   int64_t cum = 0;
   for (const auto& [score, count] : items) {

@@ -3,6 +3,7 @@
 // queries, monotonicity.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -66,6 +67,26 @@ TEST(ScoreDistributionTest, ThresholdIsOptimalAndMonotoneOnRandomDistributions) 
       }
       ASSERT_NEAR(std::abs(dist.KeysAbove(tau) - keep * total), best, 1e-9) << "keep " << keep;
     }
+  }
+}
+
+TEST(ScoreDistributionTest, SortedRunsGiveTheDistributionOfTheirConcatenation) {
+  std::mt19937 gen(7);
+  // Few distinct scores so that equal scores meet across runs and must be merged.
+  std::uniform_int_distribution<int> score(0, 200);
+  std::uniform_int_distribution<int64_t> count(1, 50);
+  for (int num_runs : {0, 1, 2, 5, 32}) {
+    std::vector<std::vector<std::pair<float, int64_t>>> runs(num_runs);
+    std::vector<std::pair<float, int64_t>> all;
+    for (auto& run : runs) {
+      run.resize(std::uniform_int_distribution<int>(0, 400)(gen));
+      for (auto& item : run) item = {score(gen) * 0.01f - 1.0f, count(gen)};
+      all.insert(all.end(), run.begin(), run.end());
+      std::sort(run.begin(), run.end());
+    }
+    const ScoreDistribution merged = ScoreDistribution::FromSortedRuns(runs);
+    EXPECT_EQ(merged, ScoreDistribution::FromWeightedScores(all)) << num_runs << " runs";
+    EXPECT_EQ(merged.empty(), all.empty());
   }
 }
 
