@@ -11,40 +11,28 @@
 
 namespace squeeze {
 
-template <typename T>
-struct GrowingDeviceArray {
-  T* p = nullptr;
-  size_t n = 0;
-  GrowingDeviceArray() = default;
-  GrowingDeviceArray(const GrowingDeviceArray&) = delete;
-  GrowingDeviceArray& operator=(const GrowingDeviceArray&) = delete;
-  ~GrowingDeviceArray() { cudaFree(p); }
-  cudaError_t Reserve(size_t count) {
-    if (count <= n) return cudaSuccess;
-    cudaFree(p);
-    p = nullptr;
-    n = 0;
-    const cudaError_t err = cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(T));
-    if (err == cudaSuccess) n = count;
-    return err;
-  }
-};
+namespace growing_detail {
+inline cudaError_t DeviceAlloc(void** p, size_t bytes) { return cudaMalloc(p, bytes); }
+inline cudaError_t DeviceFree(void* p) { return cudaFree(p); }
+inline cudaError_t PinnedAlloc(void** p, size_t bytes) { return cudaMallocHost(p, bytes); }
+inline cudaError_t PinnedFree(void* p) { return cudaFreeHost(p); }
+}  // namespace growing_detail
 
-template <typename T>
-struct GrowingPinnedArray {
+template <typename T, cudaError_t (*Alloc)(void**, size_t), cudaError_t (*Free)(void*)>
+struct GrowingArray {
   T* p = nullptr;
   size_t n = 0;
-  GrowingPinnedArray() = default;
-  GrowingPinnedArray(const GrowingPinnedArray&) = delete;
-  GrowingPinnedArray& operator=(const GrowingPinnedArray&) = delete;
-  ~GrowingPinnedArray() { cudaFreeHost(p); }
+  GrowingArray() = default;
+  GrowingArray(const GrowingArray&) = delete;
+  GrowingArray& operator=(const GrowingArray&) = delete;
+  ~GrowingArray() { Free(p); }
   cudaError_t Reserve(size_t count) {
     if (count <= n) return cudaSuccess;
-    cudaFreeHost(p);
+    Free(p);
     p = nullptr;
     n = 0;
     void* at = nullptr;
-    const cudaError_t err = cudaMallocHost(&at, std::max<size_t>(count, 1) * sizeof(T));
+    const cudaError_t err = Alloc(&at, std::max<size_t>(count, 1) * sizeof(T));
     if (err == cudaSuccess) {
       p = static_cast<T*>(at);
       n = count;
@@ -52,5 +40,10 @@ struct GrowingPinnedArray {
     return err;
   }
 };
+
+template <typename T>
+using GrowingDeviceArray = GrowingArray<T, growing_detail::DeviceAlloc, growing_detail::DeviceFree>;
+template <typename T>
+using GrowingPinnedArray = GrowingArray<T, growing_detail::PinnedAlloc, growing_detail::PinnedFree>;
 
 }  // namespace squeeze
