@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -313,6 +314,34 @@ TEST(KMeansTest, StopChangedIsTheFloorOfTheClampedFraction) {
   EXPECT_EQ(KMeansLimits(25, -0.5).StopChanged(1000), 0);
   EXPECT_EQ(KMeansLimits(25, std::nan("")).StopChanged(1000), 0);
   EXPECT_EQ(KMeansLimits(25, 2.0).StopChanged(1000), 1000);
+}
+
+TEST(KMeansTest, CompactionFromDividedMeansEqualsTheOneFromRawSums) {
+  // 9 points into k = 5, clusters 1 and 3 empty: both forms drop them and renumber the labels.
+  const int k = 5, d = 3;
+  const std::vector<int32_t> labels = {0, 2, 2, 4, 0, 4, 4, 2, 0};
+  std::vector<float> unit(static_cast<size_t>(k) * d), means(unit.size());
+  std::vector<double> sums(unit.size());
+  std::mt19937 gen(3);
+  std::uniform_real_distribution<double> u(-2.0, 2.0);
+  for (size_t i = 0; i < sums.size(); ++i) {
+    unit[i] = static_cast<float>(u(gen));
+    sums[i] = u(gen);
+    const int count = static_cast<int>(std::count(labels.begin(), labels.end(), i / d));
+    // What the GPU's raw-means kernel leaves: the double quotient rounded once; junk if empty.
+    means[i] = count > 0 ? static_cast<float>(sums[i] / count) : 12345.0f;
+  }
+  KMeansResult from_sums, from_means;
+  CompactClusters(labels, k, d, unit, sums, &from_sums);
+  CompactClusters(labels, k, d, unit, means, &from_means);
+  EXPECT_EQ(from_means.num_clusters, 3);
+  EXPECT_EQ(from_means.labels, (std::vector<int32_t>{0, 1, 1, 2, 0, 2, 2, 1, 0}));
+  EXPECT_EQ(from_means.sizes, (std::vector<int32_t>{3, 3, 3}));
+  EXPECT_EQ(from_means.labels, from_sums.labels);
+  EXPECT_EQ(from_means.sizes, from_sums.sizes);
+  EXPECT_EQ(from_means.unit_centers, from_sums.unit_centers);
+  EXPECT_EQ(from_means.centroids, from_sums.centroids);
+  EXPECT_FLOAT_EQ(from_means.centroids[d], static_cast<float>(sums[2 * d] / 3));
 }
 
 TEST(KMeansTest, UniformDoubleIsInUnitInterval) {
