@@ -18,7 +18,9 @@ and share its context_id), the question or the continuation sent as the Generate
 Settings: --settings "dense,squeezed:0.1,squeezed:0.05,squeezed-step:0.1,pages:0.1,recent:0.1"
 (squeezed-step: the per-step budget policy; pages: the Quest-style page baseline; recent: the
 most recent keys; squeezed-w800:0.1 / squeezed-step-w800:0.1: the contexts registered again with
-an index that keeps their last 800 tokens whole, the index's `window`, instead of 100). Requests run --concurrency at a time (the server batches them); contexts are
+an index that keeps their last 800 tokens whole, the index's `window`, instead of 100;
+squeezed-mc0.005:0.1: registered again with the k-means' early stop `kmeans_min_changed` 0.005).
+Requests run --concurrency at a time (the server batches them); contexts are
 registered first, one at a time. Prints one markdown table per task kind and writes --json;
 every setting is also compared with dense on the same tasks (paired differences with a 95%
 interval: the settings share their tasks, so these are far narrower than the cells' own).
@@ -76,12 +78,22 @@ def parse_settings(text):
         if not item:
             continue
         name, _, budget = item.partition(":")
-        # squeezed-wN / squeezed-step-wN: contexts registered with an always-kept window of the
-        # last N tokens (the index's `window`; default 100) instead of the server's default.
-        window = None
-        base, sep, w = name.rpartition("-w")
-        if sep and base in ("squeezed", "squeezed-step") and w.isdigit():
-            name, window = base, int(w)
+        # Index options of the contexts a squeezed setting reads, as name suffixes (any order):
+        # -wN, an always-kept window of the last N tokens (the index's `window`; default 100);
+        # -mcF, the k-means' early stop (`kmeans_min_changed` F, e.g. 0.005; default the
+        # server's). E.g. squeezed-w400:0.05, squeezed-mc0.005:0.1.
+        index = {}
+        while True:
+            base, sep, tail = name.rpartition("-")
+            if not sep or not base.startswith("squeezed"):
+                break
+            if tail.startswith("w") and tail[1:].isdigit():
+                index["window"] = int(tail[1:])
+            elif tail.startswith("mc") and is_fraction(tail[2:]):
+                index["kmeans_min_changed"] = float(tail[2:])
+            else:
+                break
+            name = base
         if name == "dense":
             out.append((item, dict(mode="dense")))
         elif name in ("squeezed", "squeezed-step", "pages", "recent"):
@@ -91,13 +103,20 @@ def parse_settings(text):
                         budget=float(budget))
             if name == "squeezed-step":
                 opts["budget_policy"] = "per_step"
-            if window is not None:
-                opts["window"] = window
+            if index:
+                opts["index"] = index
             out.append((item, opts))
         else:
             raise SystemExit(f"unknown setting {item!r} (dense, squeezed:B, squeezed-step:B, "
-                             "squeezed-wN:B, squeezed-step-wN:B, pages:B, recent:B)")
+                             "their -wN and -mcF index suffixes, pages:B, recent:B)")
     return out
+
+
+def is_fraction(text):
+    try:
+        return 0.0 <= float(text) < 1.0
+    except ValueError:
+        return False
 
 
 def read_jsonl(path, limit):
@@ -120,15 +139,14 @@ class Registry:
         self.names = {}
         self.seconds = 0.0
 
-    def name(self, key, text, window=None):
-        """The registered name of `text` (under `key`), registered now if new; with `window`,
-        a copy whose index keeps the last `window` tokens whole."""
-        key = (key, window)
+    def name(self, key, text, index=None):
+        """The registered name of `text` (under `key`), registered now if new; with `index`
+        (IndexOptions fields, e.g. {"window": 400}), a copy indexed with those options."""
+        key = (key, tuple(sorted((index or {}).items())))
         if key not in self.names:
             name = f"{self.prefix}-{len(self.names)}"
             start = time.monotonic()
-            self.client.register_context(name, text,
-                                         index=None if window is None else {"window": window})
+            self.client.register_context(name, text, index=index or None)
             self.seconds += time.monotonic() - start
             self.names[key] = name
         return self.names[key]
@@ -157,9 +175,8 @@ def run_retrieval(client, registry, tasks, settings, max_tokens, concurrency, pr
     """{setting: [correct...]} over the tasks, and the realised KV budgets."""
     def job(task, opts):
         request = dict(opts)
-        window = request.pop("window", None)
         context = registry.name(("ctx", task.get("context_id", task["id"])), task["context"],
-                                window)
+                                request.pop("index", None))
         return lambda: client.complete(task["question"], context, max_tokens=max_tokens,
                                        temperature=0, stop=["\n"], **request)
     jobs = [job(t, opts) for t in tasks for _, opts in settings]
@@ -210,7 +227,7 @@ def run_loss(client, registry, tasks, settings, concurrency, progress):
         for label, opts in settings:
             request = dict(opts)
             context = registry.name(("ctx", task["id"]), task["context"],
-                                    request.pop("window", None))
+                                    request.pop("index", None))
             rows.append((label, job(task["continuation"], context, request), False))
         rows.append(("module only (dense)", job(task["continuation"], module,
                                                 dict(mode="dense")), False))

@@ -1,6 +1,6 @@
 """bench/codebase_bench.py's statistics (the Wilson interval, the mean's normal interval and the
 paired difference against dense, on values whose answers are known in closed form), its
-settings syntax and the registry's window copies."""
+settings syntax and the registry's copies of a context per index options."""
 import math
 import os
 import sys
@@ -59,12 +59,23 @@ class SettingsTest(unittest.TestCase):
         self.assertEqual(opts["squeezed-step:0.03"],
                          {"mode": "squeezed", "budget": 0.03, "budget_policy": "per_step"})
         self.assertEqual(opts["squeezed-w800:0.1"],
-                         {"mode": "squeezed", "budget": 0.1, "window": 800})
+                         {"mode": "squeezed", "budget": 0.1, "index": {"window": 800}})
         self.assertEqual(opts["squeezed-step-w400:0.05"],
                          {"mode": "squeezed", "budget": 0.05, "budget_policy": "per_step",
-                          "window": 400})
+                          "index": {"window": 400}})
         self.assertEqual(opts["pages:0.1"], {"mode": "pages", "budget": 0.1})
-        for bad in ("squeezed", "pages-w10:0.1", "sparse:0.1"):
+        # The k-means' early stop as an index suffix, alone or with a window, in either order.
+        for label in ("squeezed-mc0.005:0.1", "squeezed-step-w400-mc0.01:0.1",
+                      "squeezed-mc0.01-w400:0.1"):
+            self.assertIn("index", dict(cb.parse_settings(label))[label])
+        self.assertEqual(dict(cb.parse_settings("squeezed-mc0.005:0.1"))["squeezed-mc0.005:0.1"],
+                         {"mode": "squeezed", "budget": 0.1,
+                          "index": {"kmeans_min_changed": 0.005}})
+        self.assertEqual(
+            dict(cb.parse_settings("squeezed-step-w400-mc0.01:0.1"))
+            ["squeezed-step-w400-mc0.01:0.1"]["index"], {"window": 400, "kmeans_min_changed": 0.01})
+        for bad in ("squeezed", "pages-w10:0.1", "sparse:0.1", "squeezed-mc1.5:0.1",
+                    "pages-mc0.005:0.1"):
             with self.assertRaises(SystemExit):
                 cb.parse_settings(bad)
 
@@ -78,9 +89,13 @@ class SettingsTest(unittest.TestCase):
         registry = cb.Registry(FakeClient(), "t")
         a = registry.name(("ctx", 1), "text")
         self.assertEqual(registry.name(("ctx", 1), "text"), a)  # registered once
-        b = registry.name(("ctx", 1), "text", 800)
+        b = registry.name(("ctx", 1), "text", {"window": 800})
         self.assertNotEqual(a, b)
-        self.assertEqual(calls, [("t-0", "text", None), ("t-1", "text", {"window": 800})])
+        self.assertEqual(registry.name(("ctx", 1), "text", {"window": 800}), b)
+        c = registry.name(("ctx", 1), "text", {"kmeans_min_changed": 0.005})
+        self.assertNotIn(c, (a, b))
+        self.assertEqual(calls, [("t-0", "text", None), ("t-1", "text", {"window": 800}),
+                                 ("t-2", "text", {"kmeans_min_changed": 0.005})])
 
 
 class TableTest(unittest.TestCase):
