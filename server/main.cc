@@ -71,9 +71,9 @@ ABSL_FLAG(bool, hierarchical, false, "Build the coarse level by default");
 ABSL_FLAG(int, window, 100, "Default observation window (tokens always kept)");
 ABSL_FLAG(int, sinks, 0, "Default attention sinks (first tokens always kept)");
 ABSL_FLAG(int, kmeans_iterations, 25, "Default maximum k-means iterations");
-ABSL_FLAG(double, kmeans_min_changed, 0,
+ABSL_FLAG(double, kmeans_min_changed, 0.005,
           "Default k-means early stop: a head stops after a step that moved at most this fraction "
-          "of its keys, in [0, 1) (0: only when none moved)");
+          "of its keys, in [0, 1) (0: only when none moved, the exact rule)");
 ABSL_FLAG(double, grace_seconds, 30, "On SIGTERM/SIGINT: time given to running streams");
 ABSL_FLAG(std::string, port_file, "",
           "Write the bound port to this file once serving "
