@@ -22,21 +22,20 @@ struct HeadScores {
   absl::Status status;
 };
 
-// Every head's scores into the index's two distributions, in (layer, head) order (the first
-// failure reported instead).
-absl::Status Gather(const std::vector<HeadScores>& per_head, SqueezeIndex* index) {
-  std::vector<std::pair<float, int64_t>> fine, coarse;  // (score, keys carrying it)
-  for (size_t slot = 0; slot < per_head.size(); ++slot) {
-    const HeadScores& hs = per_head[slot];
+using Pairs = std::vector<std::pair<float, int64_t>>;  // (score, keys carrying it)
+
+// Appends the heads' (score, keys) pairs of both levels, in head order; the first head that
+// could not be scored is returned instead.
+absl::Status AppendPairs(std::span<const HeadScores> scored,
+                         std::span<const SqueezeHeadIndex> heads, Pairs* fine, Pairs* coarse) {
+  for (size_t h = 0; h < scored.size(); ++h) {
+    const HeadScores& hs = scored[h];
     if (!hs.status.ok()) return hs.status;
-    const SqueezeHeadIndex& head = index->heads[slot];
-    for (size_t c = 0; c < hs.fine.size(); ++c) fine.emplace_back(hs.fine[c], head.sizes[c]);
+    for (size_t c = 0; c < hs.fine.size(); ++c) fine->emplace_back(hs.fine[c], heads[h].sizes[c]);
     for (size_t c = 0; c < hs.coarse.size(); ++c) {
-      coarse.emplace_back(hs.coarse[c], head.coarse_sizes[c]);
+      coarse->emplace_back(hs.coarse[c], heads[h].coarse_sizes[c]);
     }
   }
-  index->fine_scores = ScoreDistribution::FromWeightedScores(std::move(fine));
-  index->coarse_scores = ScoreDistribution::FromWeightedScores(std::move(coarse));
   return absl::OkStatus();
 }
 
@@ -91,28 +90,19 @@ absl::Status LayerCalibrator::Score(int l, std::span<const SqueezeHeadIndex> hea
   }
   // The layer's (score, keys) pairs, sorted here (beside the next layers' clustering) so that
   // Finish only merges.
-  Run& fine = fine_runs_[l];
-  Run& coarse = coarse_runs_[l];
+  Pairs& fine = fine_runs_[l];
+  Pairs& coarse = coarse_runs_[l];
   fine.clear();
   coarse.clear();
-  for (int h = 0; h < Hkv; ++h) {
-    const HeadScores& hs = scored[h];
-    if (!hs.status.ok()) return hs.status;
-    const SqueezeHeadIndex& head = heads[h];
-    for (size_t c = 0; c < hs.fine.size(); ++c) fine.emplace_back(hs.fine[c], head.sizes[c]);
-    for (size_t c = 0; c < hs.coarse.size(); ++c) {
-      coarse.emplace_back(hs.coarse[c], head.coarse_sizes[c]);
-    }
-  }
+  RETURN_IF_ERROR(AppendPairs(scored, heads, &fine, &coarse));
   std::sort(fine.begin(), fine.end());
   std::sort(coarse.begin(), coarse.end());
   return absl::OkStatus();
 }
 
-absl::Status LayerCalibrator::Finish(SqueezeIndex* index) {
+void LayerCalibrator::Finish(SqueezeIndex* index) {
   index->fine_scores = ScoreDistribution::FromSortedRuns(std::move(fine_runs_));
   index->coarse_scores = ScoreDistribution::FromSortedRuns(std::move(coarse_runs_));
-  return absl::OkStatus();
 }
 
 absl::Status CalibrateSqueezeIndex(std::span<const float* const> window_q, SqueezeIndex* index,
@@ -132,7 +122,8 @@ absl::Status CalibrateSqueezeIndex(std::span<const float* const> window_q, Squee
                                               .subspan(static_cast<size_t>(l) * Hkv, Hkv)));
       if (progress) progress("calibrating", static_cast<double>(l + 1) / L);
     }
-    return calibrator.Finish(index);
+    calibrator.Finish(index);
+    return absl::OkStatus();
   }
   // On the host every (layer, KV head) is scored on its own (in parallel; each head's scores are
   // computed as they would be alone), then gathered in (layer, head) order, so the result does
@@ -169,7 +160,11 @@ absl::Status CalibrateSqueezeIndex(std::span<const float* const> window_q, Squee
       }
     }
   });
-  return Gather(per_head, index);
+  Pairs fine, coarse;
+  RETURN_IF_ERROR(AppendPairs(per_head, index->heads, &fine, &coarse));
+  index->fine_scores = ScoreDistribution::FromWeightedScores(std::move(fine));
+  index->coarse_scores = ScoreDistribution::FromWeightedScores(std::move(coarse));
+  return absl::OkStatus();
 }
 
 }  // namespace squeeze

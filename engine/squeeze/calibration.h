@@ -44,7 +44,7 @@ class LayerCalibrator {
   // score, naming the layer and head).
   absl::Status Score(int layer, std::span<const SqueezeHeadIndex> heads);
   // Every layer's scores into index's two distributions (index: the same shape, all heads).
-  absl::Status Finish(SqueezeIndex* index);
+  void Finish(SqueezeIndex* index);
 
  private:
   using Run = std::vector<std::pair<float, int64_t>>;  // (score, keys carrying it), sorted

@@ -523,7 +523,7 @@ absl::StatusOr<SqueezePlan> PlanIndex(const ContextKeys& keys, const QueryCaptur
   t0 = Clock::now();
   if (calibrator) {
     if (calibrating.valid()) RETURN_IF_ERROR(calibrating.get());
-    RETURN_IF_ERROR(calibrator->Finish(&index));
+    calibrator->Finish(&index);
     if (progress) progress("calibrating", 1.0);
   } else if (M > 0) {
     RETURN_IF_ERROR(CalibrateSqueezeIndex(window_q, &index, progress, scorer));
