@@ -13,9 +13,11 @@
 // chunk's K/V in L2.
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels/attention/cascade_attention.cuh"
+#include "kernels/attention/prefill_attention.cuh"
 #include "kernels/common/device.cuh"
 #include "kernels/common/dispatch.cuh"
 #include "kernels/common/mma_tile.cuh"
@@ -327,6 +329,72 @@ __global__ void __launch_bounds__(kThreadsM, 1) CascadeKernel(const CascadeAtten
   }
 }
 
+// The wgmma path's queries: row t = s * G + g of KV head h (query head h * G + g of sequence s)
+// as bf16 at qw + (t * Hkv + h) * d; block 0 writes the chunk plan, `splits` chunks per head.
+__global__ void PackCascadeQueries(const CascadeAttentionParams p, bf16* qw, int splits) {
+  const int hkv = p.num_kv_heads, G = p.num_q_heads / hkv, d = p.head_dim, chunks = d / 8;
+  const int64_t total = static_cast<int64_t>(p.num_seqs) * G * hkv * chunks;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int c = static_cast<int>(idx % chunks);
+    const int64_t rest = idx / chunks;
+    const int h = static_cast<int>(rest % hkv);
+    const int t = static_cast<int>(rest / hkv), s = t / G, g = t - s * G;
+    const float4* src = reinterpret_cast<const float4*>(
+        p.q + s * p.q_seq_stride + static_cast<int64_t>(h * G + g) * d + c * 8);
+    const float4 a = src[0], b = src[1];
+    *reinterpret_cast<uint4*>(qw + rest * d + c * 8) = make_uint4(
+        PackBf16x2(a.x, a.y), PackBf16x2(a.z, a.w), PackBf16x2(b.x, b.y), PackBf16x2(b.z, b.w));
+  }
+  if (blockIdx.x == 0 && threadIdx.x <= hkv) p.chunk_begin[threadIdx.x] = threadIdx.x * splits;
+}
+
+// A dense group on the wgmma prefill kernel, split over keys (see cascade_attention.cuh).
+cudaError_t LaunchCascadeWgmma(const CascadeAttentionParams& p, cudaStream_t stream) {
+  const int hkv = p.num_kv_heads, G = p.num_q_heads / hkv, R = p.num_seqs * G;
+  const int S = p.uniform_keys;
+  const int tiles = (S + kPrefillSplitAlign - 1) / kPrefillSplitAlign;
+  const int base = hkv * ((R + kPrefillBlockM - 1) / kPrefillBlockM);  // CTAs per key range
+  // About 32 key tiles per CTA, the CTAs rounded to whole waves of p.grid (one per SM), at most
+  // the partial slots there are.
+  int splits = (tiles + 31) / 32;
+  const int waves = (base * splits + p.grid - 1) / p.grid;
+  splits = std::max(1, std::min({tiles, waves * p.grid / base, p.max_chunks / hkv}));
+  const int split_tiles = (tiles + splits - 1) / splits;
+  splits = (tiles + split_tiles - 1) / split_tiles;  // none empty
+
+  bf16* qw = static_cast<bf16*>(p.workspace);
+  const int64_t copies = static_cast<int64_t>(R) * hkv * (p.head_dim / 8);
+  const int blocks =
+      static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((copies + 255) / 256, 1024)));
+  PackCascadeQueries<<<blocks, 256, 0, stream>>>(p, qw, splits);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+
+  PrefillAttentionParams pp;
+  pp.num_tokens = R;
+  pp.num_q_heads = hkv;
+  pp.num_kv_heads = hkv;
+  pp.head_dim = p.head_dim;
+  pp.scale = p.scale;
+  pp.q = qw;
+  pp.kv.k = p.k;
+  pp.kv.v = p.v;
+  pp.kv.head_stride = p.head_stride;
+  pp.kv.len = S;
+  pp.out = p.partial_out;
+  pp.lse = p.partial_lse;
+  pp.causal = false;
+  pp.key_splits = splits;
+  pp.split_keys = split_tiles * kPrefillSplitAlign;
+  // Slot of (row t, head h, range z) = chunk (h * splits + z) * n * G + t.
+  pp.slot_row = 1;
+  pp.slot_head = static_cast<int64_t>(splits) * R;
+  pp.slot_split = R;
+  pp.impl = PrefillImpl::kWgmma;
+  return LaunchPrefillAttention(pp, stream);
+}
+
 template <int D>
 cudaError_t Prepare() {
   return cudaFuncSetAttribute(CascadeKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -361,6 +429,15 @@ cudaError_t LaunchCascadeAttention(const CascadeAttentionParams& p, cudaStream_t
       p.partial_lse == nullptr || p.chunk_begin == nullptr || !Aligned16(p.q) || !Aligned16(p.k) ||
       !Aligned16(p.v) || !Aligned16(p.partial_out)) {
     return cudaErrorInvalidValue;
+  }
+  const bool dense = p.num_keys == nullptr && p.row_index == nullptr && p.key_mask == nullptr;
+  const bool wgmma_ok = dense && p.uniform_keys > 0 && p.workspace != nullptr &&
+                        Aligned16(p.workspace) && PrefillWgmmaSupported(p.head_dim);
+  if (p.impl == CascadeImpl::kWgmma && !wgmma_ok) return cudaErrorInvalidValue;
+  if (wgmma_ok && (p.impl == CascadeImpl::kWgmma ||
+                   (p.impl == CascadeImpl::kAuto &&
+                    p.num_seqs * (p.num_q_heads / p.num_kv_heads) >= kCascadeWgmmaMinRows))) {
+    return LaunchCascadeWgmma(p, stream);
   }
   return detail::DispatchHeadDim(p.head_dim, [&](auto d) {
     constexpr int D = decltype(d)::value;

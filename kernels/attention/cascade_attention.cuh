@@ -18,6 +18,14 @@
 // to bf16, fp32 accumulate), online softmax in the exp2 domain with the running max subtracted,
 // P rounded to bf16 for P.V (fp32 accumulate).
 //
+// A dense group with many rows (n * G >= kCascadeWgmmaMinRows; compute-bound: 256 rows per KV head
+// against 128K keys are 4.4 TFLOP per step at Llama-3-8B's shape) runs on Hopper on the wgmma
+// prefill kernel instead (prefill_attention_sm90.cu, split over keys): the queries are packed to
+// bf16 rows [n * G][Hkv][d] (the stacked rows as tokens, the KV heads as query heads), the keys cut
+// into ranges of whole 128-key tiles sized to whole waves of CTAs, and every (range, row) partial
+// lands in the same slot as this file's kernel would write it (chunk h * splits + range), with
+// chunk_begin written by the packing kernel. Same numerics.
+//
 // CPU reference: per-sequence attention over the same keys, AttentionPartial merged with the
 // dynamic part by MergeAttentionPartials (engine/backend/attention_reference.h), and
 // CascadeAttention there for the chunked merge (itself checked against per-sequence attention in
@@ -40,6 +48,14 @@ namespace squeeze::gpu {
 constexpr int kCascadeMaxKvHeads = 128;
 constexpr int kCascadeMaxMaskedSeqs = 64;  // sequences per group with a key mask
 constexpr int kCascadeMinChunkKeys = 256;  // a chunk streams at least this many keys
+// kAuto runs a dense group of at least this many query rows per KV head on the wgmma kernel.
+constexpr int kCascadeWgmmaMinRows = 64;
+
+// Which kernel reads a dense group's context (no key list, no masks). kAuto: the wgmma prefill
+// kernel split over keys on sm_90 for d in {64, 128} when n * G >= kCascadeWgmmaMinRows and a
+// workspace is given, else the mma.sync kernel of this file. kWgmma forces it where supported
+// (cudaErrorInvalidValue otherwise); key lists and masks always take the mma.sync kernel.
+enum class CascadeImpl { kAuto, kMmaSync, kWgmma };
 
 struct CascadeAttentionParams {
   int num_seqs = 0;      // n
@@ -72,7 +88,15 @@ struct CascadeAttentionParams {
   int max_chunks = 0;  // CascadeMaxChunks(target_chunks, Hkv)
   // Written by the first CTA: head h's chunks are [chunk_begin[h], chunk_begin[h + 1]).
   int32_t* chunk_begin = nullptr;  // [Hkv + 1]
+  CascadeImpl impl = CascadeImpl::kAuto;
+  // The wgmma path's packed bf16 queries: CascadeWorkspaceBytes(n, Hq, d), 16-byte aligned
+  // (nullptr: the mma.sync kernel).
+  void* workspace = nullptr;
 };
+
+inline size_t CascadeWorkspaceBytes(int num_seqs, int num_q_heads, int head_dim) {
+  return static_cast<size_t>(num_seqs) * num_q_heads * head_dim * 2;
+}
 
 // Chunks of a launch never exceed this (chunk size >= total keys / target).
 inline int CascadeMaxChunks(int target_chunks, int num_kv_heads) {

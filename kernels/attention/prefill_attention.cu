@@ -286,6 +286,16 @@ cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& p, cudaStream_t
   if (p.impl != PrefillImpl::kAuto && p.impl != PrefillImpl::kMmaSync && !wgmma) {
     return cudaErrorInvalidValue;
   }
+  if (p.key_splits != 0) {
+    // The split over keys: the wgmma kernel's, non-causal, fp32 partials with their lse.
+    if (!wgmma || p.causal || p.out_bf16 || p.lse == nullptr || p.head_len != nullptr ||
+        p.key_splits < 0 || p.key_splits > 65535 || p.split_keys <= 0 ||
+        p.split_keys % kPrefillSplitAlign != 0 ||
+        static_cast<int64_t>(p.key_splits - 1) * p.split_keys >= p.kv.len ||
+        static_cast<int64_t>(p.key_splits) * p.split_keys < p.kv.len) {
+      return cudaErrorInvalidValue;
+    }
+  }
   if (wgmma) return detail::LaunchPrefillAttentionSm90(p, stream);
   switch (p.head_dim) {
     case 64:

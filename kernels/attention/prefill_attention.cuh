@@ -65,12 +65,24 @@ struct PrefillAttentionParams {
   // entry a valid row of the head's storage). kv.head_stride still spaces the heads' storage.
   const int32_t* row_index = nullptr;
   int64_t row_index_stride = 0;
+  // Optional, non-causal, the wgmma kernel only (flash-decoding's split over keys): the keys
+  // [0, kv.len) are cut into key_splits ranges of split_keys keys (a multiple of 128; the last
+  // range may be shorter, none empty), one grid slice each, and query row t of head qh writes the
+  // partial of range z, normalised over that range's keys, in slot
+  // t * slot_row + qh * slot_head + z * slot_split: out (fp32) at out + slot * d, its
+  // log2-domain lse (scale * q.k / ln 2 summed as 2^x; -inf: no key) at lse[slot]. The
+  // cascade's shared-context chunks (cascade_attention.cuh) are read this way. 0: off.
+  int key_splits = 0;
+  int split_keys = 0;
+  int64_t slot_row = 0, slot_head = 0, slot_split = 0;
   PrefillImpl impl = PrefillImpl::kAuto;
 };
 
 // Query rows per CTA (8 warps x 16 rows) and keys per K/V tile of the prefill kernel.
 constexpr int kPrefillBlockM = 128;
 constexpr int kPrefillBlockN = 64;
+// PrefillAttentionParams::split_keys is a multiple of this (the wgmma kernel's key tile).
+constexpr int kPrefillSplitAlign = 128;
 
 cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& p, cudaStream_t stream);
 

@@ -20,7 +20,9 @@
 //   Online softmax in the exp2 domain: the maximum on the raw scores, one FFMA and one exp2 per
 //   probability; masked only on tiles that cross the warpgroup's diagonal.
 // Key tiles past the causal limit of the CTA's last row are never loaded; a warpgroup skips the
-// tiles past its own last row (releasing them once loaded). Numerics are those of the mma.sync
+// tiles past its own last row (releasing them once loaded), and all of them when its rows lie past
+// the call's. A split call (key_splits: flash-decoding's split over keys, the cascade's shared
+// context) adds a grid dimension, one key range per slice. Numerics are those of the mma.sync
 // kernel (fp32 S and row sums, P rounded to bf16 for P V, fp32 O).
 // The benchmark's comparison variant (PrefillImpl::kWgmmaCpAsync): the same kernel always on
 // cp.async.
@@ -231,8 +233,14 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   const int past = p.causal ? kv_len - n : kv_len + kBlockM;
   const int tid = threadIdx.x, lane = tid & 31;
   const int wg = tid >> 7;
-  const int kv_end = min(kv_len, past + m0 + kBlockM);
-  const int num_tiles = (kv_end + kBlockN - 1) / kBlockN;
+  // Key tiles [t_begin, t_begin + num_tiles): the causal limit of the CTA's last row, or the
+  // split's range (split_keys is a multiple of kBlockN).
+  const int split = blockIdx.z;
+  const int key_begin = p.key_splits != 0 ? split * p.split_keys : 0;
+  const int key_limit = p.key_splits != 0 ? min(kv_len, key_begin + p.split_keys) : kv_len;
+  const int kv_end = min(key_limit, past + m0 + kBlockM);
+  const int t_begin = key_begin / kBlockN;
+  const int num_tiles = max(0, (kv_end + kBlockN - 1) / kBlockN - t_begin);
 
   if (tid == 0) {
     const uint32_t producers = kTma ? 1 : 128;  // the TMA thread, or every copying thread
@@ -264,12 +272,14 @@ __global__ void __launch_bounds__(kWsThreads, 1)
         MbarArriveExpectTx(k_full(st), kTileBytes);
 #pragma unroll
         for (int cb = 0; cb < D / 64; ++cb) {
-          TmaLoad3d(kdst + cb * kBlockN * 128, &maps.k, cb * 64, t * kBlockN, kvh, k_full(st));
+          TmaLoad3d(kdst + cb * kBlockN * 128, &maps.k, cb * 64, (t_begin + t) * kBlockN, kvh,
+                    k_full(st));
         }
         MbarArriveExpectTx(v_full(st), kTileBytes);
 #pragma unroll
         for (int cb = 0; cb < D / 64; ++cb) {
-          TmaLoad3d(vdst + cb * kBlockN * 128, &maps.v, cb * 64, t * kBlockN, kvh, v_full(st));
+          TmaLoad3d(vdst + cb * kBlockN * 128, &maps.v, cb * 64, (t_begin + t) * kBlockN, kvh,
+                    v_full(st));
         }
       }
       return;
@@ -286,11 +296,12 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     for (int t = 0; t < num_tiles; ++t) {
       const int st = t % kStages;
       if (t >= kStages) MbarWait(empty(st), ((t / kStages) & 1) ^ 1);
-      ProducerTile<D, kBlockN>(smem + Smem::kKOff + st * Smem::kTileBytes, k, D, t * kBlockN,
-                               kv_len, kv_rows, tid);
+      const int key0 = (t_begin + t) * kBlockN;
+      ProducerTile<D, kBlockN>(smem + Smem::kKOff + st * Smem::kTileBytes, k, D, key0, kv_len,
+                               kv_rows, tid);
       MbarArriveOnCopies(k_full(st));
-      ProducerTile<D, kBlockN>(smem + Smem::kVOff + st * Smem::kTileBytes, v, D, t * kBlockN,
-                               kv_len, kv_rows, tid);
+      ProducerTile<D, kBlockN>(smem + Smem::kVOff + st * Smem::kTileBytes, v, D, key0, kv_len,
+                               kv_rows, tid);
       MbarArriveOnCopies(v_full(st));
     }
     detail::CpAsyncWait<0>();
@@ -301,7 +312,10 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   SetMaxRegsInc<232>();
   const int cwg = wg - 1, warp_in_wg = (tid >> 5) & 3;
   const int wg_row0 = m0 + cwg * 64;
-  const int wg_tiles = min(num_tiles, max(0, (past + wg_row0 + 63) / kBlockN + 1));
+  // Tiles this warpgroup computes: up to its last row's causal limit, none when all its rows lie
+  // past n (it only releases the stages).
+  const int wg_tiles =
+      wg_row0 >= n ? 0 : min(num_tiles, max(0, (past + wg_row0 + 63) / kBlockN + 1 - t_begin));
   float s[kNTiles * 4];
   float o[kDTiles * 4];
 #pragma unroll
@@ -339,7 +353,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     detail::WgmmaCommit();
     detail::WgmmaWait<0>();
     detail::FenceRegisters(s);
-    SoftmaxTile<kNTiles>(s, m, l, alpha, scale_log2, diagonal(0), 0, limit, tq);
+    const int key0 = t_begin * kBlockN;
+    SoftmaxTile<kNTiles>(s, m, l, alpha, scale_log2, diagonal(key0), key0, limit, tq);
     PackP<kNTiles>(s, pa);
   }
   for (int t = 1; t < wg_tiles; ++t) {
@@ -351,7 +366,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     detail::WgmmaCommit();
     detail::WgmmaWait<1>();
     detail::FenceRegisters(s);
-    SoftmaxTile<kNTiles>(s, m, l, alpha, scale_log2, diagonal(t * kBlockN), t * kBlockN, limit, tq);
+    const int key0 = (t_begin + t) * kBlockN;
+    SoftmaxTile<kNTiles>(s, m, l, alpha, scale_log2, diagonal(key0), key0, limit, tq);
     detail::WgmmaWait<0>();
     detail::FenceRegisters(o);
     MbarArrive(empty((t - 1) % kStages));
@@ -375,7 +391,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     MbarArrive(empty(st));
   }
   detail::StorePrefillRows<D, OutT>(
-      p, [&](int j, int e) { return o[4 * j + e]; }, l, m, row_lo, qh, tq);
+      p, [&](int j, int e) { return o[4 * j + e]; }, l, m, row_lo, qh, tq, split);
 }
 
 using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
@@ -433,7 +449,8 @@ cudaError_t Launch(Kernel kernel, int threads, int bytes, const PrefillAttention
   cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
   if (err != cudaSuccess) return err;
-  const dim3 grid(p.num_q_heads, (p.num_tokens + kBlockM - 1) / kBlockM);
+  const dim3 grid(p.num_q_heads, (p.num_tokens + kBlockM - 1) / kBlockM,
+                  p.key_splits != 0 ? p.key_splits : 1);
   kernel<<<grid, threads, bytes, stream>>>(p, args...);
   return cudaGetLastError();
 }

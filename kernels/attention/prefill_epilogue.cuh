@@ -15,11 +15,13 @@
 namespace squeeze::gpu::detail {
 
 // o(j, e): element e (0..3) of output column tile j (e >> 1: the row, e & 1: the column pair);
-// l: this lane's partial row sums of 2^(s - m); m: the rows' running maxima (log2 domain).
+// l: this lane's partial row sums of 2^(s - m); m: the rows' running maxima (log2 domain);
+// split: the key range of a split call (PrefillAttentionParams::key_splits), whose rows go to
+// their slots with a log2-domain lse.
 template <int D, typename OutT, class Acc>
 __device__ __forceinline__ void StorePrefillRows(const PrefillAttentionParams& p, Acc o,
                                                  const float (&l)[2], const float (&m)[2],
-                                                 int row_lo, int qh, int tq) {
+                                                 int row_lo, int qh, int tq, int split = 0) {
   const int n = p.num_tokens, hq = p.num_q_heads;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -30,7 +32,10 @@ __device__ __forceinline__ void StorePrefillRows(const PrefillAttentionParams& p
     if (row >= n) continue;
     // sum >= 1 whenever a key is visible (the maximum contributes 2^0).
     const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-    OutT* dst = static_cast<OutT*>(p.out) + (static_cast<int64_t>(row) * hq + qh) * D + 2 * tq;
+    const int64_t slot = p.key_splits != 0 ? row * p.slot_row + qh * p.slot_head +
+                                                 static_cast<int64_t>(split) * p.slot_split
+                                           : static_cast<int64_t>(row) * hq + qh;
+    OutT* dst = static_cast<OutT*>(p.out) + slot * D + 2 * tq;
 #pragma unroll
     for (int j = 0; j < D / 8; ++j) {
       const float x0 = o(j, 2 * h) * inv, x1 = o(j, 2 * h + 1) * inv;
@@ -41,8 +46,8 @@ __device__ __forceinline__ void StorePrefillRows(const PrefillAttentionParams& p
       }
     }
     if (p.lse != nullptr && tq == 0) {
-      p.lse[static_cast<int64_t>(row) * hq + qh] =
-          sum > 0.0f ? (m[h] + log2f(sum)) * kLn2 : -INFINITY;
+      const float lse2 = sum > 0.0f ? m[h] + log2f(sum) : -INFINITY;
+      p.lse[slot] = p.key_splits != 0 ? lse2 : lse2 * kLn2;
     }
   }
 }

@@ -11,6 +11,8 @@
 //     MergeAttentionPartials with its dynamic part (fp32 query, the decode kernel's partials).
 //     ||out - ref|| / ||ref|| <= 1e-2 (P is rounded to bf16 for P.V), |lse - ref| <= 1e-3 (1 +
 //     |ref|).
+// Dense groups run on each cascade kernel (CascadeImpl::kMmaSync, and on Hopper kWgmma: the wgmma
+// prefill kernel split over keys) against the same reference.
 // Outputs and workspaces are poisoned (0xFF) before every launch; a repeated launch and a
 // CUDA-graph replay must be bitwise identical. Without a CUDA device: exit 77 (skipped).
 #include "kernels/attention/cascade_attention.cuh"
@@ -28,6 +30,7 @@
 #include "engine/squeeze/cluster_scores.h"
 #include "engine/squeeze/selection.h"
 #include "kernels/attention/decode_attention.cuh"
+#include "kernels/attention/prefill_attention.cuh"
 #include "kernels/squeeze/group_selection.cuh"
 #include "tests/gpu/attention_test_util.h"
 #include "tests/gpu/gpu_test_util.h"
@@ -50,12 +53,25 @@ struct CascadeCase {
 
 float RoundBf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
 
+void RunCascadeOn(const CascadeCase& c, uint64_t seed, gpu::CascadeImpl impl);
+
+// Squeezed groups on the mma.sync kernel (the only one with key lists); dense on each kernel.
 void RunCascade(const CascadeCase& c, uint64_t seed) {
+  if (!c.budgets.empty()) return RunCascadeOn(c, seed, gpu::CascadeImpl::kAuto);
+  RunCascadeOn(c, seed, gpu::CascadeImpl::kMmaSync);
+  if (gpu::PrefillWgmmaSupported(c.d)) RunCascadeOn(c, seed, gpu::CascadeImpl::kWgmma);
+}
+
+void RunCascadeOn(const CascadeCase& c, uint64_t seed, gpu::CascadeImpl impl) {
   const int n = static_cast<int>(c.dyn_lens.size()), hkv = c.hkv, G = c.group, hq = hkv * G;
   const int d = c.d, S = c.rows;
   const bool squeezed = !c.budgets.empty();
-  SCOPED_TRACE(::testing::Message() << "d=" << d << " G=" << G << " Hkv=" << hkv << " n=" << n
-                                    << " S=" << S << (squeezed ? " squeezed" : " dense"));
+  const char* kernel = impl == gpu::CascadeImpl::kWgmma     ? "wgmma"
+                       : impl == gpu::CascadeImpl::kMmaSync ? "mma.sync"
+                                                            : "auto";
+  SCOPED_TRACE(::testing::Message()
+               << "d=" << d << " G=" << G << " Hkv=" << hkv << " n=" << n << " S=" << S
+               << (squeezed ? " squeezed" : " dense") << " " << kernel);
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   Rng rng(seed);
   const Context ctx =
@@ -254,6 +270,9 @@ void RunCascade(const CascadeCase& c, uint64_t seed) {
   cp.partial_lse = part_lse.get();
   cp.max_chunks = max_chunks;
   cp.chunk_begin = chunk_begin.get();
+  DeviceArray<char> packed_q(gpu::CascadeWorkspaceBytes(n, hq, d));
+  cp.impl = impl;
+  cp.workspace = packed_q.get();
 
   const bool with_dyn = max_dyn > 0;
   gpu::DecodeAttentionParams dp;
@@ -301,6 +320,7 @@ void RunCascade(const CascadeCase& c, uint64_t seed) {
     part_out.Poison();
     part_lse.Poison();
     chunk_begin.Poison();
+    packed_q.Poison();
     dyn_out.Poison();
     dyn_lse.Poison();
     out.Poison();
@@ -359,9 +379,9 @@ void RunCascade(const CascadeCase& c, uint64_t seed) {
     EXPECT_LE(e.lse_abs, 1e-3) << "sequence " << s;
   }
   std::printf(
-      "  cascade %s n=%d d=%d G=%d Hkv=%d S=%d: %d chunks, each sequence saw %.4f of the "
+      "  cascade %s (%s) n=%d d=%d G=%d Hkv=%d S=%d: %d chunks, each sequence saw %.4f of the "
       "rows\n",
-      squeezed ? "squeezed" : "dense", n, d, G, hkv, S, cbeg[hkv],
+      squeezed ? "squeezed" : "dense", kernel, n, d, G, hkv, S, cbeg[hkv],
       double(seen_rows) / (double(n) * S * hkv));
 
   // ---- Repeat and graph replay: bitwise identical.
@@ -401,6 +421,27 @@ TEST(CascadeAttention, DenseRowPassesAndAnyGroup) {
   for (int& l : lens) l = rng.Int(1, 500);
   RunCascade({128, 4, 2, 12000, 0, 100, Clusters::kMixed, lens, {}}, 44);
   RunCascade({64, 3, 2, 7000, 0, 64, Clusters::kMixed, std::vector<int>(10, 0), {}}, 45);
+}
+
+// Groups of many rows, what kAuto gives the wgmma kernel: 64 x 4 = 256 rows (two row tiles), 20 x
+// 8 = 160 rows at d = 64; key counts that are no multiple of the 128-key tile; a context shorter
+// than one tile; graph replay.
+TEST(CascadeAttention, DenseManyRows) {
+  std::vector<int> lens(64);
+  Rng rng(60);
+  for (int& l : lens) l = rng.Int(0, 300);
+  RunCascade({128, 4, 8, 40000, 0, 100, Clusters::kMixed, lens, {}, /*graph=*/true}, 61);
+  RunCascade({64, 8, 2, 5003, 4, 64, Clusters::kTiny, std::vector<int>(20, 7), {}}, 62);
+  RunCascade({128,
+              4,
+              2,
+              100,
+              0,
+              32,
+              Clusters::kTiny,
+              {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16},
+              {}},
+             63);
 }
 
 TEST(CascadeAttention, SqueezedGroupMixedBudgets) {

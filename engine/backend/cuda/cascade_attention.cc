@@ -46,7 +46,7 @@ int CascadeAttention::CascadeCtas(int head_dim) {
   return std::max(ctas, 1);
 }
 
-void CascadeAttention::Run(std::span<const AttentionParams* const> calls) {
+void CascadeAttention::Run(std::span<const AttentionParams* const> calls, bool wgmma) {
   if (!dev_.ok() || calls.empty()) return;
   const int n = static_cast<int>(calls.size());
   const AttentionParams& p0 = *calls[0];
@@ -91,6 +91,7 @@ void CascadeAttention::Run(std::span<const AttentionParams* const> calls) {
       float** q_dst;
       const float** out_src;
       float** out_dst;
+      void* packed_q;
     } a;
     a.heads = c.Take<gpu::SqueezeHeadDesc>(hkv);
     a.dyn = c.Take<gpu::DecodeKv>(n);
@@ -102,6 +103,7 @@ void CascadeAttention::Run(std::span<const AttentionParams* const> calls) {
     a.q_dst = c.Take<float*>(rows);
     a.out_src = c.Take<const float*>(rows);
     a.out_dst = c.Take<float*>(rows);
+    a.packed_q = squeezed ? nullptr : c.Take<char>(gpu::CascadeWorkspaceBytes(n, hq, d));
     return a;
   };
   Carver size_desc(nullptr);
@@ -238,6 +240,8 @@ void CascadeAttention::Run(std::span<const AttentionParams* const> calls) {
   cp.target_chunks = 2 * ctas;
   cp.max_chunks = gpu::CascadeMaxChunks(cp.target_chunks, hkv);
   cp.grid = std::min(ctas, cp.target_chunks);
+  cp.impl = wgmma ? gpu::CascadeImpl::kAuto : gpu::CascadeImpl::kMmaSync;
+  cp.workspace = desc.packed_q;
   const size_t slots = static_cast<size_t>(cp.max_chunks) * n;
   Carver size_part(nullptr);
   size_part.Take<float>(slots * G * d);

@@ -38,8 +38,9 @@ class CascadeAttention {
   static bool Squeezed(const AttentionParams& p) { return p.fixed.selector != nullptr; }
 
   // One group: 2..kMaxGroup eligible calls of one layer over the same context K/V, all dense or
-  // all squeezed; each writes its own out.
-  void Run(std::span<const AttentionParams* const> calls);
+  // all squeezed; each writes its own out. wgmma: a dense group may take the wgmma kernel
+  // (gpu::CascadeImpl::kAuto), else the mma.sync one.
+  void Run(std::span<const AttentionParams* const> calls, bool wgmma = true);
 
   // Context rows the squeezed groups read since the last call (the union of what their
   // sequences kept, per KV head and layer) and the rows those heads hold; valid after the

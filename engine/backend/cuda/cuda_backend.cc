@@ -470,7 +470,8 @@ void CudaBackend::AttentionBatch(std::span<const AttentionParams> calls) {
     }
     for (size_t at = 0; at < group.size(); at += CascadeAttention::kMaxGroup) {
       const size_t count = std::min<size_t>(CascadeAttention::kMaxGroup, group.size() - at);
-      cascade_.Run(std::span<const AttentionParams* const>(group.data() + at, count));
+      cascade_.Run(std::span<const AttentionParams* const>(group.data() + at, count),
+                   options_.cascade_wgmma);
     }
   }
   for (const AttentionParams* p : single) Attention(*p);
