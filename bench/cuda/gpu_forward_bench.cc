@@ -47,6 +47,7 @@
 #include "engine/squeeze/calibration.h"
 #include "engine/squeeze/selection.h"
 #include "engine/squeeze/squeeze_index.h"
+#include "kernels/attention/prefill_attention.cuh"
 
 ABSL_FLAG(std::string, model, "bench/configs/llama3-8b", "directory with config.json");
 ABSL_FLAG(int, prefill_tokens, 32768, "context tokens prefilled before decoding");
@@ -612,9 +613,11 @@ int Main() {
   // *union_read: the fraction of the context's rows the squeezed cascade groups read (the union
   // of their sequences' selections); 1 when dense.
   double union_read = 1.0;
+  using CascadeKernel = Backend::ExecutionOptions::CascadeKernel;
+  const bool wgmma_cascade = gpu::PrefillWgmmaSupported(d);
   auto run = [&](int batch, double budget, bool cascade, double* realised,
-                 bool hierarchical = false, bool cascade_wgmma = true) {
-    m.backend().set_execution_options({.cascade = cascade, .cascade_wgmma = cascade_wgmma});
+                 bool hierarchical = false, CascadeKernel kernel = CascadeKernel::kAuto) {
+    m.backend().set_execution_options({.cascade = cascade, .cascade_kernel = kernel});
     SelectionOptions options;
     options.budget = std::max(budget, 0.0);
     options.hierarchical = hierarchical;
@@ -663,18 +666,21 @@ int Main() {
     double realised = 1.0;
     const double dense_seq = run(batch, -1.0, false, &realised);
     const double dense_cas = batch > 1 ? run(batch, -1.0, true, &realised) : dense_seq;
-    // The cascade kernel the default replaced for many rows (mma.sync), for comparison.
+    // Each dense cascade kernel forced, for comparison (the wgmma one on Hopper only).
     const double dense_cas_mma =
-        batch > 1 ? run(batch, -1.0, true, &realised, false, /*cascade_wgmma=*/false) : dense_seq;
+        batch > 1 ? run(batch, -1.0, true, &realised, false, CascadeKernel::kMmaSync) : dense_seq;
+    const double dense_cas_wgmma =
+        batch > 1 && wgmma_cascade ? run(batch, -1.0, true, &realised, false, CascadeKernel::kWgmma)
+                                   : 0.0;
     const double floor_seq = (weight_bytes + batch * ctx_kv_bytes) / copy_bw;
     const double floor_cas = (weight_bytes + shared * ctx_kv_bytes) / copy_bw;
     std::printf(
         "batch %2d: dense per-sequence %8.3f ms/step (%.2fx its floor %.3f ms), cascade "
-        "%8.3f ms/step (%.2fx its floor %.3f ms) = %.2fx faster, %.0f tokens/s; cascade on "
-        "the mma.sync kernel only %8.3f ms/step\n",
+        "%8.3f ms/step (%.2fx its floor %.3f ms) = %.2fx faster, %.0f tokens/s; cascade kernel "
+        "forced: mma.sync %8.3f, wgmma %8.3f ms/step\n",
         batch, 1e3 * dense_seq, dense_seq / floor_seq, 1e3 * floor_seq, 1e3 * dense_cas,
         dense_cas / floor_cas, 1e3 * floor_cas, dense_seq / dense_cas, batch / dense_cas,
-        1e3 * dense_cas_mma);
+        1e3 * dense_cas_mma, 1e3 * dense_cas_wgmma);
     for (double b : budgets) {
       const double seq = run(batch, b, false, &realised);
       const double realised_seq = realised;

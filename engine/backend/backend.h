@@ -206,9 +206,11 @@ class Backend {
     // GEMV kernel (kernels/ops/gemv.cuh); false: one fused RMSNorm (or SiLU-mul) to bf16, then
     // cuBLAS GEMMs, measured faster on an H100 (bench/RESULTS.md, projections alone).
     bool tensor_core_projections = false;
-    // Dense cascade groups with many query rows per KV head on the wgmma kernel split over keys
-    // (Hopper; kernels/attention/cascade_attention.cuh); false: always the mma.sync kernel.
-    bool cascade_wgmma = true;
+    // The kernel of dense cascade groups (kernels/attention/cascade_attention.cuh): kAuto (the
+    // wgmma kernel split over keys on Hopper for groups of many query rows per KV head, else
+    // mma.sync), or one of them forced for a comparison (kWgmma where supported).
+    enum class CascadeKernel { kAuto, kMmaSync, kWgmma };
+    CascadeKernel cascade_kernel = CascadeKernel::kAuto;
   };
   virtual void set_execution_options(const ExecutionOptions& /*options*/) {}
   // Row r of logits [jobs.size(), vocab] (backend memory) sampled with jobs[r] exactly as
