@@ -23,6 +23,11 @@ struct ContextAttentionPolicy {
   };
   Kind kind = Kind::kHost;
   SqueezedSelection squeezed;  // kSqueezed
+  // Beyond the paper (whose mask is shared by all the queries of a step, P6): a step of more
+  // tokens is selected and attended in blocks of this many consecutive query tokens, each block
+  // with its own selection from its own queries (and causally its part of the dynamic rows), as
+  // if the blocks were steps of their own. 0: one selection per step.
+  int query_block = 0;
 };
 
 // Chooses the fixed-context keys for one sequence.

@@ -453,13 +453,6 @@ absl::Status LlamaModel::ForwardRank(std::span<SequenceStep> steps, ForwardOutpu
   }
   const float* inv_freq = w_.inv_freq;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  // One layer's attention calls, issued together (a device backend batches what it can), and
-  // what the backend kept of each selected context: [step][layer][kv head], -1 where nothing
-  // was selected (no selector, or not hierarchical for the candidates).
-  std::vector<AttentionParams> calls(steps.size());
-  std::vector<Backend::KvAppend> appends(steps.size());
-  kept_rows_.assign(steps.size() * L * Hkv, -1);
-  candidates_.assign(steps.size() * L * Hkv, -1);
   // Each step's fixed context in backend memory (made resident once per context by device
   // backends) and its selector's policy for the step.
   std::vector<ContextKvView> context_views(steps.size());
@@ -470,6 +463,29 @@ absl::Status LlamaModel::ForwardRank(std::span<SequenceStep> steps, ForwardOutpu
     }
     if (steps[i].fixed != nullptr) policies[i] = steps[i].fixed->policy();
   }
+  // Attention calls: one per step, or per query block of a selected step whose policy asks for
+  // blocks (ContextAttentionPolicy::query_block): call j attends tokens [block_begin[j],
+  // block_begin[j] + block_tokens[j]) of step call_step[j].
+  std::vector<int> call_step, block_begin, block_tokens;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const int n = static_cast<int>(steps[i].tokens.size());
+    const bool has_context = steps[i].context != nullptr && steps[i].context->num_tokens > 0;
+    const int qb = steps[i].fixed != nullptr && has_context ? policies[i].query_block : 0;
+    const int block = qb > 0 && n > qb ? qb : n;
+    for (int t = 0; t < n; t += block) {
+      call_step.push_back(static_cast<int>(i));
+      block_begin.push_back(t);
+      block_tokens.push_back(std::min(block, n - t));
+    }
+  }
+  const size_t num_calls = call_step.size();
+  // One layer's attention calls, issued together (a device backend batches what it can), and
+  // what the backend kept of each call's selected context: [call][layer][kv head], -1 where
+  // nothing was selected (no selector, or not hierarchical for the candidates).
+  std::vector<AttentionParams> calls(num_calls);
+  std::vector<Backend::KvAppend> appends(steps.size());
+  kept_rows_.assign(num_calls * L * Hkv, -1);
+  candidates_.assign(num_calls * L * Hkv, -1);
 
   // Tensor parallelism: a row-parallel projection writes this rank's partial sum into `partial`
   // (the free [T, D] buffer h), which the ranks sum, and the sum joins the residual stream.
@@ -509,14 +525,21 @@ absl::Status LlamaModel::ForwardRank(std::span<SequenceStep> steps, ForwardOutpu
     be.RopeAppendKvBatch(a.q, Hq, a.k, a.v, Hkv, a.positions, T, d, inv_freq, appends);
     for (size_t i = 0; i < steps.size(); ++i) {
       SequenceStep& s = steps[i];
-      const int n = static_cast<int>(s.tokens.size());
-      const size_t row = plan.offset[i];
-      SequenceKV& kv = *s.kv;
-      const int past = kv.length();
-      const size_t kv_head_stride = static_cast<size_t>(kv.capacity()) * d;
       if (s.capture != nullptr) {
-        CaptureQueries(be, l, a.q + row * q_dim, &plan.positions[row], n, q_dim, s.capture);
+        const size_t row = plan.offset[i];
+        CaptureQueries(be, l, a.q + row * q_dim, &plan.positions[row],
+                       static_cast<int>(s.tokens.size()), q_dim, s.capture);
       }
+    }
+    for (size_t j = 0; j < num_calls; ++j) {
+      const size_t i = call_step[j];
+      SequenceStep& s = steps[i];
+      const int n = block_tokens[j];
+      const size_t row = plan.offset[i] + block_begin[j];
+      SequenceKV& kv = *s.kv;
+      // This call's queries sit after the step's earlier blocks in the dynamic rows.
+      const int past = kv.length() + block_begin[j];
+      const size_t kv_head_stride = static_cast<size_t>(kv.capacity()) * d;
 
       AttentionParams p;
       p.shape = {n, Hq, Hkv, d, scale};
@@ -532,14 +555,14 @@ absl::Status LlamaModel::ForwardRank(std::span<SequenceStep> steps, ForwardOutpu
           p.fixed.selector = s.fixed;
           p.fixed.policy = policies[i];
           p.fixed.layer = l;
-          p.fixed.kept_rows = &kept_rows_[(i * L + l) * Hkv];
-          p.fixed.candidates = &candidates_[(i * L + l) * Hkv];
+          p.fixed.kept_rows = &kept_rows_[(j * L + l) * Hkv];
+          p.fixed.candidates = &candidates_[(j * L + l) * Hkv];
         }
       }
       p.dynamic.kv = {kv.key_data(l, 0, 0), kv.value_data(l, 0, 0), kv_head_stride, past + n,
                       kv.dtype()};
       p.dynamic.causal_offset = past;
-      calls[i] = p;
+      calls[j] = p;
     }
     be.AttentionBatch(calls);
     if (!sharded) {
@@ -571,15 +594,16 @@ absl::Status LlamaModel::ForwardRank(std::span<SequenceStep> steps, ForwardOutpu
   RETURN_IF_ERROR(ScoreTargets(steps, plan.offset, a.x));
   settled = true;
   RETURN_IF_ERROR(be.Synchronize());
-  // What the backend kept of each selected context, now written: into the selectors.
-  for (size_t i = 0; i < steps.size(); ++i) {
-    if (steps[i].fixed == nullptr) continue;
+  // What the backend kept of each selected context, now written: into the selectors (a step
+  // selected in query blocks records each block as a step).
+  for (size_t j = 0; j < num_calls; ++j) {
+    FixedContextAttention* fixed = steps[call_step[j]].fixed;
+    if (fixed == nullptr) continue;
     for (int l = 0; l < L; ++l) {
-      const std::span<const int32_t> kept(&kept_rows_[(i * L + l) * Hkv], Hkv);
-      const std::span<const int32_t> candidates(&candidates_[(i * L + l) * Hkv], Hkv);
+      const std::span<const int32_t> kept(&kept_rows_[(j * L + l) * Hkv], Hkv);
+      const std::span<const int32_t> candidates(&candidates_[(j * L + l) * Hkv], Hkv);
       if (kept[0] >= 0) {
-        steps[i].fixed->Record(l, kept,
-                               candidates[0] >= 0 ? candidates : std::span<const int32_t>());
+        fixed->Record(l, kept, candidates[0] >= 0 ? candidates : std::span<const int32_t>());
       }
     }
   }

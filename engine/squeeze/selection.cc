@@ -48,6 +48,10 @@ absl::Status ValidateSelectionOptions(const SqueezeIndex& index, const Selection
   if (options.mass && options.hierarchical) {
     return absl::InvalidArgumentError("mass-based selection is flat only (no hierarchical)");
   }
+  if (options.query_block < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("selection query_block must be >= 0, got %d", options.query_block));
+  }
   if (options.hierarchical && !index.has_coarse()) {
     return absl::FailedPreconditionError(
         "hierarchical selection asked, but the context was clustered without the hierarchical "
@@ -222,6 +226,7 @@ void SqueezedFixedContextAttention::SelectAndRecord(int layer, const float* q, i
 
 ContextAttentionPolicy SqueezedFixedContextAttention::policy() const {
   ContextAttentionPolicy p;
+  p.query_block = options_.query_block;
   const bool per_step = options_.budget_policy == BudgetPolicy::kPerStep && !options_.keep_all;
   // kHost: mass-based and hierarchical per-step selection list their rows on the host.
   if (options_.mass || (per_step && options_.hierarchical)) return p;

@@ -45,6 +45,9 @@ struct SelectionOptions {
   std::optional<double> mass;
   // Threshold policy for `budget` and `coarse_keep` (not used by `mass` or `keep_all`).
   BudgetPolicy budget_policy = BudgetPolicy::kCalibrated;
+  // Beyond the paper: multi-token steps (a user input) select per block of this many query
+  // tokens instead of once for the step (ContextAttentionPolicy::query_block); >= 0, 0: once.
+  int query_block = 0;
 };
 
 // InvalidArgument for a budget or coarse_keep outside [0, 1]; FailedPrecondition for

@@ -7,6 +7,7 @@
 #include <memory>
 #include <numeric>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -480,6 +481,78 @@ TEST_P(LlamaModelTest, AllRowsAsRangesEqualsDense) {
   const std::vector<float> partial = Step(*model_, tokens, &kv_half, &context, &half);
   EXPECT_TRUE(AllFinite(partial));
   EXPECT_GT(RelDiff(partial, dense), 1e-3);
+}
+
+// Keeps rows [0, k) of every head, k a function of the call's queries (their sum), and selects
+// in query blocks of `query_block` tokens (ContextAttentionPolicy::query_block).
+class QueryDependentPrefix final : public FixedContextAttention {
+ public:
+  QueryDependentPrefix(int num_kv_heads, int num_rows, int head_dim, int query_block)
+      : num_kv_heads_(num_kv_heads), num_rows_(num_rows), d_(head_dim), block_(query_block) {}
+  ContextAttentionPolicy policy() const override {
+    ContextAttentionPolicy p;
+    p.query_block = block_;
+    return p;
+  }
+  void Select(int, const float* q, int n, LayerSelection* out) override {
+    ++selections;
+    max_tokens = std::max(max_tokens, n);
+    double sum = 0.0;
+    for (int i = 0; i < n * d_; ++i) sum += q[i];  // the first query head of every token
+    const int k = 1 + static_cast<int>(std::fmod(std::abs(sum) * 1000.0, num_rows_ - 1));
+    out->ranges.assign(num_kv_heads_, std::vector<KeyRange>{{0, k}});
+  }
+  void Record(int, std::span<const int32_t> kept, std::span<const int32_t>) override {
+    ++records;
+    EXPECT_EQ(static_cast<int>(kept.size()), num_kv_heads_);
+  }
+  int selections = 0, records = 0, max_tokens = 0;
+
+ private:
+  int num_kv_heads_, num_rows_, d_, block_;
+};
+
+// (6b) A multi-token step selected in query blocks of b tokens == the same tokens as steps of b
+// tokens (each its own selection); and one selection for the whole step differs.
+TEST_P(LlamaModelTest, QueryBlocksEqualStepsOfThatSize) {
+  std::mt19937_64 rng(61);
+  const int S = 40, n = 23, b = 5;
+  const std::vector<int32_t> ctx_tokens = RandomTokens(S, config_.vocab_size, rng);
+  const std::vector<int32_t> tokens = RandomTokens(n, config_.vocab_size, rng);
+  const ContextKV context = PrefillContext(*model_, ctx_tokens);
+  const int hkv = config_.num_kv_heads, d = config_.head_dim, L = config_.num_layers;
+
+  SequenceKV kv_steps(model_->kv_shape()), kv_blocks(model_->kv_shape());
+  SequenceKV kv_whole(model_->kv_shape());
+  QueryDependentPrefix per_step(hkv, S, d, 0), blocked(hkv, S, d, b), whole(hkv, S, d, 0);
+  std::vector<float> ref;
+  for (int t = 0; t < n; t += b) {
+    ref = Step(*model_, std::span(tokens).subspan(t, std::min(b, n - t)), &kv_steps, &context,
+               &per_step);
+  }
+  const std::vector<float> got = Step(*model_, tokens, &kv_blocks, &context, &blocked);
+  const std::vector<float> one = Step(*model_, tokens, &kv_whole, &context, &whole);
+  ASSERT_TRUE(AllFinite(got));
+  EXPECT_LT(RelDiff(got, ref), kTol);
+  const int blocks = (n + b - 1) / b;
+  EXPECT_EQ(blocked.selections, blocks * L);
+  EXPECT_EQ(blocked.records, blocks * L);
+  EXPECT_EQ(blocked.max_tokens, b);
+  EXPECT_EQ(kv_blocks.length(), n);
+  double worst = 0.0;
+  for (int l = 0; l < L; ++l) {
+    for (int h = 0; h < hkv; ++h) {
+      for (int t = 0; t < n; ++t) {
+        for (int i = 0; i < d; ++i) {
+          worst = std::max<double>(
+              worst, std::abs(kv_blocks.value(l, h, t)[i] - kv_steps.value(l, h, t)[i]));
+        }
+      }
+    }
+  }
+  EXPECT_LT(worst, 1e-4);
+  EXPECT_EQ(whole.selections, L);
+  EXPECT_GT(RelDiff(one, ref), 1e-3) << "one selection for the step should differ";
 }
 
 INSTANTIATE_TEST_SUITE_P(
