@@ -19,7 +19,8 @@ Settings: --settings "dense,squeezed:0.1,squeezed:0.05,squeezed-step:0.1,pages:0
 (squeezed-step: the per-step budget policy; pages: the Quest-style page baseline; recent: the
 most recent keys; squeezed-w800:0.1 / squeezed-step-w800:0.1: the contexts registered again with
 an index that keeps their last 800 tokens whole, the index's `window`, instead of 100;
-squeezed-mc0.005:0.1: registered again with the k-means' early stop `kmeans_min_changed` 0.005).
+squeezed-mc0.005:0.1: registered again with the k-means' early stop `kmeans_min_changed` 0.005;
+squeezed-qb64:0.1: the input selected per block of 64 tokens, `query_block`, on the same index).
 Requests run --concurrency at a time (the server batches them); contexts are
 registered first, one at a time. Prints one markdown table per task kind and writes --json;
 every setting is also compared with dense on the same tasks (paired differences with a 95%
@@ -81,8 +82,10 @@ def parse_settings(text):
         # Index options of the contexts a squeezed setting reads, as name suffixes (any order):
         # -wN, an always-kept window of the last N tokens (the index's `window`; default 100);
         # -mcF, the k-means' early stop (`kmeans_min_changed` F, e.g. 0.005; default the
-        # server's). E.g. squeezed-w400:0.05, squeezed-mc0.005:0.1.
+        # server's). E.g. squeezed-w400:0.05, squeezed-mc0.005:0.1. And a request option:
+        # -qbN, the input selected per block of N tokens (`query_block`; beyond the paper).
         index = {}
+        query_block = None
         while True:
             base, sep, tail = name.rpartition("-")
             if not sep or not base.startswith("squeezed"):
@@ -91,6 +94,8 @@ def parse_settings(text):
                 index["window"] = int(tail[1:])
             elif tail.startswith("mc") and is_fraction(tail[2:]):
                 index["kmeans_min_changed"] = float(tail[2:])
+            elif tail.startswith("qb") and tail[2:].isdigit():
+                query_block = int(tail[2:])
             else:
                 break
             name = base
@@ -105,10 +110,12 @@ def parse_settings(text):
                 opts["budget_policy"] = "per_step"
             if index:
                 opts["index"] = index
+            if query_block is not None:
+                opts["query_block"] = query_block
             out.append((item, opts))
         else:
             raise SystemExit(f"unknown setting {item!r} (dense, squeezed:B, squeezed-step:B, "
-                             "their -wN and -mcF index suffixes, pages:B, recent:B)")
+                             "their -wN and -mcF index suffixes and -qbN, pages:B, recent:B)")
     return out
 
 

@@ -116,6 +116,9 @@ ABSL_FLAG(std::string, budget_policy, "",
           "server's)");
 ABSL_FLAG(double, mass, -1,
           "generate: keep clusters until this estimated attention mass instead of a budget");
+ABSL_FLAG(int, query_block, -1,
+          "generate: select the input per block of this many tokens (beyond the paper; -1: the "
+          "server's, one selection per step)");
 ABSL_FLAG(bool, stats, true, "generate: print usage and timings to stderr at the end");
 // chat
 ABSL_FLAG(std::string, chat_document, "",
@@ -361,6 +364,9 @@ int Generate(SqueezeClient& client) {
     req.mutable_attention()->set_budget(absl::GetFlag(FLAGS_budget));
   }
   if (absl::GetFlag(FLAGS_mass) >= 0) req.mutable_attention()->set_mass(absl::GetFlag(FLAGS_mass));
+  if (absl::GetFlag(FLAGS_query_block) >= 0) {
+    req.mutable_attention()->set_query_block(absl::GetFlag(FLAGS_query_block));
+  }
   if (const std::string policy = absl::GetFlag(FLAGS_budget_policy); policy == "calibrated") {
     req.mutable_attention()->set_budget_policy(v1::AttentionOptions::CALIBRATED);
   } else if (policy == "per_step") {

@@ -307,6 +307,13 @@ absl::StatusOr<GenerateRequest> ConvertGenerateRequest(const v1::GenerateRequest
     }
     out.attention.mass = a.mass();
   }
+  if (a.has_query_block()) {
+    if (a.query_block() < 0) {
+      return Invalid("attention.query_block",
+                     "must be >= 0 (query tokens per selection; 0: one per step)");
+    }
+    out.attention.query_block = a.query_block();
+  }
   switch (a.budget_policy()) {
     case v1::AttentionOptions::BUDGET_POLICY_UNSPECIFIED:
       break;

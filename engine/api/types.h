@@ -31,6 +31,7 @@ struct AttentionRequest {
   std::optional<bool> hierarchical;
   std::optional<double> mass;                 // mass-based selection instead of the threshold
   std::optional<BudgetPolicy> budget_policy;  // unset: EngineOptions::default_budget_policy
+  std::optional<int> query_block;  // select multi-token steps per block of this many tokens
 };
 
 struct RegisterRequest {

@@ -207,8 +207,9 @@ class Backend {
     // cuBLAS GEMMs, measured faster on an H100 (bench/RESULTS.md, projections alone).
     bool tensor_core_projections = false;
     // The kernel of dense cascade groups (kernels/attention/cascade_attention.cuh): kAuto (the
-    // wgmma kernel split over keys on Hopper for groups of many query rows per KV head, else
-    // mma.sync), or one of them forced for a comparison (kWgmma where supported).
+    // wgmma kernel split over keys on Hopper for groups of many query rows per KV head once
+    // gpu::kCascadeAutoWgmma, else mma.sync), or one of them forced for a comparison (kWgmma
+    // where supported).
     enum class CascadeKernel { kAuto, kMmaSync, kWgmma };
     CascadeKernel cascade_kernel = CascadeKernel::kAuto;
   };

@@ -68,6 +68,9 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
         "budget_policy applies to squeezed mode with a budget only (not dense, recent, pages or "
         "mass)");
   }
+  if (att.query_block && mode != AttentionMode::kSqueezed) {
+    return absl::InvalidArgumentError("query_block applies to squeezed mode only");
+  }
   if ((mode == AttentionMode::kRecent || mode == AttentionMode::kPages) &&
       (!seq->context || att.hierarchical.value_or(false))) {
     return absl::InvalidArgumentError(
@@ -89,6 +92,7 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
       sel.hierarchical = att.hierarchical.value_or(has_coarse && !att.mass);
       sel.coarse_keep = std::min(1.0, 5.0 * sel.budget);
       sel.budget_policy = att.budget_policy.value_or(options_.default_budget_policy);
+      sel.query_block = att.query_block.value_or(0);
       RETURN_IF_ERROR(ValidateSelectionOptions(*index, sel));
       auto squeezed = std::make_unique<SqueezedFixedContextAttention>(*index, sel);
       seq->squeezed = squeezed.get();

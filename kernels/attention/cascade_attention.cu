@@ -435,7 +435,7 @@ cudaError_t LaunchCascadeAttention(const CascadeAttentionParams& p, cudaStream_t
                         Aligned16(p.workspace) && PrefillWgmmaSupported(p.head_dim);
   if (p.impl == CascadeImpl::kWgmma && !wgmma_ok) return cudaErrorInvalidValue;
   if (wgmma_ok && (p.impl == CascadeImpl::kWgmma ||
-                   (p.impl == CascadeImpl::kAuto &&
+                   (p.impl == CascadeImpl::kAuto && kCascadeAutoWgmma &&
                     p.num_seqs * (p.num_q_heads / p.num_kv_heads) >= kCascadeWgmmaMinRows))) {
     return LaunchCascadeWgmma(p, stream);
   }

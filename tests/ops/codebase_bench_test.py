@@ -74,8 +74,15 @@ class SettingsTest(unittest.TestCase):
         self.assertEqual(
             dict(cb.parse_settings("squeezed-step-w400-mc0.01:0.1"))
             ["squeezed-step-w400-mc0.01:0.1"]["index"], {"window": 400, "kmeans_min_changed": 0.01})
+        # Query blocks: a request option, no index of its own.
+        self.assertEqual(dict(cb.parse_settings("squeezed-qb64:0.1"))["squeezed-qb64:0.1"],
+                         {"mode": "squeezed", "budget": 0.1, "query_block": 64})
+        self.assertEqual(
+            dict(cb.parse_settings("squeezed-step-w400-qb16:0.1"))["squeezed-step-w400-qb16:0.1"],
+            {"mode": "squeezed", "budget": 0.1, "budget_policy": "per_step",
+             "index": {"window": 400}, "query_block": 16})
         for bad in ("squeezed", "pages-w10:0.1", "sparse:0.1", "squeezed-mc1.5:0.1",
-                    "pages-mc0.005:0.1"):
+                    "pages-mc0.005:0.1", "pages-qb8:0.1", "squeezed-qbx:0.1"):
             with self.assertRaises(SystemExit):
                 cb.parse_settings(bad)
 

@@ -110,7 +110,8 @@ def generate_request(input, context="", *, max_tokens=None, temperature=None, to
                      top_k=None, min_p=None, repetition_penalty=None, presence_penalty=None,
                      frequency_penalty=None, seed=None, stop=(), stop_token_ids=(),
                      ignore_eos=False, logprobs=None, prompt_logprobs=None, mode=None, budget=None,
-                     hierarchical=None, mass=None, budget_policy=None, request_id=""):
+                     hierarchical=None, mass=None, budget_policy=None, query_block=None,
+                     request_id=""):
     if mode not in _MODES:
         raise ValueError(f"mode must be one of squeezed, dense, recent, pages or None, not {mode!r}")
     if budget_policy not in _BUDGET_POLICIES:
@@ -140,6 +141,8 @@ def generate_request(input, context="", *, max_tokens=None, temperature=None, to
     if mass is not None:
         req.attention.mass = mass
     req.attention.budget_policy = _BUDGET_POLICIES[budget_policy]
+    if query_block is not None:
+        req.attention.query_block = query_block
     return req
 
 
