@@ -62,6 +62,9 @@ ABSL_FLAG(std::string, budget_policy, "calibrated",
           "How a request's budget becomes a threshold when it names no policy: calibrated (the "
           "paper's, fixed at registration) or per_step (per layer and step, from the step's own "
           "scores)");
+ABSL_FLAG(int, query_block, 0,
+          "Squeezed Attention: select a user input of more tokens per block of this many tokens "
+          "when a request gives no query_block (beyond the paper; 0: one selection per step)");
 ABSL_FLAG(int, default_max_tokens, 128, "max_tokens when a request gives none");
 ABSL_FLAG(int, max_tokens_cap, 4096, "Largest max_tokens a request may ask for");
 ABSL_FLAG(int, max_message_mb, 64, "Largest gRPC message in MiB");
@@ -189,6 +192,7 @@ int main(int argc, char** argv) {
     spdlog::error("--budget_policy must be calibrated or per_step (got '{}')", policy);
     return 2;
   }
+  o.engine.default_query_block = absl::GetFlag(FLAGS_query_block);
   o.limits.default_max_tokens = absl::GetFlag(FLAGS_default_max_tokens);
   o.limits.max_tokens_cap = absl::GetFlag(FLAGS_max_tokens_cap);
   o.limits.default_index.centroid_fraction = absl::GetFlag(FLAGS_centroid_fraction);

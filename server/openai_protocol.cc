@@ -162,6 +162,8 @@ absl::StatusOr<ParsedRequest> ParseRequest(const json& body, bool chat) {
            Number<uint64_t>(body, "seed", [&](uint64_t v) { s->set_seed(v); }),
            Number<double>(body, "budget", [&](double v) { g.mutable_attention()->set_budget(v); }),
            Number<double>(body, "mass", [&](double v) { g.mutable_attention()->set_mass(v); }),
+           Number<int>(body, "query_block",
+                       [&](int v) { g.mutable_attention()->set_query_block(v); }),
        }) {
     if (!part.ok()) return part;
   }

@@ -51,6 +51,7 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
       AtLeast("max_step_tokens", e.max_step_tokens, 1),
       AtLeast("registration_chunk_while_decoding", e.registration_chunk_while_decoding, 1),
       InRange("default_budget", e.default_budget, 0, 1),
+      AtLeast("query_block", e.default_query_block, 0),
       AtLeast("max_tokens_cap", l.max_tokens_cap, 1),
       // Within the cap: a request without max_tokens must be one the server would accept.
       InRange("default_max_tokens", l.default_max_tokens, 1, std::max(1, l.max_tokens_cap)),

@@ -92,7 +92,7 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
       sel.hierarchical = att.hierarchical.value_or(has_coarse && !att.mass);
       sel.coarse_keep = std::min(1.0, 5.0 * sel.budget);
       sel.budget_policy = att.budget_policy.value_or(options_.default_budget_policy);
-      sel.query_block = att.query_block.value_or(0);
+      sel.query_block = att.query_block.value_or(options_.default_query_block);
       RETURN_IF_ERROR(ValidateSelectionOptions(*index, sel));
       auto squeezed = std::make_unique<SqueezedFixedContextAttention>(*index, sel);
       seq->squeezed = squeezed.get();

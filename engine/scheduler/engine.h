@@ -37,6 +37,7 @@ struct EngineOptions {
   int registration_chunk_while_decoding = 64;
   double default_budget = 0.1;  // kept fraction of clustered keys when a request gives none
   BudgetPolicy default_budget_policy = BudgetPolicy::kCalibrated;  // when a request gives none
+  int default_query_block = 0;  // SelectionOptions::query_block when a request gives none
   // The tokens that end a generation (unless ignore_eos). Unset: the model config's
   // eos_token_id and the tokenizer's EOS. The server resolves them from generation_config.json
   // (engine/model/generation_config.h).

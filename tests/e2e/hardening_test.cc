@@ -306,6 +306,7 @@ TEST(HardeningTest, InvalidFlagsAreRefusedNamingTheFlag) {
       {"--log_level=bogus", "--log_level='bogus'"},
       {"--max_running=0", "--max_running"},
       {"--default_budget=2", "--default_budget"},
+      {"--query_block=-1", "--query_block"},
       {"--budget_policy=bogus", "--budget_policy must be calibrated or per_step"},
       {"--tls_cert_file=/nonexistent.pem", "--tls_cert_file and --tls_key_file"},
       {"--tls_client_ca_file=/x.pem", "--tls_client_ca_file needs --tls_cert_file"},

@@ -159,6 +159,18 @@ TEST(OpenAIChatTest, MessagesRenderedWithTheModelsChatTemplate) {
   ASSERT_TRUE(bad_policy);
   EXPECT_EQ(bad_policy->status, 400);
   EXPECT_THAT(bad_policy->body, ::testing::HasSubstr("budget_policy"));
+
+  // The query-block extension: a count of tokens serves, a negative one is the client's error.
+  completion.erase("budget_policy");
+  completion["query_block"] = 2;
+  auto blocks = http.Post("/v1/completions", completion.dump(), "application/json");
+  ASSERT_TRUE(blocks);
+  EXPECT_EQ(blocks->status, 200) << blocks->body;
+  completion["query_block"] = -3;
+  auto bad_blocks = http.Post("/v1/completions", completion.dump(), "application/json");
+  ASSERT_TRUE(bad_blocks);
+  EXPECT_EQ(bad_blocks->status, 400);
+  EXPECT_THAT(bad_blocks->body, ::testing::HasSubstr("query_block"));
 }
 
 }  // namespace
