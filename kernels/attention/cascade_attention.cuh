@@ -57,8 +57,9 @@ constexpr bool kCascadeAutoWgmma = false;
 
 // Which kernel reads a dense group's context (no key list, no masks). kAuto: the wgmma prefill
 // kernel split over keys on sm_90 for d in {64, 128} when n * G >= kCascadeWgmmaMinRows, a
-// workspace is given and kCascadeAutoWgmma, else the mma.sync kernel of this file. kWgmma forces it where supported
-// (cudaErrorInvalidValue otherwise); key lists and masks always take the mma.sync kernel.
+// workspace is given and kCascadeAutoWgmma, else the mma.sync kernel of this file. kWgmma forces it
+// where supported (cudaErrorInvalidValue otherwise); key lists and masks always take the mma.sync
+// kernel.
 enum class CascadeImpl { kAuto, kMmaSync, kWgmma };
 
 struct CascadeAttentionParams {
