@@ -261,7 +261,9 @@ TEST(HardeningTest, SecondSignalDuringTheDrainDoesNotCutStreams) {
   std::condition_variable cv;
   int received = 0;
   std::thread th([&] {
-    running.status = c.Generate(Request("", "Once upon", 400), [&](const v1::GenerateResponse& r) {
+    // Long enough to outlast both signals on a fast, idle machine (400 tokens once finished
+    // within 200 ms of the first signal, before the second arrived).
+    running.status = c.Generate(Request("", "Once upon", 3000), [&](const v1::GenerateResponse& r) {
       running.tokens.insert(running.tokens.end(), r.token_ids().begin(), r.token_ids().end());
       std::lock_guard<std::mutex> lock(mu);
       ++received;
@@ -280,7 +282,7 @@ TEST(HardeningTest, SecondSignalDuringTheDrainDoesNotCutStreams) {
   server.Signal(SIGTERM);
   th.join();
   EXPECT_TRUE(running.status.ok()) << running.status.error_message() << "\n" << server.output();
-  EXPECT_EQ(running.tokens.size(), 400u);
+  EXPECT_EQ(running.tokens.size(), 3000u);
   EXPECT_EQ(server.Wait(), 0) << server.output();
   EXPECT_THAT(server.output(), HasSubstr("SIGINT received while draining: ignored"));
   fs::remove_all(dir);
