@@ -46,7 +46,7 @@ int CascadeAttention::CascadeCtas(int head_dim) {
   return std::max(ctas, 1);
 }
 
-void CascadeAttention::Run(std::span<const AttentionParams* const> calls, gpu::CascadeImpl impl) {
+void CascadeAttention::Run(std::span<const AttentionParams* const> calls, Kernel kernel) {
   if (!dev_.ok() || calls.empty()) return;
   const int n = static_cast<int>(calls.size());
   const AttentionParams& p0 = *calls[0];
@@ -240,7 +240,10 @@ void CascadeAttention::Run(std::span<const AttentionParams* const> calls, gpu::C
   cp.target_chunks = 2 * ctas;
   cp.max_chunks = gpu::CascadeMaxChunks(cp.target_chunks, hkv);
   cp.grid = std::min(ctas, cp.target_chunks);
-  cp.impl = squeezed ? gpu::CascadeImpl::kAuto : impl;
+  // Key lists and masks (squeezed) have the mma.sync kernel only.
+  cp.impl = squeezed || kernel == Kernel::kAuto ? gpu::CascadeImpl::kAuto
+            : kernel == Kernel::kWgmma          ? gpu::CascadeImpl::kWgmma
+                                                : gpu::CascadeImpl::kMmaSync;
   cp.workspace = desc.packed_q;
   const size_t slots = static_cast<size_t>(cp.max_chunks) * n;
   Carver size_part(nullptr);

@@ -21,7 +21,6 @@
 #include "engine/backend/cuda/cuda_device.h"
 #include "engine/backend/cuda/dense_attention.h"
 #include "engine/backend/cuda/resident_contexts.h"
-#include "kernels/attention/cascade_attention.cuh"
 
 namespace squeeze {
 
@@ -39,9 +38,9 @@ class CascadeAttention {
   static bool Squeezed(const AttentionParams& p) { return p.fixed.selector != nullptr; }
 
   // One group: 2..kMaxGroup eligible calls of one layer over the same context K/V, all dense or
-  // all squeezed; each writes its own out. impl: the kernel of a dense group.
-  void Run(std::span<const AttentionParams* const> calls,
-           gpu::CascadeImpl impl = gpu::CascadeImpl::kAuto);
+  // all squeezed; each writes its own out. kernel: the kernel of a dense group.
+  using Kernel = Backend::ExecutionOptions::CascadeKernel;
+  void Run(std::span<const AttentionParams* const> calls, Kernel kernel = Kernel::kAuto);
 
   // Context rows the squeezed groups read since the last call (the union of what their
   // sequences kept, per KV head and layer) and the rows those heads hold; valid after the

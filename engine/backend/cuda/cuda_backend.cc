@@ -442,12 +442,6 @@ absl::Status CudaBackend::SampleRows(const float* logits, int vocab,
   dev_->MarkIdle();  // the stream is idle (Sample synchronised it)
   return absl::OkStatus();
 }
-// ExecutionOptions::CascadeKernel names gpu::CascadeImpl's values.
-static_assert(static_cast<int>(Backend::ExecutionOptions::CascadeKernel::kMmaSync) ==
-                  static_cast<int>(gpu::CascadeImpl::kMmaSync) &&
-              static_cast<int>(Backend::ExecutionOptions::CascadeKernel::kWgmma) ==
-                  static_cast<int>(gpu::CascadeImpl::kWgmma));
-
 void CudaBackend::AttentionBatch(std::span<const AttentionParams> calls) {
   if (!dev_->ok()) return;
   // Decode calls over one context (its layer's K/V) in cascade groups: dense and squeezed apart.
@@ -477,7 +471,7 @@ void CudaBackend::AttentionBatch(std::span<const AttentionParams> calls) {
     for (size_t at = 0; at < group.size(); at += CascadeAttention::kMaxGroup) {
       const size_t count = std::min<size_t>(CascadeAttention::kMaxGroup, group.size() - at);
       cascade_.Run(std::span<const AttentionParams* const>(group.data() + at, count),
-                   static_cast<gpu::CascadeImpl>(options_.cascade_kernel));
+                   options_.cascade_kernel);
     }
   }
   for (const AttentionParams* p : single) Attention(*p);
