@@ -61,8 +61,9 @@ same layout, so a context reads like the code it was trained on.
    beginning are worth.
 
 Token counts: with --tokenizer (a tokenizer.json or a directory holding one) and the
-`tokenizers` module they are exact (every context is encoded once at the end); otherwise they
-are estimated at --chars-per-token (3.2) and the summary says so - then context lengths are
+`tokenizers` module, or with --tokenize-server (a running squeeze-server's Tokenize RPC: the
+model's tokenizer as the server runs it), they are exact (every context is encoded once at the
+end); otherwise they are estimated at --chars-per-token (3.2) and the summary says so - then context lengths are
 approximate and the bench's 1K buckets may split a length.
 
 Determinism: one seed (--seed); every choice uses random.Random("codebase:<seed>:<what>"), which
@@ -107,15 +108,79 @@ BLOCK_SEP = "\n"  # between blocks: each block ends with "\n", so files are one 
 # ----------------------------------------------------------------------------------------------
 # Token counting: exact through a tokenizer.json, or estimated from characters.
 
+class ServerTokenizer:
+    """The `tokenizers` module's encode_batch, through a running squeeze-server's Tokenize RPC:
+    the model's own tokenizer as the server counts (for machines without the module). Each text
+    is sent in pieces cut just after a newline that a non-space character follows, where no
+    pre-token of a byte-level BPE spans the cut, so the counts equal one encoding of the whole;
+    a token's start is the sum of the bytes of the pieces before it (checked to add up to the
+    text)."""
+
+    PIECE_CHARS = 60_000
+
+    class _Encoding:
+        def __init__(self, offsets):
+            self.offsets = offsets
+
+    def __init__(self, address: str):
+        import squeeze  # the Python client (client/python), with its generated modules
+        self.client = squeeze.Client(address, timeout=600)
+
+    def _cuts(self, text: str) -> list[int]:
+        cuts, a = [0], 0
+        while len(text) - a > self.PIECE_CHARS:
+            b = a + self.PIECE_CHARS
+            while b > a and not (text[b - 1] == "\n" and not text[b].isspace()):
+                b -= 1
+            if b == a:  # no safe cut in this piece: take the rest whole
+                break
+            cuts.append(b)
+            a = b
+        cuts.append(len(text))
+        return cuts
+
+    def encode_batch(self, texts: list[str], add_special_tokens: bool = False):
+        assert not add_special_tokens
+        out = []
+        for text in texts:
+            offsets = []
+            cuts = self._cuts(text)
+            for a, b in zip(cuts, cuts[1:]):
+                piece = text[a:b]
+                raw = piece.encode("utf-8")
+                # character index of every byte offset (a byte inside a character maps to it)
+                char_at = [0] * (len(raw) + 1)
+                pos = 0
+                for i, ch in enumerate(piece):
+                    n = len(ch.encode("utf-8"))
+                    for k in range(n):
+                        char_at[pos + k] = i
+                    pos += n
+                char_at[len(raw)] = len(piece)
+                byte = 0
+                for tok in self.client.tokenize(piece).pieces:
+                    offsets.append((a + char_at[byte], None))
+                    byte += len(tok)
+                if byte != len(raw):
+                    raise RuntimeError(f"the server's token pieces cover {byte} of {len(raw)} "
+                                       "bytes: not a byte-level tokenizer; use --tokenizer")
+            out.append(self._Encoding(offsets))
+        return out
+
+
 class Measure:
     """Token counts of texts. `starts(text)` -> sorted token start offsets (characters), or None
     when estimating; tokens_in(starts, text, a, b) counts the tokens starting in [a, b)."""
 
-    def __init__(self, tokenizer: Optional[str], chars_per_token: float):
+    def __init__(self, tokenizer: Optional[str], chars_per_token: float,
+                 server: Optional[str] = None):
         self.cpt = chars_per_token
         self.tok = None
         self.note = f"estimated at {chars_per_token} characters per token"
-        if tokenizer:
+        if server:
+            self.tok = ServerTokenizer(server)
+            self.note = f"exact, from the server at {server}"
+        elif tokenizer:
             path = os.path.join(tokenizer, "tokenizer.json") if os.path.isdir(tokenizer) \
                 else tokenizer
             try:
@@ -562,6 +627,9 @@ def parse_args(argv=None):
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer.json (or its directory) for exact token counts; needs the "
                         "`tokenizers` module")
+    p.add_argument("--tokenize-server", default=None, metavar="HOST:PORT",
+                   help="exact token counts from a running squeeze-server's Tokenize RPC (its "
+                        "model's tokenizer; needs the Python client on PYTHONPATH)")
     p.add_argument("--chars-per-token", type=float, default=CHARS_PER_TOKEN,
                    help="estimate without a tokenizer (default %(default)s)")
     p.add_argument("--reserve", type=int, default=128,
@@ -603,7 +671,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     t0 = time.time()
     args = parse_args(argv)
-    measure = Measure(args.tokenizer, args.chars_per_token)
+    measure = Measure(args.tokenizer, args.chars_per_token, args.tokenize_server)
     sources = collect_sources(args.stdlib)
     if not sources:
         print(f"error: no Python files under {args.stdlib}", file=sys.stderr)

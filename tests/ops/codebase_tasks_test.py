@@ -238,6 +238,42 @@ class CodebaseTasksTest(unittest.TestCase):
             self.assertEqual(t["continuation_tokens"], 64)
             self.assertEqual(t["context_tokens"], count(t["context"]))
 
+    def test_exact_counts_through_the_server(self):
+        """--tokenize-server: the counts of a real squeeze-server's tokenizer (the bundled code
+        model's byte-level BPE), each text sent in pieces of about 200 characters, equal one
+        Tokenize call of the whole text."""
+        import harness
+        import squeeze
+        server = harness.Server(metrics=False)
+        server.args[1] = "--model=" + os.path.join(harness.SOURCE_DIR, "models", "squeeze-code")
+        saved = ct.ServerTokenizer.PIECE_CHARS
+        ct.ServerTokenizer.PIECE_CHARS = 200  # many cuts in every file and context
+        try:
+            with server:
+                out4 = os.path.join(self.tmp, "out4")
+                self.assertEqual(ct.main(["--stdlib", self.stdlib, "--out", out4,
+                                          "--tokenize-server", server.address] + ARGS), 0)
+                client = squeeze.Client(server.address, timeout=60)
+                count = lambda s: len(client.tokenize(s).ids)  # noqa: E731
+                tasks = read_jsonl(os.path.join(out4, "retrieval-2k.jsonl"))
+                self.assertGreater(len(tasks), 0)
+                self.check_retrieval(tasks, 256)
+                for t in tasks:
+                    self.assertEqual(t["tokens"], "exact")
+                    self.assertEqual(t["context_tokens"], count(t["context"]))
+                    # Tokens of the context starting at the def or later; encoded alone, the
+                    # def's indentation no longer joins its first word, hence one more at most.
+                    tail = t["context"][len(t["context"]) - t["distance_chars"]:]
+                    self.assertIn(count(tail) - t["distance_tokens"], (0, 1))
+                    self.assertLessEqual(t["context_tokens"], 2048 - 64)
+                losses = read_jsonl(os.path.join(out4, "loss-2k.jsonl"))
+                self.assertGreater(len(losses), 0)
+                for t in losses:
+                    self.assertEqual(t["context_tokens"], count(t["context"]))
+                    self.assertEqual(t["continuation_tokens"], count(t["continuation"]))
+        finally:
+            ct.ServerTokenizer.PIECE_CHARS = saved
+
 
 if __name__ == "__main__":
     unittest.main()
