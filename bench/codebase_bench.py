@@ -20,7 +20,9 @@ Settings: --settings "dense,squeezed:0.1,squeezed:0.05,squeezed-step:0.1,pages:0
 most recent keys; squeezed-w800:0.1 / squeezed-step-w800:0.1: the contexts registered again with
 an index that keeps their last 800 tokens whole, the index's `window`, instead of 100;
 squeezed-mc0.005:0.1: registered again with the k-means' early stop `kmeans_min_changed` 0.005;
-squeezed-qb64:0.1: the input selected per block of 64 tokens, `query_block`, on the same index).
+squeezed-qb64:0.1: the input selected per block of 64 tokens, `query_block`, on the same index;
+squeezed-qb4-tail:0.03: and the dropped clusters estimated from their centroids, `estimate_tail`,
+CPU servers only).
 Requests run --concurrency at a time (the server batches them); contexts are
 registered first, one at a time. Prints one markdown table per task kind and writes --json;
 every setting is also compared with dense on the same tasks (paired differences with a 95%
@@ -83,9 +85,11 @@ def parse_settings(text):
         # -wN, an always-kept window of the last N tokens (the index's `window`; default 100);
         # -mcF, the k-means' early stop (`kmeans_min_changed` F, e.g. 0.005; default the
         # server's). E.g. squeezed-w400:0.05, squeezed-mc0.005:0.1. And a request option:
-        # -qbN, the input selected per block of N tokens (`query_block`; beyond the paper).
+        # -qbN, the input selected per block of N tokens (`query_block`; beyond the paper), and
+        # -tail, the dropped clusters estimated from their centroids (`estimate_tail`; CPU).
         index = {}
         query_block = None
+        estimate_tail = False
         while True:
             base, sep, tail = name.rpartition("-")
             if not sep or not base.startswith("squeezed"):
@@ -96,6 +100,8 @@ def parse_settings(text):
                 index["kmeans_min_changed"] = float(tail[2:])
             elif tail.startswith("qb") and tail[2:].isdigit():
                 query_block = int(tail[2:])
+            elif tail == "tail":
+                estimate_tail = True
             else:
                 break
             name = base
@@ -112,10 +118,12 @@ def parse_settings(text):
                 opts["index"] = index
             if query_block is not None:
                 opts["query_block"] = query_block
+            if estimate_tail:
+                opts["estimate_tail"] = True
             out.append((item, opts))
         else:
             raise SystemExit(f"unknown setting {item!r} (dense, squeezed:B, squeezed-step:B, "
-                             "their -wN and -mcF index suffixes and -qbN, pages:B, recent:B)")
+                             "their -wN and -mcF index suffixes, -qbN and -tail, pages:B, recent:B)")
     return out
 
 

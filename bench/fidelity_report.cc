@@ -3,7 +3,7 @@
 // fixed context that falls on the kept keys) and the relative error of the attention output
 // (fixed + dynamic part, merged) against dense. The model itself runs dense, so every budget is
 // measured on the same queries. flat+tail: flat selection with the dropped clusters' attention
-// estimated from their centroids (engine/squeeze/tail_estimate.h) instead of ignored.
+// estimated from their centroids (engine/backend/tail_estimate.h) instead of ignored.
 //
 //   build/fidelity-report --model=build/test-model --context_tokens=4096
 //   build/fidelity-report --model=DIR --context_file=doc.txt --queries_file=questions.txt
@@ -17,8 +17,8 @@
 #include "absl/strings/str_split.h"
 #include "bench/bench_common.h"
 #include "engine/backend/attention_reference.h"
+#include "engine/backend/tail_estimate.h"
 #include "engine/squeeze/selection.h"
-#include "engine/squeeze/tail_estimate.h"
 
 ABSL_FLAG(std::string, model, "", "model directory");
 ABSL_FLAG(std::string, context_file, "tests/data/corpus.txt", "context text (repeated to fill)");
@@ -29,7 +29,7 @@ ABSL_FLAG(std::string, budgets, "0.5,0.3,0.2,0.1,0.05,0.03", "kept fractions");
 ABSL_FLAG(bool, hierarchical, true, "also report hierarchical selection");
 ABSL_FLAG(bool, tail, true,
           "also report flat selection with the dropped clusters' attention estimated from their "
-          "centroids and mean values (flat+tail; engine/squeeze/tail_estimate.h)");
+          "centroids and mean values (flat+tail; engine/backend/tail_estimate.h)");
 
 namespace squeeze::bench {
 namespace {
@@ -104,31 +104,16 @@ class FidelityProbe final : public FixedContextAttention {
   // Merges into the kept partial (out, lse) [n * Hq] the estimate of each head's dropped
   // clusters (DroppedClustersPartial).
   void AddTail(int layer, const float* q, int n, const LayerSelection& ls, float* out, float* lse) {
-    const int Hkv = ctx_.shape.num_kv_heads, d = ctx_.shape.head_dim, G = Hq_ / Hkv;
-    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+    const int Hkv = ctx_.shape.num_kv_heads, d = ctx_.shape.head_dim;
     if (means_.empty()) means_.resize(static_cast<size_t>(index_.num_layers) * Hkv);
-    std::vector<float> tail(d);
+    std::vector<const std::vector<float>*> means(Hkv);
     for (int h = 0; h < Hkv; ++h) {
-      const SqueezeHeadIndex& head = index_.head(layer, h);
-      std::vector<float>& means = means_[static_cast<size_t>(layer) * Hkv + h];
-      if (means.empty()) means = ClusterMeanValues(ctx_, head, layer, h);
-      std::vector<int32_t> dropped;
-      for (int c = 0; c < head.num_clusters(); ++c) {
-        bool kept = false;
-        for (const KeyRange& r : ls.ranges[h])
-          kept |= head.offsets[c] >= r.begin && head.offsets[c] < r.end;
-        if (!kept) dropped.push_back(c);
-      }
-      for (int t = 0; t < n; ++t) {
-        for (int g = 0; g < G; ++g) {
-          const size_t row = static_cast<size_t>(t) * Hq_ + h * G + g;
-          float tail_lse;
-          DroppedClustersPartial(q + row * d, d, scale, head.centroids.data(), head.sizes.data(),
-                                 means.data(), dropped, tail.data(), &tail_lse);
-          MergeAttentionPartials(out + row * d, lse + row, tail.data(), &tail_lse, 1, d);
-        }
-      }
+      std::vector<float>& m = means_[static_cast<size_t>(layer) * Hkv + h];
+      if (m.empty()) m = ClusterMeanValues(ctx_, index_.head(layer, h), layer, h);
+      means[h] = &m;
     }
+    const AttentionShape shape{n, Hq_, Hkv, d, 1.0f / std::sqrt(static_cast<float>(d))};
+    MergeDroppedClustersEstimate(shape, q, index_.tables(), layer, ls.ranges, means, out, lse);
   }
 
   // Softmax over the fixed context of every (query, query head): p[(t * Hq + qh) * S + row].

@@ -119,6 +119,9 @@ ABSL_FLAG(double, mass, -1,
 ABSL_FLAG(int, query_block, -1,
           "generate: select the input per block of this many tokens (beyond the paper; -1: the "
           "server's, one selection per step)");
+ABSL_FLAG(bool, estimate_tail, false,
+          "generate: estimate the dropped clusters' attention from their centroids (beyond the "
+          "paper; flat squeezed mode; CPU servers)");
 ABSL_FLAG(bool, stats, true, "generate: print usage and timings to stderr at the end");
 // chat
 ABSL_FLAG(std::string, chat_document, "",
@@ -367,6 +370,7 @@ int Generate(SqueezeClient& client) {
   if (absl::GetFlag(FLAGS_query_block) >= 0) {
     req.mutable_attention()->set_query_block(absl::GetFlag(FLAGS_query_block));
   }
+  if (absl::GetFlag(FLAGS_estimate_tail)) req.mutable_attention()->set_estimate_tail(true);
   if (const std::string policy = absl::GetFlag(FLAGS_budget_policy); policy == "calibrated") {
     req.mutable_attention()->set_budget_policy(v1::AttentionOptions::CALIBRATED);
   } else if (policy == "per_step") {

@@ -314,6 +314,7 @@ absl::StatusOr<GenerateRequest> ConvertGenerateRequest(const v1::GenerateRequest
     }
     out.attention.query_block = a.query_block();
   }
+  if (a.has_estimate_tail()) out.attention.estimate_tail = a.estimate_tail();
   switch (a.budget_policy()) {
     case v1::AttentionOptions::BUDGET_POLICY_UNSPECIFIED:
       break;

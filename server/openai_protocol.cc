@@ -186,13 +186,15 @@ absl::StatusOr<ParsedRequest> ParseRequest(const json& body, bool chat) {
       g.add_stop_token_ids(v.get<int32_t>());
     }
   }
-  for (const char* flag : {"ignore_eos", "hierarchical"}) {
+  for (const char* flag : {"ignore_eos", "hierarchical", "estimate_tail"}) {
     if (auto it = body.find(flag); it != body.end() && !it->is_null()) {
       if (!it->is_boolean()) return Invalid(flag, "must be true or false");
       if (std::string(flag) == "ignore_eos") {
         g.set_ignore_eos(it->get<bool>());
-      } else {
+      } else if (std::string(flag) == "hierarchical") {
         g.mutable_attention()->set_hierarchical(it->get<bool>());
+      } else {
+        g.mutable_attention()->set_estimate_tail(it->get<bool>());
       }
     }
   }

@@ -32,6 +32,8 @@ struct AttentionRequest {
   std::optional<double> mass;                 // mass-based selection instead of the threshold
   std::optional<BudgetPolicy> budget_policy;  // unset: EngineOptions::default_budget_policy
   std::optional<int> query_block;  // select multi-token steps per block of this many tokens
+  // Estimate the dropped clusters' attention from their centroids (flat squeezed mode; CPU).
+  std::optional<bool> estimate_tail;
 };
 
 struct RegisterRequest {

@@ -171,6 +171,9 @@ class Backend {
   virtual absl::Status Synchronize() = 0;
   // True when backend memory is ordinary host memory (the CPU backend).
   virtual bool host_memory() const = 0;
+  // True when Attention honours ContextAttentionPolicy::estimate_tail (the CPU reference);
+  // admission refuses such requests (UNIMPLEMENTED) on a backend that does not.
+  virtual bool estimates_tail() const { return false; }
   // Device memory now: free and total bytes, and the headroom kept free for activations and
   // workspaces when contexts are made resident. nullopt for host memory.
   struct DeviceMemory {

@@ -28,6 +28,12 @@ struct ContextAttentionPolicy {
   // with its own selection from its own queries (and causally its part of the dynamic rows), as
   // if the blocks were steps of their own. 0: one selection per step.
   int query_block = 0;
+  // Beyond the paper: the attention of the clusters the selection drops, estimated from their
+  // centroids and mean values (engine/backend/tail_estimate.h) and merged with the kept keys'
+  // by log-sum-exp instead of ignored. The clusters come from squeezed.tables (set in both
+  // kinds when this is on). Backends that do not estimate (Backend::estimates_tail) never get it:
+  // admission refuses such requests.
+  bool estimate_tail = false;
 };
 
 // Chooses the fixed-context keys for one sequence.

@@ -15,6 +15,7 @@
 #include <span>
 #include <vector>
 
+#include "engine/backend/backend.h"
 #include "engine/backend/cluster_tables.h"
 #include "engine/backend/kv_cache.h"
 
@@ -24,6 +25,23 @@ namespace squeeze {
 // values in storage order.
 std::vector<float> ClusterMeanValues(const ContextKV& kv, const SqueezeHeadIndex& head, int layer,
                                      int kv_head);
+// The same from one head's fp32 values in storage order (row r at v + r * d).
+std::vector<float> ClusterMeanValues(const float* v, int d, const SqueezeHeadIndex& head);
+
+// The clusters of `head` that no range of `kept` covers, ascending, into *out. The ranges hold
+// whole clusters (a selection's kept storage rows; any order; sinks and window outside them).
+void DroppedClusters(const SqueezeHeadIndex& head, std::span<const KeyRange> kept,
+                     std::vector<int32_t>* out);
+
+// Merges into the kept keys' partial (out [n][Hq][d], lse [n][Hq], natural log) every query
+// row's estimate of its KV head's dropped clusters at `layer` (DroppedClustersPartial): KV head
+// h's clusters are tables.head(layer, h), kept[h] its kept ranges, mean_values[h] its
+// ClusterMeanValues. GQA: query head qh reads KV head qh / (Hq / Hkv).
+void MergeDroppedClustersEstimate(const AttentionShape& shape, const float* q,
+                                  const ClusterTables& tables, int layer,
+                                  std::span<const std::vector<KeyRange>> kept,
+                                  std::span<const std::vector<float>* const> mean_values,
+                                  float* out, float* lse);
 
 // The estimated partial over the clusters `dropped` of one head for one query row q [d]:
 // out [d] and lse (natural log; -inf and zeros when nothing is dropped).

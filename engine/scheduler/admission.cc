@@ -71,6 +71,16 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
   if (att.query_block && mode != AttentionMode::kSqueezed) {
     return absl::InvalidArgumentError("query_block applies to squeezed mode only");
   }
+  const bool estimate_tail = att.estimate_tail.value_or(false);
+  if (estimate_tail && !model_->backend().estimates_tail()) {
+    return absl::UnimplementedError(
+        absl::StrCat("estimate_tail is implemented on the CPU backend only, not on this server's ",
+                     std::string(model_->backend().name()), " backend"));
+  }
+  if (estimate_tail && (mode != AttentionMode::kSqueezed || att.hierarchical.value_or(false))) {
+    return absl::InvalidArgumentError(
+        "estimate_tail applies to squeezed mode with flat selection only");
+  }
   if ((mode == AttentionMode::kRecent || mode == AttentionMode::kPages) &&
       (!seq->context || att.hierarchical.value_or(false))) {
     return absl::InvalidArgumentError(
@@ -89,10 +99,11 @@ absl::StatusOr<std::shared_ptr<WorkHandle>> Engine::Generate(GenerateRequest req
                          "index.hierarchical=true"));
       }
       sel.mass = att.mass;
-      sel.hierarchical = att.hierarchical.value_or(has_coarse && !att.mass);
+      sel.hierarchical = att.hierarchical.value_or(has_coarse && !att.mass && !estimate_tail);
       sel.coarse_keep = std::min(1.0, 5.0 * sel.budget);
       sel.budget_policy = att.budget_policy.value_or(options_.default_budget_policy);
       sel.query_block = att.query_block.value_or(options_.default_query_block);
+      sel.estimate_tail = estimate_tail;
       RETURN_IF_ERROR(ValidateSelectionOptions(*index, sel));
       auto squeezed = std::make_unique<SqueezedFixedContextAttention>(*index, sel);
       seq->squeezed = squeezed.get();

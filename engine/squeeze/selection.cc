@@ -52,6 +52,9 @@ absl::Status ValidateSelectionOptions(const SqueezeIndex& index, const Selection
     return absl::InvalidArgumentError(
         absl::StrFormat("selection query_block must be >= 0, got %d", options.query_block));
   }
+  if (options.estimate_tail && options.hierarchical) {
+    return absl::InvalidArgumentError("tail estimation is flat only (no hierarchical)");
+  }
   if (options.hierarchical && !index.has_coarse()) {
     return absl::FailedPreconditionError(
         "hierarchical selection asked, but the context was clustered without the hierarchical "
@@ -66,7 +69,8 @@ SqueezedFixedContextAttention::SqueezedFixedContextAttention(const SqueezeIndex&
       options_(options),
       steps_per_layer_(index.num_layers, 0),
       kept_rows_(static_cast<size_t>(index.num_layers) * index.num_kv_heads, 0),
-      scored_(kept_rows_.size(), 0) {
+      scored_(kept_rows_.size(), 0),
+      tail_values_(kept_rows_.size(), 0) {
   options_.budget = Clamp01(options.budget);
   options_.coarse_keep = Clamp01(CoarseKeep(options));
   options_.hierarchical = options.hierarchical && index.has_coarse() && !options.mass;
@@ -227,6 +231,10 @@ void SqueezedFixedContextAttention::SelectAndRecord(int layer, const float* q, i
 ContextAttentionPolicy SqueezedFixedContextAttention::policy() const {
   ContextAttentionPolicy p;
   p.query_block = options_.query_block;
+  if (options_.estimate_tail && !options_.hierarchical) {
+    p.estimate_tail = true;
+    p.squeezed.tables = index_.tables();
+  }
   const bool per_step = options_.budget_policy == BudgetPolicy::kPerStep && !options_.keep_all;
   // kHost: mass-based and hierarchical per-step selection list their rows on the host.
   if (options_.mass || (per_step && options_.hierarchical)) return p;
@@ -267,6 +275,17 @@ void SqueezedFixedContextAttention::Record(int layer, std::span<const int32_t> k
     // scoring (mass-based: unless the mass is 1); hierarchical: the coarse ones when their
     // threshold is finite, then the fine candidates when the fine threshold is finite.
     if (C == 0) continue;
+    if (options_.estimate_tail && !hierarchical) {
+      // Unless every cluster is kept, the estimate reads every centroid (scored or not) and the
+      // mean values of the dropped clusters: counted as all C of them (an upper bound).
+      const bool keeps_all = options_.mass ? *options_.mass >= 1.0
+                                           : fine_tau == -std::numeric_limits<float>::infinity();
+      if (!keeps_all) {
+        scored_[slot] += C;
+        tail_values_[slot] += C;
+      }
+      continue;
+    }
     if (options_.mass) {
       scored_[slot] += *options_.mass < 1.0 ? C : 0;
       continue;
@@ -366,7 +385,8 @@ double SqueezedFixedContextAttention::realised_budget() const {
     if (steps_per_layer_[l] == 0) continue;
     for (int h = 0; h < Hkv; ++h) {
       const size_t slot = static_cast<size_t>(l) * Hkv + h;
-      sum += (kept_rows_[slot] + 0.5 * scored_[slot]) / (S * steps_per_layer_[l]);
+      sum += (kept_rows_[slot] + 0.5 * (scored_[slot] + tail_values_[slot])) /
+             (S * steps_per_layer_[l]);
       ++terms;
     }
   }

@@ -48,6 +48,9 @@ struct SelectionOptions {
   // Beyond the paper: multi-token steps (a user input) select per block of this many query
   // tokens instead of once for the step (ContextAttentionPolicy::query_block); >= 0, 0: once.
   int query_block = 0;
+  // Beyond the paper: estimate the dropped clusters' attention from their centroids and mean
+  // values (ContextAttentionPolicy::estimate_tail). Flat selection only.
+  bool estimate_tail = false;
 };
 
 // InvalidArgument for a budget or coarse_keep outside [0, 1]; FailedPrecondition for
@@ -89,7 +92,8 @@ class SqueezedFixedContextAttention final : public FixedContextAttention {
 
   // ---- Statistics, accumulated over all Record calls.
   // Realised KV budget (DESIGN §1.2): mean over steps, layers and KV heads of
-  //   kept fixed-context rows / S + 0.5 * centroids scored / S.
+  //   kept fixed-context rows / S + 0.5 * centroids scored / S
+  //   (+ 0.5 * mean values read / S with estimate_tail: C centroids and C values per step).
   // The centroid term counts the centroids actually scored: all fine centroids of the head in
   // flat mode; coarse + fine-inside-kept-coarse in hierarchical mode; none when no scoring is
   // needed (keep_all, budget 0 or 1), so keep_all gives exactly 1. Layers never selected are
@@ -127,6 +131,7 @@ class SqueezedFixedContextAttention final : public FixedContextAttention {
   std::vector<int64_t> steps_per_layer_;  // [L]
   std::vector<int64_t> kept_rows_;        // [L * Hkv], all kept rows (sinks + window included)
   std::vector<int64_t> scored_;           // [L * Hkv], centroids scored
+  std::vector<int64_t> tail_values_;      // [L * Hkv], mean values read by the tail estimate
 
   // Scratch, reused across calls.
   ClusterScorer scorer_;

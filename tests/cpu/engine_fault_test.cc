@@ -25,7 +25,9 @@ class FlakyBackend final : public CpuBackend {
  public:
   std::atomic<bool> out_of_memory{false};
   std::atomic<bool> fault{false};
+  std::atomic<bool> tail{true};
 
+  bool estimates_tail() const override { return tail.load(); }
   absl::StatusOr<std::unique_ptr<Buffer>> Allocate(size_t bytes) override {
     if (out_of_memory.load()) return absl::ResourceExhaustedError("test: device memory is full");
     return CpuBackend::Allocate(bytes);
@@ -68,8 +70,9 @@ class EngineFaultTest : public ::testing::Test {
     if (engine_) engine_->Shutdown(absl::ZeroDuration());
   }
 
-  Result Generate() {
+  Result Generate(bool estimate_tail = false) {
     GenerateRequest req;
+    if (estimate_tail) req.attention.estimate_tail = true;
     req.input.text = "hello world";
     req.sampling.max_tokens = 4;
     Result r;
@@ -149,6 +152,17 @@ TEST_F(EngineFaultTest, BackendFaultMarksTheEngineFaultedOnce) {
   const Result later = Generate();
   EXPECT_EQ(later.admission.code(), absl::StatusCode::kUnavailable) << later.admission;
   EXPECT_EQ(fault_calls_.load(), 1);
+}
+
+// A request option the backend does not implement is UNIMPLEMENTED at admission, before any
+// other check of it (where it is implemented, the same request is refused for its dense mode).
+TEST_F(EngineFaultTest, TailEstimateOnABackendWithoutItIsUnimplemented) {
+  EXPECT_EQ(Generate(true).admission.code(), absl::StatusCode::kInvalidArgument);
+  backend_->tail = false;
+  const Result r = Generate(true);
+  EXPECT_EQ(r.admission.code(), absl::StatusCode::kUnimplemented) << r.admission;
+  EXPECT_NE(r.admission.message().find("estimate_tail"), std::string::npos) << r.admission;
+  EXPECT_TRUE(Generate().final.ok());
 }
 
 }  // namespace

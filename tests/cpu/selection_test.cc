@@ -500,6 +500,54 @@ TEST(SelectionTest, RealisedBudgetArithmetic) {
   }
 }
 
+// Tail estimation (flat only): the same rows are kept, the policy carries the estimate and the
+// tables, and the realised budget also counts the centroids and mean values the estimate reads
+// (C of each per step, layer and head), also at budget 0 where nothing is scored.
+TEST(SelectionTest, TailEstimatePolicyAndAccounting) {
+  const int L = 2, Hkv = 2, Hq = 4, d = 16;
+  TestContext c = MakeIndexed(L, Hkv, Hq, d, 700, Options(false), 31);
+  const double S = c.index.num_tokens;
+  for (double budget : {0.1, 0.0}) {
+    SCOPED_TRACE(budget);
+    SelectionOptions sel;
+    sel.budget = budget;
+    SqueezedFixedContextAttention plain(c.index, sel);
+    sel.estimate_tail = true;
+    ASSERT_TRUE(ValidateSelectionOptions(c.index, sel).ok());
+    SqueezedFixedContextAttention tail(c.index, sel);
+    const ContextAttentionPolicy p = tail.policy();
+    EXPECT_TRUE(p.estimate_tail);
+    EXPECT_EQ(p.squeezed.tables.heads.data(), c.index.heads.data());
+    EXPECT_FALSE(plain.policy().estimate_tail);
+    std::mt19937 gen(32);
+    const std::vector<float> q = RandomQueries(3, Hq, d, gen);
+    double kept = 0;
+    for (int l = 0; l < L; ++l) {
+      LayerSelection a, b;
+      plain.SelectAndRecord(l, q.data(), 3, &a);
+      tail.SelectAndRecord(l, q.data(), 3, &b);
+      for (int h = 0; h < Hkv; ++h) {
+        ASSERT_EQ(a.ranges[h].size(), b.ranges[h].size());
+        for (const KeyRange& r : b.ranges[h]) kept += r.size();
+      }
+    }
+    const double terms = static_cast<double>(L) * Hkv;
+    const double expected = kept / S / terms + 0.5 * 2.0 * c.index.num_centroids() / S / terms;
+    EXPECT_NEAR(tail.realised_budget(), expected, 1e-12);
+    EXPECT_GT(tail.realised_budget(), plain.realised_budget());
+  }
+  // Budget 1 keeps every cluster: nothing to estimate, nothing read.
+  SelectionOptions all;
+  all.budget = 1.0;
+  all.estimate_tail = true;
+  SqueezedFixedContextAttention keep(c.index, all);
+  std::mt19937 gen(33);
+  const std::vector<float> q = RandomQueries(1, Hq, d, gen);
+  LayerSelection out;
+  keep.SelectAndRecord(0, q.data(), 1, &out);
+  EXPECT_DOUBLE_EQ(keep.realised_budget(), 1.0);
+}
+
 TEST(SelectionTest, OptionValidation) {
   TestContext c = MakeIndexed(1, 1, 2, 8, 300, Options(false), 11);
   SelectionOptions sel;
@@ -512,7 +560,11 @@ TEST(SelectionTest, OptionValidation) {
   sel.coarse_keep = -0.5;
   EXPECT_EQ(ValidateSelectionOptions(c.index, sel).code(), absl::StatusCode::kInvalidArgument);
   sel.coarse_keep.reset();
-  sel.hierarchical = true;  // index has no coarse level
+  sel.estimate_tail = true;
+  EXPECT_TRUE(ValidateSelectionOptions(c.index, sel).ok());
+  sel.hierarchical = true;  // tail estimation is flat only
+  EXPECT_EQ(ValidateSelectionOptions(c.index, sel).code(), absl::StatusCode::kInvalidArgument);
+  sel.estimate_tail = false;  // and the index has no coarse level
   EXPECT_EQ(ValidateSelectionOptions(c.index, sel).code(), absl::StatusCode::kFailedPrecondition);
   // Constructed anyway: falls back to flat selection and still works.
   SqueezedFixedContextAttention att(c.index, sel);

@@ -1,7 +1,7 @@
-// The dropped clusters' attention estimated from their centroids (engine/squeeze/tail_estimate.h):
+// The dropped clusters' attention estimated from their centroids (engine/backend/tail_estimate.h):
 // exact when every key of a cluster is its centroid (values arbitrary: only their mean counts),
 // and merged with the kept clusters' exact partial it then equals dense attention.
-#include "engine/squeeze/tail_estimate.h"
+#include "engine/backend/tail_estimate.h"
 
 #include <gtest/gtest.h>
 
@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "engine/backend/attention_reference.h"
+#include "engine/backend/cpu/cpu_backend.h"
+#include "engine/backend/fixed_context.h"
 
 namespace squeeze {
 namespace {
@@ -150,6 +152,145 @@ TEST(TailEstimateTest, NothingDroppedIsAnEmptyPartial) {
   DroppedClustersPartial(q, kD, 0.25f, nullptr, nullptr, nullptr, {}, out.data(), &lse);
   EXPECT_EQ(lse, -std::numeric_limits<float>::infinity());
   for (float x : out) EXPECT_EQ(x, 0.0f);
+}
+
+TEST(TailEstimateTest, DroppedClustersAreTheOnesNoRangeCovers) {
+  SqueezeHeadIndex head;
+  head.offsets = {4, 10, 12, 20, 31};  // 4 sinks before cluster 0; a window after cluster 3
+  head.sizes = {6, 2, 8, 11};
+  std::vector<int32_t> dropped;
+  // Any order; the sinks' and the window's ranges hold no cluster; a range over two clusters.
+  const std::vector<KeyRange> kept = {{31, 40}, {10, 20}, {0, 4}};
+  DroppedClusters(head, kept, &dropped);
+  EXPECT_EQ(dropped, (std::vector<int32_t>{0, 3}));
+  DroppedClusters(head, {}, &dropped);
+  EXPECT_EQ(dropped, (std::vector<int32_t>{0, 1, 2, 3}));
+  DroppedClusters(head, std::vector<KeyRange>{{4, 31}}, &dropped);
+  EXPECT_TRUE(dropped.empty());
+}
+
+// The serving path: CpuBackend::Attention with a selector whose policy asks for the estimate.
+// Two KV heads of four query heads, clusters of identical keys (so the estimate is exact), a
+// causal dynamic part: the kept clusters plus the estimate equal dense attention over the whole
+// context, and without the estimate they do not.
+class KeepClusters final : public FixedContextAttention {
+ public:
+  KeepClusters(const ClusterTables& tables, std::vector<std::vector<int32_t>> kept, bool tail)
+      : tables_(tables), kept_(std::move(kept)), tail_(tail) {}
+  ContextAttentionPolicy policy() const override {
+    ContextAttentionPolicy p;
+    p.estimate_tail = tail_;
+    p.squeezed.tables = tables_;
+    return p;
+  }
+  void Select(int layer, const float*, int, LayerSelection* out) override {
+    out->ranges.assign(kept_.size(), {});
+    for (size_t h = 0; h < kept_.size(); ++h) {
+      const SqueezeHeadIndex& head = tables_.head(layer, static_cast<int>(h));
+      for (int c : kept_[h]) out->ranges[h].push_back({head.offsets[c], head.offsets[c + 1]});
+    }
+  }
+
+ private:
+  ClusterTables tables_;
+  std::vector<std::vector<int32_t>> kept_;
+  bool tail_;
+};
+
+TEST(TailEstimateTest, CpuBackendMergesTheEstimateIntoTheFixedPart) {
+  constexpr int kHkv = 2, kHq = 4, kN = 3, kPast = 5;
+  const std::vector<int> sizes = {9, 4, 15, 6, 11};
+  const int S = 45;
+  std::mt19937 gen(21);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  SequenceKV seq(KvShape{1, kHkv, kD});
+  ASSERT_TRUE(seq.Reserve(S).ok());
+  std::vector<SqueezeHeadIndex> heads(kHkv);
+  for (int h = 0; h < kHkv; ++h) {
+    heads[h].offsets.push_back(0);
+    int row = 0;
+    for (int n : sizes) {
+      std::vector<float> centre(kD);
+      for (float& x : centre) x = 1.5f * normal(gen);
+      for (int r = 0; r < n; ++r, ++row) {
+        for (int i = 0; i < kD; ++i) {
+          seq.key(0, h, row)[i] = centre[i];
+          seq.value(0, h, row)[i] = normal(gen);
+        }
+      }
+      heads[h].offsets.push_back(row);
+      heads[h].sizes.push_back(n);
+      heads[h].centroids.insert(heads[h].centroids.end(), centre.begin(), centre.end());
+    }
+  }
+  seq.Commit(S);
+  const ContextKV ctx = ContextKV::FromSequence(seq, S);
+  BackendCache cache;
+  const ClusterTables tables{1, kHkv, kD, S, 0, 0, false, heads, &cache};
+
+  SequenceKV dyn(KvShape{1, kHkv, kD});
+  ASSERT_TRUE(dyn.Reserve(kPast + kN).ok());
+  for (int h = 0; h < kHkv; ++h) {
+    for (int r = 0; r < kPast + kN; ++r) {
+      for (int i = 0; i < kD; ++i) {
+        dyn.key(0, h, r)[i] = normal(gen);
+        dyn.value(0, h, r)[i] = normal(gen);
+      }
+    }
+  }
+  dyn.Commit(kPast + kN);
+  const ContextKV dyn_rows = ContextKV::FromSequence(dyn, kPast + kN);  // [Hkv][rows][d] view
+  std::vector<float> q(static_cast<size_t>(kN) * kHq * kD);
+  for (float& x : q) x = normal(gen);
+
+  CpuBackend backend;
+  auto run = [&](FixedContextAttention* selector) {
+    AttentionParams p;
+    p.shape = {kN, kHq, kHkv, kD, 1.0f / std::sqrt(static_cast<float>(kD))};
+    p.q = q.data();
+    std::vector<float> out(q.size(), std::nanf(""));
+    p.out = out.data();
+    p.fixed.kv = ctx.Layer(0);
+    p.fixed.layer = 0;
+    p.fixed.selector = selector;
+    if (selector != nullptr) p.fixed.policy = selector->policy();
+    std::vector<int32_t> kept_rows(kHkv);
+    p.fixed.kept_rows = kept_rows.data();
+    p.dynamic.kv = dyn_rows.Layer(0);
+    p.dynamic.causal_offset = kPast;
+    backend.Attention(p);
+    EXPECT_TRUE(backend.Synchronize().ok());
+    for (float x : out) EXPECT_FALSE(std::isnan(x));
+    return out;
+  };
+  const std::vector<float> dense = run(nullptr);
+  KeepClusters with_tail(tables, {{0, 3}, {2}}, true);
+  KeepClusters without(tables, {{0, 3}, {2}}, false);
+  EXPECT_LE(RelError(run(&with_tail), dense), 1e-5);
+  EXPECT_GT(RelError(run(&without), dense), 1e-2);
+  // The mean values are kept with the index for this backend; a second call reads them.
+  EXPECT_NE(cache.Get<void>(&backend), nullptr);
+  EXPECT_LE(RelError(run(&with_tail), dense), 1e-5);
+  // Nothing dropped: the same as without the estimate.
+  KeepClusters all(tables, {{0, 1, 2, 3, 4}, {0, 1, 2, 3, 4}}, true);
+  EXPECT_LE(RelError(run(&all), dense), 1e-5);
+
+  // An index that does not match the context is an error, not a wrong answer.
+  const ClusterTables wrong{1, kHkv, kD, S - 1, 0, 0, false, heads, &cache};
+  KeepClusters mismatched(wrong, {{0}, {0}}, true);
+  AttentionParams p;
+  p.shape = {kN, kHq, kHkv, kD, 0.25f};
+  p.q = q.data();
+  std::vector<float> out(q.size());
+  p.out = out.data();
+  p.fixed.kv = ctx.Layer(0);
+  p.fixed.layer = 0;
+  p.fixed.selector = &mismatched;
+  p.fixed.policy = mismatched.policy();
+  p.dynamic.kv = dyn_rows.Layer(0);
+  p.dynamic.causal_offset = kPast;
+  backend.Attention(p);
+  EXPECT_EQ(backend.Synchronize().code(), absl::StatusCode::kInternal);
 }
 
 }  // namespace

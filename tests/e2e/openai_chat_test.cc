@@ -171,6 +171,18 @@ TEST(OpenAIChatTest, MessagesRenderedWithTheModelsChatTemplate) {
   ASSERT_TRUE(bad_blocks);
   EXPECT_EQ(bad_blocks->status, 400);
   EXPECT_THAT(bad_blocks->body, ::testing::HasSubstr("query_block"));
+
+  // Tail estimation: a boolean.
+  completion.erase("query_block");
+  completion["estimate_tail"] = true;
+  auto tail = http.Post("/v1/completions", completion.dump(), "application/json");
+  ASSERT_TRUE(tail);
+  EXPECT_EQ(tail->status, 200) << tail->body;
+  completion["estimate_tail"] = "yes";
+  auto bad_tail = http.Post("/v1/completions", completion.dump(), "application/json");
+  ASSERT_TRUE(bad_tail);
+  EXPECT_EQ(bad_tail->status, 400);
+  EXPECT_THAT(bad_tail->body, ::testing::HasSubstr("estimate_tail"));
 }
 
 }  // namespace

@@ -383,6 +383,44 @@ TEST_F(ServerE2ETest, SqueezedAttentionThroughTheApi) {
   GenerateResult qdr = Generate(c(), qdense);
   EXPECT_EQ(qdr.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(qdr.status.error_message(), HasSubstr("query_block"));
+  // Tail estimation (beyond the paper): serves at budget 0.1 and 0, counts the centroids and
+  // mean values it reads in the realised budget, and equals dense with every cluster kept;
+  // hierarchical or dense requests for it are the client's error.
+  v1::GenerateRequest te1 = Request("flat", " The council", 12, 1, 0.0f);
+  te1.mutable_attention()->set_budget(1.0);
+  te1.mutable_attention()->set_estimate_tail(true);
+  GenerateResult te1r = Generate(c(), te1);
+  ASSERT_TRUE(te1r.status.ok()) << te1r.status.error_message();
+  EXPECT_EQ(te1r.tokens, d.tokens);
+  double tail_budget[2];
+  for (int i = 0; i < 2; ++i) {
+    v1::GenerateRequest te = Request("flat", " The council", 4, 1, 0.0f);
+    te.mutable_attention()->set_budget(0.1);
+    if (i == 1) te.mutable_attention()->set_estimate_tail(true);
+    GenerateResult ter = Generate(c(), te);
+    ASSERT_TRUE(ter.status.ok()) << ter.status.error_message();
+    tail_budget[i] = ter.last.usage().kv_budget();
+  }
+  EXPECT_GT(tail_budget[1], tail_budget[0]);
+  EXPECT_LT(tail_budget[1], 1.0);
+  v1::GenerateRequest te0 = Request("flat", " The council", 4, 1, 0.0f);
+  te0.mutable_attention()->set_budget(0.0);
+  te0.mutable_attention()->set_estimate_tail(true);
+  ASSERT_TRUE(Generate(c(), te0).status.ok());
+  v1::GenerateRequest teh = Request("hier", " The council", 4, 1, 0.0f);
+  teh.mutable_attention()->set_estimate_tail(true);
+  teh.mutable_attention()->set_hierarchical(true);
+  GenerateResult tehr = Generate(c(), teh);
+  EXPECT_EQ(tehr.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(tehr.status.error_message(), HasSubstr("estimate_tail"));
+  // A hierarchical context without the option: flat selection (tail estimation is flat only).
+  v1::GenerateRequest teh2 = Request("hier", " The council", 4, 1, 0.0f);
+  teh2.mutable_attention()->set_estimate_tail(true);
+  ASSERT_TRUE(Generate(c(), teh2).status.ok());
+  v1::GenerateRequest ted = Request("flat", " The council", 4, 1, 0.0f);
+  ted.mutable_attention()->set_mode(v1::AttentionOptions::DENSE);
+  ted.mutable_attention()->set_estimate_tail(true);
+  EXPECT_EQ(Generate(c(), ted).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   // The query-blind baseline.
   v1::GenerateRequest rec = Request("flat", " The council", 4, 1, 0.0f);
   rec.mutable_attention()->set_mode(v1::AttentionOptions::RECENT);

@@ -81,8 +81,12 @@ class SettingsTest(unittest.TestCase):
             dict(cb.parse_settings("squeezed-step-w400-qb16:0.1"))["squeezed-step-w400-qb16:0.1"],
             {"mode": "squeezed", "budget": 0.1, "budget_policy": "per_step",
              "index": {"window": 400}, "query_block": 16})
+        # Tail estimation: a request option too.
+        self.assertEqual(dict(cb.parse_settings("squeezed-qb4-tail:0.03"))["squeezed-qb4-tail:0.03"],
+                         {"mode": "squeezed", "budget": 0.03, "query_block": 4,
+                          "estimate_tail": True})
         for bad in ("squeezed", "pages-w10:0.1", "sparse:0.1", "squeezed-mc1.5:0.1",
-                    "pages-mc0.005:0.1", "pages-qb8:0.1", "squeezed-qbx:0.1"):
+                    "pages-mc0.005:0.1", "pages-qb8:0.1", "squeezed-qbx:0.1", "recent-tail:0.1"):
             with self.assertRaises(SystemExit):
                 cb.parse_settings(bad)
 

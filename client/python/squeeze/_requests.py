@@ -111,7 +111,7 @@ def generate_request(input, context="", *, max_tokens=None, temperature=None, to
                      frequency_penalty=None, seed=None, stop=(), stop_token_ids=(),
                      ignore_eos=False, logprobs=None, prompt_logprobs=None, mode=None, budget=None,
                      hierarchical=None, mass=None, budget_policy=None, query_block=None,
-                     request_id=""):
+                     estimate_tail=None, request_id=""):
     if mode not in _MODES:
         raise ValueError(f"mode must be one of squeezed, dense, recent, pages or None, not {mode!r}")
     if budget_policy not in _BUDGET_POLICIES:
@@ -143,6 +143,8 @@ def generate_request(input, context="", *, max_tokens=None, temperature=None, to
     req.attention.budget_policy = _BUDGET_POLICIES[budget_policy]
     if query_block is not None:
         req.attention.query_block = query_block
+    if estimate_tail is not None:
+        req.attention.estimate_tail = estimate_tail
     return req
 
 

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/backend/attention_reference.h"
 #include "engine/backend/kv_cache.h"
+#include "engine/backend/tail_estimate.h"
 #include "engine/common/random_normal.h"
 
 namespace squeeze {
@@ -242,9 +243,53 @@ void CpuBackend::Attention(const AttentionParams& p) {
   fixed_lse_.resize(rows);
   dyn_out_.resize(rows * p.shape.head_dim);
   AttentionPartial(p.shape, p.q, fixed, p.out, fixed_lse_.data());
+  if (p.fixed.policy.estimate_tail && p.fixed.selector != nullptr) {
+    EstimateTail(p, selection_.ranges, p.out, fixed_lse_.data());
+  }
   AttentionPartial(p.shape, p.q, p.dynamic, dyn_out_.data(), dyn_lse_.data());
   MergeAttentionPartials(p.out, fixed_lse_.data(), dyn_out_.data(), dyn_lse_.data(),
                          static_cast<int>(rows), p.shape.head_dim);
+}
+
+namespace {
+
+// A context's cluster mean values for the tail estimate, [L * Hkv] of [C][d] (empty until used).
+// Kept per backend (BackendCache's owner), so only this backend's thread fills it.
+struct CpuTailValues {
+  std::vector<std::vector<float>> means;
+};
+
+}  // namespace
+
+void CpuBackend::EstimateTail(const AttentionParams& p, std::span<const std::vector<KeyRange>> kept,
+                              float* out, float* lse) {
+  const ClusterTables& tables = p.fixed.policy.squeezed.tables;
+  const int Hkv = p.shape.num_kv_heads, d = p.shape.head_dim, layer = p.fixed.layer;
+  if (tables.resident == nullptr || tables.num_kv_heads != Hkv || tables.head_dim != d ||
+      layer < 0 || layer >= tables.num_layers || tables.num_tokens != p.fixed.kv.num_rows ||
+      static_cast<int>(kept.size()) != Hkv || p.fixed.kv.dtype != DType::kF32) {
+    if (error_.ok()) {
+      error_ = absl::InternalError(
+          absl::StrCat("tail estimate at layer ", layer, ": the index does not match the context"));
+    }
+    return;
+  }
+  auto* values = tables.resident->Get<CpuTailValues>(this);
+  if (values == nullptr) {
+    auto made = std::make_shared<CpuTailValues>();
+    made->means.resize(static_cast<size_t>(tables.num_layers) * Hkv);
+    values = made.get();
+    tables.resident->Set(this, std::move(made));
+  }
+  std::vector<const std::vector<float>*> means(Hkv);
+  for (int h = 0; h < Hkv; ++h) {
+    std::vector<float>& m = values->means[static_cast<size_t>(layer) * Hkv + h];
+    if (m.empty() && tables.head(layer, h).num_clusters() > 0) {
+      m = ClusterMeanValues(p.fixed.kv.vf() + h * p.fixed.kv.head_stride, d, tables.head(layer, h));
+    }
+    means[h] = &m;
+  }
+  MergeDroppedClustersEstimate(p.shape, p.q, tables, layer, kept, means, out, lse);
 }
 
 absl::Status CpuBackend::Synchronize() {

@@ -33,6 +33,7 @@ class CpuBackend : public Backend {
   // context), then OK again: the CPU backend itself has no asynchronous faults.
   absl::Status Synchronize() override;
   bool host_memory() const override { return true; }
+  bool estimates_tail() const override { return true; }
 
   bool borrows_host_weights() const override { return true; }
   absl::StatusOr<Matrix> UploadMatrix(std::span<const float> host, int rows, int cols) override;
@@ -69,7 +70,12 @@ class CpuBackend : public Backend {
   // Attention scratch: the dynamic partial and both log-sum-exps, [n * Hq * d] and [n * Hq].
   std::vector<float> dyn_out_, fixed_lse_, dyn_lse_;
   LayerSelection selection_;  // a selector's rows of the current call
-  absl::Status error_;        // the first failed selection since the last Synchronize()
+  // ContextAttentionPolicy::estimate_tail: merges the dropped clusters' estimate into the kept
+  // rows' partial (out, lse) of `p`, whose fixed rows are `kept`. The clusters' mean values are
+  // made on first use per (layer, KV head) and kept with the index (ClusterTables::resident).
+  void EstimateTail(const AttentionParams& p, std::span<const std::vector<KeyRange>> kept,
+                    float* out, float* lse);
+  absl::Status error_;  // the first failed selection since the last Synchronize()
   std::vector<float> rope_cos_, rope_sin_;  // [d/2] angles of the current token
 };
 

@@ -40,7 +40,6 @@ struct DeviceSqueezeLevel {
 // The fine level (offsets: storage rows) and, for a hierarchical index, the coarse level
 // (offsets: fine clusters). Kept in ClusterTables::resident.
 struct DeviceSqueezeIndex {
-  const void* owner = nullptr;
   DeviceSqueezeLevel fine, coarse;
 };
 
@@ -228,12 +227,8 @@ absl::StatusOr<ContextKvView> ResidentContexts::Kv(const ContextKV& ctx) {
 }
 
 absl::StatusOr<const void*> ResidentContexts::Tables(const ClusterTables& tables) {
-  if (tables.resident->value != nullptr) {
-    const auto* copy = static_cast<const DeviceSqueezeIndex*>(tables.resident->value.get());
-    if (copy->owner == this) return copy;
-  }
+  if (const auto* copy = tables.resident->Get<const DeviceSqueezeIndex>(this)) return copy;
   auto copy = std::make_shared<DeviceSqueezeIndex>();
-  copy->owner = this;
   const int d = tables.head_dim;
   HostSqueezeLevel fine, coarse;
   for (const SqueezeHeadIndex& h : tables.heads) {
@@ -244,7 +239,7 @@ absl::StatusOr<const void*> ResidentContexts::Tables(const ClusterTables& tables
   }
   RETURN_IF_ERROR(UploadLevel(dev_, fine, &copy->fine));
   if (tables.has_coarse()) RETURN_IF_ERROR(UploadLevel(dev_, coarse, &copy->coarse));
-  tables.resident->value = copy;
+  tables.resident->Set(this, copy);
   return copy.get();
 }
 
