@@ -13,7 +13,8 @@
 //      row reorder, each timed; --hierarchical adds the coarse level). Decode steps attend to it
 //      densely and squeezed at each budget, selection on the GPU;
 //   4. with --query_tokens: the time to first token of user inputs of those lengths against the
-//      context, dense and squeezed, and their attention alone;
+//      context, dense and squeezed (--query_blocks: also selected per block of tokens), and
+//      their attention alone;
 //   5. with --batches: several sequences decoding together against the context(s)
 //      (--contexts copies), each batch per-sequence and cascade, dense and squeezed.
 //
@@ -79,6 +80,10 @@ ABSL_FLAG(std::string, query_tokens, "",
           "comma-separated user-input lengths (e.g. 1024,4096): time to first token of one input "
           "of each length against the fixed context, dense and at each squeezed budget "
           "(needs --squeezed_budgets)");
+ABSL_FLAG(std::string, query_blocks, "",
+          "comma-separated query block sizes (e.g. 1,4): also the time to first token with the "
+          "input selected per block of that many tokens at each squeezed budget (beyond the "
+          "paper; blocks of one token run as cascade groups over the context)");
 ABSL_FLAG(bool, hierarchical, false,
           "give the index a coarse level (1% centroids) and also run hierarchical selection at "
           "each squeezed budget");
@@ -716,12 +721,14 @@ int Main() {
     for (int i = 0; i < n; ++i) input[i] = (i * 104729 + 7) % c.vocab_size;
     // Median of 3 (after one warm-up) of a fresh sequence's first step; realised budget of
     // the last run.
-    auto ttft = [&](double budget, double* realised_out, bool hierarchical = false) {
+    auto ttft = [&](double budget, double* realised_out, bool hierarchical = false,
+                    int query_block = 0) {
       std::vector<double> t;
       for (int rep = 0; rep < 4; ++rep) {
         SelectionOptions options;
         options.budget = std::max(budget, 0.0);
         options.hierarchical = hierarchical;
+        options.query_block = query_block;
         if (absl::GetFlag(FLAGS_per_step)) options.budget_policy = BudgetPolicy::kPerStep;
         SqueezedFixedContextAttention selector(index, options);
         SequenceKV dyn = m.NewSequenceKV();
@@ -764,6 +771,16 @@ int Main() {
             "  hierarchical %.2f (coarse keep %.2f): %.1f ms, realised KV budget %.4f, %.2fx "
             "faster than dense\n",
             b, std::min(1.0, 5 * b), 1e3 * th, realised, dense_ttft / th);
+      }
+      for (absl::string_view qb_text :
+           absl::StrSplit(absl::GetFlag(FLAGS_query_blocks), ',', absl::SkipEmpty())) {
+        int qb = 0;
+        if (!absl::SimpleAtoi(qb_text, &qb) || qb <= 0) continue;
+        const double tq = ttft(b, &realised, /*hierarchical=*/false, qb);
+        std::printf(
+            "  squeezed %.2f in query blocks of %d: %.1f ms, realised KV budget %.4f, %.2fx "
+            "faster than dense\n",
+            b, qb, 1e3 * tq, realised, dense_ttft / tq);
       }
     }
 

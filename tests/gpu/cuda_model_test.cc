@@ -326,9 +326,13 @@ SqueezedContext MakeSqueezedContext(LlamaModel& model, const json& task,
 // within tolerance, and realised KV budgets within 2 points, after the question and after the
 // decode steps (selections may differ on ties, the GPU scores with bf16 centroids and queries).
 // With the per-step budget policy the flat selection's threshold is found on the device each
-// step (hierarchical: selected on the host through the CUDA backend's host path).
-void CheckDeviceSelection(bool hierarchical, BudgetPolicy policy = BudgetPolicy::kCalibrated) {
+// step (hierarchical: selected on the host through the CUDA backend's host path). With query
+// blocks the question is selected per block (blocks of one token: as many one-token calls, which
+// the CUDA backend runs as cascade groups over the shared context).
+void CheckDeviceSelection(bool hierarchical, BudgetPolicy policy = BudgetPolicy::kCalibrated,
+                          int query_block = 0) {
   SCOPED_TRACE(hierarchical ? "hierarchical" : "flat");
+  SCOPED_TRACE(query_block);
   const bool per_step = policy == BudgetPolicy::kPerStep;
   auto cuda = LoadCuda(kDemo);
   auto cpu = LoadOn(kDemo, std::make_unique<CpuBackend>());
@@ -352,6 +356,7 @@ void CheckDeviceSelection(bool hierarchical, BudgetPolicy policy = BudgetPolicy:
     sel_options.budget = 0.1;
     sel_options.hierarchical = hierarchical;
     sel_options.budget_policy = policy;
+    sel_options.query_block = query_block;
     SqueezedFixedContextAttention selector(*index, sel_options);
     ASSERT_EQ(selector.policy().kind, per_step && hierarchical
                                           ? ContextAttentionPolicy::Kind::kHost
@@ -385,12 +390,13 @@ void CheckDeviceSelection(bool hierarchical, BudgetPolicy policy = BudgetPolicy:
   EXPECT_LE(question_err, kTolerance);
   EXPECT_NEAR(question_budget[1], question_budget[0], 0.02);
   std::printf(
-      "[cuda squeezed%s%s] %d-token context, budget 0.1: question (%zu tokens) realised "
+      "[cuda squeezed%s%s, query block %d] %d-token context, budget 0.1: question (%zu tokens) "
+      "realised "
       "budget cpu %.4f cuda %.4f, logits %.2e; after 8 decode steps cpu %.4f cuda %.4f, "
       "logits max|d|/max = %.2e, greedy %s\n",
-      hierarchical ? " hierarchical" : "", per_step ? " per-step" : "", S, question.size(),
-      question_budget[0], question_budget[1], question_err, budget[0], budget[1], err,
-      greedy[0] == greedy[1] ? "identical" : "DIFFERENT");
+      hierarchical ? " hierarchical" : "", per_step ? " per-step" : "", query_block, S,
+      question.size(), question_budget[0], question_budget[1], question_err, budget[0], budget[1],
+      err, greedy[0] == greedy[1] ? "identical" : "DIFFERENT");
 }
 
 TEST(CudaModel, DeviceSqueezedSelectionMatchesCpu) { CheckDeviceSelection(false); }
@@ -400,6 +406,9 @@ TEST(CudaModel, DevicePerStepSelectionMatchesCpu) {
 }
 TEST(CudaModel, HostPerStepHierarchicalSelectionMatchesCpu) {
   CheckDeviceSelection(true, BudgetPolicy::kPerStep);
+}
+TEST(CudaModel, DeviceQueryBlocksMatchCpu) {
+  for (int block : {1, 4}) CheckDeviceSelection(false, BudgetPolicy::kCalibrated, block);
 }
 
 // A registered context's resident copy gathered on the device from the prefill's KV
