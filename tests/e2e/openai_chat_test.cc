@@ -7,6 +7,8 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <tuple>
+
 #include "nlohmann/json.hpp"
 #include "server/openai_gateway.h"
 #include "tests/e2e/test_server.h"
@@ -144,45 +146,32 @@ TEST(OpenAIChatTest, MessagesRenderedWithTheModelsChatTemplate) {
   EXPECT_EQ(bad->status, 400);
   EXPECT_THAT(bad->body, ::testing::HasSubstr("unknown role"));
 
-  // The budget policy extension: per_step serves, anything else is the client's error.
-  json completion = {{"prompt", "Which river?"},
+  // The extensions of squeezed mode: a good value serves, a bad one is the client's error naming
+  // the field. budget_policy (calibrated | per_step), query_block (a count of tokens),
+  // estimate_tail (a boolean).
+  const json base = {{"prompt", "Which river?"},
                      {"context", "plain"},
                      {"max_tokens", 4},
                      {"temperature", 0},
                      {"ignore_eos", true}};
-  completion["budget_policy"] = "per_step";
-  auto per_step = http.Post("/v1/completions", completion.dump(), "application/json");
-  ASSERT_TRUE(per_step);
-  EXPECT_EQ(per_step->status, 200) << per_step->body;
-  completion["budget_policy"] = "sometimes";
-  auto bad_policy = http.Post("/v1/completions", completion.dump(), "application/json");
-  ASSERT_TRUE(bad_policy);
-  EXPECT_EQ(bad_policy->status, 400);
-  EXPECT_THAT(bad_policy->body, ::testing::HasSubstr("budget_policy"));
-
-  // The query-block extension: a count of tokens serves, a negative one is the client's error.
-  completion.erase("budget_policy");
-  completion["query_block"] = 2;
-  auto blocks = http.Post("/v1/completions", completion.dump(), "application/json");
-  ASSERT_TRUE(blocks);
-  EXPECT_EQ(blocks->status, 200) << blocks->body;
-  completion["query_block"] = -3;
-  auto bad_blocks = http.Post("/v1/completions", completion.dump(), "application/json");
-  ASSERT_TRUE(bad_blocks);
-  EXPECT_EQ(bad_blocks->status, 400);
-  EXPECT_THAT(bad_blocks->body, ::testing::HasSubstr("query_block"));
-
-  // Tail estimation: a boolean.
-  completion.erase("query_block");
-  completion["estimate_tail"] = true;
-  auto tail = http.Post("/v1/completions", completion.dump(), "application/json");
-  ASSERT_TRUE(tail);
-  EXPECT_EQ(tail->status, 200) << tail->body;
-  completion["estimate_tail"] = "yes";
-  auto bad_tail = http.Post("/v1/completions", completion.dump(), "application/json");
-  ASSERT_TRUE(bad_tail);
-  EXPECT_EQ(bad_tail->status, 400);
-  EXPECT_THAT(bad_tail->body, ::testing::HasSubstr("estimate_tail"));
+  const std::tuple<const char*, json, json> extensions[] = {
+      {"budget_policy", "per_step", "sometimes"},
+      {"query_block", 2, -3},
+      {"estimate_tail", true, "yes"},
+  };
+  for (const auto& [field, good, bad] : extensions) {
+    SCOPED_TRACE(field);
+    json completion = base;
+    completion[field] = good;
+    auto served = http.Post("/v1/completions", completion.dump(), "application/json");
+    ASSERT_TRUE(served);
+    EXPECT_EQ(served->status, 200) << served->body;
+    completion[field] = bad;
+    auto refused = http.Post("/v1/completions", completion.dump(), "application/json");
+    ASSERT_TRUE(refused);
+    EXPECT_EQ(refused->status, 400);
+    EXPECT_THAT(refused->body, ::testing::HasSubstr(field));
+  }
 }
 
 }  // namespace
