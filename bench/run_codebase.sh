@@ -27,6 +27,7 @@ for k in ${LENGTHS//,/ }; do tokens+=("$((k * 1024))"); done
   ${SERVER_FLAGS:-} &
 PID=$!
 for _ in $(seq 1 1200); do [ -s "$WORK/port" ] && break; sleep 0.1; done
+[ -s "$WORK/port" ] || { echo "squeeze-server did not start (see its log above)" >&2; exit 1; }
 export PYTHONPATH="$BUILD/python:$ROOT/client/python${PYTHONPATH:+:$PYTHONPATH}"
 if [ -n "${TASKS:-}" ]; then
   cp -r "$TASKS" "$WORK/tasks"
