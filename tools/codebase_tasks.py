@@ -63,8 +63,8 @@ same layout, so a context reads like the code it was trained on.
 Token counts: with --tokenizer (a tokenizer.json or a directory holding one) and the
 `tokenizers` module, or with --tokenize-server (a running squeeze-server's Tokenize RPC: the
 model's tokenizer as the server runs it), they are exact (every context is encoded once at the
-end); otherwise they are estimated at --chars-per-token (3.2) and the summary says so - then context lengths are
-approximate and the bench's 1K buckets may split a length.
+end); otherwise they are estimated at --chars-per-token (3.2) and the summary says so - then
+context lengths are approximate and the bench's 1K buckets may split a length.
 
 Determinism: one seed (--seed); every choice uses random.Random("codebase:<seed>:<what>"), which
 Python hashes with SHA-512 (stable across runs and PYTHONHASHSEED). Standard library only.

@@ -79,7 +79,11 @@ void DroppedClustersPartial(const float* q, int d, float scale, const float* cen
   std::fill(out, out + d, 0.0f);
   *lse = -std::numeric_limits<float>::infinity();
   if (dropped.empty()) return;
-  std::vector<float> logit(dropped.size());
+  // Per-thread scratch: this runs for every query row, head and layer of a step.
+  thread_local std::vector<float> logit;
+  thread_local std::vector<double> acc;
+  logit.resize(dropped.size());
+  acc.assign(d, 0.0);
   float m = -std::numeric_limits<float>::infinity();
   for (size_t i = 0; i < dropped.size(); ++i) {
     const float* cv = centroids + static_cast<size_t>(dropped[i]) * d;
@@ -89,7 +93,6 @@ void DroppedClustersPartial(const float* q, int d, float scale, const float* cen
     m = std::max(m, logit[i]);
   }
   double denom = 0.0;
-  std::vector<double> acc(d, 0.0);
   for (size_t i = 0; i < dropped.size(); ++i) {
     const double w = sizes[dropped[i]] * std::exp(static_cast<double>(logit[i] - m));
     denom += w;
